@@ -1,0 +1,180 @@
+//! Counter indexes and names: every verdict branch of the datapath has one, so the CLI and
+//! the metrics endpoint can say why each packet was passed, balanced, rejected or dropped.
+
+/// Why the datapath did what it did with a packet; the index into REASON_STATS.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Reason {
+    /// Not IPv4 or IPv6 (ARP, LLDP, ...): passed untouched.
+    PassNotIp = 0,
+    /// No frontend for the destination: passed untouched.
+    PassNoFrontend,
+    /// A protocol we do not balance (ICMP echo to a service address, ...): passed.
+    PassOtherProtocol,
+    /// A non-first fragment whose first fragment we have not seen: handed to the stack.
+    PassFragmentUnknown,
+    /// Headers we do not walk (too many IPv6 extension headers, ESP/AH): passed untouched.
+    PassUnparsedHeaders,
+    /// A packet of a known flow, sent to its conntrack backend.
+    LbConntrack,
+    /// A new flow sent to the client's affinity backend.
+    LbAffinity,
+    /// A new flow sent to the backend its Maglev slot names.
+    LbNewFlow,
+    /// A non-first fragment sent where its first fragment went.
+    LbFragment,
+    /// A reply from a backend leaving with the frontend's address (reverse NAT).
+    ReplyTranslated,
+    /// An ICMP error about a balanced flow, translated so the peer recognises it.
+    IcmpErrorTranslated,
+    /// No usable backend: TCP SYN answered with a RST.
+    RejectTcpReset,
+    /// No usable backend: answered with ICMP / ICMPv6 port unreachable.
+    RejectIcmpUnreachable,
+    /// Truncated at some header: dropped.
+    DropTruncated,
+    /// A header with impossible fields (IHL < 5, lengths beyond the packet): dropped.
+    DropMalformed,
+    /// The source is outside the service's loadBalancerSourceRanges.
+    DropSourceRange,
+    /// A Local traffic policy with no endpoint on this node (kube-proxy drops too).
+    DropNoLocalEndpoint,
+    /// A reject that could not be built (no room to grow the packet): dropped instead.
+    DropRejectFailed,
+    /// A map or helper call failed unexpectedly.
+    DropInternal,
+}
+
+impl Reason {
+    pub const COUNT: u32 = Reason::DropInternal as u32 + 1;
+
+    pub const ALL: [Reason; Reason::COUNT as usize] = [
+        Reason::PassNotIp,
+        Reason::PassNoFrontend,
+        Reason::PassOtherProtocol,
+        Reason::PassFragmentUnknown,
+        Reason::PassUnparsedHeaders,
+        Reason::LbConntrack,
+        Reason::LbAffinity,
+        Reason::LbNewFlow,
+        Reason::LbFragment,
+        Reason::ReplyTranslated,
+        Reason::IcmpErrorTranslated,
+        Reason::RejectTcpReset,
+        Reason::RejectIcmpUnreachable,
+        Reason::DropTruncated,
+        Reason::DropMalformed,
+        Reason::DropSourceRange,
+        Reason::DropNoLocalEndpoint,
+        Reason::DropRejectFailed,
+        Reason::DropInternal,
+    ];
+
+    /// Stable snake_case name for the CLI and metric labels.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Reason::PassNotIp => "pass_not_ip",
+            Reason::PassNoFrontend => "pass_no_frontend",
+            Reason::PassOtherProtocol => "pass_other_protocol",
+            Reason::PassFragmentUnknown => "pass_fragment_unknown",
+            Reason::PassUnparsedHeaders => "pass_unparsed_headers",
+            Reason::LbConntrack => "lb_conntrack",
+            Reason::LbAffinity => "lb_affinity",
+            Reason::LbNewFlow => "lb_new_flow",
+            Reason::LbFragment => "lb_fragment",
+            Reason::ReplyTranslated => "reply_translated",
+            Reason::IcmpErrorTranslated => "icmp_error_translated",
+            Reason::RejectTcpReset => "reject_tcp_reset",
+            Reason::RejectIcmpUnreachable => "reject_icmp_unreachable",
+            Reason::DropTruncated => "drop_truncated",
+            Reason::DropMalformed => "drop_malformed",
+            Reason::DropSourceRange => "drop_source_range",
+            Reason::DropNoLocalEndpoint => "drop_no_local_endpoint",
+            Reason::DropRejectFailed => "drop_reject_failed",
+            Reason::DropInternal => "drop_internal",
+        }
+    }
+
+    /// The verdict class: "pass", "lb", "reply", "icmp", "reject" or "drop".
+    pub fn class(self) -> &'static str {
+        let name = self.name();
+        match name.find('_') {
+            Some(i) => &name[..i],
+            None => name,
+        }
+    }
+}
+
+/// Index into PROTO_STATS: packets seen per protocol, before any decision.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ProtoCounter {
+    NonIp = 0,
+    Ipv4,
+    Ipv6,
+    Tcp,
+    Udp,
+    Sctp,
+    Icmp,
+    OtherL4,
+}
+
+impl ProtoCounter {
+    pub const COUNT: u32 = ProtoCounter::OtherL4 as u32 + 1;
+
+    pub const ALL: [ProtoCounter; ProtoCounter::COUNT as usize] = [
+        ProtoCounter::NonIp,
+        ProtoCounter::Ipv4,
+        ProtoCounter::Ipv6,
+        ProtoCounter::Tcp,
+        ProtoCounter::Udp,
+        ProtoCounter::Sctp,
+        ProtoCounter::Icmp,
+        ProtoCounter::OtherL4,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            ProtoCounter::NonIp => "non_ip",
+            ProtoCounter::Ipv4 => "ipv4",
+            ProtoCounter::Ipv6 => "ipv6",
+            ProtoCounter::Tcp => "tcp",
+            ProtoCounter::Udp => "udp",
+            ProtoCounter::Sctp => "sctp",
+            ProtoCounter::Icmp => "icmp",
+            ProtoCounter::OtherL4 => "other_l4",
+        }
+    }
+}
+
+/// Value of SERVICE_STATS (per CPU), indexed by service id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ServiceCounters {
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reason_table_is_in_index_order() {
+        for (i, reason) in Reason::ALL.iter().enumerate() {
+            assert_eq!(*reason as usize, i, "{} is out of order", reason.name());
+        }
+        for (i, proto) in ProtoCounter::ALL.iter().enumerate() {
+            assert_eq!(*proto as usize, i, "{} is out of order", proto.name());
+        }
+    }
+
+    #[test]
+    fn reason_classes() {
+        assert_eq!(Reason::PassNoFrontend.class(), "pass");
+        assert_eq!(Reason::LbNewFlow.class(), "lb");
+        assert_eq!(Reason::RejectTcpReset.class(), "reject");
+        assert_eq!(Reason::DropTruncated.class(), "drop");
+    }
+}

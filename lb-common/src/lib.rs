@@ -1,0 +1,417 @@
+//! One definition of every map key, value and constant that slicelb's kernel programs and
+//! its agent share. Everything here is `#[repr(C)]` with explicit padding, and each type's
+//! size is checked at compile time so that both sides agree byte for byte.
+//!
+//! Byte order: addresses and ports are stored in network byte order (as they appear in the
+//! packet) so the datapath copies them without swapping; every other integer is host order.
+//! IPv4 addresses sit in the first 4 bytes of a 16-byte address, the rest zero.
+#![no_std]
+
+pub mod counters;
+pub mod hash;
+
+pub use counters::{ProtoCounter, Reason, ServiceCounters};
+
+/// Address family tags used in keys (not the kernel's AF_* numbers, which differ by size).
+pub const FAMILY_IPV4: u8 = 4;
+pub const FAMILY_IPV6: u8 = 6;
+
+/// IP protocol numbers, as in the IP header.
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+pub const PROTO_SCTP: u8 = 132;
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_ICMPV6: u8 = 58;
+
+/// Map names as the kernel sees them (at most 15 bytes) and as they are pinned.
+pub mod map_names {
+    pub const FRONTENDS: &str = "FRONTENDS";
+    pub const BACKENDS: &str = "BACKENDS";
+    pub const SELECTION: &str = "SELECTION";
+    pub const CONNTRACK: &str = "CONNTRACK";
+    pub const AFFINITY: &str = "AFFINITY";
+    pub const FRAGMENTS: &str = "FRAGMENTS";
+    pub const SOURCE_RANGES: &str = "SOURCE_RANGES";
+    pub const REASON_STATS: &str = "REASON_STATS";
+    pub const SERVICE_STATS: &str = "SERVICE_STATS";
+    pub const PROTO_STATS: &str = "PROTO_STATS";
+    pub const CONFIG: &str = "CONFIG";
+    /// Userspace only: service id -> name, so the CLI and a restarted agent can name what
+    /// the kernel holds. The datapath never reads it.
+    pub const SERVICE_NAMES: &str = "SERVICE_NAMES";
+}
+
+/// Program names (the Rust function names in `lb-ebpf`).
+pub mod program_names {
+    /// XDP forward path: load-balance packets for frontends arriving on an interface.
+    pub const XDP_INGRESS: &str = "slicelb_xdp";
+    /// TC ingress forward path, for interfaces where XDP is off or wrong (partial checksums).
+    pub const TC_INGRESS: &str = "slicelb_tc_ingress";
+    /// TC egress reverse path: replies from backends leave with the service address.
+    pub const TC_EGRESS: &str = "slicelb_tc_egress";
+    /// Parse-only XDP program: the baseline the benchmarks compare against.
+    pub const XDP_PARSE_ONLY: &str = "slicelb_xdp_parse_only";
+    /// XDP program that does nothing: the floor.
+    pub const XDP_EMPTY: &str = "slicelb_xdp_empty";
+}
+
+/// Default sizes; the agent may override them at load time (`EbpfLoader::map_max_entries`).
+pub mod capacity {
+    pub const FRONTENDS: u32 = 262_144;
+    /// Backend ids are indexes into an array; id 0 is never used.
+    pub const BACKENDS: u32 = 262_144;
+    /// Total Maglev slots shared by all selection tables (4 bytes each: 64 MiB).
+    pub const SELECTION_SLOTS: u32 = 16 * 1024 * 1024;
+    pub const CONNTRACK: u32 = 524_288;
+    pub const AFFINITY: u32 = 65_536;
+    pub const FRAGMENTS: u32 = 8_192;
+    pub const SOURCE_RANGES: u32 = 16_384;
+    /// Service ids index the per-CPU service counters; id 0 is never used.
+    pub const SERVICES: u32 = 131_072;
+    pub const SERVICE_NAMES: u32 = SERVICES;
+}
+
+/// Maglev table sizes: primes just under a power of two, so the selection array can be
+/// carved into power-of-two blocks with almost no waste. A table holds at least 100 slots
+/// per backend (so removing one backend moves at most ~1% more flows than the minimum).
+pub const MAGLEV_SIZES: [u32; 10] = [
+    251, 509, 1021, 2039, 4093, 8191, 16381, 32749, 65521, 131071,
+];
+
+/// The smallest Maglev size with at least 100 slots per backend (the largest size when
+/// even that is not enough).
+pub const fn maglev_size_for(backends: u32) -> u32 {
+    let wanted = backends.saturating_mul(100);
+    let mut i = 0;
+    while i < MAGLEV_SIZES.len() {
+        if MAGLEV_SIZES[i] >= wanted {
+            return MAGLEV_SIZES[i];
+        }
+        i += 1;
+    }
+    MAGLEV_SIZES[MAGLEV_SIZES.len() - 1]
+}
+
+/// Key of the FRONTENDS hash map: one entry per (address, port, protocol).
+///
+/// Scope (internal / external, for traffic policies) is in the value, not the key: Kubernetes
+/// never gives two services the same (address, port, protocol), so one lookup decides both,
+/// and a packet that misses pays for exactly one hash lookup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FrontendKey {
+    /// Network byte order.
+    pub addr: [u8; 16],
+    /// Network byte order.
+    pub port: u16,
+    pub proto: u8,
+    /// FAMILY_IPV4 or FAMILY_IPV6.
+    pub family: u8,
+}
+
+/// What kind of frontend this is, kept in `FrontendValue::kind` for the CLI and counters.
+pub mod frontend_kind {
+    pub const CLUSTER_IP: u8 = 1;
+    pub const NODE_PORT: u8 = 2;
+    pub const LOAD_BALANCER: u8 = 3;
+    pub const EXTERNAL_IP: u8 = 4;
+}
+
+/// Bits of `FrontendValue::flags`.
+pub mod frontend_flags {
+    /// External scope (NodePort, LoadBalancer, external IP): external traffic policy applies.
+    pub const EXTERNAL: u16 = 1 << 0;
+    /// `sessionAffinity: ClientIP`: consult and refresh the AFFINITY map.
+    pub const AFFINITY: u16 = 1 << 1;
+    /// The traffic policy for this frontend's scope is Local.
+    pub const TRAFFIC_POLICY_LOCAL: u16 = 1 << 2;
+    /// No usable backend but the service has endpoints elsewhere (a Local policy): drop
+    /// silently, as kube-proxy does, instead of rejecting.
+    pub const DROP_WHEN_EMPTY: u16 = 1 << 4;
+    /// Only sources in SOURCE_RANGES for this service may use this frontend.
+    pub const SOURCE_RANGES: u16 = 1 << 3;
+}
+
+/// Value of the FRONTENDS map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FrontendValue {
+    /// Index into SERVICE_STATS and key part of AFFINITY / SOURCE_RANGES; starts at 1.
+    pub service_id: u32,
+    /// First slot of this frontend's Maglev table in SELECTION.
+    pub table_offset: u32,
+    /// Number of slots (a MAGLEV_SIZES prime); 0 means no usable backend: reject.
+    pub table_size: u32,
+    /// `sessionAffinityConfig.clientIP.timeoutSeconds`; used when `AFFINITY` is set.
+    pub affinity_timeout_secs: u32,
+    /// Distinct backends in the table (for the CLI; the datapath does not need it).
+    pub backend_count: u16,
+    /// `frontend_flags` bits.
+    pub flags: u16,
+    /// `frontend_kind` value.
+    pub kind: u8,
+    pub _pad: [u8; 3],
+}
+
+/// `Backend::state` values.
+pub mod backend_state {
+    /// Unused slot of the BACKENDS array.
+    pub const EMPTY: u8 = 0;
+    /// Ready: takes new flows.
+    pub const ACTIVE: u8 = 1;
+    /// Terminating (or serving but not ready): keeps existing flows; takes new ones only
+    /// when it is in a selection table because nothing better exists.
+    pub const TERMINATING: u8 = 2;
+}
+
+/// Bits of `Backend::flags`.
+pub mod backend_flags {
+    /// The endpoint runs on this node.
+    pub const NODE_LOCAL: u8 = 1 << 0;
+}
+
+/// Value of the BACKENDS array, indexed by backend id (ids start at 1).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Backend {
+    /// Network byte order.
+    pub addr: [u8; 16],
+    /// Network byte order.
+    pub port: u16,
+    pub family: u8,
+    /// `backend_state` value.
+    pub state: u8,
+    /// `backend_flags` bits.
+    pub flags: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Key of the CONNTRACK LRU map: a flow as seen on the wire in one direction.
+///
+/// Each load-balanced flow has two entries: the forward one (client -> frontend) and the
+/// reply one (backend -> client), so both directions are found with one lookup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    /// Network byte order.
+    pub src_addr: [u8; 16],
+    /// Network byte order.
+    pub dst_addr: [u8; 16],
+    /// Network byte order.
+    pub src_port: u16,
+    /// Network byte order.
+    pub dst_port: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+
+/// `FlowValue::direction` values.
+pub mod flow_direction {
+    /// Key is client -> frontend; `nat_addr:nat_port` is the backend to send to.
+    pub const FORWARD: u8 = 1;
+    /// Key is backend -> client; `nat_addr:nat_port` is the frontend to answer from.
+    pub const REPLY: u8 = 2;
+}
+
+/// Bits of `FlowValue::tcp_flags_seen`: enough TCP state to expire closed flows early.
+pub mod tcp_seen {
+    pub const SYN: u8 = 1 << 0;
+    pub const FIN: u8 = 1 << 1;
+    pub const RST: u8 = 1 << 2;
+    pub const ESTABLISHED: u8 = 1 << 3;
+}
+
+/// Value of the CONNTRACK map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowValue {
+    /// Backend chosen for this flow (forward entries); the same id on the reply entry.
+    pub backend_id: u32,
+    pub service_id: u32,
+    /// `bpf_ktime_get_ns()` of the last packet in either direction.
+    pub last_seen_ns: u64,
+    /// Network byte order. Forward: backend address. Reply: frontend address.
+    pub nat_addr: [u8; 16],
+    /// Network byte order. Forward: backend port. Reply: frontend port.
+    pub nat_port: u16,
+    /// `flow_direction` value.
+    pub direction: u8,
+    /// `tcp_seen` bits.
+    pub tcp_flags_seen: u8,
+    pub _pad: [u8; 4],
+}
+
+/// Key of the AFFINITY LRU map (`sessionAffinity: ClientIP`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AffinityKey {
+    /// Network byte order.
+    pub client_addr: [u8; 16],
+    pub service_id: u32,
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Value of the AFFINITY map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AffinityValue {
+    pub backend_id: u32,
+    pub _pad: u32,
+    pub last_seen_ns: u64,
+}
+
+/// Key of the FRAGMENTS LRU map: the fragments of one datagram share it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragmentKey {
+    /// Network byte order.
+    pub src_addr: [u8; 16],
+    /// Network byte order.
+    pub dst_addr: [u8; 16],
+    /// IPv4 identification (16 bits) or IPv6 fragment identification (32 bits), host order.
+    pub id: u32,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Value of the FRAGMENTS map: where the first fragment went.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FragmentValue {
+    pub backend_id: u32,
+    pub service_id: u32,
+}
+
+/// Key of the SOURCE_RANGES LPM trie (`loadBalancerSourceRanges`). The kernel's LPM key is
+/// a u32 prefix length followed by the data; `prefix_len` counts the service id's 32 bits too.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SourceRangeKey {
+    /// Big-endian service id, so that the trie matches it as a prefix.
+    pub service_id_be: [u8; 4],
+    /// Network byte order.
+    pub addr: [u8; 16],
+}
+
+/// Value of SERVICE_NAMES: `namespace/name:port-name` (or `:port-number` when unnamed),
+/// UTF-8, `len` bytes used.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ServiceName {
+    pub len: u16,
+    pub bytes: [u8; 254],
+}
+
+impl ServiceName {
+    /// Names longer than 254 bytes (impossible for valid Kubernetes names) are cut.
+    pub fn new(name: &str) -> Self {
+        let mut bytes = [0u8; 254];
+        let len = name.len().min(bytes.len());
+        bytes[..len].copy_from_slice(&name.as_bytes()[..len]);
+        Self { len: len as u16, bytes }
+    }
+
+    pub fn as_str(&self) -> &str {
+        let len = (self.len as usize).min(self.bytes.len());
+        core::str::from_utf8(&self.bytes[..len]).unwrap_or("<invalid utf-8>")
+    }
+}
+
+/// The single CONFIG array entry: tunables the datapath reads on every new flow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Config {
+    pub tcp_established_timeout_ns: u64,
+    /// SYN seen but no reply yet, or FIN/RST seen.
+    pub tcp_transient_timeout_ns: u64,
+    pub udp_timeout_ns: u64,
+    /// Other protocols (SCTP).
+    pub other_timeout_ns: u64,
+    /// Bits of `config_flags`.
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+pub mod config_flags {
+    /// Emit aya-log lines per packet (debugging only).
+    pub const DEBUG_LOG: u32 = 1 << 0;
+}
+
+const SECOND_NS: u64 = 1_000_000_000;
+
+impl Default for Config {
+    /// kube-proxy's and Cilium's spirit: TCP established 6 h, transient 10 s, UDP 60 s.
+    fn default() -> Self {
+        Self {
+            tcp_established_timeout_ns: 6 * 3600 * SECOND_NS,
+            tcp_transient_timeout_ns: 10 * SECOND_NS,
+            udp_timeout_ns: 60 * SECOND_NS,
+            other_timeout_ns: 60 * SECOND_NS,
+            flags: 0,
+            _pad: 0,
+        }
+    }
+}
+
+const _: () = {
+    assert!(core::mem::size_of::<FrontendKey>() == 20);
+    assert!(core::mem::size_of::<FrontendValue>() == 24);
+    assert!(core::mem::size_of::<Backend>() == 24);
+    assert!(core::mem::size_of::<FlowKey>() == 40);
+    assert!(core::mem::size_of::<FlowValue>() == 40);
+    assert!(core::mem::size_of::<AffinityKey>() == 24);
+    assert!(core::mem::size_of::<AffinityValue>() == 16);
+    assert!(core::mem::size_of::<FragmentKey>() == 40);
+    assert!(core::mem::size_of::<FragmentValue>() == 8);
+    assert!(core::mem::size_of::<SourceRangeKey>() == 20);
+    assert!(core::mem::size_of::<Config>() == 40);
+    assert!(core::mem::size_of::<ServiceName>() == 256);
+    assert!(core::mem::size_of::<ServiceCounters>() == 24);
+};
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: every type is #[repr(C)], has explicit padding and only integer fields,
+    // so any bit pattern is valid.
+    unsafe impl aya::Pod for FrontendKey {}
+    unsafe impl aya::Pod for FrontendValue {}
+    unsafe impl aya::Pod for Backend {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FlowValue {}
+    unsafe impl aya::Pod for AffinityKey {}
+    unsafe impl aya::Pod for AffinityValue {}
+    unsafe impl aya::Pod for FragmentKey {}
+    unsafe impl aya::Pod for FragmentValue {}
+    unsafe impl aya::Pod for SourceRangeKey {}
+    unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for ServiceName {}
+    unsafe impl aya::Pod for ServiceCounters {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maglev_size_gives_at_least_100_slots_per_backend() {
+        assert_eq!(maglev_size_for(0), 251);
+        assert_eq!(maglev_size_for(1), 251);
+        assert_eq!(maglev_size_for(3), 509);
+        assert_eq!(maglev_size_for(10), 1021);
+        assert_eq!(maglev_size_for(100), 16381);
+        assert_eq!(maglev_size_for(1311), 131071);
+        assert_eq!(maglev_size_for(5000), 131071, "capped at the largest size");
+    }
+
+    #[test]
+    fn maglev_sizes_fit_power_of_two_blocks() {
+        for size in MAGLEV_SIZES {
+            let block = size.next_power_of_two();
+            assert!(block - size <= 5, "{size} wastes {} slots", block - size);
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! Operator commands that read the pinned maps: services, trace, check, stats.

@@ -1,0 +1,85 @@
+//! The map writer: the only code that changes kernel maps. [`MapWriter`] is the seam; the
+//! aya implementation writes pinned maps, [`memory::MemoryMaps`] stands in for tests.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use lb_common::{Backend, FrontendKey, FrontendValue, SourceRangeKey};
+
+/// One change to the kernel's configuration maps. The diff emits these in an order that
+/// never lets a packet see a half-written service (make-before-break).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MapOp {
+    PutBackend { id: u32, backend: Backend },
+    DeleteBackend { id: u32 },
+    /// Write a whole Maglev table (backend ids, one per slot) starting at `offset` in
+    /// SELECTION. Tables are written into free space, never over one in use.
+    PutSelection { offset: u32, slots: Vec<u32> },
+    PutFrontend { key: FrontendKey, value: FrontendValue },
+    DeleteFrontend { key: FrontendKey },
+    PutServiceName { id: u32, name: String },
+    DeleteServiceName { id: u32 },
+    PutSourceRange { key: SourceRangeKey, prefix_len: u32 },
+    DeleteSourceRange { key: SourceRangeKey, prefix_len: u32 },
+}
+
+/// What the configuration maps hold now, as read back from the kernel (or the fake).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AppliedState {
+    pub frontends: BTreeMap<FrontendKey, FrontendValue>,
+    /// Backend id -> backend (only non-empty slots).
+    pub backends: BTreeMap<u32, Backend>,
+    /// Table offset -> slots, for every table a frontend points at.
+    pub selection: BTreeMap<u32, Vec<u32>>,
+    pub service_names: BTreeMap<u32, String>,
+    pub source_ranges: BTreeSet<(SourceRangeKey, u32)>,
+}
+
+/// Sizes of the kernel maps this writer can fill (the diff refuses what would not fit).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capacity {
+    pub frontends: u32,
+    pub backends: u32,
+    pub selection_slots: u32,
+    pub services: u32,
+    pub source_ranges: u32,
+}
+
+impl Default for Capacity {
+    fn default() -> Self {
+        use lb_common::capacity;
+        Self {
+            frontends: capacity::FRONTENDS,
+            backends: capacity::BACKENDS,
+            selection_slots: capacity::SELECTION_SLOTS,
+            services: capacity::SERVICES,
+            source_ranges: capacity::SOURCE_RANGES,
+        }
+    }
+}
+
+/// Why a map write failed; the variant names double as metric labels.
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    #[error("writing {map} failed: {source}")]
+    MapWrite {
+        map: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("reading {map} failed: {source}")]
+    MapRead {
+        map: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{map} is full ({capacity} entries)")]
+    MapFull { map: &'static str, capacity: u32 },
+}
+
+/// Reads and writes the configuration maps.
+pub trait MapWriter {
+    fn capacity(&self) -> Capacity;
+    fn read(&self) -> Result<AppliedState, DataplaneError>;
+    /// Applies `ops` in order; on error, the ops before the failing one stay applied.
+    fn apply(&mut self, ops: &[MapOp]) -> Result<(), DataplaneError>;
+}

@@ -1,0 +1,1 @@
+//! Sources turn the world into [`crate::model::Snapshot`]s: Kubernetes, or a directory of manifests.
