@@ -128,7 +128,8 @@ pub mod frontend_flags {
     /// No usable backend but the service has endpoints elsewhere (a Local policy): drop
     /// silently, as kube-proxy does, instead of rejecting.
     pub const DROP_WHEN_EMPTY: u16 = 1 << 4;
-    /// Only sources in SOURCE_RANGES for this service may use this frontend.
+    /// Only sources in SOURCE_RANGES for this service may use this frontend
+    /// (`loadBalancerSourceRanges`, on load-balancer frontends only).
     pub const SOURCE_RANGES: u16 = 1 << 3;
 }
 
@@ -285,15 +286,31 @@ pub struct FragmentValue {
     pub service_id: u32,
 }
 
-/// Key of the SOURCE_RANGES LPM trie (`loadBalancerSourceRanges`). The kernel's LPM key is
-/// a u32 prefix length followed by the data; `prefix_len` counts the service id's 32 bits too.
+/// Key data of the SOURCE_RANGES LPM trie (`loadBalancerSourceRanges`); the kernel's LPM
+/// key is a u32 prefix length followed by this. The prefix always covers the service id and
+/// the family (40 bits), so a range's prefix length is `40 + CIDR bits` (see
+/// [`SourceRangeKey::prefix_len`]); a lookup uses the full `40 + 128`.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SourceRangeKey {
     /// Big-endian service id, so that the trie matches it as a prefix.
     pub service_id_be: [u8; 4],
+    /// Keeps IPv4 and IPv6 ranges apart.
+    pub family: u8,
     /// Network byte order.
     pub addr: [u8; 16],
+    pub _pad: [u8; 3],
+}
+
+impl SourceRangeKey {
+    /// Bits of the key before the address: service id and family.
+    pub const HEADER_BITS: u32 = 40;
+    /// Prefix length for a CIDR of `cidr_bits` bits.
+    pub const fn prefix_len(cidr_bits: u8) -> u32 {
+        Self::HEADER_BITS + cidr_bits as u32
+    }
+    /// Prefix length of a lookup for one address.
+    pub const LOOKUP_PREFIX_LEN: u32 = Self::HEADER_BITS + 128;
 }
 
 /// Value of SERVICE_NAMES: `namespace/name:port-name` (or `:port-number` when unnamed),
@@ -366,7 +383,7 @@ const _: () = {
     assert!(core::mem::size_of::<AffinityValue>() == 16);
     assert!(core::mem::size_of::<FragmentKey>() == 40);
     assert!(core::mem::size_of::<FragmentValue>() == 8);
-    assert!(core::mem::size_of::<SourceRangeKey>() == 20);
+    assert!(core::mem::size_of::<SourceRangeKey>() == 24);
     assert!(core::mem::size_of::<Config>() == 40);
     assert!(core::mem::size_of::<ServiceName>() == 256);
     assert!(core::mem::size_of::<ServiceCounters>() == 24);
