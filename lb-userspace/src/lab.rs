@@ -27,7 +27,9 @@ pub enum LabError {
         status: String,
         stderr: String,
     },
-    #[error("could not run `{command}`: {source} (is iproute2 installed? `cargo xtask setup` installs it)")]
+    #[error(
+        "could not run `{command}`: {source} (is iproute2 installed? `cargo xtask setup` installs it)"
+    )]
     Spawn {
         command: String,
         #[source]
@@ -190,8 +192,18 @@ pub fn veth_pair(a: &Netns, a_name: &str, b: &Netns, b_name: &str) -> Result<(),
     run(
         "ip",
         &[
-            "link", "add", a_name, "netns", a.name(), "type", "veth", "peer", "name", b_name,
-            "netns", b.name(),
+            "link",
+            "add",
+            a_name,
+            "netns",
+            a.name(),
+            "type",
+            "veth",
+            "peer",
+            "name",
+            b_name,
+            "netns",
+            b.name(),
         ],
     )?;
     a.ip(&["link", "set", a_name, "up"])?;
@@ -253,8 +265,21 @@ impl Lab {
         add_address(&client, Self::CLIENT_IFACE, Self::CLIENT_IPV6.into(), 64)?;
         add_address(&node, Self::NODE_CLIENT_IFACE, Self::NODE_IPV4.into(), 24)?;
         add_address(&node, Self::NODE_CLIENT_IFACE, Self::NODE_IPV6.into(), 64)?;
-        client.ip(&["route", "add", "default", "via", &Self::NODE_IPV4.to_string()])?;
-        client.ip(&["-6", "route", "add", "default", "via", &Self::NODE_IPV6.to_string()])?;
+        client.ip(&[
+            "route",
+            "add",
+            "default",
+            "via",
+            &Self::NODE_IPV4.to_string(),
+        ])?;
+        client.ip(&[
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            &Self::NODE_IPV6.to_string(),
+        ])?;
         node.sysctl("net.ipv4.ip_forward=1")?;
         node.sysctl("net.ipv6.conf.all.forwarding=1")?;
 

@@ -62,7 +62,10 @@ fn lab_routes_udp_from_client_to_every_backend_and_cleans_up() {
         }
     }
     for name in &names {
-        assert!(netns_exists(name), "{name} should exist while the lab is up");
+        assert!(
+            netns_exists(name),
+            "{name} should exist while the lab is up"
+        );
     }
     drop(lab);
     for name in &names {
