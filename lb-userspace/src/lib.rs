@@ -11,3 +11,17 @@ pub mod lab;
 pub mod metrics;
 pub mod model;
 pub mod source;
+
+/// Runs one command line (the `slicelb` binary's main).
+pub fn run(cli: cli::Cli) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        command => anyhow::bail!("{command:?}: not built yet"),
+    }
+}
