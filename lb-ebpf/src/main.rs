@@ -1,6 +1,8 @@
 #![no_std]
 #![no_main]
 
+mod bench;
+
 use aya_ebpf::{
     bindings::{TC_ACT_PIPE, xdp_action},
     macros::{classifier, map, xdp},

@@ -4,6 +4,7 @@
 //! ([`dataplane`]) → kernel maps, read back by the operator commands in [`cli`].
 
 pub mod agent;
+pub mod bench;
 pub mod cli;
 pub mod dataplane;
 pub mod diff;

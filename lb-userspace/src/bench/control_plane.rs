@@ -1,0 +1,232 @@
+//! Section 5: the control plane. Cold sync of many services into real maps (model -> diff
+//! -> aya writer), the latency of one endpoint change, the agent's peak memory and the
+//! kernel's map memory per service.
+
+use std::time::Instant;
+
+use indicatif::ProgressBar;
+
+use super::{
+    error::BenchError,
+    plot::{LineChart, Series},
+    report::{Section, Table, num},
+    services::{Proto, ServiceSet, synthetic_endpoint},
+    slicelb::{MapMemory, Slicelb, capacity_for},
+    stats::percentile,
+};
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub scales: Vec<usize>,
+    pub endpoints_each: usize,
+    /// Endpoint changes timed per scale.
+    pub changes: usize,
+}
+
+impl Config {
+    pub fn steps(&self) -> u64 {
+        self.scales.len() as u64
+    }
+}
+
+/// Peak resident memory of this process since the last reset, in bytes.
+fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Resets the peak (`VmHWM`) to the current resident size (Linux 4.0+).
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+struct ScaleResult {
+    services: usize,
+    cold_sync_secs: f64,
+    ops: usize,
+    change_p50_ms: f64,
+    change_p99_ms: f64,
+    peak_rss_bytes: Option<u64>,
+    kernel_bytes_per_service: f64,
+    maps: Vec<MapMemory>,
+}
+
+fn measure(services: usize, config: &Config) -> Result<ScaleResult, BenchError> {
+    reset_peak_rss();
+    let set = ServiceSet::synthetic(services, config.endpoints_each, &[Proto::Tcp], false);
+    let mut snapshot = set.snapshot();
+    let mut slicelb = Slicelb::load(capacity_for(services, config.endpoints_each, 1))?;
+    let started = Instant::now();
+    let stats = slicelb.sync(&snapshot)?;
+    let cold_sync_secs = started.elapsed().as_secs_f64();
+    let peak_rss_bytes = peak_rss();
+    let maps = slicelb.map_memory()?;
+    let kernel_bytes: f64 = maps
+        .iter()
+        .map(|m| m.memlock_bytes as f64 / f64::from(m.max_entries.max(1)) * m.used_entries as f64)
+        .sum();
+
+    // One endpoint of one service moves to a new address, in turn over the services; the
+    // clock starts when the changed snapshot is handed over (the event has arrived).
+    let mut latencies_ms = Vec::with_capacity(config.changes);
+    for change in 0..config.changes {
+        let slice_index = (change * 7919) % snapshot.endpoint_slices.len();
+        let replacement = synthetic_endpoint(1_000_000 + change).ipv4.to_string();
+        if let Some(endpoint) = snapshot.endpoint_slices[slice_index].endpoints.first_mut() {
+            endpoint.addresses = vec![replacement];
+        }
+        let started = Instant::now();
+        let applied = slicelb.sync(&snapshot)?;
+        latencies_ms.push(started.elapsed().as_secs_f64() * 1e3);
+        if applied.ops == 0 {
+            return Err(BenchError::unexpected(
+                &format!("endpoint change {change} at {services} services"),
+                "the change produced no map operation",
+            ));
+        }
+    }
+    Ok(ScaleResult {
+        services,
+        cold_sync_secs,
+        ops: stats.ops,
+        change_p50_ms: percentile(&latencies_ms, 50.0),
+        change_p99_ms: percentile(&latencies_ms, 99.0),
+        peak_rss_bytes,
+        kernel_bytes_per_service: kernel_bytes / services as f64,
+        maps,
+    })
+}
+
+pub fn run(
+    config: &Config,
+    progress: &ProgressBar,
+    plot_stem: &std::path::Path,
+) -> Result<Section, BenchError> {
+    let mut table = Table::new(
+        &format!(
+            "services x {} endpoints: cold sync, one endpoint change, memory",
+            config.endpoints_each
+        ),
+        &[
+            "services",
+            "cold sync (s)",
+            "map ops",
+            "services/s",
+            "change p50 (ms)",
+            "change p99 (ms)",
+            "agent peak RSS (MiB)",
+            "kernel KiB/service",
+            "note",
+        ],
+    );
+    let mut maps_table = Table::new(
+        "kernel accounting per map at the largest scale (fdinfo memlock)",
+        &["map", "max entries", "memlock (MiB)", "used entries"],
+    );
+    let mut notes = Vec::new();
+    let mut sync_points = Vec::new();
+    let mut largest: Option<Vec<MapMemory>> = None;
+    let mut at_1000_kib = None;
+    for &services in &config.scales {
+        progress.set_message(format!("control plane: {services} services"));
+        match measure(services, config) {
+            Ok(result) => {
+                sync_points.push((services as f64, result.cold_sync_secs));
+                table.row(vec![
+                    result.services.to_string(),
+                    num(result.cold_sync_secs),
+                    result.ops.to_string(),
+                    num(result.services as f64 / result.cold_sync_secs),
+                    num(result.change_p50_ms),
+                    num(result.change_p99_ms),
+                    result
+                        .peak_rss_bytes
+                        .map(|b| num(b as f64 / 1_048_576.0))
+                        .unwrap_or_else(|| "n/a".into()),
+                    num(result.kernel_bytes_per_service / 1024.0),
+                    String::new(),
+                ]);
+                if services == 1000 || at_1000_kib.is_none() {
+                    at_1000_kib = Some(result.kernel_bytes_per_service / 1024.0);
+                }
+                largest = Some(result.maps);
+            }
+            Err(error) => {
+                table.row(vec![
+                    services.to_string(),
+                    "n/a".into(),
+                    "n/a".into(),
+                    "n/a".into(),
+                    "n/a".into(),
+                    "n/a".into(),
+                    "n/a".into(),
+                    "n/a".into(),
+                    format!("not measured: {error}"),
+                ]);
+            }
+        }
+        progress.inc(1);
+    }
+    for map in largest.unwrap_or_default() {
+        maps_table.row(vec![
+            map.name,
+            map.max_entries.to_string(),
+            num(map.memlock_bytes as f64 / 1_048_576.0),
+            map.used_entries.to_string(),
+        ]);
+    }
+    if maps_table.rows.is_empty() {
+        maps_table.row(vec![
+            "n/a".into(),
+            "n/a".into(),
+            "n/a".into(),
+            "not measured".into(),
+        ]);
+    }
+    notes.push(match at_1000_kib {
+        Some(kib) => format!(
+            "Target: kernel map memory under 10 KiB per {}-endpoint service — measured {} KiB.",
+            config.endpoints_each,
+            num(kib)
+        ),
+        None => {
+            "Target: kernel map memory under 10 KiB per 10-endpoint service — not measured.".into()
+        }
+    });
+    let mut plots = Vec::new();
+    if !sync_points.is_empty() {
+        LineChart {
+            title: "slicelb cold sync time".into(),
+            x_label: "services".into(),
+            y_label: "seconds".into(),
+            series: vec![Series {
+                name: format!("cold sync, {} endpoints each", config.endpoints_each),
+                points: sync_points,
+            }],
+        }
+        .write(plot_stem)?;
+        plots.push(super::per_packet::file_name(plot_stem));
+    } else {
+        notes.push("No plot: nothing was measured.".into());
+    }
+    Ok(Section {
+        slug: "control-plane".into(),
+        title: "5. Control plane".into(),
+        method: format!(
+            "Cold sync: a snapshot of N services x {} endpoints (Services and \
+             EndpointSlices as the Kubernetes source delivers them) through the model, the \
+             diff and the aya map writer into freshly created maps. Endpoint change: one \
+             endpoint of one service moves, {} times in turn over the services; the time \
+             from handing over the changed snapshot to the maps being written (p50/p99). \
+             Peak memory: the process's VmHWM, reset before each scale. Kernel memory per \
+             service: for each map, the kernel's memlock (fdinfo) divided by its max \
+             entries, times the entries the services use, summed, over N.",
+            config.endpoints_each, config.changes
+        ),
+        tables: vec![table, maps_table],
+        plots,
+        notes,
+    })
+}

@@ -1,0 +1,484 @@
+//! Sections 2 to 4: throughput, connections and programming time in the lab, for slicelb
+//! and for the same services as kube-proxy's iptables and nftables rule sets.
+//!
+//! Each (balancer, services) case gets a fresh lab (client ─ node ─ 3 backends), so no
+//! conntrack entry or rule of one case is seen by the next.
+
+use std::{
+    io::ErrorKind,
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    os::fd::AsRawFd as _,
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use indicatif::ProgressBar;
+
+use super::{
+    ebpf::{Generator, Pass, Sink, SinkCounts},
+    error::BenchError,
+    kube_proxy,
+    packets::udp_frame,
+    services::{BenchEndpoint, Proto, ServiceSet, TARGET_PORT},
+    slicelb::{Slicelb, capacity_for},
+    stats::percentile,
+};
+use crate::lab::{Lab, Netns};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Balancer {
+    Slicelb,
+    Iptables,
+    Nftables,
+}
+
+impl Balancer {
+    pub const ALL: [Balancer; 3] = [Balancer::Slicelb, Balancer::Iptables, Balancer::Nftables];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Balancer::Slicelb => "slicelb",
+            Balancer::Iptables => "iptables",
+            Balancer::Nftables => "nftables",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub scales: Vec<usize>,
+    /// Packets the generator sends per throughput run.
+    pub packets: u32,
+    /// Distinct flows (source ports) the generator cycles through, over all targets.
+    pub flows: u32,
+    /// Most services the generator and the connection clients spread over.
+    pub max_targets: usize,
+    pub connect_duration: Duration,
+    pub connect_workers: usize,
+    /// Hard bound on connections per case, whatever the duration.
+    pub max_connections: usize,
+}
+
+impl Config {
+    pub fn steps(&self) -> u64 {
+        (self.scales.len() * Balancer::ALL.len()) as u64
+    }
+}
+
+/// What one (balancer, services) case measured; `Err` text where a part failed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CaseResult {
+    pub balancer: Balancer,
+    pub services: usize,
+    pub program: Result<Duration, String>,
+    pub throughput: Result<Throughput, String>,
+    pub connections: Result<Connections, String>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Throughput {
+    pub sent: u64,
+    pub delivered: u64,
+    pub correct: u64,
+    pub seconds: f64,
+}
+
+impl Throughput {
+    pub fn mpps(&self) -> f64 {
+        self.delivered as f64 / self.seconds / 1e6
+    }
+
+    /// Share of sent packets that reached a backend rewritten correctly.
+    pub fn correct_share(&self) -> f64 {
+        self.correct as f64 / self.sent.max(1) as f64
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Connections {
+    pub completed: usize,
+    pub failed: usize,
+    pub seconds: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+}
+
+impl Connections {
+    pub fn per_second(&self) -> f64 {
+        self.completed as f64 / self.seconds
+    }
+}
+
+const GENERATOR_CPU: usize = 0;
+const FIRST_SOURCE_PORT: u16 = 1024;
+
+pub fn run(config: &Config, progress: &ProgressBar, work_dir: &Path) -> Vec<CaseResult> {
+    let mut results = Vec::new();
+    for &services in &config.scales {
+        for balancer in Balancer::ALL {
+            progress.set_message(format!("lab: {} with {services} services", balancer.name()));
+            results.push(run_case(config, balancer, services, work_dir));
+            progress.inc(1);
+        }
+    }
+    results
+}
+
+fn run_case(config: &Config, balancer: Balancer, services: usize, work_dir: &Path) -> CaseResult {
+    let case = format!("{} with {services} services", balancer.name());
+    let failed = |error: BenchError| CaseResult {
+        balancer,
+        services,
+        program: Err(error.to_string()),
+        throughput: Err(error.to_string()),
+        connections: Err(error.to_string()),
+    };
+    let lab = match Lab::new(3).map_err(BenchError::lab(&case)) {
+        Ok(lab) => lab,
+        Err(error) => return failed(error),
+    };
+    let hosts: Vec<BenchEndpoint> = lab
+        .backends
+        .iter()
+        .map(|b| BenchEndpoint {
+            ipv4: b.ipv4,
+            ipv6: b.ipv6,
+        })
+        .collect();
+    let set = ServiceSet::on_hosts(services, &hosts, &[Proto::Tcp, Proto::Udp]);
+    let programmed = program(balancer, &set, &lab, work_dir);
+    let (program_time, _keep) = match programmed {
+        Ok(programmed) => programmed,
+        Err(error) => return failed(error),
+    };
+    let targets: Vec<SocketAddr> = spread(&set, config.max_targets);
+    CaseResult {
+        balancer,
+        services,
+        program: Ok(program_time),
+        throughput: throughput(config, &lab, &targets).map_err(|e| e.to_string()),
+        connections: connections(config, &lab, &targets).map_err(|e| e.to_string()),
+    }
+}
+
+/// Up to `max` service addresses, evenly spread over the list (first and last included).
+fn spread(set: &ServiceSet, max: usize) -> Vec<SocketAddr> {
+    let count = set.len().min(max).max(1);
+    (0..count)
+        .map(|i| {
+            let index = if count == 1 {
+                0
+            } else {
+                i * (set.len() - 1) / (count - 1)
+            };
+            let service = &set.services[index];
+            SocketAddr::new(service.vip_v4.into(), service.port)
+        })
+        .collect()
+}
+
+/// What keeps a balancer's programs attached for the rest of the case.
+#[expect(
+    dead_code,
+    reason = "held only so that dropping it detaches the programs"
+)]
+enum Attached {
+    Slicelb(Box<Slicelb>),
+    Pass(Pass),
+}
+
+/// Programs the services on the node; returns the time it took to program them.
+fn program(
+    balancer: Balancer,
+    set: &ServiceSet,
+    lab: &Lab,
+    work_dir: &Path,
+) -> Result<(Duration, Attached), BenchError> {
+    let case = format!("{} programming {} services", balancer.name(), set.len());
+    match balancer {
+        Balancer::Slicelb => {
+            let mut slicelb = Slicelb::load(capacity_for(set.len(), 3, 2))?;
+            slicelb.attach(&lab.node, Lab::NODE_CLIENT_IFACE)?;
+            let snapshot = set.snapshot();
+            let stats = slicelb.sync(&snapshot)?;
+            Ok((stats.total(), Attached::Slicelb(Box::new(slicelb))))
+        }
+        Balancer::Iptables => {
+            let path = work_dir.join(format!("iptables-{}.rules", set.len()));
+            write_file(&path, &kube_proxy::iptables_restore_input(set))?;
+            let path_arg = path.display().to_string();
+            let started = Instant::now();
+            lab.node
+                .run("iptables-restore", &["--noflush", &path_arg])
+                .map_err(BenchError::lab(&case))?;
+            let elapsed = started.elapsed();
+            let pass = Pass::attach(&lab.node, Lab::NODE_CLIENT_IFACE)?;
+            Ok((elapsed, Attached::Pass(pass)))
+        }
+        Balancer::Nftables => {
+            let path = work_dir.join(format!("nftables-{}.nft", set.len()));
+            write_file(&path, &kube_proxy::nft_input(set))?;
+            let path_arg = path.display().to_string();
+            let started = Instant::now();
+            lab.node
+                .run("nft", &["-f", &path_arg])
+                .map_err(BenchError::lab(&case))?;
+            let elapsed = started.elapsed();
+            let pass = Pass::attach(&lab.node, Lab::NODE_CLIENT_IFACE)?;
+            Ok((elapsed, Attached::Pass(pass)))
+        }
+    }
+}
+
+fn write_file(path: &Path, text: &str) -> Result<(), BenchError> {
+    std::fs::write(path, text).map_err(|source| BenchError::Io {
+        action: "writing",
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// The MAC address of `iface` in `netns`.
+fn mac_of(netns: &Netns, iface: &str) -> Result<[u8; 6], BenchError> {
+    let output = netns
+        .ip(&["-br", "link", "show", "dev", iface])
+        .map_err(BenchError::lab("reading a MAC address"))?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let field = text.split_whitespace().nth(2).unwrap_or_default();
+    let bytes: Vec<u8> = field
+        .split(':')
+        .filter_map(|b| u8::from_str_radix(b, 16).ok())
+        .collect();
+    bytes.try_into().map_err(|_| {
+        BenchError::unexpected(
+            "reading a MAC address",
+            format!("no MAC for {iface} in `ip -br link` output {text:?}"),
+        )
+    })
+}
+
+/// Lets the node resolve every backend's MAC before timing (a frame that waits for ARP
+/// would be dropped and counted against the balancer).
+fn warm_neighbours(lab: &Lab) -> Result<(), BenchError> {
+    let backends: Vec<Ipv4Addr> = lab.backends.iter().map(|b| b.ipv4).collect();
+    lab.node
+        .enter(move || -> std::io::Result<()> {
+            let socket = std::net::UdpSocket::bind("0.0.0.0:0")?;
+            for backend in &backends {
+                socket.send_to(b"warm", (*backend, 9))?;
+            }
+            Ok(())
+        })
+        .map_err(BenchError::lab("warming neighbours"))?
+        .map_err(|source| BenchError::Socket {
+            case: "warming neighbours".into(),
+            source,
+        })?;
+    std::thread::sleep(Duration::from_millis(300));
+    Ok(())
+}
+
+fn sum_counts(sinks: &[Sink]) -> Result<SinkCounts, BenchError> {
+    let mut total = SinkCounts::default();
+    for sink in sinks {
+        let counts = sink.counts()?;
+        total.seen += counts.seen;
+        total.correct += counts.correct;
+    }
+    Ok(total)
+}
+
+fn throughput(
+    config: &Config,
+    lab: &Lab,
+    targets: &[SocketAddr],
+) -> Result<Throughput, BenchError> {
+    let sinks = lab
+        .backends
+        .iter()
+        .map(|b| Sink::attach(&b.netns, "eth0", (b.ipv4, TARGET_PORT), Lab::CLIENT_IPV4))
+        .collect::<Result<Vec<_>, _>>()?;
+    warm_neighbours(lab)?;
+    let v4_targets: Vec<(Ipv4Addr, u16)> = targets
+        .iter()
+        .filter_map(|t| match t.ip() {
+            IpAddr::V4(v4) => Some((v4, t.port())),
+            IpAddr::V6(_) => None,
+        })
+        .collect();
+    let flows_per_target = (config.flows / v4_targets.len().max(1) as u32).max(1);
+    let generator = Generator::new(&v4_targets, flows_per_target, FIRST_SOURCE_PORT)?;
+    let client_mac = mac_of(&lab.client, Lab::CLIENT_IFACE)?;
+    let node_mac = mac_of(&lab.node, Lab::NODE_CLIENT_IFACE)?;
+    let frame = udp_frame(
+        client_mac,
+        node_mac,
+        SocketAddr::new(Lab::CLIENT_IPV4.into(), FIRST_SOURCE_PORT),
+        targets[0],
+    );
+    // A warm-up pass over every flow: first packets (new conntrack entries, ARP) are
+    // then behind us, as they are in a long-running node.
+    let warm_up = (flows_per_target * v4_targets.len() as u32).min(config.packets);
+    generator.send(
+        &lab.client,
+        Lab::CLIENT_IFACE,
+        &frame,
+        warm_up,
+        GENERATOR_CPU,
+    )?;
+    std::thread::sleep(Duration::from_millis(200));
+    let before = sum_counts(&sinks)?;
+    let elapsed = generator.send(
+        &lab.client,
+        Lab::CLIENT_IFACE,
+        &frame,
+        config.packets,
+        GENERATOR_CPU,
+    )?;
+    // Frames still in a queue when the generator returns arrive within milliseconds.
+    std::thread::sleep(Duration::from_millis(200));
+    let after = sum_counts(&sinks)?;
+    Ok(Throughput {
+        sent: u64::from(config.packets),
+        delivered: after.seen - before.seen,
+        correct: after.correct - before.correct,
+        seconds: elapsed.as_secs_f64(),
+    })
+}
+
+/// Sets SO_LINGER to zero so that closing sends a reset and leaves no TIME_WAIT behind
+/// (the client would otherwise run out of ports at thousands of connections a second).
+fn reset_on_close(stream: &TcpStream) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt on an open socket with a correctly sized linger struct.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+}
+
+fn connections(
+    config: &Config,
+    lab: &Lab,
+    targets: &[SocketAddr],
+) -> Result<Connections, BenchError> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let listeners = lab
+        .backends
+        .iter()
+        .map(|b| {
+            b.netns
+                .enter(|| TcpListener::bind((Ipv4Addr::UNSPECIFIED, TARGET_PORT)))
+                .map_err(BenchError::lab("backend listener"))?
+                .map_err(|source| BenchError::Socket {
+                    case: format!("listening on {}:{TARGET_PORT}", b.ipv4),
+                    source,
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let limit = config.connect_duration + Duration::from_secs(10);
+    std::thread::scope(|scope| {
+        for listener in &listeners {
+            let stop = Arc::clone(&stop);
+            scope.spawn(move || accept_until(listener, &stop, limit));
+        }
+        let result = lab
+            .client
+            .enter(|| connect_load(config, targets))
+            .map_err(BenchError::lab("connection clients"));
+        stop.store(true, Ordering::Relaxed);
+        result
+    })
+}
+
+/// Accepts and closes connections until told to stop (or `limit` passes).
+fn accept_until(listener: &TcpListener, stop: &AtomicBool, limit: Duration) {
+    if listener.set_nonblocking(true).is_err() {
+        return;
+    }
+    let started = Instant::now();
+    while !stop.load(Ordering::Relaxed) && started.elapsed() < limit {
+        match listener.accept() {
+            Ok((stream, _)) => drop(stream),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(1)),
+        }
+    }
+}
+
+/// Runs in the client namespace: workers open and reset connections to the targets in
+/// turn for the configured time; latency is connect() (SYN to established).
+fn connect_load(config: &Config, targets: &[SocketAddr]) -> Connections {
+    let per_worker = config.max_connections / config.connect_workers.max(1);
+    let started = Instant::now();
+    let results: Vec<(Vec<f64>, usize)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..config.connect_workers)
+            .map(|worker| {
+                scope.spawn(move || {
+                    let mut latencies = Vec::new();
+                    let mut failed = 0;
+                    let mut next = worker;
+                    while started.elapsed() < config.connect_duration
+                        && latencies.len() + failed < per_worker
+                    {
+                        let target = targets[next % targets.len()];
+                        next += config.connect_workers;
+                        let attempt = Instant::now();
+                        match TcpStream::connect_timeout(&target, Duration::from_secs(1)) {
+                            Ok(stream) => {
+                                latencies.push(attempt.elapsed().as_secs_f64() * 1e6);
+                                reset_on_close(&stream);
+                            }
+                            Err(_) => failed += 1,
+                        }
+                    }
+                    (latencies, failed)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_default())
+            .collect()
+    });
+    let seconds = started.elapsed().as_secs_f64();
+    let failed = results.iter().map(|r| r.1).sum();
+    let latencies: Vec<f64> = results.into_iter().flat_map(|r| r.0).collect();
+    Connections {
+        completed: latencies.len(),
+        failed,
+        seconds,
+        p50_us: percentile(&latencies, 50.0),
+        p99_us: percentile(&latencies, 99.0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::services::synthetic_endpoint;
+
+    #[test]
+    fn spread_covers_first_and_last_service() {
+        let set = ServiceSet::on_hosts(10, &[synthetic_endpoint(0)], &[Proto::Udp]);
+        let targets = spread(&set, 4);
+        assert_eq!(targets.len(), 4);
+        assert_eq!(targets[0].ip(), IpAddr::from(set.services[0].vip_v4));
+        assert_eq!(targets[3].ip(), IpAddr::from(set.services[9].vip_v4));
+        assert_eq!(spread(&set, 100).len(), 10, "never more than the services");
+    }
+}

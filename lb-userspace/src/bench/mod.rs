@@ -1,0 +1,456 @@
+//! `slicelb bench` (what `cargo xtask bench` runs): slicelb against the floor and against
+//! kube-proxy's iptables and nftables rule sets, in one run, as ratios.
+//!
+//! Sections: per-packet cost ([`per_packet`]), throughput, connections and programming
+//! time in the lab ([`lab_run`]), control plane ([`control_plane`]). The report goes to
+//! `<out-dir>/<date>-<host>.md` with a plot per section (SVG and PNG beside it).
+
+pub mod control_plane;
+pub mod ebpf;
+pub mod error;
+pub mod kube_proxy;
+pub mod lab_run;
+pub mod packets;
+pub mod per_packet;
+pub mod plot;
+pub mod report;
+pub mod services;
+pub mod slicelb;
+pub mod stats;
+
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use self::{
+    error::BenchError,
+    lab_run::{Balancer, CaseResult},
+    plot::{LineChart, Series},
+    report::{Machine, Report, Section, Table, num, ratio},
+};
+use crate::cli::BenchArgs;
+
+/// Everything a run does, sized for a quick or a full run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    pub per_packet: per_packet::Config,
+    pub lab: lab_run::Config,
+    pub control_plane: control_plane::Config,
+}
+
+impl Plan {
+    /// Under 2 minutes on 2 cores.
+    pub fn quick() -> Self {
+        Self {
+            per_packet: per_packet::Config {
+                scales: vec![(1, 3), (1000, 3)],
+                repeat: 1_000_000,
+                runs: 3,
+                batch: 2_000,
+            },
+            lab: lab_run::Config {
+                scales: vec![1, 1000],
+                packets: 500_000,
+                flows: 8_192,
+                max_targets: 1000,
+                connect_duration: Duration::from_secs(2),
+                connect_workers: 4,
+                max_connections: 50_000,
+            },
+            control_plane: control_plane::Config {
+                scales: vec![1000],
+                endpoints_each: 10,
+                changes: 20,
+            },
+        }
+    }
+
+    /// Under 15 minutes on 2 cores.
+    pub fn full() -> Self {
+        Self {
+            per_packet: per_packet::Config {
+                scales: vec![(1, 3), (1000, 3), (10_000, 3), (100_000, 3), (1000, 100)],
+                repeat: 2_000_000,
+                runs: 5,
+                batch: 10_000,
+            },
+            lab: lab_run::Config {
+                scales: vec![1, 1000, 10_000],
+                packets: 5_000_000,
+                flows: 65_536,
+                max_targets: 1000,
+                connect_duration: Duration::from_secs(5),
+                connect_workers: 4,
+                max_connections: 500_000,
+            },
+            control_plane: control_plane::Config {
+                scales: vec![1000, 10_000, 50_000],
+                endpoints_each: 10,
+                changes: 200,
+            },
+        }
+    }
+
+    fn steps(&self) -> u64 {
+        self.per_packet.steps() + self.lab.steps() + self.control_plane.steps() + 1
+    }
+}
+
+/// Runs the benchmarks and writes the report; prints its path.
+pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    crate::lab::require_root("slicelb bench");
+    let plan = if args.quick {
+        Plan::quick()
+    } else {
+        Plan::full()
+    };
+    let path = run_plan(&plan, args.quick, &args.out_dir)
+        .with_context(|| format!("benchmark run into {}", args.out_dir.display()))?;
+    println!("{}", path.display());
+    Ok(())
+}
+
+/// Runs `plan`, writes `<out_dir>/<date>-<host>.md` and its plots, returns the report path.
+pub fn run_plan(plan: &Plan, quick: bool, out_dir: &Path) -> Result<PathBuf, BenchError> {
+    let started = Instant::now();
+    let (date, started_utc) = report::utc_now();
+    let machine = Machine::detect();
+    std::fs::create_dir_all(out_dir).map_err(|source| BenchError::Io {
+        action: "creating",
+        path: out_dir.to_path_buf(),
+        source,
+    })?;
+    let stem = format!("{date}-{}", machine.host);
+    let plot = |slug: &str| out_dir.join(format!("{stem}-{slug}"));
+    let work_dir = std::env::temp_dir().join(format!("slicelb-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&work_dir).map_err(|source| BenchError::Io {
+        action: "creating",
+        path: work_dir.clone(),
+        source,
+    })?;
+
+    let progress = ProgressBar::new(plan.steps());
+    progress.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:32} {pos}/{len} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    progress.enable_steady_tick(Duration::from_millis(200));
+
+    let mut sections = Vec::new();
+    let per_packet = per_packet::run(&plan.per_packet, &progress, &plot("per-packet"))?;
+    sections.push(per_packet.section);
+
+    let lab_results = lab_run::run(&plan.lab, &progress, &work_dir);
+    sections.extend(lab_sections(&lab_results, &plan.lab, &plot)?);
+
+    sections.push(control_plane::run(
+        &plan.control_plane,
+        &progress,
+        &plot("control-plane"),
+    )?);
+    progress.set_message("writing the report");
+    let report = Report {
+        machine,
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        started_utc,
+        duration_secs: started.elapsed().as_secs_f64(),
+        quick,
+        sections,
+    };
+    let path = out_dir.join(format!("{stem}.md"));
+    report.write(&path).map_err(|source| BenchError::Io {
+        action: "writing",
+        path: path.clone(),
+        source,
+    })?;
+    progress.inc(1);
+    progress.finish_with_message(format!("report: {}", path.display()));
+    let _ = std::fs::remove_dir_all(&work_dir);
+    Ok(path)
+}
+
+fn result_of(results: &[CaseResult], balancer: Balancer, services: usize) -> Option<&CaseResult> {
+    results
+        .iter()
+        .find(|r| r.balancer == balancer && r.services == services)
+}
+
+/// Sections 2, 3 and 4 from the lab cases.
+fn lab_sections(
+    results: &[CaseResult],
+    config: &lab_run::Config,
+    plot: &dyn Fn(&str) -> PathBuf,
+) -> Result<Vec<Section>, BenchError> {
+    let mut throughput = Table::new(
+        "64-byte UDP through the node to counting sinks on 3 backends",
+        &[
+            "services",
+            "balancer",
+            "Mpps (1 core)",
+            "sent",
+            "delivered",
+            "balanced correctly",
+            "note",
+        ],
+    );
+    let mut connections = Table::new(
+        "new TCP connections from the client to the services, through the node",
+        &[
+            "services",
+            "balancer",
+            "connections/s",
+            "p50 (µs)",
+            "p99 (µs)",
+            "completed",
+            "failed",
+            "note",
+        ],
+    );
+    let mut side = Table::new(
+        "ratios are slicelb / other (higher is better for slicelb; for programming time, other / slicelb)",
+        &[
+            "services",
+            "program: slicelb (ms)",
+            "iptables-restore (ms)",
+            "nft -f (ms)",
+            "programming x iptables",
+            "programming x nftables",
+            "throughput x iptables",
+            "throughput x nftables",
+            "conn/s x iptables",
+            "conn/s x nftables",
+        ],
+    );
+    let value = |r: Option<&CaseResult>, f: &dyn Fn(&CaseResult) -> Option<f64>| {
+        r.and_then(f).unwrap_or(f64::NAN)
+    };
+    let mpps = |r: &CaseResult| r.throughput.as_ref().ok().map(|t| t.mpps());
+    let rate = |r: &CaseResult| r.connections.as_ref().ok().map(|c| c.per_second());
+    let program_ms = |r: &CaseResult| r.program.as_ref().ok().map(|d| d.as_secs_f64() * 1e3);
+    let mut series: Vec<(Balancer, Vec<(f64, f64)>, Vec<(f64, f64)>, Vec<(f64, f64)>)> =
+        Balancer::ALL
+            .iter()
+            .map(|b| (*b, Vec::new(), Vec::new(), Vec::new()))
+            .collect();
+    let mut notes_throughput = Vec::new();
+    let mut notes_side = Vec::new();
+    for &services in &config.scales {
+        for (balancer, tput_points, conn_points, program_points) in &mut series {
+            let Some(result) = result_of(results, *balancer, services) else {
+                continue;
+            };
+            let x = services as f64;
+            tput_points.push((x, value(Some(result), &mpps)));
+            conn_points.push((x, value(Some(result), &rate)));
+            program_points.push((x, value(Some(result), &program_ms)));
+            match &result.throughput {
+                Ok(t) => throughput.row(vec![
+                    services.to_string(),
+                    balancer.name().into(),
+                    num(t.mpps()),
+                    t.sent.to_string(),
+                    t.delivered.to_string(),
+                    format!("{:.1}%", t.correct_share() * 100.0),
+                    String::new(),
+                ]),
+                Err(why) => throughput.row(vec![
+                    services.to_string(),
+                    balancer.name().into(),
+                    "n/a".into(),
+                    "n/a".into(),
+                    "n/a".into(),
+                    "n/a".into(),
+                    format!("not measured: {why}"),
+                ]),
+            }
+            match &result.connections {
+                Ok(c) => connections.row(vec![
+                    services.to_string(),
+                    balancer.name().into(),
+                    num(c.per_second()),
+                    num(c.p50_us),
+                    num(c.p99_us),
+                    c.completed.to_string(),
+                    c.failed.to_string(),
+                    String::new(),
+                ]),
+                Err(why) => connections.row(vec![
+                    services.to_string(),
+                    balancer.name().into(),
+                    "n/a".into(),
+                    "n/a".into(),
+                    "n/a".into(),
+                    "n/a".into(),
+                    "n/a".into(),
+                    format!("not measured: {why}"),
+                ]),
+            }
+        }
+        let slicelb = result_of(results, Balancer::Slicelb, services);
+        let iptables = result_of(results, Balancer::Iptables, services);
+        let nftables = result_of(results, Balancer::Nftables, services);
+        let (p_s, p_i, p_n) = (
+            value(slicelb, &program_ms),
+            value(iptables, &program_ms),
+            value(nftables, &program_ms),
+        );
+        let (t_s, t_i, t_n) = (
+            value(slicelb, &mpps),
+            value(iptables, &mpps),
+            value(nftables, &mpps),
+        );
+        let (c_s, c_i, c_n) = (
+            value(slicelb, &rate),
+            value(iptables, &rate),
+            value(nftables, &rate),
+        );
+        side.row(vec![
+            services.to_string(),
+            num(p_s),
+            num(p_i),
+            num(p_n),
+            ratio(p_i, p_s),
+            ratio(p_n, p_s),
+            ratio(t_s, t_i),
+            ratio(t_s, t_n),
+            ratio(c_s, c_i),
+            ratio(c_s, c_n),
+        ]);
+        if services == 1000 {
+            notes_throughput.push(format!(
+                "Target: throughput >= 2x iptables and >= 1.5x nftables at 1 000 services — \
+                 measured {} and {}.",
+                ratio(t_s, t_i),
+                ratio(t_s, t_n)
+            ));
+        }
+        if services == 10_000 {
+            notes_side.push(format!(
+                "Target: programming 10 000 services >= 10x faster than iptables-restore — \
+                 measured {}.",
+                ratio(p_i, p_s)
+            ));
+        }
+    }
+    if !config.scales.contains(&10_000) {
+        notes_side.push(
+            "Target: programming 10 000 services >= 10x faster than iptables-restore — \
+             not in this run (the full run programs 10 000)."
+                .into(),
+        );
+    }
+    let iptables_version = crate::lab::run("iptables-restore", &["--version"])
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|_| "unknown".into());
+    let nft_version = crate::lab::run("nft", &["--version"])
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|_| "unknown".into());
+
+    let chart = |title: &str,
+                 y: &str,
+                 pick: &dyn Fn(
+        &(Balancer, Vec<(f64, f64)>, Vec<(f64, f64)>, Vec<(f64, f64)>),
+    ) -> Vec<(f64, f64)>| LineChart {
+        title: title.into(),
+        x_label: "services".into(),
+        y_label: y.into(),
+        series: series
+            .iter()
+            .map(|s| Series {
+                name: s.0.name().into(),
+                points: pick(s),
+            })
+            .filter(|s| s.points.iter().any(|p| p.1.is_finite()))
+            .collect(),
+    };
+    let write_plot = |chart: LineChart,
+                      slug: &str,
+                      notes: &mut Vec<String>|
+     -> Result<Vec<String>, BenchError> {
+        if chart.series.is_empty() {
+            notes.push("No plot: nothing was measured.".into());
+            return Ok(Vec::new());
+        }
+        let stem = plot(slug);
+        chart.write(&stem)?;
+        Ok(vec![per_packet::file_name(&stem)])
+    };
+    let mut notes_connections = Vec::new();
+    let throughput_plots = write_plot(
+        chart("Throughput (64-byte UDP)", "Mpps", &|s| s.1.clone()),
+        "throughput",
+        &mut notes_throughput,
+    )?;
+    let connection_plots = write_plot(
+        chart("New TCP connections per second", "connections/s", &|s| {
+            s.2.clone()
+        }),
+        "connections",
+        &mut notes_connections,
+    )?;
+    let side_plots = write_plot(
+        chart("Time to program N services", "ms", &|s| s.3.clone()),
+        "programming",
+        &mut notes_side,
+    )?;
+    Ok(vec![
+        Section {
+            slug: "throughput".into(),
+            title: "2. Throughput".into(),
+            method: format!(
+                "No pktgen module here: the generator is an XDP program (bench_gen) run with \
+                 BPF_PROG_TEST_RUN in live-frames mode on the client's veth, pinned to CPU 0; \
+                 it rewrites a 64-byte UDP frame per packet to cycle over {} service \
+                 addresses (at most) and {} source ports in all, and XDP_TX sends it to the \
+                 node. Native-XDP sinks (bench_sink) on the backends count and drop; a packet \
+                 is balanced correctly when it arrives with the backend's address and port \
+                 from the client's address. Mpps = delivered / wall time of the generator \
+                 call; the node's veth processing runs on the sending CPU, so this is one \
+                 core's worth. A warm-up pass over every flow comes first. For iptables and \
+                 nftables, an XDP_PASS program (bench_pass) sits on the node's veth so that \
+                 it accepts XDP_TX frames. IPv4 only.",
+                config.max_targets, config.flows
+            ),
+            tables: vec![throughput],
+            plots: throughput_plots,
+            notes: notes_throughput,
+        },
+        Section {
+            slug: "connections".into(),
+            title: "3. Connections".into(),
+            method: format!(
+                "{} client threads in the client namespace open TCP connections to the \
+                 services in turn for {:.0} s (bounded to {} connections), closing each with \
+                 a reset; backends accept on port 8080. Latency is connect(): SYN out to \
+                 SYN-ACK back, i.e. the first packet's trip through the balancer and back.",
+                config.connect_workers,
+                config.connect_duration.as_secs_f64(),
+                config.max_connections
+            ),
+            tables: vec![connections],
+            plots: connection_plots,
+            notes: notes_connections,
+        },
+        Section {
+            slug: "side-by-side".into(),
+            title: "4. Side by side: slicelb, kube-proxy iptables, kube-proxy nftables".into(),
+            method: format!(
+                "The same service list (each service: TCP and UDP port 80, 3 endpoints on \
+                 the lab's backends, port 8080) programmed three ways in a fresh lab each: \
+                 slicelb's cold sync (model, diff, map writer); kube-proxy's iptables shape \
+                 (KUBE-SERVICES -> KUBE-SVC-* with statistic random picks -> KUBE-SEP-* DNAT, \
+                 nat table) with one `iptables-restore --noflush`; kube-proxy's nftables \
+                 shape (service-ips verdict map -> per-service numgen random mod N vmap -> \
+                 per-endpoint DNAT chains) with one `nft -f`. Programming time includes \
+                 starting the tool. Tools: {iptables_version}; {nft_version}."
+            ),
+            tables: vec![side],
+            plots: side_plots,
+            notes: notes_side,
+        },
+    ])
+}

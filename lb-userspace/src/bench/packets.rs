@@ -1,0 +1,84 @@
+//! 64-byte UDP frames (Ethernet header included, no FCS) for the test runs and the
+//! generator, built with etherparse so their checksums are independent of ours.
+
+use std::net::SocketAddr;
+
+use etherparse::PacketBuilder;
+
+/// Every benchmark frame is this long.
+pub const FRAME_LEN: usize = 64;
+
+const ETH_LEN: usize = 14;
+const IPV4_LEN: usize = 20;
+const IPV6_LEN: usize = 40;
+const UDP_LEN: usize = 8;
+
+/// A 64-byte Ethernet/IP/UDP frame from `src` to `dst` (both IPv4 or both IPv6).
+pub fn udp_frame(src_mac: [u8; 6], dst_mac: [u8; 6], src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
+    let builder = PacketBuilder::ethernet2(src_mac, dst_mac);
+    let (builder, headers) = match (src, dst) {
+        (SocketAddr::V4(s), SocketAddr::V4(d)) => (
+            builder.ipv4(s.ip().octets(), d.ip().octets(), 64),
+            ETH_LEN + IPV4_LEN + UDP_LEN,
+        ),
+        (SocketAddr::V6(s), SocketAddr::V6(d)) => (
+            builder.ipv6(s.ip().octets(), d.ip().octets(), 64),
+            ETH_LEN + IPV6_LEN + UDP_LEN,
+        ),
+        _ => panic!("udp_frame: {src} and {dst} are of different families"),
+    };
+    let payload = vec![0x5a; FRAME_LEN - headers];
+    let mut frame = Vec::with_capacity(FRAME_LEN);
+    builder
+        .udp(src.port(), dst.port())
+        .write(&mut frame, &payload)
+        .expect("writing into a Vec cannot fail");
+    frame
+}
+
+/// Destination address and port of a frame built by [`udp_frame`] (after any rewrite).
+pub fn destination(frame: &[u8]) -> Option<SocketAddr> {
+    endpoints(frame).map(|(_, dst)| dst)
+}
+
+/// Source and destination of an IPv4 or IPv6 UDP frame.
+pub fn endpoints(frame: &[u8]) -> Option<(SocketAddr, SocketAddr)> {
+    let sliced = etherparse::SlicedPacket::from_ethernet(frame).ok()?;
+    let (src_ip, dst_ip): (std::net::IpAddr, std::net::IpAddr) = match sliced.net? {
+        etherparse::NetSlice::Ipv4(ip) => (
+            ip.header().source_addr().into(),
+            ip.header().destination_addr().into(),
+        ),
+        etherparse::NetSlice::Ipv6(ip) => (
+            ip.header().source_addr().into(),
+            ip.header().destination_addr().into(),
+        ),
+        _ => return None,
+    };
+    let etherparse::TransportSlice::Udp(udp) = sliced.transport? else {
+        return None;
+    };
+    Some((
+        SocketAddr::new(src_ip, udp.source_port()),
+        SocketAddr::new(dst_ip, udp.destination_port()),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_are_64_bytes_and_parse_back() {
+        for (src, dst) in [
+            ("198.18.0.2:40000", "198.19.0.1:80"),
+            ("[2001:2::2]:40000", "[2001:2:0:ff00::1]:80"),
+        ] {
+            let src: SocketAddr = src.parse().expect("literal");
+            let dst: SocketAddr = dst.parse().expect("literal");
+            let frame = udp_frame([2; 6], [4; 6], src, dst);
+            assert_eq!(frame.len(), FRAME_LEN, "{src} -> {dst}");
+            assert_eq!(endpoints(&frame), Some((src, dst)), "{src} -> {dst}");
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! Root test of `slicelb bench --quick`: it runs, and its report has every section with a
+//! filled table and its plots. Benchmarks are not tests: nothing here looks at a timing.
+
+use slicelb::bench::{Plan, run_plan};
+
+/// The report's sections: title, and the rows (cells) of each table under it.
+fn sections(markdown: &str) -> Vec<(String, Vec<Vec<Vec<String>>>)> {
+    let mut sections: Vec<(String, Vec<Vec<Vec<String>>>)> = Vec::new();
+    let mut in_table = false;
+    for line in markdown.lines() {
+        if let Some(title) = line.strip_prefix("## ") {
+            sections.push((title.to_string(), Vec::new()));
+            in_table = false;
+            continue;
+        }
+        let Some((_, tables)) = sections.last_mut() else {
+            continue;
+        };
+        if line.starts_with('|') {
+            let cells: Vec<String> = line
+                .trim_matches('|')
+                .split(" | ")
+                .map(|c| c.trim().to_string())
+                .collect();
+            if !in_table {
+                tables.push(Vec::new());
+                in_table = true;
+            }
+            tables.last_mut().expect("just pushed").push(cells);
+        } else {
+            in_table = false;
+        }
+    }
+    sections
+}
+
+#[test]
+fn lab_bench_quick_writes_a_report_with_every_section_filled() {
+    slicelb::lab::require_root("lab_bench_quick_writes_a_report_with_every_section_filled");
+    let out = tempfile::tempdir().expect("temp dir");
+    let report = run_plan(&Plan::quick(), true, out.path()).expect("quick bench runs");
+    assert!(
+        report.exists(),
+        "report {} was not written",
+        report.display()
+    );
+    let markdown = std::fs::read_to_string(&report).expect("read report");
+    assert!(
+        markdown.contains("- command: `"),
+        "the report names its command"
+    );
+    assert!(
+        markdown.contains("- machine: "),
+        "the report names the machine"
+    );
+
+    let sections = sections(&markdown);
+    let titles: Vec<&str> = sections.iter().map(|(t, _)| t.as_str()).collect();
+    for expected in [
+        "1. Per-packet cost",
+        "2. Throughput",
+        "3. Connections",
+        "4. Side by side",
+        "5. Control plane",
+    ] {
+        assert!(
+            titles.iter().any(|t| t.starts_with(expected)),
+            "section {expected:?} missing; sections: {titles:?}"
+        );
+    }
+    for (title, tables) in &sections {
+        assert!(!tables.is_empty(), "section {title:?} has no table");
+        for table in tables {
+            // Header, separator, then at least one data row.
+            assert!(table.len() >= 3, "a table of {title:?} has no data row");
+            let width = table[0].len();
+            for row in &table[2..] {
+                assert_eq!(row.len(), width, "{title:?}: ragged row {row:?}");
+                let measured = row.iter().skip(1).any(|c| {
+                    c.trim_end_matches(['x', '%'])
+                        .parse::<f64>()
+                        .is_ok_and(f64::is_finite)
+                });
+                let explained = row.iter().any(|c| c.contains("not measured"));
+                assert!(
+                    measured || explained,
+                    "{title:?}: row {row:?} has neither a number nor a reason"
+                );
+            }
+        }
+    }
+
+    // The kube-proxy rows need nothing but the lab and netfilter: they must be measured.
+    for (title, tables) in &sections {
+        if !(title.starts_with("2.") || title.starts_with("3.")) {
+            continue;
+        }
+        for row in tables.iter().flat_map(|t| &t[2..]) {
+            if row[1] == "iptables" || row[1] == "nftables" {
+                assert!(
+                    row[2].parse::<f64>().is_ok_and(|v| v > 0.0),
+                    "{title:?}: {} with {} services was not measured: {row:?}",
+                    row[1],
+                    row[0]
+                );
+            }
+        }
+    }
+
+    // Every plot the report links exists as SVG and PNG.
+    for link in markdown.lines().filter_map(|l| l.strip_prefix("![")) {
+        let name = link.split(']').next().expect("plot name");
+        for ext in ["svg", "png"] {
+            let path = out.path().join(format!("{name}.{ext}"));
+            assert!(path.exists(), "plot {} is missing", path.display());
+        }
+    }
+    assert!(
+        markdown.matches("![").count() >= 4,
+        "expected a plot for per-packet, throughput, connections and programming:\n{markdown}"
+    );
+}
