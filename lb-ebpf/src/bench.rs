@@ -4,6 +4,9 @@
 //!
 //! Map layouts are plain byte arrays so the userspace side needs no shared type:
 //! - `BENCH_GEN_CONF[0]` targets, `[1]` flows per target, `[2]` first source port.
+//! - `BENCH_GEN_HDR[0]`: the frame's Ethernet, IPv4 and UDP headers (42 bytes used),
+//!   copied over every packet first: a frame that went through a forwarding node comes back
+//!   to the generator's page pool with that node's rewrites (MACs, TTL).
 //! - `BENCH_GEN_TGTS[i]`: bytes 0..4 IPv4 address, 4..6 UDP port (network order).
 //! - `BENCH_SINK_CONF[0]`: expected destination address and port; `[1]`: expected source
 //!   address (same layout).
@@ -26,6 +29,11 @@ pub const GEN_MAX_TARGETS: u32 = 65_536;
 
 #[map(name = "BENCH_GEN_CONF")]
 static BENCH_GEN_CONFIG: Array<u32> = Array::with_max_entries(3, 0);
+
+const HEADERS_LEN: usize = ETH_LEN + IPV4_LEN + UDP_LEN;
+
+#[map(name = "BENCH_GEN_HDR")]
+static BENCH_GEN_HEADERS: Array<[u8; 48]> = Array::with_max_entries(1, 0);
 
 #[map(name = "BENCH_GEN_TGTS")]
 static BENCH_GEN_TARGETS: Array<[u8; 8]> = Array::with_max_entries(GEN_MAX_TARGETS, 0);
@@ -75,7 +83,7 @@ pub fn bench_gen(ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn try_bench_gen(ctx: &XdpContext) -> Option<u32> {
     let start = ctx.data();
-    if start + ETH_LEN + IPV4_LEN + UDP_LEN > ctx.data_end() {
+    if start + HEADERS_LEN > ctx.data_end() {
         return None;
     }
     let targets = config(0);
@@ -93,11 +101,13 @@ fn try_bench_gen(ctx: &XdpContext) -> Option<u32> {
     let target_index = (seq % u64::from(targets)) as u32;
     let flow = ((seq / u64::from(targets)) % u64::from(flows)) as u32;
     let target = BENCH_GEN_TARGETS.get(target_index)?;
+    let headers = BENCH_GEN_HEADERS.get(0)?;
     let src_port = (config(2) + flow) as u16;
     let ip = (start + ETH_LEN) as *mut u8;
     let udp = (start + ETH_LEN + IPV4_LEN) as *mut u8;
     // SAFETY: 42 bytes from `start` were checked above.
     unsafe {
+        core::ptr::copy_nonoverlapping(headers.as_ptr(), start as *mut u8, HEADERS_LEN);
         core::ptr::copy_nonoverlapping(target.as_ptr(), ip.add(16), 4);
         core::ptr::copy_nonoverlapping(src_port.to_be_bytes().as_ptr(), udp, 2);
         core::ptr::copy_nonoverlapping(target.as_ptr().add(4), udp.add(2), 2);

@@ -25,6 +25,9 @@ pub const SINK_PROGRAM: &str = "bench_sink";
 pub const PASS_PROGRAM: &str = "bench_pass";
 const GEN_CONFIG: &str = "BENCH_GEN_CONF";
 const GEN_TARGETS: &str = "BENCH_GEN_TGTS";
+const GEN_HEADERS: &str = "BENCH_GEN_HDR";
+/// Ethernet + IPv4 + UDP: what the generator restores on every packet.
+const GEN_HEADERS_LEN: usize = 42;
 const SINK_CONFIG: &str = "BENCH_SINK_CONF";
 const SINK_STATS: &str = "BENCH_SINK_STAT";
 /// Must match `GEN_MAX_TARGETS` in lb-ebpf/src/bench.rs.
@@ -49,7 +52,7 @@ fn load_object(what: &str) -> Result<Ebpf, BenchError> {
     }
     loader.load(EBPF_OBJECT).map_err(|source| BenchError::Load {
         what: what.to_string(),
-        source,
+        source: Box::new(source),
     })
 }
 
@@ -121,7 +124,9 @@ pub struct Generator {
 }
 
 impl Generator {
+    /// `template` is a 64-byte IPv4/UDP frame with the right MAC addresses and source.
     pub fn new(
+        template: &[u8],
         targets: &[(Ipv4Addr, u16)],
         flows: u32,
         first_port: u16,
@@ -144,6 +149,19 @@ impl Generator {
                 .set(index as u32, &value, 0)
                 .map_err(map_error(GEN_CONFIG, "write"))?;
         }
+        let mut headers = [0u8; 48];
+        let header_bytes = template.get(..GEN_HEADERS_LEN).ok_or_else(|| {
+            BenchError::unexpected(
+                "generator",
+                "the template frame is shorter than its headers",
+            )
+        })?;
+        headers[..GEN_HEADERS_LEN].copy_from_slice(header_bytes);
+        let mut header_map: Array<_, [u8; 48]> = Array::try_from(take_map(&mut ebpf, GEN_HEADERS)?)
+            .map_err(map_error(GEN_HEADERS, "open"))?;
+        header_map
+            .set(0, &headers, 0)
+            .map_err(map_error(GEN_HEADERS, "write"))?;
         let mut table: Array<_, [u8; 8]> = Array::try_from(take_map(&mut ebpf, GEN_TARGETS)?)
             .map_err(map_error(GEN_TARGETS, "open"))?;
         for (index, (addr, port)) in targets.iter().enumerate() {

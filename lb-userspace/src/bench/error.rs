@@ -20,7 +20,7 @@ pub enum BenchError {
     Load {
         what: String,
         #[source]
-        source: aya::EbpfError,
+        source: Box<aya::EbpfError>,
     },
     #[error("program {name} is not in the embedded eBPF object (rebuild: `cargo xtask build`)")]
     MissingProgram { name: String },

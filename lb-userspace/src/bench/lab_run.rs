@@ -29,8 +29,9 @@ use super::{
 };
 use crate::lab::{Lab, Netns};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Balancer {
+    #[default]
     Slicelb,
     Iptables,
     Nftables,
@@ -311,7 +312,6 @@ fn throughput(
         })
         .collect();
     let flows_per_target = (config.flows / v4_targets.len().max(1) as u32).max(1);
-    let generator = Generator::new(&v4_targets, flows_per_target, FIRST_SOURCE_PORT)?;
     let client_mac = mac_of(&lab.client, Lab::CLIENT_IFACE)?;
     let node_mac = mac_of(&lab.node, Lab::NODE_CLIENT_IFACE)?;
     let frame = udp_frame(
@@ -320,6 +320,7 @@ fn throughput(
         SocketAddr::new(Lab::CLIENT_IPV4.into(), FIRST_SOURCE_PORT),
         targets[0],
     );
+    let generator = Generator::new(&frame, &v4_targets, flows_per_target, FIRST_SOURCE_PORT)?;
     // A warm-up pass over every flow: first packets (new conntrack entries, ARP) are
     // then behind us, as they are in a long-running node.
     let warm_up = (flows_per_target * v4_targets.len() as u32).min(config.packets);

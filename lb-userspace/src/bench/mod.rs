@@ -179,6 +179,15 @@ fn result_of(results: &[CaseResult], balancer: Balancer, services: usize) -> Opt
         .find(|r| r.balancer == balancer && r.services == services)
 }
 
+/// One balancer's (services, value) points for the lab plots.
+#[derive(Clone, Debug, Default)]
+struct Curves {
+    balancer: Balancer,
+    throughput: Vec<(f64, f64)>,
+    connections: Vec<(f64, f64)>,
+    programming: Vec<(f64, f64)>,
+}
+
 /// Sections 2, 3 and 4 from the lab cases.
 fn lab_sections(
     results: &[CaseResult],
@@ -231,22 +240,27 @@ fn lab_sections(
     let mpps = |r: &CaseResult| r.throughput.as_ref().ok().map(|t| t.mpps());
     let rate = |r: &CaseResult| r.connections.as_ref().ok().map(|c| c.per_second());
     let program_ms = |r: &CaseResult| r.program.as_ref().ok().map(|d| d.as_secs_f64() * 1e3);
-    let mut series: Vec<(Balancer, Vec<(f64, f64)>, Vec<(f64, f64)>, Vec<(f64, f64)>)> =
-        Balancer::ALL
-            .iter()
-            .map(|b| (*b, Vec::new(), Vec::new(), Vec::new()))
-            .collect();
+    let mut series: Vec<Curves> = Balancer::ALL
+        .iter()
+        .map(|&balancer| Curves {
+            balancer,
+            ..Curves::default()
+        })
+        .collect();
     let mut notes_throughput = Vec::new();
     let mut notes_side = Vec::new();
     for &services in &config.scales {
-        for (balancer, tput_points, conn_points, program_points) in &mut series {
-            let Some(result) = result_of(results, *balancer, services) else {
+        for curves in &mut series {
+            let balancer = curves.balancer;
+            let Some(result) = result_of(results, balancer, services) else {
                 continue;
             };
             let x = services as f64;
-            tput_points.push((x, value(Some(result), &mpps)));
-            conn_points.push((x, value(Some(result), &rate)));
-            program_points.push((x, value(Some(result), &program_ms)));
+            curves.throughput.push((x, value(Some(result), &mpps)));
+            curves.connections.push((x, value(Some(result), &rate)));
+            curves
+                .programming
+                .push((x, value(Some(result), &program_ms)));
             match &result.throughput {
                 Ok(t) => throughput.row(vec![
                     services.to_string(),
@@ -350,18 +364,14 @@ fn lab_sections(
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_else(|_| "unknown".into());
 
-    let chart = |title: &str,
-                 y: &str,
-                 pick: &dyn Fn(
-        &(Balancer, Vec<(f64, f64)>, Vec<(f64, f64)>, Vec<(f64, f64)>),
-    ) -> Vec<(f64, f64)>| LineChart {
+    let chart = |title: &str, y: &str, pick: &dyn Fn(&Curves) -> Vec<(f64, f64)>| LineChart {
         title: title.into(),
         x_label: "services".into(),
         y_label: y.into(),
         series: series
             .iter()
             .map(|s| Series {
-                name: s.0.name().into(),
+                name: s.balancer.name().into(),
                 points: pick(s),
             })
             .filter(|s| s.points.iter().any(|p| p.1.is_finite()))
@@ -381,19 +391,23 @@ fn lab_sections(
     };
     let mut notes_connections = Vec::new();
     let throughput_plots = write_plot(
-        chart("Throughput (64-byte UDP)", "Mpps", &|s| s.1.clone()),
+        chart("Throughput (64-byte UDP)", "Mpps", &|s| {
+            s.throughput.clone()
+        }),
         "throughput",
         &mut notes_throughput,
     )?;
     let connection_plots = write_plot(
         chart("New TCP connections per second", "connections/s", &|s| {
-            s.2.clone()
+            s.connections.clone()
         }),
         "connections",
         &mut notes_connections,
     )?;
     let side_plots = write_plot(
-        chart("Time to program N services", "ms", &|s| s.3.clone()),
+        chart("Time to program N services", "ms", &|s| {
+            s.programming.clone()
+        }),
         "programming",
         &mut notes_side,
     )?;

@@ -105,6 +105,7 @@ impl LineChart {
             .label_style(("sans-serif", 15))
             .axis_desc_style(("sans-serif", 17))
             .x_label_formatter(&|x| format!("{x:.0}"))
+            .y_label_formatter(&|y| super::report::num(*y))
             .draw()
             .map_err(|e| text(&e))?;
         for (index, series) in self.series.iter().enumerate() {

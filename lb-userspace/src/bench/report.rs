@@ -247,7 +247,7 @@ mod tests {
         for expected in [
             "## Per-packet cost",
             "| case | ns/packet |",
-            "| floor | 12.35 |",
+            "| floor | 12.3 |",
             "![x-per-packet](x-per-packet.svg)",
             "Test CPU (2 cores), kernel 6.18",
             "`slicelb bench --quick`",
