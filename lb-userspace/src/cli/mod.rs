@@ -44,6 +44,19 @@ pub enum Command {
     Demo(DemoArgs),
     /// Benchmarks (what `cargo xtask bench` starts).
     Bench(BenchArgs),
+    /// A lab backend: HTTP and UDP echo answering with NAME (used by the demo and tests).
+    #[command(hide = true)]
+    LabServer(LabServerArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LabServerArgs {
+    #[arg(long)]
+    pub name: String,
+    #[arg(long, default_value_t = 8080)]
+    pub http_port: u16,
+    #[arg(long, default_value_t = 9000)]
+    pub udp_port: u16,
 }
 
 #[derive(Debug, Args)]
