@@ -29,6 +29,7 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<()> {
         }
         .serve()
         .map_err(anyhow::Error::from),
+        cli::Command::Demo(args) => lab::demo::run(&args),
         command => anyhow::bail!("{command:?}: not built yet"),
     }
 }
