@@ -1,6 +1,9 @@
 //! The `slicelb` command line: the agent, and the operator commands that read the pinned
 //! maps (they work with or without a running agent).
 
+pub mod services;
+pub mod stats;
+
 use std::{net::SocketAddr, path::PathBuf};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
