@@ -61,7 +61,7 @@ impl KernelCollector {
         match result {
             Ok(value) => Some(value),
             Err(error) => {
-                tracing::warn!(%error, "metrics: could not read the kernel's {what}; left out of this scrape");
+                tracing::warn!(%error, "metrics: could not read the kernel's {what}; skipped");
                 self.errors
                     .get_or_create(&ErrorLabels {
                         kind: ERROR_KIND_KERNEL_STATS.into(),
