@@ -516,3 +516,17 @@ async fn an_unreadable_kernel_map_leaves_a_gap_and_counts_an_error() {
         "an unreadable map should be counted as kernel_stats_read, found {errors:?}"
     );
 }
+
+#[tokio::test]
+async fn a_busy_address_is_refused_with_the_address_and_what_to_do() {
+    let first = start(KernelState::default()).await;
+    let error = MetricsServer::bind(first.addr)
+        .await
+        .expect_err("a second server on the same address must not bind");
+    let message = error.to_string();
+    assert!(
+        message.contains(&first.addr.to_string()) && message.contains("--metrics-addr"),
+        "the error should name {} and the flag to change: {message}",
+        first.addr
+    );
+}
