@@ -530,3 +530,25 @@ async fn a_busy_address_is_refused_with_the_address_and_what_to_do() {
         first.addr
     );
 }
+
+#[tokio::test]
+async fn a_service_name_reported_twice_is_one_series() {
+    let mut kernel = sample_kernel();
+    let again = ServiceCounters {
+        packets: 5,
+        bytes: 500,
+        new_flows: 1,
+    };
+    kernel.services.push(("default/web:http".to_owned(), again));
+    let endpoint = start(kernel).await;
+    let samples = scrape(&endpoint).await;
+    let labels = [("service", "default/web:http")];
+    expect_value(&samples, "slicelb_service_packets_total", &labels, 1005.0);
+    expect_value(
+        &samples,
+        "slicelb_service_bytes_total",
+        &labels,
+        1_500_500.0,
+    );
+    expect_value(&samples, "slicelb_service_new_flows_total", &labels, 41.0);
+}

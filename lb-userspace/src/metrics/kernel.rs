@@ -1,6 +1,7 @@
 //! Kernel counters, read at scrape time through [`KernelStats`] and written out by a
 //! prometheus-client [`Collector`].
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use lb_common::{ProtoCounter, Reason, ServiceCounters};
@@ -73,6 +74,19 @@ impl KernelCollector {
     }
 }
 
+/// One series per name: Prometheus rejects a scrape that repeats a series, so counters
+/// reported twice under one name (e.g. a name reused by a new service id) are added up.
+fn merge_by_name(services: Vec<(String, ServiceCounters)>) -> BTreeMap<String, ServiceCounters> {
+    let mut merged = BTreeMap::<String, ServiceCounters>::new();
+    for (name, counters) in services {
+        let total = merged.entry(name).or_default();
+        total.packets = total.packets.saturating_add(counters.packets);
+        total.bytes = total.bytes.saturating_add(counters.bytes);
+        total.new_flows = total.new_flows.saturating_add(counters.new_flows);
+    }
+    merged
+}
+
 /// A per-service metric: name, help, and which counter it reports.
 type ServiceColumn = (&'static str, &'static str, fn(&ServiceCounters) -> u64);
 
@@ -100,6 +114,7 @@ fn encode_labelled(
 impl Collector for KernelCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         if let Some(services) = self.read("service counters", self.stats.service_counters()) {
+            let services = merge_by_name(services);
             let columns: [ServiceColumn; 3] = [
                 (
                     "service_packets",
