@@ -117,8 +117,8 @@ pub struct AgentArgs {
     pub nodeport_addresses: Vec<ipnet::IpNet>,
     #[arg(long, default_value = DEFAULT_PIN_PATH)]
     pub pin_path: PathBuf,
-    /// Prometheus metrics, /healthz and /readyz.
-    #[arg(long, default_value = "127.0.0.1:9400")]
+    /// Prometheus metrics, /healthz and /readyz (an IPv6 address may go without brackets).
+    #[arg(long, default_value = "127.0.0.1:9400", value_parser = crate::metrics::parse_listen_addr)]
     pub metrics_addr: SocketAddr,
     #[arg(long, value_enum, default_value_t = XdpMode::Auto)]
     pub xdp_mode: XdpMode,
