@@ -23,6 +23,14 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match cli.command {
+        cli::Command::LabServer(args) => lab::servers::BackendServers {
+            name: args.name,
+            http_port: args.http_port,
+            udp_port: args.udp_port,
+        }
+        .serve()
+        .map_err(anyhow::Error::from),
+        cli::Command::Demo(args) => lab::demo::run(&args),
         command => anyhow::bail!("{command:?}: not built yet"),
     }
 }

@@ -94,3 +94,40 @@ fn netns_is_removed_after_a_panic() {
         "{name} should be removed while unwinding"
     );
 }
+
+#[test]
+fn lab_servers_answer_http_and_udp_with_their_names() {
+    require_root("lab_servers_answer_http_and_udp_with_their_names");
+    use slicelb::lab::servers::{http_get_once, udp_ask_once};
+    let lab = Lab::new(2).expect("build lab");
+    let _servers = lab
+        .start_servers(std::path::Path::new(env!("CARGO_BIN_EXE_slicelb")))
+        .expect("start servers");
+    let timeout = Duration::from_secs(2);
+    for backend in &lab.backends {
+        for ip in [IpAddr::from(backend.ipv4), IpAddr::from(backend.ipv6)] {
+            let name = lab
+                .client
+                .enter(move || {
+                    // The servers need a moment to bind; retry briefly.
+                    let mut last = None;
+                    for _ in 0..50 {
+                        match http_get_once(SocketAddr::new(ip, 8080), timeout) {
+                            Ok(name) => return name,
+                            Err(e) => last = Some(e),
+                        }
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                    panic!("no HTTP answer from {ip}: {last:?}");
+                })
+                .expect("enter client");
+            assert_eq!(name, backend.name(), "HTTP answer from {ip}");
+            let udp = lab
+                .client
+                .enter(move || udp_ask_once(SocketAddr::new(ip, 9000), timeout))
+                .expect("enter client")
+                .unwrap_or_else(|e| panic!("no UDP answer from {ip}: {e}"));
+            assert_eq!(udp, backend.name(), "UDP answer from {ip}");
+        }
+    }
+}

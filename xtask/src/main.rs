@@ -3,6 +3,7 @@
 //! Builds on the machine's default stable; every build, lint and test of the workspace runs
 //! with the pinned toolchains from [`toolchain`].
 
+mod kind;
 mod setup;
 mod toolchain;
 
@@ -39,6 +40,12 @@ enum Task {
         /// Leave the lab up at the end and print how to enter it.
         #[arg(long)]
         keep: bool,
+        /// Instead of the lab: build the image, load it into a kind cluster and deploy.
+        #[arg(long)]
+        kind: bool,
+        /// The kind cluster (with --kind).
+        #[arg(long, default_value = "kind", requires = "kind")]
+        cluster: String,
     },
     /// Benchmarks (see README): per-packet cost, throughput, connections, control plane.
     Bench {
@@ -261,7 +268,17 @@ fn main() -> anyhow::Result<()> {
             let linker_bin = setup::setup()?;
             test(&linker_bin)?;
         }
-        Task::Run { duration, keep } => {
+        Task::Run {
+            kind: true,
+            cluster,
+            ..
+        } => {
+            if let Err(e) = kind::run_kind(&cluster) {
+                eprintln!("{e}");
+                std::process::exit(1);
+            }
+        }
+        Task::Run { duration, keep, .. } => {
             require_root("run")?;
             let linker_bin = setup::setup()?;
             let binary = build_release(&linker_bin)?;

@@ -1,6 +1,9 @@
 //! The `slicelb` command line: the agent, and the operator commands that read the pinned
 //! maps (they work with or without a running agent).
 
+pub mod services;
+pub mod stats;
+
 use std::{net::SocketAddr, path::PathBuf};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -44,6 +47,19 @@ pub enum Command {
     Demo(DemoArgs),
     /// Benchmarks (what `cargo xtask bench` starts).
     Bench(BenchArgs),
+    /// A lab backend: HTTP and UDP echo answering with NAME (used by the demo and tests).
+    #[command(hide = true)]
+    LabServer(LabServerArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LabServerArgs {
+    #[arg(long)]
+    pub name: String,
+    #[arg(long, default_value_t = 8080)]
+    pub http_port: u16,
+    #[arg(long, default_value_t = 9000)]
+    pub udp_port: u16,
 }
 
 #[derive(Debug, Args)]
@@ -101,8 +117,8 @@ pub struct AgentArgs {
     pub nodeport_addresses: Vec<ipnet::IpNet>,
     #[arg(long, default_value = DEFAULT_PIN_PATH)]
     pub pin_path: PathBuf,
-    /// Prometheus metrics, /healthz and /readyz.
-    #[arg(long, default_value = "127.0.0.1:9400")]
+    /// Prometheus metrics, /healthz and /readyz (an IPv6 address may go without brackets).
+    #[arg(long, default_value = "127.0.0.1:9400", value_parser = crate::metrics::parse_listen_addr)]
     pub metrics_addr: SocketAddr,
     #[arg(long, value_enum, default_value_t = XdpMode::Auto)]
     pub xdp_mode: XdpMode,

@@ -5,6 +5,9 @@
 //! killed run left behind ([`Netns::remove_stale`]). Addresses come only from the benchmarking
 //! ranges 198.18.0.0/15 and 2001:2::/48: lab traffic never leaves these namespaces.
 
+pub mod demo;
+pub mod servers;
+
 use std::{
     fs::File,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
@@ -187,6 +190,57 @@ impl Drop for Netns {
     }
 }
 
+/// A process that is killed (and reaped) when this guard drops.
+#[derive(Debug)]
+pub struct ChildGuard {
+    child: std::process::Child,
+    what: String,
+}
+
+impl ChildGuard {
+    pub fn spawn(mut command: Command, what: &str) -> Result<Self, LabError> {
+        let shown = format!("{command:?}").replace('"', "");
+        let child = command
+            .stdin(Stdio::null())
+            .spawn()
+            .map_err(|source| LabError::Spawn {
+                command: shown,
+                source,
+            })?;
+        Ok(Self {
+            child,
+            what: what.to_string(),
+        })
+    }
+
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Still running? (`false` once it exited.)
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Sends `signal` (SIGTERM for a clean stop, SIGKILL for a crash) and waits for exit.
+    pub fn signal_and_wait(&mut self, signal: i32) -> std::io::Result<std::process::ExitStatus> {
+        // SAFETY: kill on our own child's pid, which we have not reaped yet.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+        self.child.wait()
+    }
+
+    pub fn what(&self) -> &str {
+        &self.what
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Creates a veth pair `a_name` in `a` and `b_name` in `b`, both up.
 pub fn veth_pair(a: &Netns, a_name: &str, b: &Netns, b_name: &str) -> Result<(), LabError> {
     run(
@@ -230,6 +284,21 @@ pub struct LabBackend {
     pub ipv6: Ipv6Addr,
     /// The node's veth towards this backend.
     pub node_iface: String,
+}
+
+impl LabBackend {
+    /// `backend-K`, what its servers answer.
+    pub fn name(&self) -> String {
+        format!("backend-{}", self.ipv4.octets()[2])
+    }
+
+    /// Starts `slicelb lab-server` in this backend's namespace.
+    pub fn start_server(&self, slicelb: &std::path::Path) -> Result<ChildGuard, LabError> {
+        let mut command = self.netns.command(&slicelb.display().to_string());
+        command.args(["lab-server", "--name", &self.name()]);
+        command.stdout(Stdio::null());
+        ChildGuard::spawn(command, &self.name())
+    }
 }
 
 /// client ── node ── backend 1..=n, every link a veth pair, IPv4 and IPv6.
@@ -316,6 +385,15 @@ impl Lab {
             node_iface,
         });
         Ok(self.backends.last().expect("just pushed"))
+    }
+
+    /// Starts `slicelb lab-server` in every backend namespace (HTTP 8080, UDP 9000), each
+    /// answering with its name `backend-K`.
+    pub fn start_servers(&self, slicelb: &std::path::Path) -> Result<Vec<ChildGuard>, LabError> {
+        self.backends
+            .iter()
+            .map(|backend| backend.start_server(slicelb))
+            .collect()
     }
 
     /// Turns checksum offload on or off on the client's interface (`ethtool -K … tx`).
