@@ -118,11 +118,19 @@ pub fn merge_backend(
 ) {
     merged
         .entry(addr)
-        .and_modify(|known| {
-            if backend.state == BackendState::Active {
-                known.state = BackendState::Active;
-            }
-            known.node_local |= backend.node_local;
-        })
+        .and_modify(|known| *known = combine_backend(*known, backend))
         .or_insert(backend);
+}
+
+/// One endpoint as two services see it: Active if either counts it ready.
+pub fn combine_backend(a: DesiredBackend, b: DesiredBackend) -> DesiredBackend {
+    let state = if a.state == BackendState::Active || b.state == BackendState::Active {
+        BackendState::Active
+    } else {
+        BackendState::Terminating
+    };
+    DesiredBackend {
+        state,
+        node_local: a.node_local || b.node_local,
+    }
 }
