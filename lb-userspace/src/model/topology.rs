@@ -178,3 +178,490 @@ fn pick(endpoints: &[Endpoint], keep: impl Fn(&Endpoint) -> bool) -> Vec<SocketA
         .map(|ep| ep.addr)
         .collect()
 }
+
+/// Rust ports of kube-proxy's `TestCategorizeEndpoints` (`pkg/proxy/topology_test.go`), plus
+/// cases for node hints (`PreferSameNode`). In kube-proxy, a service with only
+/// `externalTrafficPolicy: Local` and no external frontend uses Cluster endpoints; here that
+/// is the caller's `PolicyUse`.
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Endpoint shorthand: `10.1.2.3:80`, zone hints, node hints, ready, serving,
+    /// terminating, local.
+    fn ep(
+        addr: &str,
+        zones: &[&str],
+        nodes: &[&str],
+        ready: bool,
+        serving: bool,
+        terminating: bool,
+        local: bool,
+    ) -> Endpoint {
+        Endpoint {
+            addr: addr.parse().expect("test address"),
+            ready,
+            serving,
+            terminating,
+            local,
+            zone_hints: zones.iter().map(|z| z.to_string()).collect(),
+            node_hints: nodes.iter().map(|n| n.to_string()).collect(),
+        }
+    }
+
+    fn ready(addr: &str, zones: &[&str]) -> Endpoint {
+        ep(addr, zones, &[], true, true, false, false)
+    }
+
+    fn local_ready(addr: &str, zones: &[&str]) -> Endpoint {
+        ep(addr, zones, &[], true, true, false, true)
+    }
+
+    /// (internal policy Local, external policy Local, externally accessible)
+    fn uses(itp_local: bool, etp_local: bool, external: bool) -> PolicyUse {
+        PolicyUse {
+            cluster: !itp_local || external,
+            local: itp_local || (etp_local && external),
+        }
+    }
+
+    struct Case {
+        name: &'static str,
+        zone: &'static str,
+        node: &'static str,
+        uses: PolicyUse,
+        endpoints: Vec<Endpoint>,
+        cluster: Option<Vec<&'static str>>,
+        local: Option<Vec<&'static str>>,
+        /// `None`: same as whichever of cluster/local is set.
+        all: Option<Vec<&'static str>>,
+        only_remote: bool,
+    }
+
+    fn case(
+        name: &'static str,
+        zone: &'static str,
+        uses: PolicyUse,
+        endpoints: Vec<Endpoint>,
+    ) -> Case {
+        Case {
+            name,
+            zone,
+            node: "node-1",
+            uses,
+            endpoints,
+            cluster: None,
+            local: None,
+            all: None,
+            only_remote: false,
+        }
+    }
+
+    impl Case {
+        fn cluster(mut self, list: &[&'static str]) -> Self {
+            self.cluster = Some(list.to_vec());
+            self
+        }
+        fn local(mut self, list: &[&'static str]) -> Self {
+            self.local = Some(list.to_vec());
+            self
+        }
+        fn all(mut self, list: &[&'static str]) -> Self {
+            self.all = Some(list.to_vec());
+            self
+        }
+        fn only_remote(mut self) -> Self {
+            self.only_remote = true;
+            self
+        }
+    }
+
+    fn sorted(list: &[SocketAddr]) -> Vec<String> {
+        let mut v: Vec<String> = list.iter().map(ToString::to_string).collect();
+        v.sort();
+        v
+    }
+
+    fn owned(list: &[&str]) -> Vec<String> {
+        let mut v: Vec<String> = list.iter().map(|s| s.to_string()).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn categorize_endpoints_like_kube_proxy() {
+        let za = "zone-a";
+        let cluster_only = uses(false, false, false);
+        let cases = vec![
+            case(
+                "all endpoints hinted, zone has endpoints: topology used",
+                za,
+                cluster_only,
+                vec![
+                    ready("10.1.2.3:80", &["zone-a"]),
+                    ready("10.1.2.4:80", &["zone-b"]),
+                    ready("10.1.2.5:80", &["zone-c"]),
+                    ready("10.1.2.6:80", &["zone-a"]),
+                ],
+            )
+            .cluster(&["10.1.2.3:80", "10.1.2.6:80"]),
+            case(
+                "externalTrafficPolicy: Local, topology ignored for Local endpoints",
+                za,
+                uses(false, true, true),
+                vec![
+                    local_ready("10.1.2.3:80", &["zone-a"]),
+                    local_ready("10.1.2.4:80", &["zone-b"]),
+                    ready("10.1.2.5:80", &["zone-c"]),
+                    ready("10.1.2.6:80", &["zone-a"]),
+                ],
+            )
+            .cluster(&["10.1.2.3:80", "10.1.2.6:80"])
+            .local(&["10.1.2.3:80", "10.1.2.4:80"])
+            .all(&["10.1.2.3:80", "10.1.2.4:80", "10.1.2.6:80"]),
+            case(
+                "internalTrafficPolicy: Local, topology ignored for Local endpoints",
+                za,
+                uses(true, false, true),
+                vec![
+                    local_ready("10.1.2.3:80", &["zone-a"]),
+                    local_ready("10.1.2.4:80", &["zone-b"]),
+                    ready("10.1.2.5:80", &["zone-c"]),
+                    ready("10.1.2.6:80", &["zone-a"]),
+                ],
+            )
+            .cluster(&["10.1.2.3:80", "10.1.2.6:80"])
+            .local(&["10.1.2.3:80", "10.1.2.4:80"])
+            .all(&["10.1.2.3:80", "10.1.2.4:80", "10.1.2.6:80"]),
+            case(
+                "empty node labels",
+                "",
+                cluster_only,
+                vec![ready("10.1.2.3:80", &["zone-a"])],
+            )
+            .cluster(&["10.1.2.3:80"]),
+            case(
+                "node in different zone, no endpoint filtering",
+                "zone-b",
+                cluster_only,
+                vec![ready("10.1.2.3:80", &["zone-a"])],
+            )
+            .cluster(&["10.1.2.3:80"]),
+            case(
+                "unready endpoint",
+                za,
+                cluster_only,
+                vec![
+                    ready("10.1.2.3:80", &["zone-a"]),
+                    ready("10.1.2.4:80", &["zone-b"]),
+                    ready("10.1.2.5:80", &["zone-c"]),
+                    ep("10.1.2.6:80", &["zone-a"], &[], false, false, false, false),
+                ],
+            )
+            .cluster(&["10.1.2.3:80"]),
+            case(
+                "only unready endpoints in same zone (should not filter)",
+                za,
+                cluster_only,
+                vec![
+                    ep("10.1.2.3:80", &["zone-a"], &[], false, false, false, false),
+                    ready("10.1.2.4:80", &["zone-b"]),
+                    ready("10.1.2.5:80", &["zone-c"]),
+                    ep("10.1.2.6:80", &["zone-a"], &[], false, false, false, false),
+                ],
+            )
+            .cluster(&["10.1.2.4:80", "10.1.2.5:80"]),
+            case(
+                "missing hints, no filtering applied",
+                za,
+                cluster_only,
+                vec![
+                    ready("10.1.2.3:80", &["zone-a"]),
+                    ready("10.1.2.4:80", &["zone-b"]),
+                    ready("10.1.2.5:80", &[]),
+                    ready("10.1.2.6:80", &["zone-a"]),
+                ],
+            )
+            .cluster(&["10.1.2.3:80", "10.1.2.4:80", "10.1.2.5:80", "10.1.2.6:80"]),
+            case(
+                "multiple hints per endpoint, filtering includes any endpoint with zone included",
+                "zone-c",
+                cluster_only,
+                vec![
+                    ready("10.1.2.3:80", &["zone-a", "zone-b", "zone-c"]),
+                    ready("10.1.2.4:80", &["zone-b", "zone-c"]),
+                    ready("10.1.2.5:80", &["zone-b", "zone-d"]),
+                    ready("10.1.2.6:80", &["zone-c"]),
+                ],
+            )
+            .cluster(&["10.1.2.3:80", "10.1.2.4:80", "10.1.2.6:80"]),
+            case(
+                "conflicting topology and localness require merging allEndpoints",
+                za,
+                uses(false, true, true),
+                vec![
+                    local_ready("10.0.0.0:80", &["zone-a"]),
+                    local_ready("10.0.0.1:80", &["zone-b"]),
+                    ready("10.0.0.2:80", &["zone-a"]),
+                    ready("10.0.0.3:80", &["zone-b"]),
+                ],
+            )
+            .cluster(&["10.0.0.0:80", "10.0.0.2:80"])
+            .local(&["10.0.0.0:80", "10.0.0.1:80"])
+            .all(&["10.0.0.0:80", "10.0.0.1:80", "10.0.0.2:80"]),
+            case(
+                "internalTrafficPolicy: Local, with empty endpoints",
+                "",
+                uses(true, false, false),
+                vec![],
+            ),
+            case(
+                "internalTrafficPolicy: Local, but all endpoints are remote",
+                "",
+                uses(true, false, false),
+                vec![ready("10.0.0.0:80", &[]), ready("10.0.0.1:80", &[])],
+            )
+            .local(&[])
+            .only_remote(),
+            case(
+                "internalTrafficPolicy: Local, all endpoints are local",
+                "",
+                uses(true, false, false),
+                vec![
+                    local_ready("10.0.0.0:80", &[]),
+                    local_ready("10.0.0.1:80", &[]),
+                ],
+            )
+            .local(&["10.0.0.0:80", "10.0.0.1:80"]),
+            case(
+                "internalTrafficPolicy: Local, some endpoints are local",
+                "",
+                uses(true, false, false),
+                vec![local_ready("10.0.0.0:80", &[]), ready("10.0.0.1:80", &[])],
+            )
+            .local(&["10.0.0.0:80"]),
+            case(
+                "Cluster traffic policy, endpoints not Ready",
+                "",
+                cluster_only,
+                vec![
+                    ep("10.0.0.0:80", &[], &[], false, false, false, false),
+                    ep("10.0.0.1:80", &[], &[], false, false, false, false),
+                ],
+            )
+            .cluster(&[]),
+            case(
+                "Cluster traffic policy, some endpoints are Ready",
+                "",
+                cluster_only,
+                vec![
+                    ep("10.0.0.0:80", &[], &[], false, false, false, false),
+                    ready("10.0.0.1:80", &[]),
+                ],
+            )
+            .cluster(&["10.0.0.1:80"]),
+            case(
+                "Cluster traffic policy, all endpoints are terminating",
+                "",
+                cluster_only,
+                vec![
+                    ep("10.0.0.0:80", &[], &[], false, true, true, true),
+                    ep("10.0.0.1:80", &[], &[], false, true, true, false),
+                ],
+            )
+            .cluster(&["10.0.0.0:80", "10.0.0.1:80"]),
+            case(
+                "iTP: Local, eTP: Cluster, some endpoints local",
+                "",
+                uses(true, false, true),
+                vec![local_ready("10.0.0.0:80", &[]), ready("10.0.0.1:80", &[])],
+            )
+            .cluster(&["10.0.0.0:80", "10.0.0.1:80"])
+            .local(&["10.0.0.0:80"])
+            .all(&["10.0.0.0:80", "10.0.0.1:80"]),
+            case(
+                "iTP: Cluster, eTP: Local, some endpoints local",
+                "",
+                uses(false, true, true),
+                vec![local_ready("10.0.0.0:80", &[]), ready("10.0.0.1:80", &[])],
+            )
+            .cluster(&["10.0.0.0:80", "10.0.0.1:80"])
+            .local(&["10.0.0.0:80"])
+            .all(&["10.0.0.0:80", "10.0.0.1:80"]),
+            case(
+                "iTP: Local, eTP: Local, some endpoints local",
+                "",
+                uses(true, true, true),
+                vec![local_ready("10.0.0.0:80", &[]), ready("10.0.0.1:80", &[])],
+            )
+            .cluster(&["10.0.0.0:80", "10.0.0.1:80"])
+            .local(&["10.0.0.0:80"])
+            .all(&["10.0.0.0:80", "10.0.0.1:80"]),
+            case(
+                "iTP: Local, eTP: Local, all endpoints remote",
+                "",
+                uses(true, true, true),
+                vec![ready("10.0.0.0:80", &[]), ready("10.0.0.1:80", &[])],
+            )
+            .cluster(&["10.0.0.0:80", "10.0.0.1:80"])
+            .local(&[])
+            .all(&["10.0.0.0:80", "10.0.0.1:80"]),
+            case(
+                "iTP: Local, eTP: Local, all endpoints remote and terminating",
+                "",
+                uses(true, true, true),
+                vec![
+                    ep("10.0.0.0:80", &[], &[], false, true, true, false),
+                    ep("10.0.0.1:80", &[], &[], false, true, true, false),
+                ],
+            )
+            .cluster(&["10.0.0.0:80", "10.0.0.1:80"])
+            .local(&[])
+            .all(&["10.0.0.0:80", "10.0.0.1:80"])
+            .only_remote(),
+            case(
+                "iTP: Cluster, eTP: Local, with terminating endpoints",
+                "",
+                uses(false, true, true),
+                vec![
+                    ready("10.0.0.0:80", &[]),
+                    ep("10.0.0.1:80", &[], &[], false, false, false, true),
+                    ep("10.0.0.2:80", &[], &[], false, true, true, true),
+                    ep("10.0.0.3:80", &[], &[], false, true, true, false),
+                ],
+            )
+            .cluster(&["10.0.0.0:80"])
+            .local(&["10.0.0.2:80"])
+            .all(&["10.0.0.0:80", "10.0.0.2:80"]),
+            case(
+                "externalTrafficPolicy ignored if not externally accessible",
+                "",
+                uses(false, true, false),
+                vec![ready("10.0.0.0:80", &[]), local_ready("10.0.0.1:80", &[])],
+            )
+            .cluster(&["10.0.0.0:80", "10.0.0.1:80"])
+            .all(&["10.0.0.0:80", "10.0.0.1:80"]),
+            case(
+                "no cluster endpoints for iTP:Local internal-only service",
+                "",
+                uses(true, false, false),
+                vec![ready("10.0.0.0:80", &[]), local_ready("10.0.0.1:80", &[])],
+            )
+            .local(&["10.0.0.1:80"])
+            .all(&["10.0.0.1:80"]),
+            // Node hints (PreferSameNode), from topologyModeFromHints.
+            case(
+                "all endpoints have node hints and one is for this node: same node",
+                za,
+                cluster_only,
+                vec![
+                    ep(
+                        "10.0.0.1:80",
+                        &["zone-a"],
+                        &["node-1"],
+                        true,
+                        true,
+                        false,
+                        true,
+                    ),
+                    ep(
+                        "10.0.0.2:80",
+                        &["zone-a"],
+                        &["node-2"],
+                        true,
+                        true,
+                        false,
+                        false,
+                    ),
+                ],
+            )
+            .cluster(&["10.0.0.1:80"]),
+            case(
+                "node hints, none for this node: zone hints decide",
+                za,
+                cluster_only,
+                vec![
+                    ep(
+                        "10.0.0.1:80",
+                        &["zone-a"],
+                        &["node-2"],
+                        true,
+                        true,
+                        false,
+                        false,
+                    ),
+                    ep(
+                        "10.0.0.2:80",
+                        &["zone-b"],
+                        &["node-3"],
+                        true,
+                        true,
+                        false,
+                        false,
+                    ),
+                ],
+            )
+            .cluster(&["10.0.0.1:80"]),
+            case(
+                "one ready endpoint without node hint: zone hints decide",
+                za,
+                cluster_only,
+                vec![
+                    ep(
+                        "10.0.0.1:80",
+                        &["zone-a"],
+                        &["node-1"],
+                        true,
+                        true,
+                        false,
+                        true,
+                    ),
+                    ep("10.0.0.2:80", &["zone-a"], &[], true, true, false, false),
+                    ready("10.0.0.3:80", &["zone-b"]),
+                ],
+            )
+            .cluster(&["10.0.0.1:80", "10.0.0.2:80"]),
+            case(
+                "unready endpoint without hints does not spoil node hints",
+                za,
+                cluster_only,
+                vec![
+                    ep("10.0.0.1:80", &[], &["node-1"], true, true, false, true),
+                    ep("10.0.0.2:80", &[], &[], false, false, false, false),
+                ],
+            )
+            .cluster(&["10.0.0.1:80"]),
+        ];
+
+        for case in cases {
+            let got = categorize_endpoints(&case.endpoints, case.uses, case.node, case.zone);
+            let name = case.name;
+            assert_eq!(
+                got.cluster.as_deref().map(sorted),
+                case.cluster.as_deref().map(owned),
+                "{name}: cluster endpoints"
+            );
+            assert_eq!(
+                got.local.as_deref().map(sorted),
+                case.local.as_deref().map(owned),
+                "{name}: local endpoints"
+            );
+            let expected_all = match (&case.cluster, &case.local, &case.all) {
+                (_, _, Some(all)) => owned(all),
+                (Some(cluster), None, None) => owned(cluster),
+                (None, Some(local), None) => owned(local),
+                _ => Vec::new(),
+            };
+            assert_eq!(
+                sorted(&got.all_reachable),
+                expected_all,
+                "{name}: all reachable endpoints"
+            );
+            assert_eq!(
+                got.has_any,
+                !expected_all.is_empty() || case.only_remote,
+                "{name}: has any endpoints"
+            );
+        }
+    }
+}
