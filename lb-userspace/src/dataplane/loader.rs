@@ -266,7 +266,16 @@ impl Datapath {
         self.pin_path.as_deref()
     }
 
-    /// A map of the object, for typed access (`HashMap::try_from(...)`).
+    /// A map of the object (typed access: `HashMap::try_from(datapath.map(NAME)?)`).
+    pub fn map(&self, map: &'static str) -> Result<&aya::maps::Map, LoadError> {
+        self.ebpf.map(map).ok_or(LoadError::MissingMap { map })
+    }
+
+    pub fn map_mut(&mut self, map: &'static str) -> Result<&mut aya::maps::Map, LoadError> {
+        self.ebpf.map_mut(map).ok_or(LoadError::MissingMap { map })
+    }
+
+    /// The raw map data of a map of the object.
     pub fn map_data(&self, map: &'static str) -> Result<&MapData, LoadError> {
         match self.ebpf.map(map) {
             Some(

@@ -6,8 +6,8 @@
 use std::net::IpAddr;
 
 use etherparse::{
-    IpNumber, Ipv4Header, PacketBuilder, SlicedPacket, TransportSlice,
-    icmpv4, icmpv6, Icmpv4Type, Icmpv6Type, NetSlice,
+    Icmpv4Type, Icmpv6Type, IpNumber, Ipv4Header, NetSlice, PacketBuilder, SlicedPacket,
+    TransportSlice, icmpv4, icmpv6,
 };
 
 pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
@@ -119,23 +119,38 @@ impl Spec {
                         tcp.write(&mut out, &self.payload).expect("tcp packet");
                     }
                     L4::Udp => {
-                        $ip.udp(self.sport, self.dport).write(&mut out, &self.payload).expect("udp packet");
+                        $ip.udp(self.sport, self.dport)
+                            .write(&mut out, &self.payload)
+                            .expect("udp packet");
                     }
                     L4::Sctp => {
                         let sctp = sctp_packet(self.sport, self.dport, &self.payload);
-                        $ip.write(&mut out, IpNumber(132), &sctp).expect("sctp packet");
+                        $ip.write(&mut out, IpNumber(132), &sctp)
+                            .expect("sctp packet");
                     }
                 }
             };
         }
         match (self.src, self.dst, self.vlan) {
-            (IpAddr::V4(s), IpAddr::V4(d), None) => finish!(eth.ipv4(s.octets(), d.octets(), self.ttl)),
-            (IpAddr::V4(s), IpAddr::V4(d), Some(v)) => {
-                finish!(eth.single_vlan(v.try_into().expect("vlan id")).ipv4(s.octets(), d.octets(), self.ttl))
+            (IpAddr::V4(s), IpAddr::V4(d), None) => {
+                finish!(eth.ipv4(s.octets(), d.octets(), self.ttl))
             }
-            (IpAddr::V6(s), IpAddr::V6(d), None) => finish!(eth.ipv6(s.octets(), d.octets(), self.ttl)),
+            (IpAddr::V4(s), IpAddr::V4(d), Some(v)) => {
+                finish!(eth.single_vlan(v.try_into().expect("vlan id")).ipv4(
+                    s.octets(),
+                    d.octets(),
+                    self.ttl
+                ))
+            }
+            (IpAddr::V6(s), IpAddr::V6(d), None) => {
+                finish!(eth.ipv6(s.octets(), d.octets(), self.ttl))
+            }
             (IpAddr::V6(s), IpAddr::V6(d), Some(v)) => {
-                finish!(eth.single_vlan(v.try_into().expect("vlan id")).ipv6(s.octets(), d.octets(), self.ttl))
+                finish!(eth.single_vlan(v.try_into().expect("vlan id")).ipv6(
+                    s.octets(),
+                    d.octets(),
+                    self.ttl
+                ))
             }
             _ => panic!("mixed address families in a packet spec"),
         }
@@ -154,7 +169,11 @@ pub fn crc32c(data: &[u8]) -> u32 {
     for byte in data {
         crc ^= u32::from(*byte);
         for _ in 0..8 {
-            crc = if crc & 1 != 0 { (crc >> 1) ^ 0x82f6_3b78 } else { crc >> 1 };
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0x82f6_3b78
+            } else {
+                crc >> 1
+            };
         }
     }
     !crc
@@ -202,7 +221,10 @@ pub fn with_ipv6_extensions(mut packet: Vec<u8>, l3: usize) -> Vec<u8> {
     let next = packet[l3 + 6];
     let hop_by_hop = [60u8, 0, 1, 4, 0, 0, 0, 0];
     let dest_opts = [next, 0, 1, 4, 0, 0, 0, 0];
-    packet.splice(l3 + 40..l3 + 40, hop_by_hop.iter().chain(dest_opts.iter()).copied());
+    packet.splice(
+        l3 + 40..l3 + 40,
+        hop_by_hop.iter().chain(dest_opts.iter()).copied(),
+    );
     packet[l3 + 6] = 0;
     let len = u16::from_be_bytes([packet[l3 + 4], packet[l3 + 5]]) + 16;
     packet[l3 + 4..l3 + 6].copy_from_slice(&len.to_be_bytes());
@@ -260,11 +282,21 @@ pub enum IcmpError {
 
 /// An ICMP / ICMPv6 error from `src` to `dst` quoting the IP packet inside `inner` (an
 /// Ethernet frame), cut to `quote_len` bytes of IP.
-pub fn icmp_error(src: &str, dst: &str, kind: IcmpError, inner: &[u8], inner_l3: usize, quote_len: usize) -> Vec<u8> {
+pub fn icmp_error(
+    src: &str,
+    dst: &str,
+    kind: IcmpError,
+    inner: &[u8],
+    inner_l3: usize,
+    quote_len: usize,
+) -> Vec<u8> {
     let quote = &inner[inner_l3..(inner_l3 + quote_len).min(inner.len())];
     let eth = PacketBuilder::ethernet2(CLIENT_MAC, NODE_MAC);
     let mut out = Vec::new();
-    match (src.parse::<IpAddr>().expect("src"), dst.parse::<IpAddr>().expect("dst")) {
+    match (
+        src.parse::<IpAddr>().expect("src"),
+        dst.parse::<IpAddr>().expect("dst"),
+    ) {
         (IpAddr::V4(s), IpAddr::V4(d)) => {
             let t = match kind {
                 IcmpError::TooBig(mtu) => Icmpv4Type::DestinationUnreachable(
@@ -274,16 +306,24 @@ pub fn icmp_error(src: &str, dst: &str, kind: IcmpError, inner: &[u8], inner_l3:
                     Icmpv4Type::DestinationUnreachable(icmpv4::DestUnreachableHeader::Port)
                 }
             };
-            eth.ipv4(s.octets(), d.octets(), 64).icmpv4(t).write(&mut out, quote).expect("icmp");
+            eth.ipv4(s.octets(), d.octets(), 64)
+                .icmpv4(t)
+                .write(&mut out, quote)
+                .expect("icmp");
         }
         (IpAddr::V6(s), IpAddr::V6(d)) => {
             let t = match kind {
-                IcmpError::TooBig(mtu) => Icmpv6Type::PacketTooBig { mtu: u32::from(mtu) },
+                IcmpError::TooBig(mtu) => Icmpv6Type::PacketTooBig {
+                    mtu: u32::from(mtu),
+                },
                 IcmpError::PortUnreachable => {
                     Icmpv6Type::DestinationUnreachable(icmpv6::DestUnreachableCode::Port)
                 }
             };
-            eth.ipv6(s.octets(), d.octets(), 64).icmpv6(t).write(&mut out, quote).expect("icmpv6");
+            eth.ipv6(s.octets(), d.octets(), 64)
+                .icmpv6(t)
+                .write(&mut out, quote)
+                .expect("icmpv6");
         }
         _ => panic!("mixed address families in an ICMP error"),
     }
@@ -292,23 +332,40 @@ pub fn icmp_error(src: &str, dst: &str, kind: IcmpError, inner: &[u8], inner_l3:
 
 /// Expected TCP RST|ACK answering a SYN described by `syn`.
 pub fn tcp_reset_for(syn: &Spec) -> Vec<u8> {
-    let ack = syn.seq.wrapping_add(1).wrapping_add(syn.payload.len() as u32);
+    let ack = syn
+        .seq
+        .wrapping_add(1)
+        .wrapping_add(syn.payload.len() as u32);
     let eth = PacketBuilder::ethernet2(syn.dst_mac, syn.src_mac);
     let mut out = Vec::new();
     match (syn.dst, syn.src, syn.vlan) {
         (IpAddr::V4(s), IpAddr::V4(d), vlan) => {
             let ip = match vlan {
-                Some(v) => eth.single_vlan(v.try_into().expect("vlan")).ipv4(s.octets(), d.octets(), 64),
+                Some(v) => {
+                    eth.single_vlan(v.try_into().expect("vlan"))
+                        .ipv4(s.octets(), d.octets(), 64)
+                }
                 None => eth.ipv4(s.octets(), d.octets(), 64),
             };
-            ip.tcp(syn.dport, syn.sport, 0, 0).rst().ack(ack).write(&mut out, &[]).expect("rst");
+            ip.tcp(syn.dport, syn.sport, 0, 0)
+                .rst()
+                .ack(ack)
+                .write(&mut out, &[])
+                .expect("rst");
         }
         (IpAddr::V6(s), IpAddr::V6(d), vlan) => {
             let ip = match vlan {
-                Some(v) => eth.single_vlan(v.try_into().expect("vlan")).ipv6(s.octets(), d.octets(), 64),
+                Some(v) => {
+                    eth.single_vlan(v.try_into().expect("vlan"))
+                        .ipv6(s.octets(), d.octets(), 64)
+                }
                 None => eth.ipv6(s.octets(), d.octets(), 64),
             };
-            ip.tcp(syn.dport, syn.sport, 0, 0).rst().ack(ack).write(&mut out, &[]).expect("rst");
+            ip.tcp(syn.dport, syn.sport, 0, 0)
+                .rst()
+                .ack(ack)
+                .write(&mut out, &[])
+                .expect("rst");
         }
         _ => panic!("mixed families"),
     }
@@ -325,21 +382,31 @@ pub fn port_unreachable_for(spec: &Spec, original: &[u8], l4_offset: usize) -> V
     match (spec.dst, spec.src, spec.vlan) {
         (IpAddr::V4(s), IpAddr::V4(d), vlan) => {
             let ip = match vlan {
-                Some(v) => eth.single_vlan(v.try_into().expect("vlan")).ipv4(s.octets(), d.octets(), 64),
+                Some(v) => {
+                    eth.single_vlan(v.try_into().expect("vlan"))
+                        .ipv4(s.octets(), d.octets(), 64)
+                }
                 None => eth.ipv4(s.octets(), d.octets(), 64),
             };
-            ip.icmpv4(Icmpv4Type::DestinationUnreachable(icmpv4::DestUnreachableHeader::Port))
-                .write(&mut out, quote)
-                .expect("icmp");
+            ip.icmpv4(Icmpv4Type::DestinationUnreachable(
+                icmpv4::DestUnreachableHeader::Port,
+            ))
+            .write(&mut out, quote)
+            .expect("icmp");
         }
         (IpAddr::V6(s), IpAddr::V6(d), vlan) => {
             let ip = match vlan {
-                Some(v) => eth.single_vlan(v.try_into().expect("vlan")).ipv6(s.octets(), d.octets(), 64),
+                Some(v) => {
+                    eth.single_vlan(v.try_into().expect("vlan"))
+                        .ipv6(s.octets(), d.octets(), 64)
+                }
                 None => eth.ipv6(s.octets(), d.octets(), 64),
             };
-            ip.icmpv6(Icmpv6Type::DestinationUnreachable(icmpv6::DestUnreachableCode::Port))
-                .write(&mut out, quote)
-                .expect("icmpv6");
+            ip.icmpv6(Icmpv6Type::DestinationUnreachable(
+                icmpv6::DestUnreachableCode::Port,
+            ))
+            .write(&mut out, quote)
+            .expect("icmpv6");
         }
         _ => panic!("mixed families"),
     }
@@ -350,7 +417,8 @@ pub fn port_unreachable_for(spec: &Spec, original: &[u8], l4_offset: usize) -> V
 /// ICMP and ICMPv6 (the whole message). Fragmented datagrams and SCTP are checked by the
 /// caller (byte comparison against a packet built by etherparse).
 pub fn verify_checksums(packet: &[u8]) -> Result<(), String> {
-    let sliced = SlicedPacket::from_ethernet(packet).map_err(|e| format!("etherparse cannot parse: {e}"))?;
+    let sliced =
+        SlicedPacket::from_ethernet(packet).map_err(|e| format!("etherparse cannot parse: {e}"))?;
     let net = sliced.net.as_ref().ok_or("no IP header")?;
     let (v4, v6) = match net {
         NetSlice::Ipv4(ip) => {
@@ -376,7 +444,13 @@ pub fn verify_checksums(packet: &[u8]) -> Result<(), String> {
         _ => return Err("not IP".into()),
     };
     let ok = |found: u16, expected: u16, what: &str| {
-        if found == expected { Ok(()) } else { Err(format!("{what} checksum {found:#06x}, expected {expected:#06x}")) }
+        if found == expected {
+            Ok(())
+        } else {
+            Err(format!(
+                "{what} checksum {found:#06x}, expected {expected:#06x}"
+            ))
+        }
     };
     match &sliced.transport {
         Some(TransportSlice::Tcp(tcp)) => {
