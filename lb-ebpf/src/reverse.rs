@@ -23,7 +23,8 @@ pub fn process<C: PacketCtx>(ctx: &C) -> Verdict {
         return Verdict::pass(Reason::PassFragmentUnknown);
     }
     if p.proto == PROTO_ICMP || p.proto == PROTO_ICMPV6 {
-        return icmp::translate_error(ctx, &p, Direction::Egress);
+        let verdict = icmp::translate_error(ctx, &p, Direction::Egress);
+        return Verdict::pass(reason_for_egress(verdict.reason));
     }
     reply_nat(ctx, &p)
 }

@@ -314,14 +314,26 @@ impl Env {
     }
 
     pub fn run(&self, program: Program, packet: &[u8]) -> RunOutput {
+        self.try_run(program, packet).unwrap_or_else(|e| {
+            panic!(
+                "test run of {}: {e:?} for packet {packet:02x?}",
+                program.name()
+            )
+        })
+    }
+
+    pub fn try_run(
+        &self,
+        program: Program,
+        packet: &[u8],
+    ) -> Result<RunOutput, test_run::TestRunError> {
         let name = program.name();
-        let result = match program {
+        match program {
             Program::TcIngress | Program::TcEgress => {
                 test_run::run(self.datapath.tc(name).expect("tc program"), name, packet)
             }
             _ => test_run::run(self.datapath.xdp(name).expect("xdp program"), name, packet),
-        };
-        result.unwrap_or_else(|e| panic!("test run of {name}: {e}"))
+        }
     }
 
     pub fn reasons(&self) -> Vec<(Reason, u64)> {
