@@ -25,7 +25,7 @@ fn key(p: &Parsed) -> FragmentKey {
         id: p.frag_id,
         proto: p.proto,
         family: p.family,
-        _pad: [0; 2],
+        _pad: [0, 0],
     }
 }
 

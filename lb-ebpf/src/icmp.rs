@@ -20,6 +20,7 @@ use crate::{
     ctx::{PacketCtx, ptr_at},
     maps::CONNTRACK,
     parse::Parsed,
+    parse::ZERO_ADDR,
     verdict::Verdict,
 };
 
@@ -106,13 +107,13 @@ fn translate<C: PacketCtx>(ctx: &C, p: &Parsed, direction: Direction) -> Result<
     // keyed the other way (reply entry on egress, forward entry on ingress), so the quoted
     // addresses and ports go into the key swapped.
     let mut key = FlowKey {
-        src_addr: [0; 16],
-        dst_addr: [0; 16],
+        src_addr: ZERO_ADDR,
+        dst_addr: ZERO_ADDR,
         src_port: 0,
         dst_port: 0,
         proto: 0,
         family: p.family,
-        _pad: [0; 2],
+        _pad: [0, 0],
     };
     let inner_l4 = if ipv6 {
         let h: *const u8 = ptr_at::<[u8; 40]>(data, end, inner_l3)

@@ -39,6 +39,7 @@ pub enum Choice {
     Failed(Reason),
 }
 
+/// CLOCK_MONOTONIC in ns, as `FlowValue::last_seen_ns` documents.
 #[inline(always)]
 pub fn now_ns() -> u64 {
     // SAFETY: helper without arguments.
@@ -109,7 +110,7 @@ pub fn flow_key(p: &Parsed) -> FlowKey {
         dst_port: p.dport,
         proto: p.proto,
         family: p.family,
-        _pad: [0; 2],
+        _pad: [0, 0],
     }
 }
 
@@ -122,7 +123,7 @@ pub fn source_allowed(p: &Parsed, service_id: u32) -> bool {
             service_id_be: service_id.to_be_bytes(),
             family: p.family,
             addr: p.src,
-            _pad: [0; 3],
+            _pad: [0, 0, 0],
         },
     );
     SOURCE_RANGES.get(&key).is_some()
@@ -221,7 +222,7 @@ pub fn choose(p: &Parsed, frontend: &FrontendValue) -> Choice {
         client_addr: p.src,
         service_id: frontend.service_id,
         family: p.family,
-        _pad: [0; 3],
+        _pad: [0, 0, 0],
     };
     let sticky = if affinity {
         affinity_target(p, &affinity_key, frontend.affinity_timeout_secs, now)
@@ -263,7 +264,7 @@ pub fn choose(p: &Parsed, frontend: &FrontendValue) -> Choice {
         nat_port: p.dport,
         direction: flow_direction::REPLY,
         tcp_flags_seen: seen,
-        _pad: [0; 4],
+        _pad: [0, 0, 0, 0],
     };
     if CONNTRACK.insert(&key, &value, BPF_ANY as u64).is_err() {
         return Choice::Failed(Reason::DropInternal);

@@ -27,6 +27,10 @@ const MAX_EXT_HEADERS: usize = 4;
 /// Furthest L4 offset we accept; keeps every offset small for the verifier.
 pub const MAX_L4_OFFSET: usize = 256;
 
+/// An all-zero address, written out element by element: a `[0; 16]` repeat expression
+/// becomes a call to aya's byte-at-a-time `memset`, this becomes two stores.
+pub const ZERO_ADDR: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+
 /// Where a packet sits among the fragments of its datagram.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Fragment {
@@ -120,8 +124,8 @@ impl Parsed {
         l4_off: 0,
         family: 0,
         proto: 0,
-        src: [0; 16],
-        dst: [0; 16],
+        src: ZERO_ADDR,
+        dst: ZERO_ADDR,
         sport: 0,
         dport: 0,
         fragment: Fragment::Whole,

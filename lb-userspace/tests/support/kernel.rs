@@ -204,7 +204,7 @@ pub struct Env {
 /// Small maps: tests load quickly and never need more.
 pub fn test_capacity() -> MapCapacity {
     MapCapacity {
-        frontends: 1024,
+        frontends: 131_072,
         backends: 1024,
         selection_slots: 64 * 1024,
         conntrack: 4096,
