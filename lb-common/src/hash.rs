@@ -26,8 +26,14 @@ pub fn flow_hash(src: &[u8; 16], dst: &[u8; 16], src_port: u16, dst_port: u16, p
     let mut h = SEED;
     let mut i = 0;
     while i < 16 {
-        h = mix(h, u32::from_ne_bytes([src[i], src[i + 1], src[i + 2], src[i + 3]]));
-        h = mix(h, u32::from_ne_bytes([dst[i], dst[i + 1], dst[i + 2], dst[i + 3]]));
+        h = mix(
+            h,
+            u32::from_ne_bytes([src[i], src[i + 1], src[i + 2], src[i + 3]]),
+        );
+        h = mix(
+            h,
+            u32::from_ne_bytes([dst[i], dst[i + 1], dst[i + 2], dst[i + 3]]),
+        );
         i += 4;
     }
     h = mix(h, ((src_port as u32) << 16) | dst_port as u32);
@@ -62,11 +68,31 @@ mod tests {
         let mut buckets = [0u32; 251];
         let flows = 251 * 400;
         for port in 0..flows {
-            let src = [198, 18, (port >> 8) as u8, port as u8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+            let src = [
+                198,
+                18,
+                (port >> 8) as u8,
+                port as u8,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+            ];
             let h = flow_hash(&src, &dst, (port as u16).to_be(), 80u16.to_be(), 17);
             buckets[(h % size) as usize] += 1;
         }
         let (min, max) = (buckets.iter().min().unwrap(), buckets.iter().max().unwrap());
-        assert!(*min > 300 && *max < 500, "uneven spread: min {min}, max {max} of 400 expected");
+        assert!(
+            *min > 300 && *max < 500,
+            "uneven spread: min {min}, max {max} of 400 expected"
+        );
     }
 }

@@ -328,7 +328,10 @@ impl ServiceName {
         let mut bytes = [0u8; 254];
         let len = name.len().min(bytes.len());
         bytes[..len].copy_from_slice(&name.as_bytes()[..len]);
-        Self { len: len as u16, bytes }
+        Self {
+            len: len as u16,
+            bytes,
+        }
     }
 
     pub fn as_str(&self) -> &str {
@@ -428,7 +431,11 @@ mod tests {
     fn maglev_sizes_fit_power_of_two_blocks() {
         for size in MAGLEV_SIZES {
             let block = size.next_power_of_two();
-            assert!((block - size) * 50 <= block, "{size} wastes {} of {block} slots", block - size);
+            assert!(
+                (block - size) * 50 <= block,
+                "{size} wastes {} of {block} slots",
+                block - size
+            );
         }
     }
 }

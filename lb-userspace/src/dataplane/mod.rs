@@ -9,17 +9,41 @@ use lb_common::{Backend, FrontendKey, FrontendValue, SourceRangeKey};
 /// never lets a packet see a half-written service (make-before-break).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MapOp {
-    PutBackend { id: u32, backend: Backend },
-    DeleteBackend { id: u32 },
+    PutBackend {
+        id: u32,
+        backend: Backend,
+    },
+    DeleteBackend {
+        id: u32,
+    },
     /// Write a whole Maglev table (backend ids, one per slot) starting at `offset` in
     /// SELECTION. Tables are written into free space, never over one in use.
-    PutSelection { offset: u32, slots: Vec<u32> },
-    PutFrontend { key: FrontendKey, value: FrontendValue },
-    DeleteFrontend { key: FrontendKey },
-    PutServiceName { id: u32, name: String },
-    DeleteServiceName { id: u32 },
-    PutSourceRange { key: SourceRangeKey, prefix_len: u32 },
-    DeleteSourceRange { key: SourceRangeKey, prefix_len: u32 },
+    PutSelection {
+        offset: u32,
+        slots: Vec<u32>,
+    },
+    PutFrontend {
+        key: FrontendKey,
+        value: FrontendValue,
+    },
+    DeleteFrontend {
+        key: FrontendKey,
+    },
+    PutServiceName {
+        id: u32,
+        name: String,
+    },
+    DeleteServiceName {
+        id: u32,
+    },
+    PutSourceRange {
+        key: SourceRangeKey,
+        prefix_len: u32,
+    },
+    DeleteSourceRange {
+        key: SourceRangeKey,
+        prefix_len: u32,
+    },
 }
 
 /// What the configuration maps hold now, as read back from the kernel (or the fake).
