@@ -141,13 +141,31 @@ impl fmt::Display for SourceProblem {
             }
             Self::WatchFailed { resource, error } => write!(
                 f,
-                "watch on {resource} failed: {error}; retrying with backoff, the last listed state stays in force"
+                "watch on {resource} failed: {}; retrying with backoff, the last listed state stays in force",
+                error_chain(error.as_ref())
             ),
             Self::Truncated { dropped } => {
                 write!(f, "{dropped} more problems were dropped (see the log)")
             }
         }
     }
+}
+
+/// An error and its causes, `outer: inner: innermost` (kube's errors hide the useful part,
+/// such as a TLS verification failure, in their sources).
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        let inner_text = inner.to_string();
+        // Some errors repeat their source's text in their own message.
+        if !text.contains(&inner_text) {
+            text.push_str(": ");
+            text.push_str(&inner_text);
+        }
+        cause = inner.source();
+    }
+    text
 }
 
 /// Receiving end of a source: `None` until the first complete snapshot.
