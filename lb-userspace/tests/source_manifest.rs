@@ -430,6 +430,28 @@ async fn the_watching_source_publishes_whole_directory_changes_and_keeps_the_las
     );
 }
 
+/// A mounted ConfigMap: visible files are symlinks into a hidden, atomically swapped `..data`.
+#[test]
+fn a_mounted_config_map_layout_is_read_through_its_symlinks() {
+    let dir = tempfile::tempdir().unwrap();
+    let versioned = dir.path().join("..2026_11_27_12_00_00.000000001");
+    std::fs::create_dir(&versioned).unwrap();
+    write(&versioned, "web.yaml", &service_yaml("web", 80));
+    std::os::unix::fs::symlink(&versioned, dir.path().join("..data")).unwrap();
+    std::os::unix::fs::symlink("..data/web.yaml", dir.path().join("web.yaml")).unwrap();
+
+    let (snapshot, warnings) = source::load_dir(dir.path(), node()).expect("valid");
+    assert_eq!(
+        snapshot.services.len(),
+        1,
+        "the service behind the symlink is read once"
+    );
+    assert!(
+        warnings.is_empty(),
+        "the hidden ..data entries are not reported: {warnings:?}"
+    );
+}
+
 #[tokio::test]
 async fn an_invalid_directory_at_start_is_an_error() {
     let dir = tempfile::tempdir().unwrap();

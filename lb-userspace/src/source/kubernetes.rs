@@ -487,9 +487,15 @@ async fn run(
             }
         }
         // A burst of failures only changes nothing; they go out with the next update.
-        if let (Some(cause), Some(triggered_at)) = (cause, triggered_at) {
-            publisher.publish(stores.snapshot(&node), triggered_at, cause, pending.take());
+        let (Some(cause), Some(triggered_at)) = (cause, triggered_at) else {
+            continue;
+        };
+        let snapshot = stores.snapshot(&node);
+        // A Node status update changes nothing we use; relists are always published.
+        if cause == UpdateCause::Changed && pending.is_empty() && publisher.is_current(&snapshot) {
+            continue;
         }
+        publisher.publish(snapshot, triggered_at, cause, pending.take());
     }
 }
 
@@ -509,6 +515,10 @@ impl PendingProblems {
         }
     }
 
+    fn is_empty(&self) -> bool {
+        self.problems.is_empty() && self.dropped == 0
+    }
+
     fn take(&mut self) -> Vec<SourceProblem> {
         let mut problems = std::mem::take(&mut self.problems);
         if self.dropped > 0 {
@@ -517,6 +527,16 @@ impl PendingProblems {
             });
         }
         problems
+    }
+}
+
+/// Drops what no snapshot needs before it is stored: managedFields (often the largest part of
+/// an object); for the Node, everything but its metadata (its status changes all the time).
+fn slim<K: Resource + 'static>(object: &mut K) {
+    object.meta_mut().managed_fields = None;
+    if let Some(node) = (object as &mut dyn std::any::Any).downcast_mut::<Node>() {
+        node.spec = None;
+        node.status = None;
     }
 }
 
@@ -538,7 +558,10 @@ where
         + 'static,
 {
     let (reader, writer) = reflector::store();
-    let stream = watcher(api, config).default_backoff().reflect(writer);
+    let stream = watcher(api, config)
+        .default_backoff()
+        .modify(slim)
+        .reflect(writer);
     watchers.spawn(async move {
         let mut stream = std::pin::pin!(stream);
         while let Some(event) = stream.next().await {

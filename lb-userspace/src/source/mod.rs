@@ -274,6 +274,16 @@ impl Publisher {
         })));
     }
 
+    /// Whether `snapshot` (sorted or not) equals the last published one.
+    pub(crate) fn is_current(&self, snapshot: &Snapshot) -> bool {
+        let mut sorted = snapshot.clone();
+        sort_snapshot(&mut sorted);
+        self.sender
+            .borrow()
+            .as_ref()
+            .is_some_and(|update| update.snapshot == sorted)
+    }
+
     /// Resolves when every receiver is gone: the source's tasks should stop.
     pub(crate) async fn closed(&self) {
         self.sender.closed().await;

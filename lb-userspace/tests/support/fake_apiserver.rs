@@ -287,8 +287,10 @@ impl FakeApiServer {
 
     /// Ends every open watch and answers new watch requests only after [`Self::release_watches`].
     pub fn hold_watches(&self) {
+        // Under the lock, so that no watch request registers between the two steps.
+        let mut state = self.shared.lock();
         self.shared.held.send_replace(true);
-        self.drop_watches();
+        state.watches.clear();
     }
 
     pub fn release_watches(&self) {
@@ -567,10 +569,7 @@ async fn handle(shared: &Shared, request: Request<hyper::body::Incoming>) -> Res
         .get("watch")
         .is_some_and(|watch| watch == "true" || watch == "1")
     {
-        // Held watches wait here, as if the server were unreachable.
-        let mut held = shared.held.subscribe();
-        let _ = held.wait_for(|held| !held).await;
-        watch(shared, &query, filter)
+        watch(shared, &query, filter).await
     } else {
         list(shared, &query, &filter)
     }
@@ -661,7 +660,7 @@ fn list(shared: &Shared, query: &Query, filter: &Filter) -> Response<Body> {
     respond(StatusCode::OK, &body)
 }
 
-fn watch(shared: &Shared, query: &Query, filter: Filter) -> Response<Body> {
+async fn watch(shared: &Shared, query: &Query, filter: Filter) -> Response<Body> {
     let (sender, receiver) = mpsc::unbounded_channel();
     let timeout = query
         .params
@@ -682,7 +681,16 @@ fn watch(shared: &Shared, query: &Query, filter: Filter) -> Response<Body> {
         .cloned()
         .unwrap_or_default();
 
-    let mut state = shared.lock();
+    let mut held = shared.held.subscribe();
+    let mut state = loop {
+        // Held watches wait here, as if the server were unreachable.
+        let _ = held.wait_for(|held| !held).await;
+        let state = shared.lock();
+        // Checked again under the lock: `hold_watches` holds it while it holds and drops.
+        if !*held.borrow() {
+            break state;
+        }
+    };
     let open = OpenWatch {
         collection: query.collection.clone(),
         filter,
