@@ -402,6 +402,7 @@ async fn a_burst_of_one_thousand_changes_converges() {
     let dir = tempfile::tempdir().unwrap();
     let (mut updates, first) = synced_source(&server, &dir).await;
 
+    let writes_started = tokio::time::Instant::now();
     for index in 0..400 {
         server.apply(&service(&format!("svc-{index:03}"), 1000 + index, &[]));
         server.apply(&slice(
@@ -419,6 +420,7 @@ async fn a_burst_of_one_thousand_changes_converges() {
             .delete::<Service>(Some("shop"), &format!("svc-{index:03}"))
             .expect("exists");
     }
+    let writes_done = tokio::time::Instant::now();
     let last = wait_for_server_state(&mut updates, &server, "1000 changes", |_| true).await;
     assert_eq!(
         last.snapshot.services.len(),
@@ -426,9 +428,13 @@ async fn a_burst_of_one_thousand_changes_converges() {
         "400 created, 100 deleted"
     );
     assert_eq!(last.snapshot.endpoint_slices.len(), 400);
+    // Measurements for the report, not assertions: timings depend on the machine.
     println!(
-        "1000 changes were published as {} updates",
-        last.generation - first.generation
+        "1000 changes were published as {} update(s); writes took {:?}; last publish {:?} after the last write; source delay (published - triggered) {:?}",
+        last.generation - first.generation,
+        writes_done - writes_started,
+        last.published_at.saturating_duration_since(writes_done),
+        last.published_at - last.triggered_at,
     );
 }
 

@@ -111,6 +111,7 @@ fn multi_document_yaml_json_and_lists_load_into_one_snapshot() {
         snapshot,
         generation: 1,
         triggered_at: tokio::time::Instant::now(),
+        published_at: tokio::time::Instant::now(),
         cause: UpdateCause::Initial,
         problems: vec![],
     };

@@ -69,6 +69,9 @@ pub struct SourceUpdate {
     pub generation: u64,
     /// When the earliest event folded into this update arrived (for programming latency).
     pub triggered_at: Instant,
+    /// When the source published it: `published_at - triggered_at` is the source's own delay
+    /// (debounce and rebuild), the rest of the programming latency is the consumer's.
+    pub published_at: Instant,
     /// Why this update was published.
     pub cause: UpdateCause,
     /// What went wrong since the previous update; the snapshot is still the best known state.
@@ -269,6 +272,7 @@ impl Publisher {
             snapshot,
             generation: self.generation,
             triggered_at,
+            published_at: Instant::now(),
             cause,
             problems,
         })));
