@@ -379,11 +379,11 @@ async fn run(
     client: Client,
     options: KubernetesOptions,
     node: NodeInfo,
-    mut publisher: Publisher,
+    publisher: Publisher,
     last_failure: Arc<Mutex<Option<String>>>,
 ) {
     let started = Instant::now();
-    let (trigger_sender, mut triggers) = mpsc::unbounded_channel();
+    let (trigger_sender, triggers) = mpsc::unbounded_channel();
     // Dropping the set (when this function returns) aborts the watchers.
     let mut watchers = JoinSet::new();
     let mut selected = watcher::Config::default();
@@ -418,84 +418,111 @@ async fn run(
     };
     drop(trigger_sender);
 
-    let mut pending = PendingProblems::default();
-    let ready = async {
-        loop {
-            tokio::select! {
-                ready = stores.wait_until_ready() => return ready.is_ok(),
-                trigger = triggers.recv() => match trigger {
-                    Some(Trigger { kind: TriggerKind::Failed(problem), .. }) => {
-                        *last_failure.lock().expect("not poisoned") = Some(problem.to_string());
-                        pending.push(problem);
-                    }
-                    Some(_) => {}
-                    None => return false,
-                },
-            }
-        }
+    let mut reconciler = Reconciler {
+        stores,
+        node,
+        publisher,
+        triggers,
+        pending: PendingProblems::default(),
     };
-    let ready = tokio::select! {
-        () = publisher.closed() => return,
-        ready = ready => ready,
-    };
-    if !ready {
-        return;
+    if reconciler.wait_until_synced(&last_failure).await {
+        reconciler.publish(started, UpdateCause::Initial);
+        reconciler.reconcile(&options).await;
     }
-    // Whatever arrived before readiness is in the first snapshot already.
-    while let Ok(trigger) = triggers.try_recv() {
-        if let TriggerKind::Failed(problem) = trigger.kind {
-            pending.push(problem);
-        }
-    }
-    publisher.publish(
-        stores.snapshot(&node),
-        started,
-        UpdateCause::Initial,
-        pending.take(),
-    );
+}
 
-    let mut resync =
-        tokio::time::interval_at(Instant::now() + options.resync_every, options.resync_every);
-    resync.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    loop {
-        let first = tokio::select! {
-            () = publisher.closed() => return,
-            _ = resync.tick() => {
-                let now = Instant::now();
-                publisher.publish(stores.snapshot(&node), now, UpdateCause::Resync, pending.take());
-                continue;
-            }
-            trigger = triggers.recv() => match trigger {
-                Some(trigger) => trigger,
-                None => return,
-            },
-        };
-        let burst = debounce::gather(&mut triggers, first, options.debounce).await;
-        let mut cause = None;
-        let mut triggered_at = None;
-        for trigger in burst {
-            match trigger.kind {
-                TriggerKind::Failed(problem) => pending.push(problem),
-                TriggerKind::Changed => {
-                    cause.get_or_insert(UpdateCause::Changed);
-                    triggered_at.get_or_insert(trigger.at);
-                }
-                TriggerKind::Relisted => {
-                    cause = Some(UpdateCause::Relisted);
-                    triggered_at.get_or_insert(trigger.at);
+/// Rebuilds and publishes snapshots from the stores.
+struct Reconciler {
+    stores: Stores,
+    node: NodeInfo,
+    publisher: Publisher,
+    triggers: mpsc::UnboundedReceiver<Trigger>,
+    pending: PendingProblems,
+}
+
+impl Reconciler {
+    /// Waits until every store has listed once; `false` if the source should stop instead.
+    async fn wait_until_synced(&mut self, last_failure: &Mutex<Option<String>>) -> bool {
+        let ready = async {
+            loop {
+                tokio::select! {
+                    ready = self.stores.wait_until_ready() => return ready.is_ok(),
+                    trigger = self.triggers.recv() => match trigger {
+                        Some(Trigger { kind: TriggerKind::Failed(problem), .. }) => {
+                            *last_failure.lock().expect("not poisoned") = Some(problem.to_string());
+                            self.pending.push(problem);
+                        }
+                        Some(_) => {}
+                        None => return false,
+                    },
                 }
             }
-        }
-        // A burst of failures only changes nothing; they go out with the next update.
-        let (Some(cause), Some(triggered_at)) = (cause, triggered_at) else {
-            continue;
         };
-        let snapshot = stores.snapshot(&node);
-        // A Node status update changes nothing we use; relists are always published.
-        if cause == UpdateCause::Changed && pending.is_empty() && publisher.is_current(&snapshot) {
-            continue;
+        let ready = tokio::select! {
+            () = self.publisher.closed() => false,
+            ready = ready => ready,
+        };
+        // Whatever arrived before readiness is in the first snapshot already.
+        while let Ok(trigger) = self.triggers.try_recv() {
+            if let TriggerKind::Failed(problem) = trigger.kind {
+                self.pending.push(problem);
+            }
         }
-        publisher.publish(snapshot, triggered_at, cause, pending.take());
+        ready
+    }
+
+    fn publish(&mut self, triggered_at: Instant, cause: UpdateCause) {
+        let snapshot = self.stores.snapshot(&self.node);
+        // A Node status update changes nothing we use; everything else is always published.
+        if cause == UpdateCause::Changed
+            && self.pending.is_empty()
+            && self.publisher.is_current(&snapshot)
+        {
+            return;
+        }
+        let problems = self.pending.take();
+        self.publisher
+            .publish(snapshot, triggered_at, cause, problems);
+    }
+
+    /// Publishes after each burst of events and on every resync tick, until all receivers are gone.
+    async fn reconcile(&mut self, options: &KubernetesOptions) {
+        let mut resync =
+            tokio::time::interval_at(Instant::now() + options.resync_every, options.resync_every);
+        resync.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            let first = tokio::select! {
+                () = self.publisher.closed() => return,
+                _ = resync.tick() => {
+                    self.publish(Instant::now(), UpdateCause::Resync);
+                    continue;
+                }
+                trigger = self.triggers.recv() => match trigger {
+                    Some(trigger) => trigger,
+                    None => return,
+                },
+            };
+            let burst = debounce::gather(&mut self.triggers, first, options.debounce).await;
+            let mut cause = None;
+            let mut triggered_at = None;
+            for trigger in burst {
+                match trigger.kind {
+                    TriggerKind::Failed(problem) => self.pending.push(problem),
+                    TriggerKind::Changed => {
+                        cause.get_or_insert(UpdateCause::Changed);
+                        triggered_at.get_or_insert(trigger.at);
+                    }
+                    TriggerKind::Relisted => {
+                        cause = Some(UpdateCause::Relisted);
+                        triggered_at.get_or_insert(trigger.at);
+                    }
+                }
+            }
+            // A burst of failures alone changes nothing; they go out with the next update.
+            if let (Some(cause), Some(triggered_at)) = (cause, triggered_at) {
+                self.publish(triggered_at, cause);
+            }
+        }
     }
 }
 

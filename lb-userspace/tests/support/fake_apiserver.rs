@@ -108,8 +108,7 @@ impl FakeApiServer {
 
     /// TLS with a fresh CA, and `token` required as a bearer token.
     pub async fn start_tls(token: &str) -> Self {
-        let ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("no names");
-        let mut ca = ca;
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("no names");
         ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         ca.distinguished_name
             .push(rcgen::DnType::CommonName, "fake-apiserver-ca");
@@ -174,6 +173,8 @@ impl FakeApiServer {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                // Forget finished connections.
+                while connections.try_join_next().is_some() {}
                 let shared = accept_shared.clone();
                 let acceptor = acceptor.clone();
                 connections.spawn(async move {
