@@ -579,3 +579,96 @@ async fn the_fake_serves_streaming_lists() {
             .any(|r| r.contains("sendInitialEvents=true"))
     );
 }
+
+#[tokio::test]
+async fn the_periodic_resync_republishes_the_same_state() {
+    let server = FakeApiServer::start().await;
+    server.apply(&service("web", 80, &[]));
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = options(&server, &dir);
+    options.resync_every = Duration::from_millis(200);
+    let mut updates = kubernetes::spawn(options, node_info())
+        .await
+        .expect("source starts");
+    let first = wait_for_server_state(&mut updates, &server, "initial list", |_| true).await;
+    let resynced = wait_for_server_state(&mut updates, &server, "resync", |u| {
+        u.cause == UpdateCause::Resync
+    })
+    .await;
+    assert_eq!(
+        resynced.snapshot, first.snapshot,
+        "a resync republishes the unchanged state"
+    );
+    assert!(resynced.generation > first.generation);
+}
+
+/// The fake's own contract, through kube's raw watch: timeoutSeconds ends the stream,
+/// bookmarks arrive, and an expired resourceVersion gets the in-stream 410 ERROR event.
+#[tokio::test]
+async fn the_fake_speaks_raw_watch_semantics() {
+    use kube::api::{WatchEvent, WatchParams};
+    let server = FakeApiServer::start().await;
+    let first_version = server.apply(&service("web", 80, &[]));
+    let dir = tempfile::tempdir().unwrap();
+    let config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(server.write_kubeconfig(dir.path())).unwrap(),
+        &Default::default(),
+    )
+    .await
+    .unwrap();
+    let api: kube::Api<Service> = kube::Api::all(kube::Client::try_from(config).unwrap());
+
+    // Resume before the update: it is replayed, bookmarks follow, and the stream ends by timeout.
+    server.apply(&service("web", 81, &[]));
+    let events: Vec<_> = tokio::time::timeout(WAIT, async {
+        let stream = api
+            .watch(
+                &WatchParams::default().timeout(2),
+                &first_version.to_string(),
+            )
+            .await
+            .expect("watch starts");
+        stream.collect::<Vec<_>>().await
+    })
+    .await
+    .expect("timeoutSeconds=2 ends the stream");
+    let kinds: Vec<_> = events
+        .iter()
+        .map(|event| match event {
+            Ok(WatchEvent::Modified(s)) => format!(
+                "MODIFIED {}",
+                s.spec.as_ref().unwrap().ports.as_ref().unwrap()[0].port
+            ),
+            Ok(WatchEvent::Bookmark(_)) => "BOOKMARK".to_owned(),
+            other => format!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        kinds.first().map(String::as_str),
+        Some("MODIFIED 81"),
+        "history replayed: {kinds:?}"
+    );
+    assert!(
+        kinds.iter().skip(1).all(|kind| kind == "BOOKMARK") && kinds.len() > 1,
+        "then bookmarks: {kinds:?}"
+    );
+
+    // Compacted: the real server's answer to an old resourceVersion.
+    server.compact();
+    let events: Vec<_> = tokio::time::timeout(WAIT, async {
+        let stream = api
+            .watch(&WatchParams::default(), &first_version.to_string())
+            .await
+            .expect("a watch on an expired version still starts (200 OK)");
+        stream.collect::<Vec<_>>().await
+    })
+    .await
+    .expect("the stream ends after the error");
+    match events.as_slice() {
+        [Ok(WatchEvent::Error(status))] => {
+            assert_eq!(status.code, 410, "Gone: {status:?}");
+            assert_eq!(status.reason, "Expired");
+        }
+        other => panic!("expected one in-stream 410 ERROR, got {other:?}"),
+    }
+}
