@@ -11,3 +11,25 @@ pub mod lab;
 pub mod metrics;
 pub mod model;
 pub mod source;
+
+/// Runs one command line (the `slicelb` binary's main).
+pub fn run(cli: cli::Cli) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        cli::Command::LabServer(args) => lab::servers::BackendServers {
+            name: args.name,
+            http_port: args.http_port,
+            udp_port: args.udp_port,
+        }
+        .serve()
+        .map_err(anyhow::Error::from),
+        cli::Command::Demo(args) => lab::demo::run(&args),
+        command => anyhow::bail!("{command:?}: not built yet"),
+    }
+}

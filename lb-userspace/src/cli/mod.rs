@@ -1,1 +1,302 @@
-//! Operator commands that read the pinned maps: services, trace, check, stats.
+//! The `slicelb` command line: the agent, and the operator commands that read the pinned
+//! maps (they work with or without a running agent).
+
+pub mod services;
+pub mod stats;
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Where programs, links and maps are pinned unless `--pin-path` says otherwise.
+pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/slicelb";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "slicelb",
+    version,
+    about = "Kubernetes Service load balancing in XDP and TC",
+    long_about = "Kubernetes Service load balancing in XDP and TC.\n\n\
+        `slicelb agent` watches Services and EndpointSlices (from Kubernetes or a directory of \
+        manifests) and programs the kernel; the other commands show what the kernel does."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Watch a source and keep the kernel's maps in step with it.
+    Agent(AgentArgs),
+    /// Load and attach the programs on interfaces without a source (maps stay empty), then
+    /// print the per-protocol counters until Ctrl-C.
+    Attach(AttachArgs),
+    /// Remove programs, links and maps.
+    Detach(PinArgs),
+    /// Every frontend with its backends, from the kernel's maps.
+    Services(ServicesArgs),
+    /// Which backend a flow would reach and why, by running the loaded program on a crafted
+    /// packet against the live maps (no flow state is created).
+    Trace(TraceArgs),
+    /// Compare what a source says with what the kernel holds; exit 1 on drift.
+    Check(CheckArgs),
+    /// Datapath counters by reason and protocol, summed over CPUs.
+    Stats(StatsArgs),
+    /// Run the demo on a lab of network namespaces (what `cargo xtask run` starts).
+    Demo(DemoArgs),
+    /// Benchmarks (what `cargo xtask bench` starts).
+    Bench(BenchArgs),
+    /// A lab backend: HTTP and UDP echo answering with NAME (used by the demo and tests).
+    #[command(hide = true)]
+    LabServer(LabServerArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LabServerArgs {
+    #[arg(long)]
+    pub name: String,
+    #[arg(long, default_value_t = 8080)]
+    pub http_port: u16,
+    #[arg(long, default_value_t = 9000)]
+    pub udp_port: u16,
+}
+
+#[derive(Debug, Args)]
+pub struct PinArgs {
+    /// Directory under a bpffs mount where programs, links and maps are pinned.
+    #[arg(long, default_value = DEFAULT_PIN_PATH)]
+    pub pin_path: PathBuf,
+}
+
+/// Where Services and EndpointSlices come from.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct SourceArgs {
+    /// A directory of YAML/JSON manifests (watched for changes).
+    #[arg(long, value_name = "DIR")]
+    pub config_dir: Option<PathBuf>,
+    /// A kubeconfig file for the Kubernetes API.
+    #[arg(long, value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Use the pod's service account (running inside the cluster).
+    #[arg(long)]
+    pub in_cluster: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum XdpMode {
+    /// Native XDP on physical NICs; TC on veth and other virtual devices, whose packets
+    /// may carry partial checksums that XDP cannot see.
+    Auto,
+    /// Native (driver) XDP.
+    Native,
+    /// Generic (skb) XDP.
+    Generic,
+    /// No XDP: TC ingress balances.
+    Off,
+}
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// Interface to balance on (repeat, or give a comma-separated list).
+    #[arg(
+        long = "iface",
+        value_name = "IFACE",
+        required = true,
+        value_delimiter = ','
+    )]
+    pub ifaces: Vec<String>,
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// This node's name: decides which endpoints are local (traffic policies, topology).
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
+    /// NodePorts answer on local addresses within these CIDRs (default: all local addresses).
+    #[arg(long, value_name = "CIDR[,CIDR…]", value_delimiter = ',')]
+    pub nodeport_addresses: Vec<ipnet::IpNet>,
+    #[arg(long, default_value = DEFAULT_PIN_PATH)]
+    pub pin_path: PathBuf,
+    /// Prometheus metrics, /healthz and /readyz (an IPv6 address may go without brackets).
+    #[arg(long, default_value = "127.0.0.1:9400", value_parser = crate::metrics::parse_listen_addr)]
+    pub metrics_addr: SocketAddr,
+    #[arg(long, value_enum, default_value_t = XdpMode::Auto)]
+    pub xdp_mode: XdpMode,
+}
+
+#[derive(Debug, Args)]
+pub struct AttachArgs {
+    /// Interface to attach to (repeat, or give a comma-separated list).
+    #[arg(
+        long = "iface",
+        value_name = "IFACE",
+        required = true,
+        value_delimiter = ','
+    )]
+    pub ifaces: Vec<String>,
+    #[arg(long, default_value = DEFAULT_PIN_PATH)]
+    pub pin_path: PathBuf,
+    #[arg(long, value_enum, default_value_t = XdpMode::Auto)]
+    pub xdp_mode: XdpMode,
+    /// Print the counters every this many seconds.
+    #[arg(long, default_value_t = 1)]
+    pub interval: u64,
+    /// Exit after this many seconds instead of waiting for Ctrl-C.
+    #[arg(long)]
+    pub duration: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct ServicesArgs {
+    #[arg(long, default_value = DEFAULT_PIN_PATH)]
+    pub pin_path: PathBuf,
+    #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+#[derive(Debug, Args)]
+pub struct TraceArgs {
+    /// The client: ADDR or ADDR:PORT (IPv6 as [ADDR]:PORT); the port defaults to 40000.
+    #[arg(long)]
+    pub from: String,
+    /// The destination: ADDR:PORT (IPv6 as [ADDR]:PORT).
+    #[arg(long)]
+    pub to: SocketAddr,
+    #[arg(long, value_enum, default_value_t = Protocol::Tcp)]
+    pub proto: Protocol,
+    #[arg(long, default_value = DEFAULT_PIN_PATH)]
+    pub pin_path: PathBuf,
+    #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
+    #[arg(long, value_name = "CIDR[,CIDR…]", value_delimiter = ',')]
+    pub nodeport_addresses: Vec<ipnet::IpNet>,
+    #[arg(long, default_value = DEFAULT_PIN_PATH)]
+    pub pin_path: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    #[arg(long, default_value = DEFAULT_PIN_PATH)]
+    pub pin_path: PathBuf,
+    #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Stop after this many seconds (default: until Ctrl-C).
+    #[arg(long)]
+    pub duration: Option<u64>,
+    /// Leave the lab up at the end and print how to enter it.
+    #[arg(long)]
+    pub keep: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// A reduced run (under 2 minutes).
+    #[arg(long)]
+    pub quick: bool,
+    /// Where the report goes.
+    #[arg(long, default_value = "bench/results")]
+    pub out_dir: PathBuf,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn agent_accepts_repeated_and_comma_separated_interfaces() {
+        let cli = Cli::try_parse_from([
+            "slicelb",
+            "agent",
+            "--iface",
+            "eth0",
+            "--iface",
+            "eth1,eth2",
+            "--config-dir",
+            "/tmp/m",
+        ])
+        .expect("valid agent command line");
+        let Command::Agent(args) = cli.command else {
+            panic!("parsed as {:?}", cli.command);
+        };
+        assert_eq!(args.ifaces, ["eth0", "eth1", "eth2"]);
+        assert_eq!(args.pin_path, PathBuf::from(DEFAULT_PIN_PATH));
+        assert_eq!(args.metrics_addr.to_string(), "127.0.0.1:9400");
+        assert_eq!(args.xdp_mode, XdpMode::Auto);
+    }
+
+    #[test]
+    fn agent_needs_exactly_one_source() {
+        let none = Cli::try_parse_from(["slicelb", "agent", "--iface", "eth0"]);
+        assert!(none.is_err(), "no source must be refused");
+        let two = Cli::try_parse_from([
+            "slicelb",
+            "agent",
+            "--iface",
+            "eth0",
+            "--config-dir",
+            "/m",
+            "--in-cluster",
+        ]);
+        assert!(two.is_err(), "two sources must be refused");
+    }
+
+    #[test]
+    fn nodeport_addresses_are_cidrs() {
+        let cli = Cli::try_parse_from([
+            "slicelb",
+            "agent",
+            "--iface",
+            "eth0",
+            "--in-cluster",
+            "--nodeport-addresses",
+            "198.18.0.0/15,2001:2::/48",
+        ])
+        .expect("valid CIDRs");
+        let Command::Agent(args) = cli.command else {
+            panic!("parsed as {:?}", cli.command);
+        };
+        assert_eq!(args.nodeport_addresses.len(), 2);
+        let bad = Cli::try_parse_from([
+            "slicelb",
+            "agent",
+            "--iface",
+            "eth0",
+            "--in-cluster",
+            "--nodeport-addresses",
+            "10.0.0/8",
+        ]);
+        assert!(bad.is_err(), "a malformed CIDR must be refused");
+    }
+}

@@ -1,0 +1,153 @@
+//! The lab's backend servers: HTTP and UDP echo that answer with their host's name, so the
+//! client sees which backend served it. Run inside a backend namespace by the hidden
+//! `slicelb lab-server` command.
+
+use std::{
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    sync::Arc,
+    time::Duration,
+};
+
+/// What a backend answers: HTTP `200` with body `<name>\n`; UDP datagrams get `<name>`.
+pub struct BackendServers {
+    pub name: String,
+    pub http_port: u16,
+    pub udp_port: u16,
+}
+
+impl BackendServers {
+    /// Serves forever on every address (IPv4 and IPv6) of the namespace.
+    pub fn serve(self) -> std::io::Result<()> {
+        let name: Arc<str> = self.name.into();
+        let http = TcpListener::bind(SocketAddr::from(([0u16; 8], self.http_port)))?;
+        let udp = UdpSocket::bind(SocketAddr::from(([0u16; 8], self.udp_port)))?;
+        let udp_name = name.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while let Ok((_, peer)) = udp.recv_from(&mut buf) {
+                let _ = udp.send_to(udp_name.as_bytes(), peer);
+            }
+        });
+        for stream in http.incoming() {
+            let Ok(stream) = stream else { continue };
+            let name = name.clone();
+            std::thread::spawn(move || serve_http_connection(stream, &name));
+        }
+        Ok(())
+    }
+}
+
+/// HTTP/1.1 with keep-alive: every request on the connection gets the name.
+fn serve_http_connection(stream: TcpStream, name: &str) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(300)));
+    let Ok(mut writer) = stream.try_clone() else {
+        return;
+    };
+    let mut reader = BufReader::new(stream);
+    loop {
+        let mut content_length = 0usize;
+        let mut line = String::new();
+        let mut saw_request = false;
+        loop {
+            line.clear();
+            match reader.read_line(&mut line) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            let header = line.trim_end();
+            if header.is_empty() {
+                if saw_request {
+                    break;
+                }
+                continue;
+            }
+            saw_request = true;
+            if let Some((key, value)) = header.split_once(':')
+                && key.eq_ignore_ascii_case("content-length")
+            {
+                content_length = value.trim().parse().unwrap_or(0);
+            }
+        }
+        if content_length > 0 {
+            let mut body = vec![0u8; content_length.min(1 << 20)];
+            if reader.read_exact(&mut body).is_err() {
+                return;
+            }
+        }
+        let body = format!("{name}\n");
+        let response = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        if writer.write_all(response.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+/// A keep-alive HTTP client connection, for checking that an established connection keeps
+/// its backend.
+pub struct HttpConnection {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl HttpConnection {
+    pub fn connect(addr: SocketAddr, timeout: Duration) -> std::io::Result<Self> {
+        let stream = TcpStream::connect_timeout(&addr, timeout)?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        let writer = stream.try_clone()?;
+        Ok(Self {
+            reader: BufReader::new(stream),
+            writer,
+        })
+    }
+
+    /// Sends `GET /` and returns the body's first line: the backend's name.
+    pub fn get(&mut self) -> std::io::Result<String> {
+        self.writer
+            .write_all(b"GET / HTTP/1.1\r\nHost: slicelb-lab\r\n\r\n")?;
+        let mut content_length = 0usize;
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if self.reader.read_line(&mut line)? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            let header = line.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            if let Some((key, value)) = header.split_once(':')
+                && key.eq_ignore_ascii_case("content-length")
+            {
+                content_length = value.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut body = vec![0u8; content_length];
+        self.reader.read_exact(&mut body)?;
+        Ok(String::from_utf8_lossy(&body).trim().to_string())
+    }
+}
+
+/// One request on a fresh connection: which backend answered.
+pub fn http_get_once(addr: SocketAddr, timeout: Duration) -> std::io::Result<String> {
+    HttpConnection::connect(addr, timeout)?.get()
+}
+
+/// One datagram to a UDP echo: which backend answered.
+pub fn udp_ask_once(addr: SocketAddr, timeout: Duration) -> std::io::Result<String> {
+    let bind: SocketAddr = if addr.is_ipv4() {
+        SocketAddr::from(([0u8; 4], 0))
+    } else {
+        SocketAddr::from(([0u16; 8], 0))
+    };
+    let socket = UdpSocket::bind(bind)?;
+    socket.set_read_timeout(Some(timeout))?;
+    socket.send_to(b"who", addr)?;
+    let mut buf = [0u8; 256];
+    let (n, _) = socket.recv_from(&mut buf)?;
+    Ok(String::from_utf8_lossy(&buf[..n]).to_string())
+}

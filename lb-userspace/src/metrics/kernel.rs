@@ -1,0 +1,204 @@
+//! Kernel counters, read at scrape time through [`KernelStats`] and written out by a
+//! prometheus-client [`Collector`].
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use lb_common::{ProtoCounter, Reason, ServiceCounters};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+
+use super::{ERROR_KIND_KERNEL_STATS, ErrorLabels};
+use crate::dataplane::DataplaneError;
+
+/// How full one kernel map is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MapFill {
+    /// The map's name as in `lb_common::map_names` (e.g. `FRONTENDS`).
+    pub map: &'static str,
+    /// Entries (or, for SELECTION, slots) in use.
+    pub used: u64,
+    /// The most the map can hold.
+    pub capacity: u64,
+}
+
+/// Reads the datapath's counters and map fill levels. The datapath implements it over the
+/// pinned maps; tests use a fake. Called on every scrape, from a blocking thread.
+pub trait KernelStats: Send + Sync {
+    /// Per-service counters summed over all CPUs, each named `namespace/name:port`.
+    fn service_counters(&self) -> Result<Vec<(String, ServiceCounters)>, DataplaneError>;
+    /// REASON_STATS summed over all CPUs, indexed by `Reason as usize`.
+    fn reason_counters(&self) -> Result<[u64; Reason::COUNT as usize], DataplaneError>;
+    /// PROTO_STATS summed over all CPUs, indexed by `ProtoCounter as usize`.
+    fn proto_counters(&self) -> Result<[u64; ProtoCounter::COUNT as usize], DataplaneError>;
+    /// Entries in CONNTRACK now (both directions of a flow count).
+    fn conntrack_entries(&self) -> Result<u64, DataplaneError>;
+    fn map_fill(&self) -> Result<Vec<MapFill>, DataplaneError>;
+}
+
+pub(super) struct KernelCollector {
+    stats: Arc<dyn KernelStats>,
+    errors: Family<ErrorLabels, Counter>,
+}
+
+impl std::fmt::Debug for KernelCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KernelCollector").finish_non_exhaustive()
+    }
+}
+
+impl KernelCollector {
+    pub(super) fn new(stats: Arc<dyn KernelStats>, errors: Family<ErrorLabels, Counter>) -> Self {
+        Self { stats, errors }
+    }
+
+    /// A family that cannot be read is left out of this scrape (a gap in the graph, not a
+    /// false zero) and counted as an error.
+    fn read<T>(&self, what: &str, result: Result<T, DataplaneError>) -> Option<T> {
+        match result {
+            Ok(value) => Some(value),
+            Err(error) => {
+                tracing::warn!(%error, "metrics: could not read the kernel's {what}; skipped");
+                self.errors
+                    .get_or_create(&ErrorLabels {
+                        kind: ERROR_KIND_KERNEL_STATS.into(),
+                    })
+                    .inc();
+                None
+            }
+        }
+    }
+}
+
+/// One series per name: Prometheus rejects a scrape that repeats a series, so counters
+/// reported twice under one name (e.g. a name reused by a new service id) are added up.
+fn merge_by_name(services: Vec<(String, ServiceCounters)>) -> BTreeMap<String, ServiceCounters> {
+    let mut merged = BTreeMap::<String, ServiceCounters>::new();
+    for (name, counters) in services {
+        let total = merged.entry(name).or_default();
+        total.packets = total.packets.saturating_add(counters.packets);
+        total.bytes = total.bytes.saturating_add(counters.bytes);
+        total.new_flows = total.new_flows.saturating_add(counters.new_flows);
+    }
+    merged
+}
+
+/// A per-service metric: name, help, and which counter it reports.
+type ServiceColumn = (&'static str, &'static str, fn(&ServiceCounters) -> u64);
+
+/// One metric family with one label; `kind` is a counter or gauge.
+fn encode_labelled(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    label: &'static str,
+    values: impl IntoIterator<Item = (impl AsRef<str>, u64)>,
+) -> Result<(), std::fmt::Error> {
+    let mut metric = encoder.encode_descriptor(name, help, None, kind)?;
+    for (label_value, value) in values {
+        let labels = [(label, label_value.as_ref())];
+        let family = metric.encode_family(&labels)?;
+        match kind {
+            MetricType::Counter => ConstCounter::new(value).encode(family)?,
+            _ => ConstGauge::new(value).encode(family)?,
+        }
+    }
+    Ok(())
+}
+
+impl Collector for KernelCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        if let Some(services) = self.read("service counters", self.stats.service_counters()) {
+            let services = merge_by_name(services);
+            let columns: [ServiceColumn; 3] = [
+                (
+                    "service_packets",
+                    "Packets load-balanced for each service.",
+                    |c| c.packets,
+                ),
+                (
+                    "service_bytes",
+                    "Bytes load-balanced for each service.",
+                    |c| c.bytes,
+                ),
+                (
+                    "service_new_flows",
+                    "New flows assigned a backend, per service.",
+                    |c| c.new_flows,
+                ),
+            ];
+            for (name, help, column) in columns {
+                let values = services.iter().map(|(service, c)| (service, column(c)));
+                encode_labelled(
+                    &mut encoder,
+                    name,
+                    help,
+                    MetricType::Counter,
+                    "service",
+                    values,
+                )?;
+            }
+        }
+
+        if let Some(reasons) = self.read("verdict counters", self.stats.reason_counters()) {
+            let mut metric = encoder.encode_descriptor(
+                "datapath_verdicts",
+                "Packets the datapath handled, by what it did and why.",
+                None,
+                MetricType::Counter,
+            )?;
+            for reason in Reason::ALL {
+                let labels = [("reason", reason.name()), ("verdict", reason.class())];
+                ConstCounter::new(reasons[reason as usize])
+                    .encode(metric.encode_family(&labels)?)?;
+            }
+        }
+
+        if let Some(protos) = self.read("protocol counters", self.stats.proto_counters()) {
+            let values = ProtoCounter::ALL.map(|p| (p.name(), protos[p as usize]));
+            encode_labelled(
+                &mut encoder,
+                "datapath_protocol_packets",
+                "Packets seen by the datapath, by protocol, before any decision.",
+                MetricType::Counter,
+                "protocol",
+                values,
+            )?;
+        }
+
+        if let Some(entries) = self.read("conntrack size", self.stats.conntrack_entries()) {
+            let metric = encoder.encode_descriptor(
+                "conntrack_entries",
+                "Entries in the connection-tracking map (two per load-balanced flow).",
+                None,
+                MetricType::Gauge,
+            )?;
+            ConstGauge::new(entries).encode(metric)?;
+        }
+
+        if let Some(fills) = self.read("map fill levels", self.stats.map_fill()) {
+            encode_labelled(
+                &mut encoder,
+                "map_entries_used",
+                "Entries in use in each kernel map.",
+                MetricType::Gauge,
+                "map",
+                fills.iter().map(|f| (f.map, f.used)),
+            )?;
+            encode_labelled(
+                &mut encoder,
+                "map_entries_capacity",
+                "Entries each kernel map can hold.",
+                MetricType::Gauge,
+                "map",
+                fills.iter().map(|f| (f.map, f.capacity)),
+            )?;
+        }
+        Ok(())
+    }
+}
