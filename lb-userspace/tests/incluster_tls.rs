@@ -50,6 +50,32 @@ fn options(paths: InClusterPaths) -> KubernetesOptions {
     options
 }
 
+/// Syncs through a service-account directory holding `token` and `ca_pem` with the server
+/// given explicitly; it must time out. Returns the error's message.
+fn failed_sync(
+    runtime: &tokio::runtime::Runtime,
+    server: &FakeApiServer,
+    token: &str,
+    ca_pem: &str,
+    case: &str,
+) -> String {
+    let accounts = tempfile::tempdir().unwrap();
+    service_account_dir(accounts.path(), token, ca_pem);
+    let mut options = options(InClusterPaths {
+        service_account_dir: accounts.path().to_path_buf(),
+        api_server: Some(("127.0.0.1".into(), server.address().port())),
+    });
+    options.initial_sync_timeout = Duration::from_secs(3);
+    let error = runtime
+        .block_on(kubernetes::snapshot_once(options, NodeInfo::default()))
+        .expect_err(case);
+    assert!(
+        matches!(error, KubernetesError::InitialSyncTimedOut { .. }),
+        "{case}: {error}"
+    );
+    error.to_string()
+}
+
 /// One test function: it sets process environment variables, which no other thread may read
 /// at the same time.
 #[test]
@@ -91,44 +117,30 @@ fn in_cluster_configuration_connects_over_tls_with_the_service_account_token() {
     );
 
     // A wrong token: the server refuses, and the error says what the watch saw.
-    let wrong = tempfile::tempdir().unwrap();
-    service_account_dir(wrong.path(), "not-the-token", &ca_pem);
-    let mut refused = options(InClusterPaths {
-        service_account_dir: wrong.path().to_path_buf(),
-        api_server: Some(("127.0.0.1".into(), server.address().port())),
-    });
-    refused.initial_sync_timeout = Duration::from_secs(3);
-    let error = runtime
-        .block_on(kubernetes::snapshot_once(refused, NodeInfo::default()))
-        .expect_err("the fake rejects a wrong bearer token");
-    assert!(
-        matches!(error, KubernetesError::InitialSyncTimedOut { .. }),
-        "{error}"
+    let error = failed_sync(
+        &runtime,
+        &server,
+        "not-the-token",
+        &ca_pem,
+        "a wrong bearer token",
     );
     assert!(
-        error.to_string().contains("Unauthorized"),
+        error.contains("Unauthorized"),
         "the 401 is reported: {error}"
     );
 
     // A CA that did not sign the server's certificate: TLS verification fails.
     let other_ca = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
-    let untrusted = tempfile::tempdir().unwrap();
-    service_account_dir(untrusted.path(), TOKEN, &other_ca.cert.pem());
-    let mut untrusting = options(InClusterPaths {
-        service_account_dir: untrusted.path().to_path_buf(),
-        api_server: Some(("127.0.0.1".into(), server.address().port())),
-    });
-    untrusting.initial_sync_timeout = Duration::from_secs(3);
-    let error = runtime
-        .block_on(kubernetes::snapshot_once(untrusting, NodeInfo::default()))
-        .expect_err("the server's certificate is not trusted");
-    assert!(
-        error.to_string().contains("certificate"),
-        "the TLS failure is reported: {error}"
+    let error = failed_sync(
+        &runtime,
+        &server,
+        TOKEN,
+        &other_ca.cert.pem(),
+        "an untrusted CA",
     );
     assert!(
-        matches!(error, KubernetesError::InitialSyncTimedOut { .. }),
-        "{error}"
+        error.contains("certificate"),
+        "the TLS failure is reported: {error}"
     );
 
     // No service account mounted.

@@ -528,6 +528,16 @@ async fn a_missing_kubeconfig_is_reported_with_its_path() {
     );
 }
 
+/// A plain kube client for the fake, to check the fake's own contract.
+async fn raw_client(server: &FakeApiServer, dir: &tempfile::TempDir) -> kube::Client {
+    let kubeconfig =
+        kube::config::Kubeconfig::read_from(server.write_kubeconfig(dir.path())).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap();
+    kube::Client::try_from(config).unwrap()
+}
+
 /// The fake also speaks streaming lists (sendInitialEvents), which kube offers as an option.
 #[tokio::test]
 async fn the_fake_serves_streaming_lists() {
@@ -535,14 +545,7 @@ async fn the_fake_serves_streaming_lists() {
     server.apply(&service("web", 80, &[]));
     server.apply(&service("api", 81, &[]));
     let dir = tempfile::tempdir().unwrap();
-    let config = kube::Config::from_custom_kubeconfig(
-        kube::config::Kubeconfig::read_from(server.write_kubeconfig(dir.path())).unwrap(),
-        &Default::default(),
-    )
-    .await
-    .unwrap();
-    let client = kube::Client::try_from(config).unwrap();
-    let api: kube::Api<Service> = kube::Api::all(client);
+    let api: kube::Api<Service> = kube::Api::all(raw_client(&server, &dir).await);
     let events = kube::runtime::watcher(
         api,
         kube::runtime::watcher::Config::default().streaming_lists(),
@@ -610,13 +613,7 @@ async fn the_fake_speaks_raw_watch_semantics() {
     let server = FakeApiServer::start().await;
     let first_version = server.apply(&service("web", 80, &[]));
     let dir = tempfile::tempdir().unwrap();
-    let config = kube::Config::from_custom_kubeconfig(
-        kube::config::Kubeconfig::read_from(server.write_kubeconfig(dir.path())).unwrap(),
-        &Default::default(),
-    )
-    .await
-    .unwrap();
-    let api: kube::Api<Service> = kube::Api::all(kube::Client::try_from(config).unwrap());
+    let api: kube::Api<Service> = kube::Api::all(raw_client(&server, &dir).await);
 
     // Resume before the update: it is replayed, bookmarks follow, and the stream ends by timeout.
     server.apply(&service("web", 81, &[]));
