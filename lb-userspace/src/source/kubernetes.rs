@@ -472,11 +472,11 @@ impl Reconciler {
     }
 
     fn publish(&mut self, triggered_at: Instant, cause: UpdateCause) {
-        let snapshot = self.stores.snapshot(&self.node);
+        let mut snapshot = self.stores.snapshot(&self.node);
         // A Node status update changes nothing we use; everything else is always published.
         if cause == UpdateCause::Changed
             && self.pending.is_empty()
-            && self.publisher.is_current(&snapshot)
+            && self.publisher.is_current(&mut snapshot)
         {
             return;
         }

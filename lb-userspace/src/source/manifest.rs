@@ -78,18 +78,18 @@ impl fmt::Display for ObjectLocation {
 #[derive(Debug, thiserror::Error)]
 pub enum ProblemReason {
     #[error("cannot read the file: {0}")]
-    Read(#[source] Arc<io::Error>),
+    Read(#[source] io::Error),
     #[error("not valid YAML: {0}")]
-    Yaml(#[source] Arc<serde_yaml::Error>),
+    Yaml(#[source] serde_yaml::Error),
     #[error("not valid JSON: {0}")]
-    Json(#[source] Arc<serde_json::Error>),
+    Json(#[source] serde_json::Error),
     #[error("not an object with apiVersion and kind (every document must be a Kubernetes object)")]
     NotAnObject,
     #[error("not a valid {kind}: {source}")]
     Invalid {
         kind: &'static str,
         #[source]
-        source: Arc<serde_json::Error>,
+        source: serde_json::Error,
     },
     #[error("{kind} has no metadata.name")]
     MissingName { kind: &'static str },
@@ -102,32 +102,8 @@ pub enum ProblemReason {
     },
 }
 
-impl Clone for ProblemReason {
-    fn clone(&self) -> Self {
-        match self {
-            Self::Read(error) => Self::Read(error.clone()),
-            Self::Yaml(error) => Self::Yaml(error.clone()),
-            Self::Json(error) => Self::Json(error.clone()),
-            Self::NotAnObject => Self::NotAnObject,
-            Self::Invalid { kind, source } => Self::Invalid {
-                kind,
-                source: source.clone(),
-            },
-            Self::MissingName { kind } => Self::MissingName { kind },
-            Self::ListWithoutItems => Self::ListWithoutItems,
-            Self::Duplicate {
-                first_file,
-                first_location,
-            } => Self::Duplicate {
-                first_file: first_file.clone(),
-                first_location: first_location.clone(),
-            },
-        }
-    }
-}
-
 /// One invalid file or object: which file, which object, why.
-#[derive(Clone, Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 #[error("{file}: {location}: {reason}", file = file.display())]
 pub struct ManifestProblem {
     pub file: PathBuf,
@@ -317,11 +293,7 @@ impl Loader {
         let text = match fs::read_to_string(file) {
             Ok(text) => text,
             Err(error) => {
-                return self.problem(
-                    file,
-                    ObjectLocation::File,
-                    ProblemReason::Read(Arc::new(error)),
-                );
+                return self.problem(file, ObjectLocation::File, ProblemReason::Read(error));
             }
         };
         let is_json = matches!(classify(file), FileKind::Json);
@@ -468,7 +440,7 @@ impl Loader {
             Err(error) => {
                 let reason = ProblemReason::Invalid {
                     kind: K::KIND,
-                    source: Arc::new(error),
+                    source: error,
                 };
                 self.problem(file, location, reason);
                 None
@@ -527,10 +499,9 @@ fn label<'a>(metadata: &'a ObjectMeta, key: &str) -> Option<&'a str> {
 fn parse_yaml_documents(text: &str) -> Vec<Result<Value, ProblemReason>> {
     use serde::Deserialize as _;
     let documents = serde_yaml::Deserializer::from_str(text).map(|document| {
-        let yaml = serde_yaml::Value::deserialize(document)
-            .map_err(|error| ProblemReason::Yaml(Arc::new(error)))?;
+        let yaml = serde_yaml::Value::deserialize(document).map_err(ProblemReason::Yaml)?;
         // Non-string keys and the like do not fit a Kubernetes object.
-        serde_json::to_value(yaml).map_err(|error| ProblemReason::Json(Arc::new(error)))
+        serde_json::to_value(yaml).map_err(ProblemReason::Json)
     });
     up_to_first_error(documents)
 }
@@ -539,7 +510,7 @@ fn parse_yaml_documents(text: &str) -> Vec<Result<Value, ProblemReason>> {
 fn parse_json_documents(text: &str) -> Vec<Result<Value, ProblemReason>> {
     let documents = serde_json::Deserializer::from_str(text)
         .into_iter::<Value>()
-        .map(|document| document.map_err(|error| ProblemReason::Json(Arc::new(error))));
+        .map(|document| document.map_err(ProblemReason::Json));
     up_to_first_error(documents)
 }
 

@@ -289,14 +289,13 @@ impl Publisher {
         })));
     }
 
-    /// Whether `snapshot` (sorted or not) equals the last published one.
-    pub(crate) fn is_current(&self, snapshot: &Snapshot) -> bool {
-        let mut sorted = snapshot.clone();
-        sort_snapshot(&mut sorted);
+    /// Sorts `snapshot` and tells whether it equals the last published one.
+    pub(crate) fn is_current(&self, snapshot: &mut Snapshot) -> bool {
+        sort_snapshot(snapshot);
         self.sender
             .borrow()
             .as_ref()
-            .is_some_and(|update| update.snapshot == sorted)
+            .is_some_and(|update| update.snapshot == *snapshot)
     }
 
     /// Resolves when every receiver is gone: the source's tasks should stop.
