@@ -19,8 +19,10 @@ use super::{
 pub struct Config {
     pub scales: Vec<usize>,
     pub endpoints_each: usize,
-    /// Endpoint changes timed per scale.
+    /// Endpoint changes timed per scale (at most; see `changes_within`).
     pub changes: usize,
+    /// Stop timing changes after this long at one scale.
+    pub changes_within: std::time::Duration,
 }
 
 impl Config {
@@ -48,6 +50,7 @@ struct ScaleResult {
     ops: usize,
     change_p50_ms: f64,
     change_p99_ms: f64,
+    changes: usize,
     peak_rss_bytes: Option<u64>,
     kernel_bytes_per_service: f64,
     maps: Vec<MapMemory>,
@@ -65,13 +68,20 @@ fn measure(services: usize, config: &Config) -> Result<ScaleResult, BenchError> 
     let maps = slicelb.map_memory()?;
     let kernel_bytes: f64 = maps
         .iter()
-        .map(|m| m.memlock_bytes as f64 / f64::from(m.max_entries.max(1)) * m.used_entries as f64)
+        .filter_map(|m| {
+            let used = m.used_entries? as f64;
+            Some(m.memlock_bytes as f64 / f64::from(m.max_entries.max(1)) * used)
+        })
         .sum();
 
     // One endpoint of one service moves to a new address, in turn over the services; the
     // clock starts when the changed snapshot is handed over (the event has arrived).
     let mut latencies_ms = Vec::with_capacity(config.changes);
+    let changes_started = Instant::now();
     for change in 0..config.changes {
+        if changes_started.elapsed() > config.changes_within {
+            break;
+        }
         let slice_index = (change * 7919) % snapshot.endpoint_slices.len();
         let replacement = synthetic_endpoint(1_000_000 + change).ipv4.to_string();
         if let Some(endpoint) = snapshot.endpoint_slices[slice_index].endpoints.first_mut() {
@@ -93,6 +103,7 @@ fn measure(services: usize, config: &Config) -> Result<ScaleResult, BenchError> 
         ops: stats.ops,
         change_p50_ms: percentile(&latencies_ms, 50.0),
         change_p99_ms: percentile(&latencies_ms, 99.0),
+        changes: latencies_ms.len(),
         peak_rss_bytes,
         kernel_bytes_per_service: kernel_bytes / services as f64,
         maps,
@@ -146,7 +157,7 @@ pub fn run(
                         .map(|b| num(b as f64 / 1_048_576.0))
                         .unwrap_or_else(|| "n/a".into()),
                     num(result.kernel_bytes_per_service / 1024.0),
-                    String::new(),
+                    format!("{} changes timed", result.changes),
                 ]);
                 if services == 1000 || at_1000_kib.is_none() {
                     at_1000_kib = Some(result.kernel_bytes_per_service / 1024.0);
@@ -171,10 +182,13 @@ pub fn run(
     }
     for map in largest.unwrap_or_default() {
         maps_table.row(vec![
-            map.name,
+            map.name.to_string(),
             map.max_entries.to_string(),
             num(map.memlock_bytes as f64 / 1_048_576.0),
-            map.used_entries.to_string(),
+            map.used_entries.map_or_else(
+                || "flow state or fixed counters (not per service)".to_string(),
+                |used| used.to_string(),
+            ),
         ]);
     }
     if maps_table.rows.is_empty() {

@@ -16,7 +16,7 @@
 
 use std::fmt::Write as _;
 
-use super::services::{BenchEndpoint, BenchService, Proto, ServiceSet, TARGET_PORT};
+use super::services::{BenchEndpoint, BenchService, Proto, ServiceSet};
 
 /// kube-proxy's masquerade mark bit.
 const MASQ_MARK: &str = "0x4000";
@@ -43,9 +43,10 @@ fn sep_chain(service: &BenchService, proto: Proto, endpoint: &BenchEndpoint) -> 
     format!(
         "KUBE-SEP-{}",
         chain_hash(&format!(
-            "{}{}:{TARGET_PORT}",
+            "{}{}:{}",
             service.port_name(proto),
-            endpoint.ipv4
+            endpoint.ipv4,
+            service.target_port
         ))
     )
 }
@@ -94,7 +95,10 @@ pub fn iptables_restore_input(set: &ServiceSet) -> String {
             for (i, endpoint) in service.endpoints.iter().enumerate() {
                 let sep = sep_chain(service, proto, endpoint);
                 let _ = writeln!(chains, ":{sep} - [0:0]");
-                let comment = format!("\"{port_name} -> {}:{TARGET_PORT}\"", endpoint.ipv4);
+                let comment = format!(
+                    "\"{port_name} -> {}:{}\"",
+                    endpoint.ipv4, service.target_port
+                );
                 if i + 1 < count {
                     // kube-proxy: probability 1/(n-i) so that every endpoint gets 1/n.
                     let probability = 1.0 / (count - i) as f64;
@@ -112,8 +116,8 @@ pub fn iptables_restore_input(set: &ServiceSet) -> String {
                 );
                 let _ = writeln!(
                     rules,
-                    "-A {sep} -m comment --comment {port_name} -m {p} -p {p} -j DNAT --to-destination {}:{TARGET_PORT}",
-                    endpoint.ipv4
+                    "-A {sep} -m comment --comment {port_name} -m {p} -p {p} -j DNAT --to-destination {}:{}",
+                    endpoint.ipv4, service.target_port
                 );
             }
         }
@@ -135,13 +139,14 @@ fn nft_service_chain(service: &BenchService, proto: Proto) -> String {
 
 fn nft_endpoint_chain(service: &BenchService, proto: Proto, endpoint: &BenchEndpoint) -> String {
     format!(
-        "endpoint-{}-{}/{}/{}/p{}__{}/{TARGET_PORT}",
+        "endpoint-{}-{}/{}/{}/p{}__{}/{}",
         &chain_hash(&format!("{}{}", service.port_name(proto), endpoint.ipv4))[..8],
         super::services::NAMESPACE,
         service.name,
         proto.netfilter(),
         service.port,
-        endpoint.ipv4
+        endpoint.ipv4,
+        service.target_port
     )
 }
 
@@ -207,9 +212,10 @@ pub fn nft_input(set: &ServiceSet) -> String {
                 );
                 let _ = writeln!(
                     out,
-                    "add rule {t} {ep} meta l4proto {} dnat to {}:{TARGET_PORT}",
+                    "add rule {t} {ep} meta l4proto {} dnat to {}:{}",
                     proto.netfilter(),
-                    endpoint.ipv4
+                    endpoint.ipv4,
+                    service.target_port
                 );
                 picks.push(format!("{i} : goto {ep}"));
             }

@@ -65,6 +65,7 @@ impl Plan {
                 scales: vec![1000],
                 endpoints_each: 10,
                 changes: 20,
+                changes_within: Duration::from_secs(10),
             },
         }
     }
@@ -91,6 +92,7 @@ impl Plan {
                 scales: vec![1000, 10_000, 50_000],
                 endpoints_each: 10,
                 changes: 200,
+                changes_within: Duration::from_secs(60),
             },
         }
     }

@@ -14,13 +14,12 @@ use indicatif::ProgressBar;
 use lb_common::program_names;
 
 use super::{
-    ebpf::{self, RunOutcome},
     error::BenchError,
     packets::{self, udp_frame},
     plot::{LineChart, Series},
     report::{Section, Table, num, ratio},
-    services::{Proto, ServiceSet, TARGET_PORT},
-    slicelb::{Slicelb, capacity_for},
+    services::{Proto, ServiceSet},
+    slicelb::{RunOutcome, Slicelb, capacity_for},
     stats::median,
 };
 
@@ -104,15 +103,15 @@ fn frame(src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
 
 /// Median wall ns/packet of `runs` runs of `repeat`.
 fn repeated(
-    ebpf: &mut aya::Ebpf,
-    program: &str,
+    slicelb: &Slicelb,
+    program: &'static str,
     frame: &[u8],
     config: &Config,
 ) -> Result<(f64, RunOutcome), BenchError> {
     let mut samples = Vec::with_capacity(config.runs);
     let mut last = None;
     for _ in 0..config.runs {
-        let outcome = ebpf::test_run(ebpf, program, frame, config.repeat)?;
+        let outcome = slicelb.run(program, frame, config.repeat)?;
         samples.push(outcome.wall_ns);
         last = Some(outcome);
     }
@@ -121,21 +120,12 @@ fn repeated(
 }
 
 /// Mean kernel ns per run over `frames`, one run each.
-fn batch(ebpf: &mut aya::Ebpf, program: &str, frames: &[Vec<u8>]) -> Result<f64, BenchError> {
+fn batch(slicelb: &Slicelb, program: &'static str, frames: &[Vec<u8>]) -> Result<f64, BenchError> {
     let mut total = 0.0;
     for frame in frames {
-        total += ebpf::test_run(ebpf, program, frame, 1)?.kernel_ns;
+        total += slicelb.run(program, frame, 1)?.kernel_ns;
     }
     Ok(total / frames.len().max(1) as f64)
-}
-
-/// The floor: slicelb's empty program, or the bench's own until the datapath ships it.
-fn floor_program(ebpf: &aya::Ebpf) -> &'static str {
-    if ebpf::has_program(ebpf, program_names::XDP_EMPTY) {
-        program_names::XDP_EMPTY
-    } else {
-        ebpf::PASS_PROGRAM
-    }
 }
 
 pub struct Outcome {
@@ -175,22 +165,20 @@ pub fn run(
             lb.sync(&set.snapshot())?;
             Ok(lb)
         });
-        let (mut small, mut slicelb, missing) = match loaded {
-            Ok(lb) => (None, Some(lb), None),
-            Err(error) => (
-                Some(ebpf::load_small("per-packet floor")?),
-                None,
-                Some(error.to_string()),
-            ),
-        };
-        let datapath = slicelb.is_some();
         for family in [Family::V4, Family::V6] {
-            let ebpf: &mut aya::Ebpf = match (&mut slicelb, &mut small) {
-                (Some(lb), _) => lb.ebpf(),
-                (None, Some(small)) => small,
-                (None, None) => unreachable!("one of the two is loaded"),
+            let rows = match &loaded {
+                Ok(slicelb) => measure_family(slicelb, &set, family, config)?,
+                Err(error) => CASES
+                    .iter()
+                    .map(|case| CaseRow {
+                        case,
+                        ns: f64::NAN,
+                        floor: f64::NAN,
+                        parse_only: f64::NAN,
+                        note: format!("not measured: {error}"),
+                    })
+                    .collect(),
             };
-            let rows = measure_family(ebpf, &set, family, config, datapath)?;
             for row in rows {
                 let x = services as f64;
                 // The plot and the flatness check follow the 3-endpoint scales only.
@@ -204,11 +192,6 @@ pub fn run(
                     ("miss", Family::V4) => miss_points.push((x, row.ns)),
                     _ => {}
                 }
-                let note = match (&missing, row.ns.is_nan(), row.note.is_empty()) {
-                    (Some(why), true, _) => format!("not measured: {why}"),
-                    (_, _, false) => row.note.clone(),
-                    _ => String::new(),
-                };
                 table.row(vec![
                     format!("{services} x {endpoints}"),
                     family.name().to_string(),
@@ -216,7 +199,7 @@ pub fn run(
                     num(row.ns),
                     ratio(row.ns, row.floor),
                     ratio(row.ns, row.parse_only),
-                    note,
+                    row.note,
                 ]);
             }
         }
@@ -276,12 +259,21 @@ pub fn file_name(stem: &std::path::Path) -> String {
         .unwrap_or_default()
 }
 
+/// The rows of one scale and family, in this order.
+const CASES: [&str; 6] = [
+    "floor",
+    "parse-only",
+    "hit, new flow",
+    "hit, existing flow",
+    "miss",
+    "reverse NAT (TC egress)",
+];
+
 fn measure_family(
-    ebpf: &mut aya::Ebpf,
+    slicelb: &Slicelb,
     set: &ServiceSet,
     family: Family,
     config: &Config,
-    datapath: bool,
 ) -> Result<Vec<CaseRow>, BenchError> {
     let middle = &set.services[set.services.len() / 2];
     let vip: IpAddr = match family {
@@ -290,73 +282,31 @@ fn measure_family(
     };
     let service = SocketAddr::new(vip, middle.port);
     let hit = frame(family.client(40_000), service);
-    let floor_name = floor_program(ebpf);
-    let (floor, _) = repeated(ebpf, floor_name, &hit, config)?;
-    let has_parse_only = ebpf::has_program(ebpf, program_names::XDP_PARSE_ONLY);
-    let parse_only = if has_parse_only {
-        repeated(ebpf, program_names::XDP_PARSE_ONLY, &hit, config)?.0
-    } else {
-        f64::NAN
-    };
-    let batch_frames = |run: usize| -> Vec<Vec<u8>> {
-        (0..config.batch)
-            .map(|i| frame(family.batch_client(run, 1024 + i as u16), service))
-            .collect()
-    };
-    let mut rows = vec![
-        CaseRow {
-            case: "floor",
-            ns: floor,
-            floor,
-            parse_only,
-            note: if floor_name == ebpf::PASS_PROGRAM {
-                "bench_pass (slicelb_xdp_empty not in this build)".into()
-            } else {
-                String::new()
-            },
-        },
-        CaseRow {
-            case: "parse-only",
-            ns: parse_only,
-            floor,
-            parse_only,
-            note: if has_parse_only {
-                String::new()
-            } else {
-                "slicelb_xdp_parse_only not in this build".into()
-            },
-        },
-    ];
-    let unmeasured = |case: &'static str| CaseRow {
+    let (floor, _) = repeated(slicelb, program_names::XDP_EMPTY, &hit, config)?;
+    let (parse_only, _) = repeated(slicelb, program_names::XDP_PARSE_ONLY, &hit, config)?;
+    let row = |case: &'static str, ns: f64, note: String| CaseRow {
         case,
-        ns: f64::NAN,
+        ns,
         floor,
         parse_only,
-        note: String::new(),
+        note,
     };
-    if !datapath {
-        for case in [
-            "hit, new flow",
-            "hit, existing flow",
-            "miss",
-            "reverse NAT (TC egress)",
-        ] {
-            rows.push(unmeasured(case));
-        }
-        return Ok(rows);
-    }
+    let mut rows = vec![
+        row("floor", floor, String::new()),
+        row("parse-only", parse_only, String::new()),
+    ];
 
     // New flows: distinct flows, once each, against the floor timed the same way.
     let mut new_flow = Vec::new();
     let mut floor_batch = Vec::new();
     let mut parse_batch = Vec::new();
     for run in 0..config.runs {
-        let frames = batch_frames(run);
-        floor_batch.push(batch(ebpf, floor_name, &frames)?);
-        if has_parse_only {
-            parse_batch.push(batch(ebpf, program_names::XDP_PARSE_ONLY, &frames)?);
-        }
-        new_flow.push(batch(ebpf, program_names::XDP_INGRESS, &frames)?);
+        let frames: Vec<Vec<u8>> = (0..config.batch)
+            .map(|i| frame(family.batch_client(run, 1024 + i as u16), service))
+            .collect();
+        floor_batch.push(batch(slicelb, program_names::XDP_EMPTY, &frames)?);
+        parse_batch.push(batch(slicelb, program_names::XDP_PARSE_ONLY, &frames)?);
+        new_flow.push(batch(slicelb, program_names::XDP_INGRESS, &frames)?);
     }
     rows.push(CaseRow {
         case: "hit, new flow",
@@ -367,22 +317,20 @@ fn measure_family(
     });
 
     // Existing flow: the first run creates the flow; check it went to an endpoint.
-    let first = ebpf::test_run(ebpf, program_names::XDP_INGRESS, &hit, 1)?;
+    let first = slicelb.run(program_names::XDP_INGRESS, &hit, 1)?;
     let backend = packets::destination(&first.out);
     let balanced = backend.is_some_and(|dst| {
-        dst.port() == TARGET_PORT
+        dst.port() == middle.target_port
             && middle.endpoints.iter().any(|e| match family {
                 Family::V4 => dst.ip() == IpAddr::from(e.ipv4),
                 Family::V6 => dst.ip() == IpAddr::from(e.ipv6),
             })
     });
-    let (existing, _) = repeated(ebpf, program_names::XDP_INGRESS, &hit, config)?;
-    rows.push(CaseRow {
-        case: "hit, existing flow",
-        ns: existing,
-        floor,
-        parse_only,
-        note: if balanced {
+    let (existing, _) = repeated(slicelb, program_names::XDP_INGRESS, &hit, config)?;
+    rows.push(row(
+        "hit, existing flow",
+        existing,
+        if balanced {
             String::new()
         } else {
             format!(
@@ -390,46 +338,42 @@ fn measure_family(
                 first.verdict
             )
         },
-    });
+    ));
 
     let miss_frame = frame(family.client(40_001), family.miss());
-    let (miss, miss_run) = repeated(ebpf, program_names::XDP_INGRESS, &miss_frame, config)?;
-    rows.push(CaseRow {
-        case: "miss",
-        ns: miss,
-        floor,
-        parse_only,
-        note: if miss_run.out == miss_frame {
+    let (miss, miss_run) = repeated(slicelb, program_names::XDP_INGRESS, &miss_frame, config)?;
+    rows.push(row(
+        "miss",
+        miss,
+        if miss_run.out == miss_frame {
             String::new()
         } else {
             "WARNING: the miss frame was modified".into()
         },
-    });
+    ));
 
     // Reverse NAT: the backend's reply to the flow created above, through TC egress.
-    let reverse = match backend.filter(|_| balanced) {
+    rows.push(match backend.filter(|_| balanced) {
         Some(backend) => {
             let reply = udp_frame(NODE_MAC, CLIENT_MAC, backend, family.client(40_000));
-            let (ns, run) = repeated(ebpf, program_names::TC_EGRESS, &reply, config)?;
+            let (ns, run) = repeated(slicelb, program_names::TC_EGRESS, &reply, config)?;
             let translated = packets::endpoints(&run.out).map(|(src, _)| src) == Some(service);
-            CaseRow {
-                case: "reverse NAT (TC egress)",
+            row(
+                "reverse NAT (TC egress)",
                 ns,
-                floor,
-                parse_only,
-                note: if translated {
+                if translated {
                     String::new()
                 } else {
                     "WARNING: the reply did not leave with the service address".into()
                 },
-            }
+            )
         }
-        None => CaseRow {
-            note: "no flow to reply to (the hit was not balanced)".into(),
-            ..unmeasured("reverse NAT (TC egress)")
-        },
-    };
-    rows.push(reverse);
+        None => row(
+            "reverse NAT (TC egress)",
+            f64::NAN,
+            "not measured: no flow to reply to (the hit was not balanced)".into(),
+        ),
+    });
     Ok(rows)
 }
 

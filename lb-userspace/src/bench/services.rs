@@ -62,8 +62,11 @@ pub struct BenchService {
     pub name: String,
     pub vip_v4: Ipv4Addr,
     pub vip_v6: Ipv6Addr,
-    /// Ports and protocols: every protocol listed, on `port`, targeting [`TARGET_PORT`].
+    /// Ports and protocols: every protocol listed, on `port`, targeting `target_port`.
     pub port: u16,
+    /// The endpoints' port: [`TARGET_PORT`] on the lab's hosts; synthetic services move
+    /// to the next port each time the address pool wraps, so endpoints stay distinct.
+    pub target_port: u16,
     pub protocols: Vec<Proto>,
     pub endpoints: Vec<BenchEndpoint>,
 }
@@ -96,7 +99,8 @@ pub fn service_address(index: usize) -> (Ipv4Addr, Ipv6Addr, u16) {
     (v4, v6, port)
 }
 
-/// Synthetic endpoint number `index` of a pool of 32 000 addresses in 198.18.128.0/17.
+/// Synthetic endpoint address number `index` of a pool of 32 000 addresses in
+/// 198.18.128.0/17 (the pool wraps).
 pub fn synthetic_endpoint(index: usize) -> BenchEndpoint {
     let host = (index % SYNTHETIC_POOL + 1) as u32;
     BenchEndpoint {
@@ -107,8 +111,7 @@ pub fn synthetic_endpoint(index: usize) -> BenchEndpoint {
     }
 }
 
-/// Distinct synthetic endpoints; services beyond it share endpoints (the maps still hold
-/// one selection table per service, which is what the cost depends on).
+/// Distinct synthetic endpoint addresses; beyond them, endpoints differ by port.
 pub const SYNTHETIC_POOL: usize = 32_000;
 
 impl ServiceSet {
@@ -120,16 +123,17 @@ impl ServiceSet {
         protocols: &[Proto],
         dual_stack: bool,
     ) -> Self {
-        let mut next_endpoint = 0usize;
+        // A pool that is a multiple of `endpoints_each`, so that no service straddles a
+        // wrap and every (address, port) endpoint is distinct.
+        let pool = (SYNTHETIC_POOL - SYNTHETIC_POOL % endpoints_each.max(1)).max(1);
         let services = (0..count)
             .map(|index| {
-                let endpoints = (0..endpoints_each)
-                    .map(|_| {
-                        next_endpoint += 1;
-                        synthetic_endpoint(next_endpoint - 1)
-                    })
+                let first = index * endpoints_each;
+                let endpoints = (first..first + endpoints_each)
+                    .map(|e| synthetic_endpoint(e % pool))
                     .collect();
-                Self::service(index, protocols, endpoints)
+                let target_port = TARGET_PORT + (first / pool) as u16;
+                Self::service(index, protocols, endpoints, target_port)
             })
             .collect();
         Self {
@@ -141,7 +145,7 @@ impl ServiceSet {
     /// `count` services, each with every one of `endpoints` (the lab's backend hosts).
     pub fn on_hosts(count: usize, endpoints: &[BenchEndpoint], protocols: &[Proto]) -> Self {
         let services = (0..count)
-            .map(|index| Self::service(index, protocols, endpoints.to_vec()))
+            .map(|index| Self::service(index, protocols, endpoints.to_vec(), TARGET_PORT))
             .collect();
         Self {
             services,
@@ -149,13 +153,19 @@ impl ServiceSet {
         }
     }
 
-    fn service(index: usize, protocols: &[Proto], endpoints: Vec<BenchEndpoint>) -> BenchService {
+    fn service(
+        index: usize,
+        protocols: &[Proto],
+        endpoints: Vec<BenchEndpoint>,
+        target_port: u16,
+    ) -> BenchService {
         let (vip_v4, vip_v6, port) = service_address(index);
         BenchService {
             name: format!("svc-{index}"),
             vip_v4,
             vip_v6,
             port,
+            target_port,
             protocols: protocols.to_vec(),
             endpoints,
         }
@@ -225,7 +235,7 @@ impl ServiceSet {
                             name: Some(proto.netfilter().to_string()),
                             port: i32::from(service.port),
                             protocol: Some(proto.kubernetes().to_string()),
-                            target_port: Some(IntOrString::Int(i32::from(TARGET_PORT))),
+                            target_port: Some(IntOrString::Int(i32::from(service.target_port))),
                             ..Default::default()
                         })
                         .collect(),
@@ -274,7 +284,7 @@ fn endpoint_slice(service: &BenchService, ipv6: bool) -> EndpointSlice {
                 .iter()
                 .map(|proto| EndpointPort {
                     name: Some(proto.netfilter().to_string()),
-                    port: Some(i32::from(TARGET_PORT)),
+                    port: Some(i32::from(service.target_port)),
                     protocol: Some(proto.kubernetes().to_string()),
                     ..Default::default()
                 })
@@ -335,6 +345,25 @@ mod tests {
         assert_eq!(spec.cluster_ips.as_ref().expect("ips").len(), 2);
         assert_eq!(spec.ports.as_ref().expect("ports").len(), 2);
         assert_eq!(set.services[4].endpoints.len(), 3);
+    }
+
+    #[test]
+    fn synthetic_endpoints_are_distinct_beyond_the_address_pool() {
+        for each in [3, 10, 100] {
+            let set = ServiceSet::synthetic(100_000 / each * 4, each, &[Proto::Tcp], false);
+            let mut seen = HashSet::new();
+            for service in &set.services {
+                for endpoint in &service.endpoints {
+                    assert!(
+                        seen.insert((endpoint.ipv4, service.target_port)),
+                        "{} x {each}: {}:{} used twice",
+                        service.name,
+                        endpoint.ipv4,
+                        service.target_port
+                    );
+                }
+            }
+        }
     }
 
     #[test]

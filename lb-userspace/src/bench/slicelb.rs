@@ -1,13 +1,27 @@
 //! The seam between the benchmarks and slicelb itself: load the datapath with its maps,
-//! program a snapshot into them (model -> diff -> aya map writer), attach to an interface.
-//! Everything else in `bench` talks to slicelb only through [`Slicelb`].
+//! program a snapshot into them (model -> diff -> aya map writer), attach to an interface,
+//! run a program with `BPF_PROG_TEST_RUN`. Everything else in `bench` talks to slicelb only
+//! through [`Slicelb`].
 
-use std::time::Duration;
+use std::{
+    os::fd::{AsFd as _, AsRawFd as _},
+    time::{Duration, Instant},
+};
 
-use aya::Ebpf;
+use lb_common::map_names;
 
 use super::error::BenchError;
-use crate::{dataplane::Capacity, lab::Netns, model::Snapshot};
+use crate::{
+    dataplane::{
+        AppliedState, MapOp, MapWriter as _,
+        aya_maps::AyaMaps,
+        loader::{Datapath, DatapathOptions, IngressMode, MapCapacity},
+        test_run,
+    },
+    diff::{BuddyAllocator, Planner},
+    lab::Netns,
+    model::{self, ModelConfig, Snapshot},
+};
 
 /// How long one snapshot took to reach the kernel, and how much it wrote.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -26,102 +40,306 @@ impl SyncStats {
     }
 }
 
-/// Kernel memory of one configuration map, from the kernel's own accounting.
+/// Kernel memory of one map, from the kernel's own accounting.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MapMemory {
-    pub name: String,
+    pub name: &'static str,
     pub max_entries: u32,
     /// `memlock` of the map's fdinfo: what the kernel charges for the whole map.
     pub memlock_bytes: u64,
-    /// Entries the programmed services use.
-    pub used_entries: u64,
+    /// Entries the programmed services use; `None` for flow state and counters that do
+    /// not grow with services.
+    pub used_entries: Option<u64>,
 }
 
-/// slicelb's datapath, loaded with maps sized by a [`Capacity`].
+/// One `BPF_PROG_TEST_RUN` call: verdict, times and the frame as the program left it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunOutcome {
+    pub verdict: u32,
+    /// The kernel's own average per repetition, in whole nanoseconds.
+    pub kernel_ns: f64,
+    /// Wall time of the call over `repeat`: finer than whole nanoseconds once `repeat` is
+    /// large enough for the syscall itself to vanish.
+    pub wall_ns: f64,
+    pub out: Vec<u8>,
+}
+
+/// slicelb's datapath with fresh, unpinned maps, and the writer that fills them.
 pub struct Slicelb {
-    ebpf: Ebpf,
+    datapath: Datapath,
+    maps: AyaMaps,
+    planner: Planner,
+    /// What the maps hold, kept in step with every write (as the agent keeps it), so a
+    /// sync does not read the whole SELECTION array back.
+    applied: AppliedState,
 }
 
-/// What is still missing before slicelb itself can be measured (the datapath and model
-/// branches land on main after the benchmark harness).
-const MISSING: &str = "the datapath loader (dataplane/loader.rs), the aya map writer \
-     (dataplane/aya_maps.rs) and model::DesiredState + diff::plan";
+fn load_error(error: impl std::fmt::Display) -> BenchError {
+    BenchError::unexpected("loading slicelb's datapath", error.to_string())
+}
 
 impl Slicelb {
     /// Loads the programs and creates the maps, sized by `capacity`.
-    pub fn load(_capacity: Capacity) -> Result<Self, BenchError> {
-        Err(BenchError::NotLanded {
-            what: "slicelb's datapath",
-            detail: MISSING.to_string(),
+    pub fn load(capacity: MapCapacity) -> Result<Self, BenchError> {
+        let datapath = Datapath::load_unpinned(&DatapathOptions {
+            capacity,
+            ..DatapathOptions::default()
         })
-    }
-
-    pub fn ebpf(&mut self) -> &mut Ebpf {
-        &mut self.ebpf
+        .map_err(load_error)?;
+        let maps = AyaMaps::from_datapath(&datapath).map_err(load_error)?;
+        Ok(Self {
+            datapath,
+            maps,
+            planner: Planner::default(),
+            applied: AppliedState::default(),
+        })
     }
 
     /// Programs `snapshot` into the maps: model, diff against what the maps hold, write.
-    pub fn sync(&mut self, _snapshot: &Snapshot) -> Result<SyncStats, BenchError> {
-        Err(BenchError::NotLanded {
-            what: "slicelb's model, diff and map writer",
-            detail: MISSING.to_string(),
+    pub fn sync(&mut self, snapshot: &Snapshot) -> Result<SyncStats, BenchError> {
+        let started = Instant::now();
+        let built = model::build(snapshot, &ModelConfig::default());
+        let plan = self
+            .planner
+            .plan(&self.applied, &built.state, self.maps.capacity());
+        let planned = Instant::now();
+        if let Some((name, reason)) = plan.rejected.first() {
+            return Err(BenchError::unexpected(
+                "programming the bench services",
+                format!(
+                    "{} of {} service ports rejected, first {name}: {reason}",
+                    plan.rejected.len(),
+                    built.state.services.len()
+                ),
+            ));
+        }
+        self.maps
+            .apply(&plan.ops)
+            .map_err(|e| BenchError::unexpected("writing the maps", e.to_string()))?;
+        let written = Instant::now();
+        record(&mut self.applied, &plan.ops);
+        Ok(SyncStats {
+            ops: plan.ops.len(),
+            plan: planned - started,
+            write: written - planned,
         })
     }
 
-    /// Attaches the forward path (XDP) and the reverse path (TC egress) to `iface`.
-    pub fn attach(&mut self, _netns: &Netns, _iface: &str) -> Result<(), BenchError> {
-        Err(BenchError::NotLanded {
-            what: "slicelb's attach",
-            detail: MISSING.to_string(),
+    /// Attaches the forward path (native XDP) and the reverse path (TC egress) to `iface`
+    /// inside `netns`.
+    pub fn attach(&mut self, netns: &Netns, iface: &str) -> Result<(), BenchError> {
+        let datapath = &mut self.datapath;
+        netns
+            .enter(|| datapath.attach(iface, IngressMode::XdpNative))
+            .map_err(BenchError::lab("attaching slicelb"))?
+            .map_err(|e| {
+                BenchError::unexpected(&format!("attaching slicelb to {iface}"), e.to_string())
+            })
+    }
+
+    /// Runs program `name` (XDP or TC) `repeat` times on `frame` with the live maps.
+    pub fn run(
+        &self,
+        name: &'static str,
+        frame: &[u8],
+        repeat: u32,
+    ) -> Result<RunOutcome, BenchError> {
+        let started = Instant::now();
+        let output = match self.datapath.xdp(name) {
+            Ok(xdp) => test_run::run_repeated(xdp, name, frame, repeat),
+            Err(_) => {
+                let tc = self
+                    .datapath
+                    .tc(name)
+                    .map_err(|_| BenchError::MissingProgram {
+                        name: name.to_string(),
+                    })?;
+                test_run::run_repeated(tc, name, frame, repeat)
+            }
+        }
+        .map_err(|e| BenchError::unexpected(name, e.to_string()))?;
+        let wall = started.elapsed();
+        Ok(RunOutcome {
+            verdict: output.verdict,
+            kernel_ns: output.duration.as_nanos() as f64,
+            wall_ns: wall.as_nanos() as f64 / f64::from(repeat.max(1)),
+            out: output.packet,
         })
     }
 
-    /// Memory of every configuration map, with the entries the last sync used.
+    /// Memory of every map, with the entries the programmed services use.
     pub fn map_memory(&self) -> Result<Vec<MapMemory>, BenchError> {
-        Err(BenchError::NotLanded {
-            what: "slicelb's maps",
-            detail: MISSING.to_string(),
-        })
+        let selection_slots: u64 = self
+            .applied
+            .selection
+            .values()
+            .map(|slots| u64::from(BuddyAllocator::block_size(slots.len() as u32)))
+            .sum();
+        let services = self.applied.service_names.len() as u64;
+        let used = |name: &str| -> Option<u64> {
+            match name {
+                map_names::FRONTENDS => Some(self.applied.frontends.len() as u64),
+                map_names::BACKENDS => Some(self.applied.backends.len() as u64),
+                map_names::SELECTION => Some(selection_slots),
+                map_names::SERVICE_NAMES | map_names::SERVICE_STATS => Some(services),
+                map_names::SOURCE_RANGES => Some(self.applied.source_ranges.len() as u64),
+                _ => None,
+            }
+        };
+        crate::dataplane::loader::ALL_MAPS
+            .iter()
+            .map(|&name| {
+                let data = self.datapath.map_data(name).map_err(load_error)?;
+                let info = data.info().map_err(|source| BenchError::Map {
+                    name: name.to_string(),
+                    action: "info",
+                    source,
+                })?;
+                let fd = data.fd().as_fd().as_raw_fd();
+                Ok(MapMemory {
+                    name,
+                    max_entries: info.max_entries(),
+                    memlock_bytes: fdinfo_memlock(fd)?,
+                    used_entries: used(name),
+                })
+            })
+            .collect()
     }
 }
 
-/// Map sizes that hold `services` services of `endpoints_each` endpoints, one frontend
-/// per family and protocol, with headroom for a second copy of each selection table
-/// (tables are written beside the one in use, then swapped).
-pub fn capacity_for(services: usize, endpoints_each: usize, frontends_each: usize) -> Capacity {
-    let defaults = Capacity::default();
-    let table = lb_common::maglev_size_for(endpoints_each as u32).next_power_of_two() as u64;
+/// `memlock:` of `/proc/self/fdinfo/<fd>`: the kernel's accounting of a map's memory.
+fn fdinfo_memlock(fd: i32) -> Result<u64, BenchError> {
+    let path = std::path::PathBuf::from(format!("/proc/self/fdinfo/{fd}"));
+    let text = std::fs::read_to_string(&path).map_err(|source| BenchError::Io {
+        action: "reading",
+        path: path.clone(),
+        source,
+    })?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("memlock:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| BenchError::unexpected("map memory", format!("no memlock in {text:?}")))
+}
+
+/// Applies `ops` to the mirror of what the maps hold; tables no frontend points at any
+/// more are dropped (their blocks are free for the next plan).
+fn record(applied: &mut AppliedState, ops: &[MapOp]) {
+    for op in ops {
+        match op {
+            MapOp::PutBackend { id, backend } => {
+                applied.backends.insert(*id, *backend);
+            }
+            MapOp::DeleteBackend { id } => {
+                applied.backends.remove(id);
+            }
+            MapOp::PutSelection { offset, slots } => {
+                applied.selection.insert(*offset, slots.clone());
+            }
+            MapOp::PutFrontend { key, value } => {
+                applied.frontends.insert(*key, *value);
+            }
+            MapOp::DeleteFrontend { key } => {
+                applied.frontends.remove(key);
+            }
+            MapOp::PutServiceName { id, name } => {
+                applied.service_names.insert(*id, name.clone());
+            }
+            MapOp::DeleteServiceName { id } => {
+                applied.service_names.remove(id);
+            }
+            MapOp::PutSourceRange { key, prefix_len } => {
+                applied.source_ranges.insert((*key, *prefix_len));
+            }
+            MapOp::DeleteSourceRange { key, prefix_len } => {
+                applied.source_ranges.remove(&(*key, *prefix_len));
+            }
+        }
+    }
+    let in_use: std::collections::HashSet<u32> = applied
+        .frontends
+        .values()
+        .filter(|v| v.table_size > 0)
+        .map(|v| v.table_offset)
+        .collect();
+    applied
+        .selection
+        .retain(|offset, _| in_use.contains(offset));
+}
+
+/// Map sizes that hold `services` services of `endpoints_each` endpoints with
+/// `frontends_each` frontends (families x protocols) each, with headroom for a second copy
+/// of every selection table (tables are written beside the one in use, then swapped).
+pub fn capacity_for(services: usize, endpoints_each: usize, frontends_each: usize) -> MapCapacity {
+    let defaults = MapCapacity::default();
+    let table = u64::from(BuddyAllocator::block_size(lb_common::maglev_size_for(
+        endpoints_each as u32,
+    )));
     let frontends = (services * frontends_each) as u64;
-    let wanted_slots = (frontends * table + 2 * table).min(u64::from(u32::MAX / 8)) as u32;
-    Capacity {
-        frontends: defaults
-            .frontends
-            .max((frontends as u32).saturating_add(1024)),
-        backends: defaults
-            .backends
-            .max(((services * endpoints_each * frontends_each) as u32).saturating_add(1024)),
+    // Room for every table twice over, in power-of-two blocks (the buddy allocator's).
+    let wanted_slots = (2 * frontends * table).next_power_of_two().min(1 << 30) as u32;
+    let at_least = |default: u32, wanted: u64| default.max(wanted.min(u64::from(u32::MAX)) as u32);
+    MapCapacity {
+        frontends: at_least(defaults.frontends, frontends + 1024),
+        backends: at_least(
+            defaults.backends,
+            (services * endpoints_each * frontends_each) as u64 + 1024,
+        ),
         selection_slots: defaults.selection_slots.max(wanted_slots),
-        services: defaults
-            .services
-            .max((services * frontends_each) as u32 + 1024),
-        source_ranges: defaults.source_ranges,
+        services: at_least(defaults.services, frontends + 1024),
+        ..defaults
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dataplane::Capacity;
 
     #[test]
     fn capacity_grows_with_services() {
         let small = capacity_for(1, 3, 2);
-        assert_eq!(small, Capacity::default(), "defaults hold one service");
+        assert_eq!(small, MapCapacity::default(), "defaults hold one service");
         let large = capacity_for(100_000, 3, 2);
         assert!(
-            u64::from(large.selection_slots) >= 200_000 * 512,
-            "one 509-slot table per frontend: {}",
+            u64::from(large.selection_slots) >= 2 * 200_000 * 512,
+            "two 509-slot tables per frontend: {}",
             large.selection_slots
         );
         assert!(large.frontends >= 200_000);
+        assert!(large.backends >= 600_000);
+        let writer: Capacity = large.writer_capacity();
+        assert_eq!(writer.selection_slots, large.selection_slots);
+    }
+
+    #[test]
+    fn the_mirror_follows_ops_and_drops_unused_tables() {
+        use lb_common::{FrontendKey, FrontendValue};
+        let key = FrontendKey {
+            port: 80u16.to_be(),
+            ..FrontendKey::default()
+        };
+        let mut applied = AppliedState::default();
+        let table = |offset| MapOp::PutSelection {
+            offset,
+            slots: vec![1; 251],
+        };
+        let frontend = |offset| MapOp::PutFrontend {
+            key,
+            value: FrontendValue {
+                table_offset: offset,
+                table_size: 251,
+                ..FrontendValue::default()
+            },
+        };
+        record(&mut applied, &[table(0), frontend(0)]);
+        assert_eq!(applied.selection.keys().copied().collect::<Vec<_>>(), [0]);
+        record(&mut applied, &[table(256), frontend(256)]);
+        assert_eq!(
+            applied.selection.keys().copied().collect::<Vec<_>>(),
+            [256],
+            "the replaced table is no longer in use"
+        );
+        record(&mut applied, &[MapOp::DeleteFrontend { key }]);
+        assert!(applied.frontends.is_empty() && applied.selection.is_empty());
     }
 }
