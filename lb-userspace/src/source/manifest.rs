@@ -7,14 +7,14 @@
 //! Warnings (an unknown kind, a slice that names no Service) do not block a change.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, btree_map::Entry},
     fmt, fs, io,
     path::{Path, PathBuf},
     sync::Arc,
 };
 
 use k8s_openapi::{
-    Resource,
+    Metadata, Resource,
     api::{core::v1::Service, discovery::v1::EndpointSlice},
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
@@ -230,8 +230,8 @@ pub fn load_dir(
         });
     }
     let mut snapshot = Snapshot {
-        services: loader.services.into_values().map(|(_, _, s)| s).collect(),
-        endpoint_slices: loader.slices.into_values().map(|(_, _, s)| s).collect(),
+        services: loader.services.into_values().map(|d| d.object).collect(),
+        endpoint_slices: loader.slices.into_values().map(|d| d.object).collect(),
         node,
     };
     super::sort_snapshot(&mut snapshot);
@@ -271,11 +271,18 @@ fn classify(path: &Path) -> FileKind {
 
 type ObjectKey = (String, String);
 
+/// An object and where it was defined (for duplicate reports).
+struct Defined<K> {
+    file: PathBuf,
+    location: ObjectLocation,
+    object: K,
+}
+
 /// Accumulates objects, problems and warnings over all files.
 #[derive(Default)]
 struct Loader {
-    services: BTreeMap<ObjectKey, (PathBuf, ObjectLocation, Service)>,
-    slices: BTreeMap<ObjectKey, (PathBuf, ObjectLocation, EndpointSlice)>,
+    services: BTreeMap<ObjectKey, Defined<Service>>,
+    slices: BTreeMap<ObjectKey, Defined<EndpointSlice>>,
     problems: Vec<ManifestProblem>,
     warnings: Vec<ManifestWarning>,
 }
@@ -364,43 +371,32 @@ impl Loader {
 
         match (api_version.as_str(), kind.as_str()) {
             (Service::API_VERSION, Service::KIND) => {
-                if let Some((key, location, mut service)) =
-                    self.deserialize::<Service>(file, value, unnamed)
-                {
-                    if let Some(proxy) = label(&service.metadata, SERVICE_PROXY_NAME_LABEL) {
-                        let reason = WarningReason::OtherProxy {
-                            proxy: proxy.to_owned(),
-                        };
-                        return self.warn(file, location, reason);
-                    }
-                    set_namespace(&mut service.metadata, &key);
-                    if let Some(first) = self.services.get(&key) {
-                        return self.duplicate(file, location, &first.0.clone(), first.1.clone());
-                    }
-                    self.services
-                        .insert(key, (file.to_path_buf(), location, service));
+                let Some(service) = self.deserialize::<Service>(file, value, unnamed) else {
+                    return;
+                };
+                if let Some(proxy) = label(&service.object.metadata, SERVICE_PROXY_NAME_LABEL) {
+                    let reason = WarningReason::OtherProxy {
+                        proxy: proxy.to_owned(),
+                    };
+                    return self.warn(file, service.location, reason);
                 }
+                insert_unique(&mut self.services, &mut self.problems, service);
             }
             (EndpointSlice::API_VERSION, EndpointSlice::KIND) => {
-                if let Some((key, location, mut slice)) =
-                    self.deserialize::<EndpointSlice>(file, value, unnamed)
+                let Some(slice) = self.deserialize::<EndpointSlice>(file, value, unnamed) else {
+                    return;
+                };
+                let metadata = &slice.object.metadata;
+                // Slices of headless or other-proxy Services are not ours (kube-proxy's selector).
+                if label(metadata, HEADLESS_LABEL).is_some()
+                    || label(metadata, SERVICE_PROXY_NAME_LABEL).is_some()
                 {
-                    // Slices of headless or other-proxy Services are not ours (kube-proxy's selector).
-                    if label(&slice.metadata, HEADLESS_LABEL).is_some()
-                        || label(&slice.metadata, SERVICE_PROXY_NAME_LABEL).is_some()
-                    {
-                        return;
-                    }
-                    if label(&slice.metadata, SERVICE_NAME_LABEL).is_none() {
-                        self.warn(file, location.clone(), WarningReason::NoServiceName);
-                    }
-                    set_namespace(&mut slice.metadata, &key);
-                    if let Some(first) = self.slices.get(&key) {
-                        return self.duplicate(file, location, &first.0.clone(), first.1.clone());
-                    }
-                    self.slices
-                        .insert(key, (file.to_path_buf(), location, slice));
+                    return;
                 }
+                if label(metadata, SERVICE_NAME_LABEL).is_none() {
+                    self.warn(file, slice.location.clone(), WarningReason::NoServiceName);
+                }
+                insert_unique(&mut self.slices, &mut self.problems, slice);
             }
             _ => {
                 let location = match name_of(&value) {
@@ -420,12 +416,16 @@ impl Loader {
         }
     }
 
-    fn deserialize<K: Resource + serde::de::DeserializeOwned>(
+    /// The object, its namespace defaulted as kubectl does; `None` (a problem) if invalid.
+    fn deserialize<K>(
         &mut self,
         file: &Path,
         value: Value,
         unnamed: ObjectLocation,
-    ) -> Option<(ObjectKey, ObjectLocation, K)> {
+    ) -> Option<Defined<K>>
+    where
+        K: Resource + Metadata<Ty = ObjectMeta> + serde::de::DeserializeOwned,
+    {
         let Some((namespace, name)) = name_of(&value) else {
             self.problem(file, unnamed, ProblemReason::MissingName { kind: K::KIND });
             return None;
@@ -433,10 +433,17 @@ impl Loader {
         let location = ObjectLocation::Named {
             kind: K::KIND.to_owned(),
             namespace: namespace.clone(),
-            name: name.clone(),
+            name,
         };
         match serde_json::from_value::<K>(value) {
-            Ok(object) => Some(((namespace, name), location, object)),
+            Ok(mut object) => {
+                object.metadata_mut().namespace = Some(namespace);
+                Some(Defined {
+                    file: file.to_path_buf(),
+                    location,
+                    object,
+                })
+            }
             Err(error) => {
                 let reason = ProblemReason::Invalid {
                     kind: K::KIND,
@@ -455,19 +462,31 @@ impl Loader {
             reason,
         });
     }
+}
 
-    fn duplicate(
-        &mut self,
-        file: &Path,
-        location: ObjectLocation,
-        first_file: &Path,
-        first_location: ObjectLocation,
-    ) {
-        let reason = ProblemReason::Duplicate {
-            first_file: first_file.to_path_buf(),
-            first_location: Box::new(first_location),
-        };
-        self.problem(file, location, reason);
+/// Adds `defined` under its namespace and name, or reports it as a duplicate of the first.
+fn insert_unique<K: Metadata<Ty = ObjectMeta>>(
+    objects: &mut BTreeMap<ObjectKey, Defined<K>>,
+    problems: &mut Vec<ManifestProblem>,
+    defined: Defined<K>,
+) {
+    let metadata = defined.object.metadata();
+    let key = (
+        metadata.namespace.clone().unwrap_or_default(),
+        metadata.name.clone().unwrap_or_default(),
+    );
+    match objects.entry(key) {
+        Entry::Occupied(first) => problems.push(ManifestProblem {
+            file: defined.file,
+            location: defined.location,
+            reason: ProblemReason::Duplicate {
+                first_file: first.get().file.clone(),
+                first_location: Box::new(first.get().location.clone()),
+            },
+        }),
+        Entry::Vacant(slot) => {
+            slot.insert(defined);
+        }
     }
 }
 
@@ -484,10 +503,6 @@ fn name_of(value: &Value) -> Option<(String, String)> {
         .filter(|namespace| !namespace.is_empty())
         .unwrap_or("default");
     Some((namespace.to_owned(), name.to_owned()))
-}
-
-fn set_namespace(metadata: &mut ObjectMeta, key: &ObjectKey) {
-    metadata.namespace = Some(key.0.clone());
 }
 
 fn label<'a>(metadata: &'a ObjectMeta, key: &str) -> Option<&'a str> {
