@@ -1,81 +1,93 @@
+//! slicelb's kernel programs. The entry points are thin: each runs the shared logic for its
+//! role, counts the reason, and turns the verdict into its program type's return code.
 #![no_std]
 #![no_main]
 
+mod counters;
+mod csum;
+mod ctx;
+mod forward;
+mod fragments;
+mod icmp;
+mod lookup;
+mod maps;
+mod nat;
+mod parse;
+mod reject;
+mod reverse;
+mod verdict;
+
 use aya_ebpf::{
-    bindings::{TC_ACT_PIPE, xdp_action},
-    macros::{classifier, map, xdp},
-    maps::PerCpuArray,
+    bindings::{TC_ACT_PIPE, TC_ACT_SHOT, xdp_action},
+    macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
-use lb_common::{PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, ProtoCounter};
-use network_types::{
-    eth::{EthHdr, EtherType},
-    ip::{Ipv4Hdr, Ipv6Hdr},
+
+use crate::{
+    counters::count_reason,
+    ctx::{Tc, Xdp},
+    verdict::{Action, Verdict},
 };
 
-#[map(name = "PROTO_STATS")]
-static PROTO_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(ProtoCounter::COUNT, 0);
+/// Bytes TC makes directly readable before parsing (headers of any packet we handle).
+const TC_PULL_LEN: u32 = 384;
 
 #[inline(always)]
-fn count(counter: ProtoCounter) {
-    if let Some(slot) = PROTO_STATS.get_ptr_mut(counter as u32) {
-        // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
-        unsafe { *slot += 1 };
+fn xdp_action(verdict: Verdict) -> u32 {
+    count_reason(verdict.reason);
+    match verdict.action {
+        Action::Pass => xdp_action::XDP_PASS,
+        Action::Drop => xdp_action::XDP_DROP,
+        Action::Bounce => xdp_action::XDP_TX,
     }
 }
 
 #[inline(always)]
-fn ptr_at<T>(start: usize, end: usize, offset: usize) -> Option<*const T> {
-    if start + offset + core::mem::size_of::<T>() > end {
-        return None;
+fn tc_action(tc: &Tc, verdict: Verdict) -> i32 {
+    count_reason(verdict.reason);
+    match verdict.action {
+        Action::Pass => TC_ACT_PIPE as i32,
+        Action::Drop => TC_ACT_SHOT as i32,
+        Action::Bounce => tc.redirect_back(),
     }
-    Some((start + offset) as *const T)
 }
 
-fn classify(start: usize, end: usize) -> Option<()> {
-    let eth: *const EthHdr = ptr_at(start, end, 0)?;
-    // SAFETY: bounds checked by ptr_at.
-    let proto = match unsafe { (*eth).ether_type() } {
-        Ok(EtherType::Ipv4) => {
-            count(ProtoCounter::Ipv4);
-            let ip: *const Ipv4Hdr = ptr_at(start, end, EthHdr::LEN)?;
-            unsafe { (*ip).proto }
-        }
-        Ok(EtherType::Ipv6) => {
-            count(ProtoCounter::Ipv6);
-            let ip: *const Ipv6Hdr = ptr_at(start, end, EthHdr::LEN)?;
-            unsafe { (*ip).next_hdr }
-        }
-        _ => {
-            count(ProtoCounter::NonIp);
-            return Some(());
-        }
-    };
-    count(match proto {
-        PROTO_TCP => ProtoCounter::Tcp,
-        PROTO_UDP => ProtoCounter::Udp,
-        PROTO_SCTP => ProtoCounter::Sctp,
-        PROTO_ICMP | PROTO_ICMPV6 => ProtoCounter::Icmp,
-        _ => ProtoCounter::OtherL4,
-    });
-    Some(())
-}
-
+/// Forward path on XDP.
 #[xdp]
 pub fn slicelb_xdp(ctx: XdpContext) -> u32 {
-    let _ = classify(ctx.data(), ctx.data_end());
+    xdp_action(forward::process(&Xdp(&ctx)))
+}
+
+/// Forward path on TC ingress (kernel checksum helpers: partial checksums stay right).
+#[classifier]
+pub fn slicelb_tc_ingress(ctx: TcContext) -> i32 {
+    let tc = Tc(&ctx);
+    tc.pull(TC_PULL_LEN);
+    let verdict = forward::process(&tc);
+    tc_action(&tc, verdict)
+}
+
+/// Reverse path on TC egress: replies leave with the frontend's address.
+#[classifier]
+pub fn slicelb_tc_egress(ctx: TcContext) -> i32 {
+    let tc = Tc(&ctx);
+    tc.pull(TC_PULL_LEN);
+    let verdict = reverse::process(&tc);
+    tc_action(&tc, verdict)
+}
+
+/// Benchmark baseline: the same parsing and protocol counting, no lookup.
+#[xdp]
+pub fn slicelb_xdp_parse_only(ctx: XdpContext) -> u32 {
+    let mut parsed = parse::Parsed::EMPTY;
+    let _ = parse::parse(ctx.data(), ctx.data_end(), true, &mut parsed);
     xdp_action::XDP_PASS
 }
 
-#[classifier]
-pub fn slicelb_tc_ingress(ctx: TcContext) -> i32 {
-    let _ = classify(ctx.data(), ctx.data_end());
-    TC_ACT_PIPE
-}
-
-#[classifier]
-pub fn slicelb_tc_egress(_ctx: TcContext) -> i32 {
-    TC_ACT_PIPE
+/// Benchmark floor: does nothing.
+#[xdp]
+pub fn slicelb_xdp_empty(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
 }
 
 #[cfg(not(test))]

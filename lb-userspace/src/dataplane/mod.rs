@@ -1,6 +1,11 @@
 //! The map writer: the only code that changes kernel maps. [`MapWriter`] is the seam; the
 //! aya implementation writes pinned maps, [`memory::MemoryMaps`] stands in for tests.
 
+pub mod aya_maps;
+pub mod loader;
+pub mod memory;
+pub mod test_run;
+
 use std::collections::{BTreeMap, BTreeSet};
 
 use lb_common::{Backend, FrontendKey, FrontendValue, SourceRangeKey};

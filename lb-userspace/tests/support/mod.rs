@@ -1,1 +1,3 @@
 pub mod fake_apiserver;
+pub mod kernel;
+pub mod packets;

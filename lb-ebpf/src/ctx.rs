@@ -1,0 +1,349 @@
+//! What the shared logic needs from a program context: packet bounds, checksum updates
+//! for a NAT rewrite, resizing for replies we build, and a way to send a packet back.
+//! XDP updates checksums in software (full checksums only); TC uses the kernel helpers so
+//! that partial (offloaded) checksums and `CHECKSUM_COMPLETE` stay right.
+
+use aya_ebpf::{
+    EbpfContext as _,
+    bindings::{
+        __sk_buff, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
+    },
+    helpers::generated::{
+        bpf_csum_diff, bpf_l3_csum_replace, bpf_l4_csum_replace, bpf_redirect, bpf_skb_adjust_room,
+        bpf_skb_change_tail, bpf_skb_pull_data, bpf_xdp_adjust_head, bpf_xdp_adjust_tail,
+        bpf_xdp_get_buff_len,
+    },
+    programs::{TcContext, XdpContext},
+};
+
+use crate::csum;
+
+/// A checksum field to update after an address or port change.
+#[derive(Clone, Copy)]
+pub struct L4Csum {
+    /// Offset of the checksum field from the start of the packet.
+    pub offset: usize,
+    /// UDP: a zero checksum (IPv4 "none") stays zero and a computed zero becomes 0xffff.
+    pub udp: bool,
+}
+
+pub trait PacketCtx {
+    fn data(&self) -> usize;
+    fn data_end(&self) -> usize;
+    /// Packet length in bytes (for the byte counters).
+    fn packet_len(&self) -> u32;
+    /// Replaces an address at `addr_offset` with `new` and fixes the IPv4 header checksum
+    /// (when `ip_csum_offset` is given) and the L4 checksum (pseudo-header).
+    fn rewrite_addr(
+        &self,
+        addr_offset: usize,
+        old: &[u8; 16],
+        new: &[u8; 16],
+        ipv6: bool,
+        ip_csum_offset: Option<usize>,
+        l4: Option<L4Csum>,
+    ) -> Result<(), ()>;
+    /// Replaces a port at `port_offset` (network order) and fixes the L4 checksum.
+    fn rewrite_port(
+        &self,
+        port_offset: usize,
+        old: u16,
+        new: u16,
+        l4: Option<L4Csum>,
+    ) -> Result<(), ()>;
+    /// Inserts `room` bytes in front of the network header (the caller rewrites everything
+    /// before `l3_offset + room`).
+    fn grow_front(&self, room: u32) -> Result<(), ()>;
+    /// Cuts the packet to `len` bytes.
+    fn truncate(&self, len: u32) -> Result<(), ()>;
+}
+
+#[inline(always)]
+pub fn ptr_at<T>(data: usize, end: usize, offset: usize) -> Option<*mut T> {
+    let start = data + offset;
+    if start + core::mem::size_of::<T>() > end {
+        return None;
+    }
+    Some(start as *mut T)
+}
+
+#[inline(always)]
+fn write_bytes(
+    data: usize,
+    end: usize,
+    offset: usize,
+    bytes: &[u8; 16],
+    len: usize,
+) -> Result<(), ()> {
+    if len == 4 {
+        let p: *mut [u8; 4] = ptr_at(data, end, offset).ok_or(())?;
+        // SAFETY: bounds checked by ptr_at.
+        unsafe { *p = [bytes[0], bytes[1], bytes[2], bytes[3]] };
+    } else {
+        let p: *mut [u8; 16] = ptr_at(data, end, offset).ok_or(())?;
+        // SAFETY: bounds checked by ptr_at.
+        unsafe { *p = *bytes };
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn write_u16(data: usize, end: usize, offset: usize, value: u16) -> Result<(), ()> {
+    let p: *mut u16 = ptr_at(data, end, offset).ok_or(())?;
+    // SAFETY: bounds checked by ptr_at.
+    unsafe { p.write_unaligned(value) };
+    Ok(())
+}
+
+#[inline(always)]
+fn read_u16(data: usize, end: usize, offset: usize) -> Result<u16, ()> {
+    let p: *const u16 = ptr_at(data, end, offset).ok_or(())?;
+    // SAFETY: bounds checked by ptr_at.
+    Ok(unsafe { p.read_unaligned() })
+}
+
+/// Software checksum update of one field, keeping UDP's "no checksum" zero.
+#[inline(always)]
+fn update_l4_software(data: usize, end: usize, l4: L4Csum, diff: u32) -> Result<(), ()> {
+    let old = read_u16(data, end, l4.offset)?;
+    if l4.udp && old == 0 {
+        return Ok(());
+    }
+    let mut new = csum::apply(old, diff);
+    if l4.udp && new == 0 {
+        new = 0xffff;
+    }
+    write_u16(data, end, l4.offset, new)
+}
+
+pub struct Xdp<'a>(pub &'a XdpContext);
+
+// The packet pointers are read with volatile loads: otherwise LLVM may hoist them into a
+// caller and pass them to a BPF subprogram as plain integers, re-extending them there,
+// which the verifier refuses ("pointer arithmetic on pkt_end prohibited").
+impl PacketCtx for Xdp<'_> {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        // SAFETY: a field of the context the kernel handed us.
+        unsafe { core::ptr::read_volatile(&(*self.0.ctx).data) as usize }
+    }
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        // SAFETY: as above.
+        unsafe { core::ptr::read_volatile(&(*self.0.ctx).data_end) as usize }
+    }
+    #[inline(always)]
+    fn packet_len(&self) -> u32 {
+        // SAFETY: helper call on our own context. (Not `data_end - data`: the verifier
+        // forbids arithmetic on the end pointer, which the compiler may produce.)
+        unsafe { bpf_xdp_get_buff_len(self.0.ctx) as u32 }
+    }
+    #[inline(always)]
+    fn rewrite_addr(
+        &self,
+        addr_offset: usize,
+        old: &[u8; 16],
+        new: &[u8; 16],
+        ipv6: bool,
+        ip_csum_offset: Option<usize>,
+        l4: Option<L4Csum>,
+    ) -> Result<(), ()> {
+        let (data, end) = (self.data(), self.data_end());
+        write_bytes(data, end, addr_offset, new, if ipv6 { 16 } else { 4 })?;
+        let diff = csum::diff_addr(0, old, new, ipv6);
+        if let Some(offset) = ip_csum_offset {
+            let old_csum = read_u16(data, end, offset)?;
+            write_u16(data, end, offset, csum::apply(old_csum, diff))?;
+        }
+        if let Some(l4) = l4 {
+            update_l4_software(data, end, l4, diff)?;
+        }
+        Ok(())
+    }
+    #[inline(always)]
+    fn rewrite_port(
+        &self,
+        port_offset: usize,
+        old: u16,
+        new: u16,
+        l4: Option<L4Csum>,
+    ) -> Result<(), ()> {
+        let (data, end) = (self.data(), self.data_end());
+        write_u16(data, end, port_offset, new)?;
+        if let Some(l4) = l4 {
+            update_l4_software(data, end, l4, csum::diff16(0, old, new))?;
+        }
+        Ok(())
+    }
+    #[inline(always)]
+    fn grow_front(&self, room: u32) -> Result<(), ()> {
+        // SAFETY: helper call on our own context.
+        let ret = unsafe { bpf_xdp_adjust_head(self.0.ctx, -(room as i32)) };
+        if ret == 0 { Ok(()) } else { Err(()) }
+    }
+    #[inline(always)]
+    fn truncate(&self, len: u32) -> Result<(), ()> {
+        let current = self.packet_len() as i32;
+        // SAFETY: helper call on our own context.
+        let ret = unsafe { bpf_xdp_adjust_tail(self.0.ctx, len as i32 - current) };
+        if ret == 0 { Ok(()) } else { Err(()) }
+    }
+}
+
+pub struct Tc<'a>(pub &'a TcContext);
+
+impl Tc<'_> {
+    #[inline(always)]
+    fn skb(&self) -> *mut __sk_buff {
+        self.0.as_ptr().cast()
+    }
+
+    /// The interface the packet is on (ingress: where it arrived).
+    #[inline(always)]
+    pub fn ifindex(&self) -> u32 {
+        // SAFETY: reading a context field the verifier allows for TC programs.
+        unsafe { (*self.skb()).ifindex }
+    }
+
+    /// Makes the first `len` bytes (or the whole packet when shorter) directly accessible.
+    #[inline(always)]
+    pub fn pull(&self, len: u32) {
+        let total = self.0.len();
+        if self.data() + (len.min(total) as usize) > self.data_end() {
+            let want = if total < len { total } else { len };
+            // SAFETY: helper call on our own context; failure leaves the packet as it was.
+            unsafe { bpf_skb_pull_data(self.skb(), want) };
+        }
+    }
+
+    /// Sends the packet back out of the interface it arrived on.
+    #[inline(always)]
+    pub fn redirect_back(&self) -> i32 {
+        // SAFETY: helper call.
+        unsafe { bpf_redirect(self.ifindex(), 0) as i32 }
+    }
+}
+
+impl PacketCtx for Tc<'_> {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        // SAFETY: a field of the context the kernel handed us (volatile: see `Xdp`).
+        unsafe { core::ptr::read_volatile(&(*self.skb()).data) as usize }
+    }
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        // SAFETY: as above.
+        unsafe { core::ptr::read_volatile(&(*self.skb()).data_end) as usize }
+    }
+    #[inline(always)]
+    fn packet_len(&self) -> u32 {
+        self.0.len()
+    }
+    #[inline(always)]
+    fn rewrite_addr(
+        &self,
+        addr_offset: usize,
+        old: &[u8; 16],
+        new: &[u8; 16],
+        ipv6: bool,
+        ip_csum_offset: Option<usize>,
+        l4: Option<L4Csum>,
+    ) -> Result<(), ()> {
+        write_bytes(
+            self.data(),
+            self.data_end(),
+            addr_offset,
+            new,
+            if ipv6 { 16 } else { 4 },
+        )?;
+        if ipv6 {
+            if let Some(l4) = l4 {
+                let mut from = *old;
+                let mut to = *new;
+                // SAFETY: both buffers are 16 bytes on our stack.
+                let diff = unsafe {
+                    bpf_csum_diff(from.as_mut_ptr().cast(), 16, to.as_mut_ptr().cast(), 16, 0)
+                };
+                if diff < 0 {
+                    return Err(());
+                }
+                let flags = BPF_F_PSEUDO_HDR as u64
+                    | if l4.udp {
+                        BPF_F_MARK_MANGLED_0 as u64
+                    } else {
+                        0
+                    };
+                // SAFETY: helper call; the offset was bounds-checked by the parser.
+                let ret = unsafe {
+                    bpf_l4_csum_replace(self.skb(), l4.offset as u32, 0, diff as u64, flags)
+                };
+                if ret != 0 {
+                    return Err(());
+                }
+            }
+        } else {
+            let from = u32::from_ne_bytes([old[0], old[1], old[2], old[3]]) as u64;
+            let to = u32::from_ne_bytes([new[0], new[1], new[2], new[3]]) as u64;
+            if let Some(offset) = ip_csum_offset {
+                // SAFETY: helper call.
+                let ret = unsafe { bpf_l3_csum_replace(self.skb(), offset as u32, from, to, 4) };
+                if ret != 0 {
+                    return Err(());
+                }
+            }
+            if let Some(l4) = l4 {
+                let flags = BPF_F_PSEUDO_HDR as u64
+                    | 4
+                    | if l4.udp {
+                        BPF_F_MARK_MANGLED_0 as u64
+                    } else {
+                        0
+                    };
+                // SAFETY: helper call.
+                let ret =
+                    unsafe { bpf_l4_csum_replace(self.skb(), l4.offset as u32, from, to, flags) };
+                if ret != 0 {
+                    return Err(());
+                }
+            }
+        }
+        Ok(())
+    }
+    #[inline(always)]
+    fn rewrite_port(
+        &self,
+        port_offset: usize,
+        old: u16,
+        new: u16,
+        l4: Option<L4Csum>,
+    ) -> Result<(), ()> {
+        write_u16(self.data(), self.data_end(), port_offset, new)?;
+        if let Some(l4) = l4 {
+            let flags = 2 | if l4.udp {
+                BPF_F_MARK_MANGLED_0 as u64
+            } else {
+                0
+            };
+            // SAFETY: helper call.
+            let ret = unsafe {
+                bpf_l4_csum_replace(self.skb(), l4.offset as u32, old as u64, new as u64, flags)
+            };
+            if ret != 0 {
+                return Err(());
+            }
+        }
+        Ok(())
+    }
+    #[inline(always)]
+    fn grow_front(&self, room: u32) -> Result<(), ()> {
+        // SAFETY: helper call.
+        let ret = unsafe { bpf_skb_adjust_room(self.skb(), room as i32, BPF_ADJ_ROOM_MAC, 0) };
+        if ret == 0 { Ok(()) } else { Err(()) }
+    }
+    #[inline(always)]
+    fn truncate(&self, len: u32) -> Result<(), ()> {
+        // SAFETY: helper call.
+        let ret = unsafe { bpf_skb_change_tail(self.skb(), len, 0) };
+        if ret == 0 { Ok(()) } else { Err(()) }
+    }
+}

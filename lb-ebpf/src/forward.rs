@@ -1,0 +1,87 @@
+//! The forward path (XDP and TC ingress): a packet for a frontend goes to a backend.
+
+use lb_common::{
+    FrontendKey, FrontendValue, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, Reason, frontend_flags,
+};
+
+use crate::{
+    counters::count_service,
+    ctx::PacketCtx,
+    fragments,
+    icmp::{self, Direction},
+    lookup::{self, Choice},
+    maps::FRONTENDS,
+    nat::{Side, rewrite},
+    parse::{Fragment, Parsed, parse},
+    reject,
+    verdict::Verdict,
+};
+
+#[inline(always)]
+pub fn process<C: PacketCtx>(ctx: &C) -> Verdict {
+    let mut p = Parsed::EMPTY;
+    if let Err(reason) = parse(ctx.data(), ctx.data_end(), true, &mut p) {
+        return Verdict::early(reason);
+    }
+    if p.fragment == Fragment::Later {
+        return fragments::forward_later(ctx, &p);
+    }
+    if p.proto == PROTO_ICMP || p.proto == PROTO_ICMPV6 {
+        return icmp::translate_error(ctx, &p, Direction::Ingress);
+    }
+    let key = FrontendKey {
+        addr: p.dst,
+        port: p.dport,
+        proto: p.proto,
+        family: p.family,
+    };
+    // The only lookup a packet that is not for a service pays.
+    let Some(frontend) = FRONTENDS.get_ptr(&key) else {
+        return Verdict::pass(Reason::PassNoFrontend);
+    };
+    // SAFETY: a map value pointer, valid for the whole program run (RCU); the agent
+    // replaces frontends whole, never edits one in place.
+    let frontend: &FrontendValue = unsafe { &*frontend };
+    if frontend.flags & frontend_flags::SOURCE_RANGES != 0
+        && !lookup::source_allowed(&p, frontend.service_id)
+    {
+        return Verdict::drop(Reason::DropSourceRange);
+    }
+    match balance(ctx, &p, frontend) {
+        Some(verdict) => verdict,
+        None => {
+            if frontend.flags & frontend_flags::DROP_WHEN_EMPTY != 0 {
+                Verdict::drop(Reason::DropNoLocalEndpoint)
+            } else if p.proto == PROTO_TCP && lookup::is_syn(&p) {
+                reject::tcp_reset(ctx, &p)
+            } else {
+                reject::port_unreachable(ctx, &p)
+            }
+        }
+    }
+}
+
+/// Chooses the backend and rewrites the packet; None when the frontend has no usable
+/// backend (the caller rejects, from its own frame: each frame stays small).
+// A separate BPF function: its own stack frame keeps each call chain under 512 bytes.
+#[inline(never)]
+fn balance<C: PacketCtx>(ctx: &C, p: &Parsed, frontend: &FrontendValue) -> Option<Verdict> {
+    match lookup::choose(p, frontend) {
+        Choice::Chosen {
+            target,
+            reason,
+            new_flow,
+        } => {
+            if rewrite(ctx, p, Side::Destination, &target.addr, target.port).is_err() {
+                return Some(Verdict::drop(Reason::DropInternal));
+            }
+            if p.fragment == Fragment::First {
+                fragments::record_first(p, &target, frontend.service_id);
+            }
+            count_service(frontend.service_id, ctx.packet_len(), new_flow);
+            Some(Verdict::pass(reason))
+        }
+        Choice::NoBackend => None,
+        Choice::Failed(reason) => Some(Verdict::drop(reason)),
+    }
+}

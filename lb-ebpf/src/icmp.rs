@@ -1,0 +1,245 @@
+//! ICMP errors about balanced flows, translated so each side recognises its own packet.
+//!
+//! Egress (toward a client): the quoted packet is client -> backend (as the backend or the
+//! node saw it, e.g. frag-needed / packet-too-big for a DNATed packet); it becomes
+//! client -> frontend, and an outer source equal to the backend becomes the frontend.
+//! Ingress (from a client): the quoted packet is frontend -> client (a reply after reverse
+//! NAT); it becomes backend -> client and the outer destination becomes the backend.
+//!
+//! Checksums are updated in software for both XDP and TC: ICMP is never checksum-offloaded,
+//! and every change here is balanced by a checksum change inside the packet, so a
+//! `CHECKSUM_COMPLETE` sum stays valid.
+
+use lb_common::{
+    FAMILY_IPV4, FlowKey, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, Reason,
+    flow_direction,
+};
+
+use crate::{
+    csum,
+    ctx::{PacketCtx, ptr_at},
+    maps::CONNTRACK,
+    parse::Parsed,
+    parse::ZERO_ADDR,
+    verdict::Verdict,
+};
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Ingress,
+    Egress,
+}
+
+#[inline(always)]
+fn is_error(p: &Parsed, icmp_type: u8) -> bool {
+    if p.family == FAMILY_IPV4 {
+        p.proto == PROTO_ICMP && matches!(icmp_type, 3 | 11 | 12)
+    } else {
+        p.proto == PROTO_ICMPV6 && matches!(icmp_type, 1..=4)
+    }
+}
+
+#[inline(always)]
+fn read<const N: usize>(data: usize, end: usize, offset: usize) -> Option<[u8; N]> {
+    let p: *const [u8; N] = ptr_at(data, end, offset)?;
+    // SAFETY: bounds checked by ptr_at.
+    Some(unsafe { p.read_unaligned() })
+}
+
+/// Writes a 16-bit word and returns the checksum difference it caused.
+#[inline(always)]
+fn replace16(data: usize, end: usize, offset: usize, new: u16) -> Option<u32> {
+    let p: *mut u16 = ptr_at(data, end, offset)?;
+    // SAFETY: bounds checked by ptr_at.
+    let old = unsafe { p.read_unaligned() };
+    // SAFETY: as above.
+    unsafe { p.write_unaligned(new) };
+    Some(csum::diff16(0, old, new))
+}
+
+/// Writes an address and returns the checksum difference it caused.
+#[inline(always)]
+fn replace_addr(
+    data: usize,
+    end: usize,
+    offset: usize,
+    old: &[u8; 16],
+    new: &[u8; 16],
+    ipv6: bool,
+) -> Option<u32> {
+    if ipv6 {
+        let p: *mut [u8; 16] = ptr_at(data, end, offset)?;
+        // SAFETY: bounds checked by ptr_at.
+        unsafe { p.write_unaligned(*new) };
+    } else {
+        let p: *mut [u8; 4] = ptr_at(data, end, offset)?;
+        // SAFETY: bounds checked by ptr_at.
+        unsafe { p.write_unaligned([new[0], new[1], new[2], new[3]]) };
+    }
+    Some(csum::diff_addr(0, old, new, ipv6))
+}
+
+/// Translates an ICMP error about a balanced flow, or passes the packet untouched.
+#[inline(always)]
+pub fn translate_error<C: PacketCtx>(ctx: &C, p: &Parsed, direction: Direction) -> Verdict {
+    let (data, end) = (ctx.data(), ctx.data_end());
+    let Some(header) = read::<8>(data, end, p.l4_off) else {
+        return Verdict::drop(Reason::DropTruncated);
+    };
+    if !is_error(p, header[0]) {
+        return Verdict::pass(Reason::PassOtherProtocol);
+    }
+    match translate(ctx, p, direction) {
+        Ok(true) => Verdict::pass(Reason::IcmpErrorTranslated),
+        Ok(false) => Verdict::pass(Reason::PassNoFrontend),
+        Err(reason) => Verdict::early(reason),
+    }
+}
+
+/// Ok(false): not about a balanced flow.
+// A separate BPF function: its own stack frame keeps each call chain under 512 bytes.
+#[inline(never)]
+fn translate<C: PacketCtx>(ctx: &C, p: &Parsed, direction: Direction) -> Result<bool, Reason> {
+    let (data, end) = (ctx.data(), ctx.data_end());
+    let ipv6 = p.ipv6();
+    let inner_l3 = p.l4_off + 8;
+    // The quoted packet went one way; the conntrack entry that names its translation is
+    // keyed the other way (reply entry on egress, forward entry on ingress), so the quoted
+    // addresses and ports go into the key swapped.
+    let mut key = FlowKey {
+        src_addr: ZERO_ADDR,
+        dst_addr: ZERO_ADDR,
+        src_port: 0,
+        dst_port: 0,
+        proto: 0,
+        family: p.family,
+        _pad: [0, 0],
+    };
+    let inner_l4 = if ipv6 {
+        let h: *const u8 = ptr_at::<[u8; 40]>(data, end, inner_l3)
+            .ok_or(Reason::DropTruncated)?
+            .cast();
+        // SAFETY: 40 bytes checked above.
+        unsafe {
+            key.proto = *h.add(6);
+            key.dst_addr = h.add(8).cast::<[u8; 16]>().read_unaligned();
+            key.src_addr = h.add(24).cast::<[u8; 16]>().read_unaligned();
+        }
+        inner_l3 + 40
+    } else {
+        let h: *const u8 = ptr_at::<[u8; 20]>(data, end, inner_l3)
+            .ok_or(Reason::DropTruncated)?
+            .cast();
+        // SAFETY: 20 bytes checked above.
+        let version_ihl = unsafe { *h };
+        let header_len = ((version_ihl & 0x0f) as usize) * 4;
+        if version_ihl >> 4 != 4 || header_len < 20 {
+            return Err(Reason::DropMalformed);
+        }
+        // SAFETY: as above.
+        unsafe {
+            key.proto = *h.add(9);
+            key.dst_addr[..4].copy_from_slice(&h.add(12).cast::<[u8; 4]>().read_unaligned());
+            key.src_addr[..4].copy_from_slice(&h.add(16).cast::<[u8; 4]>().read_unaligned());
+        }
+        inner_l3 + header_len
+    };
+    let proto = key.proto;
+    if !matches!(proto, PROTO_TCP | PROTO_UDP | PROTO_SCTP) {
+        return Ok(false);
+    }
+    let ports = read::<4>(data, end, inner_l4).ok_or(Reason::DropTruncated)?;
+    key.dst_port = u16::from_ne_bytes([ports[0], ports[1]]);
+    key.src_port = u16::from_ne_bytes([ports[2], ports[3]]);
+    let wanted = match direction {
+        Direction::Egress => flow_direction::REPLY,
+        Direction::Ingress => flow_direction::FORWARD,
+    };
+    let Some(flow) = CONNTRACK.get_ptr(&key) else {
+        return Ok(false);
+    };
+    // SAFETY: a map value pointer; fields copied at once.
+    let (flow_direction, new_addr, new_port) =
+        unsafe { ((*flow).direction, (*flow).nat_addr, (*flow).nat_port) };
+    if flow_direction != wanted {
+        return Ok(false);
+    }
+    // Egress rewrites the quoted destination (backend -> frontend); ingress the quoted
+    // source (frontend -> backend).
+    let (inner_addr_off, old_addr, port_off, old_port) = match (direction, ipv6) {
+        (Direction::Egress, false) => (inner_l3 + 16, &key.src_addr, inner_l4 + 2, key.src_port),
+        (Direction::Egress, true) => (inner_l3 + 24, &key.src_addr, inner_l4 + 2, key.src_port),
+        (Direction::Ingress, false) => (inner_l3 + 12, &key.dst_addr, inner_l4, key.dst_port),
+        (Direction::Ingress, true) => (inner_l3 + 8, &key.dst_addr, inner_l4, key.dst_port),
+    };
+    let addr_diff = csum::diff_addr(0, old_addr, &new_addr, ipv6);
+    let port_diff = if proto == PROTO_SCTP {
+        0
+    } else {
+        csum::diff16(0, old_port, new_port)
+    };
+
+    // Changes inside the ICMP payload, summed for the ICMP checksum.
+    let mut icmp_diff = replace_addr(data, end, inner_addr_off, old_addr, &new_addr, ipv6)
+        .ok_or(Reason::DropTruncated)?;
+    if proto != PROTO_SCTP {
+        icmp_diff += replace16(data, end, port_off, new_port).ok_or(Reason::DropTruncated)?;
+    }
+    if !ipv6 {
+        let offset = inner_l3 + 10;
+        let old = read::<2>(data, end, offset).ok_or(Reason::DropTruncated)?;
+        let new = csum::apply(u16::from_ne_bytes(old), addr_diff);
+        icmp_diff += replace16(data, end, offset, new).ok_or(Reason::DropTruncated)?;
+    }
+    // The quoted L4 checksum, when the quote is long enough to hold it.
+    let l4_csum_off = match proto {
+        PROTO_TCP => Some(inner_l4 + 16),
+        PROTO_UDP => Some(inner_l4 + 6),
+        _ => None,
+    };
+    if let Some(offset) = l4_csum_off {
+        if let Some(old) = read::<2>(data, end, offset) {
+            let old = u16::from_ne_bytes(old);
+            if !(proto == PROTO_UDP && old == 0) {
+                let new = csum::apply(old, addr_diff + port_diff);
+                icmp_diff += replace16(data, end, offset, new).ok_or(Reason::DropTruncated)?;
+            }
+        }
+    }
+
+    // The outer address that names the translated side.
+    let (outer_off, outer_old) = match (direction, ipv6) {
+        (Direction::Egress, false) => (p.l3_off + 12, &p.src),
+        (Direction::Egress, true) => (p.l3_off + 8, &p.src),
+        (Direction::Ingress, false) => (p.l3_off + 16, &p.dst),
+        (Direction::Ingress, true) => (p.l3_off + 24, &p.dst),
+    };
+    if outer_old == old_addr {
+        let outer_diff = replace_addr(data, end, outer_off, outer_old, &new_addr, ipv6)
+            .ok_or(Reason::DropTruncated)?;
+        if ipv6 {
+            // ICMPv6's checksum covers the pseudo-header.
+            icmp_diff += outer_diff;
+        } else {
+            let offset = p.l3_off + 10;
+            let old = read::<2>(data, end, offset).ok_or(Reason::DropTruncated)?;
+            replace16(
+                data,
+                end,
+                offset,
+                csum::apply(u16::from_ne_bytes(old), outer_diff),
+            )
+            .ok_or(Reason::DropTruncated)?;
+        }
+    }
+    let offset = p.l4_off + 2;
+    let old = read::<2>(data, end, offset).ok_or(Reason::DropTruncated)?;
+    replace16(
+        data,
+        end,
+        offset,
+        csum::apply(u16::from_ne_bytes(old), icmp_diff),
+    )
+    .ok_or(Reason::DropTruncated)?;
+    Ok(true)
+}

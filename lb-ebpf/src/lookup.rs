@@ -1,0 +1,284 @@
+//! Picking a backend: the flow's conntrack entry while it is alive and its backend still
+//! exists, else the client's affinity backend, else the frontend's Maglev slot. Also
+//! records the flow (forward and reply entries) and the affinity.
+
+use aya_ebpf::{bindings::BPF_ANY, helpers::generated::bpf_ktime_get_ns, maps::lpm_trie::Key};
+use lb_common::{
+    AffinityKey, AffinityValue, Backend, Config, FlowKey, FlowValue, FrontendValue, PROTO_SCTP,
+    PROTO_TCP, PROTO_UDP, Reason, SourceRangeKey, backend_state, flow_direction, frontend_flags,
+    hash::flow_hash, tcp_seen,
+};
+
+use crate::{
+    maps::{AFFINITY, BACKENDS, CONFIG, CONNTRACK, SELECTION, SOURCE_RANGES},
+    parse::Parsed,
+};
+
+const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
+
+/// Where a packet goes: the backend and the address/port written into it.
+#[derive(Clone, Copy)]
+pub struct Target {
+    pub backend_id: u32,
+    pub addr: [u8; 16],
+    /// Network order. For SCTP this is the frontend port (ports are not rewritten).
+    pub port: u16,
+}
+
+pub enum Choice {
+    Chosen {
+        target: Target,
+        reason: Reason,
+        new_flow: bool,
+    },
+    /// The frontend has no usable backend (table_size == 0) and no live flow.
+    NoBackend,
+    Failed(Reason),
+}
+
+/// CLOCK_MONOTONIC in ns, as `FlowValue::last_seen_ns` documents.
+#[inline(always)]
+pub fn now_ns() -> u64 {
+    // SAFETY: helper without arguments.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+/// The flow timeout for a protocol and TCP state, from CONFIG.
+#[inline(always)]
+fn flow_timeout(proto: u8, seen: u8) -> u64 {
+    let Some(config) = CONFIG.get_ptr(0) else {
+        return 0;
+    };
+    // SAFETY: a map value pointer; the agent writes the entry whole.
+    let config: &Config = unsafe { &*config };
+    match proto {
+        PROTO_TCP => {
+            if seen & (tcp_seen::FIN | tcp_seen::RST) != 0 || seen & tcp_seen::ESTABLISHED == 0 {
+                config.tcp_transient_timeout_ns
+            } else {
+                config.tcp_established_timeout_ns
+            }
+        }
+        PROTO_UDP => config.udp_timeout_ns,
+        _ => config.other_timeout_ns,
+    }
+}
+
+#[inline(always)]
+fn tcp_seen_bits(flags: u8) -> u8 {
+    let mut seen = 0;
+    if flags & TCP_SYN != 0 {
+        seen |= tcp_seen::SYN;
+    }
+    if flags & TCP_FIN != 0 {
+        seen |= tcp_seen::FIN;
+    }
+    if flags & TCP_RST != 0 {
+        seen |= tcp_seen::RST;
+    }
+    if flags & TCP_ACK != 0 && flags & TCP_SYN == 0 {
+        seen |= tcp_seen::ESTABLISHED;
+    }
+    seen
+}
+
+/// True for a TCP SYN without ACK: the start of a connection.
+#[inline(always)]
+pub fn is_syn(p: &Parsed) -> bool {
+    p.proto == PROTO_TCP && p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+}
+
+/// The backend with this id when its slot is in use.
+#[inline(always)]
+pub fn backend(id: u32) -> Option<Backend> {
+    let backend = *BACKENDS.get(id)?;
+    if backend.state == backend_state::EMPTY {
+        return None;
+    }
+    Some(backend)
+}
+
+#[inline(always)]
+pub fn flow_key(p: &Parsed) -> FlowKey {
+    FlowKey {
+        src_addr: p.src,
+        dst_addr: p.dst,
+        src_port: p.sport,
+        dst_port: p.dport,
+        proto: p.proto,
+        family: p.family,
+        _pad: [0, 0],
+    }
+}
+
+/// `loadBalancerSourceRanges`: is the packet's source inside one of the service's ranges?
+#[inline(always)]
+pub fn source_allowed(p: &Parsed, service_id: u32) -> bool {
+    let key = Key::new(
+        SourceRangeKey::LOOKUP_PREFIX_LEN,
+        SourceRangeKey {
+            service_id_be: service_id.to_be_bytes(),
+            family: p.family,
+            addr: p.src,
+            _pad: [0, 0, 0],
+        },
+    );
+    SOURCE_RANGES.get(&key).is_some()
+}
+
+/// The live conntrack backend of this flow, refreshing the entry.
+#[inline(always)]
+fn conntrack_target(p: &Parsed, key: &FlowKey, now: u64) -> Option<Target> {
+    let entry = CONNTRACK.get_ptr_mut(key)?;
+    // SAFETY: a map value pointer; racing writers can only make us pick a stale backend.
+    let flow = unsafe { *entry };
+    if flow.direction != flow_direction::FORWARD {
+        return None;
+    }
+    if now.wrapping_sub(flow.last_seen_ns) > flow_timeout(p.proto, flow.tcp_flags_seen) {
+        return None;
+    }
+    // A new SYN after FIN/RST reuses the ports for a new connection: choose afresh.
+    if is_syn(p) && flow.tcp_flags_seen & (tcp_seen::FIN | tcp_seen::RST) != 0 {
+        return None;
+    }
+    let backend = backend(flow.backend_id)?;
+    // The slot was reused for another endpoint: the flow's backend is gone.
+    if backend.addr != flow.nat_addr || (p.proto != PROTO_SCTP && backend.port != flow.nat_port) {
+        return None;
+    }
+    // SAFETY: as above.
+    unsafe {
+        (*entry).last_seen_ns = now;
+        if p.proto == PROTO_TCP {
+            (*entry).tcp_flags_seen |= tcp_seen_bits(p.tcp_flags);
+        }
+    }
+    Some(Target {
+        backend_id: flow.backend_id,
+        addr: flow.nat_addr,
+        port: flow.nat_port,
+    })
+}
+
+#[inline(always)]
+fn target_of(p: &Parsed, id: u32, backend: &Backend) -> Target {
+    // SCTP keeps its ports: its CRC32c covers them, and updating it would cost a pass over
+    // the whole packet.
+    let port = if p.proto == PROTO_SCTP {
+        p.dport
+    } else {
+        backend.port
+    };
+    Target {
+        backend_id: id,
+        addr: backend.addr,
+        port,
+    }
+}
+
+#[inline(always)]
+fn affinity_target(p: &Parsed, key: &AffinityKey, timeout_secs: u32, now: u64) -> Option<Target> {
+    let entry = AFFINITY.get_ptr(key)?;
+    // SAFETY: a map value pointer; fields copied at once.
+    let (id, last_seen) = unsafe { ((*entry).backend_id, (*entry).last_seen_ns) };
+    if now.wrapping_sub(last_seen) > timeout_secs as u64 * 1_000_000_000 {
+        return None;
+    }
+    let backend = backend(id)?;
+    Some(target_of(p, id, &backend))
+}
+
+#[inline(always)]
+fn maglev_target(p: &Parsed, frontend: &FrontendValue) -> Option<Target> {
+    let hash = flow_hash(&p.src, &p.dst, p.sport, p.dport, p.proto);
+    let slot = frontend.table_offset + hash % frontend.table_size;
+    let id = *SELECTION.get(slot)?;
+    let backend = backend(id)?;
+    Some(target_of(p, id, &backend))
+}
+
+/// Chooses the backend for a packet to `frontend` and records the flow.
+#[inline(always)]
+pub fn choose(p: &Parsed, frontend: &FrontendValue) -> Choice {
+    let now = now_ns();
+    // One key, rewritten in place for each use: the stack is small.
+    let mut key = flow_key(p);
+    if let Some(target) = conntrack_target(p, &key, now) {
+        return Choice::Chosen {
+            target,
+            reason: Reason::LbConntrack,
+            new_flow: false,
+        };
+    }
+    if frontend.table_size == 0 {
+        return Choice::NoBackend;
+    }
+    let affinity = frontend.flags & frontend_flags::AFFINITY != 0;
+    let affinity_key = AffinityKey {
+        client_addr: p.src,
+        service_id: frontend.service_id,
+        family: p.family,
+        _pad: [0, 0, 0],
+    };
+    let sticky = if affinity {
+        affinity_target(p, &affinity_key, frontend.affinity_timeout_secs, now)
+    } else {
+        None
+    };
+    let (target, reason) = match sticky {
+        Some(target) => (target, Reason::LbAffinity),
+        None => match maglev_target(p, frontend) {
+            Some(target) => (target, Reason::LbNewFlow),
+            // The table names a backend slot that is empty: the agent's ordering broke.
+            None => return Choice::Failed(Reason::DropInternal),
+        },
+    };
+    if affinity {
+        let value = AffinityValue {
+            backend_id: target.backend_id,
+            _pad: 0,
+            last_seen_ns: now,
+        };
+        // An LRU insert only fails under memory pressure; the flow still goes through.
+        let _ = AFFINITY.insert(&affinity_key, &value, BPF_ANY as u64);
+    }
+    let seen = if p.proto == PROTO_TCP {
+        tcp_seen_bits(p.tcp_flags)
+    } else {
+        0
+    };
+    // The reply entry first (once the forward entry exists, replies must find theirs).
+    key.src_addr = target.addr;
+    key.dst_addr = p.src;
+    key.src_port = target.port;
+    key.dst_port = p.sport;
+    let mut value = FlowValue {
+        backend_id: target.backend_id,
+        service_id: frontend.service_id,
+        last_seen_ns: now,
+        nat_addr: p.dst,
+        nat_port: p.dport,
+        direction: flow_direction::REPLY,
+        tcp_flags_seen: seen,
+        _pad: [0, 0, 0, 0],
+    };
+    if CONNTRACK.insert(&key, &value, BPF_ANY as u64).is_err() {
+        return Choice::Failed(Reason::DropInternal);
+    }
+    key = flow_key(p);
+    value.nat_addr = target.addr;
+    value.nat_port = target.port;
+    value.direction = flow_direction::FORWARD;
+    if CONNTRACK.insert(&key, &value, BPF_ANY as u64).is_err() {
+        return Choice::Failed(Reason::DropInternal);
+    }
+    Choice::Chosen {
+        target,
+        reason,
+        new_flow: true,
+    }
+}

@@ -1,0 +1,59 @@
+//! Every map the programs use, typed with the lb-common contract. Sizes are the defaults;
+//! the loader overrides them at load time.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+};
+use lb_common::{
+    AffinityKey, AffinityValue, Backend, Config, FlowKey, FlowValue, FragmentKey, FragmentValue,
+    FrontendKey, FrontendValue, ProtoCounter, Reason, ServiceCounters, ServiceName, SourceRangeKey,
+    capacity,
+};
+
+#[map(name = "FRONTENDS")]
+pub static FRONTENDS: HashMap<FrontendKey, FrontendValue> =
+    HashMap::with_max_entries(capacity::FRONTENDS, 0);
+
+/// Indexed by backend id; id 0 and deleted backends have `state == EMPTY`.
+#[map(name = "BACKENDS")]
+pub static BACKENDS: Array<Backend> = Array::with_max_entries(capacity::BACKENDS, 0);
+
+/// Backend ids; a frontend's Maglev table is `[table_offset, table_offset + table_size)`.
+#[map(name = "SELECTION")]
+pub static SELECTION: Array<u32> = Array::with_max_entries(capacity::SELECTION_SLOTS, 0);
+
+#[map(name = "CONNTRACK")]
+pub static CONNTRACK: LruHashMap<FlowKey, FlowValue> =
+    LruHashMap::with_max_entries(capacity::CONNTRACK, 0);
+
+#[map(name = "AFFINITY")]
+pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
+    LruHashMap::with_max_entries(capacity::AFFINITY, 0);
+
+#[map(name = "FRAGMENTS")]
+pub static FRAGMENTS: LruHashMap<FragmentKey, FragmentValue> =
+    LruHashMap::with_max_entries(capacity::FRAGMENTS, 0);
+
+/// Value: 1 for "allowed"; only the presence of a matching prefix matters.
+#[map(name = "SOURCE_RANGES")]
+pub static SOURCE_RANGES: LpmTrie<SourceRangeKey, u8> =
+    LpmTrie::with_max_entries(capacity::SOURCE_RANGES, 0);
+
+#[map(name = "REASON_STATS")]
+pub static REASON_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Reason::COUNT, 0);
+
+#[map(name = "PROTO_STATS")]
+pub static PROTO_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(ProtoCounter::COUNT, 0);
+
+#[map(name = "SERVICE_STATS")]
+pub static SERVICE_STATS: PerCpuArray<ServiceCounters> =
+    PerCpuArray::with_max_entries(capacity::SERVICES, 0);
+
+#[map(name = "CONFIG")]
+pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+/// Userspace only (names for the CLI); defined here so it is created and pinned with the rest.
+#[map(name = "SERVICE_NAMES")]
+pub static SERVICE_NAMES: HashMap<u32, ServiceName> =
+    HashMap::with_max_entries(capacity::SERVICE_NAMES, 0);

@@ -1,0 +1,59 @@
+//! The reverse path (TC egress): replies from a backend leave with the frontend's address.
+
+use lb_common::{PROTO_ICMP, PROTO_ICMPV6, Reason, flow_direction};
+
+use crate::{
+    ctx::PacketCtx,
+    icmp::{self, Direction},
+    lookup::{flow_key, now_ns},
+    maps::CONNTRACK,
+    nat::{Side, rewrite},
+    parse::{Fragment, Parsed, parse},
+    verdict::Verdict,
+};
+
+#[inline(always)]
+pub fn process<C: PacketCtx>(ctx: &C) -> Verdict {
+    let mut p = Parsed::EMPTY;
+    if let Err(reason) = parse(ctx.data(), ctx.data_end(), false, &mut p) {
+        // Outgoing traffic we cannot parse is not ours to judge: never drop it here.
+        return Verdict::pass(reason_for_egress(reason));
+    }
+    if p.fragment == Fragment::Later {
+        return Verdict::pass(Reason::PassFragmentUnknown);
+    }
+    if p.proto == PROTO_ICMP || p.proto == PROTO_ICMPV6 {
+        let verdict = icmp::translate_error(ctx, &p, Direction::Egress);
+        return Verdict::pass(reason_for_egress(verdict.reason));
+    }
+    reply_nat(ctx, &p)
+}
+
+/// Reverse NAT for a packet of a REPLY flow.
+// A separate BPF function: its own stack frame keeps each call chain under 512 bytes.
+#[inline(never)]
+fn reply_nat<C: PacketCtx>(ctx: &C, p: &Parsed) -> Verdict {
+    let Some(entry) = CONNTRACK.get_ptr_mut(&flow_key(p)) else {
+        return Verdict::pass(Reason::PassNoFrontend);
+    };
+    // SAFETY: a map value pointer (valid for the whole run); a racing update can only
+    // refresh the same flow.
+    let flow = unsafe { &mut *entry };
+    if flow.direction != flow_direction::REPLY {
+        return Verdict::pass(Reason::PassNoFrontend);
+    }
+    flow.last_seen_ns = now_ns();
+    if rewrite(ctx, p, Side::Source, &flow.nat_addr, flow.nat_port).is_err() {
+        return Verdict::drop(Reason::DropInternal);
+    }
+    Verdict::pass(Reason::ReplyTranslated)
+}
+
+/// Egress passes what it cannot parse (the stack built it); counted as unparsed.
+#[inline(always)]
+fn reason_for_egress(reason: Reason) -> Reason {
+    match reason {
+        Reason::DropTruncated | Reason::DropMalformed => Reason::PassUnparsedHeaders,
+        other => other,
+    }
+}

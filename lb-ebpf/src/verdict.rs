@@ -1,0 +1,56 @@
+//! What a program decided, before it is turned into an XDP or TC return code.
+
+use lb_common::Reason;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Continue to the stack (possibly rewritten).
+    Pass,
+    Drop,
+    /// Send back out of the interface it arrived on (a reject we built).
+    Bounce,
+}
+
+#[derive(Clone, Copy)]
+pub struct Verdict {
+    pub action: Action,
+    pub reason: Reason,
+}
+
+impl Verdict {
+    #[inline(always)]
+    pub const fn pass(reason: Reason) -> Self {
+        Self {
+            action: Action::Pass,
+            reason,
+        }
+    }
+    #[inline(always)]
+    pub const fn drop(reason: Reason) -> Self {
+        Self {
+            action: Action::Drop,
+            reason,
+        }
+    }
+    #[inline(always)]
+    pub const fn bounce(reason: Reason) -> Self {
+        Self {
+            action: Action::Bounce,
+            reason,
+        }
+    }
+    /// The verdict for a reason that ends processing early: the `Drop*` reasons drop, the
+    /// rest pass the packet untouched.
+    #[inline(always)]
+    pub fn early(reason: Reason) -> Self {
+        match reason {
+            Reason::DropTruncated
+            | Reason::DropMalformed
+            | Reason::DropSourceRange
+            | Reason::DropNoLocalEndpoint
+            | Reason::DropRejectFailed
+            | Reason::DropInternal => Self::drop(reason),
+            _ => Self::pass(reason),
+        }
+    }
+}

@@ -1,0 +1,330 @@
+//! [`MapWriter`] over the kernel maps (pinned, or those of a loaded [`Datapath`]), plus the
+//! counter readers the CLI and the metrics endpoint use.
+
+use std::{io, os::fd::AsFd as _, path::Path};
+
+use aya::maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, lpm_trie::Key};
+use lb_common::{
+    Backend, FlowKey, FlowValue, FrontendKey, FrontendValue, ProtoCounter, Reason, ServiceCounters,
+    ServiceName, SourceRangeKey, map_names,
+};
+
+use super::{
+    AppliedState, Capacity, DataplaneError, MapOp, MapWriter,
+    loader::{Datapath, LoadError},
+};
+
+/// The value stored for every source range (only the prefix matters).
+const SOURCE_RANGE_ALLOWED: u8 = 1;
+
+pub struct AyaMaps {
+    frontends: HashMap<MapData, FrontendKey, FrontendValue>,
+    backends: Array<MapData, Backend>,
+    selection: Array<MapData, u32>,
+    service_names: HashMap<MapData, u32, ServiceName>,
+    source_ranges: LpmTrie<MapData, SourceRangeKey, u8>,
+    conntrack: HashMap<MapData, FlowKey, FlowValue>,
+    reason_stats: PerCpuArray<MapData, u64>,
+    proto_stats: PerCpuArray<MapData, u64>,
+    service_stats: PerCpuArray<MapData, ServiceCounters>,
+    capacity: Capacity,
+}
+
+fn io_error(error: MapError) -> io::Error {
+    match error {
+        MapError::SyscallError(e) => e.io_error,
+        other => io::Error::other(other),
+    }
+}
+
+fn read_err(map: &'static str) -> impl Fn(MapError) -> DataplaneError {
+    move |e| DataplaneError::MapRead {
+        map,
+        source: io_error(e),
+    }
+}
+
+fn write_err(map: &'static str, capacity: u32) -> impl Fn(MapError) -> DataplaneError {
+    move |e| {
+        let source = io_error(e);
+        // The kernel says E2BIG (hash maps) or ENOSPC (LPM tries) when a map is full.
+        match source.raw_os_error() {
+            Some(libc::E2BIG) | Some(libc::ENOSPC) => DataplaneError::MapFull { map, capacity },
+            _ => DataplaneError::MapWrite { map, source },
+        }
+    }
+}
+
+fn typed<T>(
+    map: &'static str,
+    data: MapData,
+    convert: impl FnOnce(MapData) -> Result<T, MapError>,
+) -> Result<T, DataplaneError> {
+    convert(data).map_err(read_err(map))
+}
+
+impl AyaMaps {
+    /// Opens the maps pinned under `pin_path/maps` (as [`Datapath::open`] pins them).
+    pub fn from_pin(pin_path: &Path, capacity: Capacity) -> Result<Self, DataplaneError> {
+        let dir = pin_path.join("maps");
+        Self::build(capacity, |name| {
+            MapData::from_pin(dir.join(name)).map_err(read_err(name))
+        })
+    }
+
+    /// Opens the maps of a loaded datapath (pinned or not).
+    pub fn from_datapath(datapath: &Datapath) -> Result<Self, DataplaneError> {
+        let capacity = datapath.capacity().writer_capacity();
+        Self::build(capacity, |name| {
+            let data = datapath
+                .map_data(name)
+                .map_err(|e: LoadError| DataplaneError::MapRead {
+                    map: name,
+                    source: io::Error::other(e.to_string()),
+                })?;
+            let fd = data
+                .fd()
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(|source| DataplaneError::MapRead { map: name, source })?;
+            MapData::from_fd(fd).map_err(read_err(name))
+        })
+    }
+
+    fn build(
+        capacity: Capacity,
+        open: impl Fn(&'static str) -> Result<MapData, DataplaneError>,
+    ) -> Result<Self, DataplaneError> {
+        use aya::maps::Map;
+        Ok(Self {
+            frontends: typed(map_names::FRONTENDS, open(map_names::FRONTENDS)?, |d| {
+                HashMap::try_from(Map::HashMap(d))
+            })?,
+            backends: typed(map_names::BACKENDS, open(map_names::BACKENDS)?, |d| {
+                Array::try_from(Map::Array(d))
+            })?,
+            selection: typed(map_names::SELECTION, open(map_names::SELECTION)?, |d| {
+                Array::try_from(Map::Array(d))
+            })?,
+            service_names: typed(
+                map_names::SERVICE_NAMES,
+                open(map_names::SERVICE_NAMES)?,
+                |d| HashMap::try_from(Map::HashMap(d)),
+            )?,
+            source_ranges: typed(
+                map_names::SOURCE_RANGES,
+                open(map_names::SOURCE_RANGES)?,
+                |d| LpmTrie::try_from(Map::LpmTrie(d)),
+            )?,
+            conntrack: typed(map_names::CONNTRACK, open(map_names::CONNTRACK)?, |d| {
+                HashMap::try_from(Map::LruHashMap(d))
+            })?,
+            reason_stats: typed(
+                map_names::REASON_STATS,
+                open(map_names::REASON_STATS)?,
+                |d| PerCpuArray::try_from(Map::PerCpuArray(d)),
+            )?,
+            proto_stats: typed(map_names::PROTO_STATS, open(map_names::PROTO_STATS)?, |d| {
+                PerCpuArray::try_from(Map::PerCpuArray(d))
+            })?,
+            service_stats: typed(
+                map_names::SERVICE_STATS,
+                open(map_names::SERVICE_STATS)?,
+                |d| PerCpuArray::try_from(Map::PerCpuArray(d)),
+            )?,
+            capacity,
+        })
+    }
+
+    /// REASON_STATS summed over CPUs, in `Reason::ALL` order.
+    pub fn reasons(&self) -> Result<Vec<(Reason, u64)>, DataplaneError> {
+        Reason::ALL
+            .iter()
+            .map(|reason| {
+                let values = self
+                    .reason_stats
+                    .get(&(*reason as u32), 0)
+                    .map_err(read_err(map_names::REASON_STATS))?;
+                Ok((*reason, values.iter().sum()))
+            })
+            .collect()
+    }
+
+    /// PROTO_STATS summed over CPUs, in `ProtoCounter::ALL` order.
+    pub fn protocols(&self) -> Result<Vec<(ProtoCounter, u64)>, DataplaneError> {
+        ProtoCounter::ALL
+            .iter()
+            .map(|counter| {
+                let values = self
+                    .proto_stats
+                    .get(&(*counter as u32), 0)
+                    .map_err(read_err(map_names::PROTO_STATS))?;
+                Ok((*counter, values.iter().sum()))
+            })
+            .collect()
+    }
+
+    /// One service's counters summed over CPUs.
+    pub fn service_counters(&self, service_id: u32) -> Result<ServiceCounters, DataplaneError> {
+        let values = self
+            .service_stats
+            .get(&service_id, 0)
+            .map_err(read_err(map_names::SERVICE_STATS))?;
+        Ok(values
+            .iter()
+            .fold(ServiceCounters::default(), |acc, v| ServiceCounters {
+                packets: acc.packets + v.packets,
+                bytes: acc.bytes + v.bytes,
+                new_flows: acc.new_flows + v.new_flows,
+            }))
+    }
+
+    /// Counters of every named service (ids from SERVICE_NAMES).
+    pub fn all_service_counters(
+        &self,
+    ) -> Result<Vec<(u32, String, ServiceCounters)>, DataplaneError> {
+        let mut out = Vec::new();
+        for entry in self.service_names.iter() {
+            let (id, name) = entry.map_err(read_err(map_names::SERVICE_NAMES))?;
+            out.push((id, name.as_str().to_string(), self.service_counters(id)?));
+        }
+        out.sort_by_key(|(id, _, _)| *id);
+        Ok(out)
+    }
+
+    /// Entries in CONNTRACK (each balanced flow has two: forward and reply).
+    pub fn conntrack_entries(&self) -> Result<usize, DataplaneError> {
+        let mut count = 0;
+        for key in self.conntrack.keys() {
+            key.map_err(read_err(map_names::CONNTRACK))?;
+            count += 1;
+        }
+        Ok(count)
+    }
+
+    /// One conntrack entry, for tests and `slicelb trace`.
+    pub fn conntrack_entry(&self, key: &FlowKey) -> Result<Option<FlowValue>, DataplaneError> {
+        match self.conntrack.get(key, 0) {
+            Ok(value) => Ok(Some(value)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(read_err(map_names::CONNTRACK)(e)),
+        }
+    }
+
+    fn apply_one(&mut self, op: &MapOp) -> Result<(), DataplaneError> {
+        let capacity = self.capacity;
+        match op {
+            MapOp::PutBackend { id, backend } => {
+                if *id >= capacity.backends {
+                    return Err(DataplaneError::MapFull {
+                        map: map_names::BACKENDS,
+                        capacity: capacity.backends,
+                    });
+                }
+                self.backends
+                    .set(*id, backend, 0)
+                    .map_err(write_err(map_names::BACKENDS, capacity.backends))
+            }
+            MapOp::DeleteBackend { id } => {
+                if *id >= capacity.backends {
+                    return Ok(());
+                }
+                self.backends
+                    .set(*id, &Backend::default(), 0)
+                    .map_err(write_err(map_names::BACKENDS, capacity.backends))
+            }
+            MapOp::PutSelection { offset, slots } => {
+                let end = u64::from(*offset) + slots.len() as u64;
+                if end > u64::from(capacity.selection_slots) {
+                    return Err(DataplaneError::MapFull {
+                        map: map_names::SELECTION,
+                        capacity: capacity.selection_slots,
+                    });
+                }
+                for (i, id) in slots.iter().enumerate() {
+                    self.selection
+                        .set(offset + i as u32, id, 0)
+                        .map_err(write_err(map_names::SELECTION, capacity.selection_slots))?;
+                }
+                Ok(())
+            }
+            MapOp::PutFrontend { key, value } => self
+                .frontends
+                .insert(key, value, 0)
+                .map_err(write_err(map_names::FRONTENDS, capacity.frontends)),
+            MapOp::DeleteFrontend { key } => match self.frontends.remove(key) {
+                Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+                Err(e) => Err(write_err(map_names::FRONTENDS, capacity.frontends)(e)),
+            },
+            MapOp::PutServiceName { id, name } => self
+                .service_names
+                .insert(id, &ServiceName::new(name), 0)
+                .map_err(write_err(map_names::SERVICE_NAMES, capacity.services)),
+            MapOp::DeleteServiceName { id } => match self.service_names.remove(id) {
+                Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+                Err(e) => Err(write_err(map_names::SERVICE_NAMES, capacity.services)(e)),
+            },
+            MapOp::PutSourceRange { key, prefix_len } => self
+                .source_ranges
+                .insert(&Key::new(*prefix_len, *key), &SOURCE_RANGE_ALLOWED, 0)
+                .map_err(write_err(map_names::SOURCE_RANGES, capacity.source_ranges)),
+            MapOp::DeleteSourceRange { key, prefix_len } => {
+                match self.source_ranges.remove(&Key::new(*prefix_len, *key)) {
+                    Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+                    Err(e) => Err(write_err(map_names::SOURCE_RANGES, capacity.source_ranges)(
+                        e,
+                    )),
+                }
+            }
+        }
+    }
+}
+
+impl MapWriter for AyaMaps {
+    fn capacity(&self) -> Capacity {
+        self.capacity
+    }
+
+    fn read(&self) -> Result<AppliedState, DataplaneError> {
+        let mut state = AppliedState::default();
+        for entry in self.frontends.iter() {
+            let (key, value) = entry.map_err(read_err(map_names::FRONTENDS))?;
+            state.frontends.insert(key, value);
+        }
+        for (id, backend) in self.backends.iter().enumerate() {
+            let backend = backend.map_err(read_err(map_names::BACKENDS))?;
+            if backend.state != lb_common::backend_state::EMPTY {
+                state.backends.insert(id as u32, backend);
+            }
+        }
+        for value in state.frontends.values() {
+            if value.table_size == 0 || state.selection.contains_key(&value.table_offset) {
+                continue;
+            }
+            let slots = (value.table_offset..value.table_offset + value.table_size)
+                .map(|slot| {
+                    self.selection
+                        .get(&slot, 0)
+                        .map_err(read_err(map_names::SELECTION))
+                })
+                .collect::<Result<Vec<u32>, _>>()?;
+            state.selection.insert(value.table_offset, slots);
+        }
+        for entry in self.service_names.iter() {
+            let (id, name) = entry.map_err(read_err(map_names::SERVICE_NAMES))?;
+            state.service_names.insert(id, name.as_str().to_string());
+        }
+        for key in self.source_ranges.keys() {
+            let key = key.map_err(read_err(map_names::SOURCE_RANGES))?;
+            state.source_ranges.insert((key.data(), key.prefix_len()));
+        }
+        Ok(state)
+    }
+
+    fn apply(&mut self, ops: &[MapOp]) -> Result<(), DataplaneError> {
+        for op in ops {
+            self.apply_one(op)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,514 @@
+//! Loading slicelb's kernel programs: the object embedded in the binary, maps sized from a
+//! [`MapCapacity`], everything pinned under one directory so that a restarted agent adopts
+//! the maps (flows and configuration survive) and swaps the programs in place.
+//!
+//! Pin layout: `<pin>/maps/NAME` for every map, `<pin>/links/<iface>.{xdp,tc_ingress,tc_egress}`
+//! for attachments.
+
+use std::{
+    ffi::CString,
+    io,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, MapData},
+    programs::{
+        LinkOrder, SchedClassifier, TcAttach, TcAttachType, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        tc::SchedClassifierLink,
+        xdp::XdpLink,
+    },
+};
+use lb_common::{Config, capacity, map_names, program_names};
+
+/// The compiled `lb-ebpf` object.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
+
+/// Every map of the object, in the order they are pinned.
+pub const ALL_MAPS: [&str; 12] = [
+    map_names::FRONTENDS,
+    map_names::BACKENDS,
+    map_names::SELECTION,
+    map_names::CONNTRACK,
+    map_names::AFFINITY,
+    map_names::FRAGMENTS,
+    map_names::SOURCE_RANGES,
+    map_names::REASON_STATS,
+    map_names::SERVICE_STATS,
+    map_names::PROTO_STATS,
+    map_names::CONFIG,
+    map_names::SERVICE_NAMES,
+];
+
+/// Default pin directory.
+pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/slicelb";
+
+/// Sizes of every sized map (the statistics arrays have fixed sizes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapCapacity {
+    pub frontends: u32,
+    pub backends: u32,
+    pub selection_slots: u32,
+    pub conntrack: u32,
+    pub affinity: u32,
+    pub fragments: u32,
+    pub source_ranges: u32,
+    /// Service ids index SERVICE_STATS and SERVICE_NAMES.
+    pub services: u32,
+}
+
+impl Default for MapCapacity {
+    fn default() -> Self {
+        Self {
+            frontends: capacity::FRONTENDS,
+            backends: capacity::BACKENDS,
+            selection_slots: capacity::SELECTION_SLOTS,
+            conntrack: capacity::CONNTRACK,
+            affinity: capacity::AFFINITY,
+            fragments: capacity::FRAGMENTS,
+            source_ranges: capacity::SOURCE_RANGES,
+            services: capacity::SERVICES,
+        }
+    }
+}
+
+impl MapCapacity {
+    /// The part the map writer (and the diff) needs.
+    pub fn writer_capacity(&self) -> super::Capacity {
+        super::Capacity {
+            frontends: self.frontends,
+            backends: self.backends,
+            selection_slots: self.selection_slots,
+            services: self.services,
+            source_ranges: self.source_ranges,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DatapathOptions {
+    pub capacity: MapCapacity,
+    /// Written to CONFIG when the maps are new; adopted maps keep theirs unless
+    /// `overwrite_config` is set.
+    pub config: Config,
+    pub overwrite_config: bool,
+}
+
+/// How the forward path is attached to an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IngressMode {
+    /// XDP in the driver (fastest; needs driver support).
+    XdpNative,
+    /// XDP in the stack (any interface).
+    XdpGeneric,
+    /// TC ingress through tcx (interfaces with partial checksums, e.g. local veths).
+    Tc,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("loading the eBPF object failed: {source}; run as root on Linux >= 6.6 with BTF")]
+    Load {
+        #[source]
+        source: aya::EbpfError,
+    },
+    #[error("the eBPF object has no program {program}; rebuild slicelb")]
+    MissingProgram { program: &'static str },
+    #[error("the eBPF object has no map {map}; rebuild slicelb")]
+    MissingMap { map: &'static str },
+    #[error("loading program {program} into the kernel failed (verifier?): {source}")]
+    Verify {
+        program: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error(
+        "attaching {program} to interface {iface} failed: {source}; check the interface exists in this namespace"
+    )]
+    Attach {
+        program: &'static str,
+        iface: String,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("pinning {what} at {path} failed: {source}; is bpffs mounted there?")]
+    Pin {
+        what: String,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("writing map {map} failed: {source}")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("interface name {iface:?} is not valid")]
+    InterfaceName { iface: String },
+    #[error("removing {path} failed: {source}")]
+    Remove {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// The loaded programs and their maps.
+pub struct Datapath {
+    ebpf: Ebpf,
+    pin_path: Option<PathBuf>,
+    capacity: MapCapacity,
+}
+
+const ALL_PROGRAMS: [&str; 5] = [
+    program_names::XDP_INGRESS,
+    program_names::TC_INGRESS,
+    program_names::TC_EGRESS,
+    program_names::XDP_PARSE_ONLY,
+    program_names::XDP_EMPTY,
+];
+
+impl Datapath {
+    /// Loads the programs with maps pinned under `pin_path`, adopting maps already pinned
+    /// there (a restarted agent keeps flows and configuration).
+    pub fn open(pin_path: &Path, options: &DatapathOptions) -> Result<Self, LoadError> {
+        let maps_dir = pin_path.join("maps");
+        std::fs::create_dir_all(&maps_dir).map_err(|source| LoadError::Pin {
+            what: "the maps directory".into(),
+            path: maps_dir.clone(),
+            source,
+        })?;
+        let adopting = maps_dir.join(map_names::CONFIG).exists();
+        let paths: Vec<(&'static str, PathBuf)> = ALL_MAPS
+            .iter()
+            .map(|name| (*name, maps_dir.join(name)))
+            .collect();
+        let mut loader = EbpfLoader::new();
+        set_capacity(&mut loader, &options.capacity);
+        for (name, path) in &paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let ebpf = loader
+            .load(EBPF_OBJECT)
+            .map_err(|source| LoadError::Load { source })?;
+        let mut datapath = Self {
+            ebpf,
+            pin_path: Some(pin_path.to_path_buf()),
+            capacity: options.capacity,
+        };
+        datapath.load_programs()?;
+        if !adopting || options.overwrite_config {
+            datapath.write_config(&options.config)?;
+        }
+        Ok(datapath)
+    }
+
+    /// Loads the programs with fresh, unpinned maps (tests and benchmarks).
+    pub fn load_unpinned(options: &DatapathOptions) -> Result<Self, LoadError> {
+        let mut loader = EbpfLoader::new();
+        set_capacity(&mut loader, &options.capacity);
+        let ebpf = loader
+            .load(EBPF_OBJECT)
+            .map_err(|source| LoadError::Load { source })?;
+        let mut datapath = Self {
+            ebpf,
+            pin_path: None,
+            capacity: options.capacity,
+        };
+        datapath.load_programs()?;
+        datapath.write_config(&options.config)?;
+        Ok(datapath)
+    }
+
+    fn load_programs(&mut self) -> Result<(), LoadError> {
+        for program in ALL_PROGRAMS {
+            let prog = self
+                .ebpf
+                .program_mut(program)
+                .ok_or(LoadError::MissingProgram { program })?;
+            let result = match prog {
+                aya::programs::Program::Xdp(p) => p.load(),
+                aya::programs::Program::SchedClassifier(p) => p.load(),
+                _ => return Err(LoadError::MissingProgram { program }),
+            };
+            result.map_err(|source| LoadError::Verify { program, source })?;
+        }
+        Ok(())
+    }
+
+    /// Writes the CONFIG entry.
+    pub fn write_config(&mut self, config: &Config) -> Result<(), LoadError> {
+        let map = self
+            .ebpf
+            .map_mut(map_names::CONFIG)
+            .ok_or(LoadError::MissingMap {
+                map: map_names::CONFIG,
+            })?;
+        let mut array: Array<&mut MapData, Config> =
+            Array::try_from(map).map_err(|source| LoadError::Map {
+                map: map_names::CONFIG,
+                source,
+            })?;
+        array.set(0, config, 0).map_err(|source| LoadError::Map {
+            map: map_names::CONFIG,
+            source,
+        })
+    }
+
+    pub fn capacity(&self) -> MapCapacity {
+        self.capacity
+    }
+
+    pub fn pin_path(&self) -> Option<&Path> {
+        self.pin_path.as_deref()
+    }
+
+    /// A map of the object (typed access: `HashMap::try_from(datapath.map(NAME)?)`).
+    pub fn map(&self, map: &'static str) -> Result<&aya::maps::Map, LoadError> {
+        self.ebpf.map(map).ok_or(LoadError::MissingMap { map })
+    }
+
+    pub fn map_mut(&mut self, map: &'static str) -> Result<&mut aya::maps::Map, LoadError> {
+        self.ebpf.map_mut(map).ok_or(LoadError::MissingMap { map })
+    }
+
+    /// The raw map data of a map of the object.
+    pub fn map_data(&self, map: &'static str) -> Result<&MapData, LoadError> {
+        match self.ebpf.map(map) {
+            Some(
+                aya::maps::Map::HashMap(m)
+                | aya::maps::Map::LruHashMap(m)
+                | aya::maps::Map::Array(m)
+                | aya::maps::Map::PerCpuArray(m)
+                | aya::maps::Map::LpmTrie(m),
+            ) => Ok(m),
+            _ => Err(LoadError::MissingMap { map }),
+        }
+    }
+
+    pub fn map_data_mut(&mut self, map: &'static str) -> Result<&mut MapData, LoadError> {
+        match self.ebpf.map_mut(map) {
+            Some(
+                aya::maps::Map::HashMap(m)
+                | aya::maps::Map::LruHashMap(m)
+                | aya::maps::Map::Array(m)
+                | aya::maps::Map::PerCpuArray(m)
+                | aya::maps::Map::LpmTrie(m),
+            ) => Ok(m),
+            _ => Err(LoadError::MissingMap { map }),
+        }
+    }
+
+    /// An XDP program by name (forward path, parse-only, empty).
+    pub fn xdp(&self, program: &'static str) -> Result<&Xdp, LoadError> {
+        self.ebpf
+            .program(program)
+            .and_then(|p| <&Xdp>::try_from(p).ok())
+            .ok_or(LoadError::MissingProgram { program })
+    }
+
+    /// A TC program by name (ingress or egress).
+    pub fn tc(&self, program: &'static str) -> Result<&SchedClassifier, LoadError> {
+        self.ebpf
+            .program(program)
+            .and_then(|p| <&SchedClassifier>::try_from(p).ok())
+            .ok_or(LoadError::MissingProgram { program })
+    }
+
+    /// Attaches the forward path (XDP or TC ingress) and the reverse path (TC egress) to
+    /// `iface`. With a pin path, an attachment pinned by an earlier run is updated in place
+    /// (the old program runs until the new one replaces it: no gap) and the link is pinned.
+    pub fn attach(&mut self, iface: &str, mode: IngressMode) -> Result<(), LoadError> {
+        let name = CString::new(iface).map_err(|_| LoadError::InterfaceName {
+            iface: iface.into(),
+        })?;
+        match mode {
+            IngressMode::XdpNative | IngressMode::XdpGeneric => {
+                let xdp_mode = if mode == IngressMode::XdpNative {
+                    XdpMode::Driver
+                } else {
+                    XdpMode::Skb
+                };
+                self.attach_xdp(iface, &name, xdp_mode)?;
+            }
+            IngressMode::Tc => self.attach_tc(iface, &name, TcAttachType::Ingress)?,
+        }
+        self.attach_tc(iface, &name, TcAttachType::Egress)
+    }
+
+    fn link_path(&self, iface: &str, kind: &str) -> Option<PathBuf> {
+        self.pin_path
+            .as_ref()
+            .map(|pin| pin.join("links").join(format!("{iface}.{kind}")))
+    }
+
+    fn pin_link(&self, link: FdLink, path: &Path) -> Result<(), LoadError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|source| LoadError::Pin {
+                what: "the links directory".into(),
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        }
+        let pinned = link.pin(path).map_err(|error| LoadError::Pin {
+            what: format!("link {}", path.display()),
+            path: path.to_path_buf(),
+            source: io::Error::other(error.to_string()),
+        })?;
+        // The pin keeps the attachment alive after we exit.
+        std::mem::forget(pinned);
+        Ok(())
+    }
+
+    fn attach_xdp(&mut self, iface: &str, name: &CString, mode: XdpMode) -> Result<(), LoadError> {
+        let program = program_names::XDP_INGRESS;
+        let link_path = self.link_path(iface, "xdp");
+        let existing = link_path
+            .as_ref()
+            .and_then(|p| PinnedLink::from_pin(p).ok());
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(program)
+            .and_then(|p| p.try_into().ok())
+            .ok_or(LoadError::MissingProgram { program })?;
+        let attach_err = |source| LoadError::Attach {
+            program,
+            iface: iface.into(),
+            source,
+        };
+        let link_id = match existing {
+            Some(pinned) => {
+                let fd_link = pinned.unpin().map_err(|source| LoadError::Remove {
+                    path: link_path.clone().unwrap_or_default(),
+                    source,
+                })?;
+                let link = XdpLink::try_from(fd_link).map_err(|e| attach_err(e.into()))?;
+                prog.attach_to_link(link).map_err(attach_err)?
+            }
+            None => prog.attach(name.as_c_str(), mode).map_err(attach_err)?,
+        };
+        let link = prog.take_link(link_id).map_err(attach_err)?;
+        match (link_path, FdLink::try_from(link)) {
+            (Some(path), Ok(fd_link)) => self.pin_link(fd_link, &path),
+            // Unpinned (or a netlink attachment, which cannot be pinned): keep it attached.
+            (_, Ok(fd_link)) => {
+                std::mem::forget(fd_link);
+                Ok(())
+            }
+            (_, Err(_)) => Ok(()),
+        }
+    }
+
+    fn attach_tc(
+        &mut self,
+        iface: &str,
+        name: &CString,
+        attach_type: TcAttachType,
+    ) -> Result<(), LoadError> {
+        let (program, kind) = match attach_type {
+            TcAttachType::Egress => (program_names::TC_EGRESS, "tc_egress"),
+            _ => (program_names::TC_INGRESS, "tc_ingress"),
+        };
+        let link_path = self.link_path(iface, kind);
+        let existing = link_path
+            .as_ref()
+            .and_then(|p| PinnedLink::from_pin(p).ok());
+        let prog: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(program)
+            .and_then(|p| p.try_into().ok())
+            .ok_or(LoadError::MissingProgram { program })?;
+        let attach_err = |source| LoadError::Attach {
+            program,
+            iface: iface.into(),
+            source,
+        };
+        let link_id = match existing {
+            Some(pinned) => {
+                let fd_link = pinned.unpin().map_err(|source| LoadError::Remove {
+                    path: link_path.clone().unwrap_or_default(),
+                    source,
+                })?;
+                let link =
+                    SchedClassifierLink::try_from(fd_link).map_err(|e| attach_err(e.into()))?;
+                prog.attach_to_link(link).map_err(attach_err)?
+            }
+            None => prog
+                .attach(
+                    name.as_c_str(),
+                    TcAttach::Tcx {
+                        attach_type,
+                        order: LinkOrder::default(),
+                    },
+                )
+                .map_err(attach_err)?,
+        };
+        let link = prog.take_link(link_id).map_err(attach_err)?;
+        let fd_link = FdLink::try_from(link).map_err(|e| attach_err(e.into()))?;
+        match link_path {
+            Some(path) => self.pin_link(fd_link, &path),
+            None => {
+                std::mem::forget(fd_link);
+                Ok(())
+            }
+        }
+    }
+
+    /// Removes every attachment, link and map pinned under `pin_path` (the programs go
+    /// when their last link does).
+    pub fn detach(pin_path: &Path) -> Result<(), LoadError> {
+        let remove = |path: &Path| -> Result<(), LoadError> {
+            match std::fs::remove_file(path) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                Err(source) => Err(LoadError::Remove {
+                    path: path.to_path_buf(),
+                    source,
+                }),
+            }
+        };
+        for dir in ["links", "maps"] {
+            let dir = pin_path.join(dir);
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(source) => return Err(LoadError::Remove { path: dir, source }),
+            };
+            for entry in entries {
+                let entry = entry.map_err(|source| LoadError::Remove {
+                    path: dir.clone(),
+                    source,
+                })?;
+                remove(&entry.path())?;
+            }
+            std::fs::remove_dir(&dir).map_err(|source| LoadError::Remove {
+                path: dir.clone(),
+                source,
+            })?;
+        }
+        match std::fs::remove_dir(pin_path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(LoadError::Remove {
+                path: pin_path.to_path_buf(),
+                source,
+            }),
+        }
+    }
+}
+
+fn set_capacity<'a>(loader: &mut EbpfLoader<'a>, capacity: &MapCapacity) {
+    loader
+        .map_max_entries(map_names::FRONTENDS, capacity.frontends)
+        .map_max_entries(map_names::BACKENDS, capacity.backends)
+        .map_max_entries(map_names::SELECTION, capacity.selection_slots)
+        .map_max_entries(map_names::CONNTRACK, capacity.conntrack)
+        .map_max_entries(map_names::AFFINITY, capacity.affinity)
+        .map_max_entries(map_names::FRAGMENTS, capacity.fragments)
+        .map_max_entries(map_names::SOURCE_RANGES, capacity.source_ranges)
+        .map_max_entries(map_names::SERVICE_STATS, capacity.services)
+        .map_max_entries(map_names::SERVICE_NAMES, capacity.services);
+}
