@@ -669,3 +669,37 @@ async fn the_fake_speaks_raw_watch_semantics() {
         other => panic!("expected one in-stream 410 ERROR, got {other:?}"),
     }
 }
+
+/// With a proxy name, the model (not the selector) decides between our label and another's.
+#[tokio::test]
+async fn a_named_proxy_lists_labelled_services_for_the_model_to_choose() {
+    let server = FakeApiServer::start().await;
+    server.apply(&service("plain", 80, &[]));
+    server.apply(&service("ours", 81, &[(PROXY_NAME_LABEL, "slicelb")]));
+    server.apply(&service("theirs", 82, &[(PROXY_NAME_LABEL, "other")]));
+    server.apply(&slice(
+        "headless-1",
+        "headless",
+        &["198.18.1.2"],
+        &[(HEADLESS_LABEL, "")],
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let options = options(&server, &dir).with_proxy_name(Some("slicelb"));
+    let snapshot = kubernetes::snapshot_once(options, node_info())
+        .await
+        .expect("synced");
+    let names: Vec<_> = snapshot
+        .services
+        .iter()
+        .map(|s| s.metadata.name.clone().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["ours", "plain", "theirs"],
+        "only headless objects are left out server-side"
+    );
+    assert!(
+        snapshot.endpoint_slices.is_empty(),
+        "the headless slice is left out"
+    );
+}

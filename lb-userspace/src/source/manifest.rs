@@ -5,6 +5,8 @@
 //! The directory is applied as a whole: if any file is broken, nothing of the new state is
 //! applied and the last good state stays in force (a half-edited file never removes services).
 //! Warnings (an unknown kind, a slice that names no Service) do not block a change.
+//! Labels that decide whether a Service is ours (`service-proxy-name`, `headless`) are the
+//! model's business: every valid object is passed on.
 
 use std::{
     collections::{BTreeMap, btree_map::Entry},
@@ -30,10 +32,6 @@ use crate::model::{NodeInfo, Snapshot};
 
 /// Label the EndpointSlice controller sets to the owning Service's name.
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
-/// kube-proxy ignores Services (and their slices) that name another proxy.
-const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
-/// Set on the EndpointSlices of headless Services, which kube-proxy ignores.
-const HEADLESS_LABEL: &str = "service.kubernetes.io/headless";
 
 /// Which object in a file a message is about.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -152,8 +150,6 @@ pub enum WarningReason {
     UnknownKind { api_version: String, kind: String },
     /// An EndpointSlice without the `kubernetes.io/service-name` label belongs to no Service.
     NoServiceName,
-    /// Labelled for another proxy (`service.kubernetes.io/service-proxy-name`), as kube-proxy skips.
-    OtherProxy { proxy: String },
     /// A file that is neither `.yaml`, `.yml` nor `.json`.
     UnrecognizedFile,
 }
@@ -177,10 +173,6 @@ impl fmt::Display for ManifestWarning {
             WarningReason::NoServiceName => write!(
                 f,
                 "EndpointSlice has no {SERVICE_NAME_LABEL} label, so it serves no Service; add the label"
-            ),
-            WarningReason::OtherProxy { proxy } => write!(
-                f,
-                "ignored: labelled {SERVICE_PROXY_NAME_LABEL}={proxy:?}, so another proxy serves it"
             ),
             WarningReason::UnrecognizedFile => {
                 write!(f, "ignored: only .yaml, .yml and .json files are read")
@@ -371,29 +363,15 @@ impl Loader {
 
         match (api_version.as_str(), kind.as_str()) {
             (Service::API_VERSION, Service::KIND) => {
-                let Some(service) = self.deserialize::<Service>(file, value, unnamed) else {
-                    return;
-                };
-                if let Some(proxy) = label(&service.object.metadata, SERVICE_PROXY_NAME_LABEL) {
-                    let reason = WarningReason::OtherProxy {
-                        proxy: proxy.to_owned(),
-                    };
-                    return self.warn(file, service.location, reason);
+                if let Some(service) = self.deserialize::<Service>(file, value, unnamed) {
+                    insert_unique(&mut self.services, &mut self.problems, service);
                 }
-                insert_unique(&mut self.services, &mut self.problems, service);
             }
             (EndpointSlice::API_VERSION, EndpointSlice::KIND) => {
                 let Some(slice) = self.deserialize::<EndpointSlice>(file, value, unnamed) else {
                     return;
                 };
-                let metadata = &slice.object.metadata;
-                // Slices of headless or other-proxy Services are not ours (kube-proxy's selector).
-                if label(metadata, HEADLESS_LABEL).is_some()
-                    || label(metadata, SERVICE_PROXY_NAME_LABEL).is_some()
-                {
-                    return;
-                }
-                if label(metadata, SERVICE_NAME_LABEL).is_none() {
+                if label(&slice.object.metadata, SERVICE_NAME_LABEL).is_none() {
                     self.warn(file, slice.location.clone(), WarningReason::NoServiceName);
                 }
                 insert_unique(&mut self.slices, &mut self.problems, slice);
