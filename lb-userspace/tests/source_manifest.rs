@@ -443,3 +443,20 @@ async fn snapshot_once_reads_a_manifest_directory() {
             .expect("valid directory");
     assert_eq!(snapshot.services.len(), 1, "one service");
 }
+
+/// The consumer loop of the module docs sees the initial state as its first change.
+#[tokio::test]
+async fn the_initial_state_is_the_first_change_a_consumer_sees() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "web.yaml", &service_yaml("web", 80));
+    let mut updates = source::spawn(SourceConfig::ManifestDir(dir.path().to_path_buf()), node())
+        .await
+        .expect("starts");
+    tokio::time::timeout(WAIT, updates.changed())
+        .await
+        .expect("the initial state counts as a change")
+        .expect("the source runs");
+    let update = updates.borrow_and_update().clone().expect("published");
+    assert_eq!(update.cause, UpdateCause::Initial);
+    assert_eq!(names_of(&update).0, ["shop/web"]);
+}
