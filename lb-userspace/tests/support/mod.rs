@@ -1,3 +1,2 @@
-pub mod fake_apiserver;
 pub mod kernel;
 pub mod packets;
