@@ -16,19 +16,17 @@
 //! (and named in [`Plan::rejected`]); if it was applied before, it stays exactly as it was.
 
 mod buddy;
+mod fast_hash;
 
 #[cfg(test)]
 mod tests;
 
-use std::{
-    collections::{BTreeSet, HashMap, HashSet},
-    net::SocketAddr,
-    sync::Arc,
-};
+use std::{collections::BTreeSet, net::SocketAddr, sync::Arc};
 
 use lb_common::{FrontendKey, FrontendValue, MAGLEV_SIZES, SourceRangeKey, maglev_size_for};
 
 pub use buddy::BuddyAllocator;
+use fast_hash::{FastMap, FastSet};
 
 use crate::{
     dataplane::{AppliedState, Capacity, MapOp},
@@ -93,7 +91,13 @@ type TableKey = (Vec<(SocketAddr, u32)>, u32);
 #[derive(Debug, Default)]
 pub struct Planner {
     /// Table slots (backend ids) by table key, with the plan number that last used them.
-    tables: HashMap<TableKey, (Arc<[u32]>, u64)>,
+    tables: FastMap<TableKey, (Arc<[u32]>, u64)>,
+    /// What each SELECTION block in use holds, as this planner wrote or last verified it.
+    /// Blocks in use are never written (new tables go to free space), so while a frontend
+    /// keeps pointing at a block its contents stay as recorded; this spares re-reading
+    /// every table on every plan. It assumes this planner is the maps' only writer: after
+    /// anything else wrote SELECTION, call [`Planner::forget_tables`].
+    written: FastMap<u32, Arc<[u32]>>,
     plans: u64,
 }
 
@@ -141,25 +145,25 @@ impl IdAllocator {
 /// What the applied state holds, indexed for the plan.
 struct AppliedIndex<'a> {
     applied: &'a AppliedState,
-    service_id: HashMap<&'a str, u32>,
-    backend_id: HashMap<SocketAddr, u32>,
-    frontends_by_service: HashMap<u32, Vec<FrontendKey>>,
+    service_id: FastMap<&'a str, u32>,
+    backend_id: FastMap<SocketAddr, u32>,
+    frontends_by_service: FastMap<u32, Vec<FrontendKey>>,
 }
 
 impl<'a> AppliedIndex<'a> {
     fn new(applied: &'a AppliedState) -> Self {
-        let mut service_id = HashMap::new();
+        let mut service_id = FastMap::default();
         for (id, name) in &applied.service_names {
             // Duplicate names (a foreign writer): the lowest id wins, the others are removed.
             service_id.entry(name.as_str()).or_insert(*id);
         }
-        let mut backend_id = HashMap::new();
+        let mut backend_id = FastMap::default();
         for (id, backend) in &applied.backends {
             if let Some(addr) = backend_identity(backend) {
                 backend_id.entry(addr).or_insert(*id);
             }
         }
-        let mut frontends_by_service: HashMap<u32, Vec<FrontendKey>> = HashMap::new();
+        let mut frontends_by_service: FastMap<u32, Vec<FrontendKey>> = FastMap::default();
         for (key, value) in &applied.frontends {
             frontends_by_service
                 .entry(value.service_id)
@@ -184,6 +188,8 @@ struct Admission {
     selection_ops: Vec<MapOp>,
     frontend_ops: Vec<MapOp>,
     new_frontends: usize,
+    /// Offsets of the tables this service's frontends point at.
+    tables_used: Vec<u32>,
 }
 
 /// Everything the plan has decided so far.
@@ -195,15 +201,17 @@ struct Work<'a> {
     selection: BuddyAllocator,
     /// Tables placed in this plan (reused or new), by key: frontends with equal backends
     /// share one.
-    placed: HashMap<TableKey, u32>,
+    placed: FastMap<TableKey, u32>,
     frontend_count: usize,
     range_count: usize,
-    keep_frontends: HashSet<FrontendKey>,
-    keep_service_ids: HashSet<u32>,
-    keep_backend_ids: HashSet<u32>,
+    keep_frontends: FastSet<FrontendKey>,
+    /// Offsets of the tables frontends point at after the plan.
+    referenced_tables: FastSet<u32>,
+    keep_service_ids: FastSet<u32>,
+    keep_backend_ids: FastSet<u32>,
     keep_ranges: BTreeSet<(SourceRangeKey, u32)>,
     /// Backends the admitted services want, by id.
-    backends: HashMap<u32, (SocketAddr, DesiredBackend)>,
+    backends: FastMap<u32, (SocketAddr, DesiredBackend)>,
     name_ops: Vec<MapOp>,
     selection_ops: Vec<MapOp>,
     range_ops: Vec<MapOp>,
@@ -212,6 +220,31 @@ struct Work<'a> {
 }
 
 impl Planner {
+    /// Drops what the planner remembers about SELECTION's contents, so that the next plan
+    /// compares every table with the applied state again.
+    pub fn forget_tables(&mut self) {
+        self.written.clear();
+    }
+
+    /// Whether the applied table at `offset` holds `slots`.
+    fn holds(&mut self, applied: &AppliedState, offset: u32, slots: &Arc<[u32]>) -> bool {
+        if self
+            .written
+            .get(&offset)
+            .is_some_and(|known| Arc::ptr_eq(known, slots))
+        {
+            return true;
+        }
+        let same = applied
+            .selection
+            .get(&offset)
+            .is_some_and(|found| found.as_slice() == &**slots);
+        if same {
+            self.written.insert(offset, slots.clone());
+        }
+        same
+    }
+
     /// The operations that turn `applied` into `desired`, within `capacity`.
     pub fn plan(
         &mut self,
@@ -241,14 +274,15 @@ impl Planner {
                 capacity.backends,
             ),
             selection,
-            placed: HashMap::new(),
+            placed: FastMap::default(),
             frontend_count: applied.frontends.len(),
             range_count: applied.source_ranges.len(),
-            keep_frontends: HashSet::new(),
-            keep_service_ids: HashSet::new(),
-            keep_backend_ids: HashSet::new(),
+            keep_frontends: FastSet::default(),
+            referenced_tables: FastSet::default(),
+            keep_service_ids: FastSet::default(),
+            keep_backend_ids: FastSet::default(),
             keep_ranges: BTreeSet::new(),
-            backends: HashMap::new(),
+            backends: FastMap::default(),
             name_ops: Vec::new(),
             selection_ops: Vec::new(),
             range_ops: Vec::new(),
@@ -272,6 +306,8 @@ impl Planner {
 
         let plans = self.plans;
         self.tables.retain(|_, (_, used)| *used == plans);
+        self.written
+            .retain(|offset, _| work.referenced_tables.contains(offset));
         work.finish()
     }
 
@@ -351,11 +387,7 @@ impl Planner {
                 let table_key = (ids, size);
                 let slots = self.table(&table_key);
                 let in_place = current.filter(|v| {
-                    v.table_size == size
-                        && applied
-                            .selection
-                            .get(&v.table_offset)
-                            .is_some_and(|s| s.as_slice() == &*slots)
+                    v.table_size == size && self.holds(applied, v.table_offset, &slots)
                 });
                 let offset = if let Some(value) = in_place {
                     work.placed.entry(table_key).or_insert(value.table_offset);
@@ -374,10 +406,12 @@ impl Planner {
                         offset,
                         slots: slots.to_vec(),
                     });
+                    self.written.insert(offset, slots.clone());
                     work.placed.insert(table_key.clone(), offset);
                     admission.new_tables.push((table_key, offset));
                     offset
                 };
+                admission.tables_used.push(offset);
                 (offset, size)
             };
             let value = FrontendValue {
@@ -482,6 +516,7 @@ impl Work<'_> {
                 .insert(frontend_key(frontend, service.protocol));
         }
         self.frontend_count += admission.new_frontends;
+        self.referenced_tables.extend(admission.tables_used);
         for range in source_range_entries(service_id, service) {
             if !self.index.applied.source_ranges.contains(&range) {
                 self.range_count += 1;
@@ -526,6 +561,9 @@ impl Work<'_> {
         {
             self.keep_frontends.insert(*key);
             let value = applied.frontends[key];
+            if value.table_size > 0 {
+                self.referenced_tables.insert(value.table_offset);
+            }
             if let Some(slots) = applied
                 .selection
                 .get(&value.table_offset)

@@ -506,3 +506,110 @@ fn table_size_keeps_its_size_across_small_changes() {
     );
     assert_eq!(table_size(1, Some(16381)), 251, "far too large: shrink");
 }
+
+/// Scale check, run by hand: `cargo test --release -p lb-userspace --lib scale -- --ignored
+/// --nocapture`. Prints timings (never asserted) and checks the plans are right.
+#[test]
+#[ignore = "scale measurement; run with --release --ignored"]
+fn scale_10k_services_with_10_endpoints() {
+    /// CPU time of this thread: other processes on a loaded machine do not count.
+    #[derive(Clone, Copy)]
+    struct Instant(std::time::Duration);
+    impl Instant {
+        fn now() -> Self {
+            let mut ts = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            // SAFETY: clock_gettime writes one timespec into the valid pointer given.
+            unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+            Self(std::time::Duration::new(
+                ts.tv_sec as u64,
+                ts.tv_nsec as u32,
+            ))
+        }
+        fn elapsed(self) -> std::time::Duration {
+            Self::now().0 - self.0
+        }
+    }
+
+    use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+    use serde_json::json;
+
+    use crate::model::{ModelConfig, NodeInfo, Snapshot, build};
+
+    let services: Vec<Service> = (0..10_000u32)
+        .map(|i| {
+            serde_json::from_value(json!({
+                "metadata": {"name": format!("svc-{i}"), "namespace": "bench"},
+                "spec": {"clusterIP": format!("198.18.{}.{}", 100 + i / 250, i % 250 + 1), "ports": [{"name": "http", "port": 80}]},
+            }))
+            .unwrap()
+        })
+        .collect();
+    let slice_for = |i: u32, shift: u32| -> EndpointSlice {
+        let endpoints: Vec<_> = (0..10u32)
+            .map(|e| json!({"addresses": [format!("10.{}.{}.{}", i / 250, i % 250, e + 1 + shift)], "conditions": {"ready": true}}))
+            .collect();
+        serde_json::from_value(json!({
+            "metadata": {"name": format!("svc-{i}-1"), "namespace": "bench", "labels": {"kubernetes.io/service-name": format!("svc-{i}")}},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080}],
+            "endpoints": endpoints,
+        }))
+        .unwrap()
+    };
+    let slices: Vec<EndpointSlice> = (0..10_000u32).map(|i| slice_for(i, 0)).collect();
+    let mut snapshot = Snapshot {
+        services,
+        endpoint_slices: slices,
+        node: NodeInfo::default(),
+    };
+    let capacity = Capacity::default();
+
+    let start = Instant::now();
+    let built = build(&snapshot, &ModelConfig::default());
+    let model_time = start.elapsed();
+    let mut planner = Planner::default();
+    let start = Instant::now();
+    let first = planner.plan(&AppliedState::default(), &built.state, capacity);
+    let plan_time = start.elapsed();
+    assert!(first.rejected.is_empty(), "{:?}", &first.rejected[..1]);
+    let mut maps = MemoryMaps::new(capacity);
+    maps.apply(&first.ops).expect("apply");
+    let applied = maps.read().unwrap();
+
+    let start = Instant::now();
+    let again = planner.plan(&applied, &built.state, capacity);
+    let replan_time = start.elapsed();
+    assert!(again.ops.is_empty(), "same state twice: zero ops");
+
+    snapshot.endpoint_slices[4242] = slice_for(4242, 1); // one endpoint replaced
+    let start = Instant::now();
+    let changed = build(&snapshot, &ModelConfig::default());
+    let remodel_time = start.elapsed();
+    let start = Instant::now();
+    let one = planner.plan(&applied, &changed.state, capacity);
+    let one_time = start.elapsed();
+    let tables = one
+        .ops
+        .iter()
+        .filter(|op| matches!(op, MapOp::PutSelection { .. }))
+        .count();
+    assert_eq!(tables, 1, "one service's table is rebuilt");
+    let start = Instant::now();
+    let fresh = plan(&applied, &changed.state, capacity);
+    let fresh_time = start.elapsed();
+    assert_eq!(
+        fresh.ops.len(),
+        one.ops.len(),
+        "a fresh planner finds the same difference"
+    );
+    println!(
+        "10k services x 10 endpoints (thread CPU time): model {model_time:?}, first plan {plan_time:?} ({} ops), \
+         re-plan unchanged {replan_time:?}, model after one change {remodel_time:?}, \
+         plan one change (warm cache) {one_time:?} ({} ops), plan one change (fresh planner) {fresh_time:?}",
+        first.ops.len(),
+        one.ops.len()
+    );
+}
