@@ -142,6 +142,14 @@ impl IdAllocator {
     }
 }
 
+fn sized_map<K, V>(capacity: usize) -> FastMap<K, V> {
+    FastMap::with_capacity_and_hasher(capacity, Default::default())
+}
+
+fn sized_set<K>(capacity: usize) -> FastSet<K> {
+    FastSet::with_capacity_and_hasher(capacity, Default::default())
+}
+
 /// What the applied state holds, indexed for the plan.
 struct AppliedIndex<'a> {
     applied: &'a AppliedState,
@@ -152,12 +160,12 @@ struct AppliedIndex<'a> {
 
 impl<'a> AppliedIndex<'a> {
     fn new(applied: &'a AppliedState) -> Self {
-        let mut service_id = FastMap::default();
+        let mut service_id = sized_map(applied.service_names.len());
         for (id, name) in &applied.service_names {
             // Duplicate names (a foreign writer): the lowest id wins, the others are removed.
             service_id.entry(name.as_str()).or_insert(*id);
         }
-        let mut backend_id = FastMap::default();
+        let mut backend_id = sized_map(applied.backends.len());
         for (id, backend) in &applied.backends {
             if let Some(addr) = backend_identity(backend) {
                 backend_id.entry(addr).or_insert(*id);
@@ -190,6 +198,8 @@ struct Admission {
     new_frontends: usize,
     /// Offsets of the tables this service's frontends point at.
     tables_used: Vec<u32>,
+    /// (address, id) of every backend of the service, in address order.
+    backend_ids: Vec<(SocketAddr, u32)>,
 }
 
 /// Everything the plan has decided so far.
@@ -274,15 +284,15 @@ impl Planner {
                 capacity.backends,
             ),
             selection,
-            placed: FastMap::default(),
+            placed: sized_map(desired.services.len()),
             frontend_count: applied.frontends.len(),
             range_count: applied.source_ranges.len(),
-            keep_frontends: FastSet::default(),
-            referenced_tables: FastSet::default(),
-            keep_service_ids: FastSet::default(),
+            keep_frontends: sized_set(applied.frontends.len()),
+            referenced_tables: sized_set(applied.frontends.len()),
+            keep_service_ids: sized_set(desired.services.len()),
             keep_backend_ids: FastSet::default(),
             keep_ranges: BTreeSet::new(),
-            backends: FastMap::default(),
+            backends: sized_map(applied.backends.len()),
             name_ops: Vec::new(),
             selection_ops: Vec::new(),
             range_ops: Vec::new(),
@@ -350,22 +360,28 @@ impl Planner {
             }
         };
 
-        let new_backends = service
-            .backends
-            .keys()
-            .filter(|a| !work.index.backend_id.contains_key(a))
-            .count();
+        // Ids of the service's backends, in address order (as `service.backends`).
         for addr in service.backends.keys() {
-            if !work.index.backend_id.contains_key(addr) {
-                let Some(id) = work.backend_ids.allocate() else {
-                    return Err(RejectReason::BackendsFull {
-                        needed: new_backends,
-                        capacity: work.capacity.backends,
-                    });
-                };
-                work.index.backend_id.insert(*addr, id);
-                admission.new_backends.push((*addr, id));
-            }
+            let id = match work.index.backend_id.get(addr) {
+                Some(id) => *id,
+                None => {
+                    let Some(id) = work.backend_ids.allocate() else {
+                        let needed = service
+                            .backends
+                            .keys()
+                            .filter(|a| !work.index.backend_id.contains_key(a))
+                            .count();
+                        return Err(RejectReason::BackendsFull {
+                            needed,
+                            capacity: work.capacity.backends,
+                        });
+                    };
+                    work.index.backend_id.insert(*addr, id);
+                    admission.new_backends.push((*addr, id));
+                    id
+                }
+            };
+            admission.backend_ids.push((*addr, id));
         }
 
         let applied = work.index.applied;
@@ -375,15 +391,22 @@ impl Planner {
             if current.is_none() {
                 admission.new_frontends += 1;
             }
-            let (table_offset, table_size) = if frontend.selection.is_empty() {
-                (0, 0)
+            let (table_offset, table_size, table_backends) = if frontend.selection.is_empty() {
+                (0, 0, 0)
             } else {
+                // A selection only names the service's own backends (the model's contract);
+                // anything else would have no BACKENDS entry, so it is left out.
+                let known = &admission.backend_ids;
                 let ids: Vec<(SocketAddr, u32)> = frontend
                     .selection
                     .iter()
-                    .map(|addr| (*addr, work.index.backend_id[addr]))
+                    .filter_map(|addr| {
+                        let at = known.binary_search_by_key(addr, |(a, _)| *a).ok()?;
+                        Some(known[at])
+                    })
                     .collect();
                 let size = table_size(ids.len(), current.map(|v| v.table_size));
+                let count = ids.len();
                 let table_key = (ids, size);
                 let slots = self.table(&table_key);
                 let in_place = current.filter(|v| {
@@ -412,14 +435,14 @@ impl Planner {
                     offset
                 };
                 admission.tables_used.push(offset);
-                (offset, size)
+                (offset, size, count)
             };
             let value = FrontendValue {
                 service_id,
                 table_offset,
                 table_size,
                 affinity_timeout_secs: service.affinity_timeout_secs.unwrap_or(0),
-                backend_count: u16::try_from(frontend.selection.len()).unwrap_or(u16::MAX),
+                backend_count: u16::try_from(table_backends).unwrap_or(u16::MAX),
                 flags: frontend_flag_bits(frontend, service),
                 kind: frontend.kind.code(),
                 _pad: [0; 3],
@@ -506,9 +529,8 @@ impl Work<'_> {
             });
         }
         self.keep_service_ids.insert(service_id);
-        for (addr, backend) in &service.backends {
-            let id = self.index.backend_id[addr];
-            let entry = self.backends.entry(id).or_insert((*addr, *backend));
+        for ((addr, backend), (_, id)) in service.backends.iter().zip(&admission.backend_ids) {
+            let entry = self.backends.entry(*id).or_insert((*addr, *backend));
             entry.1 = combine_backend(entry.1, *backend);
         }
         for frontend in &service.frontends {
