@@ -615,17 +615,40 @@ impl Work<'_> {
 
     fn finish(self) -> Plan {
         let applied = self.index.applied;
+        // One pass over the applied backends (in id order) finds changed and unused ones;
+        // ids not in the applied state are new.
         let mut backend_ops = Vec::new();
-        let mut wanted: Vec<(&u32, &(SocketAddr, DesiredBackend))> = self.backends.iter().collect();
-        wanted.sort_by_key(|(id, _)| **id);
-        for (id, (addr, backend)) in wanted {
-            let entry = backend_entry(*addr, *backend);
-            if applied.backends.get(id) != Some(&entry) {
-                backend_ops.push(MapOp::PutBackend {
-                    id: *id,
-                    backend: entry,
-                });
+        let mut backend_deletes = Vec::new();
+        for (id, found) in &applied.backends {
+            match self.backends.get(id) {
+                Some((addr, backend)) => {
+                    let entry = backend_entry(*addr, *backend);
+                    if entry != *found {
+                        backend_ops.push(MapOp::PutBackend {
+                            id: *id,
+                            backend: entry,
+                        });
+                    }
+                }
+                None if !self.keep_backend_ids.contains(id) => {
+                    backend_deletes.push(MapOp::DeleteBackend { id: *id });
+                }
+                None => {}
             }
+        }
+        let mut new_ids: Vec<u32> = self
+            .backends
+            .keys()
+            .filter(|id| !applied.backends.contains_key(id))
+            .copied()
+            .collect();
+        new_ids.sort_unstable();
+        for id in new_ids {
+            let (addr, backend) = self.backends[&id];
+            backend_ops.push(MapOp::PutBackend {
+                id,
+                backend: backend_entry(addr, backend),
+            });
         }
 
         let mut ops = self.name_ops;
@@ -646,11 +669,7 @@ impl Work<'_> {
                 prefix_len: *prefix_len,
             });
         }
-        for id in applied.backends.keys() {
-            if !self.backends.contains_key(id) && !self.keep_backend_ids.contains(id) {
-                ops.push(MapOp::DeleteBackend { id: *id });
-            }
-        }
+        ops.extend(backend_deletes);
         for id in applied
             .service_names
             .keys()
