@@ -1086,3 +1086,34 @@ fn memory_maps_enforce_kernel_capacities() {
         "deleting what is not there is a bug"
     );
 }
+
+#[test]
+fn plans_are_deterministic_across_agents() {
+    // Two agents with the same maps and the same snapshot write the same ops in the same
+    // order: ids, table offsets and op order depend on nothing else.
+    let first = state(&[
+        ("a", service("198.18.100.1", &[1, 2, 3])),
+        ("b", service("198.18.100.2", &[4, 5])),
+    ]);
+    let mut maps = MemoryMaps::new(small_capacity());
+    let applied = apply_checked(
+        &mut maps,
+        &plan(&AppliedState::default(), &first, small_capacity()),
+        "setup",
+    );
+    let second = state(&[
+        ("a", service("198.18.100.1", &[2, 3, 9])),
+        ("c", service("198.18.100.3", &[4, 8])),
+        ("d", service("198.18.100.4", &[1])),
+    ]);
+    let one = plan(&applied, &second, small_capacity());
+    let other = Planner::default().plan(&applied, &second, small_capacity());
+    assert_eq!(one, other);
+    let mut warm = Planner::default();
+    warm.plan(&AppliedState::default(), &first, small_capacity());
+    assert_eq!(
+        warm.plan(&applied, &second, small_capacity()).ops,
+        one.ops,
+        "a planner with history plans the same"
+    );
+}
