@@ -115,7 +115,8 @@ impl KubernetesOptions {
             connection,
             label_selector: KUBE_PROXY_LABEL_SELECTOR.to_owned(),
             debounce: Debounce {
-                quiet: Duration::from_millis(20),
+                // Short: events of one change arrive back to back; a long wait is latency.
+                quiet: Duration::from_millis(3),
                 max_delay: Duration::from_millis(250),
             },
             resync_every: Duration::from_secs(300),
