@@ -17,7 +17,9 @@ use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 use slicelb::{
-    model::NodeInfo,
+    dataplane::{Capacity, MapWriter as _, memory::MemoryMaps},
+    diff::Planner,
+    model::{self, ModelConfig, NodeInfo, Snapshot},
     source::{
         Connection, KubernetesError, KubernetesOptions, SourceReceiver, SourceUpdate, UpdateCause,
         debounce::Debounce, kubernetes,
@@ -199,6 +201,99 @@ async fn wait_for_server_state(
     }
 }
 
+/// Published snapshots run through the model and the diff into in-memory maps, as the agent
+/// runs them into the kernel's.
+struct Programmed {
+    maps: MemoryMaps,
+    planner: Planner,
+}
+
+impl Programmed {
+    fn new() -> Self {
+        Self {
+            maps: MemoryMaps::new(Capacity::default()),
+            planner: Planner::default(),
+        }
+    }
+
+    /// Applies `snapshot`, checks the maps' invariants and that applying it again is a no-op.
+    fn apply(&mut self, snapshot: &Snapshot, case: &str) {
+        for round in ["first", "second"] {
+            let built = model::build(snapshot, &ModelConfig::default());
+            let applied = self.maps.read().expect("memory maps read");
+            let plan = self
+                .planner
+                .plan(&applied, &built.state, self.maps.capacity());
+            assert!(
+                plan.rejected.is_empty(),
+                "{case}: rejected {:?}",
+                plan.rejected
+            );
+            if round == "second" {
+                assert_eq!(
+                    plan.ops,
+                    [],
+                    "{case}: the same snapshot again gives no map operation"
+                );
+            }
+            self.maps.apply(&plan.ops).expect("memory maps apply");
+            let violations = self.maps.check();
+            assert!(
+                violations.is_empty(),
+                "{case}: the maps mislead packets: {violations:?}"
+            );
+        }
+    }
+
+    /// The service ports the maps hold, as `namespace/name:port`.
+    fn service_ports(&self) -> Vec<String> {
+        let applied = self.maps.read().expect("memory maps read");
+        let mut names: Vec<_> = applied.service_names.into_values().collect();
+        names.sort();
+        names
+    }
+}
+
+/// The service ports the server's selected services have, as `namespace/name:port`.
+fn server_service_ports(server: &FakeApiServer) -> Vec<String> {
+    let (services, _) = expected(server);
+    let mut names: Vec<_> = services
+        .iter()
+        .flat_map(|service| {
+            let meta = &service.metadata;
+            service
+                .spec
+                .iter()
+                .flat_map(|spec| spec.ports.iter().flatten())
+                .map(move |port| {
+                    let port_name = port.name.clone().unwrap_or_else(|| port.port.to_string());
+                    format!(
+                        "{}/{}:{port_name}",
+                        meta.namespace.as_deref().unwrap_or("default"),
+                        meta.name.as_deref().unwrap_or_default()
+                    )
+                })
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+/// Programs `update` and checks that the maps serve exactly the server's service ports.
+fn program_and_check(
+    programmed: &mut Programmed,
+    update: &SourceUpdate,
+    server: &FakeApiServer,
+    case: &str,
+) {
+    programmed.apply(&update.snapshot, case);
+    assert_eq!(
+        programmed.service_ports(),
+        server_service_ports(server),
+        "{case}: the maps hold the server's service ports"
+    );
+}
+
 fn count_requests(server: &FakeApiServer, prefix: &str, watch: bool) -> usize {
     server
         .requests()
@@ -294,16 +389,20 @@ async fn adds_updates_and_deletes_are_published() {
     server.apply(&slice("web-1", "web", &["198.18.1.1"], &[]));
     server.apply(&node("zone-1"));
     let dir = tempfile::tempdir().unwrap();
-    let (mut updates, _) = synced_source(&server, &dir).await;
+    let (mut updates, first) = synced_source(&server, &dir).await;
+    let mut programmed = Programmed::new();
+    program_and_check(&mut programmed, &first, &server, "initial");
 
     server.apply(&service("api", 81, &[]));
     server.apply(&slice("api-1", "api", &["198.18.1.5"], &[]));
     let added = wait_for_server_state(&mut updates, &server, "add", |_| true).await;
     assert_eq!(added.cause, UpdateCause::Changed, "an add is a change");
+    program_and_check(&mut programmed, &added, &server, "add");
 
     server.apply(&slice("web-1", "web", &["198.18.1.1", "198.18.1.2"], &[]));
     server.apply(&service("web", 8080, &[]));
-    wait_for_server_state(&mut updates, &server, "update", |_| true).await;
+    let updated = wait_for_server_state(&mut updates, &server, "update", |_| true).await;
+    program_and_check(&mut programmed, &updated, &server, "update");
 
     server
         .delete::<Service>(Some("shop"), "api")
@@ -311,7 +410,8 @@ async fn adds_updates_and_deletes_are_published() {
     server
         .delete::<EndpointSlice>(Some("shop"), "api-1")
         .expect("exists");
-    wait_for_server_state(&mut updates, &server, "delete", |_| true).await;
+    let deleted = wait_for_server_state(&mut updates, &server, "delete", |_| true).await;
+    program_and_check(&mut programmed, &deleted, &server, "delete");
 
     // A service taken over by another proxy leaves our selection: the watch reports it deleted.
     server.apply(&service("web", 8080, &[(PROXY_NAME_LABEL, "foo")]));
@@ -372,7 +472,9 @@ async fn an_expired_resource_version_relists() {
     server.apply(&service("old", 81, &[]));
     server.apply(&slice("web-1", "web", &["198.18.1.1"], &[]));
     let dir = tempfile::tempdir().unwrap();
-    let (mut updates, _) = synced_source(&server, &dir).await;
+    let (mut updates, first) = synced_source(&server, &dir).await;
+    let mut programmed = Programmed::new();
+    program_and_check(&mut programmed, &first, &server, "initial");
     let lists_before = count_requests(&server, "/api/v1/services?", false);
 
     // The watches are down while history moves on and is compacted: resuming gets 410 Gone.
@@ -393,6 +495,7 @@ async fn an_expired_resource_version_relists() {
         server.requests()
     );
     assert_ne!(relisted.cause, UpdateCause::Initial);
+    program_and_check(&mut programmed, &relisted, &server, "after the relist");
 }
 
 #[tokio::test]
@@ -422,6 +525,9 @@ async fn a_burst_of_one_thousand_changes_converges() {
     }
     let writes_done = tokio::time::Instant::now();
     let last = wait_for_server_state(&mut updates, &server, "1000 changes", |_| true).await;
+    let mut programmed = Programmed::new();
+    programmed.apply(&first.snapshot, "before the burst");
+    program_and_check(&mut programmed, &last, &server, "after the burst");
     assert_eq!(
         last.snapshot.services.len(),
         300,
@@ -668,4 +774,38 @@ async fn the_fake_speaks_raw_watch_semantics() {
         }
         other => panic!("expected one in-stream 410 ERROR, got {other:?}"),
     }
+}
+
+/// With a proxy name, the model (not the selector) decides between our label and another's.
+#[tokio::test]
+async fn a_named_proxy_lists_labelled_services_for_the_model_to_choose() {
+    let server = FakeApiServer::start().await;
+    server.apply(&service("plain", 80, &[]));
+    server.apply(&service("ours", 81, &[(PROXY_NAME_LABEL, "slicelb")]));
+    server.apply(&service("theirs", 82, &[(PROXY_NAME_LABEL, "other")]));
+    server.apply(&slice(
+        "headless-1",
+        "headless",
+        &["198.18.1.2"],
+        &[(HEADLESS_LABEL, "")],
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let options = options(&server, &dir).with_proxy_name(Some("slicelb"));
+    let snapshot = kubernetes::snapshot_once(options, node_info())
+        .await
+        .expect("synced");
+    let names: Vec<_> = snapshot
+        .services
+        .iter()
+        .map(|s| s.metadata.name.clone().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["ours", "plain", "theirs"],
+        "only headless objects are left out server-side"
+    );
+    assert!(
+        snapshot.endpoint_slices.is_empty(),
+        "the headless slice is left out"
+    );
 }

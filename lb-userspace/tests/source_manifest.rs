@@ -171,39 +171,6 @@ fn multi_document_yaml_json_and_lists_load_into_one_snapshot() {
 }
 
 #[test]
-fn services_of_other_proxies_and_headless_slices_are_skipped_like_kube_proxy() {
-    let dir = tempfile::tempdir().unwrap();
-    let other = service_yaml("other", 80).replace(
-        "  namespace: shop\n",
-        "  namespace: shop\n  labels:\n    service.kubernetes.io/service-proxy-name: foo\n",
-    );
-    let headless = slice_yaml("headless-1", "headless", "198.18.1.9").replace(
-        "    kubernetes.io/service-name: headless\n",
-        "    kubernetes.io/service-name: headless\n    service.kubernetes.io/headless: \"\"\n",
-    );
-    write(dir.path(), "a.yaml", &format!("{other}---\n{headless}"));
-    let (snapshot, warnings) = source::load_dir(dir.path(), node()).expect("valid");
-    assert!(
-        snapshot.services.is_empty(),
-        "a service for another proxy is skipped"
-    );
-    assert!(
-        snapshot.endpoint_slices.is_empty(),
-        "a headless service's slice is skipped"
-    );
-    assert_eq!(
-        warnings
-            .iter()
-            .map(|w| w.reason.clone())
-            .collect::<Vec<_>>(),
-        [WarningReason::OtherProxy {
-            proxy: "foo".into()
-        }],
-        "skipping another proxy's service is reported"
-    );
-}
-
-#[test]
 fn every_broken_file_and_object_is_reported_with_file_object_and_reason() {
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), "good.yaml", &service_yaml("web", 80));
@@ -475,4 +442,21 @@ async fn snapshot_once_reads_a_manifest_directory() {
             .await
             .expect("valid directory");
     assert_eq!(snapshot.services.len(), 1, "one service");
+}
+
+/// The consumer loop of the module docs sees the initial state as its first change.
+#[tokio::test]
+async fn the_initial_state_is_the_first_change_a_consumer_sees() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "web.yaml", &service_yaml("web", 80));
+    let mut updates = source::spawn(SourceConfig::ManifestDir(dir.path().to_path_buf()), node())
+        .await
+        .expect("starts");
+    tokio::time::timeout(WAIT, updates.changed())
+        .await
+        .expect("the initial state counts as a change")
+        .expect("the source runs");
+    let update = updates.borrow_and_update().clone().expect("published");
+    assert_eq!(update.cause, UpdateCause::Initial);
+    assert_eq!(names_of(&update).0, ["shop/web"]);
 }

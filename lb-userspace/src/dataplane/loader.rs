@@ -2,8 +2,8 @@
 //! [`MapCapacity`], everything pinned under one directory so that a restarted agent adopts
 //! the maps (flows and configuration survive) and swaps the programs in place.
 //!
-//! Pin layout: `<pin>/maps/NAME` for every map, `<pin>/links/<iface>.{xdp,tc_ingress,tc_egress}`
-//! for attachments.
+//! Pin layout: `<pin>/maps/NAME` for every map, `<pin>/links/<iface>_{xdp,tc_ingress,tc_egress}`
+//! for attachments (bpffs refuses names with a dot).
 
 use std::{
     ffi::CString,
@@ -342,7 +342,7 @@ impl Datapath {
     fn link_path(&self, iface: &str, kind: &str) -> Option<PathBuf> {
         self.pin_path
             .as_ref()
-            .map(|pin| pin.join("links").join(format!("{iface}.{kind}")))
+            .map(|pin| pin.join("links").join(link_pin_name(iface, kind)))
     }
 
     fn pin_link(&self, link: FdLink, path: &Path) -> Result<(), LoadError> {
@@ -500,6 +500,13 @@ impl Datapath {
     }
 }
 
+/// `<iface>_<kind>`, with `%` and `.` escaped: bpffs refuses names containing a dot
+/// (EPERM), and interface names may hold one (`eth0.100`).
+fn link_pin_name(iface: &str, kind: &str) -> String {
+    let escaped = iface.replace('%', "%25").replace('.', "%2E");
+    format!("{escaped}_{kind}")
+}
+
 fn set_capacity<'a>(loader: &mut EbpfLoader<'a>, capacity: &MapCapacity) {
     loader
         .map_max_entries(map_names::FRONTENDS, capacity.frontends)
@@ -511,4 +518,23 @@ fn set_capacity<'a>(loader: &mut EbpfLoader<'a>, capacity: &MapCapacity) {
         .map_max_entries(map_names::SOURCE_RANGES, capacity.source_ranges)
         .map_max_entries(map_names::SERVICE_STATS, capacity.services)
         .map_max_entries(map_names::SERVICE_NAMES, capacity.services);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_pin_names_have_no_dot() {
+        assert_eq!(link_pin_name("eth0", "xdp"), "eth0_xdp");
+        assert_eq!(
+            link_pin_name("eth0.100", "tc_ingress"),
+            "eth0%2E100_tc_ingress"
+        );
+        assert_ne!(
+            link_pin_name("a%2Eb", "xdp"),
+            link_pin_name("a.b", "xdp"),
+            "escaping keeps names apart"
+        );
+    }
 }

@@ -16,19 +16,17 @@
 //! (and named in [`Plan::rejected`]); if it was applied before, it stays exactly as it was.
 
 mod buddy;
+mod fast_hash;
 
 #[cfg(test)]
 mod tests;
 
-use std::{
-    collections::{BTreeSet, HashMap, HashSet},
-    net::SocketAddr,
-    sync::Arc,
-};
+use std::{collections::BTreeSet, net::SocketAddr, sync::Arc};
 
 use lb_common::{FrontendKey, FrontendValue, MAGLEV_SIZES, SourceRangeKey, maglev_size_for};
 
 pub use buddy::BuddyAllocator;
+use fast_hash::{FastMap, FastSet};
 
 use crate::{
     dataplane::{AppliedState, Capacity, MapOp},
@@ -93,7 +91,13 @@ type TableKey = (Vec<(SocketAddr, u32)>, u32);
 #[derive(Debug, Default)]
 pub struct Planner {
     /// Table slots (backend ids) by table key, with the plan number that last used them.
-    tables: HashMap<TableKey, (Arc<[u32]>, u64)>,
+    tables: FastMap<TableKey, (Arc<[u32]>, u64)>,
+    /// What each SELECTION block in use holds, as this planner wrote or last verified it.
+    /// Blocks in use are never written (new tables go to free space), so while a frontend
+    /// keeps pointing at a block its contents stay as recorded; this spares re-reading
+    /// every table on every plan. It assumes this planner is the maps' only writer: after
+    /// anything else wrote SELECTION, call [`Planner::forget_tables`].
+    written: FastMap<u32, Arc<[u32]>>,
     plans: u64,
 }
 
@@ -138,28 +142,36 @@ impl IdAllocator {
     }
 }
 
+fn sized_map<K, V>(capacity: usize) -> FastMap<K, V> {
+    FastMap::with_capacity_and_hasher(capacity, Default::default())
+}
+
+fn sized_set<K>(capacity: usize) -> FastSet<K> {
+    FastSet::with_capacity_and_hasher(capacity, Default::default())
+}
+
 /// What the applied state holds, indexed for the plan.
 struct AppliedIndex<'a> {
     applied: &'a AppliedState,
-    service_id: HashMap<&'a str, u32>,
-    backend_id: HashMap<SocketAddr, u32>,
-    frontends_by_service: HashMap<u32, Vec<FrontendKey>>,
+    service_id: FastMap<&'a str, u32>,
+    backend_id: FastMap<SocketAddr, u32>,
+    frontends_by_service: FastMap<u32, Vec<FrontendKey>>,
 }
 
 impl<'a> AppliedIndex<'a> {
     fn new(applied: &'a AppliedState) -> Self {
-        let mut service_id = HashMap::new();
+        let mut service_id = sized_map(applied.service_names.len());
         for (id, name) in &applied.service_names {
             // Duplicate names (a foreign writer): the lowest id wins, the others are removed.
             service_id.entry(name.as_str()).or_insert(*id);
         }
-        let mut backend_id = HashMap::new();
+        let mut backend_id = sized_map(applied.backends.len());
         for (id, backend) in &applied.backends {
             if let Some(addr) = backend_identity(backend) {
                 backend_id.entry(addr).or_insert(*id);
             }
         }
-        let mut frontends_by_service: HashMap<u32, Vec<FrontendKey>> = HashMap::new();
+        let mut frontends_by_service: FastMap<u32, Vec<FrontendKey>> = FastMap::default();
         for (key, value) in &applied.frontends {
             frontends_by_service
                 .entry(value.service_id)
@@ -184,6 +196,10 @@ struct Admission {
     selection_ops: Vec<MapOp>,
     frontend_ops: Vec<MapOp>,
     new_frontends: usize,
+    /// Offsets of the tables this service's frontends point at.
+    tables_used: Vec<u32>,
+    /// (address, id) of every backend of the service, in address order.
+    backend_ids: Vec<(SocketAddr, u32)>,
 }
 
 /// Everything the plan has decided so far.
@@ -195,15 +211,17 @@ struct Work<'a> {
     selection: BuddyAllocator,
     /// Tables placed in this plan (reused or new), by key: frontends with equal backends
     /// share one.
-    placed: HashMap<TableKey, u32>,
+    placed: FastMap<TableKey, u32>,
     frontend_count: usize,
     range_count: usize,
-    keep_frontends: HashSet<FrontendKey>,
-    keep_service_ids: HashSet<u32>,
-    keep_backend_ids: HashSet<u32>,
+    keep_frontends: FastSet<FrontendKey>,
+    /// Offsets of the tables frontends point at after the plan.
+    referenced_tables: FastSet<u32>,
+    keep_service_ids: FastSet<u32>,
+    keep_backend_ids: FastSet<u32>,
     keep_ranges: BTreeSet<(SourceRangeKey, u32)>,
     /// Backends the admitted services want, by id.
-    backends: HashMap<u32, (SocketAddr, DesiredBackend)>,
+    backends: FastMap<u32, (SocketAddr, DesiredBackend)>,
     name_ops: Vec<MapOp>,
     selection_ops: Vec<MapOp>,
     range_ops: Vec<MapOp>,
@@ -212,6 +230,31 @@ struct Work<'a> {
 }
 
 impl Planner {
+    /// Drops what the planner remembers about SELECTION's contents, so that the next plan
+    /// compares every table with the applied state again.
+    pub fn forget_tables(&mut self) {
+        self.written.clear();
+    }
+
+    /// Whether the applied table at `offset` holds `slots`.
+    fn holds(&mut self, applied: &AppliedState, offset: u32, slots: &Arc<[u32]>) -> bool {
+        if self
+            .written
+            .get(&offset)
+            .is_some_and(|known| Arc::ptr_eq(known, slots))
+        {
+            return true;
+        }
+        let same = applied
+            .selection
+            .get(&offset)
+            .is_some_and(|found| found.as_slice() == &**slots);
+        if same {
+            self.written.insert(offset, slots.clone());
+        }
+        same
+    }
+
     /// The operations that turn `applied` into `desired`, within `capacity`.
     pub fn plan(
         &mut self,
@@ -241,14 +284,15 @@ impl Planner {
                 capacity.backends,
             ),
             selection,
-            placed: HashMap::new(),
+            placed: sized_map(desired.services.len()),
             frontend_count: applied.frontends.len(),
             range_count: applied.source_ranges.len(),
-            keep_frontends: HashSet::new(),
-            keep_service_ids: HashSet::new(),
-            keep_backend_ids: HashSet::new(),
+            keep_frontends: sized_set(applied.frontends.len()),
+            referenced_tables: sized_set(applied.frontends.len()),
+            keep_service_ids: sized_set(desired.services.len()),
+            keep_backend_ids: FastSet::default(),
             keep_ranges: BTreeSet::new(),
-            backends: HashMap::new(),
+            backends: sized_map(applied.backends.len()),
             name_ops: Vec::new(),
             selection_ops: Vec::new(),
             range_ops: Vec::new(),
@@ -272,6 +316,8 @@ impl Planner {
 
         let plans = self.plans;
         self.tables.retain(|_, (_, used)| *used == plans);
+        self.written
+            .retain(|offset, _| work.referenced_tables.contains(offset));
         work.finish()
     }
 
@@ -314,22 +360,28 @@ impl Planner {
             }
         };
 
-        let new_backends = service
-            .backends
-            .keys()
-            .filter(|a| !work.index.backend_id.contains_key(a))
-            .count();
+        // Ids of the service's backends, in address order (as `service.backends`).
         for addr in service.backends.keys() {
-            if !work.index.backend_id.contains_key(addr) {
-                let Some(id) = work.backend_ids.allocate() else {
-                    return Err(RejectReason::BackendsFull {
-                        needed: new_backends,
-                        capacity: work.capacity.backends,
-                    });
-                };
-                work.index.backend_id.insert(*addr, id);
-                admission.new_backends.push((*addr, id));
-            }
+            let id = match work.index.backend_id.get(addr) {
+                Some(id) => *id,
+                None => {
+                    let Some(id) = work.backend_ids.allocate() else {
+                        let needed = service
+                            .backends
+                            .keys()
+                            .filter(|a| !work.index.backend_id.contains_key(a))
+                            .count();
+                        return Err(RejectReason::BackendsFull {
+                            needed,
+                            capacity: work.capacity.backends,
+                        });
+                    };
+                    work.index.backend_id.insert(*addr, id);
+                    admission.new_backends.push((*addr, id));
+                    id
+                }
+            };
+            admission.backend_ids.push((*addr, id));
         }
 
         let applied = work.index.applied;
@@ -339,23 +391,26 @@ impl Planner {
             if current.is_none() {
                 admission.new_frontends += 1;
             }
-            let (table_offset, table_size) = if frontend.selection.is_empty() {
-                (0, 0)
+            let (table_offset, table_size, table_backends) = if frontend.selection.is_empty() {
+                (0, 0, 0)
             } else {
+                // A selection only names the service's own backends (the model's contract);
+                // anything else would have no BACKENDS entry, so it is left out.
+                let known = &admission.backend_ids;
                 let ids: Vec<(SocketAddr, u32)> = frontend
                     .selection
                     .iter()
-                    .map(|addr| (*addr, work.index.backend_id[addr]))
+                    .filter_map(|addr| {
+                        let at = known.binary_search_by_key(addr, |(a, _)| *a).ok()?;
+                        Some(known[at])
+                    })
                     .collect();
                 let size = table_size(ids.len(), current.map(|v| v.table_size));
+                let count = ids.len();
                 let table_key = (ids, size);
                 let slots = self.table(&table_key);
                 let in_place = current.filter(|v| {
-                    v.table_size == size
-                        && applied
-                            .selection
-                            .get(&v.table_offset)
-                            .is_some_and(|s| s.as_slice() == &*slots)
+                    v.table_size == size && self.holds(applied, v.table_offset, &slots)
                 });
                 let offset = if let Some(value) = in_place {
                     work.placed.entry(table_key).or_insert(value.table_offset);
@@ -374,18 +429,20 @@ impl Planner {
                         offset,
                         slots: slots.to_vec(),
                     });
+                    self.written.insert(offset, slots.clone());
                     work.placed.insert(table_key.clone(), offset);
                     admission.new_tables.push((table_key, offset));
                     offset
                 };
-                (offset, size)
+                admission.tables_used.push(offset);
+                (offset, size, count)
             };
             let value = FrontendValue {
                 service_id,
                 table_offset,
                 table_size,
                 affinity_timeout_secs: service.affinity_timeout_secs.unwrap_or(0),
-                backend_count: u16::try_from(frontend.selection.len()).unwrap_or(u16::MAX),
+                backend_count: u16::try_from(table_backends).unwrap_or(u16::MAX),
                 flags: frontend_flag_bits(frontend, service),
                 kind: frontend.kind.code(),
                 _pad: [0; 3],
@@ -472,9 +529,8 @@ impl Work<'_> {
             });
         }
         self.keep_service_ids.insert(service_id);
-        for (addr, backend) in &service.backends {
-            let id = self.index.backend_id[addr];
-            let entry = self.backends.entry(id).or_insert((*addr, *backend));
+        for ((addr, backend), (_, id)) in service.backends.iter().zip(&admission.backend_ids) {
+            let entry = self.backends.entry(*id).or_insert((*addr, *backend));
             entry.1 = combine_backend(entry.1, *backend);
         }
         for frontend in &service.frontends {
@@ -482,6 +538,7 @@ impl Work<'_> {
                 .insert(frontend_key(frontend, service.protocol));
         }
         self.frontend_count += admission.new_frontends;
+        self.referenced_tables.extend(admission.tables_used);
         for range in source_range_entries(service_id, service) {
             if !self.index.applied.source_ranges.contains(&range) {
                 self.range_count += 1;
@@ -526,6 +583,9 @@ impl Work<'_> {
         {
             self.keep_frontends.insert(*key);
             let value = applied.frontends[key];
+            if value.table_size > 0 {
+                self.referenced_tables.insert(value.table_offset);
+            }
             if let Some(slots) = applied
                 .selection
                 .get(&value.table_offset)
@@ -555,17 +615,40 @@ impl Work<'_> {
 
     fn finish(self) -> Plan {
         let applied = self.index.applied;
+        // One pass over the applied backends (in id order) finds changed and unused ones;
+        // ids not in the applied state are new.
         let mut backend_ops = Vec::new();
-        let mut wanted: Vec<(&u32, &(SocketAddr, DesiredBackend))> = self.backends.iter().collect();
-        wanted.sort_by_key(|(id, _)| **id);
-        for (id, (addr, backend)) in wanted {
-            let entry = backend_entry(*addr, *backend);
-            if applied.backends.get(id) != Some(&entry) {
-                backend_ops.push(MapOp::PutBackend {
-                    id: *id,
-                    backend: entry,
-                });
+        let mut backend_deletes = Vec::new();
+        for (id, found) in &applied.backends {
+            match self.backends.get(id) {
+                Some((addr, backend)) => {
+                    let entry = backend_entry(*addr, *backend);
+                    if entry != *found {
+                        backend_ops.push(MapOp::PutBackend {
+                            id: *id,
+                            backend: entry,
+                        });
+                    }
+                }
+                None if !self.keep_backend_ids.contains(id) => {
+                    backend_deletes.push(MapOp::DeleteBackend { id: *id });
+                }
+                None => {}
             }
+        }
+        let mut new_ids: Vec<u32> = self
+            .backends
+            .keys()
+            .filter(|id| !applied.backends.contains_key(id))
+            .copied()
+            .collect();
+        new_ids.sort_unstable();
+        for id in new_ids {
+            let (addr, backend) = self.backends[&id];
+            backend_ops.push(MapOp::PutBackend {
+                id,
+                backend: backend_entry(addr, backend),
+            });
         }
 
         let mut ops = self.name_ops;
@@ -586,11 +669,7 @@ impl Work<'_> {
                 prefix_len: *prefix_len,
             });
         }
-        for id in applied.backends.keys() {
-            if !self.backends.contains_key(id) && !self.keep_backend_ids.contains(id) {
-                ops.push(MapOp::DeleteBackend { id: *id });
-            }
-        }
+        ops.extend(backend_deletes);
         for id in applied
             .service_names
             .keys()

@@ -493,8 +493,10 @@ impl Ctx<'_> {
                 }
             };
             for slice_port in slice.ports.iter().flatten() {
-                // Service ports and slice ports meet by name (the EndpointSlice controller
-                // has already resolved `targetPort`, named or numbered, into `port`).
+                // Service ports and slice ports meet by name and protocol (the EndpointSlice
+                // controller has already resolved `targetPort`, named or numbered, into
+                // `port`). A slice port without a name matches an unnamed service port:
+                // kube-proxy skips nil names, but hand-written manifests often omit them.
                 if slice_port.name.as_deref().unwrap_or("") != port.raw_name
                     || Protocol::parse(slice_port.protocol.as_deref().unwrap_or("TCP"))
                         != Some(port.protocol)

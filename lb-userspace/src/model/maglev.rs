@@ -18,19 +18,24 @@ pub fn maglev_table(backends: &[SocketAddr], size: u32) -> Vec<u32> {
     if backends.is_empty() || size == 0 {
         return Vec::new();
     }
-    let size_u64 = u64::from(size);
     // Turns are taken in address order, so the input order does not matter.
     let mut order: Vec<usize> = (0..backends.len()).collect();
     order.sort_by_key(|&i| backends[i]);
 
     // Each backend walks the slots from `offset` in steps of `skip`; skip is in 1..size and
     // size is prime, so every walk visits every slot.
-    let mut position: Vec<u64> = Vec::with_capacity(order.len());
-    let mut skip: Vec<u64> = Vec::with_capacity(order.len());
+    let size_u64 = u64::from(size);
+    let mut position: Vec<u32> = Vec::with_capacity(order.len());
+    let mut skip: Vec<u32> = Vec::with_capacity(order.len());
     for &i in &order {
-        position.push(identity_hash(&backends[i], OFFSET_SEED) % size_u64);
-        skip.push(identity_hash(&backends[i], SKIP_SEED) % (size_u64 - 1).max(1) + 1);
+        position.push((identity_hash(&backends[i], OFFSET_SEED) % size_u64) as u32);
+        skip.push((identity_hash(&backends[i], SKIP_SEED) % (size_u64 - 1).max(1) + 1) as u32);
     }
+    // Both below `size`, so one subtraction replaces a division on the hot path.
+    let advance = |slot: u32, step: u32| {
+        let next = slot + step;
+        if next >= size { next - size } else { next }
+    };
 
     const UNSET: u32 = u32::MAX;
     let mut table = vec![UNSET; size as usize];
@@ -39,10 +44,10 @@ pub fn maglev_table(backends: &[SocketAddr], size: u32) -> Vec<u32> {
         for (turn, &backend) in order.iter().enumerate() {
             let mut slot = position[turn];
             while table[slot as usize] != UNSET {
-                slot = (slot + skip[turn]) % size_u64;
+                slot = advance(slot, skip[turn]);
             }
             table[slot as usize] = backend as u32;
-            position[turn] = (slot + skip[turn]) % size_u64;
+            position[turn] = advance(slot, skip[turn]);
             filled += 1;
             if filled == size {
                 break 'fill;

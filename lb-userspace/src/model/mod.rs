@@ -204,8 +204,8 @@ pub struct DesiredFrontend {
     pub policy_local: bool,
     /// Only `loadBalancerSourceRanges` sources may use it (load-balancer frontends).
     pub source_ranges: bool,
-    /// Backends new flows may pick, sorted; empty when none is usable. Frontends of one
-    /// scope and family share the list.
+    /// Backends new flows may pick, sorted; empty when none is usable. Every address is
+    /// also in the service's `backends`. Frontends of one scope and family share the list.
     pub selection: Arc<[SocketAddr]>,
     pub when_empty: WhenEmpty,
 }

@@ -844,3 +844,87 @@ fn build_is_deterministic_whatever_the_input_order() {
     );
     assert_eq!(forward, backward);
 }
+
+#[test]
+fn endpoint_slice_cache_cases() {
+    // Cases after kube-proxy's endpointslicecache tests that apply to a level-based model.
+    type Case = (&'static str, Vec<EndpointSlice>, Vec<&'static str>, usize);
+    let port_slice = |name: &str, port: Value, endpoints: Vec<Value>| {
+        slice(json!({
+            "metadata": {"name": name, "namespace": "default", "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": port}],
+            "endpoints": endpoints,
+        }))
+    };
+    let cases: Vec<Case> = vec![
+        (
+            "port 0 is skipped with a warning",
+            vec![port_slice("s1", json!(0), vec![ready("10.0.0.1", "n")])],
+            vec![],
+            1,
+        ),
+        (
+            "missing port is skipped with a warning",
+            vec![port_slice("s1", Value::Null, vec![ready("10.0.0.1", "n")])],
+            vec![],
+            1,
+        ),
+        (
+            "an endpoint in two slices counts once",
+            vec![
+                port_slice("s1", json!(8080), vec![ready("10.0.0.1", "n")]),
+                port_slice("s2", json!(8080), vec![ready("10.0.0.1", "n")]),
+            ],
+            vec!["10.0.0.1:8080"],
+            0,
+        ),
+        (
+            "slices with different ports for the same name give both",
+            vec![
+                port_slice("s1", json!(8080), vec![ready("10.0.0.1", "n")]),
+                port_slice("s2", json!(9090), vec![ready("10.0.0.1", "n")]),
+            ],
+            vec!["10.0.0.1:8080", "10.0.0.1:9090"],
+            0,
+        ),
+        (
+            "only the first address of an endpoint is used",
+            vec![port_slice(
+                "s1",
+                json!(8080),
+                vec![json!({"addresses": ["10.0.0.1", "10.0.0.2"]})],
+            )],
+            vec!["10.0.0.1:8080"],
+            0,
+        ),
+        (
+            "FQDN slices are ignored",
+            vec![slice(json!({
+                "metadata": {"name": "s1", "namespace": "default", "labels": {"kubernetes.io/service-name": "web"}},
+                "addressType": "FQDN", "ports": [{"name": "http", "port": 8080}], "endpoints": [{"addresses": ["db.example"]}],
+            }))],
+            vec![],
+            0,
+        ),
+        (
+            "slices of headless services are ignored",
+            vec![slice(json!({
+                "metadata": {"name": "s1", "namespace": "default", "labels": {"kubernetes.io/service-name": "web", "service.kubernetes.io/headless": ""}},
+                "addressType": "IPv4", "ports": [{"name": "http", "port": 8080}], "endpoints": [ready("10.0.0.1", "n")],
+            }))],
+            vec![],
+            0,
+        ),
+    ];
+    for (case, slices, want, warnings) in cases {
+        let built = run(vec![web(json!({}))], slices);
+        assert_eq!(selection(&only(&built).frontends[0]), want, "{case}");
+        assert_eq!(
+            built.warnings.len(),
+            warnings,
+            "{case}: {:?}",
+            built.warnings
+        );
+    }
+}

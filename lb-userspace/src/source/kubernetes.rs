@@ -44,9 +44,14 @@ use crate::model::{NodeInfo, Snapshot};
 pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 
 /// kube-proxy's selector for Services and EndpointSlices: skip objects meant for another proxy
-/// and the slices of headless Services (cmd/kube-proxy/app/server.go).
+/// and the slices of headless Services (cmd/kube-proxy/app/server.go). The model applies the
+/// same rules again; this only keeps other proxies' objects out of memory.
 pub const KUBE_PROXY_LABEL_SELECTOR: &str =
     "!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless";
+
+/// The selector when we answer to a proxy name: the model then wants unlabelled Services and
+/// those labelled with our name, which no single label selector can say; it filters the rest.
+pub const NAMED_PROXY_LABEL_SELECTOR: &str = "!service.kubernetes.io/headless";
 
 /// Where the service account files live in a pod.
 pub const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
@@ -93,13 +98,25 @@ pub struct KubernetesOptions {
 }
 
 impl KubernetesOptions {
+    /// The server-side selector that matches `model::ModelConfig::proxy_name`.
+    #[must_use]
+    pub fn with_proxy_name(mut self, proxy_name: Option<&str>) -> Self {
+        self.label_selector = match proxy_name {
+            None => KUBE_PROXY_LABEL_SELECTOR,
+            Some(_) => NAMED_PROXY_LABEL_SELECTOR,
+        }
+        .to_owned();
+        self
+    }
+
     /// kube-proxy's defaults.
     pub fn new(connection: Connection) -> Self {
         Self {
             connection,
             label_selector: KUBE_PROXY_LABEL_SELECTOR.to_owned(),
             debounce: Debounce {
-                quiet: Duration::from_millis(20),
+                // Short: events of one change arrive back to back; a long wait is latency.
+                quiet: Duration::from_millis(3),
                 max_delay: Duration::from_millis(250),
             },
             resync_every: Duration::from_secs(300),

@@ -5,16 +5,18 @@
 //! The directory is applied as a whole: if any file is broken, nothing of the new state is
 //! applied and the last good state stays in force (a half-edited file never removes services).
 //! Warnings (an unknown kind, a slice that names no Service) do not block a change.
+//! Labels that decide whether a Service is ours (`service-proxy-name`, `headless`) are the
+//! model's business: every valid object is passed on.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, btree_map::Entry},
     fmt, fs, io,
     path::{Path, PathBuf},
     sync::Arc,
 };
 
 use k8s_openapi::{
-    Resource,
+    Metadata, Resource,
     api::{core::v1::Service, discovery::v1::EndpointSlice},
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
@@ -30,10 +32,6 @@ use crate::model::{NodeInfo, Snapshot};
 
 /// Label the EndpointSlice controller sets to the owning Service's name.
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
-/// kube-proxy ignores Services (and their slices) that name another proxy.
-const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
-/// Set on the EndpointSlices of headless Services, which kube-proxy ignores.
-const HEADLESS_LABEL: &str = "service.kubernetes.io/headless";
 
 /// Which object in a file a message is about.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -152,8 +150,6 @@ pub enum WarningReason {
     UnknownKind { api_version: String, kind: String },
     /// An EndpointSlice without the `kubernetes.io/service-name` label belongs to no Service.
     NoServiceName,
-    /// Labelled for another proxy (`service.kubernetes.io/service-proxy-name`), as kube-proxy skips.
-    OtherProxy { proxy: String },
     /// A file that is neither `.yaml`, `.yml` nor `.json`.
     UnrecognizedFile,
 }
@@ -177,10 +173,6 @@ impl fmt::Display for ManifestWarning {
             WarningReason::NoServiceName => write!(
                 f,
                 "EndpointSlice has no {SERVICE_NAME_LABEL} label, so it serves no Service; add the label"
-            ),
-            WarningReason::OtherProxy { proxy } => write!(
-                f,
-                "ignored: labelled {SERVICE_PROXY_NAME_LABEL}={proxy:?}, so another proxy serves it"
             ),
             WarningReason::UnrecognizedFile => {
                 write!(f, "ignored: only .yaml, .yml and .json files are read")
@@ -230,8 +222,8 @@ pub fn load_dir(
         });
     }
     let mut snapshot = Snapshot {
-        services: loader.services.into_values().map(|(_, _, s)| s).collect(),
-        endpoint_slices: loader.slices.into_values().map(|(_, _, s)| s).collect(),
+        services: loader.services.into_values().map(|d| d.object).collect(),
+        endpoint_slices: loader.slices.into_values().map(|d| d.object).collect(),
         node,
     };
     super::sort_snapshot(&mut snapshot);
@@ -271,11 +263,18 @@ fn classify(path: &Path) -> FileKind {
 
 type ObjectKey = (String, String);
 
+/// An object and where it was defined (for duplicate reports).
+struct Defined<K> {
+    file: PathBuf,
+    location: ObjectLocation,
+    object: K,
+}
+
 /// Accumulates objects, problems and warnings over all files.
 #[derive(Default)]
 struct Loader {
-    services: BTreeMap<ObjectKey, (PathBuf, ObjectLocation, Service)>,
-    slices: BTreeMap<ObjectKey, (PathBuf, ObjectLocation, EndpointSlice)>,
+    services: BTreeMap<ObjectKey, Defined<Service>>,
+    slices: BTreeMap<ObjectKey, Defined<EndpointSlice>>,
     problems: Vec<ManifestProblem>,
     warnings: Vec<ManifestWarning>,
 }
@@ -364,43 +363,18 @@ impl Loader {
 
         match (api_version.as_str(), kind.as_str()) {
             (Service::API_VERSION, Service::KIND) => {
-                if let Some((key, location, mut service)) =
-                    self.deserialize::<Service>(file, value, unnamed)
-                {
-                    if let Some(proxy) = label(&service.metadata, SERVICE_PROXY_NAME_LABEL) {
-                        let reason = WarningReason::OtherProxy {
-                            proxy: proxy.to_owned(),
-                        };
-                        return self.warn(file, location, reason);
-                    }
-                    set_namespace(&mut service.metadata, &key);
-                    if let Some(first) = self.services.get(&key) {
-                        return self.duplicate(file, location, &first.0.clone(), first.1.clone());
-                    }
-                    self.services
-                        .insert(key, (file.to_path_buf(), location, service));
+                if let Some(service) = self.deserialize::<Service>(file, value, unnamed) {
+                    insert_unique(&mut self.services, &mut self.problems, service);
                 }
             }
             (EndpointSlice::API_VERSION, EndpointSlice::KIND) => {
-                if let Some((key, location, mut slice)) =
-                    self.deserialize::<EndpointSlice>(file, value, unnamed)
-                {
-                    // Slices of headless or other-proxy Services are not ours (kube-proxy's selector).
-                    if label(&slice.metadata, HEADLESS_LABEL).is_some()
-                        || label(&slice.metadata, SERVICE_PROXY_NAME_LABEL).is_some()
-                    {
-                        return;
-                    }
-                    if label(&slice.metadata, SERVICE_NAME_LABEL).is_none() {
-                        self.warn(file, location.clone(), WarningReason::NoServiceName);
-                    }
-                    set_namespace(&mut slice.metadata, &key);
-                    if let Some(first) = self.slices.get(&key) {
-                        return self.duplicate(file, location, &first.0.clone(), first.1.clone());
-                    }
-                    self.slices
-                        .insert(key, (file.to_path_buf(), location, slice));
+                let Some(slice) = self.deserialize::<EndpointSlice>(file, value, unnamed) else {
+                    return;
+                };
+                if label(&slice.object.metadata, SERVICE_NAME_LABEL).is_none() {
+                    self.warn(file, slice.location.clone(), WarningReason::NoServiceName);
                 }
+                insert_unique(&mut self.slices, &mut self.problems, slice);
             }
             _ => {
                 let location = match name_of(&value) {
@@ -420,12 +394,16 @@ impl Loader {
         }
     }
 
-    fn deserialize<K: Resource + serde::de::DeserializeOwned>(
+    /// The object, its namespace defaulted as kubectl does; `None` (a problem) if invalid.
+    fn deserialize<K>(
         &mut self,
         file: &Path,
         value: Value,
         unnamed: ObjectLocation,
-    ) -> Option<(ObjectKey, ObjectLocation, K)> {
+    ) -> Option<Defined<K>>
+    where
+        K: Resource + Metadata<Ty = ObjectMeta> + serde::de::DeserializeOwned,
+    {
         let Some((namespace, name)) = name_of(&value) else {
             self.problem(file, unnamed, ProblemReason::MissingName { kind: K::KIND });
             return None;
@@ -433,10 +411,17 @@ impl Loader {
         let location = ObjectLocation::Named {
             kind: K::KIND.to_owned(),
             namespace: namespace.clone(),
-            name: name.clone(),
+            name,
         };
         match serde_json::from_value::<K>(value) {
-            Ok(object) => Some(((namespace, name), location, object)),
+            Ok(mut object) => {
+                object.metadata_mut().namespace = Some(namespace);
+                Some(Defined {
+                    file: file.to_path_buf(),
+                    location,
+                    object,
+                })
+            }
             Err(error) => {
                 let reason = ProblemReason::Invalid {
                     kind: K::KIND,
@@ -455,19 +440,31 @@ impl Loader {
             reason,
         });
     }
+}
 
-    fn duplicate(
-        &mut self,
-        file: &Path,
-        location: ObjectLocation,
-        first_file: &Path,
-        first_location: ObjectLocation,
-    ) {
-        let reason = ProblemReason::Duplicate {
-            first_file: first_file.to_path_buf(),
-            first_location: Box::new(first_location),
-        };
-        self.problem(file, location, reason);
+/// Adds `defined` under its namespace and name, or reports it as a duplicate of the first.
+fn insert_unique<K: Metadata<Ty = ObjectMeta>>(
+    objects: &mut BTreeMap<ObjectKey, Defined<K>>,
+    problems: &mut Vec<ManifestProblem>,
+    defined: Defined<K>,
+) {
+    let metadata = defined.object.metadata();
+    let key = (
+        metadata.namespace.clone().unwrap_or_default(),
+        metadata.name.clone().unwrap_or_default(),
+    );
+    match objects.entry(key) {
+        Entry::Occupied(first) => problems.push(ManifestProblem {
+            file: defined.file,
+            location: defined.location,
+            reason: ProblemReason::Duplicate {
+                first_file: first.get().file.clone(),
+                first_location: Box::new(first.get().location.clone()),
+            },
+        }),
+        Entry::Vacant(slot) => {
+            slot.insert(defined);
+        }
     }
 }
 
@@ -484,10 +481,6 @@ fn name_of(value: &Value) -> Option<(String, String)> {
         .filter(|namespace| !namespace.is_empty())
         .unwrap_or("default");
     Some((namespace.to_owned(), name.to_owned()))
-}
-
-fn set_namespace(metadata: &mut ObjectMeta, key: &ObjectKey) {
-    metadata.namespace = Some(key.0.clone());
 }
 
 fn label<'a>(metadata: &'a ObjectMeta, key: &str) -> Option<&'a str> {

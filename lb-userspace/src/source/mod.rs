@@ -3,13 +3,14 @@
 //! # The one interface the agent consumes
 //!
 //! ```text
-//! let mut updates = source::spawn(config, node).await?;      // errors: bad config, unreadable dir
-//! loop {
-//!     let update = updates.wait_for(Option::is_some).await?.clone().unwrap();
+//! let mut updates = source::spawn(SourceConfig::from(&args.source), node).await?;
+//! while updates.changed().await.is_ok() {               // Err: the source stopped
+//!     let Some(update) = updates.borrow_and_update().clone() else { continue };
 //!     // update.snapshot: the whole world (never a delta); apply it by level.
-//!     // update.triggered_at: when the first event folded into it arrived (programming latency).
-//!     // update.problems: what went wrong since the previous update (log / count them).
-//!     updates.changed().await?;   // next one
+//!     // update.triggered_at: when the first event folded into it arrived; with
+//!     //   Instant::now() after programming: the programming latency.
+//!     // update.problems: what went wrong since the previous update (log / count them,
+//!     //   SourceProblem::kind() is a metric label).
 //! }
 //! ```
 //!

@@ -1,0 +1,126 @@
+//! The operator commands' glue: open the pinned maps, read, print.
+
+use std::{collections::BTreeMap, path::Path, time::Duration};
+
+use anyhow::Context as _;
+
+use super::{AttachArgs, OutputFormat, PinArgs, ServicesArgs, StatsArgs, services, stats::Stats};
+use crate::{
+    agent::ingress_mode,
+    dataplane::{
+        Capacity, MapWriter as _,
+        aya_maps::AyaMaps,
+        loader::{Datapath, DatapathOptions},
+    },
+};
+
+/// The maps pinned under `pin_path`, with a hint when there are none.
+pub fn open_pinned(pin_path: &Path) -> anyhow::Result<AyaMaps> {
+    AyaMaps::from_pin(pin_path, Capacity::default()).with_context(|| {
+        format!(
+            "no slicelb maps pinned under {} (is an agent running, or was --pin-path different?)",
+            pin_path.display()
+        )
+    })
+}
+
+pub fn services(args: &ServicesArgs) -> anyhow::Result<()> {
+    let maps = open_pinned(&args.pin_path)?;
+    let applied = maps.read().context("reading the maps")?;
+    let counters: BTreeMap<u32, lb_common::ServiceCounters> = maps
+        .all_service_counters()
+        .context("reading SERVICE_STATS")?
+        .into_iter()
+        .map(|(id, _, c)| (id, c))
+        .collect();
+    let rows = services::rows(&applied, &counters);
+    print!(
+        "{}",
+        match args.output {
+            OutputFormat::Table => services::render_table(&rows),
+            OutputFormat::Json => services::render_json(&rows),
+        }
+    );
+    Ok(())
+}
+
+fn read_stats(maps: &AyaMaps) -> anyhow::Result<Stats> {
+    let reasons: Vec<u64> = maps
+        .reasons()
+        .context("reading REASON_STATS")?
+        .into_iter()
+        .map(|(_, n)| n)
+        .collect();
+    let protocols: Vec<u64> = maps
+        .protocols()
+        .context("reading PROTO_STATS")?
+        .into_iter()
+        .map(|(_, n)| n)
+        .collect();
+    Ok(Stats::new(&reasons, &protocols))
+}
+
+pub fn stats(args: &StatsArgs) -> anyhow::Result<()> {
+    let stats = read_stats(&open_pinned(&args.pin_path)?)?;
+    print!(
+        "{}",
+        match args.output {
+            OutputFormat::Table => stats.render_table(),
+            OutputFormat::Json => stats.render_json(),
+        }
+    );
+    Ok(())
+}
+
+pub fn detach(args: &PinArgs) -> anyhow::Result<()> {
+    Datapath::detach(&args.pin_path)
+        .with_context(|| format!("removing what is pinned under {}", args.pin_path.display()))?;
+    println!(
+        "detached: programs, links and maps under {} removed",
+        args.pin_path.display()
+    );
+    Ok(())
+}
+
+/// Loads and attaches the programs with empty maps (nothing is balanced; the counters show
+/// what passes), then prints the per-protocol counters until Ctrl-C or `--duration`.
+pub fn attach(args: &AttachArgs) -> anyhow::Result<()> {
+    let mut datapath =
+        Datapath::open(&args.pin_path, &DatapathOptions::default()).with_context(|| {
+            format!(
+                "loading the programs pinned under {}",
+                args.pin_path.display()
+            )
+        })?;
+    for iface in &args.ifaces {
+        let mode = ingress_mode(args.xdp_mode, iface);
+        datapath
+            .attach(iface, mode)
+            .with_context(|| format!("attaching to {iface}"))?;
+        println!(
+            "attached to {iface} ({mode:?} ingress, TC egress); pinned under {}",
+            args.pin_path.display()
+        );
+    }
+    let maps = AyaMaps::from_datapath(&datapath).context("opening the maps")?;
+    let started = std::time::Instant::now();
+    let deadline = args.duration.map(Duration::from_secs);
+    loop {
+        std::thread::sleep(Duration::from_secs(args.interval.max(1)));
+        let stats = read_stats(&maps)?;
+        let line: Vec<String> = stats
+            .protocols
+            .iter()
+            .map(|(name, n)| format!("{name}={n}"))
+            .collect();
+        println!("{}", line.join(" "));
+        if deadline.is_some_and(|d| started.elapsed() >= d) {
+            break;
+        }
+    }
+    println!(
+        "programs stay attached; `slicelb detach --pin-path {}` removes them",
+        args.pin_path.display()
+    );
+    Ok(())
+}
