@@ -8,8 +8,8 @@
 //!   copied over every packet first: a frame that went through a forwarding node comes back
 //!   to the generator's page pool with that node's rewrites (MACs, TTL).
 //! - `BENCH_GEN_TGTS[i]`: bytes 0..4 IPv4 address, 4..6 UDP port (network order).
-//! - `BENCH_SINK_CONF[0]`: expected destination address and port; `[1]`: expected source
-//!   address (same layout).
+//! - `BENCH_SINK_CONF[0]`: expected destination address and lowest port; `[1]`: expected
+//!   source address and the port after the highest (same layout; ports in network order).
 //! - `BENCH_SINK_STAT[0]`: UDP packets seen, `[1]`: those with the expected addresses.
 
 use aya_ebpf::{
@@ -130,7 +130,7 @@ fn count(index: u32) {
 }
 
 /// Counts and drops IPv4 UDP packets on a backend, noting those that arrive rewritten to
-/// this backend's address and port from the client's address; passes everything else
+/// this backend's address and one of its ports from the client's address; passes everything else
 /// (ARP must reach the stack so the node can resolve the backend).
 #[xdp]
 pub fn bench_sink(ctx: XdpContext) -> u32 {
@@ -153,14 +153,18 @@ pub fn bench_sink(ctx: XdpContext) -> u32 {
     else {
         return xdp_action::XDP_DROP;
     };
+    let port_low = u16::from_be_bytes([expected_dst[4], expected_dst[5]]);
+    let port_end = u16::from_be_bytes([expected_src[4], expected_src[5]]);
+    // SAFETY: as above.
+    let port = unsafe { u16::from_be_bytes([*udp.add(2), *udp.add(3)]) };
     // SAFETY: as above.
     let matches = unsafe {
         *ip.add(16) == expected_dst[0]
             && *ip.add(17) == expected_dst[1]
             && *ip.add(18) == expected_dst[2]
             && *ip.add(19) == expected_dst[3]
-            && *udp.add(2) == expected_dst[4]
-            && *udp.add(3) == expected_dst[5]
+            && port >= port_low
+            && port < port_end
             && *ip.add(12) == expected_src[0]
             && *ip.add(13) == expected_src[1]
             && *ip.add(14) == expected_src[2]

@@ -260,15 +260,18 @@ pub struct Sink {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SinkCounts {
     pub seen: u64,
-    /// Rewritten to this backend's address and port, from the client's address.
+    /// Rewritten to this backend's address and one of its ports, from the client's address.
     pub correct: u64,
 }
 
 impl Sink {
+    /// Counts on `iface` in `netns`; a packet is correct when it comes from `expected_src`
+    /// to `backend` on a port in `ports`.
     pub fn attach(
         netns: &Netns,
         iface: &str,
-        expected_dst: (Ipv4Addr, u16),
+        backend: Ipv4Addr,
+        ports: std::ops::Range<u16>,
         expected_src: Ipv4Addr,
     ) -> Result<Self, BenchError> {
         let mut ebpf = load_object(SINK_PROGRAM)?;
@@ -279,10 +282,10 @@ impl Sink {
         )?)
         .map_err(map_error(SINK_CONFIG, "open"))?;
         config
-            .set(0, &addr_port_bytes(expected_dst.0, expected_dst.1), 0)
+            .set(0, &addr_port_bytes(backend, ports.start), 0)
             .map_err(map_error(SINK_CONFIG, "write"))?;
         config
-            .set(1, &addr_port_bytes(expected_src, 0), 0)
+            .set(1, &addr_port_bytes(expected_src, ports.end), 0)
             .map_err(map_error(SINK_CONFIG, "write"))?;
         attach_in(netns, &mut ebpf, SINK_PROGRAM, iface)?;
         Ok(Self { ebpf })

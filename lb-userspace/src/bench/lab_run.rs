@@ -9,10 +9,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream},
     os::fd::AsRawFd as _,
     path::Path,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
+    sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
@@ -23,9 +20,9 @@ use super::{
     error::BenchError,
     kube_proxy,
     packets::udp_frame,
-    services::{BenchEndpoint, Proto, ServiceSet, TARGET_PORT},
+    services::{BenchEndpoint, Proto, ServiceSet, host_ports},
     slicelb::{Slicelb, capacity_for},
-    stats::percentile,
+    stats::{median, percentile},
 };
 use crate::lab::{Lab, Netns};
 
@@ -54,6 +51,8 @@ pub struct Config {
     pub scales: Vec<usize>,
     /// Packets the generator sends per throughput run.
     pub packets: u32,
+    /// Throughput runs per case; the median counts.
+    pub throughput_runs: usize,
     /// Distinct flows (source ports) the generator cycles through, over all targets.
     pub flows: u32,
     /// Most services the generator and the connection clients spread over.
@@ -80,17 +79,20 @@ pub struct CaseResult {
     pub connections: Result<Connections, String>,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+/// Totals over the runs of one case, and each run's rate.
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Throughput {
     pub sent: u64,
     pub delivered: u64,
     pub correct: u64,
-    pub seconds: f64,
+    /// Delivered Mpps of each run.
+    pub runs_mpps: Vec<f64>,
 }
 
 impl Throughput {
+    /// The median run's delivered Mpps.
     pub fn mpps(&self) -> f64 {
-        self.delivered as f64 / self.seconds / 1e6
+        median(&self.runs_mpps)
     }
 
     /// Share of sent packets that reached a backend rewritten correctly.
@@ -164,18 +166,26 @@ fn run_case(config: &Config, balancer: Balancer, services: usize, work_dir: &Pat
         Ok(programmed) => programmed,
         Err(error) => return failed(error),
     };
-    let targets: Vec<SocketAddr> = spread(&set, config.max_targets);
+    let targets = spread(&set, config.max_targets);
+    let ports = host_ports(services);
     CaseResult {
         balancer,
         services,
         program: Ok(program_time),
-        throughput: throughput(config, &lab, &targets).map_err(|e| e.to_string()),
+        throughput: throughput(config, &lab, &targets, ports).map_err(|e| e.to_string()),
         connections: connections(config, &lab, &targets).map_err(|e| e.to_string()),
     }
 }
 
-/// Up to `max` service addresses, evenly spread over the list (first and last included).
-fn spread(set: &ServiceSet, max: usize) -> Vec<SocketAddr> {
+/// A service the traffic goes to, and the port its endpoints listen on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Target {
+    service: SocketAddr,
+    target_port: u16,
+}
+
+/// Up to `max` services, evenly spread over the list (first and last included).
+fn spread(set: &ServiceSet, max: usize) -> Vec<Target> {
     let count = set.len().min(max).max(1);
     (0..count)
         .map(|i| {
@@ -185,7 +195,10 @@ fn spread(set: &ServiceSet, max: usize) -> Vec<SocketAddr> {
                 i * (set.len() - 1) / (count - 1)
             };
             let service = &set.services[index];
-            SocketAddr::new(service.vip_v4.into(), service.port)
+            Target {
+                service: SocketAddr::new(service.vip_v4.into(), service.port),
+                target_port: service.target_port,
+            }
         })
         .collect()
 }
@@ -306,18 +319,19 @@ fn sum_counts(sinks: &[Sink]) -> Result<SinkCounts, BenchError> {
 fn throughput(
     config: &Config,
     lab: &Lab,
-    targets: &[SocketAddr],
+    targets: &[Target],
+    ports: std::ops::Range<u16>,
 ) -> Result<Throughput, BenchError> {
     let sinks = lab
         .backends
         .iter()
-        .map(|b| Sink::attach(&b.netns, "eth0", (b.ipv4, TARGET_PORT), Lab::CLIENT_IPV4))
+        .map(|b| Sink::attach(&b.netns, "eth0", b.ipv4, ports.clone(), Lab::CLIENT_IPV4))
         .collect::<Result<Vec<_>, _>>()?;
     warm_neighbours(lab)?;
     let v4_targets: Vec<(Ipv4Addr, u16)> = targets
         .iter()
-        .filter_map(|t| match t.ip() {
-            IpAddr::V4(v4) => Some((v4, t.port())),
+        .filter_map(|t| match t.service.ip() {
+            IpAddr::V4(v4) => Some((v4, t.service.port())),
             IpAddr::V6(_) => None,
         })
         .collect();
@@ -328,7 +342,7 @@ fn throughput(
         client_mac,
         node_mac,
         SocketAddr::new(Lab::CLIENT_IPV4.into(), FIRST_SOURCE_PORT),
-        targets[0],
+        targets[0].service,
     );
     let generator = Generator::new(&frame, &v4_targets, flows_per_target, FIRST_SOURCE_PORT)?;
     // A warm-up pass over every flow: first packets (new conntrack entries, ARP) are
@@ -342,23 +356,28 @@ fn throughput(
         GENERATOR_CPU,
     )?;
     std::thread::sleep(Duration::from_millis(200));
-    let before = sum_counts(&sinks)?;
-    let elapsed = generator.send(
-        &lab.client,
-        Lab::CLIENT_IFACE,
-        &frame,
-        config.packets,
-        GENERATOR_CPU,
-    )?;
-    // Frames still in a queue when the generator returns arrive within milliseconds.
-    std::thread::sleep(Duration::from_millis(200));
-    let after = sum_counts(&sinks)?;
-    Ok(Throughput {
-        sent: u64::from(config.packets),
-        delivered: after.seen - before.seen,
-        correct: after.correct - before.correct,
-        seconds: elapsed.as_secs_f64(),
-    })
+    let mut total = Throughput::default();
+    for _ in 0..config.throughput_runs.max(1) {
+        let before = sum_counts(&sinks)?;
+        let elapsed = generator.send(
+            &lab.client,
+            Lab::CLIENT_IFACE,
+            &frame,
+            config.packets,
+            GENERATOR_CPU,
+        )?;
+        // Frames still in a queue when the generator returns arrive within milliseconds.
+        std::thread::sleep(Duration::from_millis(200));
+        let after = sum_counts(&sinks)?;
+        let delivered = after.seen - before.seen;
+        total.sent += u64::from(config.packets);
+        total.delivered += delivered;
+        total.correct += after.correct - before.correct;
+        total
+            .runs_mpps
+            .push(delivered as f64 / elapsed.as_secs_f64() / 1e6);
+    }
+    Ok(total)
 }
 
 /// Sets SO_LINGER to zero so that closing sends a reset and leaves no TIME_WAIT behind
@@ -380,53 +399,76 @@ fn reset_on_close(stream: &TcpStream) {
     }
 }
 
-fn connections(
-    config: &Config,
-    lab: &Lab,
-    targets: &[SocketAddr],
-) -> Result<Connections, BenchError> {
-    let stop = Arc::new(AtomicBool::new(false));
+fn connections(config: &Config, lab: &Lab, targets: &[Target]) -> Result<Connections, BenchError> {
+    let stop = AtomicBool::new(false);
+    // Every backend host listens on the target port of every service the clients use.
     let listeners = lab
         .backends
         .iter()
         .map(|b| {
-            b.netns
-                .enter(|| TcpListener::bind((Ipv4Addr::UNSPECIFIED, TARGET_PORT)))
-                .map_err(BenchError::lab("backend listener"))?
-                .map_err(|source| BenchError::Socket {
-                    case: format!("listening on {}:{TARGET_PORT}", b.ipv4),
-                    source,
+            targets
+                .iter()
+                .map(|t| {
+                    b.netns
+                        .enter(|| TcpListener::bind((Ipv4Addr::UNSPECIFIED, t.target_port)))
+                        .map_err(BenchError::lab("backend listener"))?
+                        .map_err(|source| BenchError::Socket {
+                            case: format!("listening on {}:{}", b.ipv4, t.target_port),
+                            source,
+                        })
                 })
+                .collect::<Result<Vec<_>, _>>()
         })
         .collect::<Result<Vec<_>, _>>()?;
     let limit = config.connect_duration + Duration::from_secs(10);
+    let services: Vec<SocketAddr> = targets.iter().map(|t| t.service).collect();
     std::thread::scope(|scope| {
-        for listener in &listeners {
-            let stop = Arc::clone(&stop);
-            scope.spawn(move || accept_until(listener, &stop, limit));
+        for host in &listeners {
+            let stop = &stop;
+            scope.spawn(move || accept_until(host, stop, limit));
         }
         let result = lab
             .client
-            .enter(|| connect_load(config, targets))
+            .enter(|| connect_load(config, &services))
             .map_err(BenchError::lab("connection clients"));
         stop.store(true, Ordering::Relaxed);
         result
     })
 }
 
-/// Accepts and closes connections until told to stop (or `limit` passes).
-fn accept_until(listener: &TcpListener, stop: &AtomicBool, limit: Duration) {
-    if listener.set_nonblocking(true).is_err() {
+/// Accepts and closes connections on all of one host's listeners until told to stop (or
+/// `limit` passes).
+fn accept_until(listeners: &[TcpListener], stop: &AtomicBool, limit: Duration) {
+    if listeners.iter().any(|l| l.set_nonblocking(true).is_err()) {
         return;
     }
+    let mut polled: Vec<libc::pollfd> = listeners
+        .iter()
+        .map(|l| libc::pollfd {
+            fd: l.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
     let started = Instant::now();
     while !stop.load(Ordering::Relaxed) && started.elapsed() < limit {
-        match listener.accept() {
-            Ok((stream, _)) => drop(stream),
-            Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_micros(200));
+        // SAFETY: `polled` is a valid array of pollfd for open listeners.
+        let ready = unsafe { libc::poll(polled.as_mut_ptr(), polled.len() as libc::nfds_t, 20) };
+        if ready <= 0 {
+            continue;
+        }
+        for (entry, listener) in polled.iter_mut().zip(listeners) {
+            if entry.revents == 0 {
+                continue;
             }
-            Err(_) => std::thread::sleep(Duration::from_millis(1)),
+            entry.revents = 0;
+            loop {
+                match listener.accept() {
+                    Ok((stream, _)) => drop(stream),
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(_) => break,
+                }
+            }
         }
     }
 }
@@ -488,8 +530,15 @@ mod tests {
         let set = ServiceSet::on_hosts(10, &[synthetic_endpoint(0)], &[Proto::Udp]);
         let targets = spread(&set, 4);
         assert_eq!(targets.len(), 4);
-        assert_eq!(targets[0].ip(), IpAddr::from(set.services[0].vip_v4));
-        assert_eq!(targets[3].ip(), IpAddr::from(set.services[9].vip_v4));
+        assert_eq!(
+            targets[0].service.ip(),
+            IpAddr::from(set.services[0].vip_v4)
+        );
+        assert_eq!(
+            targets[3].service.ip(),
+            IpAddr::from(set.services[9].vip_v4)
+        );
+        assert_eq!(targets[3].target_port, set.services[9].target_port);
         assert_eq!(spread(&set, 100).len(), 10, "never more than the services");
     }
 }

@@ -54,7 +54,8 @@ impl Plan {
             },
             lab: lab_run::Config {
                 scales: vec![1, 1000],
-                packets: 500_000,
+                packets: 300_000,
+                throughput_runs: 3,
                 flows: 8_192,
                 max_targets: 1000,
                 connect_duration: Duration::from_secs(2),
@@ -81,7 +82,8 @@ impl Plan {
             },
             lab: lab_run::Config {
                 scales: vec![1, 1000, 10_000],
-                packets: 5_000_000,
+                packets: 2_000_000,
+                throughput_runs: 5,
                 flows: 65_536,
                 max_targets: 1000,
                 connect_duration: Duration::from_secs(5),
@@ -425,11 +427,14 @@ fn lab_sections(
                  node. Native-XDP sinks (bench_sink) on the backends count and drop; a packet \
                  is balanced correctly when it arrives with the backend's address and port \
                  from the client's address. Mpps = delivered / wall time of the generator \
-                 call; the node's veth processing runs on the sending CPU, so this is one \
-                 core's worth. A warm-up pass over every flow comes first. For iptables and \
+                 call, median of {} runs of {} packets; the node's veth processing runs on \
+                 the sending CPU, so this is one core's worth (generator, node and sinks \
+                 together). A warm-up pass over every flow comes first. Each service has its \
+                 own target port on the 3 backend hosts, so no two services share endpoints \
+                 (nor, in slicelb, a selection table). For iptables and \
                  nftables, an XDP_PASS program (bench_pass) sits on the node's veth so that \
                  it accepts XDP_TX frames. IPv4 only.",
-                config.max_targets, config.flows
+                config.max_targets, config.flows, config.throughput_runs, config.packets
             ),
             tables: vec![throughput],
             plots: throughput_plots,
@@ -456,7 +461,7 @@ fn lab_sections(
             title: "4. Side by side: slicelb, kube-proxy iptables, kube-proxy nftables".into(),
             method: format!(
                 "The same service list (each service: TCP and UDP port 80, 3 endpoints on \
-                 the lab's backends, port 8080) programmed three ways in a fresh lab each: \
+                 the lab's backends, on its own target port from 8080 up) programmed three ways in a fresh lab each: \
                  slicelb's cold sync (model, diff, map writer); kube-proxy's iptables shape \
                  (KUBE-SERVICES -> KUBE-SVC-* with statistic random picks -> KUBE-SEP-* DNAT, \
                  nat table) with one `iptables-restore --noflush`; kube-proxy's nftables \

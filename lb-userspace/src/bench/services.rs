@@ -111,6 +111,14 @@ pub fn synthetic_endpoint(index: usize) -> BenchEndpoint {
     }
 }
 
+/// Most services [`ServiceSet::on_hosts`] makes: their target ports stay below 65536.
+pub const MAX_ON_HOSTS: usize = 50_000;
+
+/// Ports the endpoints of `count` services on the lab's hosts listen on.
+pub fn host_ports(count: usize) -> std::ops::Range<u16> {
+    TARGET_PORT..TARGET_PORT + count.min(MAX_ON_HOSTS) as u16
+}
+
 /// Distinct synthetic endpoint addresses; beyond them, endpoints differ by port.
 pub const SYNTHETIC_POOL: usize = 32_000;
 
@@ -142,10 +150,19 @@ impl ServiceSet {
         }
     }
 
-    /// `count` services, each with every one of `endpoints` (the lab's backend hosts).
+    /// `count` services (at most [`MAX_ON_HOSTS`]), each with every one of `endpoints` (the
+    /// lab's backend hosts) on its own target port, `TARGET_PORT + index`: as in a real
+    /// cluster, no two services share an endpoint, so none shares a selection table.
     pub fn on_hosts(count: usize, endpoints: &[BenchEndpoint], protocols: &[Proto]) -> Self {
-        let services = (0..count)
-            .map(|index| Self::service(index, protocols, endpoints.to_vec(), TARGET_PORT))
+        let services = (0..count.min(MAX_ON_HOSTS))
+            .map(|index| {
+                Self::service(
+                    index,
+                    protocols,
+                    endpoints.to_vec(),
+                    TARGET_PORT + index as u16,
+                )
+            })
             .collect();
         Self {
             services,
@@ -371,6 +388,9 @@ mod tests {
         let hosts = [synthetic_endpoint(0), synthetic_endpoint(1)];
         let set = ServiceSet::on_hosts(3, &hosts, &[Proto::Udp]);
         assert!(set.services.iter().all(|s| s.endpoints == hosts));
+        let ports: Vec<u16> = set.services.iter().map(|s| s.target_port).collect();
+        assert_eq!(ports, [8080, 8081, 8082], "one target port per service");
+        assert_eq!(host_ports(3), 8080..8083);
         assert_eq!(set.snapshot().endpoint_slices.len(), 3, "single stack");
     }
 }
