@@ -61,6 +61,8 @@ pub struct Config {
     pub connect_workers: usize,
     /// Hard bound on connections per case, whatever the duration.
     pub max_connections: usize,
+    /// `iptables-restore` or `nft -f` still running after this long is stopped.
+    pub program_limit: Duration,
 }
 
 impl Config {
@@ -74,7 +76,7 @@ impl Config {
 pub struct CaseResult {
     pub balancer: Balancer,
     pub services: usize,
-    pub program: Result<Duration, String>,
+    pub program: Result<ProgramTime, String>,
     pub throughput: Result<Throughput, String>,
     pub connections: Result<Connections, String>,
 }
@@ -99,6 +101,14 @@ impl Throughput {
     pub fn correct_share(&self) -> f64 {
         self.correct as f64 / self.sent.max(1) as f64
     }
+}
+
+/// How long programming the services took.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProgramTime {
+    Took(Duration),
+    /// The tool was still running at the limit and was stopped: nothing was programmed.
+    StoppedAfter(Duration),
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -161,9 +171,19 @@ fn run_case(config: &Config, balancer: Balancer, services: usize, work_dir: &Pat
         })
         .collect();
     let set = ServiceSet::on_hosts(services, &hosts, &[Proto::Tcp, Proto::Udp]);
-    let programmed = program(balancer, &set, &lab, work_dir);
+    let programmed = program(balancer, &set, &lab, work_dir, config.program_limit);
     let (program_time, _keep) = match programmed {
         Ok(programmed) => programmed,
+        Err(BenchError::TimeLimit { limit_secs, .. }) => {
+            let why = format!("programming did not finish within {limit_secs} s");
+            return CaseResult {
+                balancer,
+                services,
+                program: Ok(ProgramTime::StoppedAfter(Duration::from_secs(limit_secs))),
+                throughput: Err(why.clone()),
+                connections: Err(why),
+            };
+        }
         Err(error) => return failed(error),
     };
     let targets = spread(&set, config.max_targets);
@@ -171,7 +191,7 @@ fn run_case(config: &Config, balancer: Balancer, services: usize, work_dir: &Pat
     CaseResult {
         balancer,
         services,
-        program: Ok(program_time),
+        program: Ok(ProgramTime::Took(program_time)),
         throughput: throughput(config, &lab, &targets, ports).map_err(|e| e.to_string()),
         connections: connections(config, &lab, &targets).map_err(|e| e.to_string()),
     }
@@ -219,6 +239,7 @@ fn program(
     set: &ServiceSet,
     lab: &Lab,
     work_dir: &Path,
+    limit: Duration,
 ) -> Result<(Duration, Attached), BenchError> {
     let case = format!("{} programming {} services", balancer.name(), set.len());
     match balancer {
@@ -235,11 +256,13 @@ fn program(
             let path = work_dir.join(format!("iptables-{}.rules", set.len()));
             write_file(&path, &kube_proxy::iptables_restore_input(set))?;
             let path_arg = path.display().to_string();
-            let started = Instant::now();
-            lab.node
-                .run("iptables-restore", &["--noflush", &path_arg])
-                .map_err(BenchError::lab(&case))?;
-            let elapsed = started.elapsed();
+            let elapsed = run_within(
+                &lab.node,
+                "iptables-restore",
+                &["--noflush", &path_arg],
+                limit,
+                &case,
+            )?;
             let pass = Pass::attach(&lab.node, Lab::NODE_CLIENT_IFACE)?;
             Ok((elapsed, Attached::Pass(pass)))
         }
@@ -247,14 +270,59 @@ fn program(
             let path = work_dir.join(format!("nftables-{}.nft", set.len()));
             write_file(&path, &kube_proxy::nft_input(set))?;
             let path_arg = path.display().to_string();
-            let started = Instant::now();
-            lab.node
-                .run("nft", &["-f", &path_arg])
-                .map_err(BenchError::lab(&case))?;
-            let elapsed = started.elapsed();
+            let elapsed = run_within(&lab.node, "nft", &["-f", &path_arg], limit, &case)?;
             let pass = Pass::attach(&lab.node, Lab::NODE_CLIENT_IFACE)?;
             Ok((elapsed, Attached::Pass(pass)))
         }
+    }
+}
+
+/// Runs `program args…` in `netns` and returns how long it took; stops it at `limit`.
+fn run_within(
+    netns: &Netns,
+    program: &str,
+    args: &[&str],
+    limit: Duration,
+    case: &str,
+) -> Result<Duration, BenchError> {
+    let spawn_error = |source| BenchError::Socket {
+        case: format!("{case}: running {program}"),
+        source,
+    };
+    let started = Instant::now();
+    let mut child = netns
+        .command(program)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(spawn_error)?;
+    loop {
+        if let Some(status) = child.try_wait().map_err(spawn_error)? {
+            let elapsed = started.elapsed();
+            if status.success() {
+                return Ok(elapsed);
+            }
+            let mut stderr = String::new();
+            if let Some(mut pipe) = child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
+            }
+            return Err(BenchError::unexpected(
+                case,
+                format!("{program} failed ({status}): {}", stderr.trim()),
+            ));
+        }
+        if started.elapsed() > limit {
+            // Our own child: stop it (the transaction is then not committed).
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(BenchError::TimeLimit {
+                case: case.to_string(),
+                limit_secs: limit.as_secs(),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
