@@ -39,9 +39,20 @@ fn peak_rss() -> Option<u64> {
     Some(kib * 1024)
 }
 
-/// Resets the peak (`VmHWM`) to the current resident size (Linux 4.0+).
+/// Gives freed heap back to the system, then resets the peak (`VmHWM`) to the current
+/// resident size (Linux 4.0+), so the next peak is the next scale's own.
 fn reset_peak_rss() {
+    // SAFETY: malloc_trim only releases free memory of glibc's heap.
+    unsafe { libc::malloc_trim(0) };
     let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// Current resident memory of this process, in bytes.
+fn current_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 struct ScaleResult {
@@ -52,12 +63,15 @@ struct ScaleResult {
     change_p99_ms: f64,
     changes: usize,
     peak_rss_bytes: Option<u64>,
+    /// Resident memory before the scale started (the bench process itself).
+    baseline_rss_bytes: Option<u64>,
     kernel_bytes_per_service: f64,
     maps: Vec<MapMemory>,
 }
 
 fn measure(services: usize, config: &Config) -> Result<ScaleResult, BenchError> {
     reset_peak_rss();
+    let baseline_rss = current_rss();
     let set = ServiceSet::synthetic(services, config.endpoints_each, &[Proto::Tcp], false);
     let mut snapshot = set.snapshot();
     let mut slicelb = Slicelb::load(capacity_for(services, config.endpoints_each, 1))?;
@@ -105,6 +119,7 @@ fn measure(services: usize, config: &Config) -> Result<ScaleResult, BenchError> 
         change_p99_ms: percentile(&latencies_ms, 99.0),
         changes: latencies_ms.len(),
         peak_rss_bytes,
+        baseline_rss_bytes: baseline_rss,
         kernel_bytes_per_service: kernel_bytes / services as f64,
         maps,
     })
@@ -127,7 +142,8 @@ pub fn run(
             "services/s",
             "change p50 (ms)",
             "change p99 (ms)",
-            "agent peak RSS (MiB)",
+            "peak RSS (MiB)",
+            "RSS before (MiB)",
             "kernel KiB/service",
             "note",
         ],
@@ -156,6 +172,10 @@ pub fn run(
                         .peak_rss_bytes
                         .map(|b| num(b as f64 / 1_048_576.0))
                         .unwrap_or_else(|| "n/a".into()),
+                    result
+                        .baseline_rss_bytes
+                        .map(|b| num(b as f64 / 1_048_576.0))
+                        .unwrap_or_else(|| "n/a".into()),
                     num(result.kernel_bytes_per_service / 1024.0),
                     format!("{} changes timed", result.changes),
                 ]);
@@ -167,6 +187,7 @@ pub fn run(
             Err(error) => {
                 table.row(vec![
                     services.to_string(),
+                    "n/a".into(),
                     "n/a".into(),
                     "n/a".into(),
                     "n/a".into(),
@@ -234,7 +255,9 @@ pub fn run(
              diff and the aya map writer into freshly created maps. Endpoint change: one \
              endpoint of one service moves, {} times in turn over the services; the time \
              from handing over the changed snapshot to the maps being written (p50/p99). \
-             Peak memory: the process's VmHWM, reset before each scale. Kernel memory per \
+             Peak memory: the process's VmHWM during the scale (freed heap returned and \
+             the peak reset before each; this section runs first, before the others grow \
+             the process), beside its RSS before the scale. Kernel memory per \
              service: for each map, the kernel's memlock (fdinfo) divided by its max \
              entries, times the entries the services use, summed, over N.",
             config.endpoints_each, config.changes
