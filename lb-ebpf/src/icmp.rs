@@ -158,12 +158,13 @@ fn translate<C: PacketCtx>(ctx: &C, p: &Parsed, direction: Direction) -> Result<
     let Some(flow) = CONNTRACK.get_ptr(&key) else {
         return Ok(false);
     };
-    // SAFETY: a map value pointer; fields copied at once.
-    let (flow_direction, new_addr, new_port) =
-        unsafe { ((*flow).direction, (*flow).nat_addr, (*flow).nat_port) };
-    if flow_direction != wanted {
+    // SAFETY: a map value pointer, valid for the whole program run (RCU); referenced rather
+    // than copied to keep this frame small.
+    let flow = unsafe { &*flow };
+    if flow.direction != wanted {
         return Ok(false);
     }
+    let (new_addr, new_port) = (&flow.nat_addr, flow.nat_port);
     // Egress rewrites the quoted destination (backend -> frontend); ingress the quoted
     // source (frontend -> backend).
     let (inner_addr_off, old_addr, port_off, old_port) = match (direction, ipv6) {
@@ -172,7 +173,7 @@ fn translate<C: PacketCtx>(ctx: &C, p: &Parsed, direction: Direction) -> Result<
         (Direction::Ingress, false) => (inner_l3 + 12, &key.dst_addr, inner_l4, key.dst_port),
         (Direction::Ingress, true) => (inner_l3 + 8, &key.dst_addr, inner_l4, key.dst_port),
     };
-    let addr_diff = csum::diff_addr(0, old_addr, &new_addr, ipv6);
+    let addr_diff = csum::diff_addr(0, old_addr, new_addr, ipv6);
     let port_diff = if proto == PROTO_SCTP {
         0
     } else {
@@ -180,7 +181,7 @@ fn translate<C: PacketCtx>(ctx: &C, p: &Parsed, direction: Direction) -> Result<
     };
 
     // Changes inside the ICMP payload, summed for the ICMP checksum.
-    let mut icmp_diff = replace_addr(data, end, inner_addr_off, old_addr, &new_addr, ipv6)
+    let mut icmp_diff = replace_addr(data, end, inner_addr_off, old_addr, new_addr, ipv6)
         .ok_or(Reason::DropTruncated)?;
     if proto != PROTO_SCTP {
         icmp_diff += replace16(data, end, port_off, new_port).ok_or(Reason::DropTruncated)?;
@@ -215,7 +216,7 @@ fn translate<C: PacketCtx>(ctx: &C, p: &Parsed, direction: Direction) -> Result<
         (Direction::Ingress, true) => (p.l3_off + 24, &p.dst),
     };
     if outer_old == old_addr {
-        let outer_diff = replace_addr(data, end, outer_off, outer_old, &new_addr, ipv6)
+        let outer_diff = replace_addr(data, end, outer_off, outer_old, new_addr, ipv6)
             .ok_or(Reason::DropTruncated)?;
         if ipv6 {
             // ICMPv6's checksum covers the pseudo-header.

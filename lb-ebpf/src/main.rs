@@ -79,7 +79,7 @@ pub fn slicelb_tc_egress(ctx: TcContext) -> i32 {
 /// Benchmark baseline: the same parsing and protocol counting, no lookup.
 #[xdp]
 pub fn slicelb_xdp_parse_only(ctx: XdpContext) -> u32 {
-    let mut parsed = parse::Parsed::EMPTY;
+    let mut parsed = core::mem::MaybeUninit::uninit();
     let _ = parse::parse(ctx.data(), ctx.data_end(), true, &mut parsed);
     xdp_action::XDP_PASS
 }
