@@ -320,8 +320,9 @@ fn xdp_generic_with_full_checksums() {
 }
 
 /// Open issue: on a veth in native mode the rejects go out with XDP_TX (the node's veth
-/// counts them as `xdp_tx`), but the client's TCP does not take the RST (it counts one
-/// `InErrs` for three RSTs); generic XDP and TC deliver the same bytes fine.
+/// counts them as `rx_queue_0_xdp_tx`, no errors), yet nothing reaches the client's veth,
+/// not even a packet socket, with GRO (NAPI) on there; generic XDP and TC deliver the same
+/// bytes and the client is refused at once.
 #[test]
 #[ignore = "known issue: native XDP_TX rejects on veth are not accepted by the peer"]
 fn xdp_native_on_veth_refuses_a_service_without_backends() {
