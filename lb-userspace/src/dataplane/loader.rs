@@ -262,6 +262,12 @@ impl Datapath {
         })
     }
 
+    /// The loaded object, e.g. for `aya_log::EbpfLogger::init` (per-packet log lines, sent
+    /// only while CONFIG has `config_flags::DEBUG_LOG`).
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
     pub fn capacity(&self) -> MapCapacity {
         self.capacity
     }
