@@ -22,7 +22,7 @@ use crate::{
 #[inline(always)]
 pub fn process<C: PacketCtx>(ctx: &C) -> Verdict {
     let mut slot = MaybeUninit::<Parsed>::uninit();
-    if let Err(reason) = parse(ctx.data(), ctx.data_end(), true, &mut slot) {
+    if let Err(reason) = parse(ctx.data(), ctx.data_end(), ctx.wire_len(), true, &mut slot) {
         return Verdict::early(reason);
     }
     // SAFETY: `parse` returned Ok, so it initialised the slot.

@@ -104,7 +104,7 @@ pub fn slicelb_tc_egress(ctx: TcContext) -> i32 {
 #[xdp]
 pub fn slicelb_xdp_parse_only(ctx: XdpContext) -> u32 {
     let mut parsed = core::mem::MaybeUninit::uninit();
-    let _ = parse::parse(ctx.data(), ctx.data_end(), true, &mut parsed);
+    let _ = parse::parse(ctx.data(), ctx.data_end(), 0, true, &mut parsed);
     xdp_action::XDP_PASS
 }
 

@@ -119,6 +119,20 @@ fn parse_eth(data: usize, end: usize) -> Result<(u16, usize), Reason> {
     Ok((ethertype, ETH_LEN))
 }
 
+/// Does the packet hold `len` bytes? `wire_len` is the packet's full length when the
+/// program sees only its linear head (TC: `skb->len`; the rest may sit in fragments, as in
+/// GSO packets from local sockets), or 0 when `end` is the end of the whole packet (XDP).
+/// XDP compares pointers, never lengths derived from the end pointer (the verifier refuses
+/// arithmetic on it).
+#[inline(always)]
+fn within(data: usize, end: usize, wire_len: usize, len: usize) -> bool {
+    if wire_len == 0 {
+        data + len <= end
+    } else {
+        len <= wire_len
+    }
+}
+
 /// An IPv4 address in the first 4 bytes of a 16-byte one, built in registers (an array
 /// literal with zeros would become a byte-at-a-time `memset` call).
 #[inline(always)]
@@ -129,11 +143,12 @@ fn v4_in_16(addr: [u8; 4]) -> [u8; 16] {
 /// Parses a packet up to the L4 ports into `out` (an out parameter, written whole once the
 /// IP header is known: zero-initialising the struct first costs a `memset` byte loop per
 /// packet). On `Ok`, `out` is initialised. `count` adds to PROTO_STATS (off for the reverse
-/// path, so each packet is counted once).
+/// path, so each packet is counted once). `wire_len`: see [`within`].
 #[inline(always)]
 pub fn parse(
     data: usize,
     end: usize,
+    wire_len: usize,
     count: bool,
     out: &mut MaybeUninit<Parsed>,
 ) -> Result<(), Reason> {
@@ -143,13 +158,13 @@ pub fn parse(
             if count {
                 count_proto(ProtoCounter::Ipv4);
             }
-            parse_ipv4(data, end, l3_off, out)?;
+            parse_ipv4(data, end, wire_len, l3_off, out)?;
         }
         ETHERTYPE_IPV6 => {
             if count {
                 count_proto(ProtoCounter::Ipv6);
             }
-            parse_ipv6(data, end, l3_off, out)?;
+            parse_ipv6(data, end, wire_len, l3_off, out)?;
         }
         _ => {
             if count {
@@ -179,6 +194,7 @@ pub fn parse(
 fn parse_ipv4(
     data: usize,
     end: usize,
+    wire_len: usize,
     l3: usize,
     out: &mut MaybeUninit<Parsed>,
 ) -> Result<(), Reason> {
@@ -192,9 +208,7 @@ fn parse_ipv4(
         return Err(Reason::DropMalformed);
     }
     let total_len = be16(h, 2) as usize;
-    // Compare pointers, never lengths derived from the end pointer (the verifier refuses
-    // arithmetic on it).
-    if total_len < header_len || data + l3 + total_len > end {
+    if total_len < header_len || !within(data, end, wire_len, l3 + total_len) {
         return Err(Reason::DropMalformed);
     }
     let frag = be16(h, 6);
@@ -226,6 +240,7 @@ fn parse_ipv4(
 fn parse_ipv6(
     data: usize,
     end: usize,
+    wire_len: usize,
     l3: usize,
     out: &mut MaybeUninit<Parsed>,
 ) -> Result<(), Reason> {
@@ -234,7 +249,7 @@ fn parse_ipv6(
         return Err(Reason::DropMalformed);
     }
     let payload_len = be16(h, 4) as usize;
-    if data + l3 + IPV6_HDR_LEN + payload_len > end {
+    if !within(data, end, wire_len, l3 + IPV6_HDR_LEN + payload_len) {
         return Err(Reason::DropMalformed);
     }
     let ip_len = payload_len + IPV6_HDR_LEN;

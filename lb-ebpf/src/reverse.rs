@@ -17,7 +17,7 @@ use crate::{
 #[inline(always)]
 pub fn process<C: PacketCtx>(ctx: &C) -> Verdict {
     let mut slot = MaybeUninit::<Parsed>::uninit();
-    if let Err(reason) = parse(ctx.data(), ctx.data_end(), false, &mut slot) {
+    if let Err(reason) = parse(ctx.data(), ctx.data_end(), ctx.wire_len(), false, &mut slot) {
         // Outgoing traffic we cannot parse is not ours to judge: never drop it here.
         return Verdict::pass(reason_for_egress(reason));
     }

@@ -276,6 +276,74 @@ fn check_refused(setup: &Setup, label: &str) {
     );
 }
 
+/// Path MTU discovery through the balancer: the backends' links get MTU 1280, so the node
+/// answers the client's full-size (DNATed) segments with frag-needed / packet-too-big
+/// quoting the backend; only when TC egress translates those errors does the client learn
+/// the path MTU for the service address and the upload complete.
+fn check_path_mtu(setup: &Setup, label: &str) {
+    use std::io::{Read as _, Write as _};
+    for vip in [VIP4, VIP6] {
+        let to = sock(vip, 80);
+        // Connect first: the handshake agrees on an MSS for 1500-byte links.
+        let mut stream = setup
+            .lab
+            .client
+            .enter(move || TcpStream::connect_timeout(&to, TIMEOUT))
+            .expect("enter client")
+            .unwrap_or_else(|e| panic!("{label}: connecting to {vip}: {e}"));
+        set_backend_mtu(setup, "1280");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let body = vec![b'x'; 60_000];
+        let head = format!(
+            "POST / HTTP/1.1\r\nHost: lab\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        let mut response = vec![0u8; 512];
+        let result = stream
+            .write_all(head.as_bytes())
+            .and_then(|()| stream.write_all(&body))
+            .and_then(|()| stream.read(&mut response));
+        set_backend_mtu(setup, "1500");
+        let n = result.unwrap_or_else(|e| {
+            panic!(
+                "{label}: uploading 60 kB to {vip} over a 1280-byte path: {e}; counters {:?}",
+                setup.maps.reasons()
+            )
+        });
+        let answer = String::from_utf8_lossy(&response[..n]).to_string();
+        assert!(
+            answer.contains("backend-"),
+            "{label}: unexpected answer {answer:?}"
+        );
+    }
+    let reasons = setup.maps.reasons().expect("reasons");
+    let translated = reasons
+        .iter()
+        .find(|(r, _)| r.name() == "icmp_error_translated")
+        .map(|(_, n)| *n)
+        .unwrap_or(0);
+    assert!(
+        translated > 0,
+        "{label}: no ICMP error was translated: {reasons:?}"
+    );
+}
+
+fn set_backend_mtu(setup: &Setup, mtu: &str) {
+    for backend in &setup.lab.backends {
+        setup
+            .lab
+            .node
+            .ip(&["link", "set", &backend.node_iface, "mtu", mtu])
+            .expect("node mtu");
+        backend
+            .netns
+            .ip(&["link", "set", "eth0", "mtu", mtu])
+            .expect("backend mtu");
+    }
+}
+
 fn run_mode(label: &str, mode: IngressMode, client_offload: bool, backend_tx: bool, refusal: bool) {
     let setup = setup(label, mode, client_offload, backend_tx);
     check_traffic(&setup, label);
@@ -298,6 +366,7 @@ fn run_mode(label: &str, mode: IngressMode, client_offload: bool, backend_tx: bo
         count("reply_translated") >= 120,
         "{label}: replies translated: {reasons:?}"
     );
+    check_path_mtu(&setup, label);
     drop(setup.datapath);
 }
 
