@@ -32,6 +32,9 @@ pub trait PacketCtx {
     fn data_end(&self) -> usize;
     /// Packet length in bytes (for the byte counters).
     fn packet_len(&self) -> u32;
+    /// The full packet length when `data_end` may end before the packet does (TC), or 0
+    /// when `data_end` is the end of the packet (XDP without multi-buffer).
+    fn wire_len(&self) -> usize;
     /// Replaces an address at `addr_offset` with `new` and fixes the IPv4 header checksum
     /// (when `ip_csum_offset` is given) and the L4 checksum (pseudo-header).
     fn rewrite_addr(
@@ -131,6 +134,10 @@ impl PacketCtx for Xdp<'_> {
     fn data_end(&self) -> usize {
         // SAFETY: as above.
         unsafe { core::ptr::read_volatile(&(*self.0.ctx).data_end) as usize }
+    }
+    #[inline(always)]
+    fn wire_len(&self) -> usize {
+        0
     }
     #[inline(always)]
     fn packet_len(&self) -> u32 {
@@ -238,6 +245,10 @@ impl PacketCtx for Tc<'_> {
     #[inline(always)]
     fn packet_len(&self) -> u32 {
         self.0.len()
+    }
+    #[inline(always)]
+    fn wire_len(&self) -> usize {
+        self.0.len() as usize
     }
     #[inline(always)]
     fn rewrite_addr(

@@ -18,16 +18,36 @@ mod reverse;
 mod verdict;
 
 use aya_ebpf::{
+    EbpfContext,
     bindings::{TC_ACT_PIPE, TC_ACT_SHOT, xdp_action},
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
+use lb_common::config_flags;
 
 use crate::{
     counters::count_reason,
     ctx::{Tc, Xdp},
+    maps::CONFIG,
     verdict::{Action, Verdict},
 };
+
+/// Per-packet log lines only when the agent sets `DEBUG_LOG` in CONFIG (one array read).
+#[inline(always)]
+fn debug_log<C: EbpfContext>(ctx: &C, program: &'static str, verdict: Verdict) {
+    let enabled = CONFIG
+        .get(0)
+        .is_some_and(|config| config.flags & config_flags::DEBUG_LOG != 0);
+    if enabled {
+        log_verdict(ctx, program, verdict.reason as u32);
+    }
+}
+
+// Out of line: the logging code and its buffers stay off the packet path's stack frame.
+#[inline(never)]
+fn log_verdict<C: EbpfContext>(ctx: &C, program: &'static str, reason: u32) {
+    aya_log_ebpf::debug!(ctx, "{}: reason {}", program, reason);
+}
 
 /// Bytes TC makes directly readable before parsing (headers of any packet we handle).
 const TC_PULL_LEN: u32 = 384;
@@ -55,7 +75,9 @@ fn tc_action(tc: &Tc, verdict: Verdict) -> i32 {
 /// Forward path on XDP.
 #[xdp]
 pub fn slicelb_xdp(ctx: XdpContext) -> u32 {
-    xdp_action(forward::process(&Xdp(&ctx)))
+    let verdict = forward::process(&Xdp(&ctx));
+    debug_log(&ctx, "xdp", verdict);
+    xdp_action(verdict)
 }
 
 /// Forward path on TC ingress (kernel checksum helpers: partial checksums stay right).
@@ -64,6 +86,7 @@ pub fn slicelb_tc_ingress(ctx: TcContext) -> i32 {
     let tc = Tc(&ctx);
     tc.pull(TC_PULL_LEN);
     let verdict = forward::process(&tc);
+    debug_log(&ctx, "tc_ingress", verdict);
     tc_action(&tc, verdict)
 }
 
@@ -73,14 +96,15 @@ pub fn slicelb_tc_egress(ctx: TcContext) -> i32 {
     let tc = Tc(&ctx);
     tc.pull(TC_PULL_LEN);
     let verdict = reverse::process(&tc);
+    debug_log(&ctx, "tc_egress", verdict);
     tc_action(&tc, verdict)
 }
 
 /// Benchmark baseline: the same parsing and protocol counting, no lookup.
 #[xdp]
 pub fn slicelb_xdp_parse_only(ctx: XdpContext) -> u32 {
-    let mut parsed = parse::Parsed::EMPTY;
-    let _ = parse::parse(ctx.data(), ctx.data_end(), true, &mut parsed);
+    let mut parsed = core::mem::MaybeUninit::uninit();
+    let _ = parse::parse(ctx.data(), ctx.data_end(), 0, true, &mut parsed);
     xdp_action::XDP_PASS
 }
 

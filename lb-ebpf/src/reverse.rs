@@ -1,5 +1,7 @@
 //! The reverse path (TC egress): replies from a backend leave with the frontend's address.
 
+use core::mem::MaybeUninit;
+
 use lb_common::{PROTO_ICMP, PROTO_ICMPV6, Reason, flow_direction};
 
 use crate::{
@@ -14,19 +16,21 @@ use crate::{
 
 #[inline(always)]
 pub fn process<C: PacketCtx>(ctx: &C) -> Verdict {
-    let mut p = Parsed::EMPTY;
-    if let Err(reason) = parse(ctx.data(), ctx.data_end(), false, &mut p) {
+    let mut slot = MaybeUninit::<Parsed>::uninit();
+    if let Err(reason) = parse(ctx.data(), ctx.data_end(), ctx.wire_len(), false, &mut slot) {
         // Outgoing traffic we cannot parse is not ours to judge: never drop it here.
         return Verdict::pass(reason_for_egress(reason));
     }
+    // SAFETY: `parse` returned Ok, so it initialised the slot.
+    let p = unsafe { slot.assume_init_ref() };
     if p.fragment == Fragment::Later {
         return Verdict::pass(Reason::PassFragmentUnknown);
     }
     if p.proto == PROTO_ICMP || p.proto == PROTO_ICMPV6 {
-        let verdict = icmp::translate_error(ctx, &p, Direction::Egress);
+        let verdict = icmp::translate_error(ctx, p, Direction::Egress);
         return Verdict::pass(reason_for_egress(verdict.reason));
     }
-    reply_nat(ctx, &p)
+    reply_nat(ctx, p)
 }
 
 /// Reverse NAT for a packet of a REPLY flow.

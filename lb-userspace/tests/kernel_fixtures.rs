@@ -1331,3 +1331,26 @@ fn parse_path_counts_protocols() {
         "protocol counters for one IPv4 TCP packet"
     );
 }
+
+/// Per-packet log records are written only while CONFIG has DEBUG_LOG.
+#[test]
+fn debug_log_only_when_enabled() {
+    let mut env = Env::new();
+    let mut ring: aya::maps::RingBuf<aya::maps::MapData> = env
+        .datapath
+        .ebpf_mut()
+        .take_map("AYA_LOGS")
+        .expect("the object has aya-log's ring buffer")
+        .try_into()
+        .expect("AYA_LOGS is a ring buffer");
+    let packet = tcp4(49100, SYN).build();
+    env.run(Program::Xdp, &packet);
+    assert!(ring.next().is_none(), "a log record without DEBUG_LOG");
+    env.set_config(Config {
+        flags: lb_common::config_flags::DEBUG_LOG,
+        ..Config::default()
+    });
+    env.run(Program::Xdp, &packet);
+    assert!(ring.next().is_some(), "no log record with DEBUG_LOG set");
+    env.set_config(Config::default());
+}

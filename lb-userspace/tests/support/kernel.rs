@@ -144,6 +144,13 @@ impl Service {
         }
     }
 
+    /// The same service with its table at another offset (a new table is written into
+    /// free space, never over the one in use).
+    pub fn at_offset(mut self, offset: u32) -> Self {
+        self.value.table_offset = offset;
+        self
+    }
+
     /// The map operations the agent would write, in make-before-break order.
     pub fn ops(&self) -> Vec<MapOp> {
         let mut ops: Vec<MapOp> = self
