@@ -2,127 +2,19 @@
 //! new connections go while an established one keeps its backend, and killing and restarting
 //! the agent breaks neither an established TCP connection nor a UDP exchange.
 
-use std::{
-    collections::BTreeSet,
-    net::SocketAddr,
-    path::{Path, PathBuf},
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::{net::SocketAddr, path::Path, time::Duration};
 
 use slicelb::lab::{
-    ChildGuard, Lab,
-    demo::{DemoEndpoint, Frontend, manifests},
-    require_root,
-    servers::{HttpConnection, http_get_once, udp_ask_once},
+    agent_lab::{AgentLab, all_three},
+    demo::{DemoEndpoint, Frontend},
+    servers::HttpConnection,
 };
 
 const SLICELB: &str = env!("CARGO_BIN_EXE_slicelb");
 
-struct AgentLab {
-    lab: Lab,
-    _servers: Vec<ChildGuard>,
-    manifests: tempfile::TempDir,
-    pin_path: PathBuf,
-}
-
-impl AgentLab {
-    fn new(test: &str) -> Self {
-        require_root(test);
-        let lab = Lab::new(4).expect("build lab");
-        let servers = lab
-            .start_servers(Path::new(SLICELB))
-            .expect("start servers");
-        let manifests = tempfile::tempdir().expect("temp dir");
-        let pin_path = PathBuf::from(format!(
-            "/sys/fs/bpf/slicelb-test-{}-{test}",
-            std::process::id()
-        ));
-        Self {
-            lab,
-            _servers: servers,
-            manifests,
-            pin_path,
-        }
-    }
-
-    fn write(&self, endpoints: &[DemoEndpoint]) {
-        let tmp = self.manifests.path().join(".my-app.tmp");
-        std::fs::write(&tmp, manifests(endpoints)).expect("write manifest");
-        std::fs::rename(&tmp, self.manifests.path().join("my-app.yaml")).expect("rename");
-    }
-
-    fn start_agent(&self) -> ChildGuard {
-        let mut command = self.lab.node.command(SLICELB);
-        command.args([
-            "agent",
-            "--iface",
-            Lab::NODE_CLIENT_IFACE,
-            "--config-dir",
-            &self.manifests.path().display().to_string(),
-            "--node-name",
-            "lab-node",
-            "--nodeport-addresses",
-            "198.18.0.0/24",
-            "--pin-path",
-            &self.pin_path.display().to_string(),
-        ]);
-        command.env("RUST_LOG", "warn");
-        ChildGuard::spawn(command, "agent").expect("start agent")
-    }
-
-    fn in_client<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
-        self.lab.client.enter(f).expect("enter client")
-    }
-
-    /// Asks `frontend` on new connections until `accept` holds for the answers of one round
-    /// of `rounds` requests; panics after `patience`.
-    fn wait_until(
-        &self,
-        what: &str,
-        frontend: Frontend,
-        patience: Duration,
-        accept: impl Fn(&BTreeSet<String>) -> bool,
-    ) -> BTreeSet<String> {
-        let started = Instant::now();
-        loop {
-            let answers: BTreeSet<String> =
-                self.in_client(|| (0..30).filter_map(|_| ask(frontend).ok()).collect());
-            if accept(&answers) {
-                return answers;
-            }
-            assert!(
-                started.elapsed() < patience,
-                "{what}: last answers from {frontend:?} were {answers:?}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for AgentLab {
-    fn drop(&mut self) {
-        let _ = Command::new(SLICELB)
-            .args(["detach", "--pin-path", &self.pin_path.display().to_string()])
-            .output();
-    }
-}
-
-fn ask(frontend: Frontend) -> std::io::Result<String> {
-    let timeout = Duration::from_millis(500);
-    match frontend {
-        Frontend::UdpClusterIp => udp_ask_once(frontend.addr(), timeout),
-        _ => http_get_once(frontend.addr(), timeout),
-    }
-}
-
-fn all_three(answers: &BTreeSet<String>) -> bool {
-    answers.len() == 3
-}
-
 #[test]
 fn manifest_edits_steer_new_connections_while_established_ones_stay() {
-    let lab = AgentLab::new("lab_agent_edits");
+    let lab = AgentLab::new("lab_agent_edits", Path::new(SLICELB));
     lab.write(&(1..=3).map(DemoEndpoint::ready).collect::<Vec<_>>());
     let _agent = lab.start_agent();
     lab.wait_until(
@@ -192,7 +84,7 @@ fn manifest_edits_steer_new_connections_while_established_ones_stay() {
 
 #[test]
 fn killing_and_restarting_the_agent_keeps_tcp_and_udp_flowing() {
-    let lab = AgentLab::new("lab_agent_restart");
+    let lab = AgentLab::new("lab_agent_restart", Path::new(SLICELB));
     lab.write(&(1..=3).map(DemoEndpoint::ready).collect::<Vec<_>>());
     let mut agent = lab.start_agent();
     lab.wait_until(
