@@ -251,13 +251,13 @@ fn rewrite_quoted<C: PacketCtx>(
         PROTO_UDP => Some(inner_l4 + 6),
         _ => None,
     };
-    if let Some(offset) = l4_csum_off {
-        if let Some(old) = read::<2>(data, end, offset) {
-            let old = u16::from_ne_bytes(old);
-            if !(proto == PROTO_UDP && old == 0) {
-                let new = csum::apply(old, addr_diff + port_diff);
-                icmp_diff += replace16(data, end, offset, new).ok_or(Reason::DropTruncated)?;
-            }
+    if let Some(offset) = l4_csum_off
+        && let Some(old) = read::<2>(data, end, offset)
+    {
+        let old = u16::from_ne_bytes(old);
+        if !(proto == PROTO_UDP && old == 0) {
+            let new = csum::apply(old, addr_diff + port_diff);
+            icmp_diff += replace16(data, end, offset, new).ok_or(Reason::DropTruncated)?;
         }
     }
 

@@ -2,6 +2,10 @@
 //! role, counts the reason, and turns the verdict into its program type's return code.
 #![no_std]
 #![no_main]
+#![expect(
+    clippy::not_unsafe_ptr_arg_deref,
+    reason = "aya-ebpf's #[classifier] generates a safe extern fn that takes the raw skb pointer"
+)]
 
 mod counters;
 mod csum;
@@ -66,8 +70,8 @@ fn xdp_action(verdict: Verdict) -> u32 {
 fn tc_action(tc: &Tc, verdict: Verdict) -> i32 {
     count_reason(verdict.reason);
     match verdict.action {
-        Action::Pass => TC_ACT_PIPE as i32,
-        Action::Drop => TC_ACT_SHOT as i32,
+        Action::Pass => TC_ACT_PIPE,
+        Action::Drop => TC_ACT_SHOT,
         Action::Bounce => tc.redirect_back(),
     }
 }

@@ -513,6 +513,10 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     if args.keep {
         println!("slicelb demo: --keep: the lab stays up.");
         println!(
+            "  the manifests:    {} (edit them; the agent applies every change)",
+            demo.manifest_dir.path().display()
+        );
+        println!(
             "  enter the client: nsenter --net={} bash",
             demo.lab.client.path().display()
         );
@@ -525,11 +529,23 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
             demo.slicelb.display(),
             demo.pin_path.display()
         );
+        let namespaces: Vec<&str> = [&demo.lab.client, &demo.lab.node]
+            .into_iter()
+            .chain(demo.lab.backends.iter().map(|b| &b.netns))
+            .map(|ns| ns.name())
+            .collect();
+        let pids: Vec<String> = demo
+            .agent
+            .iter()
+            .chain(demo._servers.iter())
+            .map(|p| p.id().to_string())
+            .collect();
         println!(
-            "  remove it all:    kill {}; {} detach --pin-path {}; ip -all netns delete",
-            demo.agent.as_ref().map(|a| a.id()).unwrap_or(0),
+            "  remove it all:    kill {}; {} detach --pin-path {}; for ns in {}; do ip netns del $ns; done",
+            pids.join(" "),
             demo.slicelb.display(),
-            demo.pin_path.display()
+            demo.pin_path.display(),
+            namespaces.join(" ")
         );
         let Demo {
             lab,
