@@ -1308,6 +1308,45 @@ fn run_case(env: &mut Env, case: &Case) -> Result<(), String> {
             ));
         }
     }
+    check_checksum_complete(env, case, &out.packet)
+}
+
+/// TC rows that rewrite a packet run again on an skb marked CHECKSUM_COMPLETE: the kernel
+/// fails the run (EBADMSG) if the rewrite left `skb->csum` stale, and the output must be
+/// the same. Rejects are left out: they rebuild the whole packet, which goes back out of
+/// the interface (where CHECKSUM_COMPLETE is not used).
+fn check_checksum_complete(env: &mut Env, case: &Case, expected: &[u8]) -> Result<(), String> {
+    let rewrites = matches!(
+        case.reason,
+        Reason::LbNewFlow
+            | Reason::LbConntrack
+            | Reason::LbAffinity
+            | Reason::LbFragment
+            | Reason::ReplyTranslated
+            | Reason::IcmpErrorTranslated
+    );
+    if !matches!(case.program, Program::TcIngress | Program::TcEgress) || !rewrites {
+        return Ok(());
+    }
+    // Same map state as the first run: replay the setup.
+    env.reset();
+    for service in &case.services {
+        env.install(service);
+    }
+    env.apply(&case.extra_ops);
+    for (program, packet) in &case.warmup {
+        env.run(*program, packet);
+    }
+    env.apply(&case.changes);
+    let out = env
+        .run_checksum_complete(case.program, &case.input)
+        .map_err(|e| format!("with CHECKSUM_COMPLETE: {e}"))?;
+    if out.packet != expected {
+        return Err(format!(
+            "with CHECKSUM_COMPLETE the packet differs:\n got      {:02x?}\n expected {expected:02x?}",
+            out.packet
+        ));
+    }
     Ok(())
 }
 

@@ -343,6 +343,17 @@ impl Env {
         }
     }
 
+    /// A TC program run on an skb marked CHECKSUM_COMPLETE (the kernel checks `skb->csum`
+    /// against the packet afterwards).
+    pub fn run_checksum_complete(
+        &self,
+        program: Program,
+        packet: &[u8],
+    ) -> Result<RunOutput, test_run::TestRunError> {
+        let name = program.name();
+        test_run::run_checksum_complete(self.datapath.tc(name).expect("tc program"), name, packet)
+    }
+
     pub fn reasons(&self) -> Vec<(Reason, u64)> {
         self.maps.reasons().expect("reading REASON_STATS")
     }
