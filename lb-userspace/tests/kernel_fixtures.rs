@@ -1210,6 +1210,55 @@ fn cases() -> Vec<Case> {
             Reason::DropTruncated,
         ));
     }
+    {
+        // SCTP common header cut after the ports (IP length consistent with the cut).
+        let sctp = Spec::new(CLIENT4, 48002, VIP4, 80, L4::Sctp).build();
+        let mut cut = sctp[..14 + 20 + 8].to_vec();
+        cut[16..18].copy_from_slice(&28u16.to_be_bytes());
+        fix_ipv4_checksum(&mut cut, 14);
+        cases.push(dropped(
+            "truncated: sctp header cut",
+            vec![cluster_ip4(1, PROTO_SCTP)],
+            cut,
+            Reason::DropTruncated,
+        ));
+        // An IPv6 hop-by-hop header whose length runs past the packet: dropped as
+        // truncated; one that runs past the parser's reach is passed untouched.
+        let mut ext =
+            with_ipv6_extensions(Spec::new(CLIENT6, 48003, VIP6, 80, L4::Udp).build(), 14);
+        ext[14 + 40 + 1] = 20;
+        cases.push(dropped(
+            "truncated: ipv6 extension header longer than the packet",
+            vec![],
+            ext.clone(),
+            Reason::DropTruncated,
+        ));
+        ext[14 + 40 + 1] = 200;
+        cases.push(miss(
+            "ipv6 extension headers beyond the parser's reach pass",
+            Program::Xdp,
+            vec![],
+            ext,
+            Reason::PassUnparsedHeaders,
+        ));
+        // An ICMP error cut inside its quoted IP header.
+        let forwarded = Spec::new(CLIENT4, 48004, "198.18.1.1", 8080, L4::Tcp(ACK)).build();
+        let icmp = icmp_error(NODE4, CLIENT4, IcmpError::TooBig(1400), &forwarded, 14, 12);
+        cases.push(dropped(
+            "truncated: icmp error quoting a partial IP header",
+            vec![cluster_ip4(1, PROTO_TCP)],
+            icmp,
+            Reason::DropTruncated,
+        ));
+        // A frame cut inside the VLAN tag's ethertype.
+        let vlan = tcp4(48005, SYN).vlan(3).build();
+        cases.push(dropped(
+            "truncated: ipv4 header behind a VLAN tag cut",
+            vec![],
+            vlan[..18 + 10].to_vec(),
+            Reason::DropTruncated,
+        ));
+    }
     cases
 }
 
