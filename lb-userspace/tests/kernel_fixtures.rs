@@ -755,6 +755,21 @@ fn cases() -> Vec<Case> {
         Reason::DropNoLocalEndpoint,
     ));
 
+    cases.push(dropped(
+        "a table naming a backend of the other family is refused as internal",
+        vec![Service::new(
+            9,
+            VIP4,
+            80,
+            PROTO_TCP,
+            frontend_kind::CLUSTER_IP,
+            0,
+            &[(90, "2001:2:0:1::9", 8080, ACTIVE)],
+        )],
+        tcp4(43400, SYN).build(),
+        Reason::DropInternal,
+    ));
+
     // --- loadBalancerSourceRanges. ---
     {
         let service = Service::new(
