@@ -1457,3 +1457,113 @@ fn debug_log_only_when_enabled() {
     assert!(ring.next().is_some(), "no log record with DEBUG_LOG set");
     env.set_config(Config::default());
 }
+
+/// `AyaMaps` reads back what it wrote (frontends, backends, the selection tables frontends
+/// point at, names, source ranges), and a full map is an error naming it that loses
+/// nothing already written.
+#[test]
+fn map_writer_reads_back_and_reports_full_maps() {
+    use slicelb::dataplane::{AppliedState, DataplaneError, MapWriter as _, loader::MapCapacity};
+
+    let mut env = Env::with_capacity(MapCapacity {
+        frontends: 4,
+        ..test_capacity()
+    });
+    let v4 = cluster_ip4(1, PROTO_TCP);
+    let v6 = cluster_ip6(2, PROTO_UDP);
+    let (range_addr, family) = addr16("198.18.0.0");
+    let range = (
+        SourceRangeKey {
+            service_id_be: 1u32.to_be_bytes(),
+            family,
+            addr: range_addr,
+            _pad: [0; 3],
+        },
+        SourceRangeKey::prefix_len(16),
+    );
+    env.install(&v4);
+    env.install(&v6);
+    env.apply(&[MapOp::PutSourceRange {
+        key: range.0,
+        prefix_len: range.1,
+    }]);
+
+    let mut expected = AppliedState::default();
+    for service in [&v4, &v6] {
+        expected.frontends.insert(service.frontend, service.value);
+        expected.backends.extend(service.backends.iter().copied());
+        expected
+            .selection
+            .insert(service.value.table_offset, service.table.clone());
+        expected
+            .service_names
+            .insert(service.id, format!("test/svc-{}:p", service.id));
+    }
+    expected.source_ranges.insert(range);
+    let state = env.maps.read().expect("reading the maps back");
+    assert_eq!(state, expected, "read() must return what apply() wrote");
+
+    // FRONTENDS holds 4: the fifth frontend is refused by name, the first four stay.
+    let extra: Vec<MapOp> = (3..=5)
+        .map(|id| {
+            let service = Service::new(
+                id,
+                &format!("198.18.100.{id}"),
+                80,
+                PROTO_TCP,
+                frontend_kind::CLUSTER_IP,
+                0,
+                &[],
+            );
+            MapOp::PutFrontend {
+                key: service.frontend,
+                value: service.value,
+            }
+        })
+        .collect();
+    match env.maps.apply(&extra) {
+        Err(DataplaneError::MapFull { map, capacity }) => {
+            assert_eq!(
+                (map, capacity),
+                ("FRONTENDS", 4),
+                "the error names the full map"
+            )
+        }
+        other => panic!("a fifth frontend in a 4-entry map: {other:?}"),
+    }
+    assert_eq!(
+        env.maps.read().expect("read").frontends.len(),
+        4,
+        "frontends written before the full one stay"
+    );
+
+    let capacity = test_capacity();
+    let too_far = MapOp::PutSelection {
+        offset: capacity.selection_slots - 10,
+        slots: vec![10; 20],
+    };
+    assert!(
+        matches!(
+            env.maps.apply(&[too_far]),
+            Err(DataplaneError::MapFull {
+                map: "SELECTION",
+                ..
+            })
+        ),
+        "a table past the end of SELECTION is refused"
+    );
+    let backend = MapOp::PutBackend {
+        id: capacity.backends,
+        backend: v4.backends[0].1,
+    };
+    assert!(
+        matches!(
+            env.maps.apply(&[backend]),
+            Err(DataplaneError::MapFull {
+                map: "BACKENDS",
+                ..
+            })
+        ),
+        "a backend id past the end of BACKENDS is refused"
+    );
+}

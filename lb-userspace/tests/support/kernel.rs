@@ -224,9 +224,13 @@ pub fn test_capacity() -> MapCapacity {
 
 impl Env {
     pub fn new() -> Self {
+        Self::with_capacity(test_capacity())
+    }
+
+    pub fn with_capacity(capacity: MapCapacity) -> Self {
         require_root();
         let options = DatapathOptions {
-            capacity: test_capacity(),
+            capacity,
             config: Config::default(),
             overwrite_config: true,
         };
