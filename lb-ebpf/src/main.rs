@@ -26,6 +26,10 @@
 //! - Rejects are built in place with full checksums and sent back out of the arrival
 //!   interface (XDP_TX / `bpf_redirect`). On TC the skb keeps its checksum state: fine on
 //!   veths (the receiver trusts partial checksums), not for hardware offload of the answer.
+//!   A veth delivers native XDP_TX frames only when its peer runs an XDP program too.
+//! - No source NAT: replies must come back through this node (true for pods behind it and
+//!   in the lab); `externalTrafficPolicy: Cluster` to endpoints on other nodes would need
+//!   SNAT, which this datapath does not do.
 //! - TC egress never drops: what it cannot parse leaves untouched (`pass_unparsed_headers`);
 //!   egress packets of no balanced flow count as `pass_no_frontend`.
 //! - TC passes with `TC_ACT_PIPE` (tcx: next program), drops with `TC_ACT_SHOT`.
