@@ -8,15 +8,19 @@
 //! (the test-run context has no `ip_summed`), so the TC rows run with full checksums; the
 //! partial case is covered by the lab test (client offload on, TC ingress).
 
-mod support;
+#[path = "support/kernel.rs"]
+mod kernel;
+#[path = "support/packets.rs"]
+mod packets;
 
+use kernel::*;
 use lb_common::{
     Config, FAMILY_IPV4, PROTO_SCTP, PROTO_TCP, PROTO_UDP, Reason, ServiceCounters, SourceRangeKey,
     backend_state::{ACTIVE, TERMINATING},
     frontend_flags, frontend_kind,
 };
+use packets::*;
 use slicelb::dataplane::MapOp;
-use support::{kernel::*, packets::*};
 
 /// What should come out.
 #[derive(Clone, Debug)]

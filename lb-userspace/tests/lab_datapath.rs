@@ -3,7 +3,8 @@
 //! service addresses; checksum offload on and off; XDP (generic and native) and TC ingress.
 //! Needs root.
 
-mod support;
+#[path = "support/kernel.rs"]
+mod kernel;
 
 use std::{
     collections::BTreeSet,
@@ -14,6 +15,7 @@ use std::{
 };
 
 use aya::programs::{Xdp, XdpMode, xdp::XdpLink};
+use kernel::{Service, test_capacity};
 use lb_common::program_names;
 use lb_common::{
     Config, PROTO_TCP, PROTO_UDP,
@@ -28,7 +30,6 @@ use slicelb::{
     },
     lab::{ChildGuard, Lab, require_root, servers::HttpConnection, set_tx_offload},
 };
-use support::kernel::{Service, test_capacity};
 
 const VIP4: &str = "198.18.100.1";
 const VIP6: &str = "2001:2:0:100::1";
