@@ -4,9 +4,11 @@
 //! and re-checked with etherparse's checksums), the reason counters and the service
 //! counters. Needs root.
 //!
-//! Partial (offloaded) checksums: BPF_PROG_TEST_RUN cannot mark an skb CHECKSUM_PARTIAL
-//! (the test-run context has no `ip_summed`), so the TC rows run with full checksums; the
-//! partial case is covered by the lab test (client offload on, TC ingress).
+//! Checksum states: every TC row that rewrites a packet runs a second time on an skb marked
+//! CHECKSUM_COMPLETE (`BPF_F_TEST_SKB_CHECKSUM_COMPLETE`; the kernel fails the run if
+//! `skb->csum` no longer matches). BPF_PROG_TEST_RUN cannot mark an skb CHECKSUM_PARTIAL
+//! (the test-run context has no `ip_summed`), so partial (offloaded) checksums are covered
+//! by the lab test (`lab_datapath.rs`: client offload on, TC ingress).
 
 #[path = "support/kernel.rs"]
 mod kernel;
