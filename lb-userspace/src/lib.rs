@@ -30,6 +30,13 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<()> {
         .serve()
         .map_err(anyhow::Error::from),
         cli::Command::Demo(args) => lab::demo::run(&args),
+        cli::Command::Agent(args) => agent::run(args),
+        cli::Command::Services(args) => cli::commands::services(&args),
+        cli::Command::Stats(args) => cli::commands::stats(&args),
+        cli::Command::Detach(args) => cli::commands::detach(&args),
+        cli::Command::Attach(args) => cli::commands::attach(&args),
+        cli::Command::Check(args) => cli::commands::check(&args),
+        cli::Command::Trace(args) => cli::trace::run(&args),
         command => anyhow::bail!("{command:?}: not built yet"),
     }
 }

@@ -1,7 +1,11 @@
 use clap::Parser as _;
 use slicelb::cli::Cli;
 
-fn main() -> anyhow::Result<()> {
+fn main() {
     let cli = Cli::parse();
-    slicelb::run(cli)
+    if let Err(error) = slicelb::run(cli) {
+        // The whole chain, one line: what failed and why (no backtrace for operators).
+        eprintln!("error: {error:#}");
+        std::process::exit(1);
+    }
 }

@@ -1,8 +1,10 @@
 //! The `slicelb` command line: the agent, and the operator commands that read the pinned
 //! maps (they work with or without a running agent).
 
+pub mod commands;
 pub mod services;
 pub mod stats;
+pub mod trace;
 
 use std::{net::SocketAddr, path::PathBuf};
 
@@ -122,6 +124,10 @@ pub struct AgentArgs {
     pub metrics_addr: SocketAddr,
     #[arg(long, value_enum, default_value_t = XdpMode::Auto)]
     pub xdp_mode: XdpMode,
+    /// Handle Services labelled `service.kubernetes.io/service-proxy-name=NAME` (and no
+    /// others); without it, only unlabelled Services, as kube-proxy does.
+    #[arg(long, value_name = "NAME")]
+    pub service_proxy_name: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -193,6 +199,8 @@ pub struct CheckArgs {
     pub nodeport_addresses: Vec<ipnet::IpNet>,
     #[arg(long, default_value = DEFAULT_PIN_PATH)]
     pub pin_path: PathBuf,
+    #[arg(long, value_name = "NAME")]
+    pub service_proxy_name: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -1,8 +1,10 @@
 //! The map writer: the only code that changes kernel maps. [`MapWriter`] is the seam; the
 //! aya implementation writes pinned maps, [`memory::MemoryMaps`] stands in for tests.
 
+pub mod applied;
 pub mod aya_maps;
 pub mod loader;
+pub mod memory;
 pub mod test_run;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -405,6 +405,47 @@ impl Demo {
         total
     }
 
+    /// The agent's own record of programming latency (event arrival to maps written), from
+    /// its metrics endpoint on the node: (mean in ms, syncs counted).
+    fn programming_latency(&self) -> Option<(f64, u64)> {
+        let text = self
+            .lab
+            .node
+            .enter(|| {
+                use std::io::{Read as _, Write as _};
+                let mut stream = std::net::TcpStream::connect_timeout(
+                    &SocketAddr::from(([127, 0, 0, 1], 9400)),
+                    Duration::from_secs(1),
+                )
+                .ok()?;
+                stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+                stream
+                    .write_all(b"GET /metrics HTTP/1.1\r\nHost: node\r\nConnection: close\r\n\r\n")
+                    .ok()?;
+                let mut body = String::new();
+                stream.read_to_string(&mut body).ok()?;
+                Some(body)
+            })
+            .ok()??;
+        let value = |name: &str| -> Option<f64> {
+            text.lines()
+                .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        };
+        let sum = value("slicelb_programming_latency_seconds_sum")?;
+        let count = value("slicelb_programming_latency_seconds_count")?;
+        (count > 0.0).then(|| (sum * 1000.0 / count, count as u64))
+    }
+
+    fn print_latency(&self) {
+        if let Some((mean_ms, syncs)) = self.programming_latency() {
+            println!(
+                "    agent programming latency: {mean_ms:.1} ms mean over {syncs} syncs (event arrival -> maps written)"
+            );
+        }
+    }
+
     fn in_client<R: Send>(&self, f: impl FnOnce() -> R + Send) -> anyhow::Result<R> {
         Ok(self.lab.client.enter(f)?)
     }
@@ -550,6 +591,7 @@ fn act_out(demo: &mut Demo, step: Duration, interrupted: &AtomicBool) -> anyhow:
 
     println!("\n[1/5] steady state: every frontend spreads over backend-1..3");
     let tally = demo.watch(step, interrupted);
+    demo.print_latency();
     for frontend in Frontend::ALL {
         let seen = tally.backends_of(frontend);
         demo.check(
@@ -592,6 +634,7 @@ fn rolling_update(demo: &mut Demo, step: Duration, interrupted: &AtomicBool) -> 
     std::thread::sleep(Duration::from_secs(1));
     demo.take_tally();
     let tally = demo.watch(step, interrupted);
+    demo.print_latency();
     let still = demo.in_client(move || kept.get().map(|name| (name, kept)))?;
     match still {
         Ok((name, connection)) => {
@@ -629,6 +672,7 @@ fn rolling_update(demo: &mut Demo, step: Duration, interrupted: &AtomicBool) -> 
     std::thread::sleep(Duration::from_secs(1));
     demo.take_tally();
     let tally = demo.watch(step, interrupted);
+    demo.print_latency();
     for frontend in Frontend::ALL {
         let seen = tally.backends_of(frontend);
         demo.check(

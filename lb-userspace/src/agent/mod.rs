@@ -1,0 +1,193 @@
+//! The agent: source → model → diff → map writer, by level, until SIGTERM/SIGINT. On exit
+//! it leaves programs and maps pinned, so traffic keeps flowing; the next agent adopts them
+//! and writes only the difference.
+
+mod addresses;
+pub mod reconcile;
+pub mod stats;
+
+use std::{
+    collections::BTreeSet,
+    sync::{Arc, RwLock},
+};
+
+pub use addresses::nodeport_addresses;
+use anyhow::Context as _;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::{
+    cli::{AgentArgs, XdpMode},
+    dataplane::{
+        AppliedState,
+        aya_maps::AyaMaps,
+        loader::{Datapath, DatapathOptions, IngressMode},
+    },
+    metrics::{Metrics, MetricsServer},
+    model::{ModelConfig, NodeInfo},
+    source::{self, SourceConfig},
+};
+use reconcile::Reconciler;
+
+/// How the forward path goes on `iface` for the chosen `--xdp-mode`.
+pub fn ingress_mode(mode: XdpMode, iface: &str) -> IngressMode {
+    match mode {
+        XdpMode::Native => IngressMode::XdpNative,
+        XdpMode::Generic => IngressMode::XdpGeneric,
+        XdpMode::Off => IngressMode::Tc,
+        // A device without a bus (veth, bridge, tun, ...) is virtual: its packets may carry
+        // partial checksums that XDP cannot see, so TC does the balancing there.
+        XdpMode::Auto => match addresses::has_bus(iface) {
+            true => IngressMode::XdpNative,
+            false => IngressMode::Tc,
+        },
+    }
+}
+
+pub fn run(args: AgentArgs) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(run_async(args))
+}
+
+async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
+    let node = NodeInfo {
+        name: args.node_name.clone(),
+        zone: None,
+        nodeport_addresses: nodeport_addresses(&args.nodeport_addresses)
+            .context("listing this node's addresses for NodePorts")?,
+    };
+    tracing::info!(
+        node = ?node.name,
+        nodeport_addresses = ?node.nodeport_addresses,
+        "starting"
+    );
+
+    let options = DatapathOptions::default();
+    let mut datapath = Datapath::open(&args.pin_path, &options).with_context(|| {
+        format!(
+            "loading the datapath pinned under {} (is bpffs mounted there? `slicelb detach --pin-path …` starts over)",
+            args.pin_path.display()
+        )
+    })?;
+    for iface in &args.ifaces {
+        let mode = ingress_mode(args.xdp_mode, iface);
+        match datapath.attach(iface, mode) {
+            Ok(()) => tracing::info!(iface, ?mode, "attached"),
+            Err(error) if mode == IngressMode::XdpNative && args.xdp_mode == XdpMode::Auto => {
+                tracing::warn!(iface, %error, "native XDP refused; balancing with TC instead");
+                datapath
+                    .attach(iface, IngressMode::Tc)
+                    .with_context(|| format!("attaching to {iface}"))?;
+            }
+            Err(error) => {
+                return Err(error).with_context(|| format!("attaching to {iface}"));
+            }
+        }
+    }
+    let capacity = datapath.capacity();
+    let writer = AyaMaps::from_datapath(&datapath).context("opening the maps")?;
+    let mut reconciler = Reconciler::new(writer, model_config(&args))
+        .context("reading the maps a previous agent left")?;
+    let adopted = reconciler.applied().frontends.len();
+    if adopted > 0 {
+        tracing::info!(frontends = adopted, "adopted the maps of a previous agent");
+    }
+
+    let fill = Arc::new(RwLock::new(AppliedState::default()));
+    let stats = stats::PinnedStats::new(
+        AyaMaps::from_datapath(&datapath).context("opening the maps for metrics")?,
+        fill.clone(),
+        capacity.writer_capacity(),
+        capacity.conntrack,
+    );
+    let metrics = Metrics::new(Arc::new(stats));
+    let server = MetricsServer::bind(args.metrics_addr)
+        .await
+        .with_context(|| format!("serving metrics on {}", args.metrics_addr))?;
+    tracing::info!(addr = %server.local_addr(), "metrics, /healthz and /readyz");
+    tokio::spawn(server.run(metrics.clone()));
+
+    let source_config = source_config(&args);
+    let mut updates = source::spawn(source_config, node)
+        .await
+        .context("starting the source")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut reported: BTreeSet<String> = BTreeSet::new();
+    loop {
+        tokio::select! {
+            changed = updates.changed() => {
+                if changed.is_err() {
+                    anyhow::bail!("the source stopped; see the errors above");
+                }
+            }
+            _ = sigterm.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+        }
+        let Some(update) = updates.borrow_and_update().clone() else {
+            continue;
+        };
+        for problem in &update.problems {
+            tracing::warn!(kind = problem.kind(), "{problem}");
+            metrics.count_error(problem.kind());
+        }
+        let result = tokio::task::block_in_place(|| reconciler.sync(&update.snapshot));
+        match result {
+            Ok(report) => {
+                metrics.observe_sync(report.duration);
+                metrics.observe_programming_latency(update.triggered_at.elapsed());
+                metrics.set_rejected(report.rejected.len());
+                // Say each warning and rejection once, not on every resync.
+                let now: BTreeSet<String> = report
+                    .warnings
+                    .iter()
+                    .map(|w| format!("skipped: {w}"))
+                    .chain(report.rejected.iter().map(|(name, reason)| {
+                        format!("service {name} is not programmed: {reason}")
+                    }))
+                    .collect();
+                for line in now.difference(&reported) {
+                    tracing::warn!("{line}");
+                }
+                reported = now;
+                *fill.write().unwrap_or_else(|p| p.into_inner()) = reconciler.applied().clone();
+                if !metrics.is_ready() {
+                    metrics.set_ready();
+                    tracing::info!(
+                        ops = report.ops,
+                        ms = report.duration.as_secs_f64() * 1000.0,
+                        "first full sync done; ready"
+                    );
+                } else {
+                    tracing::debug!(ops = report.ops, cause = update.cause.as_str(), "synced");
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, "writing the maps failed; the next update retries");
+                metrics.count_error("map_write");
+            }
+        }
+    }
+    tracing::info!(
+        pin_path = %args.pin_path.display(),
+        "stopping; programs and maps stay pinned and keep balancing"
+    );
+    Ok(())
+}
+
+fn model_config(args: &AgentArgs) -> ModelConfig {
+    ModelConfig {
+        proxy_name: args.service_proxy_name.clone(),
+    }
+}
+
+fn source_config(args: &AgentArgs) -> SourceConfig {
+    match SourceConfig::from(&args.source) {
+        SourceConfig::Kubernetes(options) => {
+            SourceConfig::Kubernetes(options.with_proxy_name(args.service_proxy_name.as_deref()))
+        }
+        other => other,
+    }
+}

@@ -1,0 +1,109 @@
+//! The kernel's counters for the metrics endpoint, read from the pinned maps at scrape time;
+//! map fill levels come from the agent's own record of what it wrote.
+
+use std::sync::{Arc, Mutex, RwLock};
+
+use lb_common::{ProtoCounter, Reason, ServiceCounters, map_names};
+
+use crate::{
+    dataplane::{AppliedState, Capacity, DataplaneError, aya_maps::AyaMaps},
+    metrics::{KernelStats, MapFill},
+};
+
+pub struct PinnedStats {
+    maps: Mutex<AyaMaps>,
+    applied: Arc<RwLock<AppliedState>>,
+    capacity: Capacity,
+    conntrack_capacity: u32,
+}
+
+impl PinnedStats {
+    pub fn new(
+        maps: AyaMaps,
+        applied: Arc<RwLock<AppliedState>>,
+        capacity: Capacity,
+        conntrack_capacity: u32,
+    ) -> Self {
+        Self {
+            maps: Mutex::new(maps),
+            applied,
+            capacity,
+            conntrack_capacity,
+        }
+    }
+
+    fn maps(&self) -> std::sync::MutexGuard<'_, AyaMaps> {
+        // A panic while holding the lock leaves the maps as they were: keep using them.
+        self.maps
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl KernelStats for PinnedStats {
+    fn service_counters(&self) -> Result<Vec<(String, ServiceCounters)>, DataplaneError> {
+        Ok(self
+            .maps()
+            .all_service_counters()?
+            .into_iter()
+            .map(|(_, name, counters)| (name, counters))
+            .collect())
+    }
+
+    fn reason_counters(&self) -> Result<[u64; Reason::COUNT as usize], DataplaneError> {
+        let mut out = [0; Reason::COUNT as usize];
+        for (reason, count) in self.maps().reasons()? {
+            out[reason as usize] = count;
+        }
+        Ok(out)
+    }
+
+    fn proto_counters(&self) -> Result<[u64; ProtoCounter::COUNT as usize], DataplaneError> {
+        let mut out = [0; ProtoCounter::COUNT as usize];
+        for (counter, count) in self.maps().protocols()? {
+            out[counter as usize] = count;
+        }
+        Ok(out)
+    }
+
+    fn conntrack_entries(&self) -> Result<u64, DataplaneError> {
+        Ok(self.maps().conntrack_entries()? as u64)
+    }
+
+    fn map_fill(&self) -> Result<Vec<MapFill>, DataplaneError> {
+        let applied = self.applied.read().unwrap_or_else(|p| p.into_inner());
+        let conntrack = self.conntrack_entries()?;
+        Ok(vec![
+            MapFill {
+                map: map_names::FRONTENDS,
+                used: applied.frontends.len() as u64,
+                capacity: self.capacity.frontends.into(),
+            },
+            MapFill {
+                map: map_names::BACKENDS,
+                used: applied.backends.len() as u64,
+                capacity: self.capacity.backends.into(),
+            },
+            MapFill {
+                map: map_names::SELECTION,
+                used: applied.selection_slots_used(),
+                capacity: self.capacity.selection_slots.into(),
+            },
+            MapFill {
+                map: map_names::SERVICE_NAMES,
+                used: applied.service_names.len() as u64,
+                capacity: self.capacity.services.into(),
+            },
+            MapFill {
+                map: map_names::SOURCE_RANGES,
+                used: applied.source_ranges.len() as u64,
+                capacity: self.capacity.source_ranges.into(),
+            },
+            MapFill {
+                map: map_names::CONNTRACK,
+                used: conntrack,
+                capacity: self.conntrack_capacity.into(),
+            },
+        ])
+    }
+}

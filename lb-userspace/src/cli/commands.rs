@@ -1,0 +1,186 @@
+//! The operator commands' glue: open the pinned maps, read, print.
+
+use std::{collections::BTreeMap, path::Path, time::Duration};
+
+use anyhow::Context as _;
+
+use super::{AttachArgs, OutputFormat, PinArgs, ServicesArgs, StatsArgs, services, stats::Stats};
+use crate::{
+    agent::ingress_mode,
+    dataplane::{
+        Capacity, MapWriter as _,
+        aya_maps::AyaMaps,
+        loader::{Datapath, DatapathOptions},
+    },
+};
+
+/// The maps pinned under `pin_path`, with a hint when there are none.
+pub fn open_pinned(pin_path: &Path) -> anyhow::Result<AyaMaps> {
+    AyaMaps::from_pin(pin_path, Capacity::default()).with_context(|| {
+        format!(
+            "no slicelb maps pinned under {} (is an agent running, or was --pin-path different?)",
+            pin_path.display()
+        )
+    })
+}
+
+pub fn services(args: &ServicesArgs) -> anyhow::Result<()> {
+    let maps = open_pinned(&args.pin_path)?;
+    let applied = maps.read().context("reading the maps")?;
+    let counters: BTreeMap<u32, lb_common::ServiceCounters> = maps
+        .all_service_counters()
+        .context("reading SERVICE_STATS")?
+        .into_iter()
+        .map(|(id, _, c)| (id, c))
+        .collect();
+    let rows = services::rows(&applied, &counters);
+    print!(
+        "{}",
+        match args.output {
+            OutputFormat::Table => services::render_table(&rows),
+            OutputFormat::Json => services::render_json(&rows),
+        }
+    );
+    Ok(())
+}
+
+fn read_stats(maps: &AyaMaps) -> anyhow::Result<Stats> {
+    let reasons: Vec<u64> = maps
+        .reasons()
+        .context("reading REASON_STATS")?
+        .into_iter()
+        .map(|(_, n)| n)
+        .collect();
+    let protocols: Vec<u64> = maps
+        .protocols()
+        .context("reading PROTO_STATS")?
+        .into_iter()
+        .map(|(_, n)| n)
+        .collect();
+    Ok(Stats::new(&reasons, &protocols))
+}
+
+pub fn stats(args: &StatsArgs) -> anyhow::Result<()> {
+    let stats = read_stats(&open_pinned(&args.pin_path)?)?;
+    print!(
+        "{}",
+        match args.output {
+            OutputFormat::Table => stats.render_table(),
+            OutputFormat::Json => stats.render_json(),
+        }
+    );
+    Ok(())
+}
+
+pub fn detach(args: &PinArgs) -> anyhow::Result<()> {
+    Datapath::detach(&args.pin_path)
+        .with_context(|| format!("removing what is pinned under {}", args.pin_path.display()))?;
+    println!(
+        "detached: programs, links and maps under {} removed",
+        args.pin_path.display()
+    );
+    Ok(())
+}
+
+/// Loads and attaches the programs with empty maps (nothing is balanced; the counters show
+/// what passes), then prints the per-protocol counters until Ctrl-C or `--duration`.
+pub fn attach(args: &AttachArgs) -> anyhow::Result<()> {
+    let mut datapath =
+        Datapath::open(&args.pin_path, &DatapathOptions::default()).with_context(|| {
+            format!(
+                "loading the programs pinned under {}",
+                args.pin_path.display()
+            )
+        })?;
+    for iface in &args.ifaces {
+        let mode = ingress_mode(args.xdp_mode, iface);
+        datapath
+            .attach(iface, mode)
+            .with_context(|| format!("attaching to {iface}"))?;
+        println!(
+            "attached to {iface} ({mode:?} ingress, TC egress); pinned under {}",
+            args.pin_path.display()
+        );
+    }
+    let maps = AyaMaps::from_datapath(&datapath).context("opening the maps")?;
+    let started = std::time::Instant::now();
+    let deadline = args.duration.map(Duration::from_secs);
+    loop {
+        std::thread::sleep(Duration::from_secs(args.interval.max(1)));
+        let stats = read_stats(&maps)?;
+        let line: Vec<String> = stats
+            .protocols
+            .iter()
+            .map(|(name, n)| format!("{name}={n}"))
+            .collect();
+        println!("{}", line.join(" "));
+        if deadline.is_some_and(|d| started.elapsed() >= d) {
+            break;
+        }
+    }
+    println!(
+        "programs stay attached; `slicelb detach --pin-path {}` removes them",
+        args.pin_path.display()
+    );
+    Ok(())
+}
+
+/// Drift between what the source says and what the kernel holds.
+#[derive(Debug, thiserror::Error)]
+#[error("{count} difference(s) between the source and the kernel's maps under {pin_path}")]
+pub struct Drift {
+    pub count: usize,
+    pub pin_path: String,
+}
+
+/// `slicelb check`: the model's desired state for the source's snapshot, compared with the
+/// pinned maps. Prints every difference; an error (exit 1) when there is any.
+pub fn check(args: &super::CheckArgs) -> anyhow::Result<()> {
+    use crate::{
+        model::{self, ModelConfig, NodeInfo},
+        source::{self, SourceConfig},
+    };
+    let node = NodeInfo {
+        name: args.node_name.clone(),
+        zone: None,
+        nodeport_addresses: crate::agent::nodeport_addresses(&args.nodeport_addresses)
+            .context("listing this node's addresses for NodePorts")?,
+    };
+    let config = SourceConfig::from(&args.source);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let snapshot = runtime
+        .block_on(source::snapshot_once(config, node))
+        .context("reading the source")?;
+    let built = model::build(
+        &snapshot,
+        &ModelConfig {
+            proxy_name: args.service_proxy_name.clone(),
+        },
+    );
+    for warning in &built.warnings {
+        eprintln!("skipped: {warning}");
+    }
+    let applied = open_pinned(&args.pin_path)?
+        .read()
+        .context("reading the maps")?;
+    let differences = built.state.differences(&applied);
+    if differences.is_empty() {
+        println!(
+            "in sync: {} service ports, {} frontends",
+            built.state.services.len(),
+            applied.frontends.len()
+        );
+        return Ok(());
+    }
+    for difference in &differences {
+        println!("{difference}");
+    }
+    Err(Drift {
+        count: differences.len(),
+        pin_path: args.pin_path.display().to_string(),
+    }
+    .into())
+}

@@ -1,0 +1,278 @@
+//! [`MemoryMaps`]: the configuration maps in memory, with the kernel maps' sizes and
+//! semantics (bounded arrays and hash maps), and a checker for the invariant packets rely
+//! on. Tests apply plans to it op by op.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt, io,
+};
+
+use lb_common::{Backend, FrontendKey, FrontendValue, SourceRangeKey, backend_state, map_names};
+
+use super::{AppliedState, Capacity, DataplaneError, MapOp, MapWriter};
+
+/// The configuration maps, in memory.
+#[derive(Clone, Debug)]
+pub struct MemoryMaps {
+    capacity: Capacity,
+    frontends: BTreeMap<FrontendKey, FrontendValue>,
+    /// Indexed by backend id, `capacity.backends` long, like the BACKENDS array.
+    backends: Vec<Backend>,
+    /// `capacity.selection_slots` long, like the SELECTION array.
+    selection: Vec<u32>,
+    service_names: BTreeMap<u32, String>,
+    source_ranges: BTreeSet<(SourceRangeKey, u32)>,
+    /// Ops applied so far (tests count them).
+    pub applied_ops: usize,
+}
+
+/// A way the maps would mislead a packet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Violation {
+    /// A frontend's table runs past the end of SELECTION.
+    TableOutOfBounds {
+        frontend: FrontendKey,
+        offset: u32,
+        size: u32,
+    },
+    /// A table slot names a backend id that is out of range or empty.
+    SlotWithoutBackend {
+        frontend: FrontendKey,
+        slot: u32,
+        backend_id: u32,
+    },
+    /// A frontend names a service id without a name.
+    ServiceWithoutName {
+        frontend: FrontendKey,
+        service_id: u32,
+    },
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::TableOutOfBounds {
+                frontend,
+                offset,
+                size,
+            } => {
+                write!(
+                    f,
+                    "frontend {frontend:?}: table {offset}+{size} runs past SELECTION"
+                )
+            }
+            Self::SlotWithoutBackend {
+                frontend,
+                slot,
+                backend_id,
+            } => {
+                write!(
+                    f,
+                    "frontend {frontend:?}: slot {slot} names backend {backend_id}, which does not exist"
+                )
+            }
+            Self::ServiceWithoutName {
+                frontend,
+                service_id,
+            } => {
+                write!(
+                    f,
+                    "frontend {frontend:?}: service id {service_id} has no name"
+                )
+            }
+        }
+    }
+}
+
+fn not_found(what: String) -> io::Error {
+    io::Error::new(io::ErrorKind::NotFound, what)
+}
+
+impl MemoryMaps {
+    pub fn new(capacity: Capacity) -> Self {
+        Self {
+            capacity,
+            frontends: BTreeMap::new(),
+            backends: vec![Backend::default(); capacity.backends as usize],
+            selection: vec![0; capacity.selection_slots as usize],
+            service_names: BTreeMap::new(),
+            source_ranges: BTreeSet::new(),
+            applied_ops: 0,
+        }
+    }
+
+    /// Applies one op, with the kernel maps' bounds.
+    pub fn apply_op(&mut self, op: &MapOp) -> Result<(), DataplaneError> {
+        let cap = self.capacity;
+        match op {
+            MapOp::PutBackend { id, backend } => {
+                let slot = self
+                    .backends
+                    .get_mut(*id as usize)
+                    .filter(|_| *id != 0)
+                    .ok_or(DataplaneError::MapFull {
+                        map: map_names::BACKENDS,
+                        capacity: cap.backends,
+                    })?;
+                *slot = *backend;
+            }
+            MapOp::DeleteBackend { id } => {
+                // Array entries cannot be deleted; the writer empties the slot.
+                let slot = self.backends.get_mut(*id as usize).ok_or_else(|| {
+                    DataplaneError::MapWrite {
+                        map: map_names::BACKENDS,
+                        source: not_found(format!("backend id {id}")),
+                    }
+                })?;
+                *slot = Backend::default();
+            }
+            MapOp::PutSelection { offset, slots } => {
+                let end = *offset as usize + slots.len();
+                let target = self.selection.get_mut(*offset as usize..end).ok_or(
+                    DataplaneError::MapFull {
+                        map: map_names::SELECTION,
+                        capacity: cap.selection_slots,
+                    },
+                )?;
+                target.copy_from_slice(slots);
+            }
+            MapOp::PutFrontend { key, value } => {
+                if !self.frontends.contains_key(key)
+                    && self.frontends.len() >= cap.frontends as usize
+                {
+                    return Err(DataplaneError::MapFull {
+                        map: map_names::FRONTENDS,
+                        capacity: cap.frontends,
+                    });
+                }
+                self.frontends.insert(*key, *value);
+            }
+            MapOp::DeleteFrontend { key } => {
+                self.frontends
+                    .remove(key)
+                    .ok_or_else(|| DataplaneError::MapWrite {
+                        map: map_names::FRONTENDS,
+                        source: not_found(format!("frontend {key:?}")),
+                    })?;
+            }
+            MapOp::PutServiceName { id, name } => {
+                if *id == 0 || *id >= cap.services {
+                    return Err(DataplaneError::MapFull {
+                        map: map_names::SERVICE_NAMES,
+                        capacity: cap.services,
+                    });
+                }
+                self.service_names.insert(*id, name.clone());
+            }
+            MapOp::DeleteServiceName { id } => {
+                self.service_names
+                    .remove(id)
+                    .ok_or_else(|| DataplaneError::MapWrite {
+                        map: map_names::SERVICE_NAMES,
+                        source: not_found(format!("service id {id}")),
+                    })?;
+            }
+            MapOp::PutSourceRange { key, prefix_len } => {
+                let entry = (*key, *prefix_len);
+                if !self.source_ranges.contains(&entry)
+                    && self.source_ranges.len() >= cap.source_ranges as usize
+                {
+                    return Err(DataplaneError::MapFull {
+                        map: map_names::SOURCE_RANGES,
+                        capacity: cap.source_ranges,
+                    });
+                }
+                self.source_ranges.insert(entry);
+            }
+            MapOp::DeleteSourceRange { key, prefix_len } => {
+                if !self.source_ranges.remove(&(*key, *prefix_len)) {
+                    return Err(DataplaneError::MapWrite {
+                        map: map_names::SOURCE_RANGES,
+                        source: not_found(format!("source range {key:?}/{prefix_len}")),
+                    });
+                }
+            }
+        }
+        self.applied_ops += 1;
+        Ok(())
+    }
+
+    /// Checks what a packet relies on: every frontend's table lies inside SELECTION, each of
+    /// its slots names an existing backend, and its service has a name.
+    pub fn check(&self) -> Vec<Violation> {
+        let mut violations = Vec::new();
+        for (key, value) in &self.frontends {
+            if !self.service_names.contains_key(&value.service_id) {
+                violations.push(Violation::ServiceWithoutName {
+                    frontend: *key,
+                    service_id: value.service_id,
+                });
+            }
+            if value.table_size == 0 {
+                continue;
+            }
+            let start = value.table_offset as usize;
+            let Some(slots) = self.selection.get(start..start + value.table_size as usize) else {
+                violations.push(Violation::TableOutOfBounds {
+                    frontend: *key,
+                    offset: value.table_offset,
+                    size: value.table_size,
+                });
+                continue;
+            };
+            for (slot, &backend_id) in slots.iter().enumerate() {
+                let exists = backend_id != 0
+                    && self
+                        .backends
+                        .get(backend_id as usize)
+                        .is_some_and(|b| b.state != backend_state::EMPTY);
+                if !exists {
+                    violations.push(Violation::SlotWithoutBackend {
+                        frontend: *key,
+                        slot: slot as u32,
+                        backend_id,
+                    });
+                    break; // one per frontend is enough to name the problem
+                }
+            }
+        }
+        violations
+    }
+
+    fn snapshot(&self) -> AppliedState {
+        let mut selection = BTreeMap::new();
+        for value in self.frontends.values().filter(|v| v.table_size > 0) {
+            let start = value.table_offset as usize;
+            if let Some(slots) = self.selection.get(start..start + value.table_size as usize) {
+                selection.insert(value.table_offset, slots.to_vec());
+            }
+        }
+        AppliedState {
+            frontends: self.frontends.clone(),
+            backends: self
+                .backends
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| b.state != backend_state::EMPTY)
+                .map(|(id, b)| (id as u32, *b))
+                .collect(),
+            selection,
+            service_names: self.service_names.clone(),
+            source_ranges: self.source_ranges.clone(),
+        }
+    }
+}
+
+impl MapWriter for MemoryMaps {
+    fn capacity(&self) -> Capacity {
+        self.capacity
+    }
+
+    fn read(&self) -> Result<AppliedState, DataplaneError> {
+        Ok(self.snapshot())
+    }
+
+    fn apply(&mut self, ops: &[MapOp]) -> Result<(), DataplaneError> {
+        ops.iter().try_for_each(|op| self.apply_op(op))
+    }
+}
