@@ -216,9 +216,8 @@ impl Tc<'_> {
     /// Makes the first `len` bytes (or the whole packet when shorter) directly accessible.
     #[inline(always)]
     pub fn pull(&self, len: u32) {
-        let total = self.0.len();
-        if self.data() + (len.min(total) as usize) > self.data_end() {
-            let want = if total < len { total } else { len };
+        let want = len.min(self.0.len());
+        if self.data() + want as usize > self.data_end() {
             // SAFETY: helper call on our own context; failure leaves the packet as it was.
             unsafe { bpf_skb_pull_data(self.skb(), want) };
         }
