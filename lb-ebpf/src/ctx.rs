@@ -6,12 +6,13 @@
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{
-        __sk_buff, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
+        __sk_buff, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_F_RECOMPUTE_CSUM,
+        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
     },
     helpers::generated::{
-        bpf_csum_diff, bpf_l3_csum_replace, bpf_l4_csum_replace, bpf_redirect, bpf_skb_adjust_room,
-        bpf_skb_change_tail, bpf_skb_pull_data, bpf_xdp_adjust_head, bpf_xdp_adjust_tail,
-        bpf_xdp_get_buff_len,
+        bpf_csum_diff, bpf_csum_update, bpf_l3_csum_replace, bpf_l4_csum_replace, bpf_redirect,
+        bpf_skb_adjust_room, bpf_skb_change_tail, bpf_skb_pull_data, bpf_skb_store_bytes,
+        bpf_xdp_adjust_head, bpf_xdp_adjust_tail, bpf_xdp_get_buff_len,
     },
     programs::{TcContext, XdpContext},
 };
@@ -215,9 +216,8 @@ impl Tc<'_> {
     /// Makes the first `len` bytes (or the whole packet when shorter) directly accessible.
     #[inline(always)]
     pub fn pull(&self, len: u32) {
-        let total = self.0.len();
-        if self.data() + (len.min(total) as usize) > self.data_end() {
-            let want = if total < len { total } else { len };
+        let want = len.min(self.0.len());
+        if self.data() + want as usize > self.data_end() {
             // SAFETY: helper call on our own context; failure leaves the packet as it was.
             unsafe { bpf_skb_pull_data(self.skb(), want) };
         }
@@ -260,13 +260,26 @@ impl PacketCtx for Tc<'_> {
         ip_csum_offset: Option<usize>,
         l4: Option<L4Csum>,
     ) -> Result<(), ()> {
-        write_bytes(
-            self.data(),
-            self.data_end(),
-            addr_offset,
-            new,
-            if ipv6 { 16 } else { 4 },
-        )?;
+        if ipv6 {
+            // IPv6 has no header checksum to balance the new address: store it through the
+            // helper so that a CHECKSUM_COMPLETE `skb->csum` follows the change.
+            // SAFETY: helper call with a 16-byte buffer on our stack.
+            let ret = unsafe {
+                bpf_skb_store_bytes(
+                    self.skb(),
+                    addr_offset as u32,
+                    new.as_ptr().cast(),
+                    16,
+                    BPF_F_RECOMPUTE_CSUM as u64,
+                )
+            };
+            if ret != 0 {
+                return Err(());
+            }
+        } else {
+            // The IPv4 header checksum update balances the address change.
+            write_bytes(self.data(), self.data_end(), addr_offset, new, 4)?;
+        }
         if ipv6 {
             if let Some(l4) = l4 {
                 let mut from = *old;
@@ -341,6 +354,21 @@ impl PacketCtx for Tc<'_> {
             };
             if ret != 0 {
                 return Err(());
+            }
+            // A UDP datagram without checksum has no field to balance the port change: tell
+            // a CHECKSUM_COMPLETE `skb->csum` about it directly.
+            if l4.udp && read_u16(self.data(), self.data_end(), l4.offset)? == 0 {
+                let mut from = [old, 0];
+                let mut to = [new, 0];
+                // SAFETY: helper calls with 4-byte buffers on our stack.
+                unsafe {
+                    let diff =
+                        bpf_csum_diff(from.as_mut_ptr().cast(), 4, to.as_mut_ptr().cast(), 4, 0);
+                    if diff < 0 {
+                        return Err(());
+                    }
+                    bpf_csum_update(self.skb(), diff as u32);
+                }
             }
         }
         Ok(())

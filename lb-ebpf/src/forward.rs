@@ -43,8 +43,9 @@ pub fn process<C: PacketCtx>(ctx: &C) -> Verdict {
     let Some(frontend) = FRONTENDS.get_ptr(&key) else {
         return Verdict::pass(Reason::PassNoFrontend);
     };
-    // SAFETY: a map value pointer, valid for the whole program run (RCU); the agent
-    // replaces frontends whole, never edits one in place.
+    // SAFETY: a map value pointer, valid memory for the whole program run (RCU). As with
+    // any BPF hash lookup, an agent update racing this packet may show it the new value;
+    // it is referenced, not copied, to keep the stack frame small.
     let frontend: &FrontendValue = unsafe { &*frontend };
     if frontend.flags & frontend_flags::SOURCE_RANGES != 0
         && !lookup::source_allowed(p, frontend.service_id)

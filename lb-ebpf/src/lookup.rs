@@ -189,6 +189,10 @@ fn affinity_target(p: &Parsed, key: &AffinityKey, timeout_secs: u32, now: u64) -
         return None;
     }
     let backend = backend(id)?;
+    // An IPv4 frontend never sends to an IPv6 backend (the agent does not write that).
+    if backend.family != p.family {
+        return None;
+    }
     Some(target_of(p, id, &backend))
 }
 
@@ -198,6 +202,10 @@ fn maglev_target(p: &Parsed, frontend: &FrontendValue) -> Option<Target> {
     let slot = frontend.table_offset + hash % frontend.table_size;
     let id = *SELECTION.get(slot)?;
     let backend = backend(id)?;
+    // An IPv4 frontend never sends to an IPv6 backend (the agent does not write that).
+    if backend.family != p.family {
+        return None;
+    }
     Some(target_of(p, id, &backend))
 }
 

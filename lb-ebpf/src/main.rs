@@ -1,5 +1,40 @@
 //! slicelb's kernel programs. The entry points are thin: each runs the shared logic for its
 //! role, counts the reason, and turns the verdict into its program type's return code.
+//!
+//! Modules by role: `parse` (headers), `lookup` (conntrack, affinity, Maglev; flow records),
+//! `nat` (address/port rewrites), `ctx` (what XDP and TC do differently: checksum updates,
+//! resizing, sending back), `csum` (RFC 1624 arithmetic), `reject` (RST, port unreachable),
+//! `icmp` (ICMP errors about balanced flows), `fragments`, `counters`, `forward` / `reverse`
+//! (the two paths), `verdict`.
+//!
+//! Decisions worth knowing:
+//! - Checksums: XDP updates them in software (RFC 1624), which is right for full checksums
+//!   only; TC uses `bpf_l3/l4_csum_replace` with `BPF_F_PSEUDO_HDR`, so partial (offloaded)
+//!   checksums from local veths and `CHECKSUM_COMPLETE` sums stay right. Use TC ingress on
+//!   interfaces that carry partial checksums.
+//! - SCTP: only the address is rewritten; ports stay (the backend must listen on the
+//!   service port). SCTP's CRC32c covers no pseudo-header, so an address change leaves it
+//!   valid, while a port change would need a pass over the whole packet.
+//! - Fragments: a first fragment is balanced like any packet and its backend recorded under
+//!   (addresses, IP id, protocol) in FRAGMENTS; later fragments of that datagram get the
+//!   same backend (address rewrite only, they carry no ports); a later fragment we have no
+//!   record of (it overtook its first, or its datagram is not for us) is passed to the stack
+//!   untouched (`pass_fragment_unknown`). Replies are not tracked per fragment: later
+//!   fragments of a fragmented reply leave untranslated.
+//! - ICMP errors are matched through the quoted packet's conntrack entry (IPv6 quotes must
+//!   have the L4 header right after the IPv6 header).
+//! - Rejects are built in place with full checksums and sent back out of the arrival
+//!   interface (XDP_TX / `bpf_redirect`). On TC the skb keeps its checksum state: fine on
+//!   veths (the receiver trusts partial checksums), not for hardware offload of the answer.
+//!   A veth delivers native XDP_TX frames only when its peer runs an XDP program too.
+//! - No source NAT: replies must come back through this node (true for pods behind it and
+//!   in the lab); `externalTrafficPolicy: Cluster` to endpoints on other nodes would need
+//!   SNAT, which this datapath does not do.
+//! - TC egress never drops: what it cannot parse leaves untouched (`pass_unparsed_headers`);
+//!   egress packets of no balanced flow count as `pass_no_frontend`.
+//! - TC passes with `TC_ACT_PIPE` (tcx: next program), drops with `TC_ACT_SHOT`.
+//! - Stack: each call chain must stay under 512 bytes, so the rare paths (rejects, ICMP,
+//!   fragments) and the balancing itself are separate BPF functions.
 #![no_std]
 #![no_main]
 #![expect(

@@ -99,7 +99,8 @@ pub struct DatapathOptions {
 /// How the forward path is attached to an interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IngressMode {
-    /// XDP in the driver (fastest; needs driver support).
+    /// XDP in the driver (fastest; needs driver support). On a veth, rejects sent with
+    /// XDP_TX reach the peer only when the peer runs an XDP program too.
     XdpNative,
     /// XDP in the stack (any interface).
     XdpGeneric,

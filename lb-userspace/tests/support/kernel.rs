@@ -224,9 +224,13 @@ pub fn test_capacity() -> MapCapacity {
 
 impl Env {
     pub fn new() -> Self {
+        Self::with_capacity(test_capacity())
+    }
+
+    pub fn with_capacity(capacity: MapCapacity) -> Self {
         require_root();
         let options = DatapathOptions {
-            capacity: test_capacity(),
+            capacity,
             config: Config::default(),
             overwrite_config: true,
         };
@@ -341,6 +345,17 @@ impl Env {
             }
             _ => test_run::run(self.datapath.xdp(name).expect("xdp program"), name, packet),
         }
+    }
+
+    /// A TC program run on an skb marked CHECKSUM_COMPLETE (the kernel checks `skb->csum`
+    /// against the packet afterwards).
+    pub fn run_checksum_complete(
+        &self,
+        program: Program,
+        packet: &[u8],
+    ) -> Result<RunOutput, test_run::TestRunError> {
+        let name = program.name();
+        test_run::run_checksum_complete(self.datapath.tc(name).expect("tc program"), name, packet)
     }
 
     pub fn reasons(&self) -> Vec<(Reason, u64)> {
