@@ -7,30 +7,14 @@ use std::{net::SocketAddr, path::Path, time::Duration};
 use slicelb::lab::{
     agent_lab::{AgentLab, all_three},
     demo::{DemoEndpoint, Frontend},
-    servers::HttpConnection,
 };
 
 const SLICELB: &str = env!("CARGO_BIN_EXE_slicelb");
 
 #[test]
 fn manifest_edits_steer_new_connections_while_established_ones_stay() {
-    let lab = AgentLab::new("lab_agent_edits", Path::new(SLICELB));
-    lab.write(&(1..=3).map(DemoEndpoint::ready).collect::<Vec<_>>());
-    let _agent = lab.start_agent();
-    lab.wait_until(
-        "first sync",
-        Frontend::ClusterIpV4,
-        Duration::from_secs(30),
-        all_three,
-    );
-
-    let service = Frontend::ClusterIpV4.addr();
-    let (mut kept, first) = lab.in_client(|| {
-        let mut connection =
-            HttpConnection::connect(service, Duration::from_secs(2)).expect("connect");
-        let first = connection.get().expect("first request");
-        (connection, first)
-    });
+    let (lab, _agent) = AgentLab::with_synced_agent("lab_agent_edits", Path::new(SLICELB));
+    let (mut kept, first) = lab.open_kept_connection();
     let kept_index: u8 = first
         .strip_prefix("backend-")
         .and_then(|n| n.parse().ok())
@@ -84,29 +68,8 @@ fn manifest_edits_steer_new_connections_while_established_ones_stay() {
 
 #[test]
 fn killing_and_restarting_the_agent_keeps_tcp_and_udp_flowing() {
-    let lab = AgentLab::new("lab_agent_restart", Path::new(SLICELB));
-    lab.write(&(1..=3).map(DemoEndpoint::ready).collect::<Vec<_>>());
-    let mut agent = lab.start_agent();
-    lab.wait_until(
-        "first sync",
-        Frontend::ClusterIpV4,
-        Duration::from_secs(30),
-        all_three,
-    );
-    lab.wait_until(
-        "UDP sync",
-        Frontend::UdpClusterIp,
-        Duration::from_secs(30),
-        all_three,
-    );
-
-    let service = Frontend::ClusterIpV4.addr();
-    let (mut kept, first) = lab.in_client(|| {
-        let mut connection =
-            HttpConnection::connect(service, Duration::from_secs(2)).expect("connect");
-        let first = connection.get().expect("first request");
-        (connection, first)
-    });
+    let (lab, mut agent) = AgentLab::with_synced_agent("lab_agent_restart", Path::new(SLICELB));
+    let (mut kept, first) = lab.open_kept_connection();
     // A UDP "session" from one source port: it must keep its backend across the restart.
     let udp_service: SocketAddr = Frontend::UdpClusterIp.addr();
     let udp = lab.in_client(|| {

@@ -7,31 +7,12 @@ use std::{
     time::Duration,
 };
 
-use slicelb::lab::{
-    Lab,
-    agent_lab::{AgentLab, all_three},
-    demo::{DemoEndpoint, Frontend},
-};
+use slicelb::lab::{Lab, agent_lab::AgentLab, demo::Frontend};
 
 const SLICELB: &str = env!("CARGO_BIN_EXE_slicelb");
 
 fn ready_lab(test: &str) -> (AgentLab, slicelb::lab::ChildGuard) {
-    let lab = AgentLab::new(test, Path::new(SLICELB));
-    lab.write(&(1..=3).map(DemoEndpoint::ready).collect::<Vec<_>>());
-    let agent = lab.start_agent();
-    lab.wait_until(
-        "first sync",
-        Frontend::ClusterIpV4,
-        Duration::from_secs(30),
-        all_three,
-    );
-    lab.wait_until(
-        "UDP",
-        Frontend::UdpClusterIp,
-        Duration::from_secs(30),
-        all_three,
-    );
-    (lab, agent)
+    AgentLab::with_synced_agent(test, Path::new(SLICELB))
 }
 
 fn stdout_of(output: &std::process::Output, what: &str) -> String {
@@ -108,6 +89,11 @@ fn services_lists_every_frontend_with_its_backends() {
         ),
         (
             "default/my-app-service:http",
+            "NodePort",
+            "[2001:2::1]:30080/TCP",
+        ),
+        (
+            "default/my-app-service:http",
             "LoadBalancer",
             "198.18.200.10:80/TCP",
         ),
@@ -124,7 +110,7 @@ fn services_lists_every_frontend_with_its_backends() {
     }
     assert_eq!(
         frontends.len(),
-        5,
+        6,
         "exactly the demo's frontends: {frontends:?}"
     );
     for row in rows {
@@ -158,8 +144,8 @@ fn services_lists_every_frontend_with_its_backends() {
     );
     assert_eq!(
         table.matches("  -> ").count(),
-        15,
-        "3 backends under each of 5 frontends:\n{table}"
+        18,
+        "3 backends under each of 6 frontends:\n{table}"
     );
 }
 
@@ -265,7 +251,7 @@ fn check_reports_drift_written_by_hand() {
             "--node-name",
             "lab-node",
             "--nodeport-addresses",
-            "198.18.0.0/24",
+            "198.18.0.0/24,2001:2::/64",
         ];
         full.extend_from_slice(args);
         lab.slicelb_on_node(&full)
@@ -289,7 +275,7 @@ fn check_reports_drift_written_by_hand() {
             let key = *applied
                 .frontends
                 .keys()
-                .find(|k| u16::from_be(k.port) == 30080)
+                .find(|k| u16::from_be(k.port) == 30080 && k.family == lb_common::FAMILY_IPV4)
                 .expect("the NodePort frontend");
             maps.apply(&[MapOp::DeleteFrontend { key }])
                 .expect("delete by hand");

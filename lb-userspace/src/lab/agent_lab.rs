@@ -10,9 +10,9 @@ use std::{
 
 use super::{
     ChildGuard, Lab,
-    demo::{DemoEndpoint, Frontend, manifests},
+    demo::{DemoEndpoint, Frontend, agent_command, manifests},
     require_root,
-    servers::{http_get_once, udp_ask_once},
+    servers::{HttpConnection, http_get_once, udp_ask_once},
 };
 
 pub struct AgentLab {
@@ -52,22 +52,41 @@ impl AgentLab {
     }
 
     pub fn start_agent(&self) -> ChildGuard {
-        let mut command = self.lab.node.command(&self.slicelb.display().to_string());
-        command.args([
-            "agent",
-            "--iface",
-            Lab::NODE_CLIENT_IFACE,
-            "--config-dir",
-            &self.manifests.path().display().to_string(),
-            "--node-name",
-            "lab-node",
-            "--nodeport-addresses",
-            "198.18.0.0/24",
-            "--pin-path",
-            &self.pin_path.display().to_string(),
-        ]);
-        command.env("RUST_LOG", "warn");
+        let command = agent_command(
+            &self.lab,
+            &self.slicelb,
+            self.manifests.path(),
+            &self.pin_path,
+        );
         ChildGuard::spawn(command, "agent").expect("start agent")
+    }
+
+    /// The demo's services with backends 1..=3 ready and an agent that has synced them
+    /// (every backend answers on the ClusterIP and the UDP service).
+    pub fn with_synced_agent(test: &str, slicelb: &Path) -> (Self, ChildGuard) {
+        let lab = Self::new(test, slicelb);
+        lab.write(&(1..=3).map(DemoEndpoint::ready).collect::<Vec<_>>());
+        let agent = lab.start_agent();
+        for frontend in [Frontend::ClusterIpV4, Frontend::UdpClusterIp] {
+            lab.wait_until(
+                "the first sync",
+                frontend,
+                Duration::from_secs(30),
+                all_three,
+            );
+        }
+        (lab, agent)
+    }
+
+    /// A keep-alive connection to the IPv4 ClusterIP and the backend that answered it.
+    pub fn open_kept_connection(&self) -> (HttpConnection, String) {
+        let service = Frontend::ClusterIpV4.addr();
+        self.in_client(|| {
+            let mut connection =
+                HttpConnection::connect(service, Duration::from_secs(2)).expect("connect");
+            let first = connection.get().expect("first request");
+            (connection, first)
+        })
     }
 
     /// Runs `slicelb args…` in the node namespace (where the agent and its maps are).
