@@ -12,14 +12,15 @@ use lb_common::{
 
 use crate::{counters::count_proto, ctx::ptr_at};
 
-pub const ETH_LEN: usize = 14;
-pub const VLAN_LEN: usize = 4;
+pub const ETH_LEN: usize = network_types::eth::EthHdr::LEN;
+pub const VLAN_LEN: usize = network_types::vlan::VlanHdr::LEN;
 const ETHERTYPE_IPV4: u16 = 0x0800;
 const ETHERTYPE_IPV6: u16 = 0x86dd;
 const ETHERTYPE_VLAN: u16 = 0x8100;
 const ETHERTYPE_QINQ: u16 = 0x88a8;
 
-const IPV6_HDR_LEN: usize = 40;
+const IPV6_HDR_LEN: usize = network_types::ip::Ipv6Hdr::LEN;
+const _: () = assert!(ETH_LEN == 14 && VLAN_LEN == 4 && IPV6_HDR_LEN == 40);
 const NEXT_HOP_BY_HOP: u8 = 0;
 const NEXT_ROUTING: u8 = 43;
 const NEXT_FRAGMENT: u8 = 44;
