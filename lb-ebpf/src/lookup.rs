@@ -167,7 +167,8 @@ fn conntrack_target(p: &Parsed, key: &FlowKey, now: u64) -> Option<Target> {
     if direction != flow_direction::FORWARD {
         return None;
     }
-    // Saturating: a time from another clock source must not wrap into "expired long ago".
+    // Saturating: an entry stamped by the finer `bpf_ktime_get_ns` (an older datapath over
+    // the same pinned maps) may lie up to a tick ahead; it must not wrap into "expired".
     let age = now.saturating_sub(last_seen);
     let timeout = flow_timeout(p.proto, seen);
     // ">=": a zero timeout keeps no flow, even within one tick of the coarse clock.
@@ -189,16 +190,16 @@ fn conntrack_target(p: &Parsed, key: &FlowKey, now: u64) -> Option<Target> {
     {
         return None;
     }
-    let now_seen = if p.proto == PROTO_TCP {
+    let updated_seen = if p.proto == PROTO_TCP {
         seen | tcp_seen_bits(p.tcp_flags)
     } else {
         seen
     };
-    if age >= refresh_interval(timeout) || now_seen != seen {
+    if age >= refresh_interval(timeout) || updated_seen != seen {
         // SAFETY: as above.
         unsafe {
             (*entry).last_seen_ns = now;
-            (*entry).tcp_flags_seen = now_seen;
+            (*entry).tcp_flags_seen = updated_seen;
         }
     }
     Some(Target {
@@ -229,7 +230,8 @@ fn affinity_target(p: &Parsed, key: &AffinityKey, timeout_secs: u32, now: u64) -
     let entry = AFFINITY.get_ptr(key)?;
     // SAFETY: a map value pointer; fields copied at once.
     let (id, last_seen) = unsafe { ((*entry).backend_id, (*entry).last_seen_ns) };
-    if now.wrapping_sub(last_seen) > timeout_secs as u64 * 1_000_000_000 {
+    // Saturating, as for conntrack: a time from another clock must not read as expired.
+    if now.saturating_sub(last_seen) > timeout_secs as u64 * 1_000_000_000 {
         return None;
     }
     let backend = backend(id)?;
