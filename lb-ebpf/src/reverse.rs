@@ -7,7 +7,7 @@ use lb_common::{PROTO_ICMP, PROTO_ICMPV6, Reason, flow_direction};
 use crate::{
     ctx::PacketCtx,
     icmp::{self, Direction},
-    lookup::{flow_key, now_ns},
+    lookup::{REFRESH_NS, flow_key, now_ns},
     maps::CONNTRACK,
     nat::{Side, rewrite},
     parse::{Fragment, Parsed, parse},
@@ -46,7 +46,12 @@ fn reply_nat<C: PacketCtx>(ctx: &C, p: &Parsed) -> Verdict {
     if flow.direction != flow_direction::REPLY {
         return Verdict::pass(Reason::PassNoFrontend);
     }
-    flow.last_seen_ns = now_ns();
+    // Refreshed at most once a second, as on the forward path (the datapath never reads a
+    // reply entry's time; it records when the flow last carried a reply).
+    let now = now_ns();
+    if now.saturating_sub(flow.last_seen_ns) >= REFRESH_NS {
+        flow.last_seen_ns = now;
+    }
     if rewrite(ctx, p, Side::Source, &flow.nat_addr, flow.nat_port).is_err() {
         return Verdict::drop(Reason::DropInternal);
     }
