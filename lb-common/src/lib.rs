@@ -230,7 +230,8 @@ pub struct FlowValue {
     /// Backend chosen for this flow (forward entries); the same id on the reply entry.
     pub backend_id: u32,
     pub service_id: u32,
-    /// `bpf_ktime_get_ns()` of the last packet in either direction.
+    /// `bpf_ktime_get_coarse_ns()` (CLOCK_MONOTONIC_COARSE) of the last packet, refreshed at
+    /// most once a second (or an eighth of a shorter timeout) to spare a write per packet.
     pub last_seen_ns: u64,
     /// Network byte order. Forward: backend address. Reply: frontend address.
     pub nat_addr: [u8; 16],

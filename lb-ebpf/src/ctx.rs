@@ -6,12 +6,13 @@
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{
-        __sk_buff, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
+        __sk_buff, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_F_RECOMPUTE_CSUM,
+        bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
     },
     helpers::generated::{
-        bpf_csum_diff, bpf_l3_csum_replace, bpf_l4_csum_replace, bpf_redirect, bpf_skb_adjust_room,
-        bpf_skb_change_tail, bpf_skb_pull_data, bpf_xdp_adjust_head, bpf_xdp_adjust_tail,
-        bpf_xdp_get_buff_len,
+        bpf_csum_diff, bpf_csum_update, bpf_l3_csum_replace, bpf_l4_csum_replace, bpf_redirect,
+        bpf_skb_adjust_room, bpf_skb_change_tail, bpf_skb_pull_data, bpf_skb_store_bytes,
+        bpf_xdp_adjust_head, bpf_xdp_adjust_tail, bpf_xdp_get_buff_len,
     },
     programs::{TcContext, XdpContext},
 };
@@ -32,6 +33,9 @@ pub trait PacketCtx {
     fn data_end(&self) -> usize;
     /// Packet length in bytes (for the byte counters).
     fn packet_len(&self) -> u32;
+    /// The full packet length when `data_end` may end before the packet does (TC), or 0
+    /// when `data_end` is the end of the packet (XDP without multi-buffer).
+    fn wire_len(&self) -> usize;
     /// Replaces an address at `addr_offset` with `new` and fixes the IPv4 header checksum
     /// (when `ip_csum_offset` is given) and the L4 checksum (pseudo-header).
     fn rewrite_addr(
@@ -133,6 +137,10 @@ impl PacketCtx for Xdp<'_> {
         unsafe { core::ptr::read_volatile(&(*self.0.ctx).data_end) as usize }
     }
     #[inline(always)]
+    fn wire_len(&self) -> usize {
+        0
+    }
+    #[inline(always)]
     fn packet_len(&self) -> u32 {
         // SAFETY: helper call on our own context. (Not `data_end - data`: the verifier
         // forbids arithmetic on the end pointer, which the compiler may produce.)
@@ -208,9 +216,8 @@ impl Tc<'_> {
     /// Makes the first `len` bytes (or the whole packet when shorter) directly accessible.
     #[inline(always)]
     pub fn pull(&self, len: u32) {
-        let total = self.0.len();
-        if self.data() + (len.min(total) as usize) > self.data_end() {
-            let want = if total < len { total } else { len };
+        let want = len.min(self.0.len());
+        if self.data() + want as usize > self.data_end() {
             // SAFETY: helper call on our own context; failure leaves the packet as it was.
             unsafe { bpf_skb_pull_data(self.skb(), want) };
         }
@@ -240,6 +247,10 @@ impl PacketCtx for Tc<'_> {
         self.0.len()
     }
     #[inline(always)]
+    fn wire_len(&self) -> usize {
+        self.0.len() as usize
+    }
+    #[inline(always)]
     fn rewrite_addr(
         &self,
         addr_offset: usize,
@@ -249,13 +260,26 @@ impl PacketCtx for Tc<'_> {
         ip_csum_offset: Option<usize>,
         l4: Option<L4Csum>,
     ) -> Result<(), ()> {
-        write_bytes(
-            self.data(),
-            self.data_end(),
-            addr_offset,
-            new,
-            if ipv6 { 16 } else { 4 },
-        )?;
+        if ipv6 {
+            // IPv6 has no header checksum to balance the new address: store it through the
+            // helper so that a CHECKSUM_COMPLETE `skb->csum` follows the change.
+            // SAFETY: helper call with a 16-byte buffer on our stack.
+            let ret = unsafe {
+                bpf_skb_store_bytes(
+                    self.skb(),
+                    addr_offset as u32,
+                    new.as_ptr().cast(),
+                    16,
+                    BPF_F_RECOMPUTE_CSUM as u64,
+                )
+            };
+            if ret != 0 {
+                return Err(());
+            }
+        } else {
+            // The IPv4 header checksum update balances the address change.
+            write_bytes(self.data(), self.data_end(), addr_offset, new, 4)?;
+        }
         if ipv6 {
             if let Some(l4) = l4 {
                 let mut from = *old;
@@ -330,6 +354,21 @@ impl PacketCtx for Tc<'_> {
             };
             if ret != 0 {
                 return Err(());
+            }
+            // A UDP datagram without checksum has no field to balance the port change: tell
+            // a CHECKSUM_COMPLETE `skb->csum` about it directly.
+            if l4.udp && read_u16(self.data(), self.data_end(), l4.offset)? == 0 {
+                let mut from = [old, 0];
+                let mut to = [new, 0];
+                // SAFETY: helper calls with 4-byte buffers on our stack.
+                unsafe {
+                    let diff =
+                        bpf_csum_diff(from.as_mut_ptr().cast(), 4, to.as_mut_ptr().cast(), 4, 0);
+                    if diff < 0 {
+                        return Err(());
+                    }
+                    bpf_csum_update(self.skb(), diff as u32);
+                }
             }
         }
         Ok(())

@@ -1,5 +1,7 @@
 //! The forward path (XDP and TC ingress): a packet for a frontend goes to a backend.
 
+use core::mem::MaybeUninit;
+
 use lb_common::{
     FrontendKey, FrontendValue, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, Reason, frontend_flags,
 };
@@ -19,15 +21,17 @@ use crate::{
 
 #[inline(always)]
 pub fn process<C: PacketCtx>(ctx: &C) -> Verdict {
-    let mut p = Parsed::EMPTY;
-    if let Err(reason) = parse(ctx.data(), ctx.data_end(), true, &mut p) {
+    let mut slot = MaybeUninit::<Parsed>::uninit();
+    if let Err(reason) = parse(ctx.data(), ctx.data_end(), ctx.wire_len(), true, &mut slot) {
         return Verdict::early(reason);
     }
+    // SAFETY: `parse` returned Ok, so it initialised the slot.
+    let p = unsafe { slot.assume_init_ref() };
     if p.fragment == Fragment::Later {
-        return fragments::forward_later(ctx, &p);
+        return fragments::forward_later(ctx, p);
     }
     if p.proto == PROTO_ICMP || p.proto == PROTO_ICMPV6 {
-        return icmp::translate_error(ctx, &p, Direction::Ingress);
+        return icmp::translate_error(ctx, p, Direction::Ingress);
     }
     let key = FrontendKey {
         addr: p.dst,
@@ -39,23 +43,24 @@ pub fn process<C: PacketCtx>(ctx: &C) -> Verdict {
     let Some(frontend) = FRONTENDS.get_ptr(&key) else {
         return Verdict::pass(Reason::PassNoFrontend);
     };
-    // SAFETY: a map value pointer, valid for the whole program run (RCU); the agent
-    // replaces frontends whole, never edits one in place.
+    // SAFETY: a map value pointer, valid memory for the whole program run (RCU). As with
+    // any BPF hash lookup, an agent update racing this packet may show it the new value;
+    // it is referenced, not copied, to keep the stack frame small.
     let frontend: &FrontendValue = unsafe { &*frontend };
     if frontend.flags & frontend_flags::SOURCE_RANGES != 0
-        && !lookup::source_allowed(&p, frontend.service_id)
+        && !lookup::source_allowed(p, frontend.service_id)
     {
         return Verdict::drop(Reason::DropSourceRange);
     }
-    match balance(ctx, &p, frontend) {
+    match balance(ctx, p, frontend) {
         Some(verdict) => verdict,
         None => {
             if frontend.flags & frontend_flags::DROP_WHEN_EMPTY != 0 {
                 Verdict::drop(Reason::DropNoLocalEndpoint)
-            } else if p.proto == PROTO_TCP && lookup::is_syn(&p) {
-                reject::tcp_reset(ctx, &p)
+            } else if p.proto == PROTO_TCP && lookup::is_syn(p) {
+                reject::tcp_reset(ctx, p)
             } else {
-                reject::port_unreachable(ctx, &p)
+                reject::port_unreachable(ctx, p)
             }
         }
     }

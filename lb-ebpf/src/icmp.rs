@@ -10,6 +10,8 @@
 //! and every change here is balanced by a checksum change inside the packet, so a
 //! `CHECKSUM_COMPLETE` sum stays valid.
 
+use core::mem::MaybeUninit;
+
 use lb_common::{
     FAMILY_IPV4, FlowKey, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, Reason,
     flow_direction,
@@ -80,7 +82,8 @@ fn replace_addr(
 }
 
 /// Translates an ICMP error about a balanced flow, or passes the packet untouched.
-#[inline(always)]
+// Out of line: ICMP errors are rare, and their state stays off the packet path's frame.
+#[inline(never)]
 pub fn translate_error<C: PacketCtx>(ctx: &C, p: &Parsed, direction: Direction) -> Verdict {
     let (data, end) = (ctx.data(), ctx.data_end());
     let Some(header) = read::<8>(data, end, p.l4_off) else {
@@ -89,17 +92,42 @@ pub fn translate_error<C: PacketCtx>(ctx: &C, p: &Parsed, direction: Direction) 
     if !is_error(p, header[0]) {
         return Verdict::pass(Reason::PassOtherProtocol);
     }
-    match translate(ctx, p, direction) {
-        Ok(true) => Verdict::pass(Reason::IcmpErrorTranslated),
-        Ok(false) => Verdict::pass(Reason::PassNoFrontend),
+    // Two separate BPF functions called one after the other (not nested): each call chain
+    // stays under the 512-byte stack limit.
+    let mut quoted = MaybeUninit::<Quoted>::uninit();
+    match find_quoted(ctx, p, direction, &mut quoted) {
+        Ok(true) => {}
+        Ok(false) => return Verdict::pass(Reason::PassNoFrontend),
+        Err(reason) => return Verdict::early(reason),
+    }
+    // SAFETY: find_quoted returned Ok(true), so it wrote the whole struct.
+    let quoted = unsafe { quoted.assume_init_ref() };
+    match rewrite_quoted(ctx, p, direction, quoted) {
+        Ok(()) => Verdict::pass(Reason::IcmpErrorTranslated),
         Err(reason) => Verdict::early(reason),
     }
 }
 
-/// Ok(false): not about a balanced flow.
-// A separate BPF function: its own stack frame keeps each call chain under 512 bytes.
+/// The quoted packet's side that names the balanced flow, and what it becomes.
+struct Quoted {
+    inner_l3: usize,
+    inner_l4: usize,
+    /// The quoted address and port to replace (egress: destination; ingress: source).
+    old_addr: [u8; 16],
+    new_addr: [u8; 16],
+    old_port: u16,
+    new_port: u16,
+    proto: u8,
+}
+
+/// Ok(false): not about a balanced flow. Ok(true): `out` is written.
 #[inline(never)]
-fn translate<C: PacketCtx>(ctx: &C, p: &Parsed, direction: Direction) -> Result<bool, Reason> {
+fn find_quoted<C: PacketCtx>(
+    ctx: &C,
+    p: &Parsed,
+    direction: Direction,
+    out: &mut MaybeUninit<Quoted>,
+) -> Result<bool, Reason> {
     let (data, end) = (ctx.data(), ctx.data_end());
     let ipv6 = p.ipv6();
     let inner_l3 = p.l4_off + 8;
@@ -158,32 +186,58 @@ fn translate<C: PacketCtx>(ctx: &C, p: &Parsed, direction: Direction) -> Result<
     let Some(flow) = CONNTRACK.get_ptr(&key) else {
         return Ok(false);
     };
-    // SAFETY: a map value pointer; fields copied at once.
-    let (flow_direction, new_addr, new_port) =
-        unsafe { ((*flow).direction, (*flow).nat_addr, (*flow).nat_port) };
-    if flow_direction != wanted {
+    // SAFETY: a map value pointer, valid for the whole program run (RCU).
+    let flow = unsafe { &*flow };
+    if flow.direction != wanted {
         return Ok(false);
     }
+    let (old_addr, old_port) = match direction {
+        Direction::Egress => (key.src_addr, key.src_port),
+        Direction::Ingress => (key.dst_addr, key.dst_port),
+    };
+    out.write(Quoted {
+        inner_l3,
+        inner_l4,
+        old_addr,
+        new_addr: flow.nat_addr,
+        old_port,
+        new_port: flow.nat_port,
+        proto,
+    });
+    Ok(true)
+}
+
+/// Rewrites the quoted packet and the outer header, with every checksum.
+#[inline(never)]
+fn rewrite_quoted<C: PacketCtx>(
+    ctx: &C,
+    p: &Parsed,
+    direction: Direction,
+    q: &Quoted,
+) -> Result<(), Reason> {
+    let (data, end) = (ctx.data(), ctx.data_end());
+    let ipv6 = p.ipv6();
+    let (inner_l3, inner_l4, proto) = (q.inner_l3, q.inner_l4, q.proto);
     // Egress rewrites the quoted destination (backend -> frontend); ingress the quoted
     // source (frontend -> backend).
-    let (inner_addr_off, old_addr, port_off, old_port) = match (direction, ipv6) {
-        (Direction::Egress, false) => (inner_l3 + 16, &key.src_addr, inner_l4 + 2, key.src_port),
-        (Direction::Egress, true) => (inner_l3 + 24, &key.src_addr, inner_l4 + 2, key.src_port),
-        (Direction::Ingress, false) => (inner_l3 + 12, &key.dst_addr, inner_l4, key.dst_port),
-        (Direction::Ingress, true) => (inner_l3 + 8, &key.dst_addr, inner_l4, key.dst_port),
+    let (inner_addr_off, port_off) = match (direction, ipv6) {
+        (Direction::Egress, false) => (inner_l3 + 16, inner_l4 + 2),
+        (Direction::Egress, true) => (inner_l3 + 24, inner_l4 + 2),
+        (Direction::Ingress, false) => (inner_l3 + 12, inner_l4),
+        (Direction::Ingress, true) => (inner_l3 + 8, inner_l4),
     };
-    let addr_diff = csum::diff_addr(0, old_addr, &new_addr, ipv6);
+    let addr_diff = csum::diff_addr(0, &q.old_addr, &q.new_addr, ipv6);
     let port_diff = if proto == PROTO_SCTP {
         0
     } else {
-        csum::diff16(0, old_port, new_port)
+        csum::diff16(0, q.old_port, q.new_port)
     };
 
     // Changes inside the ICMP payload, summed for the ICMP checksum.
-    let mut icmp_diff = replace_addr(data, end, inner_addr_off, old_addr, &new_addr, ipv6)
+    let mut icmp_diff = replace_addr(data, end, inner_addr_off, &q.old_addr, &q.new_addr, ipv6)
         .ok_or(Reason::DropTruncated)?;
     if proto != PROTO_SCTP {
-        icmp_diff += replace16(data, end, port_off, new_port).ok_or(Reason::DropTruncated)?;
+        icmp_diff += replace16(data, end, port_off, q.new_port).ok_or(Reason::DropTruncated)?;
     }
     if !ipv6 {
         let offset = inner_l3 + 10;
@@ -197,13 +251,13 @@ fn translate<C: PacketCtx>(ctx: &C, p: &Parsed, direction: Direction) -> Result<
         PROTO_UDP => Some(inner_l4 + 6),
         _ => None,
     };
-    if let Some(offset) = l4_csum_off {
-        if let Some(old) = read::<2>(data, end, offset) {
-            let old = u16::from_ne_bytes(old);
-            if !(proto == PROTO_UDP && old == 0) {
-                let new = csum::apply(old, addr_diff + port_diff);
-                icmp_diff += replace16(data, end, offset, new).ok_or(Reason::DropTruncated)?;
-            }
+    if let Some(offset) = l4_csum_off
+        && let Some(old) = read::<2>(data, end, offset)
+    {
+        let old = u16::from_ne_bytes(old);
+        if !(proto == PROTO_UDP && old == 0) {
+            let new = csum::apply(old, addr_diff + port_diff);
+            icmp_diff += replace16(data, end, offset, new).ok_or(Reason::DropTruncated)?;
         }
     }
 
@@ -214,8 +268,8 @@ fn translate<C: PacketCtx>(ctx: &C, p: &Parsed, direction: Direction) -> Result<
         (Direction::Ingress, false) => (p.l3_off + 16, &p.dst),
         (Direction::Ingress, true) => (p.l3_off + 24, &p.dst),
     };
-    if outer_old == old_addr {
-        let outer_diff = replace_addr(data, end, outer_off, outer_old, &new_addr, ipv6)
+    if *outer_old == q.old_addr {
+        let outer_diff = replace_addr(data, end, outer_off, outer_old, &q.new_addr, ipv6)
             .ok_or(Reason::DropTruncated)?;
         if ipv6 {
             // ICMPv6's checksum covers the pseudo-header.
@@ -241,5 +295,5 @@ fn translate<C: PacketCtx>(ctx: &C, p: &Parsed, direction: Direction) -> Result<
         csum::apply(u16::from_ne_bytes(old), icmp_diff),
     )
     .ok_or(Reason::DropTruncated)?;
-    Ok(true)
+    Ok(())
 }

@@ -2,7 +2,9 @@
 //! exists, else the client's affinity backend, else the frontend's Maglev slot. Also
 //! records the flow (forward and reply entries) and the affinity.
 
-use aya_ebpf::{bindings::BPF_ANY, helpers::generated::bpf_ktime_get_ns, maps::lpm_trie::Key};
+use aya_ebpf::{
+    bindings::BPF_ANY, helpers::generated::bpf_ktime_get_coarse_ns, maps::lpm_trie::Key,
+};
 use lb_common::{
     AffinityKey, AffinityValue, Backend, Config, FlowKey, FlowValue, FrontendValue, PROTO_SCTP,
     PROTO_TCP, PROTO_UDP, Reason, SourceRangeKey, backend_state, flow_direction, frontend_flags,
@@ -39,11 +41,30 @@ pub enum Choice {
     Failed(Reason),
 }
 
-/// CLOCK_MONOTONIC in ns, as `FlowValue::last_seen_ns` documents.
+/// CLOCK_MONOTONIC_COARSE in ns (the time of the last tick: a memory read instead of a
+/// clock read). Every `last_seen_ns` the datapath writes and compares comes from here, so
+/// the ages it computes are exact to one tick, far below any timeout.
 #[inline(always)]
 pub fn now_ns() -> u64 {
     // SAFETY: helper without arguments.
-    unsafe { bpf_ktime_get_ns() }
+    unsafe { bpf_ktime_get_coarse_ns() }
+}
+
+/// Longest time a live entry's `last_seen_ns` may lag its last packet. Writing the entry on
+/// every packet would dirty its cache line on every CPU the flow's packets reach; refreshed
+/// at most this often, an entry expires up to this much before its timeout instead.
+pub const REFRESH_NS: u64 = 1_000_000_000;
+
+/// How stale `last_seen_ns` may get before a packet rewrites it: [`REFRESH_NS`], or an
+/// eighth of a shorter timeout, so that short timeouts keep their meaning.
+#[inline(always)]
+fn refresh_interval(timeout_ns: u64) -> u64 {
+    let eighth = timeout_ns >> 3;
+    if eighth < REFRESH_NS {
+        eighth
+    } else {
+        REFRESH_NS
+    }
 }
 
 /// The flow timeout for a protocol and TCP state, from CONFIG.
@@ -129,38 +150,62 @@ pub fn source_allowed(p: &Parsed, service_id: u32) -> bool {
     SOURCE_RANGES.get(&key).is_some()
 }
 
-/// The live conntrack backend of this flow, refreshing the entry.
+/// The live conntrack backend of this flow, refreshing the entry (its time only when it is
+/// older than the refresh interval, its TCP bits only when they change).
 #[inline(always)]
 fn conntrack_target(p: &Parsed, key: &FlowKey, now: u64) -> Option<Target> {
     let entry = CONNTRACK.get_ptr_mut(key)?;
     // SAFETY: a map value pointer; racing writers can only make us pick a stale backend.
-    let flow = unsafe { *entry };
-    if flow.direction != flow_direction::FORWARD {
+    // Fields are read one by one: copying the whole entry costs stack and loads.
+    let (direction, last_seen, seen) = unsafe {
+        (
+            (*entry).direction,
+            (*entry).last_seen_ns,
+            (*entry).tcp_flags_seen,
+        )
+    };
+    if direction != flow_direction::FORWARD {
         return None;
     }
-    if now.wrapping_sub(flow.last_seen_ns) > flow_timeout(p.proto, flow.tcp_flags_seen) {
+    // Saturating: an entry stamped by the finer `bpf_ktime_get_ns` (an older datapath over
+    // the same pinned maps) may lie up to a tick ahead; it must not wrap into "expired".
+    let age = now.saturating_sub(last_seen);
+    let timeout = flow_timeout(p.proto, seen);
+    // ">=": a zero timeout keeps no flow, even within one tick of the coarse clock.
+    if age >= timeout {
         return None;
     }
     // A new SYN after FIN/RST reuses the ports for a new connection: choose afresh.
-    if is_syn(p) && flow.tcp_flags_seen & (tcp_seen::FIN | tcp_seen::RST) != 0 {
-        return None;
-    }
-    let backend = backend(flow.backend_id)?;
-    // The slot was reused for another endpoint: the flow's backend is gone.
-    if backend.addr != flow.nat_addr || (p.proto != PROTO_SCTP && backend.port != flow.nat_port) {
+    if is_syn(p) && seen & (tcp_seen::FIN | tcp_seen::RST) != 0 {
         return None;
     }
     // SAFETY: as above.
-    unsafe {
-        (*entry).last_seen_ns = now;
-        if p.proto == PROTO_TCP {
-            (*entry).tcp_flags_seen |= tcp_seen_bits(p.tcp_flags);
+    let (backend_id, nat_addr, nat_port) =
+        unsafe { ((*entry).backend_id, (*entry).nat_addr, (*entry).nat_port) };
+    let backend = BACKENDS.get(backend_id)?;
+    // The slot is empty or was reused for another endpoint: the flow's backend is gone.
+    if backend.state == backend_state::EMPTY
+        || backend.addr != nat_addr
+        || (p.proto != PROTO_SCTP && backend.port != nat_port)
+    {
+        return None;
+    }
+    let updated_seen = if p.proto == PROTO_TCP {
+        seen | tcp_seen_bits(p.tcp_flags)
+    } else {
+        seen
+    };
+    if age >= refresh_interval(timeout) || updated_seen != seen {
+        // SAFETY: as above.
+        unsafe {
+            (*entry).last_seen_ns = now;
+            (*entry).tcp_flags_seen = updated_seen;
         }
     }
     Some(Target {
-        backend_id: flow.backend_id,
-        addr: flow.nat_addr,
-        port: flow.nat_port,
+        backend_id,
+        addr: nat_addr,
+        port: nat_port,
     })
 }
 
@@ -185,10 +230,15 @@ fn affinity_target(p: &Parsed, key: &AffinityKey, timeout_secs: u32, now: u64) -
     let entry = AFFINITY.get_ptr(key)?;
     // SAFETY: a map value pointer; fields copied at once.
     let (id, last_seen) = unsafe { ((*entry).backend_id, (*entry).last_seen_ns) };
-    if now.wrapping_sub(last_seen) > timeout_secs as u64 * 1_000_000_000 {
+    // Saturating, as for conntrack: a time from another clock must not read as expired.
+    if now.saturating_sub(last_seen) > timeout_secs as u64 * 1_000_000_000 {
         return None;
     }
     let backend = backend(id)?;
+    // An IPv4 frontend never sends to an IPv6 backend (the agent does not write that).
+    if backend.family != p.family {
+        return None;
+    }
     Some(target_of(p, id, &backend))
 }
 
@@ -198,6 +248,10 @@ fn maglev_target(p: &Parsed, frontend: &FrontendValue) -> Option<Target> {
     let slot = frontend.table_offset + hash % frontend.table_size;
     let id = *SELECTION.get(slot)?;
     let backend = backend(id)?;
+    // An IPv4 frontend never sends to an IPv6 backend (the agent does not write that).
+    if backend.family != p.family {
+        return None;
+    }
     Some(target_of(p, id, &backend))
 }
 

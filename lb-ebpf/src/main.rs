@@ -1,7 +1,46 @@
 //! slicelb's kernel programs. The entry points are thin: each runs the shared logic for its
 //! role, counts the reason, and turns the verdict into its program type's return code.
+//!
+//! Modules by role: `parse` (headers), `lookup` (conntrack, affinity, Maglev; flow records),
+//! `nat` (address/port rewrites), `ctx` (what XDP and TC do differently: checksum updates,
+//! resizing, sending back), `csum` (RFC 1624 arithmetic), `reject` (RST, port unreachable),
+//! `icmp` (ICMP errors about balanced flows), `fragments`, `counters`, `forward` / `reverse`
+//! (the two paths), `verdict`.
+//!
+//! Decisions worth knowing:
+//! - Checksums: XDP updates them in software (RFC 1624), which is right for full checksums
+//!   only; TC uses `bpf_l3/l4_csum_replace` with `BPF_F_PSEUDO_HDR`, so partial (offloaded)
+//!   checksums from local veths and `CHECKSUM_COMPLETE` sums stay right. Use TC ingress on
+//!   interfaces that carry partial checksums.
+//! - SCTP: only the address is rewritten; ports stay (the backend must listen on the
+//!   service port). SCTP's CRC32c covers no pseudo-header, so an address change leaves it
+//!   valid, while a port change would need a pass over the whole packet.
+//! - Fragments: a first fragment is balanced like any packet and its backend recorded under
+//!   (addresses, IP id, protocol) in FRAGMENTS; later fragments of that datagram get the
+//!   same backend (address rewrite only, they carry no ports); a later fragment we have no
+//!   record of (it overtook its first, or its datagram is not for us) is passed to the stack
+//!   untouched (`pass_fragment_unknown`). Replies are not tracked per fragment: later
+//!   fragments of a fragmented reply leave untranslated.
+//! - ICMP errors are matched through the quoted packet's conntrack entry (IPv6 quotes must
+//!   have the L4 header right after the IPv6 header).
+//! - Rejects are built in place with full checksums and sent back out of the arrival
+//!   interface (XDP_TX / `bpf_redirect`). On TC the skb keeps its checksum state: fine on
+//!   veths (the receiver trusts partial checksums), not for hardware offload of the answer.
+//!   A veth delivers native XDP_TX frames only when its peer runs an XDP program too.
+//! - No source NAT: replies must come back through this node (true for pods behind it and
+//!   in the lab); `externalTrafficPolicy: Cluster` to endpoints on other nodes would need
+//!   SNAT, which this datapath does not do.
+//! - TC egress never drops: what it cannot parse leaves untouched (`pass_unparsed_headers`);
+//!   egress packets of no balanced flow count as `pass_no_frontend`.
+//! - TC passes with `TC_ACT_PIPE` (tcx: next program), drops with `TC_ACT_SHOT`.
+//! - Stack: each call chain must stay under 512 bytes, so the rare paths (rejects, ICMP,
+//!   fragments) and the balancing itself are separate BPF functions.
 #![no_std]
 #![no_main]
+#![expect(
+    clippy::not_unsafe_ptr_arg_deref,
+    reason = "aya-ebpf's #[classifier] generates a safe extern fn that takes the raw skb pointer"
+)]
 
 mod bench;
 mod counters;
@@ -19,16 +58,36 @@ mod reverse;
 mod verdict;
 
 use aya_ebpf::{
+    EbpfContext,
     bindings::{TC_ACT_PIPE, TC_ACT_SHOT, xdp_action},
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
+use lb_common::config_flags;
 
 use crate::{
     counters::count_reason,
     ctx::{Tc, Xdp},
+    maps::CONFIG,
     verdict::{Action, Verdict},
 };
+
+/// Per-packet log lines only when the agent sets `DEBUG_LOG` in CONFIG (one array read).
+#[inline(always)]
+fn debug_log<C: EbpfContext>(ctx: &C, program: &'static str, verdict: Verdict) {
+    let enabled = CONFIG
+        .get(0)
+        .is_some_and(|config| config.flags & config_flags::DEBUG_LOG != 0);
+    if enabled {
+        log_verdict(ctx, program, verdict.reason as u32);
+    }
+}
+
+// Out of line: the logging code and its buffers stay off the packet path's stack frame.
+#[inline(never)]
+fn log_verdict<C: EbpfContext>(ctx: &C, program: &'static str, reason: u32) {
+    aya_log_ebpf::debug!(ctx, "{}: reason {}", program, reason);
+}
 
 /// Bytes TC makes directly readable before parsing (headers of any packet we handle).
 const TC_PULL_LEN: u32 = 384;
@@ -47,8 +106,8 @@ fn xdp_action(verdict: Verdict) -> u32 {
 fn tc_action(tc: &Tc, verdict: Verdict) -> i32 {
     count_reason(verdict.reason);
     match verdict.action {
-        Action::Pass => TC_ACT_PIPE as i32,
-        Action::Drop => TC_ACT_SHOT as i32,
+        Action::Pass => TC_ACT_PIPE,
+        Action::Drop => TC_ACT_SHOT,
         Action::Bounce => tc.redirect_back(),
     }
 }
@@ -56,7 +115,9 @@ fn tc_action(tc: &Tc, verdict: Verdict) -> i32 {
 /// Forward path on XDP.
 #[xdp]
 pub fn slicelb_xdp(ctx: XdpContext) -> u32 {
-    xdp_action(forward::process(&Xdp(&ctx)))
+    let verdict = forward::process(&Xdp(&ctx));
+    debug_log(&ctx, "xdp", verdict);
+    xdp_action(verdict)
 }
 
 /// Forward path on TC ingress (kernel checksum helpers: partial checksums stay right).
@@ -65,6 +126,7 @@ pub fn slicelb_tc_ingress(ctx: TcContext) -> i32 {
     let tc = Tc(&ctx);
     tc.pull(TC_PULL_LEN);
     let verdict = forward::process(&tc);
+    debug_log(&ctx, "tc_ingress", verdict);
     tc_action(&tc, verdict)
 }
 
@@ -74,14 +136,15 @@ pub fn slicelb_tc_egress(ctx: TcContext) -> i32 {
     let tc = Tc(&ctx);
     tc.pull(TC_PULL_LEN);
     let verdict = reverse::process(&tc);
+    debug_log(&ctx, "tc_egress", verdict);
     tc_action(&tc, verdict)
 }
 
 /// Benchmark baseline: the same parsing and protocol counting, no lookup.
 #[xdp]
 pub fn slicelb_xdp_parse_only(ctx: XdpContext) -> u32 {
-    let mut parsed = parse::Parsed::EMPTY;
-    let _ = parse::parse(ctx.data(), ctx.data_end(), true, &mut parsed);
+    let mut parsed = core::mem::MaybeUninit::uninit();
+    let _ = parse::parse(ctx.data(), ctx.data_end(), 0, true, &mut parsed);
     xdp_action::XDP_PASS
 }
 

@@ -3,6 +3,8 @@
 //! bytes of TCP, UDP, SCTP or ICMP. Every offset is bounds-checked before use; anything
 //! odd ends in a `Reason`.
 
+use core::mem::MaybeUninit;
+
 use lb_common::{
     FAMILY_IPV4, FAMILY_IPV6, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
     ProtoCounter, Reason,
@@ -10,14 +12,15 @@ use lb_common::{
 
 use crate::{counters::count_proto, ctx::ptr_at};
 
-pub const ETH_LEN: usize = 14;
-pub const VLAN_LEN: usize = 4;
+pub const ETH_LEN: usize = network_types::eth::EthHdr::LEN;
+pub const VLAN_LEN: usize = network_types::vlan::VlanHdr::LEN;
 const ETHERTYPE_IPV4: u16 = 0x0800;
 const ETHERTYPE_IPV6: u16 = 0x86dd;
 const ETHERTYPE_VLAN: u16 = 0x8100;
 const ETHERTYPE_QINQ: u16 = 0x88a8;
 
-const IPV6_HDR_LEN: usize = 40;
+const IPV6_HDR_LEN: usize = network_types::ip::Ipv6Hdr::LEN;
+const _: () = assert!(ETH_LEN == 14 && VLAN_LEN == 4 && IPV6_HDR_LEN == 40);
 const NEXT_HOP_BY_HOP: u8 = 0;
 const NEXT_ROUTING: u8 = 43;
 const NEXT_FRAGMENT: u8 = 44;
@@ -117,43 +120,52 @@ fn parse_eth(data: usize, end: usize) -> Result<(u16, usize), Reason> {
     Ok((ethertype, ETH_LEN))
 }
 
-impl Parsed {
-    /// Nothing parsed yet.
-    pub const EMPTY: Parsed = Parsed {
-        l3_off: 0,
-        l4_off: 0,
-        family: 0,
-        proto: 0,
-        src: ZERO_ADDR,
-        dst: ZERO_ADDR,
-        sport: 0,
-        dport: 0,
-        fragment: Fragment::Whole,
-        frag_id: 0,
-        tcp_flags: 0,
-        ip_len: 0,
-    };
+/// Does the packet hold `len` bytes? `wire_len` is the packet's full length when the
+/// program sees only its linear head (TC: `skb->len`; the rest may sit in fragments, as in
+/// GSO packets from local sockets), or 0 when `end` is the end of the whole packet (XDP).
+/// XDP compares pointers, never lengths derived from the end pointer (the verifier refuses
+/// arithmetic on it).
+#[inline(always)]
+fn within(data: usize, end: usize, wire_len: usize, len: usize) -> bool {
+    if wire_len == 0 {
+        data + len <= end
+    } else {
+        len <= wire_len
+    }
 }
 
-/// Parses a packet up to the L4 ports into `p` (an out parameter: returning the struct
-/// would cost a second copy on the 512-byte stack). `count` adds to PROTO_STATS (off for
-/// the reverse path, so each packet is counted once).
+/// An IPv4 address in the first 4 bytes of a 16-byte one, built in registers (an array
+/// literal with zeros would become a byte-at-a-time `memset` call).
 #[inline(always)]
-pub fn parse(data: usize, end: usize, count: bool, p: &mut Parsed) -> Result<(), Reason> {
+fn v4_in_16(addr: [u8; 4]) -> [u8; 16] {
+    (u32::from_ne_bytes(addr) as u128).to_le_bytes()
+}
+
+/// Parses a packet up to the L4 ports into `out` (an out parameter, written whole once the
+/// IP header is known: zero-initialising the struct first costs a `memset` byte loop per
+/// packet). On `Ok`, `out` is initialised. `count` adds to PROTO_STATS (off for the reverse
+/// path, so each packet is counted once). `wire_len`: see [`within`].
+#[inline(always)]
+pub fn parse(
+    data: usize,
+    end: usize,
+    wire_len: usize,
+    count: bool,
+    out: &mut MaybeUninit<Parsed>,
+) -> Result<(), Reason> {
     let (ethertype, l3_off) = parse_eth(data, end)?;
-    p.l3_off = l3_off;
     match ethertype {
         ETHERTYPE_IPV4 => {
             if count {
                 count_proto(ProtoCounter::Ipv4);
             }
-            parse_ipv4(data, end, p)?;
+            parse_ipv4(data, end, wire_len, l3_off, out)?;
         }
         ETHERTYPE_IPV6 => {
             if count {
                 count_proto(ProtoCounter::Ipv6);
             }
-            parse_ipv6(data, end, p)?;
+            parse_ipv6(data, end, wire_len, l3_off, out)?;
         }
         _ => {
             if count {
@@ -162,6 +174,8 @@ pub fn parse(data: usize, end: usize, count: bool, p: &mut Parsed) -> Result<(),
             return Err(Reason::PassNotIp);
         }
     }
+    // SAFETY: both IP parsers write the whole struct before returning Ok.
+    let p = unsafe { out.assume_init_mut() };
     if count {
         count_proto(match p.proto {
             PROTO_TCP => ProtoCounter::Tcp,
@@ -178,8 +192,13 @@ pub fn parse(data: usize, end: usize, count: bool, p: &mut Parsed) -> Result<(),
 }
 
 #[inline(always)]
-fn parse_ipv4(data: usize, end: usize, p: &mut Parsed) -> Result<(), Reason> {
-    let l3 = p.l3_off;
+fn parse_ipv4(
+    data: usize,
+    end: usize,
+    wire_len: usize,
+    l3: usize,
+    out: &mut MaybeUninit<Parsed>,
+) -> Result<(), Reason> {
     let h = header::<20>(data, end, l3)?;
     let version_ihl = u8_at(h, 0);
     if version_ihl >> 4 != 4 {
@@ -190,47 +209,53 @@ fn parse_ipv4(data: usize, end: usize, p: &mut Parsed) -> Result<(), Reason> {
         return Err(Reason::DropMalformed);
     }
     let total_len = be16(h, 2) as usize;
-    // Compare pointers, never lengths derived from the end pointer (the verifier refuses
-    // arithmetic on it).
-    if total_len < header_len || data + l3 + total_len > end {
+    if total_len < header_len || !within(data, end, wire_len, l3 + total_len) {
         return Err(Reason::DropMalformed);
     }
-    p.family = FAMILY_IPV4;
-    p.proto = u8_at(h, 9);
-    p.ip_len = total_len;
-    let src: [u8; 4] = bytes(h, 12);
-    let dst: [u8; 4] = bytes(h, 16);
-    p.src[..4].copy_from_slice(&src);
-    p.dst[..4].copy_from_slice(&dst);
     let frag = be16(h, 6);
-    let frag_offset = frag & 0x1fff;
-    p.frag_id = be16(h, 4) as u32;
-    p.fragment = if frag_offset != 0 {
+    let fragment = if frag & 0x1fff != 0 {
         Fragment::Later
     } else if frag & 0x2000 != 0 {
         Fragment::First
     } else {
         Fragment::Whole
     };
-    p.l4_off = l3 + header_len;
+    out.write(Parsed {
+        l3_off: l3,
+        l4_off: l3 + header_len,
+        family: FAMILY_IPV4,
+        proto: u8_at(h, 9),
+        src: v4_in_16(bytes(h, 12)),
+        dst: v4_in_16(bytes(h, 16)),
+        sport: 0,
+        dport: 0,
+        fragment,
+        frag_id: be16(h, 4) as u32,
+        tcp_flags: 0,
+        ip_len: total_len,
+    });
     Ok(())
 }
 
 #[inline(always)]
-fn parse_ipv6(data: usize, end: usize, p: &mut Parsed) -> Result<(), Reason> {
-    let l3 = p.l3_off;
+fn parse_ipv6(
+    data: usize,
+    end: usize,
+    wire_len: usize,
+    l3: usize,
+    out: &mut MaybeUninit<Parsed>,
+) -> Result<(), Reason> {
     let h = header::<40>(data, end, l3)?;
     if u8_at(h, 0) >> 4 != 6 {
         return Err(Reason::DropMalformed);
     }
     let payload_len = be16(h, 4) as usize;
-    if data + l3 + IPV6_HDR_LEN + payload_len > end {
+    if !within(data, end, wire_len, l3 + IPV6_HDR_LEN + payload_len) {
         return Err(Reason::DropMalformed);
     }
-    p.family = FAMILY_IPV6;
-    p.ip_len = payload_len + IPV6_HDR_LEN;
-    p.src = bytes(h, 8);
-    p.dst = bytes(h, 24);
+    let ip_len = payload_len + IPV6_HDR_LEN;
+    let mut fragment = Fragment::Whole;
+    let mut frag_id = 0;
     let mut next = u8_at(h, 6);
     let mut off = l3 + IPV6_HDR_LEN;
     let mut i = 0;
@@ -245,8 +270,8 @@ fn parse_ipv6(data: usize, end: usize, p: &mut Parsed) -> Result<(), Reason> {
                 let ext = header::<8>(data, end, off)?;
                 next = u8_at(ext, 0);
                 let frag = be16(ext, 2);
-                p.frag_id = u32::from_be_bytes(bytes(ext, 4));
-                p.fragment = if frag & 0xfff8 != 0 {
+                frag_id = u32::from_be_bytes(bytes(ext, 4));
+                fragment = if frag & 0xfff8 != 0 {
                     Fragment::Later
                 } else if frag & 1 != 0 {
                     Fragment::First
@@ -268,11 +293,23 @@ fn parse_ipv6(data: usize, end: usize, p: &mut Parsed) -> Result<(), Reason> {
     ) {
         return Err(Reason::PassUnparsedHeaders);
     }
-    if off - l3 > p.ip_len {
+    if off - l3 > ip_len {
         return Err(Reason::DropMalformed);
     }
-    p.proto = next;
-    p.l4_off = off;
+    out.write(Parsed {
+        l3_off: l3,
+        l4_off: off,
+        family: FAMILY_IPV6,
+        proto: next,
+        src: bytes(h, 8),
+        dst: bytes(h, 24),
+        sport: 0,
+        dport: 0,
+        fragment,
+        frag_id,
+        tcp_flags: 0,
+        ip_len,
+    });
     Ok(())
 }
 

@@ -1,11 +1,13 @@
 //! The reverse path (TC egress): replies from a backend leave with the frontend's address.
 
+use core::mem::MaybeUninit;
+
 use lb_common::{PROTO_ICMP, PROTO_ICMPV6, Reason, flow_direction};
 
 use crate::{
     ctx::PacketCtx,
     icmp::{self, Direction},
-    lookup::{flow_key, now_ns},
+    lookup::{REFRESH_NS, flow_key, now_ns},
     maps::CONNTRACK,
     nat::{Side, rewrite},
     parse::{Fragment, Parsed, parse},
@@ -14,19 +16,21 @@ use crate::{
 
 #[inline(always)]
 pub fn process<C: PacketCtx>(ctx: &C) -> Verdict {
-    let mut p = Parsed::EMPTY;
-    if let Err(reason) = parse(ctx.data(), ctx.data_end(), false, &mut p) {
+    let mut slot = MaybeUninit::<Parsed>::uninit();
+    if let Err(reason) = parse(ctx.data(), ctx.data_end(), ctx.wire_len(), false, &mut slot) {
         // Outgoing traffic we cannot parse is not ours to judge: never drop it here.
         return Verdict::pass(reason_for_egress(reason));
     }
+    // SAFETY: `parse` returned Ok, so it initialised the slot.
+    let p = unsafe { slot.assume_init_ref() };
     if p.fragment == Fragment::Later {
         return Verdict::pass(Reason::PassFragmentUnknown);
     }
     if p.proto == PROTO_ICMP || p.proto == PROTO_ICMPV6 {
-        let verdict = icmp::translate_error(ctx, &p, Direction::Egress);
+        let verdict = icmp::translate_error(ctx, p, Direction::Egress);
         return Verdict::pass(reason_for_egress(verdict.reason));
     }
-    reply_nat(ctx, &p)
+    reply_nat(ctx, p)
 }
 
 /// Reverse NAT for a packet of a REPLY flow.
@@ -42,7 +46,12 @@ fn reply_nat<C: PacketCtx>(ctx: &C, p: &Parsed) -> Verdict {
     if flow.direction != flow_direction::REPLY {
         return Verdict::pass(Reason::PassNoFrontend);
     }
-    flow.last_seen_ns = now_ns();
+    // Refreshed at most once a second, as on the forward path (the datapath never reads a
+    // reply entry's time; it records when the flow last carried a reply).
+    let now = now_ns();
+    if now.saturating_sub(flow.last_seen_ns) >= REFRESH_NS {
+        flow.last_seen_ns = now;
+    }
     if rewrite(ctx, p, Side::Source, &flow.nat_addr, flow.nat_port).is_err() {
         return Verdict::drop(Reason::DropInternal);
     }

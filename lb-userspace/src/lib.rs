@@ -36,6 +36,8 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<()> {
         cli::Command::Stats(args) => cli::commands::stats(&args),
         cli::Command::Detach(args) => cli::commands::detach(&args),
         cli::Command::Attach(args) => cli::commands::attach(&args),
+        cli::Command::Check(args) => cli::commands::check(&args),
+        cli::Command::Trace(args) => cli::trace::run(&args),
         command => anyhow::bail!("{command:?}: not built yet"),
     }
 }

@@ -3,13 +3,17 @@
 //! the machine). Run with:
 //! `cargo test -p lb-userspace --test kernel_bench -- --ignored --nocapture`
 
-mod support;
+#[path = "support/kernel.rs"]
+mod kernel;
+#[path = "support/packets.rs"]
+mod packets;
 
+use kernel::*;
 use lb_common::{
     Config, FrontendKey, FrontendValue, PROTO_TCP, backend_state::ACTIVE, frontend_kind,
 };
+use packets::*;
 use slicelb::dataplane::{MapOp, test_run};
-use support::{kernel::*, packets::*};
 
 const REPEAT: u32 = 100_000;
 const RUNS: usize = 5;

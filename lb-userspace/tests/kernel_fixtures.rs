@@ -4,19 +4,25 @@
 //! and re-checked with etherparse's checksums), the reason counters and the service
 //! counters. Needs root.
 //!
-//! Partial (offloaded) checksums: BPF_PROG_TEST_RUN cannot mark an skb CHECKSUM_PARTIAL
-//! (the test-run context has no `ip_summed`), so the TC rows run with full checksums; the
-//! partial case is covered by the lab test (client offload on, TC ingress).
+//! Checksum states: every TC row that rewrites a packet runs a second time on an skb marked
+//! CHECKSUM_COMPLETE (`BPF_F_TEST_SKB_CHECKSUM_COMPLETE`; the kernel fails the run if
+//! `skb->csum` no longer matches). BPF_PROG_TEST_RUN cannot mark an skb CHECKSUM_PARTIAL
+//! (the test-run context has no `ip_summed`), so partial (offloaded) checksums are covered
+//! by the lab test (`lab_datapath.rs`: client offload on, TC ingress).
 
-mod support;
+#[path = "support/kernel.rs"]
+mod kernel;
+#[path = "support/packets.rs"]
+mod packets;
 
+use kernel::*;
 use lb_common::{
     Config, FAMILY_IPV4, PROTO_SCTP, PROTO_TCP, PROTO_UDP, Reason, ServiceCounters, SourceRangeKey,
     backend_state::{ACTIVE, TERMINATING},
     frontend_flags, frontend_kind,
 };
+use packets::*;
 use slicelb::dataplane::MapOp;
-use support::{kernel::*, packets::*};
 
 /// What should come out.
 #[derive(Clone, Debug)]
@@ -755,6 +761,21 @@ fn cases() -> Vec<Case> {
         Reason::DropNoLocalEndpoint,
     ));
 
+    cases.push(dropped(
+        "a table naming a backend of the other family is refused as internal",
+        vec![Service::new(
+            9,
+            VIP4,
+            80,
+            PROTO_TCP,
+            frontend_kind::CLUSTER_IP,
+            0,
+            &[(90, "2001:2:0:1::9", 8080, ACTIVE)],
+        )],
+        tcp4(43400, SYN).build(),
+        Reason::DropInternal,
+    ));
+
     // --- loadBalancerSourceRanges. ---
     {
         let service = Service::new(
@@ -1210,6 +1231,55 @@ fn cases() -> Vec<Case> {
             Reason::DropTruncated,
         ));
     }
+    {
+        // SCTP common header cut after the ports (IP length consistent with the cut).
+        let sctp = Spec::new(CLIENT4, 48002, VIP4, 80, L4::Sctp).build();
+        let mut cut = sctp[..14 + 20 + 8].to_vec();
+        cut[16..18].copy_from_slice(&28u16.to_be_bytes());
+        fix_ipv4_checksum(&mut cut, 14);
+        cases.push(dropped(
+            "truncated: sctp header cut",
+            vec![cluster_ip4(1, PROTO_SCTP)],
+            cut,
+            Reason::DropTruncated,
+        ));
+        // An IPv6 hop-by-hop header whose length runs past the packet: dropped as
+        // truncated; one that runs past the parser's reach is passed untouched.
+        let mut ext =
+            with_ipv6_extensions(Spec::new(CLIENT6, 48003, VIP6, 80, L4::Udp).build(), 14);
+        ext[14 + 40 + 1] = 20;
+        cases.push(dropped(
+            "truncated: ipv6 extension header longer than the packet",
+            vec![],
+            ext.clone(),
+            Reason::DropTruncated,
+        ));
+        ext[14 + 40 + 1] = 200;
+        cases.push(miss(
+            "ipv6 extension headers beyond the parser's reach pass",
+            Program::Xdp,
+            vec![],
+            ext,
+            Reason::PassUnparsedHeaders,
+        ));
+        // An ICMP error cut inside its quoted IP header.
+        let forwarded = Spec::new(CLIENT4, 48004, "198.18.1.1", 8080, L4::Tcp(ACK)).build();
+        let icmp = icmp_error(NODE4, CLIENT4, IcmpError::TooBig(1400), &forwarded, 14, 12);
+        cases.push(dropped(
+            "truncated: icmp error quoting a partial IP header",
+            vec![cluster_ip4(1, PROTO_TCP)],
+            icmp,
+            Reason::DropTruncated,
+        ));
+        // A frame cut inside the VLAN tag's ethertype.
+        let vlan = tcp4(48005, SYN).vlan(3).build();
+        cases.push(dropped(
+            "truncated: ipv4 header behind a VLAN tag cut",
+            vec![],
+            vlan[..18 + 10].to_vec(),
+            Reason::DropTruncated,
+        ));
+    }
     cases
 }
 
@@ -1308,6 +1378,45 @@ fn run_case(env: &mut Env, case: &Case) -> Result<(), String> {
             ));
         }
     }
+    check_checksum_complete(env, case, &out.packet)
+}
+
+/// TC rows that rewrite a packet run again on an skb marked CHECKSUM_COMPLETE: the kernel
+/// fails the run (EBADMSG) if the rewrite left `skb->csum` stale, and the output must be
+/// the same. Rejects are left out: they rebuild the whole packet, which goes back out of
+/// the interface (where CHECKSUM_COMPLETE is not used).
+fn check_checksum_complete(env: &mut Env, case: &Case, expected: &[u8]) -> Result<(), String> {
+    let rewrites = matches!(
+        case.reason,
+        Reason::LbNewFlow
+            | Reason::LbConntrack
+            | Reason::LbAffinity
+            | Reason::LbFragment
+            | Reason::ReplyTranslated
+            | Reason::IcmpErrorTranslated
+    );
+    if !matches!(case.program, Program::TcIngress | Program::TcEgress) || !rewrites {
+        return Ok(());
+    }
+    // Same map state as the first run: replay the setup.
+    env.reset();
+    for service in &case.services {
+        env.install(service);
+    }
+    env.apply(&case.extra_ops);
+    for (program, packet) in &case.warmup {
+        env.run(*program, packet);
+    }
+    env.apply(&case.changes);
+    let out = env
+        .run_checksum_complete(case.program, &case.input)
+        .map_err(|e| format!("with CHECKSUM_COMPLETE: {e}"))?;
+    if out.packet != expected {
+        return Err(format!(
+            "with CHECKSUM_COMPLETE the packet differs:\n got      {:02x?}\n expected {expected:02x?}",
+            out.packet
+        ));
+    }
     Ok(())
 }
 
@@ -1329,5 +1438,138 @@ fn parse_path_counts_protocols() {
         deltas,
         vec![("ipv4", 1), ("tcp", 1)],
         "protocol counters for one IPv4 TCP packet"
+    );
+}
+
+/// Per-packet log records are written only while CONFIG has DEBUG_LOG.
+#[test]
+fn debug_log_only_when_enabled() {
+    let mut env = Env::new();
+    let mut ring: aya::maps::RingBuf<aya::maps::MapData> = env
+        .datapath
+        .ebpf_mut()
+        .take_map("AYA_LOGS")
+        .expect("the object has aya-log's ring buffer")
+        .try_into()
+        .expect("AYA_LOGS is a ring buffer");
+    let packet = tcp4(49100, SYN).build();
+    env.run(Program::Xdp, &packet);
+    assert!(ring.next().is_none(), "a log record without DEBUG_LOG");
+    env.set_config(Config {
+        flags: lb_common::config_flags::DEBUG_LOG,
+        ..Config::default()
+    });
+    env.run(Program::Xdp, &packet);
+    assert!(ring.next().is_some(), "no log record with DEBUG_LOG set");
+    env.set_config(Config::default());
+}
+
+/// `AyaMaps` reads back what it wrote (frontends, backends, the selection tables frontends
+/// point at, names, source ranges), and a full map is an error naming it that loses
+/// nothing already written.
+#[test]
+fn map_writer_reads_back_and_reports_full_maps() {
+    use slicelb::dataplane::{AppliedState, DataplaneError, MapWriter as _, loader::MapCapacity};
+
+    let mut env = Env::with_capacity(MapCapacity {
+        frontends: 4,
+        ..test_capacity()
+    });
+    let v4 = cluster_ip4(1, PROTO_TCP);
+    let v6 = cluster_ip6(2, PROTO_UDP);
+    let (range_addr, family) = addr16("198.18.0.0");
+    let range = (
+        SourceRangeKey {
+            service_id_be: 1u32.to_be_bytes(),
+            family,
+            addr: range_addr,
+            _pad: [0; 3],
+        },
+        SourceRangeKey::prefix_len(16),
+    );
+    env.install(&v4);
+    env.install(&v6);
+    env.apply(&[MapOp::PutSourceRange {
+        key: range.0,
+        prefix_len: range.1,
+    }]);
+
+    let mut expected = AppliedState::default();
+    for service in [&v4, &v6] {
+        expected.frontends.insert(service.frontend, service.value);
+        expected.backends.extend(service.backends.iter().copied());
+        expected
+            .selection
+            .insert(service.value.table_offset, service.table.clone());
+        expected
+            .service_names
+            .insert(service.id, format!("test/svc-{}:p", service.id));
+    }
+    expected.source_ranges.insert(range);
+    let state = env.maps.read().expect("reading the maps back");
+    assert_eq!(state, expected, "read() must return what apply() wrote");
+
+    // FRONTENDS holds 4: the fifth frontend is refused by name, the first four stay.
+    let extra: Vec<MapOp> = (3..=5)
+        .map(|id| {
+            let service = Service::new(
+                id,
+                &format!("198.18.100.{id}"),
+                80,
+                PROTO_TCP,
+                frontend_kind::CLUSTER_IP,
+                0,
+                &[],
+            );
+            MapOp::PutFrontend {
+                key: service.frontend,
+                value: service.value,
+            }
+        })
+        .collect();
+    match env.maps.apply(&extra) {
+        Err(DataplaneError::MapFull { map, capacity }) => {
+            assert_eq!(
+                (map, capacity),
+                ("FRONTENDS", 4),
+                "the error names the full map"
+            )
+        }
+        other => panic!("a fifth frontend in a 4-entry map: {other:?}"),
+    }
+    assert_eq!(
+        env.maps.read().expect("read").frontends.len(),
+        4,
+        "frontends written before the full one stay"
+    );
+
+    let capacity = test_capacity();
+    let too_far = MapOp::PutSelection {
+        offset: capacity.selection_slots - 10,
+        slots: vec![10; 20],
+    };
+    assert!(
+        matches!(
+            env.maps.apply(&[too_far]),
+            Err(DataplaneError::MapFull {
+                map: "SELECTION",
+                ..
+            })
+        ),
+        "a table past the end of SELECTION is refused"
+    );
+    let backend = MapOp::PutBackend {
+        id: capacity.backends,
+        backend: v4.backends[0].1,
+    };
+    assert!(
+        matches!(
+            env.maps.apply(&[backend]),
+            Err(DataplaneError::MapFull {
+                map: "BACKENDS",
+                ..
+            })
+        ),
+        "a backend id past the end of BACKENDS is refused"
     );
 }

@@ -3,11 +3,15 @@
 //! counted reason, and a packet that is not balanced, translated or rejected comes out
 //! exactly as it went in. Needs root.
 
-mod support;
+#[path = "support/kernel.rs"]
+mod kernel;
+#[path = "support/packets.rs"]
+mod packets;
 
+use kernel::*;
 use lb_common::{PROTO_TCP, PROTO_UDP, Reason, backend_state::ACTIVE, frontend_kind};
+use packets::*;
 use rand::{Rng, SeedableRng, rngs::StdRng};
-use support::{kernel::*, packets::*};
 
 /// Packets per program; the three programs together see well over 100 000.
 const XDP_PACKETS: usize = 100_000;

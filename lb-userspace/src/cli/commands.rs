@@ -124,3 +124,63 @@ pub fn attach(args: &AttachArgs) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Drift between what the source says and what the kernel holds.
+#[derive(Debug, thiserror::Error)]
+#[error("{count} difference(s) between the source and the kernel's maps under {pin_path}")]
+pub struct Drift {
+    pub count: usize,
+    pub pin_path: String,
+}
+
+/// `slicelb check`: the model's desired state for the source's snapshot, compared with the
+/// pinned maps. Prints every difference; an error (exit 1) when there is any.
+pub fn check(args: &super::CheckArgs) -> anyhow::Result<()> {
+    use crate::{
+        model::{self, ModelConfig, NodeInfo},
+        source::{self, SourceConfig},
+    };
+    let node = NodeInfo {
+        name: args.node_name.clone(),
+        zone: None,
+        nodeport_addresses: crate::agent::nodeport_addresses(&args.nodeport_addresses)
+            .context("listing this node's addresses for NodePorts")?,
+    };
+    let config = SourceConfig::from(&args.source);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let snapshot = runtime
+        .block_on(source::snapshot_once(config, node))
+        .context("reading the source")?;
+    let built = model::build(
+        &snapshot,
+        &ModelConfig {
+            proxy_name: args.service_proxy_name.clone(),
+        },
+    );
+    for warning in &built.warnings {
+        eprintln!("skipped: {warning}");
+    }
+    let applied = open_pinned(&args.pin_path)?
+        .read()
+        .context("reading the maps")?;
+    let differences = built.state.differences(&applied);
+    if differences.is_empty() {
+        println!(
+            "in sync: {} service ports, {} frontends",
+            built.state.services.len(),
+            applied.frontends.len()
+        );
+        return Ok(());
+    }
+    for difference in &differences {
+        println!("{difference}");
+    }
+    Err(Drift {
+        count: differences.len(),
+        pin_path: args.pin_path.display().to_string(),
+    }
+    .into())
+}

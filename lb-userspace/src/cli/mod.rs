@@ -4,6 +4,7 @@
 pub mod commands;
 pub mod services;
 pub mod stats;
+pub mod trace;
 
 use std::{net::SocketAddr, path::PathBuf};
 

@@ -1,7 +1,11 @@
 //! [`MapWriter`] over the kernel maps (pinned, or those of a loaded [`Datapath`]), plus the
 //! counter readers the CLI and the metrics endpoint use.
 
-use std::{io, os::fd::AsFd as _, path::Path};
+use std::{
+    io,
+    os::fd::{AsFd as _, OwnedFd},
+    path::Path,
+};
 
 use aya::maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, lpm_trie::Key};
 use lb_common::{
@@ -20,7 +24,9 @@ const SOURCE_RANGE_ALLOWED: u8 = 1;
 pub struct AyaMaps {
     frontends: HashMap<MapData, FrontendKey, FrontendValue>,
     backends: Array<MapData, Backend>,
-    selection: Array<MapData, u32>,
+    /// Descriptors for batched access (one syscall per chunk instead of per slot).
+    backends_fd: OwnedFd,
+    selection_fd: OwnedFd,
     service_names: HashMap<MapData, u32, ServiceName>,
     source_ranges: LpmTrie<MapData, SourceRangeKey, u8>,
     conntrack: HashMap<MapData, FlowKey, FlowValue>,
@@ -96,16 +102,24 @@ impl AyaMaps {
         open: impl Fn(&'static str) -> Result<MapData, DataplaneError>,
     ) -> Result<Self, DataplaneError> {
         use aya::maps::Map;
+        let clone_fd = |name: &'static str, data: &MapData| {
+            data.fd()
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(|source| DataplaneError::MapRead { map: name, source })
+        };
+        let backends = open(map_names::BACKENDS)?;
+        let backends_fd = clone_fd(map_names::BACKENDS, &backends)?;
+        let selection_fd = clone_fd(map_names::SELECTION, &open(map_names::SELECTION)?)?;
         Ok(Self {
             frontends: typed(map_names::FRONTENDS, open(map_names::FRONTENDS)?, |d| {
                 HashMap::try_from(Map::HashMap(d))
             })?,
-            backends: typed(map_names::BACKENDS, open(map_names::BACKENDS)?, |d| {
+            backends: typed(map_names::BACKENDS, backends, |d| {
                 Array::try_from(Map::Array(d))
             })?,
-            selection: typed(map_names::SELECTION, open(map_names::SELECTION)?, |d| {
-                Array::try_from(Map::Array(d))
-            })?,
+            backends_fd,
+            selection_fd,
             service_names: typed(
                 map_names::SERVICE_NAMES,
                 open(map_names::SERVICE_NAMES)?,
@@ -241,12 +255,12 @@ impl AyaMaps {
                         capacity: capacity.selection_slots,
                     });
                 }
-                for (i, id) in slots.iter().enumerate() {
-                    self.selection
-                        .set(offset + i as u32, id, 0)
-                        .map_err(write_err(map_names::SELECTION, capacity.selection_slots))?;
-                }
-                Ok(())
+                batch::update(self.selection_fd.as_fd(), *offset, slots).map_err(|source| {
+                    DataplaneError::MapWrite {
+                        map: map_names::SELECTION,
+                        source,
+                    }
+                })
             }
             MapOp::PutFrontend { key, value } => self
                 .frontends
@@ -291,8 +305,14 @@ impl MapWriter for AyaMaps {
             let (key, value) = entry.map_err(read_err(map_names::FRONTENDS))?;
             state.frontends.insert(key, value);
         }
-        for (id, backend) in self.backends.iter().enumerate() {
-            let backend = backend.map_err(read_err(map_names::BACKENDS))?;
+        let backends: Vec<Backend> =
+            batch::lookup(self.backends_fd.as_fd(), 0, self.capacity.backends).map_err(
+                |source| DataplaneError::MapRead {
+                    map: map_names::BACKENDS,
+                    source,
+                },
+            )?;
+        for (id, backend) in backends.into_iter().enumerate() {
             if backend.state != lb_common::backend_state::EMPTY {
                 state.backends.insert(id as u32, backend);
             }
@@ -301,13 +321,15 @@ impl MapWriter for AyaMaps {
             if value.table_size == 0 || state.selection.contains_key(&value.table_offset) {
                 continue;
             }
-            let slots = (value.table_offset..value.table_offset + value.table_size)
-                .map(|slot| {
-                    self.selection
-                        .get(&slot, 0)
-                        .map_err(read_err(map_names::SELECTION))
-                })
-                .collect::<Result<Vec<u32>, _>>()?;
+            let slots = batch::lookup(
+                self.selection_fd.as_fd(),
+                value.table_offset,
+                value.table_size,
+            )
+            .map_err(|source| DataplaneError::MapRead {
+                map: map_names::SELECTION,
+                source,
+            })?;
             state.selection.insert(value.table_offset, slots);
         }
         for entry in self.service_names.iter() {
@@ -326,5 +348,122 @@ impl MapWriter for AyaMaps {
             self.apply_one(op)?;
         }
         Ok(())
+    }
+}
+
+/// Batched access to array maps (`BPF_MAP_UPDATE_BATCH` / `BPF_MAP_LOOKUP_BATCH`, Linux
+/// 5.6), which aya 0.16 does not wrap: a 131 071-slot Maglev table is a handful of syscalls
+/// instead of one per slot.
+mod batch {
+    use std::{
+        io,
+        os::fd::{AsRawFd as _, BorrowedFd},
+    };
+
+    const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+    const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+    /// Elements per syscall.
+    const CHUNK: usize = 16 * 1024;
+
+    /// The `batch` member of `union bpf_attr` (uapi layout).
+    #[repr(C)]
+    #[derive(Default)]
+    struct BatchAttr {
+        in_batch: u64,
+        out_batch: u64,
+        keys: u64,
+        values: u64,
+        count: u32,
+        map_fd: u32,
+        elem_flags: u64,
+        flags: u64,
+    }
+
+    fn bpf(cmd: libc::c_long, attr: &mut BatchAttr) -> io::Result<()> {
+        // SAFETY: `attr` is a valid batch attribute whose pointers refer to live buffers
+        // sized for `count` elements; the kernel reads at most `size_of::<BatchAttr>()`.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                cmd,
+                attr as *mut BatchAttr,
+                std::mem::size_of::<BatchAttr>(),
+            )
+        };
+        if rc < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Writes `values` to indexes `offset..` of an array map.
+    pub fn update<T: aya::Pod>(fd: BorrowedFd<'_>, offset: u32, values: &[T]) -> io::Result<()> {
+        for (n, chunk) in values.chunks(CHUNK).enumerate() {
+            let start = offset + (n * CHUNK) as u32;
+            let keys: Vec<u32> = (start..start + chunk.len() as u32).collect();
+            let mut attr = BatchAttr {
+                keys: keys.as_ptr() as u64,
+                values: chunk.as_ptr() as u64,
+                count: chunk.len() as u32,
+                map_fd: fd.as_raw_fd() as u32,
+                ..BatchAttr::default()
+            };
+            bpf(BPF_MAP_UPDATE_BATCH, &mut attr)?;
+        }
+        Ok(())
+    }
+
+    /// Reads indexes `start..start + count` of an array map.
+    pub fn lookup<T: aya::Pod + Default + Clone>(
+        fd: BorrowedFd<'_>,
+        start: u32,
+        count: u32,
+    ) -> io::Result<Vec<T>> {
+        let mut out: Vec<T> = Vec::with_capacity(count as usize);
+        let mut keys = vec![0u32; CHUNK];
+        let mut values = vec![T::default(); CHUNK];
+        // The kernel continues after `in_batch`; the first call starts at `start`.
+        let mut previous: u32 = start.wrapping_sub(1);
+        while (out.len() as u32) < count {
+            let want = (count as usize - out.len()).min(CHUNK);
+            let mut next: u32 = 0;
+            let mut attr = BatchAttr {
+                in_batch: if start == 0 && out.is_empty() {
+                    0
+                } else {
+                    &previous as *const u32 as u64
+                },
+                out_batch: &mut next as *mut u32 as u64,
+                keys: keys.as_mut_ptr() as u64,
+                values: values.as_mut_ptr() as u64,
+                count: want as u32,
+                map_fd: fd.as_raw_fd() as u32,
+                ..BatchAttr::default()
+            };
+            let result = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
+            let got = attr.count as usize;
+            out.extend_from_slice(&values[..got.min(want)]);
+            match result {
+                Ok(()) => {}
+                // ENOENT: the end of the array, after `got` elements.
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => break,
+                Err(e) => return Err(e),
+            }
+            if got == 0 {
+                break;
+            }
+            previous = next;
+        }
+        if (out.len() as u32) < count {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "array ended after {} of {count} elements from {start}",
+                    out.len()
+                ),
+            ));
+        }
+        Ok(out)
     }
 }

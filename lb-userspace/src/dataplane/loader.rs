@@ -2,8 +2,8 @@
 //! [`MapCapacity`], everything pinned under one directory so that a restarted agent adopts
 //! the maps (flows and configuration survive) and swaps the programs in place.
 //!
-//! Pin layout: `<pin>/maps/NAME` for every map, `<pin>/links/<iface>_{xdp,tc_ingress,tc_egress}`
-//! for attachments (bpffs refuses names with a dot).
+//! Pin layout: `<pin>/maps/NAME` for every map, `<pin>/links/<iface>.{xdp,tc_ingress,tc_egress}`
+//! for attachments.
 
 use std::{
     ffi::CString,
@@ -99,7 +99,8 @@ pub struct DatapathOptions {
 /// How the forward path is attached to an interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IngressMode {
-    /// XDP in the driver (fastest; needs driver support).
+    /// XDP in the driver (fastest; needs driver support). On a veth, rejects sent with
+    /// XDP_TX reach the peer only when the peer runs an XDP program too.
     XdpNative,
     /// XDP in the stack (any interface).
     XdpGeneric,
@@ -161,6 +162,8 @@ pub struct Datapath {
     ebpf: Ebpf,
     pin_path: Option<PathBuf>,
     capacity: MapCapacity,
+    /// Attachments made without a pin path: they last as long as this value.
+    links: Vec<FdLink>,
 }
 
 const ALL_PROGRAMS: [&str; 5] = [
@@ -198,6 +201,7 @@ impl Datapath {
             ebpf,
             pin_path: Some(pin_path.to_path_buf()),
             capacity: options.capacity,
+            links: Vec::new(),
         };
         datapath.load_programs()?;
         if !adopting || options.overwrite_config {
@@ -217,6 +221,7 @@ impl Datapath {
             ebpf,
             pin_path: None,
             capacity: options.capacity,
+            links: Vec::new(),
         };
         datapath.load_programs()?;
         datapath.write_config(&options.config)?;
@@ -256,6 +261,12 @@ impl Datapath {
             map: map_names::CONFIG,
             source,
         })
+    }
+
+    /// The loaded object, e.g. for `aya_log::EbpfLogger::init` (per-packet log lines, sent
+    /// only while CONFIG has `config_flags::DEBUG_LOG`).
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
     }
 
     pub fn capacity(&self) -> MapCapacity {
@@ -325,6 +336,26 @@ impl Datapath {
         let name = CString::new(iface).map_err(|_| LoadError::InterfaceName {
             iface: iface.into(),
         })?;
+        // SAFETY: a valid NUL-terminated string.
+        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        if ifindex == 0 {
+            return Err(LoadError::Attach {
+                program: program_names::TC_EGRESS,
+                iface: iface.into(),
+                source: aya::programs::ProgramError::UnknownInterface { name: name.clone() },
+            });
+        }
+        self.attach_index(iface, ifindex, mode)
+    }
+
+    /// [`Datapath::attach`] by interface index; `iface` names the pins. The kernel resolves
+    /// the index in the calling thread's network namespace.
+    pub fn attach_index(
+        &mut self,
+        iface: &str,
+        ifindex: u32,
+        mode: IngressMode,
+    ) -> Result<(), LoadError> {
         match mode {
             IngressMode::XdpNative | IngressMode::XdpGeneric => {
                 let xdp_mode = if mode == IngressMode::XdpNative {
@@ -332,20 +363,34 @@ impl Datapath {
                 } else {
                     XdpMode::Skb
                 };
-                self.attach_xdp(iface, &name, xdp_mode)?;
+                self.attach_xdp(iface, ifindex, xdp_mode)?;
             }
-            IngressMode::Tc => self.attach_tc(iface, &name, TcAttachType::Ingress)?,
+            IngressMode::Tc => self.attach_tc(iface, ifindex, TcAttachType::Ingress)?,
         }
-        self.attach_tc(iface, &name, TcAttachType::Egress)
+        self.attach_tc(iface, ifindex, TcAttachType::Egress)
     }
 
+    /// `<pin>/links/<iface>/<kind>`. bpffs refuses names with a dot (reserved by the
+    /// kernel), so dots in interface names (`eth0.100`) become underscores.
     fn link_path(&self, iface: &str, kind: &str) -> Option<PathBuf> {
+        let dir = iface.replace('.', "_");
         self.pin_path
             .as_ref()
-            .map(|pin| pin.join("links").join(link_pin_name(iface, kind)))
+            .map(|pin| pin.join("links").join(dir).join(kind))
     }
 
-    fn pin_link(&self, link: FdLink, path: &Path) -> Result<(), LoadError> {
+    /// Pins an attachment under the pin path, or keeps it in `self` when there is none.
+    fn keep_link(&mut self, link: FdLink, path: Option<PathBuf>) -> Result<(), LoadError> {
+        match path {
+            Some(path) => Self::pin_link(link, &path),
+            None => {
+                self.links.push(link);
+                Ok(())
+            }
+        }
+    }
+
+    fn pin_link(link: FdLink, path: &Path) -> Result<(), LoadError> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|source| LoadError::Pin {
                 what: "the links directory".into(),
@@ -356,14 +401,17 @@ impl Datapath {
         let pinned = link.pin(path).map_err(|error| LoadError::Pin {
             what: format!("link {}", path.display()),
             path: path.to_path_buf(),
-            source: io::Error::other(error.to_string()),
+            source: match error {
+                aya::pin::PinError::SyscallError(e) => e.io_error,
+                other => io::Error::other(other.to_string()),
+            },
         })?;
-        // The pin keeps the attachment alive after we exit.
-        std::mem::forget(pinned);
+        // The pin keeps the attachment alive; our descriptor is not needed.
+        drop(pinned);
         Ok(())
     }
 
-    fn attach_xdp(&mut self, iface: &str, name: &CString, mode: XdpMode) -> Result<(), LoadError> {
+    fn attach_xdp(&mut self, iface: &str, ifindex: u32, mode: XdpMode) -> Result<(), LoadError> {
         let program = program_names::XDP_INGRESS;
         let link_path = self.link_path(iface, "xdp");
         let existing = link_path
@@ -388,24 +436,18 @@ impl Datapath {
                 let link = XdpLink::try_from(fd_link).map_err(|e| attach_err(e.into()))?;
                 prog.attach_to_link(link).map_err(attach_err)?
             }
-            None => prog.attach(name.as_c_str(), mode).map_err(attach_err)?,
+            None => prog.attach(ifindex, mode).map_err(attach_err)?,
         };
         let link = prog.take_link(link_id).map_err(attach_err)?;
-        match (link_path, FdLink::try_from(link)) {
-            (Some(path), Ok(fd_link)) => self.pin_link(fd_link, &path),
-            // Unpinned (or a netlink attachment, which cannot be pinned): keep it attached.
-            (_, Ok(fd_link)) => {
-                std::mem::forget(fd_link);
-                Ok(())
-            }
-            (_, Err(_)) => Ok(()),
-        }
+        // Kernels since 5.9 attach XDP through a bpf_link, which can be pinned.
+        let fd_link = FdLink::try_from(link).map_err(|e| attach_err(e.into()))?;
+        self.keep_link(fd_link, link_path)
     }
 
     fn attach_tc(
         &mut self,
         iface: &str,
-        name: &CString,
+        ifindex: u32,
         attach_type: TcAttachType,
     ) -> Result<(), LoadError> {
         let (program, kind) = match attach_type {
@@ -438,7 +480,7 @@ impl Datapath {
             }
             None => prog
                 .attach(
-                    name.as_c_str(),
+                    ifindex,
                     TcAttach::Tcx {
                         attach_type,
                         order: LinkOrder::default(),
@@ -448,46 +490,38 @@ impl Datapath {
         };
         let link = prog.take_link(link_id).map_err(attach_err)?;
         let fd_link = FdLink::try_from(link).map_err(|e| attach_err(e.into()))?;
-        match link_path {
-            Some(path) => self.pin_link(fd_link, &path),
-            None => {
-                std::mem::forget(fd_link);
-                Ok(())
-            }
-        }
+        self.keep_link(fd_link, link_path)
     }
 
     /// Removes every attachment, link and map pinned under `pin_path` (the programs go
     /// when their last link does).
     pub fn detach(pin_path: &Path) -> Result<(), LoadError> {
-        let remove = |path: &Path| -> Result<(), LoadError> {
-            match std::fs::remove_file(path) {
-                Ok(()) => Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-                Err(source) => Err(LoadError::Remove {
-                    path: path.to_path_buf(),
-                    source,
-                }),
-            }
-        };
-        for dir in ["links", "maps"] {
-            let dir = pin_path.join(dir);
-            let entries = match std::fs::read_dir(&dir) {
-                Ok(entries) => entries,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(source) => return Err(LoadError::Remove { path: dir, source }),
-            };
-            for entry in entries {
-                let entry = entry.map_err(|source| LoadError::Remove {
-                    path: dir.clone(),
+        let links = pin_path.join("links");
+        match std::fs::read_dir(&links) {
+            Ok(entries) => {
+                for entry in entries {
+                    let entry = entry.map_err(|source| LoadError::Remove {
+                        path: links.clone(),
+                        source,
+                    })?;
+                    remove_dir_of_pins(&entry.path())?;
+                }
+                std::fs::remove_dir(&links).map_err(|source| LoadError::Remove {
+                    path: links.clone(),
                     source,
                 })?;
-                remove(&entry.path())?;
             }
-            std::fs::remove_dir(&dir).map_err(|source| LoadError::Remove {
-                path: dir.clone(),
-                source,
-            })?;
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(LoadError::Remove {
+                    path: links,
+                    source,
+                });
+            }
+        }
+        let maps = pin_path.join("maps");
+        if maps.exists() {
+            remove_dir_of_pins(&maps)?;
         }
         match std::fs::remove_dir(pin_path) {
             Ok(()) => Ok(()),
@@ -500,11 +534,28 @@ impl Datapath {
     }
 }
 
-/// `<iface>_<kind>`, with `%` and `.` escaped: bpffs refuses names containing a dot
-/// (EPERM), and interface names may hold one (`eth0.100`).
-fn link_pin_name(iface: &str, kind: &str) -> String {
-    let escaped = iface.replace('%', "%25").replace('.', "%2E");
-    format!("{escaped}_{kind}")
+/// Removes the pins in `dir` (unpinning a link detaches it once nothing else holds it;
+/// unpinning a map frees it once no program uses it), then `dir` itself.
+fn remove_dir_of_pins(dir: &Path) -> Result<(), LoadError> {
+    let entries = std::fs::read_dir(dir).map_err(|source| LoadError::Remove {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    for entry in entries {
+        let entry = entry.map_err(|source| LoadError::Remove {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let path = entry.path();
+        std::fs::remove_file(&path).map_err(|source| LoadError::Remove {
+            path: path.clone(),
+            source,
+        })?;
+    }
+    std::fs::remove_dir(dir).map_err(|source| LoadError::Remove {
+        path: dir.to_path_buf(),
+        source,
+    })
 }
 
 fn set_capacity<'a>(loader: &mut EbpfLoader<'a>, capacity: &MapCapacity) {
@@ -518,23 +569,4 @@ fn set_capacity<'a>(loader: &mut EbpfLoader<'a>, capacity: &MapCapacity) {
         .map_max_entries(map_names::SOURCE_RANGES, capacity.source_ranges)
         .map_max_entries(map_names::SERVICE_STATS, capacity.services)
         .map_max_entries(map_names::SERVICE_NAMES, capacity.services);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn link_pin_names_have_no_dot() {
-        assert_eq!(link_pin_name("eth0", "xdp"), "eth0_xdp");
-        assert_eq!(
-            link_pin_name("eth0.100", "tc_ingress"),
-            "eth0%2E100_tc_ingress"
-        );
-        assert_ne!(
-            link_pin_name("a%2Eb", "xdp"),
-            link_pin_name("a.b", "xdp"),
-            "escaping keeps names apart"
-        );
-    }
 }

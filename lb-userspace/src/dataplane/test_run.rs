@@ -1,22 +1,42 @@
 //! `BPF_PROG_TEST_RUN` for slicelb's programs: a packet in, the verdict and the packet out.
 //! Used by the kernel tests, `slicelb trace` and the benchmarks.
 
-use std::time::Duration;
+use std::{
+    io,
+    os::fd::{AsFd as _, AsRawFd as _},
+    time::Duration,
+};
 
 use aya::{
     TestRunOptions, TestRunResult,
-    programs::{ProgramError, TestRun},
+    programs::{ProgramError, SchedClassifier, TestRun},
 };
 
 /// Room for packets the program grows (ICMP errors add up to 48 bytes).
 const GROWTH: usize = 512;
 
+/// `BPF_F_TEST_SKB_CHECKSUM_COMPLETE` (uapi `linux/bpf.h`, Linux 6.15): the test skb
+/// carries `CHECKSUM_COMPLETE`, and the run fails with EBADMSG when the program leaves
+/// `skb->csum` disagreeing with the packet.
+const BPF_F_TEST_SKB_CHECKSUM_COMPLETE: u32 = 1 << 2;
+const BPF_PROG_TEST_RUN: libc::c_long = 10;
+
 #[derive(Debug, thiserror::Error)]
-#[error("test run of {program} failed: {source}")]
-pub struct TestRunError {
-    pub program: &'static str,
-    #[source]
-    pub source: ProgramError,
+pub enum TestRunError {
+    #[error("test run of {program} failed: {source}")]
+    Run {
+        program: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error(
+        "test run of {program} (CHECKSUM_COMPLETE) failed: {source}; EBADMSG means skb->csum no longer matches the packet"
+    )]
+    Syscall {
+        program: &'static str,
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// What one test run gave back.
@@ -38,8 +58,9 @@ where
     run_repeated(program, name, packet, 1)
 }
 
-/// Runs `program` `repeat` times on `packet` (each run sees the original packet); the
-/// duration is the kernel's average per run.
+/// Runs `program` `repeat` times on `packet`; the duration is the kernel's average per run.
+/// The kernel runs the program on the same buffer each time, so a program that rewrites the
+/// packet sees its own output from the second run on.
 pub fn run_repeated<P>(
     program: &P,
     name: &'static str,
@@ -57,7 +78,7 @@ where
             repeat,
             ..TestRunOptions::default()
         })
-        .map_err(|source| TestRunError {
+        .map_err(|source| TestRunError::Run {
             program: name,
             source,
         })?;
@@ -66,5 +87,74 @@ where
         verdict: result.return_value,
         packet: out,
         duration: result.duration,
+    })
+}
+
+/// The `test` member of `union bpf_attr` (uapi layout).
+#[repr(C)]
+#[derive(Default)]
+struct TestAttr {
+    prog_fd: u32,
+    retval: u32,
+    data_size_in: u32,
+    data_size_out: u32,
+    data_in: u64,
+    data_out: u64,
+    repeat: u32,
+    duration: u32,
+    ctx_size_in: u32,
+    ctx_size_out: u32,
+    ctx_in: u64,
+    ctx_out: u64,
+    flags: u32,
+    cpu: u32,
+    batch_size: u32,
+    _pad: u32,
+}
+
+/// Runs a TC program once on an skb marked `CHECKSUM_COMPLETE` (aya's options cannot set
+/// this flag, so the syscall is made here). Fails with EBADMSG when the program's rewrites
+/// leave `skb->csum` stale.
+pub fn run_checksum_complete(
+    program: &SchedClassifier,
+    name: &'static str,
+    packet: &[u8],
+) -> Result<RunOutput, TestRunError> {
+    let fd = program.fd().map_err(|source| TestRunError::Run {
+        program: name,
+        source,
+    })?;
+    let mut out = vec![0u8; packet.len() + GROWTH];
+    let mut attr = TestAttr {
+        prog_fd: fd.as_fd().as_raw_fd() as u32,
+        data_size_in: packet.len() as u32,
+        data_size_out: out.len() as u32,
+        data_in: packet.as_ptr() as u64,
+        data_out: out.as_mut_ptr() as u64,
+        repeat: 1,
+        flags: BPF_F_TEST_SKB_CHECKSUM_COMPLETE,
+        ..TestAttr::default()
+    };
+    // SAFETY: `attr` is a valid BPF_PROG_TEST_RUN attribute whose pointers refer to live
+    // buffers of the given sizes; the kernel reads at most `size_of::<TestAttr>()` bytes.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_TEST_RUN,
+            &mut attr as *mut TestAttr,
+            std::mem::size_of::<TestAttr>(),
+        )
+    };
+    if rc < 0 {
+        return Err(TestRunError::Syscall {
+            program: name,
+            source: io::Error::last_os_error(),
+        });
+    }
+    out.truncate(attr.data_size_out as usize);
+    Ok(RunOutput {
+        verdict: attr.retval,
+        packet: out,
+        duration: Duration::from_nanos(u64::from(attr.duration)),
     })
 }

@@ -162,6 +162,32 @@ endpoints:
     )
 }
 
+/// `slicelb agent` on the lab's node, reading `manifest_dir` (the demo's and the lab tests'
+/// agent: NodePorts on the node's lab addresses, node name `lab-node`).
+pub fn agent_command(
+    lab: &Lab,
+    slicelb: &std::path::Path,
+    manifest_dir: &std::path::Path,
+    pin_path: &std::path::Path,
+) -> std::process::Command {
+    let mut command = lab.node.command(&slicelb.display().to_string());
+    command.args([
+        "agent",
+        "--iface",
+        Lab::NODE_CLIENT_IFACE,
+        "--config-dir",
+        &manifest_dir.display().to_string(),
+        "--node-name",
+        NODE_NAME,
+        "--nodeport-addresses",
+        "198.18.0.0/24,2001:2::/64",
+        "--pin-path",
+        &pin_path.display().to_string(),
+    ]);
+    command.env("RUST_LOG", "warn");
+    command
+}
+
 /// What the client asks, per frontend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Frontend {
@@ -319,21 +345,12 @@ impl Demo {
     }
 
     fn start_agent(&mut self) -> anyhow::Result<()> {
-        let mut command = self.lab.node.command(&self.slicelb.display().to_string());
-        command.args([
-            "agent",
-            "--iface",
-            Lab::NODE_CLIENT_IFACE,
-            "--config-dir",
-            &self.manifest_dir.path().display().to_string(),
-            "--node-name",
-            NODE_NAME,
-            "--nodeport-addresses",
-            "198.18.0.0/24,2001:2::/64",
-            "--pin-path",
-            &self.pin_path.display().to_string(),
-        ]);
-        command.env("RUST_LOG", "warn");
+        let command = agent_command(
+            &self.lab,
+            &self.slicelb,
+            self.manifest_dir.path(),
+            &self.pin_path,
+        );
         self.agent = Some(ChildGuard::spawn(command, "agent")?);
         Ok(())
     }
@@ -513,6 +530,10 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     if args.keep {
         println!("slicelb demo: --keep: the lab stays up.");
         println!(
+            "  the manifests:    {} (edit them; the agent applies every change)",
+            demo.manifest_dir.path().display()
+        );
+        println!(
             "  enter the client: nsenter --net={} bash",
             demo.lab.client.path().display()
         );
@@ -525,11 +546,23 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
             demo.slicelb.display(),
             demo.pin_path.display()
         );
+        let namespaces: Vec<&str> = [&demo.lab.client, &demo.lab.node]
+            .into_iter()
+            .chain(demo.lab.backends.iter().map(|b| &b.netns))
+            .map(|ns| ns.name())
+            .collect();
+        let pids: Vec<String> = demo
+            .agent
+            .iter()
+            .chain(demo._servers.iter())
+            .map(|p| p.id().to_string())
+            .collect();
         println!(
-            "  remove it all:    kill {}; {} detach --pin-path {}; ip -all netns delete",
-            demo.agent.as_ref().map(|a| a.id()).unwrap_or(0),
+            "  remove it all:    kill {}; {} detach --pin-path {}; for ns in {}; do ip netns del $ns; done",
+            pids.join(" "),
             demo.slicelb.display(),
-            demo.pin_path.display()
+            demo.pin_path.display(),
+            namespaces.join(" ")
         );
         let Demo {
             lab,

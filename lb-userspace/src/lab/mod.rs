@@ -5,6 +5,7 @@
 //! killed run left behind ([`Netns::remove_stale`]). Addresses come only from the benchmarking
 //! ranges 198.18.0.0/15 and 2001:2::/48: lab traffic never leaves these namespaces.
 
+pub mod agent_lab;
 pub mod demo;
 pub mod servers;
 

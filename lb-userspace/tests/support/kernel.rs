@@ -144,6 +144,13 @@ impl Service {
         }
     }
 
+    /// The same service with its table at another offset (a new table is written into
+    /// free space, never over the one in use).
+    pub fn at_offset(mut self, offset: u32) -> Self {
+        self.value.table_offset = offset;
+        self
+    }
+
     /// The map operations the agent would write, in make-before-break order.
     pub fn ops(&self) -> Vec<MapOp> {
         let mut ops: Vec<MapOp> = self
@@ -217,9 +224,13 @@ pub fn test_capacity() -> MapCapacity {
 
 impl Env {
     pub fn new() -> Self {
+        Self::with_capacity(test_capacity())
+    }
+
+    pub fn with_capacity(capacity: MapCapacity) -> Self {
         require_root();
         let options = DatapathOptions {
-            capacity: test_capacity(),
+            capacity,
             config: Config::default(),
             overwrite_config: true,
         };
@@ -334,6 +345,17 @@ impl Env {
             }
             _ => test_run::run(self.datapath.xdp(name).expect("xdp program"), name, packet),
         }
+    }
+
+    /// A TC program run on an skb marked CHECKSUM_COMPLETE (the kernel checks `skb->csum`
+    /// against the packet afterwards).
+    pub fn run_checksum_complete(
+        &self,
+        program: Program,
+        packet: &[u8],
+    ) -> Result<RunOutput, test_run::TestRunError> {
+        let name = program.name();
+        test_run::run_checksum_complete(self.datapath.tc(name).expect("tc program"), name, packet)
     }
 
     pub fn reasons(&self) -> Vec<(Reason, u64)> {

@@ -1,0 +1,393 @@
+//! `slicelb trace`: which backend a flow would reach and why. The answer comes from the
+//! real forward program, run with `BPF_PROG_TEST_RUN` on a crafted first packet against the
+//! live pinned maps; the reason comes from what the program read (conntrack, affinity, the
+//! Maglev slot). Flow state the run created (conntrack and affinity entries) is removed
+//! again, so tracing leaves no flow behind; the run does count one packet in the counters.
+
+use std::{
+    fmt::Write as _,
+    net::{IpAddr, SocketAddr},
+};
+
+use anyhow::{Context as _, bail};
+use aya::maps::{HashMap, MapData};
+use etherparse::PacketBuilder;
+use lb_common::{
+    AffinityKey, AffinityValue, FAMILY_IPV4, FAMILY_IPV6, FlowKey, FlowValue, FrontendKey,
+    PROTO_SCTP, PROTO_TCP, PROTO_UDP, backend_state, frontend_flags, hash::flow_hash, map_names,
+    program_names,
+};
+use serde::Serialize;
+
+use super::{
+    OutputFormat, Protocol, TraceArgs,
+    services::{ip_from_map, kind_name, state_name},
+};
+use crate::dataplane::{
+    MapWriter as _,
+    aya_maps::AyaMaps,
+    loader::{Datapath, DatapathOptions},
+    test_run,
+};
+
+/// Source port used when `--from` gives none.
+pub const DEFAULT_SOURCE_PORT: u16 = 40000;
+
+/// `ADDR`, `ADDR:PORT` or `[ADDR]:PORT`.
+pub fn parse_from(text: &str) -> anyhow::Result<SocketAddr> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let ip: IpAddr = text
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .with_context(|| format!("--from {text:?} is not ADDR, ADDR:PORT or [ADDR]:PORT"))?;
+    Ok(SocketAddr::new(ip, DEFAULT_SOURCE_PORT))
+}
+
+fn encode(ip: IpAddr) -> ([u8; 16], u8) {
+    let mut addr = [0u8; 16];
+    match ip {
+        IpAddr::V4(v4) => {
+            addr[..4].copy_from_slice(&v4.octets());
+            (addr, FAMILY_IPV4)
+        }
+        IpAddr::V6(v6) => (v6.octets(), FAMILY_IPV6),
+    }
+}
+
+fn proto_number(proto: Protocol) -> u8 {
+    match proto {
+        Protocol::Tcp => PROTO_TCP,
+        Protocol::Udp => PROTO_UDP,
+        Protocol::Sctp => PROTO_SCTP,
+    }
+}
+
+/// The first packet of the flow: a TCP SYN, a UDP datagram or an SCTP INIT.
+pub fn first_packet(from: SocketAddr, to: SocketAddr, proto: Protocol) -> anyhow::Result<Vec<u8>> {
+    const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 1];
+    const NODE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 2];
+    let ethernet = PacketBuilder::ethernet2(CLIENT_MAC, NODE_MAC);
+    let ip = match (from.ip(), to.ip()) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => ethernet.ipv4(s.octets(), d.octets(), 64),
+        (IpAddr::V6(s), IpAddr::V6(d)) => ethernet.ipv6(s.octets(), d.octets(), 64),
+        _ => bail!("--from {from} and --to {to} are of different address families"),
+    };
+    let mut packet = Vec::new();
+    match proto {
+        Protocol::Tcp => {
+            let builder = ip.tcp(from.port(), to.port(), 1, 64240).syn();
+            builder.write(&mut packet, &[])?;
+        }
+        Protocol::Udp => {
+            let builder = ip.udp(from.port(), to.port());
+            builder.write(&mut packet, b"slicelb trace")?;
+        }
+        Protocol::Sctp => {
+            // Common header (ports, verification tag 0, checksum 0 — our datapath does not
+            // check it) and a minimal INIT chunk.
+            let mut sctp = Vec::new();
+            sctp.extend_from_slice(&from.port().to_be_bytes());
+            sctp.extend_from_slice(&to.port().to_be_bytes());
+            sctp.extend_from_slice(&[0; 8]);
+            sctp.extend_from_slice(&[1, 0, 0, 20]);
+            sctp.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0xff, 0xff, 0, 1, 0, 1, 0, 0, 0, 1]);
+            ip.write(&mut packet, etherparse::IpNumber(PROTO_SCTP), &sctp)?;
+        }
+    }
+    Ok(packet)
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Trace {
+    pub flow: String,
+    pub frontend: Option<String>,
+    pub service: Option<String>,
+    /// conntrack, affinity, maglev, no-frontend, reject, drop.
+    pub decision: &'static str,
+    pub explanation: String,
+    pub backend: Option<SocketAddr>,
+    pub verdict: String,
+}
+
+impl Trace {
+    pub fn render_table(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "flow      {}", self.flow);
+        if let (Some(frontend), Some(service)) = (&self.frontend, &self.service) {
+            let _ = writeln!(out, "frontend  {frontend} ({service})");
+        }
+        let _ = writeln!(out, "decision  {}: {}", self.decision, self.explanation);
+        let _ = writeln!(out, "verdict   {}", self.verdict);
+        out
+    }
+}
+
+fn xdp_verdict_name(verdict: u32) -> &'static str {
+    match verdict {
+        0 => "XDP_ABORTED",
+        1 => "XDP_DROP",
+        2 => "XDP_PASS",
+        3 => "XDP_TX",
+        4 => "XDP_REDIRECT",
+        _ => "XDP_?",
+    }
+}
+
+/// The destination of an IPv4/IPv6 packet after the program (its rewritten backend): the
+/// ports are the first 4 bytes of TCP, UDP and SCTP alike.
+fn destination_of(packet: &[u8]) -> Option<SocketAddr> {
+    let sliced = etherparse::SlicedPacket::from_ethernet(packet).ok()?;
+    let (ip, l4): (IpAddr, &[u8]) = match sliced.net? {
+        etherparse::NetSlice::Ipv4(v4) => {
+            (v4.header().destination_addr().into(), v4.payload().payload)
+        }
+        etherparse::NetSlice::Ipv6(v6) => {
+            (v6.header().destination_addr().into(), v6.payload().payload)
+        }
+        _ => return None,
+    };
+    let port = u16::from_be_bytes([*l4.get(2)?, *l4.get(3)?]);
+    Some(SocketAddr::new(ip, port))
+}
+
+pub fn trace(args: &TraceArgs) -> anyhow::Result<Trace> {
+    let from = parse_from(&args.from)?;
+    let to = args.to;
+    let proto = proto_number(args.proto);
+    let flow = format!(
+        "{from} -> {to}/{}",
+        format!("{:?}", args.proto).to_uppercase()
+    );
+    let packet = first_packet(from, to, args.proto)?;
+
+    let maps = AyaMaps::from_pin(&args.pin_path, Default::default()).with_context(|| {
+        format!(
+            "no slicelb maps pinned under {} (is an agent running?)",
+            args.pin_path.display()
+        )
+    })?;
+    let applied = maps.read().context("reading the maps")?;
+    let (src, family) = encode(from.ip());
+    let (dst, _) = encode(to.ip());
+    let frontend_key = FrontendKey {
+        addr: dst,
+        port: to.port().to_be(),
+        proto,
+        family,
+    };
+    let flow_key = FlowKey {
+        src_addr: src,
+        dst_addr: dst,
+        src_port: from.port().to_be(),
+        dst_port: to.port().to_be(),
+        proto,
+        family,
+        _pad: [0; 2],
+    };
+    let existing_flow = maps
+        .conntrack_entry(&flow_key)
+        .context("reading CONNTRACK")?;
+
+    // The real program, with the live maps (a separate load: the attached one is untouched).
+    let mut datapath = Datapath::open(&args.pin_path, &DatapathOptions::default())
+        .context("loading the programs against the pinned maps")?;
+    let frontend = applied.frontends.get(&frontend_key).copied();
+    let service = frontend.map(|f| {
+        applied
+            .service_names
+            .get(&f.service_id)
+            .cloned()
+            .unwrap_or_else(|| format!("service id {}", f.service_id))
+    });
+    let affinity_key = frontend.map(|f| AffinityKey {
+        client_addr: src,
+        service_id: f.service_id,
+        family,
+        _pad: [0; 3],
+    });
+    let existing_affinity = match affinity_key {
+        Some(key) => affinity_map(&mut datapath)?.get(&key, 0).ok(),
+        None => None,
+    };
+
+    let program = datapath
+        .xdp(program_names::XDP_INGRESS)
+        .context("the forward program")?;
+    let output = test_run::run(program, program_names::XDP_INGRESS, &packet)
+        .context("running the forward program on the crafted packet")?;
+    let verdict_name = xdp_verdict_name(output.verdict);
+
+    // Undo the flow state this run created (a flow that existed keeps its entries).
+    if existing_flow.is_none() {
+        let reply = destination_of(&output.packet).map(|backend| {
+            let (backend_addr, _) = encode(backend.ip());
+            FlowKey {
+                src_addr: backend_addr,
+                dst_addr: src,
+                src_port: backend.port().to_be(),
+                dst_port: from.port().to_be(),
+                proto,
+                family,
+                _pad: [0; 2],
+            }
+        });
+        let mut conntrack = conntrack_map(&mut datapath)?;
+        let _ = conntrack.remove(&flow_key);
+        if let Some(reply) = reply {
+            let _ = conntrack.remove(&reply);
+        }
+    }
+    if let (Some(key), None) = (affinity_key, existing_affinity) {
+        let _ = affinity_map(&mut datapath)?.remove(&key);
+    }
+
+    let Some(frontend) = frontend else {
+        return Ok(Trace {
+            flow,
+            frontend: None,
+            service: None,
+            decision: "no-frontend",
+            explanation: "no frontend for this address, port and protocol: passed untouched".into(),
+            backend: None,
+            verdict: verdict_name.into(),
+        });
+    };
+    let frontend_text = format!(
+        "{} {to}/{}",
+        kind_name(frontend.kind),
+        format!("{:?}", args.proto).to_uppercase()
+    );
+    let backend = (output.verdict == 2)
+        .then(|| destination_of(&output.packet))
+        .flatten()
+        .filter(|b| *b != to);
+    let describe_backend = |addr: SocketAddr| -> String {
+        let state = applied
+            .backends
+            .values()
+            .find(|b| SocketAddr::new(ip_from_map(&b.addr, b.family), u16::from_be(b.port)) == addr)
+            .map(|b| state_name(b.state))
+            .unwrap_or("unknown");
+        format!("{addr} ({state})")
+    };
+    let (decision, explanation) = match (backend, existing_flow) {
+        (Some(b), Some(flow)) if flow.backend_id != 0 && applied.backends.get(&flow.backend_id).is_some_and(|x| x.state != backend_state::EMPTY) => (
+            "conntrack",
+            format!("an existing flow: its conntrack entry keeps it on {}", describe_backend(b)),
+        ),
+        (Some(b), _) if frontend.flags & frontend_flags::AFFINITY != 0 && existing_affinity.is_some() => (
+            "affinity",
+            format!(
+                "session affinity (ClientIP, {} s): this client's backend is {}",
+                frontend.affinity_timeout_secs,
+                describe_backend(b)
+            ),
+        ),
+        (Some(b), _) => {
+            let slot = flow_hash(&src, &dst, from.port().to_be(), to.port().to_be(), proto)
+                % frontend.table_size.max(1);
+            (
+                "maglev",
+                format!(
+                    "a new flow: Maglev slot {slot} of {} names {}",
+                    frontend.table_size,
+                    describe_backend(b)
+                ),
+            )
+        }
+        (None, _) if output.verdict == 3 => (
+            "reject",
+            "no usable backend: answered at once (TCP RST or ICMP port unreachable), like kube-proxy's REJECT".into(),
+        ),
+        (None, _) if output.verdict == 1 => (
+            "drop",
+            if frontend.flags & frontend_flags::DROP_WHEN_EMPTY != 0 && frontend.table_size == 0 {
+                "no endpoint on this node under a Local traffic policy: dropped".into()
+            } else {
+                "dropped (source outside loadBalancerSourceRanges?)".into()
+            },
+        ),
+        (None, _) => ("pass", "passed untouched".into()),
+    };
+    Ok(Trace {
+        flow,
+        frontend: Some(frontend_text),
+        service,
+        decision,
+        explanation,
+        backend,
+        verdict: match backend {
+            Some(b) => format!("{verdict_name}, destination rewritten to {b}"),
+            None => verdict_name.into(),
+        },
+    })
+}
+
+fn conntrack_map(
+    datapath: &mut Datapath,
+) -> anyhow::Result<HashMap<&mut MapData, FlowKey, FlowValue>> {
+    let map = datapath
+        .map_mut(map_names::CONNTRACK)
+        .context("the CONNTRACK map")?;
+    HashMap::try_from(map).context("CONNTRACK as a hash map")
+}
+
+fn affinity_map(
+    datapath: &mut Datapath,
+) -> anyhow::Result<HashMap<&mut MapData, AffinityKey, AffinityValue>> {
+    let map = datapath
+        .map_mut(map_names::AFFINITY)
+        .context("the AFFINITY map")?;
+    HashMap::try_from(map).context("AFFINITY as a hash map")
+}
+
+pub fn run(args: &TraceArgs) -> anyhow::Result<()> {
+    let trace = trace(args)?;
+    match args.output {
+        OutputFormat::Table => print!("{}", trace.render_table()),
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&trace)?),
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn from_accepts_address_with_or_without_port() {
+        assert_eq!(
+            parse_from("198.18.0.2").expect("v4"),
+            "198.18.0.2:40000".parse().expect("lit")
+        );
+        assert_eq!(
+            parse_from("198.18.0.2:1234").expect("v4 port"),
+            "198.18.0.2:1234".parse().expect("lit")
+        );
+        assert_eq!(
+            parse_from("[2001:2::2]:99").expect("v6 port"),
+            "[2001:2::2]:99".parse().expect("lit")
+        );
+        assert_eq!(
+            parse_from("2001:2::2").expect("v6"),
+            "[2001:2::2]:40000".parse().expect("lit")
+        );
+        assert!(parse_from("nonsense").is_err());
+    }
+
+    #[test]
+    fn crafted_packets_parse_back_with_their_ports() {
+        let from: SocketAddr = "198.18.0.2:40001".parse().expect("lit");
+        let to: SocketAddr = "198.18.100.10:80".parse().expect("lit");
+        for proto in [Protocol::Tcp, Protocol::Udp] {
+            let packet = first_packet(from, to, proto).expect("build");
+            assert_eq!(destination_of(&packet), Some(to), "{proto:?}");
+        }
+        let sctp = first_packet(from, to, Protocol::Sctp).expect("build sctp");
+        assert_eq!(sctp[14 + 9], PROTO_SCTP, "IPv4 protocol field");
+        assert!(first_packet(from, "[2001:2::1]:80".parse().expect("lit"), Protocol::Tcp).is_err());
+    }
+}

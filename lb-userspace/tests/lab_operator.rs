@@ -1,0 +1,356 @@
+//! The operator commands against a live lab: `services`, `trace`, `check` and `stats` read
+//! the kernel's maps as the agent left them, and the metrics endpoint counts what was sent.
+
+use std::{
+    net::{SocketAddr, UdpSocket},
+    path::Path,
+    time::Duration,
+};
+
+use slicelb::lab::{Lab, agent_lab::AgentLab, demo::Frontend};
+
+const SLICELB: &str = env!("CARGO_BIN_EXE_slicelb");
+
+fn ready_lab(test: &str) -> (AgentLab, slicelb::lab::ChildGuard) {
+    AgentLab::with_synced_agent(test, Path::new(SLICELB))
+}
+
+fn stdout_of(output: &std::process::Output, what: &str) -> String {
+    assert!(
+        output.status.success(),
+        "{what} failed: {}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).to_string()
+}
+
+/// A UDP exchange from a fixed client port; returns the backend that answered.
+fn udp_from_port(lab: &AgentLab, port: u16) -> String {
+    let service = Frontend::UdpClusterIp.addr();
+    lab.in_client(move || {
+        let socket = UdpSocket::bind(SocketAddr::from(([0, 0, 0, 0], port))).expect("bind");
+        socket
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("timeout");
+        socket.send_to(b"who", service).expect("send");
+        let mut buf = [0u8; 64];
+        let (n, from) = socket.recv_from(&mut buf).expect("UDP answer");
+        assert_eq!(from, service, "the reply comes from the service address");
+        String::from_utf8_lossy(&buf[..n]).to_string()
+    })
+}
+
+fn backend_addr_of(name: &str, port: u16) -> String {
+    let index = name.strip_prefix("backend-").expect("backend name");
+    format!("198.18.{index}.2:{port}")
+}
+
+#[test]
+fn services_lists_every_frontend_with_its_backends() {
+    let (lab, _agent) = ready_lab("lab_op_services");
+    let pin = lab.pin_path.display().to_string();
+    let json = stdout_of(
+        &lab.slicelb_on_node(&["services", "--pin-path", &pin, "-o", "json"]),
+        "services -o json",
+    );
+    let rows: serde_json::Value = serde_json::from_str(&json).expect("services JSON");
+    let rows = rows.as_array().expect("an array of frontends");
+    let frontends: Vec<(String, String, String)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["service"].as_str().expect("service").to_string(),
+                r["kind"].as_str().expect("kind").to_string(),
+                format!(
+                    "{}/{}",
+                    r["frontend"].as_str().expect("frontend"),
+                    r["protocol"].as_str().expect("protocol")
+                ),
+            )
+        })
+        .collect();
+    for expected in [
+        ("default/echo-udp:echo", "ClusterIP", "198.18.100.11:53/UDP"),
+        (
+            "default/my-app-service:http",
+            "ClusterIP",
+            "198.18.100.10:80/TCP",
+        ),
+        (
+            "default/my-app-service:http",
+            "ClusterIP",
+            "[2001:2:0:100::10]:80/TCP",
+        ),
+        (
+            "default/my-app-service:http",
+            "NodePort",
+            "198.18.0.1:30080/TCP",
+        ),
+        (
+            "default/my-app-service:http",
+            "NodePort",
+            "[2001:2::1]:30080/TCP",
+        ),
+        (
+            "default/my-app-service:http",
+            "LoadBalancer",
+            "198.18.200.10:80/TCP",
+        ),
+    ] {
+        let expected = (
+            expected.0.to_string(),
+            expected.1.to_string(),
+            expected.2.to_string(),
+        );
+        assert!(
+            frontends.contains(&expected),
+            "{expected:?} missing from {frontends:?}"
+        );
+    }
+    assert_eq!(
+        frontends.len(),
+        6,
+        "exactly the demo's frontends: {frontends:?}"
+    );
+    for row in rows {
+        let backends = row["backends"].as_array().expect("backends");
+        assert_eq!(backends.len(), 3, "three backends for {}", row["frontend"]);
+        let total: f64 = backends
+            .iter()
+            .map(|b| b["share_percent"].as_f64().expect("share"))
+            .sum();
+        assert!(
+            (total - 100.0).abs() < 0.01,
+            "shares add up to 100%: {total}"
+        );
+        for b in backends {
+            assert_eq!(b["state"], "active");
+            let share = b["share_percent"].as_f64().expect("share");
+            assert!(
+                (28.0..=39.0).contains(&share),
+                "Maglev share near a third: {share}"
+            );
+        }
+    }
+    let table = stdout_of(
+        &lab.slicelb_on_node(&["services", "--pin-path", &pin]),
+        "services",
+    );
+    assert!(table.starts_with("SERVICE "), "table header:\n{table}");
+    assert!(
+        table.contains("default/my-app-service:http        LoadBalancer 198.18.200.10:80/TCP"),
+        "table row:\n{table}"
+    );
+    assert_eq!(
+        table.matches("  -> ").count(),
+        18,
+        "3 backends under each of 6 frontends:\n{table}"
+    );
+}
+
+#[test]
+fn trace_agrees_with_where_real_flows_went() {
+    let (lab, _agent) = ready_lab("lab_op_trace");
+    let pin = lab.pin_path.display().to_string();
+    let trace = |port: u16| -> serde_json::Value {
+        let from = format!("{}:{port}", Lab::CLIENT_IPV4);
+        let json = stdout_of(
+            &lab.slicelb_on_node(&[
+                "trace",
+                "--pin-path",
+                &pin,
+                "--from",
+                &from,
+                "--to",
+                "198.18.100.11:53",
+                "--proto",
+                "udp",
+                "-o",
+                "json",
+            ]),
+            "trace",
+        );
+        serde_json::from_str(&json).expect("trace JSON")
+    };
+
+    // A new flow: trace names the Maglev slot's backend, and the real flow goes there.
+    for port in [41001u16, 41002, 41003, 41004, 41005] {
+        let predicted = trace(port);
+        assert_eq!(
+            predicted["decision"], "maglev",
+            "fresh flow from port {port}: {predicted}"
+        );
+        let answered = udp_from_port(&lab, port);
+        assert_eq!(
+            predicted["backend"].as_str().expect("backend"),
+            backend_addr_of(&answered, 9000),
+            "trace and the real flow from port {port} disagree"
+        );
+        // Now the flow exists: trace sees its conntrack entry, same backend.
+        let again = trace(port);
+        assert_eq!(
+            again["decision"], "conntrack",
+            "existing flow from {port}: {again}"
+        );
+        assert_eq!(again["backend"], predicted["backend"]);
+    }
+
+    // No frontend: passed untouched.
+    let from = format!("{}:41010", Lab::CLIENT_IPV4);
+    let miss = stdout_of(
+        &lab.slicelb_on_node(&[
+            "trace",
+            "--pin-path",
+            &pin,
+            "--from",
+            &from,
+            "--to",
+            "198.18.100.99:80",
+        ]),
+        "trace miss",
+    );
+    assert!(miss.contains("decision  no-frontend"), "{miss}");
+
+    // No backend: rejected.
+    lab.write(&[]);
+    lab.wait_until(
+        "empty service refused",
+        Frontend::ClusterIpV4,
+        Duration::from_secs(10),
+        |a| a.is_empty(),
+    );
+    let reject = stdout_of(
+        &lab.slicelb_on_node(&[
+            "trace",
+            "--pin-path",
+            &pin,
+            "--from",
+            &from,
+            "--to",
+            "198.18.100.10:80",
+        ]),
+        "trace reject",
+    );
+    assert!(reject.contains("decision  reject"), "{reject}");
+    assert!(reject.contains("XDP_TX"), "{reject}");
+}
+
+#[test]
+fn check_reports_drift_written_by_hand() {
+    let (lab, _agent) = ready_lab("lab_op_check");
+    let pin = lab.pin_path.display().to_string();
+    let dir = lab.manifests.path().display().to_string();
+    let check = |args: &[&str]| {
+        let mut full = vec![
+            "check",
+            "--config-dir",
+            dir.as_str(),
+            "--pin-path",
+            pin.as_str(),
+            "--node-name",
+            "lab-node",
+            "--nodeport-addresses",
+            "198.18.0.0/24,2001:2::/64",
+        ];
+        full.extend_from_slice(args);
+        lab.slicelb_on_node(&full)
+    };
+    let in_sync = check(&[]);
+    assert!(
+        in_sync.status.success(),
+        "check after a sync: {}\n{}",
+        String::from_utf8_lossy(&in_sync.stdout),
+        String::from_utf8_lossy(&in_sync.stderr)
+    );
+    assert!(String::from_utf8_lossy(&in_sync.stdout).starts_with("in sync"));
+
+    // Drift: remove the NodePort frontend behind the agent's back.
+    lab.lab
+        .node
+        .enter(|| {
+            use slicelb::dataplane::{MapOp, MapWriter as _, aya_maps::AyaMaps};
+            let mut maps = AyaMaps::from_pin(&lab.pin_path, Default::default()).expect("maps");
+            let applied = maps.read().expect("read");
+            let key = *applied
+                .frontends
+                .keys()
+                .find(|k| u16::from_be(k.port) == 30080 && k.family == lb_common::FAMILY_IPV4)
+                .expect("the NodePort frontend");
+            maps.apply(&[MapOp::DeleteFrontend { key }])
+                .expect("delete by hand");
+        })
+        .expect("enter node");
+    let drift = check(&[]);
+    let stdout = String::from_utf8_lossy(&drift.stdout);
+    assert_eq!(drift.status.code(), Some(1), "drift must exit 1: {stdout}");
+    assert!(
+        stdout.contains("default/my-app-service:http") && stdout.contains("198.18.0.1:30080"),
+        "the missing NodePort is named: {stdout}"
+    );
+}
+
+#[test]
+fn stats_and_metrics_count_the_traffic_sent() {
+    let (lab, _agent) = ready_lab("lab_op_metrics");
+    let scrape = || -> String {
+        lab.lab
+            .node
+            .enter(|| {
+                use std::io::{Read as _, Write as _};
+                let mut stream = std::net::TcpStream::connect("127.0.0.1:9400").expect("metrics");
+                stream
+                    .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                    .expect("request");
+                let mut text = String::new();
+                stream.read_to_string(&mut text).expect("response");
+                text
+            })
+            .expect("enter node")
+    };
+    let value = |text: &str, series: &str| -> u64 {
+        text.lines()
+            .find(|l| l.starts_with(series))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .map(|v| v as u64)
+            .unwrap_or(0)
+    };
+    let new_flows = r#"slicelb_service_new_flows_total{service="default/echo-udp:echo"}"#;
+    let packets = r#"slicelb_service_packets_total{service="default/echo-udp:echo"}"#;
+    let before = scrape();
+    let sent = 25u16;
+    for port in 0..sent {
+        udp_from_port(&lab, 42000 + port);
+    }
+    let after = scrape();
+    assert_eq!(
+        value(&after, new_flows) - value(&before, new_flows),
+        u64::from(sent),
+        "one new flow per source port:\n{after}"
+    );
+    assert_eq!(
+        value(&after, packets) - value(&before, packets),
+        u64::from(sent),
+        "one request packet per flow"
+    );
+    assert!(
+        after.contains("slicelb_ready 1"),
+        "ready after the first sync"
+    );
+
+    let pin = lab.pin_path.display().to_string();
+    let json = stdout_of(
+        &lab.slicelb_on_node(&["stats", "--pin-path", &pin, "-o", "json"]),
+        "stats",
+    );
+    let stats: serde_json::Value = serde_json::from_str(&json).expect("stats JSON");
+    assert!(stats["reasons"]["lb_new_flow"].as_u64().expect("count") >= u64::from(sent));
+    assert!(
+        stats["reasons"]["reply_translated"]
+            .as_u64()
+            .expect("count")
+            >= u64::from(sent)
+    );
+    assert!(stats["protocols"]["udp"].as_u64().expect("count") >= u64::from(sent));
+}

@@ -1,2 +1,0 @@
-pub mod kernel;
-pub mod packets;
