@@ -12,12 +12,12 @@ use aya::{
     maps::{Array, PerCpuArray},
     programs::{TestRun as _, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
 };
-use lb_common::map_names;
 
 use super::error::BenchError;
 use crate::lab::Netns;
 
-/// The object built from `lb-ebpf` (the datapath and the bench programs).
+/// The object built from `lb-ebpf` (the datapath and the bench programs). The loader's
+/// copy is private to it; the bench loads its own programs with its own small maps.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
 
 pub const GEN_PROGRAM: &str = "bench_gen";
@@ -37,17 +37,7 @@ pub const GEN_MAX_TARGETS: usize = 65_536;
 /// one entry (the bench programs never touch them; this keeps each copy small).
 fn load_object(what: &str) -> Result<Ebpf, BenchError> {
     let mut loader = EbpfLoader::new();
-    for name in [
-        map_names::FRONTENDS,
-        map_names::BACKENDS,
-        map_names::SELECTION,
-        map_names::CONNTRACK,
-        map_names::AFFINITY,
-        map_names::FRAGMENTS,
-        map_names::SOURCE_RANGES,
-        map_names::SERVICE_STATS,
-        map_names::SERVICE_NAMES,
-    ] {
+    for name in crate::dataplane::loader::ALL_MAPS {
         loader.map_max_entries(name, 1);
     }
     loader.load(EBPF_OBJECT).map_err(|source| BenchError::Load {

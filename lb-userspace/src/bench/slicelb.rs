@@ -13,7 +13,7 @@ use lb_common::map_names;
 use super::error::BenchError;
 use crate::{
     dataplane::{
-        AppliedState, MapOp, MapWriter as _,
+        AppliedState, MapWriter as _,
         aya_maps::AyaMaps,
         loader::{Datapath, DatapathOptions, IngressMode, MapCapacity},
         test_run,
@@ -117,7 +117,7 @@ impl Slicelb {
             .apply(&plan.ops)
             .map_err(|e| BenchError::unexpected("writing the maps", e.to_string()))?;
         let written = Instant::now();
-        record(&mut self.applied, &plan.ops);
+        self.applied.apply(&plan.ops);
         Ok(SyncStats {
             ops: plan.ops.len(),
             plan: planned - started,
@@ -221,51 +221,6 @@ fn fdinfo_memlock(fd: i32) -> Result<u64, BenchError> {
         .ok_or_else(|| BenchError::unexpected("map memory", format!("no memlock in {text:?}")))
 }
 
-/// Applies `ops` to the mirror of what the maps hold; tables no frontend points at any
-/// more are dropped (their blocks are free for the next plan).
-fn record(applied: &mut AppliedState, ops: &[MapOp]) {
-    for op in ops {
-        match op {
-            MapOp::PutBackend { id, backend } => {
-                applied.backends.insert(*id, *backend);
-            }
-            MapOp::DeleteBackend { id } => {
-                applied.backends.remove(id);
-            }
-            MapOp::PutSelection { offset, slots } => {
-                applied.selection.insert(*offset, slots.clone());
-            }
-            MapOp::PutFrontend { key, value } => {
-                applied.frontends.insert(*key, *value);
-            }
-            MapOp::DeleteFrontend { key } => {
-                applied.frontends.remove(key);
-            }
-            MapOp::PutServiceName { id, name } => {
-                applied.service_names.insert(*id, name.clone());
-            }
-            MapOp::DeleteServiceName { id } => {
-                applied.service_names.remove(id);
-            }
-            MapOp::PutSourceRange { key, prefix_len } => {
-                applied.source_ranges.insert((*key, *prefix_len));
-            }
-            MapOp::DeleteSourceRange { key, prefix_len } => {
-                applied.source_ranges.remove(&(*key, *prefix_len));
-            }
-        }
-    }
-    let in_use: std::collections::HashSet<u32> = applied
-        .frontends
-        .values()
-        .filter(|v| v.table_size > 0)
-        .map(|v| v.table_offset)
-        .collect();
-    applied
-        .selection
-        .retain(|offset, _| in_use.contains(offset));
-}
-
 /// Map sizes that hold `services` services of `endpoints_each` endpoints with
 /// `frontends_each` frontends (families x protocols) each. SELECTION rounds up to a power of
 /// two, which leaves room for changed tables to be written beside the ones in use.
@@ -309,37 +264,5 @@ mod tests {
         assert!(large.backends >= 600_000);
         let writer: Capacity = large.writer_capacity();
         assert_eq!(writer.selection_slots, large.selection_slots);
-    }
-
-    #[test]
-    fn the_mirror_follows_ops_and_drops_unused_tables() {
-        use lb_common::{FrontendKey, FrontendValue};
-        let key = FrontendKey {
-            port: 80u16.to_be(),
-            ..FrontendKey::default()
-        };
-        let mut applied = AppliedState::default();
-        let table = |offset| MapOp::PutSelection {
-            offset,
-            slots: vec![1; 251],
-        };
-        let frontend = |offset| MapOp::PutFrontend {
-            key,
-            value: FrontendValue {
-                table_offset: offset,
-                table_size: 251,
-                ..FrontendValue::default()
-            },
-        };
-        record(&mut applied, &[table(0), frontend(0)]);
-        assert_eq!(applied.selection.keys().copied().collect::<Vec<_>>(), [0]);
-        record(&mut applied, &[table(256), frontend(256)]);
-        assert_eq!(
-            applied.selection.keys().copied().collect::<Vec<_>>(),
-            [256],
-            "the replaced table is no longer in use"
-        );
-        record(&mut applied, &[MapOp::DeleteFrontend { key }]);
-        assert!(applied.frontends.is_empty() && applied.selection.is_empty());
     }
 }
