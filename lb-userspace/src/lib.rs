@@ -38,6 +38,6 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<()> {
         cli::Command::Attach(args) => cli::commands::attach(&args),
         cli::Command::Check(args) => cli::commands::check(&args),
         cli::Command::Trace(args) => cli::trace::run(&args),
-        command => anyhow::bail!("{command:?}: not built yet"),
+        cli::Command::Bench(args) => bench::run(&args),
     }
 }

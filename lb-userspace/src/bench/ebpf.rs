@@ -16,9 +16,7 @@ use aya::{
 use super::error::BenchError;
 use crate::lab::Netns;
 
-/// The object built from `lb-ebpf` (the datapath and the bench programs). The loader's
-/// copy is private to it; the bench loads its own programs with its own small maps.
-static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
+use crate::dataplane::loader::EBPF_OBJECT;
 
 pub const GEN_PROGRAM: &str = "bench_gen";
 pub const SINK_PROGRAM: &str = "bench_sink";

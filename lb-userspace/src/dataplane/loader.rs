@@ -24,7 +24,7 @@ use aya::{
 use lb_common::{Config, capacity, map_names, program_names};
 
 /// The compiled `lb-ebpf` object.
-static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
 
 /// Every map of the object, in the order they are pinned.
 pub const ALL_MAPS: [&str; 12] = [
