@@ -70,6 +70,15 @@ fn ensure_pip_packages() -> anyhow::Result<()> {
         }
         step(&format!("python tool {program}: installing {requirement}"));
         cmd("python3", &["-m", "pip", "install", "-q", requirement]).status_ok()?;
+        // Under pyenv a new console script is reachable only once its shim exists.
+        if have("pyenv") {
+            let _ = cmd("pyenv", &["rehash"]).status();
+        }
+        if !have(program) {
+            anyhow::bail!(
+                "{requirement} installed, but `{program}` is not on PATH; add pip's script directory to PATH"
+            );
+        }
     }
     Ok(())
 }
