@@ -4,24 +4,20 @@
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    net::{IpAddr, Ipv6Addr, SocketAddr},
 };
 
 use lb_common::{
-    Backend, FAMILY_IPV4, FrontendKey, FrontendValue, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
-    ServiceCounters, backend_state, frontend_flags, frontend_kind,
+    Backend, FrontendKey, FrontendValue, PROTO_SCTP, PROTO_TCP, PROTO_UDP, ServiceCounters,
+    backend_state, frontend_flags, frontend_kind,
 };
 use serde::Serialize;
 
 use crate::dataplane::AppliedState;
 
-/// An address as stored in the maps (network order, IPv4 in the first 4 bytes).
+/// An address as stored in the maps; an unknown family (an empty slot) shows as IPv6.
 pub fn ip_from_map(addr: &[u8; 16], family: u8) -> IpAddr {
-    if family == FAMILY_IPV4 {
-        IpAddr::V4(Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]))
-    } else {
-        IpAddr::V6(Ipv6Addr::from(*addr))
-    }
+    crate::model::decode_addr(addr, family).unwrap_or_else(|| IpAddr::V6(Ipv6Addr::from(*addr)))
 }
 
 pub fn protocol_name(proto: u8) -> &'static str {
@@ -224,7 +220,7 @@ pub fn render_json(rows: &[FrontendRow]) -> String {
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use lb_common::FAMILY_IPV6;
+    use lb_common::{FAMILY_IPV4, FAMILY_IPV6};
 
     use super::*;
 

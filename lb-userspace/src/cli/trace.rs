@@ -13,9 +13,8 @@ use anyhow::{Context as _, bail};
 use aya::maps::{HashMap, MapData};
 use etherparse::PacketBuilder;
 use lb_common::{
-    AffinityKey, AffinityValue, FAMILY_IPV4, FAMILY_IPV6, FlowKey, FlowValue, FrontendKey,
-    PROTO_SCTP, PROTO_TCP, PROTO_UDP, backend_state, frontend_flags, hash::flow_hash, map_names,
-    program_names,
+    AffinityKey, AffinityValue, FlowKey, FlowValue, FrontendKey, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
+    backend_state, frontend_flags, hash::flow_hash, map_names, program_names,
 };
 use serde::Serialize;
 
@@ -29,6 +28,7 @@ use crate::dataplane::{
     loader::{Datapath, DatapathOptions},
     test_run,
 };
+use crate::model::encode_addr;
 
 /// Source port used when `--from` gives none.
 pub const DEFAULT_SOURCE_PORT: u16 = 40000;
@@ -44,17 +44,6 @@ pub fn parse_from(text: &str) -> anyhow::Result<SocketAddr> {
         .parse()
         .with_context(|| format!("--from {text:?} is not ADDR, ADDR:PORT or [ADDR]:PORT"))?;
     Ok(SocketAddr::new(ip, DEFAULT_SOURCE_PORT))
-}
-
-fn encode(ip: IpAddr) -> ([u8; 16], u8) {
-    let mut addr = [0u8; 16];
-    match ip {
-        IpAddr::V4(v4) => {
-            addr[..4].copy_from_slice(&v4.octets());
-            (addr, FAMILY_IPV4)
-        }
-        IpAddr::V6(v6) => (v6.octets(), FAMILY_IPV6),
-    }
 }
 
 fn proto_number(proto: Protocol) -> u8 {
@@ -170,8 +159,8 @@ pub fn trace(args: &TraceArgs) -> anyhow::Result<Trace> {
         )
     })?;
     let applied = maps.read().context("reading the maps")?;
-    let (src, family) = encode(from.ip());
-    let (dst, _) = encode(to.ip());
+    let (src, family) = encode_addr(from.ip());
+    let (dst, _) = encode_addr(to.ip());
     let frontend_key = FrontendKey {
         addr: dst,
         port: to.port().to_be(),
@@ -223,7 +212,7 @@ pub fn trace(args: &TraceArgs) -> anyhow::Result<Trace> {
     // Undo the flow state this run created (a flow that existed keeps its entries).
     if existing_flow.is_none() {
         let reply = destination_of(&output.packet).map(|backend| {
-            let (backend_addr, _) = encode(backend.ip());
+            let (backend_addr, _) = encode_addr(backend.ip());
             FlowKey {
                 src_addr: backend_addr,
                 dst_addr: src,
