@@ -414,9 +414,7 @@ impl Datapath {
     fn attach_xdp(&mut self, iface: &str, ifindex: u32, mode: XdpMode) -> Result<(), LoadError> {
         let program = program_names::XDP_INGRESS;
         let link_path = self.link_path(iface, "xdp");
-        let existing = link_path
-            .as_ref()
-            .and_then(|p| PinnedLink::from_pin(p).ok());
+        let existing = take_pinned_link(link_path.as_deref())?;
         let prog: &mut Xdp = self
             .ebpf
             .program_mut(program)
@@ -428,11 +426,7 @@ impl Datapath {
             source,
         };
         let link_id = match existing {
-            Some(pinned) => {
-                let fd_link = pinned.unpin().map_err(|source| LoadError::Remove {
-                    path: link_path.clone().unwrap_or_default(),
-                    source,
-                })?;
+            Some(fd_link) => {
                 let link = XdpLink::try_from(fd_link).map_err(|e| attach_err(e.into()))?;
                 prog.attach_to_link(link).map_err(attach_err)?
             }
@@ -455,9 +449,7 @@ impl Datapath {
             _ => (program_names::TC_INGRESS, "tc_ingress"),
         };
         let link_path = self.link_path(iface, kind);
-        let existing = link_path
-            .as_ref()
-            .and_then(|p| PinnedLink::from_pin(p).ok());
+        let existing = take_pinned_link(link_path.as_deref())?;
         let prog: &mut SchedClassifier = self
             .ebpf
             .program_mut(program)
@@ -469,11 +461,7 @@ impl Datapath {
             source,
         };
         let link_id = match existing {
-            Some(pinned) => {
-                let fd_link = pinned.unpin().map_err(|source| LoadError::Remove {
-                    path: link_path.clone().unwrap_or_default(),
-                    source,
-                })?;
+            Some(fd_link) => {
                 let link =
                     SchedClassifierLink::try_from(fd_link).map_err(|e| attach_err(e.into()))?;
                 prog.attach_to_link(link).map_err(attach_err)?
@@ -556,6 +544,24 @@ fn remove_dir_of_pins(dir: &Path) -> Result<(), LoadError> {
         path: dir.to_path_buf(),
         source,
     })
+}
+
+/// The link an earlier run pinned at `path`, unpinned so this run can update it in place
+/// (and pin it again); `None` when there is none.
+fn take_pinned_link(path: Option<&Path>) -> Result<Option<FdLink>, LoadError> {
+    let Some(path) = path else {
+        return Ok(None);
+    };
+    let Ok(pinned) = PinnedLink::from_pin(path) else {
+        return Ok(None);
+    };
+    pinned
+        .unpin()
+        .map(Some)
+        .map_err(|source| LoadError::Remove {
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
 fn set_capacity<'a>(loader: &mut EbpfLoader<'a>, capacity: &MapCapacity) {
