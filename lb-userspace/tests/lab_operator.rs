@@ -25,6 +25,10 @@ fn stdout_of(output: &std::process::Output, what: &str) -> String {
     String::from_utf8_lossy(&output.stdout).to_string()
 }
 
+/// Fixed client ports sit below the kernel's ephemeral range (32768–60999), so no warm-up
+/// request from an ephemeral port can already own a conntrack entry for them.
+const FIXED_PORTS: u16 = 20000;
+
 /// A UDP exchange from a fixed client port; returns the backend that answered.
 fn udp_from_port(lab: &AgentLab, port: u16) -> String {
     let service = Frontend::UdpClusterIp.addr();
@@ -175,7 +179,7 @@ fn trace_agrees_with_where_real_flows_went() {
     };
 
     // A new flow: trace names the Maglev slot's backend, and the real flow goes there.
-    for port in [41001u16, 41002, 41003, 41004, 41005] {
+    for port in (1..=5).map(|n| FIXED_PORTS + n) {
         let predicted = trace(port);
         assert_eq!(
             predicted["decision"], "maglev",
@@ -321,7 +325,7 @@ fn stats_and_metrics_count_the_traffic_sent() {
     let before = scrape();
     let sent = 25u16;
     for port in 0..sent {
-        udp_from_port(&lab, 42000 + port);
+        udp_from_port(&lab, FIXED_PORTS + 100 + port);
     }
     let after = scrape();
     assert_eq!(
