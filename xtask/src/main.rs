@@ -52,6 +52,9 @@ enum Task {
         /// A reduced run (under 2 minutes).
         #[arg(long)]
         quick: bool,
+        /// Only these parts, comma-separated: per-packet, lab, control-plane.
+        #[arg(long)]
+        only: Option<String>,
     },
 }
 
@@ -297,13 +300,16 @@ fn main() -> anyhow::Result<()> {
                 bail!("slicelb demo failed ({status})");
             }
         }
-        Task::Bench { quick } => {
+        Task::Bench { quick, only } => {
             require_root("bench")?;
             let linker_bin = setup::setup()?;
             let binary = build_release(&linker_bin)?;
             let mut args = vec!["bench"];
             if quick {
                 args.push("--quick");
+            }
+            if let Some(parts) = &only {
+                args.extend(["--only", parts.as_str()]);
             }
             let status = Command::new(&binary)
                 .args(&args)

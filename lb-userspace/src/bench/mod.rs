@@ -34,12 +34,25 @@ use self::{
 };
 use crate::cli::BenchArgs;
 
+/// The parts of a run, for `--only`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Part {
+    /// Section 1: ns/packet with BPF_PROG_TEST_RUN.
+    PerPacket,
+    /// Sections 2-4: throughput, connections and programming time in the lab.
+    Lab,
+    /// Section 5: cold sync, endpoint-change latency, memory.
+    ControlPlane,
+}
+
 /// Everything a run does, sized for a quick or a full run.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Plan {
     pub per_packet: per_packet::Config,
     pub lab: lab_run::Config,
     pub control_plane: control_plane::Config,
+    /// The parts to run; all of them unless `--only` narrows it.
+    pub parts: Vec<Part>,
 }
 
 impl Plan {
@@ -69,6 +82,7 @@ impl Plan {
                 changes: 20,
                 changes_within: Duration::from_secs(10),
             },
+            parts: ALL_PARTS.to_vec(),
         }
     }
 
@@ -98,13 +112,38 @@ impl Plan {
                 changes: 200,
                 changes_within: Duration::from_secs(30),
             },
+            parts: ALL_PARTS.to_vec(),
         }
     }
 
+    /// The same plan running only `parts` (all of them when empty).
+    pub fn only(mut self, parts: &[Part]) -> Self {
+        if !parts.is_empty() {
+            self.parts = parts.to_vec();
+        }
+        self
+    }
+
+    fn runs(&self, part: Part) -> bool {
+        self.parts.contains(&part)
+    }
+
     fn steps(&self) -> u64 {
-        self.per_packet.steps() + self.lab.steps() + self.control_plane.steps() + 1
+        let mut steps = 1;
+        if self.runs(Part::PerPacket) {
+            steps += self.per_packet.steps();
+        }
+        if self.runs(Part::Lab) {
+            steps += self.lab.steps();
+        }
+        if self.runs(Part::ControlPlane) {
+            steps += self.control_plane.steps();
+        }
+        steps
     }
 }
+
+const ALL_PARTS: [Part; 3] = [Part::PerPacket, Part::Lab, Part::ControlPlane];
 
 /// Runs the benchmarks and writes the report; prints its path.
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
@@ -113,7 +152,8 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         Plan::quick()
     } else {
         Plan::full()
-    };
+    }
+    .only(&args.only);
     let path = run_plan(&plan, args.quick, &args.out_dir)
         .with_context(|| format!("benchmark run into {}", args.out_dir.display()))?;
     println!("{}", path.display());
@@ -166,18 +206,30 @@ pub fn run_plan(plan: &Plan, quick: bool, out_dir: &Path) -> Result<PathBuf, Ben
     };
     // The control plane runs first, while the process is small, so that its peak memory
     // is its own; the report keeps the sections in their numbered order.
-    let control_plane = control_plane::run(&plan.control_plane, &progress, &plot("control-plane"))?;
-    report.sections.push(control_plane);
-    write(&mut report)?;
+    if plan.runs(Part::ControlPlane) {
+        let control_plane =
+            control_plane::run(&plan.control_plane, &progress, &plot("control-plane"))?;
+        report.sections.push(control_plane);
+        write(&mut report)?;
+    }
 
-    let per_packet = per_packet::run(&plan.per_packet, &progress, &plot("per-packet"))?;
-    report.sections.insert(0, per_packet.section);
-    write(&mut report)?;
+    if plan.runs(Part::PerPacket) {
+        let per_packet = per_packet::run(&plan.per_packet, &progress, &plot("per-packet"))?;
+        report.sections.insert(0, per_packet.section);
+        write(&mut report)?;
+    }
 
-    let lab_results = lab_run::run(&plan.lab, &progress, &work_dir);
-    let lab = lab_sections(&lab_results, &plan.lab, &plot)?;
-    let at = report.sections.len() - 1;
-    report.sections.splice(at..at, lab);
+    if plan.runs(Part::Lab) {
+        let lab_results = lab_run::run(&plan.lab, &progress, &work_dir);
+        let lab = lab_sections(&lab_results, &plan.lab, &plot)?;
+        // Before the control plane's section, when there is one (it is always last).
+        let at = if plan.runs(Part::ControlPlane) {
+            report.sections.len() - 1
+        } else {
+            report.sections.len()
+        };
+        report.sections.splice(at..at, lab);
+    }
     progress.set_message("writing the report");
     write(&mut report)?;
     progress.inc(1);

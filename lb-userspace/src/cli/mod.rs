@@ -229,6 +229,9 @@ pub struct BenchArgs {
     /// Where the report goes.
     #[arg(long, default_value = "bench/results")]
     pub out_dir: PathBuf,
+    /// Run only these parts (repeat or comma-separate); all of them by default.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub only: Vec<crate::bench::Part>,
 }
 
 #[cfg(test)]
