@@ -434,8 +434,8 @@ mod tests {
         let size = maglev_size_for(10);
         let mut list = pool[..10].to_vec();
         let mut current = owners(&list, size);
-        for step in 10..pool.len() {
-            list.push(pool[step]);
+        for (step, newcomer) in pool.iter().enumerate().skip(10) {
+            list.push(*newcomer);
             list.remove(0);
             let table = rebalance(&current, &list, size);
             let case = format!("rolling update step {step}");
