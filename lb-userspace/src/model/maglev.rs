@@ -48,6 +48,10 @@ pub fn maglev_table(backends: &[SocketAddr], size: u32) -> Vec<u32> {
 /// quota go to the backends below theirs, each taking the freed slots it reaches first on
 /// its Maglev walk. Shares are exact, as in [`maglev_table`]. Without a previous table of
 /// this size there is nothing to keep, and the result is `maglev_table(backends, size)`.
+///
+/// The spare slots go to the same priority order in both sets, so a removal moves exactly
+/// the departed backend's slots and an addition exactly the newcomer's quota: the bounds
+/// hold for every set, not only for the tested ones.
 pub fn rebalance(previous_owners: &[SocketAddr], backends: &[SocketAddr], size: u32) -> Vec<u32> {
     if previous_owners.len() != size as usize {
         return maglev_table(backends, size);
@@ -79,7 +83,7 @@ pub fn rebalance(previous_owners: &[SocketAddr], backends: &[SocketAddr], size: 
         if slots.len() > quota {
             // It gives up the slots it reaches last on its walk, so what it keeps is what a
             // fresh table would most likely have given it.
-            slots.sort_unstable_by_key(|&slot| walker.step_reaching(slot, size));
+            slots.sort_by_cached_key(|&slot| walker.step_reaching(slot, size));
             for &slot in &slots[quota..] {
                 table[slot as usize] = UNSET;
             }
@@ -394,6 +398,38 @@ mod tests {
                     share * 100.0,
                     bound * 100.0
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn rebalance_moves_only_the_departed_backends_slots_or_the_newcomers() {
+        for (family, make) in FAMILIES {
+            for n in COUNTS {
+                let list = make(n + 1);
+                let size = maglev_size_for(n as u32);
+                let before = owners(&list[..n], size);
+                let departed = list[n / 2];
+                let fewer: Vec<SocketAddr> = list[..n]
+                    .iter()
+                    .copied()
+                    .filter(|b| *b != departed)
+                    .collect();
+                let after = resolve(&fewer, rebalance(&before, &fewer, size));
+                for (slot, (old, new)) in before.iter().zip(&after).enumerate() {
+                    assert!(
+                        old == new || *old == departed,
+                        "{family}, {n} backends without {departed}: slot {slot} moved from {old} to {new}"
+                    );
+                }
+                let newcomer = list[n];
+                let after = resolve(&list, rebalance(&before, &list, size));
+                for (slot, (old, new)) in before.iter().zip(&after).enumerate() {
+                    assert!(
+                        old == new || *new == newcomer,
+                        "{family}, {n} backends plus {newcomer}: slot {slot} moved from {old} to {new}"
+                    );
+                }
             }
         }
     }
