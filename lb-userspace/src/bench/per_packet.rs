@@ -1,9 +1,10 @@
 //! Section 1: per-packet cost with `BPF_PROG_TEST_RUN`, against the floor (an empty XDP
 //! program) and parse-only, at growing numbers of services.
 //!
-//! Every case runs one 64-byte frame `repeat` times in the kernel; ns/packet is the wall time
-//! of the call over `repeat` (finer than the kernel's whole-nanosecond average), median of
-//! `runs` runs. A test run repeats on one buffer, so a program that rewrites the frame sees
+//! Every case runs one 64-byte frame `repeat` times in the kernel; ns/packet is the kernel's
+//! own average (whole nanoseconds; its timer stops while the loop yields the CPU, so other
+//! work on shared cores does not count, while the call's wall time moved in 4 ns steps
+//! here), median of `runs` runs. A test run repeats on one buffer, so a program that rewrites the frame sees
 //! its own output from the second run on: a repeated hit would measure a miss to the
 //! backend's address after its first copy. Cases that rewrite (hits, reverse NAT) therefore
 //! run behind `bench_restore_xdp` / `bench_restore_tc` (lb-ebpf/src/bench.rs), which put the
@@ -112,7 +113,7 @@ fn frame(src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
     udp_frame(CLIENT_MAC, NODE_MAC, src, dst)
 }
 
-/// Median wall ns/packet of `runs` runs of `repeat`.
+/// Median kernel ns/packet of `runs` runs of `repeat`.
 fn repeated(
     slicelb: &Slicelb,
     program: &'static str,
@@ -123,7 +124,7 @@ fn repeated(
     let mut last = None;
     for _ in 0..config.runs {
         let outcome = slicelb.run(program, frame, config.repeat)?;
-        samples.push(outcome.wall_ns);
+        samples.push(outcome.kernel_ns);
         last = Some(outcome);
     }
     let last = last.ok_or_else(|| BenchError::unexpected(program, "no run"))?;
@@ -187,7 +188,7 @@ fn bench_map<'a>(
     })
 }
 
-/// Median wall ns/packet of `target` run behind the restore program on `frame`.
+/// Median kernel ns/packet of `target` run behind the restore program on `frame`.
 fn restored(
     slicelb: &mut Slicelb,
     target: &'static str,
@@ -245,7 +246,7 @@ fn restored(
     let mut last = None;
     for _ in 0..runs {
         let outcome = slicelb.run(wrapper, frame, repeat)?;
-        samples.push(outcome.wall_ns);
+        samples.push(outcome.kernel_ns);
         last = Some(outcome);
     }
     let last = last.ok_or_else(|| BenchError::unexpected(target, "no run"))?;
@@ -369,11 +370,12 @@ pub fn run(
             title: "1. Per-packet cost (BPF_PROG_TEST_RUN)".into(),
             method: format!(
                 "Each case runs a 64-byte Ethernet/IP/UDP frame through the program in the \
-                 kernel with BPF_PROG_TEST_RUN. Repeated cases: repeat {} per run, wall time \
-                 of the call / repeat, median of {} runs. A test run repeats on one buffer, \
+                 kernel with BPF_PROG_TEST_RUN, repeat {} per run (new flows: see below); \
+                 ns/packet is the kernel's own average per run, median of {} runs. A test run repeats on one buffer, \
                  so cases that rewrite the frame (hits, reverse NAT) run behind a restore \
                  program that puts the frame back and tail-calls the program measured \
-                 (new flow: with a source never seen before, {} flows per run); the \
+                 (new flow: with a source never seen before, {} flows per run, in a \
+                 CONNTRACK with room for all of them); the \
                  restore's own cost (restore then an empty program) is subtracted and the \
                  floor added. Misses leave the frame alone and run directly. \
                  Services are dual-stack with one UDP port; endpoints are addresses in \
