@@ -8,6 +8,12 @@
 //! (the two paths), `verdict`.
 //!
 //! Decisions worth knowing:
+//! - Misses: FRONTEND_FILTER, a 2^21-bit bitmap indexed by a one-multiply hash of (address,
+//!   port, protocol, family), sits in front of the FRONTENDS hash lookup. A clear bit means no
+//!   frontend: the packet passes (`pass_no_frontend`) after one inlined array read, instead of
+//!   a hash lookup whose bucket is cold for most destinations. The agent's writer sets a bit
+//!   before inserting a frontend and clears it after deleting the last one on it; a set bit
+//!   only sends the packet on to the exact lookup.
 //! - Checksums: XDP updates them in software (RFC 1624), which is right for full checksums
 //!   only; TC uses `bpf_l3/l4_csum_replace` with `BPF_F_PSEUDO_HDR`, so partial (offloaded)
 //!   checksums from local veths and `CHECKSUM_COMPLETE` sums stay right. Use TC ingress on
