@@ -3,8 +3,8 @@
 use core::mem::MaybeUninit;
 
 use lb_common::{
-    FrontendKey, FrontendValue, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, Reason, frontend_filter,
-    frontend_flags, hash::frontend_filter_bit,
+    FrontendKey, FrontendValue, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, Reason, frontend_flags,
+    hash::frontend_filter_slot,
 };
 
 use crate::{
@@ -72,15 +72,15 @@ pub fn process<C: PacketCtx>(ctx: &C) -> Verdict {
 }
 
 /// False when FRONTEND_FILTER says no frontend has the packet's destination (the agent sets
-/// a frontend's bit before inserting it and clears it after deleting the last one using it).
+/// a frontend's bits before inserting it and clears a bit after deleting the last frontend
+/// using it).
 #[inline(always)]
 fn maybe_frontend(p: &Parsed) -> bool {
-    let bit = frontend_filter_bit(&p.dst, p.dport, p.proto, p.family);
-    let (word, mask) = frontend_filter::word_and_mask(bit);
+    let (word, mask) = frontend_filter_slot(&p.dst, p.dport, p.proto, p.family);
     // A filter smaller than the contract's (it never is) must not hide frontends.
     FRONTEND_FILTER
         .get(word)
-        .is_none_or(|bits| bits & mask != 0)
+        .is_none_or(|bits| bits & mask == mask)
 }
 
 /// Chooses the backend and rewrites the packet; None when the frontend has no usable

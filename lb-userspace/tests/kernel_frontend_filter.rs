@@ -19,7 +19,7 @@ use packets::*;
 use slicelb::dataplane::{
     MapOp, MapWriter as _,
     aya_maps::AyaMaps,
-    frontend_filter::bit_of,
+    frontend_filter::{sharing_pair, slot_of},
     loader::{Datapath, DatapathOptions},
 };
 
@@ -65,36 +65,38 @@ fn udp_key(c: u8, d: u8, port: u16) -> FrontendKey {
     }
 }
 
-/// A UDP frontend key other than `key` with the same filter bit (searched, not assumed).
-fn collider(key: &FrontendKey) -> FrontendKey {
-    let bit = bit_of(key);
-    (100..=255u8)
-        .flat_map(|c| (0..=255u8).map(move |d| (c, d)))
-        .flat_map(|(c, d)| (1..=2048u16).map(move |port| udp_key(c, d, port)))
-        .find(|k| k != key && bit_of(k) == bit)
-        .unwrap_or_else(|| panic!("no key shares filter bit {bit} with {key:?}"))
-}
-
-fn kernel_bit_set(datapath: &Datapath, key: &FrontendKey) -> bool {
+/// Word `word` of the kernel's FRONTEND_FILTER.
+fn kernel_word(datapath: &Datapath, word: u32) -> u64 {
     let filter: Array<&MapData, u64> = Array::try_from(
         datapath
             .map(map_names::FRONTEND_FILTER)
             .expect("FRONTEND_FILTER"),
     )
     .expect("FRONTEND_FILTER is an array");
-    let (word, mask) = frontend_filter::word_and_mask(bit_of(key));
-    filter.get(&word, 0).expect("reading FRONTEND_FILTER") & mask != 0
+    filter.get(&word, 0).expect("reading FRONTEND_FILTER")
 }
 
-fn zero_kernel_filter(datapath: &mut Datapath) {
+/// Are all of `key`'s filter bits set in the kernel?
+fn kernel_covers(datapath: &Datapath, key: &FrontendKey) -> bool {
+    let (word, mask) = slot_of(key);
+    kernel_word(datapath, word) & mask == mask
+}
+
+fn set_kernel_word(datapath: &mut Datapath, word: u32, value: u64) {
     let mut filter: Array<&mut MapData, u64> = Array::try_from(
         datapath
             .map_mut(map_names::FRONTEND_FILTER)
             .expect("FRONTEND_FILTER"),
     )
     .expect("FRONTEND_FILTER is an array");
+    filter
+        .set(word, &value, 0)
+        .expect("writing FRONTEND_FILTER");
+}
+
+fn zero_kernel_filter(datapath: &mut Datapath) {
     for word in 0..frontend_filter::WORDS {
-        filter.set(word, &0, 0).expect("zeroing FRONTEND_FILTER");
+        set_kernel_word(datapath, word, 0);
     }
 }
 
@@ -123,7 +125,7 @@ fn filter_gates_the_frontend_lookup() {
     let service = udp_service(1, "198.18.100.1", 53);
     env.install(&service);
     assert!(
-        kernel_bit_set(&env.datapath, &service.frontend),
+        kernel_covers(&env.datapath, &service.frontend),
         "the writer set the bit of {:?}",
         service.frontend
     );
@@ -139,9 +141,8 @@ fn filter_gates_the_frontend_lookup() {
     // away before the lookup. This is why the writer sets the bit first.
     let hidden = udp_service(2, "198.18.100.2", 53);
     assert!(
-        !kernel_bit_set(&env.datapath, &hidden.frontend)
-            || bit_of(&hidden.frontend) == bit_of(&service.frontend),
-        "nothing set the bit of the hidden frontend"
+        !kernel_covers(&env.datapath, &hidden.frontend),
+        "nothing set the bits of the hidden frontend"
     );
     {
         let mut frontends: HashMap<&mut MapData, FrontendKey, FrontendValue> = HashMap::try_from(
@@ -162,13 +163,14 @@ fn filter_gates_the_frontend_lookup() {
         false,
     );
 
-    // A destination sharing the installed frontend's bit passes the filter; the exact
-    // lookup then finds nothing.
-    let shared = collider(&service.frontend);
+    // A destination whose bits are all set (as if by other frontends) passes the filter;
+    // the exact lookup then finds nothing.
+    let absent = udp_key(100, 3, 53);
+    set_kernel_word(&mut env.datapath, slot_of(&absent).0, u64::MAX);
     expect(
         &env,
-        "no frontend, but a filter bit set by another",
-        &packet_to(&shared, 40_002),
+        "no frontend, but its filter bits set by others",
+        &packet_to(&absent, 40_002),
         Reason::PassNoFrontend,
         false,
     );
@@ -177,21 +179,32 @@ fn filter_gates_the_frontend_lookup() {
 #[test]
 fn writer_keeps_the_filter_in_step() {
     let mut env = Env::new();
-    let first = udp_service(1, "198.18.100.1", 53);
-    let shared = collider(&first.frontend);
-    let second = udp_service(2, &ipv4_of(&shared), u16::from_be(shared.port));
+    let (a, b) = sharing_pair(|i| {
+        udp_key(
+            100 + (i >> 16) as u8,
+            (i >> 8) as u8,
+            1000 + (i & 0xff) as u16,
+        )
+    })
+    .expect("two frontends sharing a filter bit");
+    let first = udp_service(1, &ipv4_of(&a), u16::from_be(a.port));
+    let second = udp_service(2, &ipv4_of(&b), u16::from_be(b.port));
     env.install(&first);
     env.install(&second);
     assert!(
-        kernel_bit_set(&env.datapath, &first.frontend),
-        "shared bit set"
+        kernel_covers(&env.datapath, &first.frontend),
+        "first's bits set"
+    );
+    assert!(
+        kernel_covers(&env.datapath, &second.frontend),
+        "second's bits set"
     );
 
     env.apply(&[MapOp::DeleteFrontend {
         key: first.frontend,
     }]);
     assert!(
-        kernel_bit_set(&env.datapath, &second.frontend),
+        kernel_covers(&env.datapath, &second.frontend),
         "the shared bit stays while {:?} uses it",
         second.frontend
     );
@@ -213,9 +226,10 @@ fn writer_keeps_the_filter_in_step() {
     env.apply(&[MapOp::DeleteFrontend {
         key: second.frontend,
     }]);
-    assert!(
-        !kernel_bit_set(&env.datapath, &second.frontend),
-        "the bit is cleared after its last frontend"
+    assert_eq!(
+        kernel_word(&env.datapath, slot_of(&second.frontend).0),
+        0,
+        "the word is cleared after its last frontend"
     );
     expect(
         &env,
@@ -228,7 +242,7 @@ fn writer_keeps_the_filter_in_step() {
     // Put again after delete: the bit comes back before the frontend.
     env.install(&first);
     assert!(
-        kernel_bit_set(&env.datapath, &first.frontend),
+        kernel_covers(&env.datapath, &first.frontend),
         "bit set again"
     );
     expect(
@@ -266,7 +280,7 @@ fn new_writer_rebuilds_the_filter_from_frontends() {
             40_022,
         ),
     ] {
-        assert!(kernel_bit_set(&env.datapath, key), "{what}: bit set");
+        assert!(kernel_covers(&env.datapath, key), "{what}: bit set");
         expect(&env, what, &packet_to(key, port), Reason::LbNewFlow, true);
     }
 }
@@ -301,11 +315,11 @@ fn adopting_pinned_maps_rebuilds_the_filter() {
         writer.apply(&service.ops()).expect("writing the service");
         // As if pinned by a datapath that had no filter.
         zero_kernel_filter(&mut datapath);
-        assert!(!kernel_bit_set(&datapath, &service.frontend), "zeroed");
+        assert!(!kernel_covers(&datapath, &service.frontend), "zeroed");
     }
     let adopted = Datapath::open(&pin.0, &options).expect("adopting the pinned maps");
     assert!(
-        kernel_bit_set(&adopted, &service.frontend),
+        kernel_covers(&adopted, &service.frontend),
         "adoption rebuilt the bit of {:?}",
         service.frontend
     );

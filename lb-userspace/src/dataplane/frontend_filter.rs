@@ -1,27 +1,35 @@
 //! FRONTEND_FILTER upkeep: which bits the frontends in FRONTENDS need, so that the writer
-//! sets a bit before the first frontend using it is inserted and clears it only after the
-//! last one is deleted (`lb_common::frontend_filter` states the invariant the datapath
-//! relies on: a clear bit means no frontend).
+//! sets a frontend's bits before it is inserted and clears a bit only after the last frontend
+//! using it is deleted (`lb_common::frontend_filter` states the invariant the datapath relies
+//! on: a frontend's bits are all set while it exists).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     os::fd::BorrowedFd,
 };
 
-use lb_common::{FrontendKey, frontend_filter, hash::frontend_filter_bit, map_names};
+use lb_common::{FrontendKey, frontend_filter, hash::frontend_filter_slot, map_names};
 
 use super::{DataplaneError, aya_maps::batch};
 
-/// The filter bit of a frontend key.
-pub fn bit_of(key: &FrontendKey) -> u32 {
-    frontend_filter_bit(&key.addr, key.port, key.proto, key.family)
+/// The filter word and bit mask of a frontend key.
+pub fn slot_of(key: &FrontendKey) -> (u32, u64) {
+    frontend_filter_slot(&key.addr, key.port, key.proto, key.family)
+}
+
+/// Indexes of the bits set in `mask` within `word` (bit `word * 64 + i`).
+fn bits_of(word: u32, mask: u64) -> impl Iterator<Item = u32> {
+    (0..64u32)
+        .filter(move |i| mask & (1u64 << i) != 0)
+        .map(move |i| word * 64 + i)
 }
 
 /// The frontends behind each set bit.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FrontendFilter {
     keys: BTreeSet<FrontendKey>,
-    /// Bit -> frontends hashing to it (never zero: a bit without users is removed).
+    /// Bit (`word * 64 + position`) -> frontends using it (never zero: a bit without users
+    /// is removed).
     users: BTreeMap<u32, u32>,
 }
 
@@ -34,61 +42,65 @@ impl FrontendFilter {
         filter
     }
 
-    /// Records `key` (call before inserting it). Returns the word to write when its bit
-    /// was clear: `(word index, new word value)`.
+    /// Records `key` (call before inserting it). Returns the word to write when one of its
+    /// bits was clear: `(word index, new word value)`.
     pub fn add(&mut self, key: &FrontendKey) -> Option<(u32, u64)> {
         if !self.keys.insert(*key) {
             return None;
         }
-        let bit = bit_of(key);
-        let users = self.users.entry(bit).or_insert(0);
-        *users += 1;
-        (*users == 1).then(|| self.word_of(bit))
+        let (word, mask) = slot_of(key);
+        let mut changed = false;
+        for bit in bits_of(word, mask) {
+            let users = self.users.entry(bit).or_insert(0);
+            *users += 1;
+            changed |= *users == 1;
+        }
+        changed.then(|| (word, self.word_value(word)))
     }
 
-    /// Forgets `key` (call after deleting it). Returns the word to write when that was the
-    /// last frontend on its bit.
+    /// Forgets `key` (call after deleting it). Returns the word to write when it was the
+    /// last frontend on one of its bits.
     pub fn remove(&mut self, key: &FrontendKey) -> Option<(u32, u64)> {
         if !self.keys.remove(key) {
             return None;
         }
-        let bit = bit_of(key);
-        let users = self.users.get_mut(&bit)?;
-        *users -= 1;
-        if *users > 0 {
-            return None;
+        let (word, mask) = slot_of(key);
+        let mut changed = false;
+        for bit in bits_of(word, mask) {
+            if let Some(users) = self.users.get_mut(&bit) {
+                *users -= 1;
+                if *users == 0 {
+                    self.users.remove(&bit);
+                    changed = true;
+                }
+            }
         }
-        self.users.remove(&bit);
-        Some(self.word_of(bit))
+        changed.then(|| (word, self.word_value(word)))
     }
 
     pub fn contains(&self, key: &FrontendKey) -> bool {
         self.keys.contains(key)
     }
 
-    pub fn is_set(&self, bit: u32) -> bool {
-        self.users.contains_key(&bit)
+    /// Are all of `key`'s bits set (whether or not `key` itself is recorded)?
+    pub fn covers(&self, key: &FrontendKey) -> bool {
+        let (word, mask) = slot_of(key);
+        self.word_value(word) & mask == mask
     }
 
-    /// The word holding `bit` as the kernel must hold it: `(word index, value)`.
-    pub fn word_of(&self, bit: u32) -> (u32, u64) {
-        let (word, _) = frontend_filter::word_and_mask(bit);
+    /// Word `word` as the kernel must hold it.
+    pub fn word_value(&self, word: u32) -> u64 {
         let first = word * 64;
-        let value = self
-            .users
+        self.users
             .range(first..first + 64)
-            .fold(0u64, |value, (&bit, _)| {
-                value | frontend_filter::word_and_mask(bit).1
-            });
-        (word, value)
+            .fold(0u64, |value, (&bit, _)| value | 1u64 << (bit - first))
     }
 
-    /// The whole bitmap, `frontend_filter::WORDS` words.
+    /// The whole filter, `frontend_filter::WORDS` words.
     pub fn words(&self) -> Vec<u64> {
         let mut words = vec![0u64; frontend_filter::WORDS as usize];
         for &bit in self.users.keys() {
-            let (word, mask) = frontend_filter::word_and_mask(bit);
-            words[word as usize] |= mask;
+            words[(bit / 64) as usize] |= 1u64 << (bit % 64);
         }
         words
     }
@@ -118,54 +130,64 @@ pub fn rebuild(
     Ok(built)
 }
 
+/// Two different frontend keys made by `make` whose masks share a bit of one word (found by
+/// search, for tests): `make(i)` for i = 0, 1, 2, ...
+pub fn sharing_pair(make: impl Fn(u32) -> FrontendKey) -> Option<(FrontendKey, FrontendKey)> {
+    let mut by_word: BTreeMap<u32, Vec<(FrontendKey, u64)>> = BTreeMap::new();
+    for i in 0..1_000_000 {
+        let key = make(i);
+        let (word, mask) = slot_of(&key);
+        let seen = by_word.entry(word).or_default();
+        if let Some((other, _)) = seen.iter().find(|(k, m)| *k != key && m & mask != 0) {
+            return Some((*other, key));
+        }
+        seen.push((key, mask));
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn key(last: u8, port: u16) -> FrontendKey {
+    fn key(i: u32) -> FrontendKey {
+        let (c, d) = ((i >> 16) as u8, (i >> 8) as u8);
         FrontendKey {
-            addr: [198, 18, 100, last, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
-            port: port.to_be(),
+            addr: [198, 18, c, d, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            port: (1000 + (i & 0xff) as u16).to_be(),
             proto: lb_common::PROTO_TCP,
             family: lb_common::FAMILY_IPV4,
         }
     }
 
-    /// Two different keys with the same filter bit (searched, not assumed).
-    fn sharing_pair() -> (FrontendKey, FrontendKey) {
-        let mut first_by_bit = BTreeMap::new();
-        for last in 0..=255u8 {
-            for port in 1..=2000u16 {
-                let k = key(last, port);
-                if let Some(other) = first_by_bit.insert(bit_of(&k), k) {
-                    return (other, k);
-                }
-            }
-        }
-        panic!("no two of 512 000 keys share one of 2^21 bits: the hash is broken");
-    }
-
     #[test]
-    fn bit_set_on_first_add_and_cleared_on_last_remove() {
+    fn bits_set_on_first_add_and_cleared_on_last_remove() {
         let mut filter = FrontendFilter::default();
-        let a = key(1, 80);
-        let bit = bit_of(&a);
-        let (word, mask) = frontend_filter::word_and_mask(bit);
-        assert_eq!(filter.add(&a), Some((word, mask)), "first add sets the bit");
+        let a = key(1);
+        let (word, mask) = slot_of(&a);
+        assert_eq!(
+            filter.add(&a),
+            Some((word, mask)),
+            "first add sets the bits"
+        );
         assert_eq!(
             filter.add(&a),
             None,
             "re-adding the same frontend writes nothing"
         );
-        assert!(filter.is_set(bit));
+        assert!(filter.covers(&a));
         assert_eq!(filter.words()[word as usize], mask);
-        assert_eq!(filter.remove(&a), Some((word, 0)), "last remove clears it");
+        assert_eq!(
+            filter.remove(&a),
+            Some((word, 0)),
+            "last remove clears them"
+        );
         assert_eq!(
             filter.remove(&a),
             None,
             "removing an absent frontend writes nothing"
         );
-        assert!(!filter.is_set(bit));
+        assert!(!filter.covers(&a));
         assert!(
             filter.words().iter().all(|&w| w == 0),
             "empty filter, empty bitmap"
@@ -174,14 +196,16 @@ mod tests {
 
     #[test]
     fn shared_bit_stays_set_until_both_frontends_are_gone() {
-        let (a, b) = sharing_pair();
-        let bit = bit_of(&a);
+        let (a, b) = sharing_pair(key).expect("two keys sharing a filter bit");
+        let (word, mask_b) = slot_of(&b);
         let mut filter = FrontendFilter::default();
-        assert!(filter.add(&a).is_some(), "first user sets the bit");
-        assert_eq!(filter.add(&b), None, "second user: already set");
-        assert_eq!(filter.remove(&a), None, "b still needs the bit");
-        assert!(filter.is_set(bit), "bit of {b:?} cleared while it exists");
-        let (word, _) = frontend_filter::word_and_mask(bit);
+        assert!(filter.add(&a).is_some(), "first user sets its bits");
+        filter.add(&b);
+        let after_a_gone = filter.remove(&a);
+        assert!(filter.covers(&b), "bits of {b:?} cleared while it exists");
+        if let Some((w, value)) = after_a_gone {
+            assert_eq!((w, value), (word, mask_b), "only a's own bits go");
+        }
         assert_eq!(
             filter.remove(&b),
             Some((word, 0)),
@@ -190,20 +214,24 @@ mod tests {
     }
 
     #[test]
-    fn word_keeps_the_other_bits_of_its_word() {
-        let a = key(1, 80);
-        let (word, mask_a) = frontend_filter::word_and_mask(bit_of(&a));
-        // A second key in the same word but on another bit.
-        let b = (0..=255u8)
-            .flat_map(|last| (1..=2000u16).map(move |port| key(last, port)))
-            .find(|k| {
-                let (w, m) = frontend_filter::word_and_mask(bit_of(k));
-                w == word && m != mask_a
-            })
+    fn word_keeps_the_bits_of_other_frontends() {
+        let a = key(1);
+        let (word, mask_a) = slot_of(&a);
+        // A second key in the same word.
+        let b = (2..1_000_000)
+            .map(key)
+            .find(|k| slot_of(k).0 == word)
             .expect("some key lands in the same 64-bit word");
-        let mask_b = frontend_filter::word_and_mask(bit_of(&b)).1;
+        let mask_b = slot_of(&b).1;
         let mut filter = FrontendFilter::from_keys([a]);
-        assert_eq!(filter.add(&b), Some((word, mask_a | mask_b)), "both bits");
-        assert_eq!(filter.remove(&a), Some((word, mask_b)), "b's bit stays");
+        let after_b = filter.add(&b);
+        assert!(
+            after_b.is_none() || after_b == Some((word, mask_a | mask_b)),
+            "both frontends' bits: {after_b:?}"
+        );
+        assert_eq!(filter.word_value(word), mask_a | mask_b);
+        filter.remove(&a);
+        assert!(filter.covers(&b), "b's bits stay");
+        assert_eq!(filter.word_value(word), mask_b);
     }
 }

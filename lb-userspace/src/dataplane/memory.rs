@@ -49,8 +49,8 @@ pub enum Violation {
         slot: u32,
         backend_id: u32,
     },
-    /// A frontend's FRONTEND_FILTER bit is clear: the datapath would never find it.
-    FilterBitClear { frontend: FrontendKey, bit: u32 },
+    /// A bit of a frontend's FRONTEND_FILTER slot is clear: the datapath would never find it.
+    FilterBitClear { frontend: FrontendKey },
     /// A frontend names a service id without a name.
     ServiceWithoutName {
         frontend: FrontendKey,
@@ -81,10 +81,10 @@ impl fmt::Display for Violation {
                     "frontend {frontend:?}: slot {slot} names backend {backend_id}, which does not exist"
                 )
             }
-            Self::FilterBitClear { frontend, bit } => {
+            Self::FilterBitClear { frontend } => {
                 write!(
                     f,
-                    "frontend {frontend:?}: its FRONTEND_FILTER bit {bit} is clear"
+                    "frontend {frontend:?}: a FRONTEND_FILTER bit of it is clear"
                 )
             }
             Self::ServiceWithoutName {
@@ -230,10 +230,12 @@ impl MemoryMaps {
         }
     }
 
-    /// Is `bit` set in FRONTEND_FILTER as the kernel would hold it?
-    pub fn filter_bit_set(&self, bit: u32) -> bool {
-        let (word, mask) = lb_common::frontend_filter::word_and_mask(bit);
-        self.filter_words.get(&word).is_some_and(|w| w & mask != 0)
+    /// Are all of `key`'s bits set in FRONTEND_FILTER as the kernel would hold it?
+    pub fn filter_covers(&self, key: &FrontendKey) -> bool {
+        let (word, mask) = frontend_filter::slot_of(key);
+        self.filter_words
+            .get(&word)
+            .is_some_and(|w| w & mask == mask)
     }
 
     /// Set bits of FRONTEND_FILTER as the kernel would hold it.
@@ -241,18 +243,14 @@ impl MemoryMaps {
         self.filter_words.values().map(|w| w.count_ones()).sum()
     }
 
-    /// Checks what a packet relies on: every frontend's filter bit is set, its table lies
+    /// Checks what a packet relies on: every frontend's filter bits are set, its table lies
     /// inside SELECTION, each of its slots names an existing backend, and its service has
     /// a name.
     pub fn check(&self) -> Vec<Violation> {
         let mut violations = Vec::new();
         for (key, value) in &self.frontends {
-            let bit = frontend_filter::bit_of(key);
-            if !self.filter_bit_set(bit) {
-                violations.push(Violation::FilterBitClear {
-                    frontend: *key,
-                    bit,
-                });
+            if !self.filter_covers(key) {
+                violations.push(Violation::FilterBitClear { frontend: *key });
             }
             if !self.service_names.contains_key(&value.service_id) {
                 violations.push(Violation::ServiceWithoutName {
@@ -365,14 +363,16 @@ mod tests {
         maps.apply(&ops).expect("50 frontends fit");
         for key in &keys {
             assert!(
-                maps.filter_bit_set(frontend_filter::bit_of(key)),
-                "bit of {key:?} not set after its put"
+                maps.filter_covers(key),
+                "bits of {key:?} not set after its put"
             );
         }
-        assert_eq!(
-            maps.filter_bits_set(),
-            50,
-            "one bit per frontend (no collision here)"
+        assert!(
+            maps.check()
+                .iter()
+                .all(|v| !matches!(v, Violation::FilterBitClear { .. })),
+            "{:?}",
+            maps.check()
         );
         let deletes: Vec<MapOp> = keys
             .iter()
@@ -388,17 +388,9 @@ mod tests {
 
     #[test]
     fn shared_filter_bit_survives_the_first_delete() {
-        // Two frontends hashing to one bit, searched for.
-        let mut by_bit = BTreeMap::new();
-        let (a, b) = (0..=255u8)
-            .flat_map(|last| (1..=2000u16).map(move |port| frontend(last, port)))
-            .find_map(|key| {
-                by_bit
-                    .insert(frontend_filter::bit_of(&key), key)
-                    .map(|other| (other, key))
-            })
-            .expect("two of 512 000 keys share a bit");
-        let bit = frontend_filter::bit_of(&a);
+        let (a, b) =
+            frontend_filter::sharing_pair(|i| frontend((i >> 8) as u8, 1000 + (i & 0xff) as u16))
+                .expect("two keys sharing a filter bit");
         let mut maps = MemoryMaps::new(Capacity::default());
         for key in [a, b] {
             maps.apply(&[MapOp::PutFrontend {
@@ -410,8 +402,8 @@ mod tests {
         maps.apply(&[MapOp::DeleteFrontend { key: a }])
             .expect("delete a");
         assert!(
-            maps.filter_bit_set(bit),
-            "bit cleared while {b:?} still uses it"
+            maps.filter_covers(&b),
+            "a bit cleared while {b:?} still uses it"
         );
         assert!(
             maps.check()
@@ -420,6 +412,6 @@ mod tests {
         );
         maps.apply(&[MapOp::DeleteFrontend { key: b }])
             .expect("delete b");
-        assert!(!maps.filter_bit_set(bit), "bit left set with no frontend");
+        assert_eq!(maps.filter_bits_set(), 0, "bits left set with no frontend");
     }
 }
