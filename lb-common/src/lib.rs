@@ -26,6 +26,9 @@ pub const PROTO_ICMPV6: u8 = 58;
 /// Map names as the kernel sees them (at most 15 bytes) and as they are pinned.
 pub mod map_names {
     pub const FRONTENDS: &str = "FRONTENDS";
+    /// Bitmap in front of FRONTENDS: a clear bit means "no frontend here" (see
+    /// [`crate::frontend_filter`]).
+    pub const FRONTEND_FILTER: &str = "FRONTEND_FILTER";
     pub const BACKENDS: &str = "BACKENDS";
     pub const SELECTION: &str = "SELECTION";
     pub const CONNTRACK: &str = "CONNTRACK";
@@ -69,6 +72,21 @@ pub mod capacity {
     /// Service ids index the per-CPU service counters; id 0 is never used.
     pub const SERVICES: u32 = 131_072;
     pub const SERVICE_NAMES: u32 = SERVICES;
+}
+
+/// FRONTEND_FILTER: a blocked Bloom filter of the frontends, u64 words; each frontend sets
+/// two bits of one word (see [`crate::hash::frontend_filter_slot`]).
+///
+/// Invariant the writer keeps (make-before-break): the bits of every frontend in FRONTENDS
+/// are set before the frontend is inserted, and a bit is cleared only after the last
+/// frontend using it is deleted. A packet whose two bits are not both set has no frontend:
+/// one inlined array read instead of a hash lookup. 2^15 words (256 KiB, a size that stays in
+/// a core's L2); at 200 000 frontends about 3.5% of misses still go on to the exact lookup
+/// (one bit per frontend would let 9% through).
+pub mod frontend_filter {
+    pub const WORDS_LOG2: u32 = 15;
+    /// Entries of the u64 array.
+    pub const WORDS: u32 = 1 << WORDS_LOG2;
 }
 
 /// Maglev table sizes: primes just under a power of two, so the selection array can be

@@ -11,12 +11,19 @@
 //! - `BENCH_SINK_CONF[0]`: expected destination address and lowest port; `[1]`: expected
 //!   source address and the port after the highest (same layout; ports in network order).
 //! - `BENCH_SINK_STAT[0]`: UDP packets seen, `[1]`: those with the expected addresses.
+//! - `BENCH_FRAME[0]`: the 64-byte frame `bench_restore_xdp` / `bench_restore_tc` write
+//!   over the packet before every run; `BENCH_FRAME_CONF[0]`: offset of the UDP source port
+//!   to vary per run (0: keep the frame as is), `[1]`: offset of two source-address bytes to
+//!   vary with it; `BENCH_FRAME_SEQ[0]`: runs so far (never reset, so flows never repeat).
+//! - `BENCH_XDP_NEXT[0]` / `BENCH_TC_NEXT[0]`: the program measured after the restore.
 
 use aya_ebpf::{
-    bindings::xdp_action,
-    macros::{map, xdp},
-    maps::{Array, PerCpuArray},
-    programs::XdpContext,
+    EbpfContext as _,
+    bindings::{TC_ACT_PIPE, TC_ACT_SHOT, xdp_action},
+    helpers::generated::{bpf_skb_store_bytes, bpf_xdp_store_bytes},
+    macros::{classifier, map, xdp},
+    maps::{Array, PerCpuArray, ProgramArray},
+    programs::{TcContext, XdpContext},
 };
 
 const ETH_LEN: usize = 14;
@@ -181,4 +188,106 @@ pub fn bench_sink(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn bench_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
+}
+
+/// Length of the frame the restore programs write.
+const FRAME_LEN: usize = 64;
+
+#[map(name = "BENCH_FRAME")]
+static BENCH_FRAME: Array<[u8; FRAME_LEN]> = Array::with_max_entries(1, 0);
+
+#[map(name = "BENCH_FRAME_CONF")]
+static BENCH_FRAME_CONFIG: Array<u32> = Array::with_max_entries(2, 0);
+
+/// A plain array, not per-CPU: a test run may move between CPUs from one call to the next,
+/// and its flows must still never repeat (test runs of one program do not overlap).
+#[map(name = "BENCH_FRAME_SEQ")]
+static BENCH_FRAME_SEQ: Array<u64> = Array::with_max_entries(1, 0);
+
+#[map(name = "BENCH_XDP_NEXT")]
+static BENCH_XDP_NEXT: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+#[map(name = "BENCH_TC_NEXT")]
+static BENCH_TC_NEXT: ProgramArray = ProgramArray::with_max_entries(1, 0);
+
+/// The next flow's source port and address bytes when the frame varies per run.
+#[inline(always)]
+fn next_flow() -> Option<(u32, u32, [u8; 2], [u8; 2])> {
+    let port_offset = BENCH_FRAME_CONFIG.get(0).copied().unwrap_or(0);
+    if port_offset == 0 {
+        return None;
+    }
+    let addr_offset = BENCH_FRAME_CONFIG.get(1).copied().unwrap_or(0);
+    let seq_ptr = BENCH_FRAME_SEQ.get_ptr_mut(0)?;
+    // SAFETY: a map value pointer; test runs of one program do not overlap.
+    let seq = unsafe {
+        let seq = *seq_ptr;
+        *seq_ptr = seq + 1;
+        seq
+    };
+    Some((
+        port_offset,
+        addr_offset,
+        (seq as u16).to_be_bytes(),
+        ((seq >> 16) as u16).to_be_bytes(),
+    ))
+}
+
+/// Writes two bytes at `offset` of the packet, when inside it.
+#[inline(always)]
+fn put2(data: usize, end: usize, offset: u32, bytes: [u8; 2]) {
+    let at = data + (offset as usize & 0xff);
+    if at + 2 <= end {
+        // SAFETY: bounds checked just above.
+        unsafe {
+            *(at as *mut u8) = bytes[0];
+            *((at + 1) as *mut u8) = bytes[1];
+        }
+    }
+}
+
+/// Benchmark wrapper: puts the configured frame back over the packet (a test run repeats
+/// on one buffer, so the program measured would otherwise see its own rewrite from the
+/// second run on), optionally as a new flow, then tail-calls the program measured. Its own
+/// cost is measured by pointing it at the empty program.
+#[xdp]
+pub fn bench_restore_xdp(ctx: XdpContext) -> u32 {
+    let Some(frame) = BENCH_FRAME.get_ptr_mut(0) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    // SAFETY: helper call with a FRAME_LEN-byte map value as the source.
+    let stored = unsafe { bpf_xdp_store_bytes(ctx.ctx, 0, frame.cast(), FRAME_LEN as u32) };
+    if stored != 0 {
+        return xdp_action::XDP_ABORTED;
+    }
+    if let Some((port_offset, addr_offset, port, addr)) = next_flow() {
+        put2(ctx.data(), ctx.data_end(), port_offset, port);
+        put2(ctx.data(), ctx.data_end(), addr_offset, addr);
+    }
+    // SAFETY: tail call into a program of the same type; on failure we fall through.
+    unsafe { BENCH_XDP_NEXT.tail_call(&ctx, 0) };
+    xdp_action::XDP_ABORTED
+}
+
+/// [`bench_restore_xdp`] for TC programs.
+#[classifier]
+pub fn bench_restore_tc(ctx: TcContext) -> i32 {
+    let Some(frame) = BENCH_FRAME.get_ptr(0) else {
+        return TC_ACT_SHOT;
+    };
+    // SAFETY: helper call with a FRAME_LEN-byte map value as the source.
+    let stored =
+        unsafe { bpf_skb_store_bytes(ctx.as_ptr().cast(), 0, frame.cast(), FRAME_LEN as u32, 0) };
+    if stored != 0 {
+        return TC_ACT_SHOT;
+    }
+    // SAFETY: tail call into a program of the same type; on failure we fall through.
+    unsafe { BENCH_TC_NEXT.tail_call(&ctx, 0) };
+    TC_ACT_SHOT
+}
+
+/// The empty TC program: what the TC restore costs on its own.
+#[classifier]
+pub fn bench_tc_empty(_ctx: TcContext) -> i32 {
+    TC_ACT_PIPE
 }

@@ -4,6 +4,7 @@ use core::mem::MaybeUninit;
 
 use lb_common::{
     FrontendKey, FrontendValue, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, Reason, frontend_flags,
+    hash::frontend_filter_slot,
 };
 
 use crate::{
@@ -12,7 +13,7 @@ use crate::{
     fragments,
     icmp::{self, Direction},
     lookup::{self, Choice},
-    maps::FRONTENDS,
+    maps::{FRONTEND_FILTER, FRONTENDS},
     nat::{Side, rewrite},
     parse::{Fragment, Parsed, parse},
     reject,
@@ -33,13 +34,17 @@ pub fn process<C: PacketCtx>(ctx: &C) -> Verdict {
     if p.proto == PROTO_ICMP || p.proto == PROTO_ICMPV6 {
         return icmp::translate_error(ctx, p, Direction::Ingress);
     }
+    // Most packets that are not for a service stop here, after one inlined array read.
+    if !maybe_frontend(p) {
+        return Verdict::pass(Reason::PassNoFrontend);
+    }
     let key = FrontendKey {
         addr: p.dst,
         port: p.dport,
         proto: p.proto,
         family: p.family,
     };
-    // The only lookup a packet that is not for a service pays.
+    // The exact lookup, for packets whose filter bit is set.
     let Some(frontend) = FRONTENDS.get_ptr(&key) else {
         return Verdict::pass(Reason::PassNoFrontend);
     };
@@ -64,6 +69,18 @@ pub fn process<C: PacketCtx>(ctx: &C) -> Verdict {
             }
         }
     }
+}
+
+/// False when FRONTEND_FILTER says no frontend has the packet's destination (the agent sets
+/// a frontend's bits before inserting it and clears a bit after deleting the last frontend
+/// using it).
+#[inline(always)]
+fn maybe_frontend(p: &Parsed) -> bool {
+    let (word, mask) = frontend_filter_slot(&p.dst, p.dport, p.proto, p.family);
+    // A filter smaller than the contract's (it never is) must not hide frontends.
+    FRONTEND_FILTER
+        .get(word)
+        .is_none_or(|bits| bits & mask == mask)
 }
 
 /// Chooses the backend and rewrites the packet; None when the frontend has no usable

@@ -8,6 +8,13 @@
 //! (the two paths), `verdict`.
 //!
 //! Decisions worth knowing:
+//! - Misses: FRONTEND_FILTER, a blocked Bloom filter (2^15 u64 words, two bits of one word
+//!   per frontend, from a one-multiply hash of address, port, protocol and family), sits in
+//!   front of the FRONTENDS hash lookup. A bit clear means no frontend: the packet passes
+//!   (`pass_no_frontend`) after one inlined array read, instead of a hash lookup whose bucket
+//!   is cold for most destinations. The agent's writer sets a frontend's bits before
+//!   inserting it and clears a bit after deleting the last frontend using it; bits all set
+//!   only send the packet on to the exact lookup.
 //! - Checksums: XDP updates them in software (RFC 1624), which is right for full checksums
 //!   only; TC uses `bpf_l3/l4_csum_replace` with `BPF_F_PSEUDO_HDR`, so partial (offloaded)
 //!   checksums from local veths and `CHECKSUM_COMPLETE` sums stay right. Use TC ingress on

@@ -8,12 +8,16 @@ use aya_ebpf::{
 use lb_common::{
     AffinityKey, AffinityValue, Backend, Config, FlowKey, FlowValue, FragmentKey, FragmentValue,
     FrontendKey, FrontendValue, ProtoCounter, Reason, ServiceCounters, ServiceName, SourceRangeKey,
-    capacity,
+    capacity, frontend_filter,
 };
 
 #[map(name = "FRONTENDS")]
 pub static FRONTENDS: HashMap<FrontendKey, FrontendValue> =
     HashMap::with_max_entries(capacity::FRONTENDS, 0);
+
+/// Bits in front of FRONTENDS (`lb_common::frontend_filter`): clear means no frontend.
+#[map(name = "FRONTEND_FILTER")]
+pub static FRONTEND_FILTER: Array<u64> = Array::with_max_entries(frontend_filter::WORDS, 0);
 
 /// Indexed by backend id; id 0 and deleted backends have `state == EMPTY`.
 #[map(name = "BACKENDS")]

@@ -63,7 +63,7 @@ impl Plan {
                 scales: vec![(1, 3), (1000, 3)],
                 repeat: 1_000_000,
                 runs: 3,
-                batch: 2_000,
+                batch: 100_000,
             },
             lab: lab_run::Config {
                 scales: vec![1, 1000],
@@ -93,7 +93,7 @@ impl Plan {
                 scales: vec![(1, 3), (1000, 3), (10_000, 3), (100_000, 3), (1000, 100)],
                 repeat: 1_000_000,
                 runs: 5,
-                batch: 10_000,
+                batch: 100_000,
             },
             lab: lab_run::Config {
                 scales: vec![1, 1000, 10_000],

@@ -137,6 +137,11 @@ impl Slicelb {
             })
     }
 
+    /// The loaded datapath (the per-packet benchmark loads its restore programs into it).
+    pub fn datapath_mut(&mut self) -> &mut Datapath {
+        &mut self.datapath
+    }
+
     /// Runs program `name` (XDP or TC) `repeat` times on `frame` with the live maps.
     pub fn run(
         &self,

@@ -15,6 +15,7 @@ use lb_common::{
 
 use super::{
     AppliedState, Capacity, DataplaneError, MapOp, MapWriter,
+    frontend_filter::{self, FrontendFilter},
     loader::{Datapath, LoadError},
 };
 
@@ -27,6 +28,10 @@ pub struct AyaMaps {
     /// Descriptors for batched access (one syscall per chunk instead of per slot).
     backends_fd: OwnedFd,
     selection_fd: OwnedFd,
+    frontend_filter_fd: OwnedFd,
+    /// The frontends behind each FRONTEND_FILTER bit; built from FRONTENDS (and the kernel
+    /// bitmap rewritten to match) on the first `apply`, so readers never pay for it.
+    frontend_filter: Option<FrontendFilter>,
     service_names: HashMap<MapData, u32, ServiceName>,
     source_ranges: LpmTrie<MapData, SourceRangeKey, u8>,
     conntrack: HashMap<MapData, FlowKey, FlowValue>,
@@ -111,6 +116,10 @@ impl AyaMaps {
         let backends = open(map_names::BACKENDS)?;
         let backends_fd = clone_fd(map_names::BACKENDS, &backends)?;
         let selection_fd = clone_fd(map_names::SELECTION, &open(map_names::SELECTION)?)?;
+        let frontend_filter_fd = clone_fd(
+            map_names::FRONTEND_FILTER,
+            &open(map_names::FRONTEND_FILTER)?,
+        )?;
         Ok(Self {
             frontends: typed(map_names::FRONTENDS, open(map_names::FRONTENDS)?, |d| {
                 HashMap::try_from(Map::HashMap(d))
@@ -120,6 +129,8 @@ impl AyaMaps {
             })?,
             backends_fd,
             selection_fd,
+            frontend_filter_fd,
+            frontend_filter: None,
             service_names: typed(
                 map_names::SERVICE_NAMES,
                 open(map_names::SERVICE_NAMES)?,
@@ -225,6 +236,47 @@ impl AyaMaps {
         }
     }
 
+    /// The filter bookkeeping, built (and the kernel bitmap rewritten) on first use.
+    fn filter(&mut self) -> Result<&mut FrontendFilter, DataplaneError> {
+        if self.frontend_filter.is_none() {
+            let keys = self
+                .frontends
+                .keys()
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(read_err(map_names::FRONTENDS))?;
+            let built = frontend_filter::rebuild(self.frontend_filter_fd.as_fd(), keys)?;
+            self.frontend_filter = Some(built);
+        }
+        Ok(self
+            .frontend_filter
+            .get_or_insert_with(FrontendFilter::default))
+    }
+
+    /// Sets the frontend's filter bit, then inserts it (make before break).
+    fn put_frontend(
+        &mut self,
+        key: &FrontendKey,
+        value: &FrontendValue,
+    ) -> Result<(), DataplaneError> {
+        let known = self.filter()?.contains(key);
+        if let Some(word) = self.filter()?.add(key)
+            && let Err(error) = frontend_filter::write_word(self.frontend_filter_fd.as_fd(), word)
+        {
+            self.filter()?.remove(key);
+            return Err(error);
+        }
+        let capacity = self.capacity.frontends;
+        let inserted = self
+            .frontends
+            .insert(key, value, 0)
+            .map_err(write_err(map_names::FRONTENDS, capacity));
+        if inserted.is_err() && !known {
+            // Not inserted: forget it (its bit left set only costs a lookup).
+            self.filter()?.remove(key);
+        }
+        inserted
+    }
+
     fn apply_one(&mut self, op: &MapOp) -> Result<(), DataplaneError> {
         let capacity = self.capacity;
         match op {
@@ -262,14 +314,20 @@ impl AyaMaps {
                     }
                 })
             }
-            MapOp::PutFrontend { key, value } => self
-                .frontends
-                .insert(key, value, 0)
-                .map_err(write_err(map_names::FRONTENDS, capacity.frontends)),
-            MapOp::DeleteFrontend { key } => match self.frontends.remove(key) {
-                Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-                Err(e) => Err(write_err(map_names::FRONTENDS, capacity.frontends)(e)),
-            },
+            MapOp::PutFrontend { key, value } => self.put_frontend(key, value),
+            MapOp::DeleteFrontend { key } => {
+                match self.frontends.remove(key) {
+                    Ok(()) | Err(MapError::KeyNotFound) => {}
+                    Err(e) => return Err(write_err(map_names::FRONTENDS, capacity.frontends)(e)),
+                }
+                // Break after make: the bit goes once no frontend needs it.
+                match self.filter()?.remove(key) {
+                    Some(word) => {
+                        frontend_filter::write_word(self.frontend_filter_fd.as_fd(), word)
+                    }
+                    None => Ok(()),
+                }
+            }
             MapOp::PutServiceName { id, name } => self
                 .service_names
                 .insert(id, &ServiceName::new(name), 0)
@@ -354,7 +412,7 @@ impl MapWriter for AyaMaps {
 /// Batched access to array maps (`BPF_MAP_UPDATE_BATCH` / `BPF_MAP_LOOKUP_BATCH`, Linux
 /// 5.6), which aya 0.16 does not wrap: a 131 071-slot Maglev table is a handful of syscalls
 /// instead of one per slot.
-mod batch {
+pub(super) mod batch {
     use std::{
         io,
         os::fd::{AsRawFd as _, BorrowedFd},

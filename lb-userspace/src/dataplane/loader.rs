@@ -8,6 +8,7 @@
 use std::{
     ffi::CString,
     io,
+    os::fd::AsFd as _,
     path::{Path, PathBuf},
 };
 
@@ -21,14 +22,15 @@ use aya::{
         xdp::XdpLink,
     },
 };
-use lb_common::{Config, capacity, map_names, program_names};
+use lb_common::{Config, FrontendKey, FrontendValue, capacity, map_names, program_names};
 
 /// The compiled `lb-ebpf` object.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
 
 /// Every map of the object, in the order they are pinned.
-pub const ALL_MAPS: [&str; 12] = [
+pub const ALL_MAPS: [&str; 13] = [
     map_names::FRONTENDS,
+    map_names::FRONTEND_FILTER,
     map_names::BACKENDS,
     map_names::SELECTION,
     map_names::CONNTRACK,
@@ -147,6 +149,11 @@ pub enum LoadError {
         #[source]
         source: aya::maps::MapError,
     },
+    #[error("rebuilding the frontend filter from the adopted frontends failed: {source}")]
+    FrontendFilter {
+        #[source]
+        source: super::DataplaneError,
+    },
     #[error("interface name {iface:?} is not valid")]
     InterfaceName { iface: String },
     #[error("removing {path} failed: {source}")]
@@ -204,6 +211,11 @@ impl Datapath {
             links: Vec::new(),
         };
         datapath.load_programs()?;
+        if adopting {
+            // Before any attach: adopted FRONTENDS (perhaps pinned by a datapath without the
+            // filter) must find their filter bits set.
+            datapath.rebuild_frontend_filter()?;
+        }
         if !adopting || options.overwrite_config {
             datapath.write_config(&options.config)?;
         }
@@ -242,6 +254,28 @@ impl Datapath {
             result.map_err(|source| LoadError::Verify { program, source })?;
         }
         Ok(())
+    }
+
+    /// Rewrites FRONTEND_FILTER from the frontends in FRONTENDS.
+    fn rebuild_frontend_filter(&self) -> Result<(), LoadError> {
+        let frontends: aya::maps::HashMap<&MapData, FrontendKey, FrontendValue> =
+            aya::maps::HashMap::try_from(self.map(map_names::FRONTENDS)?).map_err(|source| {
+                LoadError::Map {
+                    map: map_names::FRONTENDS,
+                    source,
+                }
+            })?;
+        let keys = frontends
+            .keys()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|source| LoadError::Map {
+                map: map_names::FRONTENDS,
+                source,
+            })?;
+        let filter = self.map_data(map_names::FRONTEND_FILTER)?;
+        super::frontend_filter::rebuild(filter.fd().as_fd(), keys)
+            .map(|_| ())
+            .map_err(|source| LoadError::FrontendFilter { source })
     }
 
     /// Writes the CONFIG entry.

@@ -9,13 +9,21 @@ use std::{
 
 use lb_common::{Backend, FrontendKey, FrontendValue, SourceRangeKey, backend_state, map_names};
 
-use super::{AppliedState, Capacity, DataplaneError, MapOp, MapWriter};
+use super::{
+    AppliedState, Capacity, DataplaneError, MapOp, MapWriter,
+    frontend_filter::{self, FrontendFilter},
+};
 
 /// The configuration maps, in memory.
 #[derive(Clone, Debug)]
 pub struct MemoryMaps {
     capacity: Capacity,
     frontends: BTreeMap<FrontendKey, FrontendValue>,
+    /// The writer's bookkeeping for FRONTEND_FILTER, as `AyaMaps` keeps it.
+    filter: FrontendFilter,
+    /// FRONTEND_FILTER as the kernel would hold it: word index -> value (absent: zero),
+    /// changed only by the words the bookkeeping hands out.
+    filter_words: BTreeMap<u32, u64>,
     /// Indexed by backend id, `capacity.backends` long, like the BACKENDS array.
     backends: Vec<Backend>,
     /// `capacity.selection_slots` long, like the SELECTION array.
@@ -41,6 +49,8 @@ pub enum Violation {
         slot: u32,
         backend_id: u32,
     },
+    /// A bit of a frontend's FRONTEND_FILTER slot is clear: the datapath would never find it.
+    FilterBitClear { frontend: FrontendKey },
     /// A frontend names a service id without a name.
     ServiceWithoutName {
         frontend: FrontendKey,
@@ -71,6 +81,12 @@ impl fmt::Display for Violation {
                     "frontend {frontend:?}: slot {slot} names backend {backend_id}, which does not exist"
                 )
             }
+            Self::FilterBitClear { frontend } => {
+                write!(
+                    f,
+                    "frontend {frontend:?}: a FRONTEND_FILTER bit of it is clear"
+                )
+            }
             Self::ServiceWithoutName {
                 frontend,
                 service_id,
@@ -93,6 +109,8 @@ impl MemoryMaps {
         Self {
             capacity,
             frontends: BTreeMap::new(),
+            filter: FrontendFilter::default(),
+            filter_words: BTreeMap::new(),
             backends: vec![Backend::default(); capacity.backends as usize],
             selection: vec![0; capacity.selection_slots as usize],
             service_names: BTreeMap::new(),
@@ -145,6 +163,10 @@ impl MemoryMaps {
                         capacity: cap.frontends,
                     });
                 }
+                // Make before break: the filter bit first.
+                if let Some(word) = self.filter.add(key) {
+                    self.write_filter_word(word);
+                }
                 self.frontends.insert(*key, *value);
             }
             MapOp::DeleteFrontend { key } => {
@@ -154,6 +176,9 @@ impl MemoryMaps {
                         map: map_names::FRONTENDS,
                         source: not_found(format!("frontend {key:?}")),
                     })?;
+                if let Some(word) = self.filter.remove(key) {
+                    self.write_filter_word(word);
+                }
             }
             MapOp::PutServiceName { id, name } => {
                 if *id == 0 || *id >= cap.services {
@@ -197,11 +222,36 @@ impl MemoryMaps {
         Ok(())
     }
 
-    /// Checks what a packet relies on: every frontend's table lies inside SELECTION, each of
-    /// its slots names an existing backend, and its service has a name.
+    fn write_filter_word(&mut self, (word, value): (u32, u64)) {
+        if value == 0 {
+            self.filter_words.remove(&word);
+        } else {
+            self.filter_words.insert(word, value);
+        }
+    }
+
+    /// Are all of `key`'s bits set in FRONTEND_FILTER as the kernel would hold it?
+    pub fn filter_covers(&self, key: &FrontendKey) -> bool {
+        let (word, mask) = frontend_filter::slot_of(key);
+        self.filter_words
+            .get(&word)
+            .is_some_and(|w| w & mask == mask)
+    }
+
+    /// Set bits of FRONTEND_FILTER as the kernel would hold it.
+    pub fn filter_bits_set(&self) -> u32 {
+        self.filter_words.values().map(|w| w.count_ones()).sum()
+    }
+
+    /// Checks what a packet relies on: every frontend's filter bits are set, its table lies
+    /// inside SELECTION, each of its slots names an existing backend, and its service has
+    /// a name.
     pub fn check(&self) -> Vec<Violation> {
         let mut violations = Vec::new();
         for (key, value) in &self.frontends {
+            if !self.filter_covers(key) {
+                violations.push(Violation::FilterBitClear { frontend: *key });
+            }
             if !self.service_names.contains_key(&value.service_id) {
                 violations.push(Violation::ServiceWithoutName {
                     frontend: *key,
@@ -274,5 +324,94 @@ impl MapWriter for MemoryMaps {
 
     fn apply(&mut self, ops: &[MapOp]) -> Result<(), DataplaneError> {
         ops.iter().try_for_each(|op| self.apply_op(op))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use lb_common::{FAMILY_IPV4, PROTO_UDP};
+
+    use super::*;
+
+    fn frontend(last: u8, port: u16) -> FrontendKey {
+        FrontendKey {
+            addr: [198, 18, 100, last, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            port: port.to_be(),
+            proto: PROTO_UDP,
+            family: FAMILY_IPV4,
+        }
+    }
+
+    fn value() -> FrontendValue {
+        FrontendValue {
+            service_id: 1,
+            ..FrontendValue::default()
+        }
+    }
+
+    #[test]
+    fn filter_follows_frontend_puts_and_deletes() {
+        let mut maps = MemoryMaps::new(Capacity::default());
+        let keys: Vec<FrontendKey> = (1..=50).map(|i| frontend(i, 53)).collect();
+        let ops: Vec<MapOp> = keys
+            .iter()
+            .map(|key| MapOp::PutFrontend {
+                key: *key,
+                value: value(),
+            })
+            .collect();
+        maps.apply(&ops).expect("50 frontends fit");
+        for key in &keys {
+            assert!(
+                maps.filter_covers(key),
+                "bits of {key:?} not set after its put"
+            );
+        }
+        assert!(
+            maps.check()
+                .iter()
+                .all(|v| !matches!(v, Violation::FilterBitClear { .. })),
+            "{:?}",
+            maps.check()
+        );
+        let deletes: Vec<MapOp> = keys
+            .iter()
+            .map(|key| MapOp::DeleteFrontend { key: *key })
+            .collect();
+        maps.apply(&deletes).expect("deletes of present frontends");
+        assert_eq!(
+            maps.filter_bits_set(),
+            0,
+            "every bit cleared after the last delete"
+        );
+    }
+
+    #[test]
+    fn shared_filter_bit_survives_the_first_delete() {
+        let (a, b) =
+            frontend_filter::sharing_pair(|i| frontend((i >> 8) as u8, 1000 + (i & 0xff) as u16))
+                .expect("two keys sharing a filter bit");
+        let mut maps = MemoryMaps::new(Capacity::default());
+        for key in [a, b] {
+            maps.apply(&[MapOp::PutFrontend {
+                key,
+                value: value(),
+            }])
+            .expect("put");
+        }
+        maps.apply(&[MapOp::DeleteFrontend { key: a }])
+            .expect("delete a");
+        assert!(
+            maps.filter_covers(&b),
+            "a bit cleared while {b:?} still uses it"
+        );
+        assert!(
+            maps.check()
+                .iter()
+                .all(|v| !matches!(v, Violation::FilterBitClear { .. }))
+        );
+        maps.apply(&[MapOp::DeleteFrontend { key: b }])
+            .expect("delete b");
+        assert_eq!(maps.filter_bits_set(), 0, "bits left set with no frontend");
     }
 }

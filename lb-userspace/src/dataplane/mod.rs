@@ -3,6 +3,7 @@
 
 pub mod applied;
 pub mod aya_maps;
+pub mod frontend_filter;
 pub mod loader;
 pub mod memory;
 pub mod test_run;

@@ -1,0 +1,338 @@
+//! FRONTEND_FILTER through BPF_PROG_TEST_RUN: the forward path consults the bitmap before
+//! the FRONTENDS lookup, and the map writer keeps the bitmap in step with FRONTENDS
+//! (insert, delete, two frontends sharing a bit, maps adopted without a filter). Needs root.
+
+#[path = "support/kernel.rs"]
+mod kernel;
+#[path = "support/packets.rs"]
+mod packets;
+
+use std::path::PathBuf;
+
+use aya::maps::{Array, HashMap, MapData};
+use kernel::*;
+use lb_common::{
+    FrontendKey, FrontendValue, PROTO_UDP, Reason, backend_state::ACTIVE, frontend_filter,
+    frontend_kind, map_names,
+};
+use packets::*;
+use slicelb::dataplane::{
+    MapOp, MapWriter as _,
+    aya_maps::AyaMaps,
+    frontend_filter::{sharing_pair, slot_of},
+    loader::{Datapath, DatapathOptions},
+};
+
+const CLIENT: &str = "198.18.0.1";
+
+fn udp_service(id: u32, addr: &str, port: u16) -> Service {
+    Service::new(
+        id,
+        addr,
+        port,
+        PROTO_UDP,
+        frontend_kind::CLUSTER_IP,
+        0,
+        &[
+            (id * 10, "198.18.1.1", 8080, ACTIVE),
+            (id * 10 + 1, "198.18.1.2", 8080, ACTIVE),
+        ],
+    )
+}
+
+fn ipv4_of(key: &FrontendKey) -> String {
+    std::net::Ipv4Addr::new(key.addr[0], key.addr[1], key.addr[2], key.addr[3]).to_string()
+}
+
+fn packet_to(key: &FrontendKey, sport: u16) -> Vec<u8> {
+    Spec::new(
+        CLIENT,
+        sport,
+        &ipv4_of(key),
+        u16::from_be(key.port),
+        L4::Udp,
+    )
+    .build()
+}
+
+fn udp_key(c: u8, d: u8, port: u16) -> FrontendKey {
+    let (addr, family) = addr16(&format!("198.18.{c}.{d}"));
+    FrontendKey {
+        addr,
+        port: port.to_be(),
+        proto: PROTO_UDP,
+        family,
+    }
+}
+
+/// Word `word` of the kernel's FRONTEND_FILTER.
+fn kernel_word(datapath: &Datapath, word: u32) -> u64 {
+    let filter: Array<&MapData, u64> = Array::try_from(
+        datapath
+            .map(map_names::FRONTEND_FILTER)
+            .expect("FRONTEND_FILTER"),
+    )
+    .expect("FRONTEND_FILTER is an array");
+    filter.get(&word, 0).expect("reading FRONTEND_FILTER")
+}
+
+/// Are all of `key`'s filter bits set in the kernel?
+fn kernel_covers(datapath: &Datapath, key: &FrontendKey) -> bool {
+    let (word, mask) = slot_of(key);
+    kernel_word(datapath, word) & mask == mask
+}
+
+fn set_kernel_word(datapath: &mut Datapath, word: u32, value: u64) {
+    let mut filter: Array<&mut MapData, u64> = Array::try_from(
+        datapath
+            .map_mut(map_names::FRONTEND_FILTER)
+            .expect("FRONTEND_FILTER"),
+    )
+    .expect("FRONTEND_FILTER is an array");
+    filter
+        .set(word, &value, 0)
+        .expect("writing FRONTEND_FILTER");
+}
+
+fn zero_kernel_filter(datapath: &mut Datapath) {
+    for word in 0..frontend_filter::WORDS {
+        set_kernel_word(datapath, word, 0);
+    }
+}
+
+/// Runs `packet` through XDP and checks the one reason it was counted under, and whether
+/// it left rewritten.
+fn expect(env: &Env, case: &str, packet: &[u8], reason: Reason, rewritten: bool) {
+    let before = env.reasons();
+    let out = env.run(Program::Xdp, packet);
+    let after = env.reasons();
+    assert_eq!(out.verdict, XDP_PASS, "{case}: verdict");
+    assert_eq!(
+        reason_deltas(&before, &after),
+        vec![(reason, 1)],
+        "{case}: counted reason"
+    );
+    assert_eq!(
+        out.packet != packet,
+        rewritten,
+        "{case}: packet rewritten? (expected {rewritten})"
+    );
+}
+
+#[test]
+fn filter_gates_the_frontend_lookup() {
+    let mut env = Env::new();
+    let service = udp_service(1, "198.18.100.1", 53);
+    env.install(&service);
+    assert!(
+        kernel_covers(&env.datapath, &service.frontend),
+        "the writer set the bit of {:?}",
+        service.frontend
+    );
+    expect(
+        &env,
+        "a frontend whose bit is set",
+        &packet_to(&service.frontend, 40_000),
+        Reason::LbNewFlow,
+        true,
+    );
+
+    // A frontend written around the writer (its bit clear): the filter turns its packets
+    // away before the lookup. This is why the writer sets the bit first.
+    let hidden = udp_service(2, "198.18.100.2", 53);
+    assert!(
+        !kernel_covers(&env.datapath, &hidden.frontend),
+        "nothing set the bits of the hidden frontend"
+    );
+    {
+        let mut frontends: HashMap<&mut MapData, FrontendKey, FrontendValue> = HashMap::try_from(
+            env.datapath
+                .map_mut(map_names::FRONTENDS)
+                .expect("FRONTENDS"),
+        )
+        .expect("FRONTENDS is a hash map");
+        frontends
+            .insert(&hidden.frontend, &hidden.value, 0)
+            .expect("inserting around the writer");
+    }
+    expect(
+        &env,
+        "a frontend in FRONTENDS whose filter bit is clear",
+        &packet_to(&hidden.frontend, 40_001),
+        Reason::PassNoFrontend,
+        false,
+    );
+
+    // A destination whose bits are all set (as if by other frontends) passes the filter;
+    // the exact lookup then finds nothing.
+    let absent = udp_key(100, 3, 53);
+    set_kernel_word(&mut env.datapath, slot_of(&absent).0, u64::MAX);
+    expect(
+        &env,
+        "no frontend, but its filter bits set by others",
+        &packet_to(&absent, 40_002),
+        Reason::PassNoFrontend,
+        false,
+    );
+}
+
+#[test]
+fn writer_keeps_the_filter_in_step() {
+    let mut env = Env::new();
+    let (a, b) = sharing_pair(|i| {
+        udp_key(
+            100 + (i >> 16) as u8,
+            (i >> 8) as u8,
+            1000 + (i & 0xff) as u16,
+        )
+    })
+    .expect("two frontends sharing a filter bit");
+    let first = udp_service(1, &ipv4_of(&a), u16::from_be(a.port));
+    let second = udp_service(2, &ipv4_of(&b), u16::from_be(b.port));
+    env.install(&first);
+    env.install(&second);
+    assert!(
+        kernel_covers(&env.datapath, &first.frontend),
+        "first's bits set"
+    );
+    assert!(
+        kernel_covers(&env.datapath, &second.frontend),
+        "second's bits set"
+    );
+
+    env.apply(&[MapOp::DeleteFrontend {
+        key: first.frontend,
+    }]);
+    assert!(
+        kernel_covers(&env.datapath, &second.frontend),
+        "the shared bit stays while {:?} uses it",
+        second.frontend
+    );
+    expect(
+        &env,
+        "the frontend left on a shared bit",
+        &packet_to(&second.frontend, 40_010),
+        Reason::LbNewFlow,
+        true,
+    );
+    expect(
+        &env,
+        "the deleted frontend",
+        &packet_to(&first.frontend, 40_011),
+        Reason::PassNoFrontend,
+        false,
+    );
+
+    env.apply(&[MapOp::DeleteFrontend {
+        key: second.frontend,
+    }]);
+    assert_eq!(
+        kernel_word(&env.datapath, slot_of(&second.frontend).0),
+        0,
+        "the word is cleared after its last frontend"
+    );
+    expect(
+        &env,
+        "both deleted",
+        &packet_to(&second.frontend, 40_012),
+        Reason::PassNoFrontend,
+        false,
+    );
+
+    // Put again after delete: the bit comes back before the frontend.
+    env.install(&first);
+    assert!(
+        kernel_covers(&env.datapath, &first.frontend),
+        "bit set again"
+    );
+    expect(
+        &env,
+        "re-added frontend",
+        &packet_to(&first.frontend, 40_013),
+        Reason::LbNewFlow,
+        true,
+    );
+}
+
+/// A fresh writer over maps whose filter is empty (maps pinned by a datapath without the
+/// filter) rewrites the whole filter from FRONTENDS on its first write.
+#[test]
+fn new_writer_rebuilds_the_filter_from_frontends() {
+    let mut env = Env::new();
+    let service = udp_service(1, "198.18.100.1", 53);
+    env.install(&service);
+    zero_kernel_filter(&mut env.datapath);
+    expect(
+        &env,
+        "filter emptied behind the writer's back",
+        &packet_to(&service.frontend, 40_020),
+        Reason::PassNoFrontend,
+        false,
+    );
+    let mut writer = AyaMaps::from_datapath(&env.datapath).expect("opening the maps");
+    let other = udp_service(2, "198.18.100.2", 53);
+    writer.apply(&other.ops()).expect("writing another service");
+    for (what, key, port) in [
+        ("adopted frontend", &service.frontend, 40_021),
+        (
+            "frontend written by the new writer",
+            &other.frontend,
+            40_022,
+        ),
+    ] {
+        assert!(kernel_covers(&env.datapath, key), "{what}: bit set");
+        expect(&env, what, &packet_to(key, port), Reason::LbNewFlow, true);
+    }
+}
+
+/// Pinned maps removed on drop, also after a panic.
+struct PinDir(PathBuf);
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        if let Err(error) = Datapath::detach(&self.0) {
+            eprintln!("cleaning up {}: {error}", self.0.display());
+        }
+    }
+}
+
+/// An agent restart adopting pinned maps rebuilds the filter before anything is attached.
+#[test]
+fn adopting_pinned_maps_rebuilds_the_filter() {
+    require_root();
+    let pin = PinDir(PathBuf::from(format!(
+        "/sys/fs/bpf/slicelb-test-{}-filter",
+        std::process::id()
+    )));
+    let options = DatapathOptions {
+        capacity: test_capacity(),
+        ..DatapathOptions::default()
+    };
+    let service = udp_service(1, "198.18.100.1", 53);
+    {
+        let mut datapath = Datapath::open(&pin.0, &options).expect("loading, pinned");
+        let mut writer = AyaMaps::from_datapath(&datapath).expect("opening the maps");
+        writer.apply(&service.ops()).expect("writing the service");
+        // As if pinned by a datapath that had no filter.
+        zero_kernel_filter(&mut datapath);
+        assert!(!kernel_covers(&datapath, &service.frontend), "zeroed");
+    }
+    let adopted = Datapath::open(&pin.0, &options).expect("adopting the pinned maps");
+    assert!(
+        kernel_covers(&adopted, &service.frontend),
+        "adoption rebuilt the bit of {:?}",
+        service.frontend
+    );
+    let out = slicelb::dataplane::test_run::run(
+        adopted.xdp(Program::Xdp.name()).expect("xdp program"),
+        "slicelb_xdp",
+        &packet_to(&service.frontend, 40_030),
+    )
+    .expect("test run");
+    // Ethernet 14 + IPv4 destination at 16.
+    let dst = &out.packet[30..34];
+    assert!(
+        dst == [198, 18, 1, 1] || dst == [198, 18, 1, 2],
+        "the adopted frontend is balanced to a backend, got {dst:?}"
+    );
+}
