@@ -487,12 +487,11 @@ mod tests {
 
     /// The extra share of slots (beyond the changed backend's 1/N or 1/(N+1)) that moves when
     /// one backend is removed (first, middle, last in address order) or added, worst case over
-    /// five windows of each address family, for fresh tables and for `rebalance`. A report
-    /// more than a check (the fresh table cannot meet 1%), but it fails if `rebalance` breaks
-    /// the bounds on any of these sets. Run with
-    /// `cargo test -p lb-userspace --lib disruption_of_fresh -- --ignored --nocapture`.
+    /// five windows of each address family, for fresh tables and for `rebalance`. It fails if
+    /// `rebalance` breaks the bounds on any of these sets; the fresh tables' columns
+    /// are printed, not checked (no table that is a pure function of the set meets 1%). See
+    /// them with `cargo test -p lb-userspace --lib disruption_of_fresh -- --nocapture`.
     #[test]
-    #[ignore = "a measurement over 360 cases; slow in a debug build"]
     fn disruption_of_fresh_tables_across_address_sets() {
         println!(
             "   n   size  fresh removal  fresh addition  rebalance removal  rebalance addition"
