@@ -330,7 +330,7 @@ impl MapWriter for AyaMaps {
                 map: map_names::SELECTION,
                 source,
             })?;
-            state.selection.insert(value.table_offset, slots);
+            state.selection.insert(value.table_offset, slots.into());
         }
         for entry in self.service_names.iter() {
             let (id, name) = entry.map_err(read_err(map_names::SERVICE_NAMES))?;

@@ -248,7 +248,7 @@ impl Planner {
         let same = applied
             .selection
             .get(&offset)
-            .is_some_and(|found| found.as_slice() == &**slots);
+            .is_some_and(|found| Arc::ptr_eq(found, slots) || **found == **slots);
         if same {
             self.written.insert(offset, slots.clone());
         }
@@ -427,7 +427,7 @@ impl Planner {
                             })?;
                     admission.selection_ops.push(MapOp::PutSelection {
                         offset,
-                        slots: slots.to_vec(),
+                        slots: slots.clone(),
                     });
                     self.written.insert(offset, slots.clone());
                     work.placed.insert(table_key.clone(), offset);

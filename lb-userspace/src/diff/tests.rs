@@ -759,7 +759,7 @@ fn forget_tables_makes_the_planner_reread_selection() {
         "first",
     );
     // Someone else scribbles over the table.
-    let table = applied.selection.values_mut().next().unwrap();
+    let table = Arc::make_mut(applied.selection.values_mut().next().unwrap());
     table[0] = if table[0] == 1 { 2 } else { 1 };
     assert!(
         !desired.differences(&applied).is_empty(),
@@ -1000,7 +1000,7 @@ fn differences_name_the_service_the_frontend_and_what_differs() {
         (
             "backend not in table",
             tamper(&|a| {
-                let table = a.selection.values_mut().next().unwrap();
+                let table = Arc::make_mut(a.selection.values_mut().next().unwrap());
                 table.iter_mut().for_each(|slot| *slot = 1);
             }),
             "default/a:http 198.18.100.1:80/TCP: backend 198.18.1.2:8080 is not in the selection table",
@@ -1074,7 +1074,7 @@ fn memory_maps_enforce_kernel_capacities() {
     assert!(
         full(maps.apply_op(&MapOp::PutSelection {
             offset: 256,
-            slots: vec![2; 257]
+            slots: vec![2; 257].into()
         })),
         "SELECTION bound"
     );
