@@ -566,8 +566,8 @@ fn scale_services_with_10_endpoints() {
     };
     let slices: Vec<EndpointSlice> = (0..count).map(|i| slice_for(i, 0)).collect();
     let mut snapshot = Snapshot {
-        services,
-        endpoint_slices: slices,
+        services: services.into_iter().map(Arc::new).collect(),
+        endpoint_slices: slices.into_iter().map(Arc::new).collect(),
         node: NodeInfo::default(),
     };
     let capacity = Capacity::default();
@@ -589,7 +589,7 @@ fn scale_services_with_10_endpoints() {
     let replan_time = start.elapsed();
     assert!(again.ops.is_empty(), "same state twice: zero ops");
 
-    snapshot.endpoint_slices[1234] = slice_for(1234, 1); // one endpoint replaced
+    snapshot.endpoint_slices[1234] = Arc::new(slice_for(1234, 1)); // one endpoint replaced
     let start = Instant::now();
     let changed = build(&snapshot, &ModelConfig::default());
     let remodel_time = start.elapsed();
@@ -904,8 +904,8 @@ fn snapshots_through_model_diff_and_maps() {
     let mut applied = AppliedState::default();
     for (case, services, endpoint_slices) in steps {
         let snapshot = Snapshot {
-            services,
-            endpoint_slices,
+            services: services.into_iter().map(Arc::new).collect(),
+            endpoint_slices: endpoint_slices.into_iter().map(Arc::new).collect(),
             node: node.clone(),
         };
         let built = build(&snapshot, &ModelConfig::default());
