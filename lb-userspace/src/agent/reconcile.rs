@@ -73,9 +73,18 @@ impl<W: MapWriter> Reconciler<W> {
                 ..SyncReport::default()
             });
         }
-        let plan = self
-            .planner
-            .plan(&self.applied, update.state, self.writer.capacity());
+        // In step, only the changed ports need a look; otherwise everything does.
+        let plan = if self.in_step {
+            self.planner.plan_changes(
+                &self.applied,
+                update.state,
+                &update.changed,
+                self.writer.capacity(),
+            )
+        } else {
+            self.planner
+                .plan(&self.applied, update.state, self.writer.capacity())
+        };
         self.in_step = false;
         if let Err(error) = self.writer.apply(&plan.ops) {
             // Some ops may have landed: start the next sync from what the kernel holds.

@@ -103,9 +103,12 @@ impl Slicelb {
     pub fn sync(&mut self, snapshot: &Snapshot) -> Result<SyncStats, BenchError> {
         let started = Instant::now();
         let update = self.model.update(snapshot, &ModelConfig::default());
-        let plan = self
-            .planner
-            .plan(&self.applied, update.state, self.maps.capacity());
+        let plan = self.planner.plan_changes(
+            &self.applied,
+            update.state,
+            &update.changed,
+            self.maps.capacity(),
+        );
         let planned = Instant::now();
         if let Some((name, reason)) = plan.rejected.first() {
             return Err(BenchError::unexpected(

@@ -99,6 +99,38 @@ pub struct Planner {
     /// anything else wrote SELECTION, call [`Planner::forget_tables`].
     written: FastMap<u32, Arc<[u32]>>,
     plans: u64,
+    /// Who uses which backend after the last plan, when that plan admitted everything;
+    /// lets [`Planner::plan_changes`] look at the changed service ports only.
+    ledger: Option<Ledger>,
+}
+
+/// The backends of every admitted service port, as the last plan left them.
+#[derive(Debug, Default)]
+struct Ledger {
+    /// (address, id) of each service port's backends, by `namespace/name:port`.
+    backends: FastMap<String, Vec<(SocketAddr, u32)>>,
+    /// How many service ports use each backend address.
+    users: FastMap<SocketAddr, u32>,
+}
+
+impl Ledger {
+    fn add(&mut self, text: String, backends: Vec<(SocketAddr, u32)>) {
+        for (addr, _) in &backends {
+            *self.users.entry(*addr).or_default() += 1;
+        }
+        self.backends.insert(text, backends);
+    }
+
+    fn remove(&mut self, text: &str) {
+        for (addr, _) in self.backends.remove(text).unwrap_or_default() {
+            if let Some(count) = self.users.get_mut(&addr) {
+                *count -= 1;
+                if *count == 0 {
+                    self.users.remove(&addr);
+                }
+            }
+        }
+    }
 }
 
 /// Ids in `1..limit` (0 is never used), handed out from just after the highest one in use,
@@ -227,6 +259,8 @@ struct Work<'a> {
     range_ops: Vec<MapOp>,
     frontend_ops: Vec<MapOp>,
     rejected: Vec<(ServicePortName, RejectReason)>,
+    /// (name, backends) of every admitted service port, for the ledger.
+    admitted: Vec<(String, Vec<(SocketAddr, u32)>)>,
 }
 
 impl Planner {
@@ -234,6 +268,7 @@ impl Planner {
     /// compares every table with the applied state again.
     pub fn forget_tables(&mut self) {
         self.written.clear();
+        self.ledger = None;
     }
 
     /// Whether the applied table at `offset` holds `slots`.
@@ -262,8 +297,115 @@ impl Planner {
         desired: &DesiredState,
         capacity: Capacity,
     ) -> Plan {
+        let services = desired.services.iter().collect();
+        self.run(applied, applied, None, services, capacity)
+    }
+
+    /// The same operations as [`Planner::plan`], looking only at the `changed` service
+    /// ports (added, removed or different since this planner's previous plan, which must
+    /// have been applied to `applied`). Falls back to a whole plan when the previous plan
+    /// rejected something, or when a changed port shares a backend with an unchanged one
+    /// (the backend's state combines both).
+    pub fn plan_changes(
+        &mut self,
+        applied: &AppliedState,
+        desired: &DesiredState,
+        changed: &BTreeSet<ServicePortName>,
+        capacity: Capacity,
+    ) -> Plan {
+        let Some((scope, texts)) = self.changed_scope(applied, desired, changed) else {
+            return self.plan(applied, desired, capacity);
+        };
+        let services = changed
+            .iter()
+            .filter_map(|name| desired.services.get_key_value(name))
+            .collect();
+        self.run(applied, &scope, Some(&texts), services, capacity)
+    }
+
+    /// What `applied` holds for the `changed` ports: their names, frontends, tables,
+    /// source ranges and backends; `None` when a changed port cannot be planned alone.
+    fn changed_scope(
+        &self,
+        applied: &AppliedState,
+        desired: &DesiredState,
+        changed: &BTreeSet<ServicePortName>,
+    ) -> Option<(AppliedState, FastSet<String>)> {
+        let ledger = self.ledger.as_ref()?;
+        let texts: FastSet<String> = changed.iter().map(ToString::to_string).collect();
+        let mut changed_users: FastMap<SocketAddr, u32> = FastMap::default();
+        for (addr, _) in texts
+            .iter()
+            .filter_map(|t| ledger.backends.get(t))
+            .flatten()
+        {
+            *changed_users.entry(*addr).or_default() += 1;
+        }
+        let shared = |addr: &SocketAddr| {
+            ledger.users.get(addr).copied().unwrap_or(0)
+                > changed_users.get(addr).copied().unwrap_or(0)
+        };
+        let new_addrs = changed
+            .iter()
+            .filter_map(|name| desired.services.get(name))
+            .flat_map(|service| service.backends.keys());
+        if changed_users.keys().chain(new_addrs).any(shared) {
+            return None;
+        }
+
+        let mut scope = AppliedState::default();
+        let mut ids: FastSet<u32> = FastSet::default();
+        for (id, name) in &applied.service_names {
+            if texts.contains(name) {
+                scope.service_names.insert(*id, name.clone());
+                ids.insert(*id);
+            }
+        }
+        for (key, value) in &applied.frontends {
+            if !ids.contains(&value.service_id) {
+                continue;
+            }
+            scope.frontends.insert(*key, *value);
+            if let Some(table) = applied
+                .selection
+                .get(&value.table_offset)
+                .filter(|_| value.table_size > 0)
+            {
+                scope.selection.insert(value.table_offset, table.clone());
+            }
+        }
+        for (_, id) in texts
+            .iter()
+            .filter_map(|t| ledger.backends.get(t))
+            .flatten()
+        {
+            if let Some(backend) = applied.backends.get(id) {
+                scope.backends.insert(*id, *backend);
+            }
+        }
+        scope.source_ranges = applied
+            .source_ranges
+            .iter()
+            .filter(|(key, _)| ids.contains(&u32::from_be_bytes(key.service_id_be)))
+            .copied()
+            .collect();
+        Some((scope, texts))
+    }
+
+    /// Plans `services` against `scope`: all of `applied`, or what it holds for the
+    /// service ports named in `scope_names` (`namespace/name:port`), which are the ones
+    /// planned. Ids, SELECTION space and capacity always come from all of `applied`.
+    fn run(
+        &mut self,
+        applied: &AppliedState,
+        scope: &AppliedState,
+        scope_names: Option<&FastSet<String>>,
+        services: Vec<(&ServicePortName, &DesiredService)>,
+        capacity: Capacity,
+    ) -> Plan {
+        let whole = scope_names.is_none();
         self.plans += 1;
-        let index = AppliedIndex::new(applied);
+        let index = AppliedIndex::new(scope);
         let mut used_service_ids: BTreeSet<u32> = applied.service_names.keys().copied().collect();
         used_service_ids.extend(applied.frontends.values().map(|v| v.service_id));
         let mut selection = BuddyAllocator::new(capacity.selection_slots);
@@ -284,27 +426,27 @@ impl Planner {
                 capacity.backends,
             ),
             selection,
-            placed: sized_map(desired.services.len()),
+            placed: sized_map(services.len()),
             frontend_count: applied.frontends.len(),
             range_count: applied.source_ranges.len(),
-            keep_frontends: sized_set(applied.frontends.len()),
-            referenced_tables: sized_set(applied.frontends.len()),
-            keep_service_ids: sized_set(desired.services.len()),
+            keep_frontends: sized_set(scope.frontends.len()),
+            referenced_tables: sized_set(scope.frontends.len()),
+            keep_service_ids: sized_set(services.len()),
             keep_backend_ids: FastSet::default(),
             keep_ranges: BTreeSet::new(),
-            backends: sized_map(applied.backends.len()),
+            backends: sized_map(scope.backends.len()),
             name_ops: Vec::new(),
             selection_ops: Vec::new(),
             range_ops: Vec::new(),
             frontend_ops: Vec::new(),
             rejected: Vec::new(),
+            admitted: Vec::with_capacity(services.len()),
             index,
         };
 
         // Services already in the maps first: a newcomer can never push one out.
-        let names: Vec<(&ServicePortName, &DesiredService, String)> = desired
-            .services
-            .iter()
+        let names: Vec<(&ServicePortName, &DesiredService, String)> = services
+            .into_iter()
             .map(|(name, service)| (name, service, name.to_string()))
             .collect();
         let (known, new): (Vec<_>, Vec<_>) = names
@@ -315,10 +457,44 @@ impl Planner {
         }
 
         let plans = self.plans;
-        self.tables.retain(|_, (_, used)| *used == plans);
-        self.written
-            .retain(|offset, _| work.referenced_tables.contains(offset));
-        work.finish()
+        if whole {
+            self.tables.retain(|_, (_, used)| *used == plans);
+            self.written
+                .retain(|offset, _| work.referenced_tables.contains(offset));
+        } else {
+            // Unchanged services did not touch their tables: keep those still held
+            // elsewhere (the applied state, `written`), and forget the changed services'
+            // old blocks.
+            self.tables
+                .retain(|_, (slots, used)| *used == plans || Arc::strong_count(slots) > 1);
+            for offset in scope.selection.keys() {
+                if !work.referenced_tables.contains(offset) {
+                    self.written.remove(offset);
+                }
+            }
+        }
+        let admitted = std::mem::take(&mut work.admitted);
+        let plan = work.finish();
+        self.ledger = if !plan.rejected.is_empty() {
+            None
+        } else if whole {
+            let mut ledger = Ledger::default();
+            for (text, backends) in admitted {
+                ledger.add(text, backends);
+            }
+            Some(ledger)
+        } else {
+            self.ledger.take().map(|mut ledger| {
+                for text in scope_names.into_iter().flatten() {
+                    ledger.remove(text);
+                }
+                for (text, backends) in admitted {
+                    ledger.add(text, backends);
+                }
+                ledger
+            })
+        };
+        plan
     }
 
     fn admit(
@@ -529,6 +705,8 @@ impl Work<'_> {
             });
         }
         self.keep_service_ids.insert(service_id);
+        self.admitted
+            .push((text.to_owned(), admission.backend_ids.clone()));
         for ((addr, backend), (_, id)) in service.backends.iter().zip(&admission.backend_ids) {
             let entry = self.backends.entry(*id).or_insert((*addr, *backend));
             entry.1 = combine_backend(entry.1, *backend);

@@ -133,10 +133,22 @@ impl RandomWorld {
     }
 
     fn random_slice(&mut self, service: &str, name: &str) -> EndpointSlice {
+        let own_base = 10
+            * service
+                .trim_start_matches("svc-")
+                .parse::<u32>()
+                .expect("svc-N")
+            + 1;
         let endpoints: Vec<serde_json::Value> = (0..self.rng.random_range(0..5))
             .map(|_| {
+                // Mostly the service's own addresses, sometimes one another service may use.
+                let address = if self.rng.random_bool(0.8) {
+                    format!("198.18.2.{}", own_base + self.rng.random_range(0..6))
+                } else {
+                    format!("198.18.1.{}", self.rng.random_range(1..6))
+                };
                 json!({
-                    "addresses": [format!("198.18.1.{}", self.rng.random_range(1..12))],
+                    "addresses": [address],
                     "nodeName": format!("node-{}", self.rng.random_range(0..2)),
                     "zone": format!("zone-{}", self.rng.random_range(0..2)),
                     "conditions": {
