@@ -107,22 +107,22 @@ pub struct Planner {
 /// The backends of every admitted service port, as the last plan left them.
 #[derive(Debug, Default)]
 struct Ledger {
-    /// (address, id) of each service port's backends, by `namespace/name:port`.
-    backends: FastMap<String, Vec<(SocketAddr, u32)>>,
+    /// (address, id) of each service port's backends.
+    backends: FastMap<ServicePortName, Vec<(SocketAddr, u32)>>,
     /// How many service ports use each backend address.
     users: FastMap<SocketAddr, u32>,
 }
 
 impl Ledger {
-    fn add(&mut self, text: String, backends: Vec<(SocketAddr, u32)>) {
+    fn add(&mut self, name: ServicePortName, backends: Vec<(SocketAddr, u32)>) {
         for (addr, _) in &backends {
             *self.users.entry(*addr).or_default() += 1;
         }
-        self.backends.insert(text, backends);
+        self.backends.insert(name, backends);
     }
 
-    fn remove(&mut self, text: &str) {
-        for (addr, _) in self.backends.remove(text).unwrap_or_default() {
+    fn remove(&mut self, name: &ServicePortName) {
+        for (addr, _) in self.backends.remove(name).unwrap_or_default() {
             if let Some(count) = self.users.get_mut(&addr) {
                 *count -= 1;
                 if *count == 0 {
@@ -260,7 +260,7 @@ struct Work<'a> {
     frontend_ops: Vec<MapOp>,
     rejected: Vec<(ServicePortName, RejectReason)>,
     /// (name, backends) of every admitted service port, for the ledger.
-    admitted: Vec<(String, Vec<(SocketAddr, u32)>)>,
+    admitted: Vec<(ServicePortName, Vec<(SocketAddr, u32)>)>,
 }
 
 impl Planner {
@@ -303,9 +303,9 @@ impl Planner {
 
     /// The same operations as [`Planner::plan`], looking only at the `changed` service
     /// ports (added, removed or different since this planner's previous plan, which must
-    /// have been applied to `applied`). Falls back to a whole plan when the previous plan
-    /// rejected something, or when a changed port shares a backend with an unchanged one
-    /// (the backend's state combines both).
+    /// have been applied to `applied`) and the ports sharing a backend with them. Falls
+    /// back to a whole plan when the previous plan rejected something, or when sharing
+    /// spreads to many ports.
     pub fn plan_changes(
         &mut self,
         applied: &AppliedState,
@@ -313,14 +313,14 @@ impl Planner {
         changed: &BTreeSet<ServicePortName>,
         capacity: Capacity,
     ) -> Plan {
-        let Some((scope, texts)) = self.changed_scope(applied, desired, changed) else {
+        let Some((scope, planned)) = self.changed_scope(applied, desired, changed) else {
             return self.plan(applied, desired, capacity);
         };
-        let services = changed
+        let services = planned
             .iter()
             .filter_map(|name| desired.services.get_key_value(name))
             .collect();
-        self.run(applied, &scope, Some(&texts), services, capacity)
+        self.run(applied, &scope, Some(&planned), services, capacity)
     }
 
     /// What `applied` holds for the `changed` ports: their names, frontends, tables,
@@ -330,28 +330,48 @@ impl Planner {
         applied: &AppliedState,
         desired: &DesiredState,
         changed: &BTreeSet<ServicePortName>,
-    ) -> Option<(AppliedState, FastSet<String>)> {
+    ) -> Option<(AppliedState, BTreeSet<ServicePortName>)> {
         let ledger = self.ledger.as_ref()?;
-        let texts: FastSet<String> = changed.iter().map(ToString::to_string).collect();
-        let mut changed_users: FastMap<SocketAddr, u32> = FastMap::default();
-        for (addr, _) in texts
-            .iter()
-            .filter_map(|t| ledger.backends.get(t))
-            .flatten()
-        {
-            *changed_users.entry(*addr).or_default() += 1;
+        // A backend's state combines every port that uses it: ports sharing a backend with
+        // a changed one are planned with it (if that spreads to a quarter of all ports, a
+        // whole plan is as cheap).
+        let mut planned = changed.clone();
+        loop {
+            let mut planned_users: FastMap<SocketAddr, u32> = FastMap::default();
+            for (addr, _) in planned
+                .iter()
+                .filter_map(|name| ledger.backends.get(name))
+                .flatten()
+            {
+                *planned_users.entry(*addr).or_default() += 1;
+            }
+            let new_addrs = planned
+                .iter()
+                .filter_map(|name| desired.services.get(name))
+                .flat_map(|service| service.backends.keys());
+            let shared: FastSet<SocketAddr> = planned_users
+                .keys()
+                .chain(new_addrs)
+                .filter(|addr| {
+                    ledger.users.get(*addr).copied().unwrap_or(0)
+                        > planned_users.get(*addr).copied().unwrap_or(0)
+                })
+                .copied()
+                .collect();
+            if shared.is_empty() {
+                break;
+            }
+            let before = planned.len();
+            for (name, backends) in &ledger.backends {
+                if !planned.contains(name) && backends.iter().any(|(a, _)| shared.contains(a)) {
+                    planned.insert(name.clone());
+                }
+            }
+            if planned.len() == before || planned.len() > ledger.backends.len() / 4 + 1 {
+                return None;
+            }
         }
-        let shared = |addr: &SocketAddr| {
-            ledger.users.get(addr).copied().unwrap_or(0)
-                > changed_users.get(addr).copied().unwrap_or(0)
-        };
-        let new_addrs = changed
-            .iter()
-            .filter_map(|name| desired.services.get(name))
-            .flat_map(|service| service.backends.keys());
-        if changed_users.keys().chain(new_addrs).any(shared) {
-            return None;
-        }
+        let texts: FastSet<String> = planned.iter().map(ToString::to_string).collect();
 
         let mut scope = AppliedState::default();
         let mut ids: FastSet<u32> = FastSet::default();
@@ -374,9 +394,9 @@ impl Planner {
                 scope.selection.insert(value.table_offset, table.clone());
             }
         }
-        for (_, id) in texts
+        for (_, id) in planned
             .iter()
-            .filter_map(|t| ledger.backends.get(t))
+            .filter_map(|name| ledger.backends.get(name))
             .flatten()
         {
             if let Some(backend) = applied.backends.get(id) {
@@ -389,17 +409,16 @@ impl Planner {
             .filter(|(key, _)| ids.contains(&u32::from_be_bytes(key.service_id_be)))
             .copied()
             .collect();
-        Some((scope, texts))
+        Some((scope, planned))
     }
 
     /// Plans `services` against `scope`: all of `applied`, or what it holds for the
-    /// service ports named in `scope_names` (`namespace/name:port`), which are the ones
-    /// planned. Ids, SELECTION space and capacity always come from all of `applied`.
+    /// service ports in `scope_names`, which are the ones planned. Ids, SELECTION space and capacity always come from all of `applied`.
     fn run(
         &mut self,
         applied: &AppliedState,
         scope: &AppliedState,
-        scope_names: Option<&FastSet<String>>,
+        scope_names: Option<&BTreeSet<ServicePortName>>,
         services: Vec<(&ServicePortName, &DesiredService)>,
         capacity: Capacity,
     ) -> Plan {
@@ -479,17 +498,17 @@ impl Planner {
             None
         } else if whole {
             let mut ledger = Ledger::default();
-            for (text, backends) in admitted {
-                ledger.add(text, backends);
+            for (name, backends) in admitted {
+                ledger.add(name, backends);
             }
             Some(ledger)
         } else {
             self.ledger.take().map(|mut ledger| {
-                for text in scope_names.into_iter().flatten() {
-                    ledger.remove(text);
+                for name in scope_names.into_iter().flatten() {
+                    ledger.remove(name);
                 }
-                for (text, backends) in admitted {
-                    ledger.add(text, backends);
+                for (name, backends) in admitted {
+                    ledger.add(name, backends);
                 }
                 ledger
             })
@@ -506,7 +525,7 @@ impl Planner {
     ) {
         let mut admission = Admission::default();
         match self.try_admit(work, service, text, &mut admission) {
-            Ok(service_id) => work.commit(service_id, service, text, admission),
+            Ok(service_id) => work.commit(service_id, name, service, text, admission),
             Err(reason) => {
                 work.roll_back(admission);
                 work.retain_applied(text, service);
@@ -694,6 +713,7 @@ impl Work<'_> {
     fn commit(
         &mut self,
         service_id: u32,
+        name: &ServicePortName,
         service: &DesiredService,
         text: &str,
         admission: Admission,
@@ -706,7 +726,7 @@ impl Work<'_> {
         }
         self.keep_service_ids.insert(service_id);
         self.admitted
-            .push((text.to_owned(), admission.backend_ids.clone()));
+            .push((name.clone(), admission.backend_ids.clone()));
         for ((addr, backend), (_, id)) in service.backends.iter().zip(&admission.backend_ids) {
             let entry = self.backends.entry(*id).or_insert((*addr, *backend));
             entry.1 = combine_backend(entry.1, *backend);
