@@ -38,7 +38,7 @@ pub fn build(snapshot: &Snapshot, config: &ModelConfig) -> Built {
     for service in services {
         let object = service_ref(service);
         let service_slices: Vec<&EndpointSlice> = slices
-            .get(&(object.namespace.clone(), object.name.clone()))
+            .get(&(object.namespace.as_str(), object.name.as_str()))
             .into_iter()
             .flatten()
             .map(|slice| &***slice)
@@ -71,7 +71,7 @@ pub(super) fn build_service(
     (ports, warnings)
 }
 
-pub(super) fn namespace_of(service: &Service) -> String {
+fn namespace_of(service: &Service) -> String {
     service
         .metadata
         .namespace
@@ -107,8 +107,8 @@ fn label<'a>(labels: &'a Option<BTreeMap<String, String>>, key: &str) -> Option<
 /// duplicate endpoints resolve the same way every time.
 pub(super) fn slices_by_service(
     slices: &[Arc<EndpointSlice>],
-) -> HashMap<(String, String), Vec<&Arc<EndpointSlice>>> {
-    let mut grouped: HashMap<(String, String), Vec<&Arc<EndpointSlice>>> = HashMap::new();
+) -> HashMap<(&str, &str), Vec<&Arc<EndpointSlice>>> {
+    let mut grouped: HashMap<(&str, &str), Vec<&Arc<EndpointSlice>>> = HashMap::new();
     for slice in slices {
         let Some(service) = label(&slice.metadata.labels, LABEL_SERVICE_NAME) else {
             continue;
@@ -116,15 +116,8 @@ pub(super) fn slices_by_service(
         if service.is_empty() || label(&slice.metadata.labels, LABEL_HEADLESS).is_some() {
             continue;
         }
-        let namespace = slice
-            .metadata
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".to_owned());
-        grouped
-            .entry((namespace, service.to_owned()))
-            .or_default()
-            .push(slice);
+        let namespace = slice.metadata.namespace.as_deref().unwrap_or("default");
+        grouped.entry((namespace, service)).or_default().push(slice);
     }
     for group in grouped.values_mut() {
         group.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));

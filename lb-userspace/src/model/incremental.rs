@@ -20,7 +20,7 @@ use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use super::{
     DesiredFrontend, DesiredService, DesiredState, ModelConfig, NodeInfo, ServicePortName,
     Snapshot, Warning,
-    build::{FrontendClaim, build_service, conflict_warning, namespace_of, slices_by_service},
+    build::{FrontendClaim, build_service, conflict_warning, slices_by_service},
 };
 
 /// The desired state of the latest snapshot, and what is needed to update it cheaply.
@@ -28,8 +28,13 @@ use super::{
 pub struct IncrementalModel {
     /// The node and config the cached services were built with.
     inputs: Option<(NodeInfo, ModelConfig)>,
-    /// By (namespace, name), in the order [`build`](super::build) visits services.
-    services: BTreeMap<(String, String), CachedService>,
+    /// By [`service_key`].
+    services: HashMap<String, CachedService>,
+    /// The warnings of services that have some, by [`service_key`]: in the order
+    /// [`build`](super::build) visits services.
+    warnings: BTreeMap<String, Vec<Warning>>,
+    /// Numbers updates, to find the services an update no longer has.
+    generation: u64,
     /// Each port's frontends before conflicts between services are settled.
     wanted_frontends: HashMap<ServicePortName, Vec<DesiredFrontend>>,
     /// Who wants each frontend; the first in name order gets it.
@@ -45,7 +50,8 @@ struct CachedService {
     /// The service's slices, sorted by name.
     slices: Vec<Arc<EndpointSlice>>,
     ports: Vec<ServicePortName>,
-    warnings: Vec<Warning>,
+    /// The last update that had this service.
+    seen: u64,
 }
 
 /// What one update found.
@@ -57,6 +63,16 @@ pub struct ModelUpdate<'a> {
     pub changed: BTreeSet<ServicePortName>,
     /// Everything the model skipped, as [`build`](super::build) reports it.
     pub warnings: Vec<Warning>,
+}
+
+/// `namespace NUL name`: sorts as the pair does (NUL sorts before any character a name may
+/// have), and is built in a reused buffer, so looking up an unchanged service allocates
+/// nothing.
+fn service_key(key: &mut String, namespace: &str, name: &str) {
+    key.clear();
+    key.push_str(namespace);
+    key.push('\0');
+    key.push_str(name);
 }
 
 /// The same object: the same pointer, or an equal value.
@@ -100,31 +116,40 @@ impl IncrementalModel {
         }
 
         let slices = slices_by_service(&snapshot.endpoint_slices);
-        let mut seen: HashSet<(String, String)> = HashSet::with_capacity(snapshot.services.len());
+        self.generation += 1;
+        let generation = self.generation;
         let mut touched_claims: HashSet<FrontendClaim> = HashSet::new();
+        let mut key = String::new();
         for service in &snapshot.services {
-            let key = (
-                namespace_of(service),
-                service.metadata.name.clone().unwrap_or_default(),
-            );
-            let service_slices = slices.get(&key).map(Vec::as_slice).unwrap_or_default();
-            let unchanged = self.services.get(&key).is_some_and(|cached| {
-                same(&cached.service, service)
+            let namespace = service.metadata.namespace.as_deref().unwrap_or("default");
+            let name = service.metadata.name.as_deref().unwrap_or_default();
+            service_key(&mut key, namespace, name);
+            let service_slices = slices
+                .get(&(namespace, name))
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            if let Some(cached) = self.services.get_mut(key.as_str()) {
+                // A second object of the same name: the sources never give one.
+                if cached.seen == generation {
+                    continue;
+                }
+                cached.seen = generation;
+                let unchanged = same(&cached.service, service)
                     && cached.slices.len() == service_slices.len()
                     && cached
                         .slices
                         .iter()
                         .zip(service_slices)
-                        .all(|(a, b)| same(a, b))
-            });
-            if !seen.insert(key.clone()) || unchanged {
-                continue;
+                        .all(|(a, b)| same(a, b));
+                if unchanged {
+                    continue;
+                }
             }
             let plain_slices: Vec<&EndpointSlice> = service_slices.iter().map(|s| &***s).collect();
             let (ports, warnings) = build_service(service, &plain_slices, &snapshot.node, config);
             let old_ports = self
                 .services
-                .remove(&key)
+                .remove(key.as_str())
                 .map(|cached| cached.ports)
                 .unwrap_or_default();
             for name in old_ports
@@ -138,23 +163,29 @@ impl IncrementalModel {
             for (name, desired) in ports {
                 self.put_port(name, desired, &mut changed, &mut touched_claims);
             }
+            if warnings.is_empty() {
+                self.warnings.remove(key.as_str());
+            } else {
+                self.warnings.insert(key.clone(), warnings);
+            }
             self.services.insert(
-                key,
+                key.clone(),
                 CachedService {
                     service: service.clone(),
                     slices: service_slices.iter().map(|s| (*s).clone()).collect(),
                     ports: names,
-                    warnings,
+                    seen: generation,
                 },
             );
         }
-        let gone: Vec<(String, String)> = self
+        let gone: Vec<String> = self
             .services
-            .keys()
-            .filter(|key| !seen.contains(*key))
-            .cloned()
+            .iter()
+            .filter(|(_, cached)| cached.seen != generation)
+            .map(|(key, _)| key.clone())
             .collect();
         for key in gone {
+            self.warnings.remove(&key);
             if let Some(cached) = self.services.remove(&key) {
                 for name in &cached.ports {
                     self.remove_port(name, &mut touched_claims);
@@ -165,9 +196,9 @@ impl IncrementalModel {
 
         self.settle_conflicts(&touched_claims, &mut changed);
         let warnings = self
-            .services
+            .warnings
             .values()
-            .flat_map(|cached| cached.warnings.iter())
+            .flatten()
             .chain(self.conflicts.values().flatten())
             .cloned()
             .collect();
