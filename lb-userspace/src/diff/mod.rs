@@ -135,25 +135,37 @@ impl Ledger {
 
 /// Ids in `1..limit` (0 is never used), handed out from just after the highest one in use,
 /// so that a freed id is not reused at once while stale flow state may still name it.
-struct IdAllocator {
-    used: BTreeSet<u32>,
+struct IdAllocator<'a> {
+    /// Whether the applied state uses an id: looked up, not copied, so that a plan of a
+    /// few services does not copy every id in the maps.
+    taken: Box<dyn Fn(u32) -> bool + 'a>,
+    taken_count: usize,
+    /// Ids this plan handed out.
+    handed: BTreeSet<u32>,
     limit: u32,
     cursor: u32,
 }
 
-impl IdAllocator {
-    fn new(used: BTreeSet<u32>, limit: u32) -> Self {
-        let cursor = used.last().map_or(1, |last| last + 1);
+impl<'a> IdAllocator<'a> {
+    /// `taken_count` ids are taken, the highest is `highest`.
+    fn new(
+        taken: impl Fn(u32) -> bool + 'a,
+        taken_count: usize,
+        highest: Option<u32>,
+        limit: u32,
+    ) -> Self {
         Self {
-            used,
+            taken: Box::new(taken),
+            taken_count,
+            handed: BTreeSet::new(),
             limit,
-            cursor,
+            cursor: highest.map_or(1, |last| last + 1),
         }
     }
 
     fn allocate(&mut self) -> Option<u32> {
         let usable = u64::from(self.limit.saturating_sub(1));
-        if self.used.len() as u64 >= usable {
+        if (self.taken_count + self.handed.len()) as u64 >= usable {
             return None;
         }
         let mut id = self.cursor;
@@ -161,7 +173,7 @@ impl IdAllocator {
             if id == 0 || id >= self.limit {
                 id = 1;
             }
-            if self.used.insert(id) {
+            if !(self.taken)(id) && self.handed.insert(id) {
                 self.cursor = id + 1;
                 return Some(id);
             }
@@ -170,7 +182,7 @@ impl IdAllocator {
     }
 
     fn release(&mut self, id: u32) {
-        self.used.remove(&id);
+        self.handed.remove(&id);
     }
 }
 
@@ -238,8 +250,8 @@ struct Admission {
 struct Work<'a> {
     index: AppliedIndex<'a>,
     capacity: Capacity,
-    service_ids: IdAllocator,
-    backend_ids: IdAllocator,
+    service_ids: IdAllocator<'a>,
+    backend_ids: IdAllocator<'a>,
     selection: BuddyAllocator,
     /// Tables placed in this plan (reused or new), by key: frontends with equal backends
     /// share one.
@@ -425,8 +437,20 @@ impl Planner {
         let whole = scope_names.is_none();
         self.plans += 1;
         let index = AppliedIndex::new(scope);
-        let mut used_service_ids: BTreeSet<u32> = applied.service_names.keys().copied().collect();
-        used_service_ids.extend(applied.frontends.values().map(|v| v.service_id));
+        // Service ids frontends use without a name (left by a foreign writer) are taken too.
+        let unnamed_ids: FastSet<u32> = applied
+            .frontends
+            .values()
+            .map(|v| v.service_id)
+            .filter(|id| !applied.service_names.contains_key(id))
+            .collect();
+        let taken_service_ids = applied.service_names.len() + unnamed_ids.len();
+        let highest_service_id = applied
+            .service_names
+            .keys()
+            .chain(&unnamed_ids)
+            .max()
+            .copied();
         let mut selection = BuddyAllocator::new(capacity.selection_slots);
         for value in applied.frontends.values().filter(|v| v.table_size > 0) {
             selection.reserve(
@@ -439,9 +463,16 @@ impl Planner {
         }
         let mut work = Work {
             capacity,
-            service_ids: IdAllocator::new(used_service_ids, capacity.services),
+            service_ids: IdAllocator::new(
+                move |id| applied.service_names.contains_key(&id) || unnamed_ids.contains(&id),
+                taken_service_ids,
+                highest_service_id,
+                capacity.services,
+            ),
             backend_ids: IdAllocator::new(
-                applied.backends.keys().copied().collect(),
+                |id| applied.backends.contains_key(&id),
+                applied.backends.len(),
+                applied.backends.keys().next_back().copied(),
                 capacity.backends,
             ),
             selection,
