@@ -37,8 +37,9 @@ pub struct IncrementalModel {
     generation: u64,
     /// Each port's frontends before conflicts between services are settled.
     wanted_frontends: HashMap<ServicePortName, Vec<DesiredFrontend>>,
-    /// Who wants each frontend; the first in name order gets it.
-    claims: HashMap<FrontendClaim, BTreeSet<ServicePortName>>,
+    /// Who wants each frontend, sorted by name; the first gets it. Nearly always one, so a
+    /// sorted `Vec` (a `BTreeSet` would allocate a whole node for it).
+    claims: HashMap<FrontendClaim, Vec<ServicePortName>>,
     /// Warnings about frontends a port lost to another, by port.
     conflicts: BTreeMap<ServicePortName, Vec<Warning>>,
     state: DesiredState,
@@ -214,7 +215,7 @@ impl IncrementalModel {
             for frontend in self.wanted_frontends.remove(name).unwrap_or_default() {
                 let claim = claim_of(&frontend, &service);
                 if let Some(claimants) = self.claims.get_mut(&claim) {
-                    claimants.remove(name);
+                    claimants.retain(|claimant| claimant != name);
                     if claimants.is_empty() {
                         self.claims.remove(&claim);
                     }
@@ -244,7 +245,10 @@ impl IncrementalModel {
         self.remove_port(&name, touched);
         for frontend in &desired.frontends {
             let claim = claim_of(frontend, &desired);
-            self.claims.entry(claim).or_default().insert(name.clone());
+            let claimants = self.claims.entry(claim).or_default();
+            if let Err(at) = claimants.binary_search(&name) {
+                claimants.insert(at, name.clone());
+            }
             touched.insert(claim);
         }
         self.wanted_frontends
@@ -278,7 +282,7 @@ impl IncrementalModel {
                 let owner = self
                     .claims
                     .get(&claim_of(frontend, service))
-                    .and_then(BTreeSet::first)
+                    .and_then(|claimants| claimants.first())
                     .unwrap_or(&name);
                 if *owner == name {
                     won.push(frontend.clone());
