@@ -375,7 +375,8 @@ impl Planner {
             }
             let before = planned.len();
             for (name, backends) in &ledger.backends {
-                if !planned.contains(name) && backends.iter().any(|(a, _)| shared.contains(a)) {
+                // The cheap test first: most ports share nothing.
+                if backends.iter().any(|(a, _)| shared.contains(a)) && !planned.contains(name) {
                     planned.insert(name.clone());
                 }
             }
