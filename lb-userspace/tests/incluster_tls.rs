@@ -107,7 +107,11 @@ fn in_cluster_configuration_connects_over_tls_with_the_service_account_token() {
         ))
         .unwrap_or_else(|error| panic!("in-cluster sync over TLS failed: {error}"));
     assert_eq!(
-        snapshot.services,
+        snapshot
+            .services
+            .iter()
+            .map(|service| (**service).clone())
+            .collect::<Vec<_>>(),
         server.objects::<Service>(),
         "synced the server's services"
     );

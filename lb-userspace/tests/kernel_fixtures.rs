@@ -1500,7 +1500,7 @@ fn map_writer_reads_back_and_reports_full_maps() {
         expected.backends.extend(service.backends.iter().copied());
         expected
             .selection
-            .insert(service.value.table_offset, service.table.clone());
+            .insert(service.value.table_offset, service.table.as_slice().into());
         expected
             .service_names
             .insert(service.id, format!("test/svc-{}:p", service.id));
@@ -1546,7 +1546,7 @@ fn map_writer_reads_back_and_reports_full_maps() {
     let capacity = test_capacity();
     let too_far = MapOp::PutSelection {
         offset: capacity.selection_slots - 10,
-        slots: vec![10; 20],
+        slots: vec![10; 20].into(),
     };
     assert!(
         matches!(

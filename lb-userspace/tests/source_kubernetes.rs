@@ -127,7 +127,7 @@ fn has_label(meta: &ObjectMeta, key: &str) -> bool {
 }
 
 /// What the source should publish: the server's objects minus kube-proxy's selector.
-fn expected(server: &FakeApiServer) -> (Vec<Service>, Vec<EndpointSlice>) {
+fn expected(server: &FakeApiServer) -> (Vec<Arc<Service>>, Vec<Arc<EndpointSlice>>) {
     let selected =
         |meta: &ObjectMeta| !has_label(meta, PROXY_NAME_LABEL) && !has_label(meta, HEADLESS_LABEL);
     (
@@ -135,16 +135,18 @@ fn expected(server: &FakeApiServer) -> (Vec<Service>, Vec<EndpointSlice>) {
             .objects::<Service>()
             .into_iter()
             .filter(|s| selected(&s.metadata))
+            .map(Arc::new)
             .collect(),
         server
             .objects::<EndpointSlice>()
             .into_iter()
             .filter(|s| selected(&s.metadata))
+            .map(Arc::new)
             .collect(),
     )
 }
 
-fn summary(services: &[Service], slices: &[EndpointSlice]) -> String {
+fn summary(services: &[Arc<Service>], slices: &[Arc<EndpointSlice>]) -> String {
     let name = |m: &ObjectMeta| {
         format!(
             "{}@{}",
@@ -575,7 +577,11 @@ async fn snapshot_once_returns_the_synced_state() {
         .expect("synced");
     assert_eq!(
         snapshot.services,
-        server.objects::<Service>(),
+        server
+            .objects::<Service>()
+            .into_iter()
+            .map(Arc::new)
+            .collect::<Vec<_>>(),
         "the server's services"
     );
     assert_eq!(snapshot.node.zone.as_deref(), Some("zone-9"));

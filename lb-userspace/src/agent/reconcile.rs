@@ -1,12 +1,15 @@
 //! One sync: snapshot → model → diff → map writer, by level. The same snapshot twice writes
 //! nothing; a failed write re-reads the maps so the next sync starts from the truth.
+//!
+//! The model is kept between syncs ([`IncrementalModel`]) and rebuilds only the services
+//! whose objects changed; a snapshot that changes no service port skips the diff.
 
 use std::time::{Duration, Instant};
 
 use crate::{
     dataplane::{AppliedState, DataplaneError, MapWriter},
     diff::{Planner, RejectReason},
-    model::{self, ModelConfig, ServicePortName, Snapshot, Warning},
+    model::{IncrementalModel, ModelConfig, ServicePortName, Snapshot, Warning},
 };
 
 /// What one sync did.
@@ -30,6 +33,10 @@ pub struct Reconciler<W: MapWriter> {
     applied: AppliedState,
     planner: Planner,
     config: ModelConfig,
+    model: IncrementalModel,
+    /// The maps hold all the model's state: the last plan was written whole and rejected
+    /// nothing. Until a service port changes, there is nothing to plan.
+    in_step: bool,
 }
 
 impl<W: MapWriter> Reconciler<W> {
@@ -42,6 +49,8 @@ impl<W: MapWriter> Reconciler<W> {
             applied,
             planner: Planner::default(),
             config,
+            model: IncrementalModel::default(),
+            in_step: false,
         })
     }
 
@@ -56,20 +65,38 @@ impl<W: MapWriter> Reconciler<W> {
     /// Brings the maps to what `snapshot` says.
     pub fn sync(&mut self, snapshot: &Snapshot) -> Result<SyncReport, DataplaneError> {
         let started = Instant::now();
-        let built = model::build(snapshot, &self.config);
-        let plan = self
-            .planner
-            .plan(&self.applied, &built.state, self.writer.capacity());
+        let update = self.model.update(snapshot, &self.config);
+        if self.in_step && update.changed.is_empty() {
+            return Ok(SyncReport {
+                warnings: update.warnings,
+                duration: started.elapsed(),
+                ..SyncReport::default()
+            });
+        }
+        // In step, only the changed ports need a look; otherwise everything does.
+        let plan = if self.in_step {
+            self.planner.plan_changes(
+                &self.applied,
+                update.state,
+                &update.changed,
+                self.writer.capacity(),
+            )
+        } else {
+            self.planner
+                .plan(&self.applied, update.state, self.writer.capacity())
+        };
+        self.in_step = false;
         if let Err(error) = self.writer.apply(&plan.ops) {
             // Some ops may have landed: start the next sync from what the kernel holds.
             self.applied = self.writer.read()?;
             return Err(error);
         }
         self.applied.apply(&plan.ops);
+        self.in_step = plan.rejected.is_empty();
         Ok(SyncReport {
             ops: plan.ops.len(),
             rejected: plan.rejected,
-            warnings: built.warnings,
+            warnings: update.warnings,
             duration: started.elapsed(),
         })
     }
@@ -77,6 +104,8 @@ impl<W: MapWriter> Reconciler<W> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 
     use super::*;
@@ -88,12 +117,12 @@ mod tests {
         for doc in yaml.split("\n---\n") {
             let value: serde_yaml::Value = serde_yaml::from_str(doc).expect("demo yaml");
             match value.get("kind").and_then(|k| k.as_str()) {
-                Some("Service") => snapshot
-                    .services
-                    .push(serde_yaml::from_value::<Service>(value).expect("service")),
-                Some("EndpointSlice") => snapshot
-                    .endpoint_slices
-                    .push(serde_yaml::from_value::<EndpointSlice>(value).expect("slice")),
+                Some("Service") => snapshot.services.push(Arc::new(
+                    serde_yaml::from_value::<Service>(value).expect("service"),
+                )),
+                Some("EndpointSlice") => snapshot.endpoint_slices.push(Arc::new(
+                    serde_yaml::from_value::<EndpointSlice>(value).expect("slice"),
+                )),
                 other => panic!("unexpected kind {other:?}"),
             }
         }
@@ -177,5 +206,172 @@ mod tests {
             &reconciler.writer().read().expect("read")
         );
         assert!(reconciler.writer().check().is_empty());
+    }
+
+    /// The maps as names see them, without ids or table offsets: per service, each
+    /// frontend with its value's meaning and the set of backends its table holds, and the
+    /// source ranges; then every backend entry. Two maps serving the same thing look equal.
+    fn by_name(applied: &AppliedState) -> Vec<String> {
+        let name = |id: u32| {
+            applied
+                .service_names
+                .get(&id)
+                .cloned()
+                .unwrap_or_else(|| format!("unnamed id {id}"))
+        };
+        let mut lines = Vec::new();
+        for (key, value) in &applied.frontends {
+            let mut in_table: Vec<String> = applied
+                .selection
+                .get(&value.table_offset)
+                .filter(|_| value.table_size > 0)
+                .into_iter()
+                .flat_map(|slots| slots.iter())
+                .map(|id| format!("{:?}", applied.backends.get(id)))
+                .collect();
+            in_table.sort();
+            in_table.dedup();
+            lines.push(format!(
+                "{} {key:?} kind {} flags {} affinity {} backends {} table {in_table:?}",
+                name(value.service_id),
+                value.kind,
+                value.flags,
+                value.affinity_timeout_secs,
+                value.backend_count
+            ));
+        }
+        for (key, prefix) in &applied.source_ranges {
+            let id = u32::from_be_bytes(key.service_id_be);
+            lines.push(format!(
+                "{} range {:?}/{prefix} family {}",
+                name(id),
+                key.addr,
+                key.family
+            ));
+        }
+        for id in applied.service_names.keys() {
+            lines.push(format!("service {}", name(*id)));
+        }
+        for backend in applied.backends.values() {
+            lines.push(format!("backend {backend:?}"));
+        }
+        lines.sort();
+        lines
+    }
+
+    #[test]
+    fn after_any_changes_the_maps_equal_a_fresh_sync_of_the_last_snapshot() {
+        use crate::model::random_world::RandomWorld;
+        for seed in 0..12 {
+            let mut world = RandomWorld::new(seed);
+            let mut reconciler =
+                Reconciler::new(MemoryMaps::new(small_capacity()), ModelConfig::default())
+                    .expect("read empty maps");
+            for step in 0..50 {
+                let what = world.step();
+                let case = format!("seed {seed}, step {step} ({what})");
+                let snapshot = world.snapshot();
+                let report = reconciler.sync(&snapshot).expect("sync");
+                assert!(report.rejected.is_empty(), "{case}: {:?}", report.rejected);
+                assert_eq!(
+                    reconciler.sync(&snapshot).expect("again").ops,
+                    0,
+                    "{case}: the same snapshot again writes nothing"
+                );
+
+                let maps = reconciler.writer().read().expect("read");
+                assert_eq!(reconciler.applied(), &maps, "{case}: mirror and maps");
+                assert!(
+                    reconciler.writer().check().is_empty(),
+                    "{case}: {:?}",
+                    reconciler.writer().check()
+                );
+                let desired = crate::model::build(&snapshot, &ModelConfig::default()).state;
+                assert!(
+                    desired.differences(&maps).is_empty(),
+                    "{case}: {:?}",
+                    desired.differences(&maps)
+                );
+                let mut fresh =
+                    Reconciler::new(MemoryMaps::new(small_capacity()), ModelConfig::default())
+                        .expect("read empty maps");
+                fresh.sync(&snapshot).expect("fresh sync");
+                assert_eq!(
+                    by_name(&maps),
+                    by_name(fresh.applied()),
+                    "{case}: the maps differ from a fresh sync of the same snapshot"
+                );
+
+                let mut restarted =
+                    Reconciler::new(reconciler.writer().clone(), ModelConfig::default())
+                        .expect("adopt");
+                assert_eq!(
+                    restarted.sync(&snapshot).expect("adopting sync").ops,
+                    0,
+                    "{case}: a restarted agent adopting the maps writes nothing"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn with_too_little_room_services_stay_rejected_whole_across_changes() {
+        use crate::model::random_world::RandomWorld;
+        for seed in 0..12 {
+            let mut world = RandomWorld::new(seed);
+            let capacity = Capacity {
+                frontends: 6,
+                ..small_capacity()
+            };
+            let mut reconciler = Reconciler::new(MemoryMaps::new(capacity), ModelConfig::default())
+                .expect("read empty maps");
+            for step in 0..50 {
+                let what = world.step();
+                let case = format!("seed {seed}, step {step} ({what})");
+                let snapshot = world.snapshot();
+                let before = by_name(reconciler.applied());
+                let report = reconciler.sync(&snapshot).expect("sync");
+                let maps = reconciler.writer().read().expect("read");
+                assert!(
+                    reconciler.writer().check().is_empty(),
+                    "{case}: {:?}",
+                    reconciler.writer().check()
+                );
+                // The admitted services are served exactly as the model asks.
+                let mut admitted = crate::model::build(&snapshot, &ModelConfig::default()).state;
+                for (name, _) in &report.rejected {
+                    admitted.services.remove(name);
+                }
+                let rejected: Vec<String> =
+                    report.rejected.iter().map(|(n, _)| n.to_string()).collect();
+                for difference in admitted.differences(&maps) {
+                    assert!(
+                        rejected.contains(&difference.service),
+                        "{case}: {difference} although the service was admitted"
+                    );
+                }
+                for name in &rejected {
+                    // Nothing half-written: a rejected service has no frontend or range it
+                    // did not have before (it may have lost a frontend another service won;
+                    // a backend it shares with an admitted service may change state).
+                    let prefix = format!("{name} ");
+                    let own = |line: &String| line.split(" table ").next().unwrap_or("").to_owned();
+                    let had: Vec<String> = before.iter().map(own).collect();
+                    for line in by_name(&maps).iter().filter(|l| l.starts_with(&prefix)) {
+                        assert!(
+                            had.contains(&own(line)),
+                            "{case}: rejected {name} has new map contents: {line}"
+                        );
+                    }
+                }
+                let again = reconciler.sync(&snapshot).expect("again");
+                if report.rejected.is_empty() {
+                    assert_eq!(
+                        again.ops, 0,
+                        "{case}: the same snapshot again writes nothing"
+                    );
+                }
+            }
+        }
     }
 }

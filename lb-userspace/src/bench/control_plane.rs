@@ -98,7 +98,9 @@ fn measure(services: usize, config: &Config) -> Result<ScaleResult, BenchError> 
         }
         let slice_index = (change * 7919) % snapshot.endpoint_slices.len();
         let replacement = synthetic_endpoint(1_000_000 + change).ipv4.to_string();
-        if let Some(endpoint) = snapshot.endpoint_slices[slice_index].endpoints.first_mut() {
+        // A new object, as the reflector would hand over for an update.
+        let slice = std::sync::Arc::make_mut(&mut snapshot.endpoint_slices[slice_index]);
+        if let Some(endpoint) = slice.endpoints.first_mut() {
             endpoint.addresses = vec![replacement];
         }
         let started = Instant::now();

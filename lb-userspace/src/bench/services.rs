@@ -8,6 +8,7 @@
 use std::{
     collections::BTreeMap,
     net::{Ipv4Addr, Ipv6Addr},
+    sync::Arc,
 };
 
 use k8s_openapi::{
@@ -201,10 +202,10 @@ impl ServiceSet {
         let mut services = Vec::with_capacity(self.services.len());
         let mut endpoint_slices = Vec::with_capacity(self.services.len() * 2);
         for service in &self.services {
-            services.push(self.kubernetes_service(service));
-            endpoint_slices.push(endpoint_slice(service, false));
+            services.push(Arc::new(self.kubernetes_service(service)));
+            endpoint_slices.push(Arc::new(endpoint_slice(service, false)));
             if self.dual_stack {
-                endpoint_slices.push(endpoint_slice(service, true));
+                endpoint_slices.push(Arc::new(endpoint_slice(service, true)));
             }
         }
         Snapshot {

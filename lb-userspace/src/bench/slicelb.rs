@@ -20,7 +20,7 @@ use crate::{
     },
     diff::{BuddyAllocator, Planner},
     lab::Netns,
-    model::{self, ModelConfig, Snapshot},
+    model::{IncrementalModel, ModelConfig, Snapshot},
 };
 
 /// How long one snapshot took to reach the kernel, and how much it wrote.
@@ -69,6 +69,9 @@ pub struct Slicelb {
     datapath: Datapath,
     maps: AyaMaps,
     planner: Planner,
+    /// The model kept between syncs, as the agent keeps it: a change rebuilds only the
+    /// services it touches.
+    model: IncrementalModel,
     /// What the maps hold, kept in step with every write (as the agent keeps it), so a
     /// sync does not read the whole SELECTION array back.
     applied: AppliedState,
@@ -91,6 +94,7 @@ impl Slicelb {
             datapath,
             maps,
             planner: Planner::default(),
+            model: IncrementalModel::default(),
             applied: AppliedState::default(),
         })
     }
@@ -98,10 +102,13 @@ impl Slicelb {
     /// Programs `snapshot` into the maps: model, diff against what the maps hold, write.
     pub fn sync(&mut self, snapshot: &Snapshot) -> Result<SyncStats, BenchError> {
         let started = Instant::now();
-        let built = model::build(snapshot, &ModelConfig::default());
-        let plan = self
-            .planner
-            .plan(&self.applied, &built.state, self.maps.capacity());
+        let update = self.model.update(snapshot, &ModelConfig::default());
+        let plan = self.planner.plan_changes(
+            &self.applied,
+            update.state,
+            &update.changed,
+            self.maps.capacity(),
+        );
         let planned = Instant::now();
         if let Some((name, reason)) = plan.rejected.first() {
             return Err(BenchError::unexpected(
@@ -109,7 +116,7 @@ impl Slicelb {
                 format!(
                     "{} of {} service ports rejected, first {name}: {reason}",
                     plan.rejected.len(),
-                    built.state.services.len()
+                    update.state.services.len()
                 ),
             ));
         }

@@ -260,7 +260,7 @@ pub(crate) mod tests {
         let table: Vec<u32> = (0..size)
             .map(|slot| if slot < 126 { 1 } else { 2 })
             .collect();
-        applied.selection.insert(0, table);
+        applied.selection.insert(0, table.into());
         let frontend = |kind, flags| FrontendValue {
             service_id: 1,
             table_offset: 0,

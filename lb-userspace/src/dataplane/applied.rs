@@ -7,7 +7,15 @@ impl AppliedState {
     /// Applies `ops` as the kernel maps would, then forgets selection tables that no frontend
     /// points at any more (their space is free again).
     pub fn apply(&mut self, ops: &[MapOp]) {
+        // Tables a frontend pointed at before an op replaced or removed it: the only ones
+        // that may have lost their last frontend.
+        let mut maybe_unused: Vec<u32> = Vec::new();
         for op in ops {
+            if let MapOp::PutFrontend { key, .. } | MapOp::DeleteFrontend { key } = op
+                && let Some(old) = self.frontends.get(key).filter(|v| v.table_size > 0)
+            {
+                maybe_unused.push(old.table_offset);
+            }
             match op {
                 MapOp::PutBackend { id, backend } => {
                     self.backends.insert(*id, *backend);
@@ -38,13 +46,28 @@ impl AppliedState {
                 }
             }
         }
-        let in_use: std::collections::BTreeSet<u32> = self
-            .frontends
-            .values()
-            .filter(|v| v.table_size > 0)
-            .map(|v| v.table_offset)
-            .collect();
-        self.selection.retain(|offset, _| in_use.contains(offset));
+        // A table written by these ops that no frontend points at is also unused.
+        maybe_unused.extend(ops.iter().filter_map(|op| match op {
+            MapOp::PutSelection { offset, .. } => Some(*offset),
+            _ => None,
+        }));
+        maybe_unused.sort_unstable();
+        maybe_unused.dedup();
+        if maybe_unused.is_empty() {
+            return;
+        }
+        let mut unused = maybe_unused;
+        for value in self.frontends.values().filter(|v| v.table_size > 0) {
+            if let Ok(at) = unused.binary_search(&value.table_offset) {
+                unused.remove(at);
+                if unused.is_empty() {
+                    return;
+                }
+            }
+        }
+        for offset in unused {
+            self.selection.remove(&offset);
+        }
     }
 
     /// Selection slots in use (whole tables).

@@ -388,7 +388,7 @@ impl MapWriter for AyaMaps {
                 map: map_names::SELECTION,
                 source,
             })?;
-            state.selection.insert(value.table_offset, slots);
+            state.selection.insert(value.table_offset, slots.into());
         }
         for entry in self.service_names.iter() {
             let (id, name) = entry.map_err(read_err(map_names::SERVICE_NAMES))?;
@@ -402,11 +402,49 @@ impl MapWriter for AyaMaps {
     }
 
     fn apply(&mut self, ops: &[MapOp]) -> Result<(), DataplaneError> {
-        for op in ops {
-            self.apply_one(op)?;
+        let mut rest = ops;
+        while let Some(op) = rest.first() {
+            let run = consecutive_backends(rest, self.capacity.backends);
+            if run.len() > 1 {
+                // A cold sync writes backends with consecutive new ids: one batch, not one
+                // syscall each.
+                let first = match op {
+                    MapOp::PutBackend { id, .. } => *id,
+                    _ => unreachable!("a run holds PutBackend ops only"),
+                };
+                batch::update(self.backends_fd.as_fd(), first, &run).map_err(|source| {
+                    DataplaneError::MapWrite {
+                        map: map_names::BACKENDS,
+                        source,
+                    }
+                })?;
+                rest = &rest[run.len()..];
+            } else {
+                self.apply_one(op)?;
+                rest = &rest[1..];
+            }
         }
         Ok(())
     }
+}
+
+/// The backends of the `PutBackend` ops at the start of `ops` whose ids follow one another
+/// (and fit in `capacity`).
+fn consecutive_backends(ops: &[MapOp], capacity: u32) -> Vec<Backend> {
+    let mut run = Vec::new();
+    let mut next_id = None;
+    for op in ops {
+        match op {
+            MapOp::PutBackend { id, backend }
+                if *id < capacity && next_id.is_none_or(|next| next == *id) =>
+            {
+                run.push(*backend);
+                next_id = Some(id + 1);
+            }
+            _ => break,
+        }
+    }
+    run
 }
 
 /// Batched access to array maps (`BPF_MAP_UPDATE_BATCH` / `BPF_MAP_LOOKUP_BATCH`, Linux

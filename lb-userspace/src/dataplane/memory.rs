@@ -294,7 +294,7 @@ impl MemoryMaps {
         for value in self.frontends.values().filter(|v| v.table_size > 0) {
             let start = value.table_offset as usize;
             if let Some(slots) = self.selection.get(start..start + value.table_size as usize) {
-                selection.insert(value.table_offset, slots.to_vec());
+                selection.insert(value.table_offset, slots.into());
             }
         }
         AppliedState {

@@ -8,7 +8,10 @@ pub mod loader;
 pub mod memory;
 pub mod test_run;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
 
 use lb_common::{Backend, FrontendKey, FrontendValue, SourceRangeKey};
 
@@ -24,10 +27,11 @@ pub enum MapOp {
         id: u32,
     },
     /// Write a whole Maglev table (backend ids, one per slot) starting at `offset` in
-    /// SELECTION. Tables are written into free space, never over one in use.
+    /// SELECTION. Tables are written into free space, never over one in use. Shared with
+    /// the planner's cache and the applied mirror, so a table is held in memory once.
     PutSelection {
         offset: u32,
-        slots: Vec<u32>,
+        slots: Arc<[u32]>,
     },
     PutFrontend {
         key: FrontendKey,
@@ -60,7 +64,7 @@ pub struct AppliedState {
     /// Backend id -> backend (only non-empty slots).
     pub backends: BTreeMap<u32, Backend>,
     /// Table offset -> slots, for every table a frontend points at.
-    pub selection: BTreeMap<u32, Vec<u32>>,
+    pub selection: BTreeMap<u32, Arc<[u32]>>,
     pub service_names: BTreeMap<u32, String>,
     pub source_ranges: BTreeSet<(SourceRangeKey, u32)>,
 }

@@ -59,7 +59,10 @@ impl Hasher for FastHasher {
 
     #[inline]
     fn finish(&self) -> u64 {
-        self.0
+        // The multiply leaves the low bits (hashbrown's bucket index) depending only on the
+        // input's low bits, so addresses that differ in their high bits collided into long
+        // probe chains; rotating brings the well-mixed high bits down (as rustc-hash 2 does).
+        self.0.rotate_left(26)
     }
 }
 

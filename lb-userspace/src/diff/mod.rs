@@ -99,29 +99,73 @@ pub struct Planner {
     /// anything else wrote SELECTION, call [`Planner::forget_tables`].
     written: FastMap<u32, Arc<[u32]>>,
     plans: u64,
+    /// Who uses which backend after the last plan, when that plan admitted everything;
+    /// lets [`Planner::plan_changes`] look at the changed service ports only.
+    ledger: Option<Ledger>,
+}
+
+/// The backends of every admitted service port, as the last plan left them.
+#[derive(Debug, Default)]
+struct Ledger {
+    /// (address, id) of each service port's backends.
+    backends: FastMap<ServicePortName, Vec<(SocketAddr, u32)>>,
+    /// How many service ports use each backend address.
+    users: FastMap<SocketAddr, u32>,
+}
+
+impl Ledger {
+    fn add(&mut self, name: ServicePortName, backends: Vec<(SocketAddr, u32)>) {
+        for (addr, _) in &backends {
+            *self.users.entry(*addr).or_default() += 1;
+        }
+        self.backends.insert(name, backends);
+    }
+
+    fn remove(&mut self, name: &ServicePortName) {
+        for (addr, _) in self.backends.remove(name).unwrap_or_default() {
+            if let Some(count) = self.users.get_mut(&addr) {
+                *count -= 1;
+                if *count == 0 {
+                    self.users.remove(&addr);
+                }
+            }
+        }
+    }
 }
 
 /// Ids in `1..limit` (0 is never used), handed out from just after the highest one in use,
 /// so that a freed id is not reused at once while stale flow state may still name it.
-struct IdAllocator {
-    used: BTreeSet<u32>,
+struct IdAllocator<'a> {
+    /// Whether the applied state uses an id: looked up, not copied, so that a plan of a
+    /// few services does not copy every id in the maps.
+    taken: Box<dyn Fn(u32) -> bool + 'a>,
+    taken_count: usize,
+    /// Ids this plan handed out.
+    handed: BTreeSet<u32>,
     limit: u32,
     cursor: u32,
 }
 
-impl IdAllocator {
-    fn new(used: BTreeSet<u32>, limit: u32) -> Self {
-        let cursor = used.last().map_or(1, |last| last + 1);
+impl<'a> IdAllocator<'a> {
+    /// `taken_count` ids are taken, the highest is `highest`.
+    fn new(
+        taken: impl Fn(u32) -> bool + 'a,
+        taken_count: usize,
+        highest: Option<u32>,
+        limit: u32,
+    ) -> Self {
         Self {
-            used,
+            taken: Box::new(taken),
+            taken_count,
+            handed: BTreeSet::new(),
             limit,
-            cursor,
+            cursor: highest.map_or(1, |last| last + 1),
         }
     }
 
     fn allocate(&mut self) -> Option<u32> {
         let usable = u64::from(self.limit.saturating_sub(1));
-        if self.used.len() as u64 >= usable {
+        if (self.taken_count + self.handed.len()) as u64 >= usable {
             return None;
         }
         let mut id = self.cursor;
@@ -129,7 +173,7 @@ impl IdAllocator {
             if id == 0 || id >= self.limit {
                 id = 1;
             }
-            if self.used.insert(id) {
+            if !(self.taken)(id) && self.handed.insert(id) {
                 self.cursor = id + 1;
                 return Some(id);
             }
@@ -138,7 +182,7 @@ impl IdAllocator {
     }
 
     fn release(&mut self, id: u32) {
-        self.used.remove(&id);
+        self.handed.remove(&id);
     }
 }
 
@@ -206,8 +250,8 @@ struct Admission {
 struct Work<'a> {
     index: AppliedIndex<'a>,
     capacity: Capacity,
-    service_ids: IdAllocator,
-    backend_ids: IdAllocator,
+    service_ids: IdAllocator<'a>,
+    backend_ids: IdAllocator<'a>,
     selection: BuddyAllocator,
     /// Tables placed in this plan (reused or new), by key: frontends with equal backends
     /// share one.
@@ -227,6 +271,8 @@ struct Work<'a> {
     range_ops: Vec<MapOp>,
     frontend_ops: Vec<MapOp>,
     rejected: Vec<(ServicePortName, RejectReason)>,
+    /// (name, backends) of every admitted service port, for the ledger.
+    admitted: Vec<(ServicePortName, Vec<(SocketAddr, u32)>)>,
 }
 
 impl Planner {
@@ -234,6 +280,7 @@ impl Planner {
     /// compares every table with the applied state again.
     pub fn forget_tables(&mut self) {
         self.written.clear();
+        self.ledger = None;
     }
 
     /// Whether the applied table at `offset` holds `slots`.
@@ -248,7 +295,7 @@ impl Planner {
         let same = applied
             .selection
             .get(&offset)
-            .is_some_and(|found| found.as_slice() == &**slots);
+            .is_some_and(|found| Arc::ptr_eq(found, slots) || **found == **slots);
         if same {
             self.written.insert(offset, slots.clone());
         }
@@ -262,10 +309,149 @@ impl Planner {
         desired: &DesiredState,
         capacity: Capacity,
     ) -> Plan {
+        let services = desired.services.iter().collect();
+        self.run(applied, applied, None, services, capacity)
+    }
+
+    /// The same operations as [`Planner::plan`], looking only at the `changed` service
+    /// ports (added, removed or different since this planner's previous plan, which must
+    /// have been applied to `applied`) and the ports sharing a backend with them. Falls
+    /// back to a whole plan when the previous plan rejected something, or when sharing
+    /// spreads to many ports.
+    pub fn plan_changes(
+        &mut self,
+        applied: &AppliedState,
+        desired: &DesiredState,
+        changed: &BTreeSet<ServicePortName>,
+        capacity: Capacity,
+    ) -> Plan {
+        let Some((scope, planned)) = self.changed_scope(applied, desired, changed) else {
+            return self.plan(applied, desired, capacity);
+        };
+        let services = planned
+            .iter()
+            .filter_map(|name| desired.services.get_key_value(name))
+            .collect();
+        self.run(applied, &scope, Some(&planned), services, capacity)
+    }
+
+    /// What `applied` holds for the `changed` ports: their names, frontends, tables,
+    /// source ranges and backends; `None` when a changed port cannot be planned alone.
+    fn changed_scope(
+        &self,
+        applied: &AppliedState,
+        desired: &DesiredState,
+        changed: &BTreeSet<ServicePortName>,
+    ) -> Option<(AppliedState, BTreeSet<ServicePortName>)> {
+        let ledger = self.ledger.as_ref()?;
+        // A backend's state combines every port that uses it: ports sharing a backend with
+        // a changed one are planned with it (if that spreads to a quarter of all ports, a
+        // whole plan is as cheap).
+        let mut planned = changed.clone();
+        loop {
+            let mut planned_users: FastMap<SocketAddr, u32> = FastMap::default();
+            for (addr, _) in planned
+                .iter()
+                .filter_map(|name| ledger.backends.get(name))
+                .flatten()
+            {
+                *planned_users.entry(*addr).or_default() += 1;
+            }
+            let new_addrs = planned
+                .iter()
+                .filter_map(|name| desired.services.get(name))
+                .flat_map(|service| service.backends.keys());
+            let shared: FastSet<SocketAddr> = planned_users
+                .keys()
+                .chain(new_addrs)
+                .filter(|addr| {
+                    ledger.users.get(*addr).copied().unwrap_or(0)
+                        > planned_users.get(*addr).copied().unwrap_or(0)
+                })
+                .copied()
+                .collect();
+            if shared.is_empty() {
+                break;
+            }
+            let before = planned.len();
+            for (name, backends) in &ledger.backends {
+                // The cheap test first: most ports share nothing.
+                if backends.iter().any(|(a, _)| shared.contains(a)) && !planned.contains(name) {
+                    planned.insert(name.clone());
+                }
+            }
+            if planned.len() == before || planned.len() > ledger.backends.len() / 4 + 1 {
+                return None;
+            }
+        }
+        let texts: FastSet<String> = planned.iter().map(ToString::to_string).collect();
+
+        let mut scope = AppliedState::default();
+        let mut ids: FastSet<u32> = FastSet::default();
+        for (id, name) in &applied.service_names {
+            if texts.contains(name) {
+                scope.service_names.insert(*id, name.clone());
+                ids.insert(*id);
+            }
+        }
+        for (key, value) in &applied.frontends {
+            if !ids.contains(&value.service_id) {
+                continue;
+            }
+            scope.frontends.insert(*key, *value);
+            if let Some(table) = applied
+                .selection
+                .get(&value.table_offset)
+                .filter(|_| value.table_size > 0)
+            {
+                scope.selection.insert(value.table_offset, table.clone());
+            }
+        }
+        for (_, id) in planned
+            .iter()
+            .filter_map(|name| ledger.backends.get(name))
+            .flatten()
+        {
+            if let Some(backend) = applied.backends.get(id) {
+                scope.backends.insert(*id, *backend);
+            }
+        }
+        scope.source_ranges = applied
+            .source_ranges
+            .iter()
+            .filter(|(key, _)| ids.contains(&u32::from_be_bytes(key.service_id_be)))
+            .copied()
+            .collect();
+        Some((scope, planned))
+    }
+
+    /// Plans `services` against `scope`: all of `applied`, or what it holds for the
+    /// service ports in `scope_names`, which are the ones planned. Ids, SELECTION space and capacity always come from all of `applied`.
+    fn run(
+        &mut self,
+        applied: &AppliedState,
+        scope: &AppliedState,
+        scope_names: Option<&BTreeSet<ServicePortName>>,
+        services: Vec<(&ServicePortName, &DesiredService)>,
+        capacity: Capacity,
+    ) -> Plan {
+        let whole = scope_names.is_none();
         self.plans += 1;
-        let index = AppliedIndex::new(applied);
-        let mut used_service_ids: BTreeSet<u32> = applied.service_names.keys().copied().collect();
-        used_service_ids.extend(applied.frontends.values().map(|v| v.service_id));
+        let index = AppliedIndex::new(scope);
+        // Service ids frontends use without a name (left by a foreign writer) are taken too.
+        let unnamed_ids: FastSet<u32> = applied
+            .frontends
+            .values()
+            .map(|v| v.service_id)
+            .filter(|id| !applied.service_names.contains_key(id))
+            .collect();
+        let taken_service_ids = applied.service_names.len() + unnamed_ids.len();
+        let highest_service_id = applied
+            .service_names
+            .keys()
+            .chain(&unnamed_ids)
+            .max()
+            .copied();
         let mut selection = BuddyAllocator::new(capacity.selection_slots);
         for value in applied.frontends.values().filter(|v| v.table_size > 0) {
             selection.reserve(
@@ -278,33 +464,40 @@ impl Planner {
         }
         let mut work = Work {
             capacity,
-            service_ids: IdAllocator::new(used_service_ids, capacity.services),
+            service_ids: IdAllocator::new(
+                move |id| applied.service_names.contains_key(&id) || unnamed_ids.contains(&id),
+                taken_service_ids,
+                highest_service_id,
+                capacity.services,
+            ),
             backend_ids: IdAllocator::new(
-                applied.backends.keys().copied().collect(),
+                |id| applied.backends.contains_key(&id),
+                applied.backends.len(),
+                applied.backends.keys().next_back().copied(),
                 capacity.backends,
             ),
             selection,
-            placed: sized_map(desired.services.len()),
+            placed: sized_map(services.len()),
             frontend_count: applied.frontends.len(),
             range_count: applied.source_ranges.len(),
-            keep_frontends: sized_set(applied.frontends.len()),
-            referenced_tables: sized_set(applied.frontends.len()),
-            keep_service_ids: sized_set(desired.services.len()),
+            keep_frontends: sized_set(scope.frontends.len()),
+            referenced_tables: sized_set(scope.frontends.len()),
+            keep_service_ids: sized_set(services.len()),
             keep_backend_ids: FastSet::default(),
             keep_ranges: BTreeSet::new(),
-            backends: sized_map(applied.backends.len()),
+            backends: sized_map(scope.backends.len()),
             name_ops: Vec::new(),
             selection_ops: Vec::new(),
             range_ops: Vec::new(),
             frontend_ops: Vec::new(),
             rejected: Vec::new(),
+            admitted: Vec::with_capacity(services.len()),
             index,
         };
 
         // Services already in the maps first: a newcomer can never push one out.
-        let names: Vec<(&ServicePortName, &DesiredService, String)> = desired
-            .services
-            .iter()
+        let names: Vec<(&ServicePortName, &DesiredService, String)> = services
+            .into_iter()
             .map(|(name, service)| (name, service, name.to_string()))
             .collect();
         let (known, new): (Vec<_>, Vec<_>) = names
@@ -315,10 +508,44 @@ impl Planner {
         }
 
         let plans = self.plans;
-        self.tables.retain(|_, (_, used)| *used == plans);
-        self.written
-            .retain(|offset, _| work.referenced_tables.contains(offset));
-        work.finish()
+        if whole {
+            self.tables.retain(|_, (_, used)| *used == plans);
+            self.written
+                .retain(|offset, _| work.referenced_tables.contains(offset));
+        } else {
+            // Unchanged services did not touch their tables: keep those still held
+            // elsewhere (the applied state, `written`), and forget the changed services'
+            // old blocks.
+            self.tables
+                .retain(|_, (slots, used)| *used == plans || Arc::strong_count(slots) > 1);
+            for offset in scope.selection.keys() {
+                if !work.referenced_tables.contains(offset) {
+                    self.written.remove(offset);
+                }
+            }
+        }
+        let admitted = std::mem::take(&mut work.admitted);
+        let plan = work.finish();
+        self.ledger = if !plan.rejected.is_empty() {
+            None
+        } else if whole {
+            let mut ledger = Ledger::default();
+            for (name, backends) in admitted {
+                ledger.add(name, backends);
+            }
+            Some(ledger)
+        } else {
+            self.ledger.take().map(|mut ledger| {
+                for name in scope_names.into_iter().flatten() {
+                    ledger.remove(name);
+                }
+                for (name, backends) in admitted {
+                    ledger.add(name, backends);
+                }
+                ledger
+            })
+        };
+        plan
     }
 
     fn admit(
@@ -330,7 +557,7 @@ impl Planner {
     ) {
         let mut admission = Admission::default();
         match self.try_admit(work, service, text, &mut admission) {
-            Ok(service_id) => work.commit(service_id, service, text, admission),
+            Ok(service_id) => work.commit(service_id, name, service, text, admission),
             Err(reason) => {
                 work.roll_back(admission);
                 work.retain_applied(text, service);
@@ -427,7 +654,7 @@ impl Planner {
                             })?;
                     admission.selection_ops.push(MapOp::PutSelection {
                         offset,
-                        slots: slots.to_vec(),
+                        slots: slots.clone(),
                     });
                     self.written.insert(offset, slots.clone());
                     work.placed.insert(table_key.clone(), offset);
@@ -518,6 +745,7 @@ impl Work<'_> {
     fn commit(
         &mut self,
         service_id: u32,
+        name: &ServicePortName,
         service: &DesiredService,
         text: &str,
         admission: Admission,
@@ -529,6 +757,8 @@ impl Work<'_> {
             });
         }
         self.keep_service_ids.insert(service_id);
+        self.admitted
+            .push((name.clone(), admission.backend_ids.clone()));
         for ((addr, backend), (_, id)) in service.backends.iter().zip(&admission.backend_ids) {
             let entry = self.backends.entry(*id).or_insert((*addr, *backend));
             entry.1 = combine_backend(entry.1, *backend);

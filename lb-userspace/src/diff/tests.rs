@@ -566,8 +566,8 @@ fn scale_services_with_10_endpoints() {
     };
     let slices: Vec<EndpointSlice> = (0..count).map(|i| slice_for(i, 0)).collect();
     let mut snapshot = Snapshot {
-        services,
-        endpoint_slices: slices,
+        services: services.into_iter().map(Arc::new).collect(),
+        endpoint_slices: slices.into_iter().map(Arc::new).collect(),
         node: NodeInfo::default(),
     };
     let capacity = Capacity::default();
@@ -589,7 +589,7 @@ fn scale_services_with_10_endpoints() {
     let replan_time = start.elapsed();
     assert!(again.ops.is_empty(), "same state twice: zero ops");
 
-    snapshot.endpoint_slices[1234] = slice_for(1234, 1); // one endpoint replaced
+    snapshot.endpoint_slices[1234] = Arc::new(slice_for(1234, 1)); // one endpoint replaced
     let start = Instant::now();
     let changed = build(&snapshot, &ModelConfig::default());
     let remodel_time = start.elapsed();
@@ -759,7 +759,7 @@ fn forget_tables_makes_the_planner_reread_selection() {
         "first",
     );
     // Someone else scribbles over the table.
-    let table = applied.selection.values_mut().next().unwrap();
+    let table = Arc::make_mut(applied.selection.values_mut().next().unwrap());
     table[0] = if table[0] == 1 { 2 } else { 1 };
     assert!(
         !desired.differences(&applied).is_empty(),
@@ -904,8 +904,8 @@ fn snapshots_through_model_diff_and_maps() {
     let mut applied = AppliedState::default();
     for (case, services, endpoint_slices) in steps {
         let snapshot = Snapshot {
-            services,
-            endpoint_slices,
+            services: services.into_iter().map(Arc::new).collect(),
+            endpoint_slices: endpoint_slices.into_iter().map(Arc::new).collect(),
             node: node.clone(),
         };
         let built = build(&snapshot, &ModelConfig::default());
@@ -1000,7 +1000,7 @@ fn differences_name_the_service_the_frontend_and_what_differs() {
         (
             "backend not in table",
             tamper(&|a| {
-                let table = a.selection.values_mut().next().unwrap();
+                let table = Arc::make_mut(a.selection.values_mut().next().unwrap());
                 table.iter_mut().for_each(|slot| *slot = 1);
             }),
             "default/a:http 198.18.100.1:80/TCP: backend 198.18.1.2:8080 is not in the selection table",
@@ -1074,7 +1074,7 @@ fn memory_maps_enforce_kernel_capacities() {
     assert!(
         full(maps.apply_op(&MapOp::PutSelection {
             offset: 256,
-            slots: vec![2; 257]
+            slots: vec![2; 257].into()
         })),
         "SELECTION bound"
     );

@@ -15,8 +15,8 @@ use k8s_openapi::api::{
 use super::{
     BackendState, Built, DEFAULT_AFFINITY_TIMEOUT_SECS, DesiredBackend, DesiredFrontend,
     DesiredService, DesiredState, FrontendKind, LABEL_HEADLESS, LABEL_SERVICE_NAME,
-    LABEL_SERVICE_PROXY_NAME, ModelConfig, ObjectKind, ObjectRef, Protocol, ServicePortName,
-    Snapshot, Warning, WarningReason, WhenEmpty,
+    LABEL_SERVICE_PROXY_NAME, ModelConfig, NodeInfo, ObjectKind, ObjectRef, Protocol,
+    ServicePortName, Snapshot, Warning, WarningReason, WhenEmpty,
     topology::{Endpoint, PolicyUse, categorize_endpoints},
 };
 
@@ -30,28 +30,45 @@ pub fn build(snapshot: &Snapshot, config: &ModelConfig) -> Built {
     let slices = slices_by_service(&snapshot.endpoint_slices);
     let mut state = DesiredState::default();
 
-    let mut services: Vec<&Service> = snapshot.services.iter().collect();
+    let mut services: Vec<&Service> = snapshot.services.iter().map(|s| &**s).collect();
     services.sort_by(|a, b| {
         let key = |s: &Service| (namespace_of(s), s.metadata.name.clone().unwrap_or_default());
         key(a).cmp(&key(b))
     });
     for service in services {
         let object = service_ref(service);
-        let service_slices = slices
-            .get(&(object.namespace.clone(), object.name.clone()))
-            .map(Vec::as_slice)
-            .unwrap_or_default();
-        let mut ctx = Ctx {
-            snapshot,
-            object,
-            warnings: &mut warnings,
-        };
-        for (name, desired) in ctx.service(service, service_slices, config) {
-            state.services.insert(name, desired);
-        }
+        let service_slices: Vec<&EndpointSlice> = slices
+            .get(&(object.namespace.as_str(), object.name.as_str()))
+            .into_iter()
+            .flatten()
+            .map(|slice| &***slice)
+            .collect();
+        let (ports, service_warnings) =
+            build_service(service, &service_slices, &snapshot.node, config);
+        warnings.extend(service_warnings);
+        state.services.extend(ports);
     }
     resolve_frontend_conflicts(&mut state, &mut warnings);
     Built { state, warnings }
+}
+
+/// One Service's ports as the datapath wants them, given the service's slices (sorted by
+/// name) and this node, and the warnings about them. Frontends another service also claims
+/// are still in: [`resolve_frontend_conflicts`] settles those across services.
+pub(super) fn build_service(
+    service: &Service,
+    slices: &[&EndpointSlice],
+    node: &NodeInfo,
+    config: &ModelConfig,
+) -> (Vec<(ServicePortName, DesiredService)>, Vec<Warning>) {
+    let mut warnings = Vec::new();
+    let mut ctx = Ctx {
+        node,
+        object: service_ref(service),
+        warnings: &mut warnings,
+    };
+    let ports = ctx.service(service, slices, config);
+    (ports, warnings)
 }
 
 fn namespace_of(service: &Service) -> String {
@@ -88,8 +105,10 @@ fn label<'a>(labels: &'a Option<BTreeMap<String, String>>, key: &str) -> Option<
 
 /// Slices grouped by (namespace, service name), each group sorted by slice name so that
 /// duplicate endpoints resolve the same way every time.
-fn slices_by_service(slices: &[EndpointSlice]) -> HashMap<(String, String), Vec<&EndpointSlice>> {
-    let mut grouped: HashMap<(String, String), Vec<&EndpointSlice>> = HashMap::new();
+pub(super) fn slices_by_service(
+    slices: &[Arc<EndpointSlice>],
+) -> HashMap<(&str, &str), Vec<&Arc<EndpointSlice>>> {
+    let mut grouped: HashMap<(&str, &str), Vec<&Arc<EndpointSlice>>> = HashMap::new();
     for slice in slices {
         let Some(service) = label(&slice.metadata.labels, LABEL_SERVICE_NAME) else {
             continue;
@@ -97,15 +116,8 @@ fn slices_by_service(slices: &[EndpointSlice]) -> HashMap<(String, String), Vec<
         if service.is_empty() || label(&slice.metadata.labels, LABEL_HEADLESS).is_some() {
             continue;
         }
-        let namespace = slice
-            .metadata
-            .namespace
-            .clone()
-            .unwrap_or_else(|| "default".to_owned());
-        grouped
-            .entry((namespace, service.to_owned()))
-            .or_default()
-            .push(slice);
+        let namespace = slice.metadata.namespace.as_deref().unwrap_or("default");
+        grouped.entry((namespace, service)).or_default().push(slice);
     }
     for group in grouped.values_mut() {
         group.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
@@ -125,7 +137,7 @@ struct PortSpec {
 
 /// Per-service working context: where warnings go and which object they name.
 struct Ctx<'a> {
-    snapshot: &'a Snapshot,
+    node: &'a NodeInfo,
     object: ObjectRef,
     warnings: &'a mut Vec<Warning>,
 }
@@ -188,7 +200,7 @@ impl Ctx<'_> {
         let publish_not_ready = spec.publish_not_ready_addresses == Some(true);
         let external_local = spec.external_traffic_policy.as_deref() == Some("Local");
         let internal_local = spec.internal_traffic_policy.as_deref() == Some("Local");
-        let node = &self.snapshot.node;
+        let node = self.node;
         let node_name = node.name.as_deref().unwrap_or("");
         let zone = node.zone.as_deref().unwrap_or("");
 
@@ -477,7 +489,7 @@ impl Ctx<'_> {
         slices: &[&EndpointSlice],
         publish_not_ready: bool,
     ) -> Vec<Endpoint> {
-        let node_name = self.snapshot.node.name.as_deref().filter(|n| !n.is_empty());
+        let node_name = self.node.name.as_deref().filter(|n| !n.is_empty());
         let mut merged: BTreeMap<SocketAddr, Endpoint> = BTreeMap::new();
         for slice in slices {
             let want_v4 = match slice.address_type.as_str() {
@@ -577,7 +589,7 @@ fn valid_port(value: i32) -> Option<u16> {
 /// ClusterIPs and NodePorts unique, but external IPs and load-balancer IPs may collide: the
 /// first service by name keeps the frontend, the others lose it with a warning.
 fn resolve_frontend_conflicts(state: &mut DesiredState, warnings: &mut Vec<Warning>) {
-    let mut owners: HashMap<(IpAddr, u16, Protocol), ServicePortName> = HashMap::new();
+    let mut owners: HashMap<FrontendClaim, ServicePortName> = HashMap::new();
     for (name, service) in &mut state.services {
         let protocol = service.protocol;
         service.frontends.retain(|frontend| {
@@ -588,20 +600,34 @@ fn resolve_frontend_conflicts(state: &mut DesiredState, warnings: &mut Vec<Warni
                     true
                 }
                 Some(owner) => {
-                    warnings.push(Warning {
-                        object: ObjectRef {
-                            kind: ObjectKind::Service,
-                            namespace: name.namespace.clone(),
-                            name: name.name.clone(),
-                        },
-                        reason: WarningReason::FrontendConflict {
-                            frontend: format!("{}/{protocol}", frontend.endpoint()),
-                            owner: owner.to_string(),
-                        },
-                    });
+                    warnings.push(conflict_warning(name, frontend, protocol, owner));
                     false
                 }
             }
         });
+    }
+}
+
+/// What two service ports cannot both have: one frontend address, port and protocol. The
+/// first claimant in name order keeps it.
+pub(super) type FrontendClaim = (IpAddr, u16, Protocol);
+
+/// `name` lost `frontend` to `owner`.
+pub(super) fn conflict_warning(
+    name: &ServicePortName,
+    frontend: &DesiredFrontend,
+    protocol: Protocol,
+    owner: &ServicePortName,
+) -> Warning {
+    Warning {
+        object: ObjectRef {
+            kind: ObjectKind::Service,
+            namespace: name.namespace.clone(),
+            name: name.name.clone(),
+        },
+        reason: WarningReason::FrontendConflict {
+            frontend: format!("{}/{protocol}", frontend.endpoint()),
+            owner: owner.to_string(),
+        },
     }
 }

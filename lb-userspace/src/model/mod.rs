@@ -21,7 +21,10 @@
 mod build;
 pub mod compare;
 pub mod encode;
+pub mod incremental;
 pub mod maglev;
+#[cfg(test)]
+pub(crate) mod random_world;
 pub mod snapshot;
 pub mod topology;
 mod warning;
@@ -41,6 +44,7 @@ use lb_common::{FAMILY_IPV4, FAMILY_IPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, fron
 
 pub use build::build;
 pub use compare::Difference;
+pub use incremental::{IncrementalModel, ModelUpdate};
 pub use snapshot::{NodeInfo, Snapshot};
 pub use warning::{ObjectKind, ObjectRef, Warning, WarningReason};
 

@@ -76,8 +76,8 @@ fn node() -> NodeInfo {
 fn run(services: Vec<Service>, slices: Vec<EndpointSlice>) -> Built {
     build(
         &Snapshot {
-            services,
-            endpoint_slices: slices,
+            services: services.into_iter().map(Arc::new).collect(),
+            endpoint_slices: slices.into_iter().map(Arc::new).collect(),
             node: node(),
         },
         &ModelConfig::default(),
@@ -257,7 +257,7 @@ fn services_labelled_with_our_proxy_name_are_ours() {
         "spec": {"clusterIP": "198.18.100.8", "ports": [{"port": 80}]},
     }));
     let snapshot = Snapshot {
-        services: vec![labelled],
+        services: vec![Arc::new(labelled)],
         endpoint_slices: vec![],
         node: node(),
     };

@@ -377,13 +377,8 @@ impl Stores {
             node.zone = zone;
         }
         Snapshot {
-            services: self
-                .services
-                .state()
-                .iter()
-                .map(|s| (**s).clone())
-                .collect(),
-            endpoint_slices: self.slices.state().iter().map(|s| (**s).clone()).collect(),
+            services: self.services.state(),
+            endpoint_slices: self.slices.state(),
             node,
         }
     }

@@ -222,8 +222,16 @@ pub fn load_dir(
         });
     }
     let mut snapshot = Snapshot {
-        services: loader.services.into_values().map(|d| d.object).collect(),
-        endpoint_slices: loader.slices.into_values().map(|d| d.object).collect(),
+        services: loader
+            .services
+            .into_values()
+            .map(|d| Arc::new(d.object))
+            .collect(),
+        endpoint_slices: loader
+            .slices
+            .into_values()
+            .map(|d| Arc::new(d.object))
+            .collect(),
         node,
     };
     super::sort_snapshot(&mut snapshot);

@@ -164,7 +164,7 @@ impl Service {
         if !self.table.is_empty() {
             ops.push(MapOp::PutSelection {
                 offset: self.value.table_offset,
-                slots: self.table.clone(),
+                slots: self.table.as_slice().into(),
             });
         }
         ops.push(MapOp::PutFrontend {

@@ -1,0 +1,367 @@
+//! The model kept up to date service by service: a snapshot in which one EndpointSlice
+//! changed rebuilds one Service, not all of them. Still by level: every update is given the
+//! whole snapshot and answers with the whole desired state, equal to what [`build`] gives
+//! for that snapshot (the tests hold it to that).
+//!
+//! A Service is rebuilt when its object or the list of its slices changed. Objects are
+//! recognised by pointer first (the Kubernetes reflector hands out the same `Arc` while an
+//! object is unchanged) and by value otherwise (a reloaded manifest parses new objects that
+//! may well be equal). A change of node or config rebuilds everything.
+//!
+//! [`build`]: super::build
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    sync::Arc,
+};
+
+use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+
+use super::{
+    DesiredFrontend, DesiredService, DesiredState, ModelConfig, NodeInfo, ServicePortName,
+    Snapshot, Warning,
+    build::{FrontendClaim, build_service, conflict_warning, slices_by_service},
+};
+
+/// The desired state of the latest snapshot, and what is needed to update it cheaply.
+#[derive(Debug, Default)]
+pub struct IncrementalModel {
+    /// The node and config the cached services were built with.
+    inputs: Option<(NodeInfo, ModelConfig)>,
+    /// By [`service_key`].
+    services: HashMap<String, CachedService>,
+    /// The warnings of services that have some, by [`service_key`]: in the order
+    /// [`build`](super::build) visits services.
+    warnings: BTreeMap<String, Vec<Warning>>,
+    /// Numbers updates, to find the services an update no longer has.
+    generation: u64,
+    /// Each port's frontends before conflicts between services are settled.
+    wanted_frontends: HashMap<ServicePortName, Vec<DesiredFrontend>>,
+    /// Who wants each frontend, sorted by name; the first gets it. Nearly always one, so a
+    /// sorted `Vec` (a `BTreeSet` would allocate a whole node for it).
+    claims: HashMap<FrontendClaim, Vec<ServicePortName>>,
+    /// Warnings about frontends a port lost to another, by port.
+    conflicts: BTreeMap<ServicePortName, Vec<Warning>>,
+    state: DesiredState,
+}
+
+#[derive(Debug)]
+struct CachedService {
+    service: Arc<Service>,
+    /// The service's slices, sorted by name.
+    slices: Vec<Arc<EndpointSlice>>,
+    ports: Vec<ServicePortName>,
+    /// The last update that had this service.
+    seen: u64,
+}
+
+/// What one update found.
+#[derive(Debug)]
+pub struct ModelUpdate<'a> {
+    /// The whole desired state, as [`build`](super::build) would give it.
+    pub state: &'a DesiredState,
+    /// Service ports added, removed or changed since the previous update.
+    pub changed: BTreeSet<ServicePortName>,
+    /// Everything the model skipped, as [`build`](super::build) reports it.
+    pub warnings: Vec<Warning>,
+}
+
+/// `namespace NUL name`: sorts as the pair does (NUL sorts before any character a name may
+/// have), and is built in a reused buffer, so looking up an unchanged service allocates
+/// nothing.
+fn service_key(key: &mut String, namespace: &str, name: &str) {
+    key.clear();
+    key.push_str(namespace);
+    key.push('\0');
+    key.push_str(name);
+}
+
+/// The same object: the same pointer, or an equal value.
+fn same<T: PartialEq>(a: &Arc<T>, b: &Arc<T>) -> bool {
+    Arc::ptr_eq(a, b) || **a == **b
+}
+
+/// Equal apart from the frontends (which conflicts with other services may cut).
+fn same_apart_from_frontends(a: &DesiredService, b: &DesiredService) -> bool {
+    let DesiredService {
+        protocol,
+        frontends: _,
+        backends,
+        affinity_timeout_secs,
+        source_ranges,
+    } = a;
+    *protocol == b.protocol
+        && *backends == b.backends
+        && *affinity_timeout_secs == b.affinity_timeout_secs
+        && *source_ranges == b.source_ranges
+}
+
+fn claim_of(frontend: &DesiredFrontend, service: &DesiredService) -> FrontendClaim {
+    (frontend.addr, frontend.port, service.protocol)
+}
+
+impl IncrementalModel {
+    /// The desired state for `snapshot`, rebuilding only the services whose inputs changed.
+    pub fn update(&mut self, snapshot: &Snapshot, config: &ModelConfig) -> ModelUpdate<'_> {
+        let mut changed = BTreeSet::new();
+        let same_inputs = self
+            .inputs
+            .as_ref()
+            .is_some_and(|(node, known)| *node == snapshot.node && known == config);
+        if !same_inputs {
+            changed.extend(self.state.services.keys().cloned());
+            *self = Self {
+                inputs: Some((snapshot.node.clone(), config.clone())),
+                ..Self::default()
+            };
+        }
+
+        let slices = slices_by_service(&snapshot.endpoint_slices);
+        self.generation += 1;
+        let generation = self.generation;
+        let mut touched_claims: HashSet<FrontendClaim> = HashSet::new();
+        let mut key = String::new();
+        for service in &snapshot.services {
+            let namespace = service.metadata.namespace.as_deref().unwrap_or("default");
+            let name = service.metadata.name.as_deref().unwrap_or_default();
+            service_key(&mut key, namespace, name);
+            let service_slices = slices
+                .get(&(namespace, name))
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            if let Some(cached) = self.services.get_mut(key.as_str()) {
+                // A second object of the same name: the sources never give one.
+                if cached.seen == generation {
+                    continue;
+                }
+                cached.seen = generation;
+                let unchanged = same(&cached.service, service)
+                    && cached.slices.len() == service_slices.len()
+                    && cached
+                        .slices
+                        .iter()
+                        .zip(service_slices)
+                        .all(|(a, b)| same(a, b));
+                if unchanged {
+                    continue;
+                }
+            }
+            let plain_slices: Vec<&EndpointSlice> = service_slices.iter().map(|s| &***s).collect();
+            let (ports, warnings) = build_service(service, &plain_slices, &snapshot.node, config);
+            let old_ports = self
+                .services
+                .remove(key.as_str())
+                .map(|cached| cached.ports)
+                .unwrap_or_default();
+            for name in old_ports
+                .iter()
+                .filter(|old| ports.iter().all(|(name, _)| name != *old))
+            {
+                self.remove_port(name, &mut touched_claims);
+                changed.insert(name.clone());
+            }
+            let names = ports.iter().map(|(name, _)| name.clone()).collect();
+            for (name, desired) in ports {
+                self.put_port(name, desired, &mut changed, &mut touched_claims);
+            }
+            if warnings.is_empty() {
+                self.warnings.remove(key.as_str());
+            } else {
+                self.warnings.insert(key.clone(), warnings);
+            }
+            self.services.insert(
+                key.clone(),
+                CachedService {
+                    service: service.clone(),
+                    slices: service_slices.iter().map(|s| (*s).clone()).collect(),
+                    ports: names,
+                    seen: generation,
+                },
+            );
+        }
+        let gone: Vec<String> = self
+            .services
+            .iter()
+            .filter(|(_, cached)| cached.seen != generation)
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in gone {
+            self.warnings.remove(&key);
+            if let Some(cached) = self.services.remove(&key) {
+                for name in &cached.ports {
+                    self.remove_port(name, &mut touched_claims);
+                    changed.insert(name.clone());
+                }
+            }
+        }
+
+        self.settle_conflicts(&touched_claims, &mut changed);
+        let warnings = self
+            .warnings
+            .values()
+            .flatten()
+            .chain(self.conflicts.values().flatten())
+            .cloned()
+            .collect();
+        ModelUpdate {
+            state: &self.state,
+            changed,
+            warnings,
+        }
+    }
+
+    fn remove_port(&mut self, name: &ServicePortName, touched: &mut HashSet<FrontendClaim>) {
+        if let Some(service) = self.state.services.remove(name) {
+            for frontend in self.wanted_frontends.remove(name).unwrap_or_default() {
+                let claim = claim_of(&frontend, &service);
+                if let Some(claimants) = self.claims.get_mut(&claim) {
+                    claimants.retain(|claimant| claimant != name);
+                    if claimants.is_empty() {
+                        self.claims.remove(&claim);
+                    }
+                }
+                touched.insert(claim);
+            }
+        }
+        self.conflicts.remove(name);
+    }
+
+    /// Records `desired` (with every frontend it wants) for `name`, unless it is what the
+    /// port already had.
+    fn put_port(
+        &mut self,
+        name: ServicePortName,
+        desired: DesiredService,
+        changed: &mut BTreeSet<ServicePortName>,
+        touched: &mut HashSet<FrontendClaim>,
+    ) {
+        let unchanged = self.state.services.get(&name).is_some_and(|old| {
+            same_apart_from_frontends(old, &desired)
+                && self.wanted_frontends.get(&name) == Some(&desired.frontends)
+        });
+        if unchanged {
+            return;
+        }
+        self.remove_port(&name, touched);
+        for frontend in &desired.frontends {
+            let claim = claim_of(frontend, &desired);
+            let claimants = self.claims.entry(claim).or_default();
+            if let Err(at) = claimants.binary_search(&name) {
+                claimants.insert(at, name.clone());
+            }
+            touched.insert(claim);
+        }
+        self.wanted_frontends
+            .insert(name.clone(), desired.frontends.clone());
+        self.state.services.insert(name.clone(), desired);
+        changed.insert(name);
+    }
+
+    /// Gives each port the frontends it wins, for every port that wants a `touched`
+    /// frontend or changed itself.
+    fn settle_conflicts(
+        &mut self,
+        touched: &HashSet<FrontendClaim>,
+        changed: &mut BTreeSet<ServicePortName>,
+    ) {
+        let mut affected: BTreeSet<ServicePortName> = touched
+            .iter()
+            .filter_map(|claim| self.claims.get(claim))
+            .flatten()
+            .cloned()
+            .collect();
+        affected.extend(changed.iter().cloned());
+        for name in affected {
+            let Some(service) = self.state.services.get_mut(&name) else {
+                continue;
+            };
+            let wanted = self.wanted_frontends.get(&name).map(Vec::as_slice);
+            let mut won = Vec::new();
+            let mut lost = Vec::new();
+            for frontend in wanted.unwrap_or_default() {
+                let owner = self
+                    .claims
+                    .get(&claim_of(frontend, service))
+                    .and_then(|claimants| claimants.first())
+                    .unwrap_or(&name);
+                if *owner == name {
+                    won.push(frontend.clone());
+                } else {
+                    lost.push(conflict_warning(&name, frontend, service.protocol, owner));
+                }
+            }
+            if service.frontends != won {
+                service.frontends = won;
+                changed.insert(name.clone());
+            }
+            if lost.is_empty() {
+                self.conflicts.remove(&name);
+            } else {
+                self.conflicts.insert(name, lost);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{super::random_world::RandomWorld, *};
+    use crate::model::build;
+
+    #[test]
+    fn every_update_equals_a_fresh_build_of_the_same_snapshot() {
+        for seed in 0..20 {
+            let mut world = RandomWorld::new(seed);
+            let mut model = IncrementalModel::default();
+            let config = ModelConfig::default();
+            let mut previous = DesiredState::default();
+            for step in 0..60 {
+                let what = world.step();
+                let snapshot = world.snapshot();
+                let fresh = build(&snapshot, &config);
+                let update = model.update(&snapshot, &config);
+                let case = format!("seed {seed}, step {step} ({what})");
+                assert_eq!(update.state, &fresh.state, "{case}: desired state");
+                assert_eq!(update.warnings, fresh.warnings, "{case}: warnings");
+                let names: BTreeSet<&ServicePortName> = previous
+                    .services
+                    .keys()
+                    .chain(fresh.state.services.keys())
+                    .collect();
+                for name in names {
+                    if previous.services.get(name) != fresh.state.services.get(name) {
+                        assert!(
+                            update.changed.contains(name),
+                            "{case}: {name} changed but is not reported"
+                        );
+                    }
+                }
+                previous = fresh.state;
+            }
+        }
+    }
+
+    #[test]
+    fn an_unchanged_snapshot_changes_nothing_even_when_re_read() {
+        let world = RandomWorld::new(7);
+        let mut model = IncrementalModel::default();
+        let config = ModelConfig::default();
+        let snapshot = world.snapshot();
+        assert!(
+            !model.update(&snapshot, &config).changed.is_empty(),
+            "the first update adds every port"
+        );
+        assert!(
+            model.update(&snapshot, &config).changed.is_empty(),
+            "the same snapshot again changes nothing"
+        );
+        let mut reparsed = snapshot.clone();
+        for service in &mut reparsed.services {
+            *service = Arc::new((**service).clone());
+        }
+        assert!(
+            model.update(&reparsed, &config).changed.is_empty(),
+            "equal objects behind new pointers change nothing"
+        );
+    }
+}
