@@ -36,7 +36,7 @@ use crate::{
             backend_entry, backend_identity, combine_backend, frontend_flag_bits, frontend_key,
             source_range_entries,
         },
-        maglev::maglev_table,
+        maglev::{maglev_table, rebalance},
     },
 };
 
@@ -635,7 +635,15 @@ impl Planner {
                 let size = table_size(ids.len(), current.map(|v| v.table_size));
                 let count = ids.len();
                 let table_key = (ids, size);
-                let slots = self.table(&table_key);
+                // A frontend keeping its table size gets the table that moves the fewest
+                // slots away from its current one; a new frontend or a new size, a fresh one.
+                let previous = current
+                    .filter(|v| v.table_size == size)
+                    .and_then(|v| applied.selection.get(&v.table_offset));
+                let slots = match previous {
+                    Some(previous) => self.table_from(&table_key, previous, applied),
+                    None => self.table(&table_key),
+                };
                 let in_place = current.filter(|v| {
                     v.table_size == size && self.holds(applied, v.table_offset, &slots)
                 });
@@ -715,6 +723,45 @@ impl Planner {
         let (backends, size) = key;
         let addrs: Vec<SocketAddr> = backends.iter().map(|(addr, _)| *addr).collect();
         let slots: Arc<[u32]> = maglev_table(&addrs, *size)
+            .into_iter()
+            .map(|i| backends[i as usize].1)
+            .collect();
+        self.tables.insert(key.clone(), (slots.clone(), plans));
+        slots
+    }
+
+    /// The table for `key` that differs least from `previous`, the frontend's current table
+    /// of the same size (`maglev::rebalance`: only the slots of departed backends and of
+    /// backends above their new share move). Tables thus depend on history, not only on
+    /// the backend set: a removal moves 1/N of the flows, not 1/N plus Maglev's few percent.
+    fn table_from(
+        &mut self,
+        key: &TableKey,
+        previous: &Arc<[u32]>,
+        applied: &AppliedState,
+    ) -> Arc<[u32]> {
+        let plans = self.plans;
+        if let Some((slots, used)) = self.tables.get_mut(key)
+            && (Arc::ptr_eq(slots, previous) || **slots == **previous)
+        {
+            *used = plans;
+            return slots.clone();
+        }
+        let (backends, size) = key;
+        let addrs: Vec<SocketAddr> = backends.iter().map(|(addr, _)| *addr).collect();
+        // A slot whose backend is gone names no address of the new set, so it is refilled.
+        let departed = SocketAddr::from(([0, 0, 0, 0], 0));
+        let owners: Vec<SocketAddr> = previous
+            .iter()
+            .map(|id| {
+                applied
+                    .backends
+                    .get(id)
+                    .and_then(backend_identity)
+                    .unwrap_or(departed)
+            })
+            .collect();
+        let slots: Arc<[u32]> = rebalance(&owners, &addrs, *size)
             .into_iter()
             .map(|i| backends[i as usize].1)
             .collect();

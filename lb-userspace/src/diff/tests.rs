@@ -1122,3 +1122,108 @@ fn plans_are_deterministic_across_agents() {
         "a planner with history plans the same"
     );
 }
+
+/// The backend owning each slot of the only frontend's table.
+fn table_owners(applied: &AppliedState) -> Vec<SocketAddr> {
+    let value = applied.frontends.values().next().expect("one frontend");
+    applied.selection[&value.table_offset]
+        .iter()
+        .map(|id| backend_identity(&applied.backends[id]).expect("a backend address"))
+        .collect()
+}
+
+fn share_moved(before: &[SocketAddr], after: &[SocketAddr]) -> f64 {
+    assert_eq!(before.len(), after.len(), "the table kept its size");
+    let moved = before.iter().zip(after).filter(|(a, b)| a != b).count();
+    moved as f64 / before.len() as f64
+}
+
+/// The Maglev bounds, end to end through the planner: when one of ten backends goes,
+/// only its slots move (1/N); when one comes, only the newcomer's share (1/(N+1)), each
+/// within 1% — and every table is still a valid one for `check`.
+#[test]
+fn a_backend_leaving_or_joining_moves_only_its_share_of_the_table() {
+    let ten: Vec<u8> = (1..=10).collect();
+    let mut maps = MemoryMaps::new(small_capacity());
+    let mut planner = Planner::default();
+    let mut applied = maps.read().unwrap();
+    let mut apply = |desired: &DesiredState, case: &str| {
+        let plan = planner.plan(&applied, desired, small_capacity());
+        applied = apply_checked(&mut maps, &plan, case);
+        assert!(
+            desired.differences(&applied).is_empty(),
+            "{case}: {:?}",
+            desired.differences(&applied)
+        );
+        table_owners(&applied)
+    };
+    let before = apply(&state(&[("web", service("198.18.100.1", &ten))]), "ten");
+
+    let nine: Vec<u8> = ten.iter().copied().filter(|b| *b != 5).collect();
+    let after_removal = apply(&state(&[("web", service("198.18.100.1", &nine))]), "nine");
+    let removed = addr("198.18.1.5:8080");
+    let its_slots = before.iter().filter(|owner| **owner == removed).count();
+    assert_eq!(
+        share_moved(&before, &after_removal),
+        its_slots as f64 / before.len() as f64,
+        "only the removed backend's slots move"
+    );
+    assert!(share_moved(&before, &after_removal) <= 1.0 / 10.0 + 0.01);
+
+    let mut joined = nine.clone();
+    joined.push(11);
+    let after_addition = apply(
+        &state(&[("web", service("198.18.100.1", &joined))]),
+        "ten again",
+    );
+    assert!(
+        share_moved(&after_removal, &after_addition) <= 1.0 / 10.0 + 0.01,
+        "adding the tenth backend moved {:.2}% of the slots",
+        share_moved(&after_removal, &after_addition) * 100.0
+    );
+    let newcomer = addr("198.18.1.11:8080");
+    assert!(
+        after_removal
+            .iter()
+            .zip(&after_addition)
+            .all(|(old, new)| old == new || *new == newcomer),
+        "every slot that moved went to the newcomer"
+    );
+}
+
+/// `check` accepts any table in which every backend owns its exact share (tables depend on
+/// their history) and names one that does not.
+#[test]
+fn a_table_off_its_shares_is_reported_and_one_in_another_order_is_not() {
+    let desired = state(&[("web", service("198.18.100.1", &[1, 2, 3]))]);
+    let mut maps = MemoryMaps::new(small_capacity());
+    let plan = Planner::default().plan(&maps.read().unwrap(), &desired, small_capacity());
+    let applied = apply_checked(&mut maps, &plan, "three");
+    let offset = applied.frontends.values().next().unwrap().table_offset;
+    let table = applied.selection[&offset].clone();
+    let first = table[0];
+    let other = *table.iter().find(|id| **id != first).unwrap();
+    let other_at = table.iter().position(|id| *id == other).unwrap();
+
+    let mut swapped = applied.clone();
+    let mut slots = table.to_vec();
+    slots.swap(0, other_at);
+    swapped.selection.insert(offset, slots.into());
+    assert!(
+        desired.differences(&swapped).is_empty(),
+        "two slots swapped keep every share: {:?}",
+        desired.differences(&swapped)
+    );
+
+    let mut skewed = applied.clone();
+    let mut slots = table.to_vec();
+    slots[0] = other;
+    skewed.selection.insert(offset, slots.into());
+    let differences = desired.differences(&skewed);
+    assert!(
+        differences
+            .iter()
+            .any(|d| d.what.contains("beyond their backend's share")),
+        "one slot given to another backend must be reported: {differences:?}"
+    );
+}

@@ -19,6 +19,11 @@
 //!   1/(N+1) + 1%), at the price of depending on history: two agents that saw different
 //!   sequences of changes hold different tables until both rebuild from scratch.
 //!
+//! The planner (`diff`) uses [`rebalance`] for a frontend that keeps its table size, and
+//! [`maglev_table`] for a new frontend or a new size. Keeping flows put on this node matters
+//! more here than agreeing with other nodes: replies must come back through the node that
+//! balanced the flow anyway (no SNAT, no DSR).
+//!
 //! Each backend's walk and priority come from a hash of its identity (address and port),
 //! never from its map id or its position in the input, so the results depend on the set of
 //! backends, not on their order.
