@@ -12,7 +12,7 @@ use crate::{
     ctx::PacketCtx,
     fragments,
     icmp::{self, Direction},
-    lookup::{self, Choice},
+    lookup::{self, Choice, ConntrackMiss, Established},
     maps::{FRONTEND_FILTER, FRONTENDS},
     nat::{Side, rewrite},
     parse::{Fragment, Parsed, parse},
@@ -38,6 +38,12 @@ pub fn process<C: PacketCtx>(ctx: &C) -> Verdict {
     if !maybe_frontend(p) {
         return Verdict::pass(Reason::PassNoFrontend);
     }
+    // An established flow goes on by its conntrack entry alone, without FRONTENDS or the
+    // source ranges (as kube-proxy: its NAT rules see a connection's first packet only).
+    let missed = match follow_conntrack(ctx, p) {
+        Ok(verdict) => return verdict,
+        Err(missed) => missed,
+    };
     let key = FrontendKey {
         addr: p.dst,
         port: p.dport,
@@ -57,7 +63,7 @@ pub fn process<C: PacketCtx>(ctx: &C) -> Verdict {
     {
         return Verdict::drop(Reason::DropSourceRange);
     }
-    match balance(ctx, p, frontend) {
+    match balance(ctx, p, frontend, missed) {
         Some(verdict) => verdict,
         None => {
             if frontend.flags & frontend_flags::DROP_WHEN_EMPTY != 0 {
@@ -83,24 +89,40 @@ fn maybe_frontend(p: &Parsed) -> bool {
         .is_none_or(|bits| bits & mask == mask)
 }
 
-/// Chooses the backend and rewrites the packet; None when the frontend has no usable
-/// backend (the caller rejects, from its own frame: each frame stays small).
+/// Sends a packet of an established flow to its conntrack backend; the miss otherwise.
 // A separate BPF function: its own stack frame keeps each call chain under 512 bytes.
 #[inline(never)]
-fn balance<C: PacketCtx>(ctx: &C, p: &Parsed, frontend: &FrontendValue) -> Option<Verdict> {
-    match lookup::choose(p, frontend) {
-        Choice::Chosen {
-            target,
-            reason,
-            new_flow,
-        } => {
+fn follow_conntrack<C: PacketCtx>(ctx: &C, p: &Parsed) -> Result<Verdict, ConntrackMiss> {
+    let Established { target, service_id } = lookup::established(p)?;
+    if rewrite(ctx, p, Side::Destination, &target.addr, target.port).is_err() {
+        return Ok(Verdict::drop(Reason::DropInternal));
+    }
+    if p.fragment == Fragment::First {
+        fragments::record_first(p, &target, service_id);
+    }
+    count_service(service_id, ctx.packet_len(), false);
+    Ok(Verdict::pass(Reason::LbConntrack))
+}
+
+/// Chooses the backend of a new flow and rewrites the packet; None when the frontend has no
+/// usable backend (the caller rejects, from its own frame: each frame stays small).
+// A separate BPF function: its own stack frame keeps each call chain under 512 bytes.
+#[inline(never)]
+fn balance<C: PacketCtx>(
+    ctx: &C,
+    p: &Parsed,
+    frontend: &FrontendValue,
+    missed: ConntrackMiss,
+) -> Option<Verdict> {
+    match lookup::choose(p, frontend, missed) {
+        Choice::Chosen { target, reason } => {
             if rewrite(ctx, p, Side::Destination, &target.addr, target.port).is_err() {
                 return Some(Verdict::drop(Reason::DropInternal));
             }
             if p.fragment == Fragment::First {
                 fragments::record_first(p, &target, frontend.service_id);
             }
-            count_service(frontend.service_id, ctx.packet_len(), new_flow);
+            count_service(frontend.service_id, ctx.packet_len(), true);
             Some(Verdict::pass(reason))
         }
         Choice::NoBackend => None,

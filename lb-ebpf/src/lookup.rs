@@ -1,6 +1,7 @@
 //! Picking a backend: the flow's conntrack entry while it is alive and its backend still
-//! exists, else the client's affinity backend, else the frontend's Maglev slot. Also
-//! records the flow (forward and reply entries) and the affinity.
+//! exists ([`established`], looked up before the frontend), else for a new flow the
+//! client's affinity backend, else the frontend's Maglev slot ([`choose`]). Also records
+//! the flow (forward and reply entries) and the affinity.
 
 use aya_ebpf::{
     bindings::BPF_ANY, helpers::generated::bpf_ktime_get_coarse_ns, maps::lpm_trie::Key,
@@ -31,12 +32,12 @@ pub struct Target {
 }
 
 pub enum Choice {
+    /// A new flow, recorded in CONNTRACK.
     Chosen {
         target: Target,
         reason: Reason,
-        new_flow: bool,
     },
-    /// The frontend has no usable backend (table_size == 0) and no live flow.
+    /// The frontend has no usable backend (table_size == 0).
     NoBackend,
     Failed(Reason),
 }
@@ -150,11 +151,27 @@ pub fn source_allowed(p: &Parsed, service_id: u32) -> bool {
     SOURCE_RANGES.get(&key).is_some()
 }
 
-/// The live conntrack backend of this flow, refreshing the entry (its time only when it is
-/// older than the refresh interval, its TCP bits only when they change).
+/// A live conntrack entry's flow: where it goes and the service it was balanced for.
+pub struct Established {
+    pub target: Target,
+    pub service_id: u32,
+}
+
+/// Proof that the packet's flow has no live conntrack entry: [`choose`] takes it, so that
+/// the forward path looks CONNTRACK up once, before FRONTENDS.
+pub struct ConntrackMiss(());
+
+/// The flow's live conntrack forward entry, refreshing it (its time only when it is older
+/// than the refresh interval, its TCP bits only when they change). Alive means: a forward
+/// entry, younger than its protocol's (and TCP state's) timeout, not a new SYN after
+/// FIN/RST, and its backend slot still holds the address and port the flow was sent to.
 #[inline(always)]
-fn conntrack_target(p: &Parsed, key: &FlowKey, now: u64) -> Option<Target> {
-    let entry = CONNTRACK.get_ptr_mut(key)?;
+pub fn established(p: &Parsed) -> Result<Established, ConntrackMiss> {
+    let miss = ConntrackMiss(());
+    let key = flow_key(p);
+    let Some(entry) = CONNTRACK.get_ptr_mut(&key) else {
+        return Err(miss);
+    };
     // SAFETY: a map value pointer; racing writers can only make us pick a stale backend.
     // Fields are read one by one: copying the whole entry costs stack and loads.
     let (direction, last_seen, seen) = unsafe {
@@ -165,30 +182,39 @@ fn conntrack_target(p: &Parsed, key: &FlowKey, now: u64) -> Option<Target> {
         )
     };
     if direction != flow_direction::FORWARD {
-        return None;
+        return Err(miss);
     }
+    let now = now_ns();
     // Saturating: an entry stamped by the finer `bpf_ktime_get_ns` (an older datapath over
     // the same pinned maps) may lie up to a tick ahead; it must not wrap into "expired".
     let age = now.saturating_sub(last_seen);
     let timeout = flow_timeout(p.proto, seen);
     // ">=": a zero timeout keeps no flow, even within one tick of the coarse clock.
     if age >= timeout {
-        return None;
+        return Err(miss);
     }
     // A new SYN after FIN/RST reuses the ports for a new connection: choose afresh.
     if is_syn(p) && seen & (tcp_seen::FIN | tcp_seen::RST) != 0 {
-        return None;
+        return Err(miss);
     }
     // SAFETY: as above.
-    let (backend_id, nat_addr, nat_port) =
-        unsafe { ((*entry).backend_id, (*entry).nat_addr, (*entry).nat_port) };
-    let backend = BACKENDS.get(backend_id)?;
+    let (backend_id, service_id, nat_addr, nat_port) = unsafe {
+        (
+            (*entry).backend_id,
+            (*entry).service_id,
+            (*entry).nat_addr,
+            (*entry).nat_port,
+        )
+    };
+    let Some(backend) = BACKENDS.get(backend_id) else {
+        return Err(miss);
+    };
     // The slot is empty or was reused for another endpoint: the flow's backend is gone.
     if backend.state == backend_state::EMPTY
         || backend.addr != nat_addr
         || (p.proto != PROTO_SCTP && backend.port != nat_port)
     {
-        return None;
+        return Err(miss);
     }
     let updated_seen = if p.proto == PROTO_TCP {
         seen | tcp_seen_bits(p.tcp_flags)
@@ -202,10 +228,13 @@ fn conntrack_target(p: &Parsed, key: &FlowKey, now: u64) -> Option<Target> {
             (*entry).tcp_flags_seen = updated_seen;
         }
     }
-    Some(Target {
-        backend_id,
-        addr: nat_addr,
-        port: nat_port,
+    Ok(Established {
+        target: Target {
+            backend_id,
+            addr: nat_addr,
+            port: nat_port,
+        },
+        service_id,
     })
 }
 
@@ -255,19 +284,11 @@ fn maglev_target(p: &Parsed, frontend: &FrontendValue) -> Option<Target> {
     Some(target_of(p, id, &backend))
 }
 
-/// Chooses the backend for a packet to `frontend` and records the flow.
+/// Chooses the backend for a new flow (its conntrack lookup missed) to `frontend` and
+/// records the flow.
 #[inline(always)]
-pub fn choose(p: &Parsed, frontend: &FrontendValue) -> Choice {
+pub fn choose(p: &Parsed, frontend: &FrontendValue, _missed: ConntrackMiss) -> Choice {
     let now = now_ns();
-    // One key, rewritten in place for each use: the stack is small.
-    let mut key = flow_key(p);
-    if let Some(target) = conntrack_target(p, &key, now) {
-        return Choice::Chosen {
-            target,
-            reason: Reason::LbConntrack,
-            new_flow: false,
-        };
-    }
     if frontend.table_size == 0 {
         return Choice::NoBackend;
     }
@@ -305,7 +326,9 @@ pub fn choose(p: &Parsed, frontend: &FrontendValue) -> Choice {
     } else {
         0
     };
-    // The reply entry first (once the forward entry exists, replies must find theirs).
+    // One key, rewritten in place for each use: the stack is small. The reply entry first
+    // (once the forward entry exists, replies must find theirs).
+    let mut key = flow_key(p);
     key.src_addr = target.addr;
     key.dst_addr = p.src;
     key.src_port = target.port;
@@ -330,9 +353,5 @@ pub fn choose(p: &Parsed, frontend: &FrontendValue) -> Choice {
     if CONNTRACK.insert(&key, &value, BPF_ANY as u64).is_err() {
         return Choice::Failed(Reason::DropInternal);
     }
-    Choice::Chosen {
-        target,
-        reason,
-        new_flow: true,
-    }
+    Choice::Chosen { target, reason }
 }

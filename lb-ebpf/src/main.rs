@@ -15,6 +15,20 @@
 //!   is cold for most destinations. The agent's writer sets a frontend's bits before
 //!   inserting it and clears a bit after deleting the last frontend using it; bits all set
 //!   only send the packet on to the exact lookup.
+//! - Established flows first: after the frontend filter, the forward path looks up the
+//!   flow's CONNTRACK forward entry before FRONTENDS. A live entry (its protocol's or TCP
+//!   state's timeout not passed, not a new SYN after FIN/RST, its backend slot still holding
+//!   the same address and port) sends the packet to its backend and counts it for the
+//!   entry's service (`lb_conntrack`) without reading FRONTENDS or the source ranges; only a
+//!   miss reads FRONTENDS and balances (without looking CONNTRACK up again). As with
+//!   kube-proxy, whose nat rules (and the `loadBalancerSourceRanges` KUBE-FW chains) see a
+//!   connection's first packet only, an established flow survives a source-range change or
+//!   a change of its frontend's value. A deleted service's flows stop when its backends are
+//!   deleted (the backend check). A flow to a deleted frontend whose backend stays (another
+//!   frontend of the service port uses it, e.g. after a load-balancer IP is removed) stops
+//!   when the filter bits of its destination clear (`pass_no_frontend`): at once, unless
+//!   another frontend shares those bits; then it goes on until its entry expires or its
+//!   backend goes.
 //! - Checksums: XDP updates them in software (RFC 1624), which is right for full checksums
 //!   only; TC uses `bpf_l3/l4_csum_replace` with `BPF_F_PSEUDO_HDR`, so partial (offloaded)
 //!   checksums from local veths and `CHECKSUM_COMPLETE` sums stay right. Use TC ingress on
@@ -41,7 +55,7 @@
 //!   egress packets of no balanced flow count as `pass_no_frontend`.
 //! - TC passes with `TC_ACT_PIPE` (tcx: next program), drops with `TC_ACT_SHOT`.
 //! - Stack: each call chain must stay under 512 bytes, so the rare paths (rejects, ICMP,
-//!   fragments) and the balancing itself are separate BPF functions.
+//!   fragments), the conntrack hit and the balancing itself are separate BPF functions.
 #![no_std]
 #![no_main]
 #![expect(

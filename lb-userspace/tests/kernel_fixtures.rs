@@ -605,6 +605,68 @@ fn cases() -> Vec<Case> {
         );
     }
     {
+        // The frontend is deleted while the flow's backend stays (another frontend of the
+        // service port, e.g. its ClusterIP, still uses it). The conntrack entry would carry
+        // the flow, but FRONTEND_FILTER, checked first, has cleared the deleted frontend's
+        // bits (no other frontend shares them here): the flow stops at the filter.
+        let service = cluster_ip4(1, PROTO_TCP);
+        let syn = tcp4(41003, SYN);
+        let ack = tcp4(41003, ACK);
+        cases.push(
+            miss(
+                "existing flow's frontend deleted but the backend kept: stops at the frontend filter",
+                Program::Xdp,
+                vec![service.clone()],
+                ack.build(),
+                Reason::PassNoFrontend,
+            )
+            .warmup(vec![(Program::Xdp, syn.build())])
+            .changes(vec![MapOp::DeleteFrontend {
+                key: service.frontend,
+            }]),
+        );
+    }
+    {
+        // After the flow started, its frontend is rewritten to another service with other
+        // backends (a value FRONTENDS would send a new flow elsewhere with): the flow stays
+        // on its backend and is counted for the service its conntrack entry names.
+        let service = cluster_ip4(1, PROTO_TCP);
+        let syn = tcp4(41004, SYN);
+        let first = service.pick(CLIENT4, 41004, VIP4, 80, PROTO_TCP);
+        let elsewhere = Service::new(
+            3,
+            VIP4,
+            80,
+            PROTO_TCP,
+            frontend_kind::CLUSTER_IP,
+            0,
+            &[(30, "198.18.3.1", 9090, ACTIVE)],
+        );
+        let ack = tcp4(41004, ACK);
+        let expected = ack.clone().to(&backend_addr(&first), 8080).build();
+        for program in [Program::Xdp, Program::TcIngress] {
+            let verdict = if program == Program::Xdp {
+                XDP_PASS
+            } else {
+                TC_ACT_PIPE
+            };
+            cases.push(
+                Case::new(
+                    &format!("conntrack hit does not look at FRONTENDS ({program:?})"),
+                    program,
+                    ack.build(),
+                    verdict,
+                    Out::Packet(expected.clone()),
+                    Reason::LbConntrack,
+                )
+                .services(vec![service.clone()])
+                .warmup(vec![(Program::Xdp, syn.build())])
+                .changes(elsewhere.ops())
+                .service(1, 1, 0),
+            );
+        }
+    }
+    {
         let service = Service::new(
             6,
             VIP4,
@@ -817,11 +879,60 @@ fn cases() -> Vec<Case> {
         cases.push(
             dropped(
                 "source range: a client outside the range is dropped",
-                vec![service],
+                vec![service.clone()],
                 denied.build(),
                 Reason::DropSourceRange,
             )
-            .ops(vec![range]),
+            .ops(vec![range.clone()]),
+        );
+        // The range narrows to another /24 after the client's connection started: like
+        // kube-proxy (whose KUBE-FW rules see a connection's first packet only), the
+        // established flow goes on; its new connections are dropped.
+        let (other_addr, _) = addr16("198.18.7.0");
+        let narrowed = vec![
+            MapOp::PutSourceRange {
+                key: SourceRangeKey {
+                    service_id_be: 8u32.to_be_bytes(),
+                    family,
+                    addr: other_addr,
+                    _pad: [0; 3],
+                },
+                prefix_len: SourceRangeKey::prefix_len(24),
+            },
+            MapOp::DeleteSourceRange {
+                key: match &range {
+                    MapOp::PutSourceRange { key, .. } => *key,
+                    _ => unreachable!("range is a PutSourceRange"),
+                },
+                prefix_len: SourceRangeKey::prefix_len(24),
+            },
+        ];
+        let established = Spec::new(CLIENT4, 44000, LB4, 443, L4::Tcp(ACK));
+        cases.push(
+            Case::new(
+                "existing flow survives a source-range change (as kube-proxy)",
+                Program::Xdp,
+                established.build(),
+                XDP_PASS,
+                Out::Packet(established.clone().to("198.18.1.1", 8443).build()),
+                Reason::LbConntrack,
+            )
+            .services(vec![service.clone()])
+            .ops(vec![range.clone()])
+            .warmup(vec![(Program::Xdp, allowed.build())])
+            .changes(narrowed.clone())
+            .service(8, 1, 0),
+        );
+        cases.push(
+            dropped(
+                "source range change: the same client's new connection is dropped",
+                vec![service],
+                Spec::new(CLIENT4, 44002, LB4, 443, L4::Tcp(SYN)).build(),
+                Reason::DropSourceRange,
+            )
+            .ops(vec![range])
+            .warmup(vec![(Program::Xdp, allowed.build())])
+            .changes(narrowed),
         );
     }
 
@@ -1108,7 +1219,20 @@ fn cases() -> Vec<Case> {
                 Reason::LbFragment,
             )
             .services(vec![service.clone()])
-            .warmup(vec![(Program::Xdp, first)])
+            .warmup(vec![(Program::Xdp, first.clone())])
+            .service(1, 1, 0),
+        );
+        cases.push(
+            Case::new(
+                "ipv4 later fragment follows its first, which went by conntrack",
+                Program::TcIngress,
+                later.clone(),
+                TC_ACT_PIPE,
+                Out::Packet(ipv4_fragment(&natted, 14, 0x4242, 96, false)),
+                Reason::LbFragment,
+            )
+            .services(vec![service.clone()])
+            .warmup(vec![(Program::Xdp, whole.clone()), (Program::Xdp, first)])
             .service(1, 1, 0),
         );
         cases.push(miss(
