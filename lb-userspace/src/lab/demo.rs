@@ -19,7 +19,7 @@ use anyhow::{Context as _, bail};
 
 use super::{
     ChildGuard, Lab,
-    servers::{HttpConnection, http_get_once},
+    servers::{HttpConnection, fresh_udp_client, http_get_once},
 };
 use crate::cli::DemoArgs;
 
@@ -240,14 +240,10 @@ impl Frontend {
     }
 }
 
-/// A connected UDP socket, so an ICMP port unreachable surfaces as ConnectionRefused.
+/// A connected UDP socket, so an ICMP port unreachable surfaces as ConnectionRefused; a new
+/// flow each time, like a new TCP connection.
 fn udp_ask_connected(addr: SocketAddr, timeout: Duration) -> std::io::Result<String> {
-    let bind: SocketAddr = if addr.is_ipv4() {
-        SocketAddr::from(([0u8; 4], 0))
-    } else {
-        SocketAddr::from(([0u16; 8], 0))
-    };
-    let socket = std::net::UdpSocket::bind(bind)?;
+    let socket = fresh_udp_client(addr)?;
     socket.connect(addr)?;
     socket.set_read_timeout(Some(timeout))?;
     socket.send(b"who")?;

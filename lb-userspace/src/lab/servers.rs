@@ -137,14 +137,39 @@ pub fn http_get_once(addr: SocketAddr, timeout: Duration) -> std::io::Result<Str
     HttpConnection::connect(addr, timeout)?.get()
 }
 
-/// One datagram to a UDP echo: which backend answered.
+/// Client ports for one-off UDP requests: 10000–19999, below the kernel's ephemeral range
+/// (32768–60999) and below the fixed ports tests use (20000 up).
+const CLIENT_PORTS: std::ops::Range<u16> = 10_000..20_000;
+
+/// A UDP socket for one request to `to`, on a client port no recent request of this process
+/// used. A request from a reused (ephemeral) port would be the same 5-tuple as an earlier
+/// flow, and the balancer rightly keeps it on that flow's backend: a "new request" must be a
+/// new flow to show where new flows go.
+pub fn fresh_udp_client(to: SocketAddr) -> std::io::Result<UdpSocket> {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static TURN: AtomicU16 = AtomicU16::new(0);
+    let span = CLIENT_PORTS.end - CLIENT_PORTS.start;
+    let mut last_error = None;
+    // A port still held by a socket of another process in the namespace: take the next.
+    for _ in 0..16 {
+        let port = CLIENT_PORTS.start + TURN.fetch_add(1, Ordering::Relaxed) % span;
+        let bind: SocketAddr = if to.is_ipv4() {
+            SocketAddr::from(([0u8; 4], port))
+        } else {
+            SocketAddr::from(([0u16; 8], port))
+        };
+        match UdpSocket::bind(bind) {
+            Ok(socket) => return Ok(socket),
+            Err(error) if error.kind() == std::io::ErrorKind::AddrInUse => last_error = Some(error),
+            Err(error) => return Err(error),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| std::io::Error::other("no free client port")))
+}
+
+/// One datagram to a UDP echo, as a new flow: which backend answered.
 pub fn udp_ask_once(addr: SocketAddr, timeout: Duration) -> std::io::Result<String> {
-    let bind: SocketAddr = if addr.is_ipv4() {
-        SocketAddr::from(([0u8; 4], 0))
-    } else {
-        SocketAddr::from(([0u16; 8], 0))
-    };
-    let socket = UdpSocket::bind(bind)?;
+    let socket = fresh_udp_client(addr)?;
     socket.set_read_timeout(Some(timeout))?;
     socket.send_to(b"who", addr)?;
     let mut buf = [0u8; 256];
