@@ -233,7 +233,36 @@ pub fn trace(args: &TraceArgs) -> anyhow::Result<Trace> {
         let _ = affinity_map(&mut datapath)?.remove(&key);
     }
 
+    let backend = (output.verdict == 2)
+        .then(|| destination_of(&output.packet))
+        .flatten()
+        .filter(|b| *b != to);
+    let describe_backend = |addr: SocketAddr| -> String {
+        let state = applied
+            .backends
+            .values()
+            .find(|b| SocketAddr::new(ip_from_map(&b.addr, b.family), u16::from_be(b.port)) == addr)
+            .map(|b| state_name(b.state))
+            .unwrap_or("unknown");
+        format!("{addr} ({state})")
+    };
     let Some(frontend) = frontend else {
+        // An established flow is followed before the frontend is looked up, so a flow whose
+        // frontend is gone may still go to its backend (until it ends or the backend goes).
+        if let (Some(b), Some(_)) = (backend, existing_flow) {
+            return Ok(Trace {
+                flow,
+                frontend: None,
+                service: None,
+                decision: "conntrack",
+                explanation: format!(
+                    "no frontend any more, but an existing flow: its conntrack entry keeps it on {}",
+                    describe_backend(b)
+                ),
+                backend: Some(b),
+                verdict: verdict_name.into(),
+            });
+        }
         return Ok(Trace {
             flow,
             frontend: None,
@@ -249,19 +278,6 @@ pub fn trace(args: &TraceArgs) -> anyhow::Result<Trace> {
         kind_name(frontend.kind),
         format!("{:?}", args.proto).to_uppercase()
     );
-    let backend = (output.verdict == 2)
-        .then(|| destination_of(&output.packet))
-        .flatten()
-        .filter(|b| *b != to);
-    let describe_backend = |addr: SocketAddr| -> String {
-        let state = applied
-            .backends
-            .values()
-            .find(|b| SocketAddr::new(ip_from_map(&b.addr, b.family), u16::from_be(b.port)) == addr)
-            .map(|b| state_name(b.state))
-            .unwrap_or("unknown");
-        format!("{addr} ({state})")
-    };
     let (decision, explanation) = match (backend, existing_flow) {
         (Some(b), Some(flow)) if flow.backend_id != 0 && applied.backends.get(&flow.backend_id).is_some_and(|x| x.state != backend_state::EMPTY) => (
             "conntrack",
