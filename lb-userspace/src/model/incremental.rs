@@ -6,7 +6,9 @@
 //! A Service is rebuilt when its object or the list of its slices changed. Objects are
 //! recognised by pointer first (the Kubernetes reflector hands out the same `Arc` while an
 //! object is unchanged) and by value otherwise (a reloaded manifest parses new objects that
-//! may well be equal). A change of node or config rebuilds everything.
+//! may well be equal). A change of node or config rebuilds everything. When the services
+//! are the previous snapshot's and only a few slices differ at their positions (what a
+//! watch update gives), only those slices' services are looked at: no pass over every object.
 //!
 //! [`build`]: super::build
 
