@@ -267,6 +267,7 @@ mod tests {
             let mut reconciler =
                 Reconciler::new(MemoryMaps::new(small_capacity()), ModelConfig::default())
                     .expect("read empty maps");
+            let mut kept_space_checked = 0;
             for step in 0..50 {
                 let what = world.step();
                 let case = format!("seed {seed}, step {step} ({what})");
@@ -286,6 +287,15 @@ mod tests {
                     "{case}: {:?}",
                     reconciler.writer().check()
                 );
+                // The free SELECTION space kept between scoped plans is the maps' own.
+                if let Some(kept) = reconciler.planner.kept_selection() {
+                    kept_space_checked += 1;
+                    assert_eq!(
+                        kept,
+                        &crate::diff::free_selection(&maps, small_capacity()),
+                        "{case}: the SELECTION space the planner keeps differs from the maps' free space"
+                    );
+                }
                 let desired = crate::model::build(&snapshot, &ModelConfig::default()).state;
                 assert!(
                     desired.differences(&maps).is_empty(),
@@ -311,6 +321,10 @@ mod tests {
                     "{case}: a restarted agent adopting the maps writes nothing"
                 );
             }
+            assert!(
+                kept_space_checked > 10,
+                "seed {seed}: the planner kept its SELECTION space after only {kept_space_checked} of 50 changes"
+            );
         }
     }
 

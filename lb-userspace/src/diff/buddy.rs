@@ -9,9 +9,9 @@ const MIN_ORDER: u32 = 8;
 /// Largest block: the largest Maglev table (131 071 slots) rounded up.
 const MAX_ORDER: u32 = 17;
 
-/// Free blocks of SELECTION by size. Rebuilt from the applied state on every plan, so it
-/// never drifts from what the maps hold.
-#[derive(Clone, Debug)]
+/// Free blocks of SELECTION by size. Built from the applied state, or kept in step with a
+/// planner's own allocations and releases (equal to a rebuild: freed buddies merge).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BuddyAllocator {
     /// `free[order - MIN_ORDER]`: offsets of free blocks of `1 << order` slots.
     free: Vec<BTreeSet<u32>>,

@@ -104,28 +104,45 @@ pub struct Planner {
     ledger: Option<Ledger>,
 }
 
-/// The backends of every admitted service port, as the last plan left them.
+/// Every admitted service port as the last plan left it, and the SELECTION space that left
+/// free: what [`Planner::plan_changes`] needs to look at the changed ports only.
 #[derive(Debug, Default)]
 struct Ledger {
-    /// (address, id) of each service port's backends.
-    backends: FastMap<ServicePortName, Vec<(SocketAddr, u32)>>,
-    /// How many service ports use each backend address.
-    users: FastMap<SocketAddr, u32>,
+    ports: FastMap<Arc<ServicePortName>, LedgerPort>,
+    /// The service ports using each backend address.
+    users: FastMap<SocketAddr, Vec<Arc<ServicePortName>>>,
+    /// Free SELECTION space once the last plan is applied: built from the applied state by
+    /// the first scoped plan after a whole one, then kept in step with the scoped plans'
+    /// own allocations and releases (a rebuild reads every frontend and table).
+    selection: Option<BuddyAllocator>,
+}
+
+/// What one admitted service port holds in the maps.
+#[derive(Debug, Default)]
+struct LedgerPort {
+    service_id: u32,
+    /// (address, id) of the port's backends, in address order.
+    backends: Vec<(SocketAddr, u32)>,
+    frontends: Vec<FrontendKey>,
 }
 
 impl Ledger {
-    fn add(&mut self, name: ServicePortName, backends: Vec<(SocketAddr, u32)>) {
-        for (addr, _) in &backends {
-            *self.users.entry(*addr).or_default() += 1;
+    fn add(&mut self, name: ServicePortName, port: LedgerPort) {
+        let name = Arc::new(name);
+        for (addr, _) in &port.backends {
+            self.users.entry(*addr).or_default().push(name.clone());
         }
-        self.backends.insert(name, backends);
+        self.ports.insert(name, port);
     }
 
     fn remove(&mut self, name: &ServicePortName) {
-        for (addr, _) in self.backends.remove(name).unwrap_or_default() {
-            if let Some(count) = self.users.get_mut(&addr) {
-                *count -= 1;
-                if *count == 0 {
+        let Some(port) = self.ports.remove(name) else {
+            return;
+        };
+        for (addr, _) in port.backends {
+            if let Some(users) = self.users.get_mut(&addr) {
+                users.retain(|user| **user != *name);
+                if users.is_empty() {
                     self.users.remove(&addr);
                 }
             }
@@ -184,6 +201,21 @@ impl<'a> IdAllocator<'a> {
     fn release(&mut self, id: u32) {
         self.handed.remove(&id);
     }
+}
+
+/// SELECTION's free space: everything but the blocks of the applied tables.
+pub(crate) fn free_selection(applied: &AppliedState, capacity: Capacity) -> BuddyAllocator {
+    let mut selection = BuddyAllocator::new(capacity.selection_slots);
+    for value in applied.frontends.values().filter(|v| v.table_size > 0) {
+        selection.reserve(
+            value.table_offset,
+            BuddyAllocator::block_size(value.table_size),
+        );
+    }
+    for (offset, slots) in &applied.selection {
+        selection.reserve(*offset, BuddyAllocator::block_size(slots.len() as u32));
+    }
+    selection
 }
 
 fn sized_map<K, V>(capacity: usize) -> FastMap<K, V> {
@@ -271,11 +303,17 @@ struct Work<'a> {
     range_ops: Vec<MapOp>,
     frontend_ops: Vec<MapOp>,
     rejected: Vec<(ServicePortName, RejectReason)>,
-    /// (name, backends) of every admitted service port, for the ledger.
-    admitted: Vec<(ServicePortName, Vec<(SocketAddr, u32)>)>,
+    /// Every admitted service port, for the ledger.
+    admitted: Vec<(ServicePortName, LedgerPort)>,
 }
 
 impl Planner {
+    /// The SELECTION free space the planner keeps for its next scoped plan, if any.
+    #[cfg(test)]
+    pub(crate) fn kept_selection(&self) -> Option<&BuddyAllocator> {
+        self.ledger.as_ref()?.selection.as_ref()
+    }
+
     /// Drops what the planner remembers about SELECTION's contents, so that the next plan
     /// compares every table with the applied state again.
     pub fn forget_tables(&mut self) {
@@ -337,6 +375,7 @@ impl Planner {
 
     /// What `applied` holds for the `changed` ports: their names, frontends, tables,
     /// source ranges and backends; `None` when a changed port cannot be planned alone.
+    /// Reads only what the ledger names for the planned ports, never all of `applied`.
     fn changed_scope(
         &self,
         applied: &AppliedState,
@@ -349,79 +388,70 @@ impl Planner {
         // whole plan is as cheap).
         let mut planned = changed.clone();
         loop {
-            let mut planned_users: FastMap<SocketAddr, u32> = FastMap::default();
-            for (addr, _) in planned
+            let before = planned.len();
+            let addrs: FastSet<SocketAddr> = planned
                 .iter()
-                .filter_map(|name| ledger.backends.get(name))
+                .filter_map(|name| ledger.ports.get(name))
+                .flat_map(|port| port.backends.iter().map(|(addr, _)| *addr))
+                .chain(
+                    planned
+                        .iter()
+                        .filter_map(|name| desired.services.get(name))
+                        .flat_map(|service| service.backends.keys().copied()),
+                )
+                .collect();
+            for user in addrs
+                .iter()
+                .filter_map(|addr| ledger.users.get(addr))
                 .flatten()
             {
-                *planned_users.entry(*addr).or_default() += 1;
-            }
-            let new_addrs = planned
-                .iter()
-                .filter_map(|name| desired.services.get(name))
-                .flat_map(|service| service.backends.keys());
-            let shared: FastSet<SocketAddr> = planned_users
-                .keys()
-                .chain(new_addrs)
-                .filter(|addr| {
-                    ledger.users.get(*addr).copied().unwrap_or(0)
-                        > planned_users.get(*addr).copied().unwrap_or(0)
-                })
-                .copied()
-                .collect();
-            if shared.is_empty() {
-                break;
-            }
-            let before = planned.len();
-            for (name, backends) in &ledger.backends {
-                // The cheap test first: most ports share nothing.
-                if backends.iter().any(|(a, _)| shared.contains(a)) && !planned.contains(name) {
-                    planned.insert(name.clone());
+                if !planned.contains(&**user) {
+                    planned.insert((**user).clone());
                 }
             }
-            if planned.len() == before || planned.len() > ledger.backends.len() / 4 + 1 {
+            if planned.len() == before {
+                break;
+            }
+            if planned.len() > ledger.ports.len() / 4 + 1 {
                 return None;
             }
         }
-        let texts: FastSet<String> = planned.iter().map(ToString::to_string).collect();
 
         let mut scope = AppliedState::default();
-        let mut ids: FastSet<u32> = FastSet::default();
-        for (id, name) in &applied.service_names {
-            if texts.contains(name) {
-                scope.service_names.insert(*id, name.clone());
-                ids.insert(*id);
+        for port in planned.iter().filter_map(|name| ledger.ports.get(name)) {
+            if let Some(name) = applied.service_names.get(&port.service_id) {
+                scope.service_names.insert(port.service_id, name.clone());
             }
+            for key in &port.frontends {
+                let Some(value) = applied.frontends.get(key) else {
+                    continue;
+                };
+                scope.frontends.insert(*key, *value);
+                if let Some(table) = applied
+                    .selection
+                    .get(&value.table_offset)
+                    .filter(|_| value.table_size > 0)
+                {
+                    scope.selection.insert(value.table_offset, table.clone());
+                }
+            }
+            for (_, id) in &port.backends {
+                if let Some(backend) = applied.backends.get(id) {
+                    scope.backends.insert(*id, *backend);
+                }
+            }
+            let id_be = port.service_id.to_be_bytes();
+            let first = SourceRangeKey {
+                service_id_be: id_be,
+                ..SourceRangeKey::default()
+            };
+            scope.source_ranges.extend(
+                applied
+                    .source_ranges
+                    .range((first, 0)..)
+                    .take_while(|(key, _)| key.service_id_be == id_be),
+            );
         }
-        for (key, value) in &applied.frontends {
-            if !ids.contains(&value.service_id) {
-                continue;
-            }
-            scope.frontends.insert(*key, *value);
-            if let Some(table) = applied
-                .selection
-                .get(&value.table_offset)
-                .filter(|_| value.table_size > 0)
-            {
-                scope.selection.insert(value.table_offset, table.clone());
-            }
-        }
-        for (_, id) in planned
-            .iter()
-            .filter_map(|name| ledger.backends.get(name))
-            .flatten()
-        {
-            if let Some(backend) = applied.backends.get(id) {
-                scope.backends.insert(*id, *backend);
-            }
-        }
-        scope.source_ranges = applied
-            .source_ranges
-            .iter()
-            .filter(|(key, _)| ids.contains(&u32::from_be_bytes(key.service_id_be)))
-            .copied()
-            .collect();
         Some((scope, planned))
     }
 
@@ -439,29 +469,35 @@ impl Planner {
         self.plans += 1;
         let index = AppliedIndex::new(scope);
         // Service ids frontends use without a name (left by a foreign writer) are taken too.
-        let unnamed_ids: FastSet<u32> = applied
-            .frontends
-            .values()
-            .map(|v| v.service_id)
-            .filter(|id| !applied.service_names.contains_key(id))
-            .collect();
+        // A scoped plan follows a whole plan that admitted everything, which deleted every
+        // frontend without a name: no need to look at them all.
+        let unnamed_ids: FastSet<u32> = if whole {
+            applied
+                .frontends
+                .values()
+                .map(|v| v.service_id)
+                .filter(|id| !applied.service_names.contains_key(id))
+                .collect()
+        } else {
+            FastSet::default()
+        };
         let taken_service_ids = applied.service_names.len() + unnamed_ids.len();
         let highest_service_id = applied
             .service_names
             .keys()
+            .next_back()
+            .into_iter()
             .chain(&unnamed_ids)
             .max()
             .copied();
-        let mut selection = BuddyAllocator::new(capacity.selection_slots);
-        for value in applied.frontends.values().filter(|v| v.table_size > 0) {
-            selection.reserve(
-                value.table_offset,
-                BuddyAllocator::block_size(value.table_size),
-            );
-        }
-        for (offset, slots) in &applied.selection {
-            selection.reserve(*offset, BuddyAllocator::block_size(slots.len() as u32));
-        }
+        let kept_selection = if whole {
+            None
+        } else {
+            self.ledger
+                .as_mut()
+                .and_then(|ledger| ledger.selection.take())
+        };
+        let selection = kept_selection.unwrap_or_else(|| free_selection(applied, capacity));
         let mut work = Work {
             capacity,
             service_ids: IdAllocator::new(
@@ -513,14 +549,31 @@ impl Planner {
             self.written
                 .retain(|offset, _| work.referenced_tables.contains(offset));
         } else {
-            // Unchanged services did not touch their tables: keep those still held
-            // elsewhere (the applied state, `written`), and forget the changed services'
-            // old blocks.
-            self.tables
-                .retain(|_, (slots, used)| *used == plans || Arc::strong_count(slots) > 1);
+            // Unchanged services did not touch their tables; the changed services' old
+            // blocks are forgotten below.
             for offset in scope.selection.keys() {
                 if !work.referenced_tables.contains(offset) {
                     self.written.remove(offset);
+                }
+            }
+        }
+        // The SELECTION space the plan leaves free: its own allocations are in `work`; the
+        // blocks of the changed ports' old tables are freed. A block this planner did not
+        // lay out (not aligned to its size) cannot be given back: rebuild next time.
+        let mut selection = Some(std::mem::replace(
+            &mut work.selection,
+            BuddyAllocator::new(0),
+        ));
+        if !whole {
+            for (offset, slots) in &scope.selection {
+                if work.referenced_tables.contains(offset) {
+                    continue;
+                }
+                self.forget_table(applied, slots, plans);
+                let block = BuddyAllocator::block_size(slots.len() as u32);
+                match selection.as_mut() {
+                    Some(space) if offset.is_multiple_of(block) => space.release(*offset, block),
+                    _ => selection = None,
                 }
             }
         }
@@ -530,22 +583,47 @@ impl Planner {
             None
         } else if whole {
             let mut ledger = Ledger::default();
-            for (name, backends) in admitted {
-                ledger.add(name, backends);
+            for (name, port) in admitted {
+                ledger.add(name, port);
             }
+            // The whole plan's space still holds the blocks it frees: the first scoped plan
+            // rebuilds it from the maps as they are then.
             Some(ledger)
         } else {
             self.ledger.take().map(|mut ledger| {
                 for name in scope_names.into_iter().flatten() {
                     ledger.remove(name);
                 }
-                for (name, backends) in admitted {
-                    ledger.add(name, backends);
+                for (name, port) in admitted {
+                    ledger.add(name, port);
                 }
+                ledger.selection = selection;
                 ledger
             })
         };
         plan
+    }
+
+    /// Drops the cached table `slots` (a changed port's old table, about to leave the maps)
+    /// unless this plan used it. Its key is rebuilt from the slots: the distinct backends
+    /// in address order, and the size.
+    fn forget_table(&mut self, applied: &AppliedState, slots: &Arc<[u32]>, plans: u64) {
+        let mut ids: Vec<u32> = slots.to_vec();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut backends: Vec<(SocketAddr, u32)> = ids
+            .into_iter()
+            .filter_map(|id| Some((backend_identity(applied.backends.get(&id)?)?, id)))
+            .collect();
+        backends.sort_unstable();
+        let key = (backends, slots.len() as u32);
+        if self
+            .tables
+            .get(&key)
+            .is_some_and(|(cached, used)| *used != plans && Arc::ptr_eq(cached, slots))
+        {
+            self.tables.remove(&key);
+        }
     }
 
     fn admit(
@@ -804,8 +882,18 @@ impl Work<'_> {
             });
         }
         self.keep_service_ids.insert(service_id);
-        self.admitted
-            .push((name.clone(), admission.backend_ids.clone()));
+        self.admitted.push((
+            name.clone(),
+            LedgerPort {
+                service_id,
+                backends: admission.backend_ids.clone(),
+                frontends: service
+                    .frontends
+                    .iter()
+                    .map(|frontend| frontend_key(frontend, service.protocol))
+                    .collect(),
+            },
+        ));
         for ((addr, backend), (_, id)) in service.backends.iter().zip(&admission.backend_ids) {
             let entry = self.backends.entry(*id).or_insert((*addr, *backend));
             entry.1 = combine_backend(entry.1, *backend);

@@ -103,6 +103,19 @@ fn label<'a>(labels: &'a Option<BTreeMap<String, String>>, key: &str) -> Option<
     labels.as_ref().and_then(|l| l.get(key)).map(String::as_str)
 }
 
+/// The (namespace, service name) a slice serves; `None` for a slice no service uses
+/// (no service label, or headless).
+pub(super) fn slice_owner(slice: &EndpointSlice) -> Option<(&str, &str)> {
+    let service = label(&slice.metadata.labels, LABEL_SERVICE_NAME)?;
+    if service.is_empty() || label(&slice.metadata.labels, LABEL_HEADLESS).is_some() {
+        return None;
+    }
+    Some((
+        slice.metadata.namespace.as_deref().unwrap_or("default"),
+        service,
+    ))
+}
+
 /// Slices grouped by (namespace, service name), each group sorted by slice name so that
 /// duplicate endpoints resolve the same way every time.
 pub(super) fn slices_by_service(
@@ -110,14 +123,9 @@ pub(super) fn slices_by_service(
 ) -> HashMap<(&str, &str), Vec<&Arc<EndpointSlice>>> {
     let mut grouped: HashMap<(&str, &str), Vec<&Arc<EndpointSlice>>> = HashMap::new();
     for slice in slices {
-        let Some(service) = label(&slice.metadata.labels, LABEL_SERVICE_NAME) else {
-            continue;
-        };
-        if service.is_empty() || label(&slice.metadata.labels, LABEL_HEADLESS).is_some() {
-            continue;
+        if let Some(owner) = slice_owner(slice) {
+            grouped.entry(owner).or_default().push(slice);
         }
-        let namespace = slice.metadata.namespace.as_deref().unwrap_or("default");
-        grouped.entry((namespace, service)).or_default().push(slice);
     }
     for group in grouped.values_mut() {
         group.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));

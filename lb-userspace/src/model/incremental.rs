@@ -6,7 +6,9 @@
 //! A Service is rebuilt when its object or the list of its slices changed. Objects are
 //! recognised by pointer first (the Kubernetes reflector hands out the same `Arc` while an
 //! object is unchanged) and by value otherwise (a reloaded manifest parses new objects that
-//! may well be equal). A change of node or config rebuilds everything.
+//! may well be equal). A change of node or config rebuilds everything. When the services
+//! are the previous snapshot's and only a few slices differ at their positions (what a
+//! watch update gives), only those slices' services are looked at: no pass over every object.
 //!
 //! [`build`]: super::build
 
@@ -20,7 +22,7 @@ use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 use super::{
     DesiredFrontend, DesiredService, DesiredState, ModelConfig, NodeInfo, ServicePortName,
     Snapshot, Warning,
-    build::{FrontendClaim, build_service, conflict_warning, slices_by_service},
+    build::{FrontendClaim, build_service, conflict_warning, slice_owner, slices_by_service},
 };
 
 /// The desired state of the latest snapshot, and what is needed to update it cheaply.
@@ -43,6 +45,14 @@ pub struct IncrementalModel {
     /// Warnings about frontends a port lost to another, by port.
     conflicts: BTreeMap<ServicePortName, Vec<Warning>>,
     state: DesiredState,
+    /// The previous snapshot's objects, in its order: when the services are the same
+    /// pointers and only a few slices differ at their positions (an update from a watch),
+    /// only those slices' services are looked at, without touching the other objects.
+    previous_services: Vec<Arc<Service>>,
+    previous_slices: Vec<Arc<EndpointSlice>>,
+    /// Updates that took the changed-slices path (for the tests to see it is taken).
+    #[cfg(test)]
+    slice_updates: usize,
 }
 
 #[derive(Debug)]
@@ -116,10 +126,15 @@ impl IncrementalModel {
             };
         }
 
+        let mut touched_claims: HashSet<FrontendClaim> = HashSet::new();
+        if same_inputs
+            && self.update_changed_slices(snapshot, config, &mut changed, &mut touched_claims)
+        {
+            return self.finish_update(&touched_claims, changed);
+        }
         let slices = slices_by_service(&snapshot.endpoint_slices);
         self.generation += 1;
         let generation = self.generation;
-        let mut touched_claims: HashSet<FrontendClaim> = HashSet::new();
         let mut key = String::new();
         for service in &snapshot.services {
             let namespace = service.metadata.namespace.as_deref().unwrap_or("default");
@@ -146,37 +161,15 @@ impl IncrementalModel {
                     continue;
                 }
             }
-            let plain_slices: Vec<&EndpointSlice> = service_slices.iter().map(|s| &***s).collect();
-            let (ports, warnings) = build_service(service, &plain_slices, &snapshot.node, config);
-            let old_ports = self
-                .services
-                .remove(key.as_str())
-                .map(|cached| cached.ports)
-                .unwrap_or_default();
-            for name in old_ports
-                .iter()
-                .filter(|old| ports.iter().all(|(name, _)| name != *old))
-            {
-                self.remove_port(name, &mut touched_claims);
-                changed.insert(name.clone());
-            }
-            let names = ports.iter().map(|(name, _)| name.clone()).collect();
-            for (name, desired) in ports {
-                self.put_port(name, desired, &mut changed, &mut touched_claims);
-            }
-            if warnings.is_empty() {
-                self.warnings.remove(key.as_str());
-            } else {
-                self.warnings.insert(key.clone(), warnings);
-            }
-            self.services.insert(
-                key.clone(),
-                CachedService {
-                    service: service.clone(),
-                    slices: service_slices.iter().map(|s| (*s).clone()).collect(),
-                    ports: names,
-                    seen: generation,
-                },
+            let service_slices = service_slices.iter().map(|s| (*s).clone()).collect();
+            self.rebuild_service(
+                &key,
+                service,
+                service_slices,
+                snapshot,
+                config,
+                &mut changed,
+                &mut touched_claims,
             );
         }
         let gone: Vec<String> = self
@@ -195,7 +188,18 @@ impl IncrementalModel {
             }
         }
 
-        self.settle_conflicts(&touched_claims, &mut changed);
+        self.previous_services.clone_from(&snapshot.services);
+        self.previous_slices.clone_from(&snapshot.endpoint_slices);
+        self.finish_update(&touched_claims, changed)
+    }
+
+    /// Settles conflicts over the `touched` frontends and answers.
+    fn finish_update(
+        &mut self,
+        touched: &HashSet<FrontendClaim>,
+        mut changed: BTreeSet<ServicePortName>,
+    ) -> ModelUpdate<'_> {
+        self.settle_conflicts(touched, &mut changed);
         let warnings = self
             .warnings
             .values()
@@ -208,6 +212,143 @@ impl IncrementalModel {
             changed,
             warnings,
         }
+    }
+
+    /// The update for a snapshot whose services are the previous snapshot's (same
+    /// pointers, same order) and whose slices differ from the previous ones at a few
+    /// positions only: rebuilds the services those slices (old and new) belong to. Returns
+    /// `false`, having changed nothing, when the snapshot is not of that shape.
+    fn update_changed_slices(
+        &mut self,
+        snapshot: &Snapshot,
+        config: &ModelConfig,
+        changed: &mut BTreeSet<ServicePortName>,
+        touched: &mut HashSet<FrontendClaim>,
+    ) -> bool {
+        let slices = &snapshot.endpoint_slices;
+        if snapshot.services.len() != self.previous_services.len()
+            || slices.len() != self.previous_slices.len()
+            || !snapshot
+                .services
+                .iter()
+                .zip(&self.previous_services)
+                .all(|(a, b)| Arc::ptr_eq(a, b))
+        {
+            return false;
+        }
+        let moved: Vec<usize> = (0..slices.len())
+            .filter(|&at| !Arc::ptr_eq(&slices[at], &self.previous_slices[at]))
+            .collect();
+        // Many moved slices (a re-read, a reordered list): the whole pass is as cheap.
+        if moved.len() > (slices.len() / 8).max(16) {
+            return false;
+        }
+        let mut owners: BTreeSet<(String, String)> = BTreeSet::new();
+        for &at in &moved {
+            for slice in [&self.previous_slices[at], &slices[at]] {
+                if let Some((namespace, name)) = slice_owner(slice) {
+                    owners.insert((namespace.to_owned(), name.to_owned()));
+                }
+            }
+        }
+        let mut key = String::new();
+        for (namespace, name) in &owners {
+            service_key(&mut key, namespace, name);
+            // A slice of a service the snapshot does not have builds nothing.
+            let Some(cached) = self.services.get(key.as_str()) else {
+                continue;
+            };
+            let service = cached.service.clone();
+            let mut service_slices = cached.slices.clone();
+            for &at in &moved {
+                // By value too: the cache may hold an older object equal to this one.
+                let old = &self.previous_slices[at];
+                service_slices.retain(|slice| !same(slice, old));
+            }
+            service_slices.extend(
+                moved
+                    .iter()
+                    .map(|&at| &slices[at])
+                    .filter(|slice| slice_owner(slice) == Some((namespace.as_str(), name.as_str())))
+                    .cloned(),
+            );
+            // As `slices_by_service` orders them.
+            service_slices.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+            let unchanged = cached.slices.len() == service_slices.len()
+                && cached
+                    .slices
+                    .iter()
+                    .zip(&service_slices)
+                    .all(|(a, b)| same(a, b));
+            if unchanged {
+                continue;
+            }
+            self.rebuild_service(
+                &key,
+                &service,
+                service_slices,
+                snapshot,
+                config,
+                changed,
+                touched,
+            );
+        }
+        for at in moved {
+            self.previous_slices[at] = slices[at].clone();
+        }
+        #[cfg(test)]
+        {
+            self.slice_updates += 1;
+        }
+        true
+    }
+
+    /// Builds the service under `key` from `service` and its `slices` (sorted by name),
+    /// replacing its old ports.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the update's state is threaded through both passes"
+    )]
+    fn rebuild_service(
+        &mut self,
+        key: &str,
+        service: &Arc<Service>,
+        slices: Vec<Arc<EndpointSlice>>,
+        snapshot: &Snapshot,
+        config: &ModelConfig,
+        changed: &mut BTreeSet<ServicePortName>,
+        touched: &mut HashSet<FrontendClaim>,
+    ) {
+        let plain_slices: Vec<&EndpointSlice> = slices.iter().map(|s| &**s).collect();
+        let (ports, warnings) = build_service(service, &plain_slices, &snapshot.node, config);
+        let old = self.services.remove(key);
+        let seen = old.as_ref().map_or(self.generation, |cached| cached.seen);
+        let old_ports = old.map(|cached| cached.ports).unwrap_or_default();
+        for name in old_ports
+            .iter()
+            .filter(|old| ports.iter().all(|(name, _)| name != *old))
+        {
+            self.remove_port(name, touched);
+            changed.insert(name.clone());
+        }
+        let names = ports.iter().map(|(name, _)| name.clone()).collect();
+        for (name, desired) in ports {
+            self.put_port(name, desired, changed, touched);
+        }
+        if warnings.is_empty() {
+            self.warnings.remove(key);
+        } else {
+            self.warnings.insert(key.to_owned(), warnings);
+        }
+        self.services.insert(
+            key.to_owned(),
+            CachedService {
+                service: service.clone(),
+                slices,
+                ports: names,
+                seen,
+            },
+        );
     }
 
     fn remove_port(&mut self, name: &ServicePortName, touched: &mut HashSet<FrontendClaim>) {
@@ -338,6 +479,69 @@ mod tests {
                 }
                 previous = fresh.state;
             }
+        }
+    }
+
+    #[test]
+    fn replaced_slices_rebuild_only_their_services_and_equal_a_fresh_build() {
+        const SERVICE_LABEL: &str = "kubernetes.io/service-name";
+        let config = ModelConfig::default();
+        for seed in 0..8 {
+            let world = RandomWorld::new(seed);
+            let mut model = IncrementalModel::default();
+            let mut snapshot = world.snapshot();
+            model.update(&snapshot, &config);
+            let slices = snapshot.endpoint_slices.len();
+            if slices < 4 {
+                continue;
+            }
+            let owner_of = |slice: &EndpointSlice| {
+                slice
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|labels| labels.get(SERVICE_LABEL))
+                    .cloned()
+            };
+            let other_owner = owner_of(&snapshot.endpoint_slices[2]);
+            // One slice loses its endpoints, one moves to another service, one to a service
+            // that does not exist: each a new object at the same position, as a watch gives.
+            Arc::make_mut(&mut snapshot.endpoint_slices[0])
+                .endpoints
+                .clear();
+            let labels = Arc::make_mut(&mut snapshot.endpoint_slices[1])
+                .metadata
+                .labels
+                .get_or_insert_default();
+            if let Some(owner) = other_owner {
+                labels.insert(SERVICE_LABEL.into(), owner);
+            }
+            Arc::make_mut(&mut snapshot.endpoint_slices[3])
+                .metadata
+                .labels
+                .get_or_insert_default()
+                .insert(SERVICE_LABEL.into(), "no-such-service".into());
+
+            let before = model.state.clone();
+            let fast_before = model.slice_updates;
+            let fresh = build(&snapshot, &config);
+            let update = model.update(&snapshot, &config);
+            let case = format!("seed {seed}");
+            assert_eq!(update.state, &fresh.state, "{case}: desired state");
+            assert_eq!(update.warnings, fresh.warnings, "{case}: warnings");
+            for name in before.services.keys().chain(fresh.state.services.keys()) {
+                if before.services.get(name) != fresh.state.services.get(name) {
+                    assert!(
+                        update.changed.contains(name),
+                        "{case}: {name} changed but is not reported"
+                    );
+                }
+            }
+            assert_eq!(
+                model.slice_updates,
+                fast_before + 1,
+                "{case}: three replaced slices should take the changed-slices path"
+            );
         }
     }
 
