@@ -2,6 +2,7 @@
 //! the loader overrides them at load time.
 
 use aya_ebpf::{
+    bindings::BPF_F_MMAPABLE,
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
@@ -24,8 +25,10 @@ pub static FRONTEND_FILTER: Array<u64> = Array::with_max_entries(frontend_filter
 pub static BACKENDS: Array<Backend> = Array::with_max_entries(capacity::BACKENDS, 0);
 
 /// Backend ids; a frontend's Maglev table is `[table_offset, table_offset + table_size)`.
+/// Memory-mappable: the agent copies whole tables into it instead of one syscall element each.
 #[map(name = "SELECTION")]
-pub static SELECTION: Array<u32> = Array::with_max_entries(capacity::SELECTION_SLOTS, 0);
+pub static SELECTION: Array<u32> =
+    Array::with_max_entries(capacity::SELECTION_SLOTS, BPF_F_MMAPABLE);
 
 #[map(name = "CONNTRACK")]
 pub static CONNTRACK: LruHashMap<FlowKey, FlowValue> =

@@ -5,6 +5,7 @@ use std::{
     io,
     os::fd::{AsFd as _, OwnedFd},
     path::Path,
+    sync::atomic::{Ordering, fence},
 };
 
 use aya::maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, lpm_trie::Key};
@@ -17,6 +18,7 @@ use super::{
     AppliedState, Capacity, DataplaneError, MapOp, MapWriter,
     frontend_filter::{self, FrontendFilter},
     loader::{Datapath, LoadError},
+    mapped_array::MappedArray,
 };
 
 /// The value stored for every source range (only the prefix matters).
@@ -28,6 +30,10 @@ pub struct AyaMaps {
     /// Descriptors for batched access (one syscall per chunk instead of per slot).
     backends_fd: OwnedFd,
     selection_fd: OwnedFd,
+    /// SELECTION's memory, where tables are copied; `None` for a SELECTION pinned by an
+    /// older slicelb without `BPF_F_MMAPABLE` (the loader refuses to adopt one, but
+    /// `from_pin` opens it), written through `selection_fd` instead.
+    selection_mapping: Option<MappedArray>,
     frontend_filter_fd: OwnedFd,
     /// The frontends behind each FRONTEND_FILTER bit; built from FRONTENDS (and the kernel
     /// bitmap rewritten to match) on the first `apply`, so readers never pay for it.
@@ -115,7 +121,16 @@ impl AyaMaps {
         };
         let backends = open(map_names::BACKENDS)?;
         let backends_fd = clone_fd(map_names::BACKENDS, &backends)?;
-        let selection_fd = clone_fd(map_names::SELECTION, &open(map_names::SELECTION)?)?;
+        let selection = open(map_names::SELECTION)?;
+        let selection_fd = clone_fd(map_names::SELECTION, &selection)?;
+        let selection_info = selection.info().map_err(read_err(map_names::SELECTION))?;
+        let selection_mapping =
+            MappedArray::new(selection_fd.as_fd(), &selection_info).map_err(|error| {
+                DataplaneError::MapRead {
+                    map: map_names::SELECTION,
+                    source: io::Error::other(error),
+                }
+            })?;
         let frontend_filter_fd = clone_fd(
             map_names::FRONTEND_FILTER,
             &open(map_names::FRONTEND_FILTER)?,
@@ -129,6 +144,7 @@ impl AyaMaps {
             })?,
             backends_fd,
             selection_fd,
+            selection_mapping,
             frontend_filter_fd,
             frontend_filter: None,
             service_names: typed(
@@ -236,6 +252,28 @@ impl AyaMaps {
         }
     }
 
+    /// SELECTION slots `offset..offset + size`.
+    fn read_table(&self, offset: u32, size: u32) -> Result<Vec<u32>, DataplaneError> {
+        let read_error = |source| DataplaneError::MapRead {
+            map: map_names::SELECTION,
+            source,
+        };
+        match &self.selection_mapping {
+            Some(mapping) if !mapping.fits(offset, size as usize) => {
+                Err(read_error(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "a frontend's table {offset}..{} lies past the end of the array ({} slots)",
+                        u64::from(offset) + u64::from(size),
+                        mapping.entries()
+                    ),
+                )))
+            }
+            Some(mapping) => mapping.read(offset, size).map_err(read_error),
+            None => batch::lookup(self.selection_fd.as_fd(), offset, size).map_err(read_error),
+        }
+    }
+
     /// The filter bookkeeping, built (and the kernel bitmap rewritten) on first use.
     fn filter(&mut self) -> Result<&mut FrontendFilter, DataplaneError> {
         if self.frontend_filter.is_none() {
@@ -307,12 +345,31 @@ impl AyaMaps {
                         capacity: capacity.selection_slots,
                     });
                 }
-                batch::update(self.selection_fd.as_fd(), *offset, slots).map_err(|source| {
-                    DataplaneError::MapWrite {
+                let Some(mapping) = &mut self.selection_mapping else {
+                    return batch::update(self.selection_fd.as_fd(), *offset, slots).map_err(
+                        |source| DataplaneError::MapWrite {
+                            map: map_names::SELECTION,
+                            source,
+                        },
+                    );
+                };
+                if !mapping.fits(*offset, slots.len()) {
+                    return Err(DataplaneError::MapFull {
+                        map: map_names::SELECTION,
+                        capacity: mapping.entries(),
+                    });
+                }
+                mapping
+                    .write(*offset, slots)
+                    .map_err(|source| DataplaneError::MapWrite {
                         map: map_names::SELECTION,
                         source,
-                    }
-                })
+                    })?;
+                // Make before break: the frontend naming this table is published later by a
+                // bpf syscall (itself a full barrier); the fence says so in the code and
+                // keeps the stores ahead of it on any architecture.
+                fence(Ordering::SeqCst);
+                Ok(())
             }
             MapOp::PutFrontend { key, value } => self.put_frontend(key, value),
             MapOp::DeleteFrontend { key } => {
@@ -379,15 +436,7 @@ impl MapWriter for AyaMaps {
             if value.table_size == 0 || state.selection.contains_key(&value.table_offset) {
                 continue;
             }
-            let slots = batch::lookup(
-                self.selection_fd.as_fd(),
-                value.table_offset,
-                value.table_size,
-            )
-            .map_err(|source| DataplaneError::MapRead {
-                map: map_names::SELECTION,
-                source,
-            })?;
+            let slots = self.read_table(value.table_offset, value.table_size)?;
             state.selection.insert(value.table_offset, slots.into());
         }
         for entry in self.service_names.iter() {
@@ -402,6 +451,17 @@ impl MapWriter for AyaMaps {
     }
 
     fn apply(&mut self, ops: &[MapOp]) -> Result<(), DataplaneError> {
+        let result = self.apply_all(ops);
+        // The mapped window counts in the agent's RSS: keep it only while writing.
+        if let Some(mapping) = &mut self.selection_mapping {
+            mapping.release();
+        }
+        result
+    }
+}
+
+impl AyaMaps {
+    fn apply_all(&mut self, ops: &[MapOp]) -> Result<(), DataplaneError> {
         let mut rest = ops;
         while let Some(op) = rest.first() {
             let run = consecutive_backends(rest, self.capacity.backends);

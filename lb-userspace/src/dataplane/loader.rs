@@ -117,6 +117,18 @@ pub enum LoadError {
         #[source]
         source: aya::EbpfError,
     },
+    /// A map pinned by another slicelb build (or with other capacities) differs from what
+    /// this build needs: e.g. a SELECTION made before it became memory-mappable.
+    #[error(
+        "the map {map} pinned at {path} cannot be adopted: its {property} is {actual:#x}, this slicelb needs {expected:#x}; run `slicelb detach` (drops the pinned maps, flows and attachments) and start again, or keep the old version's capacities"
+    )]
+    IncompatiblePin {
+        map: String,
+        path: PathBuf,
+        property: &'static str,
+        expected: u64,
+        actual: u64,
+    },
     #[error("the eBPF object has no program {program}; rebuild slicelb")]
     MissingProgram { program: &'static str },
     #[error("the eBPF object has no map {map}; rebuild slicelb")]
@@ -201,9 +213,21 @@ impl Datapath {
         for (name, path) in &paths {
             loader.map_pin_path(name, path.as_path());
         }
-        let ebpf = loader
-            .load(EBPF_OBJECT)
-            .map_err(|source| LoadError::Load { source })?;
+        let ebpf = loader.load(EBPF_OBJECT).map_err(|source| match source {
+            aya::EbpfError::MapError(aya::maps::MapError::IncompatiblePinnedMap {
+                name,
+                property,
+                expected,
+                actual,
+            }) => LoadError::IncompatiblePin {
+                path: maps_dir.join(&name),
+                map: name,
+                property,
+                expected,
+                actual,
+            },
+            source => LoadError::Load { source },
+        })?;
         let mut datapath = Self {
             ebpf,
             pin_path: Some(pin_path.to_path_buf()),

@@ -5,6 +5,7 @@ pub mod applied;
 pub mod aya_maps;
 pub mod frontend_filter;
 pub mod loader;
+pub mod mapped_array;
 pub mod memory;
 pub mod test_run;
 
