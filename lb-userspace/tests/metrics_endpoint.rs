@@ -53,8 +53,12 @@ impl KernelStats for FakeKernel {
     fn conntrack_entries(&self) -> Result<u64, DataplaneError> {
         Ok(self.state().conntrack)
     }
-    fn map_fill(&self) -> Result<Vec<MapFill>, DataplaneError> {
-        Ok(self.state().fill)
+    fn map_fill(&self, conntrack_entries: Option<u64>) -> Result<Vec<MapFill>, DataplaneError> {
+        let mut fill = self.state().fill;
+        if conntrack_entries.is_none() {
+            fill.retain(|f| f.map != map_names::CONNTRACK);
+        }
+        Ok(fill)
     }
 }
 

@@ -70,10 +70,9 @@ impl KernelStats for PinnedStats {
         Ok(self.maps().conntrack_entries()? as u64)
     }
 
-    fn map_fill(&self) -> Result<Vec<MapFill>, DataplaneError> {
+    fn map_fill(&self, conntrack_entries: Option<u64>) -> Result<Vec<MapFill>, DataplaneError> {
         let applied = self.applied.read().unwrap_or_else(|p| p.into_inner());
-        let conntrack = self.conntrack_entries()?;
-        Ok(vec![
+        let mut fills = vec![
             MapFill {
                 map: map_names::FRONTENDS,
                 used: applied.frontends.len() as u64,
@@ -99,11 +98,14 @@ impl KernelStats for PinnedStats {
                 used: applied.source_ranges.len() as u64,
                 capacity: self.capacity.source_ranges.into(),
             },
-            MapFill {
+        ];
+        if let Some(used) = conntrack_entries {
+            fills.push(MapFill {
                 map: map_names::CONNTRACK,
-                used: conntrack,
+                used,
                 capacity: self.conntrack_capacity.into(),
-            },
-        ])
+            });
+        }
+        Ok(fills)
     }
 }

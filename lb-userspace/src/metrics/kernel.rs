@@ -37,7 +37,10 @@ pub trait KernelStats: Send + Sync {
     fn proto_counters(&self) -> Result<[u64; ProtoCounter::COUNT as usize], DataplaneError>;
     /// Entries in CONNTRACK now (both directions of a flow count).
     fn conntrack_entries(&self) -> Result<u64, DataplaneError>;
-    fn map_fill(&self) -> Result<Vec<MapFill>, DataplaneError>;
+    /// Fill levels of the maps the agent writes, and of CONNTRACK when the caller could
+    /// count its entries (`conntrack_entries`: counting walks the map, one syscall per
+    /// entry, so a scrape does it once).
+    fn map_fill(&self, conntrack_entries: Option<u64>) -> Result<Vec<MapFill>, DataplaneError>;
 }
 
 pub(super) struct KernelCollector {
@@ -171,7 +174,8 @@ impl Collector for KernelCollector {
             )?;
         }
 
-        if let Some(entries) = self.read("conntrack size", self.stats.conntrack_entries()) {
+        let conntrack_entries = self.read("conntrack size", self.stats.conntrack_entries());
+        if let Some(entries) = conntrack_entries {
             let metric = encoder.encode_descriptor(
                 "conntrack_entries",
                 "Entries in the connection-tracking map (two per load-balanced flow).",
@@ -181,7 +185,7 @@ impl Collector for KernelCollector {
             ConstGauge::new(entries).encode(metric)?;
         }
 
-        if let Some(fills) = self.read("map fill levels", self.stats.map_fill()) {
+        if let Some(fills) = self.read("map fill levels", self.stats.map_fill(conntrack_entries)) {
             encode_labelled(
                 &mut encoder,
                 "map_entries_used",
