@@ -718,10 +718,7 @@ impl Planner {
                 let previous = current
                     .filter(|v| v.table_size == size)
                     .and_then(|v| applied.selection.get(&v.table_offset));
-                let slots = match previous {
-                    Some(previous) => self.table_from(&table_key, previous, applied),
-                    None => self.table(&table_key),
-                };
+                let slots = self.table(&table_key, previous, applied);
                 let in_place = current.filter(|v| {
                     v.table_size == size && self.holds(applied, v.table_offset, &slots)
                 });
@@ -791,55 +788,46 @@ impl Planner {
         Ok(service_id)
     }
 
-    /// The backend ids, slot by slot, of the table for `key` (cached).
-    fn table(&mut self, key: &TableKey) -> Arc<[u32]> {
-        let plans = self.plans;
-        if let Some((slots, used)) = self.tables.get_mut(key) {
-            *used = plans;
-            return slots.clone();
-        }
-        let (backends, size) = key;
-        let addrs: Vec<SocketAddr> = backends.iter().map(|(addr, _)| *addr).collect();
-        let slots: Arc<[u32]> = maglev_table(&addrs, *size)
-            .into_iter()
-            .map(|i| backends[i as usize].1)
-            .collect();
-        self.tables.insert(key.clone(), (slots.clone(), plans));
-        slots
-    }
-
-    /// The table for `key` that differs least from `previous`, the frontend's current table
-    /// of the same size (`maglev::rebalance`: only the slots of departed backends and of
-    /// backends above their new share move). Tables thus depend on history, not only on
-    /// the backend set: a removal moves 1/N of the flows, not 1/N plus Maglev's few percent.
-    fn table_from(
+    /// The backend ids, slot by slot, of the table for `key` (cached). With `previous`, the
+    /// frontend's current table of the same size, it is the table that differs least from
+    /// it (`maglev::rebalance`: only the slots of departed backends and of backends above
+    /// their new share move), so tables depend on history, not only on the backend set: a
+    /// removal moves 1/N of the flows, not 1/N plus Maglev's few percent. Without, a fresh
+    /// Maglev table.
+    fn table(
         &mut self,
         key: &TableKey,
-        previous: &Arc<[u32]>,
+        previous: Option<&Arc<[u32]>>,
         applied: &AppliedState,
     ) -> Arc<[u32]> {
         let plans = self.plans;
         if let Some((slots, used)) = self.tables.get_mut(key)
-            && (Arc::ptr_eq(slots, previous) || **slots == **previous)
+            && previous.is_none_or(|previous| Arc::ptr_eq(slots, previous) || **slots == **previous)
         {
             *used = plans;
             return slots.clone();
         }
         let (backends, size) = key;
         let addrs: Vec<SocketAddr> = backends.iter().map(|(addr, _)| *addr).collect();
-        // A slot whose backend is gone names no address of the new set, so it is refilled.
-        let departed = SocketAddr::from(([0, 0, 0, 0], 0));
-        let owners: Vec<SocketAddr> = previous
-            .iter()
-            .map(|id| {
-                applied
-                    .backends
-                    .get(id)
-                    .and_then(backend_identity)
-                    .unwrap_or(departed)
-            })
-            .collect();
-        let slots: Arc<[u32]> = rebalance(&owners, &addrs, *size)
+        let indices = match previous {
+            Some(previous) => {
+                // A slot whose backend is gone names no address of the new set: refilled.
+                let departed = SocketAddr::from(([0, 0, 0, 0], 0));
+                let owners: Vec<SocketAddr> = previous
+                    .iter()
+                    .map(|id| {
+                        applied
+                            .backends
+                            .get(id)
+                            .and_then(backend_identity)
+                            .unwrap_or(departed)
+                    })
+                    .collect();
+                rebalance(&owners, &addrs, *size)
+            }
+            None => maglev_table(&addrs, *size),
+        };
+        let slots: Arc<[u32]> = indices
             .into_iter()
             .map(|i| backends[i as usize].1)
             .collect();
