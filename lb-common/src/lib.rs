@@ -7,6 +7,7 @@
 //! IPv4 addresses sit in the first 4 bytes of a 16-byte address, the rest zero.
 #![no_std]
 
+pub mod bench;
 pub mod counters;
 pub mod hash;
 

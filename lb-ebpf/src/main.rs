@@ -63,7 +63,6 @@
     reason = "aya-ebpf's #[classifier] generates a safe extern fn that takes the raw skb pointer"
 )]
 
-mod bench;
 mod counters;
 mod csum;
 mod ctx;

@@ -4,11 +4,9 @@
 //! ([`dataplane`]) → kernel maps, read back by the operator commands in [`cli`].
 
 pub mod agent;
-pub mod bench;
 pub mod cli;
 pub mod dataplane;
 pub mod diff;
-pub mod lab;
 pub mod metrics;
 pub mod model;
 pub mod source;
@@ -23,14 +21,6 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match cli.command {
-        cli::Command::LabServer(args) => lab::servers::BackendServers {
-            name: args.name,
-            http_port: args.http_port,
-            udp_port: args.udp_port,
-        }
-        .serve()
-        .map_err(anyhow::Error::from),
-        cli::Command::Demo(args) => lab::demo::run(&args),
         cli::Command::Agent(args) => agent::run(args),
         cli::Command::Services(args) => cli::commands::services(&args),
         cli::Command::Stats(args) => cli::commands::stats(&args),
@@ -38,6 +28,5 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<()> {
         cli::Command::Attach(args) => cli::commands::attach(&args),
         cli::Command::Check(args) => cli::commands::check(&args),
         cli::Command::Trace(args) => cli::trace::run(&args),
-        cli::Command::Bench(args) => bench::run(&args),
     }
 }

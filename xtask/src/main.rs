@@ -133,32 +133,56 @@ fn require_root(task: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn build_release(linker_bin: &std::path::Path) -> anyhow::Result<PathBuf> {
+/// The product: `slicelb`, what the DaemonSet runs.
+const PRODUCT: (&str, &str) = ("lb-userspace", "slicelb");
+/// The lab's demo, benchmarks and backend servers; runs `slicelb` beside it as the agent.
+const LAB: (&str, &str) = ("lb-lab", "slicelb-lab");
+
+/// Release build of `binaries` ((package, binary) pairs); returns their paths.
+fn build_release(
+    linker_bin: &std::path::Path,
+    binaries: &[(&str, &str)],
+) -> anyhow::Result<Vec<PathBuf>> {
     let started = Instant::now();
-    cargo(
-        linker_bin,
-        &[
-            "build",
-            "--release",
-            "-p",
-            "lb-userspace",
-            "--bin",
-            "slicelb",
-        ],
-    )
-    .status_ok()?;
-    let binary = workspace_root().join("target/release/slicelb");
+    let mut args = vec!["build", "--release"];
+    for (package, binary) in binaries {
+        args.extend(["-p", package, "--bin", binary]);
+    }
+    cargo(linker_bin, &args).status_ok()?;
+    let paths: Vec<PathBuf> = binaries
+        .iter()
+        .map(|(_, binary)| workspace_root().join("target/release").join(binary))
+        .collect();
     step(&format!(
         "built {} in {:.0} s",
-        binary.display(),
+        paths
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
         started.elapsed().as_secs_f64()
     ));
-    Ok(binary)
+    Ok(paths)
 }
 
-/// Integration test files of lb-userspace whose names start with `prefix`.
-fn test_targets(prefix: &str) -> anyhow::Result<Vec<String>> {
-    let dir = workspace_root().join("lb-userspace/tests");
+/// Runs `slicelb-lab ARGS…` from a release build (it finds `slicelb` beside itself).
+fn run_lab(linker_bin: &std::path::Path, args: &[&str]) -> anyhow::Result<()> {
+    let binaries = build_release(linker_bin, &[PRODUCT, LAB])?;
+    let lab = &binaries[1];
+    let status = Command::new(lab)
+        .args(args)
+        .current_dir(workspace_root())
+        .status()
+        .with_context(|| format!("starting {}", lab.display()))?;
+    if !status.success() {
+        bail!("slicelb-lab {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+/// Integration test files of `package` whose names start with `prefix`.
+fn test_targets(package: &str, prefix: &str) -> anyhow::Result<Vec<String>> {
+    let dir = workspace_root().join(package).join("tests");
     let mut names: Vec<String> = std::fs::read_dir(&dir)
         .with_context(|| format!("reading {}", dir.display()))?
         .flatten()
@@ -172,8 +196,11 @@ fn test_targets(prefix: &str) -> anyhow::Result<Vec<String>> {
     Ok(names)
 }
 
-/// Root tests live in files named `kernel_*` (BPF test-run) and `lab_*` (namespaces).
+/// Root tests live in files named `kernel_*` (BPF test-run, in lb-userspace) and `lab_*`
+/// (namespaces, in lb-lab).
 const ROOT_TEST_PREFIXES: [&str; 2] = ["kernel_", "lab_"];
+/// The packages with integration tests.
+const TESTED_PACKAGES: [&str; 2] = ["lb-userspace", "lb-lab"];
 
 fn test(linker_bin: &std::path::Path) -> anyhow::Result<()> {
     require_root("test")?;
@@ -188,6 +215,8 @@ fn test(linker_bin: &std::path::Path) -> anyhow::Result<()> {
             "--workspace",
             "--exclude",
             "lb-ebpf",
+            "--exclude",
+            "lb-lab-ebpf",
             "--all-targets",
             "--",
             "-D",
@@ -195,9 +224,9 @@ fn test(linker_bin: &std::path::Path) -> anyhow::Result<()> {
         ],
     )
     .status_ok()?;
-    step("clippy: eBPF crate");
-    // The eBPF crate is no_std with its own panic handler: lint it on the pinned nightly
-    // with panic=abort, as aya's template does.
+    step("clippy: eBPF crates");
+    // The eBPF crates are no_std with their own panic handler: lint them on the pinned
+    // nightly with panic=abort, as aya's template does.
     let mut ebpf_clippy = Command::new("cargo");
     ebpf_clippy
         .args([
@@ -205,6 +234,8 @@ fn test(linker_bin: &std::path::Path) -> anyhow::Result<()> {
             "clippy",
             "-p",
             "lb-ebpf",
+            "-p",
+            "lb-lab-ebpf",
             "--",
             "-D",
             "warnings",
@@ -219,36 +250,59 @@ fn test(linker_bin: &std::path::Path) -> anyhow::Result<()> {
     Cmd(ebpf_clippy).status_ok()?;
 
     step("unit and userspace tests (no root needed)");
-    let mut args = vec![
-        "test",
-        "--workspace",
-        "--exclude",
-        "lb-ebpf",
-        "--lib",
-        "--bins",
-    ];
-    let root_targets: Vec<String> = ROOT_TEST_PREFIXES
-        .iter()
-        .map(|p| test_targets(p))
-        .collect::<anyhow::Result<Vec<_>>>()?
-        .concat();
-    let other_targets: Vec<String> = test_targets("")?
-        .into_iter()
-        .filter(|t| !root_targets.contains(t))
-        .collect();
-    for target in &other_targets {
-        args.extend(["--test", target.as_str()]);
+    cargo(
+        linker_bin,
+        &[
+            "test",
+            "--workspace",
+            "--exclude",
+            "lb-ebpf",
+            "--exclude",
+            "lb-lab-ebpf",
+            "--lib",
+            "--bins",
+        ],
+    )
+    .status_ok()?;
+    for package in TESTED_PACKAGES {
+        let targets: Vec<String> = test_targets(package, "")?
+            .into_iter()
+            .filter(|t| !ROOT_TEST_PREFIXES.iter().any(|p| t.starts_with(p)))
+            .collect();
+        if targets.is_empty() {
+            continue;
+        }
+        let mut args = vec!["test", "-p", package];
+        for target in &targets {
+            args.extend(["--test", target.as_str()]);
+        }
+        cargo(linker_bin, &args).status_ok()?;
     }
-    cargo(linker_bin, &args).status_ok()?;
 
-    step(&format!("root tests: {}", root_targets.join(", ")));
-    let mut args = vec!["test", "-p", "lb-userspace"];
-    for target in &root_targets {
-        args.extend(["--test", target.as_str()]);
+    // The lab tests run the `slicelb` binary as the node's agent: build it first (cargo
+    // builds only the tested package's own binaries for its tests).
+    cargo(linker_bin, &["build", "-p", PRODUCT.0, "--bin", PRODUCT.1]).status_ok()?;
+    for package in TESTED_PACKAGES {
+        let root_targets: Vec<String> = ROOT_TEST_PREFIXES
+            .iter()
+            .map(|p| test_targets(package, p))
+            .collect::<anyhow::Result<Vec<_>>>()?
+            .concat();
+        if root_targets.is_empty() {
+            continue;
+        }
+        step(&format!(
+            "root tests of {package}: {}",
+            root_targets.join(", ")
+        ));
+        let mut args = vec!["test", "-p", package];
+        for target in &root_targets {
+            args.extend(["--test", target.as_str()]);
+        }
+        // One at a time: lab tests attach programs and time real traffic on 2 cores.
+        args.extend(["--", "--test-threads=1"]);
+        cargo(linker_bin, &args).status_ok()?;
     }
-    // One at a time: lab tests attach programs and time real traffic on 2 cores.
-    args.extend(["--", "--test-threads=1"]);
-    cargo(linker_bin, &args).status_ok()?;
     step(&format!(
         "all tests passed in {:.0} s",
         started.elapsed().as_secs_f64()
@@ -264,8 +318,9 @@ fn main() -> anyhow::Result<()> {
         }
         Task::Build => {
             let linker_bin = setup::setup()?;
-            let binary = build_release(&linker_bin)?;
-            println!("{}", binary.display());
+            for binary in build_release(&linker_bin, &[PRODUCT])? {
+                println!("{}", binary.display());
+            }
         }
         Task::Test => {
             let linker_bin = setup::setup()?;
@@ -284,26 +339,19 @@ fn main() -> anyhow::Result<()> {
         Task::Run { duration, keep, .. } => {
             require_root("run")?;
             let linker_bin = setup::setup()?;
-            let binary = build_release(&linker_bin)?;
-            let mut args = vec!["demo".to_string()];
-            if let Some(secs) = duration {
-                args.extend(["--duration".to_string(), secs.to_string()]);
+            let duration = duration.map(|secs| secs.to_string());
+            let mut args = vec!["demo"];
+            if let Some(secs) = &duration {
+                args.extend(["--duration", secs.as_str()]);
             }
             if keep {
-                args.push("--keep".to_string());
+                args.push("--keep");
             }
-            let status = Command::new(&binary)
-                .args(&args)
-                .status()
-                .with_context(|| format!("starting {}", binary.display()))?;
-            if !status.success() {
-                bail!("slicelb demo failed ({status})");
-            }
+            run_lab(&linker_bin, &args)?;
         }
         Task::Bench { quick, only } => {
             require_root("bench")?;
             let linker_bin = setup::setup()?;
-            let binary = build_release(&linker_bin)?;
             let mut args = vec!["bench"];
             if quick {
                 args.push("--quick");
@@ -311,14 +359,7 @@ fn main() -> anyhow::Result<()> {
             if let Some(parts) = &only {
                 args.extend(["--only", parts.as_str()]);
             }
-            let status = Command::new(&binary)
-                .args(&args)
-                .current_dir(workspace_root())
-                .status()
-                .with_context(|| format!("starting {}", binary.display()))?;
-            if !status.success() {
-                bail!("slicelb bench failed ({status})");
-            }
+            run_lab(&linker_bin, &args)?;
         }
     }
     Ok(())

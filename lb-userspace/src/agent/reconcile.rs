@@ -107,25 +107,52 @@ mod tests {
     use std::sync::Arc;
 
     use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+    use serde_json::json;
 
     use super::*;
     use crate::dataplane::{Capacity, memory::MemoryMaps};
 
-    fn demo_snapshot(endpoints: &[crate::lab::demo::DemoEndpoint]) -> Snapshot {
-        let yaml = crate::lab::demo::manifests(endpoints);
-        let mut snapshot = Snapshot::default();
-        for doc in yaml.split("\n---\n") {
-            let value: serde_yaml::Value = serde_yaml::from_str(doc).expect("demo yaml");
-            match value.get("kind").and_then(|k| k.as_str()) {
-                Some("Service") => snapshot.services.push(Arc::new(
-                    serde_yaml::from_value::<Service>(value).expect("service"),
-                )),
-                Some("EndpointSlice") => snapshot.endpoint_slices.push(Arc::new(
-                    serde_yaml::from_value::<EndpointSlice>(value).expect("slice"),
-                )),
-                other => panic!("unexpected kind {other:?}"),
-            }
-        }
+    /// The classic my-app example: a dual-stack LoadBalancer Service (ClusterIPs, a NodePort
+    /// and a load-balancer IP: 4 frontends) with ready endpoints on the lab's `backends`.
+    fn my_app_snapshot(backends: &[u8]) -> Snapshot {
+        let service: Service = serde_json::from_value(json!({
+            "metadata": {"name": "my-app-service", "namespace": "default"},
+            "spec": {
+                "type": "LoadBalancer",
+                "ipFamilyPolicy": "PreferDualStack",
+                "ipFamilies": ["IPv4", "IPv6"],
+                "clusterIP": "198.18.100.10",
+                "clusterIPs": ["198.18.100.10", "2001:2:0:100::10"],
+                "ports": [{"name": "http", "protocol": "TCP", "port": 80, "targetPort": 8080, "nodePort": 30080}],
+            },
+            "status": {"loadBalancer": {"ingress": [{"ip": "198.18.200.10"}]}},
+        }))
+        .expect("service");
+        let slice = |family: &str, address: &dyn Fn(u8) -> String| -> EndpointSlice {
+            let endpoints: Vec<_> = backends
+                .iter()
+                .map(|&k| json!({"addresses": [address(k)], "conditions": {"ready": true}, "nodeName": "lab-node"}))
+                .collect();
+            serde_json::from_value(json!({
+                "metadata": {
+                    "name": format!("my-app-service-{}", family.to_lowercase()),
+                    "namespace": "default",
+                    "labels": {"kubernetes.io/service-name": "my-app-service"},
+                },
+                "addressType": family,
+                "ports": [{"name": "http", "protocol": "TCP", "port": 8080}],
+                "endpoints": endpoints,
+            }))
+            .expect("slice")
+        };
+        let mut snapshot = Snapshot {
+            services: vec![Arc::new(service)],
+            endpoint_slices: vec![
+                Arc::new(slice("IPv4", &|k| format!("198.18.{k}.2"))),
+                Arc::new(slice("IPv6", &|k| format!("2001:2:0:{k}::2"))),
+            ],
+            ..Snapshot::default()
+        };
         snapshot.node.name = Some("lab-node".into());
         snapshot.node.nodeport_addresses = vec!["198.18.0.1".parse().expect("ip")];
         snapshot
@@ -143,11 +170,10 @@ mod tests {
 
     #[test]
     fn same_snapshot_twice_writes_nothing_and_the_mirror_matches_the_maps() {
-        use crate::lab::demo::DemoEndpoint;
         let mut reconciler =
             Reconciler::new(MemoryMaps::new(small_capacity()), ModelConfig::default())
                 .expect("read empty maps");
-        let snapshot = demo_snapshot(&[DemoEndpoint::ready(1), DemoEndpoint::ready(2)]);
+        let snapshot = my_app_snapshot(&[1, 2]);
         let first = reconciler.sync(&snapshot).expect("first sync");
         assert!(first.ops > 0, "the first sync writes the services");
         assert!(first.rejected.is_empty(), "{:?}", first.rejected);
@@ -164,7 +190,7 @@ mod tests {
 
         // A change, then the mirror still matches, and a restarted agent adopting the maps
         // writes nothing for the same snapshot.
-        let changed = demo_snapshot(&[DemoEndpoint::ready(2), DemoEndpoint::ready(3)]);
+        let changed = my_app_snapshot(&[2, 3]);
         assert!(reconciler.sync(&changed).expect("change").ops > 0);
         assert_eq!(
             reconciler.applied(),
@@ -186,7 +212,6 @@ mod tests {
 
     #[test]
     fn services_that_do_not_fit_are_rejected_whole() {
-        use crate::lab::demo::DemoEndpoint;
         // Room for one service's frontends only: the rest is rejected, nothing half-written.
         let capacity = Capacity {
             frontends: 2,
@@ -195,7 +220,7 @@ mod tests {
         let mut reconciler = Reconciler::new(MemoryMaps::new(capacity), ModelConfig::default())
             .expect("read empty maps");
         let report = reconciler
-            .sync(&demo_snapshot(&[DemoEndpoint::ready(1)]))
+            .sync(&my_app_snapshot(&[1]))
             .expect("sync within capacity");
         assert!(
             !report.rejected.is_empty(),

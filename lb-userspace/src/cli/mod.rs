@@ -45,23 +45,6 @@ pub enum Command {
     Check(CheckArgs),
     /// Datapath counters by reason and protocol, summed over CPUs.
     Stats(StatsArgs),
-    /// Run the demo on a lab of network namespaces (what `cargo xtask run` starts).
-    Demo(DemoArgs),
-    /// Benchmarks (what `cargo xtask bench` starts).
-    Bench(BenchArgs),
-    /// A lab backend: HTTP and UDP echo answering with NAME (used by the demo and tests).
-    #[command(hide = true)]
-    LabServer(LabServerArgs),
-}
-
-#[derive(Debug, Args)]
-pub struct LabServerArgs {
-    #[arg(long)]
-    pub name: String,
-    #[arg(long, default_value_t = 8080)]
-    pub http_port: u16,
-    #[arg(long, default_value_t = 9000)]
-    pub udp_port: u16,
 }
 
 #[derive(Debug, Args)]
@@ -209,29 +192,6 @@ pub struct StatsArgs {
     pub pin_path: PathBuf,
     #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
-}
-
-#[derive(Debug, Args)]
-pub struct DemoArgs {
-    /// Stop after this many seconds (default: until Ctrl-C).
-    #[arg(long)]
-    pub duration: Option<u64>,
-    /// Leave the lab up at the end and print how to enter it.
-    #[arg(long)]
-    pub keep: bool,
-}
-
-#[derive(Debug, Args)]
-pub struct BenchArgs {
-    /// A reduced run (under 2 minutes).
-    #[arg(long)]
-    pub quick: bool,
-    /// Where the report goes.
-    #[arg(long, default_value = "bench/results")]
-    pub out_dir: PathBuf,
-    /// Run only these parts (repeat or comma-separate); all of them by default.
-    #[arg(long, value_enum, value_delimiter = ',')]
-    pub only: Vec<crate::bench::Part>,
 }
 
 #[cfg(test)]

@@ -327,6 +327,11 @@ impl Datapath {
         &mut self.ebpf
     }
 
+    /// The loaded object, e.g. to test-run a program by name ([`super::test_run::run_program`]).
+    pub fn ebpf(&self) -> &Ebpf {
+        &self.ebpf
+    }
+
     pub fn capacity(&self) -> MapCapacity {
         self.capacity
     }

@@ -23,6 +23,8 @@ const BPF_PROG_TEST_RUN: libc::c_long = 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TestRunError {
+    #[error("the object has no XDP or TC program named {program}")]
+    NoSuchProgram { program: &'static str },
     #[error("test run of {program} failed: {source}")]
     Run {
         program: &'static str,
@@ -88,6 +90,23 @@ where
         packet: out,
         duration: result.duration,
     })
+}
+
+/// Runs the XDP or TC program `name` of `ebpf` `repeat` times on `packet` (see
+/// [`run_repeated`]).
+pub fn run_program(
+    ebpf: &aya::Ebpf,
+    name: &'static str,
+    packet: &[u8],
+    repeat: u32,
+) -> Result<RunOutput, TestRunError> {
+    match ebpf.program(name) {
+        Some(aya::programs::Program::Xdp(program)) => run_repeated(program, name, packet, repeat),
+        Some(aya::programs::Program::SchedClassifier(program)) => {
+            run_repeated(program, name, packet, repeat)
+        }
+        _ => Err(TestRunError::NoSuchProgram { program: name }),
+    }
 }
 
 /// The `test` member of `union bpf_attr` (uapi layout).

@@ -11,8 +11,8 @@ use super::{
     plot::{LineChart, Series},
     report::{Section, Table, num},
     services::{Proto, ServiceSet, synthetic_endpoint},
-    slicelb::{MapMemory, Slicelb, capacity_for},
     stats::percentile,
+    under_test::{MapMemory, Slicelb, capacity_for},
 };
 
 #[derive(Clone, Debug, PartialEq)]

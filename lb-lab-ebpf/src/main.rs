@@ -1,21 +1,14 @@
-//! Benchmark helpers, never attached by the agent: a traffic generator run with
-//! `BPF_PROG_TEST_RUN` in live-frames mode, a counting sink for the backends, and a pass
-//! program that turns on a veth's XDP path. Self-contained: own maps, names start `bench_`.
-//!
-//! Map layouts are plain byte arrays so the userspace side needs no shared type:
-//! - `BENCH_GEN_CONF[0]` targets, `[1]` flows per target, `[2]` first source port.
-//! - `BENCH_GEN_HDR[0]`: the frame's Ethernet, IPv4 and UDP headers (42 bytes used),
-//!   copied over every packet first: a frame that went through a forwarding node comes back
-//!   to the generator's page pool with that node's rewrites (MACs, TTL).
-//! - `BENCH_GEN_TGTS[i]`: bytes 0..4 IPv4 address, 4..6 UDP port (network order).
-//! - `BENCH_SINK_CONF[0]`: expected destination address and lowest port; `[1]`: expected
-//!   source address and the port after the highest (same layout; ports in network order).
-//! - `BENCH_SINK_STAT[0]`: UDP packets seen, `[1]`: those with the expected addresses.
-//! - `BENCH_FRAME[0]`: the 64-byte frame `bench_restore_xdp` / `bench_restore_tc` write
-//!   over the packet before every run; `BENCH_FRAME_CONF[0]`: offset of the UDP source port
-//!   to vary per run (0: keep the frame as is), `[1]`: offset of two source-address bytes to
-//!   vary with it; `BENCH_FRAME_SEQ[0]`: runs so far (never reset, so flows never repeat).
-//! - `BENCH_XDP_NEXT[0]` / `BENCH_TC_NEXT[0]`: the program measured after the restore.
+//! The benchmark's own programs, never attached by the agent and never in the `slicelb`
+//! binary (the lab embeds this object): a traffic generator run with `BPF_PROG_TEST_RUN` in
+//! live-frames mode, a counting sink for the backends, a pass program that turns on a veth's
+//! XDP path, and the restore programs the per-packet bench runs before the program measured.
+//! Map layouts: `lb_common::bench`.
+#![no_std]
+#![no_main]
+#![expect(
+    clippy::not_unsafe_ptr_arg_deref,
+    reason = "aya-ebpf's #[classifier] generates a safe extern fn that takes the raw skb pointer"
+)]
 
 use aya_ebpf::{
     EbpfContext as _,
@@ -26,38 +19,36 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 
+use lb_common::{
+    PROTO_UDP,
+    bench::{
+        Endpoint4, GEN_HEADERS_LEN, GEN_MAX_TARGETS, GenConfig, GenHeaders, RESTORE_FRAME_LEN,
+        RestoreConfig, RestoreFrame, SINK_CORRECT, SINK_SEEN, SinkConfig,
+    },
+};
+
 const ETH_LEN: usize = 14;
 const IPV4_LEN: usize = 20;
 const UDP_LEN: usize = 8;
 const ETH_P_IPV4_BE: [u8; 2] = [0x08, 0x00];
-const IPPROTO_UDP: u8 = 17;
-
-pub const GEN_MAX_TARGETS: u32 = 65_536;
 
 #[map(name = "BENCH_GEN_CONF")]
-static BENCH_GEN_CONFIG: Array<u32> = Array::with_max_entries(3, 0);
-
-const HEADERS_LEN: usize = ETH_LEN + IPV4_LEN + UDP_LEN;
+static BENCH_GEN_CONFIG: Array<GenConfig> = Array::with_max_entries(1, 0);
 
 #[map(name = "BENCH_GEN_HDR")]
-static BENCH_GEN_HEADERS: Array<[u8; 48]> = Array::with_max_entries(1, 0);
+static BENCH_GEN_HEADERS: Array<GenHeaders> = Array::with_max_entries(1, 0);
 
 #[map(name = "BENCH_GEN_TGTS")]
-static BENCH_GEN_TARGETS: Array<[u8; 8]> = Array::with_max_entries(GEN_MAX_TARGETS, 0);
+static BENCH_GEN_TARGETS: Array<Endpoint4> = Array::with_max_entries(GEN_MAX_TARGETS, 0);
 
 #[map(name = "BENCH_GEN_SEQ")]
 static BENCH_GEN_SEQ: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 #[map(name = "BENCH_SINK_CONF")]
-static BENCH_SINK_CONFIG: Array<[u8; 8]> = Array::with_max_entries(2, 0);
+static BENCH_SINK_CONFIG: Array<SinkConfig> = Array::with_max_entries(1, 0);
 
 #[map(name = "BENCH_SINK_STAT")]
 static BENCH_SINK_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
-
-#[inline(always)]
-fn config(index: u32) -> u32 {
-    BENCH_GEN_CONFIG.get(index).copied().unwrap_or(0)
-}
 
 /// The IPv4 header checksum over 20 bytes at `ip` (checksum field taken as zero).
 #[inline(always)]
@@ -90,12 +81,11 @@ pub fn bench_gen(ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn try_bench_gen(ctx: &XdpContext) -> Option<u32> {
     let start = ctx.data();
-    if start + HEADERS_LEN > ctx.data_end() {
+    if start + GEN_HEADERS_LEN > ctx.data_end() {
         return None;
     }
-    let targets = config(0);
-    let flows = config(1);
-    if targets == 0 || flows == 0 {
+    let config = BENCH_GEN_CONFIG.get(0)?;
+    if config.targets == 0 || config.flows == 0 {
         return None;
     }
     let seq_ptr = BENCH_GEN_SEQ.get_ptr_mut(0)?;
@@ -105,19 +95,19 @@ fn try_bench_gen(ctx: &XdpContext) -> Option<u32> {
         *seq_ptr = seq + 1;
         seq
     };
-    let target_index = (seq % u64::from(targets)) as u32;
-    let flow = ((seq / u64::from(targets)) % u64::from(flows)) as u32;
+    let target_index = (seq % u64::from(config.targets)) as u32;
+    let flow = ((seq / u64::from(config.targets)) % u64::from(config.flows)) as u32;
     let target = BENCH_GEN_TARGETS.get(target_index)?;
     let headers = BENCH_GEN_HEADERS.get(0)?;
-    let src_port = (config(2) + flow) as u16;
+    let src_port = (config.first_port + flow) as u16;
     let ip = (start + ETH_LEN) as *mut u8;
     let udp = (start + ETH_LEN + IPV4_LEN) as *mut u8;
     // SAFETY: 42 bytes from `start` were checked above.
     unsafe {
-        core::ptr::copy_nonoverlapping(headers.as_ptr(), start as *mut u8, HEADERS_LEN);
-        core::ptr::copy_nonoverlapping(target.as_ptr(), ip.add(16), 4);
+        core::ptr::copy_nonoverlapping(headers.bytes.as_ptr(), start as *mut u8, GEN_HEADERS_LEN);
+        core::ptr::copy_nonoverlapping(target.addr.as_ptr(), ip.add(16), 4);
         core::ptr::copy_nonoverlapping(src_port.to_be_bytes().as_ptr(), udp, 2);
-        core::ptr::copy_nonoverlapping(target.as_ptr().add(4), udp.add(2), 2);
+        core::ptr::copy_nonoverlapping(target.port.as_ptr(), udp.add(2), 2);
         // UDP over IPv4 may carry no checksum.
         *udp.add(6) = 0;
         *udp.add(7) = 0;
@@ -151,34 +141,32 @@ pub fn bench_sink(ctx: XdpContext) -> u32 {
     // SAFETY: 42 bytes from `start` were checked above.
     let (ether_type, version_ihl, proto) =
         unsafe { ([*eth.add(12), *eth.add(13)], *ip, *ip.add(9)) };
-    if ether_type != ETH_P_IPV4_BE || version_ihl != 0x45 || proto != IPPROTO_UDP {
+    if ether_type != ETH_P_IPV4_BE || version_ihl != 0x45 || proto != PROTO_UDP {
         return xdp_action::XDP_PASS;
     }
-    count(0);
-    let (Some(expected_dst), Some(expected_src)) =
-        (BENCH_SINK_CONFIG.get(0), BENCH_SINK_CONFIG.get(1))
-    else {
+    count(SINK_SEEN);
+    let Some(expected) = BENCH_SINK_CONFIG.get(0) else {
         return xdp_action::XDP_DROP;
     };
-    let port_low = u16::from_be_bytes([expected_dst[4], expected_dst[5]]);
-    let port_end = u16::from_be_bytes([expected_src[4], expected_src[5]]);
+    let (dst, src) = (expected.destination.addr, expected.source.addr);
+    let (port_low, port_end) = (expected.destination.port(), expected.source.port());
     // SAFETY: as above.
     let port = unsafe { u16::from_be_bytes([*udp.add(2), *udp.add(3)]) };
     // SAFETY: as above.
     let matches = unsafe {
-        *ip.add(16) == expected_dst[0]
-            && *ip.add(17) == expected_dst[1]
-            && *ip.add(18) == expected_dst[2]
-            && *ip.add(19) == expected_dst[3]
+        *ip.add(16) == dst[0]
+            && *ip.add(17) == dst[1]
+            && *ip.add(18) == dst[2]
+            && *ip.add(19) == dst[3]
             && port >= port_low
             && port < port_end
-            && *ip.add(12) == expected_src[0]
-            && *ip.add(13) == expected_src[1]
-            && *ip.add(14) == expected_src[2]
-            && *ip.add(15) == expected_src[3]
+            && *ip.add(12) == src[0]
+            && *ip.add(13) == src[1]
+            && *ip.add(14) == src[2]
+            && *ip.add(15) == src[3]
     };
     if matches {
-        count(1);
+        count(SINK_CORRECT);
     }
     xdp_action::XDP_DROP
 }
@@ -190,14 +178,11 @@ pub fn bench_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
-/// Length of the frame the restore programs write.
-const FRAME_LEN: usize = 64;
-
 #[map(name = "BENCH_FRAME")]
-static BENCH_FRAME: Array<[u8; FRAME_LEN]> = Array::with_max_entries(1, 0);
+static BENCH_FRAME: Array<RestoreFrame> = Array::with_max_entries(1, 0);
 
 #[map(name = "BENCH_FRAME_CONF")]
-static BENCH_FRAME_CONFIG: Array<u32> = Array::with_max_entries(2, 0);
+static BENCH_FRAME_CONFIG: Array<RestoreConfig> = Array::with_max_entries(1, 0);
 
 /// A plain array, not per-CPU: a test run may move between CPUs from one call to the next,
 /// and its flows must still never repeat (test runs of one program do not overlap).
@@ -213,11 +198,10 @@ static BENCH_TC_NEXT: ProgramArray = ProgramArray::with_max_entries(1, 0);
 /// The next flow's source port and address bytes when the frame varies per run.
 #[inline(always)]
 fn next_flow() -> Option<(u32, u32, [u8; 2], [u8; 2])> {
-    let port_offset = BENCH_FRAME_CONFIG.get(0).copied().unwrap_or(0);
-    if port_offset == 0 {
+    let config = BENCH_FRAME_CONFIG.get(0)?;
+    if config.port_offset == 0 {
         return None;
     }
-    let addr_offset = BENCH_FRAME_CONFIG.get(1).copied().unwrap_or(0);
     let seq_ptr = BENCH_FRAME_SEQ.get_ptr_mut(0)?;
     // SAFETY: a map value pointer; test runs of one program do not overlap.
     let seq = unsafe {
@@ -226,8 +210,8 @@ fn next_flow() -> Option<(u32, u32, [u8; 2], [u8; 2])> {
         seq
     };
     Some((
-        port_offset,
-        addr_offset,
+        config.port_offset,
+        config.addr_offset,
         (seq as u16).to_be_bytes(),
         ((seq >> 16) as u16).to_be_bytes(),
     ))
@@ -256,7 +240,7 @@ pub fn bench_restore_xdp(ctx: XdpContext) -> u32 {
         return xdp_action::XDP_ABORTED;
     };
     // SAFETY: helper call with a FRAME_LEN-byte map value as the source.
-    let stored = unsafe { bpf_xdp_store_bytes(ctx.ctx, 0, frame.cast(), FRAME_LEN as u32) };
+    let stored = unsafe { bpf_xdp_store_bytes(ctx.ctx, 0, frame.cast(), RESTORE_FRAME_LEN as u32) };
     if stored != 0 {
         return xdp_action::XDP_ABORTED;
     }
@@ -276,8 +260,15 @@ pub fn bench_restore_tc(ctx: TcContext) -> i32 {
         return TC_ACT_SHOT;
     };
     // SAFETY: helper call with a FRAME_LEN-byte map value as the source.
-    let stored =
-        unsafe { bpf_skb_store_bytes(ctx.as_ptr().cast(), 0, frame.cast(), FRAME_LEN as u32, 0) };
+    let stored = unsafe {
+        bpf_skb_store_bytes(
+            ctx.as_ptr().cast(),
+            0,
+            frame.cast(),
+            RESTORE_FRAME_LEN as u32,
+            0,
+        )
+    };
     if stored != 0 {
         return TC_ACT_SHOT;
     }
@@ -291,3 +282,13 @@ pub fn bench_restore_tc(ctx: TcContext) -> i32 {
 pub fn bench_tc_empty(_ctx: TcContext) -> i32 {
     TC_ACT_PIPE
 }
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

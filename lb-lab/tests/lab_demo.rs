@@ -4,12 +4,12 @@
 
 use std::{path::Path, process::Command};
 
-use slicelb::lab::{NETNS_PREFIX, require_root};
+use slicelb_lab::lab::{NETNS_PREFIX, require_root};
 
 #[test]
 fn demo_runs_every_step_and_leaves_nothing_behind() {
     require_root("demo_runs_every_step_and_leaves_nothing_behind");
-    let output = Command::new(env!("CARGO_BIN_EXE_slicelb"))
+    let output = Command::new(env!("CARGO_BIN_EXE_slicelb-lab"))
         .args(["demo", "--duration", "20"])
         .env("RUST_BACKTRACE", "0")
         .output()

@@ -3,16 +3,13 @@
 
 use std::{
     net::{SocketAddr, UdpSocket},
-    path::Path,
     time::Duration,
 };
 
-use slicelb::lab::{Lab, agent_lab::AgentLab, demo::Frontend};
+use slicelb_lab::lab::{Lab, agent_lab::AgentLab, demo::Frontend};
 
-const SLICELB: &str = env!("CARGO_BIN_EXE_slicelb");
-
-fn ready_lab(test: &str) -> (AgentLab, slicelb::lab::ChildGuard) {
-    AgentLab::with_synced_agent(test, Path::new(SLICELB))
+fn ready_lab(test: &str) -> (AgentLab, slicelb_lab::lab::ChildGuard) {
+    AgentLab::with_synced_agent(test)
 }
 
 fn stdout_of(output: &std::process::Output, what: &str) -> String {

@@ -2,18 +2,16 @@
 //! new connections go while an established one keeps its backend, and killing and restarting
 //! the agent breaks neither an established TCP connection nor a UDP exchange.
 
-use std::{net::SocketAddr, path::Path, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
-use slicelb::lab::{
+use slicelb_lab::lab::{
     agent_lab::{AgentLab, all_three},
     demo::{DemoEndpoint, Frontend},
 };
 
-const SLICELB: &str = env!("CARGO_BIN_EXE_slicelb");
-
 #[test]
 fn manifest_edits_steer_new_connections_while_established_ones_stay() {
-    let (lab, _agent) = AgentLab::with_synced_agent("lab_agent_edits", Path::new(SLICELB));
+    let (lab, _agent) = AgentLab::with_synced_agent("lab_agent_edits");
     let (mut kept, first) = lab.open_kept_connection();
     let kept_index: u8 = first
         .strip_prefix("backend-")
@@ -68,7 +66,7 @@ fn manifest_edits_steer_new_connections_while_established_ones_stay() {
 
 #[test]
 fn killing_and_restarting_the_agent_keeps_tcp_and_udp_flowing() {
-    let (lab, mut agent) = AgentLab::with_synced_agent("lab_agent_restart", Path::new(SLICELB));
+    let (lab, mut agent) = AgentLab::with_synced_agent("lab_agent_restart");
     let (mut kept, first) = lab.open_kept_connection();
     // A UDP "session" from one source port: it must keep its backend across the restart.
     let udp_service: SocketAddr = Frontend::UdpClusterIp.addr();

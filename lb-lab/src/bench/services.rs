@@ -19,7 +19,7 @@ use k8s_openapi::{
     apimachinery::pkg::{apis::meta::v1::ObjectMeta, util::intstr::IntOrString},
 };
 
-use crate::model::{NodeInfo, Snapshot};
+use slicelb::model::{NodeInfo, Snapshot};
 
 pub const NAMESPACE: &str = "bench";
 pub const SERVICE_PORT: u16 = 80;

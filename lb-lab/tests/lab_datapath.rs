@@ -3,7 +3,7 @@
 //! service addresses; checksum offload on and off; XDP (generic and native) and TC ingress.
 //! Needs root.
 
-#[path = "support/kernel.rs"]
+#[path = "../../lb-userspace/tests/support/kernel.rs"]
 mod kernel;
 
 use std::{
@@ -22,14 +22,12 @@ use lb_common::{
     backend_state::{ACTIVE, TERMINATING},
     frontend_kind,
 };
-use slicelb::{
-    dataplane::{
-        MapOp, MapWriter,
-        aya_maps::AyaMaps,
-        loader::{Datapath, DatapathOptions, IngressMode},
-    },
-    lab::{ChildGuard, Lab, require_root, servers::HttpConnection, set_tx_offload},
+use slicelb::dataplane::{
+    MapOp, MapWriter,
+    aya_maps::AyaMaps,
+    loader::{Datapath, DatapathOptions, IngressMode},
 };
+use slicelb_lab::lab::{ChildGuard, Lab, require_root, servers::HttpConnection, set_tx_offload};
 
 const VIP4: &str = "198.18.100.1";
 const VIP6: &str = "2001:2:0:100::1";
@@ -101,14 +99,15 @@ struct Setup {
     lab: Lab,
 }
 
-fn slicelb_binary() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_slicelb"))
+/// The lab's own binary: the backends run its `lab-server` command.
+fn lab_binary() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_slicelb-lab"))
 }
 
 fn setup(label: &str, mode: IngressMode, client_offload: bool, backend_tx: bool) -> Setup {
     let lab = Lab::new(3).expect("building the lab");
     let servers = lab
-        .start_servers(slicelb_binary())
+        .start_servers(lab_binary())
         .expect("starting backend servers");
     lab.set_client_tx_offload(client_offload)
         .expect("client offload");
@@ -187,7 +186,7 @@ fn sock(addr: &str, port: u16) -> SocketAddr {
 
 fn http(lab: &Lab, to: SocketAddr) -> std::io::Result<String> {
     lab.client
-        .enter(move || slicelb::lab::servers::http_get_once(to, TIMEOUT))
+        .enter(move || slicelb_lab::lab::servers::http_get_once(to, TIMEOUT))
         .expect("enter client")
 }
 
@@ -436,7 +435,7 @@ fn long_lived_connection_keeps_its_backend() {
 
     // Backend 4 joins; another backend leaves; the connection's backend is terminating.
     let backend4 = setup.lab.add_backend(4).expect("adding backend 4");
-    let server4 = backend4.start_server(slicelb_binary()).expect("server 4");
+    let server4 = backend4.start_server(lab_binary()).expect("server 4");
     let removed = (1..=3).find(|k| *k != kept).expect("another backend");
     let remaining: Vec<(u8, u8)> = (1..=4)
         .filter(|k| *k != removed)

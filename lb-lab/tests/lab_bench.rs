@@ -1,7 +1,7 @@
 //! Root test of `slicelb bench --quick`: it runs, and its report has every section with a
 //! filled table and its plots. Benchmarks are not tests: nothing here looks at a timing.
 
-use slicelb::bench::{Plan, run_plan};
+use slicelb_lab::bench::{Plan, run_plan};
 
 /// The report's sections: title, and the rows (cells) of each table under it.
 fn sections(markdown: &str) -> Vec<(String, Vec<Vec<Vec<String>>>)> {
@@ -36,7 +36,7 @@ fn sections(markdown: &str) -> Vec<(String, Vec<Vec<Vec<String>>>)> {
 
 #[test]
 fn lab_bench_quick_writes_a_report_with_every_section_filled() {
-    slicelb::lab::require_root("lab_bench_quick_writes_a_report_with_every_section_filled");
+    slicelb_lab::lab::require_root("lab_bench_quick_writes_a_report_with_every_section_filled");
     let out = tempfile::tempdir().expect("temp dir");
     let report = run_plan(&Plan::quick(), true, out.path()).expect("quick bench runs");
     assert!(

@@ -1,4 +1,4 @@
-//! `slicelb bench` (what `cargo xtask bench` runs): slicelb against the floor and against
+//! `slicelb-lab bench` (what `cargo xtask bench` runs): slicelb against the floor and against
 //! kube-proxy's iptables and nftables rule sets, in one run, as ratios.
 //!
 //! Sections: per-packet cost ([`per_packet`]), throughput, connections and programming
@@ -15,8 +15,8 @@ pub mod per_packet;
 pub mod plot;
 pub mod report;
 pub mod services;
-pub mod slicelb;
 pub mod stats;
+pub mod under_test;
 
 use std::{
     path::{Path, PathBuf},
@@ -32,7 +32,6 @@ use self::{
     plot::{LineChart, Series},
     report::{Machine, Report, Section, Table, num, ratio},
 };
-use crate::cli::BenchArgs;
 
 /// The parts of a run, for `--only`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -145,9 +144,20 @@ impl Plan {
 
 const ALL_PARTS: [Part; 3] = [Part::PerPacket, Part::Lab, Part::ControlPlane];
 
+/// What `slicelb-lab bench` was asked for.
+#[derive(Clone, Debug)]
+pub struct BenchOptions {
+    /// A reduced run (under 2 minutes).
+    pub quick: bool,
+    /// Where the report goes.
+    pub out_dir: PathBuf,
+    /// Only these parts; all of them when empty.
+    pub only: Vec<Part>,
+}
+
 /// Runs the benchmarks and writes the report; prints its path.
-pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
-    crate::lab::require_root("slicelb bench");
+pub fn run(args: &BenchOptions) -> anyhow::Result<()> {
+    crate::lab::require_root("slicelb-lab bench");
     let plan = if args.quick {
         Plan::quick()
     } else {

@@ -39,6 +39,8 @@ pub enum LabError {
         #[source]
         source: std::io::Error,
     },
+    #[error("no {name} binary: {detail}")]
+    Binary { name: String, detail: String },
     #[error("could not enter network namespace {name}: {source} (the lab needs root)")]
     Enter {
         name: String,
@@ -293,9 +295,9 @@ impl LabBackend {
         format!("backend-{}", self.ipv4.octets()[2])
     }
 
-    /// Starts `slicelb lab-server` in this backend's namespace.
-    pub fn start_server(&self, slicelb: &std::path::Path) -> Result<ChildGuard, LabError> {
-        let mut command = self.netns.command(&slicelb.display().to_string());
+    /// Starts `slicelb-lab lab-server` ([`lab_binary`]) in this backend's namespace.
+    pub fn start_server(&self, lab_binary: &std::path::Path) -> Result<ChildGuard, LabError> {
+        let mut command = self.netns.command(&lab_binary.display().to_string());
         command.args(["lab-server", "--name", &self.name()]);
         command.stdout(Stdio::null());
         ChildGuard::spawn(command, &self.name())
@@ -388,12 +390,12 @@ impl Lab {
         Ok(self.backends.last().expect("just pushed"))
     }
 
-    /// Starts `slicelb lab-server` in every backend namespace (HTTP 8080, UDP 9000), each
-    /// answering with its name `backend-K`.
-    pub fn start_servers(&self, slicelb: &std::path::Path) -> Result<Vec<ChildGuard>, LabError> {
+    /// Starts `slicelb-lab lab-server` in every backend namespace (HTTP 8080, UDP 9000),
+    /// each answering with its name `backend-K`.
+    pub fn start_servers(&self, lab_binary: &std::path::Path) -> Result<Vec<ChildGuard>, LabError> {
         self.backends
             .iter()
-            .map(|backend| backend.start_server(slicelb))
+            .map(|backend| backend.start_server(lab_binary))
             .collect()
     }
 
@@ -408,6 +410,44 @@ impl Lab {
 pub fn set_tx_offload(ns: &Netns, dev: &str, on: bool) -> Result<(), LabError> {
     ns.run("ethtool", &["-K", dev, "tx", if on { "on" } else { "off" }])
         .map(|_| ())
+}
+
+/// The `slicelb` binary the lab runs as the node's agent: `$SLICELB_BIN` if set, else the
+/// one cargo built into the same target directory as this executable.
+pub fn slicelb_binary() -> Result<PathBuf, LabError> {
+    match std::env::var_os("SLICELB_BIN") {
+        Some(path) => Ok(PathBuf::from(path)),
+        None => built_binary("slicelb", "cargo build -p lb-userspace --bin slicelb"),
+    }
+}
+
+/// The `slicelb-lab` binary, whose `lab-server` command the backends run.
+pub fn lab_binary() -> Result<PathBuf, LabError> {
+    built_binary("slicelb-lab", "cargo build -p lb-lab --bin slicelb-lab")
+}
+
+/// `name` beside the current executable, or one directory up (test executables run from
+/// `target/<profile>/deps/`, the binaries sit in `target/<profile>/`).
+fn built_binary(name: &str, build_hint: &str) -> Result<PathBuf, LabError> {
+    let exe = std::env::current_exe().map_err(|source| LabError::Binary {
+        name: name.to_string(),
+        detail: format!("locating the current executable: {source}"),
+    })?;
+    if exe.file_name().is_some_and(|file| file == name) {
+        return Ok(exe);
+    }
+    exe.ancestors()
+        .skip(1)
+        .take(2)
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+        .ok_or_else(|| LabError::Binary {
+            name: name.to_string(),
+            detail: format!(
+                "not found beside {} (build it: `{build_hint}`)",
+                exe.display()
+            ),
+        })
 }
 
 /// Panics with a clear message unless running as root (the root tests use this first).

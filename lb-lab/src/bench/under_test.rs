@@ -11,7 +11,7 @@ use std::{
 use lb_common::map_names;
 
 use super::error::BenchError;
-use crate::{
+use slicelb::{
     dataplane::{
         AppliedState, MapWriter as _,
         aya_maps::AyaMaps,
@@ -19,9 +19,10 @@ use crate::{
         test_run,
     },
     diff::{BuddyAllocator, Planner},
-    lab::Netns,
     model::{IncrementalModel, ModelConfig, Snapshot},
 };
+
+use crate::lab::Netns;
 
 /// How long one snapshot took to reach the kernel, and how much it wrote.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -144,9 +145,9 @@ impl Slicelb {
             })
     }
 
-    /// The loaded datapath (the per-packet benchmark loads its restore programs into it).
-    pub fn datapath_mut(&mut self) -> &mut Datapath {
-        &mut self.datapath
+    /// The loaded datapath.
+    pub fn datapath(&self) -> &Datapath {
+        &self.datapath
     }
 
     /// Runs program `name` (XDP or TC) `repeat` times on `frame` with the live maps.
@@ -156,27 +157,7 @@ impl Slicelb {
         frame: &[u8],
         repeat: u32,
     ) -> Result<RunOutcome, BenchError> {
-        let started = Instant::now();
-        let output = match self.datapath.xdp(name) {
-            Ok(xdp) => test_run::run_repeated(xdp, name, frame, repeat),
-            Err(_) => {
-                let tc = self
-                    .datapath
-                    .tc(name)
-                    .map_err(|_| BenchError::MissingProgram {
-                        name: name.to_string(),
-                    })?;
-                test_run::run_repeated(tc, name, frame, repeat)
-            }
-        }
-        .map_err(|e| BenchError::unexpected(name, e.to_string()))?;
-        let wall = started.elapsed();
-        Ok(RunOutcome {
-            verdict: output.verdict,
-            kernel_ns: output.duration.as_nanos() as f64,
-            wall_ns: wall.as_nanos() as f64 / f64::from(repeat.max(1)),
-            out: output.packet,
-        })
+        run_outcome(self.datapath.ebpf(), name, frame, repeat)
     }
 
     /// Memory of every map, with the entries the programmed services use.
@@ -198,7 +179,7 @@ impl Slicelb {
                 _ => None,
             }
         };
-        crate::dataplane::loader::ALL_MAPS
+        slicelb::dataplane::loader::ALL_MAPS
             .iter()
             .map(|&name| {
                 let data = self.datapath.map_data(name).map_err(load_error)?;
@@ -257,10 +238,29 @@ pub fn capacity_for(services: usize, endpoints_each: usize, frontends_each: usiz
     }
 }
 
+/// Runs program `name` of `ebpf` `repeat` times on `frame`, timed by the kernel and by us.
+pub fn run_outcome(
+    ebpf: &aya::Ebpf,
+    name: &'static str,
+    frame: &[u8],
+    repeat: u32,
+) -> Result<RunOutcome, BenchError> {
+    let started = Instant::now();
+    let output = test_run::run_program(ebpf, name, frame, repeat)
+        .map_err(|e| BenchError::unexpected(name, e.to_string()))?;
+    let wall = started.elapsed();
+    Ok(RunOutcome {
+        verdict: output.verdict,
+        kernel_ns: output.duration.as_nanos() as f64,
+        wall_ns: wall.as_nanos() as f64 / f64::from(repeat.max(1)),
+        out: output.packet,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dataplane::Capacity;
+    use slicelb::dataplane::Capacity;
 
     #[test]
     fn capacity_grows_with_services() {

@@ -7,7 +7,7 @@ use std::{
     time::Duration,
 };
 
-use slicelb::lab::{Lab, Netns, require_root};
+use slicelb_lab::lab::{Lab, Netns, require_root};
 
 fn netns_exists(name: &str) -> bool {
     Path::new("/run/netns").join(name).exists()
@@ -98,10 +98,10 @@ fn netns_is_removed_after_a_panic() {
 #[test]
 fn lab_servers_answer_http_and_udp_with_their_names() {
     require_root("lab_servers_answer_http_and_udp_with_their_names");
-    use slicelb::lab::servers::{http_get_once, udp_ask_once};
+    use slicelb_lab::lab::servers::{http_get_once, udp_ask_once};
     let lab = Lab::new(2).expect("build lab");
     let _servers = lab
-        .start_servers(std::path::Path::new(env!("CARGO_BIN_EXE_slicelb")))
+        .start_servers(std::path::Path::new(env!("CARGO_BIN_EXE_slicelb-lab")))
         .expect("start servers");
     let timeout = Duration::from_secs(2);
     for backend in &lab.backends {

@@ -21,8 +21,8 @@ use super::{
     kube_proxy,
     packets::udp_frame,
     services::{BenchEndpoint, Proto, ServiceSet, host_ports},
-    slicelb::{Slicelb, capacity_for},
     stats::{median, percentile},
+    under_test::{Slicelb, capacity_for},
 };
 use crate::lab::{Lab, Netns};
 

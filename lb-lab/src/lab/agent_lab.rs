@@ -3,7 +3,7 @@
 
 use std::{
     collections::BTreeSet,
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::Command,
     time::{Duration, Instant},
 };
@@ -24,12 +24,15 @@ pub struct AgentLab {
 }
 
 impl AgentLab {
-    /// A lab of 4 backends with servers running; `test` names the pins; `slicelb` is the
-    /// binary under test.
-    pub fn new(test: &str, slicelb: &Path) -> Self {
+    /// A lab of 4 backends with servers running; `test` names the pins; the agent is the
+    /// `slicelb` binary built beside the test ([`super::slicelb_binary`]).
+    pub fn new(test: &str) -> Self {
         require_root(test);
+        let slicelb = super::slicelb_binary().expect("the slicelb binary under test");
         let lab = Lab::new(4).expect("build lab");
-        let servers = lab.start_servers(slicelb).expect("start servers");
+        let servers = lab
+            .start_servers(&super::lab_binary().expect("the slicelb-lab binary"))
+            .expect("start servers");
         let manifests = tempfile::tempdir().expect("temp dir");
         let pin_path = PathBuf::from(format!(
             "/sys/fs/bpf/slicelb-test-{}-{test}",
@@ -37,7 +40,7 @@ impl AgentLab {
         ));
         Self {
             lab,
-            slicelb: slicelb.to_path_buf(),
+            slicelb,
             _servers: servers,
             manifests,
             pin_path,
@@ -63,8 +66,8 @@ impl AgentLab {
 
     /// The demo's services with backends 1..=3 ready and an agent that has synced them
     /// (every backend answers on the ClusterIP and the UDP service).
-    pub fn with_synced_agent(test: &str, slicelb: &Path) -> (Self, ChildGuard) {
-        let lab = Self::new(test, slicelb);
+    pub fn with_synced_agent(test: &str) -> (Self, ChildGuard) {
+        let lab = Self::new(test);
         lab.write(&(1..=3).map(DemoEndpoint::ready).collect::<Vec<_>>());
         let agent = lab.start_agent();
         for frontend in [Frontend::ClusterIpV4, Frontend::UdpClusterIp] {

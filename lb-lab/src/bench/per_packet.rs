@@ -7,30 +7,30 @@
 //! here), median of `runs` runs. A test run repeats on one buffer, so a program that rewrites the frame sees
 //! its own output from the second run on: a repeated hit would measure a miss to the
 //! backend's address after its first copy. Cases that rewrite (hits, reverse NAT) therefore
-//! run behind `bench_restore_xdp` / `bench_restore_tc` (lb-ebpf/src/bench.rs), which put the
+//! run behind `bench_restore_xdp` / `bench_restore_tc` (lb-lab-ebpf), which put the
 //! frame back (and, for new flows, give it a source never seen before) and tail-call the
 //! program measured; the restore's own cost, measured by pointing it at an empty program, is
 //! subtracted. Misses, the floor and parse-only leave the frame alone and run directly.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use aya::{
-    maps::{Array, MapData, ProgramArray},
-    programs::Program,
-};
 use indicatif::ProgressBar;
-use lb_common::program_names;
+use lb_common::{
+    bench::{RestoreConfig, program_names as bench_programs},
+    program_names,
+};
 
-use crate::dataplane::loader::MapCapacity;
+use slicelb::dataplane::loader::MapCapacity;
 
 use super::{
+    ebpf::{Restore, program_fd},
     error::BenchError,
     packets::{self, udp_frame},
     plot::{LineChart, Series},
     report::{Section, Table, num, ratio},
     services::{Proto, ServiceSet},
-    slicelb::{RunOutcome, Slicelb, capacity_for},
     stats::median,
+    under_test::{RunOutcome, Slicelb, capacity_for},
 };
 
 #[derive(Clone, Debug, PartialEq)]
@@ -142,37 +142,8 @@ fn repeated(
     Ok((median(&samples), last))
 }
 
-const RESTORE_XDP: &str = "bench_restore_xdp";
-const RESTORE_TC: &str = "bench_restore_tc";
-const TC_EMPTY: &str = "bench_tc_empty";
-const RESTORE_FRAME: &str = "BENCH_FRAME";
-const RESTORE_CONFIG: &str = "BENCH_FRAME_CONF";
-const RESTORE_FRAME_LEN: usize = 64;
 /// `xdp_action::XDP_PASS`.
 const XDP_PASS: u32 = 2;
-
-/// Loads the restore programs into slicelb's own object, so they share its maps.
-fn load_restore(slicelb: &mut Slicelb) -> Result<(), BenchError> {
-    let ebpf = slicelb.datapath_mut().ebpf_mut();
-    for name in [RESTORE_XDP, RESTORE_TC, TC_EMPTY] {
-        let program = ebpf
-            .program_mut(name)
-            .ok_or_else(|| BenchError::MissingProgram {
-                name: name.to_string(),
-            })?;
-        let loaded = match program {
-            Program::Xdp(p) => p.load(),
-            Program::SchedClassifier(p) => p.load(),
-            _ => return Err(BenchError::unexpected(name, "not an XDP or TC program")),
-        };
-        loaded.map_err(|source| BenchError::Program {
-            name: name.to_string(),
-            action: "load",
-            source,
-        })?;
-    }
-    Ok(())
-}
 
 /// What the restore program does to the frame before each run.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -185,83 +156,34 @@ enum Flows {
     NewDestination(Family),
 }
 
-fn map_error(name: &str, action: &'static str) -> impl FnOnce(aya::maps::MapError) -> BenchError {
-    let name = name.to_string();
-    move |source| BenchError::Map {
-        name,
-        action,
-        source,
-    }
-}
-
-fn bench_map<'a>(
-    ebpf: &'a mut aya::Ebpf,
-    name: &str,
-) -> Result<&'a mut aya::maps::Map, BenchError> {
-    ebpf.map_mut(name).ok_or_else(|| BenchError::MissingMap {
-        name: name.to_string(),
-    })
-}
-
 /// Median kernel ns/packet of `target` run behind the restore program on `frame`.
 fn restored(
-    slicelb: &mut Slicelb,
+    slicelb: &Slicelb,
+    restore: &mut Restore,
     target: &'static str,
     frame: &[u8],
     flows: Flows,
     repeat: u32,
     runs: usize,
 ) -> Result<(f64, RunOutcome), BenchError> {
-    let tc = matches!(target, program_names::TC_EGRESS | TC_EMPTY);
-    let (wrapper, next) = if tc {
-        (RESTORE_TC, "BENCH_TC_NEXT")
-    } else {
-        (RESTORE_XDP, "BENCH_XDP_NEXT")
+    let (tc, target_fd) = match target {
+        bench_programs::TC_EMPTY => (true, restore.tc_empty()?),
+        program_names::TC_EGRESS => (true, program_fd(slicelb.datapath().ebpf(), target)?),
+        _ => (false, program_fd(slicelb.datapath().ebpf(), target)?),
     };
-    let ebpf = slicelb.datapath_mut().ebpf_mut();
-    let target_fd = ebpf
-        .program(target)
-        .ok_or_else(|| BenchError::MissingProgram {
-            name: target.to_string(),
-        })?
-        .fd()
-        .map_err(|source| BenchError::Program {
-            name: target.to_string(),
-            action: "fd",
-            source,
-        })?
-        .try_clone()
-        .map_err(|e| BenchError::unexpected(target, format!("cloning its fd: {e}")))?;
-    let mut next_map: ProgramArray<&mut MapData> =
-        ProgramArray::try_from(bench_map(ebpf, next)?).map_err(map_error(next, "open"))?;
-    next_map
-        .set(0, &target_fd, 0)
-        .map_err(map_error(next, "write"))?;
-    let mut padded = [0u8; RESTORE_FRAME_LEN];
-    let len = frame.len().min(RESTORE_FRAME_LEN);
-    padded[..len].copy_from_slice(&frame[..len]);
-    let mut frame_map: Array<&mut MapData, [u8; RESTORE_FRAME_LEN]> =
-        Array::try_from(bench_map(ebpf, RESTORE_FRAME)?)
-            .map_err(map_error(RESTORE_FRAME, "open"))?;
-    frame_map
-        .set(0, &padded, 0)
-        .map_err(map_error(RESTORE_FRAME, "write"))?;
     let (port_offset, addr_offset) = match flows {
         Flows::Same => (0, 0),
         Flows::New(family) => family.new_flow_offsets(),
         Flows::NewDestination(family) => family.new_destination_offsets(),
     };
-    let mut config: Array<&mut MapData, u32> = Array::try_from(bench_map(ebpf, RESTORE_CONFIG)?)
-        .map_err(map_error(RESTORE_CONFIG, "open"))?;
-    for (index, value) in [port_offset, addr_offset].into_iter().enumerate() {
-        config
-            .set(index as u32, &value, 0)
-            .map_err(map_error(RESTORE_CONFIG, "write"))?;
-    }
+    let flows = RestoreConfig {
+        port_offset,
+        addr_offset,
+    };
     let mut samples = Vec::with_capacity(runs);
     let mut last = None;
     for _ in 0..runs {
-        let outcome = slicelb.run(wrapper, frame, repeat)?;
+        let outcome = restore.run(&target_fd, tc, frame, flows, repeat)?;
         samples.push(outcome.kernel_ns);
         last = Some(outcome);
     }
@@ -312,12 +234,11 @@ pub fn run(
         };
         let mut loaded = Slicelb::load(capacity).and_then(|mut lb| {
             lb.sync(&set.snapshot())?;
-            load_restore(&mut lb)?;
-            Ok(lb)
+            Ok((lb, Restore::load()?))
         });
         for family in [Family::V4, Family::V6] {
             let rows = match &mut loaded {
-                Ok(slicelb) => measure_family(slicelb, &set, family, config)?,
+                Ok((slicelb, restore)) => measure_family(slicelb, restore, &set, family, config)?,
                 Err(error) => CASES
                     .iter()
                     .map(|case| CaseRow {
@@ -424,7 +345,8 @@ const CASES: [&str; 7] = [
 ];
 
 fn measure_family(
-    slicelb: &mut Slicelb,
+    slicelb: &Slicelb,
+    restore: &mut Restore,
     set: &ServiceSet,
     family: Family,
     config: &Config,
@@ -468,6 +390,7 @@ fn measure_family(
     let new_flows = Flows::New(family);
     let (restore_new, _) = restored(
         slicelb,
+        restore,
         program_names::XDP_EMPTY,
         &hit,
         new_flows,
@@ -476,6 +399,7 @@ fn measure_family(
     )?;
     let (new_flow, new_run) = restored(
         slicelb,
+        restore,
         program_names::XDP_INGRESS,
         &hit,
         new_flows,
@@ -501,6 +425,7 @@ fn measure_family(
     let balanced = is_endpoint(backend);
     let (restore_same, _) = restored(
         slicelb,
+        restore,
         program_names::XDP_EMPTY,
         &hit,
         Flows::Same,
@@ -509,6 +434,7 @@ fn measure_family(
     )?;
     let (existing, existing_run) = restored(
         slicelb,
+        restore,
         program_names::XDP_INGRESS,
         &hit,
         Flows::Same,
@@ -535,6 +461,7 @@ fn measure_family(
     let (miss, miss_run) = repeated(slicelb, program_names::XDP_INGRESS, &miss_frame, config)?;
     let (miss_behind, _) = restored(
         slicelb,
+        restore,
         program_names::XDP_INGRESS,
         &miss_frame,
         Flows::Same,
@@ -558,6 +485,7 @@ fn measure_family(
     let spread = Flows::NewDestination(family);
     let (restore_spread, _) = restored(
         slicelb,
+        restore,
         program_names::XDP_EMPTY,
         &miss_frame,
         spread,
@@ -566,6 +494,7 @@ fn measure_family(
     )?;
     let (spread_behind, spread_run) = restored(
         slicelb,
+        restore,
         program_names::XDP_INGRESS,
         &miss_frame,
         spread,
@@ -590,9 +519,18 @@ fn measure_family(
     rows.push(match backend.filter(|_| balanced) {
         Some(backend) => {
             let reply = udp_frame(NODE_MAC, CLIENT_MAC, backend, family.client(40_000));
-            let (restore_tc, _) = restored(slicelb, TC_EMPTY, &reply, Flows::Same, repeat, runs)?;
+            let (restore_tc, _) = restored(
+                slicelb,
+                restore,
+                bench_programs::TC_EMPTY,
+                &reply,
+                Flows::Same,
+                repeat,
+                runs,
+            )?;
             let (behind, run) = restored(
                 slicelb,
+                restore,
                 program_names::TC_EGRESS,
                 &reply,
                 Flows::Same,

@@ -21,7 +21,6 @@ use super::{
     ChildGuard, Lab,
     servers::{HttpConnection, fresh_udp_client, http_get_once},
 };
-use crate::cli::DemoArgs;
 
 pub const CLUSTER_IPV4: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 10);
 pub const CLUSTER_IPV6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 0x100, 0, 0, 0, 0x10);
@@ -498,16 +497,26 @@ fn stop_on_ctrl_c() -> Arc<AtomicBool> {
     flag
 }
 
-pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
+/// What `slicelb-lab demo` was asked for.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DemoOptions {
+    /// Stop after this many seconds (default: until Ctrl-C).
+    pub duration: Option<u64>,
+    /// Leave the lab up at the end and print how to enter it.
+    pub keep: bool,
+}
+
+pub fn run(args: &DemoOptions) -> anyhow::Result<()> {
     crate::lab::require_root("slicelb demo");
     let interrupted = stop_on_ctrl_c();
-    let slicelb = std::env::current_exe().context("locating the slicelb binary")?;
+    let slicelb = crate::lab::slicelb_binary()?;
+    let lab_binary = std::env::current_exe().context("locating the slicelb-lab binary")?;
     // Four steps of equal length, with a floor so each has time to show traffic.
     let step = Duration::from_secs(args.duration.map(|d| (d / 5).max(3)).unwrap_or(8));
 
     println!("slicelb demo: building the lab (client, node, 4 backend namespaces)");
     let lab = Lab::new(4)?;
-    let servers = lab.start_servers(&slicelb)?;
+    let servers = lab.start_servers(&lab_binary)?;
     let pin_path = PathBuf::from(format!("/sys/fs/bpf/slicelb-demo-{}", std::process::id()));
     let mut demo = Demo {
         lab,
