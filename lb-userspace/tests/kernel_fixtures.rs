@@ -17,7 +17,8 @@ mod packets;
 
 use kernel::*;
 use lb_common::{
-    Config, FAMILY_IPV4, PROTO_SCTP, PROTO_TCP, PROTO_UDP, Reason, ServiceCounters, SourceRangeKey,
+    Config, FAMILY_IPV4, PROTO_SCTP, PROTO_TCP, PROTO_UDP, Reason, ReasonClass, ServiceCounters,
+    SourceRangeKey,
     backend_state::{ACTIVE, TERMINATING},
     frontend_flags, frontend_kind,
 };
@@ -1510,15 +1511,10 @@ fn run_case(env: &mut Env, case: &Case) -> Result<(), String> {
 /// the same. Rejects are left out: they rebuild the whole packet, which goes back out of
 /// the interface (where CHECKSUM_COMPLETE is not used).
 fn check_checksum_complete(env: &mut Env, case: &Case, expected: &[u8]) -> Result<(), String> {
-    let rewrites = matches!(
-        case.reason,
-        Reason::LbNewFlow
-            | Reason::LbConntrack
-            | Reason::LbAffinity
-            | Reason::LbFragment
-            | Reason::ReplyTranslated
-            | Reason::IcmpErrorTranslated
-    );
+    let rewrites = match case.reason.class() {
+        ReasonClass::Lb | ReasonClass::Reply | ReasonClass::Icmp => true,
+        ReasonClass::Pass | ReasonClass::Reject | ReasonClass::Drop => false,
+    };
     if !matches!(case.program, Program::TcIngress | Program::TcEgress) || !rewrites {
         return Ok(());
     }
