@@ -14,19 +14,30 @@
 //! (the test-run context has no `ip_summed`), so partial (offloaded) checksums are covered
 //! by the lab test (`lab_datapath.rs`: client offload on, TC ingress).
 
-#[path = "../support/kernel.rs"]
+#[path = "support/kernel.rs"]
 mod kernel;
-#[path = "../support/packets.rs"]
+#[path = "support/packets.rs"]
 mod packets;
 
+// The row groups, one file each under kernel_fixtures/: part of this test crate, not test
+// targets of their own (cargo and `cargo xtask test` take tests/*.rs).
+#[path = "kernel_fixtures/flows.rs"]
 mod flows;
+#[path = "kernel_fixtures/forward.rs"]
 mod forward;
+#[path = "kernel_fixtures/fragments.rs"]
 mod fragments;
+#[path = "kernel_fixtures/icmp.rs"]
 mod icmp;
+#[path = "kernel_fixtures/malformed.rs"]
 mod malformed;
+#[path = "kernel_fixtures/misses.rs"]
 mod misses;
+#[path = "kernel_fixtures/rejects.rs"]
 mod rejects;
+#[path = "kernel_fixtures/reverse.rs"]
 mod reverse;
+#[path = "kernel_fixtures/source_ranges.rs"]
 mod source_ranges;
 
 use kernel::*;
