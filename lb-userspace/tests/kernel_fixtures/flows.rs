@@ -24,21 +24,20 @@ fn cluster_ip4_without(proto: u8, backend_id: u32) -> Service {
     )
 }
 
-/// The id of `service`'s backend a flow's Maglev slot names.
-fn picked_id(service: &Service, spec: &Spec) -> u32 {
-    let picked = service.pick(
+/// The backend (and its id) of `service` a flow's Maglev slot names.
+fn picked(service: &Service, spec: &Spec) -> (u32, lb_common::Backend) {
+    let backend = service.pick(
         &spec.src.to_string(),
         spec.sport,
         &spec.dst.to_string(),
         spec.dport,
         proto_of(spec.l4),
     );
-    service
+    *service
         .backends
         .iter()
-        .find(|(_, b)| *b == picked)
+        .find(|(_, b)| *b == backend)
         .expect("picked backend")
-        .0
 }
 
 /// A client port whose Maglev pick differs from `other`'s.
@@ -95,17 +94,18 @@ fn a_terminating_backend_keeps_its_flow() {
     let service = cluster_ip(Family::V4, PROTO_TCP);
     let syn = tcp(Family::V4, 41001, SYN);
     let ack = tcp(Family::V4, 41001, ACK);
-    let first_id = picked_id(&service, &syn);
-    let mut terminating = service.pick(Family::V4.client(), 41001, Family::V4.vip(), 80, PROTO_TCP);
-    terminating.state = lb_common::backend_state::TERMINATING;
+    let (first_id, first) = picked(&service, &syn);
     let mut changes = vec![MapOp::PutBackend {
         id: first_id,
-        backend: terminating,
+        backend: lb_common::Backend {
+            state: lb_common::backend_state::TERMINATING,
+            ..first
+        },
     }];
     changes.extend(cluster_ip4_without(PROTO_TCP, first_id).ops());
     check(Row {
         setup: Setup {
-            services: vec![service.clone()],
+            services: vec![service],
             warmup: vec![(Program::Xdp, syn.build())],
             changes,
             ..Setup::default()
@@ -115,7 +115,7 @@ fn a_terminating_backend_keeps_its_flow() {
         expect: Expect {
             verdict: XDP_PASS,
             reason: Reason::LbConntrack,
-            out: Out::Packet(ack.clone().to(&backend_addr(&terminating), 8080).build()),
+            out: Out::Packet(ack.clone().to(&backend_addr(&first), 8080).build()),
             service: None,
         },
     });
@@ -125,7 +125,7 @@ fn a_terminating_backend_keeps_its_flow() {
 fn a_flow_whose_backend_was_deleted_is_balanced_again() {
     let service = cluster_ip(Family::V4, PROTO_UDP);
     let packet = udp(Family::V4, 41002);
-    let first_id = picked_id(&service, &packet);
+    let (first_id, _) = picked(&service, &packet);
     let without = cluster_ip4_without(PROTO_UDP, first_id);
     let mut changes = without.ops();
     changes.push(MapOp::DeleteBackend { id: first_id });
