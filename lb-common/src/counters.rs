@@ -228,12 +228,19 @@ mod tests {
     }
 
     #[test]
-    fn every_class_has_a_reason() {
+    fn every_class_has_a_reason_and_is_listed() {
         for class in ReasonClass::ALL {
             assert!(
                 Reason::ALL.iter().any(|r| r.class() == class),
                 "no reason of class {}",
                 class.name()
+            );
+        }
+        for reason in Reason::ALL {
+            assert!(
+                ReasonClass::ALL.contains(&reason.class()),
+                "the class of {} is missing from ReasonClass::ALL",
+                reason.name()
             );
         }
     }
