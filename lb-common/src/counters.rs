@@ -1,5 +1,6 @@
 //! Counter indexes and names: every verdict branch of the datapath has one, so the CLI and
 //! the metrics endpoint can say why each packet was passed, balanced, rejected or dropped.
+//! What each reason does is its [`ReasonClass`], one match below.
 
 /// Why the datapath did what it did with a packet; the index into REASON_STATS.
 #[repr(u32)]
@@ -95,12 +96,68 @@ impl Reason {
         }
     }
 
-    /// The verdict class: "pass", "lb", "reply", "icmp", "reject" or "drop".
-    pub fn class(self) -> &'static str {
-        let name = self.name();
-        match name.find('_') {
-            Some(i) => &name[..i],
-            None => name,
+    /// What the datapath does with a packet for this reason. Every consumer (the kernel's
+    /// early verdict, the CLI, the metrics, the tests) derives from this match.
+    pub const fn class(self) -> ReasonClass {
+        match self {
+            Reason::PassNotIp
+            | Reason::PassNoFrontend
+            | Reason::PassOtherProtocol
+            | Reason::PassFragmentUnknown
+            | Reason::PassUnparsedHeaders => ReasonClass::Pass,
+            Reason::LbConntrack | Reason::LbAffinity | Reason::LbNewFlow | Reason::LbFragment => {
+                ReasonClass::Lb
+            }
+            Reason::ReplyTranslated => ReasonClass::Reply,
+            Reason::IcmpErrorTranslated => ReasonClass::Icmp,
+            Reason::RejectTcpReset | Reason::RejectIcmpUnreachable => ReasonClass::Reject,
+            Reason::DropTruncated
+            | Reason::DropMalformed
+            | Reason::DropSourceRange
+            | Reason::DropNoLocalEndpoint
+            | Reason::DropRejectFailed
+            | Reason::DropInternal => ReasonClass::Drop,
+        }
+    }
+}
+
+/// What the datapath does with a packet, whatever the reason: each [`Reason`] variant's
+/// name starts with its class's name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ReasonClass {
+    /// Passed to the stack untouched.
+    Pass,
+    /// Load-balanced: rewritten towards a backend.
+    Lb,
+    /// A reply from a backend, rewritten to come from the frontend.
+    Reply,
+    /// An ICMP error about a balanced flow, rewritten to match what its peer sent or saw.
+    Icmp,
+    /// Answered with a reject built in place and sent back out.
+    Reject,
+    /// Dropped.
+    Drop,
+}
+
+impl ReasonClass {
+    pub const ALL: [ReasonClass; 6] = [
+        ReasonClass::Pass,
+        ReasonClass::Lb,
+        ReasonClass::Reply,
+        ReasonClass::Icmp,
+        ReasonClass::Reject,
+        ReasonClass::Drop,
+    ];
+
+    /// Stable snake_case name for the metric labels.
+    pub const fn name(self) -> &'static str {
+        match self {
+            ReasonClass::Pass => "pass",
+            ReasonClass::Lb => "lb",
+            ReasonClass::Reply => "reply",
+            ReasonClass::Icmp => "icmp",
+            ReasonClass::Reject => "reject",
+            ReasonClass::Drop => "drop",
         }
     }
 }
@@ -171,10 +228,53 @@ mod tests {
     }
 
     #[test]
-    fn reason_classes() {
-        assert_eq!(Reason::PassNoFrontend.class(), "pass");
-        assert_eq!(Reason::LbNewFlow.class(), "lb");
-        assert_eq!(Reason::RejectTcpReset.class(), "reject");
-        assert_eq!(Reason::DropTruncated.class(), "drop");
+    fn every_class_has_a_reason_and_is_listed() {
+        for class in ReasonClass::ALL {
+            assert!(
+                Reason::ALL.iter().any(|r| r.class() == class),
+                "no reason of class {}",
+                class.name()
+            );
+        }
+        for reason in Reason::ALL {
+            assert!(
+                ReasonClass::ALL.contains(&reason.class()),
+                "the class of {} is missing from ReasonClass::ALL",
+                reason.name()
+            );
+        }
+    }
+
+    /// The names are the variants' names in snake_case, and each reason's name starts with
+    /// its class's name: metric labels and CLI rows say exactly which variant counted.
+    #[test]
+    fn names_are_the_variant_names() {
+        extern crate std;
+        use std::{format, string::String};
+        fn snake_case(variant: &str) -> String {
+            let mut out = String::new();
+            for (i, c) in variant.chars().enumerate() {
+                if c.is_ascii_uppercase() && i > 0 {
+                    out.push('_');
+                }
+                out.push(c.to_ascii_lowercase());
+            }
+            out
+        }
+        for reason in Reason::ALL {
+            assert_eq!(reason.name(), snake_case(&format!("{reason:?}")));
+            let class = reason.class().name();
+            assert!(
+                reason.name().starts_with(class) && reason.name()[class.len()..].starts_with('_'),
+                "{} is filed under {class}",
+                reason.name()
+            );
+        }
+        for class in ReasonClass::ALL {
+            assert_eq!(class.name(), snake_case(&format!("{class:?}")));
+        }
+        for proto in ProtoCounter::ALL {
+            assert_eq!(proto.name(), snake_case(&format!("{proto:?}")));
+        }
     }
 }

@@ -11,7 +11,7 @@ pub mod bench;
 pub mod counters;
 pub mod hash;
 
-pub use counters::{ProtoCounter, Reason, ServiceCounters};
+pub use counters::{ProtoCounter, Reason, ReasonClass, ServiceCounters};
 
 /// Address family tags used in keys (not the kernel's AF_* numbers, which differ by size).
 pub const FAMILY_IPV4: u8 = 4;

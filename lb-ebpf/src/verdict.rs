@@ -1,6 +1,6 @@
 //! What a program decided, before it is turned into an XDP or TC return code.
 
-use lb_common::Reason;
+use lb_common::{Reason, ReasonClass};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Action {
@@ -39,18 +39,18 @@ impl Verdict {
             reason,
         }
     }
-    /// The verdict for a reason that ends processing early: the `Drop*` reasons drop, the
-    /// rest pass the packet untouched.
+    /// The verdict for a reason that ends processing early, by its class: a drop drops,
+    /// anything else passes the packet untouched (an early end has rewritten nothing and
+    /// built no reject to send back).
     #[inline(always)]
     pub fn early(reason: Reason) -> Self {
-        match reason {
-            Reason::DropTruncated
-            | Reason::DropMalformed
-            | Reason::DropSourceRange
-            | Reason::DropNoLocalEndpoint
-            | Reason::DropRejectFailed
-            | Reason::DropInternal => Self::drop(reason),
-            _ => Self::pass(reason),
+        match reason.class() {
+            ReasonClass::Drop => Self::drop(reason),
+            ReasonClass::Pass
+            | ReasonClass::Lb
+            | ReasonClass::Reply
+            | ReasonClass::Icmp
+            | ReasonClass::Reject => Self::pass(reason),
         }
     }
 }

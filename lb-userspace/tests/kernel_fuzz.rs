@@ -9,7 +9,7 @@ mod kernel;
 mod packets;
 
 use kernel::*;
-use lb_common::{PROTO_TCP, PROTO_UDP, Reason, backend_state::ACTIVE, frontend_kind};
+use lb_common::{PROTO_TCP, PROTO_UDP, Reason, ReasonClass, backend_state::ACTIVE, frontend_kind};
 use packets::*;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
@@ -209,25 +209,25 @@ fn allowed_verdicts(program: Program) -> [u32; 3] {
 fn verdict_for(program: Program, reason: Reason) -> u32 {
     let tc = matches!(program, Program::TcIngress | Program::TcEgress);
     match (reason.class(), tc) {
-        ("drop", false) => XDP_DROP,
-        ("drop", true) => TC_ACT_SHOT,
-        ("reject", false) => XDP_TX,
-        ("reject", true) => TC_ACT_REDIRECT,
-        (_, false) => XDP_PASS,
-        (_, true) => TC_ACT_PIPE,
+        (ReasonClass::Drop, false) => XDP_DROP,
+        (ReasonClass::Drop, true) => TC_ACT_SHOT,
+        (ReasonClass::Reject, false) => XDP_TX,
+        (ReasonClass::Reject, true) => TC_ACT_REDIRECT,
+        (ReasonClass::Pass | ReasonClass::Lb | ReasonClass::Reply | ReasonClass::Icmp, false) => {
+            XDP_PASS
+        }
+        (ReasonClass::Pass | ReasonClass::Lb | ReasonClass::Reply | ReasonClass::Icmp, true) => {
+            TC_ACT_PIPE
+        }
     }
 }
 
-/// Reasons after which the packet must be exactly what came in.
+/// Whether the packet must be exactly what came in after a reason of this class.
 fn leaves_packet_alone(reason: Reason) -> bool {
-    matches!(
-        reason,
-        Reason::PassNotIp
-            | Reason::PassNoFrontend
-            | Reason::PassOtherProtocol
-            | Reason::PassFragmentUnknown
-            | Reason::PassUnparsedHeaders
-    ) || reason.class() == "drop"
+    match reason.class() {
+        ReasonClass::Pass | ReasonClass::Drop => true,
+        ReasonClass::Lb | ReasonClass::Reply | ReasonClass::Icmp | ReasonClass::Reject => false,
+    }
 }
 
 fn fuzz(program: Program, count: usize, seed: u64) {

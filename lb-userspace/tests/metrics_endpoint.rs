@@ -331,7 +331,10 @@ async fn scrape_reports_what_the_kernel_reported() {
         );
     }
     for reason in Reason::ALL {
-        let labels = [("reason", reason.name()), ("verdict", reason.class())];
+        let labels = [
+            ("reason", reason.name()),
+            ("verdict", reason.class().name()),
+        ];
         let expected = kernel.reasons[reason as usize] as f64;
         expect_value(
             &samples,

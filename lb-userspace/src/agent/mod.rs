@@ -166,7 +166,7 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
             }
             Err(error) => {
                 tracing::error!(%error, "writing the maps failed; the next update retries");
-                metrics.count_error("map_write");
+                metrics.count_error(error.kind());
             }
         }
     }

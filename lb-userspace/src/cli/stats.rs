@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use lb_common::{ProtoCounter, Reason};
+use lb_common::{ProtoCounter, Reason, ReasonClass};
 use serde::Serialize;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -39,24 +39,21 @@ impl Stats {
         }
     }
 
-    /// Totals per verdict class: passed, balanced, replies, ICMP, rejected, dropped.
+    /// Totals per verdict class, in [`ReasonClass::ALL`] order: passed, balanced, replies,
+    /// ICMP, rejected, dropped.
     pub fn by_class(&self) -> Vec<(&'static str, u64)> {
-        let mut classes: Vec<(&'static str, u64)> = Vec::new();
-        for (reason, (_, count)) in Reason::ALL.iter().zip(&self.reasons) {
-            let class = match reason.class() {
-                "pass" => "passed",
-                "lb" => "load-balanced",
-                "reply" => "replies translated",
-                "icmp" => "icmp errors translated",
-                "reject" => "rejected",
-                _ => "dropped",
-            };
-            match classes.iter_mut().find(|(c, _)| *c == class) {
-                Some((_, total)) => *total += count,
-                None => classes.push((class, *count)),
-            }
-        }
-        classes
+        ReasonClass::ALL
+            .iter()
+            .map(|class| {
+                let total = Reason::ALL
+                    .iter()
+                    .zip(&self.reasons)
+                    .filter(|(reason, _)| reason.class() == *class)
+                    .map(|(_, (_, count))| count)
+                    .sum();
+                (heading(*class), total)
+            })
+            .collect()
     }
 
     pub fn render_table(&self) -> String {
@@ -99,6 +96,18 @@ impl Stats {
         }))
         .expect("plain data")
             + "\n"
+    }
+}
+
+/// How the CLI names a class.
+fn heading(class: ReasonClass) -> &'static str {
+    match class {
+        ReasonClass::Pass => "passed",
+        ReasonClass::Lb => "load-balanced",
+        ReasonClass::Reply => "replies translated",
+        ReasonClass::Icmp => "icmp errors translated",
+        ReasonClass::Reject => "rejected",
+        ReasonClass::Drop => "dropped",
     }
 }
 

@@ -93,7 +93,8 @@ impl Default for Capacity {
     }
 }
 
-/// Why a map write failed; the variant names double as metric labels.
+/// Why a map read or write failed; [`DataplaneError::kind`], the variant's name, is its
+/// metric label.
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
     #[error("writing {map} failed: {source}")]
@@ -110,6 +111,17 @@ pub enum DataplaneError {
     },
     #[error("{map} is full ({capacity} entries)")]
     MapFull { map: &'static str, capacity: u32 },
+}
+
+impl DataplaneError {
+    /// The variant's name in snake_case, for the `kind` label of `slicelb_errors_total`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::MapWrite { .. } => "map_write",
+            Self::MapRead { .. } => "map_read",
+            Self::MapFull { .. } => "map_full",
+        }
+    }
 }
 
 /// Reads and writes the configuration maps.

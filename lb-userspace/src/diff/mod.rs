@@ -47,7 +47,7 @@ pub struct Plan {
     pub rejected: Vec<(ServicePortName, RejectReason)>,
 }
 
-/// Why a service port was left out of the maps. Variant names double as metric labels.
+/// Why a service port was left out of the maps.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RejectReason {
     #[error("no free service id (SERVICE_NAMES holds {capacity}); raise the services capacity")]

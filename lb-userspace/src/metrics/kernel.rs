@@ -156,7 +156,10 @@ impl Collector for KernelCollector {
                 MetricType::Counter,
             )?;
             for reason in Reason::ALL {
-                let labels = [("reason", reason.name()), ("verdict", reason.class())];
+                let labels = [
+                    ("reason", reason.name()),
+                    ("verdict", reason.class().name()),
+                ];
                 ConstCounter::new(reasons[reason as usize])
                     .encode(metric.encode_family(&labels)?)?;
             }

@@ -27,7 +27,7 @@ impl fmt::Display for ObjectRef {
     }
 }
 
-/// Why part of an object was skipped. Variant names double as metric labels.
+/// Why part of an object was skipped.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum WarningReason {
     #[error("{field} {value} is not a port number (1-65535); that port is skipped")]

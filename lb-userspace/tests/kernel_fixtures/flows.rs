@@ -1,0 +1,277 @@
+//! Established flows (conntrack), terminating and deleted backends, session affinity.
+
+use super::*;
+
+/// The IPv4 ClusterIP of [`cluster_ip`] without one of its backends.
+fn cluster_ip4_without(proto: u8, backend_id: u32) -> Service {
+    let others: Vec<(u32, &str, u16, u8)> = [
+        (10u32, "198.18.1.1"),
+        (11, "198.18.1.2"),
+        (12, "198.18.1.3"),
+    ]
+    .into_iter()
+    .filter(|(id, _)| *id != backend_id)
+    .map(|(id, a)| (id, a, 8080u16, ACTIVE))
+    .collect();
+    Service::new(
+        1,
+        Family::V4.vip(),
+        80,
+        proto,
+        frontend_kind::CLUSTER_IP,
+        0,
+        &others,
+    )
+}
+
+/// The backend (and its id) of `service` a flow's Maglev slot names.
+fn picked(service: &Service, spec: &Spec) -> (u32, lb_common::Backend) {
+    let backend = service.pick(
+        &spec.src.to_string(),
+        spec.sport,
+        &spec.dst.to_string(),
+        spec.dport,
+        proto_of(spec.l4),
+    );
+    *service
+        .backends
+        .iter()
+        .find(|(_, b)| *b == backend)
+        .expect("picked backend")
+}
+
+/// A client port whose Maglev pick differs from `other`'s.
+fn port_with_other_backend(service: &Service, spec: &Spec, other: u16) -> u16 {
+    let proto = proto_of(spec.l4);
+    let (src, dst) = (spec.src.to_string(), spec.dst.to_string());
+    let first = service.pick(&src, other, &dst, spec.dport, proto);
+    (other + 1..other + 1000)
+        .find(|p| service.pick(&src, *p, &dst, spec.dport, proto) != first)
+        .expect("a port with another backend")
+}
+
+/// The backend set changes (a new table without the flow's backend in it), but the
+/// backend still exists: the flow stays on it.
+#[test]
+fn conntrack_keeps_the_flow_after_the_backend_set_changed() {
+    let service = cluster_ip(Family::V4, PROTO_TCP);
+    let syn = tcp(Family::V4, 41000, SYN);
+    let ack = tcp(Family::V4, 41000, ACK);
+    let first = dnat(&service, &syn);
+    let new_backend = Service::new(
+        1,
+        Family::V4.vip(),
+        80,
+        PROTO_TCP,
+        frontend_kind::CLUSTER_IP,
+        0,
+        &[(13, "198.18.1.4", 8080, ACTIVE)],
+    );
+    check(Row {
+        setup: Setup {
+            services: vec![service],
+            warmup: vec![(Program::Xdp, syn.build())],
+            changes: new_backend.ops(),
+            ..Setup::default()
+        },
+        program: Program::Xdp,
+        input: ack.build(),
+        expect: Expect {
+            verdict: XDP_PASS,
+            reason: Reason::LbConntrack,
+            out: Out::Packet(ack.clone().to(&first.dst.to_string(), 8080).build()),
+            service: Some(ServiceDelta {
+                id: 1,
+                packets: 1,
+                new_flows: 0,
+            }),
+        },
+    });
+}
+
+#[test]
+fn a_terminating_backend_keeps_its_flow() {
+    let service = cluster_ip(Family::V4, PROTO_TCP);
+    let syn = tcp(Family::V4, 41001, SYN);
+    let ack = tcp(Family::V4, 41001, ACK);
+    let (first_id, first) = picked(&service, &syn);
+    let mut changes = vec![MapOp::PutBackend {
+        id: first_id,
+        backend: lb_common::Backend {
+            state: lb_common::backend_state::TERMINATING,
+            ..first
+        },
+    }];
+    changes.extend(cluster_ip4_without(PROTO_TCP, first_id).ops());
+    check(Row {
+        setup: Setup {
+            services: vec![service],
+            warmup: vec![(Program::Xdp, syn.build())],
+            changes,
+            ..Setup::default()
+        },
+        program: Program::Xdp,
+        input: ack.build(),
+        expect: Expect {
+            verdict: XDP_PASS,
+            reason: Reason::LbConntrack,
+            out: Out::Packet(ack.clone().to(&backend_addr(&first), 8080).build()),
+            service: None,
+        },
+    });
+}
+
+#[test]
+fn a_flow_whose_backend_was_deleted_is_balanced_again() {
+    let service = cluster_ip(Family::V4, PROTO_UDP);
+    let packet = udp(Family::V4, 41002);
+    let (first_id, _) = picked(&service, &packet);
+    let without = cluster_ip4_without(PROTO_UDP, first_id);
+    let mut changes = without.ops();
+    changes.push(MapOp::DeleteBackend { id: first_id });
+    check(Row {
+        setup: Setup {
+            services: vec![service],
+            warmup: vec![(Program::Xdp, packet.build())],
+            changes,
+            ..Setup::default()
+        },
+        program: Program::Xdp,
+        input: packet.build(),
+        expect: Expect {
+            verdict: XDP_PASS,
+            reason: Reason::LbNewFlow,
+            out: Out::Packet(dnat(&without, &packet).build()),
+            service: Some(ServiceDelta {
+                id: 1,
+                packets: 1,
+                new_flows: 1,
+            }),
+        },
+    });
+}
+
+/// The frontend is deleted while the flow's backend stays (another frontend of the
+/// service port, e.g. its ClusterIP, still uses it). The conntrack entry would carry the
+/// flow, but FRONTEND_FILTER, checked first, has cleared the deleted frontend's bits (no
+/// other frontend shares them here): the flow stops at the filter.
+#[test]
+fn a_deleted_frontend_stops_its_flows_at_the_frontend_filter() {
+    let service = cluster_ip(Family::V4, PROTO_TCP);
+    check(Row {
+        setup: Setup {
+            services: vec![service.clone()],
+            warmup: vec![(Program::Xdp, tcp(Family::V4, 41003, SYN).build())],
+            changes: vec![MapOp::DeleteFrontend {
+                key: service.frontend,
+            }],
+            ..Setup::default()
+        },
+        program: Program::Xdp,
+        input: tcp(Family::V4, 41003, ACK).build(),
+        expect: Expect {
+            verdict: XDP_PASS,
+            reason: Reason::PassNoFrontend,
+            out: Out::Unchanged,
+            service: None,
+        },
+    });
+}
+
+/// After the flow started, its frontend is rewritten to another service with other
+/// backends (a value FRONTENDS would send a new flow elsewhere with): the flow stays on its
+/// backend and is counted for the service its conntrack entry names.
+fn conntrack_hit_does_not_look_at_frontends(program: Program, verdict: u32) -> Row {
+    let service = cluster_ip(Family::V4, PROTO_TCP);
+    let syn = tcp(Family::V4, 41004, SYN);
+    let ack = tcp(Family::V4, 41004, ACK);
+    let first = dnat(&service, &syn);
+    let elsewhere = Service::new(
+        3,
+        Family::V4.vip(),
+        80,
+        PROTO_TCP,
+        frontend_kind::CLUSTER_IP,
+        0,
+        &[(30, "198.18.3.1", 9090, ACTIVE)],
+    );
+    Row {
+        setup: Setup {
+            services: vec![service],
+            warmup: vec![(Program::Xdp, syn.build())],
+            changes: elsewhere.ops(),
+            ..Setup::default()
+        },
+        program,
+        input: ack.build(),
+        expect: Expect {
+            verdict,
+            reason: Reason::LbConntrack,
+            out: Out::Packet(ack.clone().to(&first.dst.to_string(), 8080).build()),
+            service: Some(ServiceDelta {
+                id: 1,
+                packets: 1,
+                new_flows: 0,
+            }),
+        },
+    }
+}
+
+#[test]
+fn xdp_conntrack_hit_does_not_look_at_frontends() {
+    check(conntrack_hit_does_not_look_at_frontends(
+        Program::Xdp,
+        XDP_PASS,
+    ));
+}
+
+#[test]
+fn tc_ingress_conntrack_hit_does_not_look_at_frontends() {
+    check(conntrack_hit_does_not_look_at_frontends(
+        Program::TcIngress,
+        TC_ACT_PIPE,
+    ));
+}
+
+#[test]
+fn session_affinity_sends_a_new_flow_to_the_clients_backend() {
+    let service = Service::new(
+        6,
+        Family::V4.vip(),
+        80,
+        PROTO_TCP,
+        frontend_kind::CLUSTER_IP,
+        frontend_flags::AFFINITY,
+        &[
+            (60, "198.18.1.1", 8080, ACTIVE),
+            (61, "198.18.1.2", 8080, ACTIVE),
+            (62, "198.18.1.3", 8080, ACTIVE),
+        ],
+    );
+    let first = tcp(Family::V4, 42000, SYN);
+    let second = tcp(
+        Family::V4,
+        port_with_other_backend(&service, &first, 42000),
+        SYN,
+    );
+    let first_backend = dnat(&service, &first).dst.to_string();
+    check(Row {
+        setup: Setup {
+            services: vec![service],
+            warmup: vec![(Program::Xdp, first.build())],
+            ..Setup::default()
+        },
+        program: Program::Xdp,
+        input: second.build(),
+        expect: Expect {
+            verdict: XDP_PASS,
+            reason: Reason::LbAffinity,
+            out: Out::Packet(second.clone().to(&first_backend, 8080).build()),
+            service: Some(ServiceDelta {
+                id: 6,
+                packets: 1,
+                new_flows: 1,
+            }),
+        },
+    });
+}
