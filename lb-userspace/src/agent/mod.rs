@@ -2,48 +2,52 @@
 //! it leaves programs and maps pinned, so traffic keeps flowing; the next agent adopts them
 //! and writes only the difference.
 
-mod addresses;
 pub mod reconcile;
 pub mod stats;
 
 use std::{
     collections::BTreeSet,
+    net::SocketAddr,
+    path::PathBuf,
     sync::{Arc, RwLock},
 };
 
-pub use addresses::nodeport_addresses;
 use anyhow::Context as _;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    cli::{AgentArgs, XdpMode},
     dataplane::{
         AppliedState,
+        attach_mode::XdpMode,
         aya_maps::AyaMaps,
         loader::{Datapath, DatapathOptions, IngressMode},
     },
     metrics::{Metrics, MetricsServer},
     model::{ModelConfig, NodeInfo},
-    source::{self, SourceConfig},
+    source::{self, SourceConfig, node::nodeport_addresses},
 };
 use reconcile::Reconciler;
 
-/// How the forward path goes on `iface` for the chosen `--xdp-mode`.
-pub fn ingress_mode(mode: XdpMode, iface: &str) -> IngressMode {
-    match mode {
-        XdpMode::Native => IngressMode::XdpNative,
-        XdpMode::Generic => IngressMode::XdpGeneric,
-        XdpMode::Off => IngressMode::Tc,
-        // A device without a bus (veth, bridge, tun, ...) is virtual: its packets may carry
-        // partial checksums that XDP cannot see, so TC does the balancing there.
-        XdpMode::Auto => match addresses::has_bus(iface) {
-            true => IngressMode::XdpNative,
-            false => IngressMode::Tc,
-        },
-    }
+/// What the agent runs with (the command line's `slicelb agent`, or a test's own).
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    /// Interfaces to balance on.
+    pub ifaces: Vec<String>,
+    pub source: SourceConfig,
+    /// This node's name: decides which endpoints are local.
+    pub node_name: Option<String>,
+    /// NodePorts answer on local addresses within these CIDRs (all local addresses if empty).
+    pub nodeport_cidrs: Vec<ipnet::IpNet>,
+    pub pin_path: PathBuf,
+    /// Prometheus metrics, /healthz and /readyz.
+    pub metrics_addr: SocketAddr,
+    pub xdp_mode: XdpMode,
+    /// Only Services labelled `service.kubernetes.io/service-proxy-name=NAME`; only
+    /// unlabelled ones when `None`.
+    pub service_proxy_name: Option<String>,
 }
 
-pub fn run(args: AgentArgs) -> anyhow::Result<()> {
+pub fn run(args: AgentConfig) -> anyhow::Result<()> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -52,11 +56,11 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         .block_on(run_async(args))
 }
 
-async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
+async fn run_async(args: AgentConfig) -> anyhow::Result<()> {
     let node = NodeInfo {
         name: args.node_name.clone(),
         zone: None,
-        nodeport_addresses: nodeport_addresses(&args.nodeport_addresses)
+        nodeport_addresses: nodeport_addresses(&args.nodeport_cidrs)
             .context("listing this node's addresses for NodePorts")?,
     };
     tracing::info!(
@@ -73,7 +77,7 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
         )
     })?;
     for iface in &args.ifaces {
-        let mode = ingress_mode(args.xdp_mode, iface);
+        let mode = args.xdp_mode.ingress_mode(iface);
         match datapath.attach(iface, mode) {
             Ok(()) => tracing::info!(iface, ?mode, "attached"),
             Err(error) if mode == IngressMode::XdpNative && args.xdp_mode == XdpMode::Auto => {
@@ -177,14 +181,15 @@ async fn run_async(args: AgentArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn model_config(args: &AgentArgs) -> ModelConfig {
+fn model_config(args: &AgentConfig) -> ModelConfig {
     ModelConfig {
         proxy_name: args.service_proxy_name.clone(),
     }
 }
 
-fn source_config(args: &AgentArgs) -> SourceConfig {
-    match SourceConfig::from(&args.source) {
+/// The source, with the proxy name also selecting what the Kubernetes watch asks for.
+fn source_config(args: &AgentConfig) -> SourceConfig {
+    match args.source.clone() {
         SourceConfig::Kubernetes(options) => {
             SourceConfig::Kubernetes(options.with_proxy_name(args.service_proxy_name.as_deref()))
         }

@@ -5,13 +5,10 @@ use std::{collections::BTreeMap, path::Path, time::Duration};
 use anyhow::Context as _;
 
 use super::{AttachArgs, OutputFormat, PinArgs, ServicesArgs, StatsArgs, services, stats::Stats};
-use crate::{
-    agent::ingress_mode,
-    dataplane::{
-        Capacity, MapWriter as _,
-        aya_maps::AyaMaps,
-        loader::{Datapath, DatapathOptions},
-    },
+use crate::dataplane::{
+    Capacity, MapWriter as _,
+    aya_maps::AyaMaps,
+    loader::{Datapath, DatapathOptions},
 };
 
 /// The maps pinned under `pin_path`, with a hint when there are none.
@@ -93,7 +90,7 @@ pub fn attach(args: &AttachArgs) -> anyhow::Result<()> {
             )
         })?;
     for iface in &args.ifaces {
-        let mode = ingress_mode(args.xdp_mode, iface);
+        let mode = crate::dataplane::attach_mode::XdpMode::from(args.xdp_mode).ingress_mode(iface);
         datapath
             .attach(iface, mode)
             .with_context(|| format!("attaching to {iface}"))?;
@@ -138,15 +135,15 @@ pub struct Drift {
 pub fn check(args: &super::CheckArgs) -> anyhow::Result<()> {
     use crate::{
         model::{self, ModelConfig, NodeInfo},
-        source::{self, SourceConfig},
+        source,
     };
     let node = NodeInfo {
         name: args.node_name.clone(),
         zone: None,
-        nodeport_addresses: crate::agent::nodeport_addresses(&args.nodeport_addresses)
+        nodeport_addresses: crate::source::node::nodeport_addresses(&args.nodeport_addresses)
             .context("listing this node's addresses for NodePorts")?,
     };
-    let config = SourceConfig::from(&args.source);
+    let config = args.source.config();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -10,6 +10,8 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::{agent::AgentConfig, dataplane::attach_mode::XdpMode, source::SourceConfig};
+
 /// Where programs, links and maps are pinned unless `--pin-path` says otherwise.
 pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/slicelb";
 
@@ -70,7 +72,7 @@ pub struct SourceArgs {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum XdpMode {
+pub enum XdpModeArg {
     /// Native XDP on physical NICs; TC on veth and other virtual devices, whose packets
     /// may carry partial checksums that XDP cannot see.
     Auto,
@@ -80,6 +82,28 @@ pub enum XdpMode {
     Generic,
     /// No XDP: TC ingress balances.
     Off,
+}
+
+impl From<XdpModeArg> for XdpMode {
+    fn from(arg: XdpModeArg) -> Self {
+        match arg {
+            XdpModeArg::Auto => XdpMode::Auto,
+            XdpModeArg::Native => XdpMode::Native,
+            XdpModeArg::Generic => XdpMode::Generic,
+            XdpModeArg::Off => XdpMode::Off,
+        }
+    }
+}
+
+impl SourceArgs {
+    /// The source chosen (clap lets exactly one of the three through).
+    pub fn config(&self) -> SourceConfig {
+        match (&self.config_dir, &self.kubeconfig) {
+            (Some(dir), _) => SourceConfig::ManifestDir(dir.clone()),
+            (None, Some(kubeconfig)) => SourceConfig::kubeconfig(kubeconfig.clone()),
+            (None, None) => SourceConfig::in_cluster(),
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -105,12 +129,27 @@ pub struct AgentArgs {
     /// Prometheus metrics, /healthz and /readyz (an IPv6 address may go without brackets).
     #[arg(long, default_value = "127.0.0.1:9400", value_parser = crate::metrics::parse_listen_addr)]
     pub metrics_addr: SocketAddr,
-    #[arg(long, value_enum, default_value_t = XdpMode::Auto)]
-    pub xdp_mode: XdpMode,
+    #[arg(long, value_enum, default_value_t = XdpModeArg::Auto)]
+    pub xdp_mode: XdpModeArg,
     /// Handle Services labelled `service.kubernetes.io/service-proxy-name=NAME` (and no
     /// others); without it, only unlabelled Services, as kube-proxy does.
     #[arg(long, value_name = "NAME")]
     pub service_proxy_name: Option<String>,
+}
+
+impl AgentArgs {
+    pub fn config(&self) -> AgentConfig {
+        AgentConfig {
+            ifaces: self.ifaces.clone(),
+            source: self.source.config(),
+            node_name: self.node_name.clone(),
+            nodeport_cidrs: self.nodeport_addresses.clone(),
+            pin_path: self.pin_path.clone(),
+            metrics_addr: self.metrics_addr,
+            xdp_mode: self.xdp_mode.into(),
+            service_proxy_name: self.service_proxy_name.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -125,8 +164,8 @@ pub struct AttachArgs {
     pub ifaces: Vec<String>,
     #[arg(long, default_value = DEFAULT_PIN_PATH)]
     pub pin_path: PathBuf,
-    #[arg(long, value_enum, default_value_t = XdpMode::Auto)]
-    pub xdp_mode: XdpMode,
+    #[arg(long, value_enum, default_value_t = XdpModeArg::Auto)]
+    pub xdp_mode: XdpModeArg,
     /// Print the counters every this many seconds.
     #[arg(long, default_value_t = 1)]
     pub interval: u64,
@@ -194,6 +233,27 @@ pub struct StatsArgs {
     pub output: OutputFormat,
 }
 
+/// Runs one command line (the `slicelb` binary's main): every other layer gets a plain
+/// config of its own, never clap's types.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::Agent(args) => crate::agent::run(args.config()),
+        Command::Services(args) => commands::services(&args),
+        Command::Stats(args) => commands::stats(&args),
+        Command::Detach(args) => commands::detach(&args),
+        Command::Attach(args) => commands::attach(&args),
+        Command::Check(args) => commands::check(&args),
+        Command::Trace(args) => trace::run(&args),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use clap::CommandFactory as _;
@@ -224,7 +284,7 @@ mod tests {
         assert_eq!(args.ifaces, ["eth0", "eth1", "eth2"]);
         assert_eq!(args.pin_path, PathBuf::from(DEFAULT_PIN_PATH));
         assert_eq!(args.metrics_addr.to_string(), "127.0.0.1:9400");
-        assert_eq!(args.xdp_mode, XdpMode::Auto);
+        assert_eq!(args.xdp_mode, XdpModeArg::Auto);
     }
 
     #[test]
@@ -269,5 +329,46 @@ mod tests {
             "10.0.0/8",
         ]);
         assert!(bad.is_err(), "a malformed CIDR must be refused");
+    }
+
+    #[test]
+    fn command_line_sources_map_to_configs() {
+        use std::path::Path;
+
+        let args = |config_dir: Option<&str>, kubeconfig: Option<&str>, in_cluster| SourceArgs {
+            config_dir: config_dir.map(PathBuf::from),
+            kubeconfig: kubeconfig.map(PathBuf::from),
+            in_cluster,
+        };
+        assert!(matches!(
+            args(Some("/etc/slicelb"), None, false).config(),
+            SourceConfig::ManifestDir(dir) if dir == Path::new("/etc/slicelb")
+        ));
+        match args(None, Some("/root/.kube/config"), false).config() {
+            SourceConfig::Kubernetes(options) => {
+                assert!(
+                    matches!(options.connection, crate::source::Connection::Kubeconfig(p) if p == Path::new("/root/.kube/config"))
+                );
+                assert_eq!(
+                    options.label_selector,
+                    crate::source::kubernetes::KUBE_PROXY_LABEL_SELECTOR,
+                    "kube-proxy's selector by default"
+                );
+            }
+            other => panic!("--kubeconfig gave {other:?}"),
+        }
+        match args(None, None, true).config() {
+            SourceConfig::Kubernetes(options) => match options.connection {
+                crate::source::Connection::InCluster(paths) => {
+                    assert_eq!(
+                        paths.service_account_dir,
+                        Path::new(crate::source::kubernetes::SERVICE_ACCOUNT_DIR)
+                    );
+                    assert_eq!(paths.api_server, None, "from KUBERNETES_SERVICE_HOST/PORT");
+                }
+                other => panic!("--in-cluster gave {other:?}"),
+            },
+            other => panic!("--in-cluster gave {other:?}"),
+        }
     }
 }

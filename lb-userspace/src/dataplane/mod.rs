@@ -2,6 +2,7 @@
 //! aya implementation writes pinned maps, [`memory::MemoryMaps`] stands in for tests.
 
 pub mod applied;
+pub mod attach_mode;
 pub mod aya_maps;
 pub mod frontend_filter;
 pub mod loader;

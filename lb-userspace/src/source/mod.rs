@@ -28,6 +28,7 @@
 pub mod debounce;
 pub mod kubernetes;
 pub mod manifest;
+pub mod node;
 
 use std::{fmt, path::PathBuf, sync::Arc, time::Duration};
 
@@ -58,17 +59,6 @@ impl SourceConfig {
         Self::Kubernetes(KubernetesOptions::new(Connection::InCluster(
             InClusterPaths::default(),
         )))
-    }
-}
-
-/// The command line's choice (clap lets exactly one of the three through).
-impl From<&crate::cli::SourceArgs> for SourceConfig {
-    fn from(args: &crate::cli::SourceArgs) -> Self {
-        match (&args.config_dir, &args.kubeconfig) {
-            (Some(dir), _) => Self::ManifestDir(dir.clone()),
-            (None, Some(kubeconfig)) => Self::kubeconfig(kubeconfig.clone()),
-            (None, None) => Self::in_cluster(),
-        }
     }
 }
 
@@ -302,52 +292,5 @@ impl Publisher {
     /// Resolves when every receiver is gone: the source's tasks should stop.
     pub(crate) async fn closed(&self) {
         self.sender.closed().await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::path::Path;
-
-    use super::*;
-    use crate::cli::SourceArgs;
-
-    #[test]
-    fn command_line_sources_map_to_configs() {
-        let args = |config_dir: Option<&str>, kubeconfig: Option<&str>, in_cluster| SourceArgs {
-            config_dir: config_dir.map(PathBuf::from),
-            kubeconfig: kubeconfig.map(PathBuf::from),
-            in_cluster,
-        };
-        assert!(matches!(
-            SourceConfig::from(&args(Some("/etc/slicelb"), None, false)),
-            SourceConfig::ManifestDir(dir) if dir == Path::new("/etc/slicelb")
-        ));
-        match SourceConfig::from(&args(None, Some("/root/.kube/config"), false)) {
-            SourceConfig::Kubernetes(options) => {
-                assert!(
-                    matches!(options.connection, Connection::Kubeconfig(p) if p == Path::new("/root/.kube/config"))
-                );
-                assert_eq!(
-                    options.label_selector,
-                    kubernetes::KUBE_PROXY_LABEL_SELECTOR,
-                    "kube-proxy's selector by default"
-                );
-            }
-            other => panic!("--kubeconfig gave {other:?}"),
-        }
-        match SourceConfig::from(&args(None, None, true)) {
-            SourceConfig::Kubernetes(options) => match options.connection {
-                Connection::InCluster(paths) => {
-                    assert_eq!(
-                        paths.service_account_dir,
-                        Path::new(kubernetes::SERVICE_ACCOUNT_DIR)
-                    );
-                    assert_eq!(paths.api_server, None, "from KUBERNETES_SERVICE_HOST/PORT");
-                }
-                other => panic!("--in-cluster gave {other:?}"),
-            },
-            other => panic!("--in-cluster gave {other:?}"),
-        }
     }
 }
