@@ -22,12 +22,11 @@ use crate::{
 
 #[inline(always)]
 pub fn process<C: PacketCtx>(ctx: &C) -> Verdict {
-    let mut slot = MaybeUninit::<Parsed>::uninit();
-    if let Err(reason) = parse(ctx.data(), ctx.data_end(), ctx.wire_len(), true, &mut slot) {
-        return Verdict::early(reason);
-    }
-    // SAFETY: `parse` returned Ok, so it initialised the slot.
-    let p = unsafe { slot.assume_init_ref() };
+    let mut slot = MaybeUninit::uninit();
+    let p = match parse(ctx.packet(), ctx.wire_len(), true, &mut slot) {
+        Ok(p) => p,
+        Err(reason) => return Verdict::early(reason),
+    };
     if p.fragment == Fragment::Later {
         return fragments::forward_later(ctx, p);
     }

@@ -1,3 +1,5 @@
 #![no_std]
-// The programs live in main.rs (a `no_main` binary, as aya-build expects); this library
-// target exists so that host-side tooling (clippy, rust-analyzer) has a crate root.
+//! What eBPF programs share with the ones in main.rs (a `no_main` binary, as aya-build
+//! expects): the bench programs' crate depends on this library too.
+
+pub mod packet;
