@@ -17,7 +17,12 @@ use lb_common::{
 use lb_ebpf::packet::{ICMP_LEN, IPV4_LEN, IPV6_LEN, Packet};
 
 use crate::{
-    csum, ctx::PacketCtx, maps::CONNTRACK, parse::Parsed, parse::ZERO_ADDR, verdict::Verdict,
+    csum,
+    ctx::PacketCtx,
+    maps::{CONNTRACK, Lookup as _},
+    parse::Parsed,
+    parse::ZERO_ADDR,
+    verdict::Verdict,
 };
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -149,11 +154,9 @@ fn find_quoted<C: PacketCtx>(
         Direction::Egress => flow_direction::REPLY,
         Direction::Ingress => flow_direction::FORWARD,
     };
-    let Some(flow) = CONNTRACK.get_ptr(&key) else {
+    let Some(flow) = CONNTRACK.value(&key) else {
         return Ok(());
     };
-    // SAFETY: a map value pointer, valid for the whole program run (RCU).
-    let flow = unsafe { &*flow };
     if flow.direction != wanted {
         return Ok(());
     }

@@ -39,8 +39,8 @@ fn reply_nat<C: PacketCtx>(ctx: &C, p: &Parsed) -> Verdict {
     let Some(entry) = CONNTRACK.get_ptr_mut(&flow_key(p)) else {
         return Verdict::pass(Reason::PassNoFrontend);
     };
-    // SAFETY: a map value pointer (valid for the whole run); a racing update can only
-    // refresh the same flow.
+    // SAFETY: a map value pointer, valid until the program returns (see `Lookup`); a
+    // racing update can only refresh the same flow.
     let flow = unsafe { &mut *entry };
     if flow.direction != flow_direction::REPLY {
         return Verdict::pass(Reason::PassNoFrontend);
