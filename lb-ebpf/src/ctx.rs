@@ -173,6 +173,14 @@ impl Tc<'_> {
         }
     }
 
+    /// `bpf_l4_csum_replace` on the checksum field `l4` (the parser checked its offset).
+    #[inline(always)]
+    fn l4_csum_replace(&self, l4: L4Csum, from: u64, to: u64, flags: u64) -> Result<(), ()> {
+        // SAFETY: helper call on our own context.
+        let ret = unsafe { bpf_l4_csum_replace(self.skb(), l4.offset as u32, from, to, flags) };
+        if ret == 0 { Ok(()) } else { Err(()) }
+    }
+
     /// Sends the packet back out of the interface it arrived on.
     #[inline(always)]
     pub fn redirect_back(&self) -> i32 {
@@ -243,13 +251,7 @@ impl PacketCtx for Tc<'_> {
                     } else {
                         0
                     };
-                // SAFETY: helper call; the offset was bounds-checked by the parser.
-                let ret = unsafe {
-                    bpf_l4_csum_replace(self.skb(), l4.offset as u32, 0, diff as u64, flags)
-                };
-                if ret != 0 {
-                    return Err(());
-                }
+                self.l4_csum_replace(l4, 0, diff as u64, flags)?;
             }
         } else {
             let from = u32::from_ne_bytes([old[0], old[1], old[2], old[3]]) as u64;
@@ -269,12 +271,7 @@ impl PacketCtx for Tc<'_> {
                     } else {
                         0
                     };
-                // SAFETY: helper call.
-                let ret =
-                    unsafe { bpf_l4_csum_replace(self.skb(), l4.offset as u32, from, to, flags) };
-                if ret != 0 {
-                    return Err(());
-                }
+                self.l4_csum_replace(l4, from, to, flags)?;
             }
         }
         Ok(())
@@ -294,13 +291,7 @@ impl PacketCtx for Tc<'_> {
             } else {
                 0
             };
-            // SAFETY: helper call.
-            let ret = unsafe {
-                bpf_l4_csum_replace(self.skb(), l4.offset as u32, old as u64, new as u64, flags)
-            };
-            if ret != 0 {
-                return Err(());
-            }
+            self.l4_csum_replace(l4, old as u64, new as u64, flags)?;
             // A UDP datagram without checksum has no field to balance the port change: tell
             // a CHECKSUM_COMPLETE `skb->csum` about it directly.
             // (A fresh `packet()`: the helper above invalidated the packet pointers.)
