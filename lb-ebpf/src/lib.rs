@@ -1,5 +1,6 @@
+//! What eBPF programs share, beside the datapath's own programs in main.rs (a `no_main`
+//! binary, as aya-build expects): another eBPF crate (the bench programs) can depend on
+//! `lb-ebpf` and use these. No panic handler here: each binary defines its own.
 #![no_std]
-//! What eBPF programs share with the ones in main.rs (a `no_main` binary, as aya-build
-//! expects): the bench programs' crate depends on this library too.
 
 pub mod packet;
