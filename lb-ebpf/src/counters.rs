@@ -1,36 +1,38 @@
 //! Per-CPU counters: why each packet got its verdict, what protocols went by, and what each
 //! service carried.
 
+use aya_ebpf::maps::PerCpuArray;
 use lb_common::{ProtoCounter, Reason};
 
 use crate::maps::{PROTO_STATS, REASON_STATS, SERVICE_STATS};
 
+/// Runs `f` on this CPU's slot `index` of `map`, when the index is in range.
+#[inline(always)]
+fn update_slot<T>(map: &PerCpuArray<T>, index: u32, f: impl FnOnce(&mut T)) {
+    if let Some(slot) = map.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, only this CPU writes it while the program runs; the borrow
+        // ends with `f`.
+        f(unsafe { &mut *slot });
+    }
+}
+
 #[inline(always)]
 pub fn count_proto(counter: ProtoCounter) {
-    if let Some(slot) = PROTO_STATS.get_ptr_mut(counter as u32) {
-        // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
-        unsafe { *slot += 1 };
-    }
+    update_slot(&PROTO_STATS, counter as u32, |count| *count += 1);
 }
 
 #[inline(always)]
 pub fn count_reason(reason: Reason) {
-    if let Some(slot) = REASON_STATS.get_ptr_mut(reason as u32) {
-        // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
-        unsafe { *slot += 1 };
-    }
+    update_slot(&REASON_STATS, reason as u32, |count| *count += 1);
 }
 
 #[inline(always)]
 pub fn count_service(service_id: u32, bytes: u32, new_flow: bool) {
-    if let Some(slot) = SERVICE_STATS.get_ptr_mut(service_id) {
-        // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
-        unsafe {
-            (*slot).packets += 1;
-            (*slot).bytes += bytes as u64;
-            if new_flow {
-                (*slot).new_flows += 1;
-            }
+    update_slot(&SERVICE_STATS, service_id, |slot| {
+        slot.packets += 1;
+        slot.bytes += bytes as u64;
+        if new_flow {
+            slot.new_flows += 1;
         }
-    }
+    });
 }

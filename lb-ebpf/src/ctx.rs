@@ -16,6 +16,7 @@ use aya_ebpf::{
     },
     programs::{TcContext, XdpContext},
 };
+use lb_ebpf::packet::Packet;
 
 use crate::csum;
 
@@ -29,12 +30,12 @@ pub struct L4Csum {
 }
 
 pub trait PacketCtx {
-    fn data(&self) -> usize;
-    fn data_end(&self) -> usize;
+    /// The bytes the program can access directly (stale after `grow_front` / `truncate`).
+    fn packet(&self) -> Packet;
     /// Packet length in bytes (for the byte counters).
     fn packet_len(&self) -> u32;
-    /// The full packet length when `data_end` may end before the packet does (TC), or 0
-    /// when `data_end` is the end of the packet (XDP without multi-buffer).
+    /// The full packet length when `packet()` may end before the packet does (TC), or 0
+    /// when it holds the whole packet (XDP without multi-buffer).
     fn wire_len(&self) -> usize;
     /// Replaces an address at `addr_offset` with `new` and fixes the IPv4 header checksum
     /// (when `ip_csum_offset` is given) and the L4 checksum (pseudo-header).
@@ -62,54 +63,10 @@ pub trait PacketCtx {
     fn truncate(&self, len: u32) -> Result<(), ()>;
 }
 
-#[inline(always)]
-pub fn ptr_at<T>(data: usize, end: usize, offset: usize) -> Option<*mut T> {
-    let start = data + offset;
-    if start + core::mem::size_of::<T>() > end {
-        return None;
-    }
-    Some(start as *mut T)
-}
-
-#[inline(always)]
-fn write_bytes(
-    data: usize,
-    end: usize,
-    offset: usize,
-    bytes: &[u8; 16],
-    len: usize,
-) -> Result<(), ()> {
-    if len == 4 {
-        let p: *mut [u8; 4] = ptr_at(data, end, offset).ok_or(())?;
-        // SAFETY: bounds checked by ptr_at.
-        unsafe { *p = [bytes[0], bytes[1], bytes[2], bytes[3]] };
-    } else {
-        let p: *mut [u8; 16] = ptr_at(data, end, offset).ok_or(())?;
-        // SAFETY: bounds checked by ptr_at.
-        unsafe { *p = *bytes };
-    }
-    Ok(())
-}
-
-#[inline(always)]
-fn write_u16(data: usize, end: usize, offset: usize, value: u16) -> Result<(), ()> {
-    let p: *mut u16 = ptr_at(data, end, offset).ok_or(())?;
-    // SAFETY: bounds checked by ptr_at.
-    unsafe { p.write_unaligned(value) };
-    Ok(())
-}
-
-#[inline(always)]
-fn read_u16(data: usize, end: usize, offset: usize) -> Result<u16, ()> {
-    let p: *const u16 = ptr_at(data, end, offset).ok_or(())?;
-    // SAFETY: bounds checked by ptr_at.
-    Ok(unsafe { p.read_unaligned() })
-}
-
 /// Software checksum update of one field, keeping UDP's "no checksum" zero.
 #[inline(always)]
-fn update_l4_software(data: usize, end: usize, l4: L4Csum, diff: u32) -> Result<(), ()> {
-    let old = read_u16(data, end, l4.offset)?;
+fn update_l4_software(packet: Packet, l4: L4Csum, diff: u32) -> Result<(), ()> {
+    let old: u16 = packet.read(l4.offset).ok_or(())?;
     if l4.udp && old == 0 {
         return Ok(());
     }
@@ -117,24 +74,15 @@ fn update_l4_software(data: usize, end: usize, l4: L4Csum, diff: u32) -> Result<
     if l4.udp && new == 0 {
         new = 0xffff;
     }
-    write_u16(data, end, l4.offset, new)
+    packet.write(l4.offset, new).ok_or(())
 }
 
 pub struct Xdp<'a>(pub &'a XdpContext);
 
-// The packet pointers are read with volatile loads: otherwise LLVM may hoist them into a
-// caller and pass them to a BPF subprogram as plain integers, re-extending them there,
-// which the verifier refuses ("pointer arithmetic on pkt_end prohibited").
 impl PacketCtx for Xdp<'_> {
     #[inline(always)]
-    fn data(&self) -> usize {
-        // SAFETY: a field of the context the kernel handed us.
-        unsafe { core::ptr::read_volatile(&(*self.0.ctx).data) as usize }
-    }
-    #[inline(always)]
-    fn data_end(&self) -> usize {
-        // SAFETY: as above.
-        unsafe { core::ptr::read_volatile(&(*self.0.ctx).data_end) as usize }
+    fn packet(&self) -> Packet {
+        Packet::xdp(self.0)
     }
     #[inline(always)]
     fn wire_len(&self) -> usize {
@@ -156,15 +104,17 @@ impl PacketCtx for Xdp<'_> {
         ip_csum_offset: Option<usize>,
         l4: Option<L4Csum>,
     ) -> Result<(), ()> {
-        let (data, end) = (self.data(), self.data_end());
-        write_bytes(data, end, addr_offset, new, if ipv6 { 16 } else { 4 })?;
+        let packet = self.packet();
+        packet.write_addr(addr_offset, new, ipv6).ok_or(())?;
         let diff = csum::diff_addr(0, old, new, ipv6);
         if let Some(offset) = ip_csum_offset {
-            let old_csum = read_u16(data, end, offset)?;
-            write_u16(data, end, offset, csum::apply(old_csum, diff))?;
+            let old_csum: u16 = packet.read(offset).ok_or(())?;
+            packet
+                .write(offset, csum::apply(old_csum, diff))
+                .ok_or(())?;
         }
         if let Some(l4) = l4 {
-            update_l4_software(data, end, l4, diff)?;
+            update_l4_software(packet, l4, diff)?;
         }
         Ok(())
     }
@@ -176,10 +126,10 @@ impl PacketCtx for Xdp<'_> {
         new: u16,
         l4: Option<L4Csum>,
     ) -> Result<(), ()> {
-        let (data, end) = (self.data(), self.data_end());
-        write_u16(data, end, port_offset, new)?;
+        let packet = self.packet();
+        packet.write(port_offset, new).ok_or(())?;
         if let Some(l4) = l4 {
-            update_l4_software(data, end, l4, csum::diff16(0, old, new))?;
+            update_l4_software(packet, l4, csum::diff16(0, old, new))?;
         }
         Ok(())
     }
@@ -217,10 +167,18 @@ impl Tc<'_> {
     #[inline(always)]
     pub fn pull(&self, len: u32) {
         let want = len.min(self.0.len());
-        if self.data() + want as usize > self.data_end() {
+        if !self.packet().holds(want as usize) {
             // SAFETY: helper call on our own context; failure leaves the packet as it was.
             unsafe { bpf_skb_pull_data(self.skb(), want) };
         }
+    }
+
+    /// `bpf_l4_csum_replace` on the checksum field `l4` (the parser checked its offset).
+    #[inline(always)]
+    fn l4_csum_replace(&self, l4: L4Csum, from: u64, to: u64, flags: u64) -> Result<(), ()> {
+        // SAFETY: helper call on our own context.
+        let ret = unsafe { bpf_l4_csum_replace(self.skb(), l4.offset as u32, from, to, flags) };
+        if ret == 0 { Ok(()) } else { Err(()) }
     }
 
     /// Sends the packet back out of the interface it arrived on.
@@ -233,14 +191,8 @@ impl Tc<'_> {
 
 impl PacketCtx for Tc<'_> {
     #[inline(always)]
-    fn data(&self) -> usize {
-        // SAFETY: a field of the context the kernel handed us (volatile: see `Xdp`).
-        unsafe { core::ptr::read_volatile(&(*self.skb()).data) as usize }
-    }
-    #[inline(always)]
-    fn data_end(&self) -> usize {
-        // SAFETY: as above.
-        unsafe { core::ptr::read_volatile(&(*self.skb()).data_end) as usize }
+    fn packet(&self) -> Packet {
+        Packet::tc(self.0)
     }
     #[inline(always)]
     fn packet_len(&self) -> u32 {
@@ -278,7 +230,9 @@ impl PacketCtx for Tc<'_> {
             }
         } else {
             // The IPv4 header checksum update balances the address change.
-            write_bytes(self.data(), self.data_end(), addr_offset, new, 4)?;
+            self.packet()
+                .write_addr(addr_offset, new, false)
+                .ok_or(())?;
         }
         if ipv6 {
             if let Some(l4) = l4 {
@@ -297,13 +251,7 @@ impl PacketCtx for Tc<'_> {
                     } else {
                         0
                     };
-                // SAFETY: helper call; the offset was bounds-checked by the parser.
-                let ret = unsafe {
-                    bpf_l4_csum_replace(self.skb(), l4.offset as u32, 0, diff as u64, flags)
-                };
-                if ret != 0 {
-                    return Err(());
-                }
+                self.l4_csum_replace(l4, 0, diff as u64, flags)?;
             }
         } else {
             let from = u32::from_ne_bytes([old[0], old[1], old[2], old[3]]) as u64;
@@ -323,12 +271,7 @@ impl PacketCtx for Tc<'_> {
                     } else {
                         0
                     };
-                // SAFETY: helper call.
-                let ret =
-                    unsafe { bpf_l4_csum_replace(self.skb(), l4.offset as u32, from, to, flags) };
-                if ret != 0 {
-                    return Err(());
-                }
+                self.l4_csum_replace(l4, from, to, flags)?;
             }
         }
         Ok(())
@@ -341,23 +284,18 @@ impl PacketCtx for Tc<'_> {
         new: u16,
         l4: Option<L4Csum>,
     ) -> Result<(), ()> {
-        write_u16(self.data(), self.data_end(), port_offset, new)?;
+        self.packet().write(port_offset, new).ok_or(())?;
         if let Some(l4) = l4 {
             let flags = 2 | if l4.udp {
                 BPF_F_MARK_MANGLED_0 as u64
             } else {
                 0
             };
-            // SAFETY: helper call.
-            let ret = unsafe {
-                bpf_l4_csum_replace(self.skb(), l4.offset as u32, old as u64, new as u64, flags)
-            };
-            if ret != 0 {
-                return Err(());
-            }
+            self.l4_csum_replace(l4, old as u64, new as u64, flags)?;
             // A UDP datagram without checksum has no field to balance the port change: tell
             // a CHECKSUM_COMPLETE `skb->csum` about it directly.
-            if l4.udp && read_u16(self.data(), self.data_end(), l4.offset)? == 0 {
+            // (A fresh `packet()`: the helper above invalidated the packet pointers.)
+            if l4.udp && self.packet().read::<u16>(l4.offset).ok_or(())? == 0 {
                 let mut from = [old, 0];
                 let mut to = [new, 0];
                 // SAFETY: helper calls with 4-byte buffers on our stack.

@@ -13,7 +13,7 @@ use crate::{
     fragments,
     icmp::{self, Direction},
     lookup::{self, Choice, ConntrackMiss, Established},
-    maps::{FRONTEND_FILTER, FRONTENDS},
+    maps::{FRONTEND_FILTER, FRONTENDS, Lookup as _},
     nat::{Side, rewrite},
     parse::{Fragment, Parsed, parse},
     reject,
@@ -22,12 +22,11 @@ use crate::{
 
 #[inline(always)]
 pub fn process<C: PacketCtx>(ctx: &C) -> Verdict {
-    let mut slot = MaybeUninit::<Parsed>::uninit();
-    if let Err(reason) = parse(ctx.data(), ctx.data_end(), ctx.wire_len(), true, &mut slot) {
-        return Verdict::early(reason);
-    }
-    // SAFETY: `parse` returned Ok, so it initialised the slot.
-    let p = unsafe { slot.assume_init_ref() };
+    let mut slot = MaybeUninit::uninit();
+    let p = match parse(ctx.packet(), ctx.wire_len(), true, &mut slot) {
+        Ok(p) => p,
+        Err(reason) => return Verdict::early(reason),
+    };
     if p.fragment == Fragment::Later {
         return fragments::forward_later(ctx, p);
     }
@@ -50,14 +49,11 @@ pub fn process<C: PacketCtx>(ctx: &C) -> Verdict {
         proto: p.proto,
         family: p.family,
     };
-    // The exact lookup, for packets whose filter bit is set.
-    let Some(frontend) = FRONTENDS.get_ptr(&key) else {
+    // The exact lookup, for packets whose filter bit is set (the value is referenced, not
+    // copied, to keep the stack frame small).
+    let Some(frontend) = FRONTENDS.value(&key) else {
         return Verdict::pass(Reason::PassNoFrontend);
     };
-    // SAFETY: a map value pointer, valid memory for the whole program run (RCU). As with
-    // any BPF hash lookup, an agent update racing this packet may show it the new value;
-    // it is referenced, not copied, to keep the stack frame small.
-    let frontend: &FrontendValue = unsafe { &*frontend };
     if frontend.flags & frontend_flags::SOURCE_RANGES != 0
         && !lookup::source_allowed(p, frontend.service_id)
     {

@@ -11,7 +11,7 @@ use crate::{
     counters::count_service,
     ctx::PacketCtx,
     lookup::{Target, backend},
-    maps::FRAGMENTS,
+    maps::{FRAGMENTS, Lookup as _},
     nat::{Side, rewrite},
     parse::Parsed,
     verdict::Verdict,
@@ -44,14 +44,13 @@ pub fn record_first(p: &Parsed, target: &Target, service_id: u32) {
 // A separate BPF function: its own stack frame keeps each frame under the 512-byte limit.
 #[inline(never)]
 pub fn forward_later<C: PacketCtx>(ctx: &C, p: &Parsed) -> Verdict {
-    let Some(entry) = FRAGMENTS.get_ptr(&key(p)) else {
-        return Verdict::pass(Reason::PassFragmentUnknown);
-    };
-    // SAFETY: a map value pointer, copied at once.
-    let FragmentValue {
+    let Some(&FragmentValue {
         backend_id,
         service_id,
-    } = unsafe { *entry };
+    }) = FRAGMENTS.value(&key(p))
+    else {
+        return Verdict::pass(Reason::PassFragmentUnknown);
+    };
     let Some(backend) = backend(backend_id) else {
         return Verdict::pass(Reason::PassFragmentUnknown);
     };

@@ -10,17 +10,16 @@
 //! and every change here is balanced by a checksum change inside the packet, so a
 //! `CHECKSUM_COMPLETE` sum stays valid.
 
-use core::mem::MaybeUninit;
-
 use lb_common::{
     FAMILY_IPV4, FlowKey, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, Reason,
     flow_direction,
 };
+use lb_ebpf::packet::{ICMP_LEN, IPV4_LEN, IPV6_LEN, Packet};
 
 use crate::{
     csum,
-    ctx::{PacketCtx, ptr_at},
-    maps::CONNTRACK,
+    ctx::PacketCtx,
+    maps::{CONNTRACK, Lookup as _},
     parse::Parsed,
     parse::ZERO_ADDR,
     verdict::Verdict,
@@ -41,43 +40,23 @@ fn is_error(p: &Parsed, icmp_type: u8) -> bool {
     }
 }
 
-#[inline(always)]
-fn read<const N: usize>(data: usize, end: usize, offset: usize) -> Option<[u8; N]> {
-    let p: *const [u8; N] = ptr_at(data, end, offset)?;
-    // SAFETY: bounds checked by ptr_at.
-    Some(unsafe { p.read_unaligned() })
-}
-
 /// Writes a 16-bit word and returns the checksum difference it caused.
 #[inline(always)]
-fn replace16(data: usize, end: usize, offset: usize, new: u16) -> Option<u32> {
-    let p: *mut u16 = ptr_at(data, end, offset)?;
-    // SAFETY: bounds checked by ptr_at.
-    let old = unsafe { p.read_unaligned() };
-    // SAFETY: as above.
-    unsafe { p.write_unaligned(new) };
+fn replace16(packet: Packet, offset: usize, new: u16) -> Option<u32> {
+    let old = packet.replace(offset, new)?;
     Some(csum::diff16(0, old, new))
 }
 
 /// Writes an address and returns the checksum difference it caused.
 #[inline(always)]
 fn replace_addr(
-    data: usize,
-    end: usize,
+    packet: Packet,
     offset: usize,
     old: &[u8; 16],
     new: &[u8; 16],
     ipv6: bool,
 ) -> Option<u32> {
-    if ipv6 {
-        let p: *mut [u8; 16] = ptr_at(data, end, offset)?;
-        // SAFETY: bounds checked by ptr_at.
-        unsafe { p.write_unaligned(*new) };
-    } else {
-        let p: *mut [u8; 4] = ptr_at(data, end, offset)?;
-        // SAFETY: bounds checked by ptr_at.
-        unsafe { p.write_unaligned([new[0], new[1], new[2], new[3]]) };
-    }
+    packet.write_addr(offset, new, ipv6)?;
     Some(csum::diff_addr(0, old, new, ipv6))
 }
 
@@ -85,23 +64,21 @@ fn replace_addr(
 // Out of line: ICMP errors are rare, and their state stays off the packet path's frame.
 #[inline(never)]
 pub fn translate_error<C: PacketCtx>(ctx: &C, p: &Parsed, direction: Direction) -> Verdict {
-    let (data, end) = (ctx.data(), ctx.data_end());
-    let Some(header) = read::<8>(data, end, p.l4_off) else {
+    let Some(header) = ctx.packet().header::<ICMP_LEN>(p.l4_off) else {
         return Verdict::drop(Reason::DropTruncated);
     };
-    if !is_error(p, header[0]) {
+    if !is_error(p, header.u8::<0>()) {
         return Verdict::pass(Reason::PassOtherProtocol);
     }
     // Two separate BPF functions called one after the other (not nested): each call chain
     // stays under the 512-byte stack limit.
-    let mut quoted = MaybeUninit::<Quoted>::uninit();
-    match find_quoted(ctx, p, direction, &mut quoted) {
-        Ok(true) => {}
-        Ok(false) => return Verdict::pass(Reason::PassNoFrontend),
-        Err(reason) => return Verdict::early(reason),
+    let mut quoted = None;
+    if let Err(reason) = find_quoted(ctx, p, direction, &mut quoted) {
+        return Verdict::early(reason);
     }
-    // SAFETY: find_quoted returned Ok(true), so it wrote the whole struct.
-    let quoted = unsafe { quoted.assume_init_ref() };
+    let Some(quoted) = &quoted else {
+        return Verdict::pass(Reason::PassNoFrontend);
+    };
     match rewrite_quoted(ctx, p, direction, quoted) {
         Ok(()) => Verdict::pass(Reason::IcmpErrorTranslated),
         Err(reason) => Verdict::early(reason),
@@ -120,17 +97,18 @@ struct Quoted {
     proto: u8,
 }
 
-/// Ok(false): not about a balanced flow. Ok(true): `out` is written.
+/// Fills `out` when the error is about a balanced flow (an out parameter: this is a BPF
+/// function of its own, and a returned `Quoted` would not fit in a register).
 #[inline(never)]
 fn find_quoted<C: PacketCtx>(
     ctx: &C,
     p: &Parsed,
     direction: Direction,
-    out: &mut MaybeUninit<Quoted>,
-) -> Result<bool, Reason> {
-    let (data, end) = (ctx.data(), ctx.data_end());
+    out: &mut Option<Quoted>,
+) -> Result<(), Reason> {
+    let packet = ctx.packet();
     let ipv6 = p.ipv6();
-    let inner_l3 = p.l4_off + 8;
+    let inner_l3 = p.l4_off + ICMP_LEN;
     // The quoted packet went one way; the conntrack entry that names its translation is
     // keyed the other way (reply entry on egress, forward entry on ingress), so the quoted
     // addresses and ports go into the key swapped.
@@ -144,58 +122,49 @@ fn find_quoted<C: PacketCtx>(
         _pad: [0, 0],
     };
     let inner_l4 = if ipv6 {
-        let h: *const u8 = ptr_at::<[u8; 40]>(data, end, inner_l3)
-            .ok_or(Reason::DropTruncated)?
-            .cast();
-        // SAFETY: 40 bytes checked above.
-        unsafe {
-            key.proto = *h.add(6);
-            key.dst_addr = h.add(8).cast::<[u8; 16]>().read_unaligned();
-            key.src_addr = h.add(24).cast::<[u8; 16]>().read_unaligned();
-        }
-        inner_l3 + 40
+        let h = packet
+            .header::<IPV6_LEN>(inner_l3)
+            .ok_or(Reason::DropTruncated)?;
+        key.proto = h.u8::<6>();
+        key.dst_addr = h.bytes::<8, 16>();
+        key.src_addr = h.bytes::<24, 16>();
+        inner_l3 + IPV6_LEN
     } else {
-        let h: *const u8 = ptr_at::<[u8; 20]>(data, end, inner_l3)
-            .ok_or(Reason::DropTruncated)?
-            .cast();
-        // SAFETY: 20 bytes checked above.
-        let version_ihl = unsafe { *h };
+        let h = packet
+            .header::<IPV4_LEN>(inner_l3)
+            .ok_or(Reason::DropTruncated)?;
+        let version_ihl = h.u8::<0>();
         let header_len = ((version_ihl & 0x0f) as usize) * 4;
-        if version_ihl >> 4 != 4 || header_len < 20 {
+        if version_ihl >> 4 != 4 || header_len < IPV4_LEN {
             return Err(Reason::DropMalformed);
         }
-        // SAFETY: as above.
-        unsafe {
-            key.proto = *h.add(9);
-            key.dst_addr[..4].copy_from_slice(&h.add(12).cast::<[u8; 4]>().read_unaligned());
-            key.src_addr[..4].copy_from_slice(&h.add(16).cast::<[u8; 4]>().read_unaligned());
-        }
+        key.proto = h.u8::<9>();
+        key.dst_addr[..4].copy_from_slice(&h.bytes::<12, 4>());
+        key.src_addr[..4].copy_from_slice(&h.bytes::<16, 4>());
         inner_l3 + header_len
     };
     let proto = key.proto;
     if !matches!(proto, PROTO_TCP | PROTO_UDP | PROTO_SCTP) {
-        return Ok(false);
+        return Ok(());
     }
-    let ports = read::<4>(data, end, inner_l4).ok_or(Reason::DropTruncated)?;
+    let ports: [u8; 4] = packet.read(inner_l4).ok_or(Reason::DropTruncated)?;
     key.dst_port = u16::from_ne_bytes([ports[0], ports[1]]);
     key.src_port = u16::from_ne_bytes([ports[2], ports[3]]);
     let wanted = match direction {
         Direction::Egress => flow_direction::REPLY,
         Direction::Ingress => flow_direction::FORWARD,
     };
-    let Some(flow) = CONNTRACK.get_ptr(&key) else {
-        return Ok(false);
+    let Some(flow) = CONNTRACK.value(&key) else {
+        return Ok(());
     };
-    // SAFETY: a map value pointer, valid for the whole program run (RCU).
-    let flow = unsafe { &*flow };
     if flow.direction != wanted {
-        return Ok(false);
+        return Ok(());
     }
     let (old_addr, old_port) = match direction {
         Direction::Egress => (key.src_addr, key.src_port),
         Direction::Ingress => (key.dst_addr, key.dst_port),
     };
-    out.write(Quoted {
+    *out = Some(Quoted {
         inner_l3,
         inner_l4,
         old_addr,
@@ -204,7 +173,7 @@ fn find_quoted<C: PacketCtx>(
         new_port: flow.nat_port,
         proto,
     });
-    Ok(true)
+    Ok(())
 }
 
 /// Rewrites the quoted packet and the outer header, with every checksum.
@@ -215,7 +184,7 @@ fn rewrite_quoted<C: PacketCtx>(
     direction: Direction,
     q: &Quoted,
 ) -> Result<(), Reason> {
-    let (data, end) = (ctx.data(), ctx.data_end());
+    let packet = ctx.packet();
     let ipv6 = p.ipv6();
     let (inner_l3, inner_l4, proto) = (q.inner_l3, q.inner_l4, q.proto);
     // Egress rewrites the quoted destination (backend -> frontend); ingress the quoted
@@ -234,16 +203,16 @@ fn rewrite_quoted<C: PacketCtx>(
     };
 
     // Changes inside the ICMP payload, summed for the ICMP checksum.
-    let mut icmp_diff = replace_addr(data, end, inner_addr_off, &q.old_addr, &q.new_addr, ipv6)
+    let mut icmp_diff = replace_addr(packet, inner_addr_off, &q.old_addr, &q.new_addr, ipv6)
         .ok_or(Reason::DropTruncated)?;
     if proto != PROTO_SCTP {
-        icmp_diff += replace16(data, end, port_off, q.new_port).ok_or(Reason::DropTruncated)?;
+        icmp_diff += replace16(packet, port_off, q.new_port).ok_or(Reason::DropTruncated)?;
     }
     if !ipv6 {
         let offset = inner_l3 + 10;
-        let old = read::<2>(data, end, offset).ok_or(Reason::DropTruncated)?;
-        let new = csum::apply(u16::from_ne_bytes(old), addr_diff);
-        icmp_diff += replace16(data, end, offset, new).ok_or(Reason::DropTruncated)?;
+        let old: u16 = packet.read(offset).ok_or(Reason::DropTruncated)?;
+        let new = csum::apply(old, addr_diff);
+        icmp_diff += replace16(packet, offset, new).ok_or(Reason::DropTruncated)?;
     }
     // The quoted L4 checksum, when the quote is long enough to hold it.
     let l4_csum_off = match proto {
@@ -252,13 +221,11 @@ fn rewrite_quoted<C: PacketCtx>(
         _ => None,
     };
     if let Some(offset) = l4_csum_off
-        && let Some(old) = read::<2>(data, end, offset)
+        && let Some(old) = packet.read::<u16>(offset)
+        && !(proto == PROTO_UDP && old == 0)
     {
-        let old = u16::from_ne_bytes(old);
-        if !(proto == PROTO_UDP && old == 0) {
-            let new = csum::apply(old, addr_diff + port_diff);
-            icmp_diff += replace16(data, end, offset, new).ok_or(Reason::DropTruncated)?;
-        }
+        let new = csum::apply(old, addr_diff + port_diff);
+        icmp_diff += replace16(packet, offset, new).ok_or(Reason::DropTruncated)?;
     }
 
     // The outer address that names the translated side.
@@ -269,31 +236,19 @@ fn rewrite_quoted<C: PacketCtx>(
         (Direction::Ingress, true) => (p.l3_off + 24, &p.dst),
     };
     if *outer_old == q.old_addr {
-        let outer_diff = replace_addr(data, end, outer_off, outer_old, &q.new_addr, ipv6)
+        let outer_diff = replace_addr(packet, outer_off, outer_old, &q.new_addr, ipv6)
             .ok_or(Reason::DropTruncated)?;
         if ipv6 {
             // ICMPv6's checksum covers the pseudo-header.
             icmp_diff += outer_diff;
         } else {
             let offset = p.l3_off + 10;
-            let old = read::<2>(data, end, offset).ok_or(Reason::DropTruncated)?;
-            replace16(
-                data,
-                end,
-                offset,
-                csum::apply(u16::from_ne_bytes(old), outer_diff),
-            )
-            .ok_or(Reason::DropTruncated)?;
+            let old: u16 = packet.read(offset).ok_or(Reason::DropTruncated)?;
+            replace16(packet, offset, csum::apply(old, outer_diff)).ok_or(Reason::DropTruncated)?;
         }
     }
     let offset = p.l4_off + 2;
-    let old = read::<2>(data, end, offset).ok_or(Reason::DropTruncated)?;
-    replace16(
-        data,
-        end,
-        offset,
-        csum::apply(u16::from_ne_bytes(old), icmp_diff),
-    )
-    .ok_or(Reason::DropTruncated)?;
+    let old: u16 = packet.read(offset).ok_or(Reason::DropTruncated)?;
+    replace16(packet, offset, csum::apply(old, icmp_diff)).ok_or(Reason::DropTruncated)?;
     Ok(())
 }

@@ -1,3 +1,6 @@
+//! What eBPF programs share, beside the datapath's own programs in main.rs (a `no_main`
+//! binary, as aya-build expects): another eBPF crate (the bench programs) can depend on
+//! `lb-ebpf` and use these. No panic handler here: each binary defines its own.
 #![no_std]
-// The programs live in main.rs (a `no_main` binary, as aya-build expects); this library
-// target exists so that host-side tooling (clippy, rust-analyzer) has a crate root.
+
+pub mod packet;

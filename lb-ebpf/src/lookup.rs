@@ -7,13 +7,13 @@ use aya_ebpf::{
     bindings::BPF_ANY, helpers::generated::bpf_ktime_get_coarse_ns, maps::lpm_trie::Key,
 };
 use lb_common::{
-    AffinityKey, AffinityValue, Backend, Config, FlowKey, FlowValue, FrontendValue, PROTO_SCTP,
-    PROTO_TCP, PROTO_UDP, Reason, SourceRangeKey, backend_state, flow_direction, frontend_flags,
+    AffinityKey, AffinityValue, Backend, FlowKey, FlowValue, FrontendValue, PROTO_SCTP, PROTO_TCP,
+    PROTO_UDP, Reason, SourceRangeKey, backend_state, flow_direction, frontend_flags,
     hash::flow_hash, tcp_seen,
 };
 
 use crate::{
-    maps::{AFFINITY, BACKENDS, CONFIG, CONNTRACK, SELECTION, SOURCE_RANGES},
+    maps::{AFFINITY, BACKENDS, CONFIG, CONNTRACK, Lookup as _, SELECTION, SOURCE_RANGES},
     parse::Parsed,
 };
 
@@ -71,11 +71,9 @@ fn refresh_interval(timeout_ns: u64) -> u64 {
 /// The flow timeout for a protocol and TCP state, from CONFIG.
 #[inline(always)]
 fn flow_timeout(proto: u8, seen: u8) -> u64 {
-    let Some(config) = CONFIG.get_ptr(0) else {
+    let Some(config) = CONFIG.get(0) else {
         return 0;
     };
-    // SAFETY: a map value pointer; the agent writes the entry whole.
-    let config: &Config = unsafe { &*config };
     match proto {
         PROTO_TCP => {
             if seen & (tcp_seen::FIN | tcp_seen::RST) != 0 || seen & tcp_seen::ESTABLISHED == 0 {
@@ -172,15 +170,11 @@ pub fn established(p: &Parsed) -> Result<Established, ConntrackMiss> {
     let Some(entry) = CONNTRACK.get_ptr_mut(&key) else {
         return Err(miss);
     };
-    // SAFETY: a map value pointer; racing writers can only make us pick a stale backend.
-    // Fields are read one by one: copying the whole entry costs stack and loads.
-    let (direction, last_seen, seen) = unsafe {
-        (
-            (*entry).direction,
-            (*entry).last_seen_ns,
-            (*entry).tcp_flags_seen,
-        )
-    };
+    // SAFETY: a map value pointer, valid until the program returns (see `Lookup`); racing
+    // writers can only make us pick a stale backend. Fields are read one by one: copying
+    // the whole entry costs stack and loads.
+    let entry = unsafe { &mut *entry };
+    let (direction, last_seen, seen) = (entry.direction, entry.last_seen_ns, entry.tcp_flags_seen);
     if direction != flow_direction::FORWARD {
         return Err(miss);
     }
@@ -197,15 +191,12 @@ pub fn established(p: &Parsed) -> Result<Established, ConntrackMiss> {
     if is_syn(p) && seen & (tcp_seen::FIN | tcp_seen::RST) != 0 {
         return Err(miss);
     }
-    // SAFETY: as above.
-    let (backend_id, service_id, nat_addr, nat_port) = unsafe {
-        (
-            (*entry).backend_id,
-            (*entry).service_id,
-            (*entry).nat_addr,
-            (*entry).nat_port,
-        )
-    };
+    let (backend_id, service_id, nat_addr, nat_port) = (
+        entry.backend_id,
+        entry.service_id,
+        entry.nat_addr,
+        entry.nat_port,
+    );
     let Some(backend) = BACKENDS.get(backend_id) else {
         return Err(miss);
     };
@@ -222,11 +213,8 @@ pub fn established(p: &Parsed) -> Result<Established, ConntrackMiss> {
         seen
     };
     if age >= refresh_interval(timeout) || updated_seen != seen {
-        // SAFETY: as above.
-        unsafe {
-            (*entry).last_seen_ns = now;
-            (*entry).tcp_flags_seen = updated_seen;
-        }
+        entry.last_seen_ns = now;
+        entry.tcp_flags_seen = updated_seen;
     }
     Ok(Established {
         target: Target {
@@ -256,9 +244,8 @@ fn target_of(p: &Parsed, id: u32, backend: &Backend) -> Target {
 
 #[inline(always)]
 fn affinity_target(p: &Parsed, key: &AffinityKey, timeout_secs: u32, now: u64) -> Option<Target> {
-    let entry = AFFINITY.get_ptr(key)?;
-    // SAFETY: a map value pointer; fields copied at once.
-    let (id, last_seen) = unsafe { ((*entry).backend_id, (*entry).last_seen_ns) };
+    let entry = AFFINITY.value(key)?;
+    let (id, last_seen) = (entry.backend_id, entry.last_seen_ns);
     // Saturating, as for conntrack: a time from another clock must not read as expired.
     if now.saturating_sub(last_seen) > timeout_secs as u64 * 1_000_000_000 {
         return None;

@@ -5,7 +5,8 @@
 //! `nat` (address/port rewrites), `ctx` (what XDP and TC do differently: checksum updates,
 //! resizing, sending back), `csum` (RFC 1624 arithmetic), `reject` (RST, port unreachable),
 //! `icmp` (ICMP errors about balanced flows), `fragments`, `counters`, `forward` / `reverse`
-//! (the two paths), `verdict`.
+//! (the two paths), `verdict`; from the library, `lb_ebpf::packet` (bounds-checked packet
+//! access and header lengths, shared with the bench programs).
 //!
 //! Decisions worth knowing:
 //! - Misses: FRONTEND_FILTER, a blocked Bloom filter (2^15 u64 words, two bits of one word
@@ -84,6 +85,7 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use lb_common::config_flags;
+use lb_ebpf::packet::Packet;
 
 use crate::{
     counters::count_reason,
@@ -163,8 +165,8 @@ pub fn slicelb_tc_egress(ctx: TcContext) -> i32 {
 /// Benchmark baseline: the same parsing and protocol counting, no lookup.
 #[xdp]
 pub fn slicelb_xdp_parse_only(ctx: XdpContext) -> u32 {
-    let mut parsed = core::mem::MaybeUninit::uninit();
-    let _ = parse::parse(ctx.data(), ctx.data_end(), 0, true, &mut parsed);
+    let mut slot = core::mem::MaybeUninit::uninit();
+    let _ = parse::parse(Packet::xdp(&ctx), 0, true, &mut slot);
     xdp_action::XDP_PASS
 }
 

@@ -64,3 +64,31 @@ pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 #[map(name = "SERVICE_NAMES")]
 pub static SERVICE_NAMES: HashMap<u32, ServiceName> =
     HashMap::with_max_entries(capacity::SERVICE_NAMES, 0);
+
+/// Hash-map lookups that borrow the value instead of copying it (a copy costs stack and
+/// loads). Sound as BPF programs hold map values: the kernel keeps a looked-up value's
+/// memory alive until the program returns (RCU), whatever update or delete races it; a
+/// racing update (the agent's, or another CPU's) may show the packet the newer value, as
+/// with any BPF hash lookup.
+pub trait Lookup<K, V> {
+    /// The value under `key`.
+    fn value(&self, key: &K) -> Option<&V>;
+}
+
+impl<K, V> Lookup<K, V> for HashMap<K, V> {
+    #[inline(always)]
+    fn value(&self, key: &K) -> Option<&V> {
+        let value = self.get_ptr(key)?;
+        // SAFETY: a map value pointer, valid until the program returns (see `Lookup`).
+        Some(unsafe { &*value })
+    }
+}
+
+impl<K, V> Lookup<K, V> for LruHashMap<K, V> {
+    #[inline(always)]
+    fn value(&self, key: &K) -> Option<&V> {
+        let value = self.get_ptr(key)?;
+        // SAFETY: a map value pointer, valid until the program returns (see `Lookup`).
+        Some(unsafe { &*value })
+    }
+}

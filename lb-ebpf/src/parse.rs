@@ -9,18 +9,16 @@ use lb_common::{
     FAMILY_IPV4, FAMILY_IPV6, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
     ProtoCounter, Reason,
 };
+use lb_ebpf::packet::{
+    ETH_LEN, Header, ICMP_LEN, IPV4_LEN, IPV6_LEN, Packet, SCTP_LEN, TCP_LEN, UDP_LEN, VLAN_LEN,
+};
 
-use crate::{counters::count_proto, ctx::ptr_at};
+use crate::counters::count_proto;
 
-pub const ETH_LEN: usize = network_types::eth::EthHdr::LEN;
-pub const VLAN_LEN: usize = network_types::vlan::VlanHdr::LEN;
 const ETHERTYPE_IPV4: u16 = 0x0800;
 const ETHERTYPE_IPV6: u16 = 0x86dd;
 const ETHERTYPE_VLAN: u16 = 0x8100;
 const ETHERTYPE_QINQ: u16 = 0x88a8;
-
-const IPV6_HDR_LEN: usize = network_types::ip::Ipv6Hdr::LEN;
-const _: () = assert!(ETH_LEN == 14 && VLAN_LEN == 4 && IPV6_HDR_LEN == 40);
 const NEXT_HOP_BY_HOP: u8 = 0;
 const NEXT_ROUTING: u8 = 43;
 const NEXT_FRAGMENT: u8 = 44;
@@ -74,61 +72,31 @@ impl Parsed {
     }
 }
 
-/// A bounds-checked pointer to `len` (a constant) bytes at `offset`.
+/// The `N` header bytes at `offset`, or `DropTruncated`.
 #[inline(always)]
-fn header<const LEN: usize>(data: usize, end: usize, offset: usize) -> Result<*const u8, Reason> {
-    let p: *const [u8; LEN] = ptr_at(data, end, offset).ok_or(Reason::DropTruncated)?;
-    Ok(p.cast())
-}
-
-/// Byte `i` of a checked header.
-#[inline(always)]
-fn u8_at(h: *const u8, i: usize) -> u8 {
-    // SAFETY: callers index within the length `header` checked.
-    unsafe { *h.add(i) }
-}
-
-/// Big-endian u16 at byte `i` of a checked header.
-#[inline(always)]
-fn be16(h: *const u8, i: usize) -> u16 {
-    u16::from_be_bytes([u8_at(h, i), u8_at(h, i + 1)])
-}
-
-/// A u16 as it sits in the packet (network order kept), at byte `i` of a checked header.
-#[inline(always)]
-fn raw16(h: *const u8, i: usize) -> u16 {
-    // SAFETY: callers index within the length `header` checked.
-    unsafe { h.add(i).cast::<u16>().read_unaligned() }
-}
-
-/// `N` bytes at byte `i` of a checked header.
-#[inline(always)]
-fn bytes<const N: usize>(h: *const u8, i: usize) -> [u8; N] {
-    // SAFETY: callers index within the length `header` checked.
-    unsafe { h.add(i).cast::<[u8; N]>().read_unaligned() }
+fn header<const N: usize>(packet: Packet, offset: usize) -> Result<Header<N>, Reason> {
+    packet.header(offset).ok_or(Reason::DropTruncated)
 }
 
 /// Parses Ethernet and the optional VLAN tag; returns (ethertype, l3 offset).
 #[inline(always)]
-fn parse_eth(data: usize, end: usize) -> Result<(u16, usize), Reason> {
-    let eth = header::<14>(data, end, 0)?;
-    let ethertype = be16(eth, 12);
+fn parse_eth(packet: Packet) -> Result<(u16, usize), Reason> {
+    let eth = header::<ETH_LEN>(packet, 0)?;
+    let ethertype = eth.be16::<12>();
     if ethertype == ETHERTYPE_VLAN || ethertype == ETHERTYPE_QINQ {
-        let tag = header::<4>(data, end, ETH_LEN)?;
-        return Ok((be16(tag, 2), ETH_LEN + VLAN_LEN));
+        let tag = header::<VLAN_LEN>(packet, ETH_LEN)?;
+        return Ok((tag.be16::<2>(), ETH_LEN + VLAN_LEN));
     }
     Ok((ethertype, ETH_LEN))
 }
 
 /// Does the packet hold `len` bytes? `wire_len` is the packet's full length when the
 /// program sees only its linear head (TC: `skb->len`; the rest may sit in fragments, as in
-/// GSO packets from local sockets), or 0 when `end` is the end of the whole packet (XDP).
-/// XDP compares pointers, never lengths derived from the end pointer (the verifier refuses
-/// arithmetic on it).
+/// GSO packets from local sockets), or 0 when `packet` is the whole packet (XDP).
 #[inline(always)]
-fn within(data: usize, end: usize, wire_len: usize, len: usize) -> bool {
+fn within(packet: Packet, wire_len: usize, len: usize) -> bool {
     if wire_len == 0 {
-        data + len <= end
+        packet.holds(len)
     } else {
         len <= wire_len
     }
@@ -141,31 +109,30 @@ fn v4_in_16(addr: [u8; 4]) -> [u8; 16] {
     (u32::from_ne_bytes(addr) as u128).to_le_bytes()
 }
 
-/// Parses a packet up to the L4 ports into `out` (an out parameter, written whole once the
-/// IP header is known: zero-initialising the struct first costs a `memset` byte loop per
-/// packet). On `Ok`, `out` is initialised. `count` adds to PROTO_STATS (off for the reverse
-/// path, so each packet is counted once). `wire_len`: see [`within`].
+/// Parses a packet up to the L4 ports into `slot` and hands out the result (the slot is
+/// written whole once the IP header is known: zero-initialising the struct first costs a
+/// `memset` byte loop per packet). `count` adds to PROTO_STATS (off for the reverse path,
+/// so each packet is counted once). `wire_len`: see [`within`].
 #[inline(always)]
 pub fn parse(
-    data: usize,
-    end: usize,
+    packet: Packet,
     wire_len: usize,
     count: bool,
-    out: &mut MaybeUninit<Parsed>,
-) -> Result<(), Reason> {
-    let (ethertype, l3_off) = parse_eth(data, end)?;
-    match ethertype {
+    slot: &mut MaybeUninit<Parsed>,
+) -> Result<&mut Parsed, Reason> {
+    let (ethertype, l3_off) = parse_eth(packet)?;
+    let p = match ethertype {
         ETHERTYPE_IPV4 => {
             if count {
                 count_proto(ProtoCounter::Ipv4);
             }
-            parse_ipv4(data, end, wire_len, l3_off, out)?;
+            parse_ipv4(packet, wire_len, l3_off, slot)?
         }
         ETHERTYPE_IPV6 => {
             if count {
                 count_proto(ProtoCounter::Ipv6);
             }
-            parse_ipv6(data, end, wire_len, l3_off, out)?;
+            parse_ipv6(packet, wire_len, l3_off, slot)?
         }
         _ => {
             if count {
@@ -173,9 +140,7 @@ pub fn parse(
             }
             return Err(Reason::PassNotIp);
         }
-    }
-    // SAFETY: both IP parsers write the whole struct before returning Ok.
-    let p = unsafe { out.assume_init_mut() };
+    };
     if count {
         count_proto(match p.proto {
             PROTO_TCP => ProtoCounter::Tcp,
@@ -185,34 +150,33 @@ pub fn parse(
             _ => ProtoCounter::OtherL4,
         });
     }
-    if p.fragment == Fragment::Later {
-        return Ok(());
+    if p.fragment != Fragment::Later {
+        parse_l4(packet, p)?;
     }
-    parse_l4(data, end, p)
+    Ok(p)
 }
 
 #[inline(always)]
 fn parse_ipv4(
-    data: usize,
-    end: usize,
+    packet: Packet,
     wire_len: usize,
     l3: usize,
-    out: &mut MaybeUninit<Parsed>,
-) -> Result<(), Reason> {
-    let h = header::<20>(data, end, l3)?;
-    let version_ihl = u8_at(h, 0);
+    slot: &mut MaybeUninit<Parsed>,
+) -> Result<&mut Parsed, Reason> {
+    let h = header::<IPV4_LEN>(packet, l3)?;
+    let version_ihl = h.u8::<0>();
     if version_ihl >> 4 != 4 {
         return Err(Reason::DropMalformed);
     }
     let header_len = ((version_ihl & 0x0f) as usize) * 4;
-    if header_len < 20 {
+    if header_len < IPV4_LEN {
         return Err(Reason::DropMalformed);
     }
-    let total_len = be16(h, 2) as usize;
-    if total_len < header_len || !within(data, end, wire_len, l3 + total_len) {
+    let total_len = h.be16::<2>() as usize;
+    if total_len < header_len || !within(packet, wire_len, l3 + total_len) {
         return Err(Reason::DropMalformed);
     }
-    let frag = be16(h, 6);
+    let frag = h.be16::<6>();
     let fragment = if frag & 0x1fff != 0 {
         Fragment::Later
     } else if frag & 0x2000 != 0 {
@@ -220,57 +184,55 @@ fn parse_ipv4(
     } else {
         Fragment::Whole
     };
-    out.write(Parsed {
+    Ok(slot.write(Parsed {
         l3_off: l3,
         l4_off: l3 + header_len,
         family: FAMILY_IPV4,
-        proto: u8_at(h, 9),
-        src: v4_in_16(bytes(h, 12)),
-        dst: v4_in_16(bytes(h, 16)),
+        proto: h.u8::<9>(),
+        src: v4_in_16(h.bytes::<12, 4>()),
+        dst: v4_in_16(h.bytes::<16, 4>()),
         sport: 0,
         dport: 0,
         fragment,
-        frag_id: be16(h, 4) as u32,
+        frag_id: h.be16::<4>() as u32,
         tcp_flags: 0,
         ip_len: total_len,
-    });
-    Ok(())
+    }))
 }
 
 #[inline(always)]
 fn parse_ipv6(
-    data: usize,
-    end: usize,
+    packet: Packet,
     wire_len: usize,
     l3: usize,
-    out: &mut MaybeUninit<Parsed>,
-) -> Result<(), Reason> {
-    let h = header::<40>(data, end, l3)?;
-    if u8_at(h, 0) >> 4 != 6 {
+    slot: &mut MaybeUninit<Parsed>,
+) -> Result<&mut Parsed, Reason> {
+    let h = header::<IPV6_LEN>(packet, l3)?;
+    if h.u8::<0>() >> 4 != 6 {
         return Err(Reason::DropMalformed);
     }
-    let payload_len = be16(h, 4) as usize;
-    if !within(data, end, wire_len, l3 + IPV6_HDR_LEN + payload_len) {
+    let payload_len = h.be16::<4>() as usize;
+    if !within(packet, wire_len, l3 + IPV6_LEN + payload_len) {
         return Err(Reason::DropMalformed);
     }
-    let ip_len = payload_len + IPV6_HDR_LEN;
+    let ip_len = payload_len + IPV6_LEN;
     let mut fragment = Fragment::Whole;
     let mut frag_id = 0;
-    let mut next = u8_at(h, 6);
-    let mut off = l3 + IPV6_HDR_LEN;
+    let mut next = h.u8::<6>();
+    let mut off = l3 + IPV6_LEN;
     let mut i = 0;
     while i < MAX_EXT_HEADERS {
         match next {
             NEXT_HOP_BY_HOP | NEXT_ROUTING | NEXT_DEST_OPTS => {
-                let ext = header::<2>(data, end, off)?;
-                next = u8_at(ext, 0);
-                off += (u8_at(ext, 1) as usize + 1) * 8;
+                let ext = header::<2>(packet, off)?;
+                next = ext.u8::<0>();
+                off += (ext.u8::<1>() as usize + 1) * 8;
             }
             NEXT_FRAGMENT => {
-                let ext = header::<8>(data, end, off)?;
-                next = u8_at(ext, 0);
-                let frag = be16(ext, 2);
-                frag_id = u32::from_be_bytes(bytes(ext, 4));
+                let ext = header::<8>(packet, off)?;
+                next = ext.u8::<0>();
+                let frag = ext.be16::<2>();
+                frag_id = u32::from_be_bytes(ext.bytes::<4, 4>());
                 fragment = if frag & 0xfff8 != 0 {
                     Fragment::Later
                 } else if frag & 1 != 0 {
@@ -296,51 +258,50 @@ fn parse_ipv6(
     if off - l3 > ip_len {
         return Err(Reason::DropMalformed);
     }
-    out.write(Parsed {
+    Ok(slot.write(Parsed {
         l3_off: l3,
         l4_off: off,
         family: FAMILY_IPV6,
         proto: next,
-        src: bytes(h, 8),
-        dst: bytes(h, 24),
+        src: h.bytes::<8, 16>(),
+        dst: h.bytes::<24, 16>(),
         sport: 0,
         dport: 0,
         fragment,
         frag_id,
         tcp_flags: 0,
         ip_len,
-    });
-    Ok(())
+    }))
 }
 
 #[inline(always)]
-fn parse_l4(data: usize, end: usize, p: &mut Parsed) -> Result<(), Reason> {
+fn parse_l4(packet: Packet, p: &mut Parsed) -> Result<(), Reason> {
     let off = p.l4_off;
     if off > MAX_L4_OFFSET {
         return Err(Reason::PassUnparsedHeaders);
     }
     match p.proto {
         PROTO_TCP => {
-            let tcp = header::<20>(data, end, off)?;
-            if (u8_at(tcp, 12) >> 4) < 5 {
+            let tcp = header::<TCP_LEN>(packet, off)?;
+            if (tcp.u8::<12>() >> 4) < 5 {
                 return Err(Reason::DropMalformed);
             }
-            p.sport = raw16(tcp, 0);
-            p.dport = raw16(tcp, 2);
-            p.tcp_flags = u8_at(tcp, 13);
+            p.sport = tcp.raw16::<0>();
+            p.dport = tcp.raw16::<2>();
+            p.tcp_flags = tcp.u8::<13>();
         }
         PROTO_UDP => {
-            let udp = header::<8>(data, end, off)?;
-            p.sport = raw16(udp, 0);
-            p.dport = raw16(udp, 2);
+            let udp = header::<UDP_LEN>(packet, off)?;
+            p.sport = udp.raw16::<0>();
+            p.dport = udp.raw16::<2>();
         }
         PROTO_SCTP => {
-            let sctp = header::<12>(data, end, off)?;
-            p.sport = raw16(sctp, 0);
-            p.dport = raw16(sctp, 2);
+            let sctp = header::<SCTP_LEN>(packet, off)?;
+            p.sport = sctp.raw16::<0>();
+            p.dport = sctp.raw16::<2>();
         }
         PROTO_ICMP | PROTO_ICMPV6 => {
-            header::<8>(data, end, off)?;
+            header::<ICMP_LEN>(packet, off)?;
         }
         _ => return Err(Reason::PassOtherProtocol),
     }

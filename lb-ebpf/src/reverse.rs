@@ -16,13 +16,12 @@ use crate::{
 
 #[inline(always)]
 pub fn process<C: PacketCtx>(ctx: &C) -> Verdict {
-    let mut slot = MaybeUninit::<Parsed>::uninit();
-    if let Err(reason) = parse(ctx.data(), ctx.data_end(), ctx.wire_len(), false, &mut slot) {
+    let mut slot = MaybeUninit::uninit();
+    let p = match parse(ctx.packet(), ctx.wire_len(), false, &mut slot) {
+        Ok(p) => p,
         // Outgoing traffic we cannot parse is not ours to judge: never drop it here.
-        return Verdict::pass(reason_for_egress(reason));
-    }
-    // SAFETY: `parse` returned Ok, so it initialised the slot.
-    let p = unsafe { slot.assume_init_ref() };
+        Err(reason) => return Verdict::pass(reason_for_egress(reason)),
+    };
     if p.fragment == Fragment::Later {
         return Verdict::pass(Reason::PassFragmentUnknown);
     }
@@ -40,8 +39,8 @@ fn reply_nat<C: PacketCtx>(ctx: &C, p: &Parsed) -> Verdict {
     let Some(entry) = CONNTRACK.get_ptr_mut(&flow_key(p)) else {
         return Verdict::pass(Reason::PassNoFrontend);
     };
-    // SAFETY: a map value pointer (valid for the whole run); a racing update can only
-    // refresh the same flow.
+    // SAFETY: a map value pointer, valid until the program returns (see `Lookup`); a
+    // racing update can only refresh the same flow.
     let flow = unsafe { &mut *entry };
     if flow.direction != flow_direction::REPLY {
         return Verdict::pass(Reason::PassNoFrontend);
