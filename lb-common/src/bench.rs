@@ -17,6 +17,10 @@ pub mod program_names {
     pub const RESTORE_TC: &str = "bench_restore_tc";
     /// The empty TC program: what the TC restore costs on its own.
     pub const TC_EMPTY: &str = "bench_tc_empty";
+    /// The XDP program that does nothing: the per-packet floor.
+    pub const XDP_EMPTY: &str = "bench_xdp_empty";
+    /// slicelb's parsing and protocol counting, no lookup: the per-packet baseline.
+    pub const XDP_PARSE_ONLY: &str = "bench_xdp_parse_only";
 }
 
 /// Map names as the kernel sees them (at most 15 bytes).

@@ -53,10 +53,6 @@ pub mod program_names {
     pub const TC_INGRESS: &str = "slicelb_tc_ingress";
     /// TC egress reverse path: replies from backends leave with the service address.
     pub const TC_EGRESS: &str = "slicelb_tc_egress";
-    /// Parse-only XDP program: the baseline the benchmarks compare against.
-    pub const XDP_PARSE_ONLY: &str = "slicelb_xdp_parse_only";
-    /// XDP program that does nothing: the floor.
-    pub const XDP_EMPTY: &str = "slicelb_xdp_empty";
 }
 
 /// Default sizes; the agent may override them at load time (`EbpfLoader::map_max_entries`).

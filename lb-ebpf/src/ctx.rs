@@ -3,6 +3,7 @@
 //! XDP updates checksums in software (full checksums only); TC uses the kernel helpers so
 //! that partial (offloaded) checksums and `CHECKSUM_COMPLETE` stay right.
 
+use crate::packet::Packet;
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{
@@ -16,7 +17,6 @@ use aya_ebpf::{
     },
     programs::{TcContext, XdpContext},
 };
-use lb_ebpf::packet::Packet;
 
 use crate::csum;
 

@@ -10,11 +10,11 @@
 //! and every change here is balanced by a checksum change inside the packet, so a
 //! `CHECKSUM_COMPLETE` sum stays valid.
 
+use crate::packet::{ICMP_LEN, IPV4_LEN, IPV6_LEN, Packet};
 use lb_common::{
     FAMILY_IPV4, FlowKey, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, Reason,
     flow_direction,
 };
-use lb_ebpf::packet::{ICMP_LEN, IPV4_LEN, IPV6_LEN, Packet};
 
 use crate::{
     csum,

@@ -1,12 +1,12 @@
 //! slicelb's kernel programs. The entry points are thin: each runs the shared logic for its
 //! role, counts the reason, and turns the verdict into its program type's return code.
 //!
-//! Modules by role: `parse` (headers), `lookup` (conntrack, affinity, Maglev; flow records),
+//! The logic lives in the library (`lib.rs`), so that the bench programs (crate
+//! `lb-lab-ebpf`) measure the same parser. Modules by role: `parse` (headers), `lookup` (conntrack, affinity, Maglev; flow records),
 //! `nat` (address/port rewrites), `ctx` (what XDP and TC do differently: checksum updates,
 //! resizing, sending back), `csum` (RFC 1624 arithmetic), `reject` (RST, port unreachable),
 //! `icmp` (ICMP errors about balanced flows), `fragments`, `counters`, `forward` / `reverse`
-//! (the two paths), `verdict`; from the library, `lb_ebpf::packet` (bounds-checked packet
-//! access and header lengths, shared with the bench programs).
+//! (the two paths), `verdict`, `packet` (bounds-checked packet access and header lengths).
 //!
 //! Decisions worth knowing:
 //! - Misses: FRONTEND_FILTER, a blocked Bloom filter (2^15 u64 words, two bits of one word
@@ -64,20 +64,6 @@
     reason = "aya-ebpf's #[classifier] generates a safe extern fn that takes the raw skb pointer"
 )]
 
-mod counters;
-mod csum;
-mod ctx;
-mod forward;
-mod fragments;
-mod icmp;
-mod lookup;
-mod maps;
-mod nat;
-mod parse;
-mod reject;
-mod reverse;
-mod verdict;
-
 use aya_ebpf::{
     EbpfContext,
     bindings::{TC_ACT_PIPE, TC_ACT_SHOT, xdp_action},
@@ -85,12 +71,12 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use lb_common::config_flags;
-use lb_ebpf::packet::Packet;
-
-use crate::{
+use lb_ebpf::{
     counters::count_reason,
     ctx::{Tc, Xdp},
+    forward,
     maps::CONFIG,
+    reverse,
     verdict::{Action, Verdict},
 };
 
@@ -160,20 +146,6 @@ pub fn slicelb_tc_egress(ctx: TcContext) -> i32 {
     let verdict = reverse::process(&tc);
     debug_log(&ctx, "tc_egress", verdict);
     tc_action(&tc, verdict)
-}
-
-/// Benchmark baseline: the same parsing and protocol counting, no lookup.
-#[xdp]
-pub fn slicelb_xdp_parse_only(ctx: XdpContext) -> u32 {
-    let mut slot = core::mem::MaybeUninit::uninit();
-    let _ = parse::parse(Packet::xdp(&ctx), 0, true, &mut slot);
-    xdp_action::XDP_PASS
-}
-
-/// Benchmark floor: does nothing.
-#[xdp]
-pub fn slicelb_xdp_empty(_ctx: XdpContext) -> u32 {
-    xdp_action::XDP_PASS
 }
 
 #[cfg(not(test))]

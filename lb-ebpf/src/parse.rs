@@ -5,12 +5,12 @@
 
 use core::mem::MaybeUninit;
 
+use crate::packet::{
+    ETH_LEN, Header, ICMP_LEN, IPV4_LEN, IPV6_LEN, Packet, SCTP_LEN, TCP_LEN, UDP_LEN, VLAN_LEN,
+};
 use lb_common::{
     FAMILY_IPV4, FAMILY_IPV6, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
     ProtoCounter, Reason,
-};
-use lb_ebpf::packet::{
-    ETH_LEN, Header, ICMP_LEN, IPV4_LEN, IPV6_LEN, Packet, SCTP_LEN, TCP_LEN, UDP_LEN, VLAN_LEN,
 };
 
 use crate::counters::count_proto;

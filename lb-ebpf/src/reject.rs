@@ -3,8 +3,8 @@
 //! (quoting the IP header(s) and the first 8 bytes of L4, as RFC 792 asks) for the rest.
 //! Both carry full checksums computed here.
 
+use crate::packet::{ETH_LEN, ICMP_LEN, IPV4_LEN, IPV6_LEN, Packet, TCP_LEN, VLAN_LEN};
 use lb_common::{PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, Reason};
-use lb_ebpf::packet::{ETH_LEN, ICMP_LEN, IPV4_LEN, IPV6_LEN, Packet, TCP_LEN, VLAN_LEN};
 
 use crate::{
     csum,

@@ -230,6 +230,21 @@ fn put2(data: usize, end: usize, offset: u32, bytes: [u8; 2]) {
     }
 }
 
+/// The per-packet floor: does nothing.
+#[xdp]
+pub fn bench_xdp_empty(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+/// The per-packet baseline: slicelb's own parsing and protocol counting (this object's
+/// copy of its maps), no lookup.
+#[xdp]
+pub fn bench_xdp_parse_only(ctx: XdpContext) -> u32 {
+    let mut slot = core::mem::MaybeUninit::uninit();
+    let _ = lb_ebpf::parse::parse(lb_ebpf::packet::Packet::xdp(&ctx), 0, true, &mut slot);
+    xdp_action::XDP_PASS
+}
+
 /// Benchmark wrapper: puts the configured frame back over the packet (a test run repeats
 /// on one buffer, so the program measured would otherwise see its own rewrite from the
 /// second run on), optionally as a new flow, then tail-calls the program measured. Its own

@@ -14,9 +14,7 @@ use std::{
     time::Duration,
 };
 
-use aya::programs::{Xdp, XdpMode, xdp::XdpLink};
 use kernel::{Service, test_capacity};
-use lb_common::program_names;
 use lb_common::{
     Config, PROTO_TCP, PROTO_UDP,
     backend_state::{ACTIVE, TERMINATING},
@@ -27,7 +25,10 @@ use slicelb::dataplane::{
     aya_maps::AyaMaps,
     loader::{Datapath, DatapathOptions, IngressMode},
 };
-use slicelb_lab::lab::{ChildGuard, Lab, require_root, servers::HttpConnection, set_tx_offload};
+use slicelb_lab::{
+    bench::ebpf::Pass,
+    lab::{ChildGuard, Lab, require_root, servers::HttpConnection, set_tx_offload},
+};
 
 const VIP4: &str = "198.18.100.1";
 const VIP6: &str = "2001:2:0:100::1";
@@ -92,7 +93,7 @@ fn services(backends: &[(u8, u8)], offset_shift: u32) -> Vec<Service> {
 
 struct Setup {
     maps: AyaMaps,
-    _peer_link: Option<XdpLink>,
+    _peer_link: Option<Pass>,
     datapath: Datapath,
     _pin: PinDir,
     _servers: Vec<ChildGuard>,
@@ -129,21 +130,8 @@ fn setup(label: &str, mode: IngressMode, client_offload: bool, backend_tx: bool)
         .unwrap_or_else(|e| panic!("{label}: attaching: {e}"));
     // A veth hands frames sent with native XDP_TX (our rejects) to its peer only when the
     // peer runs XDP too: give the client's veth the do-nothing program.
-    let peer_link = (mode == IngressMode::XdpNative).then(|| {
-        let program: &mut Xdp = datapath
-            .ebpf_mut()
-            .program_mut(program_names::XDP_EMPTY)
-            .and_then(|p| p.try_into().ok())
-            .expect("the empty XDP program");
-        lab.client
-            .enter(|| {
-                let id = program
-                    .attach(c"c-eth0", XdpMode::Driver)
-                    .expect("XDP on the client's veth");
-                program.take_link(id).expect("the client's XDP link")
-            })
-            .expect("entering the client")
-    });
+    let peer_link = (mode == IngressMode::XdpNative)
+        .then(|| Pass::attach(&lab.client, Lab::CLIENT_IFACE).expect("XDP on the client's veth"));
     let mut maps =
         AyaMaps::from_pin(&pin.0, test_capacity().writer_capacity()).expect("opening pinned maps");
     let ops: Vec<MapOp> = services(&[(1, ACTIVE), (2, ACTIVE), (3, ACTIVE)], 0)

@@ -321,10 +321,11 @@ impl Pass {
     }
 }
 
-/// The restore programs of the per-packet bench: each run first writes the configured frame
-/// back over the packet (a test run repeats on one buffer, so the program measured would
-/// otherwise see its own rewrite from the second run on), optionally varied into a new
-/// flow, then tail-calls the program measured.
+/// The per-packet bench's own programs: the floor, parse-only, and the restore programs,
+/// which write the configured frame back over the packet before each run (a test run
+/// repeats on one buffer, so the program measured would otherwise see its own rewrite from
+/// the second run on), optionally varied into a new flow, then tail-call the program
+/// measured.
 pub struct Restore {
     ebpf: Ebpf,
 }
@@ -336,15 +337,17 @@ impl Restore {
             program_names::RESTORE_XDP,
             program_names::RESTORE_TC,
             program_names::TC_EMPTY,
+            program_names::XDP_EMPTY,
+            program_names::XDP_PARSE_ONLY,
         ] {
             load_program(&mut ebpf, name)?;
         }
         Ok(Self { ebpf })
     }
 
-    /// The empty TC program of this object (what the TC restore costs alone).
-    pub fn tc_empty(&self) -> Result<ProgramFd, BenchError> {
-        program_fd(&self.ebpf, program_names::TC_EMPTY)
+    /// The loaded object (its floor and parse-only programs run directly).
+    pub fn ebpf(&self) -> &Ebpf {
+        &self.ebpf
     }
 
     /// Runs `target` (a TC program when `tc`) behind the restore, `repeat` times: the

@@ -30,7 +30,7 @@ use super::{
     report::{Section, Table, num, ratio},
     services::{Proto, ServiceSet},
     stats::median,
-    under_test::{RunOutcome, Slicelb, capacity_for},
+    under_test::{RunOutcome, Slicelb, capacity_for, run_outcome},
 };
 
 #[derive(Clone, Debug, PartialEq)]
@@ -126,7 +126,7 @@ fn frame(src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
 
 /// Median kernel ns/packet of `runs` runs of `repeat`.
 fn repeated(
-    slicelb: &Slicelb,
+    ebpf: &aya::Ebpf,
     program: &'static str,
     frame: &[u8],
     config: &Config,
@@ -134,7 +134,7 @@ fn repeated(
     let mut samples = Vec::with_capacity(config.runs);
     let mut last = None;
     for _ in 0..config.runs {
-        let outcome = slicelb.run(program, frame, config.repeat)?;
+        let outcome = run_outcome(ebpf, program, frame, config.repeat)?;
         samples.push(outcome.kernel_ns);
         last = Some(outcome);
     }
@@ -167,7 +167,8 @@ fn restored(
     runs: usize,
 ) -> Result<(f64, RunOutcome), BenchError> {
     let (tc, target_fd) = match target {
-        bench_programs::TC_EMPTY => (true, restore.tc_empty()?),
+        bench_programs::TC_EMPTY => (true, program_fd(restore.ebpf(), target)?),
+        bench_programs::XDP_EMPTY => (false, program_fd(restore.ebpf(), target)?),
         program_names::TC_EGRESS => (true, program_fd(slicelb.datapath().ebpf(), target)?),
         _ => (false, program_fd(slicelb.datapath().ebpf(), target)?),
     };
@@ -358,8 +359,8 @@ fn measure_family(
     };
     let service = SocketAddr::new(vip, middle.port);
     let hit = frame(family.client(40_000), service);
-    let (floor, _) = repeated(slicelb, program_names::XDP_EMPTY, &hit, config)?;
-    let (parse_only, _) = repeated(slicelb, program_names::XDP_PARSE_ONLY, &hit, config)?;
+    let (floor, _) = repeated(restore.ebpf(), bench_programs::XDP_EMPTY, &hit, config)?;
+    let (parse_only, _) = repeated(restore.ebpf(), bench_programs::XDP_PARSE_ONLY, &hit, config)?;
     let row = |case: &'static str, ns: f64, note: String| CaseRow {
         case,
         ns,
@@ -391,7 +392,7 @@ fn measure_family(
     let (restore_new, _) = restored(
         slicelb,
         restore,
-        program_names::XDP_EMPTY,
+        bench_programs::XDP_EMPTY,
         &hit,
         new_flows,
         new_repeat,
@@ -426,7 +427,7 @@ fn measure_family(
     let (restore_same, _) = restored(
         slicelb,
         restore,
-        program_names::XDP_EMPTY,
+        bench_programs::XDP_EMPTY,
         &hit,
         Flows::Same,
         repeat,
@@ -458,7 +459,12 @@ fn measure_family(
 
     // Misses leave the frame alone: run directly. The restore method must agree.
     let miss_frame = frame(family.client(40_001), family.miss());
-    let (miss, miss_run) = repeated(slicelb, program_names::XDP_INGRESS, &miss_frame, config)?;
+    let (miss, miss_run) = repeated(
+        slicelb.datapath().ebpf(),
+        program_names::XDP_INGRESS,
+        &miss_frame,
+        config,
+    )?;
     let (miss_behind, _) = restored(
         slicelb,
         restore,
@@ -486,7 +492,7 @@ fn measure_family(
     let (restore_spread, _) = restored(
         slicelb,
         restore,
-        program_names::XDP_EMPTY,
+        bench_programs::XDP_EMPTY,
         &miss_frame,
         spread,
         repeat,

@@ -185,12 +185,10 @@ pub struct Datapath {
     links: Vec<FdLink>,
 }
 
-const ALL_PROGRAMS: [&str; 5] = [
+const ALL_PROGRAMS: [&str; 3] = [
     program_names::XDP_INGRESS,
     program_names::TC_INGRESS,
     program_names::TC_EGRESS,
-    program_names::XDP_PARSE_ONLY,
-    program_names::XDP_EMPTY,
 ];
 
 impl Datapath {

@@ -31,8 +31,6 @@ pub enum Program {
     Xdp,
     TcIngress,
     TcEgress,
-    XdpParseOnly,
-    XdpEmpty,
 }
 
 impl Program {
@@ -42,8 +40,6 @@ impl Program {
             Program::Xdp => XDP_INGRESS,
             Program::TcIngress => TC_INGRESS,
             Program::TcEgress => TC_EGRESS,
-            Program::XdpParseOnly => XDP_PARSE_ONLY,
-            Program::XdpEmpty => XDP_EMPTY,
         }
     }
 }
