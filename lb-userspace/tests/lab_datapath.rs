@@ -145,8 +145,7 @@ fn setup(label: &str, mode: IngressMode, client_offload: bool, backend_tx: bool)
             })
             .expect("entering the client")
     });
-    let mut maps =
-        AyaMaps::from_pin(&pin.0, test_capacity().writer_capacity()).expect("opening pinned maps");
+    let mut maps = AyaMaps::from_pin(&pin.0, test_capacity()).expect("opening pinned maps");
     let ops: Vec<MapOp> = services(&[(1, ACTIVE), (2, ACTIVE), (3, ACTIVE)], 0)
         .iter()
         .flat_map(Service::ops)

@@ -109,7 +109,7 @@ mod tests {
     use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 
     use super::*;
-    use crate::dataplane::{Capacity, memory::MemoryMaps};
+    use crate::dataplane::{MapCapacity, memory::MemoryMaps};
 
     fn demo_snapshot(endpoints: &[crate::lab::demo::DemoEndpoint]) -> Snapshot {
         let yaml = crate::lab::demo::manifests(endpoints);
@@ -131,13 +131,14 @@ mod tests {
         snapshot
     }
 
-    fn small_capacity() -> Capacity {
-        Capacity {
+    fn small_capacity() -> MapCapacity {
+        MapCapacity {
             frontends: 64,
             backends: 64,
             selection_slots: 8192,
             services: 64,
             source_ranges: 64,
+            ..MapCapacity::default()
         }
     }
 
@@ -188,7 +189,7 @@ mod tests {
     fn services_that_do_not_fit_are_rejected_whole() {
         use crate::lab::demo::DemoEndpoint;
         // Room for one service's frontends only: the rest is rejected, nothing half-written.
-        let capacity = Capacity {
+        let capacity = MapCapacity {
             frontends: 2,
             ..small_capacity()
         };
@@ -333,7 +334,7 @@ mod tests {
         use crate::model::random_world::RandomWorld;
         for seed in 0..12 {
             let mut world = RandomWorld::new(seed);
-            let capacity = Capacity {
+            let capacity = MapCapacity {
                 frontends: 6,
                 ..small_capacity()
             };

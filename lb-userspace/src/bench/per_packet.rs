@@ -21,7 +21,7 @@ use aya::{
 use indicatif::ProgressBar;
 use lb_common::program_names;
 
-use crate::dataplane::loader::MapCapacity;
+use crate::dataplane::MapCapacity;
 
 use super::{
     error::BenchError,

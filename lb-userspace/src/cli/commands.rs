@@ -8,7 +8,7 @@ use super::{AttachArgs, OutputFormat, PinArgs, ServicesArgs, StatsArgs, services
 use crate::{
     agent::ingress_mode,
     dataplane::{
-        Capacity, MapWriter as _,
+        MapCapacity, MapWriter as _,
         aya_maps::AyaMaps,
         loader::{Datapath, DatapathOptions},
     },
@@ -16,7 +16,7 @@ use crate::{
 
 /// The maps pinned under `pin_path`, with a hint when there are none.
 pub fn open_pinned(pin_path: &Path) -> anyhow::Result<AyaMaps> {
-    AyaMaps::from_pin(pin_path, Capacity::default()).with_context(|| {
+    AyaMaps::from_pin(pin_path, MapCapacity::default()).with_context(|| {
         format!(
             "no slicelb maps pinned under {} (is an agent running, or was --pin-path different?)",
             pin_path.display()

@@ -15,7 +15,7 @@ use lb_common::{
 };
 
 use super::{
-    AppliedState, Capacity, DataplaneError, MapOp, MapWriter,
+    AppliedState, DataplaneError, MapCapacity, MapOp, MapWriter,
     frontend_filter::{self, FrontendFilter},
     loader::{Datapath, LoadError},
     mapped_array::MappedArray,
@@ -44,7 +44,7 @@ pub struct AyaMaps {
     reason_stats: PerCpuArray<MapData, u64>,
     proto_stats: PerCpuArray<MapData, u64>,
     service_stats: PerCpuArray<MapData, ServiceCounters>,
-    capacity: Capacity,
+    capacity: MapCapacity,
 }
 
 fn io_error(error: MapError) -> io::Error {
@@ -82,7 +82,7 @@ fn typed<T>(
 
 impl AyaMaps {
     /// Opens the maps pinned under `pin_path/maps` (as [`Datapath::open`] pins them).
-    pub fn from_pin(pin_path: &Path, capacity: Capacity) -> Result<Self, DataplaneError> {
+    pub fn from_pin(pin_path: &Path, capacity: MapCapacity) -> Result<Self, DataplaneError> {
         let dir = pin_path.join("maps");
         Self::build(capacity, |name| {
             MapData::from_pin(dir.join(name)).map_err(read_err(name))
@@ -91,7 +91,7 @@ impl AyaMaps {
 
     /// Opens the maps of a loaded datapath (pinned or not).
     pub fn from_datapath(datapath: &Datapath) -> Result<Self, DataplaneError> {
-        let capacity = datapath.capacity().writer_capacity();
+        let capacity = datapath.capacity();
         Self::build(capacity, |name| {
             let data = datapath
                 .map_data(name)
@@ -109,7 +109,7 @@ impl AyaMaps {
     }
 
     fn build(
-        capacity: Capacity,
+        capacity: MapCapacity,
         open: impl Fn(&'static str) -> Result<MapData, DataplaneError>,
     ) -> Result<Self, DataplaneError> {
         use aya::maps::Map;
@@ -410,7 +410,7 @@ impl AyaMaps {
 }
 
 impl MapWriter for AyaMaps {
-    fn capacity(&self) -> Capacity {
+    fn capacity(&self) -> MapCapacity {
         self.capacity
     }
 

@@ -29,7 +29,7 @@ pub use buddy::BuddyAllocator;
 use fast_hash::{FastMap, FastSet};
 
 use crate::{
-    dataplane::{AppliedState, Capacity, MapOp},
+    dataplane::{AppliedState, MapCapacity, MapOp},
     model::{
         DesiredBackend, DesiredService, DesiredState, ServicePortName,
         encode::{
@@ -79,7 +79,7 @@ pub enum RejectReason {
 }
 
 /// Plans with a fresh [`Planner`]: what a restarted agent does.
-pub fn plan(applied: &AppliedState, desired: &DesiredState, capacity: Capacity) -> Plan {
+pub fn plan(applied: &AppliedState, desired: &DesiredState, capacity: MapCapacity) -> Plan {
     Planner::default().plan(applied, desired, capacity)
 }
 
@@ -204,7 +204,7 @@ impl<'a> IdAllocator<'a> {
 }
 
 /// SELECTION's free space: everything but the blocks of the applied tables.
-pub(crate) fn free_selection(applied: &AppliedState, capacity: Capacity) -> BuddyAllocator {
+pub(crate) fn free_selection(applied: &AppliedState, capacity: MapCapacity) -> BuddyAllocator {
     let mut selection = BuddyAllocator::new(capacity.selection_slots);
     for value in applied.frontends.values().filter(|v| v.table_size > 0) {
         selection.reserve(
@@ -281,7 +281,7 @@ struct Admission {
 /// Everything the plan has decided so far.
 struct Work<'a> {
     index: AppliedIndex<'a>,
-    capacity: Capacity,
+    capacity: MapCapacity,
     service_ids: IdAllocator<'a>,
     backend_ids: IdAllocator<'a>,
     selection: BuddyAllocator,
@@ -345,7 +345,7 @@ impl Planner {
         &mut self,
         applied: &AppliedState,
         desired: &DesiredState,
-        capacity: Capacity,
+        capacity: MapCapacity,
     ) -> Plan {
         let services = desired.services.iter().collect();
         self.run(applied, applied, None, services, capacity)
@@ -361,7 +361,7 @@ impl Planner {
         applied: &AppliedState,
         desired: &DesiredState,
         changed: &BTreeSet<ServicePortName>,
-        capacity: Capacity,
+        capacity: MapCapacity,
     ) -> Plan {
         let Some((scope, planned)) = self.changed_scope(applied, desired, changed) else {
             return self.plan(applied, desired, capacity);
@@ -463,7 +463,7 @@ impl Planner {
         scope: &AppliedState,
         scope_names: Option<&BTreeSet<ServicePortName>>,
         services: Vec<(&ServicePortName, &DesiredService)>,
-        capacity: Capacity,
+        capacity: MapCapacity,
     ) -> Plan {
         let whole = scope_names.is_none();
         self.plans += 1;

@@ -56,13 +56,14 @@ fn state(services: &[(&str, DesiredService)]) -> DesiredState {
     }
 }
 
-fn small_capacity() -> Capacity {
-    Capacity {
+fn small_capacity() -> MapCapacity {
+    MapCapacity {
         frontends: 64,
         backends: 64,
         selection_slots: 16 * 1024,
         services: 32,
         source_ranges: 16,
+        ..MapCapacity::default()
     }
 }
 
@@ -305,7 +306,7 @@ fn a_service_too_big_is_rejected_by_name_and_the_others_are_applied() {
         ("big", service("198.18.100.2", &big)),
         ("c", service("198.18.100.3", &[3])),
     ]);
-    let capacity = Capacity {
+    let capacity = MapCapacity {
         backends: 1024,
         ..small_capacity()
     };
@@ -345,7 +346,7 @@ fn a_service_too_big_is_rejected_by_name_and_the_others_are_applied() {
 
 #[test]
 fn an_applied_service_that_grows_too_big_stays_as_it_was() {
-    let capacity = Capacity {
+    let capacity = MapCapacity {
         frontends: 2,
         ..small_capacity()
     };
@@ -389,7 +390,7 @@ fn an_applied_service_that_grows_too_big_stays_as_it_was() {
 
 #[test]
 fn backend_and_service_capacity_reject_whole_services() {
-    let capacity = Capacity {
+    let capacity = MapCapacity {
         backends: 4,
         services: 3,
         ..small_capacity()
@@ -570,7 +571,7 @@ fn scale_services_with_10_endpoints() {
         endpoint_slices: slices.into_iter().map(Arc::new).collect(),
         node: NodeInfo::default(),
     };
-    let capacity = Capacity::default();
+    let capacity = MapCapacity::default();
 
     let start = Instant::now();
     let built = build(&snapshot, &ModelConfig::default());
@@ -1020,12 +1021,13 @@ fn differences_name_the_service_the_frontend_and_what_differs() {
 
 #[test]
 fn memory_maps_enforce_kernel_capacities() {
-    let capacity = Capacity {
+    let capacity = MapCapacity {
         frontends: 1,
         backends: 3,
         selection_slots: 512,
         services: 2,
         source_ranges: 1,
+        ..MapCapacity::default()
     };
     let mut maps = MemoryMaps::new(capacity);
     let key = |port: u16| FrontendKey {
