@@ -3,10 +3,15 @@
 
 use std::{collections::BTreeMap, net::SocketAddr, sync::Arc};
 
-use super::*;
+use lb_common::{FrontendKey, FrontendValue};
+
+use super::{tables::table_size, *};
 use crate::{
     dataplane::{MapWriter, memory::MemoryMaps},
-    model::{BackendState, DesiredFrontend, FrontendKind, Protocol, WhenEmpty},
+    model::{
+        BackendState, DesiredBackend, DesiredFrontend, DesiredService, FrontendKind, Protocol,
+        WhenEmpty, encode::backend_identity,
+    },
 };
 
 fn addr(text: &str) -> SocketAddr {
