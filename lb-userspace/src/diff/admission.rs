@@ -7,6 +7,7 @@ use lb_common::{FrontendKey, FrontendValue, SourceRangeKey};
 
 use super::{
     BuddyAllocator, Planner,
+    encode::{backend_identity, frontend_key, source_range_entries},
     fast_hash::{FastMap, FastSet, sized_map},
     ids::IdAllocator,
     planner::LedgerPort,
@@ -14,13 +15,7 @@ use super::{
 };
 use crate::{
     dataplane::{AppliedState, MapCapacity, MapOp},
-    model::{
-        DesiredBackend, DesiredService, ServicePortName,
-        encode::{
-            backend_identity, combine_backend, frontend_flag_bits, frontend_key,
-            source_range_entries,
-        },
-    },
+    model::{DesiredBackend, DesiredService, ServicePortName},
 };
 
 /// Why a service port was left out of the maps. Variant names double as metric labels.
@@ -263,7 +258,7 @@ impl Planner {
                 table_size,
                 affinity_timeout_secs: service.affinity_timeout_secs.unwrap_or(0),
                 backend_count: u16::try_from(table_backends).unwrap_or(u16::MAX),
-                flags: frontend_flag_bits(frontend, service),
+                flags: frontend.flag_bits(service),
                 kind: frontend.kind.code(),
                 _pad: [0; 3],
             };
@@ -329,7 +324,7 @@ impl Work<'_> {
         ));
         for ((addr, backend), (_, id)) in service.backends.iter().zip(&admission.backend_ids) {
             let entry = self.backends.entry(*id).or_insert((*addr, *backend));
-            entry.1 = combine_backend(entry.1, *backend);
+            entry.1 = entry.1.combine(*backend);
         }
         for frontend in &service.frontends {
             self.keep_frontends

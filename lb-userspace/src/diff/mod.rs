@@ -17,8 +17,10 @@
 
 mod admission;
 mod buddy;
+pub mod encode;
 mod fast_hash;
 mod ids;
+pub mod maglev;
 mod planner;
 mod tables;
 

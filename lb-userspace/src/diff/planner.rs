@@ -8,13 +8,14 @@ use lb_common::{FrontendKey, SourceRangeKey};
 use super::{
     BuddyAllocator, Plan,
     admission::{AppliedIndex, Work},
+    encode::backend_entry,
     fast_hash::{FastMap, FastSet, sized_map, sized_set},
     ids::IdAllocator,
     tables::{TableKey, free_selection},
 };
 use crate::{
     dataplane::{AppliedState, MapCapacity, MapOp},
-    model::{DesiredService, DesiredState, ServicePortName, encode::backend_entry},
+    model::{DesiredService, DesiredState, ServicePortName},
 };
 
 /// Plans map operations; keeps Maglev tables between plans so that services whose backends

@@ -5,14 +5,12 @@ use std::{net::SocketAddr, sync::Arc};
 
 use lb_common::{MAGLEV_SIZES, maglev_size_for};
 
-use super::{BuddyAllocator, Planner};
-use crate::{
-    dataplane::{AppliedState, MapCapacity},
-    model::{
-        encode::backend_identity,
-        maglev::{maglev_table, rebalance},
-    },
+use super::{
+    BuddyAllocator, Planner,
+    encode::backend_identity,
+    maglev::{maglev_table, rebalance},
 };
+use crate::dataplane::{AppliedState, MapCapacity};
 
 /// A selection table's identity: its backends (address and id, in address order) and size.
 pub(super) type TableKey = (Vec<(SocketAddr, u32)>, u32);

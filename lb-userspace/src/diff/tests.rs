@@ -5,12 +5,12 @@ use std::{collections::BTreeMap, net::SocketAddr, sync::Arc};
 
 use lb_common::{FrontendKey, FrontendValue};
 
-use super::{tables::table_size, *};
+use super::{encode::backend_identity, tables::table_size, *};
 use crate::{
     dataplane::{MapWriter, memory::MemoryMaps},
     model::{
         BackendState, DesiredBackend, DesiredFrontend, DesiredService, FrontendKind, Protocol,
-        WhenEmpty, encode::backend_identity,
+        WhenEmpty,
     },
 };
 
@@ -223,8 +223,7 @@ fn ids_are_reused_by_name_and_address() {
             .backends
             .iter()
             .find(|(_, e)| {
-                crate::model::encode::backend_identity(e)
-                    == Some(addr(&format!("198.18.1.{b}:8080")))
+                super::encode::backend_identity(e) == Some(addr(&format!("198.18.1.{b}:8080")))
             })
             .map(|(id, _)| *id)
     };
@@ -447,7 +446,7 @@ fn terminating_backend_state_is_updated_in_place() {
     assert!(
         next.ops.contains(&MapOp::PutBackend {
             id: 2,
-            backend: crate::model::encode::backend_entry(
+            backend: super::encode::backend_entry(
                 addr("198.18.1.2:8080"),
                 DesiredBackend {
                     state: BackendState::Terminating,
@@ -1066,7 +1065,7 @@ fn memory_maps_enforce_kernel_capacities() {
         })),
         "FRONTENDS full"
     );
-    let backend = crate::model::encode::backend_entry(
+    let backend = super::encode::backend_entry(
         addr("198.18.1.1:80"),
         DesiredBackend {
             state: BackendState::Active,

@@ -9,14 +9,16 @@ use std::{
 
 use lb_common::FrontendKey;
 
-use super::{
-    DesiredState, FrontendKind, Protocol, decode_addr,
-    encode::{
-        backend_entry, backend_identity, frontend_flag_bits, frontend_key, source_range_entries,
+use super::{DesiredState, FrontendKind, Protocol};
+use crate::{
+    dataplane::AppliedState,
+    diff::{
+        encode::{
+            backend_entry, backend_identity, decode_addr, frontend_key, source_range_entries,
+        },
+        maglev::rebalance,
     },
-    maglev::rebalance,
 };
-use crate::dataplane::AppliedState;
 
 /// One way the maps differ from what the snapshot asks for.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -113,7 +115,7 @@ impl DesiredState {
                         format!("kind is {found}, expected {}", frontend.kind),
                     );
                 }
-                let flags = frontend_flag_bits(frontend, service);
+                let flags = frontend.flag_bits(service);
                 if value.flags != flags {
                     push(
                         &name_text,

@@ -1,18 +1,14 @@
-//! The desired state in map terms: keys, values and flags as `lb-common` lays them out.
-//! One place, shared by the diff (which writes them) and the comparison (which checks them).
+//! The desired state in map terms: keys, values and addresses as `lb-common` lays them out.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::SocketAddr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
 };
 
 use ipnet::IpNet;
-use lb_common::{Backend, FrontendKey, SourceRangeKey, backend_flags, frontend_flags};
+use lb_common::{Backend, FAMILY_IPV4, FAMILY_IPV6, FrontendKey, SourceRangeKey, backend_flags};
 
-use super::{
-    BackendState, DesiredBackend, DesiredFrontend, DesiredService, DesiredState, Protocol,
-    WhenEmpty, decode_addr, encode_addr,
-};
+use crate::model::{DesiredBackend, DesiredFrontend, DesiredService, DesiredState, Protocol};
 
 /// The FRONTENDS key of a frontend.
 pub fn frontend_key(frontend: &DesiredFrontend, protocol: Protocol) -> FrontendKey {
@@ -23,27 +19,6 @@ pub fn frontend_key(frontend: &DesiredFrontend, protocol: Protocol) -> FrontendK
         proto: protocol.number(),
         family,
     }
-}
-
-/// The `frontend_flags` bits of a frontend of `service`.
-pub fn frontend_flag_bits(frontend: &DesiredFrontend, service: &DesiredService) -> u16 {
-    let mut flags = 0;
-    if frontend.kind.is_external() {
-        flags |= frontend_flags::EXTERNAL;
-    }
-    if service.affinity_timeout_secs.is_some() {
-        flags |= frontend_flags::AFFINITY;
-    }
-    if frontend.policy_local {
-        flags |= frontend_flags::TRAFFIC_POLICY_LOCAL;
-    }
-    if frontend.source_ranges {
-        flags |= frontend_flags::SOURCE_RANGES;
-    }
-    if frontend.selection.is_empty() && frontend.when_empty == WhenEmpty::Drop {
-        flags |= frontend_flags::DROP_WHEN_EMPTY;
-    }
-    flags
 }
 
 /// The BACKENDS value of an endpoint.
@@ -118,19 +93,30 @@ pub fn merge_backend(
 ) {
     merged
         .entry(addr)
-        .and_modify(|known| *known = combine_backend(*known, backend))
+        .and_modify(|known| *known = known.combine(backend))
         .or_insert(backend);
 }
 
-/// One endpoint as two services see it: Active if either counts it ready.
-pub fn combine_backend(a: DesiredBackend, b: DesiredBackend) -> DesiredBackend {
-    let state = if a.state == BackendState::Active || b.state == BackendState::Active {
-        BackendState::Active
-    } else {
-        BackendState::Terminating
-    };
-    DesiredBackend {
-        state,
-        node_local: a.node_local || b.node_local,
+/// An address as the maps hold it: 16 bytes in network order (IPv4 in the first 4) and its
+/// `FAMILY_*` tag.
+pub fn encode_addr(addr: IpAddr) -> ([u8; 16], u8) {
+    let mut bytes = [0u8; 16];
+    match addr {
+        IpAddr::V4(v4) => {
+            bytes[..4].copy_from_slice(&v4.octets());
+            (bytes, FAMILY_IPV4)
+        }
+        IpAddr::V6(v6) => (v6.octets(), FAMILY_IPV6),
+    }
+}
+
+/// The inverse of [`encode_addr`]; `None` for an unknown family.
+pub fn decode_addr(bytes: &[u8; 16], family: u8) -> Option<IpAddr> {
+    match family {
+        FAMILY_IPV4 => Some(IpAddr::V4(Ipv4Addr::new(
+            bytes[0], bytes[1], bytes[2], bytes[3],
+        ))),
+        FAMILY_IPV6 => Some(IpAddr::V6(Ipv6Addr::from(*bytes))),
+        _ => None,
     }
 }
