@@ -207,6 +207,11 @@ fn tables_written_through_the_mapping_are_seen_by_lookups_packets_and_adoption()
     check_read_back(&writer, &services, "adopted maps, writer from the datapath");
     let from_pin = AyaMaps::from_pin(&pin.0, adopted.capacity()).expect("opening the pinned maps");
     check_read_back(&from_pin, &services, "adopted maps, writer from the pins");
+    assert_eq!(
+        AyaMaps::pinned_capacity(&pin.0).expect("reading the pinned maps' sizes"),
+        adopted.capacity(),
+        "the pinned maps have the sizes they were created with (`slicelb check` plans within them)"
+    );
 
     // The adopted writer replaces a table make-before-break: new table in free space, then
     // the frontend pointing at it.

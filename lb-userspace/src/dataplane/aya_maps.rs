@@ -89,6 +89,26 @@ impl AyaMaps {
         })
     }
 
+    /// The sizes the maps pinned under `pin_path/maps` were created with (an agent may
+    /// size them other than the defaults).
+    pub fn pinned_capacity(pin_path: &Path) -> Result<MapCapacity, DataplaneError> {
+        let dir = pin_path.join("maps");
+        let size = |name: &'static str| {
+            let data = MapData::from_pin(dir.join(name)).map_err(read_err(name))?;
+            Ok::<_, DataplaneError>(data.info().map_err(read_err(name))?.max_entries())
+        };
+        Ok(MapCapacity {
+            frontends: size(map_names::FRONTENDS)?,
+            backends: size(map_names::BACKENDS)?,
+            selection_slots: size(map_names::SELECTION)?,
+            conntrack: size(map_names::CONNTRACK)?,
+            affinity: size(map_names::AFFINITY)?,
+            fragments: size(map_names::FRAGMENTS)?,
+            source_ranges: size(map_names::SOURCE_RANGES)?,
+            services: size(map_names::SERVICE_NAMES)?,
+        })
+    }
+
     /// Opens the maps of a loaded datapath (pinned or not).
     pub fn from_datapath(datapath: &Datapath) -> Result<Self, DataplaneError> {
         let capacity = datapath.capacity();

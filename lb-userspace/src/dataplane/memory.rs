@@ -1,6 +1,7 @@
 //! [`MemoryMaps`]: the configuration maps in memory, with the kernel maps' sizes and
 //! semantics (bounded arrays and hash maps), and a checker for the invariant packets rely
-//! on. Tests apply plans to it op by op.
+//! on after every op (whether the maps are what the snapshot asks for is the planner's
+//! question: `diff::differences`). Tests apply plans to it op by op.
 
 use std::{
     collections::{BTreeMap, BTreeSet},

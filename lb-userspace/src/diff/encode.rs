@@ -1,14 +1,14 @@
 //! The desired state in map terms: keys, values and addresses as `lb-common` lays them out.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeSet,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
 };
 
 use ipnet::IpNet;
 use lb_common::{Backend, FAMILY_IPV4, FAMILY_IPV6, FrontendKey, SourceRangeKey, backend_flags};
 
-use crate::model::{DesiredBackend, DesiredFrontend, DesiredService, DesiredState, Protocol};
+use crate::model::{DesiredBackend, DesiredFrontend, DesiredService, Protocol};
 
 /// The FRONTENDS key of a frontend.
 pub fn frontend_key(frontend: &DesiredFrontend, protocol: Protocol) -> FrontendKey {
@@ -69,32 +69,6 @@ pub fn source_range_entries(
         .iter()
         .map(|range| source_range_entry(service_id, range))
         .collect()
-}
-
-impl DesiredState {
-    /// Every backend over all services. One endpoint may serve several services; it is
-    /// Active when any of them counts it ready.
-    pub fn merged_backends(&self) -> BTreeMap<SocketAddr, DesiredBackend> {
-        let mut merged: BTreeMap<SocketAddr, DesiredBackend> = BTreeMap::new();
-        for service in self.services.values() {
-            for (&addr, &backend) in &service.backends {
-                merge_backend(&mut merged, addr, backend);
-            }
-        }
-        merged
-    }
-}
-
-/// Adds `backend` to `merged`, Active winning over Terminating.
-pub fn merge_backend(
-    merged: &mut BTreeMap<SocketAddr, DesiredBackend>,
-    addr: SocketAddr,
-    backend: DesiredBackend,
-) {
-    merged
-        .entry(addr)
-        .and_modify(|known| *known = known.combine(backend))
-        .or_insert(backend);
 }
 
 /// An address as the maps hold it: 16 bytes in network order (IPv4 in the first 4) and its

@@ -17,10 +17,11 @@
 
 mod admission;
 mod buddy;
+mod drift;
 pub mod encode;
 mod fast_hash;
 mod ids;
-pub mod maglev;
+mod maglev;
 mod planner;
 mod tables;
 
@@ -29,6 +30,7 @@ mod tests;
 
 pub use admission::RejectReason;
 pub use buddy::BuddyAllocator;
+pub use drift::{Difference, differences};
 pub use planner::Planner;
 #[cfg(test)]
 pub(crate) use tables::free_selection;

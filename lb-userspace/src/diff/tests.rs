@@ -100,9 +100,9 @@ fn same_desired_state_twice_gives_zero_ops() {
     assert!(!first.ops.is_empty(), "first plan writes something");
     let applied = apply_checked(&mut maps, &first, "first apply");
     assert!(
-        desired.differences(&applied).is_empty(),
+        differences(&applied, &desired, small_capacity()).is_empty(),
         "after apply: {:?}",
-        desired.differences(&applied)
+        differences(&applied, &desired, small_capacity())
     );
     let second = planner.plan(&applied, &desired, small_capacity());
     assert_eq!(
@@ -169,9 +169,9 @@ fn restarted_agent_adopting_the_maps_writes_only_the_difference() {
     );
     let applied = apply_checked(&mut maps, &next, "adopt");
     assert!(
-        after.differences(&applied).is_empty(),
+        differences(&applied, &after, small_capacity()).is_empty(),
         "{:?}",
-        after.differences(&applied)
+        differences(&applied, &after, small_capacity())
     );
 }
 
@@ -283,9 +283,9 @@ fn ops_are_ordered_make_before_break() {
     }
     let applied = apply_checked(&mut maps, &next, "second");
     assert!(
-        second.differences(&applied).is_empty(),
+        differences(&applied, &second, small_capacity()).is_empty(),
         "{:?}",
-        second.differences(&applied)
+        differences(&applied, &second, small_capacity())
     );
     // And everything away again.
     let empty = DesiredState::default();
@@ -684,9 +684,9 @@ fn source_ranges_and_affinity_follow_the_service() {
         }
         applied = apply_checked(&mut maps, &result, case);
         assert!(
-            desired.differences(&applied).is_empty(),
+            differences(&applied, &desired, small_capacity()).is_empty(),
             "{case}: {:?}",
-            desired.differences(&applied)
+            differences(&applied, &desired, small_capacity())
         );
         let service = &desired.services.values().next().unwrap();
         let expected_ranges = if service.source_ranges.is_empty() {
@@ -746,9 +746,9 @@ fn a_partly_applied_plan_is_completed_by_the_next_one() {
         let rest = planner.plan(&applied, &after, small_capacity());
         let applied = apply_checked(&mut maps, &rest, &case);
         assert!(
-            after.differences(&applied).is_empty(),
+            differences(&applied, &after, small_capacity()).is_empty(),
             "{case}: {:?}",
-            after.differences(&applied)
+            differences(&applied, &after, small_capacity())
         );
     }
 }
@@ -767,7 +767,7 @@ fn forget_tables_makes_the_planner_reread_selection() {
     let table = Arc::make_mut(applied.selection.values_mut().next().unwrap());
     table[0] = if table[0] == 1 { 2 } else { 1 };
     assert!(
-        !desired.differences(&applied).is_empty(),
+        !differences(&applied, &desired, small_capacity()).is_empty(),
         "the comparison sees the damage"
     );
     planner.forget_tables();
@@ -919,7 +919,7 @@ fn snapshots_through_model_diff_and_maps() {
         assert!(result.rejected.is_empty(), "{case}: {:?}", result.rejected);
         applied = apply_checked(&mut maps, &result, case);
         assert_eq!(
-            built.state.differences(&applied),
+            differences(&applied, &built.state, small_capacity()),
             Vec::new(),
             "{case}: maps differ from the model"
         );
@@ -956,8 +956,7 @@ fn differences_name_the_service_the_frontend_and_what_differs() {
     let tamper = |f: &dyn Fn(&mut AppliedState)| {
         let mut applied = good.clone();
         f(&mut applied);
-        desired
-            .differences(&applied)
+        differences(&applied, &desired, small_capacity())
             .iter()
             .map(ToString::to_string)
             .collect::<Vec<_>>()
@@ -1012,7 +1011,7 @@ fn differences_name_the_service_the_frontend_and_what_differs() {
         ),
     ];
     assert!(
-        desired.differences(&good).is_empty(),
+        differences(&good, &desired, small_capacity()).is_empty(),
         "untouched maps match"
     );
     for (case, found, expected) in cases {
@@ -1021,6 +1020,35 @@ fn differences_name_the_service_the_frontend_and_what_differs() {
             "{case}: expected {expected:?} in {found:#?}"
         );
     }
+}
+
+#[test]
+fn a_service_that_does_not_fit_is_drift_naming_why() {
+    let desired = state(&[
+        ("a", service("198.18.100.1", &[1])),
+        ("b", service("198.18.100.2", &[2])),
+    ]);
+    let capacity = MapCapacity {
+        frontends: 1,
+        ..small_capacity()
+    };
+    let mut maps = MemoryMaps::new(capacity);
+    let applied = apply_checked(
+        &mut maps,
+        &plan(&AppliedState::default(), &desired, capacity),
+        "only a fits",
+    );
+    let found: Vec<String> = differences(&applied, &desired, capacity)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        found,
+        [
+            "default/b:http: does not fit: FRONTENDS has room for 0 more entries, the service needs 1 (capacity 1)"
+        ],
+        "only the rejected service, with the reason"
+    );
 }
 
 #[test]
@@ -1157,9 +1185,9 @@ fn a_backend_leaving_or_joining_moves_only_its_share_of_the_table() {
         let plan = planner.plan(&applied, desired, small_capacity());
         applied = apply_checked(&mut maps, &plan, case);
         assert!(
-            desired.differences(&applied).is_empty(),
+            differences(&applied, desired, small_capacity()).is_empty(),
             "{case}: {:?}",
-            desired.differences(&applied)
+            differences(&applied, desired, small_capacity())
         );
         table_owners(&applied)
     };
@@ -1216,16 +1244,16 @@ fn a_table_off_its_shares_is_reported_and_one_in_another_order_is_not() {
     slots.swap(0, other_at);
     swapped.selection.insert(offset, slots.into());
     assert!(
-        desired.differences(&swapped).is_empty(),
+        differences(&swapped, &desired, small_capacity()).is_empty(),
         "two slots swapped keep every share: {:?}",
-        desired.differences(&swapped)
+        differences(&swapped, &desired, small_capacity())
     );
 
     let mut skewed = applied.clone();
     let mut slots = table.to_vec();
     slots[0] = other;
     skewed.selection.insert(offset, slots.into());
-    let differences = desired.differences(&skewed);
+    let differences = differences(&skewed, &desired, small_capacity());
     assert!(
         differences
             .iter()

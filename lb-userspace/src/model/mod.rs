@@ -19,7 +19,6 @@
 //! - `publishNotReadyAddresses: true` -> every endpoint counts as ready.
 
 mod build;
-pub mod compare;
 pub mod incremental;
 #[cfg(test)]
 pub(crate) mod random_world;
@@ -41,7 +40,6 @@ use ipnet::IpNet;
 use lb_common::{PROTO_SCTP, PROTO_TCP, PROTO_UDP, frontend_flags, frontend_kind};
 
 pub use build::build;
-pub use compare::Difference;
 pub use incremental::{IncrementalModel, ModelUpdate};
 pub use snapshot::{NodeInfo, Snapshot};
 pub use warning::{ObjectKind, ObjectRef, Warning, WarningReason};
