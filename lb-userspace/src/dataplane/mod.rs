@@ -3,6 +3,7 @@
 
 pub mod applied;
 pub mod aya_maps;
+mod batch;
 pub mod frontend_filter;
 pub mod loader;
 pub mod mapped_array;
