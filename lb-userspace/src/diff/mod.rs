@@ -14,6 +14,11 @@
 //!
 //! A service port whose frontends, backends, table or ranges would not fit is rejected whole
 //! (and named in [`Plan::rejected`]); if it was applied before, it stays exactly as it was.
+//!
+//! By role: `ids` hands out ids; `tables` sizes and places selection tables (built by
+//! `maglev`); `admission` decides whether a service port fits and what it adds; `planner`
+//! runs whole and scoped plans and orders the ops; `encode` lays the desired state out as the
+//! maps' types; `drift` describes a plan for a person (`slicelb check`).
 
 mod admission;
 mod buddy;
