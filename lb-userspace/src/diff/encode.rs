@@ -45,7 +45,7 @@ pub fn backend_identity(backend: &Backend) -> Option<SocketAddr> {
 }
 
 /// The SOURCE_RANGES entry (key, prefix length) of one range of a service.
-pub fn source_range_entry(service_id: u32, range: &IpNet) -> (SourceRangeKey, u32) {
+fn source_range_entry(service_id: u32, range: &IpNet) -> (SourceRangeKey, u32) {
     let (addr, family) = encode_addr(range.network());
     let key = SourceRangeKey {
         service_id_be: service_id.to_be_bytes(),
