@@ -132,8 +132,7 @@ fn setup(label: &str, mode: IngressMode, client_offload: bool, backend_tx: bool)
     // peer runs XDP too: give the client's veth the do-nothing program.
     let peer_link = (mode == IngressMode::XdpNative)
         .then(|| Pass::attach(&lab.client, Lab::CLIENT_IFACE).expect("XDP on the client's veth"));
-    let mut maps =
-        AyaMaps::from_pin(&pin.0, test_capacity().writer_capacity()).expect("opening pinned maps");
+    let mut maps = AyaMaps::from_pin(&pin.0, test_capacity()).expect("opening pinned maps");
     let ops: Vec<MapOp> = services(&[(1, ACTIVE), (2, ACTIVE), (3, ACTIVE)], 0)
         .iter()
         .flat_map(Service::ops)

@@ -431,7 +431,7 @@ fn debug_log_only_when_enabled() {
 /// nothing already written.
 #[test]
 fn map_writer_reads_back_and_reports_full_maps() {
-    use slicelb::dataplane::{AppliedState, DataplaneError, MapWriter as _, loader::MapCapacity};
+    use slicelb::dataplane::{AppliedState, DataplaneError, MapCapacity, MapWriter as _};
 
     let mut env = Env::with_capacity(MapCapacity {
         frontends: 4,

@@ -205,9 +205,13 @@ fn tables_written_through_the_mapping_are_seen_by_lookups_packets_and_adoption()
     check_packets(&adopted, &services, 41_000, "adopted maps");
     let mut writer = AyaMaps::from_datapath(&adopted).expect("opening the adopted maps");
     check_read_back(&writer, &services, "adopted maps, writer from the datapath");
-    let from_pin = AyaMaps::from_pin(&pin.0, adopted.capacity().writer_capacity())
-        .expect("opening the pinned maps");
+    let from_pin = AyaMaps::from_pin(&pin.0, adopted.capacity()).expect("opening the pinned maps");
     check_read_back(&from_pin, &services, "adopted maps, writer from the pins");
+    assert_eq!(
+        AyaMaps::pinned_capacity(&pin.0).expect("reading the pinned maps' sizes"),
+        adopted.capacity(),
+        "the pinned maps have the sizes they were created with (`slicelb check` plans within them)"
+    );
 
     // The adopted writer replaces a table make-before-break: new table in free space, then
     // the frontend pointing at it.
@@ -257,7 +261,7 @@ fn selection_pinned_without_the_mmap_flag() {
     }
 
     // A writer over the old pins (e.g. the CLI of a new build) still works, by syscalls.
-    let mut writer = AyaMaps::from_pin(&pin.0, options().capacity.writer_capacity())
+    let mut writer = AyaMaps::from_pin(&pin.0, options().capacity)
         .expect("opening the pinned maps with the old SELECTION");
     let services = services();
     for service in &services {

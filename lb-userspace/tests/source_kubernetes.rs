@@ -17,7 +17,7 @@ use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 use slicelb::{
-    dataplane::{Capacity, MapWriter as _, memory::MemoryMaps},
+    dataplane::{MapCapacity, MapWriter as _, memory::MemoryMaps},
     diff::Planner,
     model::{self, ModelConfig, NodeInfo, Snapshot},
     source::{
@@ -213,7 +213,7 @@ struct Programmed {
 impl Programmed {
     fn new() -> Self {
         Self {
-            maps: MemoryMaps::new(Capacity::default()),
+            maps: MemoryMaps::new(MapCapacity::default()),
             planner: Planner::default(),
         }
     }

@@ -8,7 +8,7 @@ use slicelb::{
         self, ManifestError, SourceConfig, SourceProblem, SourceReceiver, SourceUpdate,
         UpdateCause,
         debounce::Debounce,
-        manifest::{ObjectLocation, ProblemReason, WarningReason},
+        manifest::{ManifestWarningReason, ObjectLocation, ProblemReason},
     },
 };
 
@@ -148,7 +148,7 @@ fn multi_document_yaml_json_and_lists_load_into_one_snapshot() {
     assert!(
         reasons.contains(&(
             "deploy.yaml".into(),
-            WarningReason::UnknownKind {
+            ManifestWarningReason::UnknownKind {
                 api_version: "apps/v1".into(),
                 kind: "Deployment".into()
             }
@@ -156,11 +156,11 @@ fn multi_document_yaml_json_and_lists_load_into_one_snapshot() {
         "an unknown kind is a warning: {reasons:?}"
     );
     assert!(
-        reasons.contains(&("README.md".into(), WarningReason::UnrecognizedFile)),
+        reasons.contains(&("README.md".into(), ManifestWarningReason::UnrecognizedFile)),
         "{reasons:?}"
     );
     assert!(
-        reasons.contains(&("orphan.yaml".into(), WarningReason::NoServiceName)),
+        reasons.contains(&("orphan.yaml".into(), ManifestWarningReason::NoServiceName)),
         "{reasons:?}"
     );
     assert_eq!(

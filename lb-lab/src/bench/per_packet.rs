@@ -20,7 +20,7 @@ use lb_common::{
     program_names,
 };
 
-use slicelb::dataplane::loader::MapCapacity;
+use slicelb::dataplane::MapCapacity;
 
 use super::{
     ebpf::{Restore, program_fd},

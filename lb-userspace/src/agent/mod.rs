@@ -104,8 +104,7 @@ async fn run_async(args: AgentConfig) -> anyhow::Result<()> {
     let stats = stats::PinnedStats::new(
         AyaMaps::from_datapath(&datapath).context("opening the maps for metrics")?,
         fill.clone(),
-        capacity.writer_capacity(),
-        capacity.conntrack,
+        capacity,
     );
     let metrics = Metrics::new(Arc::new(stats));
     let server = MetricsServer::bind(args.metrics_addr)

@@ -6,29 +6,22 @@ use std::sync::{Arc, Mutex, RwLock};
 use lb_common::{ProtoCounter, Reason, ServiceCounters, map_names};
 
 use crate::{
-    dataplane::{AppliedState, Capacity, DataplaneError, aya_maps::AyaMaps},
+    dataplane::{AppliedState, DataplaneError, MapCapacity, aya_maps::AyaMaps},
     metrics::{KernelStats, MapFill},
 };
 
 pub struct PinnedStats {
     maps: Mutex<AyaMaps>,
     applied: Arc<RwLock<AppliedState>>,
-    capacity: Capacity,
-    conntrack_capacity: u32,
+    capacity: MapCapacity,
 }
 
 impl PinnedStats {
-    pub fn new(
-        maps: AyaMaps,
-        applied: Arc<RwLock<AppliedState>>,
-        capacity: Capacity,
-        conntrack_capacity: u32,
-    ) -> Self {
+    pub fn new(maps: AyaMaps, applied: Arc<RwLock<AppliedState>>, capacity: MapCapacity) -> Self {
         Self {
             maps: Mutex::new(maps),
             applied,
             capacity,
-            conntrack_capacity,
         }
     }
 
@@ -103,7 +96,7 @@ impl KernelStats for PinnedStats {
             fills.push(MapFill {
                 map: map_names::CONNTRACK,
                 used,
-                capacity: self.conntrack_capacity.into(),
+                capacity: self.capacity.conntrack.into(),
             });
         }
         Ok(fills)

@@ -6,14 +6,14 @@ use anyhow::Context as _;
 
 use super::{AttachArgs, OutputFormat, PinArgs, ServicesArgs, StatsArgs, services, stats::Stats};
 use crate::dataplane::{
-    Capacity, MapWriter as _,
+    MapCapacity, MapWriter as _,
     aya_maps::AyaMaps,
     loader::{Datapath, DatapathOptions},
 };
 
 /// The maps pinned under `pin_path`, with a hint when there are none.
 pub fn open_pinned(pin_path: &Path) -> anyhow::Result<AyaMaps> {
-    AyaMaps::from_pin(pin_path, Capacity::default()).with_context(|| {
+    AyaMaps::from_pin(pin_path, MapCapacity::default()).with_context(|| {
         format!(
             "no slicelb maps pinned under {} (is an agent running, or was --pin-path different?)",
             pin_path.display()
@@ -130,8 +130,9 @@ pub struct Drift {
     pub pin_path: String,
 }
 
-/// `slicelb check`: the model's desired state for the source's snapshot, compared with the
-/// pinned maps. Prints every difference; an error (exit 1) when there is any.
+/// `slicelb check`: the operations that would take the pinned maps to the model's desired
+/// state for the source's snapshot, planned within the maps' sizes and described for a
+/// person. Prints every difference; an error (exit 1) when there is any.
 pub fn check(args: &super::CheckArgs) -> anyhow::Result<()> {
     use crate::{
         model::{self, ModelConfig, NodeInfo},
@@ -163,7 +164,8 @@ pub fn check(args: &super::CheckArgs) -> anyhow::Result<()> {
     let applied = open_pinned(&args.pin_path)?
         .read()
         .context("reading the maps")?;
-    let differences = built.state.differences(&applied);
+    let capacity = AyaMaps::pinned_capacity(&args.pin_path).context("reading the maps' sizes")?;
+    let differences = crate::diff::differences(&applied, &built.state, capacity);
     if differences.is_empty() {
         println!(
             "in sync: {} service ports, {} frontends",

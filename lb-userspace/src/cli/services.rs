@@ -17,7 +17,8 @@ use crate::dataplane::AppliedState;
 
 /// An address as stored in the maps; an unknown family (an empty slot) shows as IPv6.
 pub fn ip_from_map(addr: &[u8; 16], family: u8) -> IpAddr {
-    crate::model::decode_addr(addr, family).unwrap_or_else(|| IpAddr::V6(Ipv6Addr::from(*addr)))
+    crate::diff::encode::decode_addr(addr, family)
+        .unwrap_or_else(|| IpAddr::V6(Ipv6Addr::from(*addr)))
 }
 
 pub fn protocol_name(proto: u8) -> &'static str {

@@ -28,7 +28,7 @@ use crate::dataplane::{
     loader::{Datapath, DatapathOptions},
     test_run,
 };
-use crate::model::encode_addr;
+use crate::diff::encode::encode_addr;
 
 /// Source port used when `--from` gives none.
 pub const DEFAULT_SOURCE_PORT: u16 = 40000;

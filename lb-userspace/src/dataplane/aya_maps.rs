@@ -15,7 +15,7 @@ use lb_common::{
 };
 
 use super::{
-    AppliedState, Capacity, DataplaneError, MapOp, MapWriter,
+    AppliedState, DataplaneError, MapCapacity, MapOp, MapWriter, batch,
     frontend_filter::{self, FrontendFilter},
     loader::{Datapath, LoadError},
     mapped_array::MappedArray,
@@ -44,7 +44,7 @@ pub struct AyaMaps {
     reason_stats: PerCpuArray<MapData, u64>,
     proto_stats: PerCpuArray<MapData, u64>,
     service_stats: PerCpuArray<MapData, ServiceCounters>,
-    capacity: Capacity,
+    capacity: MapCapacity,
 }
 
 fn io_error(error: MapError) -> io::Error {
@@ -82,16 +82,36 @@ fn typed<T>(
 
 impl AyaMaps {
     /// Opens the maps pinned under `pin_path/maps` (as [`Datapath::open`] pins them).
-    pub fn from_pin(pin_path: &Path, capacity: Capacity) -> Result<Self, DataplaneError> {
+    pub fn from_pin(pin_path: &Path, capacity: MapCapacity) -> Result<Self, DataplaneError> {
         let dir = pin_path.join("maps");
         Self::build(capacity, |name| {
             MapData::from_pin(dir.join(name)).map_err(read_err(name))
         })
     }
 
+    /// The sizes the maps pinned under `pin_path/maps` were created with (an agent may
+    /// size them other than the defaults).
+    pub fn pinned_capacity(pin_path: &Path) -> Result<MapCapacity, DataplaneError> {
+        let dir = pin_path.join("maps");
+        let size = |name: &'static str| {
+            let data = MapData::from_pin(dir.join(name)).map_err(read_err(name))?;
+            Ok::<_, DataplaneError>(data.info().map_err(read_err(name))?.max_entries())
+        };
+        Ok(MapCapacity {
+            frontends: size(map_names::FRONTENDS)?,
+            backends: size(map_names::BACKENDS)?,
+            selection_slots: size(map_names::SELECTION)?,
+            conntrack: size(map_names::CONNTRACK)?,
+            affinity: size(map_names::AFFINITY)?,
+            fragments: size(map_names::FRAGMENTS)?,
+            source_ranges: size(map_names::SOURCE_RANGES)?,
+            services: size(map_names::SERVICE_NAMES)?,
+        })
+    }
+
     /// Opens the maps of a loaded datapath (pinned or not).
     pub fn from_datapath(datapath: &Datapath) -> Result<Self, DataplaneError> {
-        let capacity = datapath.capacity().writer_capacity();
+        let capacity = datapath.capacity();
         Self::build(capacity, |name| {
             let data = datapath
                 .map_data(name)
@@ -109,7 +129,7 @@ impl AyaMaps {
     }
 
     fn build(
-        capacity: Capacity,
+        capacity: MapCapacity,
         open: impl Fn(&'static str) -> Result<MapData, DataplaneError>,
     ) -> Result<Self, DataplaneError> {
         use aya::maps::Map;
@@ -410,7 +430,7 @@ impl AyaMaps {
 }
 
 impl MapWriter for AyaMaps {
-    fn capacity(&self) -> Capacity {
+    fn capacity(&self) -> MapCapacity {
         self.capacity
     }
 
@@ -505,121 +525,4 @@ fn consecutive_backends(ops: &[MapOp], capacity: u32) -> Vec<Backend> {
         }
     }
     run
-}
-
-/// Batched access to array maps (`BPF_MAP_UPDATE_BATCH` / `BPF_MAP_LOOKUP_BATCH`, Linux
-/// 5.6), which aya 0.16 does not wrap: a 131 071-slot Maglev table is a handful of syscalls
-/// instead of one per slot.
-pub(super) mod batch {
-    use std::{
-        io,
-        os::fd::{AsRawFd as _, BorrowedFd},
-    };
-
-    const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
-    const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
-    /// Elements per syscall.
-    const CHUNK: usize = 16 * 1024;
-
-    /// The `batch` member of `union bpf_attr` (uapi layout).
-    #[repr(C)]
-    #[derive(Default)]
-    struct BatchAttr {
-        in_batch: u64,
-        out_batch: u64,
-        keys: u64,
-        values: u64,
-        count: u32,
-        map_fd: u32,
-        elem_flags: u64,
-        flags: u64,
-    }
-
-    fn bpf(cmd: libc::c_long, attr: &mut BatchAttr) -> io::Result<()> {
-        // SAFETY: `attr` is a valid batch attribute whose pointers refer to live buffers
-        // sized for `count` elements; the kernel reads at most `size_of::<BatchAttr>()`.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                cmd,
-                attr as *mut BatchAttr,
-                std::mem::size_of::<BatchAttr>(),
-            )
-        };
-        if rc < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(())
-        }
-    }
-
-    /// Writes `values` to indexes `offset..` of an array map.
-    pub fn update<T: aya::Pod>(fd: BorrowedFd<'_>, offset: u32, values: &[T]) -> io::Result<()> {
-        for (n, chunk) in values.chunks(CHUNK).enumerate() {
-            let start = offset + (n * CHUNK) as u32;
-            let keys: Vec<u32> = (start..start + chunk.len() as u32).collect();
-            let mut attr = BatchAttr {
-                keys: keys.as_ptr() as u64,
-                values: chunk.as_ptr() as u64,
-                count: chunk.len() as u32,
-                map_fd: fd.as_raw_fd() as u32,
-                ..BatchAttr::default()
-            };
-            bpf(BPF_MAP_UPDATE_BATCH, &mut attr)?;
-        }
-        Ok(())
-    }
-
-    /// Reads indexes `start..start + count` of an array map.
-    pub fn lookup<T: aya::Pod + Default + Clone>(
-        fd: BorrowedFd<'_>,
-        start: u32,
-        count: u32,
-    ) -> io::Result<Vec<T>> {
-        let mut out: Vec<T> = Vec::with_capacity(count as usize);
-        let mut keys = vec![0u32; CHUNK];
-        let mut values = vec![T::default(); CHUNK];
-        // The kernel continues after `in_batch`; the first call starts at `start`.
-        let mut previous: u32 = start.wrapping_sub(1);
-        while (out.len() as u32) < count {
-            let want = (count as usize - out.len()).min(CHUNK);
-            let mut next: u32 = 0;
-            let mut attr = BatchAttr {
-                in_batch: if start == 0 && out.is_empty() {
-                    0
-                } else {
-                    &previous as *const u32 as u64
-                },
-                out_batch: &mut next as *mut u32 as u64,
-                keys: keys.as_mut_ptr() as u64,
-                values: values.as_mut_ptr() as u64,
-                count: want as u32,
-                map_fd: fd.as_raw_fd() as u32,
-                ..BatchAttr::default()
-            };
-            let result = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
-            let got = attr.count as usize;
-            out.extend_from_slice(&values[..got.min(want)]);
-            match result {
-                Ok(()) => {}
-                // ENOENT: the end of the array, after `got` elements.
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => break,
-                Err(e) => return Err(e),
-            }
-            if got == 0 {
-                break;
-            }
-            previous = next;
-        }
-        if (out.len() as u32) < count {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!(
-                    "array ended after {} of {count} elements from {start}",
-                    out.len()
-                ),
-            ));
-        }
-        Ok(out)
-    }
 }

@@ -10,7 +10,7 @@ use std::{
 
 use lb_common::{FrontendKey, frontend_filter, hash::frontend_filter_slot, map_names};
 
-use super::{DataplaneError, aya_maps::batch};
+use super::{DataplaneError, batch};
 
 /// The filter word and bit mask of a frontend key.
 pub fn slot_of(key: &FrontendKey) -> (u32, u64) {

@@ -22,7 +22,9 @@ use aya::{
         xdp::XdpLink,
     },
 };
-use lb_common::{Config, FrontendKey, FrontendValue, capacity, map_names, program_names};
+use lb_common::{Config, FrontendKey, FrontendValue, map_names, program_names};
+
+use super::MapCapacity;
 
 /// The compiled `lb-ebpf` object.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
@@ -43,51 +45,6 @@ pub const ALL_MAPS: [&str; 13] = [
     map_names::CONFIG,
     map_names::SERVICE_NAMES,
 ];
-
-/// Default pin directory.
-pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/slicelb";
-
-/// Sizes of every sized map (the statistics arrays have fixed sizes).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct MapCapacity {
-    pub frontends: u32,
-    pub backends: u32,
-    pub selection_slots: u32,
-    pub conntrack: u32,
-    pub affinity: u32,
-    pub fragments: u32,
-    pub source_ranges: u32,
-    /// Service ids index SERVICE_STATS and SERVICE_NAMES.
-    pub services: u32,
-}
-
-impl Default for MapCapacity {
-    fn default() -> Self {
-        Self {
-            frontends: capacity::FRONTENDS,
-            backends: capacity::BACKENDS,
-            selection_slots: capacity::SELECTION_SLOTS,
-            conntrack: capacity::CONNTRACK,
-            affinity: capacity::AFFINITY,
-            fragments: capacity::FRAGMENTS,
-            source_ranges: capacity::SOURCE_RANGES,
-            services: capacity::SERVICES,
-        }
-    }
-}
-
-impl MapCapacity {
-    /// The part the map writer (and the diff) needs.
-    pub fn writer_capacity(&self) -> super::Capacity {
-        super::Capacity {
-            frontends: self.frontends,
-            backends: self.backends,
-            selection_slots: self.selection_slots,
-            services: self.services,
-            source_ranges: self.source_ranges,
-        }
-    }
-}
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DatapathOptions {

@@ -1,6 +1,7 @@
 //! [`MemoryMaps`]: the configuration maps in memory, with the kernel maps' sizes and
 //! semantics (bounded arrays and hash maps), and a checker for the invariant packets rely
-//! on. Tests apply plans to it op by op.
+//! on after every op (whether the maps are what the snapshot asks for is the planner's
+//! question: `diff::differences`). Tests apply plans to it op by op.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -10,14 +11,14 @@ use std::{
 use lb_common::{Backend, FrontendKey, FrontendValue, SourceRangeKey, backend_state, map_names};
 
 use super::{
-    AppliedState, Capacity, DataplaneError, MapOp, MapWriter,
+    AppliedState, DataplaneError, MapCapacity, MapOp, MapWriter,
     frontend_filter::{self, FrontendFilter},
 };
 
 /// The configuration maps, in memory.
 #[derive(Clone, Debug)]
 pub struct MemoryMaps {
-    capacity: Capacity,
+    capacity: MapCapacity,
     frontends: BTreeMap<FrontendKey, FrontendValue>,
     /// The writer's bookkeeping for FRONTEND_FILTER, as `AyaMaps` keeps it.
     filter: FrontendFilter,
@@ -105,7 +106,7 @@ fn not_found(what: String) -> io::Error {
 }
 
 impl MemoryMaps {
-    pub fn new(capacity: Capacity) -> Self {
+    pub fn new(capacity: MapCapacity) -> Self {
         Self {
             capacity,
             frontends: BTreeMap::new(),
@@ -314,7 +315,7 @@ impl MemoryMaps {
 }
 
 impl MapWriter for MemoryMaps {
-    fn capacity(&self) -> Capacity {
+    fn capacity(&self) -> MapCapacity {
         self.capacity
     }
 
@@ -351,7 +352,7 @@ mod tests {
 
     #[test]
     fn filter_follows_frontend_puts_and_deletes() {
-        let mut maps = MemoryMaps::new(Capacity::default());
+        let mut maps = MemoryMaps::new(MapCapacity::default());
         let keys: Vec<FrontendKey> = (1..=50).map(|i| frontend(i, 53)).collect();
         let ops: Vec<MapOp> = keys
             .iter()
@@ -391,7 +392,7 @@ mod tests {
         let (a, b) =
             frontend_filter::sharing_pair(|i| frontend((i >> 8) as u8, 1000 + (i & 0xff) as u16))
                 .expect("two keys sharing a filter bit");
-        let mut maps = MemoryMaps::new(Capacity::default());
+        let mut maps = MemoryMaps::new(MapCapacity::default());
         for key in [a, b] {
             maps.apply(&[MapOp::PutFrontend {
                 key,

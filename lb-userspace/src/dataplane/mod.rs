@@ -4,6 +4,7 @@
 pub mod applied;
 pub mod attach_mode;
 pub mod aya_maps;
+mod batch;
 pub mod frontend_filter;
 pub mod loader;
 pub mod mapped_array;
@@ -71,25 +72,33 @@ pub struct AppliedState {
     pub source_ranges: BTreeSet<(SourceRangeKey, u32)>,
 }
 
-/// Sizes of the kernel maps this writer can fill (the diff refuses what would not fit).
+/// Sizes of every sized kernel map (the statistics arrays have fixed sizes). The loader
+/// creates the maps with them; the diff refuses what would not fit the configuration maps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Capacity {
+pub struct MapCapacity {
     pub frontends: u32,
     pub backends: u32,
     pub selection_slots: u32,
-    pub services: u32,
+    pub conntrack: u32,
+    pub affinity: u32,
+    pub fragments: u32,
     pub source_ranges: u32,
+    /// Service ids index SERVICE_STATS and SERVICE_NAMES.
+    pub services: u32,
 }
 
-impl Default for Capacity {
+impl Default for MapCapacity {
     fn default() -> Self {
         use lb_common::capacity;
         Self {
             frontends: capacity::FRONTENDS,
             backends: capacity::BACKENDS,
             selection_slots: capacity::SELECTION_SLOTS,
-            services: capacity::SERVICES,
+            conntrack: capacity::CONNTRACK,
+            affinity: capacity::AFFINITY,
+            fragments: capacity::FRAGMENTS,
             source_ranges: capacity::SOURCE_RANGES,
+            services: capacity::SERVICES,
         }
     }
 }
@@ -127,7 +136,7 @@ impl DataplaneError {
 
 /// Reads and writes the configuration maps.
 pub trait MapWriter {
-    fn capacity(&self) -> Capacity;
+    fn capacity(&self) -> MapCapacity;
     fn read(&self) -> Result<AppliedState, DataplaneError>;
     /// Applies `ops` in order; on error, the ops before the failing one stay applied.
     fn apply(&mut self, ops: &[MapOp]) -> Result<(), DataplaneError>;

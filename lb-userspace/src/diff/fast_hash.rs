@@ -68,3 +68,11 @@ impl Hasher for FastHasher {
 
 pub type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FastHasher>>;
 pub type FastSet<K> = HashSet<K, BuildHasherDefault<FastHasher>>;
+
+pub fn sized_map<K, V>(capacity: usize) -> FastMap<K, V> {
+    FastMap::with_capacity_and_hasher(capacity, Default::default())
+}
+
+pub fn sized_set<K>(capacity: usize) -> FastSet<K> {
+    FastSet::with_capacity_and_hasher(capacity, Default::default())
+}

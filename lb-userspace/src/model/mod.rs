@@ -19,10 +19,7 @@
 //! - `publishNotReadyAddresses: true` -> every endpoint counts as ready.
 
 mod build;
-pub mod compare;
-pub mod encode;
 pub mod incremental;
-pub mod maglev;
 #[cfg(test)]
 pub(crate) mod random_world;
 pub mod snapshot;
@@ -35,15 +32,14 @@ mod tests;
 use std::{
     collections::BTreeMap,
     fmt,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    net::{IpAddr, SocketAddr},
     sync::Arc,
 };
 
 use ipnet::IpNet;
-use lb_common::{FAMILY_IPV4, FAMILY_IPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, frontend_kind};
+use lb_common::{PROTO_SCTP, PROTO_TCP, PROTO_UDP, frontend_flags, frontend_kind};
 
 pub use build::build;
-pub use compare::Difference;
 pub use incremental::{IncrementalModel, ModelUpdate};
 pub use snapshot::{NodeInfo, Snapshot};
 pub use warning::{ObjectKind, ObjectRef, Warning, WarningReason};
@@ -219,6 +215,27 @@ impl DesiredFrontend {
     pub fn endpoint(&self) -> SocketAddr {
         SocketAddr::new(self.addr, self.port)
     }
+
+    /// Its `frontend_flags` bits, as FRONTENDS holds them (`service` is the service it belongs to).
+    pub fn flag_bits(&self, service: &DesiredService) -> u16 {
+        let mut flags = 0;
+        if self.kind.is_external() {
+            flags |= frontend_flags::EXTERNAL;
+        }
+        if service.affinity_timeout_secs.is_some() {
+            flags |= frontend_flags::AFFINITY;
+        }
+        if self.policy_local {
+            flags |= frontend_flags::TRAFFIC_POLICY_LOCAL;
+        }
+        if self.source_ranges {
+            flags |= frontend_flags::SOURCE_RANGES;
+        }
+        if self.selection.is_empty() && self.when_empty == WhenEmpty::Drop {
+            flags |= frontend_flags::DROP_WHEN_EMPTY;
+        }
+        flags
+    }
 }
 
 /// `lb_common::backend_state` in model terms.
@@ -248,6 +265,21 @@ pub struct DesiredBackend {
     pub node_local: bool,
 }
 
+impl DesiredBackend {
+    /// One endpoint as two services see it: Active if either counts it ready.
+    pub fn combine(self, other: Self) -> Self {
+        let state = if self.state == BackendState::Active || other.state == BackendState::Active {
+            BackendState::Active
+        } else {
+            BackendState::Terminating
+        };
+        Self {
+            state,
+            node_local: self.node_local || other.node_local,
+        }
+    }
+}
+
 /// Everything one service port needs in the datapath.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DesiredService {
@@ -273,28 +305,4 @@ pub struct DesiredState {
 pub struct Built {
     pub state: DesiredState,
     pub warnings: Vec<Warning>,
-}
-
-/// An address as the maps hold it: 16 bytes in network order (IPv4 in the first 4) and its
-/// `FAMILY_*` tag.
-pub fn encode_addr(addr: IpAddr) -> ([u8; 16], u8) {
-    let mut bytes = [0u8; 16];
-    match addr {
-        IpAddr::V4(v4) => {
-            bytes[..4].copy_from_slice(&v4.octets());
-            (bytes, FAMILY_IPV4)
-        }
-        IpAddr::V6(v6) => (v6.octets(), FAMILY_IPV6),
-    }
-}
-
-/// The inverse of [`encode_addr`]; `None` for an unknown family.
-pub fn decode_addr(bytes: &[u8; 16], family: u8) -> Option<IpAddr> {
-    match family {
-        FAMILY_IPV4 => Some(IpAddr::V4(Ipv4Addr::new(
-            bytes[0], bytes[1], bytes[2], bytes[3],
-        ))),
-        FAMILY_IPV6 => Some(IpAddr::V6(Ipv6Addr::from(*bytes))),
-        _ => None,
-    }
 }

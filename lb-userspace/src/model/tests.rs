@@ -577,7 +577,7 @@ fn traffic_policies() {
             spec["externalTrafficPolicy"] == "Local",
             "{case}: NodePort local flag"
         );
-        let flags = encode::frontend_flag_bits(node_port, svc);
+        let flags = node_port.flag_bits(svc);
         assert_ne!(
             flags & lb_common::frontend_flags::EXTERNAL,
             0,
@@ -717,7 +717,7 @@ fn session_affinity_and_source_ranges() {
             f.kind,
             f.addr
         );
-        let flags = encode::frontend_flag_bits(f, svc);
+        let flags = f.flag_bits(svc);
         assert_ne!(
             flags & lb_common::frontend_flags::AFFINITY,
             0,

@@ -335,7 +335,7 @@ async fn start(
     ))
 }
 
-/// What a watcher task tells the reconciler.
+/// What a watcher task tells the snapshot rebuilder.
 struct Trigger {
     at: Instant,
     kind: TriggerKind,
@@ -430,21 +430,21 @@ async fn run(
     };
     drop(trigger_sender);
 
-    let mut reconciler = Reconciler {
+    let mut rebuilder = SnapshotRebuilder {
         stores,
         node,
         publisher,
         triggers,
         pending: PendingProblems::default(),
     };
-    if reconciler.wait_until_synced(&last_failure).await {
-        reconciler.publish(started, UpdateCause::Initial);
-        reconciler.reconcile(&options).await;
+    if rebuilder.wait_until_synced(&last_failure).await {
+        rebuilder.publish(started, UpdateCause::Initial);
+        rebuilder.reconcile(&options).await;
     }
 }
 
 /// Rebuilds and publishes snapshots from the stores.
-struct Reconciler {
+struct SnapshotRebuilder {
     stores: Stores,
     node: NodeInfo,
     publisher: Publisher,
@@ -452,7 +452,7 @@ struct Reconciler {
     pending: PendingProblems,
 }
 
-impl Reconciler {
+impl SnapshotRebuilder {
     /// Waits until every store has listed once; `false` if the source should stop instead.
     async fn wait_until_synced(&mut self, last_failure: &Mutex<Option<String>>) -> bool {
         let ready = async {

@@ -145,7 +145,7 @@ pub enum ManifestError {
 
 /// Why an object was skipped or looks wrong; the rest of the directory is applied.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum WarningReason {
+pub enum ManifestWarningReason {
     /// Not a v1 Service or discovery.k8s.io/v1 EndpointSlice (a Deployment, an old API version).
     UnknownKind { api_version: String, kind: String },
     /// An EndpointSlice without the `kubernetes.io/service-name` label belongs to no Service.
@@ -159,22 +159,22 @@ pub enum WarningReason {
 pub struct ManifestWarning {
     pub file: PathBuf,
     pub location: ObjectLocation,
-    pub reason: WarningReason,
+    pub reason: ManifestWarningReason,
 }
 
 impl fmt::Display for ManifestWarning {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}: ", self.file.display(), self.location)?;
         match &self.reason {
-            WarningReason::UnknownKind { api_version, kind } => write!(
+            ManifestWarningReason::UnknownKind { api_version, kind } => write!(
                 f,
                 "ignored {api_version} {kind}: only v1 Service and discovery.k8s.io/v1 EndpointSlice are used"
             ),
-            WarningReason::NoServiceName => write!(
+            ManifestWarningReason::NoServiceName => write!(
                 f,
                 "EndpointSlice has no {SERVICE_NAME_LABEL} label, so it serves no Service; add the label"
             ),
-            WarningReason::UnrecognizedFile => {
+            ManifestWarningReason::UnrecognizedFile => {
                 write!(f, "ignored: only .yaml, .yml and .json files are read")
             }
         }
@@ -209,7 +209,7 @@ pub fn load_dir(
             FileKind::Unrecognized => loader.warnings.push(ManifestWarning {
                 file,
                 location: ObjectLocation::File,
-                reason: WarningReason::UnrecognizedFile,
+                reason: ManifestWarningReason::UnrecognizedFile,
             }),
             FileKind::Yaml | FileKind::Json => loader.load_file(&file),
         }
@@ -380,7 +380,11 @@ impl Loader {
                     return;
                 };
                 if label(&slice.object.metadata, SERVICE_NAME_LABEL).is_none() {
-                    self.warn(file, slice.location.clone(), WarningReason::NoServiceName);
+                    self.warn(
+                        file,
+                        slice.location.clone(),
+                        ManifestWarningReason::NoServiceName,
+                    );
                 }
                 insert_unique(&mut self.slices, &mut self.problems, slice);
             }
@@ -396,7 +400,7 @@ impl Loader {
                 self.warn(
                     file,
                     location,
-                    WarningReason::UnknownKind { api_version, kind },
+                    ManifestWarningReason::UnknownKind { api_version, kind },
                 );
             }
         }
@@ -441,7 +445,7 @@ impl Loader {
         }
     }
 
-    fn warn(&mut self, file: &Path, location: ObjectLocation, reason: WarningReason) {
+    fn warn(&mut self, file: &Path, location: ObjectLocation, reason: ManifestWarningReason) {
         self.warnings.push(ManifestWarning {
             file: file.to_path_buf(),
             location,

@@ -9,9 +9,9 @@ use lb_common::{
     SourceRangeKey, backend_state, map_names,
 };
 use slicelb::dataplane::{
-    MapOp, MapWriter,
+    MapCapacity, MapOp, MapWriter,
     aya_maps::AyaMaps,
-    loader::{Datapath, DatapathOptions, MapCapacity},
+    loader::{Datapath, DatapathOptions},
     test_run::{self, RunOutput},
 };
 use std::net::IpAddr;

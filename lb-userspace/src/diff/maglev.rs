@@ -30,7 +30,7 @@
 
 use std::{collections::HashMap, net::SocketAddr};
 
-use super::encode_addr;
+use super::encode::encode_addr;
 
 /// The slot table for `backends` with `size` slots (a prime, normally
 /// `lb_common::maglev_size_for(backends.len())`): each slot holds an index into `backends`.
