@@ -5,6 +5,7 @@
 use std::{
     ffi::CString,
     net::Ipv4Addr,
+    os::fd::{AsRawFd as _, FromRawFd as _},
     time::{Duration, Instant},
 };
 
@@ -107,9 +108,16 @@ fn attach_in(netns: &Netns, ebpf: &mut Ebpf, name: &str, iface: &str) -> Result<
 }
 
 /// The traffic generator: a 64-byte IPv4/UDP template rewritten per packet to cycle
-/// through `targets` and `flows` source ports each.
+/// through `targets` and `flows` source ports each. It sends with `bench_gen` in
+/// live-frames mode; where the kernel refuses live frames (EPERM: some hosts forbid
+/// injecting frames that way), it builds the same frames in userspace and sends them
+/// through a packet socket instead, slower but the same traffic for every balancer.
 pub struct Generator {
     ebpf: Ebpf,
+    targets: Vec<(Ipv4Addr, u16)>,
+    flows: u32,
+    first_port: u16,
+    live_frames_refused: std::sync::atomic::AtomicBool,
 }
 
 impl Generator {
@@ -161,7 +169,25 @@ impl Generator {
                 .set(index as u32, &Endpoint4::new(addr.octets(), *port), 0)
                 .map_err(map_error(map_names::GEN_TARGETS, "write"))?;
         }
-        Ok(Self { ebpf })
+        Ok(Self {
+            ebpf,
+            targets: targets.to_vec(),
+            flows: gen_config.flows,
+            first_port,
+            live_frames_refused: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    /// How the frames went out: `bench_gen` live frames, or the packet socket fallback.
+    pub fn method(&self) -> &'static str {
+        if self
+            .live_frames_refused
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            "packet socket (the kernel refused live-frames test runs)"
+        } else {
+            "XDP live frames"
+        }
     }
 
     /// Sends `packets` frames out of `iface` in `netns` (transmitted by `XDP_TX` in
@@ -205,20 +231,35 @@ impl Generator {
                     .iter()
                     .flat_map(|v| v.to_ne_bytes())
                     .collect();
+                if self
+                    .live_frames_refused
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                {
+                    return send_with_packet_socket(self, ifindex, frame, packets);
+                }
                 let started = Instant::now();
-                let result = program
-                    .test_run(TestRunOptions {
-                        data_in: Some(frame),
-                        ctx_in: Some(&ctx),
-                        repeat: packets,
-                        attrs: TestRunAttrs::new().xdp_live_frames(64),
-                        ..TestRunOptions::new()
-                    })
-                    .map_err(|source| BenchError::Program {
-                        name: program_names::GEN.to_string(),
-                        action: "live-frames test run",
-                        source,
-                    })?;
+                let result = program.test_run(TestRunOptions {
+                    data_in: Some(frame),
+                    ctx_in: Some(&ctx),
+                    repeat: packets,
+                    attrs: TestRunAttrs::new().xdp_live_frames(64),
+                    ..TestRunOptions::new()
+                });
+                let result = match result {
+                    Err(aya::programs::ProgramError::SyscallError(error))
+                        if error.io_error.raw_os_error() == Some(libc::EPERM) =>
+                    {
+                        self.live_frames_refused
+                            .store(true, std::sync::atomic::Ordering::Relaxed);
+                        return send_with_packet_socket(self, ifindex, frame, packets);
+                    }
+                    other => other,
+                }
+                .map_err(|source| BenchError::Program {
+                    name: program_names::GEN.to_string(),
+                    action: "live-frames test run",
+                    source,
+                })?;
                 let elapsed = started.elapsed();
                 if result.return_value != 0 {
                     return Err(BenchError::unexpected(
@@ -230,6 +271,137 @@ impl Generator {
             })
             .map_err(BenchError::lab("generator"))?
     }
+}
+
+/// The fallback generator: the frames `bench_gen` would make (target `seq % targets`,
+/// source port `first_port + (seq / targets) % flows`), built here and sent in batches
+/// with `sendmmsg` on a packet socket bound to `ifindex`, bypassing the qdisc.
+fn send_with_packet_socket(
+    generator: &Generator,
+    ifindex: u32,
+    template: &[u8],
+    packets: u32,
+) -> Result<Duration, BenchError> {
+    const BATCH: usize = 64;
+    let fail = |what: &str| {
+        BenchError::unexpected(
+            "generator (packet socket)",
+            format!("{what}: {}", std::io::Error::last_os_error()),
+        )
+    };
+    let ip = GEN_HEADERS_LEN - 28;
+    let udp = GEN_HEADERS_LEN - 8;
+    if template.len() < GEN_HEADERS_LEN {
+        return Err(BenchError::unexpected(
+            "generator",
+            "the template frame is shorter than its headers",
+        ));
+    }
+    // SAFETY: plain socket call; the descriptor is owned below.
+    let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+    if raw < 0 {
+        return Err(fail("socket(AF_PACKET)"));
+    }
+    // SAFETY: `raw` is a descriptor we just opened and nothing else owns.
+    let socket = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
+    // SAFETY: a zeroed sockaddr_ll is valid; the fields set are the ones bind reads.
+    let mut address: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    address.sll_family = libc::AF_PACKET as u16;
+    address.sll_ifindex = ifindex as i32;
+    // SAFETY: bind with a sockaddr_ll of the size given.
+    let bound = unsafe {
+        libc::bind(
+            socket.as_raw_fd(),
+            (&address as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        )
+    };
+    if bound != 0 {
+        return Err(fail("bind"));
+    }
+    let bypass: libc::c_int = 1;
+    // SAFETY: setsockopt with an int, as PACKET_QDISC_BYPASS takes; failure only slows us.
+    unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_PACKET,
+            libc::PACKET_QDISC_BYPASS,
+            (&bypass as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as u32,
+        )
+    };
+    let targets = generator.targets.len() as u64;
+    let flows = u64::from(generator.flows.max(1));
+    let mut frames = vec![template.to_vec(); BATCH];
+    let mut seq: u64 = 0;
+    let started = Instant::now();
+    while seq < u64::from(packets) {
+        let batch = (u64::from(packets) - seq).min(BATCH as u64) as usize;
+        for frame in frames.iter_mut().take(batch) {
+            let (addr, port) = generator.targets[(seq % targets) as usize];
+            let source_port = generator.first_port + ((seq / targets) % flows) as u16;
+            frame[ip + 16..ip + 20].copy_from_slice(&addr.octets());
+            frame[udp..udp + 2].copy_from_slice(&source_port.to_be_bytes());
+            frame[udp + 2..udp + 4].copy_from_slice(&port.to_be_bytes());
+            frame[udp + 6..udp + 8].copy_from_slice(&[0, 0]);
+            frame[ip + 10..ip + 12].copy_from_slice(&[0, 0]);
+            let checksum = ipv4_header_checksum(&frame[ip..ip + 20]);
+            frame[ip + 10..ip + 12].copy_from_slice(&checksum.to_be_bytes());
+            seq += 1;
+        }
+        let mut iovecs: Vec<libc::iovec> = frames
+            .iter_mut()
+            .take(batch)
+            .map(|frame| libc::iovec {
+                iov_base: frame.as_mut_ptr().cast(),
+                iov_len: frame.len(),
+            })
+            .collect();
+        let mut messages: Vec<libc::mmsghdr> = iovecs
+            .iter_mut()
+            .map(|iovec| {
+                // SAFETY: a zeroed msghdr is valid; it points at one iovec below.
+                let mut header: libc::mmsghdr = unsafe { std::mem::zeroed() };
+                header.msg_hdr.msg_iov = iovec;
+                header.msg_hdr.msg_iovlen = 1;
+                header
+            })
+            .collect();
+        let mut sent = 0;
+        while sent < batch {
+            // SAFETY: `messages[sent..]` are valid mmsghdrs whose buffers live in `frames`.
+            let n = unsafe {
+                libc::sendmmsg(
+                    socket.as_raw_fd(),
+                    messages[sent..].as_mut_ptr(),
+                    (batch - sent) as u32,
+                    0,
+                )
+            };
+            if n < 0 {
+                let error = std::io::Error::last_os_error();
+                if error.raw_os_error() == Some(libc::ENOBUFS) {
+                    std::thread::yield_now();
+                    continue;
+                }
+                return Err(fail("sendmmsg"));
+            }
+            sent += n as usize;
+        }
+    }
+    Ok(started.elapsed())
+}
+
+/// The IPv4 header checksum of `header` (its checksum field zero).
+fn ipv4_header_checksum(header: &[u8]) -> u16 {
+    let mut sum: u32 = header
+        .chunks(2)
+        .map(|pair| u32::from(u16::from_be_bytes([pair[0], pair[1]])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
 }
 
 /// Pins the calling thread to one CPU, so "per core" means one core.
