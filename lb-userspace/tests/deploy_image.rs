@@ -54,11 +54,12 @@ fn version_parts(version: &str) -> Vec<u32> {
 #[test]
 fn dockerfile_builds_with_the_toolchains_the_workspace_pins() {
     let args = dockerfile_args(&workspace_file("Dockerfile"));
-    let build_script = workspace_file("lb-userspace/build.rs");
+    // Both build scripts include it; it names the nightly that builds the eBPF crates.
+    let build_script = workspace_file("ebpf-build.rs");
     assert_eq!(
         arg(&args, "EBPF_TOOLCHAIN"),
         rust_const(&build_script, "DEFAULT_EBPF_TOOLCHAIN"),
-        "the image must build the eBPF programs with the nightly lb-userspace/build.rs uses"
+        "the image must build the eBPF programs with the nightly ebpf-build.rs uses"
     );
 
     let manifest = workspace_file("Cargo.toml");
