@@ -202,6 +202,25 @@ const ROOT_TEST_PREFIXES: [&str; 2] = ["kernel_", "lab_"];
 /// The packages with integration tests.
 const TESTED_PACKAGES: [&str; 2] = ["lb-userspace", "lb-lab"];
 
+/// `cargo test -p PACKAGE --test T…  -- HARNESS_ARGS…`; nothing when `targets` is empty.
+fn test_package(
+    linker_bin: &std::path::Path,
+    package: &str,
+    targets: &[String],
+    harness_args: &[&str],
+) -> anyhow::Result<()> {
+    if targets.is_empty() {
+        return Ok(());
+    }
+    let mut args = vec!["test", "-p", package];
+    for target in targets {
+        args.extend(["--test", target.as_str()]);
+    }
+    args.push("--");
+    args.extend(harness_args);
+    cargo(linker_bin, &args).status_ok()
+}
+
 fn test(linker_bin: &std::path::Path) -> anyhow::Result<()> {
     require_root("test")?;
     let started = Instant::now();
@@ -269,14 +288,7 @@ fn test(linker_bin: &std::path::Path) -> anyhow::Result<()> {
             .into_iter()
             .filter(|t| !ROOT_TEST_PREFIXES.iter().any(|p| t.starts_with(p)))
             .collect();
-        if targets.is_empty() {
-            continue;
-        }
-        let mut args = vec!["test", "-p", package];
-        for target in &targets {
-            args.extend(["--test", target.as_str()]);
-        }
-        cargo(linker_bin, &args).status_ok()?;
+        test_package(linker_bin, package, &targets, &[])?;
     }
 
     // The lab tests run the `slicelb` binary as the node's agent: build it first (cargo
@@ -295,13 +307,8 @@ fn test(linker_bin: &std::path::Path) -> anyhow::Result<()> {
             "root tests of {package}: {}",
             root_targets.join(", ")
         ));
-        let mut args = vec!["test", "-p", package];
-        for target in &root_targets {
-            args.extend(["--test", target.as_str()]);
-        }
         // One at a time: lab tests attach programs and time real traffic on 2 cores.
-        args.extend(["--", "--test-threads=1"]);
-        cargo(linker_bin, &args).status_ok()?;
+        test_package(linker_bin, package, &root_targets, &["--test-threads=1"])?;
     }
     step(&format!(
         "all tests passed in {:.0} s",

@@ -344,9 +344,9 @@ fn send_with_packet_socket(
             frame[udp..udp + 2].copy_from_slice(&source_port.to_be_bytes());
             frame[udp + 2..udp + 4].copy_from_slice(&port.to_be_bytes());
             frame[udp + 6..udp + 8].copy_from_slice(&[0, 0]);
-            frame[ip + 10..ip + 12].copy_from_slice(&[0, 0]);
-            let checksum = ipv4_header_checksum(&frame[ip..ip + 20]);
-            frame[ip + 10..ip + 12].copy_from_slice(&checksum.to_be_bytes());
+            let (header, _) = etherparse::Ipv4Header::from_slice(&frame[ip..])
+                .map_err(|e| BenchError::unexpected("generator", format!("template: {e}")))?;
+            frame[ip + 10..ip + 12].copy_from_slice(&header.calc_header_checksum().to_be_bytes());
             seq += 1;
         }
         let mut iovecs: Vec<libc::iovec> = frames
@@ -390,18 +390,6 @@ fn send_with_packet_socket(
         }
     }
     Ok(started.elapsed())
-}
-
-/// The IPv4 header checksum of `header` (its checksum field zero).
-fn ipv4_header_checksum(header: &[u8]) -> u16 {
-    let mut sum: u32 = header
-        .chunks(2)
-        .map(|pair| u32::from(u16::from_be_bytes([pair[0], pair[1]])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
 }
 
 /// Pins the calling thread to one CPU, so "per core" means one core.
@@ -498,13 +486,13 @@ impl Pass {
 /// repeats on one buffer, so the program measured would otherwise see its own rewrite from
 /// the second run on), optionally varied into a new flow, then tail-call the program
 /// measured.
-pub struct Restore {
+pub struct PerPacketPrograms {
     ebpf: Ebpf,
 }
 
-impl Restore {
+impl PerPacketPrograms {
     pub fn load() -> Result<Self, BenchError> {
-        let mut ebpf = load_object("the restore programs")?;
+        let mut ebpf = load_object("the per-packet programs")?;
         for name in [
             program_names::RESTORE_XDP,
             program_names::RESTORE_TC,

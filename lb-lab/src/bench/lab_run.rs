@@ -89,6 +89,8 @@ pub struct Throughput {
     pub correct: u64,
     /// Delivered Mpps of each run.
     pub runs_mpps: Vec<f64>,
+    /// How the generator sent ([`Generator::method`]).
+    pub generator: &'static str,
 }
 
 impl Throughput {
@@ -445,6 +447,7 @@ fn throughput(
             .runs_mpps
             .push(delivered as f64 / elapsed.as_secs_f64() / 1e6);
     }
+    total.generator = generator.method();
     Ok(total)
 }
 

@@ -366,7 +366,7 @@ fn lab_sections(
                     t.sent.to_string(),
                     t.delivered.to_string(),
                     format!("{:.1}%", t.correct_share() * 100.0),
-                    String::new(),
+                    format!("generator: {}", t.generator),
                 ]),
                 Err(why) => throughput.row(vec![
                     services.to_string(),

@@ -23,7 +23,7 @@ use lb_common::{
 use slicelb::dataplane::MapCapacity;
 
 use super::{
-    ebpf::{Restore, program_fd},
+    ebpf::{PerPacketPrograms, program_fd},
     error::BenchError,
     packets::{self, udp_frame},
     plot::{LineChart, Series},
@@ -159,7 +159,7 @@ enum Flows {
 /// Median kernel ns/packet of `target` run behind the restore program on `frame`.
 fn restored(
     slicelb: &Slicelb,
-    restore: &mut Restore,
+    restore: &mut PerPacketPrograms,
     target: &'static str,
     frame: &[u8],
     flows: Flows,
@@ -235,7 +235,7 @@ pub fn run(
         };
         let mut loaded = Slicelb::load(capacity).and_then(|mut lb| {
             lb.sync(&set.snapshot())?;
-            Ok((lb, Restore::load()?))
+            Ok((lb, PerPacketPrograms::load()?))
         });
         for family in [Family::V4, Family::V6] {
             let rows = match &mut loaded {
@@ -347,7 +347,7 @@ const CASES: [&str; 7] = [
 
 fn measure_family(
     slicelb: &Slicelb,
-    restore: &mut Restore,
+    restore: &mut PerPacketPrograms,
     set: &ServiceSet,
     family: Family,
     config: &Config,

@@ -233,9 +233,9 @@ pub struct StatsArgs {
     pub output: OutputFormat,
 }
 
-/// Runs one command line (the `slicelb` binary's main): every other layer gets a plain
-/// config of its own, never clap's types.
-pub fn run(cli: Cli) -> anyhow::Result<()> {
+/// Log lines to stderr, `info` and up unless `RUST_LOG` says otherwise (also used by
+/// `slicelb-lab`).
+pub fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -243,6 +243,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+}
+
+/// Runs one command line (the `slicelb` binary's main): every other layer gets a plain
+/// config of its own, never clap's types.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    init_logging();
     match cli.command {
         Command::Agent(args) => crate::agent::run(args.config()),
         Command::Services(args) => commands::services(&args),
