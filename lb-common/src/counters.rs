@@ -204,6 +204,57 @@ impl ProtoCounter {
     }
 }
 
+/// Index into SOCKET_STATS: what socket-level balancing (the cgroup hooks) did.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SocketCounter {
+    /// A `connect()` to a frontend, sent to a backend.
+    ConnectTranslated = 0,
+    /// An unconnected UDP `sendmsg()` to a frontend, sent to a backend.
+    SendmsgTranslated,
+    /// Of those, sent to the client's affinity backend (`sessionAffinity: ClientIP`).
+    AffinityUsed,
+    /// The frontend had no usable backend: the call failed with ECONNREFUSED.
+    RefusedNoBackend,
+    /// A frontend with `loadBalancerSourceRanges`: left to the packet path (the socket's
+    /// source address is not known yet at `connect()`).
+    SourceRangesLeft,
+    /// `getpeername()` shown the frontend instead of the backend.
+    PeerShownAsService,
+    /// A received datagram shown as coming from the frontend instead of the backend.
+    ReplyShownAsService,
+    /// A map or helper failed: the call went through untranslated.
+    Failed,
+}
+
+impl SocketCounter {
+    pub const COUNT: u32 = SocketCounter::Failed as u32 + 1;
+
+    pub const ALL: [SocketCounter; SocketCounter::COUNT as usize] = [
+        SocketCounter::ConnectTranslated,
+        SocketCounter::SendmsgTranslated,
+        SocketCounter::AffinityUsed,
+        SocketCounter::RefusedNoBackend,
+        SocketCounter::SourceRangesLeft,
+        SocketCounter::PeerShownAsService,
+        SocketCounter::ReplyShownAsService,
+        SocketCounter::Failed,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            SocketCounter::ConnectTranslated => "connect_translated",
+            SocketCounter::SendmsgTranslated => "sendmsg_translated",
+            SocketCounter::AffinityUsed => "affinity_used",
+            SocketCounter::RefusedNoBackend => "refused_no_backend",
+            SocketCounter::SourceRangesLeft => "source_ranges_left",
+            SocketCounter::PeerShownAsService => "peer_shown_as_service",
+            SocketCounter::ReplyShownAsService => "reply_shown_as_service",
+            SocketCounter::Failed => "failed",
+        }
+    }
+}
+
 /// Value of SERVICE_STATS (per CPU), indexed by service id.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -211,6 +262,8 @@ pub struct ServiceCounters {
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
+    /// Connections (and unconnected UDP datagrams) sent to a backend at socket level.
+    pub socket_translations: u64,
 }
 
 #[cfg(test)]
@@ -224,6 +277,9 @@ mod tests {
         }
         for (i, proto) in ProtoCounter::ALL.iter().enumerate() {
             assert_eq!(*proto as usize, i, "{} is out of order", proto.name());
+        }
+        for (i, counter) in SocketCounter::ALL.iter().enumerate() {
+            assert_eq!(*counter as usize, i, "{} is out of order", counter.name());
         }
     }
 
@@ -275,6 +331,9 @@ mod tests {
         }
         for proto in ProtoCounter::ALL {
             assert_eq!(proto.name(), snake_case(&format!("{proto:?}")));
+        }
+        for counter in SocketCounter::ALL {
+            assert_eq!(counter.name(), snake_case(&format!("{counter:?}")));
         }
     }
 }

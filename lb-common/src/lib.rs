@@ -11,11 +11,23 @@ pub mod bench;
 pub mod counters;
 pub mod hash;
 
-pub use counters::{ProtoCounter, Reason, ReasonClass, ServiceCounters};
+pub use counters::{ProtoCounter, Reason, ReasonClass, ServiceCounters, SocketCounter};
 
 /// Address family tags used in keys (not the kernel's AF_* numbers, which differ by size).
 pub const FAMILY_IPV4: u8 = 4;
 pub const FAMILY_IPV6: u8 = 6;
+
+/// Added to a [`FrontendKey`]'s family: the short-circuit twin of an external frontend whose
+/// external traffic policy is Local. Socket-level balancing (pods and the node itself) uses
+/// it, with the service's Cluster endpoints, instead of the Local-only frontend: kube-proxy's
+/// rule that traffic from inside the cluster to an external address of an
+/// `externalTrafficPolicy: Local` service may go to any endpoint. Packets never carry it.
+pub const FAMILY_SHORT_CIRCUIT: u8 = 0x80;
+
+/// Added to an [`AffinityKey`]'s family when the client is named by its network namespace
+/// (socket-level balancing: the source address is not known at `connect()`) instead of its
+/// address.
+pub const FAMILY_BY_NETNS: u8 = 0x40;
 
 /// IP protocol numbers, as in the IP header.
 pub const PROTO_TCP: u8 = 6;
@@ -40,6 +52,10 @@ pub mod map_names {
     pub const SERVICE_STATS: &str = "SERVICE_STATS";
     pub const PROTO_STATS: &str = "PROTO_STATS";
     pub const CONFIG: &str = "CONFIG";
+    /// Socket-level balancing: (socket, backend) -> the frontend the application asked for,
+    /// so `getpeername()` and `recvmsg()` show the service, not the pod.
+    pub const SOCK_REVERSE: &str = "SOCK_REVERSE";
+    pub const SOCKET_STATS: &str = "SOCKET_STATS";
     /// Userspace only: service id -> name, so the CLI and a restarted agent can name what
     /// the kernel holds. The datapath never reads it.
     pub const SERVICE_NAMES: &str = "SERVICE_NAMES";
@@ -53,6 +69,18 @@ pub mod program_names {
     pub const TC_INGRESS: &str = "slicelb_tc_ingress";
     /// TC egress reverse path: replies from backends leave with the service address.
     pub const TC_EGRESS: &str = "slicelb_tc_egress";
+    /// Socket-level balancing (cgroup v2 hooks) for processes below the cgroup root:
+    /// `connect()` and UDP `sendmsg()` go to a backend; `recvmsg()` and `getpeername()` show
+    /// the frontend; socket release forgets the socket.
+    pub const CONNECT4: &str = "slicelb_connect4";
+    pub const CONNECT6: &str = "slicelb_connect6";
+    pub const SENDMSG4: &str = "slicelb_sendmsg4";
+    pub const SENDMSG6: &str = "slicelb_sendmsg6";
+    pub const RECVMSG4: &str = "slicelb_recvmsg4";
+    pub const RECVMSG6: &str = "slicelb_recvmsg6";
+    pub const GETPEERNAME4: &str = "slicelb_getpeername4";
+    pub const GETPEERNAME6: &str = "slicelb_getpeername6";
+    pub const SOCK_RELEASE: &str = "slicelb_sock_release";
 }
 
 /// Default sizes; the agent may override them at load time (`EbpfLoader::map_max_entries`).
@@ -69,6 +97,9 @@ pub mod capacity {
     /// Service ids index the per-CPU service counters; id 0 is never used.
     pub const SERVICES: u32 = 131_072;
     pub const SERVICE_NAMES: u32 = SERVICES;
+    /// Sockets (and, for unconnected UDP, backends per socket) whose peer is shown as the
+    /// service: an LRU, entries of closed connected sockets are deleted at release.
+    pub const SOCK_REVERSE: u32 = 262_144;
 }
 
 /// FRONTEND_FILTER: a blocked Bloom filter of the frontends, u64 words; each frontend sets
@@ -120,8 +151,20 @@ pub struct FrontendKey {
     /// Network byte order.
     pub port: u16,
     pub proto: u8,
-    /// FAMILY_IPV4 or FAMILY_IPV6.
+    /// FAMILY_IPV4 or FAMILY_IPV6, plus [`FAMILY_SHORT_CIRCUIT`] on a short-circuit twin.
     pub family: u8,
+}
+
+impl FrontendKey {
+    /// FAMILY_IPV4 or FAMILY_IPV6, without the short-circuit bit.
+    pub const fn ip_family(&self) -> u8 {
+        self.family & !FAMILY_SHORT_CIRCUIT
+    }
+
+    /// The short-circuit twin of an external Local frontend (see [`FAMILY_SHORT_CIRCUIT`]).
+    pub const fn is_short_circuit(&self) -> bool {
+        self.family & FAMILY_SHORT_CIRCUIT != 0
+    }
 }
 
 /// What kind of frontend this is, kept in `FrontendValue::kind` for the CLI and counters.
@@ -263,9 +306,11 @@ pub struct FlowValue {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct AffinityKey {
-    /// Network byte order.
+    /// Network byte order; with [`FAMILY_BY_NETNS`], the client's network namespace cookie
+    /// (8 bytes, host order) and zeros.
     pub client_addr: [u8; 16],
     pub service_id: u32,
+    /// The frontend's FAMILY_IPV4 or FAMILY_IPV6, plus [`FAMILY_BY_NETNS`] for sockets.
     pub family: u8,
     pub _pad: [u8; 3],
 }
@@ -299,6 +344,32 @@ pub struct FragmentKey {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FragmentValue {
     pub backend_id: u32,
+    pub service_id: u32,
+}
+
+/// Key of SOCK_REVERSE: a socket (its cookie) and the backend it was sent to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockReverseKey {
+    pub cookie: u64,
+    /// Network byte order.
+    pub addr: [u8; 16],
+    /// Network byte order.
+    pub port: u16,
+    pub family: u8,
+    pub _pad: [u8; 5],
+}
+
+/// Value of SOCK_REVERSE: the frontend the application asked for.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockReverseValue {
+    /// Network byte order.
+    pub addr: [u8; 16],
+    /// Network byte order.
+    pub port: u16,
+    pub family: u8,
+    pub _pad: u8,
     pub service_id: u32,
 }
 
@@ -405,7 +476,9 @@ const _: () = {
     assert!(core::mem::size_of::<SourceRangeKey>() == 24);
     assert!(core::mem::size_of::<Config>() == 40);
     assert!(core::mem::size_of::<ServiceName>() == 256);
-    assert!(core::mem::size_of::<ServiceCounters>() == 24);
+    assert!(core::mem::size_of::<ServiceCounters>() == 32);
+    assert!(core::mem::size_of::<SockReverseKey>() == 32);
+    assert!(core::mem::size_of::<SockReverseValue>() == 24);
 };
 
 #[cfg(feature = "user")]
@@ -426,6 +499,8 @@ mod pod {
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for ServiceName {}
     unsafe impl aya::Pod for ServiceCounters {}
+    unsafe impl aya::Pod for SockReverseKey {}
+    unsafe impl aya::Pod for SockReverseValue {}
 }
 
 #[cfg(test)]

@@ -1,10 +1,10 @@
-//! Per-CPU counters: why each packet got its verdict, what protocols went by, and what each
-//! service carried.
+//! Per-CPU counters: why each packet got its verdict, what protocols went by, what each
+//! service carried, and what socket-level balancing did.
 
 use aya_ebpf::maps::PerCpuArray;
-use lb_common::{ProtoCounter, Reason};
+use lb_common::{ProtoCounter, Reason, SocketCounter};
 
-use crate::maps::{PROTO_STATS, REASON_STATS, SERVICE_STATS};
+use crate::maps::{PROTO_STATS, REASON_STATS, SERVICE_STATS, SOCKET_STATS};
 
 /// Runs `f` on this CPU's slot `index` of `map`, when the index is in range.
 #[inline(always)]
@@ -35,4 +35,15 @@ pub fn count_service(service_id: u32, bytes: u32, new_flow: bool) {
             slot.new_flows += 1;
         }
     });
+}
+
+#[inline(always)]
+pub fn count_socket(counter: SocketCounter) {
+    update_slot(&SOCKET_STATS, counter as u32, |count| *count += 1);
+}
+
+/// A connection (or unconnected UDP datagram) sent to a backend of `service_id` at socket level.
+#[inline(always)]
+pub fn count_socket_translation(service_id: u32) {
+    update_slot(&SERVICE_STATS, service_id, |slot| slot.socket_translations += 1);
 }

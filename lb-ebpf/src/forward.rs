@@ -4,7 +4,6 @@ use core::mem::MaybeUninit;
 
 use lb_common::{
     FrontendKey, FrontendValue, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, Reason, frontend_flags,
-    hash::frontend_filter_slot,
 };
 
 use crate::{
@@ -13,7 +12,7 @@ use crate::{
     fragments,
     icmp::{self, Direction},
     lookup::{self, Choice, ConntrackMiss, Established},
-    maps::{FRONTEND_FILTER, FRONTENDS, Lookup as _},
+    maps::{FRONTENDS, Lookup as _},
     nat::{Side, rewrite},
     parse::{Fragment, Parsed, parse},
     reject,
@@ -73,16 +72,9 @@ pub fn process<C: PacketCtx>(ctx: &C) -> Verdict {
     }
 }
 
-/// False when FRONTEND_FILTER says no frontend has the packet's destination (the agent sets
-/// a frontend's bits before inserting it and clears a bit after deleting the last frontend
-/// using it).
 #[inline(always)]
 fn maybe_frontend(p: &Parsed) -> bool {
-    let (word, mask) = frontend_filter_slot(&p.dst, p.dport, p.proto, p.family);
-    // A filter smaller than the contract's (it never is) must not hide frontends.
-    FRONTEND_FILTER
-        .get(word)
-        .is_none_or(|bits| bits & mask == mask)
+    lookup::may_be_frontend(&p.dst, p.dport, p.proto, p.family)
 }
 
 /// Sends a packet of an established flow to its conntrack backend; the miss otherwise.

@@ -20,4 +20,5 @@ pub mod packet;
 pub mod parse;
 pub mod reject;
 pub mod reverse;
+pub mod sock;
 pub mod verdict;

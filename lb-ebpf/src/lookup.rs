@@ -9,11 +9,14 @@ use aya_ebpf::{
 use lb_common::{
     AffinityKey, AffinityValue, Backend, FlowKey, FlowValue, FrontendValue, PROTO_SCTP, PROTO_TCP,
     PROTO_UDP, Reason, SourceRangeKey, backend_state, flow_direction, frontend_flags,
-    hash::flow_hash, tcp_seen,
+    hash::{flow_hash, frontend_filter_slot},
+    tcp_seen,
 };
 
 use crate::{
-    maps::{AFFINITY, BACKENDS, CONFIG, CONNTRACK, Lookup as _, SELECTION, SOURCE_RANGES},
+    maps::{
+        AFFINITY, BACKENDS, CONFIG, CONNTRACK, FRONTEND_FILTER, Lookup as _, SELECTION, SOURCE_RANGES,
+    },
     parse::Parsed,
 };
 
@@ -109,6 +112,18 @@ fn tcp_seen_bits(flags: u8) -> u8 {
 #[inline(always)]
 pub fn is_syn(p: &Parsed) -> bool {
     p.proto == PROTO_TCP && p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+}
+
+/// False when FRONTEND_FILTER says no frontend has this destination (the agent sets a
+/// frontend's bits before inserting it and clears a bit after deleting the last frontend
+/// using it).
+#[inline(always)]
+pub fn may_be_frontend(addr: &[u8; 16], port: u16, proto: u8, family: u8) -> bool {
+    let (word, mask) = frontend_filter_slot(addr, port, proto, family);
+    // A filter smaller than the contract's (it never is) must not hide frontends.
+    FRONTEND_FILTER
+        .get(word)
+        .is_none_or(|bits| bits & mask == mask)
 }
 
 /// The backend with this id when its slot is in use.

@@ -8,8 +8,8 @@ use aya_ebpf::{
 };
 use lb_common::{
     AffinityKey, AffinityValue, Backend, Config, FlowKey, FlowValue, FragmentKey, FragmentValue,
-    FrontendKey, FrontendValue, ProtoCounter, Reason, ServiceCounters, ServiceName, SourceRangeKey,
-    capacity, frontend_filter,
+    FrontendKey, FrontendValue, ProtoCounter, Reason, ServiceCounters, ServiceName, SockReverseKey,
+    SockReverseValue, SocketCounter, SourceRangeKey, capacity, frontend_filter,
 };
 
 #[map(name = "FRONTENDS")]
@@ -56,6 +56,13 @@ pub static PROTO_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(ProtoCo
 #[map(name = "SERVICE_STATS")]
 pub static SERVICE_STATS: PerCpuArray<ServiceCounters> =
     PerCpuArray::with_max_entries(capacity::SERVICES, 0);
+
+#[map(name = "SOCK_REVERSE")]
+pub static SOCK_REVERSE: LruHashMap<SockReverseKey, SockReverseValue> =
+    LruHashMap::with_max_entries(capacity::SOCK_REVERSE, 0);
+
+#[map(name = "SOCKET_STATS")]
+pub static SOCKET_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(SocketCounter::COUNT, 0);
 
 #[map(name = "CONFIG")]
 pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use lb_common::{ProtoCounter, Reason, ServiceCounters, map_names};
+use lb_common::{ProtoCounter, Reason, ServiceCounters, SocketCounter, map_names};
 use slicelb::dataplane::DataplaneError;
 use slicelb::metrics::{KernelStats, MapFill, Metrics, MetricsServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -16,6 +16,7 @@ struct KernelState {
     services: Vec<(String, ServiceCounters)>,
     reasons: [u64; Reason::COUNT as usize],
     protos: [u64; ProtoCounter::COUNT as usize],
+    sockets: [u64; SocketCounter::COUNT as usize],
     conntrack: u64,
     fill: Vec<MapFill>,
     /// When set, reading the service counters fails as an unreadable map would.
@@ -50,6 +51,9 @@ impl KernelStats for FakeKernel {
     fn proto_counters(&self) -> Result<[u64; ProtoCounter::COUNT as usize], DataplaneError> {
         Ok(self.state().protos)
     }
+    fn socket_counters(&self) -> Result<[u64; SocketCounter::COUNT as usize], DataplaneError> {
+        Ok(self.state().sockets)
+    }
     fn conntrack_entries(&self) -> Result<u64, DataplaneError> {
         Ok(self.state().conntrack)
     }
@@ -71,6 +75,7 @@ fn sample_kernel() -> KernelState {
                     packets: 1000,
                     bytes: 1_500_000,
                     new_flows: 40,
+                    socket_translations: 3,
                 },
             ),
             (
@@ -79,6 +84,7 @@ fn sample_kernel() -> KernelState {
                     packets: 7,
                     bytes: 420,
                     new_flows: 7,
+                    socket_translations: 5,
                 },
             ),
         ],
@@ -103,6 +109,9 @@ fn sample_kernel() -> KernelState {
     }
     for (i, value) in state.protos.iter_mut().enumerate() {
         *value = 1000 + i as u64;
+    }
+    for (i, value) in state.sockets.iter_mut().enumerate() {
+        *value = 2000 + i as u64;
     }
     state
 }
@@ -329,6 +338,21 @@ async fn scrape_reports_what_the_kernel_reported() {
             &labels,
             new_flows,
         );
+        expect_value(
+            &samples,
+            "slicelb_service_socket_translations_total",
+            &labels,
+            counters.socket_translations as f64,
+        );
+    }
+    for counter in SocketCounter::ALL {
+        let expected = kernel.sockets[counter as usize] as f64;
+        expect_value(
+            &samples,
+            "slicelb_socket_operations_total",
+            &[("outcome", counter.name())],
+            expected,
+        );
     }
     for reason in Reason::ALL {
         let labels = [
@@ -545,6 +569,7 @@ async fn a_service_name_reported_twice_is_one_series() {
         packets: 5,
         bytes: 500,
         new_flows: 1,
+        socket_translations: 2,
     };
     kernel.services.push(("default/web:http".to_owned(), again));
     let endpoint = start(kernel).await;
@@ -558,4 +583,10 @@ async fn a_service_name_reported_twice_is_one_series() {
         1_500_500.0,
     );
     expect_value(&samples, "slicelb_service_new_flows_total", &labels, 41.0);
+    expect_value(
+        &samples,
+        "slicelb_service_socket_translations_total",
+        &labels,
+        5.0,
+    );
 }

@@ -182,6 +182,9 @@ pub fn agent_command(
         "198.18.0.0/24,2001:2::/64",
         "--pin-path",
         &pin_path.display().to_string(),
+        // The single-node lab's clients are threads of the test process: keep them on the
+        // packet path (socket-level balancing is tested on the cluster lab).
+        "--no-socket-lb",
     ]);
     command.env("RUST_LOG", "warn");
     command

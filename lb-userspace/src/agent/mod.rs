@@ -20,6 +20,7 @@ use crate::{
         AppliedState,
         attach_mode::XdpMode,
         aya_maps::AyaMaps,
+        cgroup::CgroupRoot,
         loader::{Datapath, DatapathOptions, IngressMode},
     },
     metrics::{Metrics, MetricsServer},
@@ -45,6 +46,8 @@ pub struct AgentConfig {
     /// Only Services labelled `service.kubernetes.io/service-proxy-name=NAME`; only
     /// unlabelled ones when `None`.
     pub service_proxy_name: Option<String>,
+    /// Where the socket-level hooks attach (pods and the node's own processes).
+    pub cgroup_root: CgroupRoot,
 }
 
 pub fn run(args: AgentConfig) -> anyhow::Result<()> {
@@ -90,6 +93,12 @@ async fn run_async(args: AgentConfig) -> anyhow::Result<()> {
                 return Err(error).with_context(|| format!("attaching to {iface}"));
             }
         }
+    }
+    if let Some(cgroup) = args.cgroup_root.resolve()? {
+        datapath
+            .attach_cgroup(&cgroup)
+            .with_context(|| format!("attaching the socket-level hooks at {}", cgroup.display()))?;
+        tracing::info!(cgroup = %cgroup.display(), "socket-level balancing attached");
     }
     let capacity = datapath.capacity();
     let writer = AyaMaps::from_datapath(&datapath).context("opening the maps")?;

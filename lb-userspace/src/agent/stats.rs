@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, Mutex, RwLock};
 
-use lb_common::{ProtoCounter, Reason, ServiceCounters, map_names};
+use lb_common::{ProtoCounter, Reason, ServiceCounters, SocketCounter, map_names};
 
 use crate::{
     dataplane::{AppliedState, DataplaneError, MapCapacity, aya_maps::AyaMaps},
@@ -54,6 +54,14 @@ impl KernelStats for PinnedStats {
     fn proto_counters(&self) -> Result<[u64; ProtoCounter::COUNT as usize], DataplaneError> {
         let mut out = [0; ProtoCounter::COUNT as usize];
         for (counter, count) in self.maps().protocols()? {
+            out[counter as usize] = count;
+        }
+        Ok(out)
+    }
+
+    fn socket_counters(&self) -> Result<[u64; SocketCounter::COUNT as usize], DataplaneError> {
+        let mut out = [0; SocketCounter::COUNT as usize];
+        for (counter, count) in self.maps().socket_counters()? {
             out[counter as usize] = count;
         }
         Ok(out)

@@ -54,7 +54,13 @@ fn read_stats(maps: &AyaMaps) -> anyhow::Result<Stats> {
         .into_iter()
         .map(|(_, n)| n)
         .collect();
-    Ok(Stats::new(&reasons, &protocols))
+    let sockets: Vec<u64> = maps
+        .socket_counters()
+        .context("reading SOCKET_STATS")?
+        .into_iter()
+        .map(|(_, n)| n)
+        .collect();
+    Ok(Stats::new(&reasons, &protocols, &sockets))
 }
 
 pub fn stats(args: &StatsArgs) -> anyhow::Result<()> {

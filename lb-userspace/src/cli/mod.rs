@@ -10,7 +10,11 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::{agent::AgentConfig, dataplane::attach_mode::XdpMode, source::SourceConfig};
+use crate::{
+    agent::AgentConfig,
+    dataplane::{attach_mode::XdpMode, cgroup::CgroupRoot},
+    source::SourceConfig,
+};
 
 /// Where programs, links and maps are pinned unless `--pin-path` says otherwise.
 pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/slicelb";
@@ -135,6 +139,13 @@ pub struct AgentArgs {
     /// others); without it, only unlabelled Services, as kube-proxy does.
     #[arg(long, value_name = "NAME")]
     pub service_proxy_name: Option<String>,
+    /// Balance every process below this cgroup v2 directory at connect()/sendmsg() (pods
+    /// and the node itself). Default: the cgroup v2 mount from /proc/self/mountinfo.
+    #[arg(long, value_name = "PATH", conflicts_with = "no_socket_lb")]
+    pub cgroup_root: Option<PathBuf>,
+    /// No socket-level balancing: only packets arriving on --iface are balanced.
+    #[arg(long)]
+    pub no_socket_lb: bool,
 }
 
 impl AgentArgs {
@@ -148,6 +159,11 @@ impl AgentArgs {
             metrics_addr: self.metrics_addr,
             xdp_mode: self.xdp_mode.into(),
             service_proxy_name: self.service_proxy_name.clone(),
+            cgroup_root: match (&self.cgroup_root, self.no_socket_lb) {
+                (_, true) => CgroupRoot::Off,
+                (Some(path), false) => CgroupRoot::Path(path.clone()),
+                (None, false) => CgroupRoot::Mount,
+            },
         }
     }
 }

@@ -48,8 +48,12 @@ pub fn state_name(state: u8) -> &'static str {
     }
 }
 
-fn flag_names(value: &FrontendValue) -> Vec<String> {
+fn flag_names(key: &FrontendKey, value: &FrontendValue) -> Vec<String> {
     let mut flags = Vec::new();
+    if key.is_short_circuit() {
+        // Pods and the node reach an external Local frontend through this twin.
+        flags.push("short-circuit(pods+node:Cluster)".to_string());
+    }
     if value.flags & frontend_flags::AFFINITY != 0 {
         flags.push(format!("affinity={}s", value.affinity_timeout_secs));
     }
@@ -90,6 +94,8 @@ pub struct FrontendRow {
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
+    /// Connections (and unconnected UDP datagrams) balanced at socket level.
+    pub socket_translations: u64,
     pub table_size: u32,
     pub backends: Vec<BackendRow>,
 }
@@ -167,12 +173,16 @@ fn frontend_row(
     FrontendRow {
         service,
         kind: kind_name(value.kind),
-        frontend: SocketAddr::new(ip_from_map(&key.addr, key.family), u16::from_be(key.port)),
+        frontend: SocketAddr::new(
+            ip_from_map(&key.addr, key.ip_family()),
+            u16::from_be(key.port),
+        ),
         protocol: protocol_name(key.proto),
-        flags: flag_names(value),
+        flags: flag_names(key, value),
         packets: counter.packets,
         bytes: counter.bytes,
         new_flows: counter.new_flows,
+        socket_translations: counter.socket_translations,
         table_size: value.table_size,
         backends,
     }
@@ -183,8 +193,8 @@ pub fn render_table(rows: &[FrontendRow]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<34} {:<12} {:<30} {:>10} {:>10}  FLAGS",
-        "SERVICE", "TYPE", "FRONTEND", "PACKETS", "NEW FLOWS"
+        "{:<34} {:<12} {:<30} {:>10} {:>10} {:>10}  FLAGS",
+        "SERVICE", "TYPE", "FRONTEND", "PACKETS", "NEW FLOWS", "SOCKET LB"
     );
     for row in rows {
         let flags = if row.flags.is_empty() {
@@ -194,12 +204,13 @@ pub fn render_table(rows: &[FrontendRow]) -> String {
         };
         let _ = writeln!(
             out,
-            "{:<34} {:<12} {:<30} {:>10} {:>10}  {flags}",
+            "{:<34} {:<12} {:<30} {:>10} {:>10} {:>10}  {flags}",
             row.service,
             row.kind,
             format!("{}/{}", row.frontend, row.protocol),
             row.packets,
-            row.new_flows
+            row.new_flows,
+            row.socket_translations
         );
         for backend in &row.backends {
             let _ = writeln!(
@@ -313,6 +324,7 @@ pub(crate) mod tests {
                 packets: 1200,
                 bytes: 96000,
                 new_flows: 300,
+                socket_translations: 40,
             },
         );
         (applied, counters)
@@ -323,12 +335,12 @@ pub(crate) mod tests {
         let (applied, counters) = sample_state();
         let table = render_table(&rows(&applied, &counters));
         let expected = "\
-SERVICE                            TYPE         FRONTEND                          PACKETS  NEW FLOWS  FLAGS
-default/empty:dns                  ClusterIP    [2001:2:0:100::11]:53/UDP               0          0  no-endpoints(reject)
-default/my-app-service:http        ClusterIP    198.18.100.10:80/TCP                 1200        300  affinity=10800s
+SERVICE                            TYPE         FRONTEND                          PACKETS  NEW FLOWS  SOCKET LB  FLAGS
+default/empty:dns                  ClusterIP    [2001:2:0:100::11]:53/UDP               0          0          0  no-endpoints(reject)
+default/my-app-service:http        ClusterIP    198.18.100.10:80/TCP                 1200        300         40  affinity=10800s
   -> 198.18.1.2:8080                              active        50.2% of 251 slots
   -> 198.18.2.2:8080                              active        49.8% of 251 slots
-default/my-app-service:http        NodePort     198.18.0.1:30080/TCP                 1200        300  externalTrafficPolicy=Local
+default/my-app-service:http        NodePort     198.18.0.1:30080/TCP                 1200        300         40  externalTrafficPolicy=Local
   -> 198.18.1.2:8080                              active        50.2% of 251 slots
   -> 198.18.2.2:8080                              active        49.8% of 251 slots
 ";

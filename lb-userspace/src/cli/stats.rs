@@ -1,9 +1,9 @@
-//! `slicelb stats`: what the datapath did with every packet, by reason and by protocol,
-//! summed over CPUs.
+//! `slicelb stats`: what the datapath did with every packet, by reason and by protocol, and
+//! what socket-level balancing did with socket calls, summed over CPUs.
 
 use std::fmt::Write as _;
 
-use lb_common::{ProtoCounter, Reason, ReasonClass};
+use lb_common::{ProtoCounter, Reason, ReasonClass, SocketCounter};
 use serde::Serialize;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -12,11 +12,13 @@ pub struct Stats {
     pub reasons: Vec<(String, u64)>,
     /// Indexed like [`ProtoCounter::ALL`].
     pub protocols: Vec<(String, u64)>,
+    /// Socket-level balancing, indexed like [`SocketCounter::ALL`].
+    pub sockets: Vec<(String, u64)>,
 }
 
 impl Stats {
     /// From the kernel's counter arrays (already summed over CPUs).
-    pub fn new(reasons: &[u64], protocols: &[u64]) -> Self {
+    pub fn new(reasons: &[u64], protocols: &[u64], sockets: &[u64]) -> Self {
         Self {
             reasons: Reason::ALL
                 .iter()
@@ -33,6 +35,15 @@ impl Stats {
                     (
                         p.name().to_string(),
                         protocols.get(*p as usize).copied().unwrap_or(0),
+                    )
+                })
+                .collect(),
+            sockets: SocketCounter::ALL
+                .iter()
+                .map(|c| {
+                    (
+                        c.name().to_string(),
+                        sockets.get(*c as usize).copied().unwrap_or(0),
                     )
                 })
                 .collect(),
@@ -70,6 +81,10 @@ impl Stats {
         for (name, count) in &self.protocols {
             let _ = writeln!(out, "{name:<28} {count:>14}");
         }
+        let _ = writeln!(out, "\n{:<28} {:>14}", "SOCKET LEVEL", "CALLS");
+        for (name, count) in &self.sockets {
+            let _ = writeln!(out, "{name:<28} {count:>14}");
+        }
         out
     }
 
@@ -84,6 +99,11 @@ impl Stats {
             .iter()
             .map(|(n, c)| (n.clone(), (*c).into()))
             .collect();
+        let sockets: serde_json::Map<String, serde_json::Value> = self
+            .sockets
+            .iter()
+            .map(|(n, c)| (n.clone(), (*c).into()))
+            .collect();
         let classes: serde_json::Map<String, serde_json::Value> = self
             .by_class()
             .into_iter()
@@ -93,6 +113,7 @@ impl Stats {
             "verdicts": classes,
             "reasons": reasons,
             "protocols": protocols,
+            "sockets": sockets,
         }))
         .expect("plain data")
             + "\n"
@@ -124,7 +145,9 @@ mod tests {
         reasons[Reason::LbConntrack as usize] = 50;
         reasons[Reason::RejectTcpReset as usize] = 1;
         reasons[Reason::DropTruncated as usize] = 3;
-        let stats = Stats::new(&reasons, &[7, 6, 1]);
+        let mut sockets = vec![0u64; SocketCounter::COUNT as usize];
+        sockets[SocketCounter::ConnectTranslated as usize] = 9;
+        let stats = Stats::new(&reasons, &[7, 6, 1], &sockets);
         let classes = stats.by_class();
         let get = |name| classes.iter().find(|(c, _)| *c == name).map(|(_, n)| *n);
         assert_eq!(get("passed"), Some(12));
@@ -135,6 +158,7 @@ mod tests {
         assert_eq!(json["reasons"]["lb_conntrack"], 50);
         assert_eq!(json["protocols"]["ipv4"], 6);
         assert_eq!(json["verdicts"]["load-balanced"], 55);
+        assert_eq!(json["sockets"]["connect_translated"], 9);
         let table = stats.render_table();
         assert!(
             table.contains("lb_new_flow                               5"),

@@ -11,7 +11,7 @@ use std::{
 use aya::maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, lpm_trie::Key};
 use lb_common::{
     Backend, FlowKey, FlowValue, FrontendKey, FrontendValue, ProtoCounter, Reason, ServiceCounters,
-    ServiceName, SourceRangeKey, map_names,
+    ServiceName, SocketCounter, SourceRangeKey, map_names,
 };
 
 use super::{
@@ -43,6 +43,7 @@ pub struct AyaMaps {
     conntrack: HashMap<MapData, FlowKey, FlowValue>,
     reason_stats: PerCpuArray<MapData, u64>,
     proto_stats: PerCpuArray<MapData, u64>,
+    socket_stats: PerCpuArray<MapData, u64>,
     service_stats: PerCpuArray<MapData, ServiceCounters>,
     capacity: MapCapacity,
 }
@@ -188,6 +189,11 @@ impl AyaMaps {
             proto_stats: typed(map_names::PROTO_STATS, open(map_names::PROTO_STATS)?, |d| {
                 PerCpuArray::try_from(Map::PerCpuArray(d))
             })?,
+            socket_stats: typed(
+                map_names::SOCKET_STATS,
+                open(map_names::SOCKET_STATS)?,
+                |d| PerCpuArray::try_from(Map::PerCpuArray(d)),
+            )?,
             service_stats: typed(
                 map_names::SERVICE_STATS,
                 open(map_names::SERVICE_STATS)?,
@@ -225,6 +231,20 @@ impl AyaMaps {
             .collect()
     }
 
+    /// SOCKET_STATS summed over CPUs, in `SocketCounter::ALL` order.
+    pub fn socket_counters(&self) -> Result<Vec<(SocketCounter, u64)>, DataplaneError> {
+        SocketCounter::ALL
+            .iter()
+            .map(|counter| {
+                let values = self
+                    .socket_stats
+                    .get(&(*counter as u32), 0)
+                    .map_err(read_err(map_names::SOCKET_STATS))?;
+                Ok((*counter, values.iter().sum()))
+            })
+            .collect()
+    }
+
     /// One service's counters summed over CPUs.
     pub fn service_counters(&self, service_id: u32) -> Result<ServiceCounters, DataplaneError> {
         let values = self
@@ -237,6 +257,7 @@ impl AyaMaps {
                 packets: acc.packets + v.packets,
                 bytes: acc.bytes + v.bytes,
                 new_flows: acc.new_flows + v.new_flows,
+                socket_translations: acc.socket_translations + v.socket_translations,
             }))
     }
 

@@ -2,8 +2,9 @@
 //! [`MapCapacity`], everything pinned under one directory so that a restarted agent adopts
 //! the maps (flows and configuration survive) and swaps the programs in place.
 //!
-//! Pin layout: `<pin>/maps/NAME` for every map, `<pin>/links/<iface>.{xdp,tc_ingress,tc_egress}`
-//! for attachments.
+//! Pin layout: `<pin>/maps/NAME` for every map, `<pin>/links/<iface>/{xdp,tc_ingress,tc_egress}`
+//! for interface attachments, `<pin>/links/cgroup-<stamp>/<program>` for the socket-level
+//! hooks at the cgroup root.
 
 use std::{
     ffi::CString,
@@ -16,7 +17,7 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, MapData},
     programs::{
-        LinkOrder, SchedClassifier, TcAttach, TcAttachType, Xdp, XdpMode,
+        CgroupAttachMode, LinkOrder, SchedClassifier, TcAttach, TcAttachType, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
         tc::SchedClassifierLink,
         xdp::XdpLink,
@@ -30,7 +31,7 @@ use super::MapCapacity;
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
 
 /// Every map of the object, in the order they are pinned.
-pub const ALL_MAPS: [&str; 13] = [
+pub const ALL_MAPS: [&str; 15] = [
     map_names::FRONTENDS,
     map_names::FRONTEND_FILTER,
     map_names::BACKENDS,
@@ -44,6 +45,8 @@ pub const ALL_MAPS: [&str; 13] = [
     map_names::PROTO_STATS,
     map_names::CONFIG,
     map_names::SERVICE_NAMES,
+    map_names::SOCK_REVERSE,
+    map_names::SOCKET_STATS,
 ];
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -105,6 +108,21 @@ pub enum LoadError {
         #[source]
         source: aya::programs::ProgramError,
     },
+    #[error(
+        "attaching {program} at cgroup {cgroup} failed: {source}; --cgroup-root must be a cgroup v2 directory (see /proc/self/mountinfo, type cgroup2)"
+    )]
+    AttachCgroup {
+        program: &'static str,
+        cgroup: PathBuf,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("cannot open the cgroup root {path}: {source}")]
+    CgroupRoot {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("pinning {what} at {path} failed: {source}; is bpffs mounted there?")]
     Pin {
         what: String,
@@ -142,11 +160,27 @@ pub struct Datapath {
     links: Vec<FdLink>,
 }
 
-const ALL_PROGRAMS: [&str; 3] = [
+/// The socket-level programs, attached together at the cgroup root.
+pub const SOCKET_PROGRAMS: [&str; 9] = [
+    program_names::CONNECT4,
+    program_names::CONNECT6,
+    program_names::SENDMSG4,
+    program_names::SENDMSG6,
+    program_names::RECVMSG4,
+    program_names::RECVMSG6,
+    program_names::GETPEERNAME4,
+    program_names::GETPEERNAME6,
+    program_names::SOCK_RELEASE,
+];
+
+const PACKET_PROGRAMS: [&str; 3] = [
     program_names::XDP_INGRESS,
     program_names::TC_INGRESS,
     program_names::TC_EGRESS,
 ];
+
+/// Prefix of the link directories of socket-level attachments (one per attach).
+const CGROUP_LINKS_PREFIX: &str = "cgroup-";
 
 impl Datapath {
     /// Loads the programs with maps pinned under `pin_path`, adopting maps already pinned
@@ -220,7 +254,7 @@ impl Datapath {
     }
 
     fn load_programs(&mut self) -> Result<(), LoadError> {
-        for program in ALL_PROGRAMS {
+        for program in PACKET_PROGRAMS.into_iter().chain(SOCKET_PROGRAMS) {
             let prog = self
                 .ebpf
                 .program_mut(program)
@@ -228,6 +262,8 @@ impl Datapath {
             let result = match prog {
                 aya::programs::Program::Xdp(p) => p.load(),
                 aya::programs::Program::SchedClassifier(p) => p.load(),
+                aya::programs::Program::CgroupSockAddr(p) => p.load(),
+                aya::programs::Program::CgroupSock(p) => p.load(),
                 _ => return Err(LoadError::MissingProgram { program }),
             };
             result.map_err(|source| LoadError::Verify { program, source })?;
@@ -499,6 +535,58 @@ impl Datapath {
         self.keep_link(fd_link, link_path)
     }
 
+    /// Attaches the socket-level programs at `cgroup` (a cgroup v2 directory): every process
+    /// below it is balanced at `connect()` / `sendmsg()`. With a pin path the links are
+    /// pinned under `<pin>/links/cgroup-<stamp>/`, and the links an earlier run pinned (at
+    /// this or another cgroup) are removed only once the new ones are in place: for that
+    /// moment both run, which is harmless (the second finds the address already translated).
+    pub fn attach_cgroup(&mut self, cgroup: &Path) -> Result<(), LoadError> {
+        let attach_err = |program, source| LoadError::AttachCgroup {
+            program,
+            cgroup: cgroup.to_path_buf(),
+            source,
+        };
+        let dir = std::fs::File::open(cgroup).map_err(|source| LoadError::CgroupRoot {
+            path: cgroup.to_path_buf(),
+            source,
+        })?;
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        let links_dir = self
+            .pin_path
+            .as_ref()
+            .map(|pin| pin.join("links").join(format!("{CGROUP_LINKS_PREFIX}{stamp}")));
+        for program in SOCKET_PROGRAMS {
+            let prog = self
+                .ebpf
+                .program_mut(program)
+                .ok_or(LoadError::MissingProgram { program })?;
+            // Cgroup links always allow several programs; the kernel wants no mode flag.
+            let link = match prog {
+                aya::programs::Program::CgroupSockAddr(p) => p
+                    .attach(&dir, CgroupAttachMode::Single)
+                    .and_then(|id| p.take_link(id))
+                    .and_then(|link| FdLink::try_from(link).map_err(Into::into)),
+                aya::programs::Program::CgroupSock(p) => p
+                    .attach(&dir, CgroupAttachMode::Single)
+                    .and_then(|id| p.take_link(id))
+                    .and_then(|link| FdLink::try_from(link).map_err(Into::into)),
+                _ => return Err(LoadError::MissingProgram { program }),
+            }
+            .map_err(|source| attach_err(program, source))?;
+            let path = links_dir.as_ref().map(|dir| dir.join(program));
+            self.keep_link(link, path)?;
+        }
+        if let (Some(pin), Some(current)) = (&self.pin_path, &links_dir) {
+            for old in cgroup_link_dirs(pin)?.into_iter().filter(|d| d != current) {
+                remove_dir_of_pins(&old)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Removes every attachment, link and map pinned under `pin_path` (the programs go
     /// when their last link does).
     pub fn detach(pin_path: &Path) -> Result<(), LoadError> {
@@ -538,6 +626,31 @@ impl Datapath {
             }),
         }
     }
+}
+
+/// The socket-level link directories pinned under `pin_path`.
+pub fn cgroup_link_dirs(pin_path: &Path) -> Result<Vec<PathBuf>, LoadError> {
+    let links = pin_path.join("links");
+    let entries = match std::fs::read_dir(&links) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => return Err(LoadError::Remove { path: links, source }),
+    };
+    let mut dirs = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|source| LoadError::Remove {
+            path: links.clone(),
+            source,
+        })?;
+        if entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with(CGROUP_LINKS_PREFIX)
+        {
+            dirs.push(entry.path());
+        }
+    }
+    Ok(dirs)
 }
 
 /// Removes the pins in `dir` (unpinning a link detaches it once nothing else holds it;

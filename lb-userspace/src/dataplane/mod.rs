@@ -4,6 +4,7 @@
 pub mod applied;
 pub mod attach_mode;
 pub mod aya_maps;
+pub mod cgroup;
 mod batch;
 pub mod frontend_filter;
 pub mod loader;

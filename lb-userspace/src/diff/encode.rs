@@ -6,18 +6,26 @@ use std::{
 };
 
 use ipnet::IpNet;
-use lb_common::{Backend, FAMILY_IPV4, FAMILY_IPV6, FrontendKey, SourceRangeKey, backend_flags};
+use lb_common::{
+    Backend, FAMILY_IPV4, FAMILY_IPV6, FAMILY_SHORT_CIRCUIT, FrontendKey, SourceRangeKey,
+    backend_flags,
+};
 
 use crate::model::{DesiredBackend, DesiredFrontend, DesiredService, Protocol};
 
 /// The FRONTENDS key of a frontend.
 pub fn frontend_key(frontend: &DesiredFrontend, protocol: Protocol) -> FrontendKey {
     let (addr, family) = encode_addr(frontend.addr);
+    let scope = if frontend.short_circuit {
+        FAMILY_SHORT_CIRCUIT
+    } else {
+        0
+    };
     FrontendKey {
         addr,
         port: frontend.port.to_be(),
         proto: protocol.number(),
-        family,
+        family: family | scope,
     }
 }
 

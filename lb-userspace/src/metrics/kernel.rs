@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use lb_common::{ProtoCounter, Reason, ServiceCounters};
+use lb_common::{ProtoCounter, Reason, ServiceCounters, SocketCounter};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
@@ -35,6 +35,8 @@ pub trait KernelStats: Send + Sync {
     fn reason_counters(&self) -> Result<[u64; Reason::COUNT as usize], DataplaneError>;
     /// PROTO_STATS summed over all CPUs, indexed by `ProtoCounter as usize`.
     fn proto_counters(&self) -> Result<[u64; ProtoCounter::COUNT as usize], DataplaneError>;
+    /// SOCKET_STATS summed over all CPUs, indexed by `SocketCounter as usize`.
+    fn socket_counters(&self) -> Result<[u64; SocketCounter::COUNT as usize], DataplaneError>;
     /// Entries in CONNTRACK now (both directions of a flow count).
     fn conntrack_entries(&self) -> Result<u64, DataplaneError>;
     /// Fill levels of the maps the agent writes, and of CONNTRACK when the caller could
@@ -86,6 +88,9 @@ fn merge_by_name(services: Vec<(String, ServiceCounters)>) -> BTreeMap<String, S
         total.packets = total.packets.saturating_add(counters.packets);
         total.bytes = total.bytes.saturating_add(counters.bytes);
         total.new_flows = total.new_flows.saturating_add(counters.new_flows);
+        total.socket_translations = total
+            .socket_translations
+            .saturating_add(counters.socket_translations);
     }
     merged
 }
@@ -118,7 +123,7 @@ impl Collector for KernelCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         if let Some(services) = self.read("service counters", self.stats.service_counters()) {
             let services = merge_by_name(services);
-            let columns: [ServiceColumn; 3] = [
+            let columns: [ServiceColumn; 4] = [
                 (
                     "service_packets",
                     "Packets load-balanced for each service.",
@@ -133,6 +138,11 @@ impl Collector for KernelCollector {
                     "service_new_flows",
                     "New flows assigned a backend, per service.",
                     |c| c.new_flows,
+                ),
+                (
+                    "service_socket_translations",
+                    "Connections and unconnected UDP datagrams sent to a backend at socket level (pods and the node), per service.",
+                    |c| c.socket_translations,
                 ),
             ];
             for (name, help, column) in columns {
@@ -173,6 +183,18 @@ impl Collector for KernelCollector {
                 "Packets seen by the datapath, by protocol, before any decision.",
                 MetricType::Counter,
                 "protocol",
+                values,
+            )?;
+        }
+
+        if let Some(sockets) = self.read("socket counters", self.stats.socket_counters()) {
+            let values = SocketCounter::ALL.map(|c| (c.name(), sockets[c as usize]));
+            encode_labelled(
+                &mut encoder,
+                "socket_operations",
+                "What socket-level balancing did with connect(), sendmsg(), recvmsg() and getpeername() calls.",
+                MetricType::Counter,
+                "outcome",
                 values,
             )?;
         }

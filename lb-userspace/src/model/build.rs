@@ -271,10 +271,14 @@ impl Ctx<'_> {
                     source_ranges: false,
                     selection: selection.clone(),
                     when_empty,
+                    short_circuit: false,
                 };
                 desired
                     .frontends
                     .push(frontend(cluster_ip, port.port, FrontendKind::ClusterIp));
+                // Pods and the node reach an external Local frontend through its twin,
+                // which holds the Cluster endpoints.
+                let (cluster_selection, _) = scope(false);
 
                 let (selection, when_empty) = scope(external_local);
                 // Source ranges guard every load-balancer frontend of the service, in both
@@ -288,24 +292,34 @@ impl Ctx<'_> {
                     source_ranges: kind == FrontendKind::LoadBalancer && !source_ranges.is_empty(),
                     selection: selection.clone(),
                     when_empty,
+                    short_circuit: false,
                 };
+                let mut externals = Vec::new();
                 if let Some(node_port) = port.node_port {
                     for &addr in &node_ports {
-                        desired
-                            .frontends
-                            .push(external(addr, node_port, FrontendKind::NodePort));
+                        externals.push(external(addr, node_port, FrontendKind::NodePort));
                     }
                 }
                 for &addr in &family_lb {
-                    desired
-                        .frontends
-                        .push(external(addr, port.port, FrontendKind::LoadBalancer));
+                    externals.push(external(addr, port.port, FrontendKind::LoadBalancer));
                 }
                 for &addr in &family_external {
-                    desired
-                        .frontends
-                        .push(external(addr, port.port, FrontendKind::ExternalIp));
+                    externals.push(external(addr, port.port, FrontendKind::ExternalIp));
                 }
+                if external_local {
+                    let twins: Vec<DesiredFrontend> = externals
+                        .iter()
+                        .map(|frontend| DesiredFrontend {
+                            policy_local: false,
+                            selection: cluster_selection.clone(),
+                            when_empty: WhenEmpty::Reject,
+                            short_circuit: true,
+                            ..frontend.clone()
+                        })
+                        .collect();
+                    externals.extend(twins);
+                }
+                desired.frontends.extend(externals);
 
                 for ep in &family_endpoints {
                     let state = if ep.ready {
@@ -322,8 +336,12 @@ impl Ctx<'_> {
                     );
                 }
             }
-            desired.frontends.sort_by_key(|f| (f.addr, f.port, f.kind));
-            desired.frontends.dedup_by_key(|f| (f.addr, f.port));
+            desired
+                .frontends
+                .sort_by_key(|f| (f.addr, f.port, f.short_circuit, f.kind));
+            desired
+                .frontends
+                .dedup_by_key(|f| (f.addr, f.port, f.short_circuit));
             result.push((port.name, desired));
         }
         result
@@ -602,6 +620,10 @@ fn resolve_frontend_conflicts(state: &mut DesiredState, warnings: &mut Vec<Warni
         let protocol = service.protocol;
         service.frontends.retain(|frontend| {
             let key = (frontend.addr, frontend.port, protocol);
+            if frontend.short_circuit {
+                // Sorted after its frontend: it goes with it.
+                return owners.get(&key) == Some(name);
+            }
             match owners.get(&key) {
                 None => {
                     owners.insert(key, name.clone());

@@ -427,7 +427,8 @@ impl IncrementalModel {
                     .unwrap_or(&name);
                 if *owner == name {
                     won.push(frontend.clone());
-                } else {
+                } else if !frontend.short_circuit {
+                    // A short-circuit twin goes with its frontend, without a second warning.
                     lost.push(conflict_warning(&name, frontend, service.protocol, owner));
                 }
             }

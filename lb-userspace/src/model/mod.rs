@@ -208,6 +208,11 @@ pub struct DesiredFrontend {
     /// also in the service's `backends`. Frontends of one scope and family share the list.
     pub selection: Arc<[SocketAddr]>,
     pub when_empty: WhenEmpty,
+    /// The short-circuit twin of an external frontend with `externalTrafficPolicy: Local`:
+    /// used by socket-level balancing (pods and the node itself) only, with the Cluster
+    /// endpoints (kube-proxy: traffic from inside the cluster to an external address may
+    /// go to any endpoint). Keyed with `lb_common::FAMILY_SHORT_CIRCUIT`.
+    pub short_circuit: bool,
 }
 
 impl DesiredFrontend {

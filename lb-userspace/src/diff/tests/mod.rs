@@ -39,6 +39,7 @@ fn service(cluster_ip: &str, backends: &[u8]) -> DesiredService {
             source_ranges: false,
             selection: Arc::from(list.clone()),
             when_empty: WhenEmpty::Reject,
+            short_circuit: false,
         }],
         backends: list
             .iter()
