@@ -373,6 +373,42 @@ fn bpf_filesystem_is_the_hosts_so_pins_survive_restarts() {
     }
 }
 
+/// Socket-level balancing attaches at the host's cgroup v2 root: the container's own
+/// /sys/fs/cgroup is only its cgroup namespace, so the flag must name a host mount.
+#[test]
+fn socket_level_hooks_attach_at_the_hosts_cgroup_root() {
+    let rendered = rendered();
+    let pod = pod_spec(daemon_set(&rendered));
+    let agent = agent(pod);
+    let args = agent.args.clone().unwrap_or_default();
+    let roots = flag_values(&args, "--cgroup-root");
+    assert_eq!(roots.len(), 1, "one --cgroup-root in {args:?}");
+    assert!(
+        !args.iter().any(|arg| arg.starts_with("--no-socket-lb")),
+        "socket-level balancing must be on: pods and the node need it without kube-proxy"
+    );
+    let root = &roots[0];
+    let mount = agent
+        .volume_mounts
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .find(|m| m.mount_path == *root)
+        .unwrap_or_else(|| panic!("--cgroup-root {root} is not a volume mount of the agent"));
+    let volume = pod
+        .volumes
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .find(|v| v.name == mount.name)
+        .expect("the mount's volume");
+    let host = volume.host_path.as_ref().map(|h| h.path.as_str());
+    assert!(
+        matches!(host, Some("/sys/fs/cgroup" | "/sys/fs/cgroup/unified")),
+        "--cgroup-root must be the host's cgroup v2 root, is a mount of {host:?}"
+    );
+}
+
 #[test]
 fn agent_container_has_exactly_the_capabilities_it_needs() {
     let rendered = rendered();
