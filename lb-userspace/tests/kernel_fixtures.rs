@@ -340,11 +340,14 @@ fn run(env: &mut Env, row: &Row) -> Result<(), String> {
             packets: after.packets - before.packets,
             bytes: after.bytes - before.bytes,
             new_flows: after.new_flows - before.new_flows,
+            socket_translations: after.socket_translations - before.socket_translations,
         };
         let expected = ServiceCounters {
             packets: counted.packets,
             bytes: counted.packets * row.input.len() as u64,
             new_flows: counted.new_flows,
+            // The packet path never counts socket-level translations.
+            socket_translations: 0,
         };
         if delta != expected {
             return Err(format!(

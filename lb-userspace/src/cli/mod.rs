@@ -214,8 +214,12 @@ pub enum Protocol {
 #[derive(Debug, Args)]
 pub struct TraceArgs {
     /// The client: ADDR or ADDR:PORT (IPv6 as [ADDR]:PORT); the port defaults to 40000.
-    #[arg(long)]
-    pub from: String,
+    #[arg(long, required_unless_present = "socket")]
+    pub from: Option<String>,
+    /// Explain what socket-level balancing does with a connect() to --to from a pod or a
+    /// process of the node (instead of a packet arriving on an interface).
+    #[arg(long, conflicts_with = "from")]
+    pub socket: bool,
     /// The destination: ADDR:PORT (IPv6 as [ADDR]:PORT).
     #[arg(long)]
     pub to: SocketAddr,

@@ -3,6 +3,7 @@
 //! live pinned maps; the reason comes from what the program read (conntrack, affinity, the
 //! Maglev slot). Flow state the run created (conntrack and affinity entries) is removed
 //! again, so tracing leaves no flow behind; the run does count one packet in the counters.
+//! `--socket` explains socket-level balancing (pods and the node) from the maps alone.
 
 use std::{
     fmt::Write as _,
@@ -13,8 +14,9 @@ use anyhow::{Context as _, bail};
 use aya::maps::{HashMap, MapData};
 use etherparse::PacketBuilder;
 use lb_common::{
-    AffinityKey, AffinityValue, FlowKey, FlowValue, FrontendKey, PROTO_SCTP, PROTO_TCP, PROTO_UDP,
-    backend_state, frontend_flags, hash::flow_hash, map_names, program_names,
+    AffinityKey, AffinityValue, FAMILY_SHORT_CIRCUIT, FlowKey, FlowValue, FrontendKey, PROTO_SCTP,
+    PROTO_TCP, PROTO_UDP, backend_state, frontend_flags, hash::flow_hash, map_names,
+    program_names,
 };
 use serde::Serialize;
 
@@ -143,7 +145,10 @@ fn destination_of(packet: &[u8]) -> Option<SocketAddr> {
 }
 
 pub fn trace(args: &TraceArgs) -> anyhow::Result<Trace> {
-    let from = parse_from(&args.from)?;
+    let Some(from) = &args.from else {
+        return trace_socket(args);
+    };
+    let from = parse_from(from)?;
     let to = args.to;
     let proto = proto_number(args.proto);
     let flow = format!(
@@ -329,6 +334,121 @@ pub fn trace(args: &TraceArgs) -> anyhow::Result<Trace> {
             None => verdict_name.into(),
         },
     })
+}
+
+/// What socket-level balancing does with a `connect()` (or unconnected UDP `sendmsg()`) to
+/// `--to` from below the cgroup root. The kernel cannot test-run cgroup socket programs, so
+/// this reads the maps the program reads, in the order it reads them (read-only: nothing is
+/// loaded or written).
+fn trace_socket(args: &TraceArgs) -> anyhow::Result<Trace> {
+    let to = args.to;
+    let proto_name = format!("{:?}", args.proto).to_uppercase();
+    let flow = format!("connect() from a pod or the node -> {to}/{proto_name}");
+    let maps = AyaMaps::from_pin(&args.pin_path, Default::default()).with_context(|| {
+        format!(
+            "no slicelb maps pinned under {} (is an agent running?)",
+            args.pin_path.display()
+        )
+    })?;
+    let applied = maps.read().context("reading the maps")?;
+    let (dst, family) = encode_addr(to.ip());
+    let key = FrontendKey {
+        addr: dst,
+        port: to.port().to_be(),
+        proto: proto_number(args.proto),
+        family,
+    };
+    let Some(found) = applied.frontends.get(&key).copied() else {
+        return Ok(Trace {
+            flow,
+            frontend: None,
+            service: None,
+            decision: "no-frontend",
+            explanation: "no frontend for this address, port and protocol: the call goes on untouched".into(),
+            backend: None,
+            verdict: "untranslated".into(),
+        });
+    };
+    let external_local = frontend_flags::EXTERNAL | frontend_flags::TRAFFIC_POLICY_LOCAL;
+    let twin = (found.flags & external_local == external_local)
+        .then(|| {
+            let mut twin = key;
+            twin.family |= FAMILY_SHORT_CIRCUIT;
+            applied.frontends.get(&twin).copied()
+        })
+        .flatten();
+    let frontend = twin.unwrap_or(found);
+    let service = applied
+        .service_names
+        .get(&frontend.service_id)
+        .cloned()
+        .unwrap_or_else(|| format!("service id {}", frontend.service_id));
+    let frontend_text = format!("{} {to}/{proto_name}", kind_name(frontend.kind));
+    let trace = |decision, explanation: String, verdict: &str| Trace {
+        flow: flow.clone(),
+        frontend: Some(frontend_text.clone()),
+        service: Some(service.clone()),
+        decision,
+        explanation,
+        backend: None,
+        verdict: verdict.into(),
+    };
+    if frontend.flags & frontend_flags::SOURCE_RANGES != 0 {
+        return Ok(trace(
+            "source-ranges",
+            "loadBalancerSourceRanges: left to the packet path (the socket's source address is not known at connect())".into(),
+            "untranslated",
+        ));
+    }
+    if frontend.table_size == 0 {
+        return Ok(trace(
+            "reject",
+            "no usable backend: connect() fails with ECONNREFUSED at once".into(),
+            "ECONNREFUSED",
+        ));
+    }
+    let mut slots: std::collections::BTreeMap<u32, u32> = Default::default();
+    if let Some(table) = applied.selection.get(&frontend.table_offset) {
+        for id in table.iter().take(frontend.table_size as usize) {
+            *slots.entry(*id).or_default() += 1;
+        }
+    }
+    let choices: Vec<String> = slots
+        .iter()
+        .filter_map(|(id, count)| {
+            let backend = applied.backends.get(id)?;
+            let addr = SocketAddr::new(
+                ip_from_map(&backend.addr, backend.family),
+                u16::from_be(backend.port),
+            );
+            let share = f64::from(*count) * 100.0 / f64::from(frontend.table_size);
+            Some(format!("{addr} ({}, {share:.1}%)", state_name(backend.state)))
+        })
+        .collect();
+    let mut explanation = String::new();
+    if twin.is_some() {
+        explanation.push_str(
+            "externalTrafficPolicy: Local, but pods and the node use every endpoint (kube-proxy's short-circuit); ",
+        );
+    }
+    if frontend.flags & frontend_flags::AFFINITY != 0 {
+        let _ = write!(
+            explanation,
+            "session affinity (ClientIP, {} s) per pod network namespace, else ",
+            frontend.affinity_timeout_secs
+        );
+    }
+    let _ = write!(
+        explanation,
+        "a random slot of the {}-slot table, once per connection: {}",
+        frontend.table_size,
+        choices.join(", ")
+    );
+    Ok(trace(
+        "socket",
+        explanation,
+        "connect() goes to the chosen backend; getpeername() and received datagrams show the service",
+    ))
 }
 
 fn conntrack_map(

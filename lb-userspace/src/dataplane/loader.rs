@@ -114,8 +114,9 @@ pub enum LoadError {
     AttachCgroup {
         program: &'static str,
         cgroup: PathBuf,
+        // Boxed: the error type stays small for every other variant's sake.
         #[source]
-        source: aya::programs::ProgramError,
+        source: Box<aya::programs::ProgramError>,
     },
     #[error("cannot open the cgroup root {path}: {source}")]
     CgroupRoot {
@@ -544,7 +545,7 @@ impl Datapath {
         let attach_err = |program, source| LoadError::AttachCgroup {
             program,
             cgroup: cgroup.to_path_buf(),
-            source,
+            source: Box::new(source),
         };
         let dir = std::fs::File::open(cgroup).map_err(|source| LoadError::CgroupRoot {
             path: cgroup.to_path_buf(),
