@@ -928,3 +928,92 @@ fn endpoint_slice_cache_cases() {
         );
     }
 }
+
+/// Pods and the node reach an `externalTrafficPolicy: Local` service's external addresses
+/// through short-circuit twins that hold the Cluster endpoints (kube-proxy's rule), whatever
+/// the internal policy; other services get no twins.
+#[test]
+fn external_local_frontends_have_short_circuit_twins_with_cluster_endpoints() {
+    let spec = |etp: &str, itp: &str| {
+        json!({
+            "type": "LoadBalancer",
+            "externalTrafficPolicy": etp,
+            "internalTrafficPolicy": itp,
+            "externalIPs": ["198.18.200.1"],
+            "ports": [{"name": "http", "port": 80, "nodePort": 30080}],
+        })
+    };
+    let mut with_lb = web(spec("Local", "Local"));
+    with_lb.status = Some(serde_json::from_value(
+        json!({"loadBalancer": {"ingress": [{"ip": "198.18.201.1"}]}}),
+    )
+    .unwrap());
+    let endpoints = vec![ready("10.0.0.1", "node-b"), ready("10.0.0.2", "node-a")];
+    let built = run(vec![with_lb], vec![web_slice("web-1", "IPv4", endpoints.clone())]);
+    let svc = only(&built);
+    let twins: Vec<&DesiredFrontend> = svc.frontends.iter().filter(|f| f.short_circuit).collect();
+    let mut twin_addrs: Vec<String> = twins.iter().map(|f| f.endpoint().to_string()).collect();
+    twin_addrs.sort();
+    assert_eq!(
+        twin_addrs,
+        ["198.18.0.10:30080", "198.18.200.1:80", "198.18.201.1:80"],
+        "one twin per external frontend"
+    );
+    for twin in &twins {
+        assert_eq!(
+            selection(twin),
+            ["10.0.0.1:8080", "10.0.0.2:8080"],
+            "{}: Cluster endpoints",
+            twin.endpoint()
+        );
+        assert_eq!(twin.when_empty, WhenEmpty::Reject);
+        let flags = twin.flag_bits(svc);
+        assert_eq!(
+            flags & lb_common::frontend_flags::TRAFFIC_POLICY_LOCAL,
+            0,
+            "a twin is not Local"
+        );
+        let key = crate::diff::encode::frontend_key(twin, svc.protocol);
+        assert!(key.is_short_circuit() && key.ip_family() == lb_common::FAMILY_IPV4);
+    }
+    // The frontends themselves keep the Local selection; the ClusterIP keeps iTP Local.
+    for frontend in svc.frontends.iter().filter(|f| !f.short_circuit) {
+        assert_eq!(
+            selection(frontend),
+            ["10.0.0.2:8080"],
+            "{} keeps this node's endpoint",
+            frontend.endpoint()
+        );
+    }
+
+    let cluster = run(
+        vec![web(spec("Cluster", "Cluster"))],
+        vec![web_slice("web-1", "IPv4", endpoints)],
+    );
+    assert!(
+        only(&cluster).frontends.iter().all(|f| !f.short_circuit),
+        "eTP Cluster needs no twin"
+    );
+
+    // A service that loses an external IP to another loses its twin with it, warned once.
+    let named = |name: &str, cluster_ip: &str| {
+        service(json!({"metadata": {"name": name, "namespace": "default"}, "spec": {
+            "clusterIP": cluster_ip, "externalIPs": ["198.18.200.1"],
+            "externalTrafficPolicy": "Local", "type": "NodePort",
+            "ports": [{"name": "http", "port": 80}]}}))
+    };
+    let built = run(
+        vec![named("b", "198.18.100.2"), named("a", "198.18.100.1")],
+        vec![],
+    );
+    let frontends_of = |name: &str| {
+        built.state.services[&ServicePortName::new("default", name, "http")]
+            .frontends
+            .iter()
+            .filter(|f| f.addr == ip("198.18.200.1"))
+            .count()
+    };
+    assert_eq!(frontends_of("a"), 2, "a keeps the external IP and its twin");
+    assert_eq!(frontends_of("b"), 0, "b loses both");
+    assert_eq!(built.warnings.len(), 1, "{:?}", built.warnings);
+}
