@@ -49,6 +49,10 @@
 //!   interface (XDP_TX / `bpf_redirect`). On TC the skb keeps its checksum state: fine on
 //!   veths (the receiver trusts partial checksums), not for hardware offload of the answer.
 //!   A veth delivers native XDP_TX frames only when its peer runs an XDP program too.
+//! - Socket level (`sock`): cgroup v2 hooks balance `connect()` and UDP `sendmsg()` of
+//!   processes below the agent's cgroup root (pods and the node) from the same maps, once
+//!   per connection, with no packet rewritten; `recvmsg()` and `getpeername()` show the
+//!   service. See `sock.rs`.
 //! - No source NAT: replies must come back through this node (true for pods behind it and
 //!   in the lab); `externalTrafficPolicy: Cluster` to endpoints on other nodes would need
 //!   SNAT, which this datapath does not do.
