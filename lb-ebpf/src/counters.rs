@@ -45,5 +45,7 @@ pub fn count_socket(counter: SocketCounter) {
 /// A connection (or unconnected UDP datagram) sent to a backend of `service_id` at socket level.
 #[inline(always)]
 pub fn count_socket_translation(service_id: u32) {
-    update_slot(&SERVICE_STATS, service_id, |slot| slot.socket_translations += 1);
+    update_slot(&SERVICE_STATS, service_id, |slot| {
+        slot.socket_translations += 1
+    });
 }

@@ -15,7 +15,8 @@ use lb_common::{
 
 use crate::{
     maps::{
-        AFFINITY, BACKENDS, CONFIG, CONNTRACK, FRONTEND_FILTER, Lookup as _, SELECTION, SOURCE_RANGES,
+        AFFINITY, BACKENDS, CONFIG, CONNTRACK, FRONTEND_FILTER, Lookup as _, SELECTION,
+        SOURCE_RANGES,
     },
     parse::Parsed,
 };

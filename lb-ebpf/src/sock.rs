@@ -105,7 +105,12 @@ fn read_user(ctx: &SockAddrContext, side: Side) -> SockAddr {
     let port = sa.user_port as u16;
     let (addr, family, mapped) = match side {
         Side::V4 => (from_v4_word(sa.user_ip4), FAMILY_IPV4, false),
-        Side::V6 => from_v6_words([sa.user_ip6[0], sa.user_ip6[1], sa.user_ip6[2], sa.user_ip6[3]]),
+        Side::V6 => from_v6_words([
+            sa.user_ip6[0],
+            sa.user_ip6[1],
+            sa.user_ip6[2],
+            sa.user_ip6[3],
+        ]),
     };
     SockAddr {
         addr,

@@ -15,8 +15,7 @@ use aya::maps::{HashMap, MapData};
 use etherparse::PacketBuilder;
 use lb_common::{
     AffinityKey, AffinityValue, FAMILY_SHORT_CIRCUIT, FlowKey, FlowValue, FrontendKey, PROTO_SCTP,
-    PROTO_TCP, PROTO_UDP, backend_state, frontend_flags, hash::flow_hash, map_names,
-    program_names,
+    PROTO_TCP, PROTO_UDP, backend_state, frontend_flags, hash::flow_hash, map_names, program_names,
 };
 use serde::Serialize;
 
@@ -364,7 +363,8 @@ fn trace_socket(args: &TraceArgs) -> anyhow::Result<Trace> {
             frontend: None,
             service: None,
             decision: "no-frontend",
-            explanation: "no frontend for this address, port and protocol: the call goes on untouched".into(),
+            explanation:
+                "no frontend for this address, port and protocol: the call goes on untouched".into(),
             backend: None,
             verdict: "untranslated".into(),
         });
@@ -422,7 +422,10 @@ fn trace_socket(args: &TraceArgs) -> anyhow::Result<Trace> {
                 u16::from_be(backend.port),
             );
             let share = f64::from(*count) * 100.0 / f64::from(frontend.table_size);
-            Some(format!("{addr} ({}, {share:.1}%)", state_name(backend.state)))
+            Some(format!(
+                "{addr} ({}, {share:.1}%)",
+                state_name(backend.state)
+            ))
         })
         .collect();
     let mut explanation = String::new();

@@ -22,7 +22,9 @@ pub enum CgroupError {
         "no cgroup v2 hierarchy is mounted (no cgroup2 entry in /proc/self/mountinfo); mount one, give --cgroup-root, or run with --no-socket-lb"
     )]
     NoCgroup2,
-    #[error("--cgroup-root {0} is not a directory of a cgroup v2 hierarchy (no cgroup.procs in it)")]
+    #[error(
+        "--cgroup-root {0} is not a directory of a cgroup v2 hierarchy (no cgroup.procs in it)"
+    )]
     NotCgroup2(PathBuf),
 }
 
@@ -69,7 +71,9 @@ mod tests {
             .resolve()
             .unwrap_err();
         assert!(
-            error.to_string().contains(&dir.path().display().to_string()),
+            error
+                .to_string()
+                .contains(&dir.path().display().to_string()),
             "{error}"
         );
     }

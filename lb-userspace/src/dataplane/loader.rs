@@ -555,10 +555,10 @@ impl Datapath {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
             .as_nanos();
-        let links_dir = self
-            .pin_path
-            .as_ref()
-            .map(|pin| pin.join("links").join(format!("{CGROUP_LINKS_PREFIX}{stamp}")));
+        let links_dir = self.pin_path.as_ref().map(|pin| {
+            pin.join("links")
+                .join(format!("{CGROUP_LINKS_PREFIX}{stamp}"))
+        });
         for program in SOCKET_PROGRAMS {
             let prog = self
                 .ebpf
@@ -635,7 +635,12 @@ pub fn cgroup_link_dirs(pin_path: &Path) -> Result<Vec<PathBuf>, LoadError> {
     let entries = match std::fs::read_dir(&links) {
         Ok(entries) => entries,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => return Err(LoadError::Remove { path: links, source }),
+        Err(source) => {
+            return Err(LoadError::Remove {
+                path: links,
+                source,
+            });
+        }
     };
     let mut dirs = Vec::new();
     for entry in entries {

@@ -4,8 +4,8 @@
 pub mod applied;
 pub mod attach_mode;
 pub mod aya_maps;
-pub mod cgroup;
 mod batch;
+pub mod cgroup;
 pub mod frontend_filter;
 pub mod loader;
 pub mod mapped_array;

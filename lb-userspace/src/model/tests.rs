@@ -944,12 +944,15 @@ fn external_local_frontends_have_short_circuit_twins_with_cluster_endpoints() {
         })
     };
     let mut with_lb = web(spec("Local", "Local"));
-    with_lb.status = Some(serde_json::from_value(
-        json!({"loadBalancer": {"ingress": [{"ip": "198.18.201.1"}]}}),
-    )
-    .unwrap());
+    with_lb.status = Some(
+        serde_json::from_value(json!({"loadBalancer": {"ingress": [{"ip": "198.18.201.1"}]}}))
+            .unwrap(),
+    );
     let endpoints = vec![ready("10.0.0.1", "node-b"), ready("10.0.0.2", "node-a")];
-    let built = run(vec![with_lb], vec![web_slice("web-1", "IPv4", endpoints.clone())]);
+    let built = run(
+        vec![with_lb],
+        vec![web_slice("web-1", "IPv4", endpoints.clone())],
+    );
     let svc = only(&built);
     let twins: Vec<&DesiredFrontend> = svc.frontends.iter().filter(|f| f.short_circuit).collect();
     let mut twin_addrs: Vec<String> = twins.iter().map(|f| f.endpoint().to_string()).collect();
@@ -997,10 +1000,12 @@ fn external_local_frontends_have_short_circuit_twins_with_cluster_endpoints() {
 
     // A service that loses an external IP to another loses its twin with it, warned once.
     let named = |name: &str, cluster_ip: &str| {
-        service(json!({"metadata": {"name": name, "namespace": "default"}, "spec": {
+        service(
+            json!({"metadata": {"name": name, "namespace": "default"}, "spec": {
             "clusterIP": cluster_ip, "externalIPs": ["198.18.200.1"],
             "externalTrafficPolicy": "Local", "type": "NodePort",
-            "ports": [{"name": "http", "port": 80}]}}))
+            "ports": [{"name": "http", "port": 80}]}}),
+        )
     };
     let built = run(
         vec![named("b", "198.18.100.2"), named("a", "198.18.100.1")],
