@@ -3,7 +3,8 @@
 //! library (model, planner, map writer) and drives the real `slicelb` binary as each node's
 //! agent.
 //!
-//! - [`lab`]: namespaces, veth pairs, backend servers, the demo (`cargo xtask run`).
+//! - [`lab`]: namespaces, veth pairs, backend servers, the demo (`cargo xtask run`), and the
+//!   multi-node lab ([`lab::cluster`]) with its pod servers and probe client ([`lab::probe`]).
 //! - [`bench`]: `cargo xtask bench`, with its own eBPF programs ([`bench::ebpf`]).
 
 pub mod bench;

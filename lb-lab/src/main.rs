@@ -1,12 +1,17 @@
-//! `slicelb-lab`: the demo, the benchmarks and the lab's backend servers. xtask builds it
-//! beside `slicelb` and starts it (`cargo xtask run`, `cargo xtask bench`).
+//! `slicelb-lab`: the demo, the benchmarks, the lab's backend servers and the cluster lab's
+//! pod servers and probe client. xtask builds it beside `slicelb` and starts it
+//! (`cargo xtask run`, `cargo xtask bench`).
 
-use std::path::PathBuf;
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 use slicelb_lab::{
     bench::{self, Part},
-    lab::{demo, servers::BackendServers},
+    lab::{
+        demo,
+        probe::{Probe, ProbeProtocol},
+        servers::{BackendServers, PodServers},
+    },
 };
 
 #[derive(Debug, Parser)]
@@ -28,6 +33,14 @@ enum Command {
     Bench(BenchArgs),
     /// A lab backend: HTTP and UDP echo answering with NAME (started by the demo and tests).
     LabServer(LabServerArgs),
+    /// A cluster lab pod's servers: TCP lines and UDP datagrams answered with
+    /// `NAME CLIENT-ADDR:PORT` (started by the cluster lab in each pod).
+    #[command(hide = true)]
+    PodServer(PodServerArgs),
+    /// A client that prints one JSON line per request: who answered, what getpeername()
+    /// said, the client address the server saw (run in a pod or node by the tests).
+    #[command(hide = true)]
+    Probe(ProbeArgs),
 }
 
 #[derive(Debug, Args)]
@@ -66,6 +79,59 @@ struct LabServerArgs {
     udp_port: u16,
 }
 
+#[derive(Debug, Args)]
+struct PodServerArgs {
+    /// What the servers answer (the pod's name).
+    #[arg(long)]
+    name: String,
+    #[arg(long, default_value_t = 8080)]
+    tcp_port: u16,
+    /// The pod's "DNS-style" UDP port.
+    #[arg(long, default_value_t = 5353)]
+    udp_port: u16,
+}
+
+#[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("protocol").required(true))]
+struct ProbeArgs {
+    /// A TCP connection per attempt, one line asked on it.
+    #[arg(long, group = "protocol", value_name = "ADDR:PORT")]
+    tcp: Option<SocketAddr>,
+    /// A UDP socket per attempt, one datagram asked on it.
+    #[arg(long, group = "protocol", value_name = "ADDR:PORT")]
+    udp: Option<SocketAddr>,
+    /// Attempts, each on a fresh socket.
+    #[arg(long, default_value_t = 1, conflicts_with = "hold_ms")]
+    count: u32,
+    /// UDP: sendto/recvfrom without connect (the answer's source is reported as the peer).
+    #[arg(long, requires = "udp")]
+    unconnected: bool,
+    /// For each connect and each answer.
+    #[arg(long, default_value_t = 1000)]
+    timeout_ms: u64,
+    /// Keep one socket open and ask every 100 ms for this long, a line per request.
+    #[arg(long)]
+    hold_ms: Option<u64>,
+}
+
+impl ProbeArgs {
+    fn probe(&self) -> Probe {
+        let (protocol, target) = match (self.tcp, self.udp) {
+            (Some(target), _) => (ProbeProtocol::Tcp, target),
+            (None, Some(target)) => (ProbeProtocol::Udp, target),
+            (None, None) => unreachable!("clap requires --tcp or --udp"),
+        };
+        Probe {
+            protocol,
+            target,
+            count: self.count,
+            unconnected: self.unconnected,
+            timeout: Duration::from_millis(self.timeout_ms),
+            hold: self.hold_ms.map(Duration::from_millis),
+        }
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Demo(args) => demo::run(&demo::DemoOptions {
@@ -84,6 +150,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         .serve()
         .map_err(anyhow::Error::from),
+        Command::PodServer(args) => PodServers {
+            name: args.name,
+            tcp_port: args.tcp_port,
+            udp_port: args.udp_port,
+        }
+        .serve()
+        .map_err(anyhow::Error::from),
+        Command::Probe(args) => args
+            .probe()
+            .run_here(&mut std::io::stdout().lock())
+            .map_err(anyhow::Error::from),
     }
 }
 
@@ -104,5 +181,31 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn probe_args_from_the_library_parse_back_to_the_same_probe() {
+        let target: SocketAddr = "[2001:2:0:100::53]:53".parse().expect("literal");
+        for probe in [
+            Probe::tcp(target).count(4),
+            Probe::udp(target)
+                .unconnected()
+                .timeout(Duration::from_millis(300)),
+            Probe::tcp(target).hold(Duration::from_secs(3)),
+        ] {
+            let args = std::iter::once("slicelb-lab".to_string()).chain(probe.args());
+            let Command::Probe(parsed) = Cli::try_parse_from(args)
+                .unwrap_or_else(|e| panic!("{probe:?} does not parse: {e}"))
+                .command
+            else {
+                panic!("{probe:?} parsed as another command");
+            };
+            let mut expected = probe.clone();
+            if expected.hold.is_some() {
+                // Holding ignores --count, which the arguments then leave out.
+                expected.count = 1;
+            }
+            assert_eq!(parsed.probe(), expected);
+        }
     }
 }

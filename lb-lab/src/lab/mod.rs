@@ -6,7 +6,10 @@
 //! ranges 198.18.0.0/15 and 2001:2::/48: lab traffic never leaves these namespaces.
 
 pub mod agent_lab;
+pub mod cgroup;
+pub mod cluster;
 pub mod demo;
+pub mod probe;
 pub mod servers;
 
 use std::{
@@ -47,6 +50,29 @@ pub enum LabError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{action} cgroup {}: {source} (the lab needs root and cgroup v2)", path.display())]
+    Cgroup {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "no cgroup v2 hierarchy in /proc/self/mountinfo (mount one: `mount -t cgroup2 none /sys/fs/cgroup/unified`)"
+    )]
+    NoCgroup2,
+    #[error("cgroup {} still had processes {waited:?} after cgroup.kill; left in place", path.display())]
+    CgroupNotEmpty {
+        path: PathBuf,
+        waited: std::time::Duration,
+    },
+    #[error("cluster spec: {what} {why}")]
+    InvalidSpec { what: String, why: &'static str },
+    #[error("{what} did not start listening within {waited:?}")]
+    NotListening {
+        what: String,
+        waited: std::time::Duration,
+    },
 }
 
 /// Runs `program args…` and returns its output, or an error holding its stderr.
@@ -54,7 +80,8 @@ pub fn run(program: &str, args: &[&str]) -> Result<Output, LabError> {
     run_command(Command::new(program).args(args))
 }
 
-fn run_command(command: &mut Command) -> Result<Output, LabError> {
+/// Runs `command` and returns its output, or an error holding its stderr.
+pub(crate) fn run_command(command: &mut Command) -> Result<Output, LabError> {
     let shown = format!("{command:?}").replace('"', "");
     let output = command
         .stdin(Stdio::null())
@@ -101,13 +128,7 @@ impl Netns {
         };
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().to_string();
-            let Some(rest) = name.strip_prefix(&format!("{NETNS_PREFIX}-")) else {
-                continue;
-            };
-            let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
-                continue;
-            };
-            if !PathBuf::from(format!("/proc/{pid}")).exists() {
+            if stale_owner(&name, NETNS_PREFIX).is_some() {
                 let _ = run("ip", &["netns", "del", &name]);
             }
         }
@@ -191,6 +212,19 @@ impl Drop for Netns {
         // Deleting the namespace also deletes the veth ends inside it (and so their peers).
         let _ = run("ip", &["netns", "del", &self.name]);
     }
+}
+
+/// For a lab object named `<prefix>-<pid>-…`: the pid, if that process is gone (the object
+/// was left behind by a run that was killed).
+pub(crate) fn stale_owner(name: &str, prefix: &str) -> Option<u32> {
+    let pid = name
+        .strip_prefix(prefix)?
+        .strip_prefix('-')?
+        .split('-')
+        .next()?
+        .parse::<u32>()
+        .ok()?;
+    (!PathBuf::from(format!("/proc/{pid}")).exists()).then_some(pid)
 }
 
 /// A process that is killed (and reaped) when this guard drops.

@@ -1,6 +1,7 @@
 //! The lab's backend servers: HTTP and UDP echo that answer with their host's name, so the
 //! client sees which backend served it. Run inside a backend namespace by the hidden
-//! `slicelb lab-server` command.
+//! `slicelb-lab lab-server` command; the cluster lab's pods run [`PodServers`]
+//! (`slicelb-lab pod-server`), which also tell the client its address as they saw it.
 
 use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
@@ -35,6 +36,64 @@ impl BackendServers {
             std::thread::spawn(move || serve_http_connection(stream, &name));
         }
         Ok(())
+    }
+}
+
+/// A pod's servers: every request gets `<name> <client address:port as seen here>`, one
+/// line per request line on TCP, one datagram per datagram on UDP, so a client learns who
+/// served it and whether anything rewrote its address on the way.
+pub struct PodServers {
+    pub name: String,
+    pub tcp_port: u16,
+    pub udp_port: u16,
+}
+
+impl PodServers {
+    /// Serves forever on every address (IPv4 and IPv6) of the namespace.
+    pub fn serve(self) -> std::io::Result<()> {
+        let name: Arc<str> = self.name.into();
+        // Both bound before either serves: a pod that accepts TCP also answers UDP.
+        let tcp = TcpListener::bind(SocketAddr::from(([0u16; 8], self.tcp_port)))?;
+        let udp = UdpSocket::bind(SocketAddr::from(([0u16; 8], self.udp_port)))?;
+        let udp_name = name.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while let Ok((_, client)) = udp.recv_from(&mut buf) {
+                let answer = pod_answer(&udp_name, client);
+                let _ = udp.send_to(answer.as_bytes(), client);
+            }
+        });
+        for stream in tcp.incoming() {
+            let Ok(stream) = stream else { continue };
+            let name = name.clone();
+            std::thread::spawn(move || serve_pod_connection(stream, &name));
+        }
+        Ok(())
+    }
+}
+
+/// `<name> <client>`, the client address in its own family (not IPv4-mapped IPv6, which is
+/// how a dual-stack socket reports an IPv4 client).
+pub fn pod_answer(name: &str, client: SocketAddr) -> String {
+    format!(
+        "{name} {}",
+        SocketAddr::new(client.ip().to_canonical(), client.port())
+    )
+}
+
+fn serve_pod_connection(stream: TcpStream, name: &str) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(300)));
+    let (Ok(client), Ok(mut writer)) = (stream.peer_addr(), stream.try_clone()) else {
+        return;
+    };
+    let answer = format!("{}\n", pod_answer(name, client));
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    while matches!(reader.read_line(&mut line), Ok(n) if n > 0) {
+        line.clear();
+        if writer.write_all(answer.as_bytes()).is_err() {
+            return;
+        }
     }
 }
 

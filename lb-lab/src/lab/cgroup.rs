@@ -1,0 +1,224 @@
+//! A tree of cgroup v2 directories that the lab owns: every process in it is killed, and the
+//! directories removed, when the guard drops (also while a panic unwinds).
+
+use std::{
+    ffi::CString,
+    os::unix::ffi::OsStrExt as _,
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use super::LabError;
+
+/// Prefix of every cgroup the lab creates under the cgroup v2 mount: `slicelb-<pid>-<test>`.
+pub const CGROUP_PREFIX: &str = "slicelb";
+
+/// How long a killed cgroup may take to empty before the guard gives up on removing it.
+const KILL_PATIENCE: Duration = Duration::from_secs(10);
+
+/// Where the cgroup v2 hierarchy is mounted (fstype `cgroup2` in /proc/self/mountinfo):
+/// `/sys/fs/cgroup` on a pure v2 host, `/sys/fs/cgroup/unified` on a hybrid one.
+pub fn cgroup2_mount() -> Result<PathBuf, LabError> {
+    let mountinfo =
+        std::fs::read_to_string("/proc/self/mountinfo").map_err(|source| LabError::Cgroup {
+            action: "reading",
+            path: PathBuf::from("/proc/self/mountinfo"),
+            source,
+        })?;
+    cgroup2_mount_in(&mountinfo).ok_or(LabError::NoCgroup2)
+}
+
+/// The mount point of the first `cgroup2` line of a mountinfo text.
+fn cgroup2_mount_in(mountinfo: &str) -> Option<PathBuf> {
+    mountinfo.lines().find_map(|line| {
+        // `id parent major:minor root mount-point options [optional…] - fstype source …`
+        let (before, after) = line.split_once(" - ")?;
+        let fstype = after.split_whitespace().next()?;
+        let mount_point = before.split_whitespace().nth(4)?;
+        (fstype == "cgroup2").then(|| PathBuf::from(mount_point))
+    })
+}
+
+/// `<mount>/slicelb-<pid>-<test>` and the directories made below it. Dropping it kills every
+/// process in the tree (`cgroup.kill`), waits until the tree is empty and removes it.
+#[derive(Debug)]
+pub struct CgroupTree {
+    root: PathBuf,
+}
+
+impl CgroupTree {
+    /// Creates `<mount>/slicelb-<pid>-<test>`, after removing the trees of runs whose process
+    /// is gone.
+    pub fn new(test: &str) -> Result<Self, LabError> {
+        let mount = cgroup2_mount()?;
+        remove_stale(&mount);
+        let root = mount.join(format!("{CGROUP_PREFIX}-{}-{test}", std::process::id()));
+        std::fs::create_dir(&root).map_err(|source| LabError::Cgroup {
+            action: "creating",
+            path: root.clone(),
+            source,
+        })?;
+        Ok(Self { root })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Creates `relative` (e.g. `node-a/my-app-1`) below the root; its parent must exist.
+    pub fn create(&self, relative: &str) -> Result<PathBuf, LabError> {
+        let path = self.root.join(relative);
+        std::fs::create_dir(&path).map_err(|source| LabError::Cgroup {
+            action: "creating",
+            path: path.clone(),
+            source,
+        })?;
+        Ok(path)
+    }
+}
+
+impl Drop for CgroupTree {
+    fn drop(&mut self) {
+        if let Err(error) = kill_and_remove(&self.root) {
+            eprintln!("slicelb lab: {error}");
+        }
+    }
+}
+
+/// Kills every process in the tree at `root`, waits until it is empty, then removes its
+/// directories, leaves first (a cgroup directory can only go once it has no children).
+pub fn kill_and_remove(root: &Path) -> Result<(), LabError> {
+    let error = |action| {
+        move |source| LabError::Cgroup {
+            action,
+            path: root.to_path_buf(),
+            source,
+        }
+    };
+    std::fs::write(root.join("cgroup.kill"), "1").map_err(error("killing the processes of"))?;
+    let started = Instant::now();
+    while is_populated(root).map_err(error("reading cgroup.events of"))? {
+        if started.elapsed() > KILL_PATIENCE {
+            return Err(LabError::CgroupNotEmpty {
+                path: root.to_path_buf(),
+                waited: KILL_PATIENCE,
+            });
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    remove_tree(root)
+}
+
+/// `populated 1` in `cgroup.events`: a live process is in this cgroup or below it.
+fn is_populated(cgroup: &Path) -> std::io::Result<bool> {
+    let events = std::fs::read_to_string(cgroup.join("cgroup.events"))?;
+    Ok(events.lines().any(|line| line.trim() == "populated 1"))
+}
+
+/// `rmdir` of every directory below `dir`, deepest first, then of `dir`. (`remove_dir_all`
+/// would try to unlink the interface files, which cgroupfs refuses.)
+fn remove_tree(dir: &Path) -> Result<(), LabError> {
+    let error = |action, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| LabError::Cgroup {
+            action,
+            path,
+            source,
+        }
+    };
+    for entry in std::fs::read_dir(dir).map_err(error("listing", dir))? {
+        let entry = entry.map_err(error("listing", dir))?;
+        if entry.file_type().map_err(error("listing", dir))?.is_dir() {
+            remove_tree(&entry.path())?;
+        }
+    }
+    std::fs::remove_dir(dir).map_err(error("removing", dir))
+}
+
+/// Removes the lab cgroup trees whose creating process is gone (a run that was killed).
+fn remove_stale(mount: &Path) {
+    let Ok(entries) = std::fs::read_dir(mount) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        if super::stale_owner(&name, CGROUP_PREFIX).is_some()
+            && let Err(error) = kill_and_remove(&entry.path())
+        {
+            eprintln!("slicelb lab: stale cgroup: {error}");
+        }
+    }
+}
+
+/// Makes `command` join the cgroup at `cgroup` and the network namespace at `netns` between
+/// fork and exec. Only the child moves: writing `0` to `cgroup.procs` moves the writer. It
+/// uses setns rather than `ip netns exec`, which remounts /sys and so hides /sys/fs/bpf.
+pub fn enter_before_exec(command: &mut Command, cgroup: &Path, netns: &Path) {
+    use std::os::unix::process::CommandExt as _;
+    // Allocated here: between fork and exec only async-signal-safe calls are allowed.
+    let procs = CString::new(cgroup.join("cgroup.procs").as_os_str().as_bytes())
+        .expect("a cgroup path has no NUL byte");
+    let netns = CString::new(netns.as_os_str().as_bytes()).expect("a netns path has no NUL byte");
+    // SAFETY: the closure only makes system calls (open, write, setns, close) on memory
+    // allocated before the fork.
+    unsafe {
+        command.pre_exec(move || {
+            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let written = libc::write(fd, b"0".as_ptr().cast(), 1);
+            let write_error = std::io::Error::last_os_error();
+            libc::close(fd);
+            if written != 1 {
+                return Err(write_error);
+            }
+            let fd = libc::open(netns.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let rc = libc::setns(fd, libc::CLONE_NEWNET);
+            let setns_error = std::io::Error::last_os_error();
+            libc::close(fd);
+            if rc != 0 {
+                return Err(setns_error);
+            }
+            Ok(())
+        });
+    }
+}
+
+/// The cgroup `pid` is in, as the path below the cgroup v2 mount (`/slicelb-…/node-a`), from
+/// the `0::` line of `/proc/<pid>/cgroup`.
+pub fn cgroup_of(pid: u32) -> std::io::Result<PathBuf> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
+    text.lines()
+        .find_map(|line| line.strip_prefix("0::"))
+        .map(PathBuf::from)
+        .ok_or_else(|| std::io::Error::other(format!("pid {pid} has no cgroup v2 line")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_cgroup2_mount_on_a_hybrid_host() {
+        let mountinfo = "\
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,name=systemd
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime shared:9 - cgroup2 cgroup2 rw
+";
+        assert_eq!(
+            cgroup2_mount_in(mountinfo),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+    }
+
+    #[test]
+    fn no_cgroup2_line_means_no_mount() {
+        let mountinfo = "40 31 0:37 / /sys/fs/cgroup/systemd rw - cgroup cgroup rw,name=systemd\n";
+        assert_eq!(cgroup2_mount_in(mountinfo), None);
+    }
+}

@@ -1,0 +1,472 @@
+//! The seed's my-app as a cluster: the Services and EndpointSlices every node's agent reads
+//! from one manifest directory (`slicelb agent --config-dir`).
+//!
+//! | Service | ClusterIPs | port | pods |
+//! |---|---|---|---|
+//! | `my-app-service` (NodePort 30080) | 198.18.100.10, 2001:2:0:100::10 | TCP 80 → 8080 | all |
+//! | `dns` | 198.18.100.53, 2001:2:0:100::53 | UDP 53 → 5353 | all |
+//! | `my-app-local` (`internalTrafficPolicy: Local`) | 198.18.100.20, 2001:2:0:100::20 | TCP 80 → 8080 | the client's node's |
+//!
+//! The Service range 198.18.100.0/24 and 2001:2:0:100::/64 is routed nowhere: a connection
+//! to a ClusterIP works only when socket-level balancing translates it.
+
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
+    path::Path,
+};
+
+use k8s_openapi::{
+    api::{
+        core::v1::{ObjectReference, Service, ServicePort, ServiceSpec},
+        discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice},
+    },
+    apimachinery::pkg::{apis::meta::v1::ObjectMeta, util::intstr::IntOrString},
+};
+
+use super::{Cluster, POD_TCP_PORT, POD_UDP_PORT, Pod};
+use crate::lab::probe::{Probe, ProbeProtocol};
+
+pub const NAMESPACE: &str = "default";
+/// The file [`write_my_app`] writes in the manifest directory.
+pub const MANIFEST_FILE: &str = "my-app.yaml";
+
+/// One of the cluster's Services.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClusterService {
+    pub name: &'static str,
+    /// The Service port's name (what EndpointSlice ports match on).
+    pub port_name: &'static str,
+    pub protocol: ProbeProtocol,
+    pub cluster_ipv4: Ipv4Addr,
+    pub cluster_ipv6: Ipv6Addr,
+    pub port: u16,
+    pub target_port: u16,
+    pub node_port: Option<u16>,
+    /// `internalTrafficPolicy: Local`.
+    pub internal_local: bool,
+}
+
+pub const MY_APP_SERVICE: ClusterService = ClusterService {
+    name: "my-app-service",
+    port_name: "http",
+    protocol: ProbeProtocol::Tcp,
+    cluster_ipv4: Ipv4Addr::new(198, 18, 100, 10),
+    cluster_ipv6: Ipv6Addr::new(0x2001, 2, 0, 0x100, 0, 0, 0, 0x10),
+    port: 80,
+    target_port: POD_TCP_PORT,
+    node_port: Some(30080),
+    internal_local: false,
+};
+
+pub const DNS_SERVICE: ClusterService = ClusterService {
+    name: "dns",
+    port_name: "dns",
+    protocol: ProbeProtocol::Udp,
+    cluster_ipv4: Ipv4Addr::new(198, 18, 100, 53),
+    cluster_ipv6: Ipv6Addr::new(0x2001, 2, 0, 0x100, 0, 0, 0, 0x53),
+    port: 53,
+    target_port: POD_UDP_PORT,
+    node_port: None,
+    internal_local: false,
+};
+
+pub const LOCAL_SERVICE: ClusterService = ClusterService {
+    name: "my-app-local",
+    port_name: "http",
+    protocol: ProbeProtocol::Tcp,
+    cluster_ipv4: Ipv4Addr::new(198, 18, 100, 20),
+    cluster_ipv6: Ipv6Addr::new(0x2001, 2, 0, 0x100, 0, 0, 0, 0x20),
+    port: 80,
+    target_port: POD_TCP_PORT,
+    node_port: None,
+    internal_local: true,
+};
+
+pub const SERVICES: [ClusterService; 3] = [MY_APP_SERVICE, DNS_SERVICE, LOCAL_SERVICE];
+
+impl ClusterService {
+    pub fn addr_v4(&self) -> SocketAddr {
+        SocketAddr::new(self.cluster_ipv4.into(), self.port)
+    }
+
+    pub fn addr_v6(&self) -> SocketAddr {
+        SocketAddr::new(self.cluster_ipv6.into(), self.port)
+    }
+
+    /// A probe of this Service's protocol to `addr` (one of its addresses).
+    pub fn probe(&self, addr: SocketAddr) -> Probe {
+        match self.protocol {
+            ProbeProtocol::Tcp => Probe::tcp(addr),
+            ProbeProtocol::Udp => Probe::udp(addr),
+        }
+    }
+
+    fn protocol_name(&self) -> &'static str {
+        match self.protocol {
+            ProbeProtocol::Tcp => "TCP",
+            ProbeProtocol::Udp => "UDP",
+        }
+    }
+
+    fn service(&self) -> Service {
+        Service {
+            metadata: meta(self.name, BTreeMap::new()),
+            spec: Some(ServiceSpec {
+                type_: Some(
+                    if self.node_port.is_some() {
+                        "NodePort"
+                    } else {
+                        "ClusterIP"
+                    }
+                    .into(),
+                ),
+                selector: Some(BTreeMap::from([("app".to_string(), "my-app".to_string())])),
+                ip_family_policy: Some("RequireDualStack".into()),
+                ip_families: Some(vec!["IPv4".into(), "IPv6".into()]),
+                cluster_ip: Some(self.cluster_ipv4.to_string()),
+                cluster_ips: Some(vec![
+                    self.cluster_ipv4.to_string(),
+                    self.cluster_ipv6.to_string(),
+                ]),
+                internal_traffic_policy: self.internal_local.then(|| "Local".into()),
+                ports: Some(vec![ServicePort {
+                    name: Some(self.port_name.into()),
+                    protocol: Some(self.protocol_name().into()),
+                    port: self.port.into(),
+                    target_port: Some(IntOrString::Int(self.target_port.into())),
+                    node_port: self.node_port.map(i32::from),
+                    ..ServicePort::default()
+                }]),
+                ..ServiceSpec::default()
+            }),
+            ..Service::default()
+        }
+    }
+
+    fn slice(&self, endpoints: &[ClusterEndpoint], ipv6: bool) -> EndpointSlice {
+        let family = if ipv6 { "IPv6" } else { "IPv4" };
+        EndpointSlice {
+            metadata: meta(
+                &format!("{}-{}", self.name, family.to_lowercase()),
+                BTreeMap::from([(
+                    "kubernetes.io/service-name".to_string(),
+                    self.name.to_string(),
+                )]),
+            ),
+            address_type: family.into(),
+            ports: Some(vec![EndpointPort {
+                name: Some(self.port_name.into()),
+                protocol: Some(self.protocol_name().into()),
+                port: Some(self.target_port.into()),
+                ..EndpointPort::default()
+            }]),
+            endpoints: endpoints
+                .iter()
+                .map(|endpoint| endpoint.endpoint(ipv6))
+                .collect(),
+        }
+    }
+}
+
+fn meta(name: &str, labels: BTreeMap<String, String>) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.into()),
+        namespace: Some(NAMESPACE.into()),
+        labels: (!labels.is_empty()).then_some(labels),
+        ..ObjectMeta::default()
+    }
+}
+
+/// An endpoint's conditions, as a kubelet and the EndpointSlice controller set them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conditions {
+    pub ready: bool,
+    pub serving: bool,
+    pub terminating: bool,
+}
+
+impl Conditions {
+    pub const READY: Self = Self {
+        ready: true,
+        serving: true,
+        terminating: false,
+    };
+    /// Being deleted, still serving (a rolling update's old pod).
+    pub const TERMINATING: Self = Self {
+        ready: false,
+        serving: true,
+        terminating: true,
+    };
+    /// Running but failing its readiness probe.
+    pub const NOT_READY: Self = Self {
+        ready: false,
+        serving: false,
+        terminating: false,
+    };
+}
+
+/// One pod as an endpoint of every Service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterEndpoint {
+    pub pod: String,
+    /// The endpoint's `nodeName`.
+    pub node: String,
+    pub addr_v4: Ipv4Addr,
+    pub addr_v6: Ipv6Addr,
+    pub conditions: Conditions,
+}
+
+impl ClusterEndpoint {
+    pub fn new(pod: &Pod, conditions: Conditions) -> Self {
+        Self {
+            pod: pod.name.clone(),
+            node: pod.node.clone(),
+            addr_v4: pod.addr_v4,
+            addr_v6: pod.addr_v6,
+            conditions,
+        }
+    }
+
+    fn endpoint(&self, ipv6: bool) -> Endpoint {
+        let address = if ipv6 {
+            self.addr_v6.to_string()
+        } else {
+            self.addr_v4.to_string()
+        };
+        Endpoint {
+            addresses: vec![address],
+            conditions: Some(EndpointConditions {
+                ready: Some(self.conditions.ready),
+                serving: Some(self.conditions.serving),
+                terminating: Some(self.conditions.terminating),
+            }),
+            node_name: Some(self.node.clone()),
+            target_ref: Some(ObjectReference {
+                kind: Some("Pod".into()),
+                namespace: Some(NAMESPACE.into()),
+                name: Some(self.pod.clone()),
+                ..ObjectReference::default()
+            }),
+            ..Endpoint::default()
+        }
+    }
+}
+
+impl Cluster {
+    /// Every pod of the cluster as a ready endpoint.
+    pub fn ready_endpoints(&self) -> Vec<ClusterEndpoint> {
+        self.pods()
+            .iter()
+            .map(|pod| ClusterEndpoint::new(pod, Conditions::READY))
+            .collect()
+    }
+}
+
+/// The three Services ([`SERVICES`]) with an IPv4 and an IPv6 EndpointSlice each, all
+/// listing `endpoints`, as one multi-document YAML.
+pub fn my_app_manifests(endpoints: &[ClusterEndpoint]) -> String {
+    let mut documents = Vec::new();
+    for service in SERVICES {
+        documents.push(serde_yaml::to_string(&service.service()));
+        for ipv6 in [false, true] {
+            documents.push(serde_yaml::to_string(&service.slice(endpoints, ipv6)));
+        }
+    }
+    let documents: Vec<String> = documents
+        .into_iter()
+        .map(|document| document.expect("Kubernetes objects serialize to YAML"))
+        .collect();
+    format!(
+        "# Written by the slicelb cluster lab: my-app as a cluster.\n{}",
+        documents.join("---\n")
+    )
+}
+
+/// Writes [`my_app_manifests`] to `dir`/[`MANIFEST_FILE`], by rename so that no agent reads
+/// half a file.
+pub fn write_my_app(dir: &Path, endpoints: &[ClusterEndpoint]) -> std::io::Result<()> {
+    // A dot file: the agents ignore it while it is being written.
+    let temporary = dir.join(format!(".{MANIFEST_FILE}.partial"));
+    std::fs::write(&temporary, my_app_manifests(endpoints))?;
+    std::fs::rename(&temporary, dir.join(MANIFEST_FILE))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{collections::BTreeSet, net::IpAddr};
+
+    use slicelb::model::{self, FrontendKind, ModelConfig, NodeInfo, ServicePortName, Snapshot};
+
+    use super::*;
+
+    fn endpoint(
+        pod: &str,
+        node: &str,
+        v4: [u8; 4],
+        v6_group: u16,
+        group_host: u16,
+    ) -> ClusterEndpoint {
+        ClusterEndpoint {
+            pod: pod.into(),
+            node: node.into(),
+            addr_v4: v4.into(),
+            addr_v6: Ipv6Addr::new(0x2001, 2, 0, v6_group, 0, 0, 0, group_host),
+            conditions: Conditions::READY,
+        }
+    }
+
+    fn my_app_endpoints() -> Vec<ClusterEndpoint> {
+        vec![
+            endpoint("my-app-1", "node-a", [198, 18, 20, 10], 0x20, 0x10),
+            endpoint("my-app-2", "node-a", [198, 18, 20, 11], 0x20, 0x11),
+            endpoint("my-app-3", "node-b", [198, 18, 21, 10], 0x21, 0x10),
+        ]
+    }
+
+    /// What node `node`'s agent would build from the manifests, read by the agent's own
+    /// manifest loader.
+    fn as_node_sees_it(endpoints: &[ClusterEndpoint], node: &str) -> model::DesiredState {
+        let dir = tempfile::tempdir().expect("temp dir");
+        write_my_app(dir.path(), endpoints).expect("write manifests");
+        let node = NodeInfo {
+            name: Some(node.to_string()),
+            // node-a's uplink address, as `--nodeport-addresses` would give it.
+            nodeport_addresses: vec![Ipv4Addr::new(198, 18, 10, 10).into()],
+            ..NodeInfo::default()
+        };
+        let (snapshot, warnings): (Snapshot, _) =
+            slicelb::source::load_dir(dir.path(), node).expect("the agent reads the manifests");
+        assert!(warnings.is_empty(), "manifest warnings: {warnings:?}");
+        let built = model::build(&snapshot, &ModelConfig::default());
+        assert!(
+            built.warnings.is_empty(),
+            "model warnings: {:?}",
+            built.warnings
+        );
+        built.state
+    }
+
+    /// The pods a ClusterIP frontend of `service` selects for new flows, by pod name.
+    fn selected(
+        state: &model::DesiredState,
+        service: &ClusterService,
+        ip: IpAddr,
+        endpoints: &[ClusterEndpoint],
+    ) -> BTreeSet<String> {
+        let key = ServicePortName::new(NAMESPACE, service.name, service.port_name);
+        let desired = state
+            .services
+            .get(&key)
+            .unwrap_or_else(|| panic!("{key:?} is built"));
+        let frontend = desired
+            .frontends
+            .iter()
+            .find(|f| f.kind == FrontendKind::ClusterIp && f.addr == ip && f.port == service.port)
+            .unwrap_or_else(|| panic!("{} has a ClusterIP frontend {ip}", service.name));
+        frontend
+            .selection
+            .iter()
+            .map(|backend| {
+                assert_eq!(
+                    backend.port(),
+                    service.target_port,
+                    "{} targets its pods' port",
+                    service.name
+                );
+                endpoints
+                    .iter()
+                    .find(|e| {
+                        IpAddr::from(e.addr_v4) == backend.ip()
+                            || IpAddr::from(e.addr_v6) == backend.ip()
+                    })
+                    .unwrap_or_else(|| panic!("{backend} is no pod"))
+                    .pod
+                    .clone()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_service_selects_every_ready_pod_in_both_families() {
+        let endpoints = my_app_endpoints();
+        let state = as_node_sees_it(&endpoints, "node-a");
+        let all: BTreeSet<String> = ["my-app-1", "my-app-2", "my-app-3"]
+            .map(String::from)
+            .into();
+        for service in [MY_APP_SERVICE, DNS_SERVICE] {
+            for ip in [
+                IpAddr::from(service.cluster_ipv4),
+                service.cluster_ipv6.into(),
+            ] {
+                assert_eq!(
+                    selected(&state, &service, ip, &endpoints),
+                    all,
+                    "{} on {ip}",
+                    service.name
+                );
+            }
+        }
+        let key = ServicePortName::new(NAMESPACE, MY_APP_SERVICE.name, MY_APP_SERVICE.port_name);
+        let node_ports: Vec<SocketAddr> = state.services[&key]
+            .frontends
+            .iter()
+            .filter(|f| f.kind == FrontendKind::NodePort)
+            .map(|f| f.endpoint())
+            .collect();
+        assert_eq!(
+            node_ports,
+            ["198.18.10.10:30080".parse::<SocketAddr>().expect("literal")]
+        );
+    }
+
+    #[test]
+    fn the_local_service_selects_only_the_pods_of_the_clients_node() {
+        let endpoints = my_app_endpoints();
+        for (node, pods) in [
+            ("node-a", vec!["my-app-1", "my-app-2"]),
+            ("node-b", vec!["my-app-3"]),
+        ] {
+            let state = as_node_sees_it(&endpoints, node);
+            let expected: BTreeSet<String> = pods.into_iter().map(String::from).collect();
+            for ip in [
+                IpAddr::from(LOCAL_SERVICE.cluster_ipv4),
+                LOCAL_SERVICE.cluster_ipv6.into(),
+            ] {
+                assert_eq!(
+                    selected(&state, &LOCAL_SERVICE, ip, &endpoints),
+                    expected,
+                    "{node} on {ip}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_terminating_pod_takes_no_new_flows() {
+        let mut endpoints = my_app_endpoints();
+        endpoints[0].conditions = Conditions::TERMINATING;
+        endpoints[1].conditions = Conditions::NOT_READY;
+        let state = as_node_sees_it(&endpoints, "node-b");
+        let only_three: BTreeSet<String> = ["my-app-3".to_string()].into();
+        assert_eq!(
+            selected(
+                &state,
+                &MY_APP_SERVICE,
+                MY_APP_SERVICE.cluster_ipv4.into(),
+                &endpoints
+            ),
+            only_three
+        );
+    }
+
+    #[test]
+    fn service_addresses_are_in_the_unrouted_service_range() {
+        let v4: ipnet::Ipv4Net = "198.18.100.0/24".parse().expect("literal");
+        let v6: ipnet::Ipv6Net = "2001:2:0:100::/64".parse().expect("literal");
+        for service in SERVICES {
+            assert!(v4.contains(&service.cluster_ipv4), "{}", service.name);
+            assert!(v6.contains(&service.cluster_ipv6), "{}", service.name);
+        }
+    }
+}
