@@ -17,27 +17,10 @@ pub const CGROUP_PREFIX: &str = "slicelb";
 /// How long a killed cgroup may take to empty before the guard gives up on removing it.
 const KILL_PATIENCE: Duration = Duration::from_secs(10);
 
-/// Where the cgroup v2 hierarchy is mounted (fstype `cgroup2` in /proc/self/mountinfo):
-/// `/sys/fs/cgroup` on a pure v2 host, `/sys/fs/cgroup/unified` on a hybrid one.
+/// Where the cgroup v2 hierarchy is mounted: the agent's own lookup
+/// (`slicelb::dataplane::cgroup::cgroup2_mount`), so lab and agent agree.
 pub fn cgroup2_mount() -> Result<PathBuf, LabError> {
-    let mountinfo =
-        std::fs::read_to_string("/proc/self/mountinfo").map_err(|source| LabError::Cgroup {
-            action: "reading",
-            path: PathBuf::from("/proc/self/mountinfo"),
-            source,
-        })?;
-    cgroup2_mount_in(&mountinfo).ok_or(LabError::NoCgroup2)
-}
-
-/// The mount point of the first `cgroup2` line of a mountinfo text.
-fn cgroup2_mount_in(mountinfo: &str) -> Option<PathBuf> {
-    mountinfo.lines().find_map(|line| {
-        // `id parent major:minor root mount-point options [optional…] - fstype source …`
-        let (before, after) = line.split_once(" - ")?;
-        let fstype = after.split_whitespace().next()?;
-        let mount_point = before.split_whitespace().nth(4)?;
-        (fstype == "cgroup2").then(|| PathBuf::from(mount_point))
-    })
+    slicelb::dataplane::cgroup::cgroup2_mount().map_err(|_| LabError::NoCgroup2)
 }
 
 /// `<mount>/slicelb-<pid>-<test>` and the directories made below it. Dropping it kills every
@@ -197,28 +180,4 @@ pub fn cgroup_of(pid: u32) -> std::io::Result<PathBuf> {
         .find_map(|line| line.strip_prefix("0::"))
         .map(PathBuf::from)
         .ok_or_else(|| std::io::Error::other(format!("pid {pid} has no cgroup v2 line")))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn finds_the_cgroup2_mount_on_a_hybrid_host() {
-        let mountinfo = "\
-31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
-40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,name=systemd
-41 31 0:38 / /sys/fs/cgroup/unified rw,relatime shared:9 - cgroup2 cgroup2 rw
-";
-        assert_eq!(
-            cgroup2_mount_in(mountinfo),
-            Some(PathBuf::from("/sys/fs/cgroup/unified"))
-        );
-    }
-
-    #[test]
-    fn no_cgroup2_line_means_no_mount() {
-        let mountinfo = "40 31 0:37 / /sys/fs/cgroup/systemd rw - cgroup cgroup rw,name=systemd\n";
-        assert_eq!(cgroup2_mount_in(mountinfo), None);
-    }
 }
