@@ -1,0 +1,484 @@
+//! Socket-level balancing on the multi-node lab: pods and the node's own processes reach
+//! Services through the agent's cgroup hooks, in both families, over TCP and UDP, and see
+//! the Service, not the pod. One agent per node, all reading one manifest directory.
+//!
+//! The cluster: node-a runs my-app-1, my-app-2 and a client pod; node-b runs my-app-3.
+
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use slicelb_lab::lab::{
+    ChildGuard,
+    cluster::{
+        Cluster, ClusterSpec,
+        manifests::{
+            ClusterEndpoint, Conditions, DNS_SERVICE, LOCAL_SERVICE, MY_APP_SERVICE, write_my_app,
+        },
+    },
+    lab_binary,
+    probe::{Probe, ProbeAnswer, ProbeResult},
+    require_root, slicelb_binary,
+};
+
+const REPLICAS: [&str; 3] = ["my-app-1", "my-app-2", "my-app-3"];
+const CLIENT: &str = "client";
+/// Attempts per check: a random choice among 3 endpoints misses one of them in 30 attempts
+/// with probability 3·(2/3)^30 < 10^-5.
+const ATTEMPTS: u32 = 30;
+/// How long a change may take to reach the datapath before a test gives up (a bound on a
+/// failure, not a measured time).
+const PATIENCE: Duration = Duration::from_secs(15);
+
+struct SocketLab {
+    cluster: Cluster,
+    _servers: Vec<ChildGuard>,
+    lab: PathBuf,
+    slicelb: PathBuf,
+    manifests: tempfile::TempDir,
+    /// By node name.
+    agents: Vec<(String, ChildGuard)>,
+}
+
+impl SocketLab {
+    /// The cluster with every pod serving, my-app's three replicas ready and an agent on
+    /// each node that has synced (the client pod reaches the ClusterIP).
+    fn new(test: &str) -> Self {
+        require_root(test);
+        let spec = ClusterSpec::new(&[
+            ("node-a", &["my-app-1", "my-app-2", CLIENT]),
+            ("node-b", &["my-app-3"]),
+        ]);
+        let cluster = Cluster::new(test, &spec).expect("build the cluster");
+        let lab = lab_binary().expect("the slicelb-lab binary");
+        let slicelb = slicelb_binary().expect("the slicelb binary");
+        let servers = cluster.start_pod_servers(&lab).expect("pod servers");
+        let manifests = tempfile::tempdir().expect("manifest dir");
+        let mut this = Self {
+            cluster,
+            _servers: servers,
+            lab,
+            slicelb,
+            manifests,
+            agents: Vec::new(),
+        };
+        this.write(&REPLICAS.map(|pod| (pod, Conditions::READY)));
+        for node in ["node-a", "node-b"] {
+            this.start_agent(node);
+        }
+        this.wait_until("the first sync", || {
+            this.answers(CLIENT, &Probe::tcp(MY_APP_SERVICE.addr_v4()))
+                .is_some()
+        });
+        this
+    }
+
+    /// my-app's endpoints, each with its conditions; the others are not endpoints.
+    fn write(&self, endpoints: &[(&str, Conditions)]) {
+        let endpoints: Vec<ClusterEndpoint> = endpoints
+            .iter()
+            .map(|(pod, conditions)| ClusterEndpoint::new(self.cluster.pod(pod), *conditions))
+            .collect();
+        write_my_app(self.manifests.path(), &endpoints).expect("write the manifests");
+    }
+
+    fn start_agent(&mut self, node: &str) {
+        let command = self
+            .cluster
+            .agent_command(node, &self.slicelb, self.manifests.path());
+        let agent = ChildGuard::spawn(command, &format!("agent on {node}")).expect("agent");
+        self.agents.push((node.to_string(), agent));
+    }
+
+    fn agent(&mut self, node: &str) -> &mut ChildGuard {
+        &mut self
+            .agents
+            .iter_mut()
+            .find(|(name, _)| name == node)
+            .expect("an agent on that node")
+            .1
+    }
+
+    /// A `slicelb-lab` command in pod `from`, or in the node's own cgroup when `from` is a
+    /// node's name.
+    fn command(&self, from: &str) -> Command {
+        if from.starts_with("node-") {
+            self.cluster.node(from).command(&self.lab)
+        } else {
+            self.cluster.pod(from).command(&self.lab)
+        }
+    }
+
+    fn probe(&self, from: &str, probe: &Probe) -> Vec<ProbeResult> {
+        probe
+            .run(self.command(from))
+            .unwrap_or_else(|e| panic!("probe {probe:?} from {from}: {e}"))
+    }
+
+    /// Every attempt's answer; None if any attempt failed.
+    fn answers(&self, from: &str, probe: &Probe) -> Option<Vec<ProbeAnswer>> {
+        self.probe(from, probe)
+            .into_iter()
+            .map(|r| r.answer().cloned())
+            .collect()
+    }
+
+    /// The answers of `ATTEMPTS` attempts, all of which must succeed.
+    fn must_answer(&self, from: &str, probe: Probe) -> Vec<ProbeAnswer> {
+        let probe = probe.count(ATTEMPTS);
+        let results = self.probe(from, &probe);
+        results
+            .iter()
+            .map(|r| {
+                r.answer()
+                    .cloned()
+                    .unwrap_or_else(|| panic!("{probe:?} from {from}: {r:?} in {results:?}"))
+            })
+            .collect()
+    }
+
+    fn wait_until(&self, what: &str, mut done: impl FnMut() -> bool) {
+        let started = Instant::now();
+        while !done() {
+            assert!(
+                started.elapsed() < PATIENCE,
+                "{what} did not happen within {PATIENCE:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn slicelb(&self, node: &str, args: &[&str]) -> std::process::Output {
+        let node = self.cluster.node(node);
+        let pin = node.pin_path.display().to_string();
+        let output = node
+            .system_command(&self.slicelb)
+            .args(args)
+            .args(["--pin-path", &pin])
+            .output()
+            .expect("run slicelb");
+        assert!(
+            output.status.success(),
+            "slicelb {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        output
+    }
+
+    /// `slicelb stats -o json`'s socket-level counters on `node`.
+    fn socket_counters(&self, node: &str) -> serde_json::Value {
+        let output = self.slicelb(node, &["stats", "-o", "json"]);
+        let stats: serde_json::Value =
+            serde_json::from_slice(&output.stdout).expect("stats as JSON");
+        stats["sockets"].clone()
+    }
+}
+
+fn served_by(answers: &[ProbeAnswer]) -> BTreeSet<String> {
+    answers.iter().map(|a| a.served_by.clone()).collect()
+}
+
+fn names(pods: &[&str]) -> BTreeSet<String> {
+    pods.iter().map(ToString::to_string).collect()
+}
+
+/// What an application must see of a balanced connection: the Service as its peer, and the
+/// server sees the client's own address and port (nothing rewritten on the wire).
+fn assert_sees_the_service(answers: &[ProbeAnswer], service: SocketAddr, what: &str) {
+    for answer in answers {
+        assert_eq!(answer.peer, service, "{what}: the peer is the Service");
+        assert_eq!(
+            answer.client_seen.port(),
+            answer.local.port(),
+            "{what}: the server sees the client's port"
+        );
+        if !answer.local.ip().is_unspecified() {
+            assert_eq!(
+                answer.client_seen.ip(),
+                answer.local.ip(),
+                "{what}: the server sees the client's own address"
+            );
+        }
+    }
+}
+
+#[test]
+fn pod_connections_to_a_cluster_ip_spread_over_both_nodes_and_see_the_service() {
+    let lab = SocketLab::new("sock_spread");
+    let client = lab.cluster.pod(CLIENT);
+    let before = lab.socket_counters("node-a");
+    for (service, client_ip) in [
+        (MY_APP_SERVICE.addr_v4(), IpAddr::from(client.addr_v4)),
+        (MY_APP_SERVICE.addr_v6(), IpAddr::from(client.addr_v6)),
+    ] {
+        let answers = lab.must_answer(CLIENT, Probe::tcp(service));
+        assert_eq!(
+            served_by(&answers),
+            names(&REPLICAS),
+            "{service}: every replica, on both nodes"
+        );
+        assert_sees_the_service(&answers, service, &format!("pod -> {service}"));
+        assert!(
+            answers.iter().all(|a| a.client_seen.ip() == client_ip),
+            "{service}: the server sees the client pod's address {client_ip}"
+        );
+    }
+    // An operator sees it: the agent's counters on the client's node went up.
+    let after = lab.socket_counters("node-a");
+    let delta = |counter: &str| {
+        after[counter].as_u64().unwrap_or(0) - before[counter].as_u64().unwrap_or(0)
+    };
+    assert!(
+        delta("connect_translated") >= 2 * u64::from(ATTEMPTS),
+        "connect_translated went from {} to {}",
+        before["connect_translated"],
+        after["connect_translated"]
+    );
+    assert!(delta("peer_shown_as_service") >= 2 * u64::from(ATTEMPTS));
+    let services = lab.slicelb("node-a", &["services", "-o", "json"]);
+    let rows: serde_json::Value = serde_json::from_slice(&services.stdout).expect("JSON");
+    let my_app = rows
+        .as_array()
+        .expect("rows")
+        .iter()
+        .find(|row| row["frontend"] == MY_APP_SERVICE.addr_v4().to_string())
+        .expect("my-app's IPv4 ClusterIP row");
+    assert!(
+        my_app["socket_translations"].as_u64().unwrap_or(0) >= u64::from(ATTEMPTS),
+        "services counts socket-level connections: {my_app}"
+    );
+}
+
+#[test]
+fn udp_replies_come_from_the_service_connected_and_unconnected() {
+    let lab = SocketLab::new("sock_udp");
+    for service in [DNS_SERVICE.addr_v4(), DNS_SERVICE.addr_v6()] {
+        for probe in [Probe::udp(service), Probe::udp(service).unconnected()] {
+            let what = format!("{probe:?}");
+            let answers = lab.must_answer(CLIENT, probe);
+            assert_eq!(served_by(&answers), names(&REPLICAS), "{what}");
+            assert_sees_the_service(&answers, service, &what);
+        }
+    }
+    let sockets = lab.socket_counters("node-a");
+    assert!(sockets["sendmsg_translated"].as_u64().unwrap_or(0) >= 2 * u64::from(ATTEMPTS));
+    assert!(sockets["reply_shown_as_service"].as_u64().unwrap_or(0) >= 2 * u64::from(ATTEMPTS));
+}
+
+#[test]
+fn node_processes_are_balanced_like_pods() {
+    let lab = SocketLab::new("sock_node");
+    for probe in [
+        Probe::tcp(MY_APP_SERVICE.addr_v4()),
+        Probe::tcp(MY_APP_SERVICE.addr_v6()),
+        Probe::udp(DNS_SERVICE.addr_v4()),
+        Probe::udp(DNS_SERVICE.addr_v4()).unconnected(),
+    ] {
+        let what = format!("node-a process: {probe:?}");
+        let target = probe.target;
+        let answers = lab.must_answer("node-a", probe);
+        assert_eq!(served_by(&answers), names(&REPLICAS), "{what}");
+        assert_sees_the_service(&answers, target, &what);
+    }
+}
+
+#[test]
+fn internal_traffic_policy_local_keeps_to_the_node() {
+    let lab = SocketLab::new("sock_itp_local");
+    for service in [LOCAL_SERVICE.addr_v4(), LOCAL_SERVICE.addr_v6()] {
+        let from_a = lab.must_answer(CLIENT, Probe::tcp(service));
+        assert_eq!(
+            served_by(&from_a),
+            names(&["my-app-1", "my-app-2"]),
+            "{service} from a pod on node-a: node-a's replicas only"
+        );
+        let from_b = lab.must_answer("node-b", Probe::tcp(service));
+        assert_eq!(
+            served_by(&from_b),
+            names(&["my-app-3"]),
+            "{service} from node-b: node-b's replica only"
+        );
+    }
+}
+
+#[test]
+fn an_endpoint_that_leaves_gets_no_new_connections() {
+    let lab = SocketLab::new("sock_leaves");
+    lab.write(&[
+        ("my-app-1", Conditions::READY),
+        ("my-app-2", Conditions::READY),
+        ("my-app-3", Conditions::TERMINATING),
+    ]);
+    let service = MY_APP_SERVICE.addr_v4();
+    lab.wait_until("my-app-3 stops taking new connections", || {
+        lab.answers(CLIENT, &Probe::tcp(service).count(10))
+            .is_some_and(|answers| !served_by(&answers).contains("my-app-3"))
+    });
+    let answers = lab.must_answer(CLIENT, Probe::tcp(service));
+    assert_eq!(served_by(&answers), names(&["my-app-1", "my-app-2"]));
+    // Gone entirely: the same.
+    lab.write(&[
+        ("my-app-1", Conditions::READY),
+        ("my-app-2", Conditions::READY),
+    ]);
+    let answers = lab.must_answer(CLIENT, Probe::tcp(service));
+    assert_eq!(served_by(&answers), names(&["my-app-1", "my-app-2"]));
+}
+
+#[test]
+fn a_pod_reaching_its_own_service_may_get_itself() {
+    let lab = SocketLab::new("sock_hairpin");
+    let answers = lab.must_answer("my-app-1", Probe::tcp(MY_APP_SERVICE.addr_v4()));
+    assert_eq!(
+        served_by(&answers),
+        names(&REPLICAS),
+        "itself among the others"
+    );
+    assert_sees_the_service(&answers, MY_APP_SERVICE.addr_v4(), "hairpin");
+}
+
+#[test]
+fn no_endpoints_is_refused_at_once() {
+    let lab = SocketLab::new("sock_refused");
+    lab.write(&[]);
+    let refused = |probe: &Probe| {
+        lab.probe(CLIENT, probe).iter().all(|r| {
+            r.failure()
+                .is_some_and(|failure| failure.error == "ECONNREFUSED")
+        })
+    };
+    lab.wait_until("the empty service to refuse", || {
+        refused(&Probe::tcp(MY_APP_SERVICE.addr_v4()))
+    });
+    for probe in [
+        Probe::tcp(MY_APP_SERVICE.addr_v4()),
+        Probe::tcp(MY_APP_SERVICE.addr_v6()),
+        Probe::udp(DNS_SERVICE.addr_v4()).unconnected(),
+        Probe::udp(DNS_SERVICE.addr_v6()),
+    ] {
+        // ECONNREFUSED from connect()/sendmsg() itself: no packet left, nothing waited for
+        // (a dropped connection would end in "timeout" instead).
+        let results = lab.probe(CLIENT, &probe.clone().count(5));
+        for result in &results {
+            let failure = result
+                .failure()
+                .unwrap_or_else(|| panic!("{probe:?} must be refused: {result:?}"));
+            assert_eq!(failure.error, "ECONNREFUSED", "{probe:?}: {failure:?}");
+        }
+    }
+    let sockets = lab.socket_counters("node-a");
+    assert!(sockets["refused_no_backend"].as_u64().unwrap_or(0) >= 20);
+}
+
+#[test]
+fn a_process_outside_the_cgroup_root_is_untouched() {
+    let lab = SocketLab::new("sock_outside");
+    let service = MY_APP_SERVICE.addr_v4();
+    // Below the root: balanced.
+    lab.must_answer("node-a", Probe::tcp(service));
+    // The same node's namespace, outside the cgroup root: nothing translates the address,
+    // which is routed nowhere.
+    let outside = Probe::tcp(service).count(3);
+    let results = outside
+        .run(lab.cluster.node("node-a").system_command(&lab.lab))
+        .expect("probe outside the cgroup root");
+    for result in &results {
+        assert!(
+            result.answer().is_none(),
+            "a process outside the cgroup root reached a pod: {result:?}"
+        );
+    }
+}
+
+/// The set of cgroup links of slicelb's socket programs, by link id.
+fn slicelb_cgroup_links() -> BTreeSet<u32> {
+    let programs: std::collections::BTreeMap<u32, String> = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .map(|p| (p.id(), p.name_as_str().unwrap_or("").to_string()))
+        .collect();
+    aya::programs::loaded_links()
+        .filter_map(Result::ok)
+        .filter(|link| link.link_type().ok() == Some(aya::programs::links::LinkType::Cgroup))
+        .filter(|link| {
+            programs
+                .get(&link.program_id())
+                .is_some_and(|name| name.starts_with("slicelb_"))
+        })
+        .map(|link| link.id())
+        .collect()
+}
+
+#[test]
+fn established_connections_survive_an_agent_sigkill_and_restart_which_adopts_the_links() {
+    let mut lab = SocketLab::new("sock_restart");
+    let service = MY_APP_SERVICE.addr_v4();
+    let mut held = Probe::tcp(service)
+        .hold(Duration::from_secs(4))
+        .spawn(lab.command(CLIENT))
+        .expect("a held connection");
+    let first = held
+        .next_result()
+        .expect("a first answer")
+        .expect("a line")
+        .answer()
+        .cloned()
+        .expect("the held connection is answered");
+    let links_before = slicelb_cgroup_links();
+
+    lab.agent("node-a")
+        .signal_and_wait(libc::SIGKILL)
+        .expect("kill the agent");
+    // No agent: the pinned programs keep balancing new connections.
+    let answers = lab.must_answer(CLIENT, Probe::tcp(service));
+    assert_eq!(served_by(&answers), names(&REPLICAS), "without an agent");
+    lab.agents.retain(|(node, _)| node != "node-a");
+    lab.start_agent("node-a");
+    lab.wait_until("the new agent's socket links replace the old", || {
+        let now = slicelb_cgroup_links();
+        now.len() == links_before.len() && now != links_before
+    });
+    let answers = lab.must_answer(CLIENT, Probe::tcp(service));
+    assert_eq!(served_by(&answers), names(&REPLICAS), "after the restart");
+
+    let rest = held.finish().expect("the held connection's lines");
+    assert!(!rest.is_empty());
+    for result in &rest {
+        let answer = result
+            .answer()
+            .unwrap_or_else(|| panic!("the held connection broke: {result:?}"));
+        assert_eq!(answer.served_by, first.served_by, "same backend throughout");
+        assert_eq!(answer.peer, service);
+    }
+}
+
+#[test]
+fn detach_leaves_no_link_behind() {
+    let mut lab = SocketLab::new("sock_detach");
+    let node_b_links = {
+        // Only node-a's agent goes: node-b's links stay and are not ours to check.
+        let before = slicelb_cgroup_links();
+        lab.agent("node-a")
+            .signal_and_wait(libc::SIGTERM)
+            .expect("stop the agent");
+        lab.slicelb("node-a", &["detach"]);
+        let after = slicelb_cgroup_links();
+        assert_eq!(
+            before.len() - after.len(),
+            9,
+            "detach removes node-a's nine socket links: before {before:?}, after {after:?}"
+        );
+        after
+    };
+    assert!(!lab.cluster.node("node-a").pin_path.join("links").exists());
+    // Nothing translates the ClusterIP for node-a's pods any more.
+    let results = lab.probe(CLIENT, &Probe::tcp(MY_APP_SERVICE.addr_v4()).count(3));
+    assert!(
+        results.iter().all(|r| r.answer().is_none()),
+        "still balanced after detach: {results:?}"
+    );
+    assert_eq!(slicelb_cgroup_links(), node_b_links);
+}
