@@ -6,6 +6,7 @@
 //! ranges 198.18.0.0/15 and 2001:2::/48: lab traffic never leaves these namespaces.
 
 pub mod agent_lab;
+pub mod cgroup;
 pub mod demo;
 pub mod servers;
 
@@ -13,12 +14,13 @@ use std::{
     fs::File,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::AsFd,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Command, Output, Stdio},
     sync::atomic::{AtomicU32, Ordering},
 };
 
-/// Prefix of every namespace the lab creates; [`Netns::remove_stale`] only touches these.
+/// Prefix of every namespace and cgroup the lab creates; [`Netns::remove_stale`] only touches
+/// these.
 pub const NETNS_PREFIX: &str = "slb";
 
 const NETNS_DIR: &str = "/run/netns";
@@ -47,6 +49,17 @@ pub enum LabError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "{action} cgroup {path}: {source} (the lab needs root and a writable cgroup v2 hierarchy)"
+    )]
+    Cgroup {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no cgroup v2 hierarchy for this process: {0}")]
+    NoCgroup2(String),
 }
 
 /// Runs `program args…` and returns its output, or an error holding its stderr.
@@ -73,6 +86,38 @@ fn run_command(command: &mut Command) -> Result<Output, LabError> {
     Ok(output)
 }
 
+/// `slb-<pid>-<n>-<role>`: unique per process and call, short enough for `ip`; the pid lets a
+/// later run find what a killed run left behind ([`left_by_dead_runs`]).
+pub(crate) fn unique_name(role: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{NETNS_PREFIX}-{}-{}-{role}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// The entries of `dir` (name, path) named by [`unique_name`] in a process that is gone.
+pub(crate) fn left_by_dead_runs(dir: &Path) -> Vec<(String, PathBuf)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().to_string_lossy().to_string();
+            let pid = name
+                .strip_prefix(&format!("{NETNS_PREFIX}-"))?
+                .split('-')
+                .next()?
+                .parse::<u32>()
+                .ok()?;
+            let gone = !PathBuf::from(format!("/proc/{pid}")).exists();
+            gone.then(|| (name, entry.path()))
+        })
+        .collect()
+}
+
 /// A network namespace that exists as long as this guard does.
 #[derive(Debug)]
 pub struct Netns {
@@ -80,14 +125,9 @@ pub struct Netns {
 }
 
 impl Netns {
-    /// Creates `slb-<pid>-<n>-<role>`: unique per process and call, short enough for `ip`.
+    /// Creates the namespace [`unique_name`]`(role)`.
     pub fn new(role: &str) -> Result<Self, LabError> {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let name = format!(
-            "{NETNS_PREFIX}-{}-{}-{role}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
+        let name = unique_name(role);
         run("ip", &["netns", "add", &name])?;
         let netns = Self { name };
         netns.ip(&["link", "set", "lo", "up"])?;
@@ -96,20 +136,8 @@ impl Netns {
 
     /// Removes lab namespaces whose creating process is gone (a run that was killed).
     pub fn remove_stale() {
-        let Ok(entries) = std::fs::read_dir(NETNS_DIR) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().to_string();
-            let Some(rest) = name.strip_prefix(&format!("{NETNS_PREFIX}-")) else {
-                continue;
-            };
-            let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
-                continue;
-            };
-            if !PathBuf::from(format!("/proc/{pid}")).exists() {
-                let _ = run("ip", &["netns", "del", &name]);
-            }
+        for (name, _) in left_by_dead_runs(Path::new(NETNS_DIR)) {
+            let _ = run("ip", &["netns", "del", &name]);
         }
     }
 
