@@ -117,6 +117,40 @@ fn lab_bench_quick_writes_a_report_with_every_section_filled() {
         }
     }
 
+    // Socket-level slicelb (the client as a pod under the cgroup hooks) has its row in the
+    // connections table, with connections made (the bench itself fails the case unless the
+    // hooks translated every completed one), and its target is stated beside nftables.
+    let (_, connection_tables) = sections
+        .iter()
+        .find(|(title, _)| title.starts_with("3."))
+        .expect("a connections section");
+    let socket_rows: Vec<&Vec<String>> = connection_tables
+        .iter()
+        .flat_map(|t| &t[2..])
+        .filter(|row| row[1] == "slicelb-socket")
+        .collect();
+    assert!(
+        !socket_rows.is_empty(),
+        "no slicelb-socket row in the connections table:\n{markdown}"
+    );
+    for row in socket_rows {
+        let per_second: f64 = row[2]
+            .parse()
+            .unwrap_or_else(|_| panic!("slicelb-socket connections/s is not a number: {row:?}"));
+        assert!(
+            per_second > 0.0,
+            "slicelb-socket made no connection: {row:?}"
+        );
+    }
+    let target = markdown
+        .lines()
+        .find(|l| l.contains("Target: pod → ClusterIP connections/s at 1 000 services"))
+        .unwrap_or_else(|| panic!("no pod → ClusterIP target line:\n{markdown}"));
+    assert!(
+        (target.contains("— met") || target.contains("— NOT met")) && target.contains("x nftables"),
+        "the target line states no verdict and ratio: {target}"
+    );
+
     // Every plot the report links exists as SVG and PNG.
     for link in markdown.lines().filter_map(|l| l.strip_prefix("![")) {
         let name = link.split(']').next().expect("plot name");

@@ -1,5 +1,6 @@
 //! Sections 2 to 4: throughput, connections and programming time in the lab, for slicelb
-//! and for the same services as kube-proxy's iptables and nftables rule sets.
+//! (its packet path on the node, and its socket-level hooks around the client) and for the
+//! same services as kube-proxy's iptables and nftables rule sets.
 //!
 //! Each (balancer, services) case gets a fresh lab (client ─ node ─ 3 backends), so no
 //! conntrack entry or rule of one case is seen by the next.
@@ -14,6 +15,7 @@ use std::{
 };
 
 use indicatif::ProgressBar;
+use lb_common::SocketCounter;
 
 use super::{
     ebpf::{Generator, Pass, Sink, SinkCounts},
@@ -24,24 +26,46 @@ use super::{
     stats::{median, percentile},
     under_test::{Slicelb, capacity_for},
 };
-use crate::lab::{Lab, Netns};
+use crate::lab::{Lab, Netns, cgroup::Cgroup};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Balancer {
+    /// slicelb's packet path: XDP on the node's veth towards the client.
     #[default]
     Slicelb,
+    /// slicelb's socket-level hooks at a cgroup holding the client: a pod's connect() to a
+    /// ClusterIP goes to a backend address from the first packet; the node only routes.
+    SlicelbSocket,
+    /// kube-proxy's iptables DNAT on the node.
     Iptables,
+    /// kube-proxy's nftables DNAT on the node.
     Nftables,
 }
 
 impl Balancer {
-    pub const ALL: [Balancer; 3] = [Balancer::Slicelb, Balancer::Iptables, Balancer::Nftables];
+    pub const ALL: [Balancer; 4] = [
+        Balancer::Slicelb,
+        Balancer::SlicelbSocket,
+        Balancer::Iptables,
+        Balancer::Nftables,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Balancer::Slicelb => "slicelb",
+            Balancer::SlicelbSocket => "slicelb-socket",
             Balancer::Iptables => "iptables",
             Balancer::Nftables => "nftables",
+        }
+    }
+
+    /// Whether the balancer does work per packet, which the throughput section measures.
+    /// Socket-level balancing decides once per connect(): the generator's frames, which
+    /// no socket sends, would only measure the node's routing.
+    pub fn works_per_packet(self) -> bool {
+        match self {
+            Balancer::Slicelb | Balancer::Iptables | Balancer::Nftables => true,
+            Balancer::SlicelbSocket => false,
         }
     }
 }
@@ -77,7 +101,8 @@ pub struct CaseResult {
     pub balancer: Balancer,
     pub services: usize,
     pub program: Result<ProgramTime, String>,
-    pub throughput: Result<Throughput, String>,
+    /// `None` for a balancer with no per-packet work ([`Balancer::works_per_packet`]).
+    pub throughput: Option<Result<Throughput, String>>,
     pub connections: Result<Connections, String>,
 }
 
@@ -120,6 +145,9 @@ pub struct Connections {
     pub seconds: f64,
     pub p50_us: f64,
     pub p99_us: f64,
+    /// connect() calls the socket-level hooks sent to a backend (SOCKET_STATS
+    /// `connect_translated`), for slicelb-socket.
+    pub socket_translated: Option<u64>,
 }
 
 impl Connections {
@@ -149,7 +177,7 @@ fn run_case(config: &Config, balancer: Balancer, services: usize, work_dir: &Pat
         balancer,
         services,
         program: Err(error.to_string()),
-        throughput: Err(error.to_string()),
+        throughput: balancer.works_per_packet().then(|| Err(error.to_string())),
         connections: Err(error.to_string()),
     };
     let lab = match Lab::new(3).map_err(BenchError::lab(&case)) {
@@ -174,7 +202,7 @@ fn run_case(config: &Config, balancer: Balancer, services: usize, work_dir: &Pat
         .collect();
     let set = ServiceSet::on_hosts(services, &hosts, &[Proto::Tcp, Proto::Udp]);
     let programmed = program(balancer, &set, &lab, work_dir, config.program_limit);
-    let (program_time, _keep) = match programmed {
+    let (program_time, attached) = match programmed {
         Ok(programmed) => programmed,
         Err(BenchError::TimeLimit { limit_secs, .. }) => {
             let why = format!("programming did not finish within {limit_secs} s");
@@ -182,7 +210,7 @@ fn run_case(config: &Config, balancer: Balancer, services: usize, work_dir: &Pat
                 balancer,
                 services,
                 program: Ok(ProgramTime::StoppedAfter(Duration::from_secs(limit_secs))),
-                throughput: Err(why.clone()),
+                throughput: balancer.works_per_packet().then(|| Err(why.clone())),
                 connections: Err(why),
             };
         }
@@ -190,12 +218,17 @@ fn run_case(config: &Config, balancer: Balancer, services: usize, work_dir: &Pat
     };
     let targets = spread(&set, config.max_targets);
     let ports = host_ports(services);
+    let throughput = balancer
+        .works_per_packet()
+        .then(|| throughput(config, &lab, &targets, ports).map_err(|e| e.to_string()));
+    let connections = connections(config, &lab, &targets, attached.client_cgroup())
+        .and_then(|measured| attached.confirm_socket_path(measured));
     CaseResult {
         balancer,
         services,
         program: Ok(ProgramTime::Took(program_time)),
-        throughput: throughput(config, &lab, &targets, ports).map_err(|e| e.to_string()),
-        connections: connections(config, &lab, &targets).map_err(|e| e.to_string()),
+        throughput,
+        connections: connections.map_err(|e| e.to_string()),
     }
 }
 
@@ -226,13 +259,70 @@ fn spread(set: &ServiceSet, max: usize) -> Vec<Target> {
 }
 
 /// What keeps a balancer's programs attached for the rest of the case.
-#[expect(
-    dead_code,
-    reason = "held only so that dropping it detaches the programs"
-)]
 enum Attached {
-    Slicelb(Box<Slicelb>),
-    Pass(Pass),
+    Slicelb(
+        #[expect(
+            dead_code,
+            reason = "held only so that dropping it detaches the programs"
+        )]
+        Box<Slicelb>,
+    ),
+    Pass(
+        #[expect(
+            dead_code,
+            reason = "held only so that dropping it detaches the program"
+        )]
+        Pass,
+    ),
+    /// The hooks at `cgroup`, which the client's connect load joins. Fields drop in order:
+    /// the links go before the cgroup is removed.
+    SlicelbSocket {
+        slicelb: Box<Slicelb>,
+        cgroup: Cgroup,
+        #[expect(
+            dead_code,
+            reason = "held only so that dropping it detaches the program"
+        )]
+        pass: Pass,
+    },
+}
+
+impl Attached {
+    /// The cgroup the connect load must run in, if the balancer works at socket level.
+    fn client_cgroup(&self) -> Option<&Cgroup> {
+        match self {
+            Attached::SlicelbSocket { cgroup, .. } => Some(cgroup),
+            Attached::Slicelb(_) | Attached::Pass(_) => None,
+        }
+    }
+
+    /// For socket-level balancing, checks from SOCKET_STATS that the hooks translated at
+    /// least every completed connection, so that nothing else (a load outside the cgroup
+    /// balanced by another program of this host) is reported as slicelb-socket.
+    fn confirm_socket_path(&self, measured: Connections) -> Result<Connections, BenchError> {
+        let Attached::SlicelbSocket { slicelb, .. } = self else {
+            return Ok(measured);
+        };
+        let translated = slicelb
+            .socket_counters()?
+            .into_iter()
+            .find(|(counter, _)| *counter == SocketCounter::ConnectTranslated)
+            .map_or(0, |(_, value)| value);
+        if translated < measured.completed as u64 {
+            return Err(BenchError::unexpected(
+                "slicelb-socket connect load",
+                format!(
+                    "the socket-level hooks translated {translated} connect() calls for {} \
+                     completed connections: the load did not run through them",
+                    measured.completed
+                ),
+            ));
+        }
+        Ok(Connections {
+            socket_translated: Some(translated),
+            ..measured
+        })
+    }
 }
 
 /// Programs the services on the node; returns the time it took to program them.
@@ -253,6 +343,24 @@ fn program(
             let snapshot = set.snapshot();
             let stats = slicelb.sync(&snapshot)?;
             Ok((stats.total(), Attached::Slicelb(Box::new(slicelb))))
+        }
+        Balancer::SlicelbSocket => {
+            let mut slicelb = Slicelb::load(capacity_for(set.len(), 3, 2))?;
+            let cgroup = Cgroup::new("pods").map_err(BenchError::lab(&case))?;
+            // One-off at agent start, as attaching is for the packet path: not timed.
+            slicelb.attach_cgroup(cgroup.path())?;
+            // The node's veth gets the same XDP_PASS program as in the kube-proxy cases, so
+            // its receive path is theirs: only where the backend is chosen differs.
+            let pass = Pass::attach(&lab.node, Lab::NODE_CLIENT_IFACE)?;
+            let stats = slicelb.sync(&set.snapshot())?;
+            Ok((
+                stats.total(),
+                Attached::SlicelbSocket {
+                    slicelb: Box::new(slicelb),
+                    cgroup,
+                    pass,
+                },
+            ))
         }
         Balancer::Iptables => {
             let path = work_dir.join(format!("iptables-{}.rules", set.len()));
@@ -470,7 +578,13 @@ fn reset_on_close(stream: &TcpStream) {
     }
 }
 
-fn connections(config: &Config, lab: &Lab, targets: &[Target]) -> Result<Connections, BenchError> {
+/// The connect load from the client namespace; inside `client_cgroup` when one is given.
+fn connections(
+    config: &Config,
+    lab: &Lab,
+    targets: &[Target],
+    client_cgroup: Option<&Cgroup>,
+) -> Result<Connections, BenchError> {
     let stop = AtomicBool::new(false);
     // Every backend host listens on the target port of every service the clients use.
     let listeners = lab
@@ -498,10 +612,21 @@ fn connections(config: &Config, lab: &Lab, targets: &[Target]) -> Result<Connect
             let stop = &stop;
             scope.spawn(move || accept_until(host, stop, limit));
         }
-        let result = lab
-            .client
-            .enter(|| connect_load(config, &services))
-            .map_err(BenchError::lab("connection clients"));
+        let result = (|| {
+            // The whole bench process joins the cgroup for the load (cgroup v2 moves
+            // processes, not threads, and the hooks go by the cgroup of the process that
+            // creates a socket), and leaves it when the guard drops, also on a panic. The
+            // backends' listeners were opened before, so only the clients' sockets are
+            // created inside. A child process would be the alternative, but this binary
+            // has no client mode to run, and forking a threaded process is unsound.
+            let _inside = client_cgroup
+                .map(Cgroup::join)
+                .transpose()
+                .map_err(BenchError::lab("moving the client into the pods' cgroup"))?;
+            lab.client
+                .enter(|| connect_load(config, &services))
+                .map_err(BenchError::lab("connection clients"))
+        })();
         stop.store(true, Ordering::Relaxed);
         result
     })
@@ -588,6 +713,7 @@ fn connect_load(config: &Config, targets: &[SocketAddr]) -> Connections {
         seconds,
         p50_us: percentile(&latencies, 50.0),
         p99_us: percentile(&latencies, 99.0),
+        socket_translated: None,
     }
 }
 

@@ -254,6 +254,49 @@ fn result_of(results: &[CaseResult], balancer: Balancer, services: usize) -> Opt
         .find(|r| r.balancer == balancer && r.services == services)
 }
 
+fn connection_rate(result: &CaseResult) -> Option<f64> {
+    result.connections.as_ref().ok().map(|c| c.per_second())
+}
+
+/// The pod -> ClusterIP target (issue #12): socket-level slicelb's connections/s at least
+/// 1.5x nftables' at 1 000 services, or at the largest scale of a run without 1 000.
+fn socket_target(results: &[CaseResult], scales: &[usize]) -> String {
+    const TARGET_SERVICES: usize = 1000;
+    const WANTED: f64 = 1.5;
+    let head = "Target: pod → ClusterIP connections/s at 1 000 services, socket-level slicelb \
+                >= 1.5x nftables";
+    let Some(&services) = scales
+        .iter()
+        .find(|&&s| s == TARGET_SERVICES)
+        .or_else(|| scales.iter().max())
+    else {
+        return format!("{head} — not in this run (no lab scale).");
+    };
+    let at = if services == TARGET_SERVICES {
+        String::new()
+    } else {
+        format!(" (this run has no 1 000 services: at {services}, its largest scale)")
+    };
+    let rate = |balancer| result_of(results, balancer, services).and_then(connection_rate);
+    let (Some(socket), Some(nftables)) = (rate(Balancer::SlicelbSocket), rate(Balancer::Nftables))
+    else {
+        return format!("{head} — not measured{at}: see the table.");
+    };
+    let iptables = rate(Balancer::Iptables).unwrap_or(f64::NAN);
+    let verdict = if nftables > 0.0 && socket / nftables >= WANTED {
+        "met"
+    } else {
+        "NOT met"
+    };
+    format!(
+        "{head} — {verdict}{at}: measured {} nftables ({} iptables; {} vs {} conn/s).",
+        ratio(socket, nftables),
+        ratio(socket, iptables),
+        num(socket),
+        num(nftables)
+    )
+}
+
 /// One balancer's (services, value) points for the lab plots.
 #[derive(Clone, Debug, Default)]
 struct Curves {
@@ -295,7 +338,7 @@ fn lab_sections(
         ],
     );
     let mut side = Table::new(
-        "ratios are slicelb / other (higher is better for slicelb; for programming time, other / slicelb)",
+        "ratios are slicelb / other (higher is better for slicelb; for programming time, other / slicelb); socket: slicelb-socket / other",
         &[
             "services",
             "program: slicelb (ms)",
@@ -307,13 +350,20 @@ fn lab_sections(
             "throughput x nftables",
             "conn/s x iptables",
             "conn/s x nftables",
+            "socket conn/s x iptables",
+            "socket conn/s x nftables",
         ],
     );
     let value = |r: Option<&CaseResult>, f: &dyn Fn(&CaseResult) -> Option<f64>| {
         r.and_then(f).unwrap_or(f64::NAN)
     };
-    let mpps = |r: &CaseResult| r.throughput.as_ref().ok().map(|t| t.mpps());
-    let rate = |r: &CaseResult| r.connections.as_ref().ok().map(|c| c.per_second());
+    let mpps = |r: &CaseResult| {
+        r.throughput
+            .as_ref()
+            .and_then(|t| t.as_ref().ok())
+            .map(|t| t.mpps())
+    };
+    let rate = connection_rate;
     // Milliseconds; a tool stopped at the limit counts as the limit (a lower bound).
     let program_ms = |r: &CaseResult| match r.program {
         Ok(ProgramTime::Took(d) | ProgramTime::StoppedAfter(d)) => Some(d.as_secs_f64() * 1e3),
@@ -353,13 +403,17 @@ fn lab_sections(
                 continue;
             };
             let x = services as f64;
-            curves.throughput.push((x, value(Some(result), &mpps)));
+            if result.throughput.is_some() {
+                curves.throughput.push((x, value(Some(result), &mpps)));
+            }
             curves.connections.push((x, value(Some(result), &rate)));
             curves
                 .programming
                 .push((x, value(Some(result), &program_ms)));
             match &result.throughput {
-                Ok(t) => throughput.row(vec![
+                // Said once, in a note under the table.
+                None => {}
+                Some(Ok(t)) => throughput.row(vec![
                     services.to_string(),
                     balancer.name().into(),
                     num(t.mpps()),
@@ -368,7 +422,7 @@ fn lab_sections(
                     format!("{:.1}%", t.correct_share() * 100.0),
                     format!("generator: {}", t.generator),
                 ]),
-                Err(why) => throughput.row(vec![
+                Some(Err(why)) => throughput.row(vec![
                     services.to_string(),
                     balancer.name().into(),
                     "n/a".into(),
@@ -387,7 +441,9 @@ fn lab_sections(
                     num(c.p99_us),
                     c.completed.to_string(),
                     c.failed.to_string(),
-                    String::new(),
+                    c.socket_translated
+                        .map(|n| format!("{n} connect() sent to a backend by the socket hooks"))
+                        .unwrap_or_default(),
                 ]),
                 Err(why) => connections.row(vec![
                     services.to_string(),
@@ -402,6 +458,7 @@ fn lab_sections(
             }
         }
         let slicelb = result_of(results, Balancer::Slicelb, services);
+        let socket = result_of(results, Balancer::SlicelbSocket, services);
         let iptables = result_of(results, Balancer::Iptables, services);
         let nftables = result_of(results, Balancer::Nftables, services);
         let (p_s, p_i, p_n) = (
@@ -414,8 +471,9 @@ fn lab_sections(
             value(iptables, &mpps),
             value(nftables, &mpps),
         );
-        let (c_s, c_i, c_n) = (
+        let (c_s, c_k, c_i, c_n) = (
             value(slicelb, &rate),
+            value(socket, &rate),
             value(iptables, &rate),
             value(nftables, &rate),
         );
@@ -430,6 +488,8 @@ fn lab_sections(
             ratio(t_s, t_n),
             ratio(c_s, c_i),
             ratio(c_s, c_n),
+            ratio(c_k, c_i),
+            ratio(c_k, c_n),
         ]);
         if services == 1000 {
             notes_throughput.push(format!(
@@ -486,7 +546,20 @@ fn lab_sections(
         chart.write(&stem)?;
         Ok(vec![per_packet::file_name(&stem)])
     };
-    let mut notes_connections = Vec::new();
+    if Balancer::ALL.iter().any(|b| !b.works_per_packet()) {
+        let names: Vec<&str> = Balancer::ALL
+            .iter()
+            .filter(|b| !b.works_per_packet())
+            .map(|b| b.name())
+            .collect();
+        notes_throughput.push(format!(
+            "No row for {}: socket-level balancing has no per-packet work (it decides once \
+             per connect(), and the generator's frames come from no socket); section 3 \
+             measures it.",
+            names.join(", ")
+        ));
+    }
+    let mut notes_connections = vec![socket_target(results, &config.scales)];
     let throughput_plots = write_plot(
         chart("Throughput (64-byte UDP)", "Mpps", &|s| {
             s.throughput.clone()
@@ -539,8 +612,16 @@ fn lab_sections(
             method: format!(
                 "{} client threads in the client namespace open TCP connections to the \
                  services in turn for {:.0} s (bounded to {} connections), closing each with \
-                 a reset; backends accept on port 8080. Latency is connect(): SYN out to \
-                 SYN-ACK back, i.e. the first packet's trip through the balancer and back.",
+                 a reset; backends accept on each service's target port. Latency is \
+                 connect(): SYN out to SYN-ACK back, i.e. the first packet's trip through \
+                 the balancer and back. slicelb, iptables and nftables balance on the node \
+                 (XDP on its veth; DNAT with conntrack in its nat table): what kube-proxy \
+                 does to a pod's connection to a ClusterIP. slicelb-socket is the client as \
+                 a pod under slicelb's cgroup v2 socket hooks (the same maps, the hooks at a \
+                 fresh cgroup the bench process joins for the load): connect() is sent to a \
+                 backend before the SYN is built, so the node only routes (no DNAT, no \
+                 conntrack) and the decision is in connect()'s own time; the case fails \
+                 unless SOCKET_STATS counted every completed connection as translated.",
                 config.connect_workers,
                 config.connect_duration.as_secs_f64(),
                 config.max_connections
@@ -555,7 +636,8 @@ fn lab_sections(
             method: format!(
                 "The same service list (each service: TCP and UDP port 80, 3 endpoints on \
                  the lab's backends, on its own target port from 8080 up) programmed three ways in a fresh lab each: \
-                 slicelb's cold sync (model, diff, map writer); kube-proxy's iptables shape \
+                 slicelb's cold sync (model, diff, map writer; slicelb-socket programs the \
+                 same maps the same way, its time is in the plot); kube-proxy's iptables shape \
                  (KUBE-SERVICES -> KUBE-SVC-* with statistic random picks -> KUBE-SEP-* DNAT, \
                  nat table) with one `iptables-restore --noflush`; kube-proxy's nftables \
                  shape (service-ips verdict map -> per-service numgen random mod N vmap -> \
@@ -570,4 +652,64 @@ fn lab_sections(
             notes: notes_side,
         },
     ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lab_run::Connections;
+
+    fn case(balancer: Balancer, services: usize, completed: usize) -> CaseResult {
+        CaseResult {
+            balancer,
+            services,
+            program: Ok(ProgramTime::Took(Duration::from_millis(1))),
+            throughput: None,
+            connections: Ok(Connections {
+                completed,
+                seconds: 1.0,
+                ..Connections::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn socket_target_is_judged_against_nftables_at_1000_services() {
+        let results = [
+            case(Balancer::SlicelbSocket, 1, 100),
+            case(Balancer::Nftables, 1, 100),
+            case(Balancer::SlicelbSocket, 1000, 300),
+            case(Balancer::Iptables, 1000, 100),
+            case(Balancer::Nftables, 1000, 200),
+        ];
+        let met = socket_target(&results, &[1, 1000]);
+        assert!(
+            met.contains("— met: measured 1.50x nftables (3.00x iptables"),
+            "{met}"
+        );
+        let results = [
+            case(Balancer::SlicelbSocket, 1000, 290),
+            case(Balancer::Nftables, 1000, 200),
+        ];
+        let not_met = socket_target(&results, &[1000]);
+        assert!(
+            not_met.contains("— NOT met: measured 1.45x nftables (n/a iptables"),
+            "{not_met}"
+        );
+    }
+
+    #[test]
+    fn socket_target_falls_back_to_the_largest_scale_and_says_so() {
+        let results = [
+            case(Balancer::SlicelbSocket, 100, 400),
+            case(Balancer::Nftables, 100, 200),
+        ];
+        let note = socket_target(&results, &[1, 100]);
+        assert!(
+            note.contains("— met (this run has no 1 000 services: at 100, its largest scale)"),
+            "{note}"
+        );
+        let missing = socket_target(&[case(Balancer::Nftables, 1000, 1)], &[1000]);
+        assert!(missing.contains("not measured"), "{missing}");
+    }
 }

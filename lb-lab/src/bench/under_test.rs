@@ -1,14 +1,15 @@
 //! The seam between the benchmarks and slicelb itself: load the datapath with its maps,
-//! program a snapshot into them (model -> diff -> aya map writer), attach to an interface,
-//! run a program with `BPF_PROG_TEST_RUN`. Everything else in `bench` talks to slicelb only
+//! program a snapshot into them (model -> diff -> aya map writer), attach to an interface
+//! or a cgroup, run a program with `BPF_PROG_TEST_RUN`. Everything else in `bench` talks to slicelb only
 //! through [`Slicelb`].
 
 use std::{
     os::fd::{AsFd as _, AsRawFd as _},
+    path::Path,
     time::{Duration, Instant},
 };
 
-use lb_common::map_names;
+use lb_common::{SocketCounter, map_names};
 
 use super::error::BenchError;
 use slicelb::{
@@ -143,6 +144,27 @@ impl Slicelb {
             .map_err(|e| {
                 BenchError::unexpected(&format!("attaching slicelb to {iface}"), e.to_string())
             })
+    }
+
+    /// Attaches the socket-level hooks (connect, sendmsg, recvmsg, getpeername, release) at
+    /// `cgroup`: sockets of the processes below it are sent to a backend at `connect()`.
+    pub fn attach_cgroup(&mut self, cgroup: &Path) -> Result<(), BenchError> {
+        self.datapath.attach_cgroup(cgroup).map_err(|e| {
+            BenchError::unexpected(
+                &format!(
+                    "attaching slicelb's socket-level hooks at {}",
+                    cgroup.display()
+                ),
+                e.to_string(),
+            )
+        })
+    }
+
+    /// The socket-level counters (SOCKET_STATS), summed over CPUs.
+    pub fn socket_counters(&self) -> Result<Vec<(SocketCounter, u64)>, BenchError> {
+        self.maps
+            .socket_counters()
+            .map_err(|e| BenchError::unexpected("reading SOCKET_STATS", e.to_string()))
     }
 
     /// The loaded datapath.

@@ -1,5 +1,9 @@
 //! A tree of cgroup v2 directories that the lab owns: every process in it is killed, and the
 //! directories removed, when the guard drops (also while a panic unwinds).
+//!
+//! A [`Cgroup`] is a fresh directory below this process's own cgroup (the bench's "pod"),
+//! removed on drop; [`Cgroup::join`] moves this whole process in (cgroup v2 moves processes,
+//! not single threads, outside threaded cgroups).
 
 use std::{
     ffi::CString,
@@ -9,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::LabError;
+use super::{LabError, left_by_dead_runs, unique_name};
 
 /// Prefix of every cgroup the lab creates under the cgroup v2 mount: `slicelb-<pid>-<test>`.
 pub const CGROUP_PREFIX: &str = "slicelb";
@@ -176,8 +180,111 @@ pub fn enter_before_exec(command: &mut Command, cgroup: &Path, netns: &Path) {
 /// the `0::` line of `/proc/<pid>/cgroup`.
 pub fn cgroup_of(pid: u32) -> std::io::Result<PathBuf> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
-    text.lines()
-        .find_map(|line| line.strip_prefix("0::"))
+    cgroup2_path(&text)
         .map(PathBuf::from)
         .ok_or_else(|| std::io::Error::other(format!("pid {pid} has no cgroup v2 line")))
+}
+
+/// A cgroup v2 directory that exists as long as this guard does.
+#[derive(Debug)]
+pub struct Cgroup {
+    path: PathBuf,
+}
+
+impl Cgroup {
+    /// Creates `<own cgroup>/slb-<pid>-<n>-<role>` ([`unique_name`]).
+    pub fn new(role: &str) -> Result<Self, LabError> {
+        let parent = own_cgroup()?;
+        // What a killed run left; a cgroup still holding a process stays (the kernel
+        // refuses to remove it).
+        for (_, stale) in left_by_dead_runs(&parent) {
+            let _ = std::fs::remove_dir(stale);
+        }
+        let path = parent.join(unique_name(role));
+        std::fs::create_dir(&path).map_err(|source| LabError::Cgroup {
+            action: "creating",
+            path: path.clone(),
+            source,
+        })?;
+        Ok(Self { path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Moves this process (every thread of it) into the cgroup until the guard drops, which
+    /// moves it back to the cgroup it was in. Sockets created meanwhile belong to this
+    /// cgroup for their whole life. One at a time: the process is in one cgroup.
+    pub fn join(&self) -> Result<Joined<'_>, LabError> {
+        let back_to = own_cgroup()?;
+        move_self_to(&self.path)?;
+        Ok(Joined {
+            _cgroup: self,
+            back_to,
+        })
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        // Empty by now: a `Joined` borrows the cgroup, so it has moved us back already.
+        let _ = std::fs::remove_dir(&self.path);
+    }
+}
+
+/// This process inside a [`Cgroup`]; dropping it moves the process back.
+#[derive(Debug)]
+pub struct Joined<'a> {
+    _cgroup: &'a Cgroup,
+    back_to: PathBuf,
+}
+
+impl Drop for Joined<'_> {
+    fn drop(&mut self) {
+        if let Err(error) = move_self_to(&self.back_to) {
+            // Not silent: the process would stay in the lab's cgroup and the cgroup would stay.
+            eprintln!("warning: {error}");
+        }
+    }
+}
+
+/// Writes our pid into `cgroup`'s `cgroup.procs`.
+fn move_self_to(cgroup: &Path) -> Result<(), LabError> {
+    let procs = cgroup.join("cgroup.procs");
+    std::fs::write(&procs, std::process::id().to_string()).map_err(|source| LabError::Cgroup {
+        action: "moving this process into",
+        path: cgroup.to_path_buf(),
+        source,
+    })
+}
+
+/// The cgroup v2 directory this process is in, under the cgroup v2 mount.
+pub fn own_cgroup() -> Result<PathBuf, LabError> {
+    let mount = cgroup2_mount()?;
+    let relative = cgroup_of(std::process::id()).map_err(|source| LabError::Cgroup {
+        action: "reading the cgroup of this process from",
+        path: PathBuf::from("/proc/self/cgroup"),
+        source,
+    })?;
+    Ok(mount.join(relative.strip_prefix("/").unwrap_or(&relative)))
+}
+
+/// The path of the `0::` (cgroup v2) line of a /proc/<pid>/cgroup text.
+fn cgroup2_path(proc_cgroup: &str) -> Option<&str> {
+    proc_cgroup
+        .lines()
+        .find_map(|line| line.strip_prefix("0::"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_v2_line_is_picked_among_v1_lines() {
+        let text = "9:name=systemd:/\n4:memory:/job/1\n0::/user.slice/a.scope\n";
+        assert_eq!(cgroup2_path(text), Some("/user.slice/a.scope"));
+        assert_eq!(cgroup2_path("4:memory:/job/1\n"), None);
+    }
 }

@@ -16,12 +16,13 @@ use std::{
     fs::File,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::AsFd,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Command, Output, Stdio},
     sync::atomic::{AtomicU32, Ordering},
 };
 
-/// Prefix of every namespace the lab creates; [`Netns::remove_stale`] only touches these.
+/// Prefix of every namespace and cgroup the lab creates; [`Netns::remove_stale`] only touches
+/// these.
 pub const NETNS_PREFIX: &str = "slb";
 
 const NETNS_DIR: &str = "/run/netns";
@@ -100,6 +101,32 @@ pub(crate) fn run_command(command: &mut Command) -> Result<Output, LabError> {
     Ok(output)
 }
 
+/// `slb-<pid>-<n>-<role>`: unique per process and call, short enough for `ip`; the pid lets a
+/// later run find what a killed run left behind ([`left_by_dead_runs`]).
+pub(crate) fn unique_name(role: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{NETNS_PREFIX}-{}-{}-{role}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// The entries of `dir` (name, path) named by [`unique_name`] in a process that is gone.
+pub(crate) fn left_by_dead_runs(dir: &Path) -> Vec<(String, PathBuf)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().to_string_lossy().to_string();
+            stale_owner(&name, NETNS_PREFIX)?;
+            Some((name, entry.path()))
+        })
+        .collect()
+}
+
 /// A network namespace that exists as long as this guard does.
 #[derive(Debug)]
 pub struct Netns {
@@ -107,14 +134,9 @@ pub struct Netns {
 }
 
 impl Netns {
-    /// Creates `slb-<pid>-<n>-<role>`: unique per process and call, short enough for `ip`.
+    /// Creates the namespace [`unique_name`]`(role)`.
     pub fn new(role: &str) -> Result<Self, LabError> {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let name = format!(
-            "{NETNS_PREFIX}-{}-{}-{role}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
+        let name = unique_name(role);
         run("ip", &["netns", "add", &name])?;
         let netns = Self { name };
         netns.ip(&["link", "set", "lo", "up"])?;
@@ -123,14 +145,8 @@ impl Netns {
 
     /// Removes lab namespaces whose creating process is gone (a run that was killed).
     pub fn remove_stale() {
-        let Ok(entries) = std::fs::read_dir(NETNS_DIR) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().to_string();
-            if stale_owner(&name, NETNS_PREFIX).is_some() {
-                let _ = run("ip", &["netns", "del", &name]);
-            }
+        for (name, _) in left_by_dead_runs(Path::new(NETNS_DIR)) {
+            let _ = run("ip", &["netns", "del", &name]);
         }
     }
 
