@@ -9,6 +9,9 @@
 //!
 //! The Service range 198.18.100.0/24 and 2001:2:0:100::/64 is routed nowhere: a connection
 //! to a ClusterIP works only when socket-level balancing translates it.
+//!
+//! Tests with Services of their own build them from the same parts: [`object_meta`],
+//! [`endpoint_slice`] and [`write_manifest`].
 
 use std::{
     collections::BTreeMap,
@@ -102,16 +105,9 @@ impl ClusterService {
         }
     }
 
-    fn protocol_name(&self) -> &'static str {
-        match self.protocol {
-            ProbeProtocol::Tcp => "TCP",
-            ProbeProtocol::Udp => "UDP",
-        }
-    }
-
     fn service(&self) -> Service {
         Service {
-            metadata: meta(self.name, BTreeMap::new()),
+            metadata: object_meta(self.name, BTreeMap::new()),
             spec: Some(ServiceSpec {
                 type_: Some(
                     if self.node_port.is_some() {
@@ -132,7 +128,7 @@ impl ClusterService {
                 internal_traffic_policy: self.internal_local.then(|| "Local".into()),
                 ports: Some(vec![ServicePort {
                     name: Some(self.port_name.into()),
-                    protocol: Some(self.protocol_name().into()),
+                    protocol: Some(protocol_name(self.protocol).into()),
                     port: self.port.into(),
                     target_port: Some(IntOrString::Int(self.target_port.into())),
                     node_port: self.node_port.map(i32::from),
@@ -145,31 +141,60 @@ impl ClusterService {
     }
 
     fn slice(&self, endpoints: &[ClusterEndpoint], ipv6: bool) -> EndpointSlice {
-        let family = if ipv6 { "IPv6" } else { "IPv4" };
-        EndpointSlice {
-            metadata: meta(
-                &format!("{}-{}", self.name, family.to_lowercase()),
-                BTreeMap::from([(
-                    "kubernetes.io/service-name".to_string(),
-                    self.name.to_string(),
-                )]),
-            ),
-            address_type: family.into(),
-            ports: Some(vec![EndpointPort {
-                name: Some(self.port_name.into()),
-                protocol: Some(self.protocol_name().into()),
-                port: Some(self.target_port.into()),
-                ..EndpointPort::default()
-            }]),
-            endpoints: endpoints
-                .iter()
-                .map(|endpoint| endpoint.endpoint(ipv6))
-                .collect(),
-        }
+        endpoint_slice(
+            self.name,
+            self.port_name,
+            self.protocol,
+            self.target_port,
+            endpoints,
+            ipv6,
+        )
     }
 }
 
-fn meta(name: &str, labels: BTreeMap<String, String>) -> ObjectMeta {
+/// The name Kubernetes gives `protocol` in Service and EndpointSlice ports.
+fn protocol_name(protocol: ProbeProtocol) -> &'static str {
+    match protocol {
+        ProbeProtocol::Tcp => "TCP",
+        ProbeProtocol::Udp => "UDP",
+    }
+}
+
+/// The EndpointSlice of Service `service` for one family (`ipv6`): every one of `endpoints`
+/// on the slice port `port_name` (`protocol`, the pods' `target_port`).
+pub fn endpoint_slice(
+    service: &str,
+    port_name: &str,
+    protocol: ProbeProtocol,
+    target_port: u16,
+    endpoints: &[ClusterEndpoint],
+    ipv6: bool,
+) -> EndpointSlice {
+    let family = if ipv6 { "IPv6" } else { "IPv4" };
+    EndpointSlice {
+        metadata: object_meta(
+            &format!("{service}-{}", family.to_lowercase()),
+            BTreeMap::from([(
+                "kubernetes.io/service-name".to_string(),
+                service.to_string(),
+            )]),
+        ),
+        address_type: family.into(),
+        ports: Some(vec![EndpointPort {
+            name: Some(port_name.into()),
+            protocol: Some(protocol_name(protocol).into()),
+            port: Some(target_port.into()),
+            ..EndpointPort::default()
+        }]),
+        endpoints: endpoints
+            .iter()
+            .map(|endpoint| endpoint.endpoint(ipv6))
+            .collect(),
+    }
+}
+
+/// `name` in [`NAMESPACE`], with `labels`.
+pub fn object_meta(name: &str, labels: BTreeMap<String, String>) -> ObjectMeta {
     ObjectMeta {
         name: Some(name.into()),
         namespace: Some(NAMESPACE.into()),
@@ -283,13 +308,17 @@ pub fn my_app_manifests(endpoints: &[ClusterEndpoint]) -> String {
     )
 }
 
-/// Writes [`my_app_manifests`] to `dir`/[`MANIFEST_FILE`], by rename so that no agent reads
-/// half a file.
+/// Writes [`my_app_manifests`] to `dir`/[`MANIFEST_FILE`] ([`write_manifest`]).
 pub fn write_my_app(dir: &Path, endpoints: &[ClusterEndpoint]) -> std::io::Result<()> {
+    write_manifest(dir, MANIFEST_FILE, &my_app_manifests(endpoints))
+}
+
+/// Writes `yaml` to `dir`/`file`, by rename so that no agent reads half a file.
+pub fn write_manifest(dir: &Path, file: &str, yaml: &str) -> std::io::Result<()> {
     // A dot file: the agents ignore it while it is being written.
-    let temporary = dir.join(format!(".{MANIFEST_FILE}.partial"));
-    std::fs::write(&temporary, my_app_manifests(endpoints))?;
-    std::fs::rename(&temporary, dir.join(MANIFEST_FILE))
+    let temporary = dir.join(format!(".{file}.partial"));
+    std::fs::write(&temporary, yaml)?;
+    std::fs::rename(&temporary, dir.join(file))
 }
 
 #[cfg(test)]
