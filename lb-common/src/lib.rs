@@ -360,6 +360,18 @@ pub struct SockReverseKey {
     pub _pad: [u8; 5],
 }
 
+impl SockReverseKey {
+    pub const fn new(cookie: u64, addr: [u8; 16], port: u16, family: u8) -> Self {
+        Self {
+            cookie,
+            addr,
+            port,
+            family,
+            _pad: [0; 5],
+        }
+    }
+}
+
 /// Value of SOCK_REVERSE: the frontend the application asked for.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]

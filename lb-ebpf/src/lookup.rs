@@ -258,8 +258,16 @@ fn target_of(p: &Parsed, id: u32, backend: &Backend) -> Target {
     }
 }
 
+/// The client's affinity backend under `key`: its entry younger than `timeout_secs`, its
+/// backend still in use and of the frontend's `family`. Shared by the packet path and
+/// socket-level balancing.
 #[inline(always)]
-fn affinity_target(p: &Parsed, key: &AffinityKey, timeout_secs: u32, now: u64) -> Option<Target> {
+pub fn affinity_backend(
+    key: &AffinityKey,
+    timeout_secs: u32,
+    family: u8,
+    now: u64,
+) -> Option<(u32, Backend)> {
     let entry = AFFINITY.value(key)?;
     let (id, last_seen) = (entry.backend_id, entry.last_seen_ns);
     // Saturating, as for conntrack: a time from another clock must not read as expired.
@@ -268,22 +276,37 @@ fn affinity_target(p: &Parsed, key: &AffinityKey, timeout_secs: u32, now: u64) -
     }
     let backend = backend(id)?;
     // An IPv4 frontend never sends to an IPv6 backend (the agent does not write that).
-    if backend.family != p.family {
+    if backend.family != family {
         return None;
     }
+    Some((id, backend))
+}
+
+/// The backend in slot `hash % table_size` of the frontend's selection table, when it is in
+/// use and of the frontend's `family`. Shared by the packet path (a flow hash) and
+/// socket-level balancing (a random number).
+#[inline(always)]
+pub fn table_backend(frontend: &FrontendValue, hash: u32, family: u8) -> Option<(u32, Backend)> {
+    let slot = frontend.table_offset + hash % frontend.table_size;
+    let id = *SELECTION.get(slot)?;
+    let backend = backend(id)?;
+    // An IPv4 frontend never sends to an IPv6 backend (the agent does not write that).
+    if backend.family != family {
+        return None;
+    }
+    Some((id, backend))
+}
+
+#[inline(always)]
+fn affinity_target(p: &Parsed, key: &AffinityKey, timeout_secs: u32, now: u64) -> Option<Target> {
+    let (id, backend) = affinity_backend(key, timeout_secs, p.family, now)?;
     Some(target_of(p, id, &backend))
 }
 
 #[inline(always)]
 fn maglev_target(p: &Parsed, frontend: &FrontendValue) -> Option<Target> {
     let hash = flow_hash(&p.src, &p.dst, p.sport, p.dport, p.proto);
-    let slot = frontend.table_offset + hash % frontend.table_size;
-    let id = *SELECTION.get(slot)?;
-    let backend = backend(id)?;
-    // An IPv4 frontend never sends to an IPv6 backend (the agent does not write that).
-    if backend.family != p.family {
-        return None;
-    }
+    let (id, backend) = table_backend(frontend, hash, p.family)?;
     Some(target_of(p, id, &backend))
 }
 

@@ -31,14 +31,15 @@ use aya_ebpf::{
     programs::{SockAddrContext, SockContext},
 };
 use lb_common::{
-    AffinityKey, AffinityValue, FAMILY_BY_NETNS, FAMILY_IPV4, FAMILY_IPV6, FAMILY_SHORT_CIRCUIT,
-    FrontendKey, FrontendValue, SockReverseKey, SockReverseValue, SocketCounter, frontend_flags,
+    AffinityKey, AffinityValue, Backend, FAMILY_BY_NETNS, FAMILY_IPV4, FAMILY_IPV6,
+    FAMILY_SHORT_CIRCUIT, FrontendKey, FrontendValue, SockReverseKey, SockReverseValue,
+    SocketCounter, frontend_flags,
 };
 
 use crate::{
     counters::{count_socket, count_socket_translation},
-    lookup::{backend, may_be_frontend, now_ns},
-    maps::{AFFINITY, FRONTENDS, Lookup as _, SELECTION, SOCK_REVERSE},
+    lookup::{affinity_backend, may_be_frontend, now_ns, table_backend},
+    maps::{AFFINITY, FRONTENDS, Lookup as _, SOCK_REVERSE},
 };
 
 /// What a sock_addr program returns to let the call go on.
@@ -174,24 +175,15 @@ struct Chosen {
     port: u16,
 }
 
-/// The client's affinity backend, if it is still alive and of the frontend's family.
-#[inline(always)]
-fn affinity_backend(key: &AffinityKey, timeout_secs: u32, family: u8, now: u64) -> Option<Chosen> {
-    let entry = AFFINITY.value(key)?;
-    let (id, last_seen) = (entry.backend_id, entry.last_seen_ns);
-    // Saturating, as in the packet path: a time from another clock must not read as expired.
-    if now.saturating_sub(last_seen) > timeout_secs as u64 * 1_000_000_000 {
-        return None;
+impl Chosen {
+    #[inline(always)]
+    fn of((backend_id, backend): (u32, Backend)) -> Self {
+        Self {
+            backend_id,
+            addr: backend.addr,
+            port: backend.port,
+        }
     }
-    let backend = backend(id)?;
-    if backend.family != family {
-        return None;
-    }
-    Some(Chosen {
-        backend_id: id,
-        addr: backend.addr,
-        port: backend.port,
-    })
 }
 
 /// Picks a backend for one connection: the affinity backend, else a random slot of the
@@ -215,9 +207,10 @@ fn choose(ctx: &SockAddrContext, frontend: &FrontendValue, family: u8) -> Option
         // SAFETY: a helper the kernel offers sock_addr programs; it reads the context.
         let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
         affinity_key.client_addr[..8].copy_from_slice(&netns.to_ne_bytes());
-        if let Some(chosen) =
+        if let Some(found) =
             affinity_backend(&affinity_key, frontend.affinity_timeout_secs, family, now)
         {
+            let chosen = Chosen::of(found);
             count_socket(SocketCounter::AffinityUsed);
             refresh_affinity(&affinity_key, chosen.backend_id, now);
             return Some(chosen);
@@ -225,21 +218,11 @@ fn choose(ctx: &SockAddrContext, frontend: &FrontendValue, family: u8) -> Option
     }
     // SAFETY: helper without arguments.
     let random = unsafe { bpf_get_prandom_u32() };
-    let slot = frontend.table_offset + random % frontend.table_size;
-    let id = *SELECTION.get(slot)?;
-    let backend = backend(id)?;
-    // An IPv4 frontend never sends to an IPv6 backend (the agent does not write that).
-    if backend.family != family {
-        return None;
-    }
+    let chosen = Chosen::of(table_backend(frontend, random, family)?);
     if affinity {
-        refresh_affinity(&affinity_key, id, now);
+        refresh_affinity(&affinity_key, chosen.backend_id, now);
     }
-    Some(Chosen {
-        backend_id: id,
-        addr: backend.addr,
-        port: backend.port,
-    })
+    Some(chosen)
 }
 
 #[inline(always)]
@@ -282,13 +265,8 @@ pub fn balance(ctx: &SockAddrContext, side: Side, counter: SocketCounter) -> i32
         unsafe { bpf_set_retval(-ECONNREFUSED) };
         return REJECT;
     };
-    let reverse_key = SockReverseKey {
-        cookie: socket_cookie(ctx),
-        addr: chosen.addr,
-        port: chosen.port,
-        family: dest.family,
-        _pad: [0; 5],
-    };
+    let reverse_key =
+        SockReverseKey::new(socket_cookie(ctx), chosen.addr, chosen.port, dest.family);
     let frontend_addr = SockReverseValue {
         addr: dest.addr,
         port: dest.port,
@@ -316,13 +294,7 @@ pub fn balance(ctx: &SockAddrContext, side: Side, counter: SocketCounter) -> i32
 #[inline(always)]
 pub fn show_frontend(ctx: &SockAddrContext, side: Side, counter: SocketCounter) -> i32 {
     let peer = read_user(ctx, side);
-    let key = SockReverseKey {
-        cookie: socket_cookie(ctx),
-        addr: peer.addr,
-        port: peer.port,
-        family: peer.family,
-        _pad: [0; 5],
-    };
+    let key = SockReverseKey::new(socket_cookie(ctx), peer.addr, peer.port, peer.family);
     if let Some(frontend) = SOCK_REVERSE.value(&key) {
         let (addr, port) = (frontend.addr, frontend.port);
         write_user(ctx, side, peer.mapped, &addr, port);
@@ -347,14 +319,8 @@ pub fn forget(ctx: &SockContext) -> i32 {
         }
         _ => return PROCEED,
     };
-    let key = SockReverseKey {
-        cookie: socket_cookie(ctx),
-        addr,
-        // Network order, as sockets carry it.
-        port: sk.dst_port,
-        family,
-        _pad: [0; 5],
-    };
+    // `dst_port` is in network order, as sockets carry it.
+    let key = SockReverseKey::new(socket_cookie(ctx), addr, sk.dst_port, family);
     let _ = SOCK_REVERSE.remove(&key);
     PROCEED
 }

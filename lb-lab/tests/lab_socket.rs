@@ -251,6 +251,19 @@ fn pod_connections_to_a_cluster_ip_spread_over_both_nodes_and_see_the_service() 
         my_app["socket_translations"].as_u64().unwrap_or(0) >= u64::from(ATTEMPTS),
         "services counts socket-level connections: {my_app}"
     );
+    // And `trace --socket` explains the choice: every replica, each with its share.
+    let to = MY_APP_SERVICE.addr_v4().to_string();
+    let trace = lab.slicelb("node-a", &["trace", "--socket", "--to", &to, "-o", "json"]);
+    let trace: serde_json::Value = serde_json::from_slice(&trace.stdout).expect("JSON");
+    assert_eq!(trace["decision"], "socket", "{trace}");
+    let explanation = trace["explanation"].as_str().unwrap_or_default();
+    for replica in REPLICAS {
+        let addr = SocketAddr::new(lab.cluster.pod(replica).addr_v4.into(), 8080);
+        assert!(
+            explanation.contains(&format!("{addr} (active")),
+            "trace names {replica} ({addr}): {explanation}"
+        );
+    }
 }
 
 #[test]

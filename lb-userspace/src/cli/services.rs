@@ -127,17 +127,8 @@ pub fn rows(applied: &AppliedState, counters: &BTreeMap<u32, ServiceCounters>) -
     rows
 }
 
-fn frontend_row(
-    applied: &AppliedState,
-    counters: &BTreeMap<u32, ServiceCounters>,
-    key: &FrontendKey,
-    value: &FrontendValue,
-) -> FrontendRow {
-    let service = applied
-        .service_names
-        .get(&value.service_id)
-        .cloned()
-        .unwrap_or_else(|| format!("<service id {}>", value.service_id));
+/// Each backend of a frontend's selection table with its share of the slots, by address.
+pub fn backend_shares(applied: &AppliedState, value: &FrontendValue) -> Vec<BackendRow> {
     let mut slots_per_backend: BTreeMap<u32, u32> = BTreeMap::new();
     if let Some(slots) = applied.selection.get(&value.table_offset)
         && value.table_size > 0
@@ -169,6 +160,21 @@ fn frontend_row(
         })
         .collect();
     backends.sort_by_key(|b| b.address);
+    backends
+}
+
+fn frontend_row(
+    applied: &AppliedState,
+    counters: &BTreeMap<u32, ServiceCounters>,
+    key: &FrontendKey,
+    value: &FrontendValue,
+) -> FrontendRow {
+    let service = applied
+        .service_names
+        .get(&value.service_id)
+        .cloned()
+        .unwrap_or_else(|| format!("<service id {}>", value.service_id));
+    let backends = backend_shares(applied, value);
     let counter = counters.get(&value.service_id).copied().unwrap_or_default();
     FrontendRow {
         service,

@@ -21,10 +21,10 @@ use serde::Serialize;
 
 use super::{
     OutputFormat, Protocol, TraceArgs,
-    services::{ip_from_map, kind_name, state_name},
+    services::{backend_shares, ip_from_map, kind_name, state_name},
 };
 use crate::dataplane::{
-    MapWriter as _,
+    AppliedState, MapWriter as _,
     aya_maps::AyaMaps,
     loader::{Datapath, DatapathOptions},
     test_run,
@@ -156,13 +156,7 @@ pub fn trace(args: &TraceArgs) -> anyhow::Result<Trace> {
     );
     let packet = first_packet(from, to, args.proto)?;
 
-    let maps = AyaMaps::from_pin(&args.pin_path, Default::default()).with_context(|| {
-        format!(
-            "no slicelb maps pinned under {} (is an agent running?)",
-            args.pin_path.display()
-        )
-    })?;
-    let applied = maps.read().context("reading the maps")?;
+    let (maps, applied) = open_pinned(&args.pin_path)?;
     let (src, family) = encode_addr(from.ip());
     let (dst, _) = encode_addr(to.ip());
     let frontend_key = FrontendKey {
@@ -335,6 +329,18 @@ pub fn trace(args: &TraceArgs) -> anyhow::Result<Trace> {
     })
 }
 
+/// The pinned maps and what they hold.
+fn open_pinned(pin_path: &std::path::Path) -> anyhow::Result<(AyaMaps, AppliedState)> {
+    let maps = AyaMaps::from_pin(pin_path, Default::default()).with_context(|| {
+        format!(
+            "no slicelb maps pinned under {} (is an agent running?)",
+            pin_path.display()
+        )
+    })?;
+    let applied = maps.read().context("reading the maps")?;
+    Ok((maps, applied))
+}
+
 /// What socket-level balancing does with a `connect()` (or unconnected UDP `sendmsg()`) to
 /// `--to` from below the cgroup root. The kernel cannot test-run cgroup socket programs, so
 /// this reads the maps the program reads, in the order it reads them (read-only: nothing is
@@ -343,13 +349,7 @@ fn trace_socket(args: &TraceArgs) -> anyhow::Result<Trace> {
     let to = args.to;
     let proto_name = format!("{:?}", args.proto).to_uppercase();
     let flow = format!("connect() from a pod or the node -> {to}/{proto_name}");
-    let maps = AyaMaps::from_pin(&args.pin_path, Default::default()).with_context(|| {
-        format!(
-            "no slicelb maps pinned under {} (is an agent running?)",
-            args.pin_path.display()
-        )
-    })?;
-    let applied = maps.read().context("reading the maps")?;
+    let (_, applied) = open_pinned(&args.pin_path)?;
     let (dst, family) = encode_addr(to.ip());
     let key = FrontendKey {
         addr: dst,
@@ -407,26 +407,9 @@ fn trace_socket(args: &TraceArgs) -> anyhow::Result<Trace> {
             "ECONNREFUSED",
         ));
     }
-    let mut slots: std::collections::BTreeMap<u32, u32> = Default::default();
-    if let Some(table) = applied.selection.get(&frontend.table_offset) {
-        for id in table.iter().take(frontend.table_size as usize) {
-            *slots.entry(*id).or_default() += 1;
-        }
-    }
-    let choices: Vec<String> = slots
+    let choices: Vec<String> = backend_shares(&applied, &frontend)
         .iter()
-        .filter_map(|(id, count)| {
-            let backend = applied.backends.get(id)?;
-            let addr = SocketAddr::new(
-                ip_from_map(&backend.addr, backend.family),
-                u16::from_be(backend.port),
-            );
-            let share = f64::from(*count) * 100.0 / f64::from(frontend.table_size);
-            Some(format!(
-                "{addr} ({}, {share:.1}%)",
-                state_name(backend.state)
-            ))
-        })
+        .map(|b| format!("{} ({}, {:.1}%)", b.address, b.state, b.share_percent))
         .collect();
     let mut explanation = String::new();
     if twin.is_some() {

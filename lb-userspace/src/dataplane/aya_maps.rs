@@ -55,6 +55,22 @@ fn io_error(error: MapError) -> io::Error {
     }
 }
 
+/// Each of `counters` with its slot of `map` summed over CPUs, in the given order.
+fn summed_over_cpus<C: Copy, const N: usize>(
+    map: &PerCpuArray<MapData, u64>,
+    name: &'static str,
+    counters: [C; N],
+    index: impl Fn(C) -> u32,
+) -> Result<Vec<(C, u64)>, DataplaneError> {
+    counters
+        .into_iter()
+        .map(|counter| {
+            let values = map.get(&index(counter), 0).map_err(read_err(name))?;
+            Ok((counter, values.iter().sum()))
+        })
+        .collect()
+}
+
 fn read_err(map: &'static str) -> impl Fn(MapError) -> DataplaneError {
     move |e| DataplaneError::MapRead {
         map,
@@ -205,44 +221,32 @@ impl AyaMaps {
 
     /// REASON_STATS summed over CPUs, in `Reason::ALL` order.
     pub fn reasons(&self) -> Result<Vec<(Reason, u64)>, DataplaneError> {
-        Reason::ALL
-            .iter()
-            .map(|reason| {
-                let values = self
-                    .reason_stats
-                    .get(&(*reason as u32), 0)
-                    .map_err(read_err(map_names::REASON_STATS))?;
-                Ok((*reason, values.iter().sum()))
-            })
-            .collect()
+        summed_over_cpus(
+            &self.reason_stats,
+            map_names::REASON_STATS,
+            Reason::ALL,
+            |r| r as u32,
+        )
     }
 
     /// PROTO_STATS summed over CPUs, in `ProtoCounter::ALL` order.
     pub fn protocols(&self) -> Result<Vec<(ProtoCounter, u64)>, DataplaneError> {
-        ProtoCounter::ALL
-            .iter()
-            .map(|counter| {
-                let values = self
-                    .proto_stats
-                    .get(&(*counter as u32), 0)
-                    .map_err(read_err(map_names::PROTO_STATS))?;
-                Ok((*counter, values.iter().sum()))
-            })
-            .collect()
+        summed_over_cpus(
+            &self.proto_stats,
+            map_names::PROTO_STATS,
+            ProtoCounter::ALL,
+            |c| c as u32,
+        )
     }
 
     /// SOCKET_STATS summed over CPUs, in `SocketCounter::ALL` order.
     pub fn socket_counters(&self) -> Result<Vec<(SocketCounter, u64)>, DataplaneError> {
-        SocketCounter::ALL
-            .iter()
-            .map(|counter| {
-                let values = self
-                    .socket_stats
-                    .get(&(*counter as u32), 0)
-                    .map_err(read_err(map_names::SOCKET_STATS))?;
-                Ok((*counter, values.iter().sum()))
-            })
-            .collect()
+        summed_over_cpus(
+            &self.socket_stats,
+            map_names::SOCKET_STATS,
+            SocketCounter::ALL,
+            |c| c as u32,
+        )
     }
 
     /// One service's counters summed over CPUs.

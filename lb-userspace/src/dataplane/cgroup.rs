@@ -23,7 +23,7 @@ pub enum CgroupError {
     )]
     NoCgroup2,
     #[error(
-        "--cgroup-root {0} is not a directory of a cgroup v2 hierarchy (no cgroup.procs in it)"
+        "--cgroup-root {0} is not a directory of a cgroup v2 hierarchy (no cgroup.controllers in it)"
     )]
     NotCgroup2(PathBuf),
 }
