@@ -27,7 +27,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the demo on a lab of network namespaces (what `cargo xtask run` starts).
+    /// Run the demo: my-app on a two-node cluster lab of network namespaces (what `cargo
+    /// xtask run` starts).
     Demo(DemoArgs),
     /// Benchmarks (what `cargo xtask bench` starts).
     Bench(BenchArgs),
@@ -45,10 +46,11 @@ enum Command {
 
 #[derive(Debug, Args)]
 struct DemoArgs {
-    /// Stop after this many seconds (default: until Ctrl-C).
+    /// Seconds of traffic over the whole demo, split between its steps (default 16;
+    /// building and removing the cluster add a few seconds).
     #[arg(long)]
     duration: Option<u64>,
-    /// Leave the lab up at the end and print how to enter it.
+    /// Leave the lab up at the end, until Ctrl-C, and print how to enter it.
     #[arg(long)]
     keep: bool,
 }

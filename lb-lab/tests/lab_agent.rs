@@ -4,10 +4,7 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use slicelb_lab::lab::{
-    agent_lab::{AgentLab, all_three},
-    demo::{DemoEndpoint, Frontend},
-};
+use slicelb_lab::lab::agent_lab::{AgentLab, Frontend, LabEndpoint, all_three};
 
 #[test]
 fn manifest_edits_steer_new_connections_while_established_ones_stay() {
@@ -19,7 +16,7 @@ fn manifest_edits_steer_new_connections_while_established_ones_stay() {
         .expect("backend name");
 
     // That endpoint stops being ready: new connections avoid it; the established one stays.
-    let mut endpoints: Vec<DemoEndpoint> = (1..=3).map(DemoEndpoint::ready).collect();
+    let mut endpoints: Vec<LabEndpoint> = (1..=3).map(LabEndpoint::ready).collect();
     endpoints[usize::from(kept_index - 1)].ready = false;
     lab.write(&endpoints);
     let others = lab.wait_until(
@@ -36,8 +33,8 @@ fn manifest_edits_steer_new_connections_while_established_ones_stay() {
     });
 
     // All become terminating: with no ready endpoint, serving-terminating ones take traffic.
-    let terminating: Vec<DemoEndpoint> = (1..=3)
-        .map(|backend| DemoEndpoint {
+    let terminating: Vec<LabEndpoint> = (1..=3)
+        .map(|backend| LabEndpoint {
             backend,
             ready: false,
             terminating: true,
@@ -53,7 +50,7 @@ fn manifest_edits_steer_new_connections_while_established_ones_stay() {
 
     // A new one is added (ready): it takes every new connection.
     let mut with_new = terminating.clone();
-    with_new.push(DemoEndpoint::ready(4));
+    with_new.push(LabEndpoint::ready(4));
     lab.write(&with_new);
     lab.wait_until(
         "the one ready endpoint takes every new connection",

@@ -6,7 +6,10 @@ use std::{
     time::Duration,
 };
 
-use slicelb_lab::lab::{Lab, agent_lab::AgentLab, demo::Frontend};
+use slicelb_lab::lab::{
+    Lab,
+    agent_lab::{AgentLab, Frontend},
+};
 
 fn ready_lab(test: &str) -> (AgentLab, slicelb_lab::lab::ChildGuard) {
     AgentLab::with_synced_agent(test)
@@ -112,7 +115,7 @@ fn services_lists_every_frontend_with_its_backends() {
     assert_eq!(
         frontends.len(),
         6,
-        "exactly the demo's frontends: {frontends:?}"
+        "exactly the lab's frontends: {frontends:?}"
     );
     for row in rows {
         let backends = row["backends"].as_array().expect("backends");

@@ -32,12 +32,13 @@ enum Task {
     /// Setup, then fmt, clippy (userspace and eBPF), unit tests, then the root-only kernel
     /// and lab tests.
     Test,
-    /// Setup, build, and run the demo on a lab of network namespaces.
+    /// Setup, build, and run the demo: my-app on a two-node cluster lab of network
+    /// namespaces.
     Run {
-        /// Stop after this many seconds (default: until Ctrl-C).
+        /// Seconds of traffic over the whole demo, split between its steps (default 16).
         #[arg(long)]
         duration: Option<u64>,
-        /// Leave the lab up at the end and print how to enter it.
+        /// Leave the lab up at the end, until Ctrl-C, and print how to enter it.
         #[arg(long)]
         keep: bool,
         /// Instead of the lab: build the image, load it into a kind cluster and deploy.

@@ -1,19 +1,217 @@
-//! A lab with the real agent on the node, reading a manifest directory: what the agent,
-//! operator-command and metrics tests share.
+//! The single-node lab with the real agent on the node, reading a manifest directory: what
+//! the agent, operator-command and metrics tests share. Its manifests are the classic
+//! `my-app` example: a LoadBalancer Service over backends 1..=3 (up to 4), and a UDP Service.
 
 use std::{
     collections::BTreeSet,
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
     path::PathBuf,
     process::Command,
     time::{Duration, Instant},
 };
 
 use super::{
-    ChildGuard, Lab,
-    demo::{DemoEndpoint, Frontend, agent_command, manifests},
-    require_root,
+    ChildGuard, Lab, require_root,
     servers::{HttpConnection, http_get_once, udp_ask_once},
 };
+
+pub const CLUSTER_IPV4: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 10);
+pub const CLUSTER_IPV6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 0x100, 0, 0, 0, 0x10);
+pub const LOAD_BALANCER_IPV4: Ipv4Addr = Ipv4Addr::new(198, 18, 200, 10);
+pub const NODE_PORT: u16 = 30080;
+pub const UDP_CLUSTER_IPV4: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 11);
+pub const UDP_PORT: u16 = 53;
+const NODE_NAME: &str = "lab-node";
+
+/// One endpoint of the lab's EndpointSlices: backend `backend` (1..=4) and its conditions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LabEndpoint {
+    pub backend: u8,
+    pub ready: bool,
+    pub terminating: bool,
+}
+
+impl LabEndpoint {
+    pub fn ready(backend: u8) -> Self {
+        Self {
+            backend,
+            ready: true,
+            terminating: false,
+        }
+    }
+}
+
+fn endpoint_yaml(endpoints: &[LabEndpoint], ipv6: bool) -> String {
+    let mut out = String::new();
+    for e in endpoints {
+        let addr = if ipv6 {
+            Ipv6Addr::new(0x2001, 2, 0, e.backend.into(), 0, 0, 0, 2).to_string()
+        } else {
+            Ipv4Addr::new(198, 18, e.backend, 2).to_string()
+        };
+        out.push_str(&format!(
+            "  - addresses: [\"{addr}\"]\n    conditions: {{ready: {}, serving: true, terminating: {}}}\n    nodeName: {NODE_NAME}\n    targetRef: {{kind: Pod, namespace: default, name: my-app-{}}}\n",
+            e.ready, e.terminating, e.backend
+        ));
+    }
+    if endpoints.is_empty() {
+        out.push_str("  []\n");
+    }
+    out
+}
+
+/// The lab's manifests: Service `my-app-service` (LoadBalancer, port 80 -> targetPort 8080,
+/// selector app: my-app, dual-stack ClusterIP, a NodePort and a load-balancer IP) with its
+/// EndpointSlices, and a UDP Service `echo-udp` (53 -> 9000).
+pub fn manifests(endpoints: &[LabEndpoint]) -> String {
+    let v4 = endpoint_yaml(endpoints, false);
+    let v6 = endpoint_yaml(endpoints, true);
+    format!(
+        r#"# Written by the slicelb lab: the classic my-app example.
+apiVersion: v1
+kind: Service
+metadata:
+  name: my-app-service
+  namespace: default
+spec:
+  type: LoadBalancer
+  selector:
+    app: my-app
+  ipFamilyPolicy: PreferDualStack
+  ipFamilies: [IPv4, IPv6]
+  clusterIP: {CLUSTER_IPV4}
+  clusterIPs: ["{CLUSTER_IPV4}", "{CLUSTER_IPV6}"]
+  ports:
+  - name: http
+    protocol: TCP
+    port: 80
+    targetPort: 8080
+    nodePort: {NODE_PORT}
+status:
+  loadBalancer:
+    ingress:
+    - ip: {LOAD_BALANCER_IPV4}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: my-app-service-ipv4
+  namespace: default
+  labels:
+    kubernetes.io/service-name: my-app-service
+addressType: IPv4
+ports:
+- name: http
+  protocol: TCP
+  port: 8080
+endpoints:
+{v4}---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: my-app-service-ipv6
+  namespace: default
+  labels:
+    kubernetes.io/service-name: my-app-service
+addressType: IPv6
+ports:
+- name: http
+  protocol: TCP
+  port: 8080
+endpoints:
+{v6}---
+apiVersion: v1
+kind: Service
+metadata:
+  name: echo-udp
+  namespace: default
+spec:
+  type: ClusterIP
+  selector:
+    app: my-app
+  clusterIP: {UDP_CLUSTER_IPV4}
+  clusterIPs: ["{UDP_CLUSTER_IPV4}"]
+  ports:
+  - name: echo
+    protocol: UDP
+    port: {UDP_PORT}
+    targetPort: 9000
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: echo-udp-ipv4
+  namespace: default
+  labels:
+    kubernetes.io/service-name: echo-udp
+addressType: IPv4
+ports:
+- name: echo
+  protocol: UDP
+  port: 9000
+endpoints:
+{v4}"#
+    )
+}
+
+/// `slicelb agent` on the lab's node, reading `manifest_dir` (the lab tests' agent:
+/// NodePorts on the node's lab addresses, node name `lab-node`).
+pub fn agent_command(
+    lab: &Lab,
+    slicelb: &std::path::Path,
+    manifest_dir: &std::path::Path,
+    pin_path: &std::path::Path,
+) -> std::process::Command {
+    let mut command = lab.node.command(&slicelb.display().to_string());
+    command.args([
+        "agent",
+        "--iface",
+        Lab::NODE_CLIENT_IFACE,
+        "--config-dir",
+        &manifest_dir.display().to_string(),
+        "--node-name",
+        NODE_NAME,
+        "--nodeport-addresses",
+        "198.18.0.0/24,2001:2::/64",
+        "--pin-path",
+        &pin_path.display().to_string(),
+        // The single-node lab's clients are threads of the test process: keep them on the
+        // packet path (socket-level balancing is tested on the cluster lab).
+        "--no-socket-lb",
+    ]);
+    command.env("RUST_LOG", "warn");
+    command
+}
+
+/// The lab's frontends, as the client asks them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Frontend {
+    ClusterIpV4,
+    ClusterIpV6,
+    NodePort,
+    LoadBalancer,
+    UdpClusterIp,
+}
+
+impl Frontend {
+    pub const ALL: [Frontend; 5] = [
+        Frontend::ClusterIpV4,
+        Frontend::ClusterIpV6,
+        Frontend::NodePort,
+        Frontend::LoadBalancer,
+        Frontend::UdpClusterIp,
+    ];
+
+    pub fn addr(self) -> SocketAddr {
+        match self {
+            Frontend::ClusterIpV4 => SocketAddr::new(CLUSTER_IPV4.into(), 80),
+            Frontend::ClusterIpV6 => SocketAddr::new(CLUSTER_IPV6.into(), 80),
+            Frontend::NodePort => SocketAddr::new(Lab::NODE_IPV4.into(), NODE_PORT),
+            Frontend::LoadBalancer => SocketAddr::new(LOAD_BALANCER_IPV4.into(), 80),
+            Frontend::UdpClusterIp => SocketAddr::new(UDP_CLUSTER_IPV4.into(), UDP_PORT),
+        }
+    }
+}
 
 pub struct AgentLab {
     pub lab: Lab,
@@ -47,8 +245,8 @@ impl AgentLab {
         }
     }
 
-    /// Writes the demo's manifests with these endpoints (atomically, by rename).
-    pub fn write(&self, endpoints: &[DemoEndpoint]) {
+    /// Writes the lab's manifests with these endpoints (atomically, by rename).
+    pub fn write(&self, endpoints: &[LabEndpoint]) {
         let tmp = self.manifests.path().join(".my-app.tmp");
         std::fs::write(&tmp, manifests(endpoints)).expect("write manifest");
         std::fs::rename(&tmp, self.manifests.path().join("my-app.yaml")).expect("rename");
@@ -64,11 +262,11 @@ impl AgentLab {
         ChildGuard::spawn(command, "agent").expect("start agent")
     }
 
-    /// The demo's services with backends 1..=3 ready and an agent that has synced them
+    /// The lab's services with backends 1..=3 ready and an agent that has synced them
     /// (every backend answers on the ClusterIP and the UDP service).
     pub fn with_synced_agent(test: &str) -> (Self, ChildGuard) {
         let lab = Self::new(test);
-        lab.write(&(1..=3).map(DemoEndpoint::ready).collect::<Vec<_>>());
+        lab.write(&(1..=3).map(LabEndpoint::ready).collect::<Vec<_>>());
         let agent = lab.start_agent();
         for frontend in [Frontend::ClusterIpV4, Frontend::UdpClusterIp] {
             lab.wait_until(
@@ -151,4 +349,71 @@ pub fn ask(frontend: Frontend) -> std::io::Result<String> {
 /// All three first backends answered.
 pub fn all_three(answers: &BTreeSet<String>) -> bool {
     answers.len() == 3
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use super::*;
+
+    #[test]
+    fn lab_manifests_name_every_endpoint_with_its_conditions() {
+        let yaml = manifests(&[
+            LabEndpoint::ready(1),
+            LabEndpoint {
+                backend: 2,
+                ready: false,
+                terminating: true,
+            },
+        ]);
+        assert!(
+            yaml.contains("\"198.18.1.2\""),
+            "IPv4 endpoint of backend 1"
+        );
+        assert!(
+            yaml.contains("\"2001:2:0:2::2\""),
+            "IPv6 endpoint of backend 2"
+        );
+        assert!(yaml.contains("{ready: false, serving: true, terminating: true}"));
+        assert_eq!(yaml.matches("kind: EndpointSlice").count(), 3);
+        for doc in yaml.split("\n---\n") {
+            let value: serde_yaml::Value = serde_yaml::from_str(doc)
+                .unwrap_or_else(|e| panic!("lab manifest does not parse: {e}\n{doc}"));
+            assert!(
+                value.get("kind").is_some(),
+                "every document has a kind:\n{doc}"
+            );
+        }
+    }
+
+    #[test]
+    fn empty_endpoint_list_is_valid_yaml() {
+        let yaml = manifests(&[]);
+        for doc in yaml.split("\n---\n") {
+            let value: serde_yaml::Value = serde_yaml::from_str(doc)
+                .unwrap_or_else(|e| panic!("lab manifest does not parse: {e}\n{doc}"));
+            if value.get("kind").and_then(|k| k.as_str()) == Some("EndpointSlice") {
+                let endpoints = value.get("endpoints").expect("endpoints key");
+                assert_eq!(endpoints.as_sequence().map(Vec::len), Some(0));
+            }
+        }
+    }
+
+    #[test]
+    fn frontends_use_lab_addresses_only() {
+        for frontend in Frontend::ALL {
+            let ok = match frontend.addr().ip() {
+                IpAddr::V4(v4) => v4.octets()[0] == 198 && (v4.octets()[1] & 0xfe) == 18,
+                IpAddr::V6(v6) => {
+                    v6.segments()[0] == 0x2001 && v6.segments()[1] == 2 && v6.segments()[2] == 0
+                }
+            };
+            assert!(
+                ok,
+                "{frontend:?} ({}) is outside the lab ranges",
+                frontend.addr()
+            );
+        }
+    }
 }

@@ -232,13 +232,32 @@ impl RunningProbe {
 
     /// Waits for the probe to end and returns the lines not read yet.
     pub fn finish(mut self) -> Result<Vec<ProbeResult>, ProbeError> {
-        let rest: Vec<ProbeResult> =
-            std::iter::from_fn(|| self.next_result()).collect::<Result<_, _>>()?;
+        let rest = self.unread()?;
         let status = self.child.wait().map_err(ProbeError::Read)?;
         if !status.success() {
             return Err(ProbeError::Exit(status.to_string()));
         }
         Ok(rest)
+    }
+
+    /// Ends the probe now (a held connection whose hold has not run out) and returns the
+    /// lines it printed that were not read yet. A probe that already ended by itself is
+    /// [`Self::finish`]ed: its exit status counts.
+    pub fn stop(mut self) -> Result<Vec<ProbeResult>, ProbeError> {
+        if self.child.try_wait().map_err(ProbeError::Read)?.is_some() {
+            return self.finish();
+        }
+        // Not reaped yet, so the pid is still this probe's.
+        self.child.kill().map_err(ProbeError::Read)?;
+        // Each line is one write of less than PIPE_BUF: the kill leaves no half line.
+        let rest = self.unread()?;
+        self.child.wait().map_err(ProbeError::Read)?;
+        Ok(rest)
+    }
+
+    /// Every line up to the end of the probe's output.
+    fn unread(&mut self) -> Result<Vec<ProbeResult>, ProbeError> {
+        std::iter::from_fn(|| self.next_result()).collect()
     }
 }
 

@@ -6,6 +6,10 @@
 //! | `my-app-service` (NodePort 30080) | 198.18.100.10, 2001:2:0:100::10 | TCP 80 → 8080 | all |
 //! | `dns` | 198.18.100.53, 2001:2:0:100::53 | UDP 53 → 5353 | all |
 //! | `my-app-local` (`internalTrafficPolicy: Local`) | 198.18.100.20, 2001:2:0:100::20 | TCP 80 → 8080 | the client's node's |
+//! | `my-app-external` (NodePort 30081, `externalTrafficPolicy: Local`) | 198.18.100.30, 2001:2:0:100::30 | TCP 80 → 8080 | from outside: the node's own |
+//!
+//! [`write_my_app`] writes the first three ([`SERVICES`]); [`write_services`] any of them
+//! (the demo adds `my-app-external`).
 //!
 //! The Service range 198.18.100.0/24 and 2001:2:0:100::/64 is routed nowhere: a connection
 //! to a ClusterIP works only when socket-level balancing translates it.
@@ -48,6 +52,8 @@ pub struct ClusterService {
     pub node_port: Option<u16>,
     /// `internalTrafficPolicy: Local`.
     pub internal_local: bool,
+    /// `externalTrafficPolicy: Local` (for its NodePort).
+    pub external_local: bool,
 }
 
 pub const MY_APP_SERVICE: ClusterService = ClusterService {
@@ -60,6 +66,7 @@ pub const MY_APP_SERVICE: ClusterService = ClusterService {
     target_port: POD_TCP_PORT,
     node_port: Some(30080),
     internal_local: false,
+    external_local: false,
 };
 
 pub const DNS_SERVICE: ClusterService = ClusterService {
@@ -72,6 +79,7 @@ pub const DNS_SERVICE: ClusterService = ClusterService {
     target_port: POD_UDP_PORT,
     node_port: None,
     internal_local: false,
+    external_local: false,
 };
 
 pub const LOCAL_SERVICE: ClusterService = ClusterService {
@@ -84,6 +92,23 @@ pub const LOCAL_SERVICE: ClusterService = ClusterService {
     target_port: POD_TCP_PORT,
     node_port: None,
     internal_local: true,
+    external_local: false,
+};
+
+/// my-app's NodePort for clients outside the cluster, with `externalTrafficPolicy: Local`:
+/// a node hands it only to its own pods and so needs no source NAT (the client's address
+/// reaches the pod, the reply goes back through the node that translated the request).
+pub const EXTERNAL_LOCAL_SERVICE: ClusterService = ClusterService {
+    name: "my-app-external",
+    port_name: "http",
+    protocol: ProbeProtocol::Tcp,
+    cluster_ipv4: Ipv4Addr::new(198, 18, 100, 30),
+    cluster_ipv6: Ipv6Addr::new(0x2001, 2, 0, 0x100, 0, 0, 0, 0x30),
+    port: 80,
+    target_port: POD_TCP_PORT,
+    node_port: Some(30081),
+    internal_local: false,
+    external_local: true,
 };
 
 pub const SERVICES: [ClusterService; 3] = [MY_APP_SERVICE, DNS_SERVICE, LOCAL_SERVICE];
@@ -126,6 +151,7 @@ impl ClusterService {
                     self.cluster_ipv6.to_string(),
                 ]),
                 internal_traffic_policy: self.internal_local.then(|| "Local".into()),
+                external_traffic_policy: self.external_local.then(|| "Local".into()),
                 ports: Some(vec![ServicePort {
                     name: Some(self.port_name.into()),
                     protocol: Some(protocol_name(self.protocol).into()),
@@ -291,8 +317,14 @@ impl Cluster {
 /// The three Services ([`SERVICES`]) with an IPv4 and an IPv6 EndpointSlice each, all
 /// listing `endpoints`, as one multi-document YAML.
 pub fn my_app_manifests(endpoints: &[ClusterEndpoint]) -> String {
+    manifests(&SERVICES, endpoints)
+}
+
+/// `services` with an IPv4 and an IPv6 EndpointSlice each, all listing `endpoints`, as one
+/// multi-document YAML.
+pub fn manifests(services: &[ClusterService], endpoints: &[ClusterEndpoint]) -> String {
     let mut documents = Vec::new();
-    for service in SERVICES {
+    for service in services {
         documents.push(serde_yaml::to_string(&service.service()));
         for ipv6 in [false, true] {
             documents.push(serde_yaml::to_string(&service.slice(endpoints, ipv6)));
@@ -310,7 +342,16 @@ pub fn my_app_manifests(endpoints: &[ClusterEndpoint]) -> String {
 
 /// Writes [`my_app_manifests`] to `dir`/[`MANIFEST_FILE`] ([`write_manifest`]).
 pub fn write_my_app(dir: &Path, endpoints: &[ClusterEndpoint]) -> std::io::Result<()> {
-    write_manifest(dir, MANIFEST_FILE, &my_app_manifests(endpoints))
+    write_services(dir, &SERVICES, endpoints)
+}
+
+/// Writes [`manifests`] of `services` to `dir`/[`MANIFEST_FILE`] ([`write_manifest`]).
+pub fn write_services(
+    dir: &Path,
+    services: &[ClusterService],
+    endpoints: &[ClusterEndpoint],
+) -> std::io::Result<()> {
+    write_manifest(dir, MANIFEST_FILE, &manifests(services, endpoints))
 }
 
 /// Writes `yaml` to `dir`/`file`, by rename so that no agent reads half a file.
@@ -357,7 +398,8 @@ mod tests {
     /// manifest loader.
     fn as_node_sees_it(endpoints: &[ClusterEndpoint], node: &str) -> model::DesiredState {
         let dir = tempfile::tempdir().expect("temp dir");
-        write_my_app(dir.path(), endpoints).expect("write manifests");
+        let services = [SERVICES.as_slice(), &[EXTERNAL_LOCAL_SERVICE]].concat();
+        write_services(dir.path(), &services, endpoints).expect("write manifests");
         let node = NodeInfo {
             name: Some(node.to_string()),
             // node-a's uplink address, as `--nodeport-addresses` would give it.
@@ -383,6 +425,20 @@ mod tests {
         ip: IpAddr,
         endpoints: &[ClusterEndpoint],
     ) -> BTreeSet<String> {
+        selected_by(state, service, endpoints, &format!("ClusterIP {ip}"), |f| {
+            f.kind == FrontendKind::ClusterIp && f.addr == ip && f.port == service.port
+        })
+    }
+
+    /// The pods that the frontend of `service` matching `which` (described by `what`)
+    /// selects for new flows, by pod name.
+    fn selected_by(
+        state: &model::DesiredState,
+        service: &ClusterService,
+        endpoints: &[ClusterEndpoint],
+        what: &str,
+        which: impl Fn(&model::DesiredFrontend) -> bool,
+    ) -> BTreeSet<String> {
         let key = ServicePortName::new(NAMESPACE, service.name, service.port_name);
         let desired = state
             .services
@@ -391,8 +447,8 @@ mod tests {
         let frontend = desired
             .frontends
             .iter()
-            .find(|f| f.kind == FrontendKind::ClusterIp && f.addr == ip && f.port == service.port)
-            .unwrap_or_else(|| panic!("{} has a ClusterIP frontend {ip}", service.name));
+            .find(|f| which(f))
+            .unwrap_or_else(|| panic!("{} has a frontend {what}", service.name));
         frontend
             .selection
             .iter()
@@ -472,6 +528,50 @@ mod tests {
     }
 
     #[test]
+    fn the_external_local_node_port_selects_only_the_nodes_pods_and_its_twin_every_pod() {
+        let endpoints = my_app_endpoints();
+        let all: BTreeSet<String> = ["my-app-1", "my-app-2", "my-app-3"]
+            .map(String::from)
+            .into();
+        for (node, pods) in [
+            ("node-a", vec!["my-app-1", "my-app-2"]),
+            ("node-b", vec!["my-app-3"]),
+        ] {
+            let state = as_node_sees_it(&endpoints, node);
+            let node_port = |short_circuit: bool| {
+                move |f: &model::DesiredFrontend| {
+                    f.kind == FrontendKind::NodePort
+                        && Some(f.port) == EXTERNAL_LOCAL_SERVICE.node_port
+                        && f.short_circuit == short_circuit
+                }
+            };
+            let expected: BTreeSet<String> = pods.into_iter().map(String::from).collect();
+            assert_eq!(
+                selected_by(
+                    &state,
+                    &EXTERNAL_LOCAL_SERVICE,
+                    &endpoints,
+                    "NodePort",
+                    node_port(false)
+                ),
+                expected,
+                "{node}'s NodePort, for clients outside"
+            );
+            assert_eq!(
+                selected_by(
+                    &state,
+                    &EXTERNAL_LOCAL_SERVICE,
+                    &endpoints,
+                    "NodePort (short-circuit twin)",
+                    node_port(true)
+                ),
+                all,
+                "{node}'s NodePort, for its pods and itself"
+            );
+        }
+    }
+
+    #[test]
     fn a_terminating_pod_takes_no_new_flows() {
         let mut endpoints = my_app_endpoints();
         endpoints[0].conditions = Conditions::TERMINATING;
@@ -493,7 +593,7 @@ mod tests {
     fn service_addresses_are_in_the_unrouted_service_range() {
         let v4: ipnet::Ipv4Net = "198.18.100.0/24".parse().expect("literal");
         let v6: ipnet::Ipv6Net = "2001:2:0:100::/64".parse().expect("literal");
-        for service in SERVICES {
+        for service in SERVICES.iter().chain([&EXTERNAL_LOCAL_SERVICE]) {
             assert!(v4.contains(&service.cluster_ipv4), "{}", service.name);
             assert!(v6.contains(&service.cluster_ipv6), "{}", service.name);
         }
