@@ -223,6 +223,9 @@ pub enum SocketCounter {
     PeerShownAsService,
     /// A received datagram shown as coming from the frontend instead of the backend.
     ReplyShownAsService,
+    /// An unconnected UDP socket sent to two frontends through one backend (no other
+    /// backend was free): replies from it are shown as from the later frontend.
+    ReplyAmbiguous,
     /// A map or helper failed: the call went through untranslated.
     Failed,
 }
@@ -238,6 +241,7 @@ impl SocketCounter {
         SocketCounter::SourceRangesLeft,
         SocketCounter::PeerShownAsService,
         SocketCounter::ReplyShownAsService,
+        SocketCounter::ReplyAmbiguous,
         SocketCounter::Failed,
     ];
 
@@ -250,6 +254,7 @@ impl SocketCounter {
             SocketCounter::SourceRangesLeft => "source_ranges_left",
             SocketCounter::PeerShownAsService => "peer_shown_as_service",
             SocketCounter::ReplyShownAsService => "reply_shown_as_service",
+            SocketCounter::ReplyAmbiguous => "reply_ambiguous",
             SocketCounter::Failed => "failed",
         }
     }

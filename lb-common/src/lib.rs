@@ -52,9 +52,13 @@ pub mod map_names {
     pub const SERVICE_STATS: &str = "SERVICE_STATS";
     pub const PROTO_STATS: &str = "PROTO_STATS";
     pub const CONFIG: &str = "CONFIG";
-    /// Socket-level balancing: (socket, backend) -> the frontend the application asked for,
-    /// so `getpeername()` and `recvmsg()` show the service, not the pod.
+    /// Socket-level balancing, unconnected UDP: (socket, backend) -> the frontend the
+    /// application sent to, so a reply received with `recvmsg()` comes from the service.
     pub const SOCK_REVERSE: &str = "SOCK_REVERSE";
+    /// Socket-level balancing, connected sockets: socket -> the backend it was sent to and
+    /// the frontend the application asked for (`getpeername()`, `recvmsg()`); deleted when
+    /// the socket is released.
+    pub const SOCK_CONNECTED: &str = "SOCK_CONNECTED";
     pub const SOCKET_STATS: &str = "SOCKET_STATS";
     /// Userspace only: service id -> name, so the CLI and a restarted agent can name what
     /// the kernel holds. The datapath never reads it.
@@ -97,9 +101,11 @@ pub mod capacity {
     /// Service ids index the per-CPU service counters; id 0 is never used.
     pub const SERVICES: u32 = 131_072;
     pub const SERVICE_NAMES: u32 = SERVICES;
-    /// Sockets (and, for unconnected UDP, backends per socket) whose peer is shown as the
-    /// service: an LRU, entries of closed connected sockets are deleted at release.
+    /// (Unconnected UDP socket, backend) pairs whose replies are shown as from the service:
+    /// an LRU of its own, so datagram churn never evicts a connected socket's entry.
     pub const SOCK_REVERSE: u32 = 262_144;
+    /// Open connected sockets to a service per node (an LRU; deleted at socket release).
+    pub const SOCK_CONNECTED: u32 = 262_144;
 }
 
 /// FRONTEND_FILTER: a blocked Bloom filter of the frontends, u64 words; each frontend sets
@@ -347,7 +353,7 @@ pub struct FragmentValue {
     pub service_id: u32,
 }
 
-/// Key of SOCK_REVERSE: a socket (its cookie) and the backend it was sent to.
+/// Key of SOCK_REVERSE: an unconnected UDP socket (its cookie) and a backend it sent to.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct SockReverseKey {
@@ -383,6 +389,19 @@ pub struct SockReverseValue {
     pub family: u8,
     pub _pad: u8,
     pub service_id: u32,
+}
+
+/// Value of SOCK_CONNECTED (keyed by socket cookie): where a connected socket was sent and
+/// what the application asked for.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SockConnection {
+    /// Network byte order.
+    pub backend_addr: [u8; 16],
+    /// Network byte order.
+    pub backend_port: u16,
+    pub _pad: [u8; 6],
+    pub frontend: SockReverseValue,
 }
 
 /// Key data of the SOURCE_RANGES LPM trie (`loadBalancerSourceRanges`); the kernel's LPM
@@ -491,6 +510,7 @@ const _: () = {
     assert!(core::mem::size_of::<ServiceCounters>() == 32);
     assert!(core::mem::size_of::<SockReverseKey>() == 32);
     assert!(core::mem::size_of::<SockReverseValue>() == 24);
+    assert!(core::mem::size_of::<SockConnection>() == 48);
 };
 
 #[cfg(feature = "user")]
@@ -513,6 +533,7 @@ mod pod {
     unsafe impl aya::Pod for ServiceCounters {}
     unsafe impl aya::Pod for SockReverseKey {}
     unsafe impl aya::Pod for SockReverseValue {}
+    unsafe impl aya::Pod for SockConnection {}
 }
 
 #[cfg(test)]

@@ -74,14 +74,14 @@ use aya_ebpf::{
     macros::{cgroup_sock, cgroup_sock_addr, classifier, xdp},
     programs::{SockAddrContext, SockContext, TcContext, XdpContext},
 };
-use lb_common::{SocketCounter, config_flags};
+use lb_common::config_flags;
 use lb_ebpf::{
     counters::count_reason,
     ctx::{Tc, Xdp},
     forward,
     maps::CONFIG,
     reverse,
-    sock::{self, Side},
+    sock::{self, Call, Side},
     verdict::{Action, Verdict},
 };
 
@@ -156,48 +156,48 @@ pub fn slicelb_tc_egress(ctx: TcContext) -> i32 {
 /// Socket level: `connect()` to an IPv4 frontend goes to a backend.
 #[cgroup_sock_addr(connect4)]
 pub fn slicelb_connect4(ctx: SockAddrContext) -> i32 {
-    sock::balance(&ctx, Side::V4, SocketCounter::ConnectTranslated)
+    sock::balance(&ctx, Side::V4, Call::Connect)
 }
 
 #[cgroup_sock_addr(connect6)]
 pub fn slicelb_connect6(ctx: SockAddrContext) -> i32 {
-    sock::balance(&ctx, Side::V6, SocketCounter::ConnectTranslated)
+    sock::balance(&ctx, Side::V6, Call::Connect)
 }
 
 /// Socket level: an unconnected UDP datagram to a frontend goes to a backend.
 #[cgroup_sock_addr(sendmsg4)]
 pub fn slicelb_sendmsg4(ctx: SockAddrContext) -> i32 {
-    sock::balance(&ctx, Side::V4, SocketCounter::SendmsgTranslated)
+    sock::balance(&ctx, Side::V4, Call::Sendmsg)
 }
 
 #[cgroup_sock_addr(sendmsg6)]
 pub fn slicelb_sendmsg6(ctx: SockAddrContext) -> i32 {
-    sock::balance(&ctx, Side::V6, SocketCounter::SendmsgTranslated)
+    sock::balance(&ctx, Side::V6, Call::Sendmsg)
 }
 
 /// Socket level: a datagram from a backend is received as from the frontend.
 #[cgroup_sock_addr(recvmsg4)]
 pub fn slicelb_recvmsg4(ctx: SockAddrContext) -> i32 {
-    sock::show_frontend(&ctx, Side::V4, SocketCounter::ReplyShownAsService)
+    sock::show_reply_source(&ctx, Side::V4)
 }
 
 #[cgroup_sock_addr(recvmsg6)]
 pub fn slicelb_recvmsg6(ctx: SockAddrContext) -> i32 {
-    sock::show_frontend(&ctx, Side::V6, SocketCounter::ReplyShownAsService)
+    sock::show_reply_source(&ctx, Side::V6)
 }
 
 /// Socket level: `getpeername()` shows the frontend, not the backend.
 #[cgroup_sock_addr(getpeername4)]
 pub fn slicelb_getpeername4(ctx: SockAddrContext) -> i32 {
-    sock::show_frontend(&ctx, Side::V4, SocketCounter::PeerShownAsService)
+    sock::show_peer(&ctx, Side::V4)
 }
 
 #[cgroup_sock_addr(getpeername6)]
 pub fn slicelb_getpeername6(ctx: SockAddrContext) -> i32 {
-    sock::show_frontend(&ctx, Side::V6, SocketCounter::PeerShownAsService)
+    sock::show_peer(&ctx, Side::V6)
 }
 
-/// Socket level: a closed socket's reverse entry goes with it.
+/// Socket level: a closed connected socket's entry goes with it.
 #[cgroup_sock(sock_release)]
 pub fn slicelb_sock_release(ctx: SockContext) -> i32 {
     sock::forget(&ctx)

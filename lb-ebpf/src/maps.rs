@@ -8,8 +8,8 @@ use aya_ebpf::{
 };
 use lb_common::{
     AffinityKey, AffinityValue, Backend, Config, FlowKey, FlowValue, FragmentKey, FragmentValue,
-    FrontendKey, FrontendValue, ProtoCounter, Reason, ServiceCounters, ServiceName, SockReverseKey,
-    SockReverseValue, SocketCounter, SourceRangeKey, capacity, frontend_filter,
+    FrontendKey, FrontendValue, ProtoCounter, Reason, ServiceCounters, ServiceName, SockConnection,
+    SockReverseKey, SockReverseValue, SocketCounter, SourceRangeKey, capacity, frontend_filter,
 };
 
 #[map(name = "FRONTENDS")]
@@ -60,6 +60,10 @@ pub static SERVICE_STATS: PerCpuArray<ServiceCounters> =
 #[map(name = "SOCK_REVERSE")]
 pub static SOCK_REVERSE: LruHashMap<SockReverseKey, SockReverseValue> =
     LruHashMap::with_max_entries(capacity::SOCK_REVERSE, 0);
+
+#[map(name = "SOCK_CONNECTED")]
+pub static SOCK_CONNECTED: LruHashMap<u64, SockConnection> =
+    LruHashMap::with_max_entries(capacity::SOCK_CONNECTED, 0);
 
 #[map(name = "SOCKET_STATS")]
 pub static SOCKET_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(SocketCounter::COUNT, 0);

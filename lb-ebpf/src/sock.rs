@@ -11,10 +11,15 @@
 //!   (`FAMILY_SHORT_CIRCUIT`), which holds the Cluster endpoints, is used instead: traffic
 //!   from inside the cluster may go to any endpoint (kube-proxy's rule).
 //! - No usable backend: the call fails with ECONNREFUSED at once (kube-proxy rejects).
-//! - SOCK_REVERSE remembers (socket, backend) -> frontend, so `getpeername()` and the source
-//!   of a received datagram show the service, not the pod (glibc's resolver drops answers
-//!   from any other address). Socket release deletes a connected socket's entry; entries of
-//!   unconnected UDP sockets age out of the LRU.
+//! - `getpeername()` and the source of a received datagram show the service, not the pod
+//!   (glibc's resolver drops answers from any other address). A connected socket's backend
+//!   and frontend are kept in SOCK_CONNECTED under its cookie and deleted when the socket is
+//!   released (also after a `connect()` that failed, when the socket has no peer). Unconnected
+//!   UDP keeps (socket, backend) -> frontend in SOCK_REVERSE, an LRU of its own: their peers
+//!   are not known at release, and their churn must not evict a connected socket's entry.
+//! - A datagram socket tells replies apart only by the backend's address, so when it sends to
+//!   a second frontend, a backend it already uses for another frontend is avoided if another
+//!   one is drawn within [`DATAGRAM_DRAWS`]; else the later frontend wins (counted).
 //! - The client is named by its network namespace (a pod) for affinity: the source address
 //!   is not known at `connect()`.
 //! - Frontends with `loadBalancerSourceRanges` are left untranslated (counted): the socket's
@@ -32,14 +37,14 @@ use aya_ebpf::{
 };
 use lb_common::{
     AffinityKey, AffinityValue, Backend, FAMILY_BY_NETNS, FAMILY_IPV4, FAMILY_IPV6,
-    FAMILY_SHORT_CIRCUIT, FrontendKey, FrontendValue, SockReverseKey, SockReverseValue,
-    SocketCounter, frontend_flags,
+    FAMILY_SHORT_CIRCUIT, FrontendKey, FrontendValue, SockConnection, SockReverseKey,
+    SockReverseValue, SocketCounter, frontend_flags,
 };
 
 use crate::{
     counters::{count_socket, count_socket_translation},
     lookup::{affinity_backend, may_be_frontend, now_ns, table_backend},
-    maps::{AFFINITY, FRONTENDS, Lookup as _, SOCK_REVERSE},
+    maps::{AFFINITY, FRONTENDS, Lookup as _, SOCK_CONNECTED, SOCK_REVERSE},
 };
 
 /// What a sock_addr program returns to let the call go on.
@@ -48,8 +53,9 @@ pub const PROCEED: i32 = 1;
 pub const REJECT: i32 = 0;
 
 const ECONNREFUSED: i32 = 111;
-const AF_INET: u32 = 2;
-const AF_INET6: u32 = 10;
+/// Draws of a backend for an unconnected datagram before a backend this socket already uses
+/// for another frontend is accepted.
+pub const DATAGRAM_DRAWS: u32 = 3;
 
 /// `::ffff:0:0/96`: bytes 10 and 11 of an IPv4-mapped IPv6 address.
 const MAPPED_PREFIX: [u8; 12] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff];
@@ -236,10 +242,19 @@ fn refresh_affinity(key: &AffinityKey, backend_id: u32, now: u64) {
     let _ = AFFINITY.insert(key, &value, BPF_ANY as u64);
 }
 
-/// `connect()` (TCP, connected UDP) or unconnected UDP `sendmsg()`: a call to a frontend is
-/// sent to a backend, or fails with ECONNREFUSED when the frontend has none.
+/// The socket call a translating hook serves.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Call {
+    /// `connect()`: TCP, connected UDP (and SCTP).
+    Connect,
+    /// Unconnected UDP `sendmsg()` with a destination.
+    Sendmsg,
+}
+
+/// `connect()` or unconnected UDP `sendmsg()`: a call to a frontend is sent to a backend, or
+/// fails with ECONNREFUSED when the frontend has none.
 #[inline(always)]
-pub fn balance(ctx: &SockAddrContext, side: Side, counter: SocketCounter) -> i32 {
+pub fn balance(ctx: &SockAddrContext, side: Side, call: Call) -> i32 {
     let dest = read_user(ctx, side);
     let proto = protocol(ctx);
     if !may_be_frontend(&dest.addr, dest.port, proto, dest.family) {
@@ -259,68 +274,128 @@ pub fn balance(ctx: &SockAddrContext, side: Side, counter: SocketCounter) -> i32
         return PROCEED;
     }
     let service_id = frontend.service_id;
-    let Some(chosen) = choose(ctx, frontend, dest.family) else {
+    let Some(mut chosen) = choose(ctx, frontend, dest.family) else {
         count_socket(SocketCounter::RefusedNoBackend);
         // SAFETY: a helper the kernel offers connect and sendmsg hooks (the call's errno).
         unsafe { bpf_set_retval(-ECONNREFUSED) };
         return REJECT;
     };
-    let reverse_key =
-        SockReverseKey::new(socket_cookie(ctx), chosen.addr, chosen.port, dest.family);
-    let frontend_addr = SockReverseValue {
+    let asked_for = SockReverseValue {
         addr: dest.addr,
         port: dest.port,
         family: dest.family,
         _pad: 0,
         service_id,
     };
-    if SOCK_REVERSE
-        .insert(&reverse_key, &frontend_addr, BPF_ANY as u64)
-        .is_err()
-    {
+    let cookie = socket_cookie(ctx);
+    let remembered = match call {
+        Call::Connect => {
+            let connection = SockConnection {
+                backend_addr: chosen.addr,
+                backend_port: chosen.port,
+                _pad: [0; 6],
+                frontend: asked_for,
+            };
+            SOCK_CONNECTED.insert(&cookie, &connection, BPF_ANY as u64)
+        }
+        Call::Sendmsg => {
+            let pinned = frontend.flags & frontend_flags::AFFINITY != 0;
+            let mut draws = 1;
+            while serves_other_frontend(cookie, &chosen, &asked_for) {
+                if pinned || draws == DATAGRAM_DRAWS {
+                    count_socket(SocketCounter::ReplyAmbiguous);
+                    break;
+                }
+                draws += 1;
+                match choose(ctx, frontend, dest.family) {
+                    Some(other) => chosen = other,
+                    None => break,
+                }
+            }
+            let key = SockReverseKey::new(cookie, chosen.addr, chosen.port, dest.family);
+            SOCK_REVERSE.insert(&key, &asked_for, BPF_ANY as u64)
+        }
+    };
+    if remembered.is_err() {
         // Without the reverse entry the application would see the pod's address: better
         // leave the call untranslated (the packet path may still balance it).
         count_socket(SocketCounter::Failed);
         return PROCEED;
     }
     write_user(ctx, side, dest.mapped, &chosen.addr, chosen.port);
-    count_socket(counter);
+    count_socket(match call {
+        Call::Connect => SocketCounter::ConnectTranslated,
+        Call::Sendmsg => SocketCounter::SendmsgTranslated,
+    });
     count_socket_translation(service_id);
     PROCEED
 }
 
-/// `getpeername()` and `recvmsg()`: a backend this socket was sent to is shown as the
-/// frontend the application asked for. These hooks may only return [`PROCEED`].
+/// Whether this datagram socket already sends to `chosen` for a frontend other than
+/// `asked_for`: a reply from it could not be told apart.
 #[inline(always)]
-pub fn show_frontend(ctx: &SockAddrContext, side: Side, counter: SocketCounter) -> i32 {
+fn serves_other_frontend(cookie: u64, chosen: &Chosen, asked_for: &SockReverseValue) -> bool {
+    let key = SockReverseKey::new(cookie, chosen.addr, chosen.port, asked_for.family);
+    SOCK_REVERSE
+        .value(&key)
+        .is_some_and(|other| other.addr != asked_for.addr || other.port != asked_for.port)
+}
+
+/// The frontend a connected socket asked for, when `peer` is the backend it was sent to.
+#[inline(always)]
+fn connected_frontend(cookie: u64, peer: &SockAddr) -> Option<&'static SockReverseValue> {
+    let connection = SOCK_CONNECTED.value(&cookie)?;
+    let sent_to_peer = connection.backend_addr == peer.addr
+        && connection.backend_port == peer.port
+        && connection.frontend.family == peer.family;
+    sent_to_peer.then_some(&connection.frontend)
+}
+
+#[inline(always)]
+fn show(ctx: &SockAddrContext, side: Side, peer: &SockAddr, frontend: &SockReverseValue) {
+    let (addr, port) = (frontend.addr, frontend.port);
+    write_user(ctx, side, peer.mapped, &addr, port);
+}
+
+/// `getpeername()`: a connected socket's backend is shown as the frontend the application
+/// asked for. May only return [`PROCEED`].
+#[inline(always)]
+pub fn show_peer(ctx: &SockAddrContext, side: Side) -> i32 {
     let peer = read_user(ctx, side);
-    let key = SockReverseKey::new(socket_cookie(ctx), peer.addr, peer.port, peer.family);
-    if let Some(frontend) = SOCK_REVERSE.value(&key) {
-        let (addr, port) = (frontend.addr, frontend.port);
-        write_user(ctx, side, peer.mapped, &addr, port);
-        count_socket(counter);
+    if let Some(frontend) = connected_frontend(socket_cookie(ctx), &peer) {
+        show(ctx, side, &peer, frontend);
+        count_socket(SocketCounter::PeerShownAsService);
     }
     PROCEED
 }
 
-/// Socket release: a connected socket's reverse entry goes with it (unconnected UDP
-/// sockets' entries age out of the LRU: their peers are not known here).
+/// `recvmsg()`: a datagram from a backend this socket was sent to is received as from the
+/// frontend (connected first, else the unconnected socket's entry). May only return
+/// [`PROCEED`].
+#[inline(always)]
+pub fn show_reply_source(ctx: &SockAddrContext, side: Side) -> i32 {
+    let peer = read_user(ctx, side);
+    let cookie = socket_cookie(ctx);
+    let frontend = connected_frontend(cookie, &peer).or_else(|| {
+        SOCK_REVERSE.value(&SockReverseKey::new(
+            cookie,
+            peer.addr,
+            peer.port,
+            peer.family,
+        ))
+    });
+    if let Some(frontend) = frontend {
+        show(ctx, side, &peer, frontend);
+        count_socket(SocketCounter::ReplyShownAsService);
+    }
+    PROCEED
+}
+
+/// Socket release: a connected socket's entry goes with it, whatever its state (a socket
+/// whose `connect()` failed has no peer any more). Unconnected UDP sockets' entries age out
+/// of SOCK_REVERSE: their peers are not known here.
 #[inline(always)]
 pub fn forget(ctx: &SockContext) -> i32 {
-    // SAFETY: the kernel's context; family, dst_ip4/6 and dst_port are readable in
-    // sock_release hooks.
-    let sk = unsafe { &*ctx.sock };
-    let (addr, family) = match sk.family {
-        AF_INET => (from_v4_word(sk.dst_ip4), FAMILY_IPV4),
-        AF_INET6 => {
-            let (addr, family, _) =
-                from_v6_words([sk.dst_ip6[0], sk.dst_ip6[1], sk.dst_ip6[2], sk.dst_ip6[3]]);
-            (addr, family)
-        }
-        _ => return PROCEED,
-    };
-    // `dst_port` is in network order, as sockets carry it.
-    let key = SockReverseKey::new(socket_cookie(ctx), addr, sk.dst_port, family);
-    let _ = SOCK_REVERSE.remove(&key);
+    let _ = SOCK_CONNECTED.remove(&socket_cookie(ctx));
     PROCEED
 }

@@ -9,7 +9,7 @@ use slicelb_lab::{
     bench::{self, Part},
     lab::{
         demo,
-        probe::{Probe, ProbeProtocol},
+        probe::{self, Probe, ProbeProtocol},
         servers::{BackendServers, PodServers},
     },
 };
@@ -42,6 +42,19 @@ enum Command {
     /// said, the client address the server saw (run in a pod or node by the tests).
     #[command(hide = true)]
     Probe(ProbeArgs),
+    /// Fresh unconnected UDP sockets, one datagram each, no answer awaited (run in a pod by
+    /// the tests to churn socket-level state).
+    #[command(hide = true)]
+    Spray(SprayArgs),
+}
+
+#[derive(Debug, Args)]
+struct SprayArgs {
+    #[arg(long, value_name = "ADDR:PORT")]
+    udp: SocketAddr,
+    /// Sockets, one datagram each.
+    #[arg(long)]
+    sockets: u32,
 }
 
 #[derive(Debug, Args)]
@@ -114,6 +127,10 @@ struct ProbeArgs {
     /// Keep one socket open and ask every 100 ms for this long, a line per request.
     #[arg(long)]
     hold_ms: Option<u64>,
+    /// UDP: each attempt's unconnected socket also asks this address, right after the
+    /// first; a line per answer, in the order they arrive.
+    #[arg(long, requires = "unconnected", value_name = "ADDR:PORT")]
+    also_to: Option<SocketAddr>,
 }
 
 impl ProbeArgs {
@@ -130,6 +147,7 @@ impl ProbeArgs {
             unconnected: self.unconnected,
             timeout: Duration::from_millis(self.timeout_ms),
             hold: self.hold_ms.map(Duration::from_millis),
+            also_to: self.also_to,
         }
     }
 }
@@ -163,6 +181,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             .probe()
             .run_here(&mut std::io::stdout().lock())
             .map_err(anyhow::Error::from),
+        Command::Spray(args) => {
+            let sent = probe::spray_datagrams(args.udp, args.sockets)?;
+            println!("{sent}");
+            Ok(())
+        }
     }
 }
 
@@ -194,6 +217,7 @@ mod tests {
                 .unconnected()
                 .timeout(Duration::from_millis(300)),
             Probe::tcp(target).hold(Duration::from_secs(3)),
+            Probe::udp(target).count(2).also_to(target),
         ] {
             let args = std::iter::once("slicelb-lab".to_string()).chain(probe.args());
             let Command::Probe(parsed) = Cli::try_parse_from(args)
@@ -209,5 +233,15 @@ mod tests {
             }
             assert_eq!(parsed.probe(), expected);
         }
+    }
+
+    #[test]
+    fn spray_args_from_the_library_parse_back() {
+        let target: SocketAddr = "198.18.100.53:53".parse().expect("literal");
+        let args = std::iter::once("slicelb-lab".to_string()).chain(probe::spray_args(target, 7));
+        let Command::Spray(parsed) = Cli::try_parse_from(args).expect("parses").command else {
+            panic!("parsed as another command");
+        };
+        assert_eq!((parsed.udp, parsed.sockets), (target, 7));
     }
 }

@@ -6,22 +6,25 @@
 
 use std::{
     collections::BTreeSet,
-    net::{IpAddr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::PathBuf,
     process::Command,
     time::{Duration, Instant},
 };
 
+use aya::maps::{HashMap, Map, MapData};
+use lb_common::{SockConnection, SockReverseKey, SockReverseValue, capacity, map_names};
 use slicelb_lab::lab::{
     ChildGuard,
     cluster::{
         Cluster, ClusterSpec,
         manifests::{
-            ClusterEndpoint, Conditions, DNS_SERVICE, LOCAL_SERVICE, MY_APP_SERVICE, write_my_app,
+            ClusterEndpoint, ClusterService, Conditions, DNS_SERVICE, LOCAL_SERVICE,
+            MY_APP_SERVICE, write_my_app, write_services,
         },
     },
     lab_binary,
-    probe::{Probe, ProbeAnswer, ProbeResult},
+    probe::{Probe, ProbeAnswer, ProbeResult, spray_args},
     require_root, slicelb_binary,
 };
 
@@ -70,10 +73,13 @@ impl SocketLab {
         for node in ["node-a", "node-b"] {
             this.start_agent(node);
         }
-        this.wait_until("the first sync", || {
-            this.answers(CLIENT, &Probe::tcp(MY_APP_SERVICE.addr_v4()))
-                .is_some()
-        });
+        // node-a's client pod and node-b's own processes: both agents have synced.
+        for (from, node) in [(CLIENT, "node-a"), ("node-b", "node-b")] {
+            this.wait_until(&format!("the first sync on {node}"), || {
+                this.answers(from, &Probe::tcp(MY_APP_SERVICE.addr_v4()))
+                    .is_some()
+            });
+        }
         this
     }
 
@@ -84,6 +90,31 @@ impl SocketLab {
             .map(|(pod, conditions)| ClusterEndpoint::new(self.cluster.pod(pod), *conditions))
             .collect();
         write_my_app(self.manifests.path(), &endpoints).expect("write the manifests");
+    }
+
+    /// `services`, each with every replica ready, instead of the usual three.
+    fn write_services(&self, services: &[ClusterService]) {
+        let endpoints: Vec<ClusterEndpoint> = REPLICAS
+            .iter()
+            .map(|pod| ClusterEndpoint::new(self.cluster.pod(pod), Conditions::READY))
+            .collect();
+        write_services(self.manifests.path(), services, &endpoints).expect("write manifests");
+    }
+
+    /// Entries of node's socket-level maps: (connected sockets, unconnected UDP socket and
+    /// backend pairs), as `bpftool map dump` would count them.
+    fn socket_entries(&self, node: &str) -> (usize, usize) {
+        let maps = self.cluster.node(node).pin_path.join("maps");
+        let open = |name: &str| {
+            let data = MapData::from_pin(maps.join(name))
+                .unwrap_or_else(|e| panic!("open the pinned {name}: {e}"));
+            Map::LruHashMap(data)
+        };
+        let connected: HashMap<MapData, u64, SockConnection> =
+            HashMap::try_from(open(map_names::SOCK_CONNECTED)).expect("SOCK_CONNECTED");
+        let datagrams: HashMap<MapData, SockReverseKey, SockReverseValue> =
+            HashMap::try_from(open(map_names::SOCK_REVERSE)).expect("SOCK_REVERSE");
+        (connected.keys().count(), datagrams.keys().count())
     }
 
     fn start_agent(&mut self, node: &str) {
@@ -494,4 +525,141 @@ fn detach_leaves_no_link_behind() {
         "still balanced after detach: {results:?}"
     );
     assert_eq!(slicelb_cgroup_links(), node_b_links);
+}
+
+/// An address no node routes: a Service whose endpoint is there makes `connect()` fail at
+/// once on the node (ENETUNREACH) after the socket program translated it.
+fn unroutable_endpoint() -> ClusterEndpoint {
+    ClusterEndpoint {
+        pod: "unroutable".into(),
+        node: "node-b".into(),
+        addr_v4: Ipv4Addr::new(198, 18, 99, 1),
+        addr_v6: Ipv6Addr::new(0x2001, 2, 0, 0x99, 0, 0, 0, 1),
+        conditions: Conditions::READY,
+    }
+}
+
+#[test]
+fn a_connect_that_fails_leaves_no_socket_state_behind() {
+    let lab = SocketLab::new("sock_failed_connect");
+    write_my_app(lab.manifests.path(), &[unroutable_endpoint()]).expect("write manifests");
+    let unreachable = |probe: &Probe| {
+        lab.probe("node-a", probe)
+            .iter()
+            .all(|r| r.failure().is_some_and(|f| f.error == "ENETUNREACH"))
+    };
+    lab.wait_until("my-app to point at the unroutable endpoint", || {
+        unreachable(&Probe::tcp(MY_APP_SERVICE.addr_v4()))
+    });
+    let before = lab.socket_counters("node-a");
+    for service in [MY_APP_SERVICE.addr_v4(), MY_APP_SERVICE.addr_v6()] {
+        let probe = Probe::tcp(service).count(ATTEMPTS);
+        assert!(unreachable(&probe), "{service}: connect() fails at once");
+    }
+    let after = lab.socket_counters("node-a");
+    let translated = after["connect_translated"].as_u64().unwrap_or(0)
+        - before["connect_translated"].as_u64().unwrap_or(0);
+    assert!(
+        translated >= 2 * u64::from(ATTEMPTS),
+        "the connects were translated before they failed ({translated})"
+    );
+    // Every probe has exited and closed its sockets: nothing of them may stay behind to
+    // fill the map (and push live connections' entries out).
+    assert_eq!(
+        lab.socket_entries("node-a"),
+        (0, 0),
+        "socket-level entries left on node-a"
+    );
+}
+
+#[test]
+fn datagram_churn_never_hides_the_service_behind_a_held_connection() {
+    let lab = SocketLab::new("sock_churn");
+    let service = MY_APP_SERVICE.addr_v4();
+    let mut held = Probe::tcp(service)
+        .hold(Duration::from_secs(600))
+        .spawn(lab.command(CLIENT))
+        .expect("a held connection");
+    assert_eq!(held_answer(&mut held, "before the churn").peer, service);
+    // An idle application: nothing looks its socket up while the node's resolvers churn
+    // through twice the datagram table's capacity.
+    held.pause().expect("pause the held connection's process");
+    let sockets = 2 * capacity::SOCK_REVERSE + 1000;
+    let output = lab
+        .command(CLIENT)
+        .args(spray_args(DNS_SERVICE.addr_v4(), sockets))
+        .output()
+        .expect("run the spray");
+    assert!(output.status.success(), "spray: {output:?}");
+    held.resume().expect("resume the held connection's process");
+    let answer = held_answer(&mut held, "after the churn");
+    assert_eq!(
+        answer.peer, service,
+        "getpeername() of a connection held through datagram churn"
+    );
+    let (connected, datagrams) = lab.socket_entries("node-a");
+    assert_eq!(connected, 1, "the held connection's entry");
+    assert!(datagrams <= capacity::SOCK_REVERSE as usize);
+    held.stop().expect("stop the held connection");
+}
+
+fn held_answer(held: &mut slicelb_lab::lab::probe::RunningProbe, what: &str) -> ProbeAnswer {
+    held.next_result()
+        .unwrap_or_else(|| panic!("{what}: the held probe ended"))
+        .unwrap_or_else(|e| panic!("{what}: {e}"))
+        .answer()
+        .cloned()
+        .unwrap_or_else(|| panic!("{what}: the held connection failed"))
+}
+
+/// A second Service with DNS's endpoints: one backend set behind two addresses.
+const DNS_ALIAS: ClusterService = ClusterService {
+    name: "dns-alias",
+    cluster_ipv4: Ipv4Addr::new(198, 18, 100, 54),
+    cluster_ipv6: Ipv6Addr::new(0x2001, 2, 0, 0x100, 0, 0, 0, 0x54),
+    ..DNS_SERVICE
+};
+
+#[test]
+fn one_datagram_socket_asking_two_services_gets_each_answer_from_its_service() {
+    let lab = SocketLab::new("sock_two_services");
+    lab.write_services(&[MY_APP_SERVICE, DNS_SERVICE, DNS_ALIAS]);
+    let (dns, alias) = (DNS_SERVICE.addr_v4(), DNS_ALIAS.addr_v4());
+    lab.wait_until("the alias to answer", || {
+        lab.answers(CLIENT, &Probe::udp(alias)).is_some()
+    });
+    let before = lab.socket_counters("node-a");
+    let probe = Probe::udp(dns).count(ATTEMPTS).also_to(alias);
+    let results = lab.probe(CLIENT, &probe);
+    assert_eq!(results.len(), 2 * ATTEMPTS as usize, "{results:?}");
+    let mut shown_wrong = 0;
+    for pair in results.chunks(2) {
+        let answers: Vec<&ProbeAnswer> = pair
+            .iter()
+            .map(|r| r.answer().unwrap_or_else(|| panic!("unanswered: {pair:?}")))
+            .collect();
+        let shown: BTreeSet<SocketAddr> = answers.iter().map(|a| a.peer).collect();
+        if shown != BTreeSet::from([dns, alias]) {
+            // Both answers seemed to come from one Service: only when one pod served both
+            // (the same source address on the wire).
+            assert_eq!(
+                answers[0].served_by, answers[1].served_by,
+                "two backends, yet the answers were not told apart: {pair:?}"
+            );
+            shown_wrong += 1;
+        }
+    }
+    // The program avoids sending one socket's datagrams for two Services to one backend
+    // when it can, and counts each time it could not (an operator sees it).
+    let after = lab.socket_counters("node-a");
+    let ambiguous = after["reply_ambiguous"].as_u64().unwrap_or(0)
+        - before["reply_ambiguous"].as_u64().unwrap_or(0);
+    assert_eq!(
+        shown_wrong, ambiguous,
+        "every answer shown as from the wrong Service is counted as ambiguous"
+    );
+    assert!(
+        shown_wrong < u64::from(ATTEMPTS) / 3,
+        "{shown_wrong} of {ATTEMPTS} sockets got both answers from one Service"
+    );
 }

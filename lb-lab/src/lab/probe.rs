@@ -49,6 +49,9 @@ pub struct Probe {
     pub timeout: Duration,
     /// Keep one socket and send a request every [`HOLD_INTERVAL`] for this long.
     pub hold: Option<Duration>,
+    /// Unconnected UDP only: each attempt's socket also sends to this address right after
+    /// `target`, then receives both answers (a line each, in the order they arrive).
+    pub also_to: Option<SocketAddr>,
 }
 
 impl Probe {
@@ -60,6 +63,7 @@ impl Probe {
             unconnected: false,
             timeout: Duration::from_secs(1),
             hold: None,
+            also_to: None,
         }
     }
 
@@ -83,6 +87,15 @@ impl Probe {
 
     pub fn timeout(self, timeout: Duration) -> Self {
         Self { timeout, ..self }
+    }
+
+    /// One unconnected UDP socket per attempt asks `target` and then `second`.
+    pub fn also_to(self, second: SocketAddr) -> Self {
+        Self {
+            also_to: Some(second),
+            unconnected: true,
+            ..self
+        }
     }
 
     pub fn hold(self, hold: Duration) -> Self {
@@ -111,6 +124,9 @@ impl Probe {
         }
         if self.unconnected {
             args.push("--unconnected".to_string());
+        }
+        if let Some(second) = self.also_to {
+            args.extend(["--also-to".to_string(), second.to_string()]);
         }
         args
     }
@@ -152,8 +168,20 @@ impl Probe {
             None => {
                 for _ in 0..self.count {
                     let started = Instant::now();
-                    let result = self.open().and_then(|mut socket| socket.ask(self.timeout));
-                    emit(ProbeResult::from_attempt(result, started))?;
+                    let mut socket = match self.open() {
+                        Ok(socket) => socket,
+                        Err(failure) => {
+                            emit(ProbeResult::from_attempt(Err(failure), started))?;
+                            continue;
+                        }
+                    };
+                    if let Some(second) = self.also_to {
+                        let [first, second] = socket.ask_two(second, self.timeout);
+                        emit(ProbeResult::from_attempt(first, started))?;
+                        emit(ProbeResult::from_attempt(second, started))?;
+                    } else {
+                        emit(ProbeResult::from_attempt(socket.ask(self.timeout), started))?;
+                    }
                 }
             }
             Some(hold) => {
@@ -213,6 +241,34 @@ impl Probe {
     }
 }
 
+/// `sockets` fresh unconnected UDP sockets each send one datagram to `target` and close
+/// without waiting for an answer: socket-level state churn, as a busy node's resolvers make.
+/// Returns how many were sent.
+pub fn spray_datagrams(target: SocketAddr, sockets: u32) -> std::io::Result<u32> {
+    let any: SocketAddr = if target.is_ipv4() {
+        SocketAddr::from(([0u8; 4], 0))
+    } else {
+        SocketAddr::from(([0u16; 8], 0))
+    };
+    for _ in 0..sockets {
+        UdpSocket::bind(any)?.send_to(REQUEST, target)?;
+    }
+    Ok(sockets)
+}
+
+/// `slicelb-lab spray --udp ADDR:PORT --sockets N`: [`spray_datagrams`] in a pod or node.
+pub fn spray_args(target: SocketAddr, sockets: u32) -> Vec<String> {
+    [
+        "spray",
+        "--udp",
+        &target.to_string(),
+        "--sockets",
+        &sockets.to_string(),
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
 /// A probe started with [`Probe::spawn`].
 pub struct RunningProbe {
     child: Child,
@@ -228,6 +284,25 @@ impl RunningProbe {
             Ok(_) => Some(ProbeResult::parse_line(line.trim_end())),
             Err(source) => Some(Err(ProbeError::Read(source))),
         }
+    }
+
+    /// Stops the probe's process (SIGSTOP) until [`Self::resume`]: its socket stays open and
+    /// untouched, as an idle application's would.
+    pub fn pause(&self) -> Result<(), ProbeError> {
+        self.signal(libc::SIGSTOP)
+    }
+
+    pub fn resume(&self) -> Result<(), ProbeError> {
+        self.signal(libc::SIGCONT)
+    }
+
+    fn signal(&self, signal: libc::c_int) -> Result<(), ProbeError> {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("a pid fits pid_t");
+        // SAFETY: kill(2) on our own child, which is not reaped yet (its pid is still ours).
+        if unsafe { libc::kill(pid, signal) } != 0 {
+            return Err(ProbeError::Read(std::io::Error::last_os_error()));
+        }
+        Ok(())
     }
 
     /// Waits for the probe to end and returns the lines not read yet.
@@ -281,6 +356,42 @@ enum ProbeSocket {
 }
 
 impl ProbeSocket {
+    /// An unconnected UDP socket's request to its target and then to `second`, and the two
+    /// answers in the order they arrive (each with the source the socket saw).
+    fn ask_two(
+        &mut self,
+        second: SocketAddr,
+        timeout: Duration,
+    ) -> [Result<ProbeAnswer, (ProbeStage, std::io::Error)>; 2] {
+        let ProbeSocket::UnconnectedUdp { socket, target } = self else {
+            let wrong = || {
+                let error = std::io::Error::other("--also-to needs an unconnected UDP probe");
+                Err((ProbeStage::Send, error))
+            };
+            return [wrong(), wrong()];
+        };
+        let sent = socket
+            .set_read_timeout(Some(timeout))
+            .and_then(|()| socket.send_to(REQUEST, *target))
+            .and_then(|_| socket.send_to(REQUEST, second));
+        if let Err(error) = sent {
+            let again = std::io::Error::new(error.kind(), error.to_string());
+            return [
+                Err((ProbeStage::Send, error)),
+                Err((ProbeStage::Send, again)),
+            ];
+        }
+        let receive = || {
+            let mut buf = [0u8; 512];
+            let (n, from) = socket
+                .recv_from(&mut buf)
+                .map_err(|e| (ProbeStage::Recv, e))?;
+            let local = socket.local_addr().map_err(|e| (ProbeStage::Recv, e))?;
+            parse_answer(from, local, &String::from_utf8_lossy(&buf[..n]))
+        };
+        [receive(), receive()]
+    }
+
     /// One request and its answer.
     fn ask(&mut self, timeout: Duration) -> Result<ProbeAnswer, (ProbeStage, std::io::Error)> {
         let at = |stage| move |error| (stage, error);
@@ -322,26 +433,35 @@ impl ProbeSocket {
                 (from, local, String::from_utf8_lossy(&buf[..n]).into_owned())
             }
         };
-        let (served_by, client_seen) = answer
-            .trim()
-            .split_once(' ')
-            .and_then(|(name, client)| Some((name.to_string(), client.parse().ok()?)))
-            .ok_or_else(|| {
-                (
-                    ProbeStage::Answer,
-                    std::io::Error::new(
-                        std::io::ErrorKind::InvalidData,
-                        format!("not `<pod> <addr:port>`: {answer:?}"),
-                    ),
-                )
-            })?;
-        Ok(ProbeAnswer {
-            peer,
-            served_by,
-            client_seen,
-            local,
-        })
+        parse_answer(peer, local, &answer)
     }
+}
+
+/// A pod server's answer `<pod> <addr:port>`, received from `peer` on `local`.
+fn parse_answer(
+    peer: SocketAddr,
+    local: SocketAddr,
+    answer: &str,
+) -> Result<ProbeAnswer, (ProbeStage, std::io::Error)> {
+    let (served_by, client_seen) = answer
+        .trim()
+        .split_once(' ')
+        .and_then(|(name, client)| Some((name.to_string(), client.parse().ok()?)))
+        .ok_or_else(|| {
+            (
+                ProbeStage::Answer,
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("not `<pod> <addr:port>`: {answer:?}"),
+                ),
+            )
+        })?;
+    Ok(ProbeAnswer {
+        peer,
+        served_by,
+        client_seen,
+        local,
+    })
 }
 
 /// Where an attempt failed.

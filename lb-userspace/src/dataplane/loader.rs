@@ -31,7 +31,7 @@ use super::MapCapacity;
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
 
 /// Every map of the object, in the order they are pinned.
-pub const ALL_MAPS: [&str; 15] = [
+pub const ALL_MAPS: [&str; 16] = [
     map_names::FRONTENDS,
     map_names::FRONTEND_FILTER,
     map_names::BACKENDS,
@@ -46,6 +46,7 @@ pub const ALL_MAPS: [&str; 15] = [
     map_names::CONFIG,
     map_names::SERVICE_NAMES,
     map_names::SOCK_REVERSE,
+    map_names::SOCK_CONNECTED,
     map_names::SOCKET_STATS,
 ];
 
