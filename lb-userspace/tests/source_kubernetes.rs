@@ -128,19 +128,17 @@ fn has_label(meta: &ObjectMeta, key: &str) -> bool {
 
 /// What the source should publish: the server's objects minus kube-proxy's selector.
 fn expected(server: &FakeApiServer) -> (Vec<Arc<Service>>, Vec<Arc<EndpointSlice>>) {
-    let selected =
-        |meta: &ObjectMeta| !has_label(meta, PROXY_NAME_LABEL) && !has_label(meta, HEADLESS_LABEL);
     (
         server
             .objects::<Service>()
             .into_iter()
-            .filter(|s| selected(&s.metadata))
+            .filter(|s| !has_label(&s.metadata, PROXY_NAME_LABEL))
             .map(Arc::new)
             .collect(),
         server
             .objects::<EndpointSlice>()
             .into_iter()
-            .filter(|s| selected(&s.metadata))
+            .filter(|s| !has_label(&s.metadata, HEADLESS_LABEL))
             .map(Arc::new)
             .collect(),
     )
@@ -365,16 +363,21 @@ async fn initial_list_publishes_the_selected_objects_and_the_node_zone() {
     assert_eq!(first.snapshot.node.name.as_deref(), Some(NODE_NAME));
 
     let requests = server.requests();
-    let selector = "labelSelector=%21service.kubernetes.io%2Fservice-proxy-name%2C%21service.kubernetes.io%2Fheadless";
-    for collection in [
-        "/api/v1/services?",
-        "/apis/discovery.k8s.io/v1/endpointslices?",
+    for (collection, selector) in [
+        (
+            "/api/v1/services?",
+            "!service.kubernetes.io/service-proxy-name",
+        ),
+        (
+            "/apis/discovery.k8s.io/v1/endpointslices?",
+            "!service.kubernetes.io/headless",
+        ),
     ] {
         assert!(
-            requests
-                .iter()
-                .any(|r| r.starts_with(collection) && r.contains(selector)),
-            "{collection} is selected server-side like kube-proxy: {requests:#?}"
+            requests.iter().any(
+                |r| r.starts_with(collection) && label_selector(r).as_deref() == Some(selector)
+            ),
+            "{collection} is selected server-side like kube-proxy ({selector}): {requests:#?}"
         );
     }
     assert!(
@@ -782,13 +785,16 @@ async fn the_fake_speaks_raw_watch_semantics() {
     }
 }
 
-/// With a proxy name, the model (not the selector) decides between our label and another's.
+/// With a proxy name, only the Services labelled with it are listed (issue #14: unlabelled
+/// ones were listed and served too). Slices are selected as kube-proxy selects them, whatever
+/// their proxy label: the model uses those of the Services it serves.
 #[tokio::test]
-async fn a_named_proxy_lists_labelled_services_for_the_model_to_choose() {
+async fn a_named_proxy_lists_only_the_services_labelled_with_its_name() {
     let server = FakeApiServer::start().await;
     server.apply(&service("plain", 80, &[]));
     server.apply(&service("ours", 81, &[(PROXY_NAME_LABEL, "slicelb")]));
     server.apply(&service("theirs", 82, &[(PROXY_NAME_LABEL, "other")]));
+    server.apply(&slice("ours-1", "ours", &["198.18.1.1"], &[]));
     server.apply(&slice(
         "headless-1",
         "headless",
@@ -805,13 +811,26 @@ async fn a_named_proxy_lists_labelled_services_for_the_model_to_choose() {
         .iter()
         .map(|s| s.metadata.name.clone().unwrap())
         .collect();
+    assert_eq!(names, ["ours"], "only our Services are listed");
+    let slices: Vec<_> = snapshot
+        .endpoint_slices
+        .iter()
+        .map(|s| s.metadata.name.clone().unwrap())
+        .collect();
     assert_eq!(
-        names,
-        ["ours", "plain", "theirs"],
-        "only headless objects are left out server-side"
+        slices,
+        ["ours-1"],
+        "a slice without our label is kept, the headless slice left out"
     );
+    let requests = server.requests();
     assert!(
-        snapshot.endpoint_slices.is_empty(),
-        "the headless slice is left out"
+        requests.iter().any(|r| r.starts_with("/api/v1/services?")
+            && label_selector(r).as_deref()
+                == Some("service.kubernetes.io/service-proxy-name=slicelb")),
+        "Services selected by our name: {requests:#?}"
     );
+}
+
+fn label_selector(request: &str) -> Option<String> {
+    fake_apiserver::query_param(request, "labelSelector")
 }

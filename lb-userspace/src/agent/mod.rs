@@ -34,6 +34,8 @@ use reconcile::Reconciler;
 pub struct AgentConfig {
     /// Interfaces to balance on.
     pub ifaces: Vec<String>,
+    /// Built with `SourceConfig::with_proxy_name(service_proxy_name)`, so that a Kubernetes
+    /// watch lists the Services the model serves.
     pub source: SourceConfig,
     /// This node's name: decides which endpoints are local.
     pub node_name: Option<String>,
@@ -44,7 +46,7 @@ pub struct AgentConfig {
     pub metrics_addr: SocketAddr,
     pub xdp_mode: XdpMode,
     /// Only Services labelled `service.kubernetes.io/service-proxy-name=NAME`; only
-    /// unlabelled ones when `None`.
+    /// unlabelled ones when `None` (`ModelConfig::serves`).
     pub service_proxy_name: Option<String>,
     /// Where the socket-level hooks attach (pods and the node's own processes).
     pub cgroup_root: CgroupRoot,
@@ -122,8 +124,7 @@ async fn run_async(args: AgentConfig) -> anyhow::Result<()> {
     tracing::info!(addr = %server.local_addr(), "metrics, /healthz and /readyz");
     tokio::spawn(server.run(metrics.clone()));
 
-    let source_config = source_config(&args);
-    let mut updates = source::spawn(source_config, node)
+    let mut updates = source::spawn(args.source.clone(), node)
         .await
         .context("starting the source")?;
     let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
@@ -192,15 +193,5 @@ async fn run_async(args: AgentConfig) -> anyhow::Result<()> {
 fn model_config(args: &AgentConfig) -> ModelConfig {
     ModelConfig {
         proxy_name: args.service_proxy_name.clone(),
-    }
-}
-
-/// The source, with the proxy name also selecting what the Kubernetes watch asks for.
-fn source_config(args: &AgentConfig) -> SourceConfig {
-    match args.source.clone() {
-        SourceConfig::Kubernetes(options) => {
-            SourceConfig::Kubernetes(options.with_proxy_name(args.service_proxy_name.as_deref()))
-        }
-        other => other,
     }
 }

@@ -150,7 +150,7 @@ pub fn check(args: &super::CheckArgs) -> anyhow::Result<()> {
         nodeport_addresses: crate::source::node::nodeport_addresses(&args.nodeport_addresses)
             .context("listing this node's addresses for NodePorts")?,
     };
-    let config = args.source.config();
+    let config = args.source_config();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -100,13 +100,15 @@ impl From<XdpModeArg> for XdpMode {
 }
 
 impl SourceArgs {
-    /// The source chosen (clap lets exactly one of the three through).
-    pub fn config(&self) -> SourceConfig {
+    /// The source chosen (clap lets exactly one of the three through), reading the Services
+    /// of the proxy named `proxy_name` (`--service-proxy-name`).
+    pub fn config(&self, proxy_name: Option<&str>) -> SourceConfig {
         match (&self.config_dir, &self.kubeconfig) {
             (Some(dir), _) => SourceConfig::ManifestDir(dir.clone()),
             (None, Some(kubeconfig)) => SourceConfig::kubeconfig(kubeconfig.clone()),
             (None, None) => SourceConfig::in_cluster(),
         }
+        .with_proxy_name(proxy_name)
     }
 }
 
@@ -135,8 +137,9 @@ pub struct AgentArgs {
     pub metrics_addr: SocketAddr,
     #[arg(long, value_enum, default_value_t = XdpModeArg::Auto)]
     pub xdp_mode: XdpModeArg,
-    /// Handle Services labelled `service.kubernetes.io/service-proxy-name=NAME` (and no
-    /// others); without it, only unlabelled Services, as kube-proxy does.
+    /// Serve only the Services labelled `service.kubernetes.io/service-proxy-name=NAME`
+    /// (unlabelled ones are left to kube-proxy). Without it, only the Services without that
+    /// label, whatever its value, as kube-proxy does.
     #[arg(long, value_name = "NAME")]
     pub service_proxy_name: Option<String>,
     /// Balance every process below this cgroup v2 directory at connect()/sendmsg() (pods
@@ -152,7 +155,7 @@ impl AgentArgs {
     pub fn config(&self) -> AgentConfig {
         AgentConfig {
             ifaces: self.ifaces.clone(),
-            source: self.source.config(),
+            source: self.source.config(self.service_proxy_name.as_deref()),
             node_name: self.node_name.clone(),
             nodeport_cidrs: self.nodeport_addresses.clone(),
             pin_path: self.pin_path.clone(),
@@ -241,8 +244,16 @@ pub struct CheckArgs {
     pub nodeport_addresses: Vec<ipnet::IpNet>,
     #[arg(long, default_value = DEFAULT_PIN_PATH)]
     pub pin_path: PathBuf,
+    /// The agent's `--service-proxy-name`: the same Services are read and compared.
     #[arg(long, value_name = "NAME")]
     pub service_proxy_name: Option<String>,
+}
+
+impl CheckArgs {
+    /// The source, reading what the agent with this `--service-proxy-name` reads.
+    pub fn source_config(&self) -> SourceConfig {
+        self.source.config(self.service_proxy_name.as_deref())
+    }
 }
 
 #[derive(Debug, Args)]
@@ -291,9 +302,23 @@ mod tests {
         Cli::command().debug_assert();
     }
 
+    /// The subcommand of a command line clap must accept.
+    fn parse(argv: &[&str]) -> Command {
+        Cli::try_parse_from(argv)
+            .unwrap_or_else(|e| panic!("{argv:?} must be accepted: {e}"))
+            .command
+    }
+
+    fn agent_args(argv: &[&str]) -> AgentArgs {
+        match parse(argv) {
+            Command::Agent(args) => args,
+            other => panic!("{argv:?} parsed as {other:?}"),
+        }
+    }
+
     #[test]
     fn agent_accepts_repeated_and_comma_separated_interfaces() {
-        let cli = Cli::try_parse_from([
+        let args = agent_args(&[
             "slicelb",
             "agent",
             "--iface",
@@ -302,11 +327,7 @@ mod tests {
             "eth1,eth2",
             "--config-dir",
             "/tmp/m",
-        ])
-        .expect("valid agent command line");
-        let Command::Agent(args) = cli.command else {
-            panic!("parsed as {:?}", cli.command);
-        };
+        ]);
         assert_eq!(args.ifaces, ["eth0", "eth1", "eth2"]);
         assert_eq!(args.pin_path, PathBuf::from(DEFAULT_PIN_PATH));
         assert_eq!(args.metrics_addr.to_string(), "127.0.0.1:9400");
@@ -329,9 +350,47 @@ mod tests {
         assert!(two.is_err(), "two sources must be refused");
     }
 
+    /// Issue #14: with a proxy name, the Kubernetes watch of `agent` and `check` asks for
+    /// the Services labelled with it (it used to ask for the unlabelled ones as well, and
+    /// `check` for the unlabelled ones only); slices are selected as kube-proxy does.
+    #[test]
+    fn a_proxy_name_selects_the_services_labelled_with_it() {
+        let selectors = |source: SourceConfig| match source {
+            SourceConfig::Kubernetes(options) => (options.service_selector, options.slice_selector),
+            other => panic!("a Kubernetes source expected, got {other:?}"),
+        };
+        let named = (
+            "service.kubernetes.io/service-proxy-name=slicelb".to_owned(),
+            "!service.kubernetes.io/headless".to_owned(),
+        );
+        let agent = agent_args(&[
+            "slicelb",
+            "agent",
+            "--iface",
+            "eth0",
+            "--kubeconfig",
+            "/k",
+            "--service-proxy-name",
+            "slicelb",
+        ]);
+        assert_eq!(selectors(agent.config().source), named, "agent");
+        let check_line = [
+            "slicelb",
+            "check",
+            "--kubeconfig",
+            "/k",
+            "--service-proxy-name",
+            "slicelb",
+        ];
+        let Command::Check(check) = parse(&check_line) else {
+            panic!("{check_line:?} is not `check`");
+        };
+        assert_eq!(selectors(check.source_config()), named, "check");
+    }
+
     #[test]
     fn nodeport_addresses_are_cidrs() {
-        let cli = Cli::try_parse_from([
+        let args = agent_args(&[
             "slicelb",
             "agent",
             "--iface",
@@ -339,11 +398,7 @@ mod tests {
             "--in-cluster",
             "--nodeport-addresses",
             "198.18.0.0/15,2001:2::/48",
-        ])
-        .expect("valid CIDRs");
-        let Command::Agent(args) = cli.command else {
-            panic!("parsed as {:?}", cli.command);
-        };
+        ]);
         assert_eq!(args.nodeport_addresses.len(), 2);
         let bad = Cli::try_parse_from([
             "slicelb",
@@ -367,23 +422,29 @@ mod tests {
             in_cluster,
         };
         assert!(matches!(
-            args(Some("/etc/slicelb"), None, false).config(),
+            args(Some("/etc/slicelb"), None, false).config(None),
             SourceConfig::ManifestDir(dir) if dir == Path::new("/etc/slicelb")
         ));
-        match args(None, Some("/root/.kube/config"), false).config() {
+        match args(None, Some("/root/.kube/config"), false).config(None) {
             SourceConfig::Kubernetes(options) => {
                 assert!(
                     matches!(options.connection, crate::source::Connection::Kubeconfig(p) if p == Path::new("/root/.kube/config"))
                 );
                 assert_eq!(
-                    options.label_selector,
-                    crate::source::kubernetes::KUBE_PROXY_LABEL_SELECTOR,
-                    "kube-proxy's selector by default"
+                    (
+                        options.service_selector.as_str(),
+                        options.slice_selector.as_str()
+                    ),
+                    (
+                        "!service.kubernetes.io/service-proxy-name",
+                        "!service.kubernetes.io/headless"
+                    ),
+                    "kube-proxy's selectors by default"
                 );
             }
             other => panic!("--kubeconfig gave {other:?}"),
         }
-        match args(None, None, true).config() {
+        match args(None, None, true).config(None) {
             SourceConfig::Kubernetes(options) => match options.connection {
                 crate::source::Connection::InCluster(paths) => {
                     assert_eq!(

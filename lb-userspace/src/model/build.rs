@@ -16,7 +16,7 @@ use super::{
     BackendState, Built, DEFAULT_AFFINITY_TIMEOUT_SECS, DesiredBackend, DesiredFrontend,
     DesiredService, DesiredState, FrontendKind, LABEL_HEADLESS, LABEL_SERVICE_NAME,
     LABEL_SERVICE_PROXY_NAME, ModelConfig, NodeInfo, ObjectKind, ObjectRef, Protocol,
-    ServicePortName, Snapshot, Warning, WarningReason, WhenEmpty,
+    ServicePortName, Snapshot, Warning, WarningReason, WhenEmpty, ip_sloppy,
     topology::{Endpoint, PolicyUse, categorize_endpoints},
 };
 
@@ -168,12 +168,7 @@ impl Ctx<'_> {
         slices: &[&EndpointSlice],
         config: &ModelConfig,
     ) -> Vec<(ServicePortName, DesiredService)> {
-        if let Some(proxy) = label(&service.metadata.labels, LABEL_SERVICE_PROXY_NAME)
-            && config.proxy_name.as_deref() != Some(proxy)
-        {
-            return Vec::new();
-        }
-        if label(&service.metadata.labels, LABEL_HEADLESS).is_some() {
+        if !config.serves(label(&service.metadata.labels, LABEL_SERVICE_PROXY_NAME)) {
             return Vec::new();
         }
         let Some(spec) = &service.spec else {
@@ -203,7 +198,14 @@ impl Ctx<'_> {
                 .filter_map(|ing| ing.ip.as_ref())
                 .filter(|ip| !ip.is_empty()),
         );
-        let source_ranges = self.source_ranges(spec.load_balancer_source_ranges.iter().flatten());
+        let listed_ranges = spec
+            .load_balancer_source_ranges
+            .as_deref()
+            .unwrap_or_default();
+        // Any entry restricts, also one that cannot be read: it admits nobody, so a service
+        // whose every range is unreadable is closed rather than open to all.
+        let restricted = !listed_ranges.is_empty();
+        let source_ranges = self.source_ranges(listed_ranges);
         let affinity_timeout_secs = self.affinity(service);
         let publish_not_ready = spec.publish_not_ready_addresses == Some(true);
         let external_local = spec.external_traffic_policy.as_deref() == Some("Local");
@@ -289,7 +291,7 @@ impl Ctx<'_> {
                     port,
                     kind,
                     policy_local: external_local,
-                    source_ranges: kind == FrontendKind::LoadBalancer && !source_ranges.is_empty(),
+                    source_ranges: kind == FrontendKind::LoadBalancer && restricted,
                     selection: selection.clone(),
                     when_empty,
                     short_circuit: false,
@@ -384,10 +386,10 @@ impl Ctx<'_> {
     ) -> Vec<IpAddr> {
         let mut result = Vec::new();
         for text in texts {
-            match text.trim().parse::<IpAddr>() {
-                Ok(ip) if !result.contains(&ip) => result.push(ip),
-                Ok(_) => {}
-                Err(_) => self.warn(WarningReason::InvalidIp {
+            match ip_sloppy::parse_ip(text.trim()) {
+                Some(ip) if !result.contains(&ip) => result.push(ip),
+                Some(_) => {}
+                None => self.warn(WarningReason::InvalidIp {
                     field,
                     value: text.clone(),
                 }),
@@ -396,14 +398,14 @@ impl Ctx<'_> {
         result
     }
 
-    fn source_ranges<'s>(&mut self, texts: impl Iterator<Item = &'s String>) -> Vec<IpNet> {
+    fn source_ranges(&mut self, texts: &[String]) -> Vec<IpNet> {
         let mut result = Vec::new();
         for text in texts {
             // Validation lets whitespace through; kube-proxy trims it too.
-            match text.trim().parse::<IpNet>() {
-                Ok(net) if !result.contains(&net.trunc()) => result.push(net.trunc()),
-                Ok(_) => {}
-                Err(_) => self.warn(WarningReason::InvalidSourceRange {
+            match ip_sloppy::parse_cidr(text.trim()) {
+                Some(net) if !result.contains(&net.trunc()) => result.push(net.trunc()),
+                Some(_) => {}
+                None => self.warn(WarningReason::InvalidSourceRange {
                     value: text.clone(),
                 }),
             }
@@ -555,8 +557,8 @@ impl Ctx<'_> {
                         self.warn_about(slice_ref(slice), WarningReason::EndpointWithoutAddress);
                         continue;
                     };
-                    let ip = match text.parse::<IpAddr>() {
-                        Ok(ip) if ip.is_ipv4() == want_v4 => ip,
+                    let ip = match ip_sloppy::parse_ip(text) {
+                        Some(ip) if ip.is_ipv4() == want_v4 => ip,
                         _ => {
                             let field = "endpoints[].addresses";
                             let reason = WarningReason::InvalidIp {

@@ -20,6 +20,7 @@
 
 mod build;
 pub mod incremental;
+mod ip_sloppy;
 #[cfg(test)]
 pub(crate) mod random_world;
 pub mod snapshot;
@@ -47,10 +48,10 @@ pub use warning::{ObjectKind, ObjectRef, Warning, WarningReason};
 /// Default `sessionAffinityConfig.clientIP.timeoutSeconds` (3 hours, as Kubernetes).
 pub const DEFAULT_AFFINITY_TIMEOUT_SECS: u32 = 10_800;
 
-/// Label naming the proxy that should handle a service; services with it are not ours
-/// unless it equals [`ModelConfig::proxy_name`].
+/// Label naming the proxy that should handle a service: see [`ModelConfig::serves`].
 pub const LABEL_SERVICE_PROXY_NAME: &str = "service.kubernetes.io/service-proxy-name";
-/// Label the control plane puts on headless services' objects; kube-proxy ignores them.
+/// Label the EndpointSlice controller puts on the slices of headless services; kube-proxy
+/// ignores those slices (it does not look for the label on Services).
 pub const LABEL_HEADLESS: &str = "service.kubernetes.io/headless";
 /// Label linking an EndpointSlice to its service.
 pub const LABEL_SERVICE_NAME: &str = "kubernetes.io/service-name";
@@ -58,10 +59,19 @@ pub const LABEL_SERVICE_NAME: &str = "kubernetes.io/service-name";
 /// How the model reads the snapshot.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ModelConfig {
-    /// Our value of `service.kubernetes.io/service-proxy-name`: services labelled with it are
-    /// handled; services labelled with any other value belong to another proxy. `None`: we
-    /// handle only unlabelled services, as kube-proxy does.
+    /// Our value of `service.kubernetes.io/service-proxy-name`: see [`Self::serves`].
     pub proxy_name: Option<String>,
+}
+
+impl ModelConfig {
+    /// Whether a Service whose `service.kubernetes.io/service-proxy-name` label has this
+    /// value (`None`: no such label) is ours. With a proxy name, only the Services labelled
+    /// with exactly that name; without one, only the Services without the label, whatever
+    /// its value (kube-proxy's `!service.kubernetes.io/service-proxy-name`). An unlabelled
+    /// Service belongs to the default proxy, never to a named one.
+    pub fn serves(&self, proxy_name_label: Option<&str>) -> bool {
+        proxy_name_label == self.proxy_name.as_deref()
+    }
 }
 
 /// kube-proxy's ServicePortName: `namespace/name:port`, where `port` is the port's name, or

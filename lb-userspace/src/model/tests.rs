@@ -280,6 +280,360 @@ fn services_labelled_with_our_proxy_name_are_ours() {
     assert!(not_ours.state.services.is_empty());
 }
 
+/// The convention every proxy follows for `service.kubernetes.io/service-proxy-name`: with a
+/// name, only the Services labelled with it; without one, only the Services without the label
+/// (kube-proxy's `!service.kubernetes.io/service-proxy-name`). Issue #14: a named proxy also
+/// served unlabelled Services. A slice is used for the Service it names whatever its own
+/// labels; the slices of a Service not served are not used.
+#[test]
+fn the_proxy_name_label_decides_which_services_are_served() {
+    let cases: [(&str, Option<&str>, Value, bool); 7] = [
+        ("no name, unlabelled", None, json!({}), true),
+        (
+            "no name, labelled for slicelb",
+            None,
+            json!({LABEL_SERVICE_PROXY_NAME: "slicelb"}),
+            false,
+        ),
+        (
+            "no name, labelled with an empty name",
+            None,
+            json!({LABEL_SERVICE_PROXY_NAME: ""}),
+            false,
+        ),
+        (
+            "named slicelb, unlabelled (kube-proxy's)",
+            Some("slicelb"),
+            json!({}),
+            false,
+        ),
+        (
+            "named slicelb, labelled for slicelb",
+            Some("slicelb"),
+            json!({LABEL_SERVICE_PROXY_NAME: "slicelb"}),
+            true,
+        ),
+        (
+            "named slicelb, labelled for another proxy",
+            Some("slicelb"),
+            json!({LABEL_SERVICE_PROXY_NAME: "other"}),
+            false,
+        ),
+        (
+            "headless label on a Service with a cluster IP (kube-proxy reads it on slices only)",
+            None,
+            json!({LABEL_HEADLESS: ""}),
+            true,
+        ),
+    ];
+    for (case, proxy_name, labels, served) in cases {
+        let mut labelled = web(json!({}));
+        labelled.metadata.labels = serde_json::from_value(labels).expect("test labels");
+        let snapshot = Snapshot {
+            services: vec![Arc::new(labelled)],
+            endpoint_slices: vec![Arc::new(web_slice(
+                "web-1",
+                "IPv4",
+                vec![ready("10.0.0.1", "node-b")],
+            ))],
+            node: node(),
+        };
+        let config = ModelConfig {
+            proxy_name: proxy_name.map(str::to_owned),
+        };
+        let built = build(&snapshot, &config);
+        assert!(built.warnings.is_empty(), "{case}: {:?}", built.warnings);
+        if served {
+            let svc = only(&built);
+            assert_eq!(
+                selection(frontend(svc, FrontendKind::ClusterIp, "198.18.100.1")),
+                ["10.0.0.1:8080"],
+                "{case}: served, with its slice's endpoints"
+            );
+        } else {
+            assert!(
+                built.state.services.is_empty(),
+                "{case}: not ours, so neither its frontends nor its slice's endpoints: {:?}",
+                built.state.services
+            );
+        }
+        let mut incremental = IncrementalModel::default();
+        assert_eq!(
+            *incremental.update(&snapshot, &config).state,
+            built.state,
+            "{case}: the incremental model agrees"
+        );
+    }
+}
+
+/// The address fields of kube-proxy's nftables `TestBadIPs` Service `ns1/svc1` and its
+/// slice, spelled as a test row wants them.
+#[derive(Clone, Copy)]
+struct BadIpFields {
+    cluster_ip: &'static str,
+    load_balancer_ip: &'static str,
+    external_ip: &'static str,
+    source_range: &'static str,
+    endpoint: &'static str,
+}
+
+/// kube-proxy's spelling in `TestBadIPs`' expected ruleset.
+const CANONICAL_BAD_IP_FIELDS: BadIpFields = BadIpFields {
+    cluster_ip: "172.30.0.41",
+    load_balancer_ip: "1.2.3.4",
+    external_ip: "192.168.99.22",
+    source_range: "203.0.113.0/25",
+    endpoint: "10.180.0.1",
+};
+
+fn build_bad_ip_service(fields: BadIpFields) -> Built {
+    let mut svc = service(json!({
+        "metadata": {"name": "svc1", "namespace": "ns1"},
+        "spec": {
+            "type": "LoadBalancer",
+            "clusterIP": fields.cluster_ip,
+            "externalIPs": [fields.external_ip],
+            "loadBalancerSourceRanges": [fields.source_range],
+            "ports": [{"name": "p80", "port": 80, "protocol": "TCP", "nodePort": 3001}],
+        },
+    }));
+    svc.status = serde_json::from_value(
+        json!({"loadBalancer": {"ingress": [{"ip": fields.load_balancer_ip}]}}),
+    )
+    .expect("test status");
+    let endpoints = slice(json!({
+        "metadata": {"name": "svc1-1", "namespace": "ns1", "labels": {"kubernetes.io/service-name": "svc1"}},
+        "addressType": "IPv4",
+        "ports": [{"name": "p80", "port": 80, "protocol": "TCP"}],
+        "endpoints": [{"addresses": [fields.endpoint]}],
+    }));
+    run(vec![svc], vec![endpoints])
+}
+
+/// kube-proxy's nftables `TestBadIPs` (pkg/proxy/nftables/proxier_test.go) as a table:
+/// Kubernetes reads addresses and CIDRs with leading zeros as decimal (k8s.io/utils/net
+/// `ParseIPSloppy`, `ParseCIDRSloppy`), so each legacy spelling gives the frontends, range
+/// and backends of its plain spelling. Issue #14: the Service was dropped, or its range
+/// skipped.
+#[test]
+fn legacy_addresses_with_leading_zeros_read_as_kubernetes_reads_them() {
+    let canonical = build_bad_ip_service(CANONICAL_BAD_IP_FIELDS);
+    // What kube-proxy's expected ruleset programs: ClusterIP, external IP, load-balancer IP
+    // behind the source range (the firewall chain), NodePort, and the one endpoint.
+    let svc = only(&canonical);
+    let frontends: Vec<(FrontendKind, String, bool)> = svc
+        .frontends
+        .iter()
+        .map(|f| (f.kind, f.endpoint().to_string(), f.source_ranges))
+        .collect();
+    assert_eq!(
+        frontends,
+        [
+            (FrontendKind::LoadBalancer, "1.2.3.4:80".to_owned(), true),
+            (FrontendKind::ClusterIp, "172.30.0.41:80".to_owned(), false),
+            (
+                FrontendKind::ExternalIp,
+                "192.168.99.22:80".to_owned(),
+                false
+            ),
+            (FrontendKind::NodePort, "198.18.0.10:3001".to_owned(), false),
+        ],
+        "TestBadIPs' service-ips, firewall-ips and service-nodeports"
+    );
+    let ranges: Vec<String> = svc.source_ranges.iter().map(ToString::to_string).collect();
+    assert_eq!(ranges, ["203.0.113.0/25"]);
+    assert_eq!(
+        selection(frontend(svc, FrontendKind::ClusterIp, "172.30.0.41")),
+        ["10.180.0.1:80"]
+    );
+
+    let base = CANONICAL_BAD_IP_FIELDS;
+    let rows: [(&str, BadIpFields, BadIpFields); 8] = [
+        (
+            "spec.clusterIP 172.30.0.041",
+            BadIpFields {
+                cluster_ip: "172.30.0.041",
+                ..base
+            },
+            base,
+        ),
+        (
+            "status.loadBalancer.ingress[].ip 1.2.3.004",
+            BadIpFields {
+                load_balancer_ip: "1.2.3.004",
+                ..base
+            },
+            base,
+        ),
+        (
+            "spec.externalIPs 192.168.099.022",
+            BadIpFields {
+                external_ip: "192.168.099.022",
+                ..base
+            },
+            base,
+        ),
+        (
+            "loadBalancerSourceRanges 203.0.113.000/025",
+            BadIpFields {
+                source_range: "203.0.113.000/025",
+                ..base
+            },
+            base,
+        ),
+        (
+            "endpoints[].addresses 10.180.00.001",
+            BadIpFields {
+                endpoint: "10.180.00.001",
+                ..base
+            },
+            base,
+        ),
+        (
+            "all of them at once (TestBadIPs' Service)",
+            BadIpFields {
+                cluster_ip: "172.30.0.041",
+                load_balancer_ip: "1.2.3.004",
+                external_ip: "192.168.099.022",
+                source_range: "203.0.113.000/025",
+                endpoint: "10.180.00.001",
+            },
+            base,
+        ),
+        (
+            "spec.clusterIP 198.018.100.063 (issue #14)",
+            BadIpFields {
+                cluster_ip: "198.018.100.063",
+                ..base
+            },
+            BadIpFields {
+                cluster_ip: "198.18.100.63",
+                ..base
+            },
+        ),
+        (
+            "loadBalancerSourceRanges 010.0.0.0/8 (issue #14)",
+            BadIpFields {
+                source_range: "010.0.0.0/8",
+                ..base
+            },
+            BadIpFields {
+                source_range: "10.0.0.0/8",
+                ..base
+            },
+        ),
+    ];
+    for (case, legacy, plain) in rows {
+        let built = build_bad_ip_service(legacy);
+        assert!(built.warnings.is_empty(), "{case}: {:?}", built.warnings);
+        assert_eq!(
+            built.state,
+            build_bad_ip_service(plain).state,
+            "{case}: read as its plain spelling"
+        );
+    }
+}
+
+/// A `loadBalancerSourceRanges` entry that cannot be read admits nobody: the load-balancer
+/// frontend still checks ranges, and only the readable ones let clients in. Issue #14: with
+/// no readable range left the frontend was open to every client.
+#[test]
+fn an_unreadable_source_range_fails_closed_with_a_warning() {
+    struct Row {
+        case: &'static str,
+        listed: &'static [&'static str],
+        /// The ranges that let clients in.
+        admitted: &'static [&'static str],
+        /// The entries warned about.
+        unreadable: &'static [&'static str],
+        /// The load-balancer frontend checks the ranges.
+        restricted: bool,
+    }
+    let rows = [
+        Row {
+            case: "only an unreadable range",
+            listed: &["10.0.0.0/99"],
+            admitted: &[],
+            unreadable: &["10.0.0.0/99"],
+            restricted: true,
+        },
+        Row {
+            case: "an unreadable and a readable range",
+            listed: &["not-a-cidr", "203.0.113.000/025"],
+            admitted: &["203.0.113.0/25"],
+            unreadable: &["not-a-cidr"],
+            restricted: true,
+        },
+        Row {
+            case: "a blank entry",
+            listed: &[" "],
+            admitted: &[],
+            unreadable: &[" "],
+            restricted: true,
+        },
+        Row {
+            case: "no ranges: open to all",
+            listed: &[],
+            admitted: &[],
+            unreadable: &[],
+            restricted: false,
+        },
+    ];
+    for Row {
+        case,
+        listed,
+        admitted,
+        unreadable,
+        restricted,
+    } in rows
+    {
+        let mut svc = service(json!({
+            "metadata": {"name": "svc1", "namespace": "ns1"},
+            "spec": {
+                "type": "LoadBalancer",
+                "clusterIP": "198.18.100.1",
+                "loadBalancerSourceRanges": listed,
+                "ports": [{"name": "http", "port": 80}],
+            },
+        }));
+        svc.status =
+            serde_json::from_value(json!({"loadBalancer": {"ingress": [{"ip": "198.18.150.1"}]}}))
+                .expect("test status");
+        let built = run(vec![svc], vec![]);
+        let svc = only(&built);
+        let lb = frontend(svc, FrontendKind::LoadBalancer, "198.18.150.1");
+        assert_eq!(lb.source_ranges, restricted, "{case}: ranges checked");
+        assert_eq!(
+            lb.flag_bits(svc) & lb_common::frontend_flags::SOURCE_RANGES != 0,
+            restricted,
+            "{case}: the datapath's flag"
+        );
+        let ranges: Vec<String> = svc.source_ranges.iter().map(ToString::to_string).collect();
+        assert_eq!(ranges, admitted, "{case}: the ranges that admit clients");
+        let warnings: Vec<String> = built.warnings.iter().map(ToString::to_string).collect();
+        let wanted: Vec<String> = unreadable
+            .iter()
+            .map(|text| {
+                format!(
+                    "Service ns1/svc1: loadBalancerSourceRanges entry {text:?} is not a CIDR; \
+                     it admits no client"
+                )
+            })
+            .collect();
+        assert_eq!(
+            warnings.len(),
+            wanted.len(),
+            "{case}: one warning per unreadable entry: {warnings:#?}"
+        );
+        for (warning, want) in warnings.iter().zip(&wanted) {
+            assert!(
+                warning.starts_with(want),
+                "{case}: {warning:?}, want {want:?}"
+            );
+        }
+    }
+}
+
 #[test]
 fn slices_are_merged_deduplicated_and_kept_per_family() {
     let built = run(

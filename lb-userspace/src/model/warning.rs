@@ -34,7 +34,10 @@ pub enum WarningReason {
     InvalidPort { field: &'static str, value: i64 },
     #[error("{field} {value:?} is not an IP address; it is skipped")]
     InvalidIp { field: &'static str, value: String },
-    #[error("loadBalancerSourceRanges entry {value:?} is not a CIDR; it is skipped")]
+    #[error(
+        "loadBalancerSourceRanges entry {value:?} is not a CIDR; it admits no client (the \
+         load-balancer frontends admit the other ranges only, or nobody)"
+    )]
     InvalidSourceRange { value: String },
     #[error("protocol {value:?} is not TCP, UDP or SCTP; that port is skipped")]
     UnknownProtocol { value: String },

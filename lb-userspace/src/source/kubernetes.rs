@@ -38,20 +38,31 @@ use super::{
     Publisher, SourceProblem, SourceReceiver, UpdateCause,
     debounce::{self, Debounce},
 };
-use crate::model::{NodeInfo, Snapshot};
+use crate::model::{LABEL_HEADLESS, LABEL_SERVICE_PROXY_NAME, NodeInfo, Snapshot};
 
 /// The Node label that names the node's zone (topology-aware routing).
 pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 
-/// kube-proxy's selector for Services and EndpointSlices: skip objects meant for another proxy
-/// and the slices of headless Services (cmd/kube-proxy/app/server.go). The model applies the
-/// same rules again; this only keeps other proxies' objects out of memory.
-pub const KUBE_PROXY_LABEL_SELECTOR: &str =
-    "!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless";
+/// The server-side selector for Services, as kube-proxy and every alternative proxy select
+/// them (cmd/kube-proxy/app/server.go): without a proxy name, the Services without the
+/// `service-proxy-name` label; with one, those labelled with it. The model applies the same
+/// rule again ([`ModelConfig::serves`]); this keeps other proxies' Services out of memory.
+///
+/// [`ModelConfig::serves`]: crate::model::ModelConfig::serves
+pub fn service_selector(proxy_name: Option<&str>) -> String {
+    match proxy_name {
+        None => format!("!{LABEL_SERVICE_PROXY_NAME}"),
+        Some(name) => format!("{LABEL_SERVICE_PROXY_NAME}={name}"),
+    }
+}
 
-/// The selector when we answer to a proxy name: the model then wants unlabelled Services and
-/// those labelled with our name, which no single label selector can say; it filters the rest.
-pub const NAMED_PROXY_LABEL_SELECTOR: &str = "!service.kubernetes.io/headless";
+/// The server-side selector for EndpointSlices, kube-proxy's: no slices of headless Services.
+/// Not by proxy name (kube-proxy does not either: a slice written by hand or by another
+/// controller need not carry its Service's labels); the model uses the slices of the
+/// Services it serves only.
+pub fn slice_selector() -> String {
+    format!("!{LABEL_HEADLESS}")
+}
 
 /// Where the service account files live in a pod.
 pub const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
@@ -87,8 +98,10 @@ impl Default for InClusterPaths {
 #[derive(Clone, Debug)]
 pub struct KubernetesOptions {
     pub connection: Connection,
-    /// Server-side label selector for Services and EndpointSlices; empty selects everything.
-    pub label_selector: String,
+    /// Server-side label selector for Services; empty selects every Service.
+    pub service_selector: String,
+    /// Server-side label selector for EndpointSlices; empty selects every slice.
+    pub slice_selector: String,
     /// How bursts of watch events are coalesced into one rebuild.
     pub debounce: Debounce,
     /// A full rebuild and publish from the stores on this period, to repair drift.
@@ -98,14 +111,10 @@ pub struct KubernetesOptions {
 }
 
 impl KubernetesOptions {
-    /// The server-side selector that matches `model::ModelConfig::proxy_name`.
+    /// The Services of the proxy named `proxy_name` (`model::ModelConfig::proxy_name`).
     #[must_use]
     pub fn with_proxy_name(mut self, proxy_name: Option<&str>) -> Self {
-        self.label_selector = match proxy_name {
-            None => KUBE_PROXY_LABEL_SELECTOR,
-            Some(_) => NAMED_PROXY_LABEL_SELECTOR,
-        }
-        .to_owned();
+        self.service_selector = service_selector(proxy_name);
         self
     }
 
@@ -113,7 +122,8 @@ impl KubernetesOptions {
     pub fn new(connection: Connection) -> Self {
         Self {
             connection,
-            label_selector: KUBE_PROXY_LABEL_SELECTOR.to_owned(),
+            service_selector: service_selector(None),
+            slice_selector: slice_selector(),
             debounce: Debounce {
                 // Short: events of one change arrive back to back; a long wait is latency.
                 quiet: Duration::from_millis(3),
@@ -398,22 +408,22 @@ async fn run(
     let (trigger_sender, triggers) = mpsc::unbounded_channel();
     // Dropping the set (when this function returns) aborts the watchers.
     let mut watchers = JoinSet::new();
-    let mut selected = watcher::Config::default();
-    if !options.label_selector.is_empty() {
-        selected = selected.labels(&options.label_selector);
-    }
+    let selected = |selector: &str| match selector {
+        "" => watcher::Config::default(),
+        selector => watcher::Config::default().labels(selector),
+    };
     let stores = Stores {
         services: reflect(
             &mut watchers,
             Api::all(client.clone()),
-            selected.clone(),
+            selected(&options.service_selector),
             "services",
             trigger_sender.clone(),
         ),
         slices: reflect(
             &mut watchers,
             Api::all(client.clone()),
-            selected,
+            selected(&options.slice_selector),
             "endpointslices",
             trigger_sender.clone(),
         ),

@@ -5,8 +5,8 @@
 //! The directory is applied as a whole: if any file is broken, nothing of the new state is
 //! applied and the last good state stays in force (a half-edited file never removes services).
 //! Warnings (an unknown kind, a slice that names no Service) do not block a change.
-//! Labels that decide whether a Service is ours (`service-proxy-name`, `headless`) are the
-//! model's business: every valid object is passed on.
+//! Labels that decide what is ours (a Service's `service-proxy-name`, a slice's `headless`)
+//! are the model's business: every valid object is passed on.
 
 use std::{
     collections::{BTreeMap, btree_map::Entry},

@@ -60,6 +60,17 @@ impl SourceConfig {
             InClusterPaths::default(),
         )))
     }
+
+    /// The Kubernetes source lists the Services of the proxy named `proxy_name`
+    /// (`model::ModelConfig::proxy_name`); a manifest directory hands every object to the
+    /// model, which picks them the same way.
+    #[must_use]
+    pub fn with_proxy_name(self, proxy_name: Option<&str>) -> Self {
+        match self {
+            Self::Kubernetes(options) => Self::Kubernetes(options.with_proxy_name(proxy_name)),
+            Self::ManifestDir(dir) => Self::ManifestDir(dir),
+        }
+    }
 }
 
 /// One published state of the world.

@@ -494,6 +494,15 @@ fn parse_request(uri: &hyper::Uri) -> Option<Query> {
     })
 }
 
+/// The decoded value of the query parameter `name` of a recorded request (`path?query`, as
+/// [`FakeApiServer::requests`] lists them).
+pub fn query_param(request: &str, name: &str) -> Option<String> {
+    let (_, query) = request.split_once('?')?;
+    url_decode_pairs(query)
+        .into_iter()
+        .find_map(|(key, value)| (key == name).then_some(value))
+}
+
 fn url_decode_pairs(query: &str) -> Vec<(String, String)> {
     query
         .split('&')
