@@ -332,6 +332,7 @@ impl Ctx<'_> {
                         DesiredBackend {
                             state,
                             node_local: ep.local,
+                            serving: ep.ready || ep.serving,
                         },
                     );
                 }
