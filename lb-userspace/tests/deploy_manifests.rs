@@ -383,7 +383,7 @@ fn bpf_filesystem_is_the_hosts_so_pins_survive_restarts() {
         .collect();
     assert_eq!(
         pin_path,
-        [mount.mount_path.clone()],
+        std::slice::from_ref(&mount.mount_path),
         "--pin-path must be where the pin directory is mounted"
     );
     assert_eq!(
