@@ -17,6 +17,8 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("iptables", "iptables-restore"),
     ("nftables", "nft"),
     ("curl", "curl"),
+    // lab_capabilities records the agent's system calls.
+    ("strace", "strace"),
 ];
 
 /// PyPI tool for the offline Kubernetes schema check of `deploy/`.

@@ -28,6 +28,7 @@ const NODE_NAME: &str = "lab-node";
 pub struct LabEndpoint {
     pub backend: u8,
     pub ready: bool,
+    pub serving: bool,
     pub terminating: bool,
 }
 
@@ -36,6 +37,17 @@ impl LabEndpoint {
         Self {
             backend,
             ready: true,
+            serving: true,
+            terminating: false,
+        }
+    }
+
+    /// A pod whose readiness probe fails: neither ready nor serving.
+    pub fn not_serving(backend: u8) -> Self {
+        Self {
+            backend,
+            ready: false,
+            serving: false,
             terminating: false,
         }
     }
@@ -50,8 +62,8 @@ fn endpoint_yaml(endpoints: &[LabEndpoint], ipv6: bool) -> String {
             Ipv4Addr::new(198, 18, e.backend, 2).to_string()
         };
         out.push_str(&format!(
-            "  - addresses: [\"{addr}\"]\n    conditions: {{ready: {}, serving: true, terminating: {}}}\n    nodeName: {NODE_NAME}\n    targetRef: {{kind: Pod, namespace: default, name: my-app-{}}}\n",
-            e.ready, e.terminating, e.backend
+            "  - addresses: [\"{addr}\"]\n    conditions: {{ready: {}, serving: {}, terminating: {}}}\n    nodeName: {NODE_NAME}\n    targetRef: {{kind: Pod, namespace: default, name: my-app-{}}}\n",
+            e.ready, e.serving, e.terminating, e.backend
         ));
     }
     if endpoints.is_empty() {
@@ -364,8 +376,10 @@ mod tests {
             LabEndpoint {
                 backend: 2,
                 ready: false,
+                serving: true,
                 terminating: true,
             },
+            LabEndpoint::not_serving(3),
         ]);
         assert!(
             yaml.contains("\"198.18.1.2\""),
@@ -376,6 +390,7 @@ mod tests {
             "IPv6 endpoint of backend 2"
         );
         assert!(yaml.contains("{ready: false, serving: true, terminating: true}"));
+        assert!(yaml.contains("{ready: false, serving: false, terminating: false}"));
         assert_eq!(yaml.matches("kind: EndpointSlice").count(), 3);
         for doc in yaml.split("\n---\n") {
             let value: serde_yaml::Value = serde_yaml::from_str(doc)

@@ -638,8 +638,28 @@ impl Cluster {
     /// directory), NodePorts on the node's own two addresses, socket-level balancing for
     /// the processes below the node's cgroup, maps pinned at [`ClusterNode::pin_path`].
     pub fn agent_command(&self, node: &str, slicelb: &Path, manifest_dir: &Path) -> Command {
+        self.agent_command_under(&[], node, slicelb, manifest_dir)
+    }
+
+    /// [`Cluster::agent_command`] run by `wrapper` (a program and its arguments, which end
+    /// where the agent's command line starts: `strace -f -o FILE --`, say); the agent alone
+    /// when `wrapper` is empty.
+    pub fn agent_command_under(
+        &self,
+        wrapper: &[&OsStr],
+        node: &str,
+        slicelb: &Path,
+        manifest_dir: &Path,
+    ) -> Command {
         let node = self.node(node);
-        let mut command = node.system_command(slicelb);
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = node.system_command(program);
+                command.args(args).arg(slicelb);
+                command
+            }
+            None => node.system_command(slicelb),
+        };
         command
             .arg("agent")
             .args(["--iface", &node.uplink])

@@ -3,6 +3,8 @@
 //! and writes only the difference.
 
 pub mod reconcile;
+#[cfg(test)]
+mod stale_flow_tests;
 pub mod stats;
 
 use std::{
@@ -165,6 +167,14 @@ async fn run_async(args: AgentConfig) -> anyhow::Result<()> {
                     tracing::warn!("{line}");
                 }
                 reported = now;
+                let stale = report.stale_flows;
+                if stale.conntrack + stale.affinity > 0 {
+                    tracing::info!(
+                        conntrack_entries = stale.conntrack,
+                        affinity_entries = stale.affinity,
+                        "deleted UDP flows to endpoints that stopped serving"
+                    );
+                }
                 *fill.write().unwrap_or_else(|p| p.into_inner()) = reconciler.applied().clone();
                 if !metrics.is_ready() {
                     metrics.set_ready();

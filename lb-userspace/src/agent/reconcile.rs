@@ -1,5 +1,7 @@
 //! One sync: snapshot → model → diff → map writer, by level. The same snapshot twice writes
-//! nothing; a failed write re-reads the maps so the next sync starts from the truth.
+//! nothing; a failed write re-reads the maps so the next sync starts from the truth. Once a
+//! plan's ops are written, the UDP flows it names as stale (endpoints that stopped serving)
+//! are deleted.
 //!
 //! The model is kept between syncs ([`IncrementalModel`]) and rebuilds only the services
 //! whose objects changed; a snapshot that changes no service port skips the diff.
@@ -7,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use crate::{
-    dataplane::{AppliedState, DataplaneError, MapWriter},
+    dataplane::{AppliedState, DataplaneError, DeletedFlows, MapWriter},
     diff::{Planner, RejectReason},
     model::{IncrementalModel, ModelConfig, ServicePortName, Snapshot, Warning},
 };
@@ -17,6 +19,8 @@ use crate::{
 pub struct SyncReport {
     /// Map operations written.
     pub ops: usize,
+    /// Flow state deleted because a UDP service port's endpoint stopped serving.
+    pub stale_flows: DeletedFlows,
     /// Services that did not fit, by name and reason; they are not in the maps (or keep
     /// what they had), and everything else is.
     pub rejected: Vec<(ServicePortName, RejectReason)>,
@@ -62,6 +66,11 @@ impl<W: MapWriter> Reconciler<W> {
         &self.writer
     }
 
+    #[cfg(test)]
+    pub(crate) fn writer_mut(&mut self) -> &mut W {
+        &mut self.writer
+    }
+
     /// Brings the maps to what `snapshot` says.
     pub fn sync(&mut self, snapshot: &Snapshot) -> Result<SyncReport, DataplaneError> {
         let started = Instant::now();
@@ -92,9 +101,20 @@ impl<W: MapWriter> Reconciler<W> {
             return Err(error);
         }
         self.applied.apply(&plan.ops);
+        // After the ops: no selection table names an endpoint that stopped serving any more,
+        // so no new flow goes back to one once its entries are gone.
+        let stale_flows = match self.writer.delete_stale_flows(&plan.stale_flows) {
+            Ok(deleted) => deleted,
+            Err(error) => {
+                // The next sync plans everything again and lists every UDP port for cleaning.
+                self.planner.forget_serving();
+                return Err(error);
+            }
+        };
         self.in_step = plan.rejected.is_empty();
         Ok(SyncReport {
             ops: plan.ops.len(),
+            stale_flows,
             rejected: plan.rejected,
             warnings: update.warnings,
             duration: started.elapsed(),
@@ -103,7 +123,7 @@ impl<W: MapWriter> Reconciler<W> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::sync::Arc;
 
     use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
@@ -158,7 +178,8 @@ mod tests {
         snapshot
     }
 
-    fn small_capacity() -> MapCapacity {
+    /// Room for the tests' few services.
+    pub(in crate::agent) fn small_capacity() -> MapCapacity {
         MapCapacity {
             frontends: 64,
             backends: 64,

@@ -18,6 +18,9 @@ use crate::{
 
 /// Where programs, links and maps are pinned unless `--pin-path` says otherwise.
 pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/slicelb";
+/// The environment variable every command reads `--pin-path` from when not given: the
+/// DaemonSet's container sets it, so `kubectl exec … slicelb services` finds the pins.
+pub const PIN_PATH_ENV: &str = "SLICELB_PIN_PATH";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -56,7 +59,7 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct PinArgs {
     /// Directory under a bpffs mount where programs, links and maps are pinned.
-    #[arg(long, default_value = DEFAULT_PIN_PATH)]
+    #[arg(long, env = PIN_PATH_ENV, default_value = DEFAULT_PIN_PATH)]
     pub pin_path: PathBuf,
 }
 
@@ -130,7 +133,7 @@ pub struct AgentArgs {
     /// NodePorts answer on local addresses within these CIDRs (default: all local addresses).
     #[arg(long, value_name = "CIDR[,CIDR…]", value_delimiter = ',')]
     pub nodeport_addresses: Vec<ipnet::IpNet>,
-    #[arg(long, default_value = DEFAULT_PIN_PATH)]
+    #[arg(long, env = PIN_PATH_ENV, default_value = DEFAULT_PIN_PATH)]
     pub pin_path: PathBuf,
     /// Prometheus metrics, /healthz and /readyz (an IPv6 address may go without brackets).
     #[arg(long, default_value = "127.0.0.1:9400", value_parser = crate::metrics::parse_listen_addr)]
@@ -181,7 +184,7 @@ pub struct AttachArgs {
         value_delimiter = ','
     )]
     pub ifaces: Vec<String>,
-    #[arg(long, default_value = DEFAULT_PIN_PATH)]
+    #[arg(long, env = PIN_PATH_ENV, default_value = DEFAULT_PIN_PATH)]
     pub pin_path: PathBuf,
     #[arg(long, value_enum, default_value_t = XdpModeArg::Auto)]
     pub xdp_mode: XdpModeArg,
@@ -201,7 +204,7 @@ pub enum OutputFormat {
 
 #[derive(Debug, Args)]
 pub struct ServicesArgs {
-    #[arg(long, default_value = DEFAULT_PIN_PATH)]
+    #[arg(long, env = PIN_PATH_ENV, default_value = DEFAULT_PIN_PATH)]
     pub pin_path: PathBuf,
     #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
@@ -228,7 +231,7 @@ pub struct TraceArgs {
     pub to: SocketAddr,
     #[arg(long, value_enum, default_value_t = Protocol::Tcp)]
     pub proto: Protocol,
-    #[arg(long, default_value = DEFAULT_PIN_PATH)]
+    #[arg(long, env = PIN_PATH_ENV, default_value = DEFAULT_PIN_PATH)]
     pub pin_path: PathBuf,
     #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
@@ -242,7 +245,7 @@ pub struct CheckArgs {
     pub node_name: Option<String>,
     #[arg(long, value_name = "CIDR[,CIDR…]", value_delimiter = ',')]
     pub nodeport_addresses: Vec<ipnet::IpNet>,
-    #[arg(long, default_value = DEFAULT_PIN_PATH)]
+    #[arg(long, env = PIN_PATH_ENV, default_value = DEFAULT_PIN_PATH)]
     pub pin_path: PathBuf,
     /// The agent's `--service-proxy-name`: the same Services are read and compared.
     #[arg(long, value_name = "NAME")]
@@ -258,7 +261,7 @@ impl CheckArgs {
 
 #[derive(Debug, Args)]
 pub struct StatsArgs {
-    #[arg(long, default_value = DEFAULT_PIN_PATH)]
+    #[arg(long, env = PIN_PATH_ENV, default_value = DEFAULT_PIN_PATH)]
     pub pin_path: PathBuf,
     #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,

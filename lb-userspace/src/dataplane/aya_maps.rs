@@ -10,12 +10,12 @@ use std::{
 
 use aya::maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, lpm_trie::Key};
 use lb_common::{
-    Backend, FlowKey, FlowValue, FrontendKey, FrontendValue, ProtoCounter, Reason, ServiceCounters,
-    ServiceName, SocketCounter, SourceRangeKey, map_names,
+    AffinityKey, AffinityValue, Backend, FlowKey, FlowValue, FrontendKey, FrontendValue,
+    ProtoCounter, Reason, ServiceCounters, ServiceName, SocketCounter, SourceRangeKey, map_names,
 };
 
 use super::{
-    AppliedState, DataplaneError, MapCapacity, MapOp, MapWriter, batch,
+    AppliedState, DataplaneError, DeletedFlows, MapCapacity, MapOp, MapWriter, StaleFlows, batch,
     frontend_filter::{self, FrontendFilter},
     loader::{Datapath, LoadError},
     mapped_array::MappedArray,
@@ -41,6 +41,9 @@ pub struct AyaMaps {
     service_names: HashMap<MapData, u32, ServiceName>,
     source_ranges: LpmTrie<MapData, SourceRangeKey, u8>,
     conntrack: HashMap<MapData, FlowKey, FlowValue>,
+    /// For batched passes over the flow state (deleting stale flows).
+    conntrack_fd: OwnedFd,
+    affinity_fd: OwnedFd,
     reason_stats: PerCpuArray<MapData, u64>,
     proto_stats: PerCpuArray<MapData, u64>,
     socket_stats: PerCpuArray<MapData, u64>,
@@ -172,6 +175,9 @@ impl AyaMaps {
             map_names::FRONTEND_FILTER,
             &open(map_names::FRONTEND_FILTER)?,
         )?;
+        let conntrack = open(map_names::CONNTRACK)?;
+        let conntrack_fd = clone_fd(map_names::CONNTRACK, &conntrack)?;
+        let affinity_fd = clone_fd(map_names::AFFINITY, &open(map_names::AFFINITY)?)?;
         Ok(Self {
             frontends: typed(map_names::FRONTENDS, open(map_names::FRONTENDS)?, |d| {
                 HashMap::try_from(Map::HashMap(d))
@@ -194,9 +200,11 @@ impl AyaMaps {
                 open(map_names::SOURCE_RANGES)?,
                 |d| LpmTrie::try_from(Map::LpmTrie(d)),
             )?,
-            conntrack: typed(map_names::CONNTRACK, open(map_names::CONNTRACK)?, |d| {
+            conntrack: typed(map_names::CONNTRACK, conntrack, |d| {
                 HashMap::try_from(Map::LruHashMap(d))
             })?,
+            conntrack_fd,
+            affinity_fd,
             reason_stats: typed(
                 map_names::REASON_STATS,
                 open(map_names::REASON_STATS)?,
@@ -502,6 +510,27 @@ impl MapWriter for AyaMaps {
             mapping.release();
         }
         result
+    }
+
+    fn delete_stale_flows(&mut self, stale: &StaleFlows) -> Result<DeletedFlows, DataplaneError> {
+        if stale.is_empty() {
+            return Ok(DeletedFlows::default());
+        }
+        let failed = |map| move |source| DataplaneError::MapWrite { map, source };
+        let conntrack = batch::delete_from_hash::<FlowKey, FlowValue>(
+            self.conntrack_fd.as_fd(),
+            |key, value| stale.is_stale_flow(key, value),
+        )
+        .map_err(failed(map_names::CONNTRACK))?;
+        let affinity = batch::delete_from_hash::<AffinityKey, AffinityValue>(
+            self.affinity_fd.as_fd(),
+            |key, value| stale.is_stale_affinity(key, value),
+        )
+        .map_err(failed(map_names::AFFINITY))?;
+        Ok(DeletedFlows {
+            conntrack,
+            affinity,
+        })
     }
 }
 

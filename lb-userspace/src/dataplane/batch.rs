@@ -1,6 +1,7 @@
-//! Batched access to array maps (`BPF_MAP_UPDATE_BATCH` / `BPF_MAP_LOOKUP_BATCH`, Linux
-//! 5.6), which aya 0.16 does not wrap: a 131 071-slot Maglev table is a handful of syscalls
-//! instead of one per slot.
+//! Batched map access (`BPF_MAP_UPDATE_BATCH` / `BPF_MAP_LOOKUP_BATCH` /
+//! `BPF_MAP_DELETE_BATCH`, Linux 5.6), which aya 0.16 does not wrap: a 131 071-slot Maglev
+//! table is a handful of syscalls instead of one per slot, and a pass over a flow table
+//! visits each hash bucket once however its entries churn.
 
 use std::{
     io,
@@ -9,8 +10,11 @@ use std::{
 
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
 /// Elements per syscall.
 const CHUNK: usize = 16 * 1024;
+/// Hash map entries per lookup syscall: a chunk of flow entries is a few hundred KiB.
+const HASH_CHUNK: usize = 4 * 1024;
 
 /// The `batch` member of `union bpf_attr` (uapi layout).
 #[repr(C)]
@@ -61,6 +65,51 @@ pub fn update<T: aya::Pod>(fd: BorrowedFd<'_>, offset: u32, values: &[T]) -> io:
     Ok(())
 }
 
+/// What one `BPF_MAP_LOOKUP_BATCH` call read.
+struct Chunk {
+    /// Entries read into the front of the buffers.
+    read: usize,
+    /// Where the next call continues (an array index, a hash bucket).
+    next: u32,
+    /// The map has nothing after these entries.
+    last: bool,
+}
+
+/// One `BPF_MAP_LOOKUP_BATCH` call: up to `keys.len()` entries after the cursor `after`
+/// (from the map's start when `None`) into `keys` and `values`.
+fn lookup_chunk<K: aya::Pod, V: aya::Pod>(
+    fd: BorrowedFd<'_>,
+    after: Option<u32>,
+    keys: &mut [K],
+    values: &mut [V],
+) -> io::Result<Chunk> {
+    let count = keys.len().min(values.len());
+    let mut next: u32 = 0;
+    let mut attr = BatchAttr {
+        in_batch: after
+            .as_ref()
+            .map_or(0, |cursor| cursor as *const u32 as u64),
+        out_batch: &mut next as *mut u32 as u64,
+        keys: keys.as_mut_ptr() as u64,
+        values: values.as_mut_ptr() as u64,
+        count: count as u32,
+        map_fd: fd.as_raw_fd() as u32,
+        ..BatchAttr::default()
+    };
+    let last = match bpf(BPF_MAP_LOOKUP_BATCH, &mut attr) {
+        Ok(()) => false,
+        // ENOENT: the end of the map, after `count` entries.
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => true,
+        Err(e) => return Err(e),
+    };
+    let read = (attr.count as usize).min(count);
+    Ok(Chunk {
+        read,
+        next,
+        last: last || read == 0,
+    })
+}
+
 /// Reads indexes `start..start + count` of an array map.
 pub fn lookup<T: aya::Pod + Default + Clone>(
     fd: BorrowedFd<'_>,
@@ -68,39 +117,19 @@ pub fn lookup<T: aya::Pod + Default + Clone>(
     count: u32,
 ) -> io::Result<Vec<T>> {
     let mut out: Vec<T> = Vec::with_capacity(count as usize);
-    let mut keys = vec![0u32; CHUNK];
-    let mut values = vec![T::default(); CHUNK];
-    // The kernel continues after `in_batch`; the first call starts at `start`.
-    let mut previous: u32 = start.wrapping_sub(1);
+    let buffer = (count as usize).min(CHUNK);
+    let mut keys = vec![0u32; buffer];
+    let mut values = vec![T::default(); buffer];
+    // The kernel continues after the cursor; the first call starts at `start`.
+    let mut after = start.checked_sub(1);
     while (out.len() as u32) < count {
-        let want = (count as usize - out.len()).min(CHUNK);
-        let mut next: u32 = 0;
-        let mut attr = BatchAttr {
-            in_batch: if start == 0 && out.is_empty() {
-                0
-            } else {
-                &previous as *const u32 as u64
-            },
-            out_batch: &mut next as *mut u32 as u64,
-            keys: keys.as_mut_ptr() as u64,
-            values: values.as_mut_ptr() as u64,
-            count: want as u32,
-            map_fd: fd.as_raw_fd() as u32,
-            ..BatchAttr::default()
-        };
-        let result = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
-        let got = attr.count as usize;
-        out.extend_from_slice(&values[..got.min(want)]);
-        match result {
-            Ok(()) => {}
-            // ENOENT: the end of the array, after `got` elements.
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => break,
-            Err(e) => return Err(e),
-        }
-        if got == 0 {
+        let want = (count as usize - out.len()).min(buffer);
+        let chunk = lookup_chunk(fd, after, &mut keys[..want], &mut values[..want])?;
+        out.extend_from_slice(&values[..chunk.read]);
+        if chunk.last {
             break;
         }
-        previous = next;
+        after = Some(chunk.next);
     }
     if (out.len() as u32) < count {
         return Err(io::Error::new(
@@ -112,4 +141,64 @@ pub fn lookup<T: aya::Pod + Default + Clone>(
         ));
     }
     Ok(out)
+}
+
+/// One pass over a hash map (LRU or not): reads it chunk by chunk and deletes the entries
+/// `doomed` picks, each chunk's right after reading it; returns how many it deleted. The
+/// kernel's cursor is a bucket index, so however entries come and go meanwhile the pass
+/// ends after one look at each bucket (a `get_next_key` walk starts over whenever the
+/// entry it stands on is evicted).
+pub fn delete_from_hash<K, V>(
+    fd: BorrowedFd<'_>,
+    mut doomed: impl FnMut(&K, &V) -> bool,
+) -> io::Result<usize>
+where
+    K: aya::Pod + Default,
+    V: aya::Pod + Default,
+{
+    let mut keys = vec![K::default(); HASH_CHUNK];
+    let mut values = vec![V::default(); HASH_CHUNK];
+    let mut deleted = 0;
+    let mut after = None;
+    loop {
+        let chunk = lookup_chunk(fd, after, &mut keys, &mut values)?;
+        let chosen: Vec<K> = keys[..chunk.read]
+            .iter()
+            .zip(&values[..chunk.read])
+            .filter(|(key, value)| doomed(key, value))
+            .map(|(key, _)| *key)
+            .collect();
+        deleted += delete_keys(fd, &chosen)?;
+        if chunk.last {
+            return Ok(deleted);
+        }
+        after = Some(chunk.next);
+    }
+}
+
+/// Deletes `keys` from a hash map; a key already gone (the datapath or the LRU took it)
+/// is skipped. Returns how many it deleted.
+fn delete_keys<K: aya::Pod>(fd: BorrowedFd<'_>, keys: &[K]) -> io::Result<usize> {
+    let mut deleted = 0;
+    let mut rest = keys;
+    while !rest.is_empty() {
+        let mut attr = BatchAttr {
+            keys: rest.as_ptr() as u64,
+            count: rest.len() as u32,
+            map_fd: fd.as_raw_fd() as u32,
+            ..BatchAttr::default()
+        };
+        let result = bpf(BPF_MAP_DELETE_BATCH, &mut attr);
+        // The kernel stops at the first key it cannot delete; `count` says how far it got.
+        let done = (attr.count as usize).min(rest.len());
+        deleted += done;
+        match result {
+            Ok(()) => break,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                rest = rest.get(done + 1..).unwrap_or_default();
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(deleted)
 }

@@ -1,17 +1,21 @@
 //! [`MemoryMaps`]: the configuration maps in memory, with the kernel maps' sizes and
 //! semantics (bounded arrays and hash maps), and a checker for the invariant packets rely
 //! on after every op (whether the maps are what the snapshot asks for is the planner's
-//! question: `diff::differences`). Tests apply plans to it op by op.
+//! question: `diff::differences`). Tests apply plans to it op by op, and put flow state
+//! (CONNTRACK, AFFINITY entries) in it to see which entries a plan's cleanup deletes.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     fmt, io,
 };
 
-use lb_common::{Backend, FrontendKey, FrontendValue, SourceRangeKey, backend_state, map_names};
+use lb_common::{
+    AffinityKey, AffinityValue, Backend, FlowKey, FlowValue, FrontendKey, FrontendValue,
+    SourceRangeKey, backend_state, map_names,
+};
 
 use super::{
-    AppliedState, DataplaneError, MapCapacity, MapOp, MapWriter,
+    AppliedState, DataplaneError, DeletedFlows, MapCapacity, MapOp, MapWriter, StaleFlows,
     frontend_filter::{self, FrontendFilter},
 };
 
@@ -31,6 +35,9 @@ pub struct MemoryMaps {
     selection: Vec<u32>,
     service_names: BTreeMap<u32, String>,
     source_ranges: BTreeSet<(SourceRangeKey, u32)>,
+    /// Flow state, as the datapath would have written it (tests put entries here).
+    pub conntrack: HashMap<FlowKey, FlowValue>,
+    pub affinity: HashMap<AffinityKey, AffinityValue>,
     /// Ops applied so far (tests count them).
     pub applied_ops: usize,
 }
@@ -116,6 +123,8 @@ impl MemoryMaps {
             selection: vec![0; capacity.selection_slots as usize],
             service_names: BTreeMap::new(),
             source_ranges: BTreeSet::new(),
+            conntrack: HashMap::new(),
+            affinity: HashMap::new(),
             applied_ops: 0,
         }
     }
@@ -325,6 +334,18 @@ impl MapWriter for MemoryMaps {
 
     fn apply(&mut self, ops: &[MapOp]) -> Result<(), DataplaneError> {
         ops.iter().try_for_each(|op| self.apply_op(op))
+    }
+
+    fn delete_stale_flows(&mut self, stale: &StaleFlows) -> Result<DeletedFlows, DataplaneError> {
+        let (flows, pins) = (self.conntrack.len(), self.affinity.len());
+        self.conntrack
+            .retain(|key, value| !stale.is_stale_flow(key, value));
+        self.affinity
+            .retain(|key, value| !stale.is_stale_affinity(key, value));
+        Ok(DeletedFlows {
+            conntrack: flows - self.conntrack.len(),
+            affinity: pins - self.affinity.len(),
+        })
     }
 }
 

@@ -10,6 +10,7 @@ pub mod frontend_filter;
 pub mod loader;
 pub mod mapped_array;
 pub mod memory;
+mod stale_flows;
 pub mod test_run;
 
 use std::{
@@ -18,6 +19,7 @@ use std::{
 };
 
 use lb_common::{Backend, FrontendKey, FrontendValue, SourceRangeKey};
+pub use stale_flows::{DeletedFlows, FlowEndpoint, Serving, StaleFlows};
 
 /// One change to the kernel's configuration maps. The diff emits these in an order that
 /// never lets a packet see a half-written service (make-before-break).
@@ -141,4 +143,7 @@ pub trait MapWriter {
     fn read(&self) -> Result<AppliedState, DataplaneError>;
     /// Applies `ops` in order; on error, the ops before the failing one stay applied.
     fn apply(&mut self, ops: &[MapOp]) -> Result<(), DataplaneError>;
+    /// Deletes the flow state `stale` names (CONNTRACK entries both ways, AFFINITY entries),
+    /// looking at each entry of those maps at most once.
+    fn delete_stale_flows(&mut self, stale: &StaleFlows) -> Result<DeletedFlows, DataplaneError>;
 }

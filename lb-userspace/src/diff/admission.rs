@@ -11,11 +11,12 @@ use super::{
     fast_hash::{FastMap, FastSet, sized_map},
     ids::IdAllocator,
     planner::LedgerPort,
+    stale::AdmittedUdpPort,
     tables::{TableKey, table_size},
 };
 use crate::{
     dataplane::{AppliedState, MapCapacity, MapOp},
-    model::{DesiredBackend, DesiredService, ServicePortName},
+    model::{DesiredBackend, DesiredService, Protocol, ServicePortName},
 };
 
 /// Why a service port was left out of the maps.
@@ -128,6 +129,8 @@ pub(super) struct Work<'a> {
     pub(super) rejected: Vec<(ServicePortName, RejectReason)>,
     /// Every admitted service port, for the ledger.
     pub(super) admitted: Vec<(ServicePortName, LedgerPort)>,
+    /// Every admitted UDP service port, with its serving endpoints.
+    pub(super) udp_ports: Vec<AdmittedUdpPort>,
 }
 
 impl Planner {
@@ -325,6 +328,20 @@ impl Work<'_> {
         for ((addr, backend), (_, id)) in service.backends.iter().zip(&admission.backend_ids) {
             let entry = self.backends.entry(*id).or_insert((*addr, *backend));
             entry.1 = entry.1.combine(*backend);
+        }
+        if service.protocol == Protocol::Udp {
+            let serving = service
+                .backends
+                .values()
+                .zip(&admission.backend_ids)
+                .filter(|(backend, _)| backend.serving)
+                .map(|(_, addr_id)| *addr_id)
+                .collect();
+            self.udp_ports.push(AdmittedUdpPort {
+                name: name.clone(),
+                service_id,
+                serving,
+            });
         }
         for frontend in &service.frontends {
             self.keep_frontends

@@ -17,8 +17,9 @@
 //!
 //! By role: `ids` hands out ids; `tables` sizes and places selection tables (built by
 //! `maglev`); `admission` decides whether a service port fits and what it adds; `planner`
-//! runs whole and scoped plans and orders the ops; `encode` lays the desired state out as the
-//! maps' types; `drift` describes a plan for a person (`slicelb check`).
+//! runs whole and scoped plans and orders the ops; `stale` lists the UDP service ports whose
+//! flows to endpoints that stopped serving go once the ops are written; `encode` lays the
+//! desired state out as the maps' types; `drift` describes a plan for a person (`slicelb check`).
 
 mod admission;
 mod buddy;
@@ -28,6 +29,7 @@ mod fast_hash;
 mod ids;
 mod maglev;
 mod planner;
+mod stale;
 mod tables;
 
 #[cfg(test)]
@@ -41,15 +43,19 @@ pub use planner::Planner;
 pub(crate) use tables::free_selection;
 
 use crate::{
-    dataplane::{AppliedState, MapCapacity, MapOp},
+    dataplane::{AppliedState, MapCapacity, MapOp, StaleFlows},
     model::{DesiredState, ServicePortName},
 };
 
-/// The operations to apply, in order, and the services that did not fit.
+/// The operations to apply, in order, the services that did not fit, and the flows to
+/// delete once the operations are written.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Plan {
     pub ops: Vec<MapOp>,
     pub rejected: Vec<(ServicePortName, RejectReason)>,
+    /// UDP flows to endpoints that stopped serving (see `stale`); not a difference of the
+    /// configuration maps, so `slicelb check` does not show it.
+    pub stale_flows: StaleFlows,
 }
 
 /// Plans with a fresh [`Planner`]: what a restarted agent does.

@@ -11,11 +11,12 @@ use super::{
     encode::backend_entry,
     fast_hash::{FastMap, FastSet, sized_map, sized_set},
     ids::IdAllocator,
+    stale::ServingMemory,
     tables::{TableKey, free_selection},
 };
 use crate::{
     dataplane::{AppliedState, MapCapacity, MapOp},
-    model::{DesiredService, DesiredState, ServicePortName},
+    model::{DesiredService, DesiredState, Protocol, ServicePortName},
 };
 
 /// Plans map operations; keeps Maglev tables between plans so that services whose backends
@@ -34,6 +35,8 @@ pub struct Planner {
     /// Who uses which backend after the last plan, when that plan admitted everything;
     /// lets [`Planner::plan_changes`] look at the changed service ports only.
     ledger: Option<Ledger>,
+    /// Each UDP service port's serving endpoints: which ports' flows a plan cleans.
+    serving: ServingMemory,
 }
 
 /// Every admitted service port as the last plan left it, and the SELECTION space that left
@@ -94,6 +97,12 @@ impl Planner {
     pub fn forget_tables(&mut self) {
         self.written.clear();
         self.ledger = None;
+    }
+
+    /// Drops what the planner remembers about UDP service ports' serving endpoints, so that
+    /// the next plan lists every UDP port it looks at for cleaning (after a cleanup failed).
+    pub fn forget_serving(&mut self) {
+        self.serving.forget();
     }
 
     /// The operations that turn `applied` into `desired`, within `capacity`.
@@ -274,6 +283,7 @@ impl Planner {
             range_count: applied.source_ranges.len(),
             keep_frontends: sized_set(scope.frontends.len()),
             referenced_tables: sized_set(scope.frontends.len()),
+            udp_ports: Vec::new(),
             keep_service_ids: sized_set(services.len()),
             keep_backend_ids: FastSet::default(),
             keep_ranges: BTreeSet::new(),
@@ -286,6 +296,17 @@ impl Planner {
             admitted: Vec::with_capacity(services.len()),
             index,
         };
+
+        // A planned port that is not UDP (any more), or gone, is forgotten; a rejected one
+        // keeps what it had, as its maps do.
+        let udp_names: FastSet<&ServicePortName> = services
+            .iter()
+            .filter(|(_, service)| service.protocol == Protocol::Udp)
+            .map(|(name, _)| *name)
+            .collect();
+        self.serving.retain(|name| {
+            udp_names.contains(name) || scope_names.is_some_and(|planned| !planned.contains(name))
+        });
 
         // Services already in the maps first: a newcomer can never push one out.
         let names: Vec<(&ServicePortName, &DesiredService, String)> = services
@@ -334,7 +355,9 @@ impl Planner {
             }
         }
         let admitted = std::mem::take(&mut work.admitted);
-        let plan = work.finish();
+        let udp_ports = std::mem::take(&mut work.udp_ports);
+        let mut plan = work.finish();
+        plan.stale_flows = self.serving.admitted(udp_ports);
         self.ledger = if !plan.rejected.is_empty() {
             None
         } else if whole {
@@ -429,6 +452,7 @@ impl Work<'_> {
         Plan {
             ops,
             rejected: self.rejected,
+            stale_flows: Default::default(),
         }
     }
 }

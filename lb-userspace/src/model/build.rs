@@ -334,6 +334,7 @@ impl Ctx<'_> {
                         DesiredBackend {
                             state,
                             node_local: ep.local,
+                            serving: ep.ready || ep.serving,
                         },
                     );
                 }

@@ -17,6 +17,10 @@
 //!   connections (kube-proxy's conntrack entries outlive its rules the same way), and the
 //!   endpoint takes no new flow;
 //! - `publishNotReadyAddresses: true` -> every endpoint counts as ready.
+//!
+//! Whether an endpoint still serves ([`DesiredBackend::serving`]: ready, or its `serving`
+//! condition) decides nothing for TCP; a UDP service port's flows to an endpoint that stopped
+//! serving are deleted (`dataplane::StaleFlows`, kube-proxy's conntrack cleanup).
 
 mod build;
 pub mod incremental;
@@ -278,6 +282,11 @@ pub struct DesiredBackend {
     pub state: BackendState,
     /// The endpoint runs on this node.
     pub node_local: bool,
+    /// kube-proxy's `IsServing()`: the endpoint's `serving` condition (unset counts as
+    /// serving), or ready (`publishNotReadyAddresses`: an endpoint new flows may pick is never
+    /// one whose flows are cleaned). Not in the BACKENDS entry: it only decides which UDP
+    /// flows go (`dataplane::StaleFlows`).
+    pub serving: bool,
 }
 
 impl DesiredBackend {
@@ -291,6 +300,7 @@ impl DesiredBackend {
         Self {
             state,
             node_local: self.node_local || other.node_local,
+            serving: self.serving || other.serving,
         }
     }
 }

@@ -140,7 +140,8 @@ fn cluster_ip_service_gets_a_frontend_per_port_with_ready_backends() {
         svc.backends[&sa("10.0.0.2:8080")],
         DesiredBackend {
             state: BackendState::Active,
-            node_local: true
+            node_local: true,
+            serving: true,
         }
     );
     assert!(!svc.backends[&sa("10.0.0.1:8080")].node_local);

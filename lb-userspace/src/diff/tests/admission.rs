@@ -173,6 +173,7 @@ fn memory_maps_enforce_kernel_capacities() {
         DesiredBackend {
             state: BackendState::Active,
             node_local: false,
+            serving: true,
         },
     );
     assert!(maps.apply_op(&MapOp::PutBackend { id: 2, backend }).is_ok());

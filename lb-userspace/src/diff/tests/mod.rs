@@ -49,6 +49,7 @@ fn service(cluster_ip: &str, backends: &[u8]) -> DesiredService {
                     DesiredBackend {
                         state: BackendState::Active,
                         node_local: false,
+                        serving: true,
                     },
                 )
             })
@@ -261,6 +262,7 @@ fn terminating_backend_state_is_updated_in_place() {
         DesiredBackend {
             state: BackendState::Terminating,
             node_local: false,
+            serving: true,
         },
     );
     let second = state(&[("a", draining)]);
@@ -272,7 +274,8 @@ fn terminating_backend_state_is_updated_in_place() {
                 addr("198.18.1.2:8080"),
                 DesiredBackend {
                     state: BackendState::Terminating,
-                    node_local: false
+                    node_local: false,
+                    serving: true,
                 }
             )
         }),
