@@ -2,15 +2,25 @@
 //! new connections go while an established one keeps its backend, a UDP client that keeps its
 //! source port moves off an endpoint that stops serving (as kube-proxy's conntrack cleanup
 //! makes it), and killing and restarting the agent breaks neither an established TCP
-//! connection nor a UDP exchange.
+//! connection nor a UDP exchange, nor ever leaves the interface without its programs.
 
 use std::{
+    collections::BTreeMap,
     net::{SocketAddr, UdpSocket},
+    path::Path,
     time::{Duration, Instant},
 };
 
+use aya::programs::{
+    links::{FdLink, PinnedLink},
+    tc::{SchedClassifier, TcAttachType},
+};
+use inotify::{Inotify, WatchMask};
+use slicelb::dataplane::loader::{Datapath, DatapathOptions, IngressMode};
 use slicelb_lab::lab::{
+    Lab, Netns, PinDir,
     agent_lab::{AgentLab, Frontend, LabEndpoint, all_three},
+    require_root,
     servers::fresh_udp_client,
 };
 
@@ -252,4 +262,144 @@ fn killing_and_restarting_the_agent_keeps_tcp_and_udp_flowing() {
         all_three,
     );
     drop(kept);
+}
+
+/// The links pinned for `iface` under `pin`: kind -> (link id, id of the program the link
+/// runs).
+fn interface_links(pin: &Path, iface: &str) -> BTreeMap<&'static str, (u32, u32)> {
+    ["tc_ingress", "tc_egress"]
+        .into_iter()
+        .map(|kind| {
+            let path = pin.join("links").join(iface).join(kind);
+            let link = FdLink::from(
+                PinnedLink::from_pin(&path)
+                    .unwrap_or_else(|e| panic!("no link pinned at {}: {e}", path.display())),
+            );
+            let info = link.info().expect("link info");
+            (kind, (info.id(), info.program_id()))
+        })
+        .collect()
+}
+
+/// A restart replaces the programs inside the pinned links (`bpf_link_update`): the pins
+/// never go away, not even for a moment, so an agent killed at any point of its start leaves
+/// the interface with a datapath. Watched with inotify: a pin removed and made again
+/// between two looks would escape a poll, not the event queue.
+#[test]
+fn restarting_the_agent_swaps_programs_inside_links_that_stay_pinned() {
+    let (lab, mut agent) = AgentLab::with_synced_agent("lab_agent_swap");
+    let links_dir = lab.pin_path.join("links").join(Lab::NODE_CLIENT_IFACE);
+    let mut inotify = Inotify::init().expect("inotify");
+    inotify
+        .watches()
+        .add(
+            &links_dir,
+            WatchMask::DELETE
+                | WatchMask::CREATE
+                | WatchMask::MOVED_FROM
+                | WatchMask::MOVED_TO
+                | WatchMask::DELETE_SELF,
+        )
+        .expect("watching the link pins");
+    let first = interface_links(&lab.pin_path, Lab::NODE_CLIENT_IFACE);
+    let (mut kept, backend) = lab.open_kept_connection();
+    let mut running = first.clone();
+    for restart in 1..=3 {
+        agent
+            .signal_and_wait(libc::SIGKILL)
+            .expect("kill the agent");
+        agent = lab.start_agent();
+        let patience = Instant::now();
+        let swapped = loop {
+            let now = interface_links(&lab.pin_path, Lab::NODE_CLIENT_IFACE);
+            if now
+                .iter()
+                .all(|(kind, (_, program))| *program != running[kind].1)
+            {
+                break now;
+            }
+            assert!(
+                patience.elapsed() < Duration::from_secs(30),
+                "restart {restart}: the new agent never swapped its programs in: {now:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        for (kind, (link, _)) in &swapped {
+            assert_eq!(
+                *link, first[kind].0,
+                "restart {restart}: {kind} is a new link, so the old one was detached"
+            );
+        }
+        let expected = backend.clone();
+        kept = lab.in_client(move || {
+            let answer = kept.get().expect("the kept connection after a restart");
+            assert_eq!(answer, expected, "restart {restart}: the connection moved");
+            kept
+        });
+        running = swapped;
+    }
+    let mut buffer = [0u8; 4096];
+    let events: Vec<String> = match inotify.read_events(&mut buffer) {
+        Ok(events) => events
+            .map(|event| format!("{:?} {:?}", event.mask, event.name))
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Vec::new(),
+        Err(e) => panic!("reading inotify events: {e}"),
+    };
+    assert!(
+        events.is_empty(),
+        "link pins were removed or made again across restarts (a crash in between leaves the interface without programs): {events:?}"
+    );
+    drop(kept);
+}
+
+/// An interface deleted and made again under its name between two runs: the kernel detached
+/// the links pinned for it, so they run nowhere and cannot take a new program. The next run
+/// attaches new links in their place, and the interface runs its program again.
+#[test]
+fn links_of_an_interface_made_again_are_replaced() {
+    require_root("links_of_an_interface_made_again_are_replaced");
+    const IFACE: &str = "slb-rl0";
+    let node = Netns::new("relink").expect("a namespace");
+    let make_interface = || {
+        node.ip(&[
+            "link", "add", IFACE, "type", "veth", "peer", "name", "slb-rl1",
+        ])
+        .expect("a veth pair")
+    };
+    let pin = PinDir::new("relink");
+    let attach = || {
+        let mut datapath =
+            Datapath::open(&pin.0, &DatapathOptions::default()).expect("loading, pinned");
+        node.enter(|| datapath.attach(IFACE, IngressMode::Tc))
+            .expect("entering the namespace")
+    };
+    make_interface();
+    attach().expect("the first attach");
+    let defunct = interface_links(&pin.0, IFACE);
+    node.ip(&["link", "del", IFACE])
+        .expect("deleting the interface");
+    make_interface();
+    attach().expect("attaching where the pinned links lost their interface");
+    let replaced = interface_links(&pin.0, IFACE);
+    for (kind, (link, program)) in &replaced {
+        assert_ne!(*link, defunct[kind].0, "{kind}: still the detached link");
+        let attach_type = match *kind {
+            "tc_ingress" => TcAttachType::Ingress,
+            _ => TcAttachType::Egress,
+        };
+        let running: Vec<u32> = node
+            .enter(|| SchedClassifier::query_tcx(c"slb-rl0", attach_type))
+            .expect("entering the namespace")
+            .expect("querying the interface's programs")
+            .1
+            .iter()
+            .map(|info| info.id())
+            .collect();
+        assert_eq!(
+            running,
+            [*program],
+            "{kind}: the interface runs the new link's program, alone"
+        );
+    }
 }

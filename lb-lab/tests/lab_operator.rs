@@ -9,20 +9,11 @@ use std::{
 use slicelb_lab::lab::{
     Lab,
     agent_lab::{AgentLab, Frontend},
+    stdout_of,
 };
 
 fn ready_lab(test: &str) -> (AgentLab, slicelb_lab::lab::ChildGuard) {
     AgentLab::with_synced_agent(test)
-}
-
-fn stdout_of(output: &std::process::Output, what: &str) -> String {
-    assert!(
-        output.status.success(),
-        "{what} failed: {}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).to_string()
 }
 
 /// Fixed client ports sit below the kernel's ephemeral range (32768–60999), so no warm-up

@@ -296,9 +296,11 @@ impl Drop for PinDir {
     }
 }
 
-/// An agent restart adopting pinned maps rebuilds the filter before anything is attached.
+/// An agent restart adopting FRONTENDS pinned by a datapath without the filter builds the
+/// filter before anything is attached; a filter pinned with them is adopted as it is (its
+/// writer keeps it: bits set ahead of a frontend being inserted must stay).
 #[test]
-fn adopting_pinned_maps_rebuilds_the_filter() {
+fn adopting_pinned_maps_builds_a_missing_filter_and_keeps_a_pinned_one() {
     require_root();
     let pin = PinDir(PathBuf::from(format!(
         "/sys/fs/bpf/slicelb-test-{}-filter",
@@ -309,18 +311,19 @@ fn adopting_pinned_maps_rebuilds_the_filter() {
         ..DatapathOptions::default()
     };
     let service = udp_service(1, "198.18.100.1", 53);
+    let pending = udp_key(100, 9, 53);
     {
-        let mut datapath = Datapath::open(&pin.0, &options).expect("loading, pinned");
+        let datapath = Datapath::open(&pin.0, &options).expect("loading, pinned");
         let mut writer = AyaMaps::from_datapath(&datapath).expect("opening the maps");
         writer.apply(&service.ops()).expect("writing the service");
         // As if pinned by a datapath that had no filter.
-        zero_kernel_filter(&mut datapath);
-        assert!(!kernel_covers(&datapath, &service.frontend), "zeroed");
+        std::fs::remove_file(pin.0.join("maps").join(map_names::FRONTEND_FILTER))
+            .expect("unpinning the filter");
     }
-    let adopted = Datapath::open(&pin.0, &options).expect("adopting the pinned maps");
+    let mut adopted = Datapath::open(&pin.0, &options).expect("adopting the pinned maps");
     assert!(
         kernel_covers(&adopted, &service.frontend),
-        "adoption rebuilt the bit of {:?}",
+        "adoption built the bit of {:?}",
         service.frontend
     );
     let out = slicelb::dataplane::test_run::run(
@@ -335,4 +338,16 @@ fn adopting_pinned_maps_rebuilds_the_filter() {
         dst == [198, 18, 1, 1] || dst == [198, 18, 1, 2],
         "the adopted frontend is balanced to a backend, got {dst:?}"
     );
+
+    // A writer is adding `pending`: its bits are set, the frontend not inserted yet.
+    let (word, mask) = slot_of(&pending);
+    let value = kernel_word(&adopted, word);
+    set_kernel_word(&mut adopted, word, value | mask);
+    drop(adopted);
+    let again = Datapath::open(&pin.0, &options).expect("adopting the maps and their filter");
+    assert!(
+        kernel_covers(&again, &pending),
+        "adopting a pinned filter cleared the bits of a frontend being added"
+    );
+    assert!(kernel_covers(&again, &service.frontend));
 }

@@ -207,8 +207,11 @@ fn tables_written_through_the_mapping_are_seen_by_lookups_packets_and_adoption()
     check_read_back(&writer, &services, "adopted maps, writer from the datapath");
     let from_pin = AyaMaps::from_pin(&pin.0, adopted.capacity()).expect("opening the pinned maps");
     check_read_back(&from_pin, &services, "adopted maps, writer from the pins");
+    let read_only = slicelb::dataplane::aya_maps::ReadOnlyMaps::open(&pin.0)
+        .expect("opening the pinned maps read-only");
+    check_read_back(&read_only, &services, "adopted maps, read-only descriptors");
     assert_eq!(
-        AyaMaps::pinned_capacity(&pin.0).expect("reading the pinned maps' sizes"),
+        slicelb::dataplane::pins::pinned_capacity(&pin.0).expect("reading the pinned maps' sizes"),
         adopted.capacity(),
         "the pinned maps have the sizes they were created with (`slicelb check` plans within them)"
     );

@@ -203,7 +203,7 @@ impl Slicelb {
         };
         slicelb::dataplane::loader::ALL_MAPS
             .iter()
-            .map(|&name| {
+            .map(|&(name, _)| {
                 let data = self.datapath.map_data(name).map_err(load_error)?;
                 let info = data.info().map_err(|source| BenchError::Map {
                     name: name.to_string(),

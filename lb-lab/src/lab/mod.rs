@@ -294,6 +294,45 @@ impl Drop for ChildGuard {
     }
 }
 
+/// A bpffs directory for one test's pins, `/sys/fs/bpf/slicelb-test-<pid>-<label>`,
+/// removed with everything pinned in it (links, then maps) on drop, also after a panic.
+#[derive(Debug)]
+pub struct PinDir(pub PathBuf);
+
+impl PinDir {
+    pub fn new(label: &str) -> Self {
+        Self(PathBuf::from(format!(
+            "/sys/fs/bpf/slicelb-test-{}-{label}",
+            std::process::id()
+        )))
+    }
+
+    /// The path as a command-line argument (`--pin-path`).
+    pub fn arg(&self) -> String {
+        self.0.display().to_string()
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        if let Err(error) = slicelb::dataplane::loader::Datapath::detach(&self.0) {
+            eprintln!("cleaning up {}: {error}", self.0.display());
+        }
+    }
+}
+
+/// The standard output of a command that must have succeeded (tests: a panic naming `what`
+/// with both outputs otherwise).
+pub fn stdout_of(output: &Output, what: &str) -> String {
+    assert!(
+        output.status.success(),
+        "{what} failed: {}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).to_string()
+}
+
 /// Creates a veth pair `a_name` in `a` and `b_name` in `b`, both up.
 pub fn veth_pair(a: &Netns, a_name: &str, b: &Netns, b_name: &str) -> Result<(), LabError> {
     run(

@@ -21,7 +21,7 @@ use crate::{
     dataplane::{
         AppliedState,
         attach_mode::XdpMode,
-        aya_maps::AyaMaps,
+        aya_maps::{AyaMaps, ReadOnlyMaps},
         cgroup::CgroupRoot,
         loader::{Datapath, DatapathOptions, IngressMode},
     },
@@ -115,7 +115,7 @@ async fn run_async(args: AgentConfig) -> anyhow::Result<()> {
 
     let fill = Arc::new(RwLock::new(AppliedState::default()));
     let stats = stats::PinnedStats::new(
-        AyaMaps::from_datapath(&datapath).context("opening the maps for metrics")?,
+        ReadOnlyMaps::open(&args.pin_path).context("opening the maps for metrics")?,
         fill.clone(),
         capacity,
     );

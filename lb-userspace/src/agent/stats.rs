@@ -1,23 +1,27 @@
-//! The kernel's counters for the metrics endpoint, read from the pinned maps at scrape time;
-//! map fill levels come from the agent's own record of what it wrote.
+//! The kernel's counters for the metrics endpoint, read from the pinned maps (read-only) at
+//! scrape time; map fill levels come from the agent's own record of what it wrote.
 
 use std::sync::{Arc, Mutex, RwLock};
 
 use lb_common::{ProtoCounter, Reason, ServiceCounters, SocketCounter, map_names};
 
 use crate::{
-    dataplane::{AppliedState, DataplaneError, MapCapacity, aya_maps::AyaMaps},
+    dataplane::{AppliedState, DataplaneError, MapCapacity, aya_maps::ReadOnlyMaps},
     metrics::{KernelStats, MapFill},
 };
 
 pub struct PinnedStats {
-    maps: Mutex<AyaMaps>,
+    maps: Mutex<ReadOnlyMaps>,
     applied: Arc<RwLock<AppliedState>>,
     capacity: MapCapacity,
 }
 
 impl PinnedStats {
-    pub fn new(maps: AyaMaps, applied: Arc<RwLock<AppliedState>>, capacity: MapCapacity) -> Self {
+    pub fn new(
+        maps: ReadOnlyMaps,
+        applied: Arc<RwLock<AppliedState>>,
+        capacity: MapCapacity,
+    ) -> Self {
         Self {
             maps: Mutex::new(maps),
             applied,
@@ -25,7 +29,7 @@ impl PinnedStats {
         }
     }
 
-    fn maps(&self) -> std::sync::MutexGuard<'_, AyaMaps> {
+    fn maps(&self) -> std::sync::MutexGuard<'_, ReadOnlyMaps> {
         // A panic while holding the lock leaves the maps as they were: keep using them.
         self.maps
             .lock()
@@ -68,7 +72,7 @@ impl KernelStats for PinnedStats {
     }
 
     fn conntrack_entries(&self) -> Result<u64, DataplaneError> {
-        Ok(self.maps().conntrack_entries()? as u64)
+        Ok(self.maps().conntrack_entries()?.entries.into())
     }
 
     fn map_fill(&self, conntrack_entries: Option<u64>) -> Result<Vec<MapFill>, DataplaneError> {

@@ -1,4 +1,4 @@
-//! The operator commands' glue: open the pinned maps, read, print.
+//! The operator commands' glue: open the pinned maps (read-only), read, print.
 
 use std::{collections::BTreeMap, path::Path, time::Duration};
 
@@ -6,14 +6,15 @@ use anyhow::Context as _;
 
 use super::{AttachArgs, OutputFormat, PinArgs, ServicesArgs, StatsArgs, services, stats::Stats};
 use crate::dataplane::{
-    MapCapacity, MapWriter as _,
-    aya_maps::AyaMaps,
+    MapWriter as _,
+    aya_maps::ReadOnlyMaps,
     loader::{Datapath, DatapathOptions},
+    pins,
 };
 
-/// The maps pinned under `pin_path`, with a hint when there are none.
-pub fn open_pinned(pin_path: &Path) -> anyhow::Result<AyaMaps> {
-    AyaMaps::from_pin(pin_path, MapCapacity::default()).with_context(|| {
+/// The maps pinned under `pin_path`, read-only, with a hint when there are none.
+pub fn open_pinned(pin_path: &Path) -> anyhow::Result<ReadOnlyMaps> {
+    ReadOnlyMaps::open(pin_path).with_context(|| {
         format!(
             "no slicelb maps pinned under {} (is an agent running, or was --pin-path different?)",
             pin_path.display()
@@ -41,7 +42,7 @@ pub fn services(args: &ServicesArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn read_stats(maps: &AyaMaps) -> anyhow::Result<Stats> {
+fn read_stats(maps: &ReadOnlyMaps) -> anyhow::Result<Stats> {
     let reasons: Vec<u64> = maps
         .reasons()
         .context("reading REASON_STATS")?
@@ -87,6 +88,8 @@ pub fn detach(args: &PinArgs) -> anyhow::Result<()> {
 
 /// Loads and attaches the programs with empty maps (nothing is balanced; the counters show
 /// what passes), then prints the per-protocol counters until Ctrl-C or `--duration`.
+/// Over maps already pinned (an agent's), it writes only the links: the programs in them
+/// are swapped for this binary's, the maps are adopted as they are.
 pub fn attach(args: &AttachArgs) -> anyhow::Result<()> {
     let mut datapath =
         Datapath::open(&args.pin_path, &DatapathOptions::default()).with_context(|| {
@@ -105,7 +108,7 @@ pub fn attach(args: &AttachArgs) -> anyhow::Result<()> {
             args.pin_path.display()
         );
     }
-    let maps = AyaMaps::from_datapath(&datapath).context("opening the maps")?;
+    let maps = open_pinned(&args.pin_path)?;
     let started = std::time::Instant::now();
     let deadline = args.duration.map(Duration::from_secs);
     loop {
@@ -170,7 +173,7 @@ pub fn check(args: &super::CheckArgs) -> anyhow::Result<()> {
     let applied = open_pinned(&args.pin_path)?
         .read()
         .context("reading the maps")?;
-    let capacity = AyaMaps::pinned_capacity(&args.pin_path).context("reading the maps' sizes")?;
+    let capacity = pins::pinned_capacity(&args.pin_path).context("reading the maps' sizes")?;
     let differences = crate::diff::differences(&applied, &built.state, capacity);
     if differences.is_empty() {
         println!(

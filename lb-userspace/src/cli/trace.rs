@@ -1,9 +1,10 @@
 //! `slicelb trace`: which backend a flow would reach and why. The answer comes from the
 //! real forward program, run with `BPF_PROG_TEST_RUN` on a crafted first packet against the
-//! live pinned maps; the reason comes from what the program read (conntrack, affinity, the
-//! Maglev slot). Flow state the run created (conntrack and affinity entries) is removed
-//! again, so tracing leaves no flow behind; the run does count one packet in the counters.
-//! `--socket` explains socket-level balancing (pods and the node) from the maps alone.
+//! live pinned configuration; the reason comes from what the program read (conntrack,
+//! affinity, the Maglev slot). The run's flow state and counters are maps of its own load,
+//! given the live conntrack and affinity entries of this flow first: tracing writes nothing
+//! the node uses, not even a counter. `--socket` explains socket-level balancing (pods and
+//! the node) from the maps alone.
 
 use std::{
     fmt::Write as _,
@@ -21,14 +22,10 @@ use serde::Serialize;
 
 use super::{
     OutputFormat, Protocol, TraceArgs,
+    commands::open_pinned,
     services::{backend_shares, ip_from_map, kind_name, state_name},
 };
-use crate::dataplane::{
-    AppliedState, MapWriter as _,
-    aya_maps::AyaMaps,
-    loader::{Datapath, DatapathOptions},
-    test_run,
-};
+use crate::dataplane::{MapWriter as _, loader::ReadOnlyDatapath, test_run};
 use crate::diff::encode::encode_addr;
 
 /// Source port used when `--from` gives none.
@@ -156,7 +153,8 @@ pub fn trace(args: &TraceArgs) -> anyhow::Result<Trace> {
     );
     let packet = first_packet(from, to, args.proto)?;
 
-    let (maps, applied) = open_pinned(&args.pin_path)?;
+    let maps = open_pinned(&args.pin_path)?;
+    let applied = maps.read().context("reading the maps")?;
     let (src, family) = encode_addr(from.ip());
     let (dst, _) = encode_addr(to.ip());
     let frontend_key = FrontendKey {
@@ -178,9 +176,6 @@ pub fn trace(args: &TraceArgs) -> anyhow::Result<Trace> {
         .conntrack_entry(&flow_key)
         .context("reading CONNTRACK")?;
 
-    // The real program, with the live maps (a separate load: the attached one is untouched).
-    let mut datapath = Datapath::open(&args.pin_path, &DatapathOptions::default())
-        .context("loading the programs against the pinned maps")?;
     let frontend = applied.frontends.get(&frontend_key).copied();
     let service = frontend.map(|f| {
         applied
@@ -196,40 +191,28 @@ pub fn trace(args: &TraceArgs) -> anyhow::Result<Trace> {
         _pad: [0; 3],
     });
     let existing_affinity = match affinity_key {
-        Some(key) => affinity_map(&mut datapath)?.get(&key, 0).ok(),
+        Some(key) => maps.affinity_entry(&key).context("reading AFFINITY")?,
         None => None,
     };
 
-    let program = datapath
-        .xdp(program_names::XDP_INGRESS)
-        .context("the forward program")?;
+    // The real program, with the live configuration and flow state of its own (a separate
+    // load: the attached one and its maps are untouched).
+    let mut datapath = ReadOnlyDatapath::open(&args.pin_path)
+        .context("loading the programs against the pinned maps")?;
+    if let Some(flow) = existing_flow {
+        conntrack_map(&mut datapath)?
+            .insert(&flow_key, &flow, 0)
+            .context("giving the run this flow's conntrack entry")?;
+    }
+    if let (Some(key), Some(value)) = (affinity_key, existing_affinity) {
+        affinity_map(&mut datapath)?
+            .insert(&key, &value, 0)
+            .context("giving the run this client's affinity entry")?;
+    }
+    let program = datapath.forward().context("the forward program")?;
     let output = test_run::run(program, program_names::XDP_INGRESS, &packet)
         .context("running the forward program on the crafted packet")?;
     let verdict_name = xdp_verdict_name(output.verdict);
-
-    // Undo the flow state this run created (a flow that existed keeps its entries).
-    if existing_flow.is_none() {
-        let reply = destination_of(&output.packet).map(|backend| {
-            let (backend_addr, _) = encode_addr(backend.ip());
-            FlowKey {
-                src_addr: backend_addr,
-                dst_addr: src,
-                src_port: backend.port().to_be(),
-                dst_port: from.port().to_be(),
-                proto,
-                family,
-                _pad: [0; 2],
-            }
-        });
-        let mut conntrack = conntrack_map(&mut datapath)?;
-        let _ = conntrack.remove(&flow_key);
-        if let Some(reply) = reply {
-            let _ = conntrack.remove(&reply);
-        }
-    }
-    if let (Some(key), None) = (affinity_key, existing_affinity) {
-        let _ = affinity_map(&mut datapath)?.remove(&key);
-    }
 
     let backend = (output.verdict == 2)
         .then(|| destination_of(&output.packet))
@@ -329,18 +312,6 @@ pub fn trace(args: &TraceArgs) -> anyhow::Result<Trace> {
     })
 }
 
-/// The pinned maps and what they hold.
-fn open_pinned(pin_path: &std::path::Path) -> anyhow::Result<(AyaMaps, AppliedState)> {
-    let maps = AyaMaps::from_pin(pin_path, Default::default()).with_context(|| {
-        format!(
-            "no slicelb maps pinned under {} (is an agent running?)",
-            pin_path.display()
-        )
-    })?;
-    let applied = maps.read().context("reading the maps")?;
-    Ok((maps, applied))
-}
-
 /// What socket-level balancing does with a `connect()` (or unconnected UDP `sendmsg()`) to
 /// `--to` from below the cgroup root. The kernel cannot test-run cgroup socket programs, so
 /// this reads the maps the program reads, in the order it reads them (read-only: nothing is
@@ -349,7 +320,9 @@ fn trace_socket(args: &TraceArgs) -> anyhow::Result<Trace> {
     let to = args.to;
     let proto_name = format!("{:?}", args.proto).to_uppercase();
     let flow = format!("connect() from a pod or the node -> {to}/{proto_name}");
-    let (_, applied) = open_pinned(&args.pin_path)?;
+    let applied = open_pinned(&args.pin_path)?
+        .read()
+        .context("reading the maps")?;
     let (dst, family) = encode_addr(to.ip());
     let key = FrontendKey {
         addr: dst,
@@ -437,20 +410,22 @@ fn trace_socket(args: &TraceArgs) -> anyhow::Result<Trace> {
     ))
 }
 
+/// The run's own CONNTRACK.
 fn conntrack_map(
-    datapath: &mut Datapath,
+    datapath: &mut ReadOnlyDatapath,
 ) -> anyhow::Result<HashMap<&mut MapData, FlowKey, FlowValue>> {
     let map = datapath
-        .map_mut(map_names::CONNTRACK)
+        .own_map_mut(map_names::CONNTRACK)
         .context("the CONNTRACK map")?;
     HashMap::try_from(map).context("CONNTRACK as a hash map")
 }
 
+/// The run's own AFFINITY.
 fn affinity_map(
-    datapath: &mut Datapath,
+    datapath: &mut ReadOnlyDatapath,
 ) -> anyhow::Result<HashMap<&mut MapData, AffinityKey, AffinityValue>> {
     let map = datapath
-        .map_mut(map_names::AFFINITY)
+        .own_map_mut(map_names::AFFINITY)
         .context("the AFFINITY map")?;
     HashMap::try_from(map).context("AFFINITY as a hash map")
 }

@@ -1,24 +1,29 @@
 //! [`MapWriter`] over the kernel maps (pinned, or those of a loaded [`Datapath`]), plus the
-//! counter readers the CLI and the metrics endpoint use.
+//! readers the CLI and the metrics endpoint use, through [`ReadOnlyMaps`].
 
 use std::{
     io,
+    ops::Deref,
     os::fd::{AsFd as _, OwnedFd},
     path::Path,
     sync::atomic::{Ordering, fence},
 };
 
-use aya::maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, lpm_trie::Key};
+use aya::maps::{
+    Array, HashMap, IterableMap as _, LpmTrie, MapData, MapError, PerCpuArray, lpm_trie::Key,
+};
 use lb_common::{
     AffinityKey, AffinityValue, Backend, FlowKey, FlowValue, FrontendKey, FrontendValue,
     ProtoCounter, Reason, ServiceCounters, ServiceName, SocketCounter, SourceRangeKey, map_names,
 };
 
 use super::{
-    AppliedState, DataplaneError, DeletedFlows, MapCapacity, MapOp, MapWriter, StaleFlows, batch,
+    AppliedState, DataplaneError, DeletedFlows, MapCapacity, MapOp, MapWriter, StaleFlows,
+    batch::{self, Counted},
     frontend_filter::{self, FrontendFilter},
     loader::{Datapath, LoadError},
     mapped_array::MappedArray,
+    pins,
 };
 
 /// The value stored for every source range (only the prefix matters).
@@ -32,7 +37,7 @@ pub struct AyaMaps {
     selection_fd: OwnedFd,
     /// SELECTION's memory, where tables are copied; `None` for a SELECTION pinned by an
     /// older slicelb without `BPF_F_MMAPABLE` (the loader refuses to adopt one, but
-    /// `from_pin` opens it), written through `selection_fd` instead.
+    /// `from_pin` opens it), written through `selection_fd` instead, and for read-only maps.
     selection_mapping: Option<MappedArray>,
     frontend_filter_fd: OwnedFd,
     /// The frontends behind each FRONTEND_FILTER bit; built from FRONTENDS (and the kernel
@@ -41,6 +46,7 @@ pub struct AyaMaps {
     service_names: HashMap<MapData, u32, ServiceName>,
     source_ranges: LpmTrie<MapData, SourceRangeKey, u8>,
     conntrack: HashMap<MapData, FlowKey, FlowValue>,
+    affinity: HashMap<MapData, AffinityKey, AffinityValue>,
     /// For batched passes over the flow state (deleting stale flows).
     conntrack_fd: OwnedFd,
     affinity_fd: OwnedFd,
@@ -100,32 +106,51 @@ fn typed<T>(
     convert(data).map_err(read_err(map))
 }
 
+/// The value of `key` in a hash map, `None` when it holds none.
+fn entry<K: aya::Pod, V: aya::Pod>(
+    map: &HashMap<MapData, K, V>,
+    name: &'static str,
+    key: &K,
+) -> Result<Option<V>, DataplaneError> {
+    match map.get(key, 0) {
+        Ok(value) => Ok(Some(value)),
+        Err(MapError::KeyNotFound) => Ok(None),
+        Err(e) => Err(read_err(name)(e)),
+    }
+}
+
+/// The pinned maps, opened for reading only: every descriptor is read-only, so the kernel
+/// refuses any write through them, and the type offers [`AyaMaps`]'s reads but not `apply`
+/// (which needs `&mut`). The operator commands and the metrics read through it: they never
+/// change what the agent keeps.
+pub struct ReadOnlyMaps(AyaMaps);
+
+impl ReadOnlyMaps {
+    /// The maps pinned under `pin_path/maps`, with the sizes they were made with.
+    pub fn open(pin_path: &Path) -> Result<Self, DataplaneError> {
+        let capacity = pins::pinned_capacity(pin_path)?;
+        let mut maps = AyaMaps::build(capacity, |name| pins::open_read_only(pin_path, name))?;
+        // The kernel maps a map's memory shared only through a writable descriptor: read
+        // SELECTION with batched lookups instead.
+        maps.selection_mapping = None;
+        Ok(Self(maps))
+    }
+}
+
+impl Deref for ReadOnlyMaps {
+    type Target = AyaMaps;
+
+    fn deref(&self) -> &AyaMaps {
+        &self.0
+    }
+}
+
 impl AyaMaps {
     /// Opens the maps pinned under `pin_path/maps` (as [`Datapath::open`] pins them).
     pub fn from_pin(pin_path: &Path, capacity: MapCapacity) -> Result<Self, DataplaneError> {
         let dir = pin_path.join("maps");
         Self::build(capacity, |name| {
             MapData::from_pin(dir.join(name)).map_err(read_err(name))
-        })
-    }
-
-    /// The sizes the maps pinned under `pin_path/maps` were created with (an agent may
-    /// size them other than the defaults).
-    pub fn pinned_capacity(pin_path: &Path) -> Result<MapCapacity, DataplaneError> {
-        let dir = pin_path.join("maps");
-        let size = |name: &'static str| {
-            let data = MapData::from_pin(dir.join(name)).map_err(read_err(name))?;
-            Ok::<_, DataplaneError>(data.info().map_err(read_err(name))?.max_entries())
-        };
-        Ok(MapCapacity {
-            frontends: size(map_names::FRONTENDS)?,
-            backends: size(map_names::BACKENDS)?,
-            selection_slots: size(map_names::SELECTION)?,
-            conntrack: size(map_names::CONNTRACK)?,
-            affinity: size(map_names::AFFINITY)?,
-            fragments: size(map_names::FRAGMENTS)?,
-            source_ranges: size(map_names::SOURCE_RANGES)?,
-            services: size(map_names::SERVICE_NAMES)?,
         })
     }
 
@@ -177,7 +202,8 @@ impl AyaMaps {
         )?;
         let conntrack = open(map_names::CONNTRACK)?;
         let conntrack_fd = clone_fd(map_names::CONNTRACK, &conntrack)?;
-        let affinity_fd = clone_fd(map_names::AFFINITY, &open(map_names::AFFINITY)?)?;
+        let affinity = open(map_names::AFFINITY)?;
+        let affinity_fd = clone_fd(map_names::AFFINITY, &affinity)?;
         Ok(Self {
             frontends: typed(map_names::FRONTENDS, open(map_names::FRONTENDS)?, |d| {
                 HashMap::try_from(Map::HashMap(d))
@@ -201,6 +227,9 @@ impl AyaMaps {
                 |d| LpmTrie::try_from(Map::LpmTrie(d)),
             )?,
             conntrack: typed(map_names::CONNTRACK, conntrack, |d| {
+                HashMap::try_from(Map::LruHashMap(d))
+            })?,
+            affinity: typed(map_names::AFFINITY, affinity, |d| {
                 HashMap::try_from(Map::LruHashMap(d))
             })?,
             conntrack_fd,
@@ -286,23 +315,30 @@ impl AyaMaps {
         Ok(out)
     }
 
-    /// Entries in CONNTRACK (each balanced flow has two: forward and reply).
-    pub fn conntrack_entries(&self) -> Result<usize, DataplaneError> {
-        let mut count = 0;
-        for key in self.conntrack.keys() {
-            key.map_err(read_err(map_names::CONNTRACK))?;
-            count += 1;
-        }
-        Ok(count)
+    /// Entries in CONNTRACK (each balanced flow has two: forward and reply), counted in
+    /// one pass over its buckets: the work is bounded by the map's size however fast flows
+    /// come and go (a key-by-key walk starts again whenever its key is evicted).
+    pub fn conntrack_entries(&self) -> Result<Counted, DataplaneError> {
+        let fd = self.conntrack.map().fd().as_fd();
+        batch::count_entries::<FlowKey, FlowValue>(fd, self.capacity.conntrack).map_err(|source| {
+            DataplaneError::MapRead {
+                map: map_names::CONNTRACK,
+                source,
+            }
+        })
     }
 
     /// One conntrack entry, for tests and `slicelb trace`.
     pub fn conntrack_entry(&self, key: &FlowKey) -> Result<Option<FlowValue>, DataplaneError> {
-        match self.conntrack.get(key, 0) {
-            Ok(value) => Ok(Some(value)),
-            Err(MapError::KeyNotFound) => Ok(None),
-            Err(e) => Err(read_err(map_names::CONNTRACK)(e)),
-        }
+        entry(&self.conntrack, map_names::CONNTRACK, key)
+    }
+
+    /// One session-affinity entry, for `slicelb trace`.
+    pub fn affinity_entry(
+        &self,
+        key: &AffinityKey,
+    ) -> Result<Option<AffinityValue>, DataplaneError> {
+        entry(&self.affinity, map_names::AFFINITY, key)
     }
 
     /// SELECTION slots `offset..offset + size`.

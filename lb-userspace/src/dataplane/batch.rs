@@ -1,12 +1,15 @@
 //! Batched map access (`BPF_MAP_UPDATE_BATCH` / `BPF_MAP_LOOKUP_BATCH` /
 //! `BPF_MAP_DELETE_BATCH`, Linux 5.6), which aya 0.16 does not wrap: a 131 071-slot Maglev
 //! table is a handful of syscalls instead of one per slot, and a pass over a flow table
-//! visits each hash bucket once however its entries churn.
+//! (counting it, deleting stale entries) visits each hash bucket once however its entries
+//! churn.
 
 use std::{
     io,
     os::fd::{AsRawFd as _, BorrowedFd},
 };
+
+use super::sys;
 
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
@@ -14,7 +17,7 @@ const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
 /// Elements per syscall.
 const CHUNK: usize = 16 * 1024;
 /// Hash map entries per lookup syscall: a chunk of flow entries is a few hundred KiB.
-const HASH_CHUNK: usize = 4 * 1024;
+pub const HASH_CHUNK: usize = 4 * 1024;
 
 /// The `batch` member of `union bpf_attr` (uapi layout).
 #[repr(C)]
@@ -31,21 +34,9 @@ struct BatchAttr {
 }
 
 fn bpf(cmd: libc::c_long, attr: &mut BatchAttr) -> io::Result<()> {
-    // SAFETY: `attr` is a valid batch attribute whose pointers refer to live buffers
-    // sized for `count` elements; the kernel reads at most `size_of::<BatchAttr>()`.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            attr as *mut BatchAttr,
-            std::mem::size_of::<BatchAttr>(),
-        )
-    };
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
+    // SAFETY: every caller fills a batch attribute whose pointers refer to live buffers
+    // sized for `count` elements.
+    unsafe { sys::bpf(cmd, attr) }.map(|_| ())
 }
 
 /// Writes `values` to indexes `offset..` of an array map.
@@ -201,4 +192,53 @@ fn delete_keys<K: aya::Pod>(fd: BorrowedFd<'_>, keys: &[K]) -> io::Result<usize>
         }
     }
     Ok(deleted)
+}
+
+/// What one counting pass over a hash map saw.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Counted {
+    /// Entries seen, at most the limit the pass was given.
+    pub entries: u32,
+    /// `BPF_MAP_LOOKUP_BATCH` calls made.
+    pub lookups: u32,
+}
+
+/// Counts the entries of a hash map (plain or LRU) with keys `K` and values `V`, in one pass
+/// over its buckets, stopping at `limit`. The kernel's cursor is a bucket index, so entries
+/// added or evicted meanwhile neither restart the pass nor make it longer: it takes at most
+/// about `limit / HASH_CHUNK` calls, however fast the map changes. An entry that moves
+/// during the pass may be missed or seen twice; a still map is counted exactly.
+pub fn count_entries<K, V>(fd: BorrowedFd<'_>, limit: u32) -> io::Result<Counted>
+where
+    K: aya::Pod + Default + Clone,
+    V: aya::Pod + Default + Clone,
+{
+    let mut room = HASH_CHUNK;
+    let mut keys = vec![K::default(); room];
+    let mut values = vec![V::default(); room];
+    let mut counted = Counted {
+        entries: 0,
+        lookups: 0,
+    };
+    let mut after = None;
+    while counted.entries < limit {
+        counted.lookups += 1;
+        match lookup_chunk(fd, after, &mut keys, &mut values) {
+            Ok(chunk) => {
+                counted.entries = counted.entries.saturating_add(chunk.read as u32).min(limit);
+                if chunk.last {
+                    break;
+                }
+                after = Some(chunk.next);
+            }
+            // ENOSPC (nothing copied): the next bucket alone holds more than `room` entries.
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => {
+                room *= 2;
+                keys.resize(room, K::default());
+                values.resize(room, V::default());
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(counted)
 }

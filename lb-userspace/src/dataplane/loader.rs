@@ -5,6 +5,11 @@
 //! Pin layout: `<pin>/maps/NAME` for every map, `<pin>/links/<iface>/{xdp,tc_ingress,tc_egress}`
 //! for interface attachments, `<pin>/links/cgroup-<stamp>/<program>` for the socket-level
 //! hooks at the cgroup root.
+//!
+//! Nothing is ever unpinned before its replacement runs: a restart swaps its programs into
+//! the pinned interface links (`bpf_link_update`), and attaches new socket-level links
+//! before it removes the old, so an agent that dies at any moment leaves a datapath.
+//! [`ReadOnlyDatapath`] loads the programs for test runs without writing anything pinned.
 
 use std::{
     ffi::CString,
@@ -15,40 +20,55 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, MapData},
+    maps::{Array, Map, MapData},
     programs::{
-        CgroupAttachMode, LinkOrder, SchedClassifier, TcAttach, TcAttachType, Xdp, XdpMode,
+        CgroupAttachMode, LinkOrder, ProgramError, SchedClassifier, TcAttach, TcAttachType, Xdp,
+        XdpMode,
         links::{FdLink, PinnedLink},
         tc::SchedClassifierLink,
         xdp::XdpLink,
     },
+    sys::SyscallError,
 };
 use lb_common::{Config, FrontendKey, FrontendValue, map_names, program_names};
 
-use super::MapCapacity;
+use super::{MapCapacity, pins};
 
 /// The compiled `lb-ebpf` object.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
 
-/// Every map of the object, in the order they are pinned.
-pub const ALL_MAPS: [&str; 16] = [
-    map_names::FRONTENDS,
-    map_names::FRONTEND_FILTER,
-    map_names::BACKENDS,
-    map_names::SELECTION,
-    map_names::CONNTRACK,
-    map_names::AFFINITY,
-    map_names::FRAGMENTS,
-    map_names::SOURCE_RANGES,
-    map_names::REASON_STATS,
-    map_names::SERVICE_STATS,
-    map_names::PROTO_STATS,
-    map_names::CONFIG,
-    map_names::SERVICE_NAMES,
-    map_names::SOCK_REVERSE,
-    map_names::SOCK_CONNECTED,
-    map_names::SOCKET_STATS,
+/// Who writes a map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapRole {
+    /// The agent; the programs only read it. A read-only load shares it.
+    Configuration,
+    /// The programs (flow state, counters). A read-only load has its own.
+    Datapath,
+}
+
+/// Every map of the object with who writes it, in the order they are pinned.
+pub const ALL_MAPS: [(&str, MapRole); 16] = [
+    (map_names::FRONTENDS, MapRole::Configuration),
+    (map_names::FRONTEND_FILTER, MapRole::Configuration),
+    (map_names::BACKENDS, MapRole::Configuration),
+    (map_names::SELECTION, MapRole::Configuration),
+    (map_names::CONNTRACK, MapRole::Datapath),
+    (map_names::AFFINITY, MapRole::Datapath),
+    (map_names::FRAGMENTS, MapRole::Datapath),
+    (map_names::SOURCE_RANGES, MapRole::Configuration),
+    (map_names::REASON_STATS, MapRole::Datapath),
+    (map_names::SERVICE_STATS, MapRole::Datapath),
+    (map_names::PROTO_STATS, MapRole::Datapath),
+    (map_names::CONFIG, MapRole::Configuration),
+    (map_names::SERVICE_NAMES, MapRole::Configuration),
+    (map_names::SOCK_REVERSE, MapRole::Datapath),
+    (map_names::SOCK_CONNECTED, MapRole::Datapath),
+    (map_names::SOCKET_STATS, MapRole::Datapath),
 ];
+
+/// Entries of each flow-state map of a read-only load: a trace writes one flow's two
+/// conntrack entries and one affinity entry.
+const READ_ONLY_FLOW_ENTRIES: u32 = 256;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DatapathOptions {
@@ -132,6 +152,17 @@ pub enum LoadError {
         #[source]
         source: io::Error,
     },
+    #[error(
+        "the pinned maps cannot be read ({source}); is an agent running, or was --pin-path different?"
+    )]
+    Pinned {
+        #[source]
+        source: super::DataplaneError,
+    },
+    #[error(
+        "{map} is the running datapath's: a read-only load may write only its own flow state and counters"
+    )]
+    SharedMap { map: &'static str },
     #[error("writing map {map} failed: {source}")]
     Map {
         map: &'static str,
@@ -195,40 +226,36 @@ impl Datapath {
             source,
         })?;
         let adopting = maps_dir.join(map_names::CONFIG).exists();
+        let frontends_without_filter = maps_dir.join(map_names::FRONTENDS).exists()
+            && !maps_dir.join(map_names::FRONTEND_FILTER).exists();
         let paths: Vec<(&'static str, PathBuf)> = ALL_MAPS
             .iter()
-            .map(|name| (*name, maps_dir.join(name)))
+            .map(|(name, _)| (*name, maps_dir.join(name)))
             .collect();
         let mut loader = EbpfLoader::new();
         set_capacity(&mut loader, &options.capacity);
         for (name, path) in &paths {
             loader.map_pin_path(name, path.as_path());
         }
-        let ebpf = loader.load(EBPF_OBJECT).map_err(|source| match source {
-            aya::EbpfError::MapError(aya::maps::MapError::IncompatiblePinnedMap {
-                name,
-                property,
-                expected,
-                actual,
-            }) => LoadError::IncompatiblePin {
-                path: maps_dir.join(&name),
-                map: name,
-                property,
-                expected,
-                actual,
-            },
-            source => LoadError::Load { source },
-        })?;
+        let ebpf = loader
+            .load(EBPF_OBJECT)
+            .map_err(|source| load_error(&maps_dir, source))?;
         let mut datapath = Self {
             ebpf,
             pin_path: Some(pin_path.to_path_buf()),
             capacity: options.capacity,
             links: Vec::new(),
         };
-        datapath.load_programs()?;
-        if adopting {
-            // Before any attach: adopted FRONTENDS (perhaps pinned by a datapath without the
-            // filter) must find their filter bits set.
+        load_programs(
+            &mut datapath.ebpf,
+            PACKET_PROGRAMS.into_iter().chain(SOCKET_PROGRAMS),
+        )?;
+        if frontends_without_filter {
+            // FRONTENDS pinned by a datapath without the filter: set their bits before
+            // anything is attached. An adopted filter is left alone: its writer keeps it in
+            // step with FRONTENDS, and a rewrite from a look at FRONTENDS would clear the bits
+            // of a frontend a running agent is adding (bits first, then the frontend), which
+            // would then be turned away for good.
             datapath.rebuild_frontend_filter()?;
         }
         if !adopting || options.overwrite_config {
@@ -250,27 +277,12 @@ impl Datapath {
             capacity: options.capacity,
             links: Vec::new(),
         };
-        datapath.load_programs()?;
+        load_programs(
+            &mut datapath.ebpf,
+            PACKET_PROGRAMS.into_iter().chain(SOCKET_PROGRAMS),
+        )?;
         datapath.write_config(&options.config)?;
         Ok(datapath)
-    }
-
-    fn load_programs(&mut self) -> Result<(), LoadError> {
-        for program in PACKET_PROGRAMS.into_iter().chain(SOCKET_PROGRAMS) {
-            let prog = self
-                .ebpf
-                .program_mut(program)
-                .ok_or(LoadError::MissingProgram { program })?;
-            let result = match prog {
-                aya::programs::Program::Xdp(p) => p.load(),
-                aya::programs::Program::SchedClassifier(p) => p.load(),
-                aya::programs::Program::CgroupSockAddr(p) => p.load(),
-                aya::programs::Program::CgroupSock(p) => p.load(),
-                _ => return Err(LoadError::MissingProgram { program }),
-            };
-            result.map_err(|source| LoadError::Verify { program, source })?;
-        }
-        Ok(())
     }
 
     /// Rewrites FRONTEND_FILTER from the frontends in FRONTENDS.
@@ -371,10 +383,7 @@ impl Datapath {
 
     /// An XDP program by name (forward path, parse-only, empty).
     pub fn xdp(&self, program: &'static str) -> Result<&Xdp, LoadError> {
-        self.ebpf
-            .program(program)
-            .and_then(|p| <&Xdp>::try_from(p).ok())
-            .ok_or(LoadError::MissingProgram { program })
+        xdp_program(&self.ebpf, program)
     }
 
     /// A TC program by name (ingress or egress).
@@ -467,31 +476,70 @@ impl Datapath {
         Ok(())
     }
 
-    fn attach_xdp(&mut self, iface: &str, ifindex: u32, mode: XdpMode) -> Result<(), LoadError> {
-        let program = program_names::XDP_INGRESS;
-        let link_path = self.link_path(iface, "xdp");
-        let existing = take_pinned_link(link_path.as_deref())?;
-        let prog: &mut Xdp = self
-            .ebpf
-            .program_mut(program)
-            .and_then(|p| p.try_into().ok())
-            .ok_or(LoadError::MissingProgram { program })?;
+    /// Runs `program` on `iface`: inside the link pinned at `<pin>/links/<iface>/<kind>`
+    /// when there is one (`swap`, through `bpf_link_update`: the pin holds the link attached
+    /// throughout, so no moment leaves the interface without a program, whatever happens to
+    /// this process), else in a new link (`attach`), pinned there.
+    fn attach_interface<P>(
+        &mut self,
+        iface: &str,
+        kind: &str,
+        program: &'static str,
+        swap: impl FnOnce(&mut P, FdLink) -> Result<(), ProgramError>,
+        attach: impl FnOnce(&mut P) -> Result<FdLink, ProgramError>,
+    ) -> Result<(), LoadError>
+    where
+        for<'a> &'a mut P: TryFrom<&'a mut aya::programs::Program>,
+    {
         let attach_err = |source| LoadError::Attach {
             program,
             iface: iface.into(),
             source,
         };
-        let link_id = match existing {
-            Some(fd_link) => {
-                let link = XdpLink::try_from(fd_link).map_err(|e| attach_err(e.into()))?;
-                prog.attach_to_link(link).map_err(attach_err)?
+        let link_path = self.link_path(iface, kind);
+        let prog: &mut P = self
+            .ebpf
+            .program_mut(program)
+            .and_then(|p| p.try_into().ok())
+            .ok_or(LoadError::MissingProgram { program })?;
+        if let Some(path) = &link_path
+            && let Some(pinned) = pinned_link(path)
+        {
+            match swap(prog, pinned) {
+                Ok(()) => return Ok(()),
+                // The link's interface is gone (perhaps made again under its name): that
+                // link runs nowhere, and a new one takes its pin.
+                Err(ProgramError::SyscallError(SyscallError { io_error, .. }))
+                    if io_error.raw_os_error() == Some(libc::ENOLINK) =>
+                {
+                    std::fs::remove_file(path).map_err(|source| LoadError::Remove {
+                        path: path.clone(),
+                        source,
+                    })?;
+                }
+                Err(error) => return Err(attach_err(error)),
             }
-            None => prog.attach(ifindex, mode).map_err(attach_err)?,
-        };
-        let link = prog.take_link(link_id).map_err(attach_err)?;
-        // Kernels since 5.9 attach XDP through a bpf_link, which can be pinned.
-        let fd_link = FdLink::try_from(link).map_err(|e| attach_err(e.into()))?;
-        self.keep_link(fd_link, link_path)
+        }
+        let link = attach(prog).map_err(attach_err)?;
+        self.keep_link(link, link_path)
+    }
+
+    fn attach_xdp(&mut self, iface: &str, ifindex: u32, mode: XdpMode) -> Result<(), LoadError> {
+        self.attach_interface(
+            iface,
+            "xdp",
+            program_names::XDP_INGRESS,
+            |prog: &mut Xdp, pinned| {
+                let id = prog.attach_to_link(XdpLink::try_from(pinned)?)?;
+                // The pin holds the link; this descriptor is not needed.
+                prog.take_link(id).map(drop)
+            },
+            // Kernels since 5.9 attach XDP through a bpf_link, which can be pinned.
+            |prog| {
+                let id = prog.attach(ifindex, mode)?;
+                Ok(FdLink::try_from(prog.take_link(id)?)?)
+            },
+        )
     }
 
     fn attach_tc(
@@ -504,37 +552,20 @@ impl Datapath {
             TcAttachType::Egress => (program_names::TC_EGRESS, "tc_egress"),
             _ => (program_names::TC_INGRESS, "tc_ingress"),
         };
-        let link_path = self.link_path(iface, kind);
-        let existing = take_pinned_link(link_path.as_deref())?;
-        let prog: &mut SchedClassifier = self
-            .ebpf
-            .program_mut(program)
-            .and_then(|p| p.try_into().ok())
-            .ok_or(LoadError::MissingProgram { program })?;
-        let attach_err = |source| LoadError::Attach {
+        self.attach_interface(
+            iface,
+            kind,
             program,
-            iface: iface.into(),
-            source,
-        };
-        let link_id = match existing {
-            Some(fd_link) => {
-                let link =
-                    SchedClassifierLink::try_from(fd_link).map_err(|e| attach_err(e.into()))?;
-                prog.attach_to_link(link).map_err(attach_err)?
-            }
-            None => prog
-                .attach(
-                    ifindex,
-                    TcAttach::Tcx {
-                        attach_type,
-                        order: LinkOrder::default(),
-                    },
-                )
-                .map_err(attach_err)?,
-        };
-        let link = prog.take_link(link_id).map_err(attach_err)?;
-        let fd_link = FdLink::try_from(link).map_err(|e| attach_err(e.into()))?;
-        self.keep_link(fd_link, link_path)
+            |prog: &mut SchedClassifier, pinned| {
+                let id = prog.attach_to_link(SchedClassifierLink::try_from(pinned)?)?;
+                prog.take_link(id).map(drop)
+            },
+            |prog| {
+                let order = LinkOrder::default();
+                let id = prog.attach(ifindex, TcAttach::Tcx { attach_type, order })?;
+                Ok(FdLink::try_from(prog.take_link(id)?)?)
+            },
+        )
     }
 
     /// Attaches the socket-level programs at `cgroup` (a cgroup v2 directory): every process
@@ -630,6 +661,116 @@ impl Datapath {
     }
 }
 
+/// slicelb's programs loaded against the pinned configuration maps, for test runs that
+/// change nothing the running datapath uses (`slicelb trace`): the maps the programs write
+/// (flow state, counters) belong to this load, with room for a few entries, and nothing is
+/// written to a pinned map, pinned, or attached.
+pub struct ReadOnlyDatapath {
+    ebpf: Ebpf,
+}
+
+impl ReadOnlyDatapath {
+    /// Loads the forward program (the one `trace` runs) against the maps pinned under
+    /// `pin_path`, which must all be there (nothing is created in their place).
+    pub fn open(pin_path: &Path) -> Result<Self, LoadError> {
+        let maps_dir = pin_path.join("maps");
+        let pinned =
+            pins::pinned_capacity(pin_path).map_err(|source| LoadError::Pinned { source })?;
+        let mut loader = EbpfLoader::new();
+        set_capacity(
+            &mut loader,
+            &MapCapacity {
+                conntrack: READ_ONLY_FLOW_ENTRIES,
+                affinity: READ_ONLY_FLOW_ENTRIES,
+                fragments: READ_ONLY_FLOW_ENTRIES,
+                ..pinned
+            },
+        );
+        // Nobody reads this load's service counters; a service id past the end is not
+        // counted.
+        loader
+            .map_max_entries(map_names::SERVICE_STATS, 1)
+            .map_max_entries(map_names::SOCK_REVERSE, READ_ONLY_FLOW_ENTRIES);
+        for (name, role) in ALL_MAPS {
+            if role == MapRole::Configuration {
+                // Adopt, never create: aya would pin a new map where none is.
+                pins::open_read_only(pin_path, name)
+                    .map_err(|source| LoadError::Pinned { source })?;
+                loader.map_pin_path(name, maps_dir.join(name));
+            }
+        }
+        let mut ebpf = loader
+            .load(EBPF_OBJECT)
+            .map_err(|source| load_error(&maps_dir, source))?;
+        load_programs(&mut ebpf, [program_names::XDP_INGRESS])?;
+        Ok(Self { ebpf })
+    }
+
+    /// The forward program.
+    pub fn forward(&self) -> Result<&Xdp, LoadError> {
+        xdp_program(&self.ebpf, program_names::XDP_INGRESS)
+    }
+
+    /// A map this load owns (flow state, counters), e.g. to give a test run the flow state
+    /// the live maps hold for its packet. The configuration maps are refused: they are the
+    /// running datapath's.
+    pub fn own_map_mut(&mut self, map: &'static str) -> Result<&mut Map, LoadError> {
+        let own = ALL_MAPS
+            .iter()
+            .any(|&(name, role)| name == map && role == MapRole::Datapath);
+        if !own {
+            return Err(LoadError::SharedMap { map });
+        }
+        self.ebpf.map_mut(map).ok_or(LoadError::MissingMap { map })
+    }
+}
+
+/// What a failed load means: a pinned map of another layout is named with its path.
+fn load_error(maps_dir: &Path, source: aya::EbpfError) -> LoadError {
+    match source {
+        aya::EbpfError::MapError(aya::maps::MapError::IncompatiblePinnedMap {
+            name,
+            property,
+            expected,
+            actual,
+        }) => LoadError::IncompatiblePin {
+            path: maps_dir.join(&name),
+            map: name,
+            property,
+            expected,
+            actual,
+        },
+        source => LoadError::Load { source },
+    }
+}
+
+/// Loads `programs` of `ebpf` into the kernel (the verifier runs here).
+fn load_programs(
+    ebpf: &mut Ebpf,
+    programs: impl IntoIterator<Item = &'static str>,
+) -> Result<(), LoadError> {
+    for program in programs {
+        let prog = ebpf
+            .program_mut(program)
+            .ok_or(LoadError::MissingProgram { program })?;
+        let result = match prog {
+            aya::programs::Program::Xdp(p) => p.load(),
+            aya::programs::Program::SchedClassifier(p) => p.load(),
+            aya::programs::Program::CgroupSockAddr(p) => p.load(),
+            aya::programs::Program::CgroupSock(p) => p.load(),
+            _ => return Err(LoadError::MissingProgram { program }),
+        };
+        result.map_err(|source| LoadError::Verify { program, source })?;
+    }
+    Ok(())
+}
+
+fn xdp_program<'a>(ebpf: &'a Ebpf, program: &'static str) -> Result<&'a Xdp, LoadError> {
+    ebpf.program(program)
+        .and_then(|p| <&Xdp>::try_from(p).ok())
+        .ok_or(LoadError::MissingProgram { program })
+}
+
 /// The socket-level link directories pinned under `pin_path`.
 pub fn cgroup_link_dirs(pin_path: &Path) -> Result<Vec<PathBuf>, LoadError> {
     let links = pin_path.join("links");
@@ -684,22 +825,10 @@ fn remove_dir_of_pins(dir: &Path) -> Result<(), LoadError> {
     })
 }
 
-/// The link an earlier run pinned at `path`, unpinned so this run can update it in place
-/// (and pin it again); `None` when there is none.
-fn take_pinned_link(path: Option<&Path>) -> Result<Option<FdLink>, LoadError> {
-    let Some(path) = path else {
-        return Ok(None);
-    };
-    let Ok(pinned) = PinnedLink::from_pin(path) else {
-        return Ok(None);
-    };
-    pinned
-        .unpin()
-        .map(Some)
-        .map_err(|source| LoadError::Remove {
-            path: path.to_path_buf(),
-            source,
-        })
+/// The link an earlier run pinned at `path`, left pinned (this run swaps its program in);
+/// `None` when there is none.
+fn pinned_link(path: &Path) -> Option<FdLink> {
+    PinnedLink::from_pin(path).ok().map(FdLink::from)
 }
 
 fn set_capacity<'a>(loader: &mut EbpfLoader<'a>, capacity: &MapCapacity) {

@@ -1,5 +1,7 @@
 //! The map writer: the only code that changes kernel maps. [`MapWriter`] is the seam; the
 //! aya implementation writes pinned maps, [`memory::MemoryMaps`] stands in for tests.
+//! Readers that must not write (the operator commands, the metrics) open the pins
+//! read-only ([`aya_maps::ReadOnlyMaps`], [`loader::ReadOnlyDatapath`]).
 
 pub mod applied;
 pub mod attach_mode;
@@ -10,8 +12,12 @@ pub mod frontend_filter;
 pub mod loader;
 pub mod mapped_array;
 pub mod memory;
+pub mod pins;
 mod stale_flows;
+mod sys;
 pub mod test_run;
+
+pub use batch::{Counted, HASH_CHUNK};
 
 use std::{
     collections::{BTreeMap, BTreeSet},

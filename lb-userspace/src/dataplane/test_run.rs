@@ -154,22 +154,13 @@ pub fn run_checksum_complete(
         flags: BPF_F_TEST_SKB_CHECKSUM_COMPLETE,
         ..TestAttr::default()
     };
-    // SAFETY: `attr` is a valid BPF_PROG_TEST_RUN attribute whose pointers refer to live
-    // buffers of the given sizes; the kernel reads at most `size_of::<TestAttr>()` bytes.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_TEST_RUN,
-            &mut attr as *mut TestAttr,
-            std::mem::size_of::<TestAttr>(),
-        )
-    };
-    if rc < 0 {
-        return Err(TestRunError::Syscall {
+    // SAFETY: a `test` attribute whose pointers refer to live buffers of the given sizes.
+    unsafe { super::sys::bpf(BPF_PROG_TEST_RUN, &mut attr) }.map_err(|source| {
+        TestRunError::Syscall {
             program: name,
-            source: io::Error::last_os_error(),
-        });
-    }
+            source,
+        }
+    })?;
     out.truncate(attr.data_size_out as usize);
     Ok(RunOutput {
         verdict: attr.retval,

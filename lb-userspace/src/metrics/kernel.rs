@@ -37,11 +37,12 @@ pub trait KernelStats: Send + Sync {
     fn proto_counters(&self) -> Result<[u64; ProtoCounter::COUNT as usize], DataplaneError>;
     /// SOCKET_STATS summed over all CPUs, indexed by `SocketCounter as usize`.
     fn socket_counters(&self) -> Result<[u64; SocketCounter::COUNT as usize], DataplaneError>;
-    /// Entries in CONNTRACK now (both directions of a flow count).
+    /// Entries in CONNTRACK now (both directions of a flow count), at most its capacity:
+    /// one batched pass over its buckets, whose work the map's size bounds however fast
+    /// flows come and go.
     fn conntrack_entries(&self) -> Result<u64, DataplaneError>;
     /// Fill levels of the maps the agent writes, and of CONNTRACK when the caller could
-    /// count its entries (`conntrack_entries`: counting walks the map, one syscall per
-    /// entry, so a scrape does it once).
+    /// count its entries (`conntrack_entries`, done once a scrape).
     fn map_fill(&self, conntrack_entries: Option<u64>) -> Result<Vec<MapFill>, DataplaneError>;
 }
 
@@ -203,7 +204,7 @@ impl Collector for KernelCollector {
         if let Some(entries) = conntrack_entries {
             let metric = encoder.encode_descriptor(
                 "conntrack_entries",
-                "Entries in the connection-tracking map (two per load-balanced flow).",
+                "Entries in the connection-tracking map (two per load-balanced flow), counted in one pass at scrape time; flows that come and go during it may be missed or counted twice.",
                 None,
                 MetricType::Gauge,
             )?;
