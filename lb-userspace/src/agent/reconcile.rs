@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use crate::{
     dataplane::{AppliedState, DataplaneError, MapWriter},
     diff::{Planner, RejectReason},
-    model::{IncrementalModel, ModelConfig, ServicePortName, Snapshot, Warning},
+    model::{HealthChecks, IncrementalModel, ModelConfig, ServicePortName, Snapshot, Warning},
 };
 
 /// What one sync did.
@@ -22,6 +22,9 @@ pub struct SyncReport {
     pub rejected: Vec<(ServicePortName, RejectReason)>,
     /// Objects (or parts) the model skipped, with the reason.
     pub warnings: Vec<Warning>,
+    /// The health checks the snapshot asks this node to serve (whether or not their
+    /// services fit in the maps, as kube-proxy).
+    pub health_checks: HealthChecks,
     /// Time spent in model, diff and map writes.
     pub duration: Duration,
 }
@@ -66,9 +69,11 @@ impl<W: MapWriter> Reconciler<W> {
     pub fn sync(&mut self, snapshot: &Snapshot) -> Result<SyncReport, DataplaneError> {
         let started = Instant::now();
         let update = self.model.update(snapshot, &self.config);
+        let health_checks = update.health_checks.clone();
         if self.in_step && update.changed.is_empty() {
             return Ok(SyncReport {
                 warnings: update.warnings,
+                health_checks,
                 duration: started.elapsed(),
                 ..SyncReport::default()
             });
@@ -97,6 +102,7 @@ impl<W: MapWriter> Reconciler<W> {
             ops: plan.ops.len(),
             rejected: plan.rejected,
             warnings: update.warnings,
+            health_checks,
             duration: started.elapsed(),
         })
     }
