@@ -9,7 +9,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::PathBuf,
     process::Command,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use aya::maps::{HashMap, Map, MapData};
@@ -172,15 +172,8 @@ impl SocketLab {
             .collect()
     }
 
-    fn wait_until(&self, what: &str, mut done: impl FnMut() -> bool) {
-        let started = Instant::now();
-        while !done() {
-            assert!(
-                started.elapsed() < PATIENCE,
-                "{what} did not happen within {PATIENCE:?}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+    fn wait_until(&self, what: &str, done: impl FnMut() -> bool) {
+        slicelb_lab::lab::wait_until(what, PATIENCE, done);
     }
 
     fn slicelb(&self, node: &str, args: &[&str]) -> std::process::Output {

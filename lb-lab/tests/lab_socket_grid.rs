@@ -325,6 +325,10 @@ impl GridService {
                 cluster_ips: Some(in_both_families(Self::cluster_ip)),
                 external_ips: Some(in_both_families(Self::external_ip)),
                 external_traffic_policy: policy(self.external_local),
+                // As the API server gives every LoadBalancer with the Local policy.
+                health_check_node_port: self
+                    .external_local
+                    .then(|| 32_000 + i32::from(self.number)),
                 internal_traffic_policy: policy(self.internal_local),
                 ports: Some(vec![ServicePort {
                     name: Some(PORT_NAME.into()),

@@ -736,37 +736,61 @@ fn daemonset_calls_the_agent_with_flags_and_values_it_accepts() {
     }
 }
 
+/// The port of listen address `flag` as the DaemonSet passes it (or its default), after
+/// checking that the kubelet's probes reach its address (the pod IP, which with
+/// hostNetwork is the node's, or every address).
+fn probed_port(args: &[String], flag: &str, default: Option<&str>) -> i32 {
+    let given = flag_values(args, flag);
+    let listen = match (given.as_slice(), default) {
+        ([listen], _) => listen.clone(),
+        ([], Some(default)) => default.to_owned(),
+        _ => panic!(
+            "{flag} must be given once (its default is not reachable by the kubelet's probes): \
+             found {given:?}"
+        ),
+    };
+    let (host, port) = listen
+        .rsplit_once(':')
+        .expect("a listen address has a port");
+    assert!(
+        host == "$(POD_IP)" || host == "0.0.0.0" || host == "[::]",
+        "{flag} {listen} must be an address the kubelet's probes reach (the pod IP, which \
+         with hostNetwork is the node's)"
+    );
+    port.parse().expect("the port is a number")
+}
+
 #[test]
 fn probes_reach_the_address_the_agent_listens_on() {
     let rendered = rendered();
     let agent = agent(pod_spec(daemon_set(&rendered)));
     let args = agent.args.clone().unwrap_or_default();
-    let listen = flag_values(&args, "--metrics-addr");
-    let [listen] = listen.as_slice() else {
-        panic!(
-            "the agent listens on loopback unless --metrics-addr is given once; the \
-             kubelet's probes cannot reach loopback, found {listen:?}"
-        );
-    };
-    let (host, port) = listen.rsplit_once(':').expect("--metrics-addr has a port");
-    assert!(
-        host == "$(POD_IP)" || host == "0.0.0.0" || host == "[::]",
-        "--metrics-addr {listen} must be an address the kubelet's probes reach (the pod \
-         IP, which with hostNetwork is the node's)"
-    );
-    let port: i32 = port.parse().expect("--metrics-addr port is a number");
+    let metrics = probed_port(&args, "--metrics-addr", None);
+    let healthz = probed_port(&args, "--healthz-bind-address", Some("0.0.0.0:10256"));
 
-    let container_port = agent
-        .ports
-        .as_deref()
-        .unwrap_or_default()
-        .iter()
-        .find(|p| p.container_port == port)
-        .unwrap_or_else(|| panic!("no containerPort {port} for the metrics listener"));
-    for (probe, path) in [
-        (agent.readiness_probe.as_ref(), "/readyz"),
-        (agent.liveness_probe.as_ref(), "/healthz"),
+    // Readiness from the metrics port (first sync done, syncs fresh); liveness from
+    // kube-proxy's /livez (syncs fresh, whatever the Node's state).
+    for (probe, path, port, listener) in [
+        (
+            agent.readiness_probe.as_ref(),
+            "/readyz",
+            metrics,
+            "--metrics-addr",
+        ),
+        (
+            agent.liveness_probe.as_ref(),
+            "/livez",
+            healthz,
+            "--healthz-bind-address",
+        ),
     ] {
+        let container_port = agent
+            .ports
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .find(|p| p.container_port == port)
+            .unwrap_or_else(|| panic!("no containerPort {port} for the {listener} listener"));
         let http = probe
             .and_then(|p| p.http_get.as_ref())
             .unwrap_or_else(|| panic!("no HTTP probe for {path}"));
@@ -781,7 +805,7 @@ fn probes_reach_the_address_the_agent_listens_on() {
         };
         assert!(
             reaches,
-            "the {path} probe port {:?} is not the metrics port {port}",
+            "the {path} probe port {:?} is not the {listener} port {port}",
             http.port
         );
     }

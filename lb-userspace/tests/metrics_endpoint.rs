@@ -5,10 +5,17 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+#[path = "support/http.rs"]
+mod http;
+
+use http::HttpResponse;
 use lb_common::{ProtoCounter, Reason, ServiceCounters, SocketCounter, map_names};
 use slicelb::dataplane::DataplaneError;
+use slicelb::health::SyncHealth;
 use slicelb::metrics::{KernelStats, MapFill, Metrics, MetricsServer};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The agent's `--healthz-timeout` in these tests: short, so that one test can wait past it.
+const STALE_AFTER: Duration = Duration::from_millis(200);
 
 /// What the fake kernel reports; tests change it between scrapes.
 #[derive(Clone, Default)]
@@ -119,6 +126,7 @@ fn sample_kernel() -> KernelState {
 struct Endpoint {
     kernel: Arc<FakeKernel>,
     metrics: Metrics,
+    health: SyncHealth,
     addr: std::net::SocketAddr,
     server: tokio::task::JoinHandle<()>,
 }
@@ -133,7 +141,8 @@ async fn start(state: KernelState) -> Endpoint {
     let kernel = Arc::new(FakeKernel {
         state: Mutex::new(state),
     });
-    let metrics = Metrics::new(kernel.clone());
+    let health = SyncHealth::new(STALE_AFTER);
+    let metrics = Metrics::new(kernel.clone(), health.clone());
     let loopback = "127.0.0.1:0".parse().expect("loopback address");
     let server = MetricsServer::bind(loopback)
         .await
@@ -143,50 +152,14 @@ async fn start(state: KernelState) -> Endpoint {
     Endpoint {
         kernel,
         metrics,
+        health,
         addr,
         server,
     }
 }
 
-struct HttpResponse {
-    status: u16,
-    headers: String,
-    body: String,
-}
-
-/// One HTTP/1.1 request over a fresh connection (closed by the server after the answer).
 async fn request(endpoint: &Endpoint, method: &str, path: &str) -> HttpResponse {
-    let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(endpoint.addr)
-            .await
-            .unwrap_or_else(|e| panic!("connect to {}: {e}", endpoint.addr));
-        let head = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
-        stream
-            .write_all(head.as_bytes())
-            .await
-            .expect("send request");
-        let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).await.expect("read response");
-        raw
-    };
-    let raw = tokio::time::timeout(Duration::from_secs(30), exchange)
-        .await
-        .unwrap_or_else(|_| panic!("{method} {path}: no answer within 30 s"));
-    let raw = String::from_utf8(raw).unwrap_or_else(|e| panic!("{method} {path}: not UTF-8: {e}"));
-    let (head, body) = raw
-        .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("{method} {path}: no end of headers in {raw:?}"));
-    let (status_line, headers) = head.split_once("\r\n").unwrap_or((head, ""));
-    let status = status_line
-        .split(' ')
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or_else(|| panic!("{method} {path}: bad status line {status_line:?}"));
-    HttpResponse {
-        status,
-        headers: headers.to_ascii_lowercase(),
-        body: body.to_owned(),
-    }
+    http::request(endpoint.addr, method, path).await
 }
 
 /// A parsed sample line: `name{label="value",...} number`.
@@ -466,38 +439,39 @@ async fn agent_side_observations_are_scraped() {
 }
 
 #[tokio::test]
-async fn readyz_turns_200_after_the_first_sync_and_healthz_always_is() {
+async fn readyz_turns_200_after_the_first_sync_and_503_when_syncs_go_stale() {
     let endpoint = start(KernelState::default()).await;
+    let check = |step: &'static str, readyz_status: u16, ready_gauge: f64| {
+        let endpoint = &endpoint;
+        async move {
+            let healthz = request(endpoint, "GET", "/healthz").await;
+            assert_eq!(healthz.status, 200, "{step}: /healthz: {}", healthz.body);
+            let readyz = request(endpoint, "GET", "/readyz").await;
+            assert_eq!(
+                readyz.status, readyz_status,
+                "{step}: /readyz: {}",
+                readyz.body
+            );
+            expect_value(&scrape(endpoint).await, "slicelb_ready", &[], ready_gauge);
+            readyz.body
+        }
+    };
+    let body = check("before the first sync", 503, 0.0).await;
+    assert!(body.contains("first full sync"), "{body}");
 
-    let healthz = request(&endpoint, "GET", "/healthz").await;
-    assert_eq!(
-        healthz.status, 200,
-        "/healthz before the first sync: {}",
-        healthz.body
-    );
-    let readyz = request(&endpoint, "GET", "/readyz").await;
-    assert_eq!(
-        readyz.status, 503,
-        "/readyz before the first sync: {}",
-        readyz.body
-    );
-    expect_value(&scrape(&endpoint).await, "slicelb_ready", &[], 0.0);
+    endpoint.health.queued(1);
+    endpoint.health.updated(1);
+    check("after the first sync", 200, 1.0).await;
 
-    endpoint.metrics.set_ready();
+    // An update the sync loop does not apply: after the timeout, not ready; the process is
+    // still alive (/healthz here is liveness of the process, not kube-proxy's).
+    endpoint.health.queued(2);
+    tokio::time::sleep(STALE_AFTER * 2).await;
+    let body = check("an update waiting past the timeout", 503, 0.0).await;
+    assert!(body.contains("--healthz-timeout"), "{body}");
 
-    let readyz = request(&endpoint, "GET", "/readyz").await;
-    assert_eq!(
-        readyz.status, 200,
-        "/readyz after set_ready: {}",
-        readyz.body
-    );
-    let healthz = request(&endpoint, "GET", "/healthz").await;
-    assert_eq!(
-        healthz.status, 200,
-        "/healthz after set_ready: {}",
-        healthz.body
-    );
-    expect_value(&scrape(&endpoint).await, "slicelb_ready", &[], 1.0);
+    endpoint.health.updated(2);
+    check("the update applied", 200, 1.0).await;
 }
 
 #[tokio::test]
@@ -508,7 +482,7 @@ async fn unknown_paths_and_methods_are_refused() {
     let post = request(&endpoint, "POST", "/metrics").await;
     assert_eq!(post.status, 405, "POST /metrics: {}", post.body);
     assert!(
-        post.headers.contains("allow: get, head"),
+        post.header("allow") == Some("GET, HEAD"),
         "405 should say what is allowed: {}",
         post.headers
     );

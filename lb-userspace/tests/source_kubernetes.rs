@@ -834,3 +834,70 @@ async fn a_named_proxy_lists_only_the_services_labelled_with_its_name() {
 fn label_selector(request: &str) -> Option<String> {
     fake_apiserver::query_param(request, "labelSelector")
 }
+
+/// This node's Node says whether load balancers should keep sending it traffic: a deletion
+/// or the cluster autoscaler's taint make it ineligible, another taint does not, and no Node
+/// of its name at all counts as ineligible (as kube-proxy).
+#[tokio::test]
+async fn the_nodes_deletion_and_autoscaler_taint_make_it_ineligible() {
+    use k8s_openapi::{
+        api::core::v1::{NodeSpec, Taint},
+        apimachinery::pkg::apis::meta::v1::Time,
+    };
+    use model::NodeEligibility;
+
+    let server = FakeApiServer::start().await;
+    server.apply(&service("web", 80, &[]));
+    let dir = tempfile::tempdir().unwrap();
+    let (mut updates, first) = synced_source(&server, &dir).await;
+    assert_eq!(
+        first.snapshot.node_eligibility,
+        NodeEligibility::NotFound,
+        "no Node of this name"
+    );
+
+    let tainted = |key: &str| Node {
+        spec: Some(NodeSpec {
+            taints: Some(vec![Taint {
+                key: key.into(),
+                effect: "NoSchedule".into(),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..node("zone-1")
+    };
+    let deleting = Node {
+        metadata: ObjectMeta {
+            deletion_timestamp: Some(Time("2026-01-02T03:04:05Z".parse().unwrap())),
+            ..node("zone-1").metadata
+        },
+        ..node("zone-1")
+    };
+    for (case, object, expected) in [
+        ("a plain Node", node("zone-1"), NodeEligibility::Eligible),
+        ("another taint", tainted("other"), NodeEligibility::Eligible),
+        (
+            "the autoscaler's taint",
+            tainted("ToBeDeletedByClusterAutoscaler"),
+            NodeEligibility::ToBeDeleted,
+        ),
+        (
+            "the taint removed",
+            node("zone-1"),
+            NodeEligibility::Eligible,
+        ),
+        ("being deleted", deleting, NodeEligibility::BeingDeleted),
+    ] {
+        server.apply(&object);
+        wait_for_server_state(&mut updates, &server, case, |update| {
+            update.snapshot.node_eligibility == expected
+        })
+        .await;
+    }
+    server.delete::<Node>(None, NODE_NAME).expect("exists");
+    wait_for_server_state(&mut updates, &server, "the Node deleted", |update| {
+        update.snapshot.node_eligibility == NodeEligibility::NotFound
+    })
+    .await;
+}

@@ -460,3 +460,68 @@ async fn the_initial_state_is_the_first_change_a_consumer_sees() {
     assert_eq!(update.cause, UpdateCause::Initial);
     assert_eq!(names_of(&update).0, ["shop/web"]);
 }
+
+fn node_yaml(name: &str, extra: &str) -> String {
+    format!("apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n{extra}")
+}
+
+/// A Node manifest of this node's name says whether it is leaving (and its zone, when the
+/// node has none); other nodes' are ignored; without one the node is eligible.
+#[test]
+fn a_node_manifest_of_this_nodes_name_says_whether_it_is_eligible() {
+    use slicelb::model::NodeEligibility;
+
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "web.yaml", &service_yaml("web", 80));
+    let without_zone = NodeInfo {
+        zone: None,
+        ..node()
+    };
+    let load = |node: NodeInfo| {
+        let (snapshot, warnings) = source::load_dir(dir.path(), node).expect("valid directory");
+        assert!(warnings.is_empty(), "a Node is a known kind: {warnings:?}");
+        snapshot
+    };
+    assert_eq!(
+        load(node()).node_eligibility,
+        NodeEligibility::Eligible,
+        "no Node manifest"
+    );
+
+    let taint =
+        "spec:\n  taints:\n  - key: ToBeDeletedByClusterAutoscaler\n    effect: NoSchedule\n";
+    write(dir.path(), "node-b.yaml", &node_yaml("node-b", taint));
+    assert_eq!(
+        load(node()).node_eligibility,
+        NodeEligibility::Eligible,
+        "another node's taint"
+    );
+
+    let labels = "  labels:\n    topology.kubernetes.io/zone: zone-7\n";
+    write(
+        dir.path(),
+        "node-a.yaml",
+        &node_yaml("node-a", &format!("{labels}{taint}")),
+    );
+    let snapshot = load(without_zone.clone());
+    assert_eq!(snapshot.node_eligibility, NodeEligibility::ToBeDeleted);
+    assert_eq!(
+        snapshot.node.zone.as_deref(),
+        Some("zone-7"),
+        "zone from the Node"
+    );
+    assert_eq!(
+        load(node()).node.zone.as_deref(),
+        Some("zone-1"),
+        "a zone the agent was given stays"
+    );
+
+    write(
+        dir.path(),
+        "node-a.yaml",
+        &node_yaml("node-a", "  deletionTimestamp: \"2026-01-02T03:04:05Z\"\n"),
+    );
+    assert_eq!(load(node()).node_eligibility, NodeEligibility::BeingDeleted);
+    write(dir.path(), "node-a.yaml", &node_yaml("node-a", ""));
+    assert_eq!(load(node()).node_eligibility, NodeEligibility::Eligible);
+}

@@ -216,6 +216,7 @@ impl ServiceSet {
                 zone: None,
                 nodeport_addresses: Vec::new(),
             },
+            ..Snapshot::default()
         }
     }
 

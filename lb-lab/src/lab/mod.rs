@@ -548,3 +548,16 @@ pub fn require_root(what: &str) {
         "{what} needs root (BPF, network namespaces); run `cargo xtask test` as root"
     );
 }
+
+/// Asks `done` every 100 ms until it holds; panics naming `what` after `patience` (a bound
+/// on a failure, not a measured time).
+pub fn wait_until(what: &str, patience: std::time::Duration, mut done: impl FnMut() -> bool) {
+    let started = std::time::Instant::now();
+    while !done() {
+        assert!(
+            started.elapsed() < patience,
+            "{what} did not happen within {patience:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

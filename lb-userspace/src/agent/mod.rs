@@ -1,6 +1,7 @@
 //! The agent: source → model → diff → map writer, by level, until SIGTERM/SIGINT. On exit
 //! it leaves programs and maps pinned, so traffic keeps flowing; the next agent adopts them
-//! and writes only the difference.
+//! and writes only the difference. Beside it: metrics, kube-proxy's health endpoint and the
+//! Services' health check ports, all told how fresh the maps are ([`SyncHealth`]).
 
 pub mod reconcile;
 #[cfg(test)]
@@ -12,6 +13,7 @@ use std::{
     net::SocketAddr,
     path::PathBuf,
     sync::{Arc, RwLock},
+    time::Duration,
 };
 
 use anyhow::Context as _;
@@ -25,9 +27,10 @@ use crate::{
         cgroup::CgroupRoot,
         loader::{Datapath, DatapathOptions, IngressMode},
     },
+    health::{BIND_RETRY, ProxyHealthServer, ServiceHealthServers, SyncHealth},
     metrics::{Metrics, MetricsServer},
     model::{ModelConfig, NodeInfo},
-    source::{self, SourceConfig, node::nodeport_addresses},
+    source::{self, SourceConfig, SourceReceiver, UpdateCause, node::nodeport_addresses},
 };
 use reconcile::Reconciler;
 
@@ -46,6 +49,10 @@ pub struct AgentConfig {
     pub pin_path: PathBuf,
     /// Prometheus metrics, /healthz and /readyz.
     pub metrics_addr: SocketAddr,
+    /// kube-proxy's `/healthz` and `/livez`; none when `None`.
+    pub healthz_addr: Option<SocketAddr>,
+    /// An update not in the maps after this long makes the agent unhealthy.
+    pub healthz_timeout: Duration,
     pub xdp_mode: XdpMode,
     /// Only Services labelled `service.kubernetes.io/service-proxy-name=NAME`; only
     /// unlabelled ones when `None` (`ModelConfig::serves`).
@@ -119,18 +126,35 @@ async fn run_async(args: AgentConfig) -> anyhow::Result<()> {
         fill.clone(),
         capacity,
     );
-    let metrics = Metrics::new(Arc::new(stats));
+    let health = SyncHealth::new(args.healthz_timeout);
+    let metrics = Metrics::new(Arc::new(stats), health.clone());
     let server = MetricsServer::bind(args.metrics_addr)
         .await
         .with_context(|| format!("serving metrics on {}", args.metrics_addr))?;
     tracing::info!(addr = %server.local_addr(), "metrics, /healthz and /readyz");
     tokio::spawn(server.run(metrics.clone()));
+    if let Some(addr) = args.healthz_addr {
+        let counted = metrics.clone();
+        tokio::spawn(ProxyHealthServer::keep_trying(
+            addr,
+            BIND_RETRY,
+            health.clone(),
+            move |error| {
+                tracing::warn!("{error}");
+                counted.count_error(error.kind());
+            },
+        ));
+    }
+    let mut health_checks =
+        ServiceHealthServers::new(node.nodeport_addresses.clone(), health.clone());
 
     let mut updates = source::spawn(args.source.clone(), node)
         .await
         .context("starting the source")?;
+    tokio::spawn(mark_queued(updates.clone(), health.clone()));
     let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut reported: BTreeSet<String> = BTreeSet::new();
+    let mut synced_once = false;
     loop {
         tokio::select! {
             changed = updates.changed() => {
@@ -147,6 +171,14 @@ async fn run_async(args: AgentConfig) -> anyhow::Result<()> {
         for problem in &update.problems {
             tracing::warn!(kind = problem.kind(), "{problem}");
             metrics.count_error(problem.kind());
+        }
+        let node_eligibility = update.snapshot.node_eligibility;
+        if health.set_node(node_eligibility) != node_eligibility {
+            if node_eligibility.is_eligible() {
+                tracing::info!("the node is eligible again: /healthz answers 200");
+            } else {
+                tracing::warn!("{node_eligibility}: /healthz answers 503 (nodeEligible: false)");
+            }
         }
         let result = tokio::task::block_in_place(|| reconciler.sync(&update.snapshot));
         match result {
@@ -176,8 +208,17 @@ async fn run_async(args: AgentConfig) -> anyhow::Result<()> {
                     );
                 }
                 *fill.write().unwrap_or_else(|p| p.into_inner()) = reconciler.applied().clone();
-                if !metrics.is_ready() {
-                    metrics.set_ready();
+                // A rejected manifest edit is not in the maps: it stays queued until a
+                // valid one is (after --healthz-timeout the agent turns unhealthy).
+                if update.cause != UpdateCause::Rejected {
+                    health.updated(update.generation);
+                }
+                for error in health_checks.sync(&report.health_checks) {
+                    tracing::warn!("{error}");
+                    metrics.count_error(error.kind());
+                }
+                if !synced_once {
+                    synced_once = true;
                     tracing::info!(
                         ops = report.ops,
                         ms = report.duration.as_secs_f64() * 1000.0,
@@ -198,6 +239,18 @@ async fn run_async(args: AgentConfig) -> anyhow::Result<()> {
         "stopping; programs and maps stay pinned and keep balancing"
     );
     Ok(())
+}
+
+/// Marks every update the source publishes as queued, from a task of its own: an update the
+/// sync loop does not apply in time (a write that keeps failing, a loop that is stuck) makes
+/// the agent unhealthy, as kube-proxy's event handlers do for its sync loop.
+async fn mark_queued(mut updates: SourceReceiver, health: SyncHealth) {
+    while updates.changed().await.is_ok() {
+        let generation = updates.borrow_and_update().as_ref().map(|u| u.generation);
+        if let Some(generation) = generation {
+            health.queued(generation);
+        }
+    }
 }
 
 fn model_config(args: &AgentConfig) -> ModelConfig {

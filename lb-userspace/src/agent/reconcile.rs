@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use crate::{
     dataplane::{AppliedState, DataplaneError, DeletedFlows, MapWriter},
     diff::{Planner, RejectReason},
-    model::{IncrementalModel, ModelConfig, ServicePortName, Snapshot, Warning},
+    model::{HealthChecks, IncrementalModel, ModelConfig, ServicePortName, Snapshot, Warning},
 };
 
 /// What one sync did.
@@ -26,6 +26,9 @@ pub struct SyncReport {
     pub rejected: Vec<(ServicePortName, RejectReason)>,
     /// Objects (or parts) the model skipped, with the reason.
     pub warnings: Vec<Warning>,
+    /// The health checks the snapshot asks this node to serve (whether or not their
+    /// services fit in the maps, as kube-proxy).
+    pub health_checks: HealthChecks,
     /// Time spent in model, diff and map writes.
     pub duration: Duration,
 }
@@ -75,9 +78,11 @@ impl<W: MapWriter> Reconciler<W> {
     pub fn sync(&mut self, snapshot: &Snapshot) -> Result<SyncReport, DataplaneError> {
         let started = Instant::now();
         let update = self.model.update(snapshot, &self.config);
+        let health_checks = update.health_checks.clone();
         if self.in_step && update.changed.is_empty() {
             return Ok(SyncReport {
                 warnings: update.warnings,
+                health_checks,
                 duration: started.elapsed(),
                 ..SyncReport::default()
             });
@@ -117,6 +122,7 @@ impl<W: MapWriter> Reconciler<W> {
             stale_flows,
             rejected: plan.rejected,
             warnings: update.warnings,
+            health_checks,
             duration: started.elapsed(),
         })
     }

@@ -6,13 +6,15 @@ pub mod services;
 pub mod stats;
 pub mod trace;
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::{
     agent::AgentConfig,
     dataplane::{attach_mode::XdpMode, cgroup::CgroupRoot},
+    health::DEFAULT_HEALTHZ_BIND_ADDRESS,
+    metrics::{MetricsError, parse_listen_addr},
     source::SourceConfig,
 };
 
@@ -136,8 +138,22 @@ pub struct AgentArgs {
     #[arg(long, env = PIN_PATH_ENV, default_value = DEFAULT_PIN_PATH)]
     pub pin_path: PathBuf,
     /// Prometheus metrics, /healthz and /readyz (an IPv6 address may go without brackets).
-    #[arg(long, default_value = "127.0.0.1:9400", value_parser = crate::metrics::parse_listen_addr)]
+    #[arg(long, default_value = "127.0.0.1:9400", value_parser = parse_listen_addr)]
     pub metrics_addr: SocketAddr,
+    /// kube-proxy's health endpoint, /healthz (load balancers) and /livez (liveness), on
+    /// ADDR:PORT; 0.0.0.0 is every address of both families, as for kube-proxy; "" serves
+    /// none.
+    #[arg(
+        long,
+        value_name = "ADDR:PORT",
+        default_value = DEFAULT_HEALTHZ_BIND_ADDRESS,
+        value_parser = parse_healthz_addr
+    )]
+    pub healthz_bind_address: ::std::option::Option<SocketAddr>,
+    /// An update not in the maps after this many seconds turns /healthz, /livez and the
+    /// metrics port's /readyz to 503 (kube-proxy: twice its sync period).
+    #[arg(long, value_name = "SECONDS", default_value = "60", value_parser = parse_seconds)]
+    pub healthz_timeout: Duration,
     #[arg(long, value_enum, default_value_t = XdpModeArg::Auto)]
     pub xdp_mode: XdpModeArg,
     /// Serve only the Services labelled `service.kubernetes.io/service-proxy-name=NAME`
@@ -163,6 +179,8 @@ impl AgentArgs {
             nodeport_cidrs: self.nodeport_addresses.clone(),
             pin_path: self.pin_path.clone(),
             metrics_addr: self.metrics_addr,
+            healthz_addr: self.healthz_bind_address,
+            healthz_timeout: self.healthz_timeout,
             xdp_mode: self.xdp_mode.into(),
             service_proxy_name: self.service_proxy_name.clone(),
             cgroup_root: match (&self.cgroup_root, self.no_socket_lb) {
@@ -172,6 +190,25 @@ impl AgentArgs {
             },
         }
     }
+}
+
+/// `--healthz-bind-address`: an address as `--metrics-addr` takes it, or "" for none.
+fn parse_healthz_addr(input: &str) -> Result<Option<SocketAddr>, MetricsError> {
+    if input.is_empty() {
+        return Ok(None);
+    }
+    parse_listen_addr(input).map(Some)
+}
+
+/// Seconds, fractions allowed (`0.5`), more than zero.
+fn parse_seconds(input: &str) -> Result<Duration, String> {
+    let seconds: f64 = input
+        .parse()
+        .map_err(|_| format!("{input:?} is not a number of seconds"))?;
+    Duration::try_from_secs_f64(seconds)
+        .ok()
+        .filter(|duration| !duration.is_zero())
+        .ok_or_else(|| format!("{input:?} seconds is not a duration above zero"))
 }
 
 #[derive(Debug, Args)]
@@ -334,7 +371,38 @@ mod tests {
         assert_eq!(args.ifaces, ["eth0", "eth1", "eth2"]);
         assert_eq!(args.pin_path, PathBuf::from(DEFAULT_PIN_PATH));
         assert_eq!(args.metrics_addr.to_string(), "127.0.0.1:9400");
+        assert_eq!(
+            args.healthz_bind_address,
+            Some("0.0.0.0:10256".parse().expect("literal")),
+            "kube-proxy's default"
+        );
+        assert_eq!(args.healthz_timeout, Duration::from_secs(60));
         assert_eq!(args.xdp_mode, XdpModeArg::Auto);
+    }
+
+    #[test]
+    fn the_health_endpoint_can_move_or_go_and_its_timeout_is_seconds() {
+        let parse = |extra: &[&str]| {
+            let base = ["slicelb", "agent", "--iface", "eth0", "--in-cluster"];
+            Cli::try_parse_from(base.iter().chain(extra)).map(|cli| match cli.command {
+                Command::Agent(args) => (args.healthz_bind_address, args.healthz_timeout),
+                other => panic!("parsed as {other:?}"),
+            })
+        };
+        let (addr, _) = parse(&["--healthz-bind-address", "fd00::1:10256"]).expect("IPv6");
+        assert_eq!(addr, Some("[fd00::1]:10256".parse().expect("literal")));
+        let (addr, _) = parse(&["--healthz-bind-address", ""]).expect("empty");
+        assert_eq!(addr, None, "\"\" serves no health endpoint");
+        let (_, timeout) = parse(&["--healthz-timeout", "0.5"]).expect("fraction");
+        assert_eq!(timeout, Duration::from_millis(500));
+        for bad in [
+            ["--healthz-bind-address", "10256"],
+            ["--healthz-timeout", "0"],
+            ["--healthz-timeout", "-1"],
+            ["--healthz-timeout", "soon"],
+        ] {
+            assert!(parse(&bad).is_err(), "{bad:?} must be refused");
+        }
     }
 
     #[test]

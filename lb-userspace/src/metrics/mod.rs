@@ -1,6 +1,6 @@
 //! What the agent tells Prometheus and the kubelet: `/metrics` (Prometheus text format),
-//! `/healthz` (the process is alive) and `/readyz` (the first full sync is in the maps), served
-//! on `--metrics-addr`.
+//! `/healthz` (the process is alive) and `/readyz` (the first full sync is in the maps and
+//! no update has waited longer than `--healthz-timeout` since), served on `--metrics-addr`.
 //!
 //! Agent-side numbers (sync durations, programming latency, errors, rejected services) are
 //! recorded as they happen through [`Metrics`]. Kernel counters are read only when Prometheus
@@ -11,7 +11,6 @@ mod server;
 
 use std::borrow::Cow;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -21,6 +20,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::health::{ProxyHealth, SyncHealth};
 pub use kernel::{KernelStats, MapFill};
 pub use server::{DEFAULT_METRICS_ADDR, MetricsError, MetricsServer, parse_listen_addr, serve};
 
@@ -49,20 +49,21 @@ struct Inner {
     errors: Family<ErrorLabels, Counter>,
     services_rejected: Gauge,
     ready_gauge: Gauge,
-    ready: AtomicBool,
+    health: SyncHealth,
 }
 
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Metrics")
-            .field("ready", &self.is_ready())
+            .field("ready", &self.sync_health().ready())
             .finish_non_exhaustive()
     }
 }
 
 impl Metrics {
-    /// Registers every metric; kernel counters come from `stats` at each scrape.
-    pub fn new(stats: Arc<dyn KernelStats>) -> Self {
+    /// Registers every metric; kernel counters come from `stats` at each scrape, readiness
+    /// from `health`.
+    pub fn new(stats: Arc<dyn KernelStats>, health: SyncHealth) -> Self {
         let mut registry = Registry::with_prefix(METRIC_PREFIX);
 
         // 1 ms .. ~33 s: a sync of a large cluster takes seconds, a small one milliseconds.
@@ -95,7 +96,8 @@ impl Metrics {
         let ready_gauge = Gauge::default();
         registry.register(
             "ready",
-            "1 once the first full sync is in the maps (the same as /readyz answering 200)",
+            "1 while the first full sync is in the maps and no update waits too long (the same as \
+             /readyz answering 200)",
             ready_gauge.clone(),
         );
         registry.register_collector(Box::new(kernel::KernelCollector::new(
@@ -111,7 +113,7 @@ impl Metrics {
                 errors,
                 services_rejected,
                 ready_gauge,
-                ready: AtomicBool::new(false),
+                health,
             }),
         }
     }
@@ -136,14 +138,9 @@ impl Metrics {
             .inc();
     }
 
-    /// Marks the first full sync as done: `/readyz` answers 200 from now on.
-    pub fn set_ready(&self) {
-        self.inner.ready.store(true, Ordering::Release);
-        self.inner.ready_gauge.set(1);
-    }
-
-    pub fn is_ready(&self) -> bool {
-        self.inner.ready.load(Ordering::Acquire)
+    /// How fresh the maps are now: what `/readyz` answers from.
+    pub fn sync_health(&self) -> ProxyHealth {
+        self.inner.health.now()
     }
 
     /// Sets how many services the last sync could not program for lack of map room.
@@ -156,6 +153,9 @@ impl Metrics {
     /// Everything in the Prometheus text format (version 0.0.4). Reads the kernel counters,
     /// so it blocks for as long as the map reads take.
     pub fn encode_text(&self) -> Result<String, std::fmt::Error> {
+        self.inner
+            .ready_gauge
+            .set(i64::from(self.sync_health().ready()));
         let mut text = String::new();
         prometheus_client::encoding::prometheus_text::encode(&mut text, &self.inner.registry)?;
         Ok(text)

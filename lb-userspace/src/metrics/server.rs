@@ -1,28 +1,16 @@
 //! The HTTP side: a small hyper 1 server for `/metrics`, `/healthz` and `/readyz`.
 
-use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
-use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{ALLOW, CONTENT_TYPE, HeaderValue};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
+use hyper::header::{ALLOW, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
 
 use super::Metrics;
+use crate::http::{self, Body, text};
 
 /// `--metrics-addr` when none is given: loopback only, so nothing is exposed by accident.
 pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9400";
-
-/// A client that sends no complete request headers within this long is dropped.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// Pause after a failed accept (out of file descriptors, ...) before trying again.
-const ACCEPT_RETRY_DELAY: Duration = Duration::from_millis(100);
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
@@ -68,54 +56,34 @@ pub fn parse_listen_addr(input: &str) -> Result<SocketAddr, MetricsError> {
 /// A bound metrics listener; [`MetricsServer::run`] answers requests on it.
 #[derive(Debug)]
 pub struct MetricsServer {
-    listener: TcpListener,
-    local_addr: SocketAddr,
+    listener: http::Listener,
 }
 
 impl MetricsServer {
     pub async fn bind(addr: SocketAddr) -> Result<Self, MetricsError> {
-        let bind_error = |source| MetricsError::Bind { addr, source };
-        let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
-        let local_addr = listener.local_addr().map_err(bind_error)?;
-        Ok(Self {
-            listener,
-            local_addr,
-        })
+        let listener =
+            http::Listener::bind(addr).map_err(|source| MetricsError::Bind { addr, source })?;
+        Ok(Self { listener })
     }
 
     /// The address really listened on (the port is chosen by the kernel for port 0).
     pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+        self.listener.local_addr()
     }
 
     /// Answers requests until the future is dropped; each connection runs in its own task.
     pub async fn run(self, metrics: Metrics) {
-        tracing::info!(addr = %self.local_addr, "serving /metrics, /healthz and /readyz");
-        loop {
-            let stream = match self.listener.accept().await {
-                Ok((stream, _peer)) => stream,
-                Err(error) => {
-                    tracing::warn!(%error, "metrics: accepting a connection failed; retrying");
-                    metrics.count_error("metrics_accept");
-                    tokio::time::sleep(ACCEPT_RETRY_DELAY).await;
-                    continue;
-                }
-            };
+        tracing::info!(addr = %self.local_addr(), "serving /metrics, /healthz and /readyz");
+        let counted = metrics.clone();
+        let handler = move |request: Request<Incoming>| {
             let metrics = metrics.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |request| {
-                    let metrics = metrics.clone();
-                    async move { Ok::<_, Infallible>(respond(&metrics, &request).await) }
-                });
-                let connection = http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(HEADER_READ_TIMEOUT)
-                    .serve_connection(TokioIo::new(stream), service);
-                if let Err(error) = connection.await {
-                    tracing::debug!(%error, "metrics: connection ended with an error");
-                }
-            });
-        }
+            async move { respond(&metrics, &request).await }
+        };
+        self.listener
+            .serve("metrics", handler, move |_| {
+                counted.count_error("metrics_accept");
+            })
+            .await;
     }
 }
 
@@ -125,7 +93,7 @@ pub async fn serve(addr: SocketAddr, metrics: Metrics) -> Result<(), MetricsErro
     Ok(())
 }
 
-async fn respond(metrics: &Metrics, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+async fn respond(metrics: &Metrics, request: &Request<Incoming>) -> Response<Body> {
     let path = request.uri().path();
     if !matches!(path, "/metrics" | "/healthz" | "/readyz") {
         return text(
@@ -142,30 +110,38 @@ async fn respond(metrics: &Metrics, request: &Request<Incoming>) -> Response<Ful
     }
     match path {
         "/healthz" => text(StatusCode::OK, "ok\n"),
-        "/readyz" if metrics.is_ready() => text(StatusCode::OK, "ready\n"),
-        "/readyz" => text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: the first full sync has not reached the maps yet\n",
-        ),
+        "/readyz" => {
+            let health = metrics.sync_health();
+            if health.ready() {
+                text(StatusCode::OK, "ready\n")
+            } else if health.last_updated.is_none() {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not ready: the first full sync has not reached the maps yet\n",
+                )
+            } else {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not ready: an update has waited longer than --healthz-timeout to reach \
+                     the maps; see the agent's log\n",
+                )
+            }
+        }
         _ => scrape(metrics).await,
     }
 }
 
-async fn scrape(metrics: &Metrics) -> Response<Full<Bytes>> {
+async fn scrape(metrics: &Metrics) -> Response<Body> {
     // Reading the maps is a series of blocking syscalls: keep them off the async workers.
     let encoder = metrics.clone();
     let encoded = tokio::task::spawn_blocking(move || encoder.encode_text()).await;
     match encoded {
-        Ok(Ok(body)) => {
-            let mut response = Response::new(Full::new(Bytes::from(body)));
-            response.headers_mut().insert(
-                CONTENT_TYPE,
-                HeaderValue::from_static(
-                    prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
-                ),
-            );
-            response
-        }
+        Ok(Ok(body)) => http::response(
+            StatusCode::OK,
+            prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+            &[],
+            body,
+        ),
         Ok(Err(_)) | Err(_) => {
             metrics.count_error("metrics_encode");
             text(
@@ -174,16 +150,6 @@ async fn scrape(metrics: &Metrics) -> Response<Full<Bytes>> {
             )
         }
     }
-}
-
-fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    response
 }
 
 #[cfg(test)]

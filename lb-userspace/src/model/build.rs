@@ -1,7 +1,7 @@
 //! Snapshot -> desired state: kube-proxy's service and endpoint-slice semantics.
 
 use std::{
-    collections::{BTreeMap, HashMap, btree_map::Entry},
+    collections::{BTreeMap, BTreeSet, HashMap, btree_map::Entry},
     net::{IpAddr, SocketAddr},
     sync::Arc,
 };
@@ -14,9 +14,9 @@ use k8s_openapi::api::{
 
 use super::{
     BackendState, Built, DEFAULT_AFFINITY_TIMEOUT_SECS, DesiredBackend, DesiredFrontend,
-    DesiredService, DesiredState, FrontendKind, LABEL_HEADLESS, LABEL_SERVICE_NAME,
-    LABEL_SERVICE_PROXY_NAME, ModelConfig, NodeInfo, ObjectKind, ObjectRef, Protocol,
-    ServicePortName, Snapshot, Warning, WarningReason, WhenEmpty, ip_sloppy,
+    DesiredService, DesiredState, FrontendKind, HealthCheck, HealthChecks, LABEL_HEADLESS,
+    LABEL_SERVICE_NAME, LABEL_SERVICE_PROXY_NAME, ModelConfig, NodeInfo, ObjectKind, ObjectRef,
+    Protocol, ServiceName, ServicePortName, Snapshot, Warning, WarningReason, WhenEmpty, ip_sloppy,
     topology::{Endpoint, PolicyUse, categorize_endpoints},
 };
 
@@ -29,6 +29,7 @@ pub fn build(snapshot: &Snapshot, config: &ModelConfig) -> Built {
     let mut warnings = Vec::new();
     let slices = slices_by_service(&snapshot.endpoint_slices);
     let mut state = DesiredState::default();
+    let mut health_checks = HealthChecks::new();
 
     let mut services: Vec<&Service> = snapshot.services.iter().map(|s| &**s).collect();
     services.sort_by(|a, b| {
@@ -43,32 +44,52 @@ pub fn build(snapshot: &Snapshot, config: &ModelConfig) -> Built {
             .flatten()
             .map(|slice| &***slice)
             .collect();
-        let (ports, service_warnings) =
-            build_service(service, &service_slices, &snapshot.node, config);
-        warnings.extend(service_warnings);
-        state.services.extend(ports);
+        let built = build_service(service, &service_slices, &snapshot.node, config);
+        warnings.extend(built.warnings);
+        state.services.extend(built.ports);
+        if let Some(check) = built.health_check {
+            health_checks.insert(ServiceName::of(service), check);
+        }
     }
     resolve_frontend_conflicts(&mut state, &mut warnings);
-    Built { state, warnings }
+    Built {
+        state,
+        health_checks,
+        warnings,
+    }
 }
 
-/// One Service's ports as the datapath wants them, given the service's slices (sorted by
-/// name) and this node, and the warnings about them. Frontends another service also claims
-/// are still in: [`resolve_frontend_conflicts`] settles those across services.
+/// One Service as the model sees it.
+pub(super) struct BuiltService {
+    /// Its ports as the datapath wants them.
+    pub ports: Vec<(ServicePortName, DesiredService)>,
+    /// What its `healthCheckNodePort` serves on this node, when it has one.
+    pub health_check: Option<HealthCheck>,
+    pub warnings: Vec<Warning>,
+}
+
+/// One Service's ports as the datapath wants them and its health check, given the
+/// service's slices (sorted by name) and this node, and the warnings about them. Frontends
+/// another service also claims are still in: [`resolve_frontend_conflicts`] settles those
+/// across services.
 pub(super) fn build_service(
     service: &Service,
     slices: &[&EndpointSlice],
     node: &NodeInfo,
     config: &ModelConfig,
-) -> (Vec<(ServicePortName, DesiredService)>, Vec<Warning>) {
+) -> BuiltService {
     let mut warnings = Vec::new();
     let mut ctx = Ctx {
         node,
         object: service_ref(service),
         warnings: &mut warnings,
     };
-    let ports = ctx.service(service, slices, config);
-    (ports, warnings)
+    let (ports, health_check) = ctx.service(service, slices, config);
+    BuiltService {
+        ports,
+        health_check,
+        warnings,
+    }
 }
 
 fn namespace_of(service: &Service) -> String {
@@ -162,24 +183,26 @@ impl Ctx<'_> {
         self.warnings.push(Warning { object, reason });
     }
 
+    /// The service's ports and its health check.
     fn service(
         &mut self,
         service: &Service,
         slices: &[&EndpointSlice],
         config: &ModelConfig,
-    ) -> Vec<(ServicePortName, DesiredService)> {
+    ) -> (Vec<(ServicePortName, DesiredService)>, Option<HealthCheck>) {
+        let nothing = (Vec::new(), None);
         if !config.serves(label(&service.metadata.labels, LABEL_SERVICE_PROXY_NAME)) {
-            return Vec::new();
+            return nothing;
         }
         let Some(spec) = &service.spec else {
-            return Vec::new();
+            return nothing;
         };
         if spec.type_.as_deref() == Some("ExternalName") {
-            return Vec::new();
+            return nothing;
         }
         let cluster_ips = self.cluster_ips(spec);
         if cluster_ips.is_empty() {
-            return Vec::new();
+            return nothing;
         }
 
         let external_ips = self.ips("spec.externalIPs", spec.external_ips.iter().flatten());
@@ -214,9 +237,20 @@ impl Ctx<'_> {
         let node_name = node.name.as_deref().unwrap_or("");
         let zone = node.zone.as_deref().unwrap_or("");
 
+        let health_check_port = self.health_check_port(spec, external_local);
+        // kube-proxy's LocalReadyEndpoints: this node's ready endpoints by address, over
+        // every port, in the families the service has.
+        let mut local_ready: BTreeSet<IpAddr> = BTreeSet::new();
         let mut result = Vec::new();
         for port in self.ports(service) {
             let endpoints = self.endpoints(&port, slices, publish_not_ready);
+            local_ready.extend(
+                endpoints
+                    .iter()
+                    .filter(|ep| ep.local && ep.ready)
+                    .map(|ep| ep.addr.ip())
+                    .filter(|ip| cluster_ips.iter().any(|c| c.is_ipv4() == ip.is_ipv4())),
+            );
             let mut desired = DesiredService {
                 protocol: port.protocol,
                 frontends: Vec::new(),
@@ -347,7 +381,41 @@ impl Ctx<'_> {
                 .dedup_by_key(|f| (f.addr, f.port, f.short_circuit));
             result.push((port.name, desired));
         }
-        result
+        // A service without a usable port has nothing for a load balancer to check.
+        let health_check = health_check_port
+            .filter(|_| !result.is_empty())
+            .map(|node_port| HealthCheck {
+                node_port,
+                local_ready_v4: local_ready.iter().filter(|ip| ip.is_ipv4()).count(),
+                local_ready_v6: local_ready.iter().filter(|ip| ip.is_ipv6()).count(),
+            });
+        (result, health_check)
+    }
+
+    /// `spec.healthCheckNodePort` of a LoadBalancer service with `externalTrafficPolicy:
+    /// Local` (the only kind the API server gives one, and kube-proxy serves); `None` for
+    /// other services, or with a warning when it is missing or invalid.
+    fn health_check_port(
+        &mut self,
+        spec: &k8s_openapi::api::core::v1::ServiceSpec,
+        external_local: bool,
+    ) -> Option<u16> {
+        if spec.type_.as_deref() != Some("LoadBalancer") || !external_local {
+            return None;
+        }
+        match spec.health_check_node_port {
+            None | Some(0) => {
+                self.warn(WarningReason::NoHealthCheckNodePort);
+                None
+            }
+            Some(value) => valid_port(value).or_else(|| {
+                self.warn(WarningReason::InvalidPort {
+                    field: "spec.healthCheckNodePort",
+                    value: value.into(),
+                });
+                None
+            }),
+        }
     }
 
     /// `spec.clusterIPs` (dual-stack), else `spec.clusterIP`; at most one per family.

@@ -20,8 +20,8 @@ use std::{
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
 
 use super::{
-    DesiredFrontend, DesiredService, DesiredState, ModelConfig, NodeInfo, ServicePortName,
-    Snapshot, Warning,
+    DesiredFrontend, DesiredService, DesiredState, HealthChecks, ModelConfig, NodeInfo,
+    ServiceName, ServicePortName, Snapshot, Warning,
     build::{FrontendClaim, build_service, conflict_warning, slice_owner, slices_by_service},
 };
 
@@ -45,6 +45,7 @@ pub struct IncrementalModel {
     /// Warnings about frontends a port lost to another, by port.
     conflicts: BTreeMap<ServicePortName, Vec<Warning>>,
     state: DesiredState,
+    health_checks: HealthChecks,
     /// The previous snapshot's objects, in its order: when the services are the same
     /// pointers and only a few slices differ at their positions (an update from a watch),
     /// only those slices' services are looked at, without touching the other objects.
@@ -70,6 +71,8 @@ struct CachedService {
 pub struct ModelUpdate<'a> {
     /// The whole desired state, as [`build`](super::build) would give it.
     pub state: &'a DesiredState,
+    /// Every health check, as [`build`](super::build) would give them.
+    pub health_checks: &'a HealthChecks,
     /// Service ports added, removed or changed since the previous update.
     pub changed: BTreeSet<ServicePortName>,
     /// Everything the model skipped, as [`build`](super::build) reports it.
@@ -181,6 +184,7 @@ impl IncrementalModel {
         for key in gone {
             self.warnings.remove(&key);
             if let Some(cached) = self.services.remove(&key) {
+                self.health_checks.remove(&ServiceName::of(&cached.service));
                 for name in &cached.ports {
                     self.remove_port(name, &mut touched_claims);
                     changed.insert(name.clone());
@@ -209,6 +213,7 @@ impl IncrementalModel {
             .collect();
         ModelUpdate {
             state: &self.state,
+            health_checks: &self.health_checks,
             changed,
             warnings,
         }
@@ -320,7 +325,13 @@ impl IncrementalModel {
         touched: &mut HashSet<FrontendClaim>,
     ) {
         let plain_slices: Vec<&EndpointSlice> = slices.iter().map(|s| &**s).collect();
-        let (ports, warnings) = build_service(service, &plain_slices, &snapshot.node, config);
+        let built = build_service(service, &plain_slices, &snapshot.node, config);
+        let (ports, warnings) = (built.ports, built.warnings);
+        let name = ServiceName::of(service);
+        match built.health_check {
+            Some(check) => self.health_checks.insert(name, check),
+            None => self.health_checks.remove(&name),
+        };
         let old = self.services.remove(key);
         let seen = old.as_ref().map_or(self.generation, |cached| cached.seen);
         let old_ports = old.map(|cached| cached.ports).unwrap_or_default();
@@ -464,6 +475,10 @@ mod tests {
                 let update = model.update(&snapshot, &config);
                 let case = format!("seed {seed}, step {step} ({what})");
                 assert_eq!(update.state, &fresh.state, "{case}: desired state");
+                assert_eq!(
+                    update.health_checks, &fresh.health_checks,
+                    "{case}: health checks"
+                );
                 assert_eq!(update.warnings, fresh.warnings, "{case}: warnings");
                 let names: BTreeSet<&ServicePortName> = previous
                     .services
@@ -529,6 +544,10 @@ mod tests {
             let update = model.update(&snapshot, &config);
             let case = format!("seed {seed}");
             assert_eq!(update.state, &fresh.state, "{case}: desired state");
+            assert_eq!(
+                update.health_checks, &fresh.health_checks,
+                "{case}: health checks"
+            );
             assert_eq!(update.warnings, fresh.warnings, "{case}: warnings");
             for name in before.services.keys().chain(fresh.state.services.keys()) {
                 if before.services.get(name) != fresh.state.services.get(name) {

@@ -23,6 +23,7 @@
 //! serving are deleted (`dataplane::StaleFlows`, kube-proxy's conntrack cleanup).
 
 mod build;
+pub mod health_check;
 pub mod incremental;
 mod ip_sloppy;
 #[cfg(test)]
@@ -45,8 +46,9 @@ use ipnet::IpNet;
 use lb_common::{PROTO_SCTP, PROTO_TCP, PROTO_UDP, frontend_flags, frontend_kind};
 
 pub use build::build;
+pub use health_check::{HealthCheck, HealthChecks, ServiceName};
 pub use incremental::{IncrementalModel, ModelUpdate};
-pub use snapshot::{NodeInfo, Snapshot};
+pub use snapshot::{NodeEligibility, NodeInfo, Snapshot};
 pub use warning::{ObjectKind, ObjectRef, Warning, WarningReason};
 
 /// Default `sessionAffinityConfig.clientIP.timeoutSeconds` (3 hours, as Kubernetes).
@@ -325,9 +327,12 @@ pub struct DesiredState {
     pub services: BTreeMap<ServicePortName, DesiredService>,
 }
 
-/// The model's answer: the state and what was skipped on the way, and why.
+/// The model's answer: the state, the health checks this node serves, and what was skipped
+/// on the way, and why.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Built {
     pub state: DesiredState,
+    /// Not datapath state: served by the agent's health module.
+    pub health_checks: HealthChecks,
     pub warnings: Vec<Warning>,
 }

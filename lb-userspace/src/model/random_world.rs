@@ -42,6 +42,7 @@ impl RandomWorld {
             services: self.services.values().cloned().collect(),
             endpoint_slices: self.slices.values().cloned().collect(),
             node: self.node.clone(),
+            ..Snapshot::default()
         }
     }
 
@@ -121,6 +122,13 @@ impl RandomWorld {
         });
         if kind == "NodePort" {
             spec["externalTrafficPolicy"] = json!(policy);
+        }
+        if kind == "NodePort" && policy == "Local" {
+            // What a cloud's LoadBalancer with the Local policy looks like to the model: a
+            // NodePort service with a health check port (no extra draw: seeds keep their worlds).
+            let index: i32 = name.trim_start_matches("svc-").parse().expect("svc-N");
+            spec["type"] = json!("LoadBalancer");
+            spec["healthCheckNodePort"] = json!(32_000 + index);
         }
         if self.rng.random_bool(0.2) {
             spec["sessionAffinity"] = json!("ClientIP");

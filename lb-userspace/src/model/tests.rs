@@ -79,6 +79,7 @@ fn run(services: Vec<Service>, slices: Vec<EndpointSlice>) -> Built {
             services: services.into_iter().map(Arc::new).collect(),
             endpoint_slices: slices.into_iter().map(Arc::new).collect(),
             node: node(),
+            ..Snapshot::default()
         },
         &ModelConfig::default(),
     )
@@ -261,6 +262,7 @@ fn services_labelled_with_our_proxy_name_are_ours() {
         services: vec![Arc::new(labelled)],
         endpoint_slices: vec![],
         node: node(),
+        ..Snapshot::default()
     };
     let ours = build(
         &snapshot,
@@ -338,6 +340,7 @@ fn the_proxy_name_label_decides_which_services_are_served() {
                 vec![ready("10.0.0.1", "node-b")],
             ))],
             node: node(),
+            ..Snapshot::default()
         };
         let config = ModelConfig {
             proxy_name: proxy_name.map(str::to_owned),
@@ -1376,4 +1379,215 @@ fn external_local_frontends_have_short_circuit_twins_with_cluster_endpoints() {
     assert_eq!(frontends_of("a"), 2, "a keeps the external IP and its twin");
     assert_eq!(frontends_of("b"), 0, "b loses both");
     assert_eq!(built.warnings.len(), 1, "{:?}", built.warnings);
+}
+
+/// `default/web` as a cloud LoadBalancer with `externalTrafficPolicy: Local` and its health
+/// check port, dual-stack, with two ports (so that an endpoint is behind two).
+fn web_local_lb() -> Service {
+    web(json!({
+        "type": "LoadBalancer",
+        "externalTrafficPolicy": "Local",
+        "healthCheckNodePort": 32000,
+        "clusterIPs": ["198.18.100.1", "2001:2::100:1"],
+        "ports": [
+            {"name": "http", "port": 80, "nodePort": 30080},
+            {"name": "https", "port": 443, "nodePort": 30443},
+        ],
+    }))
+}
+
+/// Slice `name` of `default/web` with ports `http` 8080 and `https` 8443.
+fn web_slice_two_ports(name: &str, family: &str, endpoints: Vec<Value>) -> EndpointSlice {
+    let mut slice = web_slice(name, family, endpoints);
+    slice.ports = Some(
+        serde_json::from_value(json!([
+            {"name": "http", "port": 8080, "protocol": "TCP"},
+            {"name": "https", "port": 8443, "protocol": "TCP"},
+        ]))
+        .unwrap(),
+    );
+    slice
+}
+
+fn web_check(built: &Built) -> Option<HealthCheck> {
+    built
+        .health_checks
+        .get(&ServiceName::new("default", "web"))
+        .copied()
+}
+
+/// kube-proxy's `TestHealthCheckNodePortWhenTerminating` (nftables and iptables
+/// proxier_test.go): three ready endpoints on this node count, a not-ready one does not;
+/// once all of them are terminating (or no longer ready) none counts, even those still
+/// serving.
+#[test]
+fn health_check_node_port_when_terminating() {
+    let ready_then = vec![
+        ready("10.0.1.1", "node-a"),
+        ready("10.0.1.2", "node-a"),
+        ready("10.0.1.3", "node-a"),
+        ep("10.0.1.4", "node-a", false, false, false),
+    ];
+    let built = run(
+        vec![web_local_lb()],
+        vec![web_slice("web-1", "IPv4", ready_then)],
+    );
+    let check = web_check(&built).expect("a health check");
+    assert_eq!((check.node_port, check.local_ready_v4), (32000, 3));
+
+    let terminating = vec![
+        ep("10.0.1.1", "node-a", false, true, false),
+        ep("10.0.1.2", "node-a", false, true, true),
+        ep("10.0.1.3", "node-a", false, true, true),
+        ep("10.0.1.4", "node-a", false, false, true),
+    ];
+    let built = run(
+        vec![web_local_lb()],
+        vec![web_slice("web-1", "IPv4", terminating)],
+    );
+    assert_eq!(web_check(&built).expect("a health check").local_ready_v4, 0);
+}
+
+/// kube-proxy's `LocalReadyEndpoints`: this node's ready endpoints by address, an endpoint
+/// behind two ports once, each family apart, other nodes' never.
+#[test]
+fn health_checks_count_this_nodes_ready_endpoints_by_address_and_family() {
+    let built = run(
+        vec![web_local_lb()],
+        vec![
+            web_slice_two_ports(
+                "web-v4",
+                "IPv4",
+                vec![
+                    ready("10.0.1.1", "node-a"),
+                    ready("10.0.1.2", "node-a"),
+                    ready("10.0.1.3", "node-b"),
+                ],
+            ),
+            web_slice_two_ports("web-v6", "IPv6", vec![ready("fd00::1", "node-a")]),
+        ],
+    );
+    assert!(built.warnings.is_empty(), "{:?}", built.warnings);
+    assert_eq!(
+        web_check(&built),
+        Some(HealthCheck {
+            node_port: 32000,
+            local_ready_v4: 2,
+            local_ready_v6: 1,
+        })
+    );
+    let check = web_check(&built).unwrap();
+    assert_eq!(check.local_ready_for(ip("198.18.0.10")), 2);
+    assert_eq!(check.local_ready_for(ip("2001:2::10")), 1);
+}
+
+/// Only a LoadBalancer with `externalTrafficPolicy: Local` has a health check (the only kind
+/// the API server gives a `healthCheckNodePort`, and all kube-proxy serves); one without a
+/// port is warned about; a service that is not ours, or has no usable port, has none.
+#[test]
+fn health_checks_are_for_local_load_balancers_with_a_port() {
+    let endpoints = || {
+        vec![web_slice(
+            "web-1",
+            "IPv4",
+            vec![ready("10.0.1.1", "node-a")],
+        )]
+    };
+    let with = |patch: Value| {
+        let mut service = web_local_lb();
+        let mut spec = serde_json::to_value(service.spec.take()).unwrap();
+        merge(&mut spec, patch);
+        service.spec = Some(serde_json::from_value(spec).unwrap());
+        service
+    };
+    let cases: Vec<(&str, Service, bool, usize)> = vec![
+        ("a Local LoadBalancer", web_local_lb(), true, 0),
+        (
+            "Cluster policy",
+            with(json!({"externalTrafficPolicy": "Cluster"})),
+            false,
+            0,
+        ),
+        (
+            "a NodePort with the Local policy",
+            with(json!({"type": "NodePort"})),
+            false,
+            0,
+        ),
+        (
+            "no healthCheckNodePort",
+            with(json!({"healthCheckNodePort": null})),
+            false,
+            1,
+        ),
+        (
+            "an invalid healthCheckNodePort",
+            with(json!({"healthCheckNodePort": 70000})),
+            false,
+            1,
+        ),
+        ("no ports", with(json!({"ports": []})), false, 0),
+    ];
+    for (case, service, has_check, warnings) in cases {
+        let built = run(vec![service], endpoints());
+        assert_eq!(web_check(&built).is_some(), has_check, "{case}");
+        assert_eq!(
+            built.warnings.len(),
+            warnings,
+            "{case}: {:?}",
+            built.warnings
+        );
+    }
+
+    let mut other_proxy = web_local_lb();
+    other_proxy.metadata.labels =
+        Some([(LABEL_SERVICE_PROXY_NAME.to_owned(), "other".to_owned())].into());
+    let built = run(vec![other_proxy], endpoints());
+    assert_eq!(web_check(&built), None, "another proxy's service");
+}
+
+/// kube-proxy's `SyncNode` / `NodeEligible` cases (healthcheck_test.go): only a deletion or
+/// the cluster autoscaler's taint make a node ineligible.
+#[test]
+fn a_node_being_deleted_or_tainted_for_deletion_is_not_eligible() {
+    let node = |metadata: Value, spec: Value| -> k8s_openapi::api::core::v1::Node {
+        serde_json::from_value(json!({"metadata": metadata, "spec": spec})).unwrap()
+    };
+    let taint = |key: &str| json!({"taints": [{"key": key, "effect": "NoSchedule"}]});
+    let cases = [
+        (
+            "plain",
+            node(json!({"name": "node-a"}), json!({})),
+            NodeEligibility::Eligible,
+        ),
+        (
+            "tainted some other way",
+            node(json!({"name": "node-a"}), taint("other")),
+            NodeEligibility::Eligible,
+        ),
+        (
+            "tainted by the autoscaler",
+            node(
+                json!({"name": "node-a"}),
+                taint("ToBeDeletedByClusterAutoscaler"),
+            ),
+            NodeEligibility::ToBeDeleted,
+        ),
+        (
+            "being deleted",
+            node(
+                json!({"name": "node-a", "deletionTimestamp": "2026-01-02T03:04:05Z"}),
+                json!({}),
+            ),
+            NodeEligibility::BeingDeleted,
+        ),
+    ];
+    for (case, node, expected) in cases {
+        assert_eq!(NodeEligibility::of(&node), expected, "{case}");
+        assert_eq!(
+            expected.is_eligible(),
+            expected == NodeEligibility::Eligible,
+            "{case}"
+        );
+    }
 }

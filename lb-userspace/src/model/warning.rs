@@ -59,6 +59,11 @@ pub enum WarningReason {
     UnknownAffinity { value: String },
     #[error("frontend {frontend} is already used by {owner}; it is skipped here")]
     FrontendConflict { frontend: String, owner: String },
+    #[error(
+        "a LoadBalancer with externalTrafficPolicy: Local but no spec.healthCheckNodePort; \
+         load balancers cannot check which nodes have its endpoints"
+    )]
+    NoHealthCheckNodePort,
 }
 
 /// A part of the snapshot the model skipped, and why.

@@ -1,5 +1,6 @@
 //! Kubernetes as a source: kube-runtime reflectors on v1 Services, discovery.k8s.io/v1
-//! EndpointSlices and this node's Node object, reconciled by level.
+//! EndpointSlices and this node's Node object (its zone, and whether it is being deleted or
+//! tainted for deletion), reconciled by level.
 //!
 //! Nothing is published until every store has listed once. After that each burst of watch
 //! events (coalesced by [`Debounce`]) rebuilds the whole snapshot from the stores; so does every
@@ -15,7 +16,7 @@ use std::{
 
 use futures::StreamExt as _;
 use k8s_openapi::api::{
-    core::v1::{Node, Service},
+    core::v1::{Node, NodeSpec, Service},
     discovery::v1::EndpointSlice,
 };
 use kube::{
@@ -38,7 +39,7 @@ use super::{
     Publisher, SourceProblem, SourceReceiver, UpdateCause,
     debounce::{self, Debounce},
 };
-use crate::model::{LABEL_HEADLESS, LABEL_SERVICE_PROXY_NAME, NodeInfo, Snapshot};
+use crate::model::{LABEL_HEADLESS, LABEL_SERVICE_PROXY_NAME, NodeEligibility, NodeInfo, Snapshot};
 
 /// The Node label that names the node's zone (topology-aware routing).
 pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
@@ -377,19 +378,25 @@ impl Stores {
 
     fn snapshot(&self, node: &NodeInfo) -> Snapshot {
         let mut node = node.clone();
-        let zone = self.node.as_ref().and_then(|store| {
-            let nodes = store.state();
-            nodes
-                .first()
+        // Without a node name there is no Node to read: nothing says the node is leaving.
+        let mut node_eligibility = NodeEligibility::Eligible;
+        if let Some(store) = &self.node {
+            let object = store.state().first().cloned();
+            if let Some(zone) = object
+                .as_ref()
                 .and_then(|object| object.metadata.labels.as_ref()?.get(ZONE_LABEL).cloned())
-        });
-        if zone.is_some() {
-            node.zone = zone;
+            {
+                node.zone = Some(zone);
+            }
+            node_eligibility = object
+                .as_deref()
+                .map_or(NodeEligibility::NotFound, NodeEligibility::of);
         }
         Snapshot {
             services: self.services.state(),
             endpoint_slices: self.slices.state(),
             node,
+            node_eligibility,
         }
     }
 }
@@ -580,11 +587,15 @@ impl PendingProblems {
 }
 
 /// Drops what no snapshot needs before it is stored: managedFields (often the largest part of
-/// an object); for the Node, everything but its metadata (its status changes all the time).
+/// an object); for the Node, everything but its metadata and taints (its status changes all
+/// the time).
 fn slim<K: Resource + 'static>(object: &mut K) {
     object.meta_mut().managed_fields = None;
     if let Some(node) = (object as &mut dyn std::any::Any).downcast_mut::<Node>() {
-        node.spec = None;
+        node.spec = node.spec.take().map(|spec| NodeSpec {
+            taints: spec.taints,
+            ..NodeSpec::default()
+        });
         node.status = None;
     }
 }

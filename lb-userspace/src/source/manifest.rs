@@ -2,6 +2,11 @@
 //! YAML (several documents per file) or JSON files, also `kind: List` as `kubectl get -o yaml`
 //! prints it.
 //!
+//! A v1 Node named `--node-name` may be there too: as from Kubernetes, its zone label and
+//! whether it is being deleted or tainted `ToBeDeletedByClusterAutoscaler` are read (for the
+//! health endpoint's `nodeEligible`). Without one the node counts as eligible; other nodes'
+//! Node objects are ignored (every node's agent may read the same directory).
+//!
 //! The directory is applied as a whole: if any file is broken, nothing of the new state is
 //! applied and the last good state stays in force (a half-edited file never removes services).
 //! Warnings (an unknown kind, a slice that names no Service) do not block a change.
@@ -17,7 +22,10 @@ use std::{
 
 use k8s_openapi::{
     Metadata, Resource,
-    api::{core::v1::Service, discovery::v1::EndpointSlice},
+    api::{
+        core::v1::{Node, Service},
+        discovery::v1::EndpointSlice,
+    },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 use notify::Watcher as _;
@@ -28,7 +36,7 @@ use super::{
     Publisher, SourceProblem, SourceReceiver, UpdateCause,
     debounce::{self, Debounce},
 };
-use crate::model::{NodeInfo, Snapshot};
+use crate::model::{NodeEligibility, NodeInfo, Snapshot};
 
 /// Label the EndpointSlice controller sets to the owning Service's name.
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -146,7 +154,8 @@ pub enum ManifestError {
 /// Why an object was skipped or looks wrong; the rest of the directory is applied.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ManifestWarningReason {
-    /// Not a v1 Service or discovery.k8s.io/v1 EndpointSlice (a Deployment, an old API version).
+    /// Not a v1 Service, discovery.k8s.io/v1 EndpointSlice or v1 Node (a Deployment, an old
+    /// API version).
     UnknownKind { api_version: String, kind: String },
     /// An EndpointSlice without the `kubernetes.io/service-name` label belongs to no Service.
     NoServiceName,
@@ -168,7 +177,7 @@ impl fmt::Display for ManifestWarning {
         match &self.reason {
             ManifestWarningReason::UnknownKind { api_version, kind } => write!(
                 f,
-                "ignored {api_version} {kind}: only v1 Service and discovery.k8s.io/v1 EndpointSlice are used"
+                "ignored {api_version} {kind}: only v1 Service, discovery.k8s.io/v1 EndpointSlice and v1 Node are used"
             ),
             ManifestWarningReason::NoServiceName => write!(
                 f,
@@ -181,12 +190,13 @@ impl fmt::Display for ManifestWarning {
     }
 }
 
-/// Reads every manifest in `dir` (not recursive) into one snapshot for `node`.
+/// Reads every manifest in `dir` (not recursive) into one snapshot for `node` (whose zone
+/// a Node manifest of its name sets, when `node` has none).
 ///
 /// Any invalid file or object makes the whole load fail, listing every problem.
 pub fn load_dir(
     dir: &Path,
-    node: NodeInfo,
+    mut node: NodeInfo,
 ) -> Result<(Snapshot, Vec<ManifestWarning>), ManifestError> {
     let read_dir_error = |source| ManifestError::ReadDir {
         dir: dir.to_path_buf(),
@@ -221,6 +231,17 @@ pub fn load_dir(
             problems: loader.problems,
         });
     }
+    let own_node = node
+        .name
+        .as_ref()
+        .and_then(|name| loader.nodes.get(&(String::new(), name.clone())))
+        .map(|defined| &defined.object);
+    let node_eligibility = own_node.map_or(NodeEligibility::Eligible, NodeEligibility::of);
+    if node.zone.is_none() {
+        node.zone = own_node.and_then(|object| {
+            label(&object.metadata, super::kubernetes::ZONE_LABEL).map(str::to_owned)
+        });
+    }
     let mut snapshot = Snapshot {
         services: loader
             .services
@@ -233,6 +254,7 @@ pub fn load_dir(
             .map(|d| Arc::new(d.object))
             .collect(),
         node,
+        node_eligibility,
     };
     super::sort_snapshot(&mut snapshot);
     Ok((snapshot, loader.warnings))
@@ -283,6 +305,8 @@ struct Defined<K> {
 struct Loader {
     services: BTreeMap<ObjectKey, Defined<Service>>,
     slices: BTreeMap<ObjectKey, Defined<EndpointSlice>>,
+    /// Cluster-scoped: keyed by an empty namespace and the name.
+    nodes: BTreeMap<ObjectKey, Defined<Node>>,
     problems: Vec<ManifestProblem>,
     warnings: Vec<ManifestWarning>,
 }
@@ -387,6 +411,13 @@ impl Loader {
                     );
                 }
                 insert_unique(&mut self.slices, &mut self.problems, slice);
+            }
+            (Node::API_VERSION, Node::KIND) => {
+                if let Some(mut node) = self.deserialize::<Node>(file, value, unnamed) {
+                    // A Node has no namespace, whatever the file says.
+                    node.object.metadata.namespace = None;
+                    insert_unique(&mut self.nodes, &mut self.problems, node);
+                }
             }
             _ => {
                 let location = match name_of(&value) {

@@ -7,6 +7,7 @@
 //! | `dns` | 198.18.100.53, 2001:2:0:100::53 | UDP 53 → 5353 | all |
 //! | `my-app-local` (`internalTrafficPolicy: Local`) | 198.18.100.20, 2001:2:0:100::20 | TCP 80 → 8080 | the client's node's |
 //! | `my-app-external` (NodePort 30081, `externalTrafficPolicy: Local`) | 198.18.100.30, 2001:2:0:100::30 | TCP 80 → 8080 | from outside: the node's own |
+//! | `my-app-lb` (LoadBalancer, NodePort 30082, `externalTrafficPolicy: Local`, `healthCheckNodePort` 32082) | 198.18.100.40, 2001:2:0:100::40 | TCP 80 → 8080 | from outside: the node's own |
 //!
 //! [`write_my_app`] writes the first three ([`SERVICES`]); [`write_services`] any of them
 //! (the demo adds `my-app-external`).
@@ -15,7 +16,8 @@
 //! to a ClusterIP works only when socket-level balancing translates it.
 //!
 //! Tests with Services of their own build them from the same parts: [`object_meta`],
-//! [`endpoint_slice`] and [`write_manifest`].
+//! [`endpoint_slice`] and [`write_manifest`]; [`node_manifest`] writes a node's Node object
+//! (the agents read whether it is leaving).
 
 use std::{
     collections::BTreeMap,
@@ -25,7 +27,7 @@ use std::{
 
 use k8s_openapi::{
     api::{
-        core::v1::{ObjectReference, Service, ServicePort, ServiceSpec},
+        core::v1::{Node, NodeSpec, ObjectReference, Service, ServicePort, ServiceSpec, Taint},
         discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice},
     },
     apimachinery::pkg::{apis::meta::v1::ObjectMeta, util::intstr::IntOrString},
@@ -54,6 +56,9 @@ pub struct ClusterService {
     pub internal_local: bool,
     /// `externalTrafficPolicy: Local` (for its NodePort).
     pub external_local: bool,
+    /// A LoadBalancer (with `externalTrafficPolicy: Local`) and its `healthCheckNodePort`,
+    /// which every node serves as kube-proxy does.
+    pub health_check_node_port: Option<u16>,
 }
 
 pub const MY_APP_SERVICE: ClusterService = ClusterService {
@@ -67,6 +72,7 @@ pub const MY_APP_SERVICE: ClusterService = ClusterService {
     node_port: Some(30080),
     internal_local: false,
     external_local: false,
+    health_check_node_port: None,
 };
 
 pub const DNS_SERVICE: ClusterService = ClusterService {
@@ -80,6 +86,7 @@ pub const DNS_SERVICE: ClusterService = ClusterService {
     node_port: None,
     internal_local: false,
     external_local: false,
+    health_check_node_port: None,
 };
 
 pub const LOCAL_SERVICE: ClusterService = ClusterService {
@@ -93,6 +100,7 @@ pub const LOCAL_SERVICE: ClusterService = ClusterService {
     node_port: None,
     internal_local: true,
     external_local: false,
+    health_check_node_port: None,
 };
 
 /// my-app's NodePort for clients outside the cluster, with `externalTrafficPolicy: Local`:
@@ -109,6 +117,24 @@ pub const EXTERNAL_LOCAL_SERVICE: ClusterService = ClusterService {
     node_port: Some(30081),
     internal_local: false,
     external_local: true,
+    health_check_node_port: None,
+};
+
+/// my-app behind a cloud load balancer with `externalTrafficPolicy: Local`: the load
+/// balancer asks each node's `healthCheckNodePort` whether it has ready replicas, and sends
+/// the node traffic only when it answers 200.
+pub const LOCAL_LOAD_BALANCER_SERVICE: ClusterService = ClusterService {
+    name: "my-app-lb",
+    port_name: "http",
+    protocol: ProbeProtocol::Tcp,
+    cluster_ipv4: Ipv4Addr::new(198, 18, 100, 40),
+    cluster_ipv6: Ipv6Addr::new(0x2001, 2, 0, 0x100, 0, 0, 0, 0x40),
+    port: 80,
+    target_port: POD_TCP_PORT,
+    node_port: Some(30082),
+    internal_local: false,
+    external_local: true,
+    health_check_node_port: Some(32082),
 };
 
 pub const SERVICES: [ClusterService; 3] = [MY_APP_SERVICE, DNS_SERVICE, LOCAL_SERVICE];
@@ -135,13 +161,16 @@ impl ClusterService {
             metadata: object_meta(self.name, BTreeMap::new()),
             spec: Some(ServiceSpec {
                 type_: Some(
-                    if self.node_port.is_some() {
+                    if self.health_check_node_port.is_some() {
+                        "LoadBalancer"
+                    } else if self.node_port.is_some() {
                         "NodePort"
                     } else {
                         "ClusterIP"
                     }
                     .into(),
                 ),
+                health_check_node_port: self.health_check_node_port.map(i32::from),
                 selector: Some(BTreeMap::from([("app".to_string(), "my-app".to_string())])),
                 ip_family_policy: Some("RequireDualStack".into()),
                 ip_families: Some(vec!["IPv4".into(), "IPv6".into()]),
@@ -217,6 +246,33 @@ pub fn endpoint_slice(
             .map(|endpoint| endpoint.endpoint(ipv6))
             .collect(),
     }
+}
+
+/// The cluster autoscaler's taint on a node it is about to remove.
+pub const TO_BE_DELETED_TAINT: &str = "ToBeDeletedByClusterAutoscaler";
+
+/// Node `node`'s Node object, tainted `ToBeDeletedByClusterAutoscaler` when
+/// `to_be_deleted`, as YAML for [`write_manifest`].
+pub fn node_manifest(node: &str, to_be_deleted: bool) -> String {
+    let taints = to_be_deleted.then(|| {
+        vec![Taint {
+            key: TO_BE_DELETED_TAINT.into(),
+            effect: "NoSchedule".into(),
+            ..Taint::default()
+        }]
+    });
+    let object = Node {
+        metadata: ObjectMeta {
+            name: Some(node.into()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(NodeSpec {
+            taints,
+            ..NodeSpec::default()
+        }),
+        ..Node::default()
+    };
+    serde_yaml::to_string(&object).expect("a Node serializes to YAML")
 }
 
 /// `name` in [`NAMESPACE`], with `labels`.
@@ -397,9 +453,18 @@ mod tests {
     /// What node `node`'s agent would build from the manifests, read by the agent's own
     /// manifest loader.
     fn as_node_sees_it(endpoints: &[ClusterEndpoint], node: &str) -> model::DesiredState {
+        built_as_node_sees_it(endpoints, node).state
+    }
+
+    fn built_as_node_sees_it(endpoints: &[ClusterEndpoint], node: &str) -> model::Built {
         let dir = tempfile::tempdir().expect("temp dir");
-        let services = [SERVICES.as_slice(), &[EXTERNAL_LOCAL_SERVICE]].concat();
+        let services = [
+            SERVICES.as_slice(),
+            &[EXTERNAL_LOCAL_SERVICE, LOCAL_LOAD_BALANCER_SERVICE],
+        ]
+        .concat();
         write_services(dir.path(), &services, endpoints).expect("write manifests");
+        write_manifest(dir.path(), "node.yaml", &node_manifest(node, true)).expect("write");
         let node = NodeInfo {
             name: Some(node.to_string()),
             // node-a's uplink address, as `--nodeport-addresses` would give it.
@@ -409,13 +474,49 @@ mod tests {
         let (snapshot, warnings): (Snapshot, _) =
             slicelb::source::load_dir(dir.path(), node).expect("the agent reads the manifests");
         assert!(warnings.is_empty(), "manifest warnings: {warnings:?}");
+        assert_eq!(
+            snapshot.node_eligibility,
+            model::NodeEligibility::ToBeDeleted,
+            "the agent reads the Node manifest"
+        );
         let built = model::build(&snapshot, &ModelConfig::default());
         assert!(
             built.warnings.is_empty(),
             "model warnings: {:?}",
             built.warnings
         );
-        built.state
+        built
+    }
+
+    #[test]
+    fn the_local_load_balancer_has_a_health_check_counting_each_nodes_ready_pods() {
+        let mut endpoints = my_app_endpoints();
+        endpoints[0].conditions = Conditions::TERMINATING;
+        for (node, ready_here) in [("node-a", 1), ("node-b", 1)] {
+            let built = built_as_node_sees_it(&endpoints, node);
+            let checks: Vec<(String, u16, usize, usize)> = built
+                .health_checks
+                .iter()
+                .map(|(name, check)| {
+                    (
+                        name.to_string(),
+                        check.node_port,
+                        check.local_ready_v4,
+                        check.local_ready_v6,
+                    )
+                })
+                .collect();
+            assert_eq!(
+                checks,
+                [(
+                    "default/my-app-lb".to_string(),
+                    32082,
+                    ready_here,
+                    ready_here
+                )],
+                "{node}: only the LoadBalancer with the Local policy, its ready pods here"
+            );
+        }
     }
 
     /// The pods a ClusterIP frontend of `service` selects for new flows, by pod name.
@@ -593,7 +694,10 @@ mod tests {
     fn service_addresses_are_in_the_unrouted_service_range() {
         let v4: ipnet::Ipv4Net = "198.18.100.0/24".parse().expect("literal");
         let v6: ipnet::Ipv6Net = "2001:2:0:100::/64".parse().expect("literal");
-        for service in SERVICES.iter().chain([&EXTERNAL_LOCAL_SERVICE]) {
+        for service in SERVICES
+            .iter()
+            .chain([&EXTERNAL_LOCAL_SERVICE, &LOCAL_LOAD_BALANCER_SERVICE])
+        {
             assert!(v4.contains(&service.cluster_ipv4), "{}", service.name);
             assert!(v6.contains(&service.cluster_ipv6), "{}", service.name);
         }

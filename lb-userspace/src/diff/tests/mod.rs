@@ -354,6 +354,7 @@ fn scale_services_with_10_endpoints() {
         services: services.into_iter().map(Arc::new).collect(),
         endpoint_slices: slices.into_iter().map(Arc::new).collect(),
         node: NodeInfo::default(),
+        ..Snapshot::default()
     };
     let capacity = MapCapacity::default();
 
@@ -656,7 +657,7 @@ fn snapshots_through_model_diff_and_maps() {
         (
             "externalTrafficPolicy Local, affinity, source ranges",
             vec![web(
-                json!({"externalTrafficPolicy": "Local", "sessionAffinity": "ClientIP", "loadBalancerSourceRanges": ["198.18.7.0/24"]}),
+                json!({"externalTrafficPolicy": "Local", "healthCheckNodePort": 32000, "sessionAffinity": "ClientIP", "loadBalancerSourceRanges": ["198.18.7.0/24"]}),
             )],
             vec![
                 slice(
@@ -692,6 +693,7 @@ fn snapshots_through_model_diff_and_maps() {
             services: services.into_iter().map(Arc::new).collect(),
             endpoint_slices: endpoint_slices.into_iter().map(Arc::new).collect(),
             node: node.clone(),
+            ..Snapshot::default()
         };
         let built = build(&snapshot, &ModelConfig::default());
         assert!(built.warnings.is_empty(), "{case}: {:?}", built.warnings);
