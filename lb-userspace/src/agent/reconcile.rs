@@ -3,12 +3,19 @@
 //!
 //! The model is kept between syncs ([`IncrementalModel`]) and rebuilds only the services
 //! whose objects changed; a snapshot that changes no service port skips the diff.
+//!
+//! Ids are reused (the allocators hand out free ids), but AFFINITY remembers service and
+//! backend ids for hours: after a sync that freed ids, and when adopting maps, the entries
+//! naming an id the maps no longer hold are deleted, and no plan runs until that is done.
+//! So an id is never handed out while an affinity entry may name it. (CONNTRACK entries
+//! need no such care: a flow follows its entry only while its backend id still holds the
+//! address and port it was sent to.)
 
 use std::time::{Duration, Instant};
 
 use crate::{
-    dataplane::{AppliedState, DataplaneError, MapWriter},
-    diff::{Planner, RejectReason},
+    dataplane::{AppliedState, DataplaneError, MapOp, MapWriter},
+    diff::{Planner, RejectReason, unindexed_tables},
     model::{IncrementalModel, ModelConfig, ServicePortName, Snapshot, Warning},
 };
 
@@ -22,6 +29,9 @@ pub struct SyncReport {
     pub rejected: Vec<(ServicePortName, RejectReason)>,
     /// Objects (or parts) the model skipped, with the reason.
     pub warnings: Vec<Warning>,
+    /// AFFINITY entries deleted because they named a service or backend id the maps no
+    /// longer hold.
+    pub affinity_forgotten: usize,
     /// Time spent in model, diff and map writes.
     pub duration: Duration,
 }
@@ -37,21 +47,45 @@ pub struct Reconciler<W: MapWriter> {
     /// The maps hold all the model's state: the last plan was written whole and rejected
     /// nothing. Until a service port changes, there is nothing to plan.
     in_step: bool,
+    /// AFFINITY may name ids the maps freed: forget those entries before the next plan.
+    affinity_stale: bool,
 }
 
 impl<W: MapWriter> Reconciler<W> {
     /// Reads what the maps already hold: a restarted agent adopts them and writes only the
-    /// difference.
-    pub fn new(writer: W, config: ModelConfig) -> Result<Self, DataplaneError> {
-        let applied = writer.read()?;
-        Ok(Self {
+    /// difference. Before the datapath relies on them, it indexes the selection tables an
+    /// older agent left without TABLE_MEMBERS entries, and forgets the affinity entries that
+    /// name ids no longer in use.
+    pub fn new(mut writer: W, config: ModelConfig) -> Result<Self, DataplaneError> {
+        let mut applied = writer.read()?;
+        let index: Vec<MapOp> = unindexed_tables(&applied, |_| true).collect();
+        writer.apply(&index)?;
+        applied.apply(&index);
+        let mut reconciler = Self {
             writer,
             applied,
             planner: Planner::default(),
             config,
             model: IncrementalModel::default(),
             in_step: false,
-        })
+            affinity_stale: true,
+        };
+        reconciler.forget_stale_affinity()?;
+        Ok(reconciler)
+    }
+
+    /// Deletes the AFFINITY entries of services that are gone or naming backends that are:
+    /// their ids may be handed out again.
+    fn forget_stale_affinity(&mut self) -> Result<usize, DataplaneError> {
+        let Self {
+            writer, applied, ..
+        } = self;
+        let forgotten = writer.forget_affinity(&|key, value| {
+            !applied.service_names.contains_key(&key.service_id)
+                || !applied.backends.contains_key(&value.backend_id)
+        })?;
+        self.affinity_stale = false;
+        Ok(forgotten)
     }
 
     pub fn applied(&self) -> &AppliedState {
@@ -65,6 +99,11 @@ impl<W: MapWriter> Reconciler<W> {
     /// Brings the maps to what `snapshot` says.
     pub fn sync(&mut self, snapshot: &Snapshot) -> Result<SyncReport, DataplaneError> {
         let started = Instant::now();
+        // A plan may hand out ids freed before: no affinity entry may name them any more.
+        let mut affinity_forgotten = 0;
+        if self.affinity_stale {
+            affinity_forgotten += self.forget_stale_affinity()?;
+        }
         let update = self.model.update(snapshot, &self.config);
         if self.in_step && update.changed.is_empty() {
             return Ok(SyncReport {
@@ -93,10 +132,22 @@ impl<W: MapWriter> Reconciler<W> {
         }
         self.applied.apply(&plan.ops);
         self.in_step = plan.rejected.is_empty();
+        let warnings = update.warnings;
+        let frees_ids = plan.ops.iter().any(|op| {
+            matches!(
+                op,
+                MapOp::DeleteBackend { .. } | MapOp::DeleteServiceName { .. }
+            )
+        });
+        if frees_ids {
+            self.affinity_stale = true;
+            affinity_forgotten += self.forget_stale_affinity()?;
+        }
         Ok(SyncReport {
             ops: plan.ops.len(),
             rejected: plan.rejected,
-            warnings: update.warnings,
+            warnings,
+            affinity_forgotten,
             duration: started.elapsed(),
         })
     }

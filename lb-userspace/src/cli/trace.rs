@@ -1,8 +1,9 @@
 //! `slicelb trace`: which backend a flow would reach and why. The answer comes from the
 //! real forward program, run with `BPF_PROG_TEST_RUN` on a crafted first packet against the
 //! live pinned maps; the reason comes from what the program read (conntrack, affinity, the
-//! Maglev slot). Flow state the run created (conntrack and affinity entries) is removed
-//! again, so tracing leaves no flow behind; the run does count one packet in the counters.
+//! Maglev slot). Flow state the run created or refreshed (conntrack and affinity entries)
+//! is removed or put back, so tracing leaves no flow behind; the run does count one packet
+//! in the counters.
 //! `--socket` explains socket-level balancing (pods and the node) from the maps alone.
 
 use std::{
@@ -29,7 +30,7 @@ use crate::dataplane::{
     loader::{Datapath, DatapathOptions},
     test_run,
 };
-use crate::diff::encode::encode_addr;
+use crate::diff::encode::{backend_identity, encode_addr};
 
 /// Source port used when `--from` gives none.
 pub const DEFAULT_SOURCE_PORT: u16 = 40000;
@@ -227,9 +228,22 @@ pub fn trace(args: &TraceArgs) -> anyhow::Result<Trace> {
             let _ = conntrack.remove(&reply);
         }
     }
-    if let (Some(key), None) = (affinity_key, existing_affinity) {
-        let _ = affinity_map(&mut datapath)?.remove(&key);
+    // The run refreshed the client's affinity, or re-pinned it when its backend is no
+    // longer eligible: the entry goes back to what it was.
+    match (affinity_key, existing_affinity) {
+        (Some(key), None) => {
+            let _ = affinity_map(&mut datapath)?.remove(&key);
+        }
+        (Some(key), Some(value)) => {
+            let _ = affinity_map(&mut datapath)?.insert(&key, &value, 0);
+        }
+        (None, _) => {}
     }
+    // Whom the client's affinity entry names: the run followed it only if that is where
+    // the packet went (a backend the frontend may no longer use is not followed).
+    let pinned = existing_affinity
+        .and_then(|value| applied.backends.get(&value.backend_id))
+        .and_then(backend_identity);
 
     let backend = (output.verdict == 2)
         .then(|| destination_of(&output.packet))
@@ -281,7 +295,7 @@ pub fn trace(args: &TraceArgs) -> anyhow::Result<Trace> {
             "conntrack",
             format!("an existing flow: its conntrack entry keeps it on {}", describe_backend(b)),
         ),
-        (Some(b), _) if frontend.flags & frontend_flags::AFFINITY != 0 && existing_affinity.is_some() => (
+        (Some(b), _) if frontend.flags & frontend_flags::AFFINITY != 0 && pinned == Some(b) => (
             "affinity",
             format!(
                 "session affinity (ClientIP, {} s): this client's backend is {}",

@@ -1,6 +1,6 @@
-//! Batched access to array maps (`BPF_MAP_UPDATE_BATCH` / `BPF_MAP_LOOKUP_BATCH`, Linux
-//! 5.6), which aya 0.16 does not wrap: a 131 071-slot Maglev table is a handful of syscalls
-//! instead of one per slot.
+//! Batched map access (`BPF_MAP_UPDATE_BATCH` / `BPF_MAP_LOOKUP_BATCH` /
+//! `BPF_MAP_DELETE_BATCH`, Linux 5.6), which aya 0.16 does not wrap: a 131 071-slot Maglev
+//! table, or a walk of a whole hash map, is a handful of syscalls instead of one per entry.
 
 use std::{
     io,
@@ -9,6 +9,7 @@ use std::{
 
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
 /// Elements per syscall.
 const CHUNK: usize = 16 * 1024;
 
@@ -59,6 +60,102 @@ pub fn update<T: aya::Pod>(fd: BorrowedFd<'_>, offset: u32, values: &[T]) -> io:
         bpf(BPF_MAP_UPDATE_BATCH, &mut attr)?;
     }
     Ok(())
+}
+
+/// Writes `keys[i] -> values[i]` into a hash map.
+pub fn update_entries<K: aya::Pod, V: aya::Pod>(
+    fd: BorrowedFd<'_>,
+    keys: &[K],
+    values: &[V],
+) -> io::Result<()> {
+    assert_eq!(keys.len(), values.len(), "one value per key");
+    for (keys, values) in keys.chunks(CHUNK).zip(values.chunks(CHUNK)) {
+        let mut attr = BatchAttr {
+            keys: keys.as_ptr() as u64,
+            values: values.as_ptr() as u64,
+            count: keys.len() as u32,
+            map_fd: fd.as_raw_fd() as u32,
+            ..BatchAttr::default()
+        };
+        bpf(BPF_MAP_UPDATE_BATCH, &mut attr)?;
+    }
+    Ok(())
+}
+
+/// Deletes `keys` from a hash map; keys already gone (an LRU eviction, a concurrent delete)
+/// are skipped. Returns how many it deleted.
+pub fn delete_entries<K: aya::Pod>(fd: BorrowedFd<'_>, keys: &[K]) -> io::Result<usize> {
+    let mut deleted = 0;
+    let mut rest = keys;
+    while !rest.is_empty() {
+        let chunk = &rest[..rest.len().min(CHUNK)];
+        let mut attr = BatchAttr {
+            keys: chunk.as_ptr() as u64,
+            count: chunk.len() as u32,
+            map_fd: fd.as_raw_fd() as u32,
+            ..BatchAttr::default()
+        };
+        let result = bpf(BPF_MAP_DELETE_BATCH, &mut attr);
+        // The kernel stops at the first key it cannot delete; `count` says how many it did.
+        let done = (attr.count as usize).min(chunk.len());
+        deleted += done;
+        match result {
+            Ok(()) => rest = &rest[done..],
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => rest = &rest[done + 1..],
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(deleted)
+}
+
+/// Every entry of a hash map (LRU or not). Entries inserted or deleted during the walk may
+/// or may not be in the result.
+pub fn entries<K, V>(fd: BorrowedFd<'_>) -> io::Result<Vec<(K, V)>>
+where
+    K: aya::Pod + Default + Clone,
+    V: aya::Pod + Default + Clone,
+{
+    let mut out = Vec::new();
+    // Hash maps resume from a bucket index; a batch holds whole buckets, so a bucket
+    // larger than the batch asks for a larger one (ENOSPC).
+    let mut batch = 1024usize;
+    let mut previous: u32 = 0;
+    let mut started = false;
+    loop {
+        let mut keys = vec![K::default(); batch];
+        let mut values = vec![V::default(); batch];
+        let mut next: u32 = 0;
+        let mut attr = BatchAttr {
+            in_batch: if started {
+                &previous as *const u32 as u64
+            } else {
+                0
+            },
+            out_batch: &mut next as *mut u32 as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: batch as u32,
+            map_fd: fd.as_raw_fd() as u32,
+            ..BatchAttr::default()
+        };
+        let result = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
+        let got = (attr.count as usize).min(batch);
+        match result {
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && got == 0 => {
+                batch *= 2;
+                continue;
+            }
+            Err(e) if e.raw_os_error() != Some(libc::ENOENT) => return Err(e),
+            _ => {}
+        }
+        out.extend(keys.into_iter().zip(values).take(got));
+        // ENOENT: the walk reached the end (after `got` entries).
+        if result.is_err() {
+            return Ok(out);
+        }
+        previous = next;
+        started = true;
+    }
 }
 
 /// Reads indexes `start..start + count` of an array map.

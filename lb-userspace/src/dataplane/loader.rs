@@ -31,11 +31,12 @@ use super::MapCapacity;
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
 
 /// Every map of the object, in the order they are pinned.
-pub const ALL_MAPS: [&str; 16] = [
+pub const ALL_MAPS: [&str; 17] = [
     map_names::FRONTENDS,
     map_names::FRONTEND_FILTER,
     map_names::BACKENDS,
     map_names::SELECTION,
+    map_names::TABLE_MEMBERS,
     map_names::CONNTRACK,
     map_names::AFFINITY,
     map_names::FRAGMENTS,
@@ -707,6 +708,7 @@ fn set_capacity<'a>(loader: &mut EbpfLoader<'a>, capacity: &MapCapacity) {
         .map_max_entries(map_names::FRONTENDS, capacity.frontends)
         .map_max_entries(map_names::BACKENDS, capacity.backends)
         .map_max_entries(map_names::SELECTION, capacity.selection_slots)
+        .map_max_entries(map_names::TABLE_MEMBERS, capacity.table_members)
         .map_max_entries(map_names::CONNTRACK, capacity.conntrack)
         .map_max_entries(map_names::AFFINITY, capacity.affinity)
         .map_max_entries(map_names::FRAGMENTS, capacity.fragments)

@@ -1,18 +1,23 @@
 //! [`MemoryMaps`]: the configuration maps in memory, with the kernel maps' sizes and
 //! semantics (bounded arrays and hash maps), and a checker for the invariant packets rely
 //! on after every op (whether the maps are what the snapshot asks for is the planner's
-//! question: `diff::differences`). Tests apply plans to it op by op.
+//! question: `diff::differences`). Tests apply plans to it op by op. It also holds
+//! AFFINITY, which tests fill as the datapath would, to see what the agent forgets.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
     fmt, io,
 };
 
-use lb_common::{Backend, FrontendKey, FrontendValue, SourceRangeKey, backend_state, map_names};
+use lb_common::{
+    AffinityKey, AffinityValue, Backend, FrontendKey, FrontendValue, SourceRangeKey, TableMember,
+    backend_state, map_names,
+};
 
 use super::{
     AppliedState, DataplaneError, MapCapacity, MapOp, MapWriter,
     frontend_filter::{self, FrontendFilter},
+    fully_indexed, members_of,
 };
 
 /// The configuration maps, in memory.
@@ -31,6 +36,10 @@ pub struct MemoryMaps {
     selection: Vec<u32>,
     service_names: BTreeMap<u32, String>,
     source_ranges: BTreeSet<(SourceRangeKey, u32)>,
+    /// TABLE_MEMBERS: (table, backend) -> a slot naming the backend.
+    table_members: BTreeMap<TableMember, u32>,
+    /// AFFINITY, as the datapath would have filled it ([`MemoryMaps::pin_client`]).
+    pub affinity: BTreeMap<AffinityKey, AffinityValue>,
     /// Ops applied so far (tests count them).
     pub applied_ops: usize,
 }
@@ -56,6 +65,12 @@ pub enum Violation {
     ServiceWithoutName {
         frontend: FrontendKey,
         service_id: u32,
+    },
+    /// A backend of a frontend's table has no TABLE_MEMBERS entry naming a slot that holds
+    /// it: the datapath would not see it as eligible (affinity to it would be dropped).
+    MemberNotIndexed {
+        frontend: FrontendKey,
+        backend_id: u32,
     },
 }
 
@@ -97,6 +112,15 @@ impl fmt::Display for Violation {
                     "frontend {frontend:?}: service id {service_id} has no name"
                 )
             }
+            Self::MemberNotIndexed {
+                frontend,
+                backend_id,
+            } => {
+                write!(
+                    f,
+                    "frontend {frontend:?}: backend {backend_id} of its table is not in TABLE_MEMBERS"
+                )
+            }
         }
     }
 }
@@ -116,8 +140,32 @@ impl MemoryMaps {
             selection: vec![0; capacity.selection_slots as usize],
             service_names: BTreeMap::new(),
             source_ranges: BTreeSet::new(),
+            table_members: BTreeMap::new(),
+            affinity: BTreeMap::new(),
             applied_ops: 0,
         }
+    }
+
+    /// Pins `client` (a 16-byte address, or a network namespace cookie) to `backend_id` for
+    /// `service_id`, as the datapath does for `sessionAffinity: ClientIP`.
+    pub fn pin_client(&mut self, client: [u8; 16], family: u8, service_id: u32, backend_id: u32) {
+        let key = AffinityKey {
+            client_addr: client,
+            service_id,
+            family,
+            _pad: [0; 3],
+        };
+        let value = AffinityValue {
+            backend_id,
+            slot: 0,
+            last_seen_ns: 0,
+        };
+        self.affinity.insert(key, value);
+    }
+
+    /// The (table, backend) pairs of TABLE_MEMBERS.
+    pub fn table_member_entries(&self) -> usize {
+        self.table_members.len()
     }
 
     /// Applies one op, with the kernel maps' bounds.
@@ -154,6 +202,40 @@ impl MemoryMaps {
                     },
                 )?;
                 target.copy_from_slice(slots);
+            }
+            MapOp::PutTableMembers { offset, slots } => {
+                let members = members_of(slots);
+                let new = members
+                    .iter()
+                    .filter(|(backend_id, _)| {
+                        !self.table_members.contains_key(&TableMember {
+                            table_offset: *offset,
+                            backend_id: *backend_id,
+                        })
+                    })
+                    .count();
+                if self.table_members.len() + new > cap.table_members as usize {
+                    return Err(DataplaneError::MapFull {
+                        map: map_names::TABLE_MEMBERS,
+                        capacity: cap.table_members,
+                    });
+                }
+                for (backend_id, slot) in members {
+                    let key = TableMember {
+                        table_offset: *offset,
+                        backend_id,
+                    };
+                    self.table_members.insert(key, slot);
+                }
+            }
+            MapOp::DeleteTableMembers { offset, slots } => {
+                // Like the kernel writer: entries already gone are skipped.
+                for (backend_id, _) in members_of(slots) {
+                    self.table_members.remove(&TableMember {
+                        table_offset: *offset,
+                        backend_id,
+                    });
+                }
             }
             MapOp::PutFrontend { key, value } => {
                 if !self.frontends.contains_key(key)
@@ -245,8 +327,8 @@ impl MemoryMaps {
     }
 
     /// Checks what a packet relies on: every frontend's filter bits are set, its table lies
-    /// inside SELECTION, each of its slots names an existing backend, and its service has
-    /// a name.
+    /// inside SELECTION, each of its slots names an existing backend that TABLE_MEMBERS
+    /// indexes, and its service has a name.
     pub fn check(&self) -> Vec<Violation> {
         let mut violations = Vec::new();
         for (key, value) in &self.frontends {
@@ -286,19 +368,52 @@ impl MemoryMaps {
                     break; // one per frontend is enough to name the problem
                 }
             }
+            let offset = value.table_offset;
+            for (backend_id, _) in members_of(slots) {
+                let member = TableMember {
+                    table_offset: offset,
+                    backend_id,
+                };
+                let indexed = self
+                    .table_members
+                    .get(&member)
+                    .is_some_and(|slot| slots.get(*slot as usize) == Some(&backend_id));
+                if !indexed {
+                    violations.push(Violation::MemberNotIndexed {
+                        frontend: *key,
+                        backend_id,
+                    });
+                    break;
+                }
+            }
         }
         violations
     }
 
     fn snapshot(&self) -> AppliedState {
-        let mut selection = BTreeMap::new();
+        let mut selection: BTreeMap<u32, std::sync::Arc<[u32]>> = BTreeMap::new();
         for value in self.frontends.values().filter(|v| v.table_size > 0) {
             let start = value.table_offset as usize;
             if let Some(slots) = self.selection.get(start..start + value.table_size as usize) {
                 selection.insert(value.table_offset, slots.into());
             }
         }
+        let table_members = selection
+            .iter()
+            .filter(|(offset, slots)| {
+                fully_indexed(**offset, slots, |member| {
+                    self.table_members.get(&member).copied()
+                })
+            })
+            .map(|(offset, slots)| {
+                (
+                    *offset,
+                    u32::try_from(members_of(slots).len()).unwrap_or(u32::MAX),
+                )
+            })
+            .collect();
         AppliedState {
+            table_members,
             frontends: self.frontends.clone(),
             backends: self
                 .backends
@@ -325,6 +440,15 @@ impl MapWriter for MemoryMaps {
 
     fn apply(&mut self, ops: &[MapOp]) -> Result<(), DataplaneError> {
         ops.iter().try_for_each(|op| self.apply_op(op))
+    }
+
+    fn forget_affinity(
+        &mut self,
+        stale: &dyn Fn(&AffinityKey, &AffinityValue) -> bool,
+    ) -> Result<usize, DataplaneError> {
+        let before = self.affinity.len();
+        self.affinity.retain(|key, value| !stale(key, value));
+        Ok(before - self.affinity.len())
     }
 }
 

@@ -275,3 +275,100 @@ fn session_affinity_sends_a_new_flow_to_the_clients_backend() {
         },
     });
 }
+
+/// A SYN sent again before the handshake completed (a retransmission) opens the connection
+/// anew: its backend turned terminating and left the table while the others are ready, so
+/// it goes to one of those instead of following its conntrack entry.
+#[test]
+fn a_retransmitted_syn_goes_only_to_a_backend_the_frontend_may_use_now() {
+    let service = cluster_ip(Family::V4, PROTO_TCP);
+    let syn = tcp(Family::V4, 41005, SYN);
+    let (first_id, first) = picked(&service, &syn);
+    let without = cluster_ip4_without(PROTO_TCP, first_id);
+    let mut changes = vec![MapOp::PutBackend {
+        id: first_id,
+        backend: lb_common::Backend {
+            state: lb_common::backend_state::TERMINATING,
+            ..first
+        },
+    }];
+    changes.extend(without.ops());
+    check(Row {
+        setup: Setup {
+            services: vec![service],
+            warmup: vec![(Program::Xdp, syn.build())],
+            changes,
+            ..Setup::default()
+        },
+        program: Program::Xdp,
+        input: syn.build(),
+        expect: Expect {
+            verdict: XDP_PASS,
+            reason: Reason::LbNewFlow,
+            out: Out::Packet(dnat(&without, &syn).build()),
+            service: Some(ServiceDelta {
+                id: 1,
+                packets: 1,
+                new_flows: 1,
+            }),
+        },
+    });
+}
+
+/// The client's backend stays in the frontend's table when a backend joins, but the table
+/// is a new one at another offset (the slot the affinity entry remembers may name another
+/// backend there): the next new flow still goes to the client's backend, as kube-proxy
+/// keeps affinity as long as the endpoint may be used.
+#[test]
+fn session_affinity_survives_a_new_table_that_still_holds_the_backend() {
+    let backends = [
+        (60, "198.18.1.1", 8080, ACTIVE),
+        (61, "198.18.1.2", 8080, ACTIVE),
+        (62, "198.18.1.3", 8080, ACTIVE),
+    ];
+    let affinity = |backends: &[(u32, &str, u16, u8)]| {
+        Service::new(
+            6,
+            Family::V4.vip(),
+            80,
+            PROTO_TCP,
+            frontend_kind::CLUSTER_IP,
+            frontend_flags::AFFINITY,
+            backends,
+        )
+    };
+    let service = affinity(&backends);
+    let mut joined = backends.to_vec();
+    joined.push((63, "198.18.1.4", 8080, ACTIVE));
+    let rebuilt = affinity(&joined).at_offset(20 * 512);
+    let src = Family::V4.client();
+    let pick = |service: &Service, port| service.pick(src, port, Family::V4.vip(), 80, PROTO_TCP);
+    // A first flow whose slot (the one the affinity entry remembers) names another backend
+    // in the new table: the entry's slot no longer proves membership there.
+    let first_port = (42100..43000)
+        .find(|p| pick(&service, *p) != pick(&rebuilt, *p))
+        .expect("a slot the new table gives to another backend");
+    let first = tcp(Family::V4, first_port, SYN);
+    let first_backend = dnat(&service, &first).dst.to_string();
+    // A port whose slot in the new table names another backend: only affinity sends it back.
+    let sport = (first_port + 1..first_port + 1000)
+        .find(|p| backend_addr(&pick(&rebuilt, *p)) != first_backend)
+        .expect("a port the new table sends elsewhere");
+    let second = tcp(Family::V4, sport, SYN);
+    check(Row {
+        setup: Setup {
+            services: vec![service],
+            warmup: vec![(Program::Xdp, first.build())],
+            changes: rebuilt.ops(),
+            ..Setup::default()
+        },
+        program: Program::Xdp,
+        input: second.build(),
+        expect: Expect {
+            verdict: XDP_PASS,
+            reason: Reason::LbAffinity,
+            out: Out::Packet(second.clone().to(&first_backend, 8080).build()),
+            service: None,
+        },
+    });
+}
