@@ -41,7 +41,9 @@ impl LabEndpoint {
     }
 }
 
-fn endpoint_yaml(endpoints: &[LabEndpoint], ipv6: bool) -> String {
+/// The `endpoints:` list of an EndpointSlice (IPv4 or IPv6 addresses of the lab's backends), as
+/// the lab's manifests hold it: every endpoint serving, on the lab's node.
+pub fn endpoint_yaml(endpoints: &[LabEndpoint], ipv6: bool) -> String {
     let mut out = String::new();
     for e in endpoints {
         let addr = if ipv6 {
@@ -247,9 +249,14 @@ impl AgentLab {
 
     /// Writes the lab's manifests with these endpoints (atomically, by rename).
     pub fn write(&self, endpoints: &[LabEndpoint]) {
-        let tmp = self.manifests.path().join(".my-app.tmp");
-        std::fs::write(&tmp, manifests(endpoints)).expect("write manifest");
-        std::fs::rename(&tmp, self.manifests.path().join("my-app.yaml")).expect("rename");
+        self.write_manifest("my-app", &manifests(endpoints));
+    }
+
+    /// Writes `yaml` as the manifest file `name.yaml` (atomically, by rename).
+    pub fn write_manifest(&self, name: &str, yaml: &str) {
+        let tmp = self.manifests.path().join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, yaml).expect("write manifest");
+        std::fs::rename(&tmp, self.manifests.path().join(format!("{name}.yaml"))).expect("rename");
     }
 
     pub fn start_agent(&self) -> ChildGuard {
