@@ -11,14 +11,14 @@ use std::{
 use lb_common::backend_state;
 use slicelb::dataplane::{AppliedState, MapWriter as _, aya_maps::AyaMaps};
 use slicelb_lab::lab::{
-    agent_lab::{AgentLab, LabEndpoint, endpoint_yaml},
+    agent_lab::{AgentLab, LabEndpoint, endpoint_slice_yaml},
     servers::http_get_once,
 };
 
 /// A ClusterIP Service `name` at `vip` (TCP 80 -> 8080) with `sessionAffinity: ClientIP`
 /// (the default three hours) and an IPv4 EndpointSlice of `endpoints`.
 fn sticky_service(name: &str, vip: Ipv4Addr, endpoints: &[LabEndpoint]) -> String {
-    let endpoints = endpoint_yaml(endpoints, false);
+    let slice = endpoint_slice_yaml(name, "http", "TCP", 8080, endpoints, false);
     format!(
         r#"apiVersion: v1
 kind: Service
@@ -36,20 +36,7 @@ spec:
     port: 80
     targetPort: 8080
 ---
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: {name}-ipv4
-  namespace: default
-  labels:
-    kubernetes.io/service-name: {name}
-addressType: IPv4
-ports:
-- name: http
-  protocol: TCP
-  port: 8080
-endpoints:
-{endpoints}"#
+{slice}"#
     )
 }
 

@@ -47,22 +47,11 @@ fn bpf(cmd: libc::c_long, attr: &mut BatchAttr) -> io::Result<()> {
 
 /// Writes `values` to indexes `offset..` of an array map.
 pub fn update<T: aya::Pod>(fd: BorrowedFd<'_>, offset: u32, values: &[T]) -> io::Result<()> {
-    for (n, chunk) in values.chunks(CHUNK).enumerate() {
-        let start = offset + (n * CHUNK) as u32;
-        let keys: Vec<u32> = (start..start + chunk.len() as u32).collect();
-        let mut attr = BatchAttr {
-            keys: keys.as_ptr() as u64,
-            values: chunk.as_ptr() as u64,
-            count: chunk.len() as u32,
-            map_fd: fd.as_raw_fd() as u32,
-            ..BatchAttr::default()
-        };
-        bpf(BPF_MAP_UPDATE_BATCH, &mut attr)?;
-    }
-    Ok(())
+    let keys: Vec<u32> = (offset..offset + values.len() as u32).collect();
+    update_entries(fd, &keys, values)
 }
 
-/// Writes `keys[i] -> values[i]` into a hash map.
+/// Writes `keys[i] -> values[i]` into a map (an array's keys are its indexes).
 pub fn update_entries<K: aya::Pod, V: aya::Pod>(
     fd: BorrowedFd<'_>,
     keys: &[K],
@@ -108,6 +97,30 @@ pub fn delete_entries<K: aya::Pod>(fd: BorrowedFd<'_>, keys: &[K]) -> io::Result
     Ok(deleted)
 }
 
+/// One `BPF_MAP_LOOKUP_BATCH`: up to `keys.len()` entries after position `from` (the start
+/// when `None`) into `keys` and `values`. Returns the call's result, how many entries it
+/// wrote, and the position to continue from (an array's last index, a hash map's bucket).
+fn lookup_batch<K, V>(
+    fd: BorrowedFd<'_>,
+    from: Option<u32>,
+    keys: &mut [K],
+    values: &mut [V],
+) -> (io::Result<()>, usize, u32) {
+    let mut next: u32 = 0;
+    let mut attr = BatchAttr {
+        in_batch: from.as_ref().map_or(0, |from| from as *const u32 as u64),
+        out_batch: &mut next as *mut u32 as u64,
+        keys: keys.as_mut_ptr() as u64,
+        values: values.as_mut_ptr() as u64,
+        count: keys.len().min(values.len()) as u32,
+        map_fd: fd.as_raw_fd() as u32,
+        ..BatchAttr::default()
+    };
+    let result = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
+    let got = (attr.count as usize).min(keys.len()).min(values.len());
+    (result, got, next)
+}
+
 /// Every entry of a hash map (LRU or not). Entries inserted or deleted during the walk may
 /// or may not be in the result.
 pub fn entries<K, V>(fd: BorrowedFd<'_>) -> io::Result<Vec<(K, V)>>
@@ -119,27 +132,11 @@ where
     // Hash maps resume from a bucket index; a batch holds whole buckets, so a bucket
     // larger than the batch asks for a larger one (ENOSPC).
     let mut batch = 1024usize;
-    let mut previous: u32 = 0;
-    let mut started = false;
+    let mut from = None;
     loop {
         let mut keys = vec![K::default(); batch];
         let mut values = vec![V::default(); batch];
-        let mut next: u32 = 0;
-        let mut attr = BatchAttr {
-            in_batch: if started {
-                &previous as *const u32 as u64
-            } else {
-                0
-            },
-            out_batch: &mut next as *mut u32 as u64,
-            keys: keys.as_mut_ptr() as u64,
-            values: values.as_mut_ptr() as u64,
-            count: batch as u32,
-            map_fd: fd.as_raw_fd() as u32,
-            ..BatchAttr::default()
-        };
-        let result = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
-        let got = (attr.count as usize).min(batch);
+        let (result, got, next) = lookup_batch(fd, from, &mut keys, &mut values);
         match result {
             Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && got == 0 => {
                 batch *= 2;
@@ -153,8 +150,7 @@ where
         if result.is_err() {
             return Ok(out);
         }
-        previous = next;
-        started = true;
+        from = Some(next);
     }
 }
 
@@ -166,28 +162,17 @@ pub fn lookup<T: aya::Pod + Default + Clone>(
 ) -> io::Result<Vec<T>> {
     let mut out: Vec<T> = Vec::with_capacity(count as usize);
     let mut keys = vec![0u32; CHUNK];
+    #[expect(
+        clippy::useless_vec,
+        reason = "a chunk of 16 Ki values does not belong on the stack"
+    )]
     let mut values = vec![T::default(); CHUNK];
-    // The kernel continues after `in_batch`; the first call starts at `start`.
-    let mut previous: u32 = start.wrapping_sub(1);
+    // The kernel continues after `from`; the first call starts at `start`.
+    let mut from = start.checked_sub(1);
     while (out.len() as u32) < count {
         let want = (count as usize - out.len()).min(CHUNK);
-        let mut next: u32 = 0;
-        let mut attr = BatchAttr {
-            in_batch: if start == 0 && out.is_empty() {
-                0
-            } else {
-                &previous as *const u32 as u64
-            },
-            out_batch: &mut next as *mut u32 as u64,
-            keys: keys.as_mut_ptr() as u64,
-            values: values.as_mut_ptr() as u64,
-            count: want as u32,
-            map_fd: fd.as_raw_fd() as u32,
-            ..BatchAttr::default()
-        };
-        let result = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
-        let got = attr.count as usize;
-        out.extend_from_slice(&values[..got.min(want)]);
+        let (result, got, next) = lookup_batch(fd, from, &mut keys[..want], &mut values[..want]);
+        out.extend_from_slice(&values[..got]);
         match result {
             Ok(()) => {}
             // ENOENT: the end of the array, after `got` elements.
@@ -197,7 +182,7 @@ pub fn lookup<T: aya::Pod + Default + Clone>(
         if got == 0 {
             break;
         }
-        previous = next;
+        from = Some(next);
     }
     if (out.len() as u32) < count {
         return Err(io::Error::new(

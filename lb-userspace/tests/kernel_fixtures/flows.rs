@@ -89,12 +89,20 @@ fn conntrack_keeps_the_flow_after_the_backend_set_changed() {
     });
 }
 
-#[test]
-fn a_terminating_backend_keeps_its_flow() {
+/// A row for the TCP flow from the client's port `sport` to [`cluster_ip`]'s IPv4 service:
+/// its SYN chose a backend, which then turned terminating while the others are ready (it
+/// stays, but leaves the table); then a packet of the flow with `flags` comes. `expect`
+/// gets the service as it is then and the flow's backend.
+fn after_its_backend_turned_terminating(
+    sport: u16,
+    flags: u8,
+    expect: impl FnOnce(&Service, &lb_common::Backend) -> Expect,
+) -> Row {
     let service = cluster_ip(Family::V4, PROTO_TCP);
-    let syn = tcp(Family::V4, 41001, SYN);
-    let ack = tcp(Family::V4, 41001, ACK);
+    let syn = tcp(Family::V4, sport, SYN);
     let (first_id, first) = picked(&service, &syn);
+    let without = cluster_ip4_without(PROTO_TCP, first_id);
+    let expect = expect(&without, &first);
     let mut changes = vec![MapOp::PutBackend {
         id: first_id,
         backend: lb_common::Backend {
@@ -102,8 +110,8 @@ fn a_terminating_backend_keeps_its_flow() {
             ..first
         },
     }];
-    changes.extend(cluster_ip4_without(PROTO_TCP, first_id).ops());
-    check(Row {
+    changes.extend(without.ops());
+    Row {
         setup: Setup {
             services: vec![service],
             warmup: vec![(Program::Xdp, syn.build())],
@@ -111,14 +119,24 @@ fn a_terminating_backend_keeps_its_flow() {
             ..Setup::default()
         },
         program: Program::Xdp,
-        input: ack.build(),
-        expect: Expect {
+        input: tcp(Family::V4, sport, flags).build(),
+        expect,
+    }
+}
+
+#[test]
+fn a_terminating_backend_keeps_its_flow() {
+    let ack = tcp(Family::V4, 41001, ACK);
+    check(after_its_backend_turned_terminating(
+        41001,
+        ACK,
+        |_, first| Expect {
             verdict: XDP_PASS,
             reason: Reason::LbConntrack,
-            out: Out::Packet(ack.clone().to(&backend_addr(&first), 8080).build()),
+            out: Out::Packet(ack.clone().to(&backend_addr(first), 8080).build()),
             service: None,
         },
-    });
+    ));
 }
 
 #[test]
@@ -281,38 +299,21 @@ fn session_affinity_sends_a_new_flow_to_the_clients_backend() {
 /// it goes to one of those instead of following its conntrack entry.
 #[test]
 fn a_retransmitted_syn_goes_only_to_a_backend_the_frontend_may_use_now() {
-    let service = cluster_ip(Family::V4, PROTO_TCP);
     let syn = tcp(Family::V4, 41005, SYN);
-    let (first_id, first) = picked(&service, &syn);
-    let without = cluster_ip4_without(PROTO_TCP, first_id);
-    let mut changes = vec![MapOp::PutBackend {
-        id: first_id,
-        backend: lb_common::Backend {
-            state: lb_common::backend_state::TERMINATING,
-            ..first
-        },
-    }];
-    changes.extend(without.ops());
-    check(Row {
-        setup: Setup {
-            services: vec![service],
-            warmup: vec![(Program::Xdp, syn.build())],
-            changes,
-            ..Setup::default()
-        },
-        program: Program::Xdp,
-        input: syn.build(),
-        expect: Expect {
+    check(after_its_backend_turned_terminating(
+        41005,
+        SYN,
+        |without, _| Expect {
             verdict: XDP_PASS,
             reason: Reason::LbNewFlow,
-            out: Out::Packet(dnat(&without, &syn).build()),
+            out: Out::Packet(dnat(without, &syn).build()),
             service: Some(ServiceDelta {
                 id: 1,
                 packets: 1,
                 new_flows: 1,
             }),
         },
-    });
+    ));
 }
 
 /// The client's backend stays in the frontend's table when a backend joins, but the table
