@@ -44,6 +44,10 @@ pub mod map_names {
     pub const FRONTEND_FILTER: &str = "FRONTEND_FILTER";
     pub const BACKENDS: &str = "BACKENDS";
     pub const SELECTION: &str = "SELECTION";
+    /// The index of SELECTION: (table, backend) -> a slot of that table naming the backend,
+    /// so that the datapath can tell whether a backend is in a frontend's table (its
+    /// eligible set) without scanning it (see [`crate::TableMember`]).
+    pub const TABLE_MEMBERS: &str = "TABLE_MEMBERS";
     pub const CONNTRACK: &str = "CONNTRACK";
     pub const AFFINITY: &str = "AFFINITY";
     pub const FRAGMENTS: &str = "FRAGMENTS";
@@ -94,6 +98,9 @@ pub mod capacity {
     pub const BACKENDS: u32 = 262_144;
     /// Total Maglev slots shared by all selection tables (4 bytes each: 64 MiB).
     pub const SELECTION_SLOTS: u32 = 16 * 1024 * 1024;
+    /// (Selection table, backend) pairs: twice the backends, room for every backend to be
+    /// in two tables (internal and external selections that differ) at once.
+    pub const TABLE_MEMBERS: u32 = 2 * BACKENDS;
     pub const CONNTRACK: u32 = 524_288;
     pub const AFFINITY: u32 = 65_536;
     pub const FRAGMENTS: u32 = 8_192;
@@ -310,7 +317,7 @@ pub struct FlowValue {
 
 /// Key of the AFFINITY LRU map (`sessionAffinity: ClientIP`).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct AffinityKey {
     /// Network byte order; with [`FAMILY_BY_NETNS`], the client's network namespace cookie
     /// (8 bytes, host order) and zeros.
@@ -326,8 +333,26 @@ pub struct AffinityKey {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct AffinityValue {
     pub backend_id: u32,
-    pub _pad: u32,
+    /// A slot (from the table's start) of the selection table that named `backend_id` when
+    /// the entry was written: while that table stays, one array read proves the backend is
+    /// still in it (an entry written before this field existed holds 0, which only costs a
+    /// [`TableMember`] lookup).
+    pub slot: u32,
     pub last_seen_ns: u64,
+}
+
+/// Key of TABLE_MEMBERS: a backend of the selection table that starts at `table_offset`.
+/// The value (u32) is a slot, counted from the table's start, that names the backend.
+///
+/// The agent writes a table's members after the table and before any frontend points at
+/// it, and deletes them once no frontend does. The datapath trusts an entry only when the
+/// slot it gives still names the backend in the frontend's table, so a stale entry never
+/// makes a backend eligible.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TableMember {
+    pub table_offset: u32,
+    pub backend_id: u32,
 }
 
 /// Key of the FRAGMENTS LRU map: the fragments of one datagram share it.
@@ -502,6 +527,7 @@ const _: () = {
     assert!(core::mem::size_of::<FlowValue>() == 40);
     assert!(core::mem::size_of::<AffinityKey>() == 24);
     assert!(core::mem::size_of::<AffinityValue>() == 16);
+    assert!(core::mem::size_of::<TableMember>() == 8);
     assert!(core::mem::size_of::<FragmentKey>() == 40);
     assert!(core::mem::size_of::<FragmentValue>() == 8);
     assert!(core::mem::size_of::<SourceRangeKey>() == 24);
@@ -525,6 +551,7 @@ mod pod {
     unsafe impl aya::Pod for FlowValue {}
     unsafe impl aya::Pod for AffinityKey {}
     unsafe impl aya::Pod for AffinityValue {}
+    unsafe impl aya::Pod for TableMember {}
     unsafe impl aya::Pod for FragmentKey {}
     unsafe impl aya::Pod for FragmentValue {}
     unsafe impl aya::Pod for SourceRangeKey {}

@@ -1,14 +1,20 @@
 //! Picking a backend: the flow's conntrack entry while it is alive and its backend still
 //! exists ([`established`], looked up before the frontend), else for a new flow the
-//! client's affinity backend, else the frontend's Maglev slot ([`choose`]). Also records
-//! the flow (forward and reply entries) and the affinity.
+//! client's affinity backend while the frontend may still use it, else the frontend's
+//! Maglev slot ([`choose`]). Also records the flow (forward and reply entries) and the
+//! affinity.
+//!
+//! What a frontend may use (its eligible set: ready endpoints, or the terminating fallback,
+//! after traffic policies and topology) is exactly the backends its selection table names;
+//! [`slot_naming`] tells membership from a slot the caller remembers, else from
+//! TABLE_MEMBERS, without scanning the table.
 
 use aya_ebpf::{
     bindings::BPF_ANY, helpers::generated::bpf_ktime_get_coarse_ns, maps::lpm_trie::Key,
 };
 use lb_common::{
     AffinityKey, AffinityValue, Backend, FlowKey, FlowValue, FrontendValue, PROTO_SCTP, PROTO_TCP,
-    PROTO_UDP, Reason, SourceRangeKey, backend_state, flow_direction, frontend_flags,
+    PROTO_UDP, Reason, SourceRangeKey, TableMember, backend_state, flow_direction, frontend_flags,
     hash::{flow_hash, frontend_filter_slot},
     tcp_seen,
 };
@@ -16,7 +22,7 @@ use lb_common::{
 use crate::{
     maps::{
         AFFINITY, BACKENDS, CONFIG, CONNTRACK, FRONTEND_FILTER, Lookup as _, SELECTION,
-        SOURCE_RANGES,
+        SOURCE_RANGES, TABLE_MEMBERS,
     },
     parse::Parsed,
 };
@@ -203,8 +209,13 @@ pub fn established(p: &Parsed) -> Result<Established, ConntrackMiss> {
     if age >= timeout {
         return Err(miss);
     }
-    // A new SYN after FIN/RST reuses the ports for a new connection: choose afresh.
-    if is_syn(p) && seen & (tcp_seen::FIN | tcp_seen::RST) != 0 {
+    // A SYN opens a connection: after FIN/RST its ports are reused for a new one, and before
+    // the handshake completed it is the opening SYN again (retransmitted). Both are chosen
+    // afresh, so that a new connection only goes to a backend the frontend may use now;
+    // Maglev and affinity give the same backend again while it still may.
+    if is_syn(p)
+        && (seen & (tcp_seen::FIN | tcp_seen::RST) != 0 || seen & tcp_seen::ESTABLISHED == 0)
+    {
         return Err(miss);
     }
     let (backend_id, service_id, nat_addr, nat_port) = (
@@ -242,72 +253,110 @@ pub fn established(p: &Parsed) -> Result<Established, ConntrackMiss> {
     })
 }
 
+/// A backend of a frontend's selection table: its id, its entry, and a slot (counted from
+/// the table's start) that names it.
+#[derive(Clone, Copy)]
+pub struct Pick {
+    pub id: u32,
+    pub backend: Backend,
+    pub slot: u32,
+}
+
 #[inline(always)]
-fn target_of(p: &Parsed, id: u32, backend: &Backend) -> Target {
+fn target_of(p: &Parsed, pick: &Pick) -> Target {
     // SCTP keeps its ports: its CRC32c covers them, and updating it would cost a pass over
     // the whole packet.
     let port = if p.proto == PROTO_SCTP {
         p.dport
     } else {
-        backend.port
+        pick.backend.port
     };
     Target {
-        backend_id: id,
-        addr: backend.addr,
+        backend_id: pick.id,
+        addr: pick.backend.addr,
         port,
     }
 }
 
-/// The client's affinity backend under `key`: its entry younger than `timeout_secs`, its
-/// backend still in use and of the frontend's `family`. Shared by the packet path and
-/// socket-level balancing.
+/// Whether slot `slot` of the frontend's selection table names backend `id` (one inlined
+/// array read).
 #[inline(always)]
-pub fn affinity_backend(
-    key: &AffinityKey,
-    timeout_secs: u32,
-    family: u8,
-    now: u64,
-) -> Option<(u32, Backend)> {
-    let entry = AFFINITY.value(key)?;
-    let (id, last_seen) = (entry.backend_id, entry.last_seen_ns);
-    // Saturating, as for conntrack: a time from another clock must not read as expired.
-    if now.saturating_sub(last_seen) > timeout_secs as u64 * 1_000_000_000 {
-        return None;
+fn slot_names(frontend: &FrontendValue, slot: u32, id: u32) -> bool {
+    slot < frontend.table_size
+        && SELECTION
+            .get(frontend.table_offset + slot)
+            .is_some_and(|named| *named == id)
+}
+
+/// A slot of the frontend's selection table that names backend `id`, when the table holds
+/// it: when the backend is in the frontend's eligible set. `hint`, a slot that named it
+/// before, answers with one array read while the table is unchanged; otherwise
+/// TABLE_MEMBERS gives a slot, trusted only if it names `id` in this very table.
+#[inline(always)]
+fn slot_naming(frontend: &FrontendValue, id: u32, hint: u32) -> Option<u32> {
+    if slot_names(frontend, hint, id) {
+        return Some(hint);
     }
+    let member = TableMember {
+        table_offset: frontend.table_offset,
+        backend_id: id,
+    };
+    let slot = *TABLE_MEMBERS.value(&member)?;
+    slot_names(frontend, slot, id).then_some(slot)
+}
+
+/// Backend `id`, named by `slot`, when its entry is in use and of the frontend's `family`.
+#[inline(always)]
+fn pick(id: u32, slot: u32, family: u8) -> Option<Pick> {
     let backend = backend(id)?;
     // An IPv4 frontend never sends to an IPv6 backend (the agent does not write that).
     if backend.family != family {
         return None;
     }
-    Some((id, backend))
+    Some(Pick { id, backend, slot })
+}
+
+/// The client's affinity backend under `key` for `frontend`: its entry is younger than the
+/// frontend's timeout and its backend is still in the frontend's selection table. As with
+/// kube-proxy, affinity only chooses among the endpoints the frontend may use now: a
+/// backend that turned terminating while others are ready, or that a traffic policy or
+/// topology leaves out of this frontend, is not followed (the caller chooses afresh and
+/// re-pins). Shared by the packet path and socket-level balancing.
+#[inline(always)]
+pub fn affinity_backend(
+    key: &AffinityKey,
+    frontend: &FrontendValue,
+    family: u8,
+    now: u64,
+) -> Option<Pick> {
+    let entry = AFFINITY.value(key)?;
+    let (id, hint, last_seen) = (entry.backend_id, entry.slot, entry.last_seen_ns);
+    // Saturating, as for conntrack: a time from another clock must not read as expired.
+    if now.saturating_sub(last_seen) > frontend.affinity_timeout_secs as u64 * 1_000_000_000 {
+        return None;
+    }
+    let slot = slot_naming(frontend, id, hint)?;
+    pick(id, slot, family)
 }
 
 /// The backend in slot `hash % table_size` of the frontend's selection table, when it is in
 /// use and of the frontend's `family`. Shared by the packet path (a flow hash) and
 /// socket-level balancing (a random number).
 #[inline(always)]
-pub fn table_backend(frontend: &FrontendValue, hash: u32, family: u8) -> Option<(u32, Backend)> {
-    let slot = frontend.table_offset + hash % frontend.table_size;
-    let id = *SELECTION.get(slot)?;
-    let backend = backend(id)?;
-    // An IPv4 frontend never sends to an IPv6 backend (the agent does not write that).
-    if backend.family != family {
-        return None;
+pub fn table_backend(frontend: &FrontendValue, hash: u32, family: u8) -> Option<Pick> {
+    let slot = hash % frontend.table_size;
+    let id = *SELECTION.get(frontend.table_offset + slot)?;
+    pick(id, slot, family)
+}
+
+/// The affinity entry that pins the client to `pick`.
+#[inline(always)]
+pub fn affinity_value(pick: &Pick, now: u64) -> AffinityValue {
+    AffinityValue {
+        backend_id: pick.id,
+        slot: pick.slot,
+        last_seen_ns: now,
     }
-    Some((id, backend))
-}
-
-#[inline(always)]
-fn affinity_target(p: &Parsed, key: &AffinityKey, timeout_secs: u32, now: u64) -> Option<Target> {
-    let (id, backend) = affinity_backend(key, timeout_secs, p.family, now)?;
-    Some(target_of(p, id, &backend))
-}
-
-#[inline(always)]
-fn maglev_target(p: &Parsed, frontend: &FrontendValue) -> Option<Target> {
-    let hash = flow_hash(&p.src, &p.dst, p.sport, p.dport, p.proto);
-    let (id, backend) = table_backend(frontend, hash, p.family)?;
-    Some(target_of(p, id, &backend))
 }
 
 /// Chooses the backend for a new flow (its conntrack lookup missed) to `frontend` and
@@ -326,27 +375,26 @@ pub fn choose(p: &Parsed, frontend: &FrontendValue, _missed: ConntrackMiss) -> C
         _pad: [0, 0, 0],
     };
     let sticky = if affinity {
-        affinity_target(p, &affinity_key, frontend.affinity_timeout_secs, now)
+        affinity_backend(&affinity_key, frontend, p.family, now)
     } else {
         None
     };
-    let (target, reason) = match sticky {
-        Some(target) => (target, Reason::LbAffinity),
-        None => match maglev_target(p, frontend) {
-            Some(target) => (target, Reason::LbNewFlow),
-            // The table names a backend slot that is empty: the agent's ordering broke.
-            None => return Choice::Failed(Reason::DropInternal),
-        },
+    let (chosen, reason) = match sticky {
+        Some(pick) => (pick, Reason::LbAffinity),
+        None => {
+            let hash = flow_hash(&p.src, &p.dst, p.sport, p.dport, p.proto);
+            match table_backend(frontend, hash, p.family) {
+                Some(pick) => (pick, Reason::LbNewFlow),
+                // The table names a backend slot that is empty: the agent's ordering broke.
+                None => return Choice::Failed(Reason::DropInternal),
+            }
+        }
     };
     if affinity {
-        let value = AffinityValue {
-            backend_id: target.backend_id,
-            _pad: 0,
-            last_seen_ns: now,
-        };
         // An LRU insert only fails under memory pressure; the flow still goes through.
-        let _ = AFFINITY.insert(&affinity_key, &value, BPF_ANY as u64);
+        let _ = AFFINITY.insert(&affinity_key, &affinity_value(&chosen, now), BPF_ANY as u64);
     }
+    let target = target_of(p, &chosen);
     let seen = if p.proto == PROTO_TCP {
         tcp_seen_bits(p.tcp_flags)
     } else {

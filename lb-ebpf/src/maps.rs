@@ -2,14 +2,15 @@
 //! the loader overrides them at load time.
 
 use aya_ebpf::{
-    bindings::BPF_F_MMAPABLE,
+    bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use lb_common::{
     AffinityKey, AffinityValue, Backend, Config, FlowKey, FlowValue, FragmentKey, FragmentValue,
     FrontendKey, FrontendValue, ProtoCounter, Reason, ServiceCounters, ServiceName, SockConnection,
-    SockReverseKey, SockReverseValue, SocketCounter, SourceRangeKey, capacity, frontend_filter,
+    SockReverseKey, SockReverseValue, SocketCounter, SourceRangeKey, TableMember, capacity,
+    frontend_filter,
 };
 
 #[map(name = "FRONTENDS")]
@@ -29,6 +30,13 @@ pub static BACKENDS: Array<Backend> = Array::with_max_entries(capacity::BACKENDS
 #[map(name = "SELECTION")]
 pub static SELECTION: Array<u32> =
     Array::with_max_entries(capacity::SELECTION_SLOTS, BPF_F_MMAPABLE);
+
+/// (table, backend) -> a slot of the table naming the backend: whether a backend is in a
+/// frontend's table without scanning it. Written by the agent only; not preallocated, as
+/// most of it is never used.
+#[map(name = "TABLE_MEMBERS")]
+pub static TABLE_MEMBERS: HashMap<TableMember, u32> =
+    HashMap::with_max_entries(capacity::TABLE_MEMBERS, BPF_F_NO_PREALLOC);
 
 #[map(name = "CONNTRACK")]
 pub static CONNTRACK: LruHashMap<FlowKey, FlowValue> =

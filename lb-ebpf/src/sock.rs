@@ -36,14 +36,13 @@ use aya_ebpf::{
     programs::{SockAddrContext, SockContext},
 };
 use lb_common::{
-    AffinityKey, AffinityValue, Backend, FAMILY_BY_NETNS, FAMILY_IPV4, FAMILY_IPV6,
-    FAMILY_SHORT_CIRCUIT, FrontendKey, FrontendValue, SockConnection, SockReverseKey,
-    SockReverseValue, SocketCounter, frontend_flags,
+    AffinityKey, FAMILY_BY_NETNS, FAMILY_IPV4, FAMILY_IPV6, FAMILY_SHORT_CIRCUIT, FrontendKey,
+    FrontendValue, SockConnection, SockReverseKey, SockReverseValue, SocketCounter, frontend_flags,
 };
 
 use crate::{
     counters::{count_socket, count_socket_translation},
-    lookup::{affinity_backend, may_be_frontend, now_ns, table_backend},
+    lookup::{Pick, affinity_backend, affinity_value, may_be_frontend, now_ns, table_backend},
     maps::{AFFINITY, FRONTENDS, Lookup as _, SOCK_CONNECTED, SOCK_REVERSE},
 };
 
@@ -176,25 +175,23 @@ fn frontend_for_sockets(key: &FrontendKey) -> Option<&'static FrontendValue> {
 
 /// A backend chosen at socket level.
 struct Chosen {
-    backend_id: u32,
     addr: [u8; 16],
     port: u16,
 }
 
 impl Chosen {
     #[inline(always)]
-    fn of((backend_id, backend): (u32, Backend)) -> Self {
+    fn of(pick: &Pick) -> Self {
         Self {
-            backend_id,
-            addr: backend.addr,
-            port: backend.port,
+            addr: pick.backend.addr,
+            port: pick.backend.port,
         }
     }
 }
 
-/// Picks a backend for one connection: the affinity backend, else a random slot of the
-/// frontend's selection table (each connection is decided once, so consistent hashing
-/// buys nothing here). None when the table is empty.
+/// Picks a backend for one connection: the affinity backend while the frontend may still
+/// use it, else a random slot of the frontend's selection table (each connection is
+/// decided once, so consistent hashing buys nothing here). None when the table is empty.
 // A separate BPF function: its own stack frame keeps each call chain under 512 bytes.
 #[inline(never)]
 fn choose(ctx: &SockAddrContext, frontend: &FrontendValue, family: u8) -> Option<Chosen> {
@@ -209,37 +206,30 @@ fn choose(ctx: &SockAddrContext, frontend: &FrontendValue, family: u8) -> Option
         family: family | FAMILY_BY_NETNS,
         _pad: [0; 3],
     };
+    let mut sticky = None;
     if affinity {
         // SAFETY: a helper the kernel offers sock_addr programs; it reads the context.
         let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
         affinity_key.client_addr[..8].copy_from_slice(&netns.to_ne_bytes());
-        if let Some(found) =
-            affinity_backend(&affinity_key, frontend.affinity_timeout_secs, family, now)
-        {
-            let chosen = Chosen::of(found);
+        sticky = affinity_backend(&affinity_key, frontend, family, now);
+    }
+    // One pick and one affinity write whichever way it was found: the stack is small.
+    let found = match sticky {
+        Some(found) => {
             count_socket(SocketCounter::AffinityUsed);
-            refresh_affinity(&affinity_key, chosen.backend_id, now);
-            return Some(chosen);
+            found
         }
-    }
-    // SAFETY: helper without arguments.
-    let random = unsafe { bpf_get_prandom_u32() };
-    let chosen = Chosen::of(table_backend(frontend, random, family)?);
-    if affinity {
-        refresh_affinity(&affinity_key, chosen.backend_id, now);
-    }
-    Some(chosen)
-}
-
-#[inline(always)]
-fn refresh_affinity(key: &AffinityKey, backend_id: u32, now: u64) {
-    let value = AffinityValue {
-        backend_id,
-        _pad: 0,
-        last_seen_ns: now,
+        None => {
+            // SAFETY: helper without arguments.
+            let random = unsafe { bpf_get_prandom_u32() };
+            table_backend(frontend, random, family)?
+        }
     };
-    // An LRU insert only fails under memory pressure; the connection still goes through.
-    let _ = AFFINITY.insert(key, &value, BPF_ANY as u64);
+    if affinity {
+        // An LRU insert only fails under memory pressure; the connection still goes through.
+        let _ = AFFINITY.insert(&affinity_key, &affinity_value(&found, now), BPF_ANY as u64);
+    }
+    Some(Chosen::of(&found))
 }
 
 /// The socket call a translating hook serves.

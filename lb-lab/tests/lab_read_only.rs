@@ -150,7 +150,8 @@ fn pin_agent_state(pin: &Path) {
     };
     let on_backend_1 = AffinityValue {
         backend_id: 1,
-        _pad: 0,
+        // No slot known: the program finds backend 1 in the table through TABLE_MEMBERS.
+        slot: u32::MAX,
         last_seen_ns: now,
     };
     affinity

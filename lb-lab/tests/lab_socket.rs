@@ -20,7 +20,7 @@ use slicelb_lab::lab::{
         Cluster, ClusterSpec,
         manifests::{
             ClusterEndpoint, ClusterService, Conditions, DNS_SERVICE, LOCAL_SERVICE,
-            MY_APP_SERVICE, write_my_app, write_services,
+            MY_APP_SERVICE, endpoint_slice, write_manifest, write_my_app, write_services,
         },
     },
     lab_binary,
@@ -364,6 +364,113 @@ fn an_endpoint_that_leaves_gets_no_new_connections() {
     ]);
     let answers = lab.must_answer(CLIENT, Probe::tcp(service));
     assert_eq!(served_by(&answers), names(&["my-app-1", "my-app-2"]));
+}
+
+/// `my-app-sticky`: an IPv4 ClusterIP over my-app's replicas with `sessionAffinity:
+/// ClientIP`, in a manifest file of its own.
+const STICKY: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 18, 100, 40)), 80);
+
+fn write_sticky(lab: &SocketLab, endpoints: &[(&str, Conditions)]) {
+    let endpoints: Vec<ClusterEndpoint> = endpoints
+        .iter()
+        .map(|(pod, conditions)| ClusterEndpoint::new(lab.cluster.pod(pod), *conditions))
+        .collect();
+    let service = format!(
+        r#"apiVersion: v1
+kind: Service
+metadata:
+  name: my-app-sticky
+  namespace: default
+spec:
+  type: ClusterIP
+  clusterIP: {ip}
+  clusterIPs: ["{ip}"]
+  sessionAffinity: ClientIP
+  ports:
+  - name: http
+    protocol: TCP
+    port: {port}
+    targetPort: {target}
+"#,
+        ip = STICKY.ip(),
+        port = STICKY.port(),
+        target = MY_APP_SERVICE.target_port,
+    );
+    let slice = endpoint_slice(
+        "my-app-sticky",
+        "http",
+        MY_APP_SERVICE.protocol,
+        MY_APP_SERVICE.target_port,
+        &endpoints,
+        false,
+    );
+    let slice = serde_yaml::to_string(&slice).expect("the slice as YAML");
+    write_manifest(
+        lab.manifests.path(),
+        "sticky.yaml",
+        &format!("{service}---\n{slice}"),
+    )
+    .expect("write the sticky Service");
+}
+
+/// Socket level: a pod's affinity (per network namespace) follows its replica only while
+/// the Service may use it, through the same lookup as the packet path.
+#[test]
+fn pod_affinity_leaves_a_replica_that_turns_terminating_while_others_are_ready() {
+    let lab = SocketLab::new("sock_affinity");
+    write_sticky(&lab, &REPLICAS.map(|pod| (pod, Conditions::READY)));
+    lab.wait_until("the sticky Service answers", || {
+        lab.answers(CLIENT, &Probe::tcp(STICKY)).is_some()
+    });
+    let before = served_by(&lab.must_answer(CLIENT, Probe::tcp(STICKY)));
+    assert_eq!(before.len(), 1, "one replica for the pod: {before:?}");
+    let pinned = before.first().expect("a replica").clone();
+
+    let conditions = REPLICAS.map(|pod| {
+        let terminating = pod == pinned;
+        (
+            pod,
+            if terminating {
+                Conditions::TERMINATING
+            } else {
+                Conditions::READY
+            },
+        )
+    });
+    write_sticky(&lab, &conditions);
+    // node-a's agent (the client pod's node) has it out of the sticky Service's table (its
+    // backend stays: my-app-service, which shares it, still has it ready).
+    let pinned_addr = lab.cluster.pod(&pinned).addr_v4.octets();
+    let maps = lab.cluster.node("node-a").pin_path.clone();
+    lab.wait_until(&format!("{pinned} out of the table on node-a"), || {
+        use slicelb::dataplane::{MapWriter as _, aya_maps::AyaMaps};
+        let Ok(state) = AyaMaps::from_pin(&maps, Default::default()).and_then(|m| m.read()) else {
+            return false;
+        };
+        let Some((id, _)) = state.backends.iter().find(|(_, b)| {
+            b.addr[..4] == pinned_addr && u16::from_be(b.port) == MY_APP_SERVICE.target_port
+        }) else {
+            return false;
+        };
+        state.frontends.iter().any(|(key, value)| {
+            key.addr[..4] == [198, 18, 100, 40]
+                && state
+                    .selection
+                    .get(&value.table_offset)
+                    .is_some_and(|slots| !slots.contains(id))
+        })
+    });
+
+    let after = served_by(&lab.must_answer(CLIENT, Probe::tcp(STICKY)));
+    assert!(
+        !after.contains(&pinned),
+        "new connections still reach the terminating {pinned}: {after:?}"
+    );
+    assert_eq!(
+        after.len(),
+        1,
+        "the pod is pinned again, to one replica: {after:?}"
+    );
 }
 
 #[test]

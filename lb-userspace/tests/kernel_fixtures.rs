@@ -466,6 +466,10 @@ fn map_writer_reads_back_and_reports_full_maps() {
         expected
             .selection
             .insert(service.value.table_offset, service.table.as_slice().into());
+        expected.table_members.insert(
+            service.value.table_offset,
+            service.value.backend_count.into(),
+        );
         expected
             .service_names
             .insert(service.id, format!("test/svc-{}:p", service.id));

@@ -255,6 +255,11 @@ pub fn capacity_for(services: usize, endpoints_each: usize, frontends_each: usiz
             (services * endpoints_each * frontends_each) as u64 + 1024,
         ),
         selection_slots: defaults.selection_slots.max(wanted_slots),
+        // Every table's backends, twice over (changed tables beside the ones in use).
+        table_members: at_least(
+            defaults.table_members,
+            2 * frontends * endpoints_each as u64 + 1024,
+        ),
         services: at_least(defaults.services, frontends + 1024),
         ..defaults
     }

@@ -72,12 +72,45 @@ fn endpoint_yaml(endpoints: &[LabEndpoint], ipv6: bool) -> String {
     out
 }
 
+/// The EndpointSlice of Service `service` on port `port_name` (`protocol`, `port`): the lab's
+/// backends `endpoints`, by their IPv6 addresses when `ipv6`, every one serving, on the lab's
+/// node.
+pub fn endpoint_slice_yaml(
+    service: &str,
+    port_name: &str,
+    protocol: &str,
+    port: u16,
+    endpoints: &[LabEndpoint],
+    ipv6: bool,
+) -> String {
+    let family = if ipv6 { "IPv6" } else { "IPv4" };
+    format!(
+        r#"apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: {service}-{lower}
+  namespace: default
+  labels:
+    kubernetes.io/service-name: {service}
+addressType: {family}
+ports:
+- name: {port_name}
+  protocol: {protocol}
+  port: {port}
+endpoints:
+{endpoints}"#,
+        lower = family.to_lowercase(),
+        endpoints = endpoint_yaml(endpoints, ipv6),
+    )
+}
+
 /// The lab's manifests: Service `my-app-service` (LoadBalancer, port 80 -> targetPort 8080,
 /// selector app: my-app, dual-stack ClusterIP, a NodePort and a load-balancer IP) with its
 /// EndpointSlices, and a UDP Service `echo-udp` (53 -> 9000).
 pub fn manifests(endpoints: &[LabEndpoint]) -> String {
-    let v4 = endpoint_yaml(endpoints, false);
-    let v6 = endpoint_yaml(endpoints, true);
+    let v4 = endpoint_slice_yaml("my-app-service", "http", "TCP", 8080, endpoints, false);
+    let v6 = endpoint_slice_yaml("my-app-service", "http", "TCP", 8080, endpoints, true);
+    let udp = endpoint_slice_yaml("echo-udp", "echo", "UDP", 9000, endpoints, false);
     format!(
         r#"# Written by the slicelb lab: the classic my-app example.
 apiVersion: v1
@@ -104,33 +137,7 @@ status:
     ingress:
     - ip: {LOAD_BALANCER_IPV4}
 ---
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: my-app-service-ipv4
-  namespace: default
-  labels:
-    kubernetes.io/service-name: my-app-service
-addressType: IPv4
-ports:
-- name: http
-  protocol: TCP
-  port: 8080
-endpoints:
 {v4}---
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: my-app-service-ipv6
-  namespace: default
-  labels:
-    kubernetes.io/service-name: my-app-service
-addressType: IPv6
-ports:
-- name: http
-  protocol: TCP
-  port: 8080
-endpoints:
 {v6}---
 apiVersion: v1
 kind: Service
@@ -149,20 +156,7 @@ spec:
     port: {UDP_PORT}
     targetPort: 9000
 ---
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: echo-udp-ipv4
-  namespace: default
-  labels:
-    kubernetes.io/service-name: echo-udp
-addressType: IPv4
-ports:
-- name: echo
-  protocol: UDP
-  port: 9000
-endpoints:
-{v4}"#
+{udp}"#
     )
 }
 
@@ -259,9 +253,14 @@ impl AgentLab {
 
     /// Writes the lab's manifests with these endpoints (atomically, by rename).
     pub fn write(&self, endpoints: &[LabEndpoint]) {
-        let tmp = self.manifests.path().join(".my-app.tmp");
-        std::fs::write(&tmp, manifests(endpoints)).expect("write manifest");
-        std::fs::rename(&tmp, self.manifests.path().join("my-app.yaml")).expect("rename");
+        self.write_manifest("my-app", &manifests(endpoints));
+    }
+
+    /// Writes `yaml` as the manifest file `name.yaml` (atomically, by rename).
+    pub fn write_manifest(&self, name: &str, yaml: &str) {
+        let tmp = self.manifests.path().join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, yaml).expect("write manifest");
+        std::fs::rename(&tmp, self.manifests.path().join(format!("{name}.yaml"))).expect("rename");
     }
 
     pub fn start_agent(&self) -> ChildGuard {

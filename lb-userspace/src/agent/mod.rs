@@ -90,6 +90,16 @@ async fn run_async(args: AgentConfig) -> anyhow::Result<()> {
             args.pin_path.display()
         )
     })?;
+    let capacity = datapath.capacity();
+    let writer = AyaMaps::from_datapath(&datapath).context("opening the maps")?;
+    let mut reconciler = Reconciler::new(writer, model_config(&args))
+        .context("reading the maps a previous agent left")?;
+    let adopted = reconciler.applied().frontends.len();
+    if adopted > 0 {
+        tracing::info!(frontends = adopted, "adopted the maps of a previous agent");
+    }
+    // Attached once the adopted maps are indexed (`Reconciler::new`): until then the
+    // programs of the previous agent keep running.
     for iface in &args.ifaces {
         let mode = args.xdp_mode.ingress_mode(iface);
         match datapath.attach(iface, mode) {
@@ -110,14 +120,6 @@ async fn run_async(args: AgentConfig) -> anyhow::Result<()> {
             .attach_cgroup(&cgroup)
             .with_context(|| format!("attaching the socket-level hooks at {}", cgroup.display()))?;
         tracing::info!(cgroup = %cgroup.display(), "socket-level balancing attached");
-    }
-    let capacity = datapath.capacity();
-    let writer = AyaMaps::from_datapath(&datapath).context("opening the maps")?;
-    let mut reconciler = Reconciler::new(writer, model_config(&args))
-        .context("reading the maps a previous agent left")?;
-    let adopted = reconciler.applied().frontends.len();
-    if adopted > 0 {
-        tracing::info!(frontends = adopted, "adopted the maps of a previous agent");
     }
 
     let fill = Arc::new(RwLock::new(AppliedState::default()));
@@ -225,7 +227,12 @@ async fn run_async(args: AgentConfig) -> anyhow::Result<()> {
                         "first full sync done; ready"
                     );
                 } else {
-                    tracing::debug!(ops = report.ops, cause = update.cause.as_str(), "synced");
+                    tracing::debug!(
+                        ops = report.ops,
+                        affinity_forgotten = report.affinity_forgotten,
+                        cause = update.cause.as_str(),
+                        "synced"
+                    );
                 }
             }
             Err(error) => {

@@ -5,12 +5,19 @@
 //!
 //! The model is kept between syncs ([`IncrementalModel`]) and rebuilds only the services
 //! whose objects changed; a snapshot that changes no service port skips the diff.
+//!
+//! Ids are reused (the allocators hand out free ids), but AFFINITY remembers service and
+//! backend ids for hours: after a sync that freed ids, and when adopting maps, the entries
+//! naming an id the maps no longer hold are deleted, and no plan runs until that is done.
+//! So an id is never handed out while an affinity entry may name it. (CONNTRACK entries
+//! need no such care: a flow follows its entry only while its backend id still holds the
+//! address and port it was sent to.)
 
 use std::time::{Duration, Instant};
 
 use crate::{
-    dataplane::{AppliedState, DataplaneError, DeletedFlows, MapWriter},
-    diff::{Planner, RejectReason},
+    dataplane::{AppliedState, DataplaneError, DeletedFlows, MapOp, MapWriter},
+    diff::{Planner, RejectReason, unindexed_tables},
     model::{HealthChecks, IncrementalModel, ModelConfig, ServicePortName, Snapshot, Warning},
 };
 
@@ -29,6 +36,9 @@ pub struct SyncReport {
     /// The health checks the snapshot asks this node to serve (whether or not their
     /// services fit in the maps, as kube-proxy).
     pub health_checks: HealthChecks,
+    /// AFFINITY entries deleted because they named a service or backend id the maps no
+    /// longer hold.
+    pub affinity_forgotten: usize,
     /// Time spent in model, diff and map writes.
     pub duration: Duration,
 }
@@ -44,21 +54,45 @@ pub struct Reconciler<W: MapWriter> {
     /// The maps hold all the model's state: the last plan was written whole and rejected
     /// nothing. Until a service port changes, there is nothing to plan.
     in_step: bool,
+    /// AFFINITY may name ids the maps freed: forget those entries before the next plan.
+    affinity_stale: bool,
 }
 
 impl<W: MapWriter> Reconciler<W> {
     /// Reads what the maps already hold: a restarted agent adopts them and writes only the
-    /// difference.
-    pub fn new(writer: W, config: ModelConfig) -> Result<Self, DataplaneError> {
-        let applied = writer.read()?;
-        Ok(Self {
+    /// difference. Before the datapath relies on them, it indexes the selection tables an
+    /// older agent left without TABLE_MEMBERS entries, and forgets the affinity entries that
+    /// name ids no longer in use.
+    pub fn new(mut writer: W, config: ModelConfig) -> Result<Self, DataplaneError> {
+        let mut applied = writer.read()?;
+        let index: Vec<MapOp> = unindexed_tables(&applied, |_| true).collect();
+        writer.apply(&index)?;
+        applied.apply(&index);
+        let mut reconciler = Self {
             writer,
             applied,
             planner: Planner::default(),
             config,
             model: IncrementalModel::default(),
             in_step: false,
-        })
+            affinity_stale: true,
+        };
+        reconciler.forget_stale_affinity()?;
+        Ok(reconciler)
+    }
+
+    /// Deletes the AFFINITY entries of services that are gone or naming backends that are:
+    /// their ids may be handed out again.
+    fn forget_stale_affinity(&mut self) -> Result<usize, DataplaneError> {
+        let Self {
+            writer, applied, ..
+        } = self;
+        let forgotten = writer.forget_affinity(&|key, value| {
+            !applied.service_names.contains_key(&key.service_id)
+                || !applied.backends.contains_key(&value.backend_id)
+        })?;
+        self.affinity_stale = false;
+        Ok(forgotten)
     }
 
     pub fn applied(&self) -> &AppliedState {
@@ -77,12 +111,18 @@ impl<W: MapWriter> Reconciler<W> {
     /// Brings the maps to what `snapshot` says.
     pub fn sync(&mut self, snapshot: &Snapshot) -> Result<SyncReport, DataplaneError> {
         let started = Instant::now();
+        // A plan may hand out ids freed before: no affinity entry may name them any more.
+        let mut affinity_forgotten = 0;
+        if self.affinity_stale {
+            affinity_forgotten += self.forget_stale_affinity()?;
+        }
         let update = self.model.update(snapshot, &self.config);
         let health_checks = update.health_checks.clone();
         if self.in_step && update.changed.is_empty() {
             return Ok(SyncReport {
                 warnings: update.warnings,
                 health_checks,
+                affinity_forgotten,
                 duration: started.elapsed(),
                 ..SyncReport::default()
             });
@@ -117,12 +157,24 @@ impl<W: MapWriter> Reconciler<W> {
             }
         };
         self.in_step = plan.rejected.is_empty();
+        let warnings = update.warnings;
+        let frees_ids = plan.ops.iter().any(|op| {
+            matches!(
+                op,
+                MapOp::DeleteBackend { .. } | MapOp::DeleteServiceName { .. }
+            )
+        });
+        if frees_ids {
+            self.affinity_stale = true;
+            affinity_forgotten += self.forget_stale_affinity()?;
+        }
         Ok(SyncReport {
             ops: plan.ops.len(),
             stale_flows,
             rejected: plan.rejected,
-            warnings: update.warnings,
+            warnings,
             health_checks,
+            affinity_forgotten,
             duration: started.elapsed(),
         })
     }
@@ -136,7 +188,10 @@ pub(super) mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::dataplane::{MapCapacity, memory::MemoryMaps};
+    use crate::dataplane::{
+        MapCapacity,
+        memory::{MemoryMaps, Violation},
+    };
 
     /// The classic my-app example: a dual-stack LoadBalancer Service (ClusterIPs, a NodePort
     /// and a load-balancer IP: 4 frontends) with ready endpoints on the lab's `backends`.
@@ -236,6 +291,189 @@ pub(super) mod tests {
             0,
             "a restarted agent adopting the maps writes only the difference"
         );
+    }
+
+    /// ClusterIP Services `(name, last octet of 198.18.100.x, backends 198.18.k.2)` on
+    /// TCP 80 -> 8080, each with `sessionAffinity: ClientIP`.
+    fn sticky_services(services: &[(&str, u8, &[u8])]) -> Snapshot {
+        let mut snapshot = Snapshot::default();
+        for (name, vip, backends) in services {
+            let service: Service = serde_json::from_value(json!({
+                "metadata": {"name": name, "namespace": "default"},
+                "spec": {
+                    "clusterIP": format!("198.18.100.{vip}"),
+                    "ports": [{"name": "http", "protocol": "TCP", "port": 80, "targetPort": 8080}],
+                    "sessionAffinity": "ClientIP",
+                },
+            }))
+            .expect("service");
+            let endpoints: Vec<_> = backends
+                .iter()
+                .map(|k| json!({"addresses": [format!("198.18.{k}.2")], "conditions": {"ready": true}}))
+                .collect();
+            let slice: EndpointSlice = serde_json::from_value(json!({
+                "metadata": {
+                    "name": format!("{name}-1"),
+                    "namespace": "default",
+                    "labels": {"kubernetes.io/service-name": name},
+                },
+                "addressType": "IPv4",
+                "ports": [{"name": "http", "protocol": "TCP", "port": 8080}],
+                "endpoints": endpoints,
+            }))
+            .expect("slice");
+            snapshot.services.push(Arc::new(service));
+            snapshot.endpoint_slices.push(Arc::new(slice));
+        }
+        snapshot
+    }
+
+    fn service_id(applied: &AppliedState, name: &str) -> u32 {
+        let text = format!("default/{name}:http");
+        *applied
+            .service_names
+            .iter()
+            .find(|(_, n)| **n == text)
+            .unwrap_or_else(|| panic!("{text} has an id"))
+            .0
+    }
+
+    fn backend_id(applied: &AppliedState, backend: u8) -> u32 {
+        *applied
+            .backends
+            .iter()
+            .find(|(_, b)| b.addr[..4] == [198, 18, backend, 2])
+            .unwrap_or_else(|| panic!("198.18.{backend}.2 has an id"))
+            .0
+    }
+
+    #[test]
+    fn affinity_naming_freed_ids_is_forgotten_before_the_ids_are_handed_out_again() {
+        let mut reconciler =
+            Reconciler::new(MemoryMaps::new(small_capacity()), ModelConfig::default())
+                .expect("read empty maps");
+        let first = sticky_services(&[("keep", 30, &[1]), ("old", 31, &[2, 3, 4])]);
+        reconciler.sync(&first).expect("first sync");
+        let applied = reconciler.applied().clone();
+        let (keep, old) = (service_id(&applied, "keep"), service_id(&applied, "old"));
+        let old_backends: Vec<u32> = [2, 3, 4].map(|k| backend_id(&applied, k)).to_vec();
+        // Clients the datapath pinned: one to each service.
+        reconciler
+            .writer
+            .pin_client([2; 16], 4, keep, backend_id(&applied, 1));
+        reconciler
+            .writer
+            .pin_client([3; 16], 4, old, old_backends[1]);
+
+        // "old" goes: its service id and backend ids are free, and so is its client's entry.
+        let report = reconciler
+            .sync(&sticky_services(&[("keep", 30, &[1])]))
+            .expect("deleting old");
+        assert_eq!(
+            report.affinity_forgotten, 1,
+            "old's client entry is forgotten"
+        );
+        let remaining: Vec<u32> = reconciler
+            .writer
+            .affinity
+            .keys()
+            .map(|key| key.service_id)
+            .collect();
+        assert_eq!(remaining, vec![keep], "keep's client stays pinned");
+
+        // New services get the freed ids (the premise of this test), and no affinity entry
+        // sends their clients anywhere.
+        let third = sticky_services(&[
+            ("keep", 30, &[1]),
+            ("new", 32, &[1]),
+            ("other", 33, &[2, 3, 4]),
+        ]);
+        reconciler.sync(&third).expect("adding new and other");
+        let applied = reconciler.applied().clone();
+        assert_eq!(
+            service_id(&applied, "new"),
+            old,
+            "new reuses old's service id"
+        );
+        assert_eq!(
+            [2, 3, 4].map(|k| backend_id(&applied, k)).to_vec(),
+            old_backends,
+            "other's endpoints reuse old's backend ids"
+        );
+        assert!(
+            reconciler
+                .writer
+                .affinity
+                .keys()
+                .all(|key| key.service_id != old),
+            "an entry of old would pin new's clients: {:?}",
+            reconciler.writer.affinity
+        );
+    }
+
+    #[test]
+    fn a_restarted_agent_forgets_affinity_naming_ids_no_longer_in_use() {
+        let mut reconciler =
+            Reconciler::new(MemoryMaps::new(small_capacity()), ModelConfig::default())
+                .expect("read empty maps");
+        reconciler
+            .sync(&sticky_services(&[("keep", 30, &[1])]))
+            .expect("sync");
+        let applied = reconciler.applied().clone();
+        let keep = service_id(&applied, "keep");
+        let mut maps = reconciler.writer().clone();
+        // Left by an agent killed before it could forget them: a deleted service's entry
+        // and one naming a deleted backend.
+        maps.pin_client([1; 16], 4, keep + 1, backend_id(&applied, 1));
+        maps.pin_client([2; 16], 4, keep, backend_id(&applied, 1) + 1);
+        maps.pin_client([3; 16], 4, keep, backend_id(&applied, 1));
+        let restarted = Reconciler::new(maps, ModelConfig::default()).expect("adopt");
+        let left: Vec<[u8; 16]> = restarted
+            .writer()
+            .affinity
+            .keys()
+            .map(|key| key.client_addr)
+            .collect();
+        assert_eq!(
+            left,
+            vec![[3; 16]],
+            "only the entry naming ids in use stays"
+        );
+    }
+
+    #[test]
+    fn a_restarted_agent_indexes_tables_left_without_an_index() {
+        let mut reconciler =
+            Reconciler::new(MemoryMaps::new(small_capacity()), ModelConfig::default())
+                .expect("read empty maps");
+        let snapshot = my_app_snapshot(&[1, 2, 3]);
+        reconciler.sync(&snapshot).expect("sync");
+        // As an agent from before TABLE_MEMBERS left them: tables without an index.
+        let mut maps = reconciler.writer().clone();
+        let unindex: Vec<MapOp> = reconciler
+            .applied()
+            .selection
+            .iter()
+            .map(|(offset, slots)| MapOp::DeleteTableMembers {
+                offset: *offset,
+                slots: slots.clone(),
+            })
+            .collect();
+        maps.apply(&unindex).expect("remove the index");
+        assert!(
+            maps.check()
+                .iter()
+                .any(|v| matches!(v, Violation::MemberNotIndexed { .. })),
+            "the tables are not indexed: {:?}",
+            maps.check()
+        );
+        let mut restarted = Reconciler::new(maps, ModelConfig::default()).expect("adopt");
+        assert!(
+            restarted.writer().check().is_empty(),
+            "indexed on adoption: {:?}",
+            restarted.writer().check()
+        );
+        assert_eq!(restarted.sync(&snapshot).expect("sync").ops, 0);
     }
 
     #[test]

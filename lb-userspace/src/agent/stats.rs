@@ -94,6 +94,11 @@ impl KernelStats for PinnedStats {
                 capacity: self.capacity.selection_slots.into(),
             },
             MapFill {
+                map: map_names::TABLE_MEMBERS,
+                used: applied.table_member_count(),
+                capacity: self.capacity.table_members.into(),
+            },
+            MapFill {
                 map: map_names::SERVICE_NAMES,
                 used: applied.service_names.len() as u64,
                 capacity: self.capacity.services.into(),

@@ -26,7 +26,7 @@ use super::{
     services::{backend_shares, ip_from_map, kind_name, state_name},
 };
 use crate::dataplane::{MapWriter as _, loader::ReadOnlyDatapath, test_run};
-use crate::diff::encode::encode_addr;
+use crate::diff::encode::{backend_identity, encode_addr};
 
 /// Source port used when `--from` gives none.
 pub const DEFAULT_SOURCE_PORT: u16 = 40000;
@@ -214,6 +214,12 @@ pub fn trace(args: &TraceArgs) -> anyhow::Result<Trace> {
         .context("running the forward program on the crafted packet")?;
     let verdict_name = xdp_verdict_name(output.verdict);
 
+    // Whom the client's affinity entry names: the run followed it only if that is where
+    // the packet went (a backend the frontend may no longer use is not followed).
+    let pinned = existing_affinity
+        .and_then(|value| applied.backends.get(&value.backend_id))
+        .and_then(backend_identity);
+
     let backend = (output.verdict == 2)
         .then(|| destination_of(&output.packet))
         .flatten()
@@ -264,7 +270,7 @@ pub fn trace(args: &TraceArgs) -> anyhow::Result<Trace> {
             "conntrack",
             format!("an existing flow: its conntrack entry keeps it on {}", describe_backend(b)),
         ),
-        (Some(b), _) if frontend.flags & frontend_flags::AFFINITY != 0 && existing_affinity.is_some() => (
+        (Some(b), _) if frontend.flags & frontend_flags::AFFINITY != 0 && pinned == Some(b) => (
             "affinity",
             format!(
                 "session affinity (ClientIP, {} s): this client's backend is {}",

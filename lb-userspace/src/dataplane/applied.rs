@@ -1,7 +1,7 @@
 //! Keeping an [`AppliedState`] in step with the ops written to the kernel, so the agent need
 //! not read every map back after each sync.
 
-use super::{AppliedState, MapOp};
+use super::{AppliedState, MapOp, members_of};
 
 impl AppliedState {
     /// Applies `ops` as the kernel maps would, then forgets selection tables that no frontend
@@ -25,6 +25,13 @@ impl AppliedState {
                 }
                 MapOp::PutSelection { offset, slots } => {
                     self.selection.insert(*offset, slots.clone());
+                }
+                MapOp::PutTableMembers { offset, slots } => {
+                    let count = u32::try_from(members_of(slots).len()).unwrap_or(u32::MAX);
+                    self.table_members.insert(*offset, count);
+                }
+                MapOp::DeleteTableMembers { offset, .. } => {
+                    self.table_members.remove(offset);
                 }
                 MapOp::PutFrontend { key, value } => {
                     self.frontends.insert(*key, *value);
@@ -73,5 +80,10 @@ impl AppliedState {
     /// Selection slots in use (whole tables).
     pub fn selection_slots_used(&self) -> u64 {
         self.selection.values().map(|t| t.len() as u64).sum()
+    }
+
+    /// Entries of TABLE_MEMBERS the indexed tables hold.
+    pub fn table_member_count(&self) -> u64 {
+        self.table_members.values().map(|&n| u64::from(n)).sum()
     }
 }

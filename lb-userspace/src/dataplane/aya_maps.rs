@@ -14,16 +14,18 @@ use aya::maps::{
 };
 use lb_common::{
     AffinityKey, AffinityValue, Backend, FlowKey, FlowValue, FrontendKey, FrontendValue,
-    ProtoCounter, Reason, ServiceCounters, ServiceName, SocketCounter, SourceRangeKey, map_names,
+    ProtoCounter, Reason, ServiceCounters, ServiceName, SocketCounter, SourceRangeKey, TableMember,
+    map_names,
 };
 
 use super::{
     AppliedState, DataplaneError, DeletedFlows, MapCapacity, MapOp, MapWriter, StaleFlows,
     batch::{self, Counted},
     frontend_filter::{self, FrontendFilter},
+    fully_indexed,
     loader::{Datapath, LoadError},
     mapped_array::MappedArray,
-    pins,
+    members_of, pins,
 };
 
 /// The value stored for every source range (only the prefix matters).
@@ -40,6 +42,8 @@ pub struct AyaMaps {
     /// `from_pin` opens it), written through `selection_fd` instead, and for read-only maps.
     selection_mapping: Option<MappedArray>,
     frontend_filter_fd: OwnedFd,
+    /// TABLE_MEMBERS, written and walked in batches.
+    table_members_fd: OwnedFd,
     /// The frontends behind each FRONTEND_FILTER bit; built from FRONTENDS (and the kernel
     /// bitmap rewritten to match) on the first `apply`, so readers never pay for it.
     frontend_filter: Option<FrontendFilter>,
@@ -47,7 +51,7 @@ pub struct AyaMaps {
     source_ranges: LpmTrie<MapData, SourceRangeKey, u8>,
     conntrack: HashMap<MapData, FlowKey, FlowValue>,
     affinity: HashMap<MapData, AffinityKey, AffinityValue>,
-    /// For batched passes over the flow state (deleting stale flows).
+    /// For batched passes over the flow state (deleting stale flows, forgetting affinity).
     conntrack_fd: OwnedFd,
     affinity_fd: OwnedFd,
     reason_stats: PerCpuArray<MapData, u64>,
@@ -204,6 +208,8 @@ impl AyaMaps {
         let conntrack_fd = clone_fd(map_names::CONNTRACK, &conntrack)?;
         let affinity = open(map_names::AFFINITY)?;
         let affinity_fd = clone_fd(map_names::AFFINITY, &affinity)?;
+        let table_members_fd =
+            clone_fd(map_names::TABLE_MEMBERS, &open(map_names::TABLE_MEMBERS)?)?;
         Ok(Self {
             frontends: typed(map_names::FRONTENDS, open(map_names::FRONTENDS)?, |d| {
                 HashMap::try_from(Map::HashMap(d))
@@ -215,6 +221,7 @@ impl AyaMaps {
             selection_fd,
             selection_mapping,
             frontend_filter_fd,
+            table_members_fd,
             frontend_filter: None,
             service_names: typed(
                 map_names::SERVICE_NAMES,
@@ -460,6 +467,30 @@ impl AyaMaps {
                 fence(Ordering::SeqCst);
                 Ok(())
             }
+            MapOp::PutTableMembers { offset, slots } => {
+                let (keys, first_slots) = member_entries(*offset, slots);
+                batch::update_entries(self.table_members_fd.as_fd(), &keys, &first_slots).map_err(
+                    |source| match source.raw_os_error() {
+                        Some(libc::E2BIG) | Some(libc::ENOMEM) => DataplaneError::MapFull {
+                            map: map_names::TABLE_MEMBERS,
+                            capacity: capacity.table_members,
+                        },
+                        _ => DataplaneError::MapWrite {
+                            map: map_names::TABLE_MEMBERS,
+                            source,
+                        },
+                    },
+                )
+            }
+            MapOp::DeleteTableMembers { offset, slots } => {
+                let (keys, _) = member_entries(*offset, slots);
+                batch::delete_entries(self.table_members_fd.as_fd(), &keys)
+                    .map(|_| ())
+                    .map_err(|source| DataplaneError::MapWrite {
+                        map: map_names::TABLE_MEMBERS,
+                        source,
+                    })
+            }
             MapOp::PutFrontend { key, value } => self.put_frontend(key, value),
             MapOp::DeleteFrontend { key } => {
                 match self.frontends.remove(key) {
@@ -536,7 +567,43 @@ impl MapWriter for AyaMaps {
             let key = key.map_err(read_err(map_names::SOURCE_RANGES))?;
             state.source_ranges.insert((key.data(), key.prefix_len()));
         }
+        let members: std::collections::HashMap<TableMember, u32> =
+            batch::entries(self.table_members_fd.as_fd())
+                .map_err(|source| DataplaneError::MapRead {
+                    map: map_names::TABLE_MEMBERS,
+                    source,
+                })?
+                .into_iter()
+                .collect();
+        for (offset, slots) in &state.selection {
+            if fully_indexed(*offset, slots, |member| members.get(&member).copied()) {
+                let count = u32::try_from(members_of(slots).len()).unwrap_or(u32::MAX);
+                state.table_members.insert(*offset, count);
+            }
+        }
         Ok(state)
+    }
+
+    fn forget_affinity(
+        &mut self,
+        stale: &dyn Fn(&AffinityKey, &AffinityValue) -> bool,
+    ) -> Result<usize, DataplaneError> {
+        let entries: Vec<(AffinityKey, AffinityValue)> =
+            batch::entries(self.affinity_fd.as_fd()).map_err(|source| DataplaneError::MapRead {
+                map: map_names::AFFINITY,
+                source,
+            })?;
+        let doomed: Vec<AffinityKey> = entries
+            .iter()
+            .filter(|(key, value)| stale(key, value))
+            .map(|(key, _)| *key)
+            .collect();
+        batch::delete_entries(self.affinity_fd.as_fd(), &doomed).map_err(|source| {
+            DataplaneError::MapWrite {
+                map: map_names::AFFINITY,
+                source,
+            }
+        })
     }
 
     fn apply(&mut self, ops: &[MapOp]) -> Result<(), DataplaneError> {
@@ -596,6 +663,22 @@ impl AyaMaps {
         }
         Ok(())
     }
+}
+
+/// The TABLE_MEMBERS keys and values of the table at `offset` holding `slots`.
+fn member_entries(offset: u32, slots: &[u32]) -> (Vec<TableMember>, Vec<u32>) {
+    members_of(slots)
+        .into_iter()
+        .map(|(backend_id, slot)| {
+            (
+                TableMember {
+                    table_offset: offset,
+                    backend_id,
+                },
+                slot,
+            )
+        })
+        .unzip()
 }
 
 /// The backends of the `PutBackend` ops at the start of `ops` whose ids follow one another

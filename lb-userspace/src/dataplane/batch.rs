@@ -56,6 +56,26 @@ pub fn update<T: aya::Pod>(fd: BorrowedFd<'_>, offset: u32, values: &[T]) -> io:
     Ok(())
 }
 
+/// Writes `keys` -> `values` (one value per key) to a hash map.
+pub fn update_entries<K: aya::Pod, V: aya::Pod>(
+    fd: BorrowedFd<'_>,
+    keys: &[K],
+    values: &[V],
+) -> io::Result<()> {
+    assert_eq!(keys.len(), values.len(), "one value per key");
+    for (keys, values) in keys.chunks(CHUNK).zip(values.chunks(CHUNK)) {
+        let mut attr = BatchAttr {
+            keys: keys.as_ptr() as u64,
+            values: values.as_ptr() as u64,
+            count: keys.len() as u32,
+            map_fd: fd.as_raw_fd() as u32,
+            ..BatchAttr::default()
+        };
+        bpf(BPF_MAP_UPDATE_BATCH, &mut attr)?;
+    }
+    Ok(())
+}
+
 /// What one `BPF_MAP_LOOKUP_BATCH` call read.
 struct Chunk {
     /// Entries read into the front of the buffers.
@@ -159,7 +179,7 @@ where
             .filter(|(key, value)| doomed(key, value))
             .map(|(key, _)| *key)
             .collect();
-        deleted += delete_keys(fd, &chosen)?;
+        deleted += delete_entries(fd, &chosen)?;
         if chunk.last {
             return Ok(deleted);
         }
@@ -169,7 +189,7 @@ where
 
 /// Deletes `keys` from a hash map; a key already gone (the datapath or the LRU took it)
 /// is skipped. Returns how many it deleted.
-fn delete_keys<K: aya::Pod>(fd: BorrowedFd<'_>, keys: &[K]) -> io::Result<usize> {
+pub fn delete_entries<K: aya::Pod>(fd: BorrowedFd<'_>, keys: &[K]) -> io::Result<usize> {
     let mut deleted = 0;
     let mut rest = keys;
     while !rest.is_empty() {
@@ -241,4 +261,41 @@ where
         }
     }
     Ok(counted)
+}
+
+/// Every entry of a hash map (LRU or not), in one pass over its buckets. Entries inserted
+/// or deleted during the walk may or may not be in the result.
+pub fn entries<K, V>(fd: BorrowedFd<'_>) -> io::Result<Vec<(K, V)>>
+where
+    K: aya::Pod + Default + Clone,
+    V: aya::Pod + Default + Clone,
+{
+    let mut out = Vec::new();
+    let mut room = HASH_CHUNK;
+    let mut keys = vec![K::default(); room];
+    let mut values = vec![V::default(); room];
+    let mut after = None;
+    loop {
+        match lookup_chunk(fd, after, &mut keys, &mut values) {
+            Ok(chunk) => {
+                out.extend(
+                    keys[..chunk.read]
+                        .iter()
+                        .cloned()
+                        .zip(values[..chunk.read].iter().cloned()),
+                );
+                if chunk.last {
+                    return Ok(out);
+                }
+                after = Some(chunk.next);
+            }
+            // ENOSPC (nothing copied): the next bucket alone holds more than `room` entries.
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => {
+                room *= 2;
+                keys.resize(room, K::default());
+                values.resize(room, V::default());
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }

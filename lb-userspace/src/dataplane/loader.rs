@@ -47,11 +47,12 @@ pub enum MapRole {
 }
 
 /// Every map of the object with who writes it, in the order they are pinned.
-pub const ALL_MAPS: [(&str, MapRole); 16] = [
+pub const ALL_MAPS: [(&str, MapRole); 17] = [
     (map_names::FRONTENDS, MapRole::Configuration),
     (map_names::FRONTEND_FILTER, MapRole::Configuration),
     (map_names::BACKENDS, MapRole::Configuration),
     (map_names::SELECTION, MapRole::Configuration),
+    (map_names::TABLE_MEMBERS, MapRole::Configuration),
     (map_names::CONNTRACK, MapRole::Datapath),
     (map_names::AFFINITY, MapRole::Datapath),
     (map_names::FRAGMENTS, MapRole::Datapath),
@@ -836,6 +837,7 @@ fn set_capacity<'a>(loader: &mut EbpfLoader<'a>, capacity: &MapCapacity) {
         .map_max_entries(map_names::FRONTENDS, capacity.frontends)
         .map_max_entries(map_names::BACKENDS, capacity.backends)
         .map_max_entries(map_names::SELECTION, capacity.selection_slots)
+        .map_max_entries(map_names::TABLE_MEMBERS, capacity.table_members)
         .map_max_entries(map_names::CONNTRACK, capacity.conntrack)
         .map_max_entries(map_names::AFFINITY, capacity.affinity)
         .map_max_entries(map_names::FRAGMENTS, capacity.fragments)

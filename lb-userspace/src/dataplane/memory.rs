@@ -2,7 +2,8 @@
 //! semantics (bounded arrays and hash maps), and a checker for the invariant packets rely
 //! on after every op (whether the maps are what the snapshot asks for is the planner's
 //! question: `diff::differences`). Tests apply plans to it op by op, and put flow state
-//! (CONNTRACK, AFFINITY entries) in it to see which entries a plan's cleanup deletes.
+//! (CONNTRACK, AFFINITY entries, as the datapath would write them) in it to see which
+//! entries a plan's cleanup and the agent's affinity sweep delete.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -11,12 +12,13 @@ use std::{
 
 use lb_common::{
     AffinityKey, AffinityValue, Backend, FlowKey, FlowValue, FrontendKey, FrontendValue,
-    SourceRangeKey, backend_state, map_names,
+    SourceRangeKey, TableMember, backend_state, map_names,
 };
 
 use super::{
     AppliedState, DataplaneError, DeletedFlows, MapCapacity, MapOp, MapWriter, StaleFlows,
     frontend_filter::{self, FrontendFilter},
+    fully_indexed, members_of,
 };
 
 /// The configuration maps, in memory.
@@ -35,7 +37,10 @@ pub struct MemoryMaps {
     selection: Vec<u32>,
     service_names: BTreeMap<u32, String>,
     source_ranges: BTreeSet<(SourceRangeKey, u32)>,
-    /// Flow state, as the datapath would have written it (tests put entries here).
+    /// TABLE_MEMBERS: (table, backend) -> a slot naming the backend.
+    table_members: BTreeMap<TableMember, u32>,
+    /// Flow state, as the datapath would have written it (tests put entries here, or
+    /// [`MemoryMaps::pin_client`]).
     pub conntrack: HashMap<FlowKey, FlowValue>,
     pub affinity: HashMap<AffinityKey, AffinityValue>,
     /// Ops applied so far (tests count them).
@@ -63,6 +68,12 @@ pub enum Violation {
     ServiceWithoutName {
         frontend: FrontendKey,
         service_id: u32,
+    },
+    /// A backend of a frontend's table has no TABLE_MEMBERS entry naming a slot that holds
+    /// it: the datapath would not see it as eligible (affinity to it would be dropped).
+    MemberNotIndexed {
+        frontend: FrontendKey,
+        backend_id: u32,
     },
 }
 
@@ -104,6 +115,15 @@ impl fmt::Display for Violation {
                     "frontend {frontend:?}: service id {service_id} has no name"
                 )
             }
+            Self::MemberNotIndexed {
+                frontend,
+                backend_id,
+            } => {
+                write!(
+                    f,
+                    "frontend {frontend:?}: backend {backend_id} of its table is not in TABLE_MEMBERS"
+                )
+            }
         }
     }
 }
@@ -123,10 +143,33 @@ impl MemoryMaps {
             selection: vec![0; capacity.selection_slots as usize],
             service_names: BTreeMap::new(),
             source_ranges: BTreeSet::new(),
+            table_members: BTreeMap::new(),
             conntrack: HashMap::new(),
             affinity: HashMap::new(),
             applied_ops: 0,
         }
+    }
+
+    /// Pins `client` (a 16-byte address, or a network namespace cookie) to `backend_id` for
+    /// `service_id`, as the datapath does for `sessionAffinity: ClientIP`.
+    pub fn pin_client(&mut self, client: [u8; 16], family: u8, service_id: u32, backend_id: u32) {
+        let key = AffinityKey {
+            client_addr: client,
+            service_id,
+            family,
+            _pad: [0; 3],
+        };
+        let value = AffinityValue {
+            backend_id,
+            slot: 0,
+            last_seen_ns: 0,
+        };
+        self.affinity.insert(key, value);
+    }
+
+    /// The (table, backend) pairs of TABLE_MEMBERS.
+    pub fn table_member_entries(&self) -> usize {
+        self.table_members.len()
     }
 
     /// Applies one op, with the kernel maps' bounds.
@@ -163,6 +206,40 @@ impl MemoryMaps {
                     },
                 )?;
                 target.copy_from_slice(slots);
+            }
+            MapOp::PutTableMembers { offset, slots } => {
+                let members = members_of(slots);
+                let new = members
+                    .iter()
+                    .filter(|(backend_id, _)| {
+                        !self.table_members.contains_key(&TableMember {
+                            table_offset: *offset,
+                            backend_id: *backend_id,
+                        })
+                    })
+                    .count();
+                if self.table_members.len() + new > cap.table_members as usize {
+                    return Err(DataplaneError::MapFull {
+                        map: map_names::TABLE_MEMBERS,
+                        capacity: cap.table_members,
+                    });
+                }
+                for (backend_id, slot) in members {
+                    let key = TableMember {
+                        table_offset: *offset,
+                        backend_id,
+                    };
+                    self.table_members.insert(key, slot);
+                }
+            }
+            MapOp::DeleteTableMembers { offset, slots } => {
+                // Like the kernel writer: entries already gone are skipped.
+                for (backend_id, _) in members_of(slots) {
+                    self.table_members.remove(&TableMember {
+                        table_offset: *offset,
+                        backend_id,
+                    });
+                }
             }
             MapOp::PutFrontend { key, value } => {
                 if !self.frontends.contains_key(key)
@@ -254,8 +331,8 @@ impl MemoryMaps {
     }
 
     /// Checks what a packet relies on: every frontend's filter bits are set, its table lies
-    /// inside SELECTION, each of its slots names an existing backend, and its service has
-    /// a name.
+    /// inside SELECTION, each of its slots names an existing backend that TABLE_MEMBERS
+    /// indexes, and its service has a name.
     pub fn check(&self) -> Vec<Violation> {
         let mut violations = Vec::new();
         for (key, value) in &self.frontends {
@@ -295,19 +372,52 @@ impl MemoryMaps {
                     break; // one per frontend is enough to name the problem
                 }
             }
+            let offset = value.table_offset;
+            for (backend_id, _) in members_of(slots) {
+                let member = TableMember {
+                    table_offset: offset,
+                    backend_id,
+                };
+                let indexed = self
+                    .table_members
+                    .get(&member)
+                    .is_some_and(|slot| slots.get(*slot as usize) == Some(&backend_id));
+                if !indexed {
+                    violations.push(Violation::MemberNotIndexed {
+                        frontend: *key,
+                        backend_id,
+                    });
+                    break;
+                }
+            }
         }
         violations
     }
 
     fn snapshot(&self) -> AppliedState {
-        let mut selection = BTreeMap::new();
+        let mut selection: BTreeMap<u32, std::sync::Arc<[u32]>> = BTreeMap::new();
         for value in self.frontends.values().filter(|v| v.table_size > 0) {
             let start = value.table_offset as usize;
             if let Some(slots) = self.selection.get(start..start + value.table_size as usize) {
                 selection.insert(value.table_offset, slots.into());
             }
         }
+        let table_members = selection
+            .iter()
+            .filter(|(offset, slots)| {
+                fully_indexed(**offset, slots, |member| {
+                    self.table_members.get(&member).copied()
+                })
+            })
+            .map(|(offset, slots)| {
+                (
+                    *offset,
+                    u32::try_from(members_of(slots).len()).unwrap_or(u32::MAX),
+                )
+            })
+            .collect();
         AppliedState {
+            table_members,
             frontends: self.frontends.clone(),
             backends: self
                 .backends
@@ -346,6 +456,15 @@ impl MapWriter for MemoryMaps {
             conntrack: flows - self.conntrack.len(),
             affinity: pins - self.affinity.len(),
         })
+    }
+
+    fn forget_affinity(
+        &mut self,
+        stale: &dyn Fn(&AffinityKey, &AffinityValue) -> bool,
+    ) -> Result<usize, DataplaneError> {
+        let before = self.affinity.len();
+        self.affinity.retain(|key, value| !stale(key, value));
+        Ok(before - self.affinity.len())
     }
 }
 

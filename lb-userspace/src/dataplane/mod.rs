@@ -24,7 +24,9 @@ use std::{
     sync::Arc,
 };
 
-use lb_common::{Backend, FrontendKey, FrontendValue, SourceRangeKey};
+use lb_common::{
+    AffinityKey, AffinityValue, Backend, FrontendKey, FrontendValue, SourceRangeKey, TableMember,
+};
 pub use stale_flows::{DeletedFlows, FlowEndpoint, Serving, StaleFlows};
 
 /// One change to the kernel's configuration maps. The diff emits these in an order that
@@ -42,6 +44,17 @@ pub enum MapOp {
     /// SELECTION. Tables are written into free space, never over one in use. Shared with
     /// the planner's cache and the applied mirror, so a table is held in memory once.
     PutSelection {
+        offset: u32,
+        slots: Arc<[u32]>,
+    },
+    /// Index the table at `offset` (which holds `slots`) in TABLE_MEMBERS: each backend it
+    /// names, with its first slot. Written after the table, before a frontend points at it.
+    PutTableMembers {
+        offset: u32,
+        slots: Arc<[u32]>,
+    },
+    /// Remove the index of a table no frontend points at any more.
+    DeleteTableMembers {
         offset: u32,
         slots: Arc<[u32]>,
     },
@@ -79,6 +92,36 @@ pub struct AppliedState {
     pub selection: BTreeMap<u32, Arc<[u32]>>,
     pub service_names: BTreeMap<u32, String>,
     pub source_ranges: BTreeSet<(SourceRangeKey, u32)>,
+    /// Table offset -> backends indexed, for every table in `selection` whose
+    /// TABLE_MEMBERS index is complete (a table left without one, e.g. by an older agent,
+    /// is missing here).
+    pub table_members: BTreeMap<u32, u32>,
+}
+
+/// Each backend a table names, with the first slot naming it, in id order: the table's
+/// TABLE_MEMBERS entries.
+pub fn members_of(slots: &[u32]) -> Vec<(u32, u32)> {
+    let mut first: BTreeMap<u32, u32> = BTreeMap::new();
+    for (slot, id) in slots.iter().enumerate() {
+        first.entry(*id).or_insert(slot as u32);
+    }
+    first.into_iter().collect()
+}
+
+/// Whether `slots` (the table at `offset`) is completely indexed, asking `member` for the
+/// slot an entry gives; an entry counts only when its slot names its backend.
+pub fn fully_indexed(
+    offset: u32,
+    slots: &[u32],
+    member: impl Fn(TableMember) -> Option<u32>,
+) -> bool {
+    members_of(slots).into_iter().all(|(backend_id, _)| {
+        member(TableMember {
+            table_offset: offset,
+            backend_id,
+        })
+        .is_some_and(|slot| slots.get(slot as usize) == Some(&backend_id))
+    })
 }
 
 /// Sizes of every sized kernel map (the statistics arrays have fixed sizes). The loader
@@ -88,6 +131,8 @@ pub struct MapCapacity {
     pub frontends: u32,
     pub backends: u32,
     pub selection_slots: u32,
+    /// Entries of TABLE_MEMBERS: (selection table, backend) pairs.
+    pub table_members: u32,
     pub conntrack: u32,
     pub affinity: u32,
     pub fragments: u32,
@@ -103,6 +148,7 @@ impl Default for MapCapacity {
             frontends: capacity::FRONTENDS,
             backends: capacity::BACKENDS,
             selection_slots: capacity::SELECTION_SLOTS,
+            table_members: capacity::TABLE_MEMBERS,
             conntrack: capacity::CONNTRACK,
             affinity: capacity::AFFINITY,
             fragments: capacity::FRAGMENTS,
@@ -143,7 +189,8 @@ impl DataplaneError {
     }
 }
 
-/// Reads and writes the configuration maps.
+/// Reads and writes the configuration maps, and forgets the flow state that names what
+/// they no longer hold.
 pub trait MapWriter {
     fn capacity(&self) -> MapCapacity;
     fn read(&self) -> Result<AppliedState, DataplaneError>;
@@ -152,4 +199,11 @@ pub trait MapWriter {
     /// Deletes the flow state `stale` names (CONNTRACK entries both ways, AFFINITY entries),
     /// looking at each entry of those maps at most once.
     fn delete_stale_flows(&mut self, stale: &StaleFlows) -> Result<DeletedFlows, DataplaneError>;
+
+    /// Deletes the AFFINITY entries `stale` picks (one walk of the map, batched); returns
+    /// how many it deleted.
+    fn forget_affinity(
+        &mut self,
+        stale: &dyn Fn(&AffinityKey, &AffinityValue) -> bool,
+    ) -> Result<usize, DataplaneError>;
 }

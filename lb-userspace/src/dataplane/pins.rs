@@ -32,6 +32,7 @@ pub fn pinned_capacity(pin_path: &Path) -> Result<MapCapacity, DataplaneError> {
         frontends: size(map_names::FRONTENDS)?,
         backends: size(map_names::BACKENDS)?,
         selection_slots: size(map_names::SELECTION)?,
+        table_members: size(map_names::TABLE_MEMBERS)?,
         conntrack: size(map_names::CONNTRACK)?,
         affinity: size(map_names::AFFINITY)?,
         fragments: size(map_names::FRAGMENTS)?,

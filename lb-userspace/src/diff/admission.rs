@@ -48,6 +48,14 @@ pub enum RejectReason {
         free: usize,
         capacity: u32,
     },
+    #[error(
+        "TABLE_MEMBERS has room for {free} more entries, the service's new selection tables need {needed} (capacity {capacity})"
+    )]
+    TableMembersFull {
+        needed: u64,
+        free: u64,
+        capacity: u32,
+    },
 }
 
 /// What the applied state holds, indexed for the plan.
@@ -96,6 +104,8 @@ pub(super) struct Admission {
     pub(super) selection_ops: Vec<MapOp>,
     pub(super) frontend_ops: Vec<MapOp>,
     pub(super) new_frontends: usize,
+    /// TABLE_MEMBERS entries of the new tables.
+    pub(super) new_members: u64,
     /// Offsets of the tables this service's frontends point at.
     pub(super) tables_used: Vec<u32>,
     /// (address, id) of every backend of the service, in address order.
@@ -114,6 +124,9 @@ pub(super) struct Work<'a> {
     pub(super) placed: FastMap<TableKey, u32>,
     pub(super) frontend_count: usize,
     pub(super) range_count: usize,
+    /// TABLE_MEMBERS entries once the plan is applied (freed tables' entries counted until
+    /// the next plan, as their deletion comes last).
+    pub(super) member_count: u64,
     pub(super) keep_frontends: FastSet<FrontendKey>,
     /// Offsets of the tables frontends point at after the plan.
     pub(super) referenced_tables: FastSet<u32>,
@@ -243,10 +256,16 @@ impl Planner {
                                 slots: size,
                                 capacity: work.capacity.selection_slots,
                             })?;
+                    // The table, then its index: both before a frontend points at it.
                     admission.selection_ops.push(MapOp::PutSelection {
                         offset,
                         slots: slots.clone(),
                     });
+                    admission.selection_ops.push(MapOp::PutTableMembers {
+                        offset,
+                        slots: slots.clone(),
+                    });
+                    admission.new_members += count as u64;
                     self.written.insert(offset, slots.clone());
                     work.placed.insert(table_key.clone(), offset);
                     admission.new_tables.push((table_key, offset));
@@ -277,6 +296,14 @@ impl Planner {
                 needed: admission.new_frontends,
                 free,
                 capacity: work.capacity.frontends,
+            });
+        }
+        let free = u64::from(work.capacity.table_members).saturating_sub(work.member_count);
+        if admission.new_members > free {
+            return Err(RejectReason::TableMembersFull {
+                needed: admission.new_members,
+                free,
+                capacity: work.capacity.table_members,
             });
         }
 
@@ -348,6 +375,7 @@ impl Work<'_> {
                 .insert(frontend_key(frontend, service.protocol));
         }
         self.frontend_count += admission.new_frontends;
+        self.member_count += admission.new_members;
         self.referenced_tables.extend(admission.tables_used);
         for range in source_range_entries(service_id, service) {
             if !self.index.applied.source_ranges.contains(&range) {

@@ -162,6 +162,22 @@ impl<'a> Words<'a> {
             }
             // Described with the frontends that point at them.
             MapOp::PutSelection { .. } => {}
+            // A new table's index goes with the table; an index missing for a table in use
+            // is drift: affinity to its backends would not be kept.
+            MapOp::PutTableMembers { offset, .. } if !self.new_tables.contains_key(offset) => {
+                for (key, value) in &self.applied.frontends {
+                    if value.table_size > 0 && value.table_offset == *offset {
+                        push(
+                            self.name(value.service_id),
+                            Some(key),
+                            format!("selection table at {offset} is not indexed in TABLE_MEMBERS"),
+                        );
+                    }
+                }
+            }
+            MapOp::PutTableMembers { .. } => {}
+            // The index of a table no frontend uses: on no packet's path.
+            MapOp::DeleteTableMembers { .. } => {}
             MapOp::PutBackend { id, backend } => {
                 let Some(addr) = backend_identity(backend) else {
                     return;

@@ -38,7 +38,7 @@ mod tests;
 pub use admission::RejectReason;
 pub use buddy::BuddyAllocator;
 pub use drift::{Difference, differences};
-pub use planner::Planner;
+pub use planner::{Planner, unindexed_tables};
 #[cfg(test)]
 pub(crate) use tables::free_selection;
 

@@ -198,6 +198,9 @@ impl Planner {
                     .filter(|_| value.table_size > 0)
                 {
                     scope.selection.insert(value.table_offset, table.clone());
+                    if let Some(members) = applied.table_members.get(&value.table_offset) {
+                        scope.table_members.insert(value.table_offset, *members);
+                    }
                 }
             }
             for (_, id) in &port.backends {
@@ -281,6 +284,7 @@ impl Planner {
             placed: sized_map(services.len()),
             frontend_count: applied.frontends.len(),
             range_count: applied.source_ranges.len(),
+            member_count: applied.table_member_count(),
             keep_frontends: sized_set(scope.frontends.len()),
             referenced_tables: sized_set(scope.frontends.len()),
             udp_ports: Vec::new(),
@@ -384,6 +388,23 @@ impl Planner {
     }
 }
 
+/// An index for every table of `applied` at an offset `kept` accepts that has none (its
+/// frontends point at it, but an agent from before TABLE_MEMBERS wrote it, or one stopped
+/// before indexing it).
+pub fn unindexed_tables<'a>(
+    applied: &'a AppliedState,
+    kept: impl Fn(u32) -> bool + 'a,
+) -> impl Iterator<Item = MapOp> + 'a {
+    applied
+        .selection
+        .iter()
+        .filter(move |(offset, _)| kept(**offset) && !applied.table_members.contains_key(offset))
+        .map(|(offset, slots)| MapOp::PutTableMembers {
+            offset: *offset,
+            slots: slots.clone(),
+        })
+}
+
 impl Work<'_> {
     pub(super) fn finish(self) -> Plan {
         let applied = self.index.applied;
@@ -426,6 +447,10 @@ impl Work<'_> {
         let mut ops = self.name_ops;
         ops.extend(backend_ops);
         ops.extend(self.selection_ops);
+        // A table kept without its index (left by an agent before TABLE_MEMBERS) gets one.
+        ops.extend(unindexed_tables(applied, |offset| {
+            self.referenced_tables.contains(&offset)
+        }));
         ops.extend(self.range_ops);
         ops.extend(self.frontend_ops);
         for key in applied
@@ -434,6 +459,15 @@ impl Work<'_> {
             .filter(|k| !self.keep_frontends.contains(k))
         {
             ops.push(MapOp::DeleteFrontend { key: *key });
+        }
+        // Break after make: a table's index goes once no frontend points at the table.
+        for (offset, slots) in &applied.selection {
+            if !self.referenced_tables.contains(offset) {
+                ops.push(MapOp::DeleteTableMembers {
+                    offset: *offset,
+                    slots: slots.clone(),
+                });
+            }
         }
         for (key, prefix_len) in applied.source_ranges.difference(&self.keep_ranges) {
             ops.push(MapOp::DeleteSourceRange {

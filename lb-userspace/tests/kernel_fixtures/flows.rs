@@ -89,12 +89,20 @@ fn conntrack_keeps_the_flow_after_the_backend_set_changed() {
     });
 }
 
-#[test]
-fn a_terminating_backend_keeps_its_flow() {
+/// A row for the TCP flow from the client's port `sport` to [`cluster_ip`]'s IPv4 service:
+/// its SYN chose a backend, which then turned terminating while the others are ready (it
+/// stays, but leaves the table); then a packet of the flow with `flags` comes. `expect`
+/// gets the service as it is then and the flow's backend.
+fn after_its_backend_turned_terminating(
+    sport: u16,
+    flags: u8,
+    expect: impl FnOnce(&Service, &lb_common::Backend) -> Expect,
+) -> Row {
     let service = cluster_ip(Family::V4, PROTO_TCP);
-    let syn = tcp(Family::V4, 41001, SYN);
-    let ack = tcp(Family::V4, 41001, ACK);
+    let syn = tcp(Family::V4, sport, SYN);
     let (first_id, first) = picked(&service, &syn);
+    let without = cluster_ip4_without(PROTO_TCP, first_id);
+    let expect = expect(&without, &first);
     let mut changes = vec![MapOp::PutBackend {
         id: first_id,
         backend: lb_common::Backend {
@@ -102,8 +110,8 @@ fn a_terminating_backend_keeps_its_flow() {
             ..first
         },
     }];
-    changes.extend(cluster_ip4_without(PROTO_TCP, first_id).ops());
-    check(Row {
+    changes.extend(without.ops());
+    Row {
         setup: Setup {
             services: vec![service],
             warmup: vec![(Program::Xdp, syn.build())],
@@ -111,14 +119,24 @@ fn a_terminating_backend_keeps_its_flow() {
             ..Setup::default()
         },
         program: Program::Xdp,
-        input: ack.build(),
-        expect: Expect {
+        input: tcp(Family::V4, sport, flags).build(),
+        expect,
+    }
+}
+
+#[test]
+fn a_terminating_backend_keeps_its_flow() {
+    let ack = tcp(Family::V4, 41001, ACK);
+    check(after_its_backend_turned_terminating(
+        41001,
+        ACK,
+        |_, first| Expect {
             verdict: XDP_PASS,
             reason: Reason::LbConntrack,
-            out: Out::Packet(ack.clone().to(&backend_addr(&first), 8080).build()),
+            out: Out::Packet(ack.clone().to(&backend_addr(first), 8080).build()),
             service: None,
         },
-    });
+    ));
 }
 
 #[test]
@@ -272,6 +290,86 @@ fn session_affinity_sends_a_new_flow_to_the_clients_backend() {
                 packets: 1,
                 new_flows: 1,
             }),
+        },
+    });
+}
+
+/// A SYN sent again before the handshake completed (a retransmission) opens the connection
+/// anew: its backend turned terminating and left the table while the others are ready, so
+/// it goes to one of those instead of following its conntrack entry.
+#[test]
+fn a_retransmitted_syn_goes_only_to_a_backend_the_frontend_may_use_now() {
+    let syn = tcp(Family::V4, 41005, SYN);
+    check(after_its_backend_turned_terminating(
+        41005,
+        SYN,
+        |without, _| Expect {
+            verdict: XDP_PASS,
+            reason: Reason::LbNewFlow,
+            out: Out::Packet(dnat(without, &syn).build()),
+            service: Some(ServiceDelta {
+                id: 1,
+                packets: 1,
+                new_flows: 1,
+            }),
+        },
+    ));
+}
+
+/// The client's backend stays in the frontend's table when a backend joins, but the table
+/// is a new one at another offset (the slot the affinity entry remembers may name another
+/// backend there): the next new flow still goes to the client's backend, as kube-proxy
+/// keeps affinity as long as the endpoint may be used.
+#[test]
+fn session_affinity_survives_a_new_table_that_still_holds_the_backend() {
+    let backends = [
+        (60, "198.18.1.1", 8080, ACTIVE),
+        (61, "198.18.1.2", 8080, ACTIVE),
+        (62, "198.18.1.3", 8080, ACTIVE),
+    ];
+    let affinity = |backends: &[(u32, &str, u16, u8)]| {
+        Service::new(
+            6,
+            Family::V4.vip(),
+            80,
+            PROTO_TCP,
+            frontend_kind::CLUSTER_IP,
+            frontend_flags::AFFINITY,
+            backends,
+        )
+    };
+    let service = affinity(&backends);
+    let mut joined = backends.to_vec();
+    joined.push((63, "198.18.1.4", 8080, ACTIVE));
+    let rebuilt = affinity(&joined).at_offset(20 * 512);
+    let src = Family::V4.client();
+    let pick = |service: &Service, port| service.pick(src, port, Family::V4.vip(), 80, PROTO_TCP);
+    // A first flow whose slot (the one the affinity entry remembers) names another backend
+    // in the new table: the entry's slot no longer proves membership there.
+    let first_port = (42100..43000)
+        .find(|p| pick(&service, *p) != pick(&rebuilt, *p))
+        .expect("a slot the new table gives to another backend");
+    let first = tcp(Family::V4, first_port, SYN);
+    let first_backend = dnat(&service, &first).dst.to_string();
+    // A port whose slot in the new table names another backend: only affinity sends it back.
+    let sport = (first_port + 1..first_port + 1000)
+        .find(|p| backend_addr(&pick(&rebuilt, *p)) != first_backend)
+        .expect("a port the new table sends elsewhere");
+    let second = tcp(Family::V4, sport, SYN);
+    check(Row {
+        setup: Setup {
+            services: vec![service],
+            warmup: vec![(Program::Xdp, first.build())],
+            changes: rebuilt.ops(),
+            ..Setup::default()
+        },
+        program: Program::Xdp,
+        input: second.build(),
+        expect: Expect {
+            verdict: XDP_PASS,
+            reason: Reason::LbAffinity,
+            out: Out::Packet(second.clone().to(&first_backend, 8080).build()),
+            service: None,
         },
     });
 }

@@ -162,6 +162,10 @@ impl Service {
                 offset: self.value.table_offset,
                 slots: self.table.as_slice().into(),
             });
+            ops.push(MapOp::PutTableMembers {
+                offset: self.value.table_offset,
+                slots: self.table.as_slice().into(),
+            });
         }
         ops.push(MapOp::PutFrontend {
             key: self.frontend,
@@ -210,6 +214,7 @@ pub fn test_capacity() -> MapCapacity {
         frontends: 131_072,
         backends: 1024,
         selection_slots: 64 * 1024,
+        table_members: 4096,
         conntrack: 4096,
         affinity: 1024,
         fragments: 1024,
@@ -278,6 +283,10 @@ impl Env {
             "FRONTENDS",
         );
         clear_hash::<FlowKey, FlowValue>(dp.map_mut(map_names::CONNTRACK).unwrap(), "CONNTRACK");
+        clear_hash::<lb_common::TableMember, u32>(
+            dp.map_mut(map_names::TABLE_MEMBERS).unwrap(),
+            "TABLE_MEMBERS",
+        );
         clear_hash::<AffinityKey, AffinityValue>(
             dp.map_mut(map_names::AFFINITY).unwrap(),
             "AFFINITY",

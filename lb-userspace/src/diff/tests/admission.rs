@@ -201,3 +201,37 @@ fn memory_maps_enforce_kernel_capacities() {
         "deleting what is not there is a bug"
     );
 }
+
+#[test]
+fn a_service_whose_table_index_does_not_fit_is_rejected_by_name() {
+    // Room for 4 (table, backend) pairs: a's 2, not c's 3 more.
+    let capacity = MapCapacity {
+        table_members: 4,
+        ..small_capacity()
+    };
+    let desired = state(&[
+        ("a", service("198.18.100.1", &[1, 2])),
+        ("c", service("198.18.100.3", &[3, 4, 5])),
+    ]);
+    let mut maps = MemoryMaps::new(capacity);
+    let result = plan(&maps.read().unwrap(), &desired, capacity);
+    let rejected: Vec<(String, &RejectReason)> = result
+        .rejected
+        .iter()
+        .map(|(name, reason)| (name.to_string(), reason))
+        .collect();
+    assert!(
+        matches!(
+            rejected.as_slice(),
+            [(name, RejectReason::TableMembersFull { needed: 3, free: 2, capacity: 4 })]
+                if name == "default/c:http"
+        ),
+        "{rejected:?}"
+    );
+    apply_checked(&mut maps, &result, "index full");
+    assert_eq!(
+        maps.table_member_entries(),
+        2,
+        "a's table is indexed, nothing of c"
+    );
+}

@@ -203,10 +203,12 @@ fn ops_are_ordered_make_before_break() {
         MapOp::PutServiceName { .. }
         | MapOp::PutBackend { .. }
         | MapOp::PutSelection { .. }
+        | MapOp::PutTableMembers { .. }
         | MapOp::PutSourceRange { .. } => 0,
         MapOp::PutFrontend { .. } => 1,
         MapOp::DeleteFrontend { .. } => 2,
-        MapOp::DeleteSourceRange { .. }
+        MapOp::DeleteTableMembers { .. }
+        | MapOp::DeleteSourceRange { .. }
         | MapOp::DeleteBackend { .. }
         | MapOp::DeleteServiceName { .. } => 3,
     };
