@@ -41,22 +41,11 @@ fn bpf(cmd: libc::c_long, attr: &mut BatchAttr) -> io::Result<()> {
 
 /// Writes `values` to indexes `offset..` of an array map.
 pub fn update<T: aya::Pod>(fd: BorrowedFd<'_>, offset: u32, values: &[T]) -> io::Result<()> {
-    for (n, chunk) in values.chunks(CHUNK).enumerate() {
-        let start = offset + (n * CHUNK) as u32;
-        let keys: Vec<u32> = (start..start + chunk.len() as u32).collect();
-        let mut attr = BatchAttr {
-            keys: keys.as_ptr() as u64,
-            values: chunk.as_ptr() as u64,
-            count: chunk.len() as u32,
-            map_fd: fd.as_raw_fd() as u32,
-            ..BatchAttr::default()
-        };
-        bpf(BPF_MAP_UPDATE_BATCH, &mut attr)?;
-    }
-    Ok(())
+    let keys: Vec<u32> = (offset..offset + values.len() as u32).collect();
+    update_entries(fd, &keys, values)
 }
 
-/// Writes `keys` -> `values` (one value per key) to a hash map.
+/// Writes `keys[i] -> values[i]` into a map (an array's keys are its indexes).
 pub fn update_entries<K: aya::Pod, V: aya::Pod>(
     fd: BorrowedFd<'_>,
     keys: &[K],
