@@ -101,19 +101,25 @@ fn lab_bench_quick_writes_a_report_with_every_section_filled() {
         if !(title.starts_with("2.") || title.starts_with("3.")) {
             continue;
         }
-        // Throughput: "balanced correctly"; connections: "completed".
-        let column = 5;
-        for row in tables.iter().flat_map(|t| &t[2..]) {
-            let value: f64 = row[column]
-                .trim_end_matches('%')
-                .parse()
-                .unwrap_or_else(|_| panic!("{title:?}: {row:?} column {column} is not a number"));
-            assert!(
-                value > 0.0,
-                "{title:?}: {} with {} services moved nothing: {row:?}",
-                row[1],
-                row[0]
-            );
+        for table in tables {
+            let column = table[0]
+                .iter()
+                .position(|h| h == "balanced correctly" || h == "completed")
+                .unwrap_or_else(|| panic!("{title:?}: no count column in {:?}", table[0]));
+            for row in &table[2..] {
+                let value: f64 = row[column]
+                    .trim_end_matches('%')
+                    .parse()
+                    .unwrap_or_else(|_| {
+                        panic!("{title:?}: {row:?} column {column} is not a number")
+                    });
+                assert!(
+                    value > 0.0,
+                    "{title:?}: {} with {} services moved nothing: {row:?}",
+                    row[1],
+                    row[0]
+                );
+            }
         }
     }
 
@@ -133,6 +139,14 @@ fn lab_bench_quick_writes_a_report_with_every_section_filled() {
         !socket_rows.is_empty(),
         "no slicelb-socket row in the connections table:\n{markdown}"
     );
+    // The floor (no balancer) has its row beside them.
+    assert!(
+        connection_tables
+            .iter()
+            .flat_map(|t| &t[2..])
+            .any(|row| row[1] == "direct"),
+        "no direct row in the connections table:\n{markdown}"
+    );
     for row in socket_rows {
         let per_second: f64 = row[2]
             .parse()
@@ -149,6 +163,16 @@ fn lab_bench_quick_writes_a_report_with_every_section_filled() {
     assert!(
         (target.contains("— met") || target.contains("— NOT met")) && target.contains("x nftables"),
         "the target line states no verdict and ratio: {target}"
+    );
+    assert!(
+        target.contains("direct (no balancer) / nftables = "),
+        "the target line states no upper bound: {target}"
+    );
+    assert!(
+        markdown.contains("Against the floor (direct: no balancer, the network path alone)")
+            && markdown.contains("slicelb-socket ")
+            && markdown.contains("x direct (connect() p50 "),
+        "no balancer is set against the floor:\n{markdown}"
     );
 
     // Every plot the report links exists as SVG and PNG.

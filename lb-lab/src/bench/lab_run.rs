@@ -1,6 +1,7 @@
 //! Sections 2 to 4: throughput, connections and programming time in the lab, for slicelb
 //! (its packet path on the node, and its socket-level hooks around the client) and for the
-//! same services as kube-proxy's iptables and nftables rule sets.
+//! same services as kube-proxy's iptables and nftables rule sets; connections also without
+//! any balancer (direct), as the floor.
 //!
 //! Each (balancer, services) case gets a fresh lab (client ─ node ─ 3 backends), so no
 //! conntrack entry or rule of one case is seen by the next.
@@ -30,6 +31,10 @@ use crate::lab::{Lab, Netns, cgroup::Cgroup};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Balancer {
+    /// No balancer: the client connects straight to the backends' own addresses, through
+    /// the same node (which only routes, with the same XDP_PASS program on its veth as the
+    /// kube-proxy cases). Not a balancer but the floor: what the network path itself costs.
+    Direct,
     /// slicelb's packet path: XDP on the node's veth towards the client.
     #[default]
     Slicelb,
@@ -43,7 +48,8 @@ pub enum Balancer {
 }
 
 impl Balancer {
-    pub const ALL: [Balancer; 4] = [
+    pub const ALL: [Balancer; 5] = [
+        Balancer::Direct,
         Balancer::Slicelb,
         Balancer::SlicelbSocket,
         Balancer::Iptables,
@@ -52,6 +58,7 @@ impl Balancer {
 
     pub fn name(self) -> &'static str {
         match self {
+            Balancer::Direct => "direct",
             Balancer::Slicelb => "slicelb",
             Balancer::SlicelbSocket => "slicelb-socket",
             Balancer::Iptables => "iptables",
@@ -59,13 +66,32 @@ impl Balancer {
         }
     }
 
-    /// Whether the balancer does work per packet, which the throughput section measures.
-    /// Socket-level balancing decides once per connect(): the generator's frames, which
-    /// no socket sends, would only measure the node's routing.
-    pub fn works_per_packet(self) -> bool {
+    /// Why the throughput section has no row for this case, or `None` when it has one.
+    pub fn no_throughput_because(self) -> Option<&'static str> {
         match self {
-            Balancer::Slicelb | Balancer::Iptables | Balancer::Nftables => true,
-            Balancer::SlicelbSocket => false,
+            Balancer::Slicelb | Balancer::Iptables | Balancer::Nftables => None,
+            Balancer::Direct => Some("it is the connections section's floor only"),
+            Balancer::SlicelbSocket => Some(
+                "socket-level balancing has no per-packet work (it decides once per \
+                 connect(), and the generator's frames come from no socket); section 3 \
+                 measures it",
+            ),
+        }
+    }
+
+    /// Whether the balancer does work per packet, which the throughput section measures.
+    pub fn works_per_packet(self) -> bool {
+        self.no_throughput_because().is_none()
+    }
+
+    /// Whether there are services to program: every case but the floor.
+    pub fn programs_services(self) -> bool {
+        match self {
+            Balancer::Direct => false,
+            Balancer::Slicelb
+            | Balancer::SlicelbSocket
+            | Balancer::Iptables
+            | Balancer::Nftables => true,
         }
     }
 }
@@ -100,7 +126,8 @@ impl Config {
 pub struct CaseResult {
     pub balancer: Balancer,
     pub services: usize,
-    pub program: Result<ProgramTime, String>,
+    /// `None` where nothing is programmed ([`Balancer::programs_services`]).
+    pub program: Option<Result<ProgramTime, String>>,
     /// `None` for a balancer with no per-packet work ([`Balancer::works_per_packet`]).
     pub throughput: Option<Result<Throughput, String>>,
     pub connections: Result<Connections, String>,
@@ -176,7 +203,7 @@ fn run_case(config: &Config, balancer: Balancer, services: usize, work_dir: &Pat
     let failed = |error: BenchError| CaseResult {
         balancer,
         services,
-        program: Err(error.to_string()),
+        program: balancer.programs_services().then(|| Err(error.to_string())),
         throughput: balancer.works_per_packet().then(|| Err(error.to_string())),
         connections: Err(error.to_string()),
     };
@@ -209,7 +236,9 @@ fn run_case(config: &Config, balancer: Balancer, services: usize, work_dir: &Pat
             return CaseResult {
                 balancer,
                 services,
-                program: Ok(ProgramTime::StoppedAfter(Duration::from_secs(limit_secs))),
+                program: Some(Ok(ProgramTime::StoppedAfter(Duration::from_secs(
+                    limit_secs,
+                )))),
                 throughput: balancer.works_per_packet().then(|| Err(why.clone())),
                 connections: Err(why),
             };
@@ -221,12 +250,20 @@ fn run_case(config: &Config, balancer: Balancer, services: usize, work_dir: &Pat
     let throughput = balancer
         .works_per_packet()
         .then(|| throughput(config, &lab, &targets, ports).map_err(|e| e.to_string()));
-    let connections = connections(config, &lab, &targets, attached.client_cgroup())
-        .and_then(|measured| attached.confirm_socket_path(measured));
+    let backends: Vec<Ipv4Addr> = lab.backends.iter().map(|b| b.ipv4).collect();
+    let destinations = destinations(balancer, &targets, &backends);
+    let connections = connections(
+        config,
+        &lab,
+        &targets,
+        &destinations,
+        attached.client_cgroup(),
+    )
+    .and_then(|measured| attached.confirm_socket_path(measured));
     CaseResult {
         balancer,
         services,
-        program: Ok(ProgramTime::Took(program_time)),
+        program: program_time.map(|took| Ok(ProgramTime::Took(took))),
         throughput,
         connections: connections.map_err(|e| e.to_string()),
     }
@@ -256,6 +293,25 @@ fn spread(set: &ServiceSet, max: usize) -> Vec<Target> {
             }
         })
         .collect()
+}
+
+/// Where the connect load goes: the services, or for [`Balancer::Direct`] every backend on
+/// every service's target port, interleaved so that the clients' turns spread over the
+/// backends as a balancer's random picks do.
+fn destinations(balancer: Balancer, targets: &[Target], backends: &[Ipv4Addr]) -> Vec<SocketAddr> {
+    match balancer {
+        Balancer::Direct => targets
+            .iter()
+            .flat_map(|t| {
+                backends
+                    .iter()
+                    .map(|&backend| SocketAddr::new(backend.into(), t.target_port))
+            })
+            .collect(),
+        Balancer::Slicelb | Balancer::SlicelbSocket | Balancer::Iptables | Balancer::Nftables => {
+            targets.iter().map(|t| t.service).collect()
+        }
+    }
 }
 
 /// What keeps a balancer's programs attached for the rest of the case.
@@ -325,16 +381,21 @@ impl Attached {
     }
 }
 
-/// Programs the services on the node; returns the time it took to program them.
+/// Programs the services on the node; returns the time it took to program them (`None` for
+/// the floor, which programs nothing).
 fn program(
     balancer: Balancer,
     set: &ServiceSet,
     lab: &Lab,
     work_dir: &Path,
     limit: Duration,
-) -> Result<(Duration, Attached), BenchError> {
+) -> Result<(Option<Duration>, Attached), BenchError> {
     let case = format!("{} programming {} services", balancer.name(), set.len());
     match balancer {
+        Balancer::Direct => {
+            let pass = Pass::attach(&lab.node, Lab::NODE_CLIENT_IFACE)?;
+            Ok((None, Attached::Pass(pass)))
+        }
         Balancer::Slicelb => {
             let mut slicelb = Slicelb::load(capacity_for(set.len(), 3, 2))?;
             // The clock covers the cold sync, as for the other two: loading and attaching
@@ -342,7 +403,7 @@ fn program(
             slicelb.attach(&lab.node, Lab::NODE_CLIENT_IFACE)?;
             let snapshot = set.snapshot();
             let stats = slicelb.sync(&snapshot)?;
-            Ok((stats.total(), Attached::Slicelb(Box::new(slicelb))))
+            Ok((Some(stats.total()), Attached::Slicelb(Box::new(slicelb))))
         }
         Balancer::SlicelbSocket => {
             let mut slicelb = Slicelb::load(capacity_for(set.len(), 3, 2))?;
@@ -354,7 +415,7 @@ fn program(
             let pass = Pass::attach(&lab.node, Lab::NODE_CLIENT_IFACE)?;
             let stats = slicelb.sync(&set.snapshot())?;
             Ok((
-                stats.total(),
+                Some(stats.total()),
                 Attached::SlicelbSocket {
                     slicelb: Box::new(slicelb),
                     cgroup,
@@ -374,7 +435,7 @@ fn program(
                 &case,
             )?;
             let pass = Pass::attach(&lab.node, Lab::NODE_CLIENT_IFACE)?;
-            Ok((elapsed, Attached::Pass(pass)))
+            Ok((Some(elapsed), Attached::Pass(pass)))
         }
         Balancer::Nftables => {
             let path = work_dir.join(format!("nftables-{}.nft", set.len()));
@@ -382,7 +443,7 @@ fn program(
             let path_arg = path.display().to_string();
             let elapsed = run_within(&lab.node, "nft", &["-f", &path_arg], limit, &case)?;
             let pass = Pass::attach(&lab.node, Lab::NODE_CLIENT_IFACE)?;
-            Ok((elapsed, Attached::Pass(pass)))
+            Ok((Some(elapsed), Attached::Pass(pass)))
         }
     }
 }
@@ -578,11 +639,13 @@ fn reset_on_close(stream: &TcpStream) {
     }
 }
 
-/// The connect load from the client namespace; inside `client_cgroup` when one is given.
+/// The connect load from the client namespace to `destinations`; inside `client_cgroup` when
+/// one is given.
 fn connections(
     config: &Config,
     lab: &Lab,
     targets: &[Target],
+    destinations: &[SocketAddr],
     client_cgroup: Option<&Cgroup>,
 ) -> Result<Connections, BenchError> {
     let stop = AtomicBool::new(false);
@@ -606,7 +669,6 @@ fn connections(
         })
         .collect::<Result<Vec<_>, _>>()?;
     let limit = config.connect_duration + Duration::from_secs(10);
-    let services: Vec<SocketAddr> = targets.iter().map(|t| t.service).collect();
     std::thread::scope(|scope| {
         for host in &listeners {
             let stop = &stop;
@@ -624,7 +686,7 @@ fn connections(
                 .transpose()
                 .map_err(BenchError::lab("moving the client into the pods' cgroup"))?;
             lab.client
-                .enter(|| connect_load(config, &services))
+                .enter(|| connect_load(config, destinations))
                 .map_err(BenchError::lab("connection clients"))
         })();
         stop.store(true, Ordering::Relaxed);
@@ -669,7 +731,7 @@ fn accept_until(listeners: &[TcpListener], stop: &AtomicBool, limit: Duration) {
     }
 }
 
-/// Runs in the client namespace: workers open and reset connections to the targets in
+/// Runs in the client namespace: workers open and reset connections to the destinations in
 /// turn for the configured time; latency is connect() (SYN to established).
 fn connect_load(config: &Config, targets: &[SocketAddr]) -> Connections {
     let per_worker = config.max_connections / config.connect_workers.max(1);
@@ -737,5 +799,38 @@ mod tests {
         );
         assert_eq!(targets[3].target_port, set.services[9].target_port);
         assert_eq!(spread(&set, 100).len(), 10, "never more than the services");
+    }
+
+    #[test]
+    fn direct_connects_to_every_backend_on_every_target_port_in_turn() {
+        let set = ServiceSet::on_hosts(2, &[synthetic_endpoint(0)], &[Proto::Tcp]);
+        let targets = spread(&set, 2);
+        let backends = [Ipv4Addr::new(198, 18, 1, 2), Ipv4Addr::new(198, 18, 2, 2)];
+        let direct = destinations(Balancer::Direct, &targets, &backends);
+        let expected: Vec<SocketAddr> = targets
+            .iter()
+            .flat_map(|t| {
+                backends
+                    .iter()
+                    .map(move |&b| SocketAddr::new(b.into(), t.target_port))
+            })
+            .collect();
+        assert_eq!(
+            direct, expected,
+            "each target port, on each backend in turn"
+        );
+        assert_ne!(
+            targets[0].target_port, targets[1].target_port,
+            "the two services have their own ports"
+        );
+        for balancer in Balancer::ALL.into_iter().filter(|&b| b != Balancer::Direct) {
+            let services: Vec<SocketAddr> = targets.iter().map(|t| t.service).collect();
+            assert_eq!(
+                destinations(balancer, &targets, &backends),
+                services,
+                "{} connects to the services",
+                balancer.name()
+            );
+        }
     }
 }

@@ -258,24 +258,35 @@ fn connection_rate(result: &CaseResult) -> Option<f64> {
     result.connections.as_ref().ok().map(|c| c.per_second())
 }
 
-/// The pod -> ClusterIP target (issue #12): socket-level slicelb's connections/s at least
-/// 1.5x nftables' at 1 000 services, or at the largest scale of a run without 1 000.
-fn socket_target(results: &[CaseResult], scales: &[usize]) -> String {
+fn connect_p50(result: &CaseResult) -> Option<f64> {
+    result.connections.as_ref().ok().map(|c| c.p50_us)
+}
+
+/// The scale the connection notes are given at: 1 000 services, or the largest scale of a
+/// run without 1 000; with the words that say so (empty at 1 000).
+fn notes_scale(scales: &[usize]) -> Option<(usize, String)> {
     const TARGET_SERVICES: usize = 1000;
-    const WANTED: f64 = 1.5;
-    let head = "Target: pod → ClusterIP connections/s at 1 000 services, socket-level slicelb \
-                >= 1.5x nftables";
-    let Some(&services) = scales
+    let &services = scales
         .iter()
         .find(|&&s| s == TARGET_SERVICES)
-        .or_else(|| scales.iter().max())
-    else {
-        return format!("{head} — not in this run (no lab scale).");
-    };
+        .or_else(|| scales.iter().max())?;
     let at = if services == TARGET_SERVICES {
         String::new()
     } else {
         format!(" (this run has no 1 000 services: at {services}, its largest scale)")
+    };
+    Some((services, at))
+}
+
+/// The pod -> ClusterIP target (issue #12): socket-level slicelb's connections/s at least
+/// 1.5x nftables' at 1 000 services, or at the largest scale of a run without 1 000; and
+/// the most any balancer on this path could reach, direct / nftables.
+fn socket_target(results: &[CaseResult], scales: &[usize]) -> String {
+    const WANTED: f64 = 1.5;
+    let head = "Target: pod → ClusterIP connections/s at 1 000 services, socket-level slicelb \
+                >= 1.5x nftables";
+    let Some((services, at)) = notes_scale(scales) else {
+        return format!("{head} — not in this run (no lab scale).");
     };
     let rate = |balancer| result_of(results, balancer, services).and_then(connection_rate);
     let (Some(socket), Some(nftables)) = (rate(Balancer::SlicelbSocket), rate(Balancer::Nftables))
@@ -288,12 +299,70 @@ fn socket_target(results: &[CaseResult], scales: &[usize]) -> String {
     } else {
         "NOT met"
     };
+    // A balancer's connections take the direct path plus its own work, so direct / nftables
+    // bounds what any of them can reach here.
+    let bound = match rate(Balancer::Direct) {
+        Some(direct) if nftables > 0.0 => {
+            let room = if direct / nftables >= WANTED {
+                "the path itself leaves room for the target"
+            } else {
+                "below 1.5x, so no balancer whose connections take this path can meet the \
+                 target unless the path itself gets cheaper (such as the node forwarding \
+                 without the kernel stack)"
+            };
+            format!(
+                " Upper bound on this path: direct (no balancer) / nftables = {} ({} conn/s): \
+                 {room}.",
+                ratio(direct, nftables),
+                num(direct)
+            )
+        }
+        _ => " Upper bound (direct / nftables): not measured.".into(),
+    };
     format!(
-        "{head} — {verdict}{at}: measured {} nftables ({} iptables; {} vs {} conn/s).",
+        "{head} — {verdict}{at}: measured {} nftables ({} iptables; {} vs {} conn/s).{bound}",
         ratio(socket, nftables),
         ratio(socket, iptables),
         num(socket),
         num(nftables)
+    )
+}
+
+/// What each balancer adds to the network path: its connections/s as a fraction of
+/// direct's, and its connect() p50 above direct's, at the notes' scale.
+fn against_floor(results: &[CaseResult], scales: &[usize]) -> String {
+    let head = "Against the floor (direct: no balancer, the network path alone)";
+    let Some((services, at)) = notes_scale(scales) else {
+        return format!("{head} — not in this run (no lab scale).");
+    };
+    let case = |balancer| result_of(results, balancer, services);
+    let Some((direct, direct_p50)) = case(Balancer::Direct)
+        .and_then(|r| connection_rate(r).zip(connect_p50(r)))
+        .filter(|(rate, _)| *rate > 0.0)
+    else {
+        return format!("{head} — not measured{at}: see the table.");
+    };
+    let balancers: Vec<String> = Balancer::ALL
+        .iter()
+        .filter(|&&b| b != Balancer::Direct)
+        .map(|&balancer| {
+            let measured = case(balancer).and_then(|r| connection_rate(r).zip(connect_p50(r)));
+            match measured {
+                Some((rate, p50)) => format!(
+                    "{} {} direct (connect() p50 {:+.1} µs)",
+                    balancer.name(),
+                    ratio(rate, direct),
+                    p50 - direct_p50
+                ),
+                None => format!("{} not measured", balancer.name()),
+            }
+        })
+        .collect();
+    format!(
+        "{head}{at}: direct {} conn/s, p50 {} µs; {}.",
+        num(direct),
+        num(direct_p50),
+        balancers.join(", ")
     )
 }
 
@@ -325,11 +394,13 @@ fn lab_sections(
         ],
     );
     let mut connections = Table::new(
-        "new TCP connections from the client to the services, through the node",
+        "new TCP connections from the client to the services (direct: to the backends), \
+         through the node",
         &[
             "services",
             "balancer",
             "connections/s",
+            "x direct",
             "p50 (µs)",
             "p99 (µs)",
             "completed",
@@ -366,11 +437,13 @@ fn lab_sections(
     let rate = connection_rate;
     // Milliseconds; a tool stopped at the limit counts as the limit (a lower bound).
     let program_ms = |r: &CaseResult| match r.program {
-        Ok(ProgramTime::Took(d) | ProgramTime::StoppedAfter(d)) => Some(d.as_secs_f64() * 1e3),
-        Err(_) => None,
+        Some(Ok(ProgramTime::Took(d) | ProgramTime::StoppedAfter(d))) => {
+            Some(d.as_secs_f64() * 1e3)
+        }
+        Some(Err(_)) | None => None,
     };
     let stopped = |r: Option<&CaseResult>| {
-        r.is_some_and(|r| matches!(r.program, Ok(ProgramTime::StoppedAfter(_))))
+        r.is_some_and(|r| matches!(r.program, Some(Ok(ProgramTime::StoppedAfter(_)))))
     };
     // "> limit" and ">= ratio" where the tool was stopped.
     let program_cell = |r: Option<&CaseResult>, ms: f64| {
@@ -397,6 +470,7 @@ fn lab_sections(
     let mut notes_throughput = Vec::new();
     let mut notes_side = Vec::new();
     for &services in &config.scales {
+        let direct_rate = value(result_of(results, Balancer::Direct, services), &rate);
         for curves in &mut series {
             let balancer = curves.balancer;
             let Some(result) = result_of(results, balancer, services) else {
@@ -407,9 +481,11 @@ fn lab_sections(
                 curves.throughput.push((x, value(Some(result), &mpps)));
             }
             curves.connections.push((x, value(Some(result), &rate)));
-            curves
-                .programming
-                .push((x, value(Some(result), &program_ms)));
+            if result.program.is_some() {
+                curves
+                    .programming
+                    .push((x, value(Some(result), &program_ms)));
+            }
             match &result.throughput {
                 // Said once, in a note under the table.
                 None => {}
@@ -437,17 +513,25 @@ fn lab_sections(
                     services.to_string(),
                     balancer.name().into(),
                     num(c.per_second()),
+                    ratio(c.per_second(), direct_rate),
                     num(c.p50_us),
                     num(c.p99_us),
                     c.completed.to_string(),
                     c.failed.to_string(),
-                    c.socket_translated
-                        .map(|n| format!("{n} connect() sent to a backend by the socket hooks"))
-                        .unwrap_or_default(),
+                    match (balancer, c.socket_translated) {
+                        (Balancer::Direct, _) => {
+                            "no balancer: the floor (the network path itself)".into()
+                        }
+                        (_, Some(n)) => {
+                            format!("{n} connect() sent to a backend by the socket hooks")
+                        }
+                        (_, None) => String::new(),
+                    },
                 ]),
                 Err(why) => connections.row(vec![
                     services.to_string(),
                     balancer.name().into(),
+                    "n/a".into(),
                     "n/a".into(),
                     "n/a".into(),
                     "n/a".into(),
@@ -546,20 +630,15 @@ fn lab_sections(
         chart.write(&stem)?;
         Ok(vec![per_packet::file_name(&stem)])
     };
-    if Balancer::ALL.iter().any(|b| !b.works_per_packet()) {
-        let names: Vec<&str> = Balancer::ALL
-            .iter()
-            .filter(|b| !b.works_per_packet())
-            .map(|b| b.name())
-            .collect();
-        notes_throughput.push(format!(
-            "No row for {}: socket-level balancing has no per-packet work (it decides once \
-             per connect(), and the generator's frames come from no socket); section 3 \
-             measures it.",
-            names.join(", ")
-        ));
+    for balancer in Balancer::ALL {
+        if let Some(why) = balancer.no_throughput_because() {
+            notes_throughput.push(format!("No row for {}: {why}.", balancer.name()));
+        }
     }
-    let mut notes_connections = vec![socket_target(results, &config.scales)];
+    let mut notes_connections = vec![
+        socket_target(results, &config.scales),
+        against_floor(results, &config.scales),
+    ];
     let throughput_plots = write_plot(
         chart("Throughput (64-byte UDP)", "Mpps", &|s| {
             s.throughput.clone()
@@ -614,7 +693,13 @@ fn lab_sections(
                  services in turn for {:.0} s (bounded to {} connections), closing each with \
                  a reset; backends accept on each service's target port. Latency is \
                  connect(): SYN out to SYN-ACK back, i.e. the first packet's trip through \
-                 the balancer and back. slicelb, iptables and nftables balance on the node \
+                 the balancer and back. direct is no balancer: the same clients connect to \
+                 the backends' own addresses on the same target ports (each service's port \
+                 on each backend in turn), through the same node, which only routes (with \
+                 the same XDP_PASS program on its veth as for iptables and nftables): the \
+                 floor, what the network path itself costs; x direct is a balancer's \
+                 connections/s over direct's at the same scale. slicelb, iptables and \
+                 nftables balance on the node \
                  (XDP on its veth; DNAT with conntrack in its nat table): what kube-proxy \
                  does to a pod's connection to a ClusterIP. slicelb-socket is the client as \
                  a pod under slicelb's cgroup v2 socket hooks (the same maps, the hooks at a \
@@ -660,14 +745,27 @@ mod tests {
     use lab_run::Connections;
 
     fn case(balancer: Balancer, services: usize, completed: usize) -> CaseResult {
+        timed_case(balancer, services, completed, 0.0)
+    }
+
+    /// A case that made `completed` connections in one second, with connect() p50 `p50_us`.
+    fn timed_case(
+        balancer: Balancer,
+        services: usize,
+        completed: usize,
+        p50_us: f64,
+    ) -> CaseResult {
         CaseResult {
             balancer,
             services,
-            program: Ok(ProgramTime::Took(Duration::from_millis(1))),
+            program: balancer
+                .programs_services()
+                .then_some(Ok(ProgramTime::Took(Duration::from_millis(1)))),
             throughput: None,
             connections: Ok(Connections {
                 completed,
                 seconds: 1.0,
+                p50_us,
                 ..Connections::default()
             }),
         }
@@ -711,5 +809,60 @@ mod tests {
         );
         let missing = socket_target(&[case(Balancer::Nftables, 1000, 1)], &[1000]);
         assert!(missing.contains("not measured"), "{missing}");
+    }
+
+    #[test]
+    fn socket_target_states_direct_over_nftables_as_the_upper_bound() {
+        let below = [
+            case(Balancer::Direct, 1000, 260),
+            case(Balancer::SlicelbSocket, 1000, 250),
+            case(Balancer::Nftables, 1000, 200),
+        ];
+        let note = socket_target(&below, &[1000]);
+        assert!(
+            note.contains(
+                "Upper bound on this path: direct (no balancer) / nftables = 1.30x (260 \
+                 conn/s): below 1.5x, so no balancer whose connections take this path can \
+                 meet the target unless the path itself gets cheaper"
+            ),
+            "{note}"
+        );
+        let above = [
+            case(Balancer::Direct, 1000, 400),
+            case(Balancer::SlicelbSocket, 1000, 250),
+            case(Balancer::Nftables, 1000, 200),
+        ];
+        let note = socket_target(&above, &[1000]);
+        assert!(
+            note.contains("— NOT met: measured 1.25x nftables")
+                && note.contains("nftables = 2.00x (400 conn/s): the path itself leaves room"),
+            "{note}"
+        );
+        let without_direct = socket_target(&above[1..], &[1000]);
+        assert!(
+            without_direct.contains("Upper bound (direct / nftables): not measured."),
+            "{without_direct}"
+        );
+    }
+
+    #[test]
+    fn against_floor_gives_each_balancer_as_a_fraction_of_direct() {
+        let results = [
+            timed_case(Balancer::Direct, 1000, 300, 10.0),
+            timed_case(Balancer::SlicelbSocket, 1000, 291, 10.5),
+            timed_case(Balancer::Iptables, 1000, 150, 25.0),
+            timed_case(Balancer::Nftables, 1000, 240, 13.0),
+        ];
+        let note = against_floor(&results, &[1, 1000]);
+        assert!(
+            note.contains(
+                ": direct 300 conn/s, p50 10.0 µs; slicelb not measured, \
+                 slicelb-socket 0.97x direct (connect() p50 +0.5 µs), iptables 0.50x direct \
+                 (connect() p50 +15.0 µs), nftables 0.80x direct (connect() p50 +3.0 µs)."
+            ),
+            "{note}"
+        );
+        let missing = against_floor(&results[1..], &[1000]);
+        assert!(missing.contains("— not measured"), "{missing}");
     }
 }
