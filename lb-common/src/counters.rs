@@ -44,10 +44,17 @@ pub enum Reason {
     DropRejectFailed,
     /// A map or helper call failed unexpectedly.
     DropInternal,
+    // Added after the others: the indexes of REASON_STATS keep their meaning across builds.
+    /// A TCP packet without SYN (mid-connection) whose flow has no live conntrack entry
+    /// (evicted from the full table, expired, or its backend gone), balanced afresh like a
+    /// new flow: it reaches the flow's backend only while the Maglev slot (or the client's
+    /// affinity) still names it; another backend answers it with a RST. Counted apart so that
+    /// a flow the table lost never goes silently to another backend.
+    LbConntrackLost,
 }
 
 impl Reason {
-    pub const COUNT: u32 = Reason::DropInternal as u32 + 1;
+    pub const COUNT: u32 = Reason::LbConntrackLost as u32 + 1;
 
     pub const ALL: [Reason; Reason::COUNT as usize] = [
         Reason::PassNotIp,
@@ -69,6 +76,7 @@ impl Reason {
         Reason::DropNoLocalEndpoint,
         Reason::DropRejectFailed,
         Reason::DropInternal,
+        Reason::LbConntrackLost,
     ];
 
     /// Stable snake_case name for the CLI and metric labels.
@@ -83,6 +91,7 @@ impl Reason {
             Reason::LbAffinity => "lb_affinity",
             Reason::LbNewFlow => "lb_new_flow",
             Reason::LbFragment => "lb_fragment",
+            Reason::LbConntrackLost => "lb_conntrack_lost",
             Reason::ReplyTranslated => "reply_translated",
             Reason::IcmpErrorTranslated => "icmp_error_translated",
             Reason::RejectTcpReset => "reject_tcp_reset",
@@ -105,9 +114,11 @@ impl Reason {
             | Reason::PassOtherProtocol
             | Reason::PassFragmentUnknown
             | Reason::PassUnparsedHeaders => ReasonClass::Pass,
-            Reason::LbConntrack | Reason::LbAffinity | Reason::LbNewFlow | Reason::LbFragment => {
-                ReasonClass::Lb
-            }
+            Reason::LbConntrack
+            | Reason::LbAffinity
+            | Reason::LbNewFlow
+            | Reason::LbFragment
+            | Reason::LbConntrackLost => ReasonClass::Lb,
             Reason::ReplyTranslated => ReasonClass::Reply,
             Reason::IcmpErrorTranslated => ReasonClass::Icmp,
             Reason::RejectTcpReset | Reason::RejectIcmpUnreachable => ReasonClass::Reject,

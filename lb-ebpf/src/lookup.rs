@@ -394,6 +394,13 @@ pub fn choose(p: &Parsed, frontend: &FrontendValue, _missed: ConntrackMiss) -> C
         // An LRU insert only fails under memory pressure; the flow still goes through.
         let _ = AFFINITY.insert(&affinity_key, &affinity_value(&chosen, now), BPF_ANY as u64);
     }
+    // Only on this (new-flow) path: a TCP packet without SYN had a flow, which the table
+    // lost; counted apart, as it reaches its backend only while the choice still names it.
+    let reason = if p.proto == PROTO_TCP && p.tcp_flags & TCP_SYN == 0 {
+        Reason::LbConntrackLost
+    } else {
+        reason
+    };
     let target = target_of(p, &chosen);
     let seen = if p.proto == PROTO_TCP {
         tcp_seen_bits(p.tcp_flags)

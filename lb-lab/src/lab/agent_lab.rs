@@ -264,21 +264,32 @@ impl AgentLab {
     }
 
     pub fn start_agent(&self) -> ChildGuard {
-        let command = agent_command(
+        self.start_agent_with(&[])
+    }
+
+    /// The lab's agent with `extra` arguments (e.g. `--conntrack-max 1024`).
+    pub fn start_agent_with(&self, extra: &[&str]) -> ChildGuard {
+        let mut command = agent_command(
             &self.lab,
             &self.slicelb,
             self.manifests.path(),
             &self.pin_path,
         );
+        command.args(extra);
         ChildGuard::spawn(command, "agent").expect("start agent")
     }
 
     /// The lab's services with backends 1..=3 ready and an agent that has synced them
     /// (every backend answers on the ClusterIP and the UDP service).
     pub fn with_synced_agent(test: &str) -> (Self, ChildGuard) {
+        Self::with_synced_agent_args(test, &[])
+    }
+
+    /// [`Self::with_synced_agent`], the agent started with `extra` arguments.
+    pub fn with_synced_agent_args(test: &str, extra: &[&str]) -> (Self, ChildGuard) {
         let lab = Self::new(test);
         lab.write(&(1..=3).map(LabEndpoint::ready).collect::<Vec<_>>());
-        let agent = lab.start_agent();
+        let agent = lab.start_agent_with(extra);
         for frontend in [Frontend::ClusterIpV4, Frontend::UdpClusterIp] {
             lab.wait_until(
                 "the first sync",

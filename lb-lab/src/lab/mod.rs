@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod demo;
 pub mod probe;
 pub mod servers;
+pub mod syn_flood;
 
 use std::{
     fs::File,

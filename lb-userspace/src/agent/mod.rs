@@ -21,7 +21,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     dataplane::{
-        AppliedState,
+        AppliedState, MapCapacity,
         attach_mode::XdpMode,
         aya_maps::{AyaMaps, ReadOnlyMaps},
         cgroup::CgroupRoot,
@@ -59,6 +59,8 @@ pub struct AgentConfig {
     pub service_proxy_name: Option<String>,
     /// Where the socket-level hooks attach (pods and the node's own processes).
     pub cgroup_root: CgroupRoot,
+    /// Sizes of the maps made when none are pinned; pinned maps must have these sizes.
+    pub capacity: MapCapacity,
 }
 
 pub fn run(args: AgentConfig) -> anyhow::Result<()> {
@@ -83,7 +85,10 @@ async fn run_async(args: AgentConfig) -> anyhow::Result<()> {
         "starting"
     );
 
-    let options = DatapathOptions::default();
+    let options = DatapathOptions {
+        capacity: args.capacity,
+        ..DatapathOptions::default()
+    };
     let mut datapath = Datapath::open(&args.pin_path, &options).with_context(|| {
         format!(
             "loading the datapath pinned under {} (is bpffs mounted there? `slicelb detach --pin-path …` starts over)",

@@ -12,7 +12,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::{
     agent::AgentConfig,
-    dataplane::{attach_mode::XdpMode, cgroup::CgroupRoot},
+    dataplane::{MapCapacity, attach_mode::XdpMode, cgroup::CgroupRoot},
     health::DEFAULT_HEALTHZ_BIND_ADDRESS,
     metrics::{MetricsError, parse_listen_addr},
     source::SourceConfig,
@@ -168,6 +168,17 @@ pub struct AgentArgs {
     /// No socket-level balancing: only packets arriving on --iface are balanced.
     #[arg(long)]
     pub no_socket_lb: bool,
+    /// Entries of the conntrack table (CONNTRACK, an LRU; each balanced flow takes two).
+    /// Fixed when the maps are made: changing it over pinned maps asks for `slicelb detach`.
+    #[arg(long, value_name = "N", default_value_t = lb_common::capacity::CONNTRACK, value_parser = parse_map_size)]
+    pub conntrack_max: u32,
+    /// Entries of the session-affinity table (AFFINITY, an LRU; one per client and Service).
+    #[arg(long, value_name = "N", default_value_t = lb_common::capacity::AFFINITY, value_parser = parse_map_size)]
+    pub affinity_max: u32,
+    /// Entries of each socket-level flow table (SOCK_CONNECTED: connected sockets to a
+    /// Service; SOCK_REVERSE: unconnected UDP peers), both LRUs.
+    #[arg(long, value_name = "N", default_value_t = lb_common::capacity::SOCK_CONNECTED, value_parser = parse_map_size)]
+    pub socket_map_max: u32,
 }
 
 impl AgentArgs {
@@ -188,6 +199,12 @@ impl AgentArgs {
                 (Some(path), false) => CgroupRoot::Path(path.clone()),
                 (None, false) => CgroupRoot::Mount,
             },
+            capacity: MapCapacity {
+                conntrack: self.conntrack_max,
+                affinity: self.affinity_max,
+                socket_flows: self.socket_map_max,
+                ..MapCapacity::default()
+            },
         }
     }
 }
@@ -198,6 +215,27 @@ fn parse_healthz_addr(input: &str) -> Result<Option<SocketAddr>, MetricsError> {
         return Ok(None);
     }
     parse_listen_addr(input).map(Some)
+}
+
+/// Fewest entries a flow map may have: the kernel's LRU hands out free entries to each CPU
+/// in batches, so a smaller table would evict while it is still mostly empty.
+const MAP_SIZE_MIN: u32 = 256;
+/// Most entries a flow map may have: 2^26 conntrack entries already take about 10 GiB of
+/// kernel memory; more is a typo.
+const MAP_SIZE_MAX: u32 = 1 << 26;
+
+/// `--conntrack-max` and the other flow map sizes: a count of entries within
+/// [`MAP_SIZE_MIN`]..=[`MAP_SIZE_MAX`].
+fn parse_map_size(input: &str) -> Result<u32, String> {
+    let size: u64 = input
+        .parse()
+        .map_err(|_| format!("{input:?} is not a number of entries"))?;
+    u32::try_from(size)
+        .ok()
+        .filter(|size| (MAP_SIZE_MIN..=MAP_SIZE_MAX).contains(size))
+        .ok_or_else(|| {
+            format!("{size} entries is outside {MAP_SIZE_MIN}..={MAP_SIZE_MAX} (the kernel allocates every entry up front)")
+        })
 }
 
 /// Seconds, fractions allowed (`0.5`), more than zero.
@@ -340,6 +378,42 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn flow_map_sizes_reach_the_agents_capacity_and_absurd_ones_are_refused() {
+        let agent = [
+            "slicelb",
+            "agent",
+            "--iface",
+            "eth0",
+            "--config-dir",
+            "/tmp",
+        ];
+        let with = |flags: &[&str]| -> Vec<String> {
+            agent.iter().chain(flags).map(|a| a.to_string()).collect()
+        };
+        let sized = with(&[
+            "--conntrack-max",
+            "1024",
+            "--affinity-max",
+            "512",
+            "--socket-map-max",
+            "2048",
+        ]);
+        let capacity = agent_args(&sized.iter().map(String::as_str).collect::<Vec<_>>())
+            .config()
+            .capacity;
+        assert_eq!(
+            (capacity.conntrack, capacity.affinity, capacity.socket_flows),
+            (1024, 512, 2048)
+        );
+        assert_eq!(capacity.backends, MapCapacity::default().backends);
+        assert_eq!(agent_args(&agent).config().capacity, MapCapacity::default());
+        for absurd in ["0", "255", "67108865", "4294967296", "-1", "many"] {
+            let refused = Cli::try_parse_from(with(&["--conntrack-max", absurd]));
+            assert!(refused.is_err(), "--conntrack-max {absurd} was accepted");
+        }
     }
 
     /// The subcommand of a command line clap must accept.

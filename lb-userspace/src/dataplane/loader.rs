@@ -30,7 +30,7 @@ use aya::{
     },
     sys::SyscallError,
 };
-use lb_common::{Config, FrontendKey, FrontendValue, map_names, program_names};
+use lb_common::{Config, FrontendKey, FrontendValue, Reason, map_names, program_names};
 
 use super::{MapCapacity, pins};
 
@@ -110,6 +110,18 @@ pub enum LoadError {
         property: &'static str,
         expected: u64,
         actual: u64,
+    },
+    /// A flow map pinned with another size than the agent's flag asks (the flag changed
+    /// across restarts): a map's size is fixed when it is made.
+    #[error(
+        "the map {map} pinned at {path} holds {pinned} entries, this agent asks for {asked} ({flag}): start with `{flag} {pinned}` to keep the pinned flows, or run `slicelb detach` (drops the pinned maps, flows and attachments) and start again with the new size"
+    )]
+    PinnedSize {
+        map: String,
+        path: PathBuf,
+        flag: &'static str,
+        pinned: u64,
+        asked: u64,
     },
     #[error("the eBPF object has no program {program}; rebuild slicelb")]
     MissingProgram { program: &'static str },
@@ -226,6 +238,7 @@ impl Datapath {
             path: maps_dir.clone(),
             source,
         })?;
+        unpin_resized_reason_counters(&maps_dir)?;
         let adopting = maps_dir.join(map_names::CONFIG).exists();
         let frontends_without_filter = maps_dir.join(map_names::FRONTENDS).exists()
             && !maps_dir.join(map_names::FRONTEND_FILTER).exists();
@@ -684,14 +697,13 @@ impl ReadOnlyDatapath {
                 conntrack: READ_ONLY_FLOW_ENTRIES,
                 affinity: READ_ONLY_FLOW_ENTRIES,
                 fragments: READ_ONLY_FLOW_ENTRIES,
+                socket_flows: READ_ONLY_FLOW_ENTRIES,
                 ..pinned
             },
         );
         // Nobody reads this load's service counters; a service id past the end is not
         // counted.
-        loader
-            .map_max_entries(map_names::SERVICE_STATS, 1)
-            .map_max_entries(map_names::SOCK_REVERSE, READ_ONLY_FLOW_ENTRIES);
+        loader.map_max_entries(map_names::SERVICE_STATS, 1);
         for (name, role) in ALL_MAPS {
             if role == MapRole::Configuration {
                 // Adopt, never create: aya would pin a new map where none is.
@@ -727,6 +739,16 @@ impl ReadOnlyDatapath {
 }
 
 /// What a failed load means: a pinned map of another layout is named with its path.
+/// The agent flag that sizes a flow map, if one does.
+fn size_flag(map: &str) -> Option<&'static str> {
+    match map {
+        map_names::CONNTRACK => Some("--conntrack-max"),
+        map_names::AFFINITY => Some("--affinity-max"),
+        map_names::SOCK_CONNECTED | map_names::SOCK_REVERSE => Some("--socket-map-max"),
+        _ => None,
+    }
+}
+
 fn load_error(maps_dir: &Path, source: aya::EbpfError) -> LoadError {
     match source {
         aya::EbpfError::MapError(aya::maps::MapError::IncompatiblePinnedMap {
@@ -734,15 +756,39 @@ fn load_error(maps_dir: &Path, source: aya::EbpfError) -> LoadError {
             property,
             expected,
             actual,
-        }) => LoadError::IncompatiblePin {
-            path: maps_dir.join(&name),
-            map: name,
-            property,
-            expected,
-            actual,
+        }) => match size_flag(&name).filter(|_| property == "max_entries") {
+            Some(flag) => LoadError::PinnedSize {
+                path: maps_dir.join(&name),
+                map: name,
+                flag,
+                pinned: actual,
+                asked: expected,
+            },
+            None => LoadError::IncompatiblePin {
+                path: maps_dir.join(&name),
+                map: name,
+                property,
+                expected,
+                actual,
+            },
         },
         source => LoadError::Load { source },
     }
+}
+
+/// Unpins REASON_STATS when a build with fewer reasons made it (a reason was added since):
+/// counters may restart, so the new array replaces it instead of refusing the upgrade.
+/// Programs still attached keep counting into the old array until they are replaced.
+fn unpin_resized_reason_counters(maps_dir: &Path) -> Result<(), LoadError> {
+    let path = maps_dir.join(map_names::REASON_STATS);
+    let Ok(pinned) = aya::maps::MapData::from_pin(&path) else {
+        return Ok(());
+    };
+    let size = pinned.info().map(|info| info.max_entries()).ok();
+    if size.is_some_and(|size| size != Reason::COUNT) {
+        std::fs::remove_file(&path).map_err(|source| LoadError::Remove { path, source })?;
+    }
+    Ok(())
 }
 
 /// Loads `programs` of `ebpf` into the kernel (the verifier runs here).
@@ -841,7 +887,61 @@ fn set_capacity<'a>(loader: &mut EbpfLoader<'a>, capacity: &MapCapacity) {
         .map_max_entries(map_names::CONNTRACK, capacity.conntrack)
         .map_max_entries(map_names::AFFINITY, capacity.affinity)
         .map_max_entries(map_names::FRAGMENTS, capacity.fragments)
+        .map_max_entries(map_names::SOCK_CONNECTED, capacity.socket_flows)
+        .map_max_entries(map_names::SOCK_REVERSE, capacity.socket_flows)
         .map_max_entries(map_names::SOURCE_RANGES, capacity.source_ranges)
         .map_max_entries(map_names::SERVICE_STATS, capacity.services)
         .map_max_entries(map_names::SERVICE_NAMES, capacity.services);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pinned_mismatch(map: &str, property: &'static str) -> aya::EbpfError {
+        aya::EbpfError::MapError(aya::maps::MapError::IncompatiblePinnedMap {
+            name: map.to_string(),
+            property,
+            expected: 1024,
+            actual: 524_288,
+        })
+    }
+
+    #[test]
+    fn a_flow_map_pinned_with_another_size_names_the_flag_and_both_sizes() {
+        let maps = Path::new("/sys/fs/bpf/slicelb/maps");
+        let error = load_error(maps, pinned_mismatch(map_names::CONNTRACK, "max_entries"));
+        let message = error.to_string();
+        for expected in [
+            "CONNTRACK",
+            "/sys/fs/bpf/slicelb/maps/CONNTRACK",
+            "524288 entries",
+            "asks for 1024",
+            "`--conntrack-max 524288`",
+            "slicelb detach",
+        ] {
+            assert!(
+                message.contains(expected),
+                "{expected:?} missing: {message}"
+            );
+        }
+        assert!(
+            load_error(
+                maps,
+                pinned_mismatch(map_names::SOCK_REVERSE, "max_entries")
+            )
+            .to_string()
+            .contains("--socket-map-max")
+        );
+        // A map no flag sizes, or another property, keeps the generic refusal.
+        for (map, property) in [
+            (map_names::SELECTION, "max_entries"),
+            (map_names::CONNTRACK, "value_size"),
+        ] {
+            assert!(matches!(
+                load_error(maps, pinned_mismatch(map, property)),
+                LoadError::IncompatiblePin { .. }
+            ));
+        }
+    }
 }

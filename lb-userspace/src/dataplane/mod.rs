@@ -136,6 +136,8 @@ pub struct MapCapacity {
     pub conntrack: u32,
     pub affinity: u32,
     pub fragments: u32,
+    /// Entries of SOCK_CONNECTED and of SOCK_REVERSE each (socket-level balancing).
+    pub socket_flows: u32,
     pub source_ranges: u32,
     /// Service ids index SERVICE_STATS and SERVICE_NAMES.
     pub services: u32,
@@ -152,6 +154,7 @@ impl Default for MapCapacity {
             conntrack: capacity::CONNTRACK,
             affinity: capacity::AFFINITY,
             fragments: capacity::FRAGMENTS,
+            socket_flows: capacity::SOCK_CONNECTED,
             source_ranges: capacity::SOURCE_RANGES,
             services: capacity::SERVICES,
         }

@@ -36,6 +36,7 @@ pub fn pinned_capacity(pin_path: &Path) -> Result<MapCapacity, DataplaneError> {
         conntrack: size(map_names::CONNTRACK)?,
         affinity: size(map_names::AFFINITY)?,
         fragments: size(map_names::FRAGMENTS)?,
+        socket_flows: size(map_names::SOCK_CONNECTED)?,
         source_ranges: size(map_names::SOURCE_RANGES)?,
         services: size(map_names::SERVICE_NAMES)?,
     })

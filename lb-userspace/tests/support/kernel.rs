@@ -218,6 +218,7 @@ pub fn test_capacity() -> MapCapacity {
         conntrack: 4096,
         affinity: 1024,
         fragments: 1024,
+        socket_flows: 1024,
         source_ranges: 1024,
         services: 1024,
     }
