@@ -2,13 +2,21 @@
 //! spoofed-SYN flood of eight times the table and an endpoint change that remaps Maglev's
 //! slots, and when more completed connections than the table holds go idle, an idle
 //! connection either keeps its backend or its loss is counted as `lb_conntrack_lost`: never
-//! answered silently by another backend.
+//! answered silently by another backend. Also: a table size changed across restarts is
+//! refused by name, and reason counters pinned by a build with fewer reasons are replaced.
 
 use std::{net::SocketAddr, time::Duration};
 
+use aya::maps::{MapData, PerCpuArray};
+use lb_common::{Reason, map_names};
+use slicelb::dataplane::{
+    MapCapacity,
+    loader::{Datapath, DatapathOptions, LoadError},
+};
 use slicelb_lab::lab::{
-    ChildGuard,
+    ChildGuard, PinDir,
     agent_lab::{AgentLab, Frontend, LabEndpoint},
+    require_root,
     servers::HttpConnection,
     stdout_of,
     syn_flood::send_spoofed_syns,
@@ -158,5 +166,56 @@ fn the_oldest_idle_flows_past_the_table_reach_their_backend_or_are_counted_lost(
     );
     eprintln!(
         "table {CONNTRACK_MAX}, {IDLE} idle connections: of the oldest {OLDEST}, {lost} lost their entry, {failed} of those reached another backend (reset)"
+    );
+}
+
+fn with_conntrack(conntrack: u32) -> DatapathOptions {
+    DatapathOptions {
+        capacity: MapCapacity {
+            conntrack,
+            ..MapCapacity::default()
+        },
+        ..DatapathOptions::default()
+    }
+}
+
+#[test]
+fn pinned_maps_of_another_size_are_refused_by_name_and_old_reason_counters_replaced() {
+    require_root("pinned_maps_of_another_size");
+    let pin = PinDir::new("ct_sizes");
+    drop(Datapath::open(&pin.0, &with_conntrack(1024)).expect("loading, pinned"));
+
+    match Datapath::open(&pin.0, &with_conntrack(2048)) {
+        Err(error @ LoadError::PinnedSize { .. }) => {
+            let message = error.to_string();
+            for expected in [
+                "CONNTRACK",
+                "1024 entries",
+                "asks for 2048",
+                "--conntrack-max 1024",
+                "slicelb detach",
+            ] {
+                assert!(
+                    message.contains(expected),
+                    "{expected:?} missing: {message}"
+                );
+            }
+        }
+        Err(other) => panic!("another conntrack size: wrong error {other}"),
+        Ok(_) => panic!("adopting a CONNTRACK of another size must be refused"),
+    }
+
+    // REASON_STATS as a build with one reason fewer pinned it: replaced, not refused.
+    let reasons = pin.0.join("maps").join(map_names::REASON_STATS);
+    std::fs::remove_file(&reasons).expect("unpinning REASON_STATS");
+    let older: PerCpuArray<MapData, u64> =
+        PerCpuArray::create(Reason::COUNT - 1, 0).expect("an older REASON_STATS");
+    older.pin(&reasons).expect("pinning the older REASON_STATS");
+    drop(Datapath::open(&pin.0, &with_conntrack(1024)).expect("adopting with older counters"));
+    let pinned = MapData::from_pin(&reasons).expect("the pinned REASON_STATS");
+    assert_eq!(
+        pinned.info().expect("map info").max_entries(),
+        Reason::COUNT,
+        "the reason counters have room for every reason"
     );
 }
