@@ -89,6 +89,30 @@ fn conntrack_keeps_the_flow_after_the_backend_set_changed() {
     });
 }
 
+/// A mid-connection TCP packet (no SYN) whose flow has no conntrack entry (a full table
+/// evicted it) is balanced by its Maglev slot, and counted apart: the slot may name another
+/// backend by now.
+#[test]
+fn a_packet_whose_flow_the_table_lost_is_counted_lost_and_follows_its_slot() {
+    let service = cluster_ip(Family::V4, PROTO_TCP);
+    let ack = tcp(Family::V4, 41010, ACK);
+    check(Row {
+        setup: Setup::services(vec![service.clone()]),
+        program: Program::Xdp,
+        input: ack.build(),
+        expect: Expect {
+            verdict: XDP_PASS,
+            reason: Reason::LbConntrackLost,
+            out: Out::Packet(dnat(&service, &ack).build()),
+            service: Some(ServiceDelta {
+                id: service.id,
+                packets: 1,
+                new_flows: 1,
+            }),
+        },
+    });
+}
+
 /// A row for the TCP flow from the client's port `sport` to [`cluster_ip`]'s IPv4 service:
 /// its SYN chose a backend, which then turned terminating while the others are ready (it
 /// stays, but leaves the table); then a packet of the flow with `flags` comes. `expect`
