@@ -588,21 +588,13 @@ impl MapWriter for AyaMaps {
         &mut self,
         stale: &dyn Fn(&AffinityKey, &AffinityValue) -> bool,
     ) -> Result<usize, DataplaneError> {
-        let entries: Vec<(AffinityKey, AffinityValue)> =
-            batch::entries(self.affinity_fd.as_fd()).map_err(|source| DataplaneError::MapRead {
-                map: map_names::AFFINITY,
-                source,
-            })?;
-        let doomed: Vec<AffinityKey> = entries
-            .iter()
-            .filter(|(key, value)| stale(key, value))
-            .map(|(key, _)| *key)
-            .collect();
-        batch::delete_entries(self.affinity_fd.as_fd(), &doomed).map_err(|source| {
-            DataplaneError::MapWrite {
-                map: map_names::AFFINITY,
-                source,
-            }
+        batch::delete_from_hash::<AffinityKey, AffinityValue>(
+            self.affinity_fd.as_fd(),
+            |key, value| stale(key, value),
+        )
+        .map_err(|source| DataplaneError::MapWrite {
+            map: map_names::AFFINITY,
+            source,
         })
     }
 

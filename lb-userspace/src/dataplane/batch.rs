@@ -6,6 +6,7 @@
 
 use std::{
     io,
+    ops::ControlFlow,
     os::fd::{AsRawFd as _, BorrowedFd},
 };
 
@@ -143,37 +144,67 @@ pub fn lookup<T: aya::Pod + Default + Clone>(
     Ok(out)
 }
 
-/// One pass over a hash map (LRU or not): reads it chunk by chunk and deletes the entries
-/// `doomed` picks, each chunk's right after reading it; returns how many it deleted. The
-/// kernel's cursor is a bucket index, so however entries come and go meanwhile the pass
-/// ends after one look at each bucket (a `get_next_key` walk starts over whenever the
-/// entry it stands on is evicted).
+/// One pass over a hash map (LRU or not), chunk by chunk: `visit` gets each chunk's keys
+/// and values and says whether to go on. The kernel's cursor is a bucket index, so however
+/// entries come and go meanwhile the pass ends after one look at each bucket (a
+/// `get_next_key` walk starts over whenever the entry it stands on is evicted). Returns the
+/// `BPF_MAP_LOOKUP_BATCH` calls made.
+fn walk_hash<K, V>(
+    fd: BorrowedFd<'_>,
+    mut visit: impl FnMut(&[K], &[V]) -> io::Result<ControlFlow<()>>,
+) -> io::Result<u32>
+where
+    K: aya::Pod + Default + Clone,
+    V: aya::Pod + Default + Clone,
+{
+    let mut room = HASH_CHUNK;
+    let mut keys = vec![K::default(); room];
+    let mut values = vec![V::default(); room];
+    let mut lookups = 0;
+    let mut after = None;
+    loop {
+        lookups += 1;
+        match lookup_chunk(fd, after, &mut keys, &mut values) {
+            Ok(chunk) => {
+                let go_on = visit(&keys[..chunk.read], &values[..chunk.read])?;
+                if chunk.last || go_on.is_break() {
+                    return Ok(lookups);
+                }
+                after = Some(chunk.next);
+            }
+            // ENOSPC (nothing copied): the next bucket alone holds more than `room` entries.
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => {
+                room *= 2;
+                keys.resize(room, K::default());
+                values.resize(room, V::default());
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// One pass over a hash map ([`walk_hash`]) that deletes the entries `doomed` picks, each
+/// chunk's right after reading it; returns how many it deleted.
 pub fn delete_from_hash<K, V>(
     fd: BorrowedFd<'_>,
     mut doomed: impl FnMut(&K, &V) -> bool,
 ) -> io::Result<usize>
 where
-    K: aya::Pod + Default,
-    V: aya::Pod + Default,
+    K: aya::Pod + Default + Clone,
+    V: aya::Pod + Default + Clone,
 {
-    let mut keys = vec![K::default(); HASH_CHUNK];
-    let mut values = vec![V::default(); HASH_CHUNK];
     let mut deleted = 0;
-    let mut after = None;
-    loop {
-        let chunk = lookup_chunk(fd, after, &mut keys, &mut values)?;
-        let chosen: Vec<K> = keys[..chunk.read]
+    walk_hash(fd, |keys: &[K], values: &[V]| {
+        let chosen: Vec<K> = keys
             .iter()
-            .zip(&values[..chunk.read])
+            .zip(values)
             .filter(|(key, value)| doomed(key, value))
             .map(|(key, _)| *key)
             .collect();
         deleted += delete_entries(fd, &chosen)?;
-        if chunk.last {
-            return Ok(deleted);
-        }
-        after = Some(chunk.next);
-    }
+        Ok(ControlFlow::Continue(()))
+    })?;
+    Ok(deleted)
 }
 
 /// Deletes `keys` from a hash map; a key already gone (the datapath or the LRU took it)
@@ -213,78 +244,44 @@ pub struct Counted {
 }
 
 /// Counts the entries of a hash map (plain or LRU) with keys `K` and values `V`, in one pass
-/// over its buckets, stopping at `limit`. The kernel's cursor is a bucket index, so entries
-/// added or evicted meanwhile neither restart the pass nor make it longer: it takes at most
-/// about `limit / HASH_CHUNK` calls, however fast the map changes. An entry that moves
-/// during the pass may be missed or seen twice; a still map is counted exactly.
+/// over its buckets ([`walk_hash`]), stopping at `limit`: entries added or evicted meanwhile
+/// neither restart the pass nor make it longer, so it takes at most about
+/// `limit / HASH_CHUNK` calls, however fast the map changes. An entry that moves during the
+/// pass may be missed or seen twice; a still map is counted exactly.
 pub fn count_entries<K, V>(fd: BorrowedFd<'_>, limit: u32) -> io::Result<Counted>
 where
     K: aya::Pod + Default + Clone,
     V: aya::Pod + Default + Clone,
 {
-    let mut room = HASH_CHUNK;
-    let mut keys = vec![K::default(); room];
-    let mut values = vec![V::default(); room];
-    let mut counted = Counted {
-        entries: 0,
-        lookups: 0,
-    };
-    let mut after = None;
-    while counted.entries < limit {
-        counted.lookups += 1;
-        match lookup_chunk(fd, after, &mut keys, &mut values) {
-            Ok(chunk) => {
-                counted.entries = counted.entries.saturating_add(chunk.read as u32).min(limit);
-                if chunk.last {
-                    break;
-                }
-                after = Some(chunk.next);
-            }
-            // ENOSPC (nothing copied): the next bucket alone holds more than `room` entries.
-            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => {
-                room *= 2;
-                keys.resize(room, K::default());
-                values.resize(room, V::default());
-            }
-            Err(e) => return Err(e),
-        }
+    let mut entries: u32 = 0;
+    if limit == 0 {
+        return Ok(Counted {
+            entries,
+            lookups: 0,
+        });
     }
-    Ok(counted)
+    let lookups = walk_hash(fd, |keys: &[K], _: &[V]| {
+        entries = entries.saturating_add(keys.len() as u32).min(limit);
+        Ok(if entries < limit {
+            ControlFlow::Continue(())
+        } else {
+            ControlFlow::Break(())
+        })
+    })?;
+    Ok(Counted { entries, lookups })
 }
 
-/// Every entry of a hash map (LRU or not), in one pass over its buckets. Entries inserted
-/// or deleted during the walk may or may not be in the result.
+/// Every entry of a hash map (LRU or not), in one pass over its buckets ([`walk_hash`]).
+/// Entries inserted or deleted during the walk may or may not be in the result.
 pub fn entries<K, V>(fd: BorrowedFd<'_>) -> io::Result<Vec<(K, V)>>
 where
     K: aya::Pod + Default + Clone,
     V: aya::Pod + Default + Clone,
 {
     let mut out = Vec::new();
-    let mut room = HASH_CHUNK;
-    let mut keys = vec![K::default(); room];
-    let mut values = vec![V::default(); room];
-    let mut after = None;
-    loop {
-        match lookup_chunk(fd, after, &mut keys, &mut values) {
-            Ok(chunk) => {
-                out.extend(
-                    keys[..chunk.read]
-                        .iter()
-                        .cloned()
-                        .zip(values[..chunk.read].iter().cloned()),
-                );
-                if chunk.last {
-                    return Ok(out);
-                }
-                after = Some(chunk.next);
-            }
-            // ENOSPC (nothing copied): the next bucket alone holds more than `room` entries.
-            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => {
-                room *= 2;
-                keys.resize(room, K::default());
-                values.resize(room, V::default());
-            }
-            Err(e) => return Err(e),
-        }
-    }
+    walk_hash(fd, |keys: &[K], values: &[V]| {
+        out.extend(keys.iter().cloned().zip(values.iter().cloned()));
+        Ok(ControlFlow::Continue(()))
+    })?;
+    Ok(out)
 }
