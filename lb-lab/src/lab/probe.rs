@@ -381,15 +381,7 @@ impl ProbeSocket {
                 Err((ProbeStage::Send, again)),
             ];
         }
-        let receive = || {
-            let mut buf = [0u8; 512];
-            let (n, from) = socket
-                .recv_from(&mut buf)
-                .map_err(|e| (ProbeStage::Recv, e))?;
-            let local = socket.local_addr().map_err(|e| (ProbeStage::Recv, e))?;
-            parse_answer(from, local, &String::from_utf8_lossy(&buf[..n]))
-        };
-        [receive(), receive()]
+        [receive_answer(socket), receive_answer(socket)]
     }
 
     /// One request and its answer.
@@ -428,13 +420,21 @@ impl ProbeSocket {
                 socket
                     .send_to(REQUEST, *target)
                     .map_err(at(ProbeStage::Send))?;
-                let (n, from) = socket.recv_from(&mut buf).map_err(at(ProbeStage::Recv))?;
-                let local = socket.local_addr().map_err(at(ProbeStage::Recv))?;
-                (from, local, String::from_utf8_lossy(&buf[..n]).into_owned())
+                return receive_answer(socket);
             }
         };
         parse_answer(peer, local, &answer)
     }
+}
+
+/// The next answer on an unconnected UDP socket, with the source the socket saw as its peer.
+fn receive_answer(socket: &UdpSocket) -> Result<ProbeAnswer, (ProbeStage, std::io::Error)> {
+    let mut buf = [0u8; 512];
+    let (n, from) = socket
+        .recv_from(&mut buf)
+        .map_err(|e| (ProbeStage::Recv, e))?;
+    let local = socket.local_addr().map_err(|e| (ProbeStage::Recv, e))?;
+    parse_answer(from, local, &String::from_utf8_lossy(&buf[..n]))
 }
 
 /// A pod server's answer `<pod> <addr:port>`, received from `peer` on `local`.
