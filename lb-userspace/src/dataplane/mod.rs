@@ -182,6 +182,9 @@ pub enum DataplaneError {
 }
 
 impl DataplaneError {
+    /// Every value of [`Self::kind`]: the metrics count each from zero.
+    pub const KINDS: [&'static str; 3] = ["map_write", "map_read", "map_full"];
+
     /// The variant's name in snake_case, for the `kind` label of `slicelb_errors_total`.
     pub fn kind(&self) -> &'static str {
         match self {
