@@ -213,3 +213,21 @@ pub trait MapWriter {
         stale: &dyn Fn(&AffinityKey, &AffinityValue) -> bool,
     ) -> Result<usize, DataplaneError>;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_kind_is_listed_for_the_metrics() {
+        let io = || std::io::Error::from_raw_os_error(libc::EPERM);
+        let map = lb_common::map_names::FRONTENDS;
+        let errors = [
+            DataplaneError::MapWrite { map, source: io() },
+            DataplaneError::MapRead { map, source: io() },
+            DataplaneError::MapFull { map, capacity: 1 },
+        ];
+        let kinds: Vec<&str> = errors.iter().map(DataplaneError::kind).collect();
+        assert_eq!(kinds, DataplaneError::KINDS);
+    }
+}

@@ -262,3 +262,29 @@ impl Collector for KernelCollector {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_port_names_split_into_three_labels() {
+        let cases = [
+            ("default/web:http", ["default", "web", "http"]),
+            // An unnamed port is named by its number.
+            ("kube-system/kube-dns:53", ["kube-system", "kube-dns", "53"]),
+            // Not written by the agent: kept whole, so its counters still show.
+            ("no-namespace", ["", "no-namespace", ""]),
+        ];
+        for (name, expected) in cases {
+            assert_eq!(service_labels(name), expected.map(String::from), "{name}");
+            if let Some(parsed) = ServicePortName::parse(name) {
+                assert_eq!(
+                    parsed.to_string(),
+                    name,
+                    "parse reads back what Display wrote"
+                );
+            }
+        }
+    }
+}
