@@ -311,8 +311,9 @@ fn stats_and_metrics_count_the_traffic_sent() {
             .map(|v| v as u64)
             .unwrap_or(0)
     };
-    let new_flows = r#"slicelb_service_new_flows_total{service="default/echo-udp:echo"}"#;
-    let packets = r#"slicelb_service_packets_total{service="default/echo-udp:echo"}"#;
+    let labels = r#"{namespace="default",service="echo-udp",port_name="echo"}"#;
+    let new_flows = format!("slicelb_service_new_flows_total{labels} ");
+    let packets = format!("slicelb_service_packets_total{labels} ");
     let before = scrape();
     let sent = 25u16;
     for port in 0..sent {
@@ -320,12 +321,12 @@ fn stats_and_metrics_count_the_traffic_sent() {
     }
     let after = scrape();
     assert_eq!(
-        value(&after, new_flows) - value(&before, new_flows),
+        value(&after, &new_flows) - value(&before, &new_flows),
         u64::from(sent),
         "one new flow per source port:\n{after}"
     );
     assert_eq!(
-        value(&after, packets) - value(&before, packets),
+        value(&after, &packets) - value(&before, &packets),
         u64::from(sent),
         "one request packet per flow"
     );

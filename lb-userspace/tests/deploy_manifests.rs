@@ -1009,3 +1009,216 @@ fn agent_memory_covers_the_maps_and_the_measured_peak_heap() {
         needed(128)
     );
 }
+
+/// The optional Prometheus-operator objects, `deploy/monitoring/`.
+const MONITORING_DIR: &str = "monitoring";
+const MONITORING_API: &str = "monitoring.coreos.com/v1";
+
+/// `kubectl kustomize deploy/monitoring/` as untyped documents (k8s-openapi has no types for
+/// the operator's CRDs), by kind.
+fn rendered_monitoring() -> BTreeMap<String, Vec<serde_yaml::Value>> {
+    let yaml = render_kustomization(MONITORING_DIR);
+    let mut by_kind = BTreeMap::<String, Vec<serde_yaml::Value>>::new();
+    for document in serde_yaml::Deserializer::from_str(&yaml) {
+        let doc = serde_yaml::Value::deserialize(document).expect("rendered YAML parses");
+        assert_eq!(
+            doc["apiVersion"].as_str(),
+            Some(MONITORING_API),
+            "deploy/monitoring/ should hold only Prometheus-operator objects: {doc:?}"
+        );
+        assert_eq!(
+            doc["metadata"]["namespace"].as_str(),
+            Some(NAMESPACE),
+            "{doc:?}"
+        );
+        let kind = doc["kind"].as_str().unwrap_or("<no kind>").to_owned();
+        by_kind.entry(kind).or_default().push(doc);
+    }
+    by_kind
+}
+
+/// A kernel that reports nothing: enough for the registry to write every family's name.
+struct NoKernel;
+
+impl slicelb::metrics::KernelStats for NoKernel {
+    fn service_counters(
+        &self,
+    ) -> Result<Vec<(String, lb_common::ServiceCounters)>, slicelb::dataplane::DataplaneError> {
+        Ok(Vec::new())
+    }
+    fn reason_counters(
+        &self,
+    ) -> Result<[u64; lb_common::Reason::COUNT as usize], slicelb::dataplane::DataplaneError> {
+        Ok([0; lb_common::Reason::COUNT as usize])
+    }
+    fn proto_counters(
+        &self,
+    ) -> Result<[u64; lb_common::ProtoCounter::COUNT as usize], slicelb::dataplane::DataplaneError>
+    {
+        Ok([0; lb_common::ProtoCounter::COUNT as usize])
+    }
+    fn socket_counters(
+        &self,
+    ) -> Result<[u64; lb_common::SocketCounter::COUNT as usize], slicelb::dataplane::DataplaneError>
+    {
+        Ok([0; lb_common::SocketCounter::COUNT as usize])
+    }
+    fn conntrack_entries(&self) -> Result<u64, slicelb::dataplane::DataplaneError> {
+        Ok(0)
+    }
+    fn map_fill(
+        &self,
+        _: Option<u64>,
+    ) -> Result<Vec<slicelb::metrics::MapFill>, slicelb::dataplane::DataplaneError> {
+        Ok(Vec::new())
+    }
+}
+
+/// Every sample name the agent's registry can write: each `# TYPE` line's family, with a
+/// histogram's `_bucket`, `_sum` and `_count`.
+fn served_metric_names() -> BTreeSet<String> {
+    let metrics = slicelb::metrics::Metrics::new(
+        std::sync::Arc::new(NoKernel),
+        slicelb::health::SyncHealth::new(std::time::Duration::from_secs(60)),
+    );
+    let text = metrics.encode_text().expect("encode the registry");
+    let mut names = BTreeSet::new();
+    for line in text.lines() {
+        let Some(declared) = line.strip_prefix("# TYPE ") else {
+            continue;
+        };
+        let (name, kind) = declared.split_once(' ').expect("# TYPE name kind");
+        if kind == "histogram" {
+            for suffix in ["_bucket", "_sum", "_count"] {
+                names.insert(format!("{name}{suffix}"));
+            }
+        } else {
+            names.insert(name.to_owned());
+        }
+    }
+    names
+}
+
+/// The metric names a PromQL expression reads: identifiers of ours (`slicelb_…`) or the
+/// process's (`process_…`), i.e. not functions, keywords or label names.
+fn metrics_in(expr: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut word = String::new();
+    let mut in_string = false;
+    for c in expr.chars().chain([' ']) {
+        if c == '"' {
+            in_string = !in_string;
+            word.clear();
+        } else if !in_string && (c.is_ascii_alphanumeric() || c == '_' || c == ':') {
+            word.push(c);
+        } else {
+            if word.starts_with("slicelb_") || word.starts_with("process_") {
+                names.push(word.clone());
+            }
+            word.clear();
+        }
+    }
+    names
+}
+
+#[test]
+fn metrics_in_reads_the_metric_names_of_an_expression() {
+    assert_eq!(
+        metrics_in(
+            r#"sum by (node) (rate(slicelb_datapath_verdicts_total{reason="slicelb_x"}[5m])) / process_open_fds"#
+        ),
+        ["slicelb_datapath_verdicts_total", "process_open_fds"]
+    );
+}
+
+/// The PodMonitor selects the pods of `name`'s DaemonSet and scrapes the agent's metrics port.
+fn check_pod_monitor_reaches_the_agent(
+    name: &str,
+    rendered: &Rendered,
+    pod_monitor: &serde_yaml::Value,
+) {
+    let template = &daemon_set(rendered).spec.as_ref().expect("spec").template;
+    let pod_labels = template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default();
+    let selector = pod_monitor["spec"]["selector"]["matchLabels"]
+        .as_mapping()
+        .expect("the PodMonitor selects by matchLabels");
+    assert!(!selector.is_empty(), "an empty selector selects every pod");
+    for (key, value) in selector {
+        let (key, value) = (key.as_str().expect("key"), value.as_str().expect("value"));
+        assert_eq!(
+            pod_labels.get(key).map(String::as_str),
+            Some(value),
+            "the PodMonitor selects {key}={value}, which the pods of deploy/{name} do not carry"
+        );
+    }
+    let ports: Vec<&str> = agent(pod_spec(daemon_set(rendered)))
+        .ports
+        .iter()
+        .flatten()
+        .filter_map(|port| port.name.as_deref())
+        .collect();
+    let endpoints = pod_monitor["spec"]["podMetricsEndpoints"]
+        .as_sequence()
+        .expect("podMetricsEndpoints");
+    assert!(!endpoints.is_empty(), "the PodMonitor scrapes something");
+    for endpoint in endpoints {
+        let port = endpoint["port"].as_str().expect("a named port");
+        assert_eq!(
+            port, "metrics",
+            "the PodMonitor should scrape the agent's metrics port"
+        );
+        assert!(
+            ports.contains(&port),
+            "deploy/{name}: the agent has no port {port}: {ports:?}"
+        );
+        assert_eq!(endpoint["path"].as_str(), Some("/metrics"));
+    }
+}
+
+#[test]
+fn monitoring_scrapes_the_agents_metrics_port_and_alerts_on_metrics_it_serves() {
+    let monitoring = rendered_monitoring();
+    let pod_monitors = monitoring
+        .get("PodMonitor")
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let pod_monitor = only(pod_monitors, "PodMonitor in deploy/monitoring/");
+    for (name, rendered) in every_rendered() {
+        // The agent needs no Prometheus operator: no object of its API, base or overlay.
+        assert!(
+            !render_kustomization(name).contains("monitoring.coreos.com"),
+            "deploy/{name} must render without the Prometheus operator's CRDs"
+        );
+        check_pod_monitor_reaches_the_agent(name, &rendered, pod_monitor);
+    }
+
+    let served = served_metric_names();
+    let rules = monitoring
+        .get("PrometheusRule")
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let rule = only(rules, "PrometheusRule in deploy/monitoring/");
+    let mut alerts = BTreeSet::new();
+    for group in rule["spec"]["groups"].as_sequence().expect("groups") {
+        for alert in group["rules"].as_sequence().expect("rules") {
+            let name = alert["alert"].as_str().expect("every rule is an alert");
+            let expr = alert["expr"].as_str().expect("every alert has an expr");
+            let read = metrics_in(expr);
+            assert!(!read.is_empty(), "{name}: {expr:?} reads no metric of ours");
+            for metric in read {
+                assert!(
+                    served.contains(&metric),
+                    "{name}: {metric} is not a metric the agent serves; it serves {served:?}"
+                );
+            }
+            alerts.insert(name.to_owned());
+        }
+    }
+    for wanted in ["SlicelbSyncStale", "SlicelbMapNearlyFull", "SlicelbDrops"] {
+        assert!(alerts.contains(wanted), "{wanted} is missing: {alerts:?}");
+    }
+}

@@ -13,7 +13,7 @@ use std::{
     net::SocketAddr,
     path::PathBuf,
     sync::{Arc, RwLock},
-    time::Duration,
+    time::{Duration, SystemTime},
 };
 
 use anyhow::Context as _;
@@ -29,7 +29,7 @@ use crate::{
         masquerade::{self, PortRange},
     },
     health::{BIND_RETRY, ProxyHealthServer, ServiceHealthServers, SyncHealth},
-    metrics::{Metrics, MetricsServer},
+    metrics::{Metrics, MetricsOptions, MetricsServer, TriggerTimes},
     model::{ModelConfig, NodeInfo},
     source::{
         self, SourceConfig, SourceReceiver, UpdateCause,
@@ -53,6 +53,8 @@ pub struct AgentConfig {
     pub pin_path: PathBuf,
     /// Prometheus metrics, /healthz and /readyz.
     pub metrics_addr: SocketAddr,
+    /// What the metrics report (per-service series or not).
+    pub metrics: MetricsOptions,
     /// kube-proxy's `/healthz` and `/livez`; none when `None`.
     pub healthz_addr: Option<SocketAddr>,
     /// An update not in the maps after this long makes the agent unhealthy.
@@ -170,7 +172,7 @@ async fn run_async(args: AgentConfig) -> anyhow::Result<()> {
         capacity,
     );
     let health = SyncHealth::new(args.healthz_timeout);
-    let metrics = Metrics::new(Arc::new(stats), health.clone());
+    let metrics = Metrics::with_options(Arc::new(stats), health.clone(), args.metrics);
     let server = MetricsServer::bind(args.metrics_addr)
         .await
         .with_context(|| format!("serving metrics on {}", args.metrics_addr))?;
@@ -198,6 +200,7 @@ async fn run_async(args: AgentConfig) -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut reported: BTreeSet<String> = BTreeSet::new();
     let mut synced_once = false;
+    let mut trigger_times = TriggerTimes::new(SystemTime::now());
     loop {
         tokio::select! {
             changed = updates.changed() => {
@@ -226,8 +229,13 @@ async fn run_async(args: AgentConfig) -> anyhow::Result<()> {
         let result = tokio::task::block_in_place(|| reconciler.sync(&update.snapshot));
         match result {
             Ok(report) => {
+                let synced_at = SystemTime::now();
                 metrics.observe_sync(report.duration);
                 metrics.observe_programming_latency(update.triggered_at.elapsed());
+                for latency in trigger_times.synced(&update.snapshot.endpoint_slices, synced_at) {
+                    metrics.observe_network_programming(latency);
+                }
+                metrics.count_changes(&report.changes);
                 metrics.set_rejected(report.rejected.len());
                 // Say each warning and rejection once, not on every resync.
                 let now: BTreeSet<String> = report
@@ -255,6 +263,7 @@ async fn run_async(args: AgentConfig) -> anyhow::Result<()> {
                 // valid one is (after --healthz-timeout the agent turns unhealthy).
                 if update.cause != UpdateCause::Rejected {
                     health.updated(update.generation);
+                    metrics.sync_succeeded(synced_at);
                 }
                 for error in health_checks.sync(&report.health_checks) {
                     tracing::warn!("{error}");

@@ -14,7 +14,7 @@ use crate::{
     agent::AgentConfig,
     dataplane::{MapCapacity, attach_mode::XdpMode, cgroup::CgroupRoot, masquerade::PortRange},
     health::DEFAULT_HEALTHZ_BIND_ADDRESS,
-    metrics::{MetricsError, parse_listen_addr},
+    metrics::{MetricsError, MetricsOptions, parse_listen_addr},
     source::SourceConfig,
 };
 
@@ -140,6 +140,10 @@ pub struct AgentArgs {
     /// Prometheus metrics, /healthz and /readyz (an IPv6 address may go without brackets).
     #[arg(long, default_value = "127.0.0.1:9400", value_parser = parse_listen_addr)]
     pub metrics_addr: SocketAddr,
+    /// One metric series per service port (packets, bytes, new flows, socket
+    /// translations); false keeps a large cluster's scrape small.
+    #[arg(long, value_name = "true|false", default_value_t = true, action = clap::ArgAction::Set)]
+    pub per_service_metrics: bool,
     /// kube-proxy's health endpoint, /healthz (load balancers) and /livez (liveness), on
     /// ADDR:PORT; 0.0.0.0 is every address of both families, as for kube-proxy; "" serves
     /// none.
@@ -226,6 +230,9 @@ impl AgentArgs {
             nodeport_cidrs: self.nodeport_addresses.clone(),
             pin_path: self.pin_path.clone(),
             metrics_addr: self.metrics_addr,
+            metrics: MetricsOptions {
+                per_service: self.per_service_metrics,
+            },
             healthz_addr: self.healthz_bind_address,
             healthz_timeout: self.healthz_timeout,
             xdp_mode: self.xdp_mode.into(),
@@ -528,6 +535,28 @@ mod tests {
         );
         assert_eq!(args.healthz_timeout, Duration::from_secs(60));
         assert_eq!(args.xdp_mode, XdpModeArg::Auto);
+        assert!(
+            args.per_service_metrics,
+            "per-service series are on by default"
+        );
+    }
+
+    #[test]
+    fn per_service_metrics_take_true_or_false() {
+        let base = ["slicelb", "agent", "--iface", "eth0", "--in-cluster"];
+        let per_service = |value: &str| {
+            let argv = base.iter().copied().chain(["--per-service-metrics", value]);
+            Cli::try_parse_from(argv).map(|cli| match cli.command {
+                Command::Agent(args) => args.config().metrics.per_service,
+                other => panic!("parsed as {other:?}"),
+            })
+        };
+        assert!(
+            !per_service("false").expect("false"),
+            "false turns them off"
+        );
+        assert!(per_service("true").expect("true"), "true keeps them");
+        assert!(per_service("off").is_err(), "only true or false");
     }
 
     #[test]

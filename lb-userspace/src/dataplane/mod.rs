@@ -186,6 +186,9 @@ pub enum DataplaneError {
 }
 
 impl DataplaneError {
+    /// Every value of [`Self::kind`]: the metrics count each from zero.
+    pub const KINDS: [&'static str; 3] = ["map_write", "map_read", "map_full"];
+
     /// The variant's name in snake_case, for the `kind` label of `slicelb_errors_total`.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -213,4 +216,22 @@ pub trait MapWriter {
         &mut self,
         stale: &dyn Fn(&AffinityKey, &AffinityValue) -> bool,
     ) -> Result<usize, DataplaneError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_kind_is_listed_for_the_metrics() {
+        let io = || std::io::Error::from_raw_os_error(libc::EPERM);
+        let map = lb_common::map_names::FRONTENDS;
+        let errors = [
+            DataplaneError::MapWrite { map, source: io() },
+            DataplaneError::MapRead { map, source: io() },
+            DataplaneError::MapFull { map, capacity: 1 },
+        ];
+        let kinds: Vec<&str> = errors.iter().map(DataplaneError::kind).collect();
+        assert_eq!(kinds, DataplaneError::KINDS);
+    }
 }

@@ -137,6 +137,14 @@ pub enum SourceProblem {
 }
 
 impl SourceProblem {
+    /// Every value of [`Self::kind`]: the metrics count each from zero.
+    pub const KINDS: [&'static str; 4] = [
+        "manifest_warning",
+        "manifest_rejected",
+        "watch_failed",
+        "truncated",
+    ];
+
     /// Stable label for metrics.
     pub fn kind(&self) -> &'static str {
         match self {
