@@ -14,7 +14,7 @@ use serde::Serialize;
 use super::{
     ConntrackArgs,
     commands::open_pinned,
-    output::{Column, OutputArgs, table},
+    output::{Column, OutputArgs, joined, table},
     services::{ServicePort, UnknownService, ip_from_map, protocol_name, service_port},
 };
 
@@ -188,11 +188,7 @@ pub fn render_flows(rows: &[FlowRow], wide: bool, headers: bool) -> String {
             row.backend.to_string(),
             row.service.to_string(),
             format!("{}s", row.idle_seconds),
-            if row.tcp_state.is_empty() {
-                "-".to_string()
-            } else {
-                row.tcp_state.join(",")
-            },
+            joined(&row.tcp_state, "-"),
         ];
         if wide {
             line.extend([row.service_id.to_string(), row.backend_id.to_string()]);

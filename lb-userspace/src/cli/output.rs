@@ -77,6 +77,19 @@ impl Column {
     }
 }
 
+/// A cell listing `items` comma-separated, or `empty` when there are none (a blank cell
+/// would shift what `cut`/`awk` see).
+pub fn joined<T: AsRef<str>>(items: &[T], empty: &str) -> String {
+    if items.is_empty() {
+        return empty.to_string();
+    }
+    items
+        .iter()
+        .map(AsRef::as_ref)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// Spaces between columns, as kubectl leaves.
 const COLUMN_GAP: u16 = 3;
 
@@ -172,6 +185,8 @@ mod tests {
         assert!(text.starts_with("a "), "{text}");
         assert_eq!(table(&COLUMNS, Vec::new(), false), "");
         assert_eq!(table(&COLUMNS, Vec::new(), true).lines().count(), 1);
+        assert_eq!(joined::<&str>(&[], "-"), "-");
+        assert_eq!(joined(&["a", "b"], "-"), "a,b");
     }
 
     #[test]

@@ -12,7 +12,7 @@ use lb_common::{
 };
 use serde::Serialize;
 
-use super::output::{Column, table};
+use super::output::{Column, joined, table};
 use crate::dataplane::AppliedState;
 
 /// An address as stored in the maps; an unknown family (an empty slot) shows as IPv6.
@@ -314,13 +314,6 @@ const BACKENDS_SHOWN: usize = 3;
 /// The table: a line per frontend. `wide` adds the counters and each backend's state and
 /// share of the selection table.
 pub fn render_table(rows: &[FrontendRow], wide: bool, headers: bool) -> String {
-    let flags = |row: &FrontendRow| {
-        if row.flags.is_empty() {
-            "-".to_string()
-        } else {
-            row.flags.join(",")
-        }
-    };
     if !wide {
         let columns = [
             Column::text("SERVICE"),
@@ -343,12 +336,8 @@ pub fn render_table(rows: &[FrontendRow], wide: bool, headers: bool) -> String {
                 row.service.to_string(),
                 row.kind.to_string(),
                 format!("{}/{}", row.frontend, row.protocol),
-                if backends.is_empty() {
-                    "<none>".to_string()
-                } else {
-                    backends.join(",")
-                },
-                flags(row),
+                joined(&backends, "<none>"),
+                joined(&row.flags, "-"),
             ]
         });
         return table(&columns, lines, headers);
@@ -380,12 +369,8 @@ pub fn render_table(rows: &[FrontendRow], wide: bool, headers: bool) -> String {
             row.new_flows.to_string(),
             row.socket_translations.to_string(),
             row.table_size.to_string(),
-            if backends.is_empty() {
-                "<none>".to_string()
-            } else {
-                backends.join(",")
-            },
-            flags(row),
+            joined(&backends, "<none>"),
+            joined(&row.flags, "-"),
         ]
     });
     table(&columns, lines, headers)

@@ -22,7 +22,7 @@ use serde::Serialize;
 use super::{
     StatusArgs,
     commands::open_pinned,
-    output::{Column, OutputArgs, table},
+    output::{Column, OutputArgs, joined, table},
 };
 use crate::dataplane::{
     AppliedState, MapWriter as _, batch,
@@ -336,15 +336,21 @@ pub fn read(pin_path: &Path) -> anyhow::Result<Status> {
     })
 }
 
-fn ids(links: &[LinkStatus]) -> String {
-    if links.is_empty() {
-        return "-".to_string();
+/// A fill in percent; a map in use but under 0.1 % full does not read as empty.
+fn fill_cell(percent: f64) -> String {
+    if percent > 0.0 && percent < 0.1 {
+        "<0.1%".to_string()
+    } else {
+        format!("{percent:.1}%")
     }
-    links
+}
+
+fn ids(links: &[LinkStatus]) -> String {
+    let cells: Vec<String> = links
         .iter()
         .map(|l| format!("{}={}/{}", l.hook, l.link_id, l.program_id))
-        .collect::<Vec<_>>()
-        .join(",")
+        .collect();
+    joined(&cells, "-")
 }
 
 impl Status {
@@ -370,6 +376,8 @@ impl Status {
                 ]
             }));
         }
+        // Sections with no rows (no interface attached, no socket-level links) are left out.
+        let section = |rows: usize, text: String| if rows == 0 { String::new() } else { text };
         let interfaces = table(
             &[
                 Column::text("INTERFACE"),
@@ -418,16 +426,15 @@ impl Status {
                     m.kind.clone(),
                     m.entries.map_or("-".to_string(), |e| e.to_string()),
                     m.max_entries.to_string(),
-                    m.fill_percent()
-                        .map_or("-".to_string(), |f| format!("{f:.1}%")),
+                    m.fill_percent().map_or("-".to_string(), fill_cell),
                 ]
             }),
             headers,
         );
         [
             table(&[Column::text(""), Column::text("")], summary, false),
-            interfaces,
-            cgroups,
+            section(self.interfaces.len(), interfaces),
+            section(self.cgroup_links.len(), cgroups),
             maps,
         ]
         .into_iter()
@@ -540,6 +547,16 @@ mod tests {
         let wide = sample().render_table(true, true);
         assert!(wide.contains("pid 42 slicelb agent --iface eth0"), "{wide}");
         assert!(wide.contains("connect4=20/120,connect6=21/121"), "{wide}");
+        let mut detached = sample();
+        detached.interfaces.clear();
+        detached.cgroup_links.clear();
+        let detached = detached.render_table(false, true);
+        assert!(
+            !detached.contains("INTERFACE") && !detached.contains("SOCKET-LEVEL"),
+            "{detached}"
+        );
+        assert_eq!(fill_cell(0.002), "<0.1%");
+        assert_eq!(fill_cell(0.0), "0.0%");
         let bare = sample().render_table(false, false);
         assert!(
             !bare.contains("INTERFACE") && !bare.contains("ENTRIES"),
