@@ -2,9 +2,14 @@
 //! maps (they work with or without a running agent).
 
 pub mod commands;
+pub mod conntrack;
+pub mod output;
 pub mod services;
 pub mod stats;
+pub mod status;
 pub mod trace;
+
+pub use output::{OutputArgs, OutputFormat};
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
@@ -56,6 +61,12 @@ pub enum Command {
     Check(CheckArgs),
     /// Datapath counters by reason and protocol, summed over CPUs.
     Stats(StatsArgs),
+    /// What is attached where, what is pinned, how full each map is, and whether an agent
+    /// holds the maps.
+    Status(StatusArgs),
+    /// The flows in the conntrack table: client, frontend, backend, service, idle time and
+    /// TCP state (read in one bounded pass).
+    Conntrack(ConntrackArgs),
 }
 
 #[derive(Debug, Args)]
@@ -316,18 +327,62 @@ pub struct AttachArgs {
     pub duration: Option<u64>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum OutputFormat {
-    Table,
-    Json,
+#[derive(Debug, Args)]
+pub struct ServicesArgs {
+    /// Only this Service (or this port of it): NAMESPACE/NAME or NAMESPACE/NAME:PORTNAME.
+    #[arg(value_name = "NAMESPACE/NAME[:PORTNAME]", value_parser = services::ServiceFilter::parse_service)]
+    pub service: Option<(String, String, Option<String>)>,
+    /// Only frontends at this address or with a backend at it.
+    #[arg(long, value_name = "ADDR")]
+    pub address: Option<std::net::IpAddr>,
+    /// Only frontends on this port or with a backend on it.
+    #[arg(long, value_name = "PORT")]
+    pub port: Option<u16>,
+    #[arg(long, env = PIN_PATH_ENV, default_value = DEFAULT_PIN_PATH)]
+    pub pin_path: PathBuf,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+impl ServicesArgs {
+    pub fn filter(&self) -> services::ServiceFilter {
+        services::ServiceFilter {
+            service: self.service.clone(),
+            address: self.address,
+            port: self.port,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
-pub struct ServicesArgs {
+pub struct StatusArgs {
     #[arg(long, env = PIN_PATH_ENV, default_value = DEFAULT_PIN_PATH)]
     pub pin_path: PathBuf,
-    #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
-    pub output: OutputFormat,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ConntrackArgs {
+    /// Only flows of this Service: NAMESPACE/NAME or NAMESPACE/NAME:PORTNAME.
+    #[arg(long, value_name = "NAMESPACE/NAME[:PORTNAME]", value_parser = services::ServiceFilter::parse_service)]
+    pub service: Option<(String, String, Option<String>)>,
+    /// Only flows to this backend: ADDR or ADDR:PORT ([ADDR]:PORT for IPv6).
+    #[arg(long, value_name = "ADDR[:PORT]", value_parser = conntrack::parse_endpoint)]
+    pub backend: Option<conntrack::Endpoint>,
+    /// Only flows from this client address.
+    #[arg(long, value_name = "ADDR")]
+    pub client: Option<std::net::IpAddr>,
+    /// Stop after this many flows (the pass over the table ends there).
+    #[arg(long, value_name = "N", default_value_t = conntrack::DEFAULT_LIMIT)]
+    pub limit: usize,
+    /// Print only how many flows match, per service (counts the whole table).
+    #[arg(long)]
+    pub count: bool,
+    #[arg(long, env = PIN_PATH_ENV, default_value = DEFAULT_PIN_PATH)]
+    pub pin_path: PathBuf,
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -353,6 +408,7 @@ pub struct TraceArgs {
     pub proto: Protocol,
     #[arg(long, env = PIN_PATH_ENV, default_value = DEFAULT_PIN_PATH)]
     pub pin_path: PathBuf,
+    /// `table` and `wide` print the same lines.
     #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
 }
@@ -383,8 +439,8 @@ impl CheckArgs {
 pub struct StatsArgs {
     #[arg(long, env = PIN_PATH_ENV, default_value = DEFAULT_PIN_PATH)]
     pub pin_path: PathBuf,
-    #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
-    pub output: OutputFormat,
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 /// Log lines to stderr, `info` and up unless `RUST_LOG` says otherwise (also used by
@@ -411,6 +467,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Attach(args) => commands::attach(&args),
         Command::Check(args) => commands::check(&args),
         Command::Trace(args) => trace::run(&args),
+        Command::Status(args) => status::run(&args),
+        Command::Conntrack(args) => conntrack::run(&args),
     }
 }
 

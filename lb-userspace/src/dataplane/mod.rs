@@ -6,7 +6,7 @@
 pub mod applied;
 pub mod attach_mode;
 pub mod aya_maps;
-mod batch;
+pub mod batch;
 pub mod cgroup;
 pub mod frontend_filter;
 pub mod loader;
