@@ -30,8 +30,12 @@ pub struct ManArgs {
 pub fn completions(args: &CompletionsArgs, out: &mut dyn Write) -> anyhow::Result<()> {
     let mut command = Cli::command();
     let name = command.get_name().to_owned();
-    clap_complete::generate(args.shell, &mut command, name, out);
-    Ok(())
+    // clap_complete panics on a failed write (`| head`): render first, then write.
+    let mut script = Vec::new();
+    clap_complete::generate(args.shell, &mut command, name, &mut script);
+    out.write_all(&script)
+        .and_then(|()| out.flush())
+        .context("writing the completion script")
 }
 
 /// Writes slicelb.1 and a page per subcommand (slicelb-agent.1, …) into `args.out_dir`;

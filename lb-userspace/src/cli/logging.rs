@@ -14,6 +14,7 @@ pub struct LogArgs {
     #[arg(
         long,
         global = true,
+        value_name = "FORMAT",
         value_enum,
         default_value_t = LogFormat::Text,
         env = "SLICELB_LOG_FORMAT"
@@ -24,6 +25,7 @@ pub struct LogArgs {
     #[arg(
         long,
         global = true,
+        value_name = "LEVEL",
         value_enum,
         default_value_t = LogLevel::Info,
         env = "SLICELB_LOG_LEVEL"

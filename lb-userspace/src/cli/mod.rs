@@ -78,7 +78,7 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct PinArgs {
     /// Directory under a bpffs mount where programs, links and maps are pinned.
-    #[arg(long, env = PIN_PATH_ENV, default_value = DEFAULT_PIN_PATH)]
+    #[arg(long, value_name = "DIR", env = PIN_PATH_ENV, default_value = DEFAULT_PIN_PATH)]
     pub pin_path: PathBuf,
 }
 
@@ -154,17 +154,18 @@ pub struct AgentArgs {
     #[command(flatten)]
     pub source: SourceArgs,
     /// This node's name: decides which endpoints are local (traffic policies, topology).
-    #[arg(long, env = NODE_NAME_ENV)]
+    #[arg(long, value_name = "NAME", env = NODE_NAME_ENV)]
     pub node_name: Option<String>,
     /// NodePorts answer on local addresses within these CIDRs (default: all local addresses).
     #[arg(long, value_name = "CIDR[,CIDR…]", value_delimiter = ',', env = NODEPORT_ADDRESSES_ENV)]
     pub nodeport_addresses: Vec<ipnet::IpNet>,
     /// Directory under a bpffs mount where programs, links and maps are pinned.
-    #[arg(long, env = PIN_PATH_ENV, default_value = DEFAULT_PIN_PATH)]
+    #[arg(long, value_name = "DIR", env = PIN_PATH_ENV, default_value = DEFAULT_PIN_PATH)]
     pub pin_path: PathBuf,
     /// Prometheus metrics, /healthz and /readyz (an IPv6 address may go without brackets).
     #[arg(
         long,
+        value_name = "ADDR:PORT",
         default_value = "127.0.0.1:9400",
         value_parser = parse_listen_addr,
         env = "SLICELB_METRICS_ADDR"
@@ -303,7 +304,7 @@ pub struct AttachArgs {
     )]
     pub ifaces: Vec<String>,
     /// Directory under a bpffs mount where programs, links and maps are pinned.
-    #[arg(long, env = PIN_PATH_ENV, default_value = DEFAULT_PIN_PATH)]
+    #[arg(long, value_name = "DIR", env = PIN_PATH_ENV, default_value = DEFAULT_PIN_PATH)]
     pub pin_path: PathBuf,
     /// How packets arriving on --iface are balanced: XDP (native or generic) or TC only.
     #[arg(long, value_enum, default_value_t = XdpModeArg::Auto)]
@@ -325,7 +326,7 @@ pub enum OutputFormat {
 #[derive(Debug, Args)]
 pub struct ServicesArgs {
     /// Directory under a bpffs mount where programs, links and maps are pinned.
-    #[arg(long, env = PIN_PATH_ENV, default_value = DEFAULT_PIN_PATH)]
+    #[arg(long, value_name = "DIR", env = PIN_PATH_ENV, default_value = DEFAULT_PIN_PATH)]
     pub pin_path: PathBuf,
     /// Output format: an aligned table for people, JSON for scripts.
     #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
@@ -355,7 +356,7 @@ pub struct TraceArgs {
     #[arg(long, value_enum, default_value_t = Protocol::Tcp)]
     pub proto: Protocol,
     /// Directory under a bpffs mount where programs, links and maps are pinned.
-    #[arg(long, env = PIN_PATH_ENV, default_value = DEFAULT_PIN_PATH)]
+    #[arg(long, value_name = "DIR", env = PIN_PATH_ENV, default_value = DEFAULT_PIN_PATH)]
     pub pin_path: PathBuf,
     /// Output format: an aligned table for people, JSON for scripts.
     #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
@@ -367,13 +368,13 @@ pub struct CheckArgs {
     #[command(flatten)]
     pub source: SourceArgs,
     /// The agent's `--node-name`: which endpoints are local to the node checked.
-    #[arg(long, env = NODE_NAME_ENV)]
+    #[arg(long, value_name = "NAME", env = NODE_NAME_ENV)]
     pub node_name: Option<String>,
     /// The agent's `--nodeport-addresses`: where the node's NodePorts answer.
     #[arg(long, value_name = "CIDR[,CIDR…]", value_delimiter = ',', env = NODEPORT_ADDRESSES_ENV)]
     pub nodeport_addresses: Vec<ipnet::IpNet>,
     /// Directory under a bpffs mount where the agent pinned its maps.
-    #[arg(long, env = PIN_PATH_ENV, default_value = DEFAULT_PIN_PATH)]
+    #[arg(long, value_name = "DIR", env = PIN_PATH_ENV, default_value = DEFAULT_PIN_PATH)]
     pub pin_path: PathBuf,
     /// The agent's `--service-proxy-name`: the same Services are read and compared.
     #[arg(long, value_name = "NAME", env = SERVICE_PROXY_NAME_ENV)]
@@ -390,7 +391,7 @@ impl CheckArgs {
 #[derive(Debug, Args)]
 pub struct StatsArgs {
     /// Directory under a bpffs mount where programs, links and maps are pinned.
-    #[arg(long, env = PIN_PATH_ENV, default_value = DEFAULT_PIN_PATH)]
+    #[arg(long, value_name = "DIR", env = PIN_PATH_ENV, default_value = DEFAULT_PIN_PATH)]
     pub pin_path: PathBuf,
     /// Output format: an aligned table for people, JSON for scripts.
     #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]

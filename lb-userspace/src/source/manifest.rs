@@ -198,7 +198,10 @@ impl ManifestWarning {
                 "EndpointSlice" => tracing::warn!(%file, %namespace, slice = %name, "{reason}"),
                 _ => tracing::warn!(%file, %namespace, %kind, %name, "{reason}"),
             },
-            location => tracing::warn!(%file, "{location}: {reason}"),
+            ObjectLocation::File => tracing::warn!(%file, "{reason}"),
+            location @ ObjectLocation::Document { .. } => {
+                tracing::warn!(%file, "{location}: {reason}");
+            }
         }
     }
 }
