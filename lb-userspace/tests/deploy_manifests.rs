@@ -2,7 +2,9 @@
 //! checked against the Kubernetes 1.33 schemas in strict mode, then read back with
 //! k8s-openapi types to check what the schemas cannot (RBAC scope, references between
 //! objects, and that the DaemonSet configures the agent with variables and values that
-//! `slicelb agent` itself accepts).
+//! `slicelb agent` itself accepts). `deploy/` itself renders the base; the two overlays
+//! (beside kube-proxy, instead of it) are rendered and checked the same way, plus what each
+//! changes.
 //!
 //! Needs `kubectl` (client only) and `kubernetes-validate` (PyPI) on PATH; fails naming
 //! the missing tool and how to install it.
@@ -31,13 +33,28 @@ const BPFFS: &str = "/sys/fs/bpf";
 /// The agent's directory in the host's BPF filesystem.
 const PIN_DIR: &str = "slicelb";
 
+/// The kustomizations users apply, relative to `deploy/`: the base as it is, and the
+/// overlays for running beside kube-proxy or instead of it.
+const KUSTOMIZATIONS: [&str; 3] = [".", BESIDE_KUBE_PROXY, INSTEAD_OF_KUBE_PROXY];
+const BESIDE_KUBE_PROXY: &str = "overlays/beside-kube-proxy";
+const INSTEAD_OF_KUBE_PROXY: &str = "overlays/instead-of-kube-proxy";
+/// The proxy name the beside overlay gives the agents (`--service-proxy-name`).
+const PROXY_NAME: &str = "slicelb";
+/// The port kube-proxy's health endpoint holds on every node.
+const KUBE_PROXY_HEALTHZ_PORT: i32 = 10256;
+
 fn deploy_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy")
 }
 
 /// `kubectl kustomize deploy/`, or a panic that says why not.
 fn render() -> String {
-    let dir = deploy_dir();
+    render_kustomization(".")
+}
+
+/// `kubectl kustomize deploy/<kustomization>`, or a panic that says why not.
+fn render_kustomization(kustomization: &str) -> String {
+    let dir = deploy_dir().join(kustomization);
     let output = Command::new("kubectl")
         .arg("kustomize")
         .arg(&dir)
@@ -90,6 +107,14 @@ fn rendered() -> Rendered {
     parse(&render())
 }
 
+/// Every kustomization of [`KUSTOMIZATIONS`], rendered and parsed, with its name.
+fn every_rendered() -> Vec<(&'static str, Rendered)> {
+    KUSTOMIZATIONS
+        .iter()
+        .map(|name| (*name, parse(&render_kustomization(name))))
+        .collect()
+}
+
 fn only<'a, T>(items: &'a [T], what: &str) -> &'a T {
     assert_eq!(items.len(), 1, "deploy/ should render exactly one {what}");
     &items[0]
@@ -120,7 +145,15 @@ fn init_containers(pod: &PodSpec) -> &[Container] {
 
 #[test]
 fn deploy_renders_and_passes_strict_schema_validation_for_kubernetes_1_33() {
-    let yaml = render();
+    for kustomization in KUSTOMIZATIONS {
+        validate_strictly(kustomization);
+    }
+}
+
+/// Renders `deploy/<kustomization>`, validates it against the Kubernetes schemas in strict
+/// mode, and checks that every namespaced object lands in the agent's namespace.
+fn validate_strictly(kustomization: &str) {
+    let yaml = render_kustomization(kustomization);
     let mut validator = Command::new(VALIDATOR)
         .args([
             "--kubernetes-version",
@@ -147,7 +180,7 @@ fn deploy_renders_and_passes_strict_schema_validation_for_kubernetes_1_33() {
         .expect("wait for the validator");
     assert!(
         output.status.success(),
-        "the rendered manifests do not validate against Kubernetes {SCHEMA_VERSION} \
+        "deploy/{kustomization} does not validate against Kubernetes {SCHEMA_VERSION} \
          (strict):\n{}{}",
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
@@ -176,7 +209,7 @@ fn deploy_renders_and_passes_strict_schema_validation_for_kubernetes_1_33() {
         assert_eq!(
             metadata.namespace.as_deref(),
             Some(NAMESPACE),
-            "{kind} {:?} should live in {NAMESPACE}",
+            "deploy/{kustomization}: {kind} {:?} should live in {NAMESPACE}",
             metadata.name
         );
     }
@@ -667,8 +700,15 @@ fn a_misspelt_variable_is_refused() {
 
 #[test]
 fn daemonset_configures_the_agent_with_variables_and_values_it_accepts() {
-    let rendered = rendered();
-    let pod = pod_spec(daemon_set(&rendered));
+    for (kustomization, rendered) in every_rendered() {
+        check_agent_settings(kustomization, &rendered);
+    }
+}
+
+/// The agent container of `deploy/<kustomization>` runs `slicelb agent` configured by
+/// variables its flags read, with values its parsers accept, on an IPv4 and an IPv6 node.
+fn check_agent_settings(kustomization: &str, rendered: &Rendered) {
+    let pod = pod_spec(daemon_set(rendered));
     let agent = agent(pod);
     assert_eq!(
         agent.command.as_deref(),
@@ -690,29 +730,29 @@ fn daemonset_configures_the_agent_with_variables_and_values_it_accepts() {
         help.status,
         String::from_utf8_lossy(&help.stderr)
     );
-    let env = agent_env(&rendered, agent, "198.18.0.10");
+    let env = agent_env(rendered, agent, "198.18.0.10");
     for name in env.keys().filter(|name| name.starts_with(ENV_PREFIX)) {
         assert!(
             help_text.contains(&format!("[env: {name}")),
-            "`slicelb agent --help` does not show {name}:\n{help_text}"
+            "deploy/{kustomization}: `slicelb agent --help` does not show {name}:\n{help_text}"
         );
     }
 
     for pod_ip in ["198.18.0.10", "2001:2::10"] {
-        let settings = agent_settings(&rendered, agent, pod_ip);
+        let settings = agent_settings(rendered, agent, pod_ip);
         assert!(
             !settings.ifaces.is_empty(),
-            "the DaemonSet must set interfaces"
+            "deploy/{kustomization}: the DaemonSet must set interfaces"
         );
         let source = &settings.source;
         assert!(
             source.in_cluster && source.manifest_dir.is_none() && source.kubeconfig.is_none(),
-            "exactly one source, the in-cluster API: {source:?}"
+            "deploy/{kustomization}: exactly one source, the in-cluster API: {source:?}"
         );
         assert_eq!(
             settings.node_name.as_deref(),
             Some("node-1"),
-            "the node's name"
+            "deploy/{kustomization}: the node's name"
         );
     }
 }
@@ -731,10 +771,17 @@ fn probed_port(listen: Option<std::net::SocketAddr>, flag: &str, pod_ip: IpAddr)
 
 #[test]
 fn probes_reach_the_address_the_agent_listens_on() {
-    let rendered = rendered();
-    let agent = agent(pod_spec(daemon_set(&rendered)));
+    for (kustomization, rendered) in every_rendered() {
+        check_probes(kustomization, &rendered);
+    }
+}
+
+/// The agent's healthz port in `deploy/<kustomization>`, after checking every probe of the
+/// agent reaches a port it listens on.
+fn check_probes(kustomization: &str, rendered: &Rendered) -> i32 {
+    let agent = agent(pod_spec(daemon_set(rendered)));
     let pod_ip = "198.18.0.10";
-    let settings = agent_settings(&rendered, agent, pod_ip);
+    let settings = agent_settings(rendered, agent, pod_ip);
     let pod_ip: IpAddr = pod_ip.parse().expect("an address");
     let metrics = probed_port(Some(settings.metrics_addr), "--metrics-addr", pod_ip);
     let healthz = probed_port(
@@ -743,9 +790,16 @@ fn probes_reach_the_address_the_agent_listens_on() {
         pod_ip,
     );
 
-    // Readiness from the metrics port (first sync done, syncs fresh); liveness from
-    // kube-proxy's /livez (syncs fresh, whatever the Node's state).
+    // Start-up and readiness from the metrics port (first sync done, syncs fresh): /livez
+    // answers 200 while the agent starts, so a start-up probe on it would pass at once.
+    // Liveness from kube-proxy's /livez (syncs fresh, whatever the Node's state).
     for (probe, path, port, listener) in [
+        (
+            agent.startup_probe.as_ref(),
+            "/readyz",
+            metrics,
+            "--metrics-addr",
+        ),
         (
             agent.readiness_probe.as_ref(),
             "/readyz",
@@ -765,10 +819,14 @@ fn probes_reach_the_address_the_agent_listens_on() {
             .unwrap_or_default()
             .iter()
             .find(|p| p.container_port == port)
-            .unwrap_or_else(|| panic!("no containerPort {port} for the {listener} listener"));
+            .unwrap_or_else(|| {
+                panic!(
+                    "deploy/{kustomization}: no containerPort {port} for the {listener} listener"
+                )
+            });
         let http = probe
             .and_then(|p| p.http_get.as_ref())
-            .unwrap_or_else(|| panic!("no HTTP probe for {path}"));
+            .unwrap_or_else(|| panic!("deploy/{kustomization}: no HTTP probe for {path}"));
         assert_eq!(http.path.as_deref(), Some(path), "probe path");
         assert!(
             http.host.is_none(),
@@ -780,10 +838,24 @@ fn probes_reach_the_address_the_agent_listens_on() {
         };
         assert!(
             reaches,
-            "the {path} probe port {:?} is not the {listener} port {port}",
+            "deploy/{kustomization}: the {path} probe port {:?} is not the {listener} port \
+             {port}",
             http.port
         );
     }
+
+    // The kubelet asks nothing else until the start-up probe passes: it must give a first
+    // sync at least the time liveness gives a stuck one before restarting the agent.
+    let budget = |probe: Option<&k8s_openapi::api::core::v1::Probe>| {
+        let probe = probe.expect("probe");
+        probe.period_seconds.unwrap_or(10) * probe.failure_threshold.unwrap_or(3)
+            + probe.initial_delay_seconds.unwrap_or(0)
+    };
+    assert!(
+        budget(agent.startup_probe.as_ref()) >= budget(agent.liveness_probe.as_ref()),
+        "deploy/{kustomization}: the start-up probe gives up sooner than liveness would"
+    );
+    healthz
 }
 
 #[test]
@@ -811,5 +883,105 @@ fn configmap_holds_values_the_agent_accepts() {
     assert!(
         ["auto", "native", "generic", "off"].contains(&mode.as_str()),
         "xdp-mode {mode:?}"
+    );
+}
+
+#[test]
+fn beside_kube_proxy_overlay_serves_only_labelled_services_off_kube_proxys_health_port() {
+    let rendered = parse(&render_kustomization(BESIDE_KUBE_PROXY));
+    let settings = agent_settings(
+        &rendered,
+        agent(pod_spec(daemon_set(&rendered))),
+        "198.18.0.10",
+    );
+    assert_eq!(
+        settings.service_proxy_name.as_deref(),
+        Some(PROXY_NAME),
+        "beside kube-proxy the agents serve only the Services labelled \
+         service.kubernetes.io/service-proxy-name={PROXY_NAME}"
+    );
+    let healthz = check_probes(BESIDE_KUBE_PROXY, &rendered);
+    assert_ne!(
+        healthz, KUBE_PROXY_HEALTHZ_PORT,
+        "beside kube-proxy, which holds {KUBE_PROXY_HEALTHZ_PORT}, the agent's health \
+         endpoint (and its liveness probe) must be on another port"
+    );
+}
+
+#[test]
+fn instead_of_kube_proxy_overlay_serves_every_service_and_reaches_the_api_server_directly() {
+    let rendered = parse(&render_kustomization(INSTEAD_OF_KUBE_PROXY));
+    let agent = agent(pod_spec(daemon_set(&rendered)));
+    let settings = agent_settings(&rendered, agent, "198.18.0.10");
+    assert_eq!(
+        settings.service_proxy_name, None,
+        "instead of kube-proxy the agents serve every Service without the proxy-name label, \
+         as kube-proxy does, so no --service-proxy-name"
+    );
+    assert_eq!(
+        check_probes(INSTEAD_OF_KUBE_PROXY, &rendered),
+        KUBE_PROXY_HEALTHZ_PORT,
+        "instead of kube-proxy the agent answers kube-proxy's health paths on its port, where \
+         load balancers already ask"
+    );
+    // Nothing translates the `kubernetes` Service address before the agent's first sync.
+    let env = agent_env(&rendered, agent, "198.18.0.10");
+    let host = env.get("KUBERNETES_SERVICE_HOST").map(String::as_str);
+    assert!(
+        host.is_some_and(|host| !host.is_empty()),
+        "without kube-proxy the agent needs the API server's own address in \
+         KUBERNETES_SERVICE_HOST, has {host:?}"
+    );
+    let port = env.get("KUBERNETES_SERVICE_PORT");
+    assert!(
+        port.and_then(|p| p.parse::<u16>().ok()).is_some(),
+        "KUBERNETES_SERVICE_PORT must be a port, is {port:?}"
+    );
+}
+
+/// Kernel map memory at the default sizes, which the first agent on a node creates and the
+/// kernel charges to its container: fdinfo `memlock` of every map, measured on a 2-CPU
+/// node (358 MiB), as a fixed part and the per-CPU service counters.
+const MAP_MEMORY_FIXED_MIB: u64 = 350;
+const MAP_MEMORY_PER_CPU_MIB: u64 = 4;
+/// The agent's peak RSS at 10 000 Services x 10 endpoints
+/// (bench/results/2026-11-27-vm.md, "Control plane").
+const PEAK_RSS_10K_SERVICES_MIB: u64 = 188;
+
+/// A memory quantity in MiB; only the binary suffixes the manifests use.
+fn mebibytes(quantity: &str) -> u64 {
+    let (number, scale) = [("Gi", 1024), ("Mi", 1)]
+        .iter()
+        .find_map(|(suffix, scale)| quantity.strip_suffix(suffix).map(|n| (n, *scale)))
+        .unwrap_or_else(|| panic!("memory {quantity:?}: write it in Mi or Gi"));
+    number.parse::<u64>().expect("a whole number") * scale
+}
+
+#[test]
+fn agent_memory_covers_the_maps_and_the_measured_peak_heap() {
+    let rendered = rendered();
+    let resources = agent(pod_spec(daemon_set(&rendered)))
+        .resources
+        .as_ref()
+        .expect("agent resources");
+    let memory = |list: Option<
+        &BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>,
+    >| { mebibytes(&list.and_then(|l| l.get("memory")).expect("memory").0) };
+    let request = memory(resources.requests.as_ref());
+    let limit = memory(resources.limits.as_ref());
+    let needed = |cpus: u64| {
+        MAP_MEMORY_FIXED_MIB + MAP_MEMORY_PER_CPU_MIB * cpus + PEAK_RSS_10K_SERVICES_MIB
+    };
+    assert!(
+        request >= needed(16),
+        "the request ({request} MiB) should hold a 16-CPU node's maps and the agent at \
+         10 000 Services x 10 endpoints ({} MiB)",
+        needed(16)
+    );
+    assert!(
+        limit >= needed(128),
+        "the limit ({limit} MiB) should hold a 128-CPU node's maps and the agent at \
+         10 000 Services x 10 endpoints ({} MiB): a first start over it fails with ENOMEM",
+        needed(128)
     );
 }

@@ -544,7 +544,7 @@ impl<'a> Demo<'a> {
             EXTERNAL_LOCAL_SERVICE.name
         );
         println!(
-            "      (my-app-service's NodePort {} has policy Cluster: replies from the other node's pods need source NAT, not there yet)",
+            "      (my-app-service's NodePort {} has policy Cluster: a node masquerades what it sends to the other node's pods)",
             MY_APP_SERVICE.node_port.unwrap_or_default()
         );
         let outside = self.cluster.outside();

@@ -25,13 +25,15 @@ use crate::{
         attach_mode::XdpMode,
         aya_maps::{AyaMaps, ReadOnlyMaps},
         cgroup::CgroupRoot,
-        loader::{Datapath, DatapathOptions, IngressMode},
+        loader::{Datapath, DatapathOptions, IngressMode, interface_index},
+        masquerade::{self, PortRange},
     },
     health::{BIND_RETRY, HealthError, ProxyHealthServer, ServiceHealthServers, SyncHealth},
     metrics::{Metrics, MetricsServer},
     model::{ModelConfig, NodeInfo},
     source::{
-        self, SourceConfig, SourceProblem, SourceReceiver, UpdateCause, node::nodeport_addresses,
+        self, SourceConfig, SourceProblem, SourceReceiver, UpdateCause,
+        node::{interface_addresses, nodeport_addresses},
     },
 };
 use reconcile::Reconciler;
@@ -63,7 +65,13 @@ pub struct AgentConfig {
     pub cgroup_root: CgroupRoot,
     /// Sizes of the maps made when none are pinned; pinned maps must have these sizes.
     pub capacity: MapCapacity,
+    /// Source ports of masqueraded flows; no masquerade when `None`.
+    pub masquerade_ports: Option<PortRange>,
 }
+
+/// How often the agent deletes expired masquerade entries (SNAT). Well below the shortest
+/// timeout (TCP transient, 10 s), so a closed flow's port is free again soon after.
+const MASQUERADE_EXPIRY_INTERVAL: Duration = Duration::from_secs(5);
 
 pub fn run(args: AgentConfig) -> anyhow::Result<()> {
     tokio::runtime::Builder::new_multi_thread()
@@ -121,6 +129,32 @@ async fn run_async(args: AgentConfig) -> anyhow::Result<()> {
                 return Err(error).with_context(|| format!("attaching to {iface}"));
             }
         }
+    }
+    let masquerade_interfaces = args
+        .ifaces
+        .iter()
+        .map(|iface| {
+            let addresses = interface_addresses(iface)
+                .with_context(|| format!("listing the addresses of {iface}"))?;
+            Ok((
+                interface_index(iface)?,
+                masquerade::snat_addresses(&addresses),
+            ))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    datapath
+        .set_masquerade(args.masquerade_ports, &masquerade_interfaces)
+        .context("writing the masquerade settings")?;
+    if let Some(ports) = args.masquerade_ports {
+        tracing::info!(min = ports.min, max = ports.max, "masquerade ports");
+        let snat = aya::maps::MapData::from_pin(
+            args.pin_path.join("maps").join(lb_common::map_names::SNAT),
+        )
+        .context("opening the masquerade table")?;
+        let config = datapath
+            .config()
+            .context("reading the datapath's timeouts")?;
+        tokio::spawn(expire_masquerade(snat, config));
     }
     if let Some(cgroup) = args.cgroup_root.resolve()? {
         datapath
@@ -272,6 +306,30 @@ async fn run_async(args: AgentConfig) -> anyhow::Result<()> {
         "stopping; programs and maps stay pinned and keep balancing"
     );
     Ok(())
+}
+
+/// Deletes expired masquerade entries every [`MASQUERADE_EXPIRY_INTERVAL`], for as long as
+/// the agent runs (a stopped agent leaves them: they are freed by its successor).
+async fn expire_masquerade(snat: aya::maps::MapData, config: lb_common::Config) {
+    use std::os::fd::AsFd as _;
+    let mut tick = tokio::time::interval(MASQUERADE_EXPIRY_INTERVAL);
+    loop {
+        tick.tick().await;
+        let result = tokio::task::block_in_place(|| {
+            masquerade::expire(
+                snat.fd().as_fd(),
+                &config,
+                masquerade::monotonic_coarse_ns(),
+            )
+        });
+        match result {
+            Ok(expired) if expired.flows() > 0 => {
+                tracing::debug!(flows = expired.flows(), "expired masqueraded flows");
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "deleting expired masquerade entries failed"),
+        }
+    }
 }
 
 /// Marks every update the source publishes as queued, from a task of its own: an update the

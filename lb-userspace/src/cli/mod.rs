@@ -14,7 +14,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::{
     agent::AgentConfig,
-    dataplane::{MapCapacity, attach_mode::XdpMode, cgroup::CgroupRoot},
+    dataplane::{MapCapacity, attach_mode::XdpMode, cgroup::CgroupRoot, masquerade::PortRange},
     health::DEFAULT_HEALTHZ_BIND_ADDRESS,
     metrics::{MetricsError, parse_listen_addr},
     source::SourceConfig,
@@ -223,6 +223,42 @@ pub struct AgentArgs {
     /// Service; SOCK_REVERSE: unconnected UDP peers), both LRUs.
     #[arg(long, value_name = "N", default_value_t = lb_common::capacity::SOCK_CONNECTED, value_parser = parse_map_size, env = "SLICELB_SOCKET_MAP_MAX")]
     pub socket_map_max: u32,
+    /// Source ports of masqueraded flows, MIN-MAX, or "off" for no masquerade. External
+    /// traffic (NodePort, load-balancer IP, external IP) with `externalTrafficPolicy:
+    /// Cluster` sent to another node's endpoint leaves with this node's address and a port
+    /// of this range. Keep it outside the node's ephemeral ports
+    /// (`net.ipv4.ip_local_port_range`, 32768-60999 by default) and its NodePorts.
+    #[arg(long, value_name = "MIN-MAX|off", default_value = DEFAULT_MASQUERADE_PORTS, value_parser = parse_port_range, env = "SLICELB_MASQUERADE_PORTS")]
+    pub masquerade_ports: ::std::option::Option<PortRange>,
+    /// Entries of the masquerade table (SNAT, two per masqueraded flow). A full table
+    /// refuses new masqueraded flows; it never evicts a live one.
+    #[arg(long, value_name = "N", default_value_t = lb_common::capacity::SNAT, value_parser = parse_map_size, env = "SLICELB_MASQUERADE_MAX")]
+    pub masquerade_max: u32,
+}
+
+/// `--masquerade-ports` default: above Linux's default ephemeral range, below 65536.
+pub const DEFAULT_MASQUERADE_PORTS: &str = "61000-65535";
+
+/// `--masquerade-ports`: "MIN-MAX" (1..=65535, MIN <= MAX), or "off" for none.
+fn parse_port_range(input: &str) -> Result<Option<PortRange>, String> {
+    if input == "off" {
+        return Ok(None);
+    }
+    let (min, max) = input
+        .split_once('-')
+        .ok_or_else(|| format!("{input:?} is not MIN-MAX (two ports) or \"off\""))?;
+    let port = |text: &str| -> Result<u16, String> {
+        text.trim()
+            .parse::<u16>()
+            .ok()
+            .filter(|port| *port != 0)
+            .ok_or_else(|| format!("{text:?} is not a port (1-65535)"))
+    };
+    let (min, max) = (port(min)?, port(max)?);
+    if min > max {
+        return Err(format!("{input:?}: the first port is above the last"));
+    }
+    Ok(Some(PortRange { min, max }))
 }
 
 impl AgentArgs {
@@ -243,10 +279,12 @@ impl AgentArgs {
                 (Some(path), false) => CgroupRoot::Path(path.clone()),
                 (None, false) => CgroupRoot::Mount,
             },
+            masquerade_ports: self.masquerade_ports,
             capacity: MapCapacity {
                 conntrack: self.conntrack_max,
                 affinity: self.affinity_max,
                 socket_flows: self.socket_map_max,
+                snat: self.masquerade_max,
                 ..MapCapacity::default()
             },
         }
@@ -508,39 +546,77 @@ mod tests {
         assert!(Cli::try_parse_from(["slicelb", "--log-level", "loud", "stats"]).is_err());
     }
 
-    #[test]
-    fn flow_map_sizes_reach_the_agents_capacity_and_absurd_ones_are_refused() {
-        let agent = [
+    /// `slicelb agent` with the least it needs, then `flags`.
+    fn agent_argv(flags: &[&str]) -> Vec<String> {
+        [
             "slicelb",
             "agent",
             "--iface",
             "eth0",
             "--manifest-dir",
             "/tmp",
-        ];
-        let with = |flags: &[&str]| -> Vec<String> {
-            agent.iter().chain(flags).map(|a| a.to_string()).collect()
-        };
-        let sized = with(&[
+        ]
+        .iter()
+        .chain(flags)
+        .map(|a| a.to_string())
+        .collect()
+    }
+
+    fn agent_with(flags: &[&str]) -> AgentConfig {
+        let argv = agent_argv(flags);
+        agent_args(&argv.iter().map(String::as_str).collect::<Vec<_>>()).config()
+    }
+
+    fn refused(flags: &[&str]) -> bool {
+        Cli::try_parse_from(agent_argv(flags)).is_err()
+    }
+
+    #[test]
+    fn flow_map_sizes_reach_the_agents_capacity_and_absurd_ones_are_refused() {
+        let capacity = agent_with(&[
             "--conntrack-max",
             "1024",
             "--affinity-max",
             "512",
             "--socket-map-max",
             "2048",
-        ]);
-        let capacity = agent_args(&sized.iter().map(String::as_str).collect::<Vec<_>>())
-            .config()
-            .capacity;
+        ])
+        .capacity;
         assert_eq!(
             (capacity.conntrack, capacity.affinity, capacity.socket_flows),
             (1024, 512, 2048)
         );
         assert_eq!(capacity.backends, MapCapacity::default().backends);
-        assert_eq!(agent_args(&agent).config().capacity, MapCapacity::default());
+        assert_eq!(agent_with(&[]).capacity, MapCapacity::default());
         for absurd in ["0", "255", "67108865", "4294967296", "-1", "many"] {
-            let refused = Cli::try_parse_from(with(&["--conntrack-max", absurd]));
-            assert!(refused.is_err(), "--conntrack-max {absurd} was accepted");
+            assert!(
+                refused(&["--conntrack-max", absurd]),
+                "--conntrack-max {absurd} was accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn masquerade_ports_default_to_above_the_ephemeral_range_and_bad_ranges_are_refused() {
+        let range = |min, max| Some(PortRange { min, max });
+        assert_eq!(agent_with(&[]).masquerade_ports, range(61000, 65535));
+        let tiny = agent_with(&[
+            "--masquerade-ports",
+            "40000-40001",
+            "--masquerade-max",
+            "512",
+        ]);
+        assert_eq!(tiny.masquerade_ports, range(40000, 40001));
+        assert_eq!(tiny.capacity.snat, 512);
+        assert_eq!(
+            agent_with(&["--masquerade-ports", "off"]).masquerade_ports,
+            None
+        );
+        for bad in ["0-10", "10-5", "1-65536", "61000", "a-b", ""] {
+            assert!(
+                refused(&["--masquerade-ports", bad]),
+                "--masquerade-ports {bad:?} was accepted"
+            );
         }
     }
 

@@ -11,6 +11,7 @@ pub mod cgroup;
 pub mod frontend_filter;
 pub mod loader;
 pub mod mapped_array;
+pub mod masquerade;
 pub mod memory;
 pub mod pins;
 mod stale_flows;
@@ -138,6 +139,8 @@ pub struct MapCapacity {
     pub fragments: u32,
     /// Entries of SOCK_CONNECTED and of SOCK_REVERSE each (socket-level balancing).
     pub socket_flows: u32,
+    /// Entries of SNAT (masquerade; two per masqueraded flow).
+    pub snat: u32,
     pub source_ranges: u32,
     /// Service ids index SERVICE_STATS and SERVICE_NAMES.
     pub services: u32,
@@ -155,6 +158,7 @@ impl Default for MapCapacity {
             affinity: capacity::AFFINITY,
             fragments: capacity::FRAGMENTS,
             socket_flows: capacity::SOCK_CONNECTED,
+            snat: capacity::SNAT,
             source_ranges: capacity::SOURCE_RANGES,
             services: capacity::SERVICES,
         }
