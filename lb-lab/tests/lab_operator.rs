@@ -404,7 +404,7 @@ fn check_reports_drift_written_by_hand() {
     let check = |args: &[&str]| {
         let mut full = vec![
             "check",
-            "--config-dir",
+            "--manifest-dir",
             dir.as_str(),
             "--pin-path",
             pin.as_str(),

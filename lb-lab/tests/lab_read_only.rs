@@ -452,7 +452,13 @@ fn read_only_commands_write_no_map() {
     assert_eq!(status["agent"]["running"], false, "{status}");
     let empty_source = tempfile::tempdir().expect("an empty manifest directory");
     let source_arg = empty_source.path().display().to_string();
-    let check = slicelb(&["check", "--config-dir", &source_arg, "--pin-path", &pin_arg]);
+    let check = slicelb(&[
+        "check",
+        "--manifest-dir",
+        &source_arg,
+        "--pin-path",
+        &pin_arg,
+    ]);
     assert_eq!(
         check.status.code(),
         Some(1),

@@ -28,11 +28,11 @@ use crate::{
         loader::{Datapath, DatapathOptions, IngressMode, interface_index},
         masquerade::{self, PortRange},
     },
-    health::{BIND_RETRY, ProxyHealthServer, ServiceHealthServers, SyncHealth},
+    health::{BIND_RETRY, HealthError, ProxyHealthServer, ServiceHealthServers, SyncHealth},
     metrics::{Metrics, MetricsOptions, MetricsServer, TriggerTimes},
     model::{ModelConfig, NodeInfo},
     source::{
-        self, SourceConfig, SourceReceiver, UpdateCause,
+        self, SourceConfig, SourceProblem, SourceReceiver, UpdateCause,
         node::{interface_addresses, nodeport_addresses},
     },
 };
@@ -215,7 +215,10 @@ async fn run_async(args: AgentConfig) -> anyhow::Result<()> {
             continue;
         };
         for problem in &update.problems {
-            tracing::warn!(kind = problem.kind(), "{problem}");
+            match problem {
+                SourceProblem::ManifestWarning(warning) => warning.log(),
+                other => tracing::warn!(kind = other.kind(), "{other}"),
+            }
             metrics.count_error(problem.kind());
         }
         let node_eligibility = update.snapshot.node_eligibility;
@@ -238,16 +241,25 @@ async fn run_async(args: AgentConfig) -> anyhow::Result<()> {
                 metrics.count_changes(&report.changes);
                 metrics.set_rejected(report.rejected.len());
                 // Say each warning and rejection once, not on every resync.
-                let now: BTreeSet<String> = report
-                    .warnings
-                    .iter()
-                    .map(|w| format!("skipped: {w}"))
-                    .chain(report.rejected.iter().map(|(name, reason)| {
-                        format!("service {name} is not programmed: {reason}")
-                    }))
-                    .collect();
-                for line in now.difference(&reported) {
-                    tracing::warn!("{line}");
+                let mut now = BTreeSet::new();
+                for warning in &report.warnings {
+                    let line = warning.to_string();
+                    if !reported.contains(&line) {
+                        warning.log();
+                    }
+                    now.insert(line);
+                }
+                for (name, reason) in &report.rejected {
+                    let line = format!("service {name} is not programmed: {reason}");
+                    if !reported.contains(&line) {
+                        tracing::warn!(
+                            namespace = %name.namespace,
+                            service = %name.name,
+                            port = %name.port,
+                            "not programmed: {reason}"
+                        );
+                    }
+                    now.insert(line);
                 }
                 reported = now;
                 let stale = report.stale_flows;
@@ -266,7 +278,14 @@ async fn run_async(args: AgentConfig) -> anyhow::Result<()> {
                     metrics.sync_succeeded(synced_at);
                 }
                 for error in health_checks.sync(&report.health_checks) {
-                    tracing::warn!("{error}");
+                    match &error {
+                        HealthError::HealthCheckPort { service, .. } => tracing::warn!(
+                            namespace = %service.namespace,
+                            service = %service.name,
+                            "{error}"
+                        ),
+                        HealthError::Bind { .. } => tracing::warn!("{error}"),
+                    }
                     metrics.count_error(error.kind());
                 }
                 if !synced_once {

@@ -19,6 +19,8 @@ pub enum OutputFormat {
 /// The output flags every read-only view takes.
 #[derive(Debug, Clone, Copy, Args)]
 pub struct OutputArgs {
+    /// Output format: `table` for people, `wide` with more columns, `json` or `yaml` for
+    /// scripts (keys as the metrics name their labels).
     #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
     /// Leave out the header line of tables (for scripts that cut columns).

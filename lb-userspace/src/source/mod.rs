@@ -225,7 +225,7 @@ pub async fn snapshot_once(config: SourceConfig, node: NodeInfo) -> Result<Snaps
                 .await
                 .expect("the manifest loader does not panic")?;
             for warning in warnings {
-                tracing::warn!("{warning}");
+                warning.log();
             }
             Ok(snapshot)
         }
