@@ -12,6 +12,7 @@ pub mod frontend_filter;
 pub mod loader;
 pub mod mapped_array;
 pub mod memory;
+pub mod migrate;
 pub mod pins;
 mod stale_flows;
 mod sys;
