@@ -2,7 +2,9 @@
 //! [`MapCapacity`], everything pinned under one directory so that a restarted agent adopts
 //! the maps (flows and configuration survive) and swaps the programs in place.
 //!
-//! Pin layout: `<pin>/maps/NAME` for every map, `<pin>/links/<iface>/{xdp,tc_ingress,tc_egress}`
+//! Pin layout: `<pin>/maps/NAME` for every map and `<pin>/maps/LAYOUT` for their layout
+//! version (maps of another version or size are carried over: [`super::migrate`]),
+//! `<pin>/links/<iface>/{xdp,tc_ingress,tc_egress}`
 //! for interface attachments, `<pin>/links/cgroup-<stamp>/<program>` for the socket-level
 //! hooks at the cgroup root.
 //!
