@@ -547,9 +547,10 @@ fn copy_entries(
     })
 }
 
-/// At most `room` entries of `entries` whose keys `present` lacks, the most recently used
-/// (by the u64 at `last_seen_offset`) when not all fit, in the order to insert them:
-/// oldest first, so that an LRU map that evicts keeps the newest.
+/// At most `room` entries of `entries` whose keys `present` lacks, in the order to insert
+/// them. With `last_seen_offset` (the u64 of an entry's last use), the most recently used
+/// when not all fit, oldest first, so that an LRU map that evicts keeps the newest;
+/// without, the first in `entries`' order (an array keeps its lowest indexes).
 pub fn newest_absent(
     entries: &RawEntries,
     present: &RawEntries,
@@ -560,16 +561,19 @@ pub fn newest_absent(
     let mut order: Vec<usize> = (0..entries.len())
         .filter(|&i| !present.contains(entries.key(i)))
         .collect();
-    if let Some(offset) = last_seen_offset {
-        let last_seen = |i: usize| {
-            let bytes = &entries.value(i)[offset..offset + 8];
-            u64::from_ne_bytes(bytes.try_into().unwrap_or_default())
-        };
-        order.sort_by_key(|&i| last_seen(i));
+    match last_seen_offset {
+        Some(offset) => {
+            let last_seen = |i: usize| {
+                let bytes = &entries.value(i)[offset..offset + 8];
+                u64::from_ne_bytes(bytes.try_into().unwrap_or_default())
+            };
+            order.sort_by_key(|&i| last_seen(i));
+            order.drain(..order.len().saturating_sub(room));
+        }
+        None => order.truncate(room),
     }
-    let skip = order.len().saturating_sub(room);
     let mut chosen = RawEntries::new(entries.key_size, entries.value_size);
-    for &i in &order[skip..] {
+    for &i in &order {
         chosen.push(entries.key(i), entries.value(i));
     }
     chosen
@@ -682,5 +686,8 @@ mod tests {
         let present = conntrack(&[flow(3, 99)]);
         let chosen = newest_absent(&entries, &present, 10, offset);
         assert_eq!(chosen, conntrack(&[flow(2, 10), flow(4, 20), flow(1, 30)]));
+        // Without a last use (an array's slots): the first ones, in their order.
+        let chosen = newest_absent(&entries, &none, 2, None);
+        assert_eq!(chosen, conntrack(&[flow(1, 30), flow(2, 10)]));
     }
 }
