@@ -13,6 +13,7 @@ pub mod loader;
 pub mod mapped_array;
 pub mod masquerade;
 pub mod memory;
+pub mod migrate;
 pub mod pins;
 mod stale_flows;
 mod sys;
