@@ -19,7 +19,7 @@ mod stale_flows;
 mod sys;
 pub mod test_run;
 
-pub use batch::{Counted, HASH_CHUNK};
+pub use batch::{Counted, HASH_CHUNK, update_entries};
 
 use std::{
     collections::{BTreeMap, BTreeSet},
