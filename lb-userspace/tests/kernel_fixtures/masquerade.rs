@@ -116,6 +116,7 @@ fn endpoint_reply(forwarded: &Spec, seen_from: (&str, u16)) -> Spec {
     );
     reply.src_mac = NODE_MAC;
     reply.dst_mac = CLIENT_MAC;
+    reply.udp_no_checksum = forwarded.udp_no_checksum;
     reply
 }
 
@@ -211,15 +212,16 @@ fn refused_at_egress(
 /// Runs a masquerade scenario once per family in one datapath (reset in between, with
 /// masquerade on with [`PORTS`]); panics naming the family that failed.
 fn check_flows(scenario: impl Fn(&mut Env, Family) -> Result<(), String>) {
-    check_flows_in(&mut Env::new(), PORTS, scenario);
+    check_flows_in(&mut Env::new(), PORTS, &Family::BOTH, scenario);
 }
 
 fn check_flows_in(
     env: &mut Env,
     ports: PortRange,
+    families: &[Family],
     scenario: impl Fn(&mut Env, Family) -> Result<(), String>,
 ) {
-    for family in Family::BOTH {
+    for &family in families {
         env.reset();
         env.set_masquerade(&masquerade_on(ports));
         env.install(&node_port(family, PROTO_TCP));
@@ -348,6 +350,17 @@ fn udp_flow_to_another_nodes_endpoint_is_masqueraded_both_ways() {
     });
 }
 
+/// Row 1 for IPv4 UDP without checksums: the zero checksum stays zero both ways.
+#[test]
+fn ipv4_udp_without_checksum_is_masqueraded_both_ways() {
+    // IPv6 UDP always has a checksum.
+    check_flows_in(&mut Env::new(), PORTS, &[Family::V4], |env, family| {
+        let request = from_client(family, 40000, L4::Udp).udp_no_checksum();
+        let flow = open(env, family, request, PORTS)?;
+        reply_reaches_client(env, family, &flow, Program::TcIngress)
+    });
+}
+
 /// Row 2: a later packet of the flow (through conntrack) leaves with the same port; the
 /// flow holds exactly its two SNAT entries (no second allocation).
 #[test]
@@ -472,7 +485,7 @@ fn a_full_port_range_refuses_a_new_flow_and_keeps_the_others() {
         min: 61000,
         max: 61001,
     };
-    check_flows_in(&mut Env::new(), two, |env, family| {
+    check_flows_in(&mut Env::new(), two, &Family::BOTH, |env, family| {
         let first = open(env, family, from_client(family, 40001, L4::Udp), two)?;
         let second = open(env, family, from_client(family, 40002, L4::Udp), two)?;
         if first.port == second.port {
@@ -504,7 +517,7 @@ fn a_full_snat_table_refuses_a_new_flow_and_keeps_the_others() {
         snat: 4,
         ..test_capacity()
     });
-    check_flows_in(&mut env, PORTS, |env, family| {
+    check_flows_in(&mut env, PORTS, &Family::BOTH, |env, family| {
         let first = open(env, family, from_client(family, 40001, L4::Tcp(SYN)), PORTS)?;
         let second = open(env, family, from_client(family, 40002, L4::Tcp(SYN)), PORTS)?;
         let third = from_client(family, 40003, L4::Tcp(SYN)).build();
@@ -625,7 +638,7 @@ fn the_agents_expiry_frees_an_idle_flows_port() {
         min: 61000,
         max: 61000,
     };
-    check_flows_in(&mut Env::new(), one, |env, family| {
+    check_flows_in(&mut Env::new(), one, &Family::BOTH, |env, family| {
         let flow = open(env, family, from_client(family, 40000, L4::Udp), one)?;
         reply_reaches_client(env, family, &flow, Program::TcIngress)?;
         let snat = env.datapath.map_data(map_names::SNAT).expect("SNAT");
