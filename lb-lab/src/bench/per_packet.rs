@@ -703,7 +703,7 @@ mod masquerade {
     use lb_common::SnatAddresses;
     use slicelb::{dataplane::masquerade::PortRange, model::Snapshot};
 
-    pub const CASES: [&str; 2] = [super::CASES[6], super::CASES[7]];
+    pub const CASES: [&str; 2] = [super::CASES[7], super::CASES[8]];
     pub const EXTERNAL_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 99, 1);
     pub const EXTERNAL_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 0x99, 0, 0, 0, 1);
     pub const PORT: u16 = 80;
