@@ -66,7 +66,10 @@
 //!   the client's address.
 //! - TC egress never drops: what it cannot parse leaves untouched (`pass_unparsed_headers`);
 //!   egress packets of no balanced flow count as `pass_no_frontend`.
-//! - TC passes with `TC_ACT_PIPE` (tcx: next program), drops with `TC_ACT_SHOT`.
+//! - TC passes with `TCX_NEXT` (the interface's next tcx program runs, then classic tc
+//!   filters; the last one's pass lets the packet through), drops with `TC_ACT_SHOT`. Any
+//!   other code would end the tcx walk: a CNI program attached after ours would never see
+//!   the packets we pass.
 //! - Stack: each call chain must stay under 512 bytes, so the rare paths (rejects, ICMP,
 //!   fragments), the conntrack hit and the balancing itself are separate BPF functions.
 #![no_std]
@@ -78,7 +81,7 @@
 
 use aya_ebpf::{
     EbpfContext,
-    bindings::{TC_ACT_PIPE, TC_ACT_SHOT, xdp_action},
+    bindings::{TC_ACT_SHOT, tcx_action_base::TCX_NEXT, xdp_action},
     macros::{cgroup_sock, cgroup_sock_addr, classifier, xdp},
     programs::{SockAddrContext, SockContext, TcContext, XdpContext},
 };
@@ -127,7 +130,7 @@ fn xdp_action(verdict: Verdict) -> u32 {
 fn tc_action(tc: &Tc, verdict: Verdict) -> i32 {
     count_reason(verdict.reason);
     match verdict.action {
-        Action::Pass => TC_ACT_PIPE,
+        Action::Pass => TCX_NEXT,
         Action::Drop => TC_ACT_SHOT,
         Action::Bounce => tc.redirect_back(),
     }

@@ -12,7 +12,7 @@
 
 use aya_ebpf::{
     EbpfContext as _,
-    bindings::{TC_ACT_PIPE, TC_ACT_SHOT, xdp_action},
+    bindings::{TC_ACT_SHOT, tcx_action_base::TCX_NEXT, xdp_action},
     helpers::generated::{bpf_skb_store_bytes, bpf_xdp_store_bytes},
     macros::{classifier, map, xdp},
     maps::{Array, PerCpuArray, ProgramArray},
@@ -295,7 +295,7 @@ pub fn bench_restore_tc(ctx: TcContext) -> i32 {
 /// The empty TC program: what the TC restore costs on its own.
 #[classifier]
 pub fn bench_tc_empty(_ctx: TcContext) -> i32 {
-    TC_ACT_PIPE
+    TCX_NEXT
 }
 
 #[cfg(not(test))]

@@ -202,7 +202,7 @@ fn refused_by_skb_test_run(program: Program, packet: &[u8]) -> bool {
 
 fn allowed_verdicts(program: Program) -> [u32; 3] {
     match program {
-        Program::TcIngress | Program::TcEgress => [TC_ACT_PIPE, TC_ACT_SHOT, TC_ACT_REDIRECT],
+        Program::TcIngress | Program::TcEgress => [TCX_NEXT, TC_ACT_SHOT, TC_ACT_REDIRECT],
         _ => [XDP_PASS, XDP_DROP, XDP_TX],
     }
 }
@@ -219,7 +219,7 @@ fn verdict_for(program: Program, reason: Reason) -> u32 {
             XDP_PASS
         }
         (ReasonClass::Pass | ReasonClass::Lb | ReasonClass::Reply | ReasonClass::Icmp, true) => {
-            TC_ACT_PIPE
+            TCX_NEXT
         }
     }
 }

@@ -271,7 +271,7 @@ fn xdp_conntrack_hit_does_not_look_at_frontends() {
 fn tc_ingress_conntrack_hit_does_not_look_at_frontends() {
     check(conntrack_hit_does_not_look_at_frontends(
         Program::TcIngress,
-        TC_ACT_PIPE,
+        TCX_NEXT,
     ));
 }
 

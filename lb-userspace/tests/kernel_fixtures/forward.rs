@@ -275,7 +275,7 @@ fn tc_ingress_tcp_syn_to_cluster_ip() {
             program: Program::TcIngress,
             input: packet.build(),
             expect: Expect {
-                verdict: TC_ACT_PIPE,
+                verdict: TCX_NEXT,
                 reason: Reason::LbNewFlow,
                 out: Out::Packet(dnat(&service, &packet).build()),
                 service: Some(ServiceDelta {
@@ -297,7 +297,7 @@ fn tc_ingress_ipv6_udp_to_cluster_ip() {
         program: Program::TcIngress,
         input: packet.build(),
         expect: Expect {
-            verdict: TC_ACT_PIPE,
+            verdict: TCX_NEXT,
             reason: Reason::LbNewFlow,
             out: Out::Packet(dnat(&service, &packet).build()),
             service: Some(ServiceDelta {
@@ -318,7 +318,7 @@ fn tc_ingress_ipv4_udp_without_checksum() {
         program: Program::TcIngress,
         input: packet.build(),
         expect: Expect {
-            verdict: TC_ACT_PIPE,
+            verdict: TCX_NEXT,
             reason: Reason::LbNewFlow,
             out: Out::Packet(dnat(&service, &packet).build()),
             service: Some(ServiceDelta {
@@ -346,7 +346,7 @@ fn tc_ingress_ipv6_tcp_to_load_balancer() {
         program: Program::TcIngress,
         input: packet.build(),
         expect: Expect {
-            verdict: TC_ACT_PIPE,
+            verdict: TCX_NEXT,
             reason: Reason::LbNewFlow,
             out: Out::Packet(dnat(&service, &packet).build()),
             service: Some(ServiceDelta {

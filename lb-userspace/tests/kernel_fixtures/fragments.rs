@@ -84,7 +84,7 @@ fn tc_ingress_ipv4_later_fragment_follows_its_first_which_went_by_conntrack() {
         program: Program::TcIngress,
         input: fragment(Family::V4, &whole.build(), false),
         expect: Expect {
-            verdict: TC_ACT_PIPE,
+            verdict: TCX_NEXT,
             reason: Reason::LbFragment,
             out: Out::Packet(fragment(Family::V4, &natted, false)),
             service: Some(ServiceDelta {
@@ -126,7 +126,7 @@ fn tc_ingress_ipv6_later_fragment_follows_its_first() {
         program: Program::TcIngress,
         input: fragment(Family::V6, &whole.build(), false),
         expect: Expect {
-            verdict: TC_ACT_PIPE,
+            verdict: TCX_NEXT,
             reason: Reason::LbFragment,
             out: Out::Packet(fragment(Family::V6, &natted, false)),
             service: Some(ServiceDelta {

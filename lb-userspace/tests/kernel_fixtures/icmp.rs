@@ -30,7 +30,7 @@ fn tc_egress_too_big_from_the_node_quotes_the_frontend() {
             program: Program::TcEgress,
             input: too_big(&dnat(&service, &packet)),
             expect: Expect {
-                verdict: TC_ACT_PIPE,
+                verdict: TCX_NEXT,
                 reason: Reason::IcmpErrorTranslated,
                 out: Out::Packet(too_big(&packet)),
                 service: None,
@@ -71,7 +71,7 @@ fn tc_egress_port_unreachable_from_a_backend_comes_from_the_frontend() {
         program: Program::TcEgress,
         input,
         expect: Expect {
-            verdict: TC_ACT_PIPE,
+            verdict: TCX_NEXT,
             reason: Reason::IcmpErrorTranslated,
             out: Out::Packet(expected),
             service: None,
@@ -161,7 +161,7 @@ fn tc_ingress_ipv6_packet_too_big_from_a_client_reaches_the_backend() {
         program: Program::TcIngress,
         input,
         expect: Expect {
-            verdict: TC_ACT_PIPE,
+            verdict: TCX_NEXT,
             reason: Reason::IcmpErrorTranslated,
             out: Out::Packet(expected),
             service: None,

@@ -266,7 +266,7 @@ fn open(env: &Env, family: Family, request: Spec, ports: PortRange) -> Result<Op
         env,
         Program::TcEgress,
         &forwarded.build(),
-        TC_ACT_PIPE,
+        TCX_NEXT,
         Reason::LbMasqueraded,
     )?;
     let sport_at = l4_offset(&forwarded);
@@ -309,7 +309,7 @@ fn reply_reaches_client(
     let reply = endpoint_reply(&flow.forwarded, (family.node_address(), flow.port));
     let verdict = match ingress {
         Program::Xdp => XDP_PASS,
-        _ => TC_ACT_PIPE,
+        _ => TCX_NEXT,
     };
     let client = flow.request.src.to_string();
     let to_client = reply.clone().to(&client, flow.request.sport);
@@ -325,7 +325,7 @@ fn reply_reaches_client(
         env,
         Program::TcEgress,
         &out,
-        (TC_ACT_PIPE, Reason::ReplyTranslated),
+        (TCX_NEXT, Reason::ReplyTranslated),
         &from_frontend.build(),
     )?;
     Ok(())
@@ -382,7 +382,7 @@ fn a_later_packet_of_a_masqueraded_flow_keeps_its_port() {
             env,
             Program::TcEgress,
             &forwarded.build(),
-            (TC_ACT_PIPE, Reason::LbMasqueraded),
+            (TCX_NEXT, Reason::LbMasqueraded),
             &masqueraded.build(),
         )?;
         let directions: Vec<(u8, u16)> = env
@@ -420,7 +420,7 @@ fn not_masqueraded(family: Family, service: Service, masquerade: Masquerade) -> 
         program: Program::TcEgress,
         input: forwarded.build(),
         expect: Expect {
-            verdict: TC_ACT_PIPE,
+            verdict: TCX_NEXT,
             reason: Reason::PassNoFrontend,
             out: Out::Unchanged,
             service: None,
@@ -498,7 +498,7 @@ fn a_full_port_range_refuses_a_new_flow_and_keeps_the_others() {
                 env,
                 Program::TcEgress,
                 &flow.forwarded.build(),
-                (TC_ACT_PIPE, Reason::LbMasqueraded),
+                (TCX_NEXT, Reason::LbMasqueraded),
                 &flow.masqueraded(family).build(),
             )?;
             reply_reaches_client(env, family, flow, Program::TcIngress)?;
@@ -611,7 +611,7 @@ fn too_big_about_a_masqueraded_packet_reaches_the_client_quoting_the_frontend() 
             )
         };
         let input = too_big(family.node_address(), &flow.masqueraded(family));
-        let translated = (TC_ACT_PIPE, Reason::IcmpErrorTranslated);
+        let translated = (TCX_NEXT, Reason::IcmpErrorTranslated);
         let out = step_to(
             env,
             Program::TcIngress,

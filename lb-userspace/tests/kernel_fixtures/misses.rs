@@ -97,7 +97,7 @@ fn tc_ingress_ipv4_tcp_to_another_port() {
             .to(Family::V4.vip(), 443)
             .build(),
         expect: Expect {
-            verdict: TC_ACT_PIPE,
+            verdict: TCX_NEXT,
             reason: Reason::PassNoFrontend,
             out: Out::Unchanged,
             service: None,

@@ -44,7 +44,7 @@ fn tc_egress_ipv4_tcp_reply_leaves_from_the_service_address() {
         program: Program::TcEgress,
         input: reply.build(),
         expect: Expect {
-            verdict: TC_ACT_PIPE,
+            verdict: TCX_NEXT,
             reason: Reason::ReplyTranslated,
             out: Out::Packet(from_frontend(&reply, &request)),
             service: None,
@@ -66,7 +66,7 @@ fn tc_egress_ipv6_udp_reply_leaves_from_the_service_address() {
         program: Program::TcEgress,
         input: reply.build(),
         expect: Expect {
-            verdict: TC_ACT_PIPE,
+            verdict: TCX_NEXT,
             reason: Reason::ReplyTranslated,
             out: Out::Packet(from_frontend(&reply, &request)),
             service: None,
@@ -88,7 +88,7 @@ fn tc_egress_ipv4_udp_reply_without_checksum() {
         program: Program::TcEgress,
         input: reply.build(),
         expect: Expect {
-            verdict: TC_ACT_PIPE,
+            verdict: TCX_NEXT,
             reason: Reason::ReplyTranslated,
             out: Out::Packet(from_frontend(&reply, &request)),
             service: None,
@@ -110,7 +110,7 @@ fn tc_egress_traffic_of_no_balanced_flow_passes_untouched() {
         )
         .build(),
         expect: Expect {
-            verdict: TC_ACT_PIPE,
+            verdict: TCX_NEXT,
             reason: Reason::PassNoFrontend,
             out: Out::Unchanged,
             service: None,

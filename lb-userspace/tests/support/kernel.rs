@@ -21,7 +21,8 @@ pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
 pub const XDP_TX: u32 = 3;
 pub const TC_ACT_SHOT: u32 = 2;
-pub const TC_ACT_PIPE: u32 = 3;
+/// `TCX_NEXT` (-1) as a test run returns it: the program passed the packet on.
+pub const TCX_NEXT: u32 = u32::MAX;
 pub const TC_ACT_REDIRECT: u32 = 7;
 
 /// Maglev table size used by every test service.
