@@ -16,7 +16,6 @@ pub mod syn_flood;
 use std::{
     fs::File,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    os::fd::AsFd,
     path::{Path, PathBuf},
     process::{Command, Output, Stdio},
     sync::atomic::{AtomicU32, Ordering},
@@ -201,16 +200,8 @@ impl Netns {
         })?;
         std::thread::scope(|scope| {
             let handle = scope.spawn(move || {
-                // SAFETY: setns on a valid namespace fd affects only this new thread.
-                let rc = unsafe {
-                    libc::setns(
-                        std::os::fd::AsRawFd::as_raw_fd(&file.as_fd()),
-                        libc::CLONE_NEWNET,
-                    )
-                };
-                if rc != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
+                // Entering a network namespace affects only this new thread.
+                nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)?;
                 Ok(f())
             });
             match handle.join() {

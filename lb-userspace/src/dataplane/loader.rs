@@ -415,15 +415,12 @@ impl Datapath {
         let name = CString::new(iface).map_err(|_| LoadError::InterfaceName {
             iface: iface.into(),
         })?;
-        // SAFETY: a valid NUL-terminated string.
-        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-        if ifindex == 0 {
-            return Err(LoadError::Attach {
+        let ifindex =
+            nix::net::if_::if_nametoindex(name.as_c_str()).map_err(|_| LoadError::Attach {
                 program: program_names::TC_EGRESS,
                 iface: iface.into(),
                 source: aya::programs::ProgramError::UnknownInterface { name: name.clone() },
-            });
-        }
+            })?;
         self.attach_index(iface, ifindex, mode)
     }
 
