@@ -28,6 +28,7 @@ use kube::{
         watcher,
     },
 };
+use rustls_pki_types::{CertificateDer, pem::PemObject as _};
 use serde::de::DeserializeOwned;
 use tokio::{
     sync::mpsc,
@@ -172,14 +173,10 @@ pub enum KubernetesError {
         source: io::Error,
     },
     #[error(
-        "the in-cluster configuration from {dir} is unusable: {source}; check that ca.crt is a PEM certificate",
+        "the in-cluster configuration from {dir} is unusable: {reason}; check that ca.crt is a PEM certificate",
         dir = dir.display()
     )]
-    InClusterConfig {
-        dir: PathBuf,
-        #[source]
-        source: KubeconfigError,
-    },
+    InClusterConfig { dir: PathBuf, reason: String },
     #[error("cannot create a Kubernetes client for {server}: {source}")]
     Client {
         server: String,
@@ -213,8 +210,9 @@ pub async fn client_config(connection: &Connection) -> Result<kube::Config, Kube
     }
 }
 
-/// The in-cluster configuration as a kubeconfig of file references, so that kube re-reads the
-/// (rotating, projected) token file as client-go does.
+/// The in-cluster configuration, with the settings [`kube::Config::incluster_env`] makes (that
+/// function reads only the fixed pod paths, so tests could not point it at their own
+/// directory): the token and the CA are given as files, which kube re-reads as they rotate.
 async fn in_cluster_config(paths: &InClusterPaths) -> Result<kube::Config, KubernetesError> {
     let (host, port) = match &paths.api_server {
         Some((host, port)) => (host.clone(), *port),
@@ -245,32 +243,32 @@ async fn in_cluster_config(paths: &InClusterPaths) -> Result<kube::Config, Kuber
     for file in [&token, &ca] {
         check_readable(file)?;
     }
-    let namespace = tokio::fs::read_to_string(dir.join("namespace"))
+    let in_cluster_error = |reason: String| KubernetesError::InClusterConfig {
+        dir: dir.clone(),
+        reason,
+    };
+    let cluster_url = server
+        .parse()
+        .map_err(|error| in_cluster_error(format!("{server} is not a URL: {error}")))?;
+    let root_cert = CertificateDer::pem_file_iter(&ca)
+        .and_then(|certificates| {
+            certificates
+                .map(|certificate| certificate.map(|der| der.to_vec()))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .map_err(|error| in_cluster_error(format!("ca.crt: {error}")))?;
+    if root_cert.is_empty() {
+        return Err(in_cluster_error("ca.crt holds no certificate".to_owned()));
+    }
+    let mut config = kube::Config::new(cluster_url);
+    config.default_namespace = tokio::fs::read_to_string(dir.join("namespace"))
         .await
         .map(|namespace| namespace.trim().to_owned())
         .unwrap_or_else(|_| "default".to_owned());
-
-    let kubeconfig = serde_json::json!({
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "in-cluster", "cluster": {
-            "server": server,
-            "certificate-authority": ca,
-        }}],
-        "users": [{"name": "service-account", "user": {"tokenFile": token}}],
-        "contexts": [{"name": "in-cluster", "context": {
-            "cluster": "in-cluster", "user": "service-account", "namespace": namespace,
-        }}],
-        "current-context": "in-cluster",
-    });
-    let in_cluster_error = |source| KubernetesError::InClusterConfig {
-        dir: dir.clone(),
-        source,
-    };
-    let kubeconfig = Kubeconfig::from_yaml(&kubeconfig.to_string()).map_err(in_cluster_error)?;
-    kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .map_err(in_cluster_error)
+    config.root_cert = Some(root_cert);
+    config.root_cert_file = Some(ca);
+    config.auth_info.token_file = Some(token.to_string_lossy().into_owned());
+    Ok(config)
 }
 
 fn check_readable(path: &Path) -> Result<(), KubernetesError> {
