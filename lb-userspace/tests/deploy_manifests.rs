@@ -3,8 +3,8 @@
 //! k8s-openapi types to check what the schemas cannot (RBAC scope, references between
 //! objects, and that the DaemonSet calls the agent with flags and values it accepts).
 //!
-//! Needs `kubectl` (client only) and `kubernetes-validate` (PyPI) on PATH; fails naming
-//! the missing tool and how to install it.
+//! Needs `kubectl` (client only) and `kubernetes-validate` (PyPI, in `cargo xtask setup`'s
+//! virtual environment) on PATH; fails naming the missing tool and how to install it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
@@ -20,7 +20,8 @@ use serde::Deserialize as _;
 const NAMESPACE: &str = "slicelb-system";
 const SCHEMA_VERSION: &str = "1.33.0";
 const VALIDATOR: &str = "kubernetes-validate";
-const VALIDATOR_INSTALL: &str = "pip install kubernetes-validate==1.37.0";
+const VALIDATOR_INSTALL: &str = "run `cargo xtask setup`, which installs it into \
+     ~/.cache/slicelb/venv/bin, and put that directory on PATH (`cargo xtask test` does)";
 const AGENT_CONTAINER: &str = "agent";
 const BPFFS: &str = "/sys/fs/bpf";
 /// The agent's directory in the host's BPF filesystem.
@@ -128,9 +129,7 @@ fn deploy_renders_and_passes_strict_schema_validation_for_kubernetes_1_33() {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| {
-            panic!("cannot run {VALIDATOR} ({e}): install it with `{VALIDATOR_INSTALL}`")
-        });
+        .unwrap_or_else(|e| panic!("cannot run {VALIDATOR} ({e}): {VALIDATOR_INSTALL}"));
     validator
         .stdin
         .take()
