@@ -60,14 +60,14 @@ struct Rendered {
     daemon_sets: Vec<DaemonSet>,
 }
 
-fn typed<T: serde::de::DeserializeOwned>(doc: serde_yaml::Value, kind: &str) -> T {
-    serde_yaml::from_value(doc).unwrap_or_else(|e| panic!("rendered {kind} does not parse: {e}"))
+fn typed<T: serde::de::DeserializeOwned>(doc: serde_norway::Value, kind: &str) -> T {
+    serde_norway::from_value(doc).unwrap_or_else(|e| panic!("rendered {kind} does not parse: {e}"))
 }
 
 fn parse(yaml: &str) -> Rendered {
     let mut rendered = Rendered::default();
-    for document in serde_yaml::Deserializer::from_str(yaml) {
-        let doc = serde_yaml::Value::deserialize(document).expect("rendered YAML parses");
+    for document in serde_norway::Deserializer::from_str(yaml) {
+        let doc = serde_norway::Value::deserialize(document).expect("rendered YAML parses");
         let kind = doc["kind"].as_str().unwrap_or("<no kind>").to_owned();
         match kind.as_str() {
             "Namespace" => rendered.namespaces.push(typed(doc, &kind)),
