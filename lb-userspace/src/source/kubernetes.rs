@@ -646,3 +646,42 @@ where
     });
     reader
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The settings kube's `incluster_env` makes: the token and the CA as files (which kube
+    /// re-reads as they rotate), the namespace file's namespace, an IPv6 host in brackets.
+    #[tokio::test]
+    async fn in_cluster_config_gives_kube_the_files_it_reloads() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = rcgen::generate_simple_self_signed(vec!["kubernetes".into()]).unwrap();
+        std::fs::write(dir.path().join("token"), "token").unwrap();
+        std::fs::write(dir.path().join("ca.crt"), ca.cert.pem()).unwrap();
+        std::fs::write(dir.path().join("namespace"), "kube-system\n").unwrap();
+        let paths = InClusterPaths {
+            service_account_dir: dir.path().to_path_buf(),
+            api_server: Some(("2001:2::1".into(), 6443)),
+        };
+        let config = in_cluster_config(&paths).await.unwrap();
+        assert_eq!(config.cluster_url.scheme_str(), Some("https"));
+        assert_eq!(config.cluster_url.host(), Some("[2001:2::1]"));
+        assert_eq!(config.cluster_url.port_u16(), Some(6443));
+        assert_eq!(config.default_namespace, "kube-system");
+        let token = dir.path().join("token");
+        assert_eq!(config.auth_info.token_file.as_deref(), token.to_str());
+        assert_eq!(
+            config.root_cert_file.as_deref(),
+            Some(dir.path().join("ca.crt").as_path())
+        );
+        assert_eq!(config.root_cert, Some(vec![ca.cert.der().to_vec()]));
+
+        std::fs::write(dir.path().join("ca.crt"), "not a certificate").unwrap();
+        let error = in_cluster_config(&paths).await.unwrap_err();
+        assert!(
+            matches!(error, KubernetesError::InClusterConfig { .. }),
+            "a ca.crt without a certificate is refused: {error}"
+        );
+    }
+}
