@@ -269,6 +269,7 @@ impl ChildGuard {
 
     /// Sends `signal` (SIGTERM for a clean stop, SIGKILL for a crash) and waits for exit.
     pub fn signal_and_wait(&mut self, signal: i32) -> std::io::Result<std::process::ExitStatus> {
+        // Raw libc: callers pass libc's signal numbers.
         // SAFETY: kill on our own child's pid, which we have not reaped yet.
         unsafe { libc::kill(self.child.id() as i32, signal) };
         self.child.wait()
@@ -533,10 +534,8 @@ fn built_binary(name: &str, build_hint: &str) -> Result<PathBuf, LabError> {
 
 /// Panics with a clear message unless running as root (the root tests use this first).
 pub fn require_root(what: &str) {
-    // SAFETY: geteuid has no preconditions.
-    let uid = unsafe { libc::geteuid() };
     assert!(
-        uid == 0,
+        nix::unistd::geteuid().is_root(),
         "{what} needs root (BPF, network namespaces); run `cargo xtask test` as root"
     );
 }
