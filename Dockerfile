@@ -29,6 +29,9 @@ RUN set -eux; \
 
 FROM toolchains AS build
 ENV PATH=/opt/bpf-linker/bin:${PATH}
+# The commit `slicelb_build_info` reports (.git is not in the build context):
+#   docker build --build-arg SLICELB_GIT_COMMIT="$(git rev-parse --short=12 HEAD)" .
+ARG SLICELB_GIT_COMMIT=unknown
 WORKDIR /src
 COPY . .
 # lb-userspace's build script builds lb-ebpf with the nightly (through rustup) and embeds it.

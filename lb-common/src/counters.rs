@@ -51,10 +51,28 @@ pub enum Reason {
     /// affinity) still names it; another backend answers it with a RST. Counted apart so that
     /// a flow the table lost never goes silently to another backend.
     LbConntrackLost,
+    /// A packet of a masqueraded flow (from outside, to an external frontend with
+    /// `externalTrafficPolicy: Cluster`, balanced to another node's endpoint) leaving with
+    /// this node's address and a port of `--masquerade-ports` as its source (TC egress).
+    LbMasqueraded,
+    /// A reply to a masqueraded flow arriving at this node's address and port: its
+    /// destination turned back into the client's (then the stack routes it to the client
+    /// and TC egress gives it the frontend's address).
+    ReplyUnmasqueraded,
+    /// A new masqueraded flow found no free source port: every port of
+    /// `--masquerade-ports` it tried already carries a flow to the same endpoint. Dropped;
+    /// no live mapping is taken over.
+    DropMasqueradePortsExhausted,
+    /// A new masqueraded flow found the SNAT table full (`--snat-max`). Dropped; no live
+    /// mapping is evicted.
+    DropMasqueradeTableFull,
+    /// A new masqueraded flow leaves through an interface without an address of its family
+    /// (or one the agent has not written yet). Dropped.
+    DropMasqueradeNoAddress,
 }
 
 impl Reason {
-    pub const COUNT: u32 = Reason::LbConntrackLost as u32 + 1;
+    pub const COUNT: u32 = Reason::DropMasqueradeNoAddress as u32 + 1;
 
     pub const ALL: [Reason; Reason::COUNT as usize] = [
         Reason::PassNotIp,
@@ -77,6 +95,11 @@ impl Reason {
         Reason::DropRejectFailed,
         Reason::DropInternal,
         Reason::LbConntrackLost,
+        Reason::LbMasqueraded,
+        Reason::ReplyUnmasqueraded,
+        Reason::DropMasqueradePortsExhausted,
+        Reason::DropMasqueradeTableFull,
+        Reason::DropMasqueradeNoAddress,
     ];
 
     /// Stable snake_case name for the CLI and metric labels.
@@ -92,6 +115,11 @@ impl Reason {
             Reason::LbNewFlow => "lb_new_flow",
             Reason::LbFragment => "lb_fragment",
             Reason::LbConntrackLost => "lb_conntrack_lost",
+            Reason::LbMasqueraded => "lb_masqueraded",
+            Reason::ReplyUnmasqueraded => "reply_unmasqueraded",
+            Reason::DropMasqueradePortsExhausted => "drop_masquerade_ports_exhausted",
+            Reason::DropMasqueradeTableFull => "drop_masquerade_table_full",
+            Reason::DropMasqueradeNoAddress => "drop_masquerade_no_address",
             Reason::ReplyTranslated => "reply_translated",
             Reason::IcmpErrorTranslated => "icmp_error_translated",
             Reason::RejectTcpReset => "reject_tcp_reset",
@@ -118,8 +146,9 @@ impl Reason {
             | Reason::LbAffinity
             | Reason::LbNewFlow
             | Reason::LbFragment
-            | Reason::LbConntrackLost => ReasonClass::Lb,
-            Reason::ReplyTranslated => ReasonClass::Reply,
+            | Reason::LbConntrackLost
+            | Reason::LbMasqueraded => ReasonClass::Lb,
+            Reason::ReplyTranslated | Reason::ReplyUnmasqueraded => ReasonClass::Reply,
             Reason::IcmpErrorTranslated => ReasonClass::Icmp,
             Reason::RejectTcpReset | Reason::RejectIcmpUnreachable => ReasonClass::Reject,
             Reason::DropTruncated
@@ -127,7 +156,10 @@ impl Reason {
             | Reason::DropSourceRange
             | Reason::DropNoLocalEndpoint
             | Reason::DropRejectFailed
-            | Reason::DropInternal => ReasonClass::Drop,
+            | Reason::DropInternal
+            | Reason::DropMasqueradePortsExhausted
+            | Reason::DropMasqueradeTableFull
+            | Reason::DropMasqueradeNoAddress => ReasonClass::Drop,
         }
     }
 }

@@ -67,6 +67,12 @@ pub mod map_names {
     /// Userspace only: service id -> name, so the CLI and a restarted agent can name what
     /// the kernel holds. The datapath never reads it.
     pub const SERVICE_NAMES: &str = "SERVICE_NAMES";
+    /// Masquerade (source NAT) of external traffic sent to another node's endpoint: both
+    /// directions of each masqueraded flow. A plain hash, not an LRU: a live mapping is
+    /// never evicted; the agent deletes expired ones.
+    pub const SNAT: &str = "SNAT";
+    /// Interface index -> the addresses masqueraded flows leaving through it take.
+    pub const SNAT_ADDRESSES: &str = "SNAT_ADDRESSES";
 }
 
 /// Program names (the Rust function names in `lb-ebpf`).
@@ -113,6 +119,10 @@ pub mod capacity {
     pub const SOCK_REVERSE: u32 = 262_144;
     /// Open connected sockets to a service per node (an LRU; deleted at socket release).
     pub const SOCK_CONNECTED: u32 = 262_144;
+    /// SNAT entries (two per masqueraded flow: 65 536 flows).
+    pub const SNAT: u32 = 131_072;
+    /// Interfaces with masquerade addresses.
+    pub const SNAT_ADDRESSES: u32 = 64;
 }
 
 /// FRONTEND_FILTER: a blocked Bloom filter of the frontends, u64 words; each frontend sets
@@ -495,7 +505,11 @@ pub struct Config {
     pub other_timeout_ns: u64,
     /// Bits of `config_flags`.
     pub flags: u32,
-    pub _pad: u32,
+    /// Source ports of masqueraded flows, `masquerade_port_min..=masquerade_port_max` (host
+    /// order); both 0: no masquerade. (These took the place of 4 bytes of padding, so a
+    /// CONFIG pinned before them reads as "no masquerade".)
+    pub masquerade_port_min: u16,
+    pub masquerade_port_max: u16,
 }
 
 pub mod config_flags {
@@ -504,6 +518,34 @@ pub mod config_flags {
 }
 
 const SECOND_NS: u64 = 1_000_000_000;
+
+impl Config {
+    /// How long a flow of `proto` lives without packets, given the `tcp_seen` bits of its
+    /// packets: TCP after FIN or RST, or before the handshake completed, is transient. One
+    /// definition for the datapath (conntrack) and the agent (masquerade table expiry).
+    #[inline(always)]
+    pub const fn flow_timeout_ns(&self, proto: u8, tcp_seen_bits: u8) -> u64 {
+        match proto {
+            PROTO_TCP => {
+                if tcp_seen_bits & (tcp_seen::FIN | tcp_seen::RST) != 0
+                    || tcp_seen_bits & tcp_seen::ESTABLISHED == 0
+                {
+                    self.tcp_transient_timeout_ns
+                } else {
+                    self.tcp_established_timeout_ns
+                }
+            }
+            PROTO_UDP => self.udp_timeout_ns,
+            _ => self.other_timeout_ns,
+        }
+    }
+
+    /// Whether masquerade is on (a port range is set).
+    #[inline(always)]
+    pub const fn masquerades(&self) -> bool {
+        self.masquerade_port_min != 0 && self.masquerade_port_min <= self.masquerade_port_max
+    }
+}
 
 impl Default for Config {
     /// kube-proxy's and Cilium's spirit: TCP established 6 h, transient 10 s, UDP 60 s.
@@ -514,12 +556,69 @@ impl Default for Config {
             udp_timeout_ns: 60 * SECOND_NS,
             other_timeout_ns: 60 * SECOND_NS,
             flags: 0,
-            _pad: 0,
+            masquerade_port_min: 0,
+            masquerade_port_max: 0,
         }
     }
 }
 
+/// `SnatValue::direction` values.
+pub mod snat_direction {
+    /// Key: client -> endpoint (after DNAT, as the packet leaves this node). `addr:port` is
+    /// the source to write: this node's address and the allocated port; port 0 while the
+    /// port is not allocated yet (the flow was balanced, its first packet has not left).
+    pub const OUT: u8 = 1;
+    /// Key: endpoint -> node address and allocated port (a reply as it arrives). `addr:port`
+    /// is the client to give the packet back to.
+    pub const IN: u8 = 2;
+}
+
+/// Value of the SNAT map (key: [`FlowKey`], as the packet is on the wire).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SnatValue {
+    /// Network byte order.
+    pub addr: [u8; 16],
+    /// Same clock as `FlowValue::last_seen_ns`, refreshed as rarely.
+    pub last_seen_ns: u64,
+    /// Network byte order.
+    pub port: u16,
+    /// `snat_direction` value.
+    pub direction: u8,
+    /// `tcp_seen` bits of the packets in this entry's direction.
+    pub tcp_flags_seen: u8,
+    pub _pad: [u8; 4],
+}
+
+/// Value of SNAT_ADDRESSES (key: interface index): the source addresses of masqueraded
+/// flows leaving through the interface.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SnatAddresses {
+    /// IPv4-mapped layout: the address in the first 4 bytes, as everywhere (network order).
+    pub ipv4: [u8; 16],
+    pub ipv6: [u8; 16],
+    pub has_ipv4: u8,
+    pub has_ipv6: u8,
+    pub _pad: [u8; 6],
+}
+
+/// Whether a new flow is masqueraded: it came from outside to an external frontend
+/// (NodePort, load-balancer IP, external IP) with `externalTrafficPolicy: Cluster`, and
+/// was balanced to an endpoint on another node, whose reply would otherwise go straight to
+/// the client from the pod's address. As Cilium, not as kube-proxy: traffic to a local
+/// endpoint keeps the client's address (the reply comes back through this node anyway).
+/// Cluster IPs are not masqueraded: pods and the node reach them at socket level.
+/// The datapath's decision; one definition, which the tests' table checks.
+pub const fn masquerades(frontend_flags: u16, backend_flags: u8) -> bool {
+    frontend_flags & frontend_flags::EXTERNAL != 0
+        && frontend_flags & frontend_flags::TRAFFIC_POLICY_LOCAL == 0
+        && backend_flags & backend_flags::NODE_LOCAL == 0
+}
+
 const _: () = {
+    assert!(core::mem::size_of::<SnatValue>() == 32);
+    assert!(core::mem::size_of::<SnatAddresses>() == 40);
     assert!(core::mem::size_of::<FrontendKey>() == 20);
     assert!(core::mem::size_of::<FrontendValue>() == 24);
     assert!(core::mem::size_of::<Backend>() == 24);
@@ -561,6 +660,8 @@ mod pod {
     unsafe impl aya::Pod for SockReverseKey {}
     unsafe impl aya::Pod for SockReverseValue {}
     unsafe impl aya::Pod for SockConnection {}
+    unsafe impl aya::Pod for SnatValue {}
+    unsafe impl aya::Pod for SnatAddresses {}
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use crate::{
     maps::{FRONTENDS, Lookup as _},
     nat::{Side, rewrite},
     parse::{Fragment, Parsed, parse},
-    reject,
+    reject, snat,
     verdict::Verdict,
 };
 
@@ -31,6 +31,13 @@ pub fn process<C: PacketCtx>(ctx: &C) -> Verdict {
     }
     if p.proto == PROTO_ICMP || p.proto == PROTO_ICMPV6 {
         return icmp::translate_error(ctx, p, Direction::Ingress);
+    }
+    // A reply to a masqueraded flow (its destination is this node's address and a port of
+    // the masquerade range): back to the client's address, before the frontend filter.
+    if snat::may_be_reply(p)
+        && let Some(verdict) = snat::unmasquerade_reply(ctx, p)
+    {
+        return verdict;
     }
     // Most packets that are not for a service stop here, after one inlined array read.
     if !maybe_frontend(p) {

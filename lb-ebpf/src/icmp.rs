@@ -5,6 +5,10 @@
 //! client -> frontend, and an outer source equal to the backend becomes the frontend.
 //! Ingress (from a client): the quoted packet is frontend -> client (a reply after reverse
 //! NAT); it becomes backend -> client and the outer destination becomes the backend.
+//! Ingress, about a masqueraded packet (from the path to another node's endpoint): the
+//! quoted packet is node address:port -> endpoint; it becomes client -> endpoint and the
+//! outer destination the client, so that the stack routes the error to the client and
+//! egress translates it on as an error about a balanced flow.
 //!
 //! Checksums are updated in software for both XDP and TC: ICMP is never checksum-offloaded,
 //! and every change here is balanced by a checksum change inside the packet, so a
@@ -13,13 +17,13 @@
 use crate::packet::{ICMP_LEN, IPV4_LEN, IPV6_LEN, Packet};
 use lb_common::{
     FAMILY_IPV4, FlowKey, PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, Reason,
-    flow_direction,
+    flow_direction, snat_direction,
 };
 
 use crate::{
     csum,
     ctx::PacketCtx,
-    maps::{CONNTRACK, Lookup as _},
+    maps::{CONNTRACK, Lookup as _, SNAT},
     parse::Parsed,
     parse::ZERO_ADDR,
     verdict::Verdict,
@@ -154,12 +158,17 @@ fn find_quoted<C: PacketCtx>(
         Direction::Egress => flow_direction::REPLY,
         Direction::Ingress => flow_direction::FORWARD,
     };
-    let Some(flow) = CONNTRACK.value(&key) else {
-        return Ok(());
+    let translation = match CONNTRACK.value(&key) {
+        Some(flow) if flow.direction == wanted => (flow.nat_addr, flow.nat_port),
+        // On ingress, an error about a masqueraded packet (node address and port ->
+        // endpoint, e.g. fragmentation needed on the way to the other node): its quote is
+        // keyed like the flow's SNAT IN entry, which gives the client back.
+        _ if direction == Direction::Ingress => match SNAT.value(&key) {
+            Some(entry) if entry.direction == snat_direction::IN => (entry.addr, entry.port),
+            _ => return Ok(()),
+        },
+        _ => return Ok(()),
     };
-    if flow.direction != wanted {
-        return Ok(());
-    }
     let (old_addr, old_port) = match direction {
         Direction::Egress => (key.src_addr, key.src_port),
         Direction::Ingress => (key.dst_addr, key.dst_port),
@@ -168,9 +177,9 @@ fn find_quoted<C: PacketCtx>(
         inner_l3,
         inner_l4,
         old_addr,
-        new_addr: flow.nat_addr,
+        new_addr: translation.0,
         old_port,
-        new_port: flow.nat_port,
+        new_port: translation.1,
         proto,
     });
     Ok(())

@@ -20,5 +20,6 @@ pub mod packet;
 pub mod parse;
 pub mod reject;
 pub mod reverse;
+pub mod snat;
 pub mod sock;
 pub mod verdict;

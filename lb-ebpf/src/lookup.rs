@@ -14,7 +14,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     AffinityKey, AffinityValue, Backend, FlowKey, FlowValue, FrontendValue, PROTO_SCTP, PROTO_TCP,
-    PROTO_UDP, Reason, SourceRangeKey, TableMember, backend_state, flow_direction, frontend_flags,
+    Reason, SourceRangeKey, TableMember, backend_state, flow_direction, frontend_flags,
     hash::{flow_hash, frontend_filter_slot},
     tcp_seen,
 };
@@ -69,7 +69,7 @@ pub const REFRESH_NS: u64 = 1_000_000_000;
 /// How stale `last_seen_ns` may get before a packet rewrites it: [`REFRESH_NS`], or an
 /// eighth of a shorter timeout, so that short timeouts keep their meaning.
 #[inline(always)]
-fn refresh_interval(timeout_ns: u64) -> u64 {
+pub fn refresh_interval(timeout_ns: u64) -> u64 {
     let eighth = timeout_ns >> 3;
     if eighth < REFRESH_NS {
         eighth
@@ -78,27 +78,22 @@ fn refresh_interval(timeout_ns: u64) -> u64 {
     }
 }
 
+/// Whether CONFIG sets a masquerade port range.
+#[inline(always)]
+fn masquerade_on() -> bool {
+    CONFIG.get(0).is_some_and(|config| config.masquerades())
+}
+
 /// The flow timeout for a protocol and TCP state, from CONFIG.
 #[inline(always)]
 fn flow_timeout(proto: u8, seen: u8) -> u64 {
-    let Some(config) = CONFIG.get(0) else {
-        return 0;
-    };
-    match proto {
-        PROTO_TCP => {
-            if seen & (tcp_seen::FIN | tcp_seen::RST) != 0 || seen & tcp_seen::ESTABLISHED == 0 {
-                config.tcp_transient_timeout_ns
-            } else {
-                config.tcp_established_timeout_ns
-            }
-        }
-        PROTO_UDP => config.udp_timeout_ns,
-        _ => config.other_timeout_ns,
-    }
+    CONFIG
+        .get(0)
+        .map_or(0, |config| config.flow_timeout_ns(proto, seen))
 }
 
 #[inline(always)]
-fn tcp_seen_bits(flags: u8) -> u8 {
+pub fn tcp_seen_bits(flags: u8) -> u8 {
     let mut seen = 0;
     if flags & TCP_SYN != 0 {
         seen |= tcp_seen::SYN;
@@ -402,6 +397,13 @@ pub fn choose(p: &Parsed, frontend: &FrontendValue, _missed: ConntrackMiss) -> C
         reason
     };
     let target = target_of(p, &chosen);
+    // Before the conntrack entries: a flow the SNAT table cannot take leaves nothing behind.
+    if masquerade_on()
+        && lb_common::masquerades(frontend.flags, chosen.backend.flags)
+        && let Err(reason) = crate::snat::mark_new_flow(p, &target.addr, target.port)
+    {
+        return Choice::Failed(reason);
+    }
     let seen = if p.proto == PROTO_TCP {
         tcp_seen_bits(p.tcp_flags)
     } else {

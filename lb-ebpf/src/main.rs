@@ -53,9 +53,11 @@
 //!   processes below the agent's cgroup root (pods and the node) from the same maps, once
 //!   per connection, with no packet rewritten; `recvmsg()` and `getpeername()` show the
 //!   service. See `sock.rs`.
-//! - No source NAT: replies must come back through this node (true for pods behind it and
-//!   in the lab); `externalTrafficPolicy: Cluster` to endpoints on other nodes would need
-//!   SNAT, which this datapath does not do.
+//! - Masquerade (`snat`): external traffic with `externalTrafficPolicy: Cluster` balanced
+//!   to another node's endpoint leaves with this node's address and a port of its own, so
+//!   that the reply comes back through this node; in two stages around the stack (DNAT at
+//!   ingress, SNAT at egress; un-SNAT at ingress, un-DNAT at egress). Everything else keeps
+//!   the client's address.
 //! - TC egress never drops: what it cannot parse leaves untouched (`pass_unparsed_headers`);
 //!   egress packets of no balanced flow count as `pass_no_frontend`.
 //! - TC passes with `TC_ACT_PIPE` (tcx: next program), drops with `TC_ACT_SHOT`.
@@ -148,7 +150,7 @@ pub fn slicelb_tc_ingress(ctx: TcContext) -> i32 {
 pub fn slicelb_tc_egress(ctx: TcContext) -> i32 {
     let tc = Tc(&ctx);
     tc.pull(TC_PULL_LEN);
-    let verdict = reverse::process(&tc);
+    let verdict = reverse::process(&tc, tc.ifindex());
     debug_log(&ctx, "tc_egress", verdict);
     tc_action(&tc, verdict)
 }

@@ -8,9 +8,9 @@ use aya_ebpf::{
 };
 use lb_common::{
     AffinityKey, AffinityValue, Backend, Config, FlowKey, FlowValue, FragmentKey, FragmentValue,
-    FrontendKey, FrontendValue, ProtoCounter, Reason, ServiceCounters, ServiceName, SockConnection,
-    SockReverseKey, SockReverseValue, SocketCounter, SourceRangeKey, TableMember, capacity,
-    frontend_filter,
+    FrontendKey, FrontendValue, ProtoCounter, Reason, ServiceCounters, ServiceName, SnatAddresses,
+    SnatValue, SockConnection, SockReverseKey, SockReverseValue, SocketCounter, SourceRangeKey,
+    TableMember, capacity, frontend_filter,
 };
 
 #[map(name = "FRONTENDS")]
@@ -75,6 +75,16 @@ pub static SOCK_CONNECTED: LruHashMap<u64, SockConnection> =
 
 #[map(name = "SOCKET_STATS")]
 pub static SOCKET_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(SocketCounter::COUNT, 0);
+
+/// Masquerade: both directions of each masqueraded flow (`lb_common::snat_direction`). A
+/// plain hash: a full table refuses new flows instead of evicting live ones.
+#[map(name = "SNAT")]
+pub static SNAT: HashMap<FlowKey, SnatValue> = HashMap::with_max_entries(capacity::SNAT, 0);
+
+/// Interface index -> the addresses masqueraded flows leaving through it take.
+#[map(name = "SNAT_ADDRESSES")]
+pub static SNAT_ADDRESSES: HashMap<u32, SnatAddresses> =
+    HashMap::with_max_entries(capacity::SNAT_ADDRESSES, 0);
 
 #[map(name = "CONFIG")]
 pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);

@@ -11,11 +11,13 @@ use crate::{
     maps::CONNTRACK,
     nat::{Side, rewrite},
     parse::{Fragment, Parsed, parse},
+    snat,
     verdict::Verdict,
 };
 
+/// `ifindex`: the interface the packet leaves through (masqueraded flows take its address).
 #[inline(always)]
-pub fn process<C: PacketCtx>(ctx: &C) -> Verdict {
+pub fn process<C: PacketCtx>(ctx: &C, ifindex: u32) -> Verdict {
     let mut slot = MaybeUninit::uninit();
     let p = match parse(ctx.packet(), ctx.wire_len(), false, &mut slot) {
         Ok(p) => p,
@@ -29,21 +31,23 @@ pub fn process<C: PacketCtx>(ctx: &C) -> Verdict {
         let verdict = icmp::translate_error(ctx, p, Direction::Egress);
         return Verdict::pass(reason_for_egress(verdict.reason));
     }
-    reply_nat(ctx, p)
+    match reply_nat(ctx, p) {
+        Some(verdict) => verdict,
+        // Not a reply: a masqueraded flow's packet leaving for another node's endpoint?
+        None => snat::masquerade(ctx, p, ifindex),
+    }
 }
 
-/// Reverse NAT for a packet of a REPLY flow.
+/// Reverse NAT for a packet of a REPLY flow; None when the packet is no such reply.
 // A separate BPF function: its own stack frame keeps each call chain under 512 bytes.
 #[inline(never)]
-fn reply_nat<C: PacketCtx>(ctx: &C, p: &Parsed) -> Verdict {
-    let Some(entry) = CONNTRACK.get_ptr_mut(&flow_key(p)) else {
-        return Verdict::pass(Reason::PassNoFrontend);
-    };
+fn reply_nat<C: PacketCtx>(ctx: &C, p: &Parsed) -> Option<Verdict> {
+    let entry = CONNTRACK.get_ptr_mut(&flow_key(p))?;
     // SAFETY: a map value pointer, valid until the program returns (see `Lookup`); a
     // racing update can only refresh the same flow.
     let flow = unsafe { &mut *entry };
     if flow.direction != flow_direction::REPLY {
-        return Verdict::pass(Reason::PassNoFrontend);
+        return None;
     }
     // Refreshed at most once a second, as on the forward path (the datapath never reads a
     // reply entry's time; it records when the flow last carried a reply).
@@ -52,9 +56,9 @@ fn reply_nat<C: PacketCtx>(ctx: &C, p: &Parsed) -> Verdict {
         flow.last_seen_ns = now;
     }
     if rewrite(ctx, p, Side::Source, &flow.nat_addr, flow.nat_port).is_err() {
-        return Verdict::drop(Reason::DropInternal);
+        return Some(Verdict::drop(Reason::DropInternal));
     }
-    Verdict::pass(Reason::ReplyTranslated)
+    Some(Verdict::pass(Reason::ReplyTranslated))
 }
 
 /// Egress passes what it cannot parse (the stack built it); counted as unparsed.

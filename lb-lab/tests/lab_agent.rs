@@ -1,4 +1,4 @@
-//! The real agent binary on the lab's node with `--config-dir`: manifest edits change where
+//! The real agent binary on the lab's node with `--manifest-dir`: manifest edits change where
 //! new connections go while an established one keeps its backend, a UDP client that keeps its
 //! source port moves off an endpoint that stops serving (as kube-proxy's conntrack cleanup
 //! makes it), and killing and restarting the agent breaks neither an established TCP

@@ -1,5 +1,5 @@
 //! The agent with exactly the capabilities the DaemonSet gives it (read from
-//! `deploy/daemonset.yaml`), no_new_privs set, as a container runtime starts it: it loads and
+//! `deploy/base/daemonset.yaml`), no_new_privs set, as a container runtime starts it: it loads and
 //! attaches everything (XDP or TC on the uplink, the cgroup socket hooks at its cgroup root)
 //! and balances, a pod's connections to the ClusterIP and an outside client's to the
 //! NodePort. It runs under strace, and every system call it makes must be one the runtimes'
@@ -128,7 +128,7 @@ const REFUSED_WITH_FALLBACK: &[&str] = &["clone3", "rseq"];
 
 /// The capability names the DaemonSet adds to the agent container.
 fn daemonset_capabilities() -> Vec<String> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/daemonset.yaml");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/base/daemonset.yaml");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
     let daemonset: serde_norway::Value =
         serde_norway::from_str(&text).expect("daemonset.yaml parses");

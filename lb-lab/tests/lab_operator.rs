@@ -55,7 +55,12 @@ fn services_lists_every_frontend_with_its_backends() {
         .iter()
         .map(|r| {
             (
-                r["service"].as_str().expect("service").to_string(),
+                format!(
+                    "{}/{}:{}",
+                    r["namespace"].as_str().expect("namespace"),
+                    r["service"].as_str().expect("service"),
+                    r["port_name"].as_str().expect("port_name")
+                ),
                 r["kind"].as_str().expect("kind").to_string(),
                 format!(
                     "{}/{}",
@@ -133,14 +138,174 @@ fn services_lists_every_frontend_with_its_backends() {
         "services",
     );
     assert!(table.starts_with("SERVICE "), "table header:\n{table}");
+    let rows: Vec<&str> = table.lines().skip(1).collect();
+    assert_eq!(rows.len(), 6, "a line per frontend:\n{table}");
     assert!(
-        table.contains("default/my-app-service:http        LoadBalancer 198.18.200.10:80/TCP"),
-        "table row:\n{table}"
+        rows.iter()
+            .any(|row| row.starts_with("default/my-app-service:http ")
+                && row.contains(" LoadBalancer ")
+                && row.contains(" 198.18.200.10:80/TCP ")),
+        "the LoadBalancer row:\n{table}"
+    );
+    for row in &rows {
+        let backends = row.split_whitespace().nth(3).expect("a BACKENDS cell");
+        assert_eq!(backends.split(',').count(), 3, "three backends: {row}");
+    }
+
+    // One Service by name; a name the maps do not hold is an error that names it.
+    let one = stdout_of(
+        &lab.slicelb_on_node(&[
+            "services",
+            "default/echo-udp",
+            "--pin-path",
+            &pin,
+            "--no-headers",
+        ]),
+        "services default/echo-udp",
+    );
+    assert_eq!(one.lines().count(), 1, "{one}");
+    assert!(one.contains("198.18.100.11:53/UDP"), "{one}");
+    let unknown = lab.slicelb_on_node(&["services", "default/no-such-service", "--pin-path", &pin]);
+    assert!(!unknown.status.success(), "an unknown service must fail");
+    let stderr = String::from_utf8_lossy(&unknown.stderr);
+    assert!(stderr.contains("default/no-such-service"), "{stderr}");
+}
+
+/// The flows `slicelb conntrack` lists are the flows the client made, each with the backend
+/// that answered it; `slicelb status` shows the attachment and a conntrack table that is
+/// not empty.
+#[test]
+fn conntrack_and_status_show_the_live_flows() {
+    let (lab, _agent) = ready_lab("lab_op_conntrack");
+    let pin = lab.pin_path.display().to_string();
+    let ports: Vec<u16> = (1..=4).map(|n| FIXED_PORTS + 200 + n).collect();
+    let answered: Vec<(u16, String)> = ports
+        .iter()
+        .map(|&port| (port, backend_addr_of(&udp_from_port(&lab, port), 9000)))
+        .collect();
+    let conntrack = |args: &[&str]| -> serde_json::Value {
+        let mut full = vec!["conntrack", "--pin-path", pin.as_str(), "-o", "json"];
+        full.extend_from_slice(args);
+        let json = stdout_of(&lab.slicelb_on_node(&full), &full.join(" "));
+        serde_json::from_str(&json).expect("conntrack JSON")
+    };
+    let client = Lab::CLIENT_IPV4.to_string();
+    let flows = conntrack(&["--client", &client, "--service", "default/echo-udp:echo"]);
+    let flows = flows.as_array().expect("a list of flows");
+    for (port, backend) in &answered {
+        let client_addr = format!("{client}:{port}");
+        let flow = flows
+            .iter()
+            .find(|f| f["client"] == client_addr.as_str())
+            .unwrap_or_else(|| panic!("the flow from {client_addr} is not listed: {flows:?}"));
+        assert_eq!(flow["backend"], backend.as_str(), "{flow}");
+        assert_eq!(flow["frontend"], "198.18.100.11:53", "{flow}");
+        assert_eq!(flow["protocol"], "UDP", "{flow}");
+        assert_eq!(
+            (&flow["namespace"], &flow["service"], &flow["port_name"]),
+            (
+                &serde_json::json!("default"),
+                &serde_json::json!("echo-udp"),
+                &serde_json::json!("echo")
+            )
+        );
+    }
+    // By backend: only that backend's flows, and every flow sent there.
+    let (_, first_backend) = &answered[0];
+    let to_backend = conntrack(&["--backend", first_backend]);
+    let to_backend = to_backend.as_array().expect("a list");
+    assert!(
+        to_backend
+            .iter()
+            .all(|f| f["backend"] == first_backend.as_str()),
+        "{to_backend:?}"
+    );
+    let sent_there = answered.iter().filter(|(_, b)| b == first_backend).count();
+    assert!(to_backend.len() >= sent_there, "{to_backend:?}");
+    // Counting sees at least the flows sent; the limit bounds the listing.
+    let counts = conntrack(&["--count", "--client", &client]);
+    assert!(
+        counts["flows"].as_u64().expect("a count") >= answered.len() as u64,
+        "{counts}"
+    );
+    let limited = lab.slicelb_on_node(&[
+        "conntrack",
+        "--pin-path",
+        &pin,
+        "--limit",
+        "2",
+        "--no-headers",
+    ]);
+    assert_eq!(
+        stdout_of(&limited, "conntrack --limit 2").lines().count(),
+        2
+    );
+    assert!(
+        String::from_utf8_lossy(&limited.stderr).contains("--limit 2"),
+        "a truncated listing says so"
+    );
+    let unknown =
+        lab.slicelb_on_node(&["conntrack", "--pin-path", &pin, "--service", "default/nope"]);
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("default/nope"));
+
+    let json = stdout_of(
+        &lab.slicelb_on_node(&["status", "--pin-path", &pin, "-o", "json"]),
+        "status -o json",
+    );
+    let status: serde_json::Value = serde_json::from_str(&json).expect("status JSON");
+    let map = |name: &str| -> serde_json::Value {
+        status["maps"]
+            .as_array()
+            .expect("maps")
+            .iter()
+            .find(|m| m["map"] == name)
+            .unwrap_or_else(|| panic!("{name} missing: {status}"))
+            .clone()
+    };
+    let conntrack_fill = map("CONNTRACK");
+    assert!(
+        conntrack_fill["entries"].as_u64().expect("counted") >= 2 * answered.len() as u64,
+        "two entries per flow: {conntrack_fill}"
     );
     assert_eq!(
-        table.matches("  -> ").count(),
-        18,
-        "3 backends under each of 6 frontends:\n{table}"
+        map("FRONTENDS")["entries"],
+        6,
+        "the lab's frontends: {status}"
+    );
+    let iface = status["interfaces"]
+        .as_array()
+        .expect("interfaces")
+        .iter()
+        .find(|i| i["interface"] == Lab::NODE_CLIENT_IFACE)
+        .unwrap_or_else(|| panic!("{} missing: {status}", Lab::NODE_CLIENT_IFACE))
+        .clone();
+    let links = iface["links"].as_array().expect("links");
+    assert!(
+        links.iter().any(|l| l["hook"] == "tc_egress"),
+        "egress is attached: {iface}"
+    );
+    assert!(
+        links
+            .iter()
+            .all(|l| l["program_id"].as_u64().expect("id") > 0),
+        "{iface}"
+    );
+    assert_ne!(iface["ingress_mode"], "none", "{iface}");
+    assert_eq!(
+        status["agent"]["running"], true,
+        "the agent holds the maps: {status}"
+    );
+    let table = stdout_of(
+        &lab.slicelb_on_node(&["status", "--pin-path", &pin]),
+        "status",
+    );
+    assert!(table.contains("agent      running"), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("CONNTRACK ") && l.ends_with('%')),
+        "{table}"
     );
 }
 
@@ -239,7 +404,7 @@ fn check_reports_drift_written_by_hand() {
     let check = |args: &[&str]| {
         let mut full = vec![
             "check",
-            "--config-dir",
+            "--manifest-dir",
             dir.as_str(),
             "--pin-path",
             pin.as_str(),
@@ -311,8 +476,9 @@ fn stats_and_metrics_count_the_traffic_sent() {
             .map(|v| v as u64)
             .unwrap_or(0)
     };
-    let new_flows = r#"slicelb_service_new_flows_total{service="default/echo-udp:echo"}"#;
-    let packets = r#"slicelb_service_packets_total{service="default/echo-udp:echo"}"#;
+    let labels = r#"{namespace="default",service="echo-udp",port_name="echo"}"#;
+    let new_flows = format!("slicelb_service_new_flows_total{labels} ");
+    let packets = format!("slicelb_service_packets_total{labels} ");
     let before = scrape();
     let sent = 25u16;
     for port in 0..sent {
@@ -320,12 +486,12 @@ fn stats_and_metrics_count_the_traffic_sent() {
     }
     let after = scrape();
     assert_eq!(
-        value(&after, new_flows) - value(&before, new_flows),
+        value(&after, &new_flows) - value(&before, &new_flows),
         u64::from(sent),
         "one new flow per source port:\n{after}"
     );
     assert_eq!(
-        value(&after, packets) - value(&before, packets),
+        value(&after, &packets) - value(&before, &packets),
         u64::from(sent),
         "one request packet per flow"
     );

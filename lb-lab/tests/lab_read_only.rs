@@ -399,26 +399,77 @@ fn read_only_commands_write_no_map() {
             );
         }
     }
+    let flow_client_ip = FLOW_CLIENT.to_string();
     for args in [
         vec!["stats"],
         vec!["stats", "-o", "json"],
+        vec!["stats", "-o", "yaml", "--no-headers"],
         vec!["services"],
         vec!["services", "-o", "json"],
+        vec!["services", "-o", "wide", "--port", "80"],
+        vec!["services", "-o", "yaml", "--address", BACKEND_1],
+        vec!["status"],
+        vec!["status", "-o", "wide"],
+        vec!["status", "-o", "yaml"],
+        vec!["conntrack"],
+        vec!["conntrack", "-o", "wide", "--client", &flow_client_ip],
+        vec!["conntrack", "--count", "-o", "yaml"],
     ] {
         let mut full = args.clone();
         full.extend(["--pin-path", &pin_arg]);
         stdout_of(&slicelb(&full), &args.join(" "));
     }
+    // What a user checks: the established flow, on the backend its entry names.
+    let json = |args: &[&str]| -> serde_json::Value {
+        let mut full = args.to_vec();
+        full.extend(["--pin-path", &pin_arg, "-o", "json"]);
+        serde_json::from_str(&stdout_of(&slicelb(&full), &args.join(" "))).expect("JSON")
+    };
+    let flows = json(&["conntrack", "--backend", &backend(BACKEND_2)]);
+    let flows = flows.as_array().expect("a list of flows");
+    assert_eq!(flows.len(), 1, "{flows:?}");
+    assert_eq!(flows[0]["client"], flow_client);
+    assert_eq!(flows[0]["frontend"], to.as_str());
+    assert_eq!(
+        flows[0]["tcp_state"],
+        serde_json::json!(["SYN", "ESTABLISHED"])
+    );
+    let status = json(&["status"]);
+    let fill = |map: &str| {
+        status["maps"]
+            .as_array()
+            .expect("maps")
+            .iter()
+            .find(|m| m["map"] == map)
+            .and_then(|m| m["entries"].as_u64())
+            .unwrap_or_else(|| panic!("{map} has no count: {status}"))
+    };
+    assert_eq!(
+        (fill(map_names::CONNTRACK), fill(map_names::AFFINITY)),
+        (1, 1),
+        "{status}"
+    );
+    assert_eq!(status["agent"]["running"], false, "{status}");
     let empty_source = tempfile::tempdir().expect("an empty manifest directory");
     let source_arg = empty_source.path().display().to_string();
-    let check = slicelb(&["check", "--config-dir", &source_arg, "--pin-path", &pin_arg]);
+    let check = slicelb(&[
+        "check",
+        "--manifest-dir",
+        &source_arg,
+        "--pin-path",
+        &pin_arg,
+    ]);
     assert_eq!(
         check.status.code(),
         Some(1),
         "check against an empty source reports the service as drift: {}",
         String::from_utf8_lossy(&check.stderr)
     );
-    assert_unchanged(&pin.0, &before, "trace, stats, services and check");
+    assert_unchanged(
+        &pin.0,
+        &before,
+        "trace, stats, services, status, conntrack and check",
+    );
 }
 
 #[test]

@@ -118,7 +118,7 @@ fn image_ships_slicelb_on_a_base_with_a_shell_for_the_init_step() {
         "the image must build the slicelb binary and put it on PATH, where the DaemonSet's \
          `command: [slicelb]` finds it"
     );
-    let daemonset = workspace_file("deploy/daemonset.yaml");
+    let daemonset = workspace_file("deploy/base/daemonset.yaml");
     assert!(
         daemonset.contains("command: [slicelb]") && daemonset.contains("- sh"),
         "this test assumes the DaemonSet runs `slicelb` and an sh init step; update it with them"

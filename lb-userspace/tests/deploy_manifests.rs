@@ -1,21 +1,28 @@
 //! The manifests in `deploy/` as a cluster would take them: rendered by `kubectl kustomize`,
 //! checked against the Kubernetes 1.33 schemas in strict mode, then read back with
 //! k8s-openapi types to check what the schemas cannot (RBAC scope, references between
-//! objects, and that the DaemonSet calls the agent with flags and values it accepts).
+//! objects, and that the DaemonSet configures the agent with variables and values that
+//! `slicelb agent` itself accepts). `deploy/` itself renders the base; the two overlays
+//! (beside kube-proxy, instead of it) are rendered and checked the same way, plus what each
+//! changes.
 //!
 //! Needs `kubectl` (client only) and `kubernetes-validate` (PyPI, in `cargo xtask setup`'s
 //! virtual environment) on PATH; fails naming the missing tool and how to install it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+
+use clap::{CommandFactory as _, Parser as _};
 
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Container, Namespace, PodSpec, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::Deserialize as _;
+use slicelb::cli::{AgentArgs, Cli, ENV_PREFIX};
 
 const NAMESPACE: &str = "slicelb-system";
 const SCHEMA_VERSION: &str = "1.33.0";
@@ -27,13 +34,28 @@ const BPFFS: &str = "/sys/fs/bpf";
 /// The agent's directory in the host's BPF filesystem.
 const PIN_DIR: &str = "slicelb";
 
+/// The kustomizations users apply, relative to `deploy/`: the base as it is, and the
+/// overlays for running beside kube-proxy or instead of it.
+const KUSTOMIZATIONS: [&str; 3] = [".", BESIDE_KUBE_PROXY, INSTEAD_OF_KUBE_PROXY];
+const BESIDE_KUBE_PROXY: &str = "overlays/beside-kube-proxy";
+const INSTEAD_OF_KUBE_PROXY: &str = "overlays/instead-of-kube-proxy";
+/// The proxy name the beside overlay gives the agents (`--service-proxy-name`).
+const PROXY_NAME: &str = "slicelb";
+/// The port kube-proxy's health endpoint holds on every node.
+const KUBE_PROXY_HEALTHZ_PORT: i32 = 10256;
+
 fn deploy_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy")
 }
 
 /// `kubectl kustomize deploy/`, or a panic that says why not.
 fn render() -> String {
-    let dir = deploy_dir();
+    render_kustomization(".")
+}
+
+/// `kubectl kustomize deploy/<kustomization>`, or a panic that says why not.
+fn render_kustomization(kustomization: &str) -> String {
+    let dir = deploy_dir().join(kustomization);
     let output = Command::new("kubectl")
         .arg("kustomize")
         .arg(&dir)
@@ -86,6 +108,14 @@ fn rendered() -> Rendered {
     parse(&render())
 }
 
+/// Every kustomization of [`KUSTOMIZATIONS`], rendered and parsed, with its name.
+fn every_rendered() -> Vec<(&'static str, Rendered)> {
+    KUSTOMIZATIONS
+        .iter()
+        .map(|name| (*name, parse(&render_kustomization(name))))
+        .collect()
+}
+
 fn only<'a, T>(items: &'a [T], what: &str) -> &'a T {
     assert_eq!(items.len(), 1, "deploy/ should render exactly one {what}");
     &items[0]
@@ -116,7 +146,15 @@ fn init_containers(pod: &PodSpec) -> &[Container] {
 
 #[test]
 fn deploy_renders_and_passes_strict_schema_validation_for_kubernetes_1_33() {
-    let yaml = render();
+    for kustomization in KUSTOMIZATIONS {
+        validate_strictly(kustomization);
+    }
+}
+
+/// Renders `deploy/<kustomization>`, validates it against the Kubernetes schemas in strict
+/// mode, and checks that every namespaced object lands in the agent's namespace.
+fn validate_strictly(kustomization: &str) {
+    let yaml = render_kustomization(kustomization);
     let mut validator = Command::new(VALIDATOR)
         .args([
             "--kubernetes-version",
@@ -141,7 +179,7 @@ fn deploy_renders_and_passes_strict_schema_validation_for_kubernetes_1_33() {
         .expect("wait for the validator");
     assert!(
         output.status.success(),
-        "the rendered manifests do not validate against Kubernetes {SCHEMA_VERSION} \
+        "deploy/{kustomization} does not validate against Kubernetes {SCHEMA_VERSION} \
          (strict):\n{}{}",
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
@@ -170,7 +208,7 @@ fn deploy_renders_and_passes_strict_schema_validation_for_kubernetes_1_33() {
         assert_eq!(
             metadata.namespace.as_deref(),
             Some(NAMESPACE),
-            "{kind} {:?} should live in {NAMESPACE}",
+            "deploy/{kustomization}: {kind} {:?} should live in {NAMESPACE}",
             metadata.name
         );
     }
@@ -278,14 +316,14 @@ fn daemonset_runs_on_every_node_in_the_host_network_one_node_at_a_time() {
         .as_deref()
         .unwrap_or_default()
         .iter()
-        .find(|e| e.name == "NODE_NAME")
+        .find(|e| e.name == "SLICELB_NODE_NAME")
         .and_then(|e| e.value_from.as_ref())
         .and_then(|source| source.field_ref.as_ref())
         .map(|field| field.field_path.as_str());
     assert_eq!(
         node_name,
         Some("spec.nodeName"),
-        "NODE_NAME from the downward API"
+        "SLICELB_NODE_NAME from the downward API"
     );
 
     for container in pod.containers.iter().chain(init_containers(pod)) {
@@ -375,14 +413,10 @@ fn bpf_filesystem_is_the_hosts_so_pins_survive_restarts() {
         "the agent should mount only {BPFFS}/{PIN_DIR} of the host, not all of {BPFFS}"
     );
     let env = agent_env(&rendered, agent, "198.18.0.10");
-    let args = agent.args.clone().unwrap_or_default();
-    let pin_path: Vec<String> = flag_values(&args, "--pin-path")
-        .iter()
-        .map(|arg| expand(arg, &env).unwrap_or_else(|e| panic!("{e}")))
-        .collect();
+    let settings = agent_settings(&rendered, agent, "198.18.0.10");
     assert_eq!(
-        pin_path,
-        std::slice::from_ref(&mount.mount_path),
+        settings.pin_path,
+        PathBuf::from(&mount.mount_path),
         "--pin-path must be where the pin directory is mounted"
     );
     assert_eq!(
@@ -399,21 +433,27 @@ fn socket_level_hooks_attach_at_the_hosts_cgroup_root() {
     let rendered = rendered();
     let pod = pod_spec(daemon_set(&rendered));
     let agent = agent(pod);
-    let args = agent.args.clone().unwrap_or_default();
-    let roots = flag_values(&args, "--cgroup-root");
-    assert_eq!(roots.len(), 1, "one --cgroup-root in {args:?}");
+    let settings = agent_settings(&rendered, agent, "198.18.0.10");
     assert!(
-        !args.iter().any(|arg| arg.starts_with("--no-socket-lb")),
+        !settings.no_socket_lb,
         "socket-level balancing must be on: pods and the node need it without kube-proxy"
     );
-    let root = &roots[0];
+    let root = settings
+        .cgroup_root
+        .as_ref()
+        .expect("--cgroup-root names the host's cgroup root (the container's own is not)");
     let mount = agent
         .volume_mounts
         .as_deref()
         .unwrap_or_default()
         .iter()
-        .find(|m| m.mount_path == *root)
-        .unwrap_or_else(|| panic!("--cgroup-root {root} is not a volume mount of the agent"));
+        .find(|m| root == &PathBuf::from(&m.mount_path))
+        .unwrap_or_else(|| {
+            panic!(
+                "--cgroup-root {} is not a volume mount of the agent",
+                root.display()
+            )
+        });
     let volume = pod
         .volumes
         .as_deref()
@@ -477,24 +517,9 @@ fn agent_container_has_exactly_the_capabilities_it_needs() {
     assert_eq!(dropped, ["ALL"], "everything else dropped");
 }
 
-/// Values of `--flag=value` / `--flag value` in an argument list.
-fn flag_values(args: &[String], flag: &str) -> Vec<String> {
-    let mut values = Vec::new();
-    for (i, arg) in args.iter().enumerate() {
-        if let Some(value) = arg
-            .strip_prefix(flag)
-            .and_then(|rest| rest.strip_prefix('='))
-        {
-            values.push(value.to_owned());
-        } else if arg == flag {
-            values.extend(args.get(i + 1).cloned());
-        }
-    }
-    values
-}
-
-/// Kubernetes' `$(VAR)` expansion in args; an undefined variable is an error here (the
-/// kubelet would pass the text through unchanged, which the agent would then reject).
+/// Kubernetes' `$(VAR)` expansion of an env value (from the variables listed before it); an
+/// undefined variable is an error here (the kubelet would pass the text through unchanged,
+/// which the agent would then reject).
 fn expand(arg: &str, env: &BTreeMap<String, String>) -> Result<String, String> {
     let mut out = String::new();
     let mut rest = arg;
@@ -522,7 +547,8 @@ fn agent_env(rendered: &Rendered, container: &Container, pod_ip: &str) -> BTreeM
     let mut env = BTreeMap::new();
     for var in container.env.as_deref().unwrap_or_default() {
         if let Some(value) = &var.value {
-            env.insert(var.name.clone(), value.clone());
+            let value = expand(value, &env).unwrap_or_else(|e| panic!("env {}: {e}", var.name));
+            env.insert(var.name.clone(), value);
             continue;
         }
         let source = var
@@ -573,20 +599,60 @@ fn agent_env(rendered: &Rendered, container: &Container, pod_ip: &str) -> BTreeM
     env
 }
 
-/// Long flags listed in clap's `--help` output: the first `--name` of each option line.
-fn flags_in_help(help: &str) -> BTreeSet<String> {
-    help.lines()
-        .map(str::trim_start)
-        .filter(|line| line.starts_with('-'))
-        .filter_map(|line| {
-            let start = line.find("--")?;
-            let name: String = line[start + 2..]
-                .chars()
-                .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
-                .collect();
-            (!name.is_empty()).then(|| format!("--{name}"))
-        })
-        .collect()
+/// The agent's command line as `slicelb agent` reads the container: its args, then each
+/// `SLICELB_` variable of `env` as the flag that reads it (clap reads a flag's variable only
+/// when the flag is absent, so both say the same). Panics on a `SLICELB_` variable that no
+/// flag of `slicelb agent` reads: a typo in the DaemonSet would otherwise be ignored.
+fn agent_command_line(args: &[String], env: &BTreeMap<String, String>) -> Vec<String> {
+    let mut cli = Cli::command();
+    // Puts the global flags (--log-format, --log-level) into the subcommands.
+    cli.build();
+    let agent = cli.find_subcommand("agent").expect("an agent subcommand");
+    let flags: BTreeMap<String, &clap::Arg> = agent
+        .get_arguments()
+        .filter_map(|arg| Some((arg.get_env()?.to_str()?.to_owned(), arg)))
+        .collect();
+    let mut line = vec!["slicelb".to_owned()];
+    line.extend(args.iter().cloned());
+    for (name, value) in env.iter().filter(|(name, _)| name.starts_with(ENV_PREFIX)) {
+        let arg = flags.get(name).unwrap_or_else(|| {
+            panic!(
+                "the DaemonSet sets {name}, which no flag of `slicelb agent` reads; known: {:?}",
+                flags.keys()
+            )
+        });
+        let long = arg
+            .get_long()
+            .expect("a flag with a variable has a long name");
+        if arg.get_action().takes_values() {
+            line.push(format!("--{long}={value}"));
+        } else {
+            match value.as_str() {
+                "true" => line.push(format!("--{long}")),
+                "false" => {}
+                other => panic!("{name}={other:?}: a switch is true or false"),
+            }
+        }
+    }
+    line
+}
+
+/// What `slicelb agent` makes of the container on a node whose pod IP is `pod_ip`, parsed by
+/// the agent's own command line definition (value parsers, one source, conflicts).
+fn agent_settings(rendered: &Rendered, container: &Container, pod_ip: &str) -> AgentArgs {
+    let env = agent_env(rendered, container, pod_ip);
+    let line = agent_command_line(container.args.as_deref().unwrap_or_default(), &env);
+    match Cli::try_parse_from(&line) {
+        Ok(Cli {
+            command: slicelb::cli::Command::Agent(settings),
+            ..
+        }) => settings,
+        Ok(other) => panic!("{line:?} is not the agent: {:?}", other.command),
+        Err(error) => panic!(
+            "the agent rejects the DaemonSet's settings on a node with pod IP {pod_ip}: \
+             {line:?}\n{error}"
+        ),
+    }
 }
 
 fn run_agent(args: &[String]) -> std::process::Output {
@@ -598,178 +664,141 @@ fn run_agent(args: &[String]) -> std::process::Output {
 }
 
 #[test]
-fn help_parser_reads_clap_option_lines() {
-    let captured = "\
-Runs the agent on this node
-
-Usage: slicelb agent [OPTIONS] --iface <IFACE>
-
-Options:
-      --iface <IFACE>
-          Interface to load-balance on (repeat, or separate with commas)
-      --config-dir <DIR>
-          Read Services and EndpointSlices from manifests in DIR instead of the API
-      --kubeconfig <PATH>
-      --in-cluster
-      --node-name <NAME>  [env: NODE_NAME=]
-      --nodeport-addresses <CIDR>...
-      --pin-path <DIR>  [default: /sys/fs/bpf/slicelb]
-      --metrics-addr <ADDR:PORT>  [default: 127.0.0.1:9400]
-      --xdp-mode <MODE>  [default: auto] [possible values: auto, native, generic, off]
-  -h, --help
-          Print help (see a summary with '-h')
-";
-    let expected: BTreeSet<String> = [
-        "--iface",
-        "--config-dir",
-        "--kubeconfig",
-        "--in-cluster",
-        "--node-name",
-        "--nodeport-addresses",
-        "--pin-path",
-        "--metrics-addr",
-        "--xdp-mode",
-        "--help",
-    ]
-    .map(String::from)
-    .into();
-    assert_eq!(flags_in_help(captured), expected);
-
-    let args = [
-        "--iface=eth0",
-        "--iface",
-        "eth1",
-        "--pin-path=/sys/fs/bpf/x",
-    ]
-    .map(String::from);
-    assert_eq!(flag_values(&args, "--iface"), ["eth0", "eth1"]);
-    assert_eq!(flag_values(&args, "--pin-path"), ["/sys/fs/bpf/x"]);
-
+fn helpers_read_flags_and_expand_variables() {
     let env = BTreeMap::from([("POD_IP".to_owned(), "198.18.0.10".to_owned())]);
     assert_eq!(
-        expand("--metrics-addr=$(POD_IP):9400", &env).as_deref(),
-        Ok("--metrics-addr=198.18.0.10:9400")
+        expand("$(POD_IP):9400", &env).as_deref(),
+        Ok("198.18.0.10:9400")
     );
     assert!(
-        expand("--iface=$(MISSING)", &env).is_err(),
+        expand("$(MISSING)", &env).is_err(),
         "an undefined variable is an error"
+    );
+
+    let from_env = BTreeMap::from(
+        [
+            ("SLICELB_IFACE", "eth0,eth1"),
+            ("SLICELB_IN_CLUSTER", "true"),
+            ("SLICELB_NO_SOCKET_LB", "false"),
+            ("POD_IP", "198.18.0.10"),
+        ]
+        .map(|(name, value)| (name.to_owned(), value.to_owned())),
+    );
+    assert_eq!(
+        agent_command_line(&["agent".to_owned()], &from_env),
+        ["slicelb", "agent", "--iface=eth0,eth1", "--in-cluster"]
     );
 }
 
 #[test]
-fn daemonset_calls_the_agent_with_flags_and_values_it_accepts() {
-    let rendered = rendered();
-    let pod = pod_spec(daemon_set(&rendered));
+#[should_panic(expected = "SLICELB_IFACES, which no flag of `slicelb agent` reads")]
+fn a_misspelt_variable_is_refused() {
+    let env = BTreeMap::from([("SLICELB_IFACES".to_owned(), "eth0".to_owned())]);
+    agent_command_line(&["agent".to_owned()], &env);
+}
+
+#[test]
+fn daemonset_configures_the_agent_with_variables_and_values_it_accepts() {
+    for (kustomization, rendered) in every_rendered() {
+        check_agent_settings(kustomization, &rendered);
+    }
+}
+
+/// The agent container of `deploy/<kustomization>` runs `slicelb agent` configured by
+/// variables its flags read, with values its parsers accept, on an IPv4 and an IPv6 node.
+fn check_agent_settings(kustomization: &str, rendered: &Rendered) {
+    let pod = pod_spec(daemon_set(rendered));
     let agent = agent(pod);
     assert_eq!(
         agent.command.as_deref(),
         Some(&["slicelb".to_owned()][..]),
         "the container runs the slicelb binary"
     );
-    let args = agent.args.clone().unwrap_or_default();
     assert_eq!(
-        args.first().map(String::as_str),
-        Some("agent"),
-        "the first argument is the agent subcommand"
+        agent.args.as_deref(),
+        Some(&["agent".to_owned()][..]),
+        "the agent subcommand, every flag from the environment"
     );
 
+    // The built binary shows each variable the DaemonSet sets in its --help.
     let help = run_agent(&["agent".to_owned(), "--help".to_owned()]);
     let help_text = String::from_utf8_lossy(&help.stdout);
     assert!(
         help.status.success(),
-        "`slicelb agent --help` failed ({}), so the flags cannot be checked:\n{}{}",
+        "`slicelb agent --help` failed ({}):\n{help_text}{}",
         help.status,
-        help_text,
         String::from_utf8_lossy(&help.stderr)
     );
-    let accepted = flags_in_help(&help_text);
-    assert!(
-        accepted.contains("--iface"),
-        "`slicelb agent --help` lists no --iface: is the agent command built in? \
-         It printed:\n{help_text}"
-    );
-    for arg in &args[1..] {
-        if let Some(flag) = arg.strip_prefix("--") {
-            let name = format!("--{}", flag.split('=').next().unwrap_or(flag));
-            assert!(
-                accepted.contains(&name),
-                "the DaemonSet passes {name}, which `slicelb agent --help` does not list: \
-                 {accepted:?}"
-            );
-        }
-    }
-    assert!(
-        !flag_values(&args, "--iface").is_empty(),
-        "the DaemonSet must pass --iface"
-    );
-    let sources = ["--config-dir", "--kubeconfig", "--in-cluster"];
-    let given: Vec<_> = sources
-        .iter()
-        .filter(|flag| {
-            args.iter()
-                .any(|a| a == *flag || a.starts_with(&format!("{flag}=")))
-        })
-        .collect();
-    assert_eq!(
-        given,
-        [&"--in-cluster"],
-        "exactly one source, the in-cluster API"
-    );
-
-    // The agent's value parsers run on each value before clap reaches the trailing --help,
-    // so this checks the expanded values without starting an agent.
-    for pod_ip in ["198.18.0.10", "2001:2::10"] {
-        let env = agent_env(&rendered, agent, pod_ip);
-        let mut expanded: Vec<String> = args
-            .iter()
-            .map(|arg| expand(arg, &env).unwrap_or_else(|e| panic!("{e}")))
-            .collect();
-        expanded.push("--help".to_owned());
-        let output = run_agent(&expanded);
+    let env = agent_env(rendered, agent, "198.18.0.10");
+    for name in env.keys().filter(|name| name.starts_with(ENV_PREFIX)) {
         assert!(
-            output.status.success(),
-            "the agent rejects the DaemonSet's arguments on a node with pod IP {pod_ip}: \
-             {expanded:?}\n{}",
-            String::from_utf8_lossy(&output.stderr)
+            help_text.contains(&format!("[env: {name}")),
+            "deploy/{kustomization}: `slicelb agent --help` does not show {name}:\n{help_text}"
+        );
+    }
+
+    for pod_ip in ["198.18.0.10", "2001:2::10"] {
+        let settings = agent_settings(rendered, agent, pod_ip);
+        assert!(
+            !settings.ifaces.is_empty(),
+            "deploy/{kustomization}: the DaemonSet must set interfaces"
+        );
+        let source = &settings.source;
+        assert!(
+            source.in_cluster && source.manifest_dir.is_none() && source.kubeconfig.is_none(),
+            "deploy/{kustomization}: exactly one source, the in-cluster API: {source:?}"
+        );
+        assert_eq!(
+            settings.node_name.as_deref(),
+            Some("node-1"),
+            "deploy/{kustomization}: the node's name"
         );
     }
 }
 
-/// The port of listen address `flag` as the DaemonSet passes it (or its default), after
-/// checking that the kubelet's probes reach its address (the pod IP, which with
-/// hostNetwork is the node's, or every address).
-fn probed_port(args: &[String], flag: &str, default: Option<&str>) -> i32 {
-    let given = flag_values(args, flag);
-    let listen = match (given.as_slice(), default) {
-        ([listen], _) => listen.clone(),
-        ([], Some(default)) => default.to_owned(),
-        _ => panic!(
-            "{flag} must be given once (its default is not reachable by the kubelet's probes): \
-             found {given:?}"
-        ),
-    };
-    let (host, port) = listen
-        .rsplit_once(':')
-        .expect("a listen address has a port");
+/// The port the agent listens on at `listen` (`flag`), after checking that the kubelet's
+/// probes reach its address: the pod IP (with hostNetwork the node's), or every address.
+fn probed_port(listen: Option<std::net::SocketAddr>, flag: &str, pod_ip: IpAddr) -> i32 {
+    let listen = listen.unwrap_or_else(|| panic!("{flag} must serve: the kubelet probes it"));
     assert!(
-        host == "$(POD_IP)" || host == "0.0.0.0" || host == "[::]",
-        "{flag} {listen} must be an address the kubelet's probes reach (the pod IP, which \
-         with hostNetwork is the node's)"
+        listen.ip() == pod_ip || listen.ip().is_unspecified(),
+        "{flag} {listen} must be an address the kubelet's probes reach (the pod IP {pod_ip}, \
+         which with hostNetwork is the node's)"
     );
-    port.parse().expect("the port is a number")
+    i32::from(listen.port())
 }
 
 #[test]
 fn probes_reach_the_address_the_agent_listens_on() {
-    let rendered = rendered();
-    let agent = agent(pod_spec(daemon_set(&rendered)));
-    let args = agent.args.clone().unwrap_or_default();
-    let metrics = probed_port(&args, "--metrics-addr", None);
-    let healthz = probed_port(&args, "--healthz-bind-address", Some("0.0.0.0:10256"));
+    for (kustomization, rendered) in every_rendered() {
+        check_probes(kustomization, &rendered);
+    }
+}
 
-    // Readiness from the metrics port (first sync done, syncs fresh); liveness from
-    // kube-proxy's /livez (syncs fresh, whatever the Node's state).
+/// The agent's healthz port in `deploy/<kustomization>`, after checking every probe of the
+/// agent reaches a port it listens on.
+fn check_probes(kustomization: &str, rendered: &Rendered) -> i32 {
+    let agent = agent(pod_spec(daemon_set(rendered)));
+    let pod_ip = "198.18.0.10";
+    let settings = agent_settings(rendered, agent, pod_ip);
+    let pod_ip: IpAddr = pod_ip.parse().expect("an address");
+    let metrics = probed_port(Some(settings.metrics_addr), "--metrics-addr", pod_ip);
+    let healthz = probed_port(
+        settings.healthz_bind_address,
+        "--healthz-bind-address",
+        pod_ip,
+    );
+
+    // Start-up and readiness from the metrics port (first sync done, syncs fresh): /livez
+    // answers 200 while the agent starts, so a start-up probe on it would pass at once.
+    // Liveness from kube-proxy's /livez (syncs fresh, whatever the Node's state).
     for (probe, path, port, listener) in [
+        (
+            agent.startup_probe.as_ref(),
+            "/readyz",
+            metrics,
+            "--metrics-addr",
+        ),
         (
             agent.readiness_probe.as_ref(),
             "/readyz",
@@ -789,10 +818,14 @@ fn probes_reach_the_address_the_agent_listens_on() {
             .unwrap_or_default()
             .iter()
             .find(|p| p.container_port == port)
-            .unwrap_or_else(|| panic!("no containerPort {port} for the {listener} listener"));
+            .unwrap_or_else(|| {
+                panic!(
+                    "deploy/{kustomization}: no containerPort {port} for the {listener} listener"
+                )
+            });
         let http = probe
             .and_then(|p| p.http_get.as_ref())
-            .unwrap_or_else(|| panic!("no HTTP probe for {path}"));
+            .unwrap_or_else(|| panic!("deploy/{kustomization}: no HTTP probe for {path}"));
         assert_eq!(http.path.as_deref(), Some(path), "probe path");
         assert!(
             http.host.is_none(),
@@ -804,10 +837,24 @@ fn probes_reach_the_address_the_agent_listens_on() {
         };
         assert!(
             reaches,
-            "the {path} probe port {:?} is not the {listener} port {port}",
+            "deploy/{kustomization}: the {path} probe port {:?} is not the {listener} port \
+             {port}",
             http.port
         );
     }
+
+    // The kubelet asks nothing else until the start-up probe passes: it must give a first
+    // sync at least the time liveness gives a stuck one before restarting the agent.
+    let budget = |probe: Option<&k8s_openapi::api::core::v1::Probe>| {
+        let probe = probe.expect("probe");
+        probe.period_seconds.unwrap_or(10) * probe.failure_threshold.unwrap_or(3)
+            + probe.initial_delay_seconds.unwrap_or(0)
+    };
+    assert!(
+        budget(agent.startup_probe.as_ref()) >= budget(agent.liveness_probe.as_ref()),
+        "deploy/{kustomization}: the start-up probe gives up sooner than liveness would"
+    );
+    healthz
 }
 
 #[test]
@@ -836,4 +883,317 @@ fn configmap_holds_values_the_agent_accepts() {
         ["auto", "native", "generic", "off"].contains(&mode.as_str()),
         "xdp-mode {mode:?}"
     );
+}
+
+#[test]
+fn beside_kube_proxy_overlay_serves_only_labelled_services_off_kube_proxys_health_port() {
+    let rendered = parse(&render_kustomization(BESIDE_KUBE_PROXY));
+    let settings = agent_settings(
+        &rendered,
+        agent(pod_spec(daemon_set(&rendered))),
+        "198.18.0.10",
+    );
+    assert_eq!(
+        settings.service_proxy_name.as_deref(),
+        Some(PROXY_NAME),
+        "beside kube-proxy the agents serve only the Services labelled \
+         service.kubernetes.io/service-proxy-name={PROXY_NAME}"
+    );
+    let healthz = check_probes(BESIDE_KUBE_PROXY, &rendered);
+    assert_ne!(
+        healthz, KUBE_PROXY_HEALTHZ_PORT,
+        "beside kube-proxy, which holds {KUBE_PROXY_HEALTHZ_PORT}, the agent's health \
+         endpoint (and its liveness probe) must be on another port"
+    );
+}
+
+#[test]
+fn instead_of_kube_proxy_overlay_serves_every_service_and_reaches_the_api_server_directly() {
+    let rendered = parse(&render_kustomization(INSTEAD_OF_KUBE_PROXY));
+    let agent = agent(pod_spec(daemon_set(&rendered)));
+    let settings = agent_settings(&rendered, agent, "198.18.0.10");
+    assert_eq!(
+        settings.service_proxy_name, None,
+        "instead of kube-proxy the agents serve every Service without the proxy-name label, \
+         as kube-proxy does, so no --service-proxy-name"
+    );
+    assert_eq!(
+        check_probes(INSTEAD_OF_KUBE_PROXY, &rendered),
+        KUBE_PROXY_HEALTHZ_PORT,
+        "instead of kube-proxy the agent answers kube-proxy's health paths on its port, where \
+         load balancers already ask"
+    );
+    // Nothing translates the `kubernetes` Service address before the agent's first sync.
+    let env = agent_env(&rendered, agent, "198.18.0.10");
+    let host = env.get("KUBERNETES_SERVICE_HOST").map(String::as_str);
+    assert!(
+        host.is_some_and(|host| !host.is_empty()),
+        "without kube-proxy the agent needs the API server's own address in \
+         KUBERNETES_SERVICE_HOST, has {host:?}"
+    );
+    let port = env.get("KUBERNETES_SERVICE_PORT");
+    assert!(
+        port.and_then(|p| p.parse::<u16>().ok()).is_some(),
+        "KUBERNETES_SERVICE_PORT must be a port, is {port:?}"
+    );
+}
+
+/// Kernel map memory at the default sizes, which the first agent on a node creates and the
+/// kernel charges to its container: fdinfo `memlock` of every map, measured on a 2-CPU
+/// node (358 MiB), as a fixed part and the per-CPU service counters.
+const MAP_MEMORY_FIXED_MIB: u64 = 350;
+const MAP_MEMORY_PER_CPU_MIB: u64 = 4;
+/// The agent's peak RSS at 10 000 Services x 10 endpoints
+/// (bench/results/2026-11-27-vm.md, "Control plane").
+const PEAK_RSS_10K_SERVICES_MIB: u64 = 188;
+
+/// A memory quantity in MiB; only the binary suffixes the manifests use.
+fn mebibytes(quantity: &str) -> u64 {
+    let (number, scale) = [("Gi", 1024), ("Mi", 1)]
+        .iter()
+        .find_map(|(suffix, scale)| quantity.strip_suffix(suffix).map(|n| (n, *scale)))
+        .unwrap_or_else(|| panic!("memory {quantity:?}: write it in Mi or Gi"));
+    number.parse::<u64>().expect("a whole number") * scale
+}
+
+#[test]
+fn agent_memory_covers_the_maps_and_the_measured_peak_heap() {
+    let rendered = rendered();
+    let resources = agent(pod_spec(daemon_set(&rendered)))
+        .resources
+        .as_ref()
+        .expect("agent resources");
+    let memory = |list: Option<
+        &BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>,
+    >| { mebibytes(&list.and_then(|l| l.get("memory")).expect("memory").0) };
+    let request = memory(resources.requests.as_ref());
+    let limit = memory(resources.limits.as_ref());
+    let needed = |cpus: u64| {
+        MAP_MEMORY_FIXED_MIB + MAP_MEMORY_PER_CPU_MIB * cpus + PEAK_RSS_10K_SERVICES_MIB
+    };
+    assert!(
+        request >= needed(16),
+        "the request ({request} MiB) should hold a 16-CPU node's maps and the agent at \
+         10 000 Services x 10 endpoints ({} MiB)",
+        needed(16)
+    );
+    assert!(
+        limit >= needed(128),
+        "the limit ({limit} MiB) should hold a 128-CPU node's maps and the agent at \
+         10 000 Services x 10 endpoints ({} MiB): a first start over it fails with ENOMEM",
+        needed(128)
+    );
+}
+
+/// The optional Prometheus-operator objects, `deploy/monitoring/`.
+const MONITORING_DIR: &str = "monitoring";
+const MONITORING_API: &str = "monitoring.coreos.com/v1";
+
+/// `kubectl kustomize deploy/monitoring/` as untyped documents (k8s-openapi has no types for
+/// the operator's CRDs), by kind.
+fn rendered_monitoring() -> BTreeMap<String, Vec<serde_norway::Value>> {
+    let yaml = render_kustomization(MONITORING_DIR);
+    let mut by_kind = BTreeMap::<String, Vec<serde_norway::Value>>::new();
+    for document in serde_norway::Deserializer::from_str(&yaml) {
+        let doc = serde_norway::Value::deserialize(document).expect("rendered YAML parses");
+        assert_eq!(
+            doc["apiVersion"].as_str(),
+            Some(MONITORING_API),
+            "deploy/monitoring/ should hold only Prometheus-operator objects: {doc:?}"
+        );
+        assert_eq!(
+            doc["metadata"]["namespace"].as_str(),
+            Some(NAMESPACE),
+            "{doc:?}"
+        );
+        let kind = doc["kind"].as_str().unwrap_or("<no kind>").to_owned();
+        by_kind.entry(kind).or_default().push(doc);
+    }
+    by_kind
+}
+
+/// A kernel that reports nothing: enough for the registry to write every family's name.
+struct NoKernel;
+
+impl slicelb::metrics::KernelStats for NoKernel {
+    fn service_counters(
+        &self,
+    ) -> Result<Vec<(String, lb_common::ServiceCounters)>, slicelb::dataplane::DataplaneError> {
+        Ok(Vec::new())
+    }
+    fn reason_counters(
+        &self,
+    ) -> Result<[u64; lb_common::Reason::COUNT as usize], slicelb::dataplane::DataplaneError> {
+        Ok([0; lb_common::Reason::COUNT as usize])
+    }
+    fn proto_counters(
+        &self,
+    ) -> Result<[u64; lb_common::ProtoCounter::COUNT as usize], slicelb::dataplane::DataplaneError>
+    {
+        Ok([0; lb_common::ProtoCounter::COUNT as usize])
+    }
+    fn socket_counters(
+        &self,
+    ) -> Result<[u64; lb_common::SocketCounter::COUNT as usize], slicelb::dataplane::DataplaneError>
+    {
+        Ok([0; lb_common::SocketCounter::COUNT as usize])
+    }
+    fn conntrack_entries(&self) -> Result<u64, slicelb::dataplane::DataplaneError> {
+        Ok(0)
+    }
+    fn map_fill(
+        &self,
+        _: Option<u64>,
+    ) -> Result<Vec<slicelb::metrics::MapFill>, slicelb::dataplane::DataplaneError> {
+        Ok(Vec::new())
+    }
+}
+
+/// Every sample name the agent's registry can write: each `# TYPE` line's family, with a
+/// histogram's `_bucket`, `_sum` and `_count`.
+fn served_metric_names() -> BTreeSet<String> {
+    let metrics = slicelb::metrics::Metrics::new(
+        std::sync::Arc::new(NoKernel),
+        slicelb::health::SyncHealth::new(std::time::Duration::from_secs(60)),
+    );
+    let text = metrics.encode_text().expect("encode the registry");
+    let mut names = BTreeSet::new();
+    for line in text.lines() {
+        let Some(declared) = line.strip_prefix("# TYPE ") else {
+            continue;
+        };
+        let (name, kind) = declared.split_once(' ').expect("# TYPE name kind");
+        if kind == "histogram" {
+            for suffix in ["_bucket", "_sum", "_count"] {
+                names.insert(format!("{name}{suffix}"));
+            }
+        } else {
+            names.insert(name.to_owned());
+        }
+    }
+    names
+}
+
+/// The metric names a PromQL expression reads: identifiers of ours (`slicelb_…`) or the
+/// process's (`process_…`), i.e. not functions, keywords or label names.
+fn metrics_in(expr: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut word = String::new();
+    let mut in_string = false;
+    for c in expr.chars().chain([' ']) {
+        if c == '"' {
+            in_string = !in_string;
+            word.clear();
+        } else if !in_string && (c.is_ascii_alphanumeric() || c == '_' || c == ':') {
+            word.push(c);
+        } else {
+            if word.starts_with("slicelb_") || word.starts_with("process_") {
+                names.push(word.clone());
+            }
+            word.clear();
+        }
+    }
+    names
+}
+
+#[test]
+fn metrics_in_reads_the_metric_names_of_an_expression() {
+    assert_eq!(
+        metrics_in(
+            r#"sum by (node) (rate(slicelb_datapath_verdicts_total{reason="slicelb_x"}[5m])) / process_open_fds"#
+        ),
+        ["slicelb_datapath_verdicts_total", "process_open_fds"]
+    );
+}
+
+/// The PodMonitor selects the pods of `name`'s DaemonSet and scrapes the agent's metrics port.
+fn check_pod_monitor_reaches_the_agent(
+    name: &str,
+    rendered: &Rendered,
+    pod_monitor: &serde_norway::Value,
+) {
+    let template = &daemon_set(rendered).spec.as_ref().expect("spec").template;
+    let pod_labels = template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default();
+    let selector = pod_monitor["spec"]["selector"]["matchLabels"]
+        .as_mapping()
+        .expect("the PodMonitor selects by matchLabels");
+    assert!(!selector.is_empty(), "an empty selector selects every pod");
+    for (key, value) in selector {
+        let (key, value) = (key.as_str().expect("key"), value.as_str().expect("value"));
+        assert_eq!(
+            pod_labels.get(key).map(String::as_str),
+            Some(value),
+            "the PodMonitor selects {key}={value}, which the pods of deploy/{name} do not carry"
+        );
+    }
+    let ports: Vec<&str> = agent(pod_spec(daemon_set(rendered)))
+        .ports
+        .iter()
+        .flatten()
+        .filter_map(|port| port.name.as_deref())
+        .collect();
+    let endpoints = pod_monitor["spec"]["podMetricsEndpoints"]
+        .as_sequence()
+        .expect("podMetricsEndpoints");
+    assert!(!endpoints.is_empty(), "the PodMonitor scrapes something");
+    for endpoint in endpoints {
+        let port = endpoint["port"].as_str().expect("a named port");
+        assert_eq!(
+            port, "metrics",
+            "the PodMonitor should scrape the agent's metrics port"
+        );
+        assert!(
+            ports.contains(&port),
+            "deploy/{name}: the agent has no port {port}: {ports:?}"
+        );
+        assert_eq!(endpoint["path"].as_str(), Some("/metrics"));
+    }
+}
+
+#[test]
+fn monitoring_scrapes_the_agents_metrics_port_and_alerts_on_metrics_it_serves() {
+    let monitoring = rendered_monitoring();
+    let pod_monitors = monitoring
+        .get("PodMonitor")
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let pod_monitor = only(pod_monitors, "PodMonitor in deploy/monitoring/");
+    for (name, rendered) in every_rendered() {
+        // The agent needs no Prometheus operator: no object of its API, base or overlay.
+        assert!(
+            !render_kustomization(name).contains("monitoring.coreos.com"),
+            "deploy/{name} must render without the Prometheus operator's CRDs"
+        );
+        check_pod_monitor_reaches_the_agent(name, &rendered, pod_monitor);
+    }
+
+    let served = served_metric_names();
+    let rules = monitoring
+        .get("PrometheusRule")
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let rule = only(rules, "PrometheusRule in deploy/monitoring/");
+    let mut alerts = BTreeSet::new();
+    for group in rule["spec"]["groups"].as_sequence().expect("groups") {
+        for alert in group["rules"].as_sequence().expect("rules") {
+            let name = alert["alert"].as_str().expect("every rule is an alert");
+            let expr = alert["expr"].as_str().expect("every alert has an expr");
+            let read = metrics_in(expr);
+            assert!(!read.is_empty(), "{name}: {expr:?} reads no metric of ours");
+            for metric in read {
+                assert!(
+                    served.contains(&metric),
+                    "{name}: {metric} is not a metric the agent serves; it serves {served:?}"
+                );
+            }
+            alerts.insert(name.to_owned());
+        }
+    }
+    for wanted in ["SlicelbSyncStale", "SlicelbMapNearlyFull", "SlicelbDrops"] {
+        assert!(alerts.contains(wanted), "{wanted} is missing: {alerts:?}");
+    }
 }

@@ -12,7 +12,7 @@ use http::HttpResponse;
 use lb_common::{ProtoCounter, Reason, ServiceCounters, SocketCounter, map_names};
 use slicelb::dataplane::DataplaneError;
 use slicelb::health::SyncHealth;
-use slicelb::metrics::{KernelStats, MapFill, Metrics, MetricsServer};
+use slicelb::metrics::{KernelStats, MapFill, Metrics, MetricsOptions, MetricsServer};
 
 /// The agent's `--healthz-timeout` in these tests: short, so that one test can wait past it.
 const STALE_AFTER: Duration = Duration::from_millis(200);
@@ -290,8 +290,15 @@ async fn scrape_reports_what_the_kernel_reported() {
     );
     let samples = parse_exposition(&response.body);
 
-    for (service, counters) in &kernel.services {
-        let labels = [("service", service.as_str())];
+    for (name, counters) in &kernel.services {
+        // `namespace/service:port_name`, as SERVICE_NAMES holds it, is three labels.
+        let (namespace, rest) = name.split_once('/').expect("namespace/");
+        let (service, port_name) = rest.split_once(':').expect("service:port");
+        let labels = [
+            ("namespace", namespace),
+            ("service", service),
+            ("port_name", port_name),
+        ];
         expect_value(
             &samples,
             "slicelb_service_packets_total",
@@ -372,7 +379,11 @@ async fn scrape_reports_what_the_kernel_reported() {
 async fn kernel_counters_are_read_at_each_scrape() {
     let endpoint = start(sample_kernel()).await;
     let before = scrape(&endpoint).await;
-    let labels = [("service", "default/web:http")];
+    let labels = [
+        ("namespace", "default"),
+        ("service", "web"),
+        ("port_name", "http"),
+    ];
     expect_value(&before, "slicelb_service_packets_total", &labels, 1000.0);
 
     {
@@ -398,18 +409,28 @@ async fn agent_side_observations_are_scraped() {
     metrics.set_rejected(3);
 
     let samples = scrape(&endpoint).await;
-    expect_value(&samples, "slicelb_sync_duration_seconds_count", &[], 2.0);
-    expect_value(&samples, "slicelb_sync_duration_seconds_sum", &[], 1.0);
+    expect_value(
+        &samples,
+        "slicelb_sync_proxy_rules_duration_seconds_count",
+        &[],
+        2.0,
+    );
+    expect_value(
+        &samples,
+        "slicelb_sync_proxy_rules_duration_seconds_sum",
+        &[],
+        1.0,
+    );
     // 250 ms falls in the bucket ending at 0.256 s; 750 ms does not.
     expect_value(
         &samples,
-        "slicelb_sync_duration_seconds_bucket",
+        "slicelb_sync_proxy_rules_duration_seconds_bucket",
         &[("le", "0.256")],
         1.0,
     );
     expect_value(
         &samples,
-        "slicelb_sync_duration_seconds_bucket",
+        "slicelb_sync_proxy_rules_duration_seconds_bucket",
         &[("le", "+Inf")],
         2.0,
     );
@@ -509,16 +530,13 @@ async fn an_unreadable_kernel_map_leaves_a_gap_and_counts_an_error() {
         lb_new_flow,
     );
 
-    // The failure is counted while the scrape is written, so the next scrape shows it.
+    // The failure is counted while the scrape is written, so the next scrape shows it, by
+    // the error's own kind (`DataplaneError::MapRead`).
     let second = scrape(&endpoint).await;
-    let errors = value(
-        &second,
-        "slicelb_errors_total",
-        &[("kind", "kernel_stats_read")],
-    );
+    let errors = value(&second, "slicelb_errors_total", &[("kind", "map_read")]);
     assert!(
         errors.is_some_and(|n| n >= 1.0),
-        "an unreadable map should be counted as kernel_stats_read, found {errors:?}"
+        "an unreadable map should be counted as map_read, found {errors:?}"
     );
 }
 
@@ -548,7 +566,11 @@ async fn a_service_name_reported_twice_is_one_series() {
     kernel.services.push(("default/web:http".to_owned(), again));
     let endpoint = start(kernel).await;
     let samples = scrape(&endpoint).await;
-    let labels = [("service", "default/web:http")];
+    let labels = [
+        ("namespace", "default"),
+        ("service", "web"),
+        ("port_name", "http"),
+    ];
     expect_value(&samples, "slicelb_service_packets_total", &labels, 1005.0);
     expect_value(
         &samples,
@@ -563,4 +585,48 @@ async fn a_service_name_reported_twice_is_one_series() {
         &labels,
         5.0,
     );
+}
+
+#[tokio::test]
+async fn every_metric_served_is_in_the_docs_table() {
+    let endpoint = start(sample_kernel()).await;
+    let response = request(&endpoint, "GET", "/metrics").await;
+    let docs_path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/metrics.md");
+    let docs = std::fs::read_to_string(docs_path).expect("read docs/metrics.md");
+    let families: Vec<&str> = response
+        .body
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|declared| declared.split(' ').next())
+        .collect();
+    assert!(
+        families.len() > 20,
+        "the scrape should declare every family: {families:?}"
+    );
+    for family in families {
+        assert!(
+            docs.contains(&format!("`{family}`")),
+            "{family} is served but docs/metrics.md does not list it"
+        );
+    }
+}
+
+#[tokio::test]
+async fn per_service_series_can_be_turned_off() {
+    let kernel = Arc::new(FakeKernel {
+        state: Mutex::new(sample_kernel()),
+    });
+    let metrics = Metrics::with_options(
+        kernel,
+        SyncHealth::new(STALE_AFTER),
+        MetricsOptions { per_service: false },
+    );
+    let samples = parse_exposition(&metrics.encode_text().expect("encode"));
+    assert!(
+        !samples
+            .iter()
+            .any(|s| s.name.starts_with("slicelb_service_")),
+        "--per-service-metrics=false leaves every per-service series out"
+    );
+    expect_value(&samples, "slicelb_conntrack_entries", &[], 94.0);
 }

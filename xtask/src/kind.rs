@@ -10,7 +10,7 @@ use std::process::{Command, Output};
 
 use anyhow::{bail, Context as _};
 
-/// The image the manifests name (`deploy/kustomization.yaml`: `slicelb`, tag `0.1.0`).
+/// The image the manifests name (`deploy/base/kustomization.yaml`: `slicelb`, tag `0.1.0`).
 const IMAGE: &str = "slicelb:0.1.0";
 const NAMESPACE: &str = "slicelb-system";
 const DAEMON_SET: &str = "daemonset/slicelb";
@@ -236,7 +236,7 @@ mod tests {
 
     #[test]
     fn the_image_is_the_one_the_manifests_name() {
-        let kustomization = workspace_root().join("deploy/kustomization.yaml");
+        let kustomization = workspace_root().join("deploy/base/kustomization.yaml");
         let text = std::fs::read_to_string(&kustomization)
             .unwrap_or_else(|e| panic!("read {kustomization:?}: {e}"));
         let (name, tag) = IMAGE.split_once(':').expect("IMAGE has a tag");

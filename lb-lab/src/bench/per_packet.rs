@@ -102,6 +102,14 @@ impl Family {
         }
     }
 
+    /// The masquerade service's external IP ([`masquerade`]).
+    fn masquerade_target(self) -> SocketAddr {
+        match self {
+            Family::V4 => SocketAddr::new(masquerade::EXTERNAL_V4.into(), masquerade::PORT),
+            Family::V6 => SocketAddr::new(masquerade::EXTERNAL_V6.into(), masquerade::PORT),
+        }
+    }
+
     fn miss(self) -> SocketAddr {
         match self {
             Family::V4 => SocketAddr::new(MISS_V4.into(), 80),
@@ -234,7 +242,8 @@ pub fn run(
             ..capacity_for(services, endpoints, 2)
         };
         let mut loaded = Slicelb::load(capacity).and_then(|mut lb| {
-            lb.sync(&set.snapshot())?;
+            lb.sync(&masquerade::add_service(set.snapshot()))?;
+            lb.set_masquerade(masquerade::PORTS, &masquerade::addresses())?;
             Ok((lb, PerPacketPrograms::load()?))
         });
         for family in [Family::V4, Family::V6] {
@@ -335,7 +344,7 @@ pub fn file_name(stem: &std::path::Path) -> String {
 }
 
 /// The rows of one scale and family, in this order.
-const CASES: [&str; 7] = [
+const CASES: [&str; 9] = [
     "floor",
     "parse-only",
     "hit, new flow",
@@ -343,6 +352,8 @@ const CASES: [&str; 7] = [
     "miss",
     "miss, many destinations",
     "reverse NAT (TC egress)",
+    "masquerade, existing flow (TC egress)",
+    "masqueraded reply (XDP ingress)",
 ];
 
 fn measure_family(
@@ -560,7 +571,231 @@ fn measure_family(
             "not measured: no flow to reply to (the hit was not balanced)".into(),
         ),
     });
+    rows.extend(measure_masquerade(slicelb, restore, family, config)?);
     Ok(rows)
+}
+
+/// The masquerade path: a flow from outside to an external IP whose endpoint is on another
+/// node. Its DNATed packet through TC egress (source NAT, an existing mapping), and the
+/// endpoint's reply to the node's address and port through XDP ingress (given back to the
+/// client), each behind the restore like the other rewriting cases.
+fn measure_masquerade(
+    slicelb: &Slicelb,
+    restore: &mut PerPacketPrograms,
+    family: Family,
+    config: &Config,
+) -> Result<Vec<CaseRow>, BenchError> {
+    let (repeat, runs) = (config.repeat, config.runs);
+    let hit = frame(family.client(40_000), family.masquerade_target());
+    let (floor, _) = repeated(restore.ebpf(), bench_programs::XDP_EMPTY, &hit, config)?;
+    let (parse_only, _) = repeated(restore.ebpf(), bench_programs::XDP_PARSE_ONLY, &hit, config)?;
+    let row = |case: &'static str, ns: f64, note: String| CaseRow {
+        case,
+        ns,
+        floor,
+        parse_only,
+        note,
+    };
+    let net = |behind: f64, restore_only: f64| floor + (behind - restore_only);
+    let client = family.client(40_002);
+    let dnat = slicelb
+        .run(
+            program_names::XDP_INGRESS,
+            &frame(client, family.masquerade_target()),
+            1,
+        )?
+        .out;
+    // The first packet out allocates the flow's port.
+    let first_out = slicelb.run(program_names::TC_EGRESS, &dnat, 1)?.out;
+    let masqueraded = packets::endpoints(&first_out);
+    let endpoint = packets::destination(&dnat);
+    let (Some((node_side, _)), Some(endpoint)) = (masqueraded, endpoint) else {
+        return Ok(masquerade::CASES
+            .iter()
+            .map(|case| {
+                row(
+                    case,
+                    f64::NAN,
+                    "not measured: the flow was not balanced".into(),
+                )
+            })
+            .collect());
+    };
+    let (restore_tc, _) = restored(
+        slicelb,
+        restore,
+        bench_programs::TC_EMPTY,
+        &dnat,
+        Flows::Same,
+        repeat,
+        runs,
+    )?;
+    let (egress, egress_run) = restored(
+        slicelb,
+        restore,
+        program_names::TC_EGRESS,
+        &dnat,
+        Flows::Same,
+        repeat,
+        runs,
+    )?;
+    let reply = udp_frame(NODE_MAC, CLIENT_MAC, endpoint, node_side);
+    let (restore_xdp, _) = restored(
+        slicelb,
+        restore,
+        bench_programs::XDP_EMPTY,
+        &reply,
+        Flows::Same,
+        repeat,
+        runs,
+    )?;
+    let (ingress, ingress_run) = restored(
+        slicelb,
+        restore,
+        program_names::XDP_INGRESS,
+        &reply,
+        Flows::Same,
+        repeat,
+        runs,
+    )?;
+    let masqueraded_ok = node_side.ip() != client.ip()
+        && packets::endpoints(&egress_run.out).map(|(src, _)| src) == Some(node_side);
+    let given_back = packets::destination(&ingress_run.out) == Some(client);
+    Ok(vec![
+        row(
+            masquerade::CASES[0],
+            net(egress, restore_tc),
+            if masqueraded_ok {
+                format!("leaves as {node_side}; cost above an empty TC program, on the XDP floor")
+            } else {
+                format!(
+                    "WARNING: the packet left as {:?}, not masqueraded",
+                    packets::endpoints(&egress_run.out)
+                )
+            },
+        ),
+        row(
+            masquerade::CASES[1],
+            net(ingress, restore_xdp),
+            if given_back {
+                "destination back to the client".into()
+            } else {
+                "WARNING: the reply was not given back to the client".into()
+            },
+        ),
+    ])
+}
+
+/// The service the masquerade cases use: an external IP with one endpoint on another node.
+mod masquerade {
+    use std::{
+        net::{Ipv4Addr, Ipv6Addr},
+        sync::Arc,
+    };
+
+    use k8s_openapi::{
+        api::{
+            core::v1::{Service, ServicePort, ServiceSpec},
+            discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice},
+        },
+        apimachinery::pkg::{apis::meta::v1::ObjectMeta, util::intstr::IntOrString},
+    };
+    use lb_common::SnatAddresses;
+    use slicelb::{dataplane::masquerade::PortRange, model::Snapshot};
+
+    pub const CASES: [&str; 2] = [super::CASES[6], super::CASES[7]];
+    pub const EXTERNAL_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 99, 1);
+    pub const EXTERNAL_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 0x99, 0, 0, 0, 1);
+    pub const PORT: u16 = 80;
+    const ENDPOINT_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 97, 1);
+    const ENDPOINT_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 0x97, 0, 0, 0, 1);
+    const TARGET_PORT: u16 = 8080;
+    pub const PORTS: Option<PortRange> = Some(PortRange {
+        min: 61000,
+        max: 65535,
+    });
+    /// The node's addresses: 198.18.10.10 and 2001:2:0:10::10.
+    const NODE_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 10, 10);
+    const NODE_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 0x10, 0, 0, 0, 0x10);
+    /// A TC test run's packet is on the loopback device of the namespace (ifindex 1).
+    const TEST_RUN_IFINDEX: u32 = 1;
+
+    pub fn addresses() -> Vec<(u32, SnatAddresses)> {
+        let mut value = SnatAddresses::default();
+        value.ipv4[..4].copy_from_slice(&NODE_V4.octets());
+        value.ipv6 = NODE_V6.octets();
+        value.has_ipv4 = 1;
+        value.has_ipv6 = 1;
+        vec![(TEST_RUN_IFINDEX, value)]
+    }
+
+    fn meta(name: &str) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some("bench".into()),
+            ..ObjectMeta::default()
+        }
+    }
+
+    /// `snapshot` and the masquerade service: `externalIPs` with the default
+    /// `externalTrafficPolicy: Cluster`, its endpoint on node "remote".
+    pub fn add_service(mut snapshot: Snapshot) -> Snapshot {
+        let service = Service {
+            metadata: meta("masquerade"),
+            spec: Some(ServiceSpec {
+                type_: Some("ClusterIP".into()),
+                cluster_ip: Some("198.18.99.100".into()),
+                cluster_ips: Some(vec!["198.18.99.100".into(), "2001:2:0:99::100".into()]),
+                ip_families: Some(vec!["IPv4".into(), "IPv6".into()]),
+                ip_family_policy: Some("RequireDualStack".into()),
+                external_ips: Some(vec![EXTERNAL_V4.to_string(), EXTERNAL_V6.to_string()]),
+                ports: Some(vec![ServicePort {
+                    name: Some("udp".into()),
+                    port: PORT.into(),
+                    protocol: Some("UDP".into()),
+                    target_port: Some(IntOrString::Int(TARGET_PORT.into())),
+                    ..ServicePort::default()
+                }]),
+                ..ServiceSpec::default()
+            }),
+            status: None,
+        };
+        snapshot.services.push(Arc::new(service));
+        for (family, address) in [
+            ("IPv4", ENDPOINT_V4.to_string()),
+            ("IPv6", ENDPOINT_V6.to_string()),
+        ] {
+            let mut slice_meta = meta(&format!("masquerade-{}", family.to_lowercase()));
+            slice_meta.labels = Some(
+                [(
+                    "kubernetes.io/service-name".to_string(),
+                    "masquerade".to_string(),
+                )]
+                .into(),
+            );
+            snapshot.endpoint_slices.push(Arc::new(EndpointSlice {
+                metadata: slice_meta,
+                address_type: family.into(),
+                endpoints: vec![Endpoint {
+                    addresses: vec![address],
+                    conditions: Some(EndpointConditions {
+                        ready: Some(true),
+                        serving: Some(true),
+                        terminating: Some(false),
+                    }),
+                    node_name: Some("remote".into()),
+                    ..Endpoint::default()
+                }],
+                ports: Some(vec![EndpointPort {
+                    name: Some("udp".into()),
+                    port: Some(TARGET_PORT.into()),
+                    protocol: Some("UDP".into()),
+                    ..EndpointPort::default()
+                }]),
+            }));
+        }
+        snapshot
+    }
 }
 
 /// Where we stand against the per-packet targets.

@@ -167,6 +167,17 @@ impl Slicelb {
             .map_err(|e| BenchError::unexpected("reading SOCKET_STATS", e.to_string()))
     }
 
+    /// Turns masquerade on with `ports`, masquerading with `addresses` per interface index.
+    pub fn set_masquerade(
+        &mut self,
+        ports: Option<slicelb::dataplane::masquerade::PortRange>,
+        addresses: &[(u32, lb_common::SnatAddresses)],
+    ) -> Result<(), BenchError> {
+        self.datapath
+            .set_masquerade(ports, addresses)
+            .map_err(|e| BenchError::unexpected("turning masquerade on", e.to_string()))
+    }
+
     /// The loaded datapath.
     pub fn datapath(&self) -> &Datapath {
         &self.datapath

@@ -173,7 +173,7 @@ pub fn agent_command(
         "agent",
         "--iface",
         Lab::NODE_CLIENT_IFACE,
-        "--config-dir",
+        "--manifest-dir",
         &manifest_dir.display().to_string(),
         "--node-name",
         NODE_NAME,

@@ -663,7 +663,7 @@ impl Cluster {
         command
             .arg("agent")
             .args(["--iface", &node.uplink])
-            .arg("--config-dir")
+            .arg("--manifest-dir")
             .arg(manifest_dir)
             .args(["--node-name", &node.name])
             .args(["--nodeport-addresses", &node.nodeport_addresses()])

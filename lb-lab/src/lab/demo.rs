@@ -299,9 +299,15 @@ impl<'a> Demo<'a> {
     /// The backend addresses `node`'s maps select for my-app-service's IPv4 ClusterIP, or
     /// None while the agent has not written it.
     fn selected_by(&self, node: &ClusterNode) -> Option<BTreeSet<IpAddr>> {
+        let service = format!(
+            "{NAMESPACE}/{}:{}",
+            MY_APP_SERVICE.name, MY_APP_SERVICE.port_name
+        );
+        // Naming the service port: the command fails (None) until the agent has written it.
         let output = node
             .system_command(&self.slicelb)
             .arg("services")
+            .arg(&service)
             .arg("--pin-path")
             .arg(&node.pin_path)
             .args(["-o", "json"])
@@ -310,16 +316,10 @@ impl<'a> Demo<'a> {
             .ok()
             .filter(|output| output.status.success())?;
         let rows: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).ok()?;
-        let service = format!(
-            "{NAMESPACE}/{}:{}",
-            MY_APP_SERVICE.name, MY_APP_SERVICE.port_name
-        );
         let frontend = MY_APP_SERVICE.addr_v4().to_string();
-        let row = rows.iter().find(|row| {
-            row["service"] == service.as_str()
-                && row["kind"] == "ClusterIP"
-                && row["frontend"] == frontend.as_str()
-        })?;
+        let row = rows
+            .iter()
+            .find(|row| row["kind"] == "ClusterIP" && row["frontend"] == frontend.as_str())?;
         row["backends"]
             .as_array()?
             .iter()
@@ -544,7 +544,7 @@ impl<'a> Demo<'a> {
             EXTERNAL_LOCAL_SERVICE.name
         );
         println!(
-            "      (my-app-service's NodePort {} has policy Cluster: replies from the other node's pods need source NAT, not there yet)",
+            "      (my-app-service's NodePort {} has policy Cluster: a node masquerades what it sends to the other node's pods)",
             MY_APP_SERVICE.node_port.unwrap_or_default()
         );
         let outside = self.cluster.outside();

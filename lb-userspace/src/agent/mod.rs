@@ -13,7 +13,7 @@ use std::{
     net::SocketAddr,
     path::PathBuf,
     sync::{Arc, RwLock},
-    time::Duration,
+    time::{Duration, SystemTime},
 };
 
 use anyhow::Context as _;
@@ -25,12 +25,16 @@ use crate::{
         attach_mode::XdpMode,
         aya_maps::{AyaMaps, ReadOnlyMaps},
         cgroup::CgroupRoot,
-        loader::{Datapath, DatapathOptions, IngressMode},
+        loader::{Datapath, DatapathOptions, IngressMode, interface_index},
+        masquerade::{self, PortRange},
     },
-    health::{BIND_RETRY, ProxyHealthServer, ServiceHealthServers, SyncHealth},
-    metrics::{Metrics, MetricsServer},
+    health::{BIND_RETRY, HealthError, ProxyHealthServer, ServiceHealthServers, SyncHealth},
+    metrics::{Metrics, MetricsOptions, MetricsServer, TriggerTimes},
     model::{ModelConfig, NodeInfo},
-    source::{self, SourceConfig, SourceReceiver, UpdateCause, node::nodeport_addresses},
+    source::{
+        self, SourceConfig, SourceProblem, SourceReceiver, UpdateCause,
+        node::{interface_addresses, nodeport_addresses},
+    },
 };
 use reconcile::Reconciler;
 
@@ -49,6 +53,8 @@ pub struct AgentConfig {
     pub pin_path: PathBuf,
     /// Prometheus metrics, /healthz and /readyz.
     pub metrics_addr: SocketAddr,
+    /// What the metrics report (per-service series or not).
+    pub metrics: MetricsOptions,
     /// kube-proxy's `/healthz` and `/livez`; none when `None`.
     pub healthz_addr: Option<SocketAddr>,
     /// An update not in the maps after this long makes the agent unhealthy.
@@ -61,7 +67,13 @@ pub struct AgentConfig {
     pub cgroup_root: CgroupRoot,
     /// Sizes of the maps made when none are pinned; pinned maps must have these sizes.
     pub capacity: MapCapacity,
+    /// Source ports of masqueraded flows; no masquerade when `None`.
+    pub masquerade_ports: Option<PortRange>,
 }
+
+/// How often the agent deletes expired masquerade entries (SNAT). Well below the shortest
+/// timeout (TCP transient, 10 s), so a closed flow's port is free again soon after.
+const MASQUERADE_EXPIRY_INTERVAL: Duration = Duration::from_secs(5);
 
 pub fn run(args: AgentConfig) -> anyhow::Result<()> {
     tokio::runtime::Builder::new_multi_thread()
@@ -120,6 +132,32 @@ async fn run_async(args: AgentConfig) -> anyhow::Result<()> {
             }
         }
     }
+    let masquerade_interfaces = args
+        .ifaces
+        .iter()
+        .map(|iface| {
+            let addresses = interface_addresses(iface)
+                .with_context(|| format!("listing the addresses of {iface}"))?;
+            Ok((
+                interface_index(iface)?,
+                masquerade::snat_addresses(&addresses),
+            ))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    datapath
+        .set_masquerade(args.masquerade_ports, &masquerade_interfaces)
+        .context("writing the masquerade settings")?;
+    if let Some(ports) = args.masquerade_ports {
+        tracing::info!(min = ports.min, max = ports.max, "masquerade ports");
+        let snat = aya::maps::MapData::from_pin(
+            args.pin_path.join("maps").join(lb_common::map_names::SNAT),
+        )
+        .context("opening the masquerade table")?;
+        let config = datapath
+            .config()
+            .context("reading the datapath's timeouts")?;
+        tokio::spawn(expire_masquerade(snat, config));
+    }
     if let Some(cgroup) = args.cgroup_root.resolve()? {
         datapath
             .attach_cgroup(&cgroup)
@@ -134,7 +172,7 @@ async fn run_async(args: AgentConfig) -> anyhow::Result<()> {
         capacity,
     );
     let health = SyncHealth::new(args.healthz_timeout);
-    let metrics = Metrics::new(Arc::new(stats), health.clone());
+    let metrics = Metrics::with_options(Arc::new(stats), health.clone(), args.metrics);
     let server = MetricsServer::bind(args.metrics_addr)
         .await
         .with_context(|| format!("serving metrics on {}", args.metrics_addr))?;
@@ -162,6 +200,7 @@ async fn run_async(args: AgentConfig) -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut reported: BTreeSet<String> = BTreeSet::new();
     let mut synced_once = false;
+    let mut trigger_times = TriggerTimes::new(SystemTime::now());
     loop {
         tokio::select! {
             changed = updates.changed() => {
@@ -176,7 +215,10 @@ async fn run_async(args: AgentConfig) -> anyhow::Result<()> {
             continue;
         };
         for problem in &update.problems {
-            tracing::warn!(kind = problem.kind(), "{problem}");
+            match problem {
+                SourceProblem::ManifestWarning(warning) => warning.log(),
+                other => tracing::warn!(kind = other.kind(), "{other}"),
+            }
             metrics.count_error(problem.kind());
         }
         let node_eligibility = update.snapshot.node_eligibility;
@@ -190,20 +232,34 @@ async fn run_async(args: AgentConfig) -> anyhow::Result<()> {
         let result = tokio::task::block_in_place(|| reconciler.sync(&update.snapshot));
         match result {
             Ok(report) => {
+                let synced_at = SystemTime::now();
                 metrics.observe_sync(report.duration);
                 metrics.observe_programming_latency(update.triggered_at.elapsed());
+                for latency in trigger_times.synced(&update.snapshot.endpoint_slices, synced_at) {
+                    metrics.observe_network_programming(latency);
+                }
+                metrics.count_changes(&report.changes);
                 metrics.set_rejected(report.rejected.len());
                 // Say each warning and rejection once, not on every resync.
-                let now: BTreeSet<String> = report
-                    .warnings
-                    .iter()
-                    .map(|w| format!("skipped: {w}"))
-                    .chain(report.rejected.iter().map(|(name, reason)| {
-                        format!("service {name} is not programmed: {reason}")
-                    }))
-                    .collect();
-                for line in now.difference(&reported) {
-                    tracing::warn!("{line}");
+                let mut now = BTreeSet::new();
+                for warning in &report.warnings {
+                    let line = warning.to_string();
+                    if !reported.contains(&line) {
+                        warning.log();
+                    }
+                    now.insert(line);
+                }
+                for (name, reason) in &report.rejected {
+                    let line = format!("service {name} is not programmed: {reason}");
+                    if !reported.contains(&line) {
+                        tracing::warn!(
+                            namespace = %name.namespace,
+                            service = %name.name,
+                            port = %name.port,
+                            "not programmed: {reason}"
+                        );
+                    }
+                    now.insert(line);
                 }
                 reported = now;
                 let stale = report.stale_flows;
@@ -219,9 +275,17 @@ async fn run_async(args: AgentConfig) -> anyhow::Result<()> {
                 // valid one is (after --healthz-timeout the agent turns unhealthy).
                 if update.cause != UpdateCause::Rejected {
                     health.updated(update.generation);
+                    metrics.sync_succeeded(synced_at);
                 }
                 for error in health_checks.sync(&report.health_checks) {
-                    tracing::warn!("{error}");
+                    match &error {
+                        HealthError::HealthCheckPort { service, .. } => tracing::warn!(
+                            namespace = %service.namespace,
+                            service = %service.name,
+                            "{error}"
+                        ),
+                        HealthError::Bind { .. } => tracing::warn!("{error}"),
+                    }
                     metrics.count_error(error.kind());
                 }
                 if !synced_once {
@@ -251,6 +315,30 @@ async fn run_async(args: AgentConfig) -> anyhow::Result<()> {
         "stopping; programs and maps stay pinned and keep balancing"
     );
     Ok(())
+}
+
+/// Deletes expired masquerade entries every [`MASQUERADE_EXPIRY_INTERVAL`], for as long as
+/// the agent runs (a stopped agent leaves them: they are freed by its successor).
+async fn expire_masquerade(snat: aya::maps::MapData, config: lb_common::Config) {
+    use std::os::fd::AsFd as _;
+    let mut tick = tokio::time::interval(MASQUERADE_EXPIRY_INTERVAL);
+    loop {
+        tick.tick().await;
+        let result = tokio::task::block_in_place(|| {
+            masquerade::expire(
+                snat.fd().as_fd(),
+                &config,
+                masquerade::monotonic_coarse_ns(),
+            )
+        });
+        match result {
+            Ok(expired) if expired.flows() > 0 => {
+                tracing::debug!(flows = expired.flows(), "expired masqueraded flows");
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "deleting expired masquerade entries failed"),
+        }
+    }
 }
 
 /// Marks every update the source publishes as queued, from a task of its own: an update the

@@ -16,7 +16,10 @@
 use std::time::{Duration, Instant};
 
 use crate::{
-    dataplane::{AppliedState, DataplaneError, DeletedFlows, MapOp, MapWriter},
+    dataplane::{
+        AppliedState, DataplaneError, DeletedFlows, MapOp, MapWriter,
+        applied::{MapChanges, count_changes},
+    },
     diff::{Planner, RejectReason, unindexed_tables},
     model::{HealthChecks, IncrementalModel, ModelConfig, ServicePortName, Snapshot, Warning},
 };
@@ -26,6 +29,8 @@ use crate::{
 pub struct SyncReport {
     /// Map operations written.
     pub ops: usize,
+    /// The same operations by map and kind of change (added, updated, deleted).
+    pub changes: MapChanges,
     /// Flow state deleted because a UDP service port's endpoint stopped serving.
     pub stale_flows: DeletedFlows,
     /// Services that did not fit, by name and reason; they are not in the maps (or keep
@@ -145,6 +150,7 @@ impl<W: MapWriter> Reconciler<W> {
             self.applied = self.writer.read()?;
             return Err(error);
         }
+        let changes = count_changes(&self.applied, &plan.ops);
         self.applied.apply(&plan.ops);
         // After the ops: no selection table names an endpoint that stopped serving any more,
         // so no new flow goes back to one once its entries are gone.
@@ -170,6 +176,7 @@ impl<W: MapWriter> Reconciler<W> {
         }
         Ok(SyncReport {
             ops: plan.ops.len(),
+            changes,
             stale_flows,
             rejected: plan.rejected,
             warnings,
@@ -188,8 +195,11 @@ pub(super) mod tests {
     use serde_json::json;
 
     use super::*;
+    use lb_common::map_names;
+
     use crate::dataplane::{
         MapCapacity,
+        applied::Change,
         memory::{MemoryMaps, Violation},
     };
 
@@ -259,6 +269,20 @@ pub(super) mod tests {
         let snapshot = my_app_snapshot(&[1, 2]);
         let first = reconciler.sync(&snapshot).expect("first sync");
         assert!(first.ops > 0, "the first sync writes the services");
+        assert_eq!(
+            first.changes.values().sum::<u64>(),
+            first.ops as u64,
+            "every op is counted once by map and change: {:?}",
+            first.changes
+        );
+        assert!(
+            first
+                .changes
+                .keys()
+                .all(|(_, change)| *change == Change::Added),
+            "the first sync over empty maps only adds: {:?}",
+            first.changes
+        );
         assert!(first.rejected.is_empty(), "{:?}", first.rejected);
         assert_eq!(
             reconciler.applied(),
@@ -274,7 +298,16 @@ pub(super) mod tests {
         // A change, then the mirror still matches, and a restarted agent adopting the maps
         // writes nothing for the same snapshot.
         let changed = my_app_snapshot(&[2, 3]);
-        assert!(reconciler.sync(&changed).expect("change").ops > 0);
+        let report = reconciler.sync(&changed).expect("change");
+        assert!(report.ops > 0);
+        for map in [map_names::BACKENDS, map_names::FRONTENDS] {
+            assert!(
+                report.changes.contains_key(&(map, Change::Updated))
+                    || report.changes.contains_key(&(map, Change::Deleted)),
+                "replacing a backend changes {map} entries already there: {:?}",
+                report.changes
+            );
+        }
         assert_eq!(
             reconciler.applied(),
             &reconciler.writer().read().expect("read")

@@ -4,7 +4,7 @@ use std::{collections::BTreeMap, path::Path, time::Duration};
 
 use anyhow::Context as _;
 
-use super::{AttachArgs, OutputFormat, PinArgs, ServicesArgs, StatsArgs, services, stats::Stats};
+use super::{AttachArgs, PinArgs, ServicesArgs, StatsArgs, services, stats::Stats};
 use crate::dataplane::{
     MapWriter as _,
     aya_maps::ReadOnlyMaps,
@@ -31,13 +31,12 @@ pub fn services(args: &ServicesArgs) -> anyhow::Result<()> {
         .into_iter()
         .map(|(id, _, c)| (id, c))
         .collect();
-    let rows = services::rows(&applied, &counters);
+    let rows = args.filter().apply(services::rows(&applied, &counters))?;
     print!(
         "{}",
-        match args.output {
-            OutputFormat::Table => services::render_table(&rows),
-            OutputFormat::Json => services::render_json(&rows),
-        }
+        args.output.serialized(&rows).unwrap_or_else(|| {
+            services::render_table(&rows, args.output.wide(), !args.output.no_headers)
+        })
     );
     Ok(())
 }
@@ -68,10 +67,9 @@ pub fn stats(args: &StatsArgs) -> anyhow::Result<()> {
     let stats = read_stats(&open_pinned(&args.pin_path)?)?;
     print!(
         "{}",
-        match args.output {
-            OutputFormat::Table => stats.render_table(),
-            OutputFormat::Json => stats.render_json(),
-        }
+        args.output
+            .serialized(&stats.by_name())
+            .unwrap_or_else(|| stats.render_table(!args.output.no_headers))
     );
     Ok(())
 }

@@ -2,9 +2,16 @@
 //! maps (they work with or without a running agent).
 
 pub mod commands;
+pub mod conntrack;
+pub mod generate;
+pub mod logging;
+pub mod output;
 pub mod services;
 pub mod stats;
+pub mod status;
 pub mod trace;
+
+pub use output::{OutputArgs, OutputFormat};
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
@@ -12,17 +19,26 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::{
     agent::AgentConfig,
-    dataplane::{MapCapacity, attach_mode::XdpMode, cgroup::CgroupRoot},
+    dataplane::{MapCapacity, attach_mode::XdpMode, cgroup::CgroupRoot, masquerade::PortRange},
     health::DEFAULT_HEALTHZ_BIND_ADDRESS,
-    metrics::{MetricsError, parse_listen_addr},
+    metrics::{MetricsError, MetricsOptions, parse_listen_addr},
     source::SourceConfig,
 };
+
+// Flags `check` shares with the agent read the agent's variables, so that `kubectl exec …
+// slicelb check` in the agent's pod compares what that agent reads.
+const NODE_NAME_ENV: &str = "SLICELB_NODE_NAME";
+const NODEPORT_ADDRESSES_ENV: &str = "SLICELB_NODEPORT_ADDRESSES";
+const SERVICE_PROXY_NAME_ENV: &str = "SLICELB_SERVICE_PROXY_NAME";
 
 /// Where programs, links and maps are pinned unless `--pin-path` says otherwise.
 pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/slicelb";
 /// The environment variable every command reads `--pin-path` from when not given: the
 /// DaemonSet's container sets it, so `kubectl exec … slicelb services` finds the pins.
 pub const PIN_PATH_ENV: &str = "SLICELB_PIN_PATH";
+/// Every agent flag `--some-flag` can also be set as `SLICELB_SOME_FLAG` (the DaemonSet's
+/// way of configuring it); a flag given on the command line wins over its variable.
+pub const ENV_PREFIX: &str = "SLICELB_";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -34,6 +50,8 @@ pub const PIN_PATH_ENV: &str = "SLICELB_PIN_PATH";
         manifests) and programs the kernel; the other commands show what the kernel does."
 )]
 pub struct Cli {
+    #[command(flatten)]
+    pub logging: logging::LogArgs,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -56,12 +74,22 @@ pub enum Command {
     Check(CheckArgs),
     /// Datapath counters by reason and protocol, summed over CPUs.
     Stats(StatsArgs),
+    /// What is attached where, what is pinned, how full each map is, and whether an agent
+    /// holds the maps.
+    Status(StatusArgs),
+    /// The flows in the conntrack table: client, frontend, backend, service, idle time and
+    /// TCP state (read in one bounded pass).
+    Conntrack(ConntrackArgs),
+    /// Print a shell completion script for slicelb to stdout.
+    Completions(generate::CompletionsArgs),
+    /// Write man pages: slicelb.1 and one page per subcommand (slicelb-agent.1, …).
+    Man(generate::ManArgs),
 }
 
 #[derive(Debug, Args)]
 pub struct PinArgs {
     /// Directory under a bpffs mount where programs, links and maps are pinned.
-    #[arg(long, env = PIN_PATH_ENV, default_value = DEFAULT_PIN_PATH)]
+    #[arg(long, value_name = "DIR", env = PIN_PATH_ENV, default_value = DEFAULT_PIN_PATH)]
     pub pin_path: PathBuf,
 }
 
@@ -69,14 +97,20 @@ pub struct PinArgs {
 #[derive(Debug, Args)]
 #[group(required = true, multiple = false)]
 pub struct SourceArgs {
-    /// A directory of YAML/JSON manifests (watched for changes).
-    #[arg(long, value_name = "DIR")]
-    pub config_dir: Option<PathBuf>,
+    /// A directory of Service, EndpointSlice and Node manifests, YAML or JSON (watched for
+    /// changes).
+    #[arg(
+        long,
+        value_name = "DIR",
+        visible_alias = "config-dir",
+        env = "SLICELB_MANIFEST_DIR"
+    )]
+    pub manifest_dir: Option<PathBuf>,
     /// A kubeconfig file for the Kubernetes API.
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", env = "SLICELB_KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
     /// Use the pod's service account (running inside the cluster).
-    #[arg(long)]
+    #[arg(long, env = "SLICELB_IN_CLUSTER")]
     pub in_cluster: bool,
 }
 
@@ -108,7 +142,7 @@ impl SourceArgs {
     /// The source chosen (clap lets exactly one of the three through), reading the Services
     /// of the proxy named `proxy_name` (`--service-proxy-name`).
     pub fn config(&self, proxy_name: Option<&str>) -> SourceConfig {
-        match (&self.config_dir, &self.kubeconfig) {
+        match (&self.manifest_dir, &self.kubeconfig) {
             (Some(dir), _) => SourceConfig::ManifestDir(dir.clone()),
             (None, Some(kubeconfig)) => SourceConfig::kubeconfig(kubeconfig.clone()),
             (None, None) => SourceConfig::in_cluster(),
@@ -124,22 +158,34 @@ pub struct AgentArgs {
         long = "iface",
         value_name = "IFACE",
         required = true,
-        value_delimiter = ','
+        value_delimiter = ',',
+        env = "SLICELB_IFACE"
     )]
     pub ifaces: Vec<String>,
     #[command(flatten)]
     pub source: SourceArgs,
     /// This node's name: decides which endpoints are local (traffic policies, topology).
-    #[arg(long, env = "NODE_NAME")]
+    #[arg(long, value_name = "NAME", env = NODE_NAME_ENV)]
     pub node_name: Option<String>,
     /// NodePorts answer on local addresses within these CIDRs (default: all local addresses).
-    #[arg(long, value_name = "CIDR[,CIDR…]", value_delimiter = ',')]
+    #[arg(long, value_name = "CIDR[,CIDR…]", value_delimiter = ',', env = NODEPORT_ADDRESSES_ENV)]
     pub nodeport_addresses: Vec<ipnet::IpNet>,
-    #[arg(long, env = PIN_PATH_ENV, default_value = DEFAULT_PIN_PATH)]
+    /// Directory under a bpffs mount where programs, links and maps are pinned.
+    #[arg(long, value_name = "DIR", env = PIN_PATH_ENV, default_value = DEFAULT_PIN_PATH)]
     pub pin_path: PathBuf,
     /// Prometheus metrics, /healthz and /readyz (an IPv6 address may go without brackets).
-    #[arg(long, default_value = "127.0.0.1:9400", value_parser = parse_listen_addr)]
+    #[arg(
+        long,
+        value_name = "ADDR:PORT",
+        default_value = "127.0.0.1:9400",
+        value_parser = parse_listen_addr,
+        env = "SLICELB_METRICS_ADDR"
+    )]
     pub metrics_addr: SocketAddr,
+    /// One metric series per service port (packets, bytes, new flows, socket
+    /// translations); false keeps a large cluster's scrape small.
+    #[arg(long, value_name = "true|false", default_value_t = true, action = clap::ArgAction::Set, env = "SLICELB_PER_SERVICE_METRICS")]
+    pub per_service_metrics: bool,
     /// kube-proxy's health endpoint, /healthz (load balancers) and /livez (liveness), on
     /// ADDR:PORT; 0.0.0.0 is every address of both families, as for kube-proxy; "" serves
     /// none.
@@ -147,38 +193,87 @@ pub struct AgentArgs {
         long,
         value_name = "ADDR:PORT",
         default_value = DEFAULT_HEALTHZ_BIND_ADDRESS,
-        value_parser = parse_healthz_addr
+        value_parser = parse_healthz_addr,
+        env = "SLICELB_HEALTHZ_BIND_ADDRESS"
     )]
     pub healthz_bind_address: ::std::option::Option<SocketAddr>,
     /// An update not in the maps after this many seconds turns /healthz, /livez and the
     /// metrics port's /readyz to 503 (kube-proxy: twice its sync period).
-    #[arg(long, value_name = "SECONDS", default_value = "60", value_parser = parse_seconds)]
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value = "60",
+        value_parser = parse_seconds,
+        env = "SLICELB_HEALTHZ_TIMEOUT"
+    )]
     pub healthz_timeout: Duration,
-    #[arg(long, value_enum, default_value_t = XdpModeArg::Auto)]
+    /// How packets arriving on --iface are balanced: XDP (native or generic) or TC only.
+    #[arg(long, value_enum, default_value_t = XdpModeArg::Auto, env = "SLICELB_XDP_MODE")]
     pub xdp_mode: XdpModeArg,
     /// Serve only the Services labelled `service.kubernetes.io/service-proxy-name=NAME`
     /// (unlabelled ones are left to kube-proxy). Without it, only the Services without that
     /// label, whatever its value, as kube-proxy does.
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", env = SERVICE_PROXY_NAME_ENV)]
     pub service_proxy_name: Option<String>,
     /// Balance every process below this cgroup v2 directory at connect()/sendmsg() (pods
     /// and the node itself). Default: the cgroup v2 mount from /proc/self/mountinfo.
-    #[arg(long, value_name = "PATH", conflicts_with = "no_socket_lb")]
+    #[arg(
+        long,
+        value_name = "PATH",
+        conflicts_with = "no_socket_lb",
+        env = "SLICELB_CGROUP_ROOT"
+    )]
     pub cgroup_root: Option<PathBuf>,
     /// No socket-level balancing: only packets arriving on --iface are balanced.
-    #[arg(long)]
+    #[arg(long, env = "SLICELB_NO_SOCKET_LB")]
     pub no_socket_lb: bool,
     /// Entries of the conntrack table (CONNTRACK, an LRU; each balanced flow takes two).
     /// Fixed when the maps are made: changing it over pinned maps asks for `slicelb detach`.
-    #[arg(long, value_name = "N", default_value_t = lb_common::capacity::CONNTRACK, value_parser = parse_map_size)]
+    #[arg(long, value_name = "N", default_value_t = lb_common::capacity::CONNTRACK, value_parser = parse_map_size, env = "SLICELB_CONNTRACK_MAX")]
     pub conntrack_max: u32,
     /// Entries of the session-affinity table (AFFINITY, an LRU; one per client and Service).
-    #[arg(long, value_name = "N", default_value_t = lb_common::capacity::AFFINITY, value_parser = parse_map_size)]
+    #[arg(long, value_name = "N", default_value_t = lb_common::capacity::AFFINITY, value_parser = parse_map_size, env = "SLICELB_AFFINITY_MAX")]
     pub affinity_max: u32,
     /// Entries of each socket-level flow table (SOCK_CONNECTED: connected sockets to a
     /// Service; SOCK_REVERSE: unconnected UDP peers), both LRUs.
-    #[arg(long, value_name = "N", default_value_t = lb_common::capacity::SOCK_CONNECTED, value_parser = parse_map_size)]
+    #[arg(long, value_name = "N", default_value_t = lb_common::capacity::SOCK_CONNECTED, value_parser = parse_map_size, env = "SLICELB_SOCKET_MAP_MAX")]
     pub socket_map_max: u32,
+    /// Source ports of masqueraded flows, MIN-MAX, or "off" for no masquerade. External
+    /// traffic (NodePort, load-balancer IP, external IP) with `externalTrafficPolicy:
+    /// Cluster` sent to another node's endpoint leaves with this node's address and a port
+    /// of this range. Keep it outside the node's ephemeral ports
+    /// (`net.ipv4.ip_local_port_range`, 32768-60999 by default) and its NodePorts.
+    #[arg(long, value_name = "MIN-MAX|off", default_value = DEFAULT_MASQUERADE_PORTS, value_parser = parse_port_range, env = "SLICELB_MASQUERADE_PORTS")]
+    pub masquerade_ports: ::std::option::Option<PortRange>,
+    /// Entries of the masquerade table (SNAT, two per masqueraded flow). A full table
+    /// refuses new masqueraded flows; it never evicts a live one.
+    #[arg(long, value_name = "N", default_value_t = lb_common::capacity::SNAT, value_parser = parse_map_size, env = "SLICELB_MASQUERADE_MAX")]
+    pub masquerade_max: u32,
+}
+
+/// `--masquerade-ports` default: above Linux's default ephemeral range, below 65536.
+pub const DEFAULT_MASQUERADE_PORTS: &str = "61000-65535";
+
+/// `--masquerade-ports`: "MIN-MAX" (1..=65535, MIN <= MAX), or "off" for none.
+fn parse_port_range(input: &str) -> Result<Option<PortRange>, String> {
+    if input == "off" {
+        return Ok(None);
+    }
+    let (min, max) = input
+        .split_once('-')
+        .ok_or_else(|| format!("{input:?} is not MIN-MAX (two ports) or \"off\""))?;
+    let port = |text: &str| -> Result<u16, String> {
+        text.trim()
+            .parse::<u16>()
+            .ok()
+            .filter(|port| *port != 0)
+            .ok_or_else(|| format!("{text:?} is not a port (1-65535)"))
+    };
+    let (min, max) = (port(min)?, port(max)?);
+    if min > max {
+        return Err(format!("{input:?}: the first port is above the last"));
+    }
+    Ok(Some(PortRange { min, max }))
 }
 
 impl AgentArgs {
@@ -190,6 +285,9 @@ impl AgentArgs {
             nodeport_cidrs: self.nodeport_addresses.clone(),
             pin_path: self.pin_path.clone(),
             metrics_addr: self.metrics_addr,
+            metrics: MetricsOptions {
+                per_service: self.per_service_metrics,
+            },
             healthz_addr: self.healthz_bind_address,
             healthz_timeout: self.healthz_timeout,
             xdp_mode: self.xdp_mode.into(),
@@ -199,10 +297,12 @@ impl AgentArgs {
                 (Some(path), false) => CgroupRoot::Path(path.clone()),
                 (None, false) => CgroupRoot::Mount,
             },
+            masquerade_ports: self.masquerade_ports,
             capacity: MapCapacity {
                 conntrack: self.conntrack_max,
                 affinity: self.affinity_max,
                 socket_flows: self.socket_map_max,
+                snat: self.masquerade_max,
                 ..MapCapacity::default()
             },
         }
@@ -259,8 +359,10 @@ pub struct AttachArgs {
         value_delimiter = ','
     )]
     pub ifaces: Vec<String>,
-    #[arg(long, env = PIN_PATH_ENV, default_value = DEFAULT_PIN_PATH)]
+    /// Directory under a bpffs mount where programs, links and maps are pinned.
+    #[arg(long, value_name = "DIR", env = PIN_PATH_ENV, default_value = DEFAULT_PIN_PATH)]
     pub pin_path: PathBuf,
+    /// How packets arriving on --iface are balanced: XDP (native or generic) or TC only.
     #[arg(long, value_enum, default_value_t = XdpModeArg::Auto)]
     pub xdp_mode: XdpModeArg,
     /// Print the counters every this many seconds.
@@ -271,18 +373,65 @@ pub struct AttachArgs {
     pub duration: Option<u64>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum OutputFormat {
-    Table,
-    Json,
+#[derive(Debug, Args)]
+pub struct ServicesArgs {
+    /// Only this Service (or this port of it): NAMESPACE/NAME or NAMESPACE/NAME:PORTNAME.
+    #[arg(value_name = "NAMESPACE/NAME[:PORTNAME]", value_parser = services::ServiceFilter::parse_service)]
+    pub service: Option<(String, String, Option<String>)>,
+    /// Only frontends at this address or with a backend at it.
+    #[arg(long, value_name = "ADDR")]
+    pub address: Option<std::net::IpAddr>,
+    /// Only frontends on this port or with a backend on it.
+    #[arg(long, value_name = "PORT")]
+    pub port: Option<u16>,
+    /// Directory under a bpffs mount where programs, links and maps are pinned.
+    #[arg(long, value_name = "DIR", env = PIN_PATH_ENV, default_value = DEFAULT_PIN_PATH)]
+    pub pin_path: PathBuf,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+impl ServicesArgs {
+    pub fn filter(&self) -> services::ServiceFilter {
+        services::ServiceFilter {
+            service: self.service.clone(),
+            address: self.address,
+            port: self.port,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
-pub struct ServicesArgs {
-    #[arg(long, env = PIN_PATH_ENV, default_value = DEFAULT_PIN_PATH)]
+pub struct StatusArgs {
+    /// Directory under a bpffs mount where programs, links and maps are pinned.
+    #[arg(long, value_name = "DIR", env = PIN_PATH_ENV, default_value = DEFAULT_PIN_PATH)]
     pub pin_path: PathBuf,
-    #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
-    pub output: OutputFormat,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ConntrackArgs {
+    /// Only flows of this Service: NAMESPACE/NAME or NAMESPACE/NAME:PORTNAME.
+    #[arg(long, value_name = "NAMESPACE/NAME[:PORTNAME]", value_parser = services::ServiceFilter::parse_service)]
+    pub service: Option<(String, String, Option<String>)>,
+    /// Only flows to this backend: ADDR or ADDR:PORT ([ADDR]:PORT for IPv6).
+    #[arg(long, value_name = "ADDR[:PORT]", value_parser = conntrack::parse_endpoint)]
+    pub backend: Option<conntrack::Endpoint>,
+    /// Only flows from this client address.
+    #[arg(long, value_name = "ADDR")]
+    pub client: Option<std::net::IpAddr>,
+    /// Stop after this many flows (the pass over the table ends there).
+    #[arg(long, value_name = "N", default_value_t = conntrack::DEFAULT_LIMIT)]
+    pub limit: usize,
+    /// Print only how many flows match, per service (counts the whole table).
+    #[arg(long)]
+    pub count: bool,
+    /// Directory under a bpffs mount where programs, links and maps are pinned.
+    #[arg(long, value_name = "DIR", env = PIN_PATH_ENV, default_value = DEFAULT_PIN_PATH)]
+    pub pin_path: PathBuf,
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -304,10 +453,13 @@ pub struct TraceArgs {
     /// The destination: ADDR:PORT (IPv6 as [ADDR]:PORT).
     #[arg(long)]
     pub to: SocketAddr,
+    /// The transport protocol of the flow.
     #[arg(long, value_enum, default_value_t = Protocol::Tcp)]
     pub proto: Protocol,
-    #[arg(long, env = PIN_PATH_ENV, default_value = DEFAULT_PIN_PATH)]
+    /// Directory under a bpffs mount where programs, links and maps are pinned.
+    #[arg(long, value_name = "DIR", env = PIN_PATH_ENV, default_value = DEFAULT_PIN_PATH)]
     pub pin_path: PathBuf,
+    /// `table` and `wide` print the same lines.
     #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
 }
@@ -316,14 +468,17 @@ pub struct TraceArgs {
 pub struct CheckArgs {
     #[command(flatten)]
     pub source: SourceArgs,
-    #[arg(long, env = "NODE_NAME")]
+    /// The agent's `--node-name`: which endpoints are local to the node checked.
+    #[arg(long, value_name = "NAME", env = NODE_NAME_ENV)]
     pub node_name: Option<String>,
-    #[arg(long, value_name = "CIDR[,CIDR…]", value_delimiter = ',')]
+    /// The agent's `--nodeport-addresses`: where the node's NodePorts answer.
+    #[arg(long, value_name = "CIDR[,CIDR…]", value_delimiter = ',', env = NODEPORT_ADDRESSES_ENV)]
     pub nodeport_addresses: Vec<ipnet::IpNet>,
-    #[arg(long, env = PIN_PATH_ENV, default_value = DEFAULT_PIN_PATH)]
+    /// Directory under a bpffs mount where the agent pinned its maps.
+    #[arg(long, value_name = "DIR", env = PIN_PATH_ENV, default_value = DEFAULT_PIN_PATH)]
     pub pin_path: PathBuf,
     /// The agent's `--service-proxy-name`: the same Services are read and compared.
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", env = SERVICE_PROXY_NAME_ENV)]
     pub service_proxy_name: Option<String>,
 }
 
@@ -336,28 +491,23 @@ impl CheckArgs {
 
 #[derive(Debug, Args)]
 pub struct StatsArgs {
-    #[arg(long, env = PIN_PATH_ENV, default_value = DEFAULT_PIN_PATH)]
+    /// Directory under a bpffs mount where programs, links and maps are pinned.
+    #[arg(long, value_name = "DIR", env = PIN_PATH_ENV, default_value = DEFAULT_PIN_PATH)]
     pub pin_path: PathBuf,
-    #[arg(short, long, value_enum, default_value_t = OutputFormat::Table)]
-    pub output: OutputFormat,
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 /// Log lines to stderr, `info` and up unless `RUST_LOG` says otherwise (also used by
 /// `slicelb-lab`).
 pub fn init_logging() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    logging::init(&logging::LogArgs::default());
 }
 
 /// Runs one command line (the `slicelb` binary's main): every other layer gets a plain
 /// config of its own, never clap's types.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    init_logging();
+    logging::init(&cli.logging);
     match cli.command {
         Command::Agent(args) => crate::agent::run(args.config()),
         Command::Services(args) => commands::services(&args),
@@ -366,6 +516,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Attach(args) => commands::attach(&args),
         Command::Check(args) => commands::check(&args),
         Command::Trace(args) => trace::run(&args),
+        Command::Status(args) => status::run(&args),
+        Command::Conntrack(args) => conntrack::run(&args),
+        Command::Completions(args) => generate::completions(&args, &mut std::io::stdout()),
+        Command::Man(args) => generate::man_pages(&args).map(|_| ()),
     }
 }
 
@@ -380,39 +534,153 @@ mod tests {
         Cli::command().debug_assert();
     }
 
+    /// Every command below `command` (itself included), with its full name.
+    fn all_commands(command: &clap::Command, path: &str, found: &mut Vec<(String, clap::Command)>) {
+        let path = format!("{path} {}", command.get_name()).trim().to_owned();
+        found.push((path.clone(), command.clone()));
+        for sub in command.get_subcommands() {
+            all_commands(sub, &path, found);
+        }
+    }
+
     #[test]
-    fn flow_map_sizes_reach_the_agents_capacity_and_absurd_ones_are_refused() {
-        let agent = [
+    fn every_argument_and_command_has_help_text() {
+        let mut commands = Vec::new();
+        all_commands(&Cli::command(), "", &mut commands);
+        let mut missing = Vec::new();
+        for (path, command) in &commands {
+            if command.get_about().is_none() && path != "slicelb help" {
+                missing.push(format!("`{path}` has no about text"));
+            }
+            for arg in command.get_arguments() {
+                let builtin = ["help", "version"].contains(&arg.get_id().as_str());
+                if !builtin && arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("`{path}` argument {} has no help", arg.get_id()));
+                }
+            }
+        }
+        assert!(missing.is_empty(), "{missing:#?}");
+    }
+
+    /// Every agent flag `--some-flag` reads `SLICELB_SOME_FLAG`, as the DaemonSet sets them.
+    #[test]
+    fn every_agent_flag_has_its_slicelb_variable() {
+        let mut command = Cli::command();
+        // Puts the global flags (--log-format, --log-level) into the subcommands.
+        command.build();
+        let agent = command.find_subcommand("agent").expect("an agent command");
+        for arg in agent.get_arguments() {
+            let Some(long) = arg.get_long() else {
+                continue;
+            };
+            if ["help", "version"].contains(&long) {
+                continue;
+            }
+            let wanted = format!("{ENV_PREFIX}{}", long.to_uppercase().replace('-', "_"));
+            let env = arg
+                .get_env()
+                .map(|name| name.to_string_lossy().into_owned());
+            assert_eq!(env.as_deref(), Some(wanted.as_str()), "--{long}");
+        }
+        let help = agent.clone().render_long_help().to_string();
+        for shown in ["[env: SLICELB_IFACE", "[env: SLICELB_LOG_FORMAT"] {
+            assert!(help.contains(shown), "--help shows the variables: {help}");
+        }
+    }
+
+    #[test]
+    fn config_dir_still_names_the_manifest_directory() {
+        let args = agent_args(&["slicelb", "agent", "--iface", "eth0", "--config-dir", "/m"]);
+        assert_eq!(args.source.manifest_dir, Some(PathBuf::from("/m")));
+    }
+
+    #[test]
+    fn log_flags_are_global() {
+        let cli = Cli::try_parse_from([
+            "slicelb",
+            "services",
+            "--log-format",
+            "json",
+            "--log-level",
+            "debug",
+        ])
+        .expect("accepted after the subcommand");
+        assert_eq!(cli.logging.log_format, logging::LogFormat::Json);
+        assert_eq!(cli.logging.log_level, logging::LogLevel::Debug);
+        assert!(Cli::try_parse_from(["slicelb", "--log-level", "loud", "stats"]).is_err());
+    }
+
+    /// `slicelb agent` with the least it needs, then `flags`.
+    fn agent_argv(flags: &[&str]) -> Vec<String> {
+        [
             "slicelb",
             "agent",
             "--iface",
             "eth0",
-            "--config-dir",
+            "--manifest-dir",
             "/tmp",
-        ];
-        let with = |flags: &[&str]| -> Vec<String> {
-            agent.iter().chain(flags).map(|a| a.to_string()).collect()
-        };
-        let sized = with(&[
+        ]
+        .iter()
+        .chain(flags)
+        .map(|a| a.to_string())
+        .collect()
+    }
+
+    fn agent_with(flags: &[&str]) -> AgentConfig {
+        let argv = agent_argv(flags);
+        agent_args(&argv.iter().map(String::as_str).collect::<Vec<_>>()).config()
+    }
+
+    fn refused(flags: &[&str]) -> bool {
+        Cli::try_parse_from(agent_argv(flags)).is_err()
+    }
+
+    #[test]
+    fn flow_map_sizes_reach_the_agents_capacity_and_absurd_ones_are_refused() {
+        let capacity = agent_with(&[
             "--conntrack-max",
             "1024",
             "--affinity-max",
             "512",
             "--socket-map-max",
             "2048",
-        ]);
-        let capacity = agent_args(&sized.iter().map(String::as_str).collect::<Vec<_>>())
-            .config()
-            .capacity;
+        ])
+        .capacity;
         assert_eq!(
             (capacity.conntrack, capacity.affinity, capacity.socket_flows),
             (1024, 512, 2048)
         );
         assert_eq!(capacity.backends, MapCapacity::default().backends);
-        assert_eq!(agent_args(&agent).config().capacity, MapCapacity::default());
+        assert_eq!(agent_with(&[]).capacity, MapCapacity::default());
         for absurd in ["0", "255", "67108865", "4294967296", "-1", "many"] {
-            let refused = Cli::try_parse_from(with(&["--conntrack-max", absurd]));
-            assert!(refused.is_err(), "--conntrack-max {absurd} was accepted");
+            assert!(
+                refused(&["--conntrack-max", absurd]),
+                "--conntrack-max {absurd} was accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn masquerade_ports_default_to_above_the_ephemeral_range_and_bad_ranges_are_refused() {
+        let range = |min, max| Some(PortRange { min, max });
+        assert_eq!(agent_with(&[]).masquerade_ports, range(61000, 65535));
+        let tiny = agent_with(&[
+            "--masquerade-ports",
+            "40000-40001",
+            "--masquerade-max",
+            "512",
+        ]);
+        assert_eq!(tiny.masquerade_ports, range(40000, 40001));
+        assert_eq!(tiny.capacity.snat, 512);
+        assert_eq!(
+            agent_with(&["--masquerade-ports", "off"]).masquerade_ports,
+            None
+        );
+        for bad in ["0-10", "10-5", "1-65536", "61000", "a-b", ""] {
+            assert!(
+                refused(&["--masquerade-ports", bad]),
+                "--masquerade-ports {bad:?} was accepted"
+            );
         }
     }
 
@@ -439,7 +707,7 @@ mod tests {
             "eth0",
             "--iface",
             "eth1,eth2",
-            "--config-dir",
+            "--manifest-dir",
             "/tmp/m",
         ]);
         assert_eq!(args.ifaces, ["eth0", "eth1", "eth2"]);
@@ -452,6 +720,28 @@ mod tests {
         );
         assert_eq!(args.healthz_timeout, Duration::from_secs(60));
         assert_eq!(args.xdp_mode, XdpModeArg::Auto);
+        assert!(
+            args.per_service_metrics,
+            "per-service series are on by default"
+        );
+    }
+
+    #[test]
+    fn per_service_metrics_take_true_or_false() {
+        let base = ["slicelb", "agent", "--iface", "eth0", "--in-cluster"];
+        let per_service = |value: &str| {
+            let argv = base.iter().copied().chain(["--per-service-metrics", value]);
+            Cli::try_parse_from(argv).map(|cli| match cli.command {
+                Command::Agent(args) => args.config().metrics.per_service,
+                other => panic!("parsed as {other:?}"),
+            })
+        };
+        assert!(
+            !per_service("false").expect("false"),
+            "false turns them off"
+        );
+        assert!(per_service("true").expect("true"), "true keeps them");
+        assert!(per_service("off").is_err(), "only true or false");
     }
 
     #[test]
@@ -488,7 +778,7 @@ mod tests {
             "agent",
             "--iface",
             "eth0",
-            "--config-dir",
+            "--manifest-dir",
             "/m",
             "--in-cluster",
         ]);
@@ -561,8 +851,8 @@ mod tests {
     fn command_line_sources_map_to_configs() {
         use std::path::Path;
 
-        let args = |config_dir: Option<&str>, kubeconfig: Option<&str>, in_cluster| SourceArgs {
-            config_dir: config_dir.map(PathBuf::from),
+        let args = |manifest_dir: Option<&str>, kubeconfig: Option<&str>, in_cluster| SourceArgs {
+            manifest_dir: manifest_dir.map(PathBuf::from),
             kubeconfig: kubeconfig.map(PathBuf::from),
             in_cluster,
         };

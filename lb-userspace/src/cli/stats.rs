@@ -1,10 +1,10 @@
 //! `slicelb stats`: what the datapath did with every packet, by reason and by protocol, and
 //! what socket-level balancing did with socket calls, summed over CPUs.
 
-use std::fmt::Write as _;
-
 use lb_common::{ProtoCounter, Reason, ReasonClass, SocketCounter};
 use serde::Serialize;
+
+use super::output::{Column, table};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Stats {
@@ -67,56 +67,68 @@ impl Stats {
             .collect()
     }
 
-    pub fn render_table(&self) -> String {
-        let mut out = String::new();
-        let _ = writeln!(out, "{:<28} {:>14}", "VERDICT", "PACKETS");
-        for (class, count) in self.by_class() {
-            let _ = writeln!(out, "{class:<28} {count:>14}");
-        }
-        let _ = writeln!(out, "\n{:<28} {:>14}", "REASON", "PACKETS");
-        for (name, count) in &self.reasons {
-            let _ = writeln!(out, "{name:<28} {count:>14}");
-        }
-        let _ = writeln!(out, "\n{:<28} {:>14}", "PROTOCOL", "PACKETS");
-        for (name, count) in &self.protocols {
-            let _ = writeln!(out, "{name:<28} {count:>14}");
-        }
-        let _ = writeln!(out, "\n{:<28} {:>14}", "SOCKET LEVEL", "CALLS");
-        for (name, count) in &self.sockets {
-            let _ = writeln!(out, "{name:<28} {count:>14}");
-        }
-        out
-    }
-
-    pub fn render_json(&self) -> String {
-        let reasons: serde_json::Map<String, serde_json::Value> = self
-            .reasons
-            .iter()
-            .map(|(n, c)| (n.clone(), (*c).into()))
-            .collect();
-        let protocols: serde_json::Map<String, serde_json::Value> = self
-            .protocols
-            .iter()
-            .map(|(n, c)| (n.clone(), (*c).into()))
-            .collect();
-        let sockets: serde_json::Map<String, serde_json::Value> = self
-            .sockets
-            .iter()
-            .map(|(n, c)| (n.clone(), (*c).into()))
-            .collect();
-        let classes: serde_json::Map<String, serde_json::Value> = self
+    /// Four tables (verdicts, reasons, protocols, socket-level calls), a blank line apart.
+    pub fn render_table(&self, headers: bool) -> String {
+        let class_counts: Vec<(String, u64)> = self
             .by_class()
             .into_iter()
-            .map(|(n, c)| (n.to_string(), c.into()))
+            .map(|(class, count)| (class.to_string(), count))
             .collect();
-        serde_json::to_string_pretty(&serde_json::json!({
-            "verdicts": classes,
-            "reasons": reasons,
-            "protocols": protocols,
-            "sockets": sockets,
-        }))
-        .expect("plain data")
-            + "\n"
+        [
+            ("VERDICT", "PACKETS", class_counts.as_slice()),
+            ("REASON", "PACKETS", self.reasons.as_slice()),
+            ("PROTOCOL", "PACKETS", self.protocols.as_slice()),
+            ("SOCKET LEVEL", "CALLS", self.sockets.as_slice()),
+        ]
+        .into_iter()
+        .map(|(name, unit, counts)| {
+            table(
+                &[Column::text(name), Column::number(unit)],
+                counts
+                    .iter()
+                    .map(|(name, count)| vec![name.clone(), count.to_string()]),
+                headers,
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+    }
+
+    /// The counters as JSON and YAML show them: each group a map from the metric label's
+    /// value (`reason`, `verdict`, `protocol`, `outcome`) to its count, in the table's order.
+    pub fn by_name(&self) -> impl Serialize + use<> {
+        #[derive(Serialize)]
+        struct ByName {
+            verdicts: Counts,
+            reasons: Counts,
+            protocols: Counts,
+            sockets: Counts,
+        }
+        ByName {
+            verdicts: Counts(
+                self.by_class()
+                    .into_iter()
+                    .map(|(class, count)| (class.to_string(), count))
+                    .collect(),
+            ),
+            reasons: Counts(self.reasons.iter().map(|(n, c)| (n.clone(), *c)).collect()),
+            protocols: Counts(
+                self.protocols
+                    .iter()
+                    .map(|(n, c)| (n.clone(), *c))
+                    .collect(),
+            ),
+            sockets: Counts(self.sockets.iter().map(|(n, c)| (n.clone(), *c)).collect()),
+        }
+    }
+}
+
+/// Names and counts, serialized as a map in their order.
+struct Counts(Vec<(String, u64)>);
+
+impl Serialize for Counts {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.0.iter().map(|(name, count)| (name, count)))
     }
 }
 
@@ -154,15 +166,35 @@ mod tests {
         assert_eq!(get("load-balanced"), Some(55));
         assert_eq!(get("rejected"), Some(1));
         assert_eq!(get("dropped"), Some(3));
-        let json: serde_json::Value = serde_json::from_str(&stats.render_json()).expect("JSON");
+        let json = serde_json::to_value(stats.by_name()).expect("JSON");
         assert_eq!(json["reasons"]["lb_conntrack"], 50);
         assert_eq!(json["protocols"]["ipv4"], 6);
         assert_eq!(json["verdicts"]["load-balanced"], 55);
         assert_eq!(json["sockets"]["connect_translated"], 9);
-        let table = stats.render_table();
+        let yaml: serde_json::Value =
+            serde_norway::from_str(&serde_norway::to_string(&stats.by_name()).expect("YAML"))
+                .expect("valid YAML");
+        assert_eq!(yaml, json);
+        let table = stats.render_table(true);
+        let row = table
+            .lines()
+            .find(|l| l.starts_with("lb_new_flow "))
+            .expect("a row per reason");
+        assert!(row.ends_with(" 5"), "{row}");
+        assert_eq!(table.matches("PACKETS").count(), 3, "{table}");
+        assert_eq!(
+            table.split("\n\n").count(),
+            4,
+            "four tables, a blank line apart:\n{table}"
+        );
+        let bare = stats.render_table(false);
         assert!(
-            table.contains("lb_new_flow                               5"),
-            "table:\n{table}"
+            !bare.contains("PACKETS") && !bare.contains("CALLS"),
+            "{bare}"
+        );
+        assert_eq!(
+            bare.lines().filter(|l| !l.is_empty()).count(),
+            table.lines().filter(|l| !l.is_empty()).count() - 4
         );
     }
 }

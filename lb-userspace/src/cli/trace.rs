@@ -21,7 +21,7 @@ use lb_common::{
 use serde::Serialize;
 
 use super::{
-    OutputFormat, Protocol, TraceArgs,
+    Protocol, TraceArgs,
     commands::open_pinned,
     services::{backend_shares, ip_from_map, kind_name, state_name},
 };
@@ -438,10 +438,16 @@ fn affinity_map(
 
 pub fn run(args: &TraceArgs) -> anyhow::Result<()> {
     let trace = trace(args)?;
-    match args.output {
-        OutputFormat::Table => print!("{}", trace.render_table()),
-        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&trace)?),
-    }
+    let output = super::OutputArgs {
+        output: args.output,
+        no_headers: false,
+    };
+    print!(
+        "{}",
+        output
+            .serialized(&trace)
+            .unwrap_or_else(|| trace.render_table())
+    );
     Ok(())
 }
 

@@ -1,7 +1,100 @@
 //! Keeping an [`AppliedState`] in step with the ops written to the kernel, so the agent need
-//! not read every map back after each sync.
+//! not read every map back after each sync; and telling what kind of change each op made
+//! (the agent counts them by map: `slicelb_map_changes_total`).
+
+use std::collections::BTreeMap;
+
+use lb_common::map_names;
 
 use super::{AppliedState, MapOp, members_of};
+
+/// What one op did to its map's entry: the `change` label of `slicelb_map_changes_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Change {
+    Added,
+    Updated,
+    Deleted,
+}
+
+impl Change {
+    pub const ALL: [Self; 3] = [Self::Added, Self::Updated, Self::Deleted];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Added => "added",
+            Self::Updated => "updated",
+            Self::Deleted => "deleted",
+        }
+    }
+}
+
+impl MapOp {
+    /// Every map [`Self::map`] names: the metrics count changes to each from zero.
+    pub const MAPS: [&'static str; 6] = [
+        map_names::FRONTENDS,
+        map_names::BACKENDS,
+        map_names::SELECTION,
+        map_names::TABLE_MEMBERS,
+        map_names::SERVICE_NAMES,
+        map_names::SOURCE_RANGES,
+    ];
+
+    /// The map this op writes, named as in `lb_common::map_names`.
+    pub fn map(&self) -> &'static str {
+        match self {
+            Self::PutBackend { .. } | Self::DeleteBackend { .. } => map_names::BACKENDS,
+            Self::PutSelection { .. } => map_names::SELECTION,
+            Self::PutTableMembers { .. } | Self::DeleteTableMembers { .. } => {
+                map_names::TABLE_MEMBERS
+            }
+            Self::PutFrontend { .. } | Self::DeleteFrontend { .. } => map_names::FRONTENDS,
+            Self::PutServiceName { .. } | Self::DeleteServiceName { .. } => {
+                map_names::SERVICE_NAMES
+            }
+            Self::PutSourceRange { .. } | Self::DeleteSourceRange { .. } => {
+                map_names::SOURCE_RANGES
+            }
+        }
+    }
+
+    /// Whether this op adds, replaces or deletes an entry of maps holding `before`.
+    pub fn change(&self, before: &AppliedState) -> Change {
+        let put = |present: bool| {
+            if present {
+                Change::Updated
+            } else {
+                Change::Added
+            }
+        };
+        match self {
+            Self::PutBackend { id, .. } => put(before.backends.contains_key(id)),
+            Self::PutSelection { offset, .. } => put(before.selection.contains_key(offset)),
+            Self::PutTableMembers { offset, .. } => put(before.table_members.contains_key(offset)),
+            Self::PutFrontend { key, .. } => put(before.frontends.contains_key(key)),
+            Self::PutServiceName { id, .. } => put(before.service_names.contains_key(id)),
+            Self::PutSourceRange { key, prefix_len } => {
+                put(before.source_ranges.contains(&(*key, *prefix_len)))
+            }
+            Self::DeleteBackend { .. }
+            | Self::DeleteTableMembers { .. }
+            | Self::DeleteFrontend { .. }
+            | Self::DeleteServiceName { .. }
+            | Self::DeleteSourceRange { .. } => Change::Deleted,
+        }
+    }
+}
+
+/// Ops written, by map and kind of change.
+pub type MapChanges = BTreeMap<(&'static str, Change), u64>;
+
+/// Counts `ops` by map and kind of change, as written over maps holding `before`.
+pub fn count_changes(before: &AppliedState, ops: &[MapOp]) -> MapChanges {
+    let mut changes = MapChanges::new();
+    for op in ops {
+        *changes.entry((op.map(), op.change(before))).or_default() += 1;
+    }
+    changes
+}
 
 impl AppliedState {
     /// Applies `ops` as the kernel maps would, then forgets selection tables that no frontend
@@ -85,5 +178,65 @@ impl AppliedState {
     /// Entries of TABLE_MEMBERS the indexed tables hold.
     pub fn table_member_count(&self) -> u64 {
         self.table_members.values().map(|&n| u64::from(n)).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use lb_common::{Backend, FrontendKey, FrontendValue};
+
+    use super::*;
+
+    #[test]
+    fn ops_are_counted_as_added_updated_or_deleted_against_the_maps_before_them() {
+        let backend = |port: u16| Backend {
+            port: port.to_be(),
+            ..Backend::default()
+        };
+        let frontend = |port: u16| FrontendKey {
+            port: port.to_be(),
+            ..FrontendKey::default()
+        };
+        let mut before = AppliedState::default();
+        before.apply(&[
+            MapOp::PutBackend {
+                id: 1,
+                backend: backend(8080),
+            },
+            MapOp::PutFrontend {
+                key: frontend(80),
+                value: FrontendValue::default(),
+            },
+        ]);
+        let ops = [
+            MapOp::PutBackend {
+                id: 1,
+                backend: backend(8081),
+            },
+            MapOp::PutBackend {
+                id: 2,
+                backend: backend(8080),
+            },
+            MapOp::PutBackend {
+                id: 3,
+                backend: backend(8080),
+            },
+            MapOp::PutFrontend {
+                key: frontend(443),
+                value: FrontendValue::default(),
+            },
+            MapOp::DeleteFrontend { key: frontend(80) },
+        ];
+        let expected = MapChanges::from([
+            ((map_names::BACKENDS, Change::Added), 2),
+            ((map_names::BACKENDS, Change::Updated), 1),
+            ((map_names::FRONTENDS, Change::Added), 1),
+            ((map_names::FRONTENDS, Change::Deleted), 1),
+        ]);
+        assert_eq!(count_changes(&before, &ops), expected);
+        assert!(
+            ops.iter().all(|op| MapOp::MAPS.contains(&op.map())),
+            "MapOp::MAPS lists every map an op writes"
+        );
     }
 }

@@ -313,13 +313,36 @@ impl AyaMaps {
     pub fn all_service_counters(
         &self,
     ) -> Result<Vec<(u32, String, ServiceCounters)>, DataplaneError> {
-        let mut out = Vec::new();
-        for entry in self.service_names.iter() {
-            let (id, name) = entry.map_err(read_err(map_names::SERVICE_NAMES))?;
-            out.push((id, name.as_str().to_string(), self.service_counters(id)?));
-        }
-        out.sort_by_key(|(id, _, _)| *id);
-        Ok(out)
+        self.service_names()?
+            .into_iter()
+            .map(|(id, name)| Ok((id, name, self.service_counters(id)?)))
+            .collect()
+    }
+
+    /// SERVICE_NAMES: each service port's id and `namespace/name:port`, by id.
+    pub fn service_names(&self) -> Result<std::collections::BTreeMap<u32, String>, DataplaneError> {
+        self.service_names
+            .iter()
+            .map(|entry| {
+                let (id, name) = entry.map_err(read_err(map_names::SERVICE_NAMES))?;
+                Ok((id, name.as_str().to_string()))
+            })
+            .collect()
+    }
+
+    /// The CONNTRACK entries `keep` picks, at most `limit` of them, in one pass over its
+    /// buckets that stops at the limit ([`batch::select_from_hash`]).
+    pub fn select_conntrack(
+        &self,
+        limit: usize,
+        keep: impl FnMut(&FlowKey, &FlowValue) -> bool,
+    ) -> Result<batch::Selected<FlowKey, FlowValue>, DataplaneError> {
+        batch::select_from_hash(self.conntrack_fd.as_fd(), limit, keep).map_err(|source| {
+            DataplaneError::MapRead {
+                map: map_names::CONNTRACK,
+                source,
+            }
+        })
     }
 
     /// Entries in CONNTRACK (each balanced flow has two: forward and reply), counted in

@@ -271,6 +271,46 @@ where
     Ok(Counted { entries, lookups })
 }
 
+/// What one selecting pass over a hash map found ([`select_from_hash`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Selected<K, V> {
+    /// The entries picked, at most the limit.
+    pub entries: Vec<(K, V)>,
+    /// More entries would have been picked: the pass stopped at the limit.
+    pub truncated: bool,
+}
+
+/// One pass over a hash map ([`walk_hash`]) that keeps the entries `keep` picks, stopping
+/// once one more than `limit` is found: listing from a full table costs what reaching
+/// `limit` matches costs, never more than one look at each bucket.
+pub fn select_from_hash<K, V>(
+    fd: BorrowedFd<'_>,
+    limit: usize,
+    mut keep: impl FnMut(&K, &V) -> bool,
+) -> io::Result<Selected<K, V>>
+where
+    K: aya::Pod + Default + Clone,
+    V: aya::Pod + Default + Clone,
+{
+    let mut selected = Selected {
+        entries: Vec::new(),
+        truncated: false,
+    };
+    walk_hash(fd, |keys: &[K], values: &[V]| {
+        for (key, value) in keys.iter().zip(values) {
+            if keep(key, value) {
+                if selected.entries.len() == limit {
+                    selected.truncated = true;
+                    return Ok(ControlFlow::Break(()));
+                }
+                selected.entries.push((*key, *value));
+            }
+        }
+        Ok(ControlFlow::Continue(()))
+    })?;
+    Ok(selected)
+}
+
 /// Every entry of a hash map (LRU or not), in one pass over its buckets ([`walk_hash`]).
 /// Entries inserted or deleted during the walk may or may not be in the result.
 pub fn entries<K, V>(fd: BorrowedFd<'_>) -> io::Result<Vec<(K, V)>>
@@ -278,10 +318,5 @@ where
     K: aya::Pod + Default + Clone,
     V: aya::Pod + Default + Clone,
 {
-    let mut out = Vec::new();
-    walk_hash(fd, |keys: &[K], values: &[V]| {
-        out.extend(keys.iter().cloned().zip(values.iter().cloned()));
-        Ok(ControlFlow::Continue(()))
-    })?;
-    Ok(out)
+    Ok(select_from_hash(fd, usize::MAX, |_: &K, _: &V| true)?.entries)
 }

@@ -47,7 +47,7 @@ pub enum MapRole {
 }
 
 /// Every map of the object with who writes it, in the order they are pinned.
-pub const ALL_MAPS: [(&str, MapRole); 17] = [
+pub const ALL_MAPS: [(&str, MapRole); 19] = [
     (map_names::FRONTENDS, MapRole::Configuration),
     (map_names::FRONTEND_FILTER, MapRole::Configuration),
     (map_names::BACKENDS, MapRole::Configuration),
@@ -65,6 +65,8 @@ pub const ALL_MAPS: [(&str, MapRole); 17] = [
     (map_names::SOCK_REVERSE, MapRole::Datapath),
     (map_names::SOCK_CONNECTED, MapRole::Datapath),
     (map_names::SOCKET_STATS, MapRole::Datapath),
+    (map_names::SNAT, MapRole::Datapath),
+    (map_names::SNAT_ADDRESSES, MapRole::Configuration),
 ];
 
 /// Entries of each flow-state map of a read-only load: a trace writes one flow's two
@@ -340,6 +342,41 @@ impl Datapath {
         })
     }
 
+    /// The CONFIG entry.
+    pub fn config(&self) -> Result<Config, LoadError> {
+        let failed = |source| LoadError::Map {
+            map: map_names::CONFIG,
+            source,
+        };
+        let array: Array<&MapData, Config> =
+            Array::try_from(self.map(map_names::CONFIG)?).map_err(failed)?;
+        array.get(&0, 0).map_err(failed)
+    }
+
+    /// Turns masquerade on with `ports` (off with None), keeping CONFIG's other fields, and
+    /// writes the addresses each interface masquerades with (by interface index).
+    pub fn set_masquerade(
+        &mut self,
+        ports: Option<super::masquerade::PortRange>,
+        interfaces: &[(u32, lb_common::SnatAddresses)],
+    ) -> Result<(), LoadError> {
+        let failed = |source| LoadError::Map {
+            map: map_names::SNAT_ADDRESSES,
+            source,
+        };
+        let mut addresses: aya::maps::HashMap<&mut MapData, u32, lb_common::SnatAddresses> =
+            aya::maps::HashMap::try_from(self.map_mut(map_names::SNAT_ADDRESSES)?)
+                .map_err(failed)?;
+        // Addresses first: a flow masqueraded once the range is on must find them.
+        for (ifindex, value) in interfaces {
+            addresses.insert(ifindex, value, 0).map_err(failed)?;
+        }
+        let mut config = self.config()?;
+        (config.masquerade_port_min, config.masquerade_port_max) =
+            super::masquerade::PortRange::config_fields(ports);
+        self.write_config(&config)
+    }
+
     /// The loaded object, e.g. for `aya_log::EbpfLogger::init` (per-packet log lines, sent
     /// only while CONFIG has `config_flags::DEBUG_LOG`).
     pub fn ebpf_mut(&mut self) -> &mut Ebpf {
@@ -415,12 +452,14 @@ impl Datapath {
         let name = CString::new(iface).map_err(|_| LoadError::InterfaceName {
             iface: iface.into(),
         })?;
-        let ifindex =
-            nix::net::if_::if_nametoindex(name.as_c_str()).map_err(|_| LoadError::Attach {
+        let ifindex = interface_index(iface)?;
+        if ifindex == 0 {
+            return Err(LoadError::Attach {
                 program: program_names::TC_EGRESS,
                 iface: iface.into(),
                 source: aya::programs::ProgramError::UnknownInterface { name: name.clone() },
-            })?;
+            });
+        }
         self.attach_index(iface, ifindex, mode)
     }
 
@@ -695,6 +734,7 @@ impl ReadOnlyDatapath {
                 affinity: READ_ONLY_FLOW_ENTRIES,
                 fragments: READ_ONLY_FLOW_ENTRIES,
                 socket_flows: READ_ONLY_FLOW_ENTRIES,
+                snat: READ_ONLY_FLOW_ENTRIES,
                 ..pinned
             },
         );
@@ -742,6 +782,7 @@ fn size_flag(map: &str) -> Option<&'static str> {
         map_names::CONNTRACK => Some("--conntrack-max"),
         map_names::AFFINITY => Some("--affinity-max"),
         map_names::SOCK_CONNECTED | map_names::SOCK_REVERSE => Some("--socket-map-max"),
+        map_names::SNAT => Some("--masquerade-max"),
         _ => None,
     }
 }
@@ -875,6 +916,15 @@ fn pinned_link(path: &Path) -> Option<FdLink> {
     PinnedLink::from_pin(path).ok().map(FdLink::from)
 }
 
+/// The index of interface `iface` in this network namespace; 0 when there is none.
+pub fn interface_index(iface: &str) -> Result<u32, LoadError> {
+    let name = CString::new(iface).map_err(|_| LoadError::InterfaceName {
+        iface: iface.into(),
+    })?;
+    // if_nametoindex fails only with ENODEV (no such interface) here.
+    Ok(nix::net::if_::if_nametoindex(name.as_c_str()).unwrap_or(0))
+}
+
 fn set_capacity<'a>(loader: &mut EbpfLoader<'a>, capacity: &MapCapacity) {
     loader
         .map_max_entries(map_names::FRONTENDS, capacity.frontends)
@@ -886,6 +936,7 @@ fn set_capacity<'a>(loader: &mut EbpfLoader<'a>, capacity: &MapCapacity) {
         .map_max_entries(map_names::FRAGMENTS, capacity.fragments)
         .map_max_entries(map_names::SOCK_CONNECTED, capacity.socket_flows)
         .map_max_entries(map_names::SOCK_REVERSE, capacity.socket_flows)
+        .map_max_entries(map_names::SNAT, capacity.snat)
         .map_max_entries(map_names::SOURCE_RANGES, capacity.source_ranges)
         .map_max_entries(map_names::SERVICE_STATS, capacity.services)
         .map_max_entries(map_names::SERVICE_NAMES, capacity.services);

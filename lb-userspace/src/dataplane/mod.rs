@@ -6,11 +6,12 @@
 pub mod applied;
 pub mod attach_mode;
 pub mod aya_maps;
-mod batch;
+pub mod batch;
 pub mod cgroup;
 pub mod frontend_filter;
 pub mod loader;
 pub mod mapped_array;
+pub mod masquerade;
 pub mod memory;
 pub mod pins;
 mod stale_flows;
@@ -138,6 +139,8 @@ pub struct MapCapacity {
     pub fragments: u32,
     /// Entries of SOCK_CONNECTED and of SOCK_REVERSE each (socket-level balancing).
     pub socket_flows: u32,
+    /// Entries of SNAT (masquerade; two per masqueraded flow).
+    pub snat: u32,
     pub source_ranges: u32,
     /// Service ids index SERVICE_STATS and SERVICE_NAMES.
     pub services: u32,
@@ -155,6 +158,7 @@ impl Default for MapCapacity {
             affinity: capacity::AFFINITY,
             fragments: capacity::FRAGMENTS,
             socket_flows: capacity::SOCK_CONNECTED,
+            snat: capacity::SNAT,
             source_ranges: capacity::SOURCE_RANGES,
             services: capacity::SERVICES,
         }
@@ -182,6 +186,9 @@ pub enum DataplaneError {
 }
 
 impl DataplaneError {
+    /// Every value of [`Self::kind`]: the metrics count each from zero.
+    pub const KINDS: [&'static str; 3] = ["map_write", "map_read", "map_full"];
+
     /// The variant's name in snake_case, for the `kind` label of `slicelb_errors_total`.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -209,4 +216,22 @@ pub trait MapWriter {
         &mut self,
         stale: &dyn Fn(&AffinityKey, &AffinityValue) -> bool,
     ) -> Result<usize, DataplaneError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_kind_is_listed_for_the_metrics() {
+        let io = || std::io::Error::from_raw_os_error(libc::EPERM);
+        let map = lb_common::map_names::FRONTENDS;
+        let errors = [
+            DataplaneError::MapWrite { map, source: io() },
+            DataplaneError::MapRead { map, source: io() },
+            DataplaneError::MapFull { map, capacity: 1 },
+        ];
+        let kinds: Vec<&str> = errors.iter().map(DataplaneError::kind).collect();
+        assert_eq!(kinds, DataplaneError::KINDS);
+    }
 }

@@ -37,6 +37,8 @@ pub fn pinned_capacity(pin_path: &Path) -> Result<MapCapacity, DataplaneError> {
         affinity: size(map_names::AFFINITY)?,
         fragments: size(map_names::FRAGMENTS)?,
         socket_flows: size(map_names::SOCK_CONNECTED)?,
+        // Pinned by agents since masquerade came; older pins have none yet.
+        snat: size(map_names::SNAT).unwrap_or(lb_common::capacity::SNAT),
         source_ranges: size(map_names::SOURCE_RANGES)?,
         services: size(map_names::SERVICE_NAMES)?,
     })

@@ -48,6 +48,9 @@ pub enum HealthError {
 }
 
 impl HealthError {
+    /// Every value of [`Self::kind`]: the metrics count each from zero.
+    pub const KINDS: [&'static str; 2] = ["healthz_bind", "health_check_port"];
+
     /// Stable label for the errors metric.
     pub fn kind(&self) -> &'static str {
         match self {

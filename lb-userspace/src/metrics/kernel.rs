@@ -12,8 +12,9 @@ use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
 
-use super::{ERROR_KIND_KERNEL_STATS, ErrorLabels};
+use super::{ErrorLabels, MetricsOptions};
 use crate::dataplane::DataplaneError;
+use crate::model::ServicePortName;
 
 /// How full one kernel map is.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,7 +30,8 @@ pub struct MapFill {
 /// Reads the datapath's counters and map fill levels. The datapath implements it over the
 /// pinned maps; tests use a fake. Called on every scrape, from a blocking thread.
 pub trait KernelStats: Send + Sync {
-    /// Per-service counters summed over all CPUs, each named `namespace/name:port`.
+    /// Per-service counters summed over all CPUs, each named `namespace/name:port` (a
+    /// `ServicePortName`).
     fn service_counters(&self) -> Result<Vec<(String, ServiceCounters)>, DataplaneError>;
     /// REASON_STATS summed over all CPUs, indexed by `Reason as usize`.
     fn reason_counters(&self) -> Result<[u64; Reason::COUNT as usize], DataplaneError>;
@@ -49,6 +51,7 @@ pub trait KernelStats: Send + Sync {
 pub(super) struct KernelCollector {
     stats: Arc<dyn KernelStats>,
     errors: Family<ErrorLabels, Counter>,
+    options: MetricsOptions,
 }
 
 impl std::fmt::Debug for KernelCollector {
@@ -58,12 +61,20 @@ impl std::fmt::Debug for KernelCollector {
 }
 
 impl KernelCollector {
-    pub(super) fn new(stats: Arc<dyn KernelStats>, errors: Family<ErrorLabels, Counter>) -> Self {
-        Self { stats, errors }
+    pub(super) fn new(
+        stats: Arc<dyn KernelStats>,
+        errors: Family<ErrorLabels, Counter>,
+        options: MetricsOptions,
+    ) -> Self {
+        Self {
+            stats,
+            errors,
+            options,
+        }
     }
 
     /// A family that cannot be read is left out of this scrape (a gap in the graph, not a
-    /// false zero) and counted as an error.
+    /// false zero) and counted as an error of its kind.
     fn read<T>(&self, what: &str, result: Result<T, DataplaneError>) -> Option<T> {
         match result {
             Ok(value) => Some(value),
@@ -71,7 +82,7 @@ impl KernelCollector {
                 tracing::warn!(%error, "metrics: could not read the kernel's {what}; skipped");
                 self.errors
                     .get_or_create(&ErrorLabels {
-                        kind: ERROR_KIND_KERNEL_STATS.into(),
+                        kind: error.kind().into(),
                     })
                     .inc();
                 None
@@ -80,12 +91,25 @@ impl KernelCollector {
     }
 }
 
-/// One series per name: Prometheus rejects a scrape that repeats a series, so counters
-/// reported twice under one name (e.g. a name reused by a new service id) are added up.
-fn merge_by_name(services: Vec<(String, ServiceCounters)>) -> BTreeMap<String, ServiceCounters> {
-    let mut merged = BTreeMap::<String, ServiceCounters>::new();
+/// A service port's labels: `namespace`, `service`, `port_name` (its name, or its number
+/// when unnamed). A name that is not `namespace/name:port` (never written by the agent) is
+/// kept whole as the `service`, so its counters still show.
+fn service_labels(name: &str) -> [String; 3] {
+    match ServicePortName::parse(name) {
+        Some(port) => [port.namespace, port.name, port.port],
+        None => [String::new(), name.to_owned(), String::new()],
+    }
+}
+
+/// One series per service port: Prometheus rejects a scrape that repeats a series, so
+/// counters reported twice under one name (e.g. a name reused by a new service id) are
+/// added up.
+fn merge_by_name(
+    services: Vec<(String, ServiceCounters)>,
+) -> BTreeMap<[String; 3], ServiceCounters> {
+    let mut merged = BTreeMap::<[String; 3], ServiceCounters>::new();
     for (name, counters) in services {
-        let total = merged.entry(name).or_default();
+        let total = merged.entry(service_labels(&name)).or_default();
         total.packets = total.packets.saturating_add(counters.packets);
         total.bytes = total.bytes.saturating_add(counters.bytes);
         total.new_flows = total.new_flows.saturating_add(counters.new_flows);
@@ -95,6 +119,9 @@ fn merge_by_name(services: Vec<(String, ServiceCounters)>) -> BTreeMap<String, S
     }
     merged
 }
+
+/// The label names of the per-service metrics, in the order of [`service_labels`].
+const SERVICE_LABEL_NAMES: [&str; 3] = ["namespace", "service", "port_name"];
 
 /// A per-service metric: name, help, and which counter it reports.
 type ServiceColumn = (&'static str, &'static str, fn(&ServiceCounters) -> u64);
@@ -122,40 +149,43 @@ fn encode_labelled(
 
 impl Collector for KernelCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        if let Some(services) = self.read("service counters", self.stats.service_counters()) {
+        let services = if self.options.per_service {
+            self.read("service counters", self.stats.service_counters())
+        } else {
+            None
+        };
+        if let Some(services) = services {
             let services = merge_by_name(services);
             let columns: [ServiceColumn; 4] = [
                 (
                     "service_packets",
-                    "Packets load-balanced for each service.",
+                    "Packets load-balanced for each service port.",
                     |c| c.packets,
                 ),
                 (
                     "service_bytes",
-                    "Bytes load-balanced for each service.",
+                    "Bytes load-balanced for each service port.",
                     |c| c.bytes,
                 ),
                 (
                     "service_new_flows",
-                    "New flows assigned a backend, per service.",
+                    "New flows assigned a backend, per service port.",
                     |c| c.new_flows,
                 ),
                 (
                     "service_socket_translations",
-                    "Connections and unconnected UDP datagrams sent to a backend at socket level (pods and the node), per service.",
+                    "Connections and unconnected UDP datagrams sent to a backend at socket level (pods and the node), per service port.",
                     |c| c.socket_translations,
                 ),
             ];
             for (name, help, column) in columns {
-                let values = services.iter().map(|(service, c)| (service, column(c)));
-                encode_labelled(
-                    &mut encoder,
-                    name,
-                    help,
-                    MetricType::Counter,
-                    "service",
-                    values,
-                )?;
+                let mut metric =
+                    encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+                for (labels, counters) in &services {
+                    let labels: [(&str, &str); 3] =
+                        std::array::from_fn(|i| (SERVICE_LABEL_NAMES[i], labels[i].as_str()));
+                    ConstCounter::new(column(counters)).encode(metric.encode_family(&labels)?)?;
+                }
             }
         }
 
@@ -230,5 +260,31 @@ impl Collector for KernelCollector {
             )?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_port_names_split_into_three_labels() {
+        let cases = [
+            ("default/web:http", ["default", "web", "http"]),
+            // An unnamed port is named by its number.
+            ("kube-system/kube-dns:53", ["kube-system", "kube-dns", "53"]),
+            // Not written by the agent: kept whole, so its counters still show.
+            ("no-namespace", ["", "no-namespace", ""]),
+        ];
+        for (name, expected) in cases {
+            assert_eq!(service_labels(name), expected.map(String::from), "{name}");
+            if let Some(parsed) = ServicePortName::parse(name) {
+                assert_eq!(
+                    parsed.to_string(),
+                    name,
+                    "parse reads back what Display wrote"
+                );
+            }
+        }
     }
 }

@@ -81,7 +81,7 @@ impl MetricsServer {
         };
         self.listener
             .serve("metrics", handler, move |_| {
-                counted.count_error("metrics_accept");
+                counted.count_error(super::ERROR_KIND_METRICS_ACCEPT);
             })
             .await;
     }
@@ -143,7 +143,7 @@ async fn scrape(metrics: &Metrics) -> Response<Body> {
             body,
         ),
         Ok(Err(_)) | Err(_) => {
-            metrics.count_error("metrics_encode");
+            metrics.count_error(super::ERROR_KIND_METRICS_ENCODE);
             text(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "encoding the metrics failed; see the agent's log\n",

@@ -98,6 +98,14 @@ impl ServicePortName {
             port: port.to_owned(),
         }
     }
+
+    /// Reads back what `Display` wrote (`namespace/name:port`, e.g. from SERVICE_NAMES);
+    /// `None` for anything else. Kubernetes names hold neither `/` nor `:`.
+    pub fn parse(text: &str) -> Option<Self> {
+        let (namespace, rest) = text.split_once('/')?;
+        let (name, port) = rest.split_once(':')?;
+        Some(Self::new(namespace, name, port))
+    }
 }
 
 impl fmt::Display for ServicePortName {

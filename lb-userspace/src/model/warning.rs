@@ -73,6 +73,25 @@ pub struct Warning {
     pub reason: WarningReason,
 }
 
+impl Warning {
+    /// Logs the warning with fields naming the object: `namespace` and `service` or `slice`.
+    pub fn log(&self) {
+        let ObjectRef {
+            kind,
+            namespace,
+            name,
+        } = &self.object;
+        match kind {
+            ObjectKind::Service => {
+                tracing::warn!(%namespace, service = %name, "skipped: {}", self.reason);
+            }
+            ObjectKind::EndpointSlice => {
+                tracing::warn!(%namespace, slice = %name, "skipped: {}", self.reason);
+            }
+        }
+    }
+}
+
 impl fmt::Display for Warning {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.object, self.reason)

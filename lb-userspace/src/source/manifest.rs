@@ -173,17 +173,51 @@ pub struct ManifestWarning {
 
 impl fmt::Display for ManifestWarning {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}: ", self.file.display(), self.location)?;
-        match &self.reason {
-            ManifestWarningReason::UnknownKind { api_version, kind } => write!(
+        write!(
+            f,
+            "{}: {}: {}",
+            self.file.display(),
+            self.location,
+            self.reason
+        )
+    }
+}
+
+impl ManifestWarning {
+    /// Logs the warning with fields naming the file and the object: `namespace` and
+    /// `service` or `slice` (`kind` and `name` for other kinds).
+    pub fn log(&self) {
+        let (file, reason) = (self.file.display(), &self.reason);
+        match &self.location {
+            ObjectLocation::Named {
+                kind,
+                namespace,
+                name,
+            } => match kind.as_str() {
+                "Service" => tracing::warn!(%file, %namespace, service = %name, "{reason}"),
+                "EndpointSlice" => tracing::warn!(%file, %namespace, slice = %name, "{reason}"),
+                _ => tracing::warn!(%file, %namespace, %kind, %name, "{reason}"),
+            },
+            ObjectLocation::File => tracing::warn!(%file, "{reason}"),
+            location @ ObjectLocation::Document { .. } => {
+                tracing::warn!(%file, "{location}: {reason}");
+            }
+        }
+    }
+}
+
+impl fmt::Display for ManifestWarningReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::UnknownKind { api_version, kind } => write!(
                 f,
                 "ignored {api_version} {kind}: only v1 Service, discovery.k8s.io/v1 EndpointSlice and v1 Node are used"
             ),
-            ManifestWarningReason::NoServiceName => write!(
+            Self::NoServiceName => write!(
                 f,
                 "EndpointSlice has no {SERVICE_NAME_LABEL} label, so it serves no Service; add the label"
             ),
-            ManifestWarningReason::UnrecognizedFile => {
+            Self::UnrecognizedFile => {
                 write!(f, "ignored: only .yaml, .yml and .json files are read")
             }
         }
@@ -686,7 +720,7 @@ async fn watch_loop(
 /// Logs the warnings (the Kubernetes source logs its problems as they happen; these happen here).
 fn wrap_warnings(warnings: Vec<ManifestWarning>) -> Vec<SourceProblem> {
     for warning in &warnings {
-        tracing::warn!("{warning}");
+        warning.log();
     }
     warnings
         .into_iter()

@@ -137,6 +137,14 @@ pub enum SourceProblem {
 }
 
 impl SourceProblem {
+    /// Every value of [`Self::kind`]: the metrics count each from zero.
+    pub const KINDS: [&'static str; 4] = [
+        "manifest_warning",
+        "manifest_rejected",
+        "watch_failed",
+        "truncated",
+    ];
+
     /// Stable label for metrics.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -217,7 +225,7 @@ pub async fn snapshot_once(config: SourceConfig, node: NodeInfo) -> Result<Snaps
                 .await
                 .expect("the manifest loader does not panic")?;
             for warning in warnings {
-                tracing::warn!("{warning}");
+                warning.log();
             }
             Ok(snapshot)
         }

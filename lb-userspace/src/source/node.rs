@@ -8,6 +8,7 @@ use std::net::IpAddr;
 pub fn nodeport_addresses(cidrs: &[ipnet::IpNet]) -> std::io::Result<Vec<IpAddr>> {
     let mut addresses: Vec<IpAddr> = local_addresses()?
         .into_iter()
+        .map(|(_, ip)| ip)
         .filter(|ip| !ip.is_loopback() && !is_ipv6_link_local(ip))
         .filter(|ip| cidrs.is_empty() || cidrs.iter().any(|net| net.contains(ip)))
         .collect();
@@ -16,19 +17,31 @@ pub fn nodeport_addresses(cidrs: &[ipnet::IpNet]) -> std::io::Result<Vec<IpAddr>
     Ok(addresses)
 }
 
+/// The addresses of interface `iface` that can source traffic to other nodes (not
+/// loopback, not IPv6 link-local), in the order the kernel lists them.
+pub fn interface_addresses(iface: &str) -> std::io::Result<Vec<IpAddr>> {
+    Ok(local_addresses()?
+        .into_iter()
+        .filter(|(name, ip)| name == iface && !ip.is_loopback() && !is_ipv6_link_local(ip))
+        .map(|(_, ip)| ip)
+        .collect())
+}
+
 fn is_ipv6_link_local(ip: &IpAddr) -> bool {
     matches!(ip, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80)
 }
 
-/// Every address on every interface of this network namespace (getifaddrs).
-fn local_addresses() -> std::io::Result<Vec<IpAddr>> {
+/// Every address on every interface of this network namespace, with the interface's name
+/// (getifaddrs).
+fn local_addresses() -> std::io::Result<Vec<(String, IpAddr)>> {
     Ok(nix::ifaddrs::getifaddrs()?
-        .filter_map(|entry| entry.address)
-        .filter_map(|address| {
-            address
+        .filter_map(|entry| {
+            let address = entry.address?;
+            let ip = address
                 .as_sockaddr_in()
                 .map(|v4| IpAddr::V4(v4.ip()))
-                .or_else(|| address.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip())))
+                .or_else(|| address.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip())))?;
+            Some((entry.interface_name, ip))
         })
         .collect())
 }

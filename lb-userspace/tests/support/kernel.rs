@@ -219,6 +219,7 @@ pub fn test_capacity() -> MapCapacity {
         affinity: 1024,
         fragments: 1024,
         socket_flows: 1024,
+        snat: 1024,
         source_ranges: 1024,
         services: 1024,
     }

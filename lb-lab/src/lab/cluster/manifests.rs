@@ -1,5 +1,5 @@
 //! The seed's my-app as a cluster: the Services and EndpointSlices every node's agent reads
-//! from one manifest directory (`slicelb agent --config-dir`).
+//! from one manifest directory (`slicelb agent --manifest-dir`).
 //!
 //! | Service | ClusterIPs | port | pods |
 //! |---|---|---|---|

@@ -1,0 +1,250 @@
+//! Masquerade (source NAT) state the agent keeps: the port range and each interface's
+//! addresses the datapath masquerades with, and the expiry of SNAT entries. The datapath
+//! (`lb-ebpf/src/snat.rs`) inserts entries and never deletes them: SNAT is a plain hash, so
+//! that a full table refuses new flows instead of evicting live ones, and the agent deletes
+//! what has expired.
+
+use std::{collections::HashMap, net::IpAddr, os::fd::BorrowedFd};
+
+use lb_common::{Config, FlowKey, SnatAddresses, SnatValue, snat_direction};
+
+use super::batch;
+
+/// `--masquerade-ports`: source ports of masqueraded flows, `min..=max`, host order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortRange {
+    pub min: u16,
+    pub max: u16,
+}
+
+impl PortRange {
+    /// CONFIG's `(masquerade_port_min, masquerade_port_max)`; (0, 0) turns masquerade off.
+    pub fn config_fields(range: Option<PortRange>) -> (u16, u16) {
+        range.map_or((0, 0), |range| (range.min, range.max))
+    }
+}
+
+/// The SNAT_ADDRESSES value of an interface with `addresses` (its own, in the kernel's
+/// order): the first IPv4 and the first IPv6 address, as the kernel's own source address
+/// selection would usually pick for traffic to another node on the same link.
+pub fn snat_addresses(addresses: &[IpAddr]) -> SnatAddresses {
+    let mut value = SnatAddresses::default();
+    for address in addresses {
+        match address {
+            IpAddr::V4(v4) if value.has_ipv4 == 0 => {
+                value.ipv4[..4].copy_from_slice(&v4.octets());
+                value.has_ipv4 = 1;
+            }
+            IpAddr::V6(v6) if value.has_ipv6 == 0 => {
+                value.ipv6 = v6.octets();
+                value.has_ipv6 = 1;
+            }
+            _ => {}
+        }
+    }
+    value
+}
+
+/// CLOCK_MONOTONIC_COARSE in ns: the clock of the datapath's `bpf_ktime_get_coarse_ns`,
+/// which stamps every SNAT entry.
+pub fn monotonic_coarse_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec we own; this clock always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut now) };
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
+
+/// The SNAT entries to delete, outbound ones first: a flow's OUT entry goes before its IN
+/// entry, so that its port is never free while a packet could still be translated to it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Expired {
+    pub outbound: Vec<FlowKey>,
+    pub inbound: Vec<FlowKey>,
+}
+
+impl Expired {
+    /// Masqueraded flows whose entries expire (a flow counts once, whichever of its entries
+    /// are left).
+    pub fn flows(&self) -> usize {
+        self.outbound.len().max(self.inbound.len())
+    }
+}
+
+/// The IN entry an allocated OUT entry (client → endpoint, masqueraded as `out.addr:port`)
+/// made: endpoint → node address and port.
+fn inbound_key(out_key: &FlowKey, out: &SnatValue) -> FlowKey {
+    FlowKey {
+        src_addr: out_key.dst_addr,
+        dst_addr: out.addr,
+        src_port: out_key.dst_port,
+        dst_port: out.port,
+        proto: out_key.proto,
+        family: out_key.family,
+        _pad: [0, 0],
+    }
+}
+
+/// Which entries of SNAT have expired at `now_ns`: a flow's two entries expire together,
+/// when neither direction carried a packet for its protocol's (and TCP state's) timeout,
+/// as a conntrack entry would. An IN entry no OUT entry leads to (a port two CPUs took for
+/// one flow at once, or the rest of a flow half deleted by a crash) expires on its own.
+pub fn expired(entries: &[(FlowKey, SnatValue)], config: &Config, now_ns: u64) -> Expired {
+    let by_key: HashMap<FlowKey, SnatValue> = entries.iter().copied().collect();
+    let idle_for = |last_seen_ns: u64, proto: u8, seen: u8| {
+        now_ns.saturating_sub(last_seen_ns) >= config.flow_timeout_ns(proto, seen)
+    };
+    let mut expired = Expired::default();
+    let mut partnered = std::collections::HashSet::new();
+    for (key, out) in entries {
+        if out.direction != snat_direction::OUT {
+            continue;
+        }
+        let (mut last_seen, mut seen) = (out.last_seen_ns, out.tcp_flags_seen);
+        let partner = (out.port != 0)
+            .then(|| inbound_key(key, out))
+            .and_then(|in_key| Some(in_key).zip(by_key.get(&in_key)))
+            .filter(|(_, inbound)| inbound.addr == key.src_addr && inbound.port == key.src_port);
+        if let Some((in_key, inbound)) = partner {
+            partnered.insert(in_key);
+            last_seen = last_seen.max(inbound.last_seen_ns);
+            seen |= inbound.tcp_flags_seen;
+        }
+        if idle_for(last_seen, key.proto, seen) {
+            expired.outbound.push(*key);
+            if let Some((in_key, _)) = partner {
+                expired.inbound.push(in_key);
+            }
+        }
+    }
+    for (key, inbound) in entries {
+        if inbound.direction == snat_direction::IN
+            && !partnered.contains(key)
+            && idle_for(inbound.last_seen_ns, key.proto, inbound.tcp_flags_seen)
+        {
+            expired.inbound.push(*key);
+        }
+    }
+    expired
+}
+
+/// Deletes the expired entries of the SNAT map `fd` (one walk, then one batch delete per
+/// direction, outbound first). Returns what it deleted.
+pub fn expire(fd: BorrowedFd<'_>, config: &Config, now_ns: u64) -> std::io::Result<Expired> {
+    let entries = batch::entries::<FlowKey, SnatValue>(fd)?;
+    let doomed = expired(&entries, config, now_ns);
+    batch::delete_entries(fd, &doomed.outbound)?;
+    batch::delete_entries(fd, &doomed.inbound)?;
+    Ok(doomed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lb_common::{FAMILY_IPV4, PROTO_TCP, PROTO_UDP, tcp_seen};
+
+    const SECOND: u64 = 1_000_000_000;
+
+    fn v4(last: u8) -> [u8; 16] {
+        let mut addr = [0; 16];
+        addr[..4].copy_from_slice(&[198, 18, 0, last]);
+        addr
+    }
+
+    /// A masqueraded flow: client .2:40000 → endpoint .21:8080, as node .10:61000.
+    fn flow(proto: u8, out_seen: u64, in_seen: u64, tcp: u8) -> Vec<(FlowKey, SnatValue)> {
+        let out_key = FlowKey {
+            src_addr: v4(2),
+            dst_addr: v4(21),
+            src_port: 40000u16.to_be(),
+            dst_port: 8080u16.to_be(),
+            proto,
+            family: FAMILY_IPV4,
+            _pad: [0, 0],
+        };
+        let out = SnatValue {
+            addr: v4(10),
+            last_seen_ns: out_seen,
+            port: 61000u16.to_be(),
+            direction: snat_direction::OUT,
+            tcp_flags_seen: tcp,
+            _pad: [0; 4],
+        };
+        let inbound = SnatValue {
+            addr: v4(2),
+            last_seen_ns: in_seen,
+            port: 40000u16.to_be(),
+            direction: snat_direction::IN,
+            tcp_flags_seen: tcp,
+            _pad: [0; 4],
+        };
+        vec![(out_key, out), (inbound_key(&out_key, &out), inbound)]
+    }
+
+    #[test]
+    fn a_flow_expires_only_when_both_directions_are_idle_past_the_timeout() {
+        let config = Config::default();
+        let udp = config.udp_timeout_ns;
+        let now = 1000 * SECOND;
+        // Replies kept coming: the flow lives although nothing left for a while.
+        let entries = flow(PROTO_UDP, now - udp - SECOND, now - SECOND, 0);
+        assert_eq!(expired(&entries, &config, now), Expired::default());
+        let entries = flow(PROTO_UDP, now - udp, now - udp - 5 * SECOND, 0);
+        let doomed = expired(&entries, &config, now);
+        assert_eq!(doomed.outbound, vec![entries[0].0]);
+        assert_eq!(doomed.inbound, vec![entries[1].0]);
+        assert_eq!(doomed.flows(), 1);
+    }
+
+    #[test]
+    fn tcp_timeouts_follow_the_state_either_direction_saw() {
+        let config = Config::default();
+        let now = 100_000 * SECOND;
+        let idle = 20 * SECOND;
+        let established = flow(PROTO_TCP, now - idle, now - idle, tcp_seen::ESTABLISHED);
+        assert!(expired(&established, &config, now).outbound.is_empty());
+        // The endpoint closed: FIN seen on the IN entry only still makes the flow transient.
+        let mut closing = established.clone();
+        closing[1].1.tcp_flags_seen |= tcp_seen::FIN;
+        assert_eq!(expired(&closing, &config, now).flows(), 1);
+    }
+
+    #[test]
+    fn pending_and_orphaned_entries_expire_on_their_own() {
+        let config = Config::default();
+        let now = 1000 * SECOND;
+        let mut entries = flow(PROTO_UDP, now - 2 * config.udp_timeout_ns, 0, 0);
+        // Pending: no port yet, so no IN entry of its own; the IN entry is an orphan.
+        entries[0].1.port = 0;
+        entries[1].1.last_seen_ns = now - SECOND;
+        let doomed = expired(&entries, &config, now);
+        assert_eq!(doomed.outbound, vec![entries[0].0]);
+        assert!(
+            doomed.inbound.is_empty(),
+            "the orphan was used a second ago"
+        );
+        entries[1].1.last_seen_ns = now - config.udp_timeout_ns;
+        assert_eq!(expired(&entries, &config, now).inbound, vec![entries[1].0]);
+    }
+
+    #[test]
+    fn an_interface_masquerades_with_its_first_address_of_each_family() {
+        let addresses: Vec<IpAddr> = ["198.18.10.10", "2001:2:0:10::10", "198.18.10.99"]
+            .iter()
+            .map(|a| a.parse().expect("address"))
+            .collect();
+        let value = snat_addresses(&addresses);
+        assert_eq!((value.has_ipv4, value.has_ipv6), (1, 1));
+        assert_eq!(&value.ipv4[..4], &[198, 18, 10, 10]);
+        assert_eq!(
+            value.ipv6,
+            "2001:2:0:10::10"
+                .parse::<std::net::Ipv6Addr>()
+                .expect("v6")
+                .octets()
+        );
+        assert_eq!(snat_addresses(&[]).has_ipv4, 0);
+    }
+}
