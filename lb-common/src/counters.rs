@@ -42,7 +42,8 @@ pub enum Reason {
     DropNoLocalEndpoint,
     /// A reject that could not be built (no room to grow the packet): dropped instead.
     DropRejectFailed,
-    /// A map or helper call failed unexpectedly.
+    /// A map or helper call failed unexpectedly, or a frontend's value changed under each of
+    /// the forward path's reads of it.
     DropInternal,
     // Added after the others: the indexes of REASON_STATS keep their meaning across builds.
     /// A TCP packet without SYN (mid-connection) whose flow has no live conntrack entry

@@ -616,6 +616,72 @@ pub const fn masquerades(frontend_flags: u16, backend_flags: u8) -> bool {
         && backend_flags & backend_flags::NODE_LOCAL == 0
 }
 
+/// Version of the layout of the pinned maps' keys and values, pinned beside them (the
+/// one-entry array `maps/LAYOUT`; maps pinned without it are version 0, the layout of
+/// version 1). Bump it whenever a key or value of [`MAP_LAYOUTS`] changes (size, field order
+/// or meaning), and give the previous version a converter in
+/// `lb-userspace/src/dataplane/migrate.rs`: an agent that finds another version pinned
+/// rebuilds the maps and carries their entries over, so that flows survive the upgrade.
+pub const LAYOUT_VERSION: u32 = 1;
+
+/// Key and value of a pinned map, as this build writes them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapLayout {
+    pub name: &'static str,
+    pub key_size: usize,
+    pub value_size: usize,
+    /// Where in the value the entry's last use is (`bpf_ktime_get_coarse_ns`, a u64), for
+    /// flow maps: moved into a smaller map, the most recently used entries are kept.
+    pub last_seen_offset: Option<usize>,
+}
+
+const fn layout<K, V>(name: &'static str, last_seen_offset: Option<usize>) -> MapLayout {
+    MapLayout {
+        name,
+        key_size: core::mem::size_of::<K>(),
+        value_size: core::mem::size_of::<V>(),
+        last_seen_offset,
+    }
+}
+
+/// The layout of every pinned map (per-CPU maps: one CPU's value).
+pub const MAP_LAYOUTS: [MapLayout; 19] = [
+    layout::<FrontendKey, FrontendValue>(map_names::FRONTENDS, None),
+    layout::<u32, u64>(map_names::FRONTEND_FILTER, None),
+    layout::<u32, Backend>(map_names::BACKENDS, None),
+    layout::<u32, u32>(map_names::SELECTION, None),
+    layout::<TableMember, u32>(map_names::TABLE_MEMBERS, None),
+    layout::<FlowKey, FlowValue>(
+        map_names::CONNTRACK,
+        Some(core::mem::offset_of!(FlowValue, last_seen_ns)),
+    ),
+    layout::<AffinityKey, AffinityValue>(
+        map_names::AFFINITY,
+        Some(core::mem::offset_of!(AffinityValue, last_seen_ns)),
+    ),
+    layout::<FragmentKey, FragmentValue>(map_names::FRAGMENTS, None),
+    // The kernel's LPM key: a u32 prefix length, then the key data.
+    layout::<(u32, SourceRangeKey), u8>(map_names::SOURCE_RANGES, None),
+    layout::<u32, u64>(map_names::REASON_STATS, None),
+    layout::<u32, ServiceCounters>(map_names::SERVICE_STATS, None),
+    layout::<u32, u64>(map_names::PROTO_STATS, None),
+    layout::<u32, Config>(map_names::CONFIG, None),
+    layout::<u32, ServiceName>(map_names::SERVICE_NAMES, None),
+    layout::<SockReverseKey, SockReverseValue>(map_names::SOCK_REVERSE, None),
+    layout::<u64, SockConnection>(map_names::SOCK_CONNECTED, None),
+    layout::<u32, u64>(map_names::SOCKET_STATS, None),
+    layout::<FlowKey, SnatValue>(
+        map_names::SNAT,
+        Some(core::mem::offset_of!(SnatValue, last_seen_ns)),
+    ),
+    layout::<u32, SnatAddresses>(map_names::SNAT_ADDRESSES, None),
+];
+
+/// The layout of the pinned map `name`, if it is one.
+pub fn map_layout(name: &str) -> Option<&'static MapLayout> {
+    MAP_LAYOUTS.iter().find(|layout| layout.name == name)
+}
+
 const _: () = {
     assert!(core::mem::size_of::<SnatValue>() == 32);
     assert!(core::mem::size_of::<SnatAddresses>() == 40);
@@ -677,6 +743,45 @@ mod tests {
         assert_eq!(maglev_size_for(100), 16381);
         assert_eq!(maglev_size_for(1311), 131071);
         assert_eq!(maglev_size_for(5000), 131071, "capped at the largest size");
+    }
+
+    /// Fails when a pinned map's key or value changes size without a new LAYOUT_VERSION:
+    /// bump it, add the converter from the previous version (lb-userspace's
+    /// `dataplane/migrate.rs`), then write the new sizes here.
+    #[test]
+    fn layout_version_names_the_pinned_sizes() {
+        let sizes: [(&str, usize, usize); 19] = [
+            ("FRONTENDS", 20, 24),
+            ("FRONTEND_FILTER", 4, 8),
+            ("BACKENDS", 4, 24),
+            ("SELECTION", 4, 4),
+            ("TABLE_MEMBERS", 8, 4),
+            ("CONNTRACK", 40, 40),
+            ("AFFINITY", 24, 16),
+            ("FRAGMENTS", 40, 8),
+            ("SOURCE_RANGES", 28, 1),
+            ("REASON_STATS", 4, 8),
+            ("SERVICE_STATS", 4, 32),
+            ("PROTO_STATS", 4, 8),
+            ("CONFIG", 4, 40),
+            ("SERVICE_NAMES", 4, 256),
+            ("SOCK_REVERSE", 32, 24),
+            ("SOCK_CONNECTED", 8, 48),
+            ("SOCKET_STATS", 4, 8),
+            ("SNAT", 40, 32),
+            ("SNAT_ADDRESSES", 4, 40),
+        ];
+        let pinned: [(&str, usize, usize); 19] =
+            MAP_LAYOUTS.map(|layout| (layout.name, layout.key_size, layout.value_size));
+        assert_eq!(
+            (LAYOUT_VERSION, pinned),
+            (1, sizes),
+            "a pinned map's layout changed: bump LAYOUT_VERSION and add a converter"
+        );
+        assert_eq!(
+            map_layout("CONNTRACK").and_then(|layout| layout.last_seen_offset),
+            Some(8)
+        );
     }
 
     #[test]

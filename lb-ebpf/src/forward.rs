@@ -2,17 +2,14 @@
 
 use core::mem::MaybeUninit;
 
-use lb_common::{
-    FrontendKey, FrontendValue, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, Reason, frontend_flags,
-};
+use lb_common::{FrontendKey, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, Reason, frontend_flags};
 
 use crate::{
     counters::count_service,
     ctx::PacketCtx,
     fragments,
     icmp::{self, Direction},
-    lookup::{self, Choice, ConntrackMiss, Established},
-    maps::{FRONTENDS, Lookup as _},
+    lookup::{self, Choice, ConntrackMiss, Established, Frontend, FrontendRead},
     nat::{Side, rewrite},
     parse::{Fragment, Parsed, parse},
     reject, snat,
@@ -49,23 +46,18 @@ pub fn process<C: PacketCtx>(ctx: &C) -> Verdict {
         Ok(verdict) => return verdict,
         Err(missed) => missed,
     };
-    let key = FrontendKey {
-        addr: p.dst,
-        port: p.dport,
-        proto: p.proto,
-        family: p.family,
-    };
-    // The exact lookup, for packets whose filter bit is set (the value is referenced, not
-    // copied, to keep the stack frame small).
-    let Some(frontend) = FRONTENDS.value(&key) else {
-        return Verdict::pass(Reason::PassNoFrontend);
+    // The exact lookup, for packets whose filter bit is set.
+    let frontend = match frontend_of(p) {
+        FrontendRead::Found(frontend) => frontend,
+        FrontendRead::Missing => return Verdict::pass(Reason::PassNoFrontend),
+        FrontendRead::Unsettled => return Verdict::drop(Reason::DropInternal),
     };
     if frontend.flags & frontend_flags::SOURCE_RANGES != 0
         && !lookup::source_allowed(p, frontend.service_id)
     {
         return Verdict::drop(Reason::DropSourceRange);
     }
-    match balance(ctx, p, frontend, missed) {
+    match balance(ctx, p, &frontend, missed) {
         Some(verdict) => verdict,
         None => {
             if frontend.flags & frontend_flags::DROP_WHEN_EMPTY != 0 {
@@ -82,6 +74,19 @@ pub fn process<C: PacketCtx>(ctx: &C) -> Verdict {
 #[inline(always)]
 fn maybe_frontend(p: &Parsed) -> bool {
     lookup::may_be_frontend(&p.dst, p.dport, p.proto, p.family)
+}
+
+/// The frontend the packet is addressed to, copied out of FRONTENDS.
+// A separate BPF function: the key and the checked reads stay out of `process`'s frame.
+#[inline(never)]
+fn frontend_of(p: &Parsed) -> FrontendRead {
+    let key = FrontendKey {
+        addr: p.dst,
+        port: p.dport,
+        proto: p.proto,
+        family: p.family,
+    };
+    lookup::frontend(&key)
 }
 
 /// Sends a packet of an established flow to its conntrack backend; the miss otherwise.
@@ -106,7 +111,7 @@ fn follow_conntrack<C: PacketCtx>(ctx: &C, p: &Parsed) -> Result<Verdict, Conntr
 fn balance<C: PacketCtx>(
     ctx: &C,
     p: &Parsed,
-    frontend: &FrontendValue,
+    frontend: &Frontend,
     missed: ConntrackMiss,
 ) -> Option<Verdict> {
     match lookup::choose(p, frontend, missed) {

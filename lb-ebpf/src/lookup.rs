@@ -13,15 +13,16 @@ use aya_ebpf::{
     bindings::BPF_ANY, helpers::generated::bpf_ktime_get_coarse_ns, maps::lpm_trie::Key,
 };
 use lb_common::{
-    AffinityKey, AffinityValue, Backend, FlowKey, FlowValue, FrontendValue, PROTO_SCTP, PROTO_TCP,
-    Reason, SourceRangeKey, TableMember, backend_state, flow_direction, frontend_flags,
+    AffinityKey, AffinityValue, Backend, FlowKey, FlowValue, FrontendKey, FrontendValue,
+    PROTO_SCTP, PROTO_TCP, Reason, SourceRangeKey, TableMember, backend_state, flow_direction,
+    frontend_flags,
     hash::{flow_hash, frontend_filter_slot},
     tcp_seen,
 };
 
 use crate::{
     maps::{
-        AFFINITY, BACKENDS, CONFIG, CONNTRACK, FRONTEND_FILTER, Lookup as _, SELECTION,
+        AFFINITY, BACKENDS, CONFIG, CONNTRACK, FRONTEND_FILTER, FRONTENDS, Lookup as _, SELECTION,
         SOURCE_RANGES, TABLE_MEMBERS,
     },
     parse::Parsed,
@@ -126,6 +127,83 @@ pub fn may_be_frontend(addr: &[u8; 16], port: u16, proto: u8, family: u8) -> boo
     FRONTEND_FILTER
         .get(word)
         .is_none_or(|bits| bits & mask == mask)
+}
+
+/// What the datapath uses of a frontend, copied out of FRONTENDS by [`frontend`].
+#[derive(Clone, Copy)]
+pub struct Frontend {
+    pub service_id: u32,
+    pub table_offset: u32,
+    pub table_size: u32,
+    pub affinity_timeout_secs: u32,
+    /// `frontend_flags` bits.
+    pub flags: u16,
+}
+
+impl Frontend {
+    #[inline(always)]
+    fn copy_of(value: &FrontendValue) -> Self {
+        Self {
+            service_id: value.service_id,
+            table_offset: value.table_offset,
+            table_size: value.table_size,
+            affinity_timeout_secs: value.affinity_timeout_secs,
+            flags: value.flags,
+        }
+    }
+
+    /// Whether `value` holds the fields of this copy.
+    #[inline(always)]
+    fn is_held_by(&self, value: &FrontendValue) -> bool {
+        self.service_id == value.service_id
+            && self.table_offset == value.table_offset
+            && self.table_size == value.table_size
+            && self.affinity_timeout_secs == value.affinity_timeout_secs
+            && self.flags == value.flags
+    }
+}
+
+/// What [`frontend`] found under a key.
+pub enum FrontendRead {
+    Found(Frontend),
+    /// Two lookups in a row missed: no frontend.
+    Missing,
+    /// No copy held still, nor did two lookups in a row miss (FRONTENDS rewritten faster
+    /// than the packet reads it).
+    Unsettled,
+}
+
+/// Lookups of one frontend before [`frontend`] gives up.
+const FRONTEND_READS: u32 = 3;
+
+/// The frontend under `key`, copied and checked. The kernel hands the FRONTENDS element an
+/// update or delete frees to the next update on that CPU at once (a preallocated hash from
+/// its per-CPU spare, one without preallocation from bpf_mem_alloc's per-CPU free list), so
+/// while the agent writes, the element a lookup returned can turn into another frontend's
+/// before its fields are read, and a lookup walking past a recycled element can miss a key
+/// that is there. So a copy counts once a second lookup finds the same fields under the key
+/// (a reused element holds another key's), and a miss once the next lookup misses too.
+#[inline(always)]
+pub fn frontend(key: &FrontendKey) -> FrontendRead {
+    let mut missed = false;
+    for _ in 0..FRONTEND_READS {
+        let Some(value) = FRONTENDS.value(key) else {
+            if missed {
+                return FrontendRead::Missing;
+            }
+            missed = true;
+            continue;
+        };
+        missed = false;
+        let copy = Frontend::copy_of(value);
+        if FRONTENDS
+            .value(key)
+            .is_some_and(|again| copy.is_held_by(again))
+        {
+            return FrontendRead::Found(copy);
+        }
+    }
+    FrontendRead::Unsettled
 }
 
 /// The backend with this id when its slot is in use.
@@ -276,7 +354,7 @@ fn target_of(p: &Parsed, pick: &Pick) -> Target {
 /// Whether slot `slot` of the frontend's selection table names backend `id` (one inlined
 /// array read).
 #[inline(always)]
-fn slot_names(frontend: &FrontendValue, slot: u32, id: u32) -> bool {
+fn slot_names(frontend: &Frontend, slot: u32, id: u32) -> bool {
     slot < frontend.table_size
         && SELECTION
             .get(frontend.table_offset + slot)
@@ -288,7 +366,7 @@ fn slot_names(frontend: &FrontendValue, slot: u32, id: u32) -> bool {
 /// before, answers with one array read while the table is unchanged; otherwise
 /// TABLE_MEMBERS gives a slot, trusted only if it names `id` in this very table.
 #[inline(always)]
-fn slot_naming(frontend: &FrontendValue, id: u32, hint: u32) -> Option<u32> {
+fn slot_naming(frontend: &Frontend, id: u32, hint: u32) -> Option<u32> {
     if slot_names(frontend, hint, id) {
         return Some(hint);
     }
@@ -320,7 +398,7 @@ fn pick(id: u32, slot: u32, family: u8) -> Option<Pick> {
 #[inline(always)]
 pub fn affinity_backend(
     key: &AffinityKey,
-    frontend: &FrontendValue,
+    frontend: &Frontend,
     family: u8,
     now: u64,
 ) -> Option<Pick> {
@@ -338,7 +416,7 @@ pub fn affinity_backend(
 /// use and of the frontend's `family`. Shared by the packet path (a flow hash) and
 /// socket-level balancing (a random number).
 #[inline(always)]
-pub fn table_backend(frontend: &FrontendValue, hash: u32, family: u8) -> Option<Pick> {
+pub fn table_backend(frontend: &Frontend, hash: u32, family: u8) -> Option<Pick> {
     let slot = hash % frontend.table_size;
     let id = *SELECTION.get(frontend.table_offset + slot)?;
     pick(id, slot, family)
@@ -357,7 +435,7 @@ pub fn affinity_value(pick: &Pick, now: u64) -> AffinityValue {
 /// Chooses the backend for a new flow (its conntrack lookup missed) to `frontend` and
 /// records the flow.
 #[inline(always)]
-pub fn choose(p: &Parsed, frontend: &FrontendValue, _missed: ConntrackMiss) -> Choice {
+pub fn choose(p: &Parsed, frontend: &Frontend, _missed: ConntrackMiss) -> Choice {
     let now = now_ns();
     if frontend.table_size == 0 {
         return Choice::NoBackend;

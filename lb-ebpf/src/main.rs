@@ -30,6 +30,12 @@
 //!   when the filter bits of its destination clear (`pass_no_frontend`): at once, unless
 //!   another frontend shares those bits; then it goes on until its entry expires or its
 //!   backend goes.
+//! - FRONTENDS is read by copy, checked (`lookup::frontend`): the kernel recycles a hash
+//!   element an update frees for the next update at once, so a value read in place while
+//!   the agent writes could be another frontend's (its flags, its source ranges). A copy
+//!   counts once a second lookup finds the same fields; a miss once a second lookup misses
+//!   too (a lookup can miss while walking past a recycled element); a frontend that changes
+//!   under three reads drops the packet (`drop_internal`).
 //! - Checksums: XDP updates them in software (RFC 1624), which is right for full checksums
 //!   only; TC uses `bpf_l3/l4_csum_replace` with `BPF_F_PSEUDO_HDR`, so partial (offloaded)
 //!   checksums from local veths and `CHECKSUM_COMPLETE` sums stay right. Use TC ingress on

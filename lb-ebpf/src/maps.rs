@@ -95,10 +95,14 @@ pub static SERVICE_NAMES: HashMap<u32, ServiceName> =
     HashMap::with_max_entries(capacity::SERVICE_NAMES, 0);
 
 /// Hash-map lookups that borrow the value instead of copying it (a copy costs stack and
-/// loads). Sound as BPF programs hold map values: the kernel keeps a looked-up value's
-/// memory alive until the program returns (RCU), whatever update or delete races it; a
-/// racing update (the agent's, or another CPU's) may show the packet the newer value, as
-/// with any BPF hash lookup.
+/// loads). The value's memory stays a map element until the program returns (RCU), but not
+/// the key's: an update or delete of the key frees its element, and the kernel hands it to
+/// the next update on that CPU at once (a preallocated hash from its per-CPU spare, an LRU
+/// from its free lists, a hash without preallocation from bpf_mem_alloc's per-CPU free
+/// list). From then on the borrowed value may hold another key's value, or be half written;
+/// a lookup walking past such an element may even miss its own key. So read through a
+/// borrowed value only what a later check catches or what may be wrong without harm;
+/// FRONTENDS is read through `lookup::frontend`, which copies and checks.
 pub trait Lookup<K, V> {
     /// The value under `key`.
     fn value(&self, key: &K) -> Option<&V>;

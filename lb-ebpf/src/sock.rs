@@ -37,13 +37,16 @@ use aya_ebpf::{
 };
 use lb_common::{
     AffinityKey, FAMILY_BY_NETNS, FAMILY_IPV4, FAMILY_IPV6, FAMILY_SHORT_CIRCUIT, FrontendKey,
-    FrontendValue, SockConnection, SockReverseKey, SockReverseValue, SocketCounter, frontend_flags,
+    SockConnection, SockReverseKey, SockReverseValue, SocketCounter, frontend_flags,
 };
 
 use crate::{
     counters::{count_socket, count_socket_translation},
-    lookup::{Pick, affinity_backend, affinity_value, may_be_frontend, now_ns, table_backend},
-    maps::{AFFINITY, FRONTENDS, Lookup as _, SOCK_CONNECTED, SOCK_REVERSE},
+    lookup::{
+        self, Frontend, FrontendRead, Pick, affinity_backend, affinity_value, may_be_frontend,
+        now_ns, table_backend,
+    },
+    maps::{AFFINITY, Lookup as _, SOCK_CONNECTED, SOCK_REVERSE},
 };
 
 /// What a sock_addr program returns to let the call go on.
@@ -157,18 +160,30 @@ fn socket_cookie<C: EbpfContext>(ctx: &C) -> u64 {
     unsafe { bpf_get_socket_cookie(ctx.as_ptr()) }
 }
 
-/// The frontend a socket-level client uses for `key`: the short-circuit twin of an external
-/// Local frontend when the agent wrote one, else the frontend itself.
-#[inline(always)]
-fn frontend_for_sockets(key: &FrontendKey) -> Option<&'static FrontendValue> {
-    let frontend = FRONTENDS.value(key)?;
+/// The frontend a socket-level client uses for `dest`: the short-circuit twin of an external
+/// Local frontend when the agent wrote one, else the frontend itself. None (the call is left
+/// to the packet path) when FRONTENDS has no frontend or changed under every read.
+// A separate BPF function: the key and the checked reads stay out of the caller's frame.
+#[inline(never)]
+fn frontend_for_sockets(dest: &SockAddr, proto: u8) -> Option<Frontend> {
+    let mut key = FrontendKey {
+        addr: dest.addr,
+        port: dest.port,
+        proto,
+        family: dest.family,
+    };
+    let FrontendRead::Found(frontend) = lookup::frontend(&key) else {
+        return None;
+    };
     let external_local = frontend_flags::EXTERNAL | frontend_flags::TRAFFIC_POLICY_LOCAL;
     if frontend.flags & external_local == external_local {
-        let mut twin = *key;
-        twin.family |= FAMILY_SHORT_CIRCUIT;
-        if let Some(cluster) = FRONTENDS.value(&twin) {
-            return Some(cluster);
-        }
+        // The twin's key, in place: the stack is small.
+        key.family |= FAMILY_SHORT_CIRCUIT;
+        return match lookup::frontend(&key) {
+            FrontendRead::Found(cluster) => Some(cluster),
+            FrontendRead::Missing => Some(frontend),
+            FrontendRead::Unsettled => None,
+        };
     }
     Some(frontend)
 }
@@ -194,7 +209,7 @@ impl Chosen {
 /// decided once, so consistent hashing buys nothing here). None when the table is empty.
 // A separate BPF function: its own stack frame keeps each call chain under 512 bytes.
 #[inline(never)]
-fn choose(ctx: &SockAddrContext, frontend: &FrontendValue, family: u8) -> Option<Chosen> {
+fn choose(ctx: &SockAddrContext, frontend: &Frontend, family: u8) -> Option<Chosen> {
     if frontend.table_size == 0 {
         return None;
     }
@@ -250,13 +265,7 @@ pub fn balance(ctx: &SockAddrContext, side: Side, call: Call) -> i32 {
     if !may_be_frontend(&dest.addr, dest.port, proto, dest.family) {
         return PROCEED;
     }
-    let key = FrontendKey {
-        addr: dest.addr,
-        port: dest.port,
-        proto,
-        family: dest.family,
-    };
-    let Some(frontend) = frontend_for_sockets(&key) else {
+    let Some(frontend) = frontend_for_sockets(&dest, proto) else {
         return PROCEED;
     };
     if frontend.flags & frontend_flags::SOURCE_RANGES != 0 {
@@ -264,7 +273,7 @@ pub fn balance(ctx: &SockAddrContext, side: Side, call: Call) -> i32 {
         return PROCEED;
     }
     let service_id = frontend.service_id;
-    let Some(mut chosen) = choose(ctx, frontend, dest.family) else {
+    let Some(mut chosen) = choose(ctx, &frontend, dest.family) else {
         count_socket(SocketCounter::RefusedNoBackend);
         // SAFETY: a helper the kernel offers connect and sendmsg hooks (the call's errno).
         unsafe { bpf_set_retval(-ECONNREFUSED) };
@@ -297,7 +306,7 @@ pub fn balance(ctx: &SockAddrContext, side: Side, call: Call) -> i32 {
                     break;
                 }
                 draws += 1;
-                match choose(ctx, frontend, dest.family) {
+                match choose(ctx, &frontend, dest.family) {
                     Some(other) => chosen = other,
                     None => break,
                 }

@@ -156,21 +156,9 @@ fn a_udp_client_on_one_port_moves_off_an_endpoint_that_stops_serving_while_tcp_s
 fn manifest_edits_steer_new_connections_while_established_ones_stay() {
     let (lab, _agent) = AgentLab::with_synced_agent("lab_agent_edits");
     let (mut kept, first) = lab.open_kept_connection();
-    let kept_index: u8 = first
-        .strip_prefix("backend-")
-        .and_then(|n| n.parse().ok())
-        .expect("backend name");
 
     // That endpoint stops being ready: new connections avoid it; the established one stays.
-    let mut endpoints: Vec<LabEndpoint> = (1..=3).map(LabEndpoint::ready).collect();
-    endpoints[usize::from(kept_index - 1)].ready = false;
-    lab.write(&endpoints);
-    let others = lab.wait_until(
-        "a not-ready endpoint takes no new connections",
-        Frontend::ClusterIpV4,
-        Duration::from_secs(10),
-        |a| a.len() == 2 && !a.contains(&first),
-    );
+    let others = lab.make_unready(&first);
     assert!(!others.contains(&first));
     kept = lab.in_client(move || {
         let name = kept.get().expect("established connection still works");

@@ -2,38 +2,17 @@
 //! spoofed-SYN flood of eight times the table and an endpoint change that remaps Maglev's
 //! slots, and when more completed connections than the table holds go idle, an idle
 //! connection either keeps its backend or its loss is counted as `lb_conntrack_lost`: never
-//! answered silently by another backend. Also: a table size changed across restarts is
-//! refused by name, and reason counters pinned by a build with fewer reasons are replaced.
+//! answered silently by another backend. (A table size changed across restarts:
+//! `lab_upgrade`.)
 
 use std::{net::SocketAddr, time::Duration};
 
-use aya::maps::{MapData, PerCpuArray};
-use lb_common::{Reason, map_names};
-use slicelb::dataplane::{
-    MapCapacity,
-    loader::{Datapath, DatapathOptions, LoadError},
-};
 use slicelb_lab::lab::{
-    ChildGuard, PinDir,
+    ChildGuard,
     agent_lab::{AgentLab, Frontend, LabEndpoint},
-    require_root,
     servers::HttpConnection,
-    stdout_of,
     syn_flood::send_spoofed_syns,
 };
-
-/// One reason counter from `slicelb stats -o json`.
-fn reason(lab: &AgentLab, name: &str) -> u64 {
-    let pin = lab.pin_path.display().to_string();
-    let json = stdout_of(
-        &lab.slicelb_on_node(&["stats", "--pin-path", &pin, "-o", "json"]),
-        "stats",
-    );
-    let stats: serde_json::Value = serde_json::from_str(&json).expect("stats JSON");
-    stats["reasons"][name]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no reason {name} in {json}"))
-}
 
 /// `count` keep-alive connections to the IPv4 ClusterIP, each with one answered request, in
 /// the order they were opened, with the backend that answered.
@@ -97,12 +76,12 @@ fn syn_flood(lab: &AgentLab, flood: u32) {
     let SocketAddr::V4(target) = Frontend::ClusterIpV4.addr() else {
         unreachable!("an IPv4 frontend")
     };
-    let new_flows_before = reason(lab, "lb_new_flow");
+    let new_flows_before = lab.reason("lb_new_flow");
     let sent = lab
         .in_client(|| send_spoofed_syns(target, flood))
         .expect("spoofed SYNs");
     assert_eq!(sent, flood);
-    let balanced = reason(lab, "lb_new_flow") - new_flows_before;
+    let balanced = lab.reason("lb_new_flow") - new_flows_before;
     assert!(
         balanced >= u64::from(flood),
         "the flood's SYNs were balanced as new flows ({balanced} of {flood})"
@@ -121,11 +100,11 @@ fn idle_flows_through_a_syn_flood_of_eight_tables_keep_their_backend_or_are_coun
     // entries' reference bits as the flood goes on, and some of those go too (docs/
     // architecture.md, "Conntrack under pressure"). Each connection then either keeps its
     // backend or was counted lost: never silently elsewhere.
-    let lost_before = reason(&lab, "lb_conntrack_lost");
+    let lost_before = lab.reason("lb_conntrack_lost");
     syn_flood(&lab, 8 * CONNTRACK_MAX);
     add_backend_four(&lab);
     let moved = not_on_their_backend(&lab, &mut idle);
-    let lost = reason(&lab, "lb_conntrack_lost") - lost_before;
+    let lost = lab.reason("lb_conntrack_lost") - lost_before;
     assert!(
         moved.len() as u64 <= lost,
         "{} connections left their backend, {lost} counted lost: {moved:?}",
@@ -146,10 +125,10 @@ fn the_oldest_idle_flows_past_the_table_reach_their_backend_or_are_counted_lost(
     let (lab, _agent) = agent_with_conntrack_max("lab_ct_idle_overflow", CONNTRACK_MAX);
     let mut idle = open_idle_connections(&lab, IDLE);
     add_backend_four(&lab);
-    let lost_before = reason(&lab, "lb_conntrack_lost");
+    let lost_before = lab.reason("lb_conntrack_lost");
 
     let failed = not_on_their_backend(&lab, &mut idle[..OLDEST]).len() as u64;
-    let lost = reason(&lab, "lb_conntrack_lost") - lost_before;
+    let lost = lab.reason("lb_conntrack_lost") - lost_before;
     // Every connection that did not reach its backend went through the counted outcome;
     // a lost flow whose slot still names its backend is counted too, and works.
     assert!(
@@ -166,56 +145,5 @@ fn the_oldest_idle_flows_past_the_table_reach_their_backend_or_are_counted_lost(
     );
     eprintln!(
         "table {CONNTRACK_MAX}, {IDLE} idle connections: of the oldest {OLDEST}, {lost} lost their entry, {failed} of those reached another backend (reset)"
-    );
-}
-
-fn with_conntrack(conntrack: u32) -> DatapathOptions {
-    DatapathOptions {
-        capacity: MapCapacity {
-            conntrack,
-            ..MapCapacity::default()
-        },
-        ..DatapathOptions::default()
-    }
-}
-
-#[test]
-fn pinned_maps_of_another_size_are_refused_by_name_and_old_reason_counters_replaced() {
-    require_root("pinned_maps_of_another_size");
-    let pin = PinDir::new("ct_sizes");
-    drop(Datapath::open(&pin.0, &with_conntrack(1024)).expect("loading, pinned"));
-
-    match Datapath::open(&pin.0, &with_conntrack(2048)) {
-        Err(error @ LoadError::PinnedSize { .. }) => {
-            let message = error.to_string();
-            for expected in [
-                "CONNTRACK",
-                "1024 entries",
-                "asks for 2048",
-                "--conntrack-max 1024",
-                "slicelb detach",
-            ] {
-                assert!(
-                    message.contains(expected),
-                    "{expected:?} missing: {message}"
-                );
-            }
-        }
-        Err(other) => panic!("another conntrack size: wrong error {other}"),
-        Ok(_) => panic!("adopting a CONNTRACK of another size must be refused"),
-    }
-
-    // REASON_STATS as a build with one reason fewer pinned it: replaced, not refused.
-    let reasons = pin.0.join("maps").join(map_names::REASON_STATS);
-    std::fs::remove_file(&reasons).expect("unpinning REASON_STATS");
-    let older: PerCpuArray<MapData, u64> =
-        PerCpuArray::create(Reason::COUNT - 1, 0).expect("an older REASON_STATS");
-    older.pin(&reasons).expect("pinning the older REASON_STATS");
-    drop(Datapath::open(&pin.0, &with_conntrack(1024)).expect("adopting with older counters"));
-    let pinned = MapData::from_pin(&reasons).expect("the pinned REASON_STATS");
-    assert_eq!(
-        pinned.info().expect("map info").max_entries(),
-        Reason::COUNT,
-        "the reason counters have room for every reason"
     );
 }

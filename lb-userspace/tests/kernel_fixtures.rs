@@ -31,6 +31,8 @@ mod fragments;
 mod icmp;
 #[path = "kernel_fixtures/malformed.rs"]
 mod malformed;
+#[path = "kernel_fixtures/masquerade.rs"]
+mod masquerade;
 #[path = "kernel_fixtures/misses.rs"]
 mod misses;
 #[path = "kernel_fixtures/rejects.rs"]
@@ -69,6 +71,8 @@ struct Setup {
     warmup: Vec<(Program, Vec<u8>)>,
     /// Map changes made after the warmup.
     changes: Vec<MapOp>,
+    /// Masquerade turned on (or explicitly off) before anything else; off when None.
+    masquerade: Option<Masquerade>,
 }
 
 impl Setup {
@@ -283,6 +287,9 @@ fn check_both_families(row: impl Fn(Family) -> Row) {
 
 fn set_up(env: &mut Env, setup: &Setup) {
     env.reset();
+    if let Some(masquerade) = &setup.masquerade {
+        env.set_masquerade(masquerade);
+    }
     for service in &setup.services {
         env.install(service);
     }

@@ -322,6 +322,37 @@ impl AgentLab {
             .expect("run slicelb")
     }
 
+    /// Backends 1..=3 with the one that gave `answer` (`backend-N`) no longer ready;
+    /// returns the backends that answer new connections once none is that one.
+    pub fn make_unready(&self, answer: &str) -> BTreeSet<String> {
+        let index: usize = answer
+            .strip_prefix("backend-")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{answer:?} names no backend"));
+        let mut endpoints: Vec<LabEndpoint> = (1..=3).map(LabEndpoint::ready).collect();
+        endpoints[index - 1].ready = false;
+        self.write(&endpoints);
+        self.wait_until(
+            "a not-ready endpoint takes no new connections",
+            Frontend::ClusterIpV4,
+            Duration::from_secs(10),
+            |answers| answers.len() == 2 && !answers.contains(answer),
+        )
+    }
+
+    /// One reason counter from `slicelb stats -o json`.
+    pub fn reason(&self, name: &str) -> u64 {
+        let pin = self.pin_path.display().to_string();
+        let json = super::stdout_of(
+            &self.slicelb_on_node(&["stats", "--pin-path", &pin, "-o", "json"]),
+            "stats",
+        );
+        let stats: serde_json::Value = serde_json::from_str(&json).expect("stats JSON");
+        stats["reasons"][name]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no reason {name} in {json}"))
+    }
+
     pub fn in_client<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
         self.lab.client.enter(f).expect("enter client")
     }

@@ -107,6 +107,13 @@ async fn run_async(args: AgentConfig) -> anyhow::Result<()> {
             args.pin_path.display()
         )
     })?;
+    if let Some(migration) = datapath.migration() {
+        if migration.dropped() > 0 {
+            tracing::warn!(dropped = migration.dropped(), "{migration}");
+        } else {
+            tracing::info!("{migration}");
+        }
+    }
     let capacity = datapath.capacity();
     let writer = AyaMaps::from_datapath(&datapath).context("opening the maps")?;
     let mut reconciler = Reconciler::new(writer, model_config(&args))
@@ -163,6 +170,16 @@ async fn run_async(args: AgentConfig) -> anyhow::Result<()> {
             .attach_cgroup(&cgroup)
             .with_context(|| format!("attaching the socket-level hooks at {}", cgroup.display()))?;
         tracing::info!(cgroup = %cgroup.display(), "socket-level balancing attached");
+    }
+    // Every link runs this agent's programs now: the maps a migration replaced can go.
+    if let Some(caught_up) = datapath
+        .retire_replaced_maps()
+        .context("removing the maps replaced by a migration")?
+    {
+        tracing::info!(
+            entries = caught_up.entries,
+            "replaced maps removed; flow entries written during the switch carried over"
+        );
     }
 
     let fill = Arc::new(RwLock::new(AppliedState::default()));

@@ -89,13 +89,17 @@ pub fn detach(args: &PinArgs) -> anyhow::Result<()> {
 /// Over maps already pinned (an agent's), it writes only the links: the programs in them
 /// are swapped for this binary's, the maps are adopted as they are.
 pub fn attach(args: &AttachArgs) -> anyhow::Result<()> {
-    let mut datapath =
-        Datapath::open(&args.pin_path, &DatapathOptions::default()).with_context(|| {
-            format!(
-                "loading the programs pinned under {}",
-                args.pin_path.display()
-            )
-        })?;
+    // Over an agent's maps, their sizes: `attach` resizes nothing.
+    let options = DatapathOptions {
+        capacity: crate::dataplane::pins::pinned_capacity(&args.pin_path).unwrap_or_default(),
+        ..DatapathOptions::default()
+    };
+    let mut datapath = Datapath::open(&args.pin_path, &options).with_context(|| {
+        format!(
+            "loading the programs pinned under {}",
+            args.pin_path.display()
+        )
+    })?;
     for iface in &args.ifaces {
         let mode = crate::dataplane::attach_mode::XdpMode::from(args.xdp_mode).ingress_mode(iface);
         datapath
@@ -106,6 +110,9 @@ pub fn attach(args: &AttachArgs) -> anyhow::Result<()> {
             args.pin_path.display()
         );
     }
+    datapath
+        .retire_replaced_maps()
+        .context("removing the maps replaced by a migration")?;
     let maps = open_pinned(&args.pin_path)?;
     let started = std::time::Instant::now();
     let deadline = args.duration.map(Duration::from_secs);

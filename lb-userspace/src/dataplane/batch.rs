@@ -54,16 +54,46 @@ pub fn update_entries<K: aya::Pod, V: aya::Pod>(
 ) -> io::Result<()> {
     assert_eq!(keys.len(), values.len(), "one value per key");
     for (keys, values) in keys.chunks(CHUNK).zip(values.chunks(CHUNK)) {
-        let mut attr = BatchAttr {
-            keys: keys.as_ptr() as u64,
-            values: values.as_ptr() as u64,
-            count: keys.len() as u32,
-            map_fd: fd.as_raw_fd() as u32,
-            ..BatchAttr::default()
+        // SAFETY: `keys` and `values` hold `keys.len()` elements each.
+        let (_, result) = unsafe {
+            update_from(
+                fd,
+                keys.as_ptr().cast(),
+                values.as_ptr().cast(),
+                keys.len(),
+                0,
+            )
         };
-        bpf(BPF_MAP_UPDATE_BATCH, &mut attr)?;
+        result?;
     }
     Ok(())
+}
+
+/// `BPF_NOEXIST`: an update that never replaces an entry.
+const BPF_NOEXIST: u64 = 1;
+
+/// One `BPF_MAP_UPDATE_BATCH` call of `count` entries; returns how many the kernel wrote
+/// (it stops at the first it cannot) and the call's result.
+///
+/// # Safety
+/// `keys` and `values` must point at `count` keys and `count` values of the map's sizes.
+unsafe fn update_from(
+    fd: BorrowedFd<'_>,
+    keys: *const u8,
+    values: *const u8,
+    count: usize,
+    elem_flags: u64,
+) -> (usize, io::Result<()>) {
+    let mut attr = BatchAttr {
+        keys: keys as u64,
+        values: values as u64,
+        count: count as u32,
+        map_fd: fd.as_raw_fd() as u32,
+        elem_flags,
+        ..BatchAttr::default()
+    };
+    let result = bpf(BPF_MAP_UPDATE_BATCH, &mut attr);
+    ((attr.count as usize).min(count), result)
 }
 
 /// What one `BPF_MAP_LOOKUP_BATCH` call read.
@@ -85,14 +115,38 @@ fn lookup_chunk<K: aya::Pod, V: aya::Pod>(
     values: &mut [V],
 ) -> io::Result<Chunk> {
     let count = keys.len().min(values.len());
+    // SAFETY: both slices hold at least `count` elements.
+    unsafe {
+        lookup_into(
+            fd,
+            after,
+            keys.as_mut_ptr().cast(),
+            values.as_mut_ptr().cast(),
+            count,
+        )
+    }
+}
+
+/// [`lookup_chunk`] into buffers of any layout.
+///
+/// # Safety
+/// `keys` and `values` must point at room for `count` keys and `count` values of the map's
+/// sizes.
+unsafe fn lookup_into(
+    fd: BorrowedFd<'_>,
+    after: Option<u32>,
+    keys: *mut u8,
+    values: *mut u8,
+    count: usize,
+) -> io::Result<Chunk> {
     let mut next: u32 = 0;
     let mut attr = BatchAttr {
         in_batch: after
             .as_ref()
             .map_or(0, |cursor| cursor as *const u32 as u64),
         out_batch: &mut next as *mut u32 as u64,
-        keys: keys.as_mut_ptr() as u64,
-        values: values.as_mut_ptr() as u64,
+        keys: keys as u64,
+        values: values as u64,
         count: count as u32,
         map_fd: fd.as_raw_fd() as u32,
         ..BatchAttr::default()
@@ -144,11 +198,148 @@ pub fn lookup<T: aya::Pod + Default + Clone>(
     Ok(out)
 }
 
-/// One pass over a hash map (LRU or not), chunk by chunk: `visit` gets each chunk's keys
-/// and values and says whether to go on. The kernel's cursor is a bucket index, so however
-/// entries come and go meanwhile the pass ends after one look at each bucket (a
-/// `get_next_key` walk starts over whenever the entry it stands on is evicted). Returns the
-/// `BPF_MAP_LOOKUP_BATCH` calls made.
+/// Key and value buffers that one `BPF_MAP_LOOKUP_BATCH` call fills.
+trait LookupBuffers {
+    /// Entries the buffers have room for.
+    fn room(&self) -> usize;
+    /// Doubles the room.
+    fn grow(&mut self);
+    /// Where the keys and the values go.
+    fn pointers(&mut self) -> (*mut u8, *mut u8);
+}
+
+/// Buffers of a map whose types this build knows.
+struct Typed<K, V> {
+    keys: Vec<K>,
+    values: Vec<V>,
+}
+
+impl<K: aya::Pod + Default + Clone, V: aya::Pod + Default + Clone> LookupBuffers for Typed<K, V> {
+    fn room(&self) -> usize {
+        self.keys.len().min(self.values.len())
+    }
+
+    fn grow(&mut self) {
+        let room = self.room() * 2;
+        self.keys.resize(room, K::default());
+        self.values.resize(room, V::default());
+    }
+
+    fn pointers(&mut self) -> (*mut u8, *mut u8) {
+        (
+            self.keys.as_mut_ptr().cast(),
+            self.values.as_mut_ptr().cast(),
+        )
+    }
+}
+
+/// Buffers of keys and values of sizes known at run time, back to back.
+impl LookupBuffers for RawEntries {
+    fn room(&self) -> usize {
+        self.len()
+    }
+
+    fn grow(&mut self) {
+        self.keys.resize(self.keys.len() * 2, 0);
+        self.values.resize(self.values.len() * 2, 0);
+    }
+
+    fn pointers(&mut self) -> (*mut u8, *mut u8) {
+        (self.keys.as_mut_ptr(), self.values.as_mut_ptr())
+    }
+}
+
+/// Entries of a map whose key and value sizes are known only at run time (a map pinned in
+/// another layout): keys and values back to back.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RawEntries {
+    pub key_size: usize,
+    pub value_size: usize,
+    keys: Vec<u8>,
+    values: Vec<u8>,
+}
+
+impl RawEntries {
+    pub fn new(key_size: usize, value_size: usize) -> Self {
+        Self {
+            key_size,
+            value_size,
+            keys: Vec::new(),
+            values: Vec::new(),
+        }
+    }
+
+    fn with_room(key_size: usize, value_size: usize, room: usize) -> Self {
+        Self {
+            key_size,
+            value_size,
+            keys: vec![0; key_size * room],
+            values: vec![0; value_size * room],
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.len().checked_div(self.key_size).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn key(&self, index: usize) -> &[u8] {
+        &self.keys[index * self.key_size..][..self.key_size]
+    }
+
+    pub fn value(&self, index: usize) -> &[u8] {
+        &self.values[index * self.value_size..][..self.value_size]
+    }
+
+    /// Appends an entry; panics when a size is not this map's.
+    pub fn push(&mut self, key: &[u8], value: &[u8]) {
+        assert_eq!(
+            (key.len(), value.len()),
+            (self.key_size, self.value_size),
+            "an entry of another layout"
+        );
+        self.keys.extend_from_slice(key);
+        self.values.extend_from_slice(value);
+    }
+}
+
+/// One pass over a map (a hash map, LRU or not, or an array), chunk by chunk: `visit`
+/// gets the buffers and how many entries the call read into them, and says whether to go
+/// on. The kernel's cursor is a bucket index, so however entries come and go meanwhile the
+/// pass ends after one look at each bucket (a `get_next_key` walk starts over whenever the
+/// entry it stands on is evicted). Returns the `BPF_MAP_LOOKUP_BATCH` calls made.
+fn walk<B: LookupBuffers>(
+    fd: BorrowedFd<'_>,
+    buffers: &mut B,
+    mut visit: impl FnMut(&B, usize) -> io::Result<ControlFlow<()>>,
+) -> io::Result<u32> {
+    let mut lookups = 0;
+    let mut after = None;
+    loop {
+        lookups += 1;
+        let room = buffers.room();
+        let (keys, values) = buffers.pointers();
+        // SAFETY: the buffers have room for `room` keys and values of the map's sizes.
+        match unsafe { lookup_into(fd, after, keys, values, room) } {
+            Ok(chunk) => {
+                let go_on = visit(buffers, chunk.read)?;
+                if chunk.last || go_on.is_break() {
+                    return Ok(lookups);
+                }
+                after = Some(chunk.next);
+            }
+            // ENOSPC (nothing copied): the next bucket alone holds more than `room` entries.
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => buffers.grow(),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// [`walk`] over a hash map of types this build knows: `visit` gets each chunk's keys and
+/// values.
 fn walk_hash<K, V>(
     fd: BorrowedFd<'_>,
     mut visit: impl FnMut(&[K], &[V]) -> io::Result<ControlFlow<()>>,
@@ -157,30 +348,92 @@ where
     K: aya::Pod + Default + Clone,
     V: aya::Pod + Default + Clone,
 {
-    let mut room = HASH_CHUNK;
-    let mut keys = vec![K::default(); room];
-    let mut values = vec![V::default(); room];
-    let mut lookups = 0;
-    let mut after = None;
-    loop {
-        lookups += 1;
-        match lookup_chunk(fd, after, &mut keys, &mut values) {
-            Ok(chunk) => {
-                let go_on = visit(&keys[..chunk.read], &values[..chunk.read])?;
-                if chunk.last || go_on.is_break() {
-                    return Ok(lookups);
-                }
-                after = Some(chunk.next);
+    let mut buffers = Typed {
+        keys: vec![K::default(); HASH_CHUNK],
+        values: vec![V::default(); HASH_CHUNK],
+    };
+    walk(fd, &mut buffers, |buffers, read| {
+        visit(&buffers.keys[..read], &buffers.values[..read])
+    })
+}
+
+/// Every entry of a hash map or an array whose key and value sizes are given (not a per-CPU
+/// map), in one pass ([`walk`]).
+pub fn raw_entries(
+    fd: BorrowedFd<'_>,
+    key_size: usize,
+    value_size: usize,
+) -> io::Result<RawEntries> {
+    let mut out = RawEntries::new(key_size, value_size);
+    let mut buffers = RawEntries::with_room(key_size, value_size, HASH_CHUNK);
+    walk(fd, &mut buffers, |buffers, read| {
+        out.keys.extend_from_slice(&buffers.keys[..read * key_size]);
+        out.values
+            .extend_from_slice(&buffers.values[..read * value_size]);
+        Ok(ControlFlow::Continue(()))
+    })?;
+    Ok(out)
+}
+
+/// Writes `entries` into a map of their sizes; with `only_new`, an entry whose key the map
+/// holds already is skipped (that entry is newer). Returns how many were written.
+pub fn raw_update(fd: BorrowedFd<'_>, entries: &RawEntries, only_new: bool) -> io::Result<usize> {
+    if only_new {
+        // The batch call takes no BPF_NOEXIST: one call per entry.
+        let mut written = 0;
+        for index in 0..entries.len() {
+            match update_element(fd, entries.key(index), entries.value(index), BPF_NOEXIST) {
+                Ok(()) => written += 1,
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+                Err(e) => return Err(e),
             }
-            // ENOSPC (nothing copied): the next bucket alone holds more than `room` entries.
-            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => {
-                room *= 2;
-                keys.resize(room, K::default());
-                values.resize(room, V::default());
-            }
-            Err(e) => return Err(e),
         }
+        return Ok(written);
     }
+    let mut next = 0;
+    while next < entries.len() {
+        let count = (entries.len() - next).min(CHUNK);
+        // SAFETY: `entries` holds `count` keys and values from `next` on.
+        let (done, result) = unsafe {
+            update_from(
+                fd,
+                entries.keys[next * entries.key_size..].as_ptr(),
+                entries.values[next * entries.value_size..].as_ptr(),
+                count,
+                0,
+            )
+        };
+        result?;
+        next += done;
+    }
+    Ok(next)
+}
+
+/// The `BPF_MAP_UPDATE_ELEM` member of `union bpf_attr` (uapi layout).
+#[repr(C)]
+#[derive(Default)]
+struct ElementAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+
+/// Writes one entry; `key` and `value` must be of the map's sizes.
+fn update_element(fd: BorrowedFd<'_>, key: &[u8], value: &[u8], flags: u64) -> io::Result<()> {
+    let mut attr = ElementAttr {
+        map_fd: fd.as_raw_fd() as u32,
+        key: key.as_ptr() as u64,
+        value: value.as_ptr() as u64,
+        flags,
+        ..ElementAttr::default()
+    };
+    // SAFETY: an element attribute whose pointers refer to live buffers of the map's sizes
+    // (the kernel reads key_size and value_size bytes).
+    unsafe { sys::bpf(BPF_MAP_UPDATE_ELEM, &mut attr) }.map(|_| ())
 }
 
 /// One pass over a hash map ([`walk_hash`]) that deletes the entries `doomed` picks, each

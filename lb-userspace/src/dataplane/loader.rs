@@ -2,7 +2,9 @@
 //! [`MapCapacity`], everything pinned under one directory so that a restarted agent adopts
 //! the maps (flows and configuration survive) and swaps the programs in place.
 //!
-//! Pin layout: `<pin>/maps/NAME` for every map, `<pin>/links/<iface>/{xdp,tc_ingress,tc_egress}`
+//! Pin layout: `<pin>/maps/NAME` for every map and `<pin>/maps/LAYOUT` for their layout
+//! version (maps of another version or size are carried over: [`super::migrate`]),
+//! `<pin>/links/<iface>/{xdp,tc_ingress,tc_egress}`
 //! for interface attachments, `<pin>/links/cgroup-<stamp>/<program>` for the socket-level
 //! hooks at the cgroup root.
 //!
@@ -32,7 +34,11 @@ use aya::{
 };
 use lb_common::{Config, FrontendKey, FrontendValue, Reason, map_names, program_names};
 
-use super::{MapCapacity, pins};
+use super::{
+    MapCapacity,
+    migrate::{self, Migration},
+    pins,
+};
 
 /// The compiled `lb-ebpf` object.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-ebpf"));
@@ -113,17 +119,15 @@ pub enum LoadError {
         expected: u64,
         actual: u64,
     },
-    /// A flow map pinned with another size than the agent's flag asks (the flag changed
-    /// across restarts): a map's size is fixed when it is made.
+    /// Maps pinned in another layout or with other sizes could not be carried over to new
+    /// ones; the pinned maps and the programs using them were left as they were.
     #[error(
-        "the map {map} pinned at {path} holds {pinned} entries, this agent asks for {asked} ({flag}): start with `{flag} {pinned}` to keep the pinned flows, or run `slicelb detach` (drops the pinned maps, flows and attachments) and start again with the new size"
+        "carrying the pinned maps over to this slicelb's layout and sizes failed: {source}; the running datapath was left as it was"
     )]
-    PinnedSize {
-        map: String,
-        path: PathBuf,
-        flag: &'static str,
-        pinned: u64,
-        asked: u64,
+    Migrate {
+        // Boxed: the error type stays small for every other variant's sake.
+        #[source]
+        source: Box<super::migrate::MigrateError>,
     },
     #[error("the eBPF object has no program {program}; rebuild slicelb")]
     MissingProgram { program: &'static str },
@@ -204,6 +208,8 @@ pub struct Datapath {
     ebpf: Ebpf,
     pin_path: Option<PathBuf>,
     capacity: MapCapacity,
+    /// What opening did to maps pinned in another layout or with other sizes.
+    migration: Option<Migration>,
     /// Attachments made without a pin path: they last as long as this value.
     links: Vec<FdLink>,
 }
@@ -233,8 +239,18 @@ const CGROUP_LINKS_PREFIX: &str = "cgroup-";
 impl Datapath {
     /// Loads the programs with maps pinned under `pin_path`, adopting maps already pinned
     /// there (a restarted agent keeps flows and configuration).
+    ///
+    /// Maps pinned in another layout ([`lb_common::LAYOUT_VERSION`]) or with other sizes
+    /// than `options.capacity` are made anew with their entries carried over (see
+    /// [`super::migrate`]; [`Datapath::migration`] says what happened); the programs
+    /// already attached keep the old ones until [`Datapath::attach`] swaps them, and
+    /// [`Datapath::retire_replaced_maps`] then removes those.
     pub fn open(pin_path: &Path, options: &DatapathOptions) -> Result<Self, LoadError> {
         let maps_dir = pin_path.join("maps");
+        let migrate_error = |source| LoadError::Migrate {
+            source: Box::new(source),
+        };
+        migrate::recover(pin_path).map_err(migrate_error)?;
         std::fs::create_dir_all(&maps_dir).map_err(|source| LoadError::Pin {
             what: "the maps directory".into(),
             path: maps_dir.clone(),
@@ -244,22 +260,37 @@ impl Datapath {
         let adopting = maps_dir.join(map_names::CONFIG).exists();
         let frontends_without_filter = maps_dir.join(map_names::FRONTENDS).exists()
             && !maps_dir.join(map_names::FRONTEND_FILTER).exists();
-        let paths: Vec<(&'static str, PathBuf)> = ALL_MAPS
-            .iter()
-            .map(|(name, _)| (*name, maps_dir.join(name)))
-            .collect();
+        let plan = migrate::Plan::new(pin_path, &options.capacity).map_err(migrate_error)?;
+        let rebuilding = plan.as_ref().filter(|plan| plan.rebuilds());
+        let load_dir = match rebuilding {
+            Some(plan) => plan.stage(pin_path).map_err(migrate_error)?,
+            None => maps_dir.clone(),
+        };
         let mut loader = EbpfLoader::new();
         set_capacity(&mut loader, &options.capacity);
+        let paths: Vec<(&'static str, PathBuf)> = ALL_MAPS
+            .iter()
+            .map(|(name, _)| (*name, load_dir.join(name)))
+            .collect();
         for (name, path) in &paths {
             loader.map_pin_path(name, path.as_path());
         }
         let ebpf = loader
             .load(EBPF_OBJECT)
-            .map_err(|source| load_error(&maps_dir, source))?;
+            .map_err(|source| load_error(&load_dir, source))?;
+        let migration = match (&plan, rebuilding) {
+            (_, Some(plan)) => Some(plan.carry_over(pin_path).map_err(migrate_error)?),
+            (Some(plan), None) => plan.record_version().map_err(migrate_error)?,
+            (None, None) => {
+                migrate::pin_version(&maps_dir).map_err(migrate_error)?;
+                None
+            }
+        };
         let mut datapath = Self {
             ebpf,
             pin_path: Some(pin_path.to_path_buf()),
             capacity: options.capacity,
+            migration,
             links: Vec::new(),
         };
         load_programs(
@@ -291,6 +322,7 @@ impl Datapath {
             ebpf,
             pin_path: None,
             capacity: options.capacity,
+            migration: None,
             links: Vec::new(),
         };
         load_programs(
@@ -390,6 +422,25 @@ impl Datapath {
 
     pub fn capacity(&self) -> MapCapacity {
         self.capacity
+    }
+
+    /// What [`Datapath::open`] did to maps pinned in another layout or with other sizes;
+    /// `None` when it adopted them as they were (or made new ones).
+    pub fn migration(&self) -> Option<&Migration> {
+        self.migration.as_ref()
+    }
+
+    /// Once this load's programs run in every link (after [`Datapath::attach`] and
+    /// [`Datapath::attach_cgroup`]): carries over the flow entries the replaced programs
+    /// wrote during the switch and removes the maps a migration replaced. `None` when
+    /// nothing was replaced.
+    pub fn retire_replaced_maps(&self) -> Result<Option<migrate::CaughtUp>, LoadError> {
+        match &self.pin_path {
+            Some(pin_path) => migrate::retire(pin_path).map_err(|source| LoadError::Migrate {
+                source: Box::new(source),
+            }),
+            None => Ok(None),
+        }
     }
 
     pub fn pin_path(&self) -> Option<&Path> {
@@ -696,9 +747,11 @@ impl Datapath {
                 });
             }
         }
-        let maps = pin_path.join("maps");
-        if maps.exists() {
-            remove_dir_of_pins(&maps)?;
+        for dir in ["maps", migrate::STAGING_DIR, migrate::RETIRED_DIR] {
+            let maps = pin_path.join(dir);
+            if maps.exists() {
+                remove_dir_of_pins(&maps)?;
+            }
         }
         match std::fs::remove_dir(pin_path) {
             Ok(()) => Ok(()),
@@ -776,17 +829,6 @@ impl ReadOnlyDatapath {
 }
 
 /// What a failed load means: a pinned map of another layout is named with its path.
-/// The agent flag that sizes a flow map, if one does.
-fn size_flag(map: &str) -> Option<&'static str> {
-    match map {
-        map_names::CONNTRACK => Some("--conntrack-max"),
-        map_names::AFFINITY => Some("--affinity-max"),
-        map_names::SOCK_CONNECTED | map_names::SOCK_REVERSE => Some("--socket-map-max"),
-        map_names::SNAT => Some("--masquerade-max"),
-        _ => None,
-    }
-}
-
 fn load_error(maps_dir: &Path, source: aya::EbpfError) -> LoadError {
     match source {
         aya::EbpfError::MapError(aya::maps::MapError::IncompatiblePinnedMap {
@@ -794,21 +836,12 @@ fn load_error(maps_dir: &Path, source: aya::EbpfError) -> LoadError {
             property,
             expected,
             actual,
-        }) => match size_flag(&name).filter(|_| property == "max_entries") {
-            Some(flag) => LoadError::PinnedSize {
-                path: maps_dir.join(&name),
-                map: name,
-                flag,
-                pinned: actual,
-                asked: expected,
-            },
-            None => LoadError::IncompatiblePin {
-                path: maps_dir.join(&name),
-                map: name,
-                property,
-                expected,
-                actual,
-            },
+        }) => LoadError::IncompatiblePin {
+            path: maps_dir.join(&name),
+            map: name,
+            property,
+            expected,
+            actual,
         },
         source => LoadError::Load { source },
     }
@@ -925,21 +958,31 @@ pub fn interface_index(iface: &str) -> Result<u32, LoadError> {
     Ok(nix::net::if_::if_nametoindex(name.as_c_str()).unwrap_or(0))
 }
 
+/// The size `capacity` gives `map`; `None` for the maps the object sizes itself (the
+/// frontend filter, CONFIG and the reason, protocol and socket counters).
+pub(crate) fn max_entries(capacity: &MapCapacity, map: &str) -> Option<u32> {
+    match map {
+        map_names::FRONTENDS => Some(capacity.frontends),
+        map_names::BACKENDS => Some(capacity.backends),
+        map_names::SELECTION => Some(capacity.selection_slots),
+        map_names::TABLE_MEMBERS => Some(capacity.table_members),
+        map_names::CONNTRACK => Some(capacity.conntrack),
+        map_names::AFFINITY => Some(capacity.affinity),
+        map_names::FRAGMENTS => Some(capacity.fragments),
+        map_names::SOCK_CONNECTED | map_names::SOCK_REVERSE => Some(capacity.socket_flows),
+        map_names::SNAT => Some(capacity.snat),
+        map_names::SOURCE_RANGES => Some(capacity.source_ranges),
+        map_names::SERVICE_STATS | map_names::SERVICE_NAMES => Some(capacity.services),
+        _ => None,
+    }
+}
+
 fn set_capacity<'a>(loader: &mut EbpfLoader<'a>, capacity: &MapCapacity) {
-    loader
-        .map_max_entries(map_names::FRONTENDS, capacity.frontends)
-        .map_max_entries(map_names::BACKENDS, capacity.backends)
-        .map_max_entries(map_names::SELECTION, capacity.selection_slots)
-        .map_max_entries(map_names::TABLE_MEMBERS, capacity.table_members)
-        .map_max_entries(map_names::CONNTRACK, capacity.conntrack)
-        .map_max_entries(map_names::AFFINITY, capacity.affinity)
-        .map_max_entries(map_names::FRAGMENTS, capacity.fragments)
-        .map_max_entries(map_names::SOCK_CONNECTED, capacity.socket_flows)
-        .map_max_entries(map_names::SOCK_REVERSE, capacity.socket_flows)
-        .map_max_entries(map_names::SNAT, capacity.snat)
-        .map_max_entries(map_names::SOURCE_RANGES, capacity.source_ranges)
-        .map_max_entries(map_names::SERVICE_STATS, capacity.services)
-        .map_max_entries(map_names::SERVICE_NAMES, capacity.services);
+    for (map, _) in ALL_MAPS {
+        if let Some(entries) = max_entries(capacity, map) {
+            loader.map_max_entries(map, entries);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -956,16 +999,14 @@ mod tests {
     }
 
     #[test]
-    fn a_flow_map_pinned_with_another_size_names_the_flag_and_both_sizes() {
+    fn a_pinned_map_of_another_layout_is_named_with_its_path() {
         let maps = Path::new("/sys/fs/bpf/slicelb/maps");
-        let error = load_error(maps, pinned_mismatch(map_names::CONNTRACK, "max_entries"));
+        let error = load_error(maps, pinned_mismatch(map_names::SELECTION, "map_flags"));
         let message = error.to_string();
         for expected in [
-            "CONNTRACK",
-            "/sys/fs/bpf/slicelb/maps/CONNTRACK",
-            "524288 entries",
-            "asks for 1024",
-            "`--conntrack-max 524288`",
+            "SELECTION",
+            "/sys/fs/bpf/slicelb/maps/SELECTION",
+            "map_flags",
             "slicelb detach",
         ] {
             assert!(
@@ -973,23 +1014,24 @@ mod tests {
                 "{expected:?} missing: {message}"
             );
         }
-        assert!(
-            load_error(
-                maps,
-                pinned_mismatch(map_names::SOCK_REVERSE, "max_entries")
-            )
-            .to_string()
-            .contains("--socket-map-max")
-        );
-        // A map no flag sizes, or another property, keeps the generic refusal.
-        for (map, property) in [
-            (map_names::SELECTION, "max_entries"),
-            (map_names::CONNTRACK, "value_size"),
+    }
+
+    #[test]
+    fn every_sized_map_is_sized_from_the_capacity() {
+        let capacity = MapCapacity {
+            conntrack: 1024,
+            affinity: 512,
+            socket_flows: 256,
+            ..MapCapacity::default()
+        };
+        for (map, entries) in [
+            (map_names::CONNTRACK, Some(1024)),
+            (map_names::AFFINITY, Some(512)),
+            (map_names::SOCK_REVERSE, Some(256)),
+            (map_names::SOCK_CONNECTED, Some(256)),
+            (map_names::CONFIG, None),
         ] {
-            assert!(matches!(
-                load_error(maps, pinned_mismatch(map, property)),
-                LoadError::IncompatiblePin { .. }
-            ));
+            assert_eq!(max_entries(&capacity, map), entries, "{map}");
         }
     }
 }

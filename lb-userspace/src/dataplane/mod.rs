@@ -13,12 +13,13 @@ pub mod loader;
 pub mod mapped_array;
 pub mod masquerade;
 pub mod memory;
+pub mod migrate;
 pub mod pins;
 mod stale_flows;
 mod sys;
 pub mod test_run;
 
-pub use batch::{Counted, HASH_CHUNK};
+pub use batch::{Counted, HASH_CHUNK, update_entries};
 
 use std::{
     collections::{BTreeMap, BTreeSet},

@@ -112,6 +112,7 @@ fn an_existing_flow_survives_a_source_range_change() {
             ops: vec![put_range("198.18.0.0")],
             warmup: vec![(Program::Xdp, allowed_syn().build())],
             changes: narrowed(),
+            ..Setup::default()
         },
         program: Program::Xdp,
         input: established.build(),
@@ -136,6 +137,7 @@ fn a_source_range_change_drops_the_clients_new_connections() {
             ops: vec![put_range("198.18.0.0")],
             warmup: vec![(Program::Xdp, allowed_syn().build())],
             changes: narrowed(),
+            ..Setup::default()
         },
         program: Program::Xdp,
         input: Spec::new(

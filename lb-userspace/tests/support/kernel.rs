@@ -6,12 +6,13 @@ use aya::maps::{Array, HashMap, LpmTrie, MapData};
 use lb_common::{
     AffinityKey, AffinityValue, Backend, Config, FAMILY_IPV4, FAMILY_IPV6, FlowKey, FlowValue,
     FragmentKey, FragmentValue, FrontendKey, FrontendValue, ProtoCounter, Reason, ServiceCounters,
-    SourceRangeKey, backend_state, map_names,
+    SnatAddresses, SnatValue, SourceRangeKey, backend_state, map_names,
 };
 use slicelb::dataplane::{
     MapCapacity, MapOp, MapWriter,
     aya_maps::AyaMaps,
     loader::{Datapath, DatapathOptions},
+    masquerade::PortRange,
     test_run::{self, RunOutput},
 };
 use std::net::IpAddr;
@@ -25,6 +26,11 @@ pub const TC_ACT_REDIRECT: u32 = 7;
 
 /// Maglev table size used by every test service.
 pub const TABLE_SIZE: u32 = 251;
+
+/// The interface a TC program sees (`skb->ifindex`) in BPF_PROG_TEST_RUN: the kernel runs
+/// it on an skb of the current network namespace's loopback device, whose index is always
+/// 1, unless the run's context names another (ours never does).
+pub const TEST_RUN_IFINDEX: u32 = 1;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Program {
@@ -140,6 +146,14 @@ impl Service {
         }
     }
 
+    /// The same service with `flags` (`backend_flags`, e.g. NODE_LOCAL) on every backend.
+    pub fn backend_flags(mut self, flags: u8) -> Self {
+        for (_, backend) in &mut self.backends {
+            backend.flags = flags;
+        }
+        self
+    }
+
     /// The same service with its table at another offset (a new table is written into
     /// free space, never over the one in use).
     pub fn at_offset(mut self, offset: u32) -> Self {
@@ -198,6 +212,16 @@ pub fn backend_addr(b: &Backend) -> String {
     } else {
         std::net::Ipv6Addr::from(b.addr).to_string()
     }
+}
+
+/// Masquerade as the agent turns it on (`Datapath::set_masquerade`), for the interface test
+/// runs see.
+#[derive(Clone, Copy, Debug)]
+pub struct Masquerade {
+    /// `--masquerade-ports`; None: off.
+    pub ports: Option<PortRange>,
+    /// The addresses of [`TEST_RUN_IFINDEX`].
+    pub addresses: SnatAddresses,
 }
 
 pub struct Env {
@@ -268,6 +292,26 @@ impl Env {
         self.datapath.write_config(&config).expect("writing CONFIG");
     }
 
+    /// Masquerade on (or off) as the agent sets it, with `masquerade.addresses` for the
+    /// interface a TC test run sees ([`TEST_RUN_IFINDEX`]).
+    pub fn set_masquerade(&mut self, masquerade: &Masquerade) {
+        self.datapath
+            .set_masquerade(
+                masquerade.ports,
+                &[(TEST_RUN_IFINDEX, masquerade.addresses)],
+            )
+            .expect("turning masquerade on");
+    }
+
+    /// Every entry of SNAT (masquerade state).
+    pub fn snat_entries(&self) -> Vec<(FlowKey, SnatValue)> {
+        let snat: HashMap<&MapData, FlowKey, SnatValue> =
+            HashMap::try_from(self.datapath.map(map_names::SNAT).expect("SNAT")).expect("SNAT");
+        snat.iter()
+            .map(|entry| entry.expect("SNAT entry"))
+            .collect()
+    }
+
     /// Empties every map (counters excepted: tests compare deltas).
     pub fn reset(&mut self) {
         fn clear_hash<K: aya::Pod, V: aya::Pod>(map: &mut aya::maps::Map, name: &str) {
@@ -296,6 +340,11 @@ impl Env {
         clear_hash::<FragmentKey, FragmentValue>(
             dp.map_mut(map_names::FRAGMENTS).unwrap(),
             "FRAGMENTS",
+        );
+        clear_hash::<FlowKey, SnatValue>(dp.map_mut(map_names::SNAT).unwrap(), "SNAT");
+        clear_hash::<u32, SnatAddresses>(
+            dp.map_mut(map_names::SNAT_ADDRESSES).unwrap(),
+            "SNAT_ADDRESSES",
         );
         clear_hash::<u32, lb_common::ServiceName>(
             dp.map_mut(map_names::SERVICE_NAMES).unwrap(),
