@@ -130,7 +130,8 @@ const REFUSED_WITH_FALLBACK: &[&str] = &["clone3", "rseq"];
 fn daemonset_capabilities() -> Vec<String> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/base/daemonset.yaml");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
-    let daemonset: serde_yaml::Value = serde_yaml::from_str(&text).expect("daemonset.yaml parses");
+    let daemonset: serde_norway::Value =
+        serde_norway::from_str(&text).expect("daemonset.yaml parses");
     let containers = daemonset["spec"]["template"]["spec"]["containers"]
         .as_sequence()
         .expect("containers");

@@ -404,7 +404,7 @@ spec:
         &endpoints,
         false,
     );
-    let slice = serde_yaml::to_string(&slice).expect("the slice as YAML");
+    let slice = serde_norway::to_string(&slice).expect("the slice as YAML");
     write_manifest(
         lab.manifests.path(),
         "sticky.yaml",

@@ -480,7 +480,7 @@ fn grid_manifests(cluster: &Cluster) -> String {
             .iter()
             .map(|pod| ClusterEndpoint::new(cluster.pod(pod), Conditions::READY))
             .collect();
-        documents.push(serde_yaml::to_string(&service.service()));
+        documents.push(serde_norway::to_string(&service.service()));
         for ipv6 in [false, true] {
             let slice = endpoint_slice(
                 service.name,
@@ -490,7 +490,7 @@ fn grid_manifests(cluster: &Cluster) -> String {
                 &endpoints,
                 ipv6,
             );
-            documents.push(serde_yaml::to_string(&slice));
+            documents.push(serde_norway::to_string(&slice));
         }
     }
     let documents: Vec<String> = documents

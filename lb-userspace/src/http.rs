@@ -5,7 +5,6 @@ use std::{
     future::Future,
     io,
     net::{IpAddr, Ipv6Addr, SocketAddr},
-    os::fd::AsRawFd as _,
     time::Duration,
 };
 
@@ -120,20 +119,7 @@ fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 
 fn bind_dual_stack(addr: SocketAddr) -> io::Result<TcpListener> {
     let socket = tokio::net::TcpSocket::new_v6()?;
-    let off: libc::c_int = 0;
-    // SAFETY: a valid socket, an int option and its size.
-    let set = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::IPPROTO_IPV6,
-            libc::IPV6_V6ONLY,
-            (&raw const off).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if set != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::Ipv6V6Only, &false)?;
     listen(socket, addr)
 }
 

@@ -6,8 +6,8 @@
 //! (beside kube-proxy, instead of it) are rendered and checked the same way, plus what each
 //! changes.
 //!
-//! Needs `kubectl` (client only) and `kubernetes-validate` (PyPI) on PATH; fails naming
-//! the missing tool and how to install it.
+//! Needs `kubectl` (client only) and `kubernetes-validate` (PyPI, in `cargo xtask setup`'s
+//! virtual environment) on PATH; fails naming the missing tool and how to install it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
@@ -27,7 +27,8 @@ use slicelb::cli::{AgentArgs, Cli, ENV_PREFIX};
 const NAMESPACE: &str = "slicelb-system";
 const SCHEMA_VERSION: &str = "1.33.0";
 const VALIDATOR: &str = "kubernetes-validate";
-const VALIDATOR_INSTALL: &str = "pip install kubernetes-validate==1.37.0";
+const VALIDATOR_INSTALL: &str = "run `cargo xtask setup`, which installs it into \
+     ~/.cache/slicelb/venv/bin, and put that directory on PATH (`cargo xtask test` does)";
 const AGENT_CONTAINER: &str = "agent";
 const BPFFS: &str = "/sys/fs/bpf";
 /// The agent's directory in the host's BPF filesystem.
@@ -81,14 +82,14 @@ struct Rendered {
     daemon_sets: Vec<DaemonSet>,
 }
 
-fn typed<T: serde::de::DeserializeOwned>(doc: serde_yaml::Value, kind: &str) -> T {
-    serde_yaml::from_value(doc).unwrap_or_else(|e| panic!("rendered {kind} does not parse: {e}"))
+fn typed<T: serde::de::DeserializeOwned>(doc: serde_norway::Value, kind: &str) -> T {
+    serde_norway::from_value(doc).unwrap_or_else(|e| panic!("rendered {kind} does not parse: {e}"))
 }
 
 fn parse(yaml: &str) -> Rendered {
     let mut rendered = Rendered::default();
-    for document in serde_yaml::Deserializer::from_str(yaml) {
-        let doc = serde_yaml::Value::deserialize(document).expect("rendered YAML parses");
+    for document in serde_norway::Deserializer::from_str(yaml) {
+        let doc = serde_norway::Value::deserialize(document).expect("rendered YAML parses");
         let kind = doc["kind"].as_str().unwrap_or("<no kind>").to_owned();
         match kind.as_str() {
             "Namespace" => rendered.namespaces.push(typed(doc, &kind)),
@@ -166,9 +167,7 @@ fn validate_strictly(kustomization: &str) {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| {
-            panic!("cannot run {VALIDATOR} ({e}): install it with `{VALIDATOR_INSTALL}`")
-        });
+        .unwrap_or_else(|e| panic!("cannot run {VALIDATOR} ({e}): {VALIDATOR_INSTALL}"));
     validator
         .stdin
         .take()
@@ -992,11 +991,11 @@ const MONITORING_API: &str = "monitoring.coreos.com/v1";
 
 /// `kubectl kustomize deploy/monitoring/` as untyped documents (k8s-openapi has no types for
 /// the operator's CRDs), by kind.
-fn rendered_monitoring() -> BTreeMap<String, Vec<serde_yaml::Value>> {
+fn rendered_monitoring() -> BTreeMap<String, Vec<serde_norway::Value>> {
     let yaml = render_kustomization(MONITORING_DIR);
-    let mut by_kind = BTreeMap::<String, Vec<serde_yaml::Value>>::new();
-    for document in serde_yaml::Deserializer::from_str(&yaml) {
-        let doc = serde_yaml::Value::deserialize(document).expect("rendered YAML parses");
+    let mut by_kind = BTreeMap::<String, Vec<serde_norway::Value>>::new();
+    for document in serde_norway::Deserializer::from_str(&yaml) {
+        let doc = serde_norway::Value::deserialize(document).expect("rendered YAML parses");
         assert_eq!(
             doc["apiVersion"].as_str(),
             Some(MONITORING_API),
@@ -1111,7 +1110,7 @@ fn metrics_in_reads_the_metric_names_of_an_expression() {
 fn check_pod_monitor_reaches_the_agent(
     name: &str,
     rendered: &Rendered,
-    pod_monitor: &serde_yaml::Value,
+    pod_monitor: &serde_norway::Value,
 ) {
     let template = &daemon_set(rendered).spec.as_ref().expect("spec").template;
     let pod_labels = template

@@ -25,7 +25,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Install toolchains, bpf-linker, Debian and Python packages; mount bpffs.
+    /// Install toolchains, bpf-linker, Debian packages, the manifest validator (in a Python
+    /// virtual environment under ~/.cache/slicelb); mount bpffs.
     Setup,
     /// Release build; prints the binary's path.
     Build,

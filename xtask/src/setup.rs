@@ -1,5 +1,5 @@
 //! What a fresh machine needs before anything builds or runs: toolchains, bpf-linker, Debian
-//! packages, Python tools for the manifest checks, and bpffs. Idempotent; prints one line
+//! packages, the manifest validator (in a Python virtual environment), and bpffs. Idempotent; prints one line
 //! per step.
 
 use std::{path::PathBuf, process::Command};
@@ -21,8 +21,9 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("strace", "strace"),
 ];
 
-/// PyPI tool for the offline Kubernetes schema check of `deploy/`.
-const PIP_PACKAGES: &[(&str, &str)] = &[("kubernetes-validate==1.37.0", "kubernetes-validate")];
+/// The offline Kubernetes schema check of `deploy/` (PyPI only: it bundles the schemas, which
+/// no Debian package or Rust crate does), installed into [`toolchain::venv_dir`].
+const VALIDATOR: (&str, &str) = ("kubernetes-validate==1.37.0", "kubernetes-validate");
 
 fn have(program: &str) -> bool {
     Command::new("sh")
@@ -37,7 +38,7 @@ pub fn setup() -> anyhow::Result<PathBuf> {
     toolchain::ensure_toolchains()?;
     let linker_bin = toolchain::ensure_bpf_linker()?;
     ensure_apt_packages()?;
-    ensure_pip_packages()?;
+    ensure_validator()?;
     ensure_bpffs()?;
     Ok(linker_bin)
 }
@@ -56,32 +57,51 @@ fn ensure_apt_packages() -> anyhow::Result<()> {
         "debian packages: installing {}",
         missing.join(" ")
     ));
+    install_apt_packages(&missing)
+}
+
+fn install_apt_packages(packages: &[&str]) -> anyhow::Result<()> {
     cmd("apt-get", &["update", "-qq"]).status_ok()?;
     let mut args = vec!["install", "-y", "-qq", "--no-install-recommends"];
-    args.extend(&missing);
+    args.extend(packages);
     cmd("apt-get", &args)
         .env("DEBIAN_FRONTEND", "noninteractive")
         .status_ok()
 }
 
-fn ensure_pip_packages() -> anyhow::Result<()> {
-    for (requirement, program) in PIP_PACKAGES {
-        if have(program) {
-            step(&format!("python tool {program}: present"));
-            continue;
-        }
-        step(&format!("python tool {program}: installing {requirement}"));
-        cmd("python3", &["-m", "pip", "install", "-q", requirement]).status_ok()?;
-        // Under pyenv a new console script is reachable only once its shim exists.
-        if have("pyenv") {
-            let _ = cmd("pyenv", &["rehash"]).status();
-        }
-        if !have(program) {
-            anyhow::bail!(
-                "{requirement} installed, but `{program}` is not on PATH; add pip's script directory to PATH"
-            );
-        }
+/// The validator in a virtual environment of its own, never in the system Python.
+fn ensure_validator() -> anyhow::Result<()> {
+    let (requirement, program) = VALIDATOR;
+    let venv = toolchain::venv_dir();
+    let installed = venv.join("bin").join(program);
+    if installed.exists() {
+        step(&format!("python tool {program}: in {}", venv.display()));
+        return Ok(());
     }
+    step(&format!(
+        "python tool {program}: installing {requirement} into {}",
+        venv.display()
+    ));
+    let venv_arg = venv.to_str().context("the cache directory is not UTF-8")?;
+    // Debian's python3 has no `venv`/`ensurepip` without the python3-venv package.
+    if cmd("python3", &["-c", "import ensurepip, venv"])
+        .status_ok()
+        .is_err()
+    {
+        install_apt_packages(&["python3-venv"])?;
+    }
+    cmd("python3", &["-m", "venv", venv_arg]).status_ok()?;
+    let pip = venv.join("bin").join("pip");
+    cmd(
+        pip.to_str().context("the cache directory is not UTF-8")?,
+        &["install", "-q", requirement],
+    )
+    .status_ok()?;
+    anyhow::ensure!(
+        installed.exists(),
+        "{requirement} installed, but {} is missing",
+        installed.display()
+    );
     Ok(())
 }
 

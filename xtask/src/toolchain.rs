@@ -83,12 +83,22 @@ fn sysroot(toolchain: &str) -> anyhow::Result<PathBuf> {
 /// Where bpf-linker is installed: keyed by version and nightly, so a new pin (another LLVM)
 /// gets a fresh build instead of a linker for the wrong LLVM.
 pub fn bpf_linker_root() -> PathBuf {
+    cache_dir().join(format!("bpf-linker-{BPF_LINKER_VERSION}-{EBPF_NIGHTLY}"))
+}
+
+/// `~/.cache/slicelb` (or under `XDG_CACHE_HOME`): what setup installs outside the system.
+pub fn cache_dir() -> PathBuf {
     let base = env::var_os("XDG_CACHE_HOME")
         .map(PathBuf::from)
         .or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
         .unwrap_or_else(|| PathBuf::from("/tmp"));
     base.join("slicelb")
-        .join(format!("bpf-linker-{BPF_LINKER_VERSION}-{EBPF_NIGHTLY}"))
+}
+
+/// The Python virtual environment holding the manifest validator (a system Python that is
+/// externally managed, as on Debian 12+, refuses `pip install`).
+pub fn venv_dir() -> PathBuf {
+    cache_dir().join("venv")
 }
 
 /// Builds bpf-linker against the pinned nightly's own libLLVM when it is missing.
@@ -149,9 +159,10 @@ pub fn ensure_bpf_linker() -> anyhow::Result<PathBuf> {
     Ok(bin)
 }
 
-/// PATH with bpf-linker first, for every cargo that builds the eBPF object.
+/// PATH with bpf-linker first, for every cargo that builds the eBPF object, and the
+/// validator's virtual environment, for the manifest test.
 pub fn path_with(bin: &Path) -> std::ffi::OsString {
-    let mut paths = vec![bin.to_path_buf()];
+    let mut paths = vec![bin.to_path_buf(), venv_dir().join("bin")];
     if let Some(path) = env::var_os("PATH") {
         paths.extend(env::split_paths(&path));
     }

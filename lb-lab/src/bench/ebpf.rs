@@ -216,15 +216,12 @@ impl Generator {
         netns
             .enter(|| {
                 pin_to_cpu(cpu);
-                let iface_c = CString::new(iface.as_str()).expect("interface names have no NUL");
-                // SAFETY: if_nametoindex reads a NUL-terminated string.
-                let ifindex = unsafe { libc::if_nametoindex(iface_c.as_ptr()) };
-                if ifindex == 0 {
-                    return Err(BenchError::unexpected(
+                let ifindex = nix::net::if_::if_nametoindex(iface.as_str()).map_err(|_| {
+                    BenchError::unexpected(
                         "generator",
                         format!("no interface {iface} in {}", netns.name()),
-                    ));
-                }
+                    )
+                })?;
                 // struct xdp_md: data, data_end, data_meta, ingress_ifindex,
                 // rx_queue_index, egress_ifindex.
                 let ctx: Vec<u8> = [0, frame.len() as u32, 0, ifindex, 0, 0]

@@ -178,34 +178,14 @@ pub fn ratio(a: f64, b: f64) -> String {
 
 /// UTC now as (`YYYY-MM-DD`, `YYYY-MM-DD HH:MM:SS`).
 pub fn utc_now() -> (String, String) {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let (year, month, day) = civil_from_days((secs / 86_400) as i64);
-    let in_day = secs % 86_400;
-    let date = format!("{year:04}-{month:02}-{day:02}");
-    let time = format!(
-        "{date} {:02}:{:02}:{:02}",
-        in_day / 3600,
-        (in_day / 60) % 60,
-        in_day % 60
-    );
-    (date, time)
+    utc_strings(jiff::Timestamp::now())
 }
 
-/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
+fn utc_strings(at: jiff::Timestamp) -> (String, String) {
+    (
+        at.strftime("%Y-%m-%d").to_string(),
+        at.strftime("%Y-%m-%d %H:%M:%S").to_string(),
+    )
 }
 
 #[cfg(test)]
@@ -213,10 +193,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn dates_from_days() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(19_723), (2024, 1, 1));
-        assert_eq!(civil_from_days(20_513), (2026, 3, 1));
+    fn utc_dates_and_times() {
+        let at = |second| jiff::Timestamp::from_second(second).expect("in range");
+        let pair = |date: &str, time: &str| (date.to_owned(), time.to_owned());
+        assert_eq!(
+            utc_strings(at(0)),
+            pair("1970-01-01", "1970-01-01 00:00:00")
+        );
+        // 2024-01-01 and 2026-03-01 (after a February), plus 01:02:03.
+        assert_eq!(
+            utc_strings(at(19_723 * 86_400 + 3_723)),
+            pair("2024-01-01", "2024-01-01 01:02:03")
+        );
+        assert_eq!(
+            utc_strings(at(20_513 * 86_400 + 86_399)),
+            pair("2026-03-01", "2026-03-01 23:59:59")
+        );
     }
 
     #[test]

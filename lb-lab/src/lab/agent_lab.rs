@@ -434,7 +434,7 @@ mod tests {
         assert!(yaml.contains("{ready: false, serving: false, terminating: false}"));
         assert_eq!(yaml.matches("kind: EndpointSlice").count(), 3);
         for doc in yaml.split("\n---\n") {
-            let value: serde_yaml::Value = serde_yaml::from_str(doc)
+            let value: serde_norway::Value = serde_norway::from_str(doc)
                 .unwrap_or_else(|e| panic!("lab manifest does not parse: {e}\n{doc}"));
             assert!(
                 value.get("kind").is_some(),
@@ -447,7 +447,7 @@ mod tests {
     fn empty_endpoint_list_is_valid_yaml() {
         let yaml = manifests(&[]);
         for doc in yaml.split("\n---\n") {
-            let value: serde_yaml::Value = serde_yaml::from_str(doc)
+            let value: serde_norway::Value = serde_norway::from_str(doc)
                 .unwrap_or_else(|e| panic!("lab manifest does not parse: {e}\n{doc}"));
             if value.get("kind").and_then(|k| k.as_str()) == Some("EndpointSlice") {
                 let endpoints = value.get("endpoints").expect("endpoints key");

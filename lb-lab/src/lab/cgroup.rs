@@ -151,6 +151,7 @@ pub fn enter_before_exec(command: &mut Command, cgroup: &Path, netns: &Path) {
     // allocated before the fork.
     unsafe {
         command.pre_exec(move || {
+            // Raw libc for open/write/close: std's File would allocate its path between fork and exec.
             let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
             if fd < 0 {
                 return Err(std::io::Error::last_os_error());
@@ -165,13 +166,12 @@ pub fn enter_before_exec(command: &mut Command, cgroup: &Path, netns: &Path) {
             if fd < 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            let rc = libc::setns(fd, libc::CLONE_NEWNET);
-            let setns_error = std::io::Error::last_os_error();
+            let entered = nix::sched::setns(
+                std::os::fd::BorrowedFd::borrow_raw(fd),
+                nix::sched::CloneFlags::CLONE_NEWNET,
+            );
             libc::close(fd);
-            if rc != 0 {
-                return Err(setns_error);
-            }
-            Ok(())
+            entered.map_err(std::io::Error::from)
         });
     }
 }

@@ -16,7 +16,6 @@ pub mod syn_flood;
 use std::{
     fs::File,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    os::fd::AsFd,
     path::{Path, PathBuf},
     process::{Command, Output, Stdio},
     sync::atomic::{AtomicU32, Ordering},
@@ -201,16 +200,8 @@ impl Netns {
         })?;
         std::thread::scope(|scope| {
             let handle = scope.spawn(move || {
-                // SAFETY: setns on a valid namespace fd affects only this new thread.
-                let rc = unsafe {
-                    libc::setns(
-                        std::os::fd::AsRawFd::as_raw_fd(&file.as_fd()),
-                        libc::CLONE_NEWNET,
-                    )
-                };
-                if rc != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
+                // Entering a network namespace affects only this new thread.
+                nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)?;
                 Ok(f())
             });
             match handle.join() {
@@ -278,6 +269,7 @@ impl ChildGuard {
 
     /// Sends `signal` (SIGTERM for a clean stop, SIGKILL for a crash) and waits for exit.
     pub fn signal_and_wait(&mut self, signal: i32) -> std::io::Result<std::process::ExitStatus> {
+        // Raw libc: callers pass libc's signal numbers.
         // SAFETY: kill on our own child's pid, which we have not reaped yet.
         unsafe { libc::kill(self.child.id() as i32, signal) };
         self.child.wait()
@@ -542,10 +534,8 @@ fn built_binary(name: &str, build_hint: &str) -> Result<PathBuf, LabError> {
 
 /// Panics with a clear message unless running as root (the root tests use this first).
 pub fn require_root(what: &str) {
-    // SAFETY: geteuid has no preconditions.
-    let uid = unsafe { libc::geteuid() };
     assert!(
-        uid == 0,
+        nix::unistd::geteuid().is_root(),
         "{what} needs root (BPF, network namespaces); run `cargo xtask test` as root"
     );
 }

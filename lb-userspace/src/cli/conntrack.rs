@@ -514,7 +514,7 @@ mod tests {
             ..json
         };
         let from_yaml: serde_json::Value =
-            serde_yaml::from_str(&yaml.serialized(&rows).expect("yaml")).expect("valid YAML");
+            serde_norway::from_str(&yaml.serialized(&rows).expect("yaml")).expect("valid YAML");
         assert_eq!(from_yaml, value);
     }
 

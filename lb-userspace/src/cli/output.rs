@@ -49,7 +49,9 @@ impl OutputArgs {
             OutputFormat::Json => {
                 Some(serde_json::to_string_pretty(value).expect("rows are plain data") + "\n")
             }
-            OutputFormat::Yaml => Some(serde_yaml::to_string(value).expect("rows are plain data")),
+            OutputFormat::Yaml => {
+                Some(serde_norway::to_string(value).expect("rows are plain data"))
+            }
             OutputFormat::Table | OutputFormat::Wide => None,
         }
     }
@@ -210,7 +212,7 @@ mod tests {
             serde_json::from_str(&with(OutputFormat::Json).serialized(&rows).expect("json"))
                 .expect("valid JSON");
         let yaml: serde_json::Value =
-            serde_yaml::from_str(&with(OutputFormat::Yaml).serialized(&rows).expect("yaml"))
+            serde_norway::from_str(&with(OutputFormat::Yaml).serialized(&rows).expect("yaml"))
                 .expect("valid YAML");
         assert_eq!(json, yaml);
         assert_eq!(json[0]["namespace"], "default");

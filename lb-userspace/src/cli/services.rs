@@ -516,7 +516,7 @@ default/my-app-service:http   NodePort    198.18.0.1:30080/TCP        198.18.1.2
             .expect("number");
         assert!((share - 50.199).abs() < 0.01, "share {share}");
         assert_eq!(json[0]["flags"][0], "no-endpoints(reject)");
-        let yaml: serde_json::Value = serde_yaml::from_str(
+        let yaml: serde_json::Value = serde_norway::from_str(
             &OutputArgs {
                 output: OutputFormat::Yaml,
                 ..output

@@ -172,7 +172,7 @@ mod tests {
         assert_eq!(json["verdicts"]["load-balanced"], 55);
         assert_eq!(json["sockets"]["connect_translated"], 9);
         let yaml: serde_json::Value =
-            serde_yaml::from_str(&serde_yaml::to_string(&stats.by_name()).expect("YAML"))
+            serde_norway::from_str(&serde_norway::to_string(&stats.by_name()).expect("YAML"))
                 .expect("valid YAML");
         assert_eq!(yaml, json);
         let table = stats.render_table(true);

@@ -583,7 +583,7 @@ mod tests {
         assert_eq!(json["maps"][0]["entries"], 131_072);
         assert!(json["maps"][1].get("entries").is_none(), "{json}");
         assert_eq!(json["agent"]["running"], true);
-        let yaml: serde_json::Value = serde_yaml::from_str(
+        let yaml: serde_json::Value = serde_norway::from_str(
             &OutputArgs {
                 output: OutputFormat::Yaml,
                 no_headers: false,

@@ -34,7 +34,8 @@ impl XdpMode {
 
 /// Whether `iface` sits on a bus (PCI, ...): a physical NIC, where native XDP is right.
 /// Virtual devices (veth, bridge, tun, ...) report no bus. Asked with the ethtool ioctl,
-/// which answers for this network namespace (sysfs may show another one's).
+/// which answers for this network namespace (sysfs may show another one's). Raw libc: no
+/// maintained crate wraps SIOCETHTOOL's driver-info request.
 fn has_bus(iface: &str) -> bool {
     const ETHTOOL_GDRVINFO: u32 = 0x0000_0003;
     #[repr(C)]

@@ -954,8 +954,8 @@ pub fn interface_index(iface: &str) -> Result<u32, LoadError> {
     let name = CString::new(iface).map_err(|_| LoadError::InterfaceName {
         iface: iface.into(),
     })?;
-    // SAFETY: a valid NUL-terminated string.
-    Ok(unsafe { libc::if_nametoindex(name.as_ptr()) })
+    // if_nametoindex fails only with ENODEV (no such interface) here.
+    Ok(nix::net::if_::if_nametoindex(name.as_c_str()).unwrap_or(0))
 }
 
 /// The size `capacity` gives `map`; `None` for the maps the object sizes itself (the

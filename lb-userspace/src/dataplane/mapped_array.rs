@@ -9,12 +9,12 @@
 
 use std::{
     io,
-    os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, OwnedFd},
-    ptr::NonNull,
+    os::fd::{AsFd as _, BorrowedFd, OwnedFd},
     sync::atomic::{AtomicU32, Ordering},
 };
 
 use aya::maps::MapInfo;
+use memmap2::{MmapOptions, MmapRaw};
 
 /// `BPF_F_MMAPABLE` (uapi `linux/bpf.h`): the array's values can be mmapped.
 pub const BPF_F_MMAPABLE: u32 = 1 << 10;
@@ -127,75 +127,50 @@ impl MappedArray {
     }
 }
 
-/// Bytes `first_byte..first_byte + bytes` of an array's values, mapped shared and writable.
+/// Bytes `first_byte..first_byte + mapping.len()` of an array's values, mapped shared and writable.
+/// `MmapRaw` hands out only raw pointers, never `&[u8]`: the kernel and other processes
+/// change these bytes at any time.
 struct Window {
-    words: NonNull<AtomicU32>,
+    mapping: MmapRaw,
     first_byte: usize,
-    bytes: usize,
 }
-
-// SAFETY: the mapping is plain shared memory reached only through `AtomicU32`, which may be
-// used from any thread; nothing in it is tied to the thread that mapped it.
-unsafe impl Send for Window {}
-// SAFETY: as above; `&Window` hands out only atomic accesses.
-unsafe impl Sync for Window {}
 
 impl Window {
     /// `first_byte` is a multiple of the page size; `bytes > 0`.
     fn map(fd: BorrowedFd<'_>, first_byte: usize, bytes: usize) -> io::Result<Self> {
-        let offset = libc::off_t::try_from(first_byte).map_err(io::Error::other)?;
-        // SAFETY: asks for a fresh shared mapping of the map's values (the kernel checks the
-        // range against the array's size); it aliases no Rust object.
-        let address = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                bytes,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                offset,
-            )
-        };
-        if address == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        let words = NonNull::new(address.cast::<AtomicU32>())
-            .ok_or_else(|| io::Error::other("mmap returned a null address"))?;
+        // The length is given: a BPF map's descriptor has no file size to take it from. The
+        // kernel checks the range against the array's size.
+        let mapping = MmapOptions::new()
+            .offset(first_byte as u64)
+            .len(bytes)
+            .map_raw(&fd)?;
         Ok(Self {
-            words,
+            mapping,
             first_byte,
-            bytes,
         })
     }
 
     fn holds(&self, offset: u32, count: usize) -> bool {
         let first = offset as usize * ELEMENT_STRIDE_BYTES;
         first >= self.first_byte
-            && first + count * ELEMENT_STRIDE_BYTES <= self.first_byte + self.bytes
+            && first + count * ELEMENT_STRIDE_BYTES <= self.first_byte + self.mapping.len()
     }
 
     /// The value words of elements `offset..offset + count`, which the window holds.
     fn elements(&self, offset: u32, count: usize) -> impl Iterator<Item = &AtomicU32> {
         assert!(self.holds(offset, count), "elements outside the window");
-        // SAFETY: `words` points at `bytes` mapped bytes, page-aligned (so aligned for
-        // AtomicU32), alive while `self` is; AtomicU32 allows the kernel and other
-        // processes to read and write them at the same time.
+        // SAFETY: the mapping holds `len()` bytes, page-aligned (so aligned for AtomicU32),
+        // alive while `self` is; AtomicU32 allows the kernel and other processes to read and
+        // write them at the same time.
         let words = unsafe {
-            std::slice::from_raw_parts(self.words.as_ptr(), self.bytes / size_of::<u32>())
+            std::slice::from_raw_parts(
+                self.mapping.as_mut_ptr().cast::<AtomicU32>(),
+                self.mapping.len() / size_of::<u32>(),
+            )
         };
         let start = (offset as usize * ELEMENT_STRIDE_BYTES - self.first_byte) / size_of::<u32>();
         words[start..start + count * WORDS_PER_ELEMENT]
             .iter()
             .step_by(WORDS_PER_ELEMENT)
-    }
-}
-
-impl Drop for Window {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly the mapping made in `map`; `&mut self` means no borrow of
-        // it is alive. A failure (impossible for a valid mapping) only leaks address space.
-        unsafe {
-            libc::munmap(self.words.as_ptr().cast(), self.bytes);
-        }
     }
 }

@@ -4,11 +4,11 @@
 use std::{collections::BTreeSet, net::SocketAddr};
 
 use lb_common::{FrontendKey, FrontendValue, SourceRangeKey};
+use rustc_hash::{FxBuildHasher, FxHashMap, FxHashSet};
 
 use super::{
     BuddyAllocator, Planner,
     encode::{backend_identity, frontend_key, source_range_entries},
-    fast_hash::{FastMap, FastSet, sized_map},
     ids::IdAllocator,
     planner::LedgerPort,
     stale::AdmittedUdpPort,
@@ -61,25 +61,27 @@ pub enum RejectReason {
 /// What the applied state holds, indexed for the plan.
 pub(super) struct AppliedIndex<'a> {
     pub(super) applied: &'a AppliedState,
-    pub(super) service_id: FastMap<&'a str, u32>,
-    pub(super) backend_id: FastMap<SocketAddr, u32>,
-    pub(super) frontends_by_service: FastMap<u32, Vec<FrontendKey>>,
+    pub(super) service_id: FxHashMap<&'a str, u32>,
+    pub(super) backend_id: FxHashMap<SocketAddr, u32>,
+    pub(super) frontends_by_service: FxHashMap<u32, Vec<FrontendKey>>,
 }
 
 impl<'a> AppliedIndex<'a> {
     pub(super) fn new(applied: &'a AppliedState) -> Self {
-        let mut service_id = sized_map(applied.service_names.len());
+        let mut service_id =
+            FxHashMap::with_capacity_and_hasher(applied.service_names.len(), FxBuildHasher);
         for (id, name) in &applied.service_names {
             // Duplicate names (a foreign writer): the lowest id wins, the others are removed.
             service_id.entry(name.as_str()).or_insert(*id);
         }
-        let mut backend_id = sized_map(applied.backends.len());
+        let mut backend_id =
+            FxHashMap::with_capacity_and_hasher(applied.backends.len(), FxBuildHasher);
         for (id, backend) in &applied.backends {
             if let Some(addr) = backend_identity(backend) {
                 backend_id.entry(addr).or_insert(*id);
             }
         }
-        let mut frontends_by_service: FastMap<u32, Vec<FrontendKey>> = FastMap::default();
+        let mut frontends_by_service: FxHashMap<u32, Vec<FrontendKey>> = FxHashMap::default();
         for (key, value) in &applied.frontends {
             frontends_by_service
                 .entry(value.service_id)
@@ -121,20 +123,20 @@ pub(super) struct Work<'a> {
     pub(super) selection: BuddyAllocator,
     /// Tables placed in this plan (reused or new), by key: frontends with equal backends
     /// share one.
-    pub(super) placed: FastMap<TableKey, u32>,
+    pub(super) placed: FxHashMap<TableKey, u32>,
     pub(super) frontend_count: usize,
     pub(super) range_count: usize,
     /// TABLE_MEMBERS entries once the plan is applied (freed tables' entries counted until
     /// the next plan, as their deletion comes last).
     pub(super) member_count: u64,
-    pub(super) keep_frontends: FastSet<FrontendKey>,
+    pub(super) keep_frontends: FxHashSet<FrontendKey>,
     /// Offsets of the tables frontends point at after the plan.
-    pub(super) referenced_tables: FastSet<u32>,
-    pub(super) keep_service_ids: FastSet<u32>,
-    pub(super) keep_backend_ids: FastSet<u32>,
+    pub(super) referenced_tables: FxHashSet<u32>,
+    pub(super) keep_service_ids: FxHashSet<u32>,
+    pub(super) keep_backend_ids: FxHashSet<u32>,
     pub(super) keep_ranges: BTreeSet<(SourceRangeKey, u32)>,
     /// Backends the admitted services want, by id.
-    pub(super) backends: FastMap<u32, (SocketAddr, DesiredBackend)>,
+    pub(super) backends: FxHashMap<u32, (SocketAddr, DesiredBackend)>,
     pub(super) name_ops: Vec<MapOp>,
     pub(super) selection_ops: Vec<MapOp>,
     pub(super) range_ops: Vec<MapOp>,

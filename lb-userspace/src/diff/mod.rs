@@ -25,7 +25,6 @@ mod admission;
 mod buddy;
 mod drift;
 pub mod encode;
-mod fast_hash;
 mod ids;
 mod maglev;
 mod planner;

@@ -4,12 +4,12 @@
 use std::{collections::BTreeSet, net::SocketAddr, sync::Arc};
 
 use lb_common::{FrontendKey, SourceRangeKey};
+use rustc_hash::{FxBuildHasher, FxHashMap, FxHashSet};
 
 use super::{
     BuddyAllocator, Plan,
     admission::{AppliedIndex, Work},
     encode::backend_entry,
-    fast_hash::{FastMap, FastSet, sized_map, sized_set},
     ids::IdAllocator,
     stale::ServingMemory,
     tables::{TableKey, free_selection},
@@ -24,13 +24,13 @@ use crate::{
 #[derive(Debug, Default)]
 pub struct Planner {
     /// Table slots (backend ids) by table key, with the plan number that last used them.
-    pub(super) tables: FastMap<TableKey, (Arc<[u32]>, u64)>,
+    pub(super) tables: FxHashMap<TableKey, (Arc<[u32]>, u64)>,
     /// What each SELECTION block in use holds, as this planner wrote or last verified it.
     /// Blocks in use are never written (new tables go to free space), so while a frontend
     /// keeps pointing at a block its contents stay as recorded; this spares re-reading
     /// every table on every plan. It assumes this planner is the maps' only writer: after
     /// anything else wrote SELECTION, call [`Planner::forget_tables`].
-    pub(super) written: FastMap<u32, Arc<[u32]>>,
+    pub(super) written: FxHashMap<u32, Arc<[u32]>>,
     pub(super) plans: u64,
     /// Who uses which backend after the last plan, when that plan admitted everything;
     /// lets [`Planner::plan_changes`] look at the changed service ports only.
@@ -43,9 +43,9 @@ pub struct Planner {
 /// free: what [`Planner::plan_changes`] needs to look at the changed ports only.
 #[derive(Debug, Default)]
 struct Ledger {
-    ports: FastMap<Arc<ServicePortName>, LedgerPort>,
+    ports: FxHashMap<Arc<ServicePortName>, LedgerPort>,
     /// The service ports using each backend address.
-    users: FastMap<SocketAddr, Vec<Arc<ServicePortName>>>,
+    users: FxHashMap<SocketAddr, Vec<Arc<ServicePortName>>>,
     /// Free SELECTION space once the last plan is applied: built from the applied state by
     /// the first scoped plan after a whole one, then kept in step with the scoped plans'
     /// own allocations and releases (a rebuild reads every frontend and table).
@@ -154,7 +154,7 @@ impl Planner {
         let mut planned = changed.clone();
         loop {
             let before = planned.len();
-            let addrs: FastSet<SocketAddr> = planned
+            let addrs: FxHashSet<SocketAddr> = planned
                 .iter()
                 .filter_map(|name| ledger.ports.get(name))
                 .flat_map(|port| port.backends.iter().map(|(addr, _)| *addr))
@@ -239,7 +239,7 @@ impl Planner {
         // Service ids frontends use without a name (left by a foreign writer) are taken too.
         // A scoped plan follows a whole plan that admitted everything, which deleted every
         // frontend without a name: no need to look at them all.
-        let unnamed_ids: FastSet<u32> = if whole {
+        let unnamed_ids: FxHashSet<u32> = if whole {
             applied
                 .frontends
                 .values()
@@ -247,7 +247,7 @@ impl Planner {
                 .filter(|id| !applied.service_names.contains_key(id))
                 .collect()
         } else {
-            FastSet::default()
+            FxHashSet::default()
         };
         let taken_service_ids = applied.service_names.len() + unnamed_ids.len();
         let highest_service_id = applied
@@ -281,17 +281,23 @@ impl Planner {
                 capacity.backends,
             ),
             selection,
-            placed: sized_map(services.len()),
+            placed: FxHashMap::with_capacity_and_hasher(services.len(), FxBuildHasher),
             frontend_count: applied.frontends.len(),
             range_count: applied.source_ranges.len(),
             member_count: applied.table_member_count(),
-            keep_frontends: sized_set(scope.frontends.len()),
-            referenced_tables: sized_set(scope.frontends.len()),
+            keep_frontends: FxHashSet::with_capacity_and_hasher(
+                scope.frontends.len(),
+                FxBuildHasher,
+            ),
+            referenced_tables: FxHashSet::with_capacity_and_hasher(
+                scope.frontends.len(),
+                FxBuildHasher,
+            ),
             udp_ports: Vec::new(),
-            keep_service_ids: sized_set(services.len()),
-            keep_backend_ids: FastSet::default(),
+            keep_service_ids: FxHashSet::with_capacity_and_hasher(services.len(), FxBuildHasher),
+            keep_backend_ids: FxHashSet::default(),
             keep_ranges: BTreeSet::new(),
-            backends: sized_map(scope.backends.len()),
+            backends: FxHashMap::with_capacity_and_hasher(scope.backends.len(), FxBuildHasher),
             name_ops: Vec::new(),
             selection_ops: Vec::new(),
             range_ops: Vec::new(),
@@ -303,7 +309,7 @@ impl Planner {
 
         // A planned port that is not UDP (any more), or gone, is forgotten; a rejected one
         // keeps what it had, as its maps do.
-        let udp_names: FastSet<&ServicePortName> = services
+        let udp_names: FxHashSet<&ServicePortName> = services
             .iter()
             .filter(|(_, service)| service.protocol == Protocol::Udp)
             .map(|(name, _)| *name)

@@ -21,7 +21,9 @@
 
 use std::{collections::BTreeSet, net::SocketAddr};
 
-use super::{encode::encode_addr, fast_hash::FastMap};
+use rustc_hash::FxHashMap;
+
+use super::encode::encode_addr;
 use crate::{
     dataplane::{FlowEndpoint, Serving, StaleFlows},
     model::ServicePortName,
@@ -39,7 +41,7 @@ pub(super) struct AdmittedUdpPort {
 /// them.
 #[derive(Debug, Default)]
 pub(super) struct ServingMemory {
-    ports: FastMap<ServicePortName, BTreeSet<SocketAddr>>,
+    ports: FxHashMap<ServicePortName, BTreeSet<SocketAddr>>,
 }
 
 impl ServingMemory {

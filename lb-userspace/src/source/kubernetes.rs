@@ -28,6 +28,7 @@ use kube::{
         watcher,
     },
 };
+use rustls_pki_types::{CertificateDer, pem::PemObject as _};
 use serde::de::DeserializeOwned;
 use tokio::{
     sync::mpsc,
@@ -172,14 +173,10 @@ pub enum KubernetesError {
         source: io::Error,
     },
     #[error(
-        "the in-cluster configuration from {dir} is unusable: {source}; check that ca.crt is a PEM certificate",
+        "the in-cluster configuration from {dir} is unusable: {reason}; check that ca.crt is a PEM certificate",
         dir = dir.display()
     )]
-    InClusterConfig {
-        dir: PathBuf,
-        #[source]
-        source: KubeconfigError,
-    },
+    InClusterConfig { dir: PathBuf, reason: String },
     #[error("cannot create a Kubernetes client for {server}: {source}")]
     Client {
         server: String,
@@ -213,8 +210,9 @@ pub async fn client_config(connection: &Connection) -> Result<kube::Config, Kube
     }
 }
 
-/// The in-cluster configuration as a kubeconfig of file references, so that kube re-reads the
-/// (rotating, projected) token file as client-go does.
+/// The in-cluster configuration, with the settings [`kube::Config::incluster_env`] makes (that
+/// function reads only the fixed pod paths, so tests could not point it at their own
+/// directory): the token and the CA are given as files, which kube re-reads as they rotate.
 async fn in_cluster_config(paths: &InClusterPaths) -> Result<kube::Config, KubernetesError> {
     let (host, port) = match &paths.api_server {
         Some((host, port)) => (host.clone(), *port),
@@ -245,32 +243,32 @@ async fn in_cluster_config(paths: &InClusterPaths) -> Result<kube::Config, Kuber
     for file in [&token, &ca] {
         check_readable(file)?;
     }
-    let namespace = tokio::fs::read_to_string(dir.join("namespace"))
+    let in_cluster_error = |reason: String| KubernetesError::InClusterConfig {
+        dir: dir.clone(),
+        reason,
+    };
+    let cluster_url = server
+        .parse()
+        .map_err(|error| in_cluster_error(format!("{server} is not a URL: {error}")))?;
+    let root_cert = CertificateDer::pem_file_iter(&ca)
+        .and_then(|certificates| {
+            certificates
+                .map(|certificate| certificate.map(|der| der.to_vec()))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .map_err(|error| in_cluster_error(format!("ca.crt: {error}")))?;
+    if root_cert.is_empty() {
+        return Err(in_cluster_error("ca.crt holds no certificate".to_owned()));
+    }
+    let mut config = kube::Config::new(cluster_url);
+    config.default_namespace = tokio::fs::read_to_string(dir.join("namespace"))
         .await
         .map(|namespace| namespace.trim().to_owned())
         .unwrap_or_else(|_| "default".to_owned());
-
-    let kubeconfig = serde_json::json!({
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "in-cluster", "cluster": {
-            "server": server,
-            "certificate-authority": ca,
-        }}],
-        "users": [{"name": "service-account", "user": {"tokenFile": token}}],
-        "contexts": [{"name": "in-cluster", "context": {
-            "cluster": "in-cluster", "user": "service-account", "namespace": namespace,
-        }}],
-        "current-context": "in-cluster",
-    });
-    let in_cluster_error = |source| KubernetesError::InClusterConfig {
-        dir: dir.clone(),
-        source,
-    };
-    let kubeconfig = Kubeconfig::from_yaml(&kubeconfig.to_string()).map_err(in_cluster_error)?;
-    kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .map_err(in_cluster_error)
+    config.root_cert = Some(root_cert);
+    config.root_cert_file = Some(ca);
+    config.auth_info.token_file = Some(token.to_string_lossy().into_owned());
+    Ok(config)
 }
 
 fn check_readable(path: &Path) -> Result<(), KubernetesError> {
@@ -647,4 +645,43 @@ where
         }
     });
     reader
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The settings kube's `incluster_env` makes: the token and the CA as files (which kube
+    /// re-reads as they rotate), the namespace file's namespace, an IPv6 host in brackets.
+    #[tokio::test]
+    async fn in_cluster_config_gives_kube_the_files_it_reloads() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = rcgen::generate_simple_self_signed(vec!["kubernetes".into()]).unwrap();
+        std::fs::write(dir.path().join("token"), "token").unwrap();
+        std::fs::write(dir.path().join("ca.crt"), ca.cert.pem()).unwrap();
+        std::fs::write(dir.path().join("namespace"), "kube-system\n").unwrap();
+        let paths = InClusterPaths {
+            service_account_dir: dir.path().to_path_buf(),
+            api_server: Some(("2001:2::1".into(), 6443)),
+        };
+        let config = in_cluster_config(&paths).await.unwrap();
+        assert_eq!(config.cluster_url.scheme_str(), Some("https"));
+        assert_eq!(config.cluster_url.host(), Some("[2001:2::1]"));
+        assert_eq!(config.cluster_url.port_u16(), Some(6443));
+        assert_eq!(config.default_namespace, "kube-system");
+        let token = dir.path().join("token");
+        assert_eq!(config.auth_info.token_file.as_deref(), token.to_str());
+        assert_eq!(
+            config.root_cert_file.as_deref(),
+            Some(dir.path().join("ca.crt").as_path())
+        );
+        assert_eq!(config.root_cert, Some(vec![ca.cert.der().to_vec()]));
+
+        std::fs::write(dir.path().join("ca.crt"), "not a certificate").unwrap();
+        let error = in_cluster_config(&paths).await.unwrap_err();
+        assert!(
+            matches!(error, KubernetesError::InClusterConfig { .. }),
+            "a ca.crt without a certificate is refused: {error}"
+        );
+    }
 }

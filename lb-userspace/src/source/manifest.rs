@@ -86,7 +86,7 @@ pub enum ProblemReason {
     #[error("cannot read the file: {0}")]
     Read(#[source] io::Error),
     #[error("not valid YAML: {0}")]
-    Yaml(#[source] serde_yaml::Error),
+    Yaml(#[source] serde_norway::Error),
     #[error("not valid JSON: {0}")]
     Json(#[source] serde_json::Error),
     #[error("not an object with apiVersion and kind (every document must be a Kubernetes object)")]
@@ -565,11 +565,11 @@ fn label<'a>(metadata: &'a ObjectMeta, key: &str) -> Option<&'a str> {
 }
 
 /// The documents up to and including the first syntax error (after which the stream is lost,
-/// and serde_yaml would repeat the error forever).
+/// and the YAML deserializer would repeat the error forever).
 fn parse_yaml_documents(text: &str) -> Vec<Result<Value, ProblemReason>> {
     use serde::Deserialize as _;
-    let documents = serde_yaml::Deserializer::from_str(text).map(|document| {
-        let yaml = serde_yaml::Value::deserialize(document).map_err(ProblemReason::Yaml)?;
+    let documents = serde_norway::Deserializer::from_str(text).map(|document| {
+        let yaml = serde_norway::Value::deserialize(document).map_err(ProblemReason::Yaml)?;
         // Non-string keys and the like do not fit a Kubernetes object.
         serde_json::to_value(yaml).map_err(ProblemReason::Json)
     });

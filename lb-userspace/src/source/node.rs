@@ -34,41 +34,16 @@ fn is_ipv6_link_local(ip: &IpAddr) -> bool {
 /// Every address on every interface of this network namespace, with the interface's name
 /// (getifaddrs).
 fn local_addresses() -> std::io::Result<Vec<(String, IpAddr)>> {
-    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs fills `head` with a list we free below with freeifaddrs.
-    if unsafe { libc::getifaddrs(&mut head) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let mut addresses = Vec::new();
-    let mut cursor = head;
-    while !cursor.is_null() {
-        // SAFETY: cursor walks the list getifaddrs returned; ifa_addr may be null.
-        let entry = unsafe { &*cursor };
-        if !entry.ifa_addr.is_null() {
-            // SAFETY: ifa_addr points at a sockaddr whose family tells its real type.
-            let family = i32::from(unsafe { (*entry.ifa_addr).sa_family });
-            // SAFETY: ifa_name is a NUL-terminated string for every entry.
-            let name = unsafe { std::ffi::CStr::from_ptr(entry.ifa_name) }
-                .to_string_lossy()
-                .into_owned();
-            if family == libc::AF_INET {
-                // SAFETY: AF_INET means a sockaddr_in.
-                let sin = unsafe { &*(entry.ifa_addr as *const libc::sockaddr_in) };
-                addresses.push((
-                    name,
-                    IpAddr::from(u32::from_be(sin.sin_addr.s_addr).to_be_bytes()),
-                ));
-            } else if family == libc::AF_INET6 {
-                // SAFETY: AF_INET6 means a sockaddr_in6.
-                let sin6 = unsafe { &*(entry.ifa_addr as *const libc::sockaddr_in6) };
-                addresses.push((name, IpAddr::from(sin6.sin6_addr.s6_addr)));
-            }
-        }
-        cursor = entry.ifa_next;
-    }
-    // SAFETY: head came from getifaddrs and is freed once.
-    unsafe { libc::freeifaddrs(head) };
-    Ok(addresses)
+    Ok(nix::ifaddrs::getifaddrs()?
+        .filter_map(|entry| {
+            let address = entry.address?;
+            let ip = address
+                .as_sockaddr_in()
+                .map(|v4| IpAddr::V4(v4.ip()))
+                .or_else(|| address.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip())))?;
+            Some((entry.interface_name, ip))
+        })
+        .collect())
 }
 
 #[cfg(test)]

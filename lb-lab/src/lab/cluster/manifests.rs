@@ -272,7 +272,7 @@ pub fn node_manifest(node: &str, to_be_deleted: bool) -> String {
         }),
         ..Node::default()
     };
-    serde_yaml::to_string(&object).expect("a Node serializes to YAML")
+    serde_norway::to_string(&object).expect("a Node serializes to YAML")
 }
 
 /// `name` in [`NAMESPACE`], with `labels`.
@@ -381,9 +381,9 @@ pub fn my_app_manifests(endpoints: &[ClusterEndpoint]) -> String {
 pub fn manifests(services: &[ClusterService], endpoints: &[ClusterEndpoint]) -> String {
     let mut documents = Vec::new();
     for service in services {
-        documents.push(serde_yaml::to_string(&service.service()));
+        documents.push(serde_norway::to_string(&service.service()));
         for ipv6 in [false, true] {
-            documents.push(serde_yaml::to_string(&service.slice(endpoints, ipv6)));
+            documents.push(serde_norway::to_string(&service.slice(endpoints, ipv6)));
         }
     }
     let documents: Vec<String> = documents
