@@ -571,24 +571,29 @@ fn measure_family(
             "not measured: no flow to reply to (the hit was not balanced)".into(),
         ),
     });
-    rows.extend(measure_masquerade(slicelb, restore, family, config)?);
+    rows.extend(measure_masquerade(
+        slicelb,
+        restore,
+        family,
+        config,
+        (floor, parse_only),
+    )?);
     Ok(rows)
 }
 
 /// The masquerade path: a flow from outside to an external IP whose endpoint is on another
 /// node. Its DNATed packet through TC egress (source NAT, an existing mapping), and the
 /// endpoint's reply to the node's address and port through XDP ingress (given back to the
-/// client), each behind the restore like the other rewriting cases.
+/// client), each behind the restore like the other rewriting cases; `floor` and
+/// `parse_only` as measured for the family's other cases.
 fn measure_masquerade(
     slicelb: &Slicelb,
     restore: &mut PerPacketPrograms,
     family: Family,
     config: &Config,
+    (floor, parse_only): (f64, f64),
 ) -> Result<Vec<CaseRow>, BenchError> {
     let (repeat, runs) = (config.repeat, config.runs);
-    let hit = frame(family.client(40_000), family.masquerade_target());
-    let (floor, _) = repeated(restore.ebpf(), bench_programs::XDP_EMPTY, &hit, config)?;
-    let (parse_only, _) = repeated(restore.ebpf(), bench_programs::XDP_PARSE_ONLY, &hit, config)?;
     let row = |case: &'static str, ns: f64, note: String| CaseRow {
         case,
         ns,
