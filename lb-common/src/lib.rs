@@ -71,6 +71,11 @@ pub mod map_names {
     /// directions of each masqueraded flow. A plain hash, not an LRU: a live mapping is
     /// never evicted; the agent deletes expired ones.
     pub const SNAT: &str = "SNAT";
+    /// TCP flows in their handshake: balanced on the client's SYN, not yet confirmed by the
+    /// client's first packet after it. An LRU of their own, so that a SYN flood (spoofed
+    /// SYNs never complete) evicts only its own kind, never an established flow of
+    /// CONNTRACK; the client's first non-SYN packet moves the flow into CONNTRACK.
+    pub const HANDSHAKES: &str = "HANDSHAKES";
     /// Interface index -> the addresses masqueraded flows leaving through it take.
     pub const SNAT_ADDRESSES: &str = "SNAT_ADDRESSES";
 }
@@ -119,6 +124,8 @@ pub mod capacity {
     pub const SOCK_REVERSE: u32 = 262_144;
     /// Open connected sockets to a service per node (an LRU; deleted at socket release).
     pub const SOCK_CONNECTED: u32 = 262_144;
+    /// TCP flows in their handshake (two entries each), a quarter of CONNTRACK.
+    pub const HANDSHAKES: u32 = CONNTRACK / 4;
     /// SNAT entries (two per masqueraded flow: 65 536 flows).
     pub const SNAT: u32 = 131_072;
     /// Interfaces with masquerade addresses.
@@ -645,7 +652,7 @@ const fn layout<K, V>(name: &'static str, last_seen_offset: Option<usize>) -> Ma
 }
 
 /// The layout of every pinned map (per-CPU maps: one CPU's value).
-pub const MAP_LAYOUTS: [MapLayout; 19] = [
+pub const MAP_LAYOUTS: [MapLayout; 20] = [
     layout::<FrontendKey, FrontendValue>(map_names::FRONTENDS, None),
     layout::<u32, u64>(map_names::FRONTEND_FILTER, None),
     layout::<u32, Backend>(map_names::BACKENDS, None),
@@ -675,6 +682,10 @@ pub const MAP_LAYOUTS: [MapLayout; 19] = [
         Some(core::mem::offset_of!(SnatValue, last_seen_ns)),
     ),
     layout::<u32, SnatAddresses>(map_names::SNAT_ADDRESSES, None),
+    layout::<FlowKey, FlowValue>(
+        map_names::HANDSHAKES,
+        Some(core::mem::offset_of!(FlowValue, last_seen_ns)),
+    ),
 ];
 
 /// The layout of the pinned map `name`, if it is one.
@@ -750,7 +761,7 @@ mod tests {
     /// `dataplane/migrate.rs`), then write the new sizes here.
     #[test]
     fn layout_version_names_the_pinned_sizes() {
-        let sizes: [(&str, usize, usize); 19] = [
+        let sizes: [(&str, usize, usize); 20] = [
             ("FRONTENDS", 20, 24),
             ("FRONTEND_FILTER", 4, 8),
             ("BACKENDS", 4, 24),
@@ -770,8 +781,9 @@ mod tests {
             ("SOCKET_STATS", 4, 8),
             ("SNAT", 40, 32),
             ("SNAT_ADDRESSES", 4, 40),
+            ("HANDSHAKES", 40, 40),
         ];
-        let pinned: [(&str, usize, usize); 19] =
+        let pinned: [(&str, usize, usize); 20] =
             MAP_LAYOUTS.map(|layout| (layout.name, layout.key_size, layout.value_size));
         assert_eq!(
             (LAYOUT_VERSION, pinned),

@@ -23,7 +23,7 @@ use lb_common::{
 use crate::{
     csum,
     ctx::PacketCtx,
-    maps::{CONNTRACK, Lookup as _, SNAT},
+    maps::{CONNTRACK, HANDSHAKES, Lookup as _, SNAT},
     parse::Parsed,
     parse::ZERO_ADDR,
     verdict::Verdict,
@@ -158,7 +158,11 @@ fn find_quoted<C: PacketCtx>(
         Direction::Egress => flow_direction::REPLY,
         Direction::Ingress => flow_direction::FORWARD,
     };
-    let translation = match CONNTRACK.value(&key) {
+    let flow = match CONNTRACK.value(&key) {
+        None if proto == PROTO_TCP => HANDSHAKES.value(&key),
+        found => found,
+    };
+    let translation = match flow {
         Some(flow) if flow.direction == wanted => (flow.nat_addr, flow.nat_port),
         // On ingress, an error about a masqueraded packet (node address and port ->
         // endpoint, e.g. fragmentation needed on the way to the other node): its quote is

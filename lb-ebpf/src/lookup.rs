@@ -22,16 +22,17 @@ use lb_common::{
 
 use crate::{
     maps::{
-        AFFINITY, BACKENDS, CONFIG, CONNTRACK, FRONTEND_FILTER, FRONTENDS, Lookup as _, SELECTION,
-        SOURCE_RANGES, TABLE_MEMBERS,
+        AFFINITY, BACKENDS, CONFIG, CONNTRACK, FRONTEND_FILTER, FRONTENDS, HANDSHAKES, Lookup as _,
+        SELECTION, SOURCE_RANGES, TABLE_MEMBERS,
     },
     parse::Parsed,
 };
 
-const TCP_FIN: u8 = 0x01;
-const TCP_SYN: u8 = 0x02;
-const TCP_RST: u8 = 0x04;
-const TCP_ACK: u8 = 0x10;
+/// TCP header flag bits.
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
 
 /// Where a packet goes: the backend and the address/port written into it.
 #[derive(Clone, Copy)]
@@ -262,8 +263,14 @@ pub struct ConntrackMiss(());
 pub fn established(p: &Parsed) -> Result<Established, ConntrackMiss> {
     let miss = ConntrackMiss(());
     let key = flow_key(p);
-    let Some(entry) = CONNTRACK.get_ptr_mut(&key) else {
-        return Err(miss);
+    // A TCP flow not in CONNTRACK may still be in its handshake.
+    let (entry, in_handshake) = match CONNTRACK.get_ptr_mut(&key) {
+        Some(entry) => (entry, false),
+        None if p.proto == PROTO_TCP => match HANDSHAKES.get_ptr_mut(&key) {
+            Some(entry) => (entry, true),
+            None => return Err(miss),
+        },
+        None => return Err(miss),
     };
     // SAFETY: a map value pointer, valid until the program returns (see `Lookup`); racing
     // writers can only make us pick a stale backend. Fields are read one by one: copying
@@ -316,6 +323,11 @@ pub fn established(p: &Parsed) -> Result<Established, ConntrackMiss> {
         entry.last_seen_ns = now;
         entry.tcp_flags_seen = updated_seen;
     }
+    if in_handshake {
+        // The client answered the handshake (a SYN went back to `choose` above): the flow
+        // is established. If CONNTRACK cannot take it, it goes on from HANDSHAKES.
+        let _ = confirm_handshake(p, entry);
+    }
     Ok(Established {
         target: Target {
             backend_id,
@@ -324,6 +336,46 @@ pub fn established(p: &Parsed) -> Result<Established, ConntrackMiss> {
         },
         service_id,
     })
+}
+
+/// Moves a flow out of HANDSHAKES into CONNTRACK (its reply entry first, as `choose`
+/// writes them): `entry` is its forward entry in HANDSHAKES, refreshed by this packet. Its
+/// HANDSHAKES entries are left for the LRU: they say the same.
+// A separate BPF function: its keys and values stay off the forward path's frame.
+#[inline(never)]
+fn confirm_handshake(p: &Parsed, entry: &FlowValue) -> Result<(), ()> {
+    // One key and one value, rewritten in place: the stack is small.
+    let mut value = *entry;
+    let mut key = flow_key(p);
+    key.src_addr = value.nat_addr;
+    key.dst_addr = p.src;
+    key.src_port = value.nat_port;
+    key.dst_port = p.sport;
+    value.nat_addr = p.dst;
+    value.nat_port = p.dport;
+    value.direction = flow_direction::REPLY;
+    CONNTRACK
+        .insert(&key, &value, BPF_ANY as u64)
+        .map_err(|_| ())?;
+    key.src_addr = p.src;
+    key.dst_addr = p.dst;
+    key.src_port = p.sport;
+    key.dst_port = p.dport;
+    CONNTRACK
+        .insert(&key, entry, BPF_ANY as u64)
+        .map_err(|_| ())
+}
+
+/// Records one entry of a new flow: a TCP flow opened by a SYN in HANDSHAKES until the
+/// client's next packet confirms it, anything else in CONNTRACK.
+#[inline(always)]
+fn record_new_flow(opening_syn: bool, key: &FlowKey, value: &FlowValue) -> Result<(), ()> {
+    let result = if opening_syn {
+        HANDSHAKES.insert(key, value, BPF_ANY as u64)
+    } else {
+        CONNTRACK.insert(key, value, BPF_ANY as u64)
+    };
+    result.map_err(|_| ())
 }
 
 /// A backend of a frontend's selection table: its id, its entry, and a slot (counted from
@@ -504,14 +556,17 @@ pub fn choose(p: &Parsed, frontend: &Frontend, _missed: ConntrackMiss) -> Choice
         tcp_flags_seen: seen,
         _pad: [0, 0, 0, 0],
     };
-    if CONNTRACK.insert(&key, &value, BPF_ANY as u64).is_err() {
+    // A SYN's flow waits in HANDSHAKES for the client's next packet: a flood of SYNs that
+    // never complete (spoofed) cannot evict established flows from CONNTRACK.
+    let opening_syn = is_syn(p);
+    if record_new_flow(opening_syn, &key, &value).is_err() {
         return Choice::Failed(Reason::DropInternal);
     }
     key = flow_key(p);
     value.nat_addr = target.addr;
     value.nat_port = target.port;
     value.direction = flow_direction::FORWARD;
-    if CONNTRACK.insert(&key, &value, BPF_ANY as u64).is_err() {
+    if record_new_flow(opening_syn, &key, &value).is_err() {
         return Choice::Failed(Reason::DropInternal);
     }
     Choice::Chosen { target, reason }

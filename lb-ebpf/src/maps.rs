@@ -42,6 +42,11 @@ pub static TABLE_MEMBERS: HashMap<TableMember, u32> =
 pub static CONNTRACK: LruHashMap<FlowKey, FlowValue> =
     LruHashMap::with_max_entries(capacity::CONNTRACK, 0);
 
+/// TCP flows between the client's SYN and its next packet (`lb_common::map_names::HANDSHAKES`).
+#[map(name = "HANDSHAKES")]
+pub static HANDSHAKES: LruHashMap<FlowKey, FlowValue> =
+    LruHashMap::with_max_entries(capacity::HANDSHAKES, 0);
+
 #[map(name = "AFFINITY")]
 pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
     LruHashMap::with_max_entries(capacity::AFFINITY, 0);

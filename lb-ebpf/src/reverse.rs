@@ -2,13 +2,13 @@
 
 use core::mem::MaybeUninit;
 
-use lb_common::{PROTO_ICMP, PROTO_ICMPV6, Reason, flow_direction};
+use lb_common::{PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, Reason, flow_direction};
 
 use crate::{
     ctx::PacketCtx,
     icmp::{self, Direction},
-    lookup::{REFRESH_NS, flow_key, now_ns},
-    maps::CONNTRACK,
+    lookup::{REFRESH_NS, TCP_RST, TCP_SYN, flow_key, now_ns},
+    maps::{CONNTRACK, HANDSHAKES},
     nat::{Side, rewrite},
     parse::{Fragment, Parsed, parse},
     snat,
@@ -42,7 +42,16 @@ pub fn process<C: PacketCtx>(ctx: &C, ifindex: u32) -> Verdict {
 // A separate BPF function: its own stack frame keeps each call chain under 512 bytes.
 #[inline(never)]
 fn reply_nat<C: PacketCtx>(ctx: &C, p: &Parsed) -> Option<Verdict> {
-    let entry = CONNTRACK.get_ptr_mut(&flow_key(p))?;
+    let key = flow_key(p);
+    let entry = match CONNTRACK.get_ptr_mut(&key) {
+        Some(entry) => entry,
+        // A backend answers a flow in its handshake only with SYN-ACK or RST: only those
+        // pay for the second lookup.
+        None if p.proto == PROTO_TCP && p.tcp_flags & (TCP_SYN | TCP_RST) != 0 => {
+            HANDSHAKES.get_ptr_mut(&key)?
+        }
+        None => return None,
+    };
     // SAFETY: a map value pointer, valid until the program returns (see `Lookup`); a
     // racing update can only refresh the same flow.
     let flow = unsafe { &mut *entry };

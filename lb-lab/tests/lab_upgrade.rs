@@ -281,15 +281,17 @@ fn an_upgrade_across_a_layout_and_size_change_keeps_a_held_connection_on_its_bac
             "first full sync done",
         ],
     );
+    // HANDSHAKES follows --conntrack-max (a quarter of it, at least 256).
     for line in [
         "CONNTRACK rebuilt (1024 -> 4096 entries",
+        "HANDSHAKES rebuilt (256 -> 1024 entries",
         "AFFINITY rebuilt (256 -> 512 entries",
     ] {
         assert!(log.contains(line), "{line:?} missing from the log:\n{log}");
     }
     assert_eq!(
         log.matches(", 0 dropped)").count(),
-        2,
+        3,
         "nothing dropped growing the tables:\n{log}"
     );
 

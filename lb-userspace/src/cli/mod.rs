@@ -300,6 +300,7 @@ impl AgentArgs {
             masquerade_ports: self.masquerade_ports,
             capacity: MapCapacity {
                 conntrack: self.conntrack_max,
+                handshakes: handshakes_for(self.conntrack_max),
                 affinity: self.affinity_max,
                 socket_flows: self.socket_map_max,
                 snat: self.masquerade_max,
@@ -315,6 +316,12 @@ fn parse_healthz_addr(input: &str) -> Result<Option<SocketAddr>, MetricsError> {
         return Ok(None);
     }
     parse_listen_addr(input).map(Some)
+}
+
+/// HANDSHAKES for a CONNTRACK of `conntrack` entries: a quarter of it, at least the
+/// fewest a flow map may have.
+fn handshakes_for(conntrack: u32) -> u32 {
+    (conntrack / 4).max(MAP_SIZE_MIN)
 }
 
 /// Fewest entries a flow map may have: the kernel's LRU hands out free entries to each CPU

@@ -53,13 +53,14 @@ pub enum MapRole {
 }
 
 /// Every map of the object with who writes it, in the order they are pinned.
-pub const ALL_MAPS: [(&str, MapRole); 19] = [
+pub const ALL_MAPS: [(&str, MapRole); 20] = [
     (map_names::FRONTENDS, MapRole::Configuration),
     (map_names::FRONTEND_FILTER, MapRole::Configuration),
     (map_names::BACKENDS, MapRole::Configuration),
     (map_names::SELECTION, MapRole::Configuration),
     (map_names::TABLE_MEMBERS, MapRole::Configuration),
     (map_names::CONNTRACK, MapRole::Datapath),
+    (map_names::HANDSHAKES, MapRole::Datapath),
     (map_names::AFFINITY, MapRole::Datapath),
     (map_names::FRAGMENTS, MapRole::Datapath),
     (map_names::SOURCE_RANGES, MapRole::Configuration),
@@ -784,6 +785,7 @@ impl ReadOnlyDatapath {
             &mut loader,
             &MapCapacity {
                 conntrack: READ_ONLY_FLOW_ENTRIES,
+                handshakes: READ_ONLY_FLOW_ENTRIES,
                 affinity: READ_ONLY_FLOW_ENTRIES,
                 fragments: READ_ONLY_FLOW_ENTRIES,
                 socket_flows: READ_ONLY_FLOW_ENTRIES,
@@ -967,6 +969,7 @@ pub(crate) fn max_entries(capacity: &MapCapacity, map: &str) -> Option<u32> {
         map_names::SELECTION => Some(capacity.selection_slots),
         map_names::TABLE_MEMBERS => Some(capacity.table_members),
         map_names::CONNTRACK => Some(capacity.conntrack),
+        map_names::HANDSHAKES => Some(capacity.handshakes),
         map_names::AFFINITY => Some(capacity.affinity),
         map_names::FRAGMENTS => Some(capacity.fragments),
         map_names::SOCK_CONNECTED | map_names::SOCK_REVERSE => Some(capacity.socket_flows),

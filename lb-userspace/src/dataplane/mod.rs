@@ -136,6 +136,8 @@ pub struct MapCapacity {
     /// Entries of TABLE_MEMBERS: (selection table, backend) pairs.
     pub table_members: u32,
     pub conntrack: u32,
+    /// Entries of HANDSHAKES (TCP flows between the client's SYN and its next packet).
+    pub handshakes: u32,
     pub affinity: u32,
     pub fragments: u32,
     /// Entries of SOCK_CONNECTED and of SOCK_REVERSE each (socket-level balancing).
@@ -156,6 +158,7 @@ impl Default for MapCapacity {
             selection_slots: capacity::SELECTION_SLOTS,
             table_members: capacity::TABLE_MEMBERS,
             conntrack: capacity::CONNTRACK,
+            handshakes: capacity::HANDSHAKES,
             affinity: capacity::AFFINITY,
             fragments: capacity::FRAGMENTS,
             socket_flows: capacity::SOCK_CONNECTED,

@@ -34,6 +34,8 @@ pub fn pinned_capacity(pin_path: &Path) -> Result<MapCapacity, DataplaneError> {
         selection_slots: size(map_names::SELECTION)?,
         table_members: size(map_names::TABLE_MEMBERS)?,
         conntrack: size(map_names::CONNTRACK)?,
+        // Pinned by agents since the handshake table came; older pins have none yet.
+        handshakes: size(map_names::HANDSHAKES).unwrap_or(lb_common::capacity::HANDSHAKES),
         affinity: size(map_names::AFFINITY)?,
         fragments: size(map_names::FRAGMENTS)?,
         socket_flows: size(map_names::SOCK_CONNECTED)?,

@@ -241,6 +241,7 @@ pub fn test_capacity() -> MapCapacity {
         selection_slots: 64 * 1024,
         table_members: 4096,
         conntrack: 4096,
+        handshakes: 1024,
         affinity: 1024,
         fragments: 1024,
         socket_flows: 1024,
@@ -330,6 +331,7 @@ impl Env {
             "FRONTENDS",
         );
         clear_hash::<FlowKey, FlowValue>(dp.map_mut(map_names::CONNTRACK).unwrap(), "CONNTRACK");
+        clear_hash::<FlowKey, FlowValue>(dp.map_mut(map_names::HANDSHAKES).unwrap(), "HANDSHAKES");
         clear_hash::<lb_common::TableMember, u32>(
             dp.map_mut(map_names::TABLE_MEMBERS).unwrap(),
             "TABLE_MEMBERS",
