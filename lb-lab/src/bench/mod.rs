@@ -284,16 +284,16 @@ fn throughput_row(services: usize, label: &str, result: &CaseResult) -> Option<V
             format!("{:.1}%", t.correct_share() * 100.0),
             format!("generator: {}", t.generator),
         ],
-        Err(why) => vec![
-            services.to_string(),
-            label.into(),
-            "n/a".into(),
-            "n/a".into(),
-            "n/a".into(),
-            "n/a".into(),
-            format!("not measured: {why}"),
-        ],
+        Err(why) => not_measured_row(services, label, THROUGHPUT_HEADER.len(), why),
     })
+}
+
+/// A row of `width` cells for a case that failed: its scale and label, "n/a" and why.
+fn not_measured_row(services: usize, label: &str, width: usize, why: &str) -> Vec<String> {
+    let mut row = vec![services.to_string(), label.into()];
+    row.resize(width - 1, "n/a".into());
+    row.push(format!("not measured: {why}"));
+    row
 }
 
 /// The connections table's row for `result`; `direct_rate` is the floor's connections/s.
@@ -328,17 +328,7 @@ fn connections_row(
                 (_, _, None) => String::new(),
             },
         ],
-        Err(why) => vec![
-            services.to_string(),
-            label.into(),
-            "n/a".into(),
-            "n/a".into(),
-            "n/a".into(),
-            "n/a".into(),
-            "n/a".into(),
-            "n/a".into(),
-            format!("not measured: {why}"),
-        ],
+        Err(why) => not_measured_row(services, label, CONNECTIONS_HEADER.len(), why),
     }
 }
 
@@ -940,6 +930,15 @@ mod tests {
                 ..Connections::default()
             }),
         }
+    }
+
+    #[test]
+    fn a_failed_case_fills_its_row_with_n_a_and_says_why() {
+        let row = not_measured_row(1000, "slicelb", CONNECTIONS_HEADER.len(), "no lab");
+        assert_eq!(row.len(), CONNECTIONS_HEADER.len());
+        assert_eq!(&row[..3], ["1000", "slicelb", "n/a"]);
+        assert_eq!(row[row.len() - 2], "n/a");
+        assert_eq!(row[row.len() - 1], "not measured: no lab");
     }
 
     #[test]
