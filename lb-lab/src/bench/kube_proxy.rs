@@ -10,13 +10,19 @@
 //! per-service chains that pick with `numgen random mod N vmap`, then per-endpoint chains
 //! that DNAT. Loaded with one `nft -f` transaction.
 //!
+//! External services ([`ServiceSet::external`]: reached at external IPs, endpoints on
+//! another node, `externalTrafficPolicy: Cluster`) get kube-proxy's masquerade shape on top:
+//! the external IP goes to `KUBE-EXT-…` (nftables: `external-…`), which jumps to
+//! `KUBE-MARK-MASQ` (`mark-for-masquerade`) before the service chain, and the postrouting
+//! chain masquerades marked packets; the ClusterIP keeps its plain rule.
+//!
 //! Both are IPv4 only (kube-proxy writes IPv6 into a separate ip6tables / `ip6` table of the
 //! same shape). Chain names use a hash of the service port name, as kube-proxy's do (ours is
 //! FNV-1a, not SHA-256: only the shape and the length matter here).
 
 use std::fmt::Write as _;
 
-use super::services::{BenchEndpoint, BenchService, Proto, ServiceSet};
+use super::services::{BenchEndpoint, BenchService, Proto, ServiceSet, external_cluster_ip};
 
 /// kube-proxy's masquerade mark bit.
 const MASQ_MARK: &str = "0x4000";
@@ -37,6 +43,11 @@ fn chain_hash(name: &str) -> String {
 
 fn svc_chain(service: &BenchService, proto: Proto) -> String {
     format!("KUBE-SVC-{}", chain_hash(&service.port_name(proto)))
+}
+
+/// `KUBE-EXT-…`: the same hash as the service chain, as kube-proxy names it.
+fn ext_chain(service: &BenchService, proto: Proto) -> String {
+    format!("KUBE-EXT-{}", chain_hash(&service.port_name(proto)))
 }
 
 fn sep_chain(service: &BenchService, proto: Proto, endpoint: &BenchEndpoint) -> String {
@@ -86,11 +97,32 @@ pub fn iptables_restore_input(set: &ServiceSet) -> String {
             let svc = svc_chain(service, proto);
             let p = proto.netfilter();
             let _ = writeln!(chains, ":{svc} - [0:0]");
-            let _ = writeln!(
-                rules,
-                "-A KUBE-SERVICES -m comment --comment \"{port_name} cluster IP\" -m {p} -p {p} -d {}/32 --dport {} -j {svc}",
-                service.vip_v4, service.port
-            );
+            if set.external {
+                let ext = ext_chain(service, proto);
+                let _ = writeln!(chains, ":{ext} - [0:0]");
+                let _ = writeln!(
+                    rules,
+                    "-A KUBE-SERVICES -m comment --comment \"{port_name} cluster IP\" -m {p} -p {p} -d {}/32 --dport {} -j {svc}",
+                    external_cluster_ip(service.index),
+                    service.port
+                );
+                let _ = writeln!(
+                    rules,
+                    "-A KUBE-SERVICES -m comment --comment \"{port_name} external IP\" -m {p} -p {p} -d {}/32 --dport {} -j {ext}",
+                    service.vip_v4, service.port
+                );
+                let _ = writeln!(
+                    rules,
+                    "-A {ext} -m comment --comment \"masquerade traffic for {port_name} external destinations\" -j KUBE-MARK-MASQ"
+                );
+                let _ = writeln!(rules, "-A {ext} -j {svc}");
+            } else {
+                let _ = writeln!(
+                    rules,
+                    "-A KUBE-SERVICES -m comment --comment \"{port_name} cluster IP\" -m {p} -p {p} -d {}/32 --dport {} -j {svc}",
+                    service.vip_v4, service.port
+                );
+            }
             let count = service.endpoints.len();
             for (i, endpoint) in service.endpoints.iter().enumerate() {
                 let sep = sep_chain(service, proto, endpoint);
@@ -135,6 +167,10 @@ fn nft_service_chain(service: &BenchService, proto: Proto) -> String {
         proto.netfilter(),
         service.port
     )
+}
+
+fn nft_external_chain(service: &BenchService, proto: Proto) -> String {
+    nft_service_chain(service, proto).replacen("service-", "external-", 1)
 }
 
 fn nft_endpoint_chain(service: &BenchService, proto: Proto, endpoint: &BenchEndpoint) -> String {
@@ -227,12 +263,31 @@ pub fn nft_input(set: &ServiceSet) -> String {
                     picks.join(" , ")
                 );
             }
-            elements.push(format!(
-                "{} . {} . {} : goto {svc}",
-                service.vip_v4,
-                proto.netfilter(),
-                service.port
-            ));
+            if set.external {
+                let ext = nft_external_chain(service, proto);
+                let _ = writeln!(out, "add chain {t} {ext}");
+                let _ = writeln!(out, "add rule {t} {ext} jump mark-for-masquerade");
+                let _ = writeln!(out, "add rule {t} {ext} goto {svc}");
+                elements.push(format!(
+                    "{} . {} . {} : goto {svc}",
+                    external_cluster_ip(service.index),
+                    proto.netfilter(),
+                    service.port
+                ));
+                elements.push(format!(
+                    "{} . {} . {} : goto {ext}",
+                    service.vip_v4,
+                    proto.netfilter(),
+                    service.port
+                ));
+            } else {
+                elements.push(format!(
+                    "{} . {} . {} : goto {svc}",
+                    service.vip_v4,
+                    proto.netfilter(),
+                    service.port
+                ));
+            }
         }
     }
     // Elements in batches: one line per thousand keeps nft's parser memory modest.
@@ -323,6 +378,50 @@ mod tests {
             4,
             "one pick rule per service port"
         );
+    }
+
+    #[test]
+    fn external_services_are_marked_for_masquerade_in_both_shapes() {
+        let external = set().external_on_remote_node();
+        let text = iptables_restore_input(&external);
+        let ext0 = ext_chain(&external.services[0], Proto::Tcp);
+        let svc0 = svc_chain(&external.services[0], Proto::Tcp);
+        assert!(
+            text.contains(&format!("-d 198.19.0.1/32 --dport 80 -j {ext0}")),
+            "the external IP goes to KUBE-EXT:\n{text}"
+        );
+        assert!(
+            text.contains(&format!("-d 198.18.128.1/32 --dport 80 -j {svc0}")),
+            "the ClusterIP goes straight to KUBE-SVC:\n{text}"
+        );
+        let ext_rules: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with(&format!("-A {ext0} ")))
+            .collect();
+        assert_eq!(ext_rules.len(), 2, "{ext_rules:#?}");
+        assert!(ext_rules[0].ends_with("-j KUBE-MARK-MASQ"), "marked first");
+        assert!(
+            ext_rules[1].ends_with(&format!("-j {svc0}")),
+            "then balanced"
+        );
+        assert!(text.contains(&format!(":{ext0} - [0:0]")), "declared");
+        assert!(
+            !iptables_restore_input(&set()).contains("KUBE-EXT-"),
+            "ClusterIP services have no external chain"
+        );
+
+        let nft = nft_input(&external);
+        let ext = nft_external_chain(&external.services[0], Proto::Tcp);
+        assert!(nft.contains(&format!(
+            "add rule ip kube-proxy {ext} jump mark-for-masquerade"
+        )));
+        assert!(nft.contains(&format!(
+            "add rule ip kube-proxy {ext} goto {}",
+            nft_service_chain(&external.services[0], Proto::Tcp)
+        )));
+        assert!(nft.contains(&format!("198.19.0.1 . tcp . 80 : goto {ext}")));
+        assert!(nft.contains("198.18.128.1 . tcp . 80 : goto service-"));
+        assert!(nft.contains("masquerade fully-random"));
     }
 
     #[test]

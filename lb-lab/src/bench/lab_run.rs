@@ -3,12 +3,16 @@
 //! same services as kube-proxy's iptables and nftables rule sets; connections also without
 //! any balancer (direct), as the floor.
 //!
+//! The masquerade cases ([`Traffic::ExternalToRemote`]) send the same load to the services'
+//! external IPs, their endpoints on another node: slicelb, iptables and nftables then
+//! source-NAT it to the node's address on the backend's link, as for a pod elsewhere.
+//!
 //! Each (balancer, services) case gets a fresh lab (client ─ node ─ 3 backends), so no
 //! conntrack entry or rule of one case is seen by the next.
 
 use std::{
     io::ErrorKind,
-    net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream},
     os::fd::AsRawFd as _,
     path::Path,
     sync::atomic::{AtomicBool, Ordering},
@@ -17,6 +21,7 @@ use std::{
 
 use indicatif::ProgressBar;
 use lb_common::SocketCounter;
+use slicelb::dataplane::{MapCapacity, masquerade::PortRange, masquerade::snat_addresses};
 
 use super::{
     ebpf::{Generator, Pass, Sink, SinkCounts},
@@ -27,7 +32,7 @@ use super::{
     stats::{median, percentile},
     under_test::{Slicelb, capacity_for},
 };
-use crate::lab::{Lab, Netns, cgroup::Cgroup};
+use crate::lab::{Lab, LabBackend, Netns, cgroup::Cgroup};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Balancer {
@@ -84,6 +89,11 @@ impl Balancer {
         self.no_throughput_because().is_none()
     }
 
+    /// The balancers of the masquerade cases: the node balances and masquerades (the floor
+    /// is the same path as for ClusterIPs; socket-level balancing sees no external traffic).
+    pub const MASQUERADING: [Balancer; 3] =
+        [Balancer::Slicelb, Balancer::Iptables, Balancer::Nftables];
+
     /// Whether there are services to program: every case but the floor.
     pub fn programs_services(self) -> bool {
         match self {
@@ -92,6 +102,27 @@ impl Balancer {
             | Balancer::SlicelbSocket
             | Balancer::Iptables
             | Balancer::Nftables => true,
+        }
+    }
+}
+
+/// Where the load goes and how the node treats it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Traffic {
+    /// To the services' ClusterIPs, endpoints on this node: DNAT only.
+    #[default]
+    ClusterIp,
+    /// From outside to the services' external IPs (`externalTrafficPolicy: Cluster`), their
+    /// endpoints on another node: DNAT and masquerade to the node's address, so that the
+    /// backends' replies come back through the node.
+    ExternalToRemote,
+}
+
+impl Traffic {
+    pub fn balancers(self) -> &'static [Balancer] {
+        match self {
+            Traffic::ClusterIp => &Balancer::ALL,
+            Traffic::ExternalToRemote => &Balancer::MASQUERADING,
         }
     }
 }
@@ -117,7 +148,7 @@ pub struct Config {
 
 impl Config {
     pub fn steps(&self) -> u64 {
-        (self.scales.len() * Balancer::ALL.len()) as u64
+        (self.scales.len() * (Balancer::ALL.len() + Balancer::MASQUERADING.len())) as u64
     }
 }
 
@@ -125,6 +156,7 @@ impl Config {
 #[derive(Clone, Debug, PartialEq)]
 pub struct CaseResult {
     pub balancer: Balancer,
+    pub traffic: Traffic,
     pub services: usize,
     /// `None` where nothing is programmed ([`Balancer::programs_services`]).
     pub program: Option<Result<ProgramTime, String>>,
@@ -175,6 +207,10 @@ pub struct Connections {
     /// connect() calls the socket-level hooks sent to a backend (SOCKET_STATS
     /// `connect_translated`), for slicelb-socket.
     pub socket_translated: Option<u64>,
+    /// Connections the backends accepted from the client's own address, and from the
+    /// node's address on their link (masqueraded).
+    pub accepted_from_client: usize,
+    pub accepted_from_node: usize,
 }
 
 impl Connections {
@@ -189,19 +225,35 @@ const FIRST_SOURCE_PORT: u16 = 1024;
 pub fn run(config: &Config, progress: &ProgressBar, work_dir: &Path) -> Vec<CaseResult> {
     let mut results = Vec::new();
     for &services in &config.scales {
-        for balancer in Balancer::ALL {
-            progress.set_message(format!("lab: {} with {services} services", balancer.name()));
-            results.push(run_case(config, balancer, services, work_dir));
-            progress.inc(1);
+        for traffic in [Traffic::ClusterIp, Traffic::ExternalToRemote] {
+            for &balancer in traffic.balancers() {
+                let masquerade = match traffic {
+                    Traffic::ClusterIp => "",
+                    Traffic::ExternalToRemote => " (masquerade)",
+                };
+                progress.set_message(format!(
+                    "lab: {}{masquerade} with {services} services",
+                    balancer.name()
+                ));
+                results.push(run_case(config, balancer, traffic, services, work_dir));
+                progress.inc(1);
+            }
         }
     }
     results
 }
 
-fn run_case(config: &Config, balancer: Balancer, services: usize, work_dir: &Path) -> CaseResult {
-    let case = format!("{} with {services} services", balancer.name());
+fn run_case(
+    config: &Config,
+    balancer: Balancer,
+    traffic: Traffic,
+    services: usize,
+    work_dir: &Path,
+) -> CaseResult {
+    let case = format!("{} with {services} services ({traffic:?})", balancer.name());
     let failed = |error: BenchError| CaseResult {
         balancer,
+        traffic,
         services,
         program: balancer.programs_services().then(|| Err(error.to_string())),
         throughput: balancer.works_per_packet().then(|| Err(error.to_string())),
@@ -228,13 +280,18 @@ fn run_case(config: &Config, balancer: Balancer, services: usize, work_dir: &Pat
         })
         .collect();
     let set = ServiceSet::on_hosts(services, &hosts, &[Proto::Tcp, Proto::Udp]);
-    let programmed = program(balancer, &set, &lab, work_dir, config.program_limit);
+    let set = match traffic {
+        Traffic::ClusterIp => set,
+        Traffic::ExternalToRemote => set.external_on_remote_node(),
+    };
+    let programmed = program(config, balancer, &set, &lab, work_dir);
     let (program_time, attached) = match programmed {
         Ok(programmed) => programmed,
         Err(BenchError::TimeLimit { limit_secs, .. }) => {
             let why = format!("programming did not finish within {limit_secs} s");
             return CaseResult {
                 balancer,
+                traffic,
                 services,
                 program: Some(Ok(ProgramTime::StoppedAfter(Duration::from_secs(
                     limit_secs,
@@ -249,7 +306,7 @@ fn run_case(config: &Config, balancer: Balancer, services: usize, work_dir: &Pat
     let ports = host_ports(services);
     let throughput = balancer
         .works_per_packet()
-        .then(|| throughput(config, &lab, &targets, ports).map_err(|e| e.to_string()));
+        .then(|| throughput(config, &lab, traffic, &targets, ports).map_err(|e| e.to_string()));
     let backends: Vec<Ipv4Addr> = lab.backends.iter().map(|b| b.ipv4).collect();
     let destinations = destinations(balancer, &targets, &backends);
     let connections = connections(
@@ -259,9 +316,11 @@ fn run_case(config: &Config, balancer: Balancer, services: usize, work_dir: &Pat
         &destinations,
         attached.client_cgroup(),
     )
-    .and_then(|measured| attached.confirm_socket_path(measured));
+    .and_then(|measured| attached.confirm_socket_path(measured))
+    .and_then(|measured| confirm_sources(traffic, measured));
     CaseResult {
         balancer,
+        traffic,
         services,
         program: program_time.map(|took| Ok(ProgramTime::Took(took))),
         throughput,
@@ -384,12 +443,13 @@ impl Attached {
 /// Programs the services on the node; returns the time it took to program them (`None` for
 /// the floor, which programs nothing).
 fn program(
+    config: &Config,
     balancer: Balancer,
     set: &ServiceSet,
     lab: &Lab,
     work_dir: &Path,
-    limit: Duration,
 ) -> Result<(Option<Duration>, Attached), BenchError> {
+    let limit = config.program_limit;
     let case = format!("{} programming {} services", balancer.name(), set.len());
     match balancer {
         Balancer::Direct => {
@@ -397,10 +457,16 @@ fn program(
             Ok((None, Attached::Pass(pass)))
         }
         Balancer::Slicelb => {
-            let mut slicelb = Slicelb::load(capacity_for(set.len(), 3, 2))?;
+            let mut slicelb = Slicelb::load(MapCapacity {
+                snat: snat_capacity(config),
+                ..capacity_for(set.len(), 3, 2)
+            })?;
             // The clock covers the cold sync, as for the other two: loading and attaching
             // programs is a one-off at agent start.
             slicelb.attach(&lab.node, Lab::NODE_CLIENT_IFACE)?;
+            if set.external {
+                masquerade_on_backend_links(&mut slicelb, lab)?;
+            }
             let snapshot = set.snapshot();
             let stats = slicelb.sync(&snapshot)?;
             Ok((Some(stats.total()), Attached::Slicelb(Box::new(slicelb))))
@@ -446,6 +512,77 @@ fn program(
             Ok((Some(elapsed), Attached::Pass(pass)))
         }
     }
+}
+
+/// Masquerade table entries for one case: two per flow, for every throughput flow and
+/// every connection, with room to spare (the bench runs no expiry, as the agent does).
+fn snat_capacity(config: &Config) -> u32 {
+    let flows = u64::from(config.flows) + config.max_connections as u64;
+    (2 * flows + 4096)
+        .next_power_of_two()
+        .max(u64::from(MapCapacity::default().snat))
+        .min(u64::from(u32::MAX)) as u32
+}
+
+/// The masquerade source ports: the whole range netfilter's MASQUERADE takes from. The
+/// node in the lab has no local connections whose ephemeral ports these could take.
+const MASQUERADE_PORTS: PortRange = PortRange {
+    min: 1024,
+    max: 65535,
+};
+
+/// The node's addresses on backend `backend`'s link: `.1` of the backend's /24 and /64
+/// (see [`Lab::add_backend`]).
+fn node_side(backend: &LabBackend) -> (Ipv4Addr, Ipv6Addr) {
+    let [a, b, c, _] = backend.ipv4.octets();
+    let mut v6 = backend.ipv6.segments();
+    v6[7] = 1;
+    (Ipv4Addr::new(a, b, c, 1), Ipv6Addr::from(v6))
+}
+
+/// Attaches slicelb to the node's links towards the backends too (their TC egress
+/// masquerades, their ingress takes the replies back) and turns masquerade on with the
+/// node's addresses on each, as the agent does for its `--iface` interfaces.
+fn masquerade_on_backend_links(slicelb: &mut Slicelb, lab: &Lab) -> Result<(), BenchError> {
+    let mut addresses = Vec::new();
+    for backend in &lab.backends {
+        slicelb.attach(&lab.node, &backend.node_iface)?;
+        let name = std::ffi::CString::new(backend.node_iface.clone()).map_err(|_| {
+            BenchError::unexpected("masquerade", format!("bad name {}", backend.node_iface))
+        })?;
+        // SAFETY: if_nametoindex reads a NUL-terminated name; in the node's namespace.
+        let ifindex = lab
+            .node
+            .enter(|| unsafe { libc::if_nametoindex(name.as_ptr()) })
+            .map_err(BenchError::lab("reading an interface index"))?;
+        if ifindex == 0 {
+            return Err(BenchError::unexpected(
+                "masquerade",
+                format!("no interface {} on the node", backend.node_iface),
+            ));
+        }
+        let (v4, v6) = node_side(backend);
+        addresses.push((ifindex, snat_addresses(&[v4.into(), v6.into()])));
+    }
+    slicelb.set_masquerade(Some(MASQUERADE_PORTS), &addresses)
+}
+
+/// For the masquerade cases, checks that the backends saw the node's address and never
+/// the client's: the load went through the masquerade path, not around it.
+fn confirm_sources(traffic: Traffic, measured: Connections) -> Result<Connections, BenchError> {
+    if traffic == Traffic::ExternalToRemote
+        && (measured.accepted_from_client > 0 || measured.accepted_from_node == 0)
+    {
+        return Err(BenchError::unexpected(
+            "masquerade connect load",
+            format!(
+                "the backends accepted {} connections from the client's address and {} from \
+                 the node's: not masqueraded",
+                measured.accepted_from_client, measured.accepted_from_node
+            ),
+        ));
+    }
+    Ok(measured)
 }
 
 /// Runs `program args…` in `netns` and returns how long it took; stops it at `limit`.
@@ -558,13 +695,21 @@ fn sum_counts(sinks: &[Sink]) -> Result<SinkCounts, BenchError> {
 fn throughput(
     config: &Config,
     lab: &Lab,
+    traffic: Traffic,
     targets: &[Target],
     ports: std::ops::Range<u16>,
 ) -> Result<Throughput, BenchError> {
     let sinks = lab
         .backends
         .iter()
-        .map(|b| Sink::attach(&b.netns, "eth0", b.ipv4, ports.clone(), Lab::CLIENT_IPV4))
+        .map(|b| {
+            // Masqueraded traffic is correct only from the node's address on the link.
+            let source = match traffic {
+                Traffic::ClusterIp => Lab::CLIENT_IPV4,
+                Traffic::ExternalToRemote => node_side(b).0,
+            };
+            Sink::attach(&b.netns, "eth0", b.ipv4, ports.clone(), source)
+        })
         .collect::<Result<Vec<_>, _>>()?;
     warm_neighbours(lab)?;
     let v4_targets: Vec<(Ipv4Addr, u16)> = targets
@@ -670,10 +815,15 @@ fn connections(
         .collect::<Result<Vec<_>, _>>()?;
     let limit = config.connect_duration + Duration::from_secs(10);
     std::thread::scope(|scope| {
-        for host in &listeners {
-            let stop = &stop;
-            scope.spawn(move || accept_until(host, stop, limit));
-        }
+        let acceptors: Vec<_> = listeners
+            .iter()
+            .zip(&lab.backends)
+            .map(|(host, backend)| {
+                let stop = &stop;
+                let node = node_side(backend).0;
+                scope.spawn(move || accept_until(host, node, stop, limit))
+            })
+            .collect();
         let result = (|| {
             // The whole bench process joins the cgroup for the load (cgroup v2 moves
             // processes, not threads, and the hooks go by the cgroup of the process that
@@ -690,15 +840,40 @@ fn connections(
                 .map_err(BenchError::lab("connection clients"))
         })();
         stop.store(true, Ordering::Relaxed);
-        result
+        let mut sources = AcceptedSources::default();
+        for acceptor in acceptors {
+            let host = acceptor.join().unwrap_or_default();
+            sources.client += host.client;
+            sources.node += host.node;
+        }
+        result.map(|measured| Connections {
+            accepted_from_client: sources.client,
+            accepted_from_node: sources.node,
+            ..measured
+        })
     })
 }
 
+/// Whose address the connections a backend accepted came from.
+#[derive(Clone, Copy, Debug, Default)]
+struct AcceptedSources {
+    client: usize,
+    /// The node's address on the backend's link: masqueraded.
+    node: usize,
+}
+
 /// Accepts and closes connections on all of one host's listeners until told to stop (or
-/// `limit` passes).
-fn accept_until(listeners: &[TcpListener], stop: &AtomicBool, limit: Duration) {
+/// `limit` passes); counts those from the client and from `node` (the node's address on
+/// the host's link).
+fn accept_until(
+    listeners: &[TcpListener],
+    node: Ipv4Addr,
+    stop: &AtomicBool,
+    limit: Duration,
+) -> AcceptedSources {
+    let mut sources = AcceptedSources::default();
     if listeners.iter().any(|l| l.set_nonblocking(true).is_err()) {
-        return;
+        return sources;
     }
     let mut polled: Vec<libc::pollfd> = listeners
         .iter()
@@ -722,13 +897,21 @@ fn accept_until(listeners: &[TcpListener], stop: &AtomicBool, limit: Duration) {
             entry.revents = 0;
             loop {
                 match listener.accept() {
-                    Ok((stream, _)) => drop(stream),
+                    Ok((stream, peer)) => {
+                        if peer.ip() == IpAddr::from(Lab::CLIENT_IPV4) {
+                            sources.client += 1;
+                        } else if peer.ip() == IpAddr::from(node) {
+                            sources.node += 1;
+                        }
+                        drop(stream);
+                    }
                     Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                     Err(_) => break,
                 }
             }
         }
     }
+    sources
 }
 
 /// Runs in the client namespace: workers open and reset connections to the destinations in
@@ -776,6 +959,8 @@ fn connect_load(config: &Config, targets: &[SocketAddr]) -> Connections {
         p50_us: percentile(&latencies, 50.0),
         p99_us: percentile(&latencies, 99.0),
         socket_translated: None,
+        accepted_from_client: 0,
+        accepted_from_node: 0,
     }
 }
 

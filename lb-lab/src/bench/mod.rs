@@ -28,7 +28,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use self::{
     error::BenchError,
-    lab_run::{Balancer, CaseResult, ProgramTime},
+    lab_run::{Balancer, CaseResult, ProgramTime, Traffic},
     plot::{LineChart, Series},
     report::{Machine, Report, Section, Table, num, ratio},
 };
@@ -248,10 +248,88 @@ pub fn run_plan(plan: &Plan, quick: bool, out_dir: &Path) -> Result<PathBuf, Ben
     Ok(path)
 }
 
+/// The ClusterIP case of `balancer` at `services`.
 fn result_of(results: &[CaseResult], balancer: Balancer, services: usize) -> Option<&CaseResult> {
+    traffic_result_of(results, Traffic::ClusterIp, balancer, services)
+}
+
+fn traffic_result_of(
+    results: &[CaseResult],
+    traffic: Traffic,
+    balancer: Balancer,
+    services: usize,
+) -> Option<&CaseResult> {
     results
         .iter()
-        .find(|r| r.balancer == balancer && r.services == services)
+        .find(|r| r.traffic == traffic && r.balancer == balancer && r.services == services)
+}
+
+fn throughput_mpps(result: &CaseResult) -> Option<f64> {
+    result
+        .throughput
+        .as_ref()
+        .and_then(|t| t.as_ref().ok())
+        .map(|t| t.mpps())
+}
+
+/// The throughput table's row for `result`, if it has a throughput part.
+fn throughput_row(services: usize, label: &str, result: &CaseResult) -> Option<Vec<String>> {
+    Some(match result.throughput.as_ref()? {
+        Ok(t) => vec![
+            services.to_string(),
+            label.into(),
+            num(t.mpps()),
+            t.sent.to_string(),
+            t.delivered.to_string(),
+            format!("{:.1}%", t.correct_share() * 100.0),
+            format!("generator: {}", t.generator),
+        ],
+        Err(why) => not_measured_row(services, label, THROUGHPUT_HEADER.len(), why),
+    })
+}
+
+/// A row of `width` cells for a case that failed: its scale and label, "n/a" and why.
+fn not_measured_row(services: usize, label: &str, width: usize, why: &str) -> Vec<String> {
+    let mut row = vec![services.to_string(), label.into()];
+    row.resize(width - 1, "n/a".into());
+    row.push(format!("not measured: {why}"));
+    row
+}
+
+/// The connections table's row for `result`; `direct_rate` is the floor's connections/s.
+fn connections_row(
+    services: usize,
+    label: &str,
+    result: &CaseResult,
+    direct_rate: f64,
+) -> Vec<String> {
+    match &result.connections {
+        Ok(c) => vec![
+            services.to_string(),
+            label.into(),
+            num(c.per_second()),
+            ratio(c.per_second(), direct_rate),
+            num(c.p50_us),
+            num(c.p99_us),
+            c.completed.to_string(),
+            c.failed.to_string(),
+            match (result.traffic, result.balancer, c.socket_translated) {
+                (Traffic::ExternalToRemote, _, _) => format!(
+                    "backends accepted {} connections from the node's address, {} from the \
+                     client's",
+                    c.accepted_from_node, c.accepted_from_client
+                ),
+                (_, Balancer::Direct, _) => {
+                    "no balancer: the floor (the network path itself)".into()
+                }
+                (_, _, Some(n)) => {
+                    format!("{n} connect() sent to a backend by the socket hooks")
+                }
+                (_, _, None) => String::new(),
+            },
+        ],
+        Err(why) => not_measured_row(services, label, CONNECTIONS_HEADER.len(), why),
+    }
 }
 
 fn connection_rate(result: &CaseResult) -> Option<f64> {
@@ -375,6 +453,135 @@ struct Curves {
     programming: Vec<(f64, f64)>,
 }
 
+const THROUGHPUT_HEADER: [&str; 7] = [
+    "services",
+    "balancer",
+    "Mpps (1 core)",
+    "sent",
+    "delivered",
+    "balanced correctly",
+    "note",
+];
+
+const CONNECTIONS_HEADER: [&str; 9] = [
+    "services",
+    "balancer",
+    "connections/s",
+    "x direct",
+    "p50 (µs)",
+    "p99 (µs)",
+    "completed",
+    "failed",
+    "note",
+];
+
+/// The masquerade cases' tables (sections 2, 3 and 4) and the verdicts under section 4.
+struct MasqueradeTables {
+    throughput: Table,
+    connections: Table,
+    side: Table,
+    notes: Vec<String>,
+}
+
+/// "beats it" when slicelb / other is above 1.
+fn beats(slicelb: f64, other: f64) -> &'static str {
+    if !slicelb.is_finite() || !other.is_finite() || other == 0.0 {
+        "not measured"
+    } else if slicelb > other {
+        "slicelb beats it"
+    } else {
+        "slicelb does NOT beat it"
+    }
+}
+
+/// External traffic to endpoints on another node: slicelb, iptables and nftables
+/// masquerading it, side by side.
+fn masquerade_tables(results: &[CaseResult], scales: &[usize]) -> MasqueradeTables {
+    let mut tables = MasqueradeTables {
+        throughput: Table::new(
+            "External → remote endpoint (masquerade): 64-byte UDP to the services' external \
+             IPs, balanced correctly = arrived from the node's address on the backend's link",
+            &THROUGHPUT_HEADER,
+        ),
+        connections: Table::new(
+            "External → remote endpoint (masquerade): new TCP connections to the services' \
+             external IPs (x direct: over the ClusterIP table's direct row)",
+            &CONNECTIONS_HEADER,
+        ),
+        side: Table::new(
+            "External → remote endpoint (masquerade): ratios are slicelb / other (higher is \
+             better for slicelb)",
+            &[
+                "services",
+                "Mpps: slicelb",
+                "iptables",
+                "nftables",
+                "throughput x iptables",
+                "throughput x nftables",
+                "conn/s: slicelb",
+                "iptables",
+                "nftables",
+                "conn/s x iptables",
+                "conn/s x nftables",
+            ],
+        ),
+        notes: Vec::new(),
+    };
+    for &services in scales {
+        let direct_rate = result_of(results, Balancer::Direct, services)
+            .and_then(connection_rate)
+            .unwrap_or(f64::NAN);
+        let case =
+            |balancer| traffic_result_of(results, Traffic::ExternalToRemote, balancer, services);
+        for balancer in Balancer::MASQUERADING {
+            let Some(result) = case(balancer) else {
+                continue;
+            };
+            if let Some(row) = throughput_row(services, balancer.name(), result) {
+                tables.throughput.row(row);
+            }
+            tables.connections.row(connections_row(
+                services,
+                balancer.name(),
+                result,
+                direct_rate,
+            ));
+        }
+        let measured = |balancer, f: fn(&CaseResult) -> Option<f64>| {
+            case(balancer).and_then(f).unwrap_or(f64::NAN)
+        };
+        let [t_s, t_i, t_n] = [Balancer::Slicelb, Balancer::Iptables, Balancer::Nftables]
+            .map(|b| measured(b, throughput_mpps));
+        let [c_s, c_i, c_n] = [Balancer::Slicelb, Balancer::Iptables, Balancer::Nftables]
+            .map(|b| measured(b, connection_rate));
+        tables.side.row(vec![
+            services.to_string(),
+            num(t_s),
+            num(t_i),
+            num(t_n),
+            ratio(t_s, t_i),
+            ratio(t_s, t_n),
+            num(c_s),
+            num(c_i),
+            num(c_n),
+            ratio(c_s, c_i),
+            ratio(c_s, c_n),
+        ]);
+        for (other, t_o, c_o) in [("iptables", t_i, c_i), ("nftables", t_n, c_n)] {
+            tables.notes.push(format!(
+                "Masquerade path (external → remote endpoint) at {services} services, slicelb \
+                 vs kube-proxy {other} with masquerade: throughput {} ({}), connections/s {} \
+                 ({}).",
+                ratio(t_s, t_o),
+                beats(t_s, t_o),
+                ratio(c_s, c_o),
+                beats(c_s, c_o)
+            ));
+        }
+    }
+    tables
+}
+
 /// Sections 2, 3 and 4 from the lab cases.
 fn lab_sections(
     results: &[CaseResult],
@@ -383,30 +590,12 @@ fn lab_sections(
 ) -> Result<Vec<Section>, BenchError> {
     let mut throughput = Table::new(
         "64-byte UDP through the node to counting sinks on 3 backends",
-        &[
-            "services",
-            "balancer",
-            "Mpps (1 core)",
-            "sent",
-            "delivered",
-            "balanced correctly",
-            "note",
-        ],
+        &THROUGHPUT_HEADER,
     );
     let mut connections = Table::new(
         "new TCP connections from the client to the services (direct: to the backends), \
          through the node",
-        &[
-            "services",
-            "balancer",
-            "connections/s",
-            "x direct",
-            "p50 (µs)",
-            "p99 (µs)",
-            "completed",
-            "failed",
-            "note",
-        ],
+        &CONNECTIONS_HEADER,
     );
     let mut side = Table::new(
         "ratios are slicelb / other (higher is better for slicelb; for programming time, other / slicelb); socket: slicelb-socket / other",
@@ -428,12 +617,7 @@ fn lab_sections(
     let value = |r: Option<&CaseResult>, f: &dyn Fn(&CaseResult) -> Option<f64>| {
         r.and_then(f).unwrap_or(f64::NAN)
     };
-    let mpps = |r: &CaseResult| {
-        r.throughput
-            .as_ref()
-            .and_then(|t| t.as_ref().ok())
-            .map(|t| t.mpps())
-    };
+    let mpps = throughput_mpps;
     let rate = connection_rate;
     // Milliseconds; a tool stopped at the limit counts as the limit (a lower bound).
     let program_ms = |r: &CaseResult| match r.program {
@@ -486,60 +670,16 @@ fn lab_sections(
                     .programming
                     .push((x, value(Some(result), &program_ms)));
             }
-            match &result.throughput {
-                // Said once, in a note under the table.
-                None => {}
-                Some(Ok(t)) => throughput.row(vec![
-                    services.to_string(),
-                    balancer.name().into(),
-                    num(t.mpps()),
-                    t.sent.to_string(),
-                    t.delivered.to_string(),
-                    format!("{:.1}%", t.correct_share() * 100.0),
-                    format!("generator: {}", t.generator),
-                ]),
-                Some(Err(why)) => throughput.row(vec![
-                    services.to_string(),
-                    balancer.name().into(),
-                    "n/a".into(),
-                    "n/a".into(),
-                    "n/a".into(),
-                    "n/a".into(),
-                    format!("not measured: {why}"),
-                ]),
+            // No throughput part: said once, in a note under the table.
+            if let Some(row) = throughput_row(services, balancer.name(), result) {
+                throughput.row(row);
             }
-            match &result.connections {
-                Ok(c) => connections.row(vec![
-                    services.to_string(),
-                    balancer.name().into(),
-                    num(c.per_second()),
-                    ratio(c.per_second(), direct_rate),
-                    num(c.p50_us),
-                    num(c.p99_us),
-                    c.completed.to_string(),
-                    c.failed.to_string(),
-                    match (balancer, c.socket_translated) {
-                        (Balancer::Direct, _) => {
-                            "no balancer: the floor (the network path itself)".into()
-                        }
-                        (_, Some(n)) => {
-                            format!("{n} connect() sent to a backend by the socket hooks")
-                        }
-                        (_, None) => String::new(),
-                    },
-                ]),
-                Err(why) => connections.row(vec![
-                    services.to_string(),
-                    balancer.name().into(),
-                    "n/a".into(),
-                    "n/a".into(),
-                    "n/a".into(),
-                    "n/a".into(),
-                    "n/a".into(),
-                    "n/a".into(),
-                    format!("not measured: {why}"),
-                ]),
-            }
+            connections.row(connections_row(
+                services,
+                balancer.name(),
+                result,
+                direct_rate,
+            ));
         }
         let slicelb = result_of(results, Balancer::Slicelb, services);
         let socket = result_of(results, Balancer::SlicelbSocket, services);
@@ -639,6 +779,8 @@ fn lab_sections(
         socket_target(results, &config.scales),
         against_floor(results, &config.scales),
     ];
+    let masquerade = masquerade_tables(results, &config.scales);
+    notes_side.extend(masquerade.notes);
     let throughput_plots = write_plot(
         chart("Throughput (64-byte UDP)", "Mpps", &|s| {
             s.throughput.clone()
@@ -681,7 +823,7 @@ fn lab_sections(
                  it accepts XDP_TX frames. IPv4 only.",
                 config.max_targets, config.flows, config.throughput_runs, config.packets
             ),
-            tables: vec![throughput],
+            tables: vec![throughput, masquerade.throughput],
             plots: throughput_plots,
             notes: notes_throughput,
         },
@@ -711,7 +853,7 @@ fn lab_sections(
                 config.connect_duration.as_secs_f64(),
                 config.max_connections
             ),
-            tables: vec![connections],
+            tables: vec![connections, masquerade.connections],
             plots: connection_plots,
             notes: notes_connections,
         },
@@ -729,10 +871,28 @@ fn lab_sections(
                  per-endpoint DNAT chains) with one `nft -f`. Programming time includes \
                  starting the tool; a tool still running after {} s is stopped (nothing is \
                  then programmed; its time shows as a lower bound). Tools: \
-                 {iptables_version}; {nft_version}.",
-                config.program_limit.as_secs()
+                 {iptables_version}; {nft_version}. The masquerade tables (here and in \
+                 sections 2 and 3) run the same load in a fresh lab each to the same services \
+                 made external: each service address is an externalIP (its ClusterIP moves \
+                 to 198.18.128.0/17), `externalTrafficPolicy: Cluster`, its EndpointSlice \
+                 endpoints on another node (nodeName {remote} != the bench's {node}), so that \
+                 the node balances and source-NATs to its address on the backend's link and \
+                 the backends' replies come back through it. slicelb: the same programs also \
+                 on the node's links to the backends (TC egress masquerades, ingress takes \
+                 replies back), masquerade on with the node's address per link and source \
+                 ports 1024-65535 (netfilter's range; the lab node has no local connections). \
+                 kube-proxy: the external IP goes to KUBE-EXT-* (nftables: external-* via \
+                 service-ips), which jumps to KUBE-MARK-MASQ (mark-for-masquerade) before the \
+                 service chain; KUBE-POSTROUTING (masquerading) masquerades marked packets \
+                 with --random-fully (fully-random). A masquerade case fails unless the \
+                 backends accepted its connections from the node's address and none from \
+                 the client's; its throughput counts as balanced correctly only packets \
+                 from the node's address.",
+                config.program_limit.as_secs(),
+                remote = services::REMOTE_NODE_NAME,
+                node = services::NODE_NAME,
             ),
-            tables: vec![side],
+            tables: vec![side, masquerade.side],
             plots: side_plots,
             notes: notes_side,
         },
@@ -757,6 +917,7 @@ mod tests {
     ) -> CaseResult {
         CaseResult {
             balancer,
+            traffic: Traffic::ClusterIp,
             services,
             program: balancer
                 .programs_services()
@@ -769,6 +930,59 @@ mod tests {
                 ..Connections::default()
             }),
         }
+    }
+
+    #[test]
+    fn a_failed_case_fills_its_row_with_n_a_and_says_why() {
+        let row = not_measured_row(1000, "slicelb", CONNECTIONS_HEADER.len(), "no lab");
+        assert_eq!(row.len(), CONNECTIONS_HEADER.len());
+        assert_eq!(&row[..3], ["1000", "slicelb", "n/a"]);
+        assert_eq!(row[row.len() - 2], "n/a");
+        assert_eq!(row[row.len() - 1], "not measured: no lab");
+    }
+
+    #[test]
+    fn masquerade_cases_get_their_own_rows_ratios_and_verdicts() {
+        let masqueraded = |balancer, completed| CaseResult {
+            traffic: Traffic::ExternalToRemote,
+            ..case(balancer, 1000, completed)
+        };
+        let results = [
+            case(Balancer::Slicelb, 1000, 999),
+            masqueraded(Balancer::Slicelb, 300),
+            masqueraded(Balancer::Iptables, 100),
+            masqueraded(Balancer::Nftables, 600),
+        ];
+        let tables = masquerade_tables(&results, &[1000]);
+        let slicelb: Vec<&Vec<String>> = tables
+            .connections
+            .rows
+            .iter()
+            .filter(|r| r[1] == "slicelb")
+            .collect();
+        assert_eq!(slicelb.len(), 1, "only the masquerade case");
+        assert_eq!(slicelb[0][2], "300");
+        let side = &tables.side.rows[0];
+        assert_eq!((side[9].as_str(), side[10].as_str()), ("3.00x", "0.50x"));
+        let verdict = |other: &str| {
+            tables
+                .notes
+                .iter()
+                .find(|n| n.contains(&format!("kube-proxy {other} ")))
+                .cloned()
+                .expect("a verdict")
+        };
+        assert!(
+            verdict("iptables").contains("connections/s 3.00x (slicelb beats it)"),
+            "{}",
+            verdict("iptables")
+        );
+        assert!(
+            verdict("nftables").contains("connections/s 0.50x (slicelb does NOT beat it)"),
+            "{}",
+            verdict("nftables")
+        );
+        assert!(verdict("nftables").contains("throughput n/a (not measured)"));
     }
 
     #[test]

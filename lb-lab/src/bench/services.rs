@@ -25,6 +25,9 @@ pub const NAMESPACE: &str = "bench";
 pub const SERVICE_PORT: u16 = 80;
 pub const TARGET_PORT: u16 = 8080;
 pub const NODE_NAME: &str = "bench-node";
+/// The node the endpoints of external services are on ([`ServiceSet::external_on_remote_node`]):
+/// not [`NODE_NAME`], so that slicelb masquerades their external traffic.
+pub const REMOTE_NODE_NAME: &str = "bench-remote-node";
 
 /// A protocol a bench service listens on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -61,6 +64,8 @@ pub struct BenchEndpoint {
 pub struct BenchService {
     /// `svc-<index>`.
     pub name: String,
+    /// Its number in the set, from 0.
+    pub index: usize,
     pub vip_v4: Ipv4Addr,
     pub vip_v6: Ipv6Addr,
     /// Ports and protocols: every protocol listed, on `port`, targeting `target_port`.
@@ -84,6 +89,8 @@ impl BenchService {
 pub struct ServiceSet {
     pub services: Vec<BenchService>,
     pub dual_stack: bool,
+    /// Reached from outside at external IPs ([`ServiceSet::external_on_remote_node`]).
+    pub external: bool,
 }
 
 /// Service addresses per /16: 198.19.0.1 .. 198.19.255.254; more services use more ports.
@@ -98,6 +105,15 @@ pub fn service_address(index: usize) -> (Ipv4Addr, Ipv6Addr, u16) {
         u128::from(Ipv6Addr::new(0x2001, 2, 0, 0xff00, 0, 0, 0, 0)) + index as u128 + 1,
     );
     (v4, v6, port)
+}
+
+/// ClusterIPs of external services: the lab never uses the synthetic endpoints' pool.
+pub const EXTERNAL_CLUSTER_POOL: usize = SYNTHETIC_POOL;
+
+/// The ClusterIP of external service number `index` (below [`EXTERNAL_CLUSTER_POOL`]): its
+/// service address is its external IP, and the two must differ.
+pub fn external_cluster_ip(index: usize) -> Ipv4Addr {
+    synthetic_endpoint(index).ipv4
 }
 
 /// Synthetic endpoint address number `index` of a pool of 32 000 addresses in
@@ -148,6 +164,7 @@ impl ServiceSet {
         Self {
             services,
             dual_stack,
+            external: false,
         }
     }
 
@@ -168,7 +185,19 @@ impl ServiceSet {
         Self {
             services,
             dual_stack: false,
+            external: false,
         }
+    }
+
+    /// The same services reached from outside the cluster, the masquerade path: each
+    /// service's address ([`BenchService::vip_v4`]) becomes its external IP (its ClusterIP
+    /// moves to [`external_cluster_ip`]), with the default `externalTrafficPolicy: Cluster`,
+    /// and its endpoints are on another node ([`REMOTE_NODE_NAME`]). At most
+    /// [`EXTERNAL_CLUSTER_POOL`] services.
+    pub fn external_on_remote_node(mut self) -> Self {
+        self.services.truncate(EXTERNAL_CLUSTER_POOL);
+        self.external = true;
+        self
     }
 
     fn service(
@@ -180,6 +209,7 @@ impl ServiceSet {
         let (vip_v4, vip_v6, port) = service_address(index);
         BenchService {
             name: format!("svc-{index}"),
+            index,
             vip_v4,
             vip_v6,
             port,
@@ -203,9 +233,14 @@ impl ServiceSet {
         let mut endpoint_slices = Vec::with_capacity(self.services.len() * 2);
         for service in &self.services {
             services.push(Arc::new(self.kubernetes_service(service)));
-            endpoint_slices.push(Arc::new(endpoint_slice(service, false)));
+            let node = if self.external {
+                REMOTE_NODE_NAME
+            } else {
+                NODE_NAME
+            };
+            endpoint_slices.push(Arc::new(endpoint_slice(service, false, node)));
             if self.dual_stack {
-                endpoint_slices.push(Arc::new(endpoint_slice(service, true)));
+                endpoint_slices.push(Arc::new(endpoint_slice(service, true, node)));
             }
         }
         Snapshot {
@@ -221,7 +256,15 @@ impl ServiceSet {
     }
 
     fn kubernetes_service(&self, service: &BenchService) -> Service {
-        let mut cluster_ips = vec![service.vip_v4.to_string()];
+        let (cluster_ip, external_ips) = if self.external {
+            (
+                external_cluster_ip(service.index),
+                Some(vec![service.vip_v4.to_string()]),
+            )
+        } else {
+            (service.vip_v4, None)
+        };
+        let mut cluster_ips = vec![cluster_ip.to_string()];
         let mut families = vec!["IPv4".to_string()];
         if self.dual_stack {
             cluster_ips.push(service.vip_v6.to_string());
@@ -238,6 +281,7 @@ impl ServiceSet {
                 cluster_ip: Some(cluster_ips[0].clone()),
                 cluster_ips: Some(cluster_ips),
                 ip_families: Some(families),
+                external_ips,
                 ip_family_policy: Some(
                     if self.dual_stack {
                         "RequireDualStack"
@@ -266,7 +310,7 @@ impl ServiceSet {
     }
 }
 
-fn endpoint_slice(service: &BenchService, ipv6: bool) -> EndpointSlice {
+fn endpoint_slice(service: &BenchService, ipv6: bool, node: &str) -> EndpointSlice {
     let family = if ipv6 { "IPv6" } else { "IPv4" };
     EndpointSlice {
         metadata: ObjectMeta {
@@ -293,7 +337,7 @@ fn endpoint_slice(service: &BenchService, ipv6: bool) -> EndpointSlice {
                     serving: Some(true),
                     terminating: Some(false),
                 }),
-                node_name: Some(NODE_NAME.to_string()),
+                node_name: Some(node.to_string()),
                 ..Default::default()
             })
             .collect(),
@@ -383,6 +427,43 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn external_services_are_reached_at_their_address_with_endpoints_on_another_node() {
+        let hosts = [synthetic_endpoint(0), synthetic_endpoint(1)];
+        let set = ServiceSet::on_hosts(3, &hosts, &[Proto::Tcp]).external_on_remote_node();
+        let snapshot = set.snapshot();
+        for (index, service) in snapshot.services.iter().enumerate() {
+            let spec = service.spec.as_ref().expect("spec");
+            assert_eq!(
+                spec.external_ips.as_deref(),
+                Some(&[set.services[index].vip_v4.to_string()][..]),
+                "the service address is the external IP"
+            );
+            assert_eq!(
+                spec.cluster_ip.as_deref(),
+                Some(external_cluster_ip(index).to_string().as_str())
+            );
+            assert_ne!(external_cluster_ip(index), set.services[index].vip_v4);
+            assert_eq!(spec.external_traffic_policy, None, "Cluster, the default");
+        }
+        for slice in &snapshot.endpoint_slices {
+            for endpoint in &slice.endpoints {
+                assert_eq!(endpoint.node_name.as_deref(), Some(REMOTE_NODE_NAME));
+            }
+        }
+        assert_ne!(
+            REMOTE_NODE_NAME, NODE_NAME,
+            "the bench's node is not theirs"
+        );
+        let local = ServiceSet::on_hosts(1, &hosts, &[Proto::Tcp]).snapshot();
+        let spec = local.services[0].spec.as_ref().expect("spec");
+        assert_eq!(spec.external_ips, None);
+        assert_eq!(
+            local.endpoint_slices[0].endpoints[0].node_name.as_deref(),
+            Some(NODE_NAME)
+        );
     }
 
     #[test]
