@@ -300,7 +300,17 @@ fn conntrack_and_status_show_the_live_flows() {
         &lab.slicelb_on_node(&["status", "--pin-path", &pin]),
         "status",
     );
-    assert!(table.contains("agent      running"), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("agent ") && l.ends_with(" running")),
+        "{table}"
+    );
+    assert_eq!(
+        status["layout_version"],
+        lb_common::LAYOUT_VERSION,
+        "the agent pinned its layout version: {status}"
+    );
     assert!(
         table
             .lines()

@@ -95,6 +95,9 @@ pub struct AgentStatus {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Status {
     pub pin_path: PathBuf,
+    /// The layout version pinned with the maps (`lb_common::LAYOUT_VERSION`); 0 for maps
+    /// pinned before versions were.
+    pub layout_version: u32,
     pub interfaces: Vec<InterfaceStatus>,
     pub cgroup_links: Vec<CgroupLinks>,
     pub maps: Vec<MapStatus>,
@@ -324,8 +327,12 @@ fn map_holders(map_id: u32) -> Vec<(MapHolder, bool)> {
 pub fn read(pin_path: &Path) -> anyhow::Result<Status> {
     let applied = open_pinned(pin_path)?.read().context("reading the maps")?;
     let holders = map_holders(frontends_map_id(pin_path)?);
+    let layout_version = crate::dataplane::migrate::pinned_version(&pin_path.join("maps"))
+        .context("reading the pinned layout version")?
+        .unwrap_or(0);
     Ok(Status {
         pin_path: pin_path.to_path_buf(),
+        layout_version,
         interfaces: interfaces(pin_path)?,
         cgroup_links: cgroup_links(pin_path)?,
         maps: maps(pin_path, &applied)?,
@@ -366,6 +373,10 @@ impl Status {
         };
         let mut summary = vec![
             vec!["pin path".to_string(), self.pin_path.display().to_string()],
+            vec![
+                "layout version".to_string(),
+                self.layout_version.to_string(),
+            ],
             vec!["agent".to_string(), agent.to_string()],
         ];
         if wide || !self.agent.running {
@@ -469,6 +480,7 @@ mod tests {
         };
         Status {
             pin_path: PathBuf::from("/sys/fs/bpf/slicelb"),
+            layout_version: 1,
             interfaces: vec![
                 InterfaceStatus {
                     interface: "eth0".into(),
@@ -512,7 +524,8 @@ mod tests {
     #[test]
     fn the_table_shows_modes_ids_and_fill() {
         let text = sample().render_table(false, true);
-        assert!(text.contains("agent      running"), "{text}");
+        assert!(text.contains("agent            running"), "{text}");
+        assert!(text.contains("layout version   1"), "{text}");
         let eth0 = text.lines().find(|l| l.starts_with("eth0 ")).expect("eth0");
         assert!(
             eth0.contains(" xdp ") && eth0.contains("xdp=11/101,tc_egress=12/102"),
