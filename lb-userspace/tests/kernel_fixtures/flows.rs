@@ -397,3 +397,82 @@ fn session_affinity_survives_a_new_table_that_still_holds_the_backend() {
         },
     });
 }
+
+/// Entries of the flow map `name` (CONNTRACK or HANDSHAKES).
+fn flow_entries(env: &Env, name: &'static str) -> Vec<(lb_common::FlowKey, lb_common::FlowValue)> {
+    let map: aya::maps::HashMap<&aya::maps::MapData, lb_common::FlowKey, lb_common::FlowValue> =
+        aya::maps::HashMap::try_from(env.datapath.map(name).expect(name)).expect(name);
+    map.iter().map(|entry| entry.expect("an entry")).collect()
+}
+
+/// A SYN's flow waits in HANDSHAKES, not in CONNTRACK (a spoofed-SYN flood evicts only its
+/// own kind): the backend's SYN-ACK is translated from there, and the client's ACK moves
+/// the flow into CONNTRACK, where later packets find it.
+#[test]
+fn a_syns_flow_waits_in_handshakes_until_the_clients_ack_moves_it_to_conntrack() {
+    let mut env = Env::new();
+    for family in Family::BOTH {
+        env.reset();
+        let service = cluster_ip(family, PROTO_TCP);
+        env.install(&service);
+        let syn = tcp(family, 41100, SYN);
+        let out = env.run(Program::Xdp, &syn.build());
+        assert_eq!(out.verdict, XDP_PASS, "{family:?}: the SYN is balanced");
+        assert!(
+            flow_entries(&env, lb_common::map_names::CONNTRACK).is_empty(),
+            "{family:?}: a SYN writes nothing into CONNTRACK"
+        );
+        assert_eq!(
+            flow_entries(&env, lb_common::map_names::HANDSHAKES).len(),
+            2,
+            "{family:?}"
+        );
+
+        // The backend's SYN-ACK leaves from the frontend, translated from HANDSHAKES.
+        let forwarded = dnat(&service, &syn);
+        let mut syn_ack = Spec::new(
+            &forwarded.dst.to_string(),
+            forwarded.dport,
+            &syn.src.to_string(),
+            syn.sport,
+            L4::Tcp(SYN | ACK),
+        );
+        syn_ack.src_mac = NODE_MAC;
+        syn_ack.dst_mac = CLIENT_MAC;
+        let before = env.reasons();
+        let reply = env.run(Program::TcEgress, &syn_ack.build());
+        assert_eq!(
+            reason_deltas(&before, &env.reasons()),
+            vec![(Reason::ReplyTranslated, 1)],
+            "{family:?}: the SYN-ACK"
+        );
+        assert_eq!(
+            reply.packet,
+            syn_ack
+                .clone()
+                .from(&syn.dst.to_string(), syn.dport)
+                .build(),
+            "{family:?}: the SYN-ACK comes from the frontend"
+        );
+
+        // The client's ACK: an established flow, now in CONNTRACK (both directions).
+        let ack = tcp(family, 41100, ACK);
+        let before = env.reasons();
+        let out = env.run(Program::Xdp, &ack.build());
+        assert_eq!(
+            reason_deltas(&before, &env.reasons()),
+            vec![(Reason::LbConntrack, 1)],
+            "{family:?}: the ACK follows the handshake's flow"
+        );
+        assert_eq!(out.packet, dnat(&service, &ack).build(), "{family:?}");
+        let conntrack = flow_entries(&env, lb_common::map_names::CONNTRACK);
+        assert_eq!(conntrack.len(), 2, "{family:?}: forward and reply entries");
+        assert!(
+            conntrack
+                .iter()
+                .any(|(_, v)| v.direction == lb_common::flow_direction::REPLY
+                    && v.tcp_flags_seen & lb_common::tcp_seen::ESTABLISHED != 0),
+            "{family:?}: the reply entry carries the flow's state"
+        );
+    }
+}
