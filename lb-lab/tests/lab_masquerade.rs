@@ -139,7 +139,8 @@ impl MasqueradeLab {
 
     /// Every answer of `count` attempts of `probe` from outside, all of which must succeed.
     fn outside_answers(&self, probe: Probe, count: u32) -> Vec<ProbeAnswer> {
-        let probe = probe.count(count);
+        // Past the first SYN retransmission (1 s): a lost packet costs time, not the test.
+        let probe = probe.count(count).timeout(Duration::from_secs(3));
         let results = self.outside(&probe);
         results
             .iter()

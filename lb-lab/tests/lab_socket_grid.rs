@@ -106,6 +106,10 @@ const ATTEMPTS: u32 = 24;
 const DROPPED_ATTEMPTS: u32 = 3;
 /// How long the client outside waits for a handshake that a drop never answers.
 const DROP_TIMEOUT: Duration = Duration::from_millis(300);
+/// Each attempt of a row that must be answered may take this long: past the first SYN
+/// retransmission (1 s), so a packet lost on a loaded machine costs time, not the row (the
+/// rows check who answers, never how fast).
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(3);
 /// The agents' default `--masquerade-ports`: the ports a masqueraded client shows.
 const MASQUERADE_PORTS: std::ops::RangeInclusive<u16> = 61000..=65535;
 /// How long the agents may take to program the grid after they start.
@@ -290,7 +294,7 @@ impl Row {
         let probe = Probe::tcp(target).count(self.attempts());
         match (self.from, self.reaches) {
             (Outside, Nothing) => probe.timeout(DROP_TIMEOUT),
-            _ => probe,
+            _ => probe.timeout(ANSWER_TIMEOUT),
         }
     }
 }
