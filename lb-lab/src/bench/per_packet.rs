@@ -229,6 +229,7 @@ pub fn run(
     let mut hit_points = Vec::new();
     let mut new_points = Vec::new();
     let mut miss_points = Vec::new();
+    let mut measured = Vec::new();
 
     for &(services, endpoints) in &config.scales {
         progress.set_message(format!("per-packet: {services} services x {endpoints}"));
@@ -273,6 +274,15 @@ pub fn run(
                     ("miss, many destinations", Family::V4) => miss_points.push((x, row.ns)),
                     _ => {}
                 }
+                measured.push(Measured {
+                    services,
+                    endpoints,
+                    family,
+                    case: row.case,
+                    ns: row.ns,
+                    parse_only: row.parse_only,
+                    floor: row.floor,
+                });
                 table.row(vec![
                     format!("{services} x {endpoints}"),
                     family.name().to_string(),
@@ -287,8 +297,7 @@ pub fn run(
         progress.inc(1);
     }
 
-    let targets = targets_against(&table, &hit_points, &miss_points);
-    notes.extend(targets);
+    notes.extend(targets_against(&measured));
     let chart = LineChart {
         title: "Per-packet cost vs number of services (IPv4)".into(),
         x_label: "services".into(),
@@ -803,52 +812,171 @@ mod masquerade {
     }
 }
 
-/// Where we stand against the per-packet targets.
-fn targets_against(
-    table: &Table,
-    hit_points: &[(f64, f64)],
-    miss_points: &[(f64, f64)],
-) -> Vec<String> {
-    let value = |services: &str, family: &str, case: &str, column: usize| -> Option<String> {
-        table
-            .rows
-            .iter()
-            .find(|r| r[0].starts_with(services) && r[1] == family && r[2] == case)
-            .map(|r| r[column].clone())
-            .filter(|v| v != "n/a")
-    };
+/// One measured case, kept as numbers for the target checks.
+struct Measured {
+    services: usize,
+    endpoints: usize,
+    family: Family,
+    case: &'static str,
+    ns: f64,
+    parse_only: f64,
+    floor: f64,
+}
+
+/// The scale at which the per-packet targets are judged (issue #15).
+const TARGET_SERVICES: usize = 1000;
+
+/// An upper bound on ns/packet for one case: relative to parse-only, or absolute.
+enum Bound {
+    TimesParseOnly(f64),
+    Nanoseconds(f64),
+}
+
+/// Where we stand against the per-packet targets: each line says met or NOT met, with the
+/// numbers it was judged on.
+fn targets_against(measured: &[Measured]) -> Vec<String> {
+    const JUDGED: [(&str, Bound); 4] = [
+        ("hit, existing flow", Bound::TimesParseOnly(2.0)),
+        ("miss, many destinations", Bound::TimesParseOnly(1.2)),
+        ("reverse NAT (TC egress)", Bound::TimesParseOnly(3.0)),
+        // The old design is not kept reachable, so "half of today's" is stated as the
+        // absolute the issue gives for this machine, with the floor beside it.
+        ("hit, new flow", Bound::Nanoseconds(700.0)),
+    ];
+    let verdict = |met: bool| if met { "met" } else { "NOT met" };
     let mut notes = Vec::new();
-    for (case, target) in [("hit, existing flow", "1.5x"), ("hit, new flow", "1.5x")] {
-        match value("1000 x 3", "IPv4", case, 5) {
-            Some(r) => notes.push(format!(
-                "Target: {case} within {target} parse-only — measured {r} (1 000 services, IPv4)."
-            )),
-            None => notes.push(format!(
-                "Target: {case} within {target} parse-only — not measured."
-            )),
+    for (case, bound) in &JUDGED {
+        for family in [Family::V4, Family::V6] {
+            let found = measured.iter().find(|m| {
+                m.services == TARGET_SERVICES
+                    && m.endpoints == 3
+                    && m.family == family
+                    && m.case == *case
+                    && m.ns.is_finite()
+            });
+            let where_ = format!("{TARGET_SERVICES} services, {}", family.name());
+            notes.push(match (bound, found) {
+                (Bound::TimesParseOnly(times), Some(m)) => {
+                    let x = m.ns / m.parse_only;
+                    format!(
+                        "Target: {case} <= {times}x parse-only ({where_}) — {}: {} ns = {x:.2}x \
+                         parse-only ({} ns).",
+                        verdict(x <= *times),
+                        num(m.ns),
+                        num(m.parse_only)
+                    )
+                }
+                (Bound::Nanoseconds(limit), Some(m)) => format!(
+                    "Target: {case} <= {} ns ({where_}) — {}: {} ns (floor {} ns, parse-only {} ns).",
+                    num(*limit),
+                    verdict(m.ns <= *limit),
+                    num(m.ns),
+                    num(m.floor),
+                    num(m.parse_only)
+                ),
+                (_, None) => format!("Target: {case} ({where_}) — not measured."),
+            });
         }
     }
-    match value("1000 x 3", "IPv4", "miss, many destinations", 5) {
-        Some(r) => notes.push(format!(
-            "Target: miss within 1.1x parse-only — measured {r} (1 000 services, IPv4, many destinations)."
-        )),
-        None => notes.push("Target: miss within 1.1x parse-only — not measured.".into()),
-    }
-    for (name, points) in [("hit", hit_points), ("miss", miss_points)] {
-        let finite: Vec<&(f64, f64)> = points.iter().filter(|p| p.1.is_finite()).collect();
-        match (finite.first(), finite.last()) {
-            (Some(first), Some(last)) if finite.len() > 1 => notes.push(format!(
-                "Target: flat within 10% from {} to {} services — {name} went from {} to {} ns ({:+.1}%).",
-                first.0,
-                last.0,
-                num(first.1),
-                num(last.1),
-                (last.1 / first.1 - 1.0) * 100.0
-            )),
-            _ => notes.push(format!(
-                "Target: flat within 10% across services — {name} not measured at two scales."
-            )),
+    for case in ["hit, existing flow", "miss, many destinations"] {
+        for family in [Family::V4, Family::V6] {
+            let curve: Vec<&Measured> = measured
+                .iter()
+                .filter(|m| {
+                    m.endpoints == 3 && m.family == family && m.case == case && m.ns.is_finite()
+                })
+                .collect();
+            let (Some(first), Some(last)) = (curve.first(), curve.last()) else {
+                notes.push(format!(
+                    "Target: {case} flat within 10% across services ({}) — not measured.",
+                    family.name()
+                ));
+                continue;
+            };
+            if curve.len() < 2 {
+                notes.push(format!(
+                    "Target: {case} flat within 10% across services ({}) — measured at one scale only.",
+                    family.name()
+                ));
+                continue;
+            }
+            let change = last.ns / first.ns - 1.0;
+            notes.push(format!(
+                "Target: {case} flat within 10% from {} to {} services ({}) — {}: {} to {} ns ({:+.1}%).",
+                first.services,
+                last.services,
+                family.name(),
+                // A hair of slack: 10% measured must read as met, not lose to float rounding.
+                verdict(change.abs() <= 0.10 + 1e-9),
+                num(first.ns),
+                num(last.ns),
+                change * 100.0
+            ));
         }
     }
     notes
+}
+
+#[cfg(test)]
+mod target_tests {
+    use super::*;
+
+    fn measured(services: usize, family: Family, case: &'static str, ns: f64) -> Measured {
+        Measured {
+            services,
+            endpoints: 3,
+            family,
+            case,
+            ns,
+            parse_only: 30.0,
+            floor: 20.0,
+        }
+    }
+
+    #[test]
+    fn each_target_says_met_or_not_met_with_its_numbers() {
+        let rows = vec![
+            measured(1, Family::V4, "hit, existing flow", 50.0),
+            measured(1000, Family::V4, "hit, existing flow", 55.0),
+            measured(1000, Family::V6, "hit, existing flow", 61.0),
+            measured(1000, Family::V4, "hit, new flow", 650.0),
+            measured(1000, Family::V6, "hit, new flow", 900.0),
+            measured(1000, Family::V4, "miss, many destinations", 33.0),
+        ];
+        let notes = targets_against(&rows);
+        let line = |start: &str| {
+            notes
+                .iter()
+                .find(|n| n.starts_with(start))
+                .unwrap_or_else(|| panic!("no line starting {start:?} in {notes:#?}"))
+                .clone()
+        };
+        assert!(
+            line("Target: hit, existing flow <= 2x parse-only (1000 services, IPv4) — met: 55")
+                .contains("1.83x")
+        );
+        assert!(
+            line("Target: hit, existing flow <= 2x parse-only (1000 services, IPv6) — NOT met")
+                .contains("2.03x")
+        );
+        assert!(
+            line("Target: hit, new flow <= 700 ns (1000 services, IPv4) — met")
+                .contains("floor 20")
+        );
+        assert!(
+            line("Target: hit, new flow <= 700 ns (1000 services, IPv6) — NOT met").contains("900")
+        );
+        assert!(
+            line("Target: miss, many destinations <= 1.2x parse-only (1000 services, IPv4) — met")
+                .contains("1.10x")
+        );
+        line("Target: reverse NAT (TC egress) (1000 services, IPv4) — not measured.");
+        assert!(
+            line("Target: hit, existing flow flat within 10% from 1 to 1000 services (IPv4) — met")
+                .contains("+10.0%")
+        );
+        line(
+            "Target: miss, many destinations flat within 10% across services (IPv4) — measured at one scale only.",
+        );
+    }
 }
