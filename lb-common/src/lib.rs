@@ -295,6 +295,25 @@ pub struct FlowKey {
     pub _pad: [u8; 2],
 }
 
+impl FlowKey {
+    /// The key a masqueraded flow's replies arrive with: this key's endpoint (its
+    /// destination) answering the node's `node_addr:node_port`. One definition for the
+    /// datapath, which takes the port by inserting this key, and the agent's expiry, which
+    /// deletes it with the flow.
+    #[inline(always)]
+    pub const fn masqueraded_reply(&self, node_addr: [u8; 16], node_port: u16) -> FlowKey {
+        FlowKey {
+            src_addr: self.dst_addr,
+            dst_addr: node_addr,
+            src_port: self.dst_port,
+            dst_port: node_port,
+            proto: self.proto,
+            family: self.family,
+            _pad: [0, 0],
+        }
+    }
+}
+
 /// `FlowValue::direction` values.
 pub mod flow_direction {
     /// Key is client -> frontend; `nat_addr:nat_port` is the backend to send to.

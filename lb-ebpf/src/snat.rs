@@ -192,15 +192,7 @@ fn allocate(
     if has == 0 {
         return Err(Reason::DropMasqueradeNoAddress);
     }
-    let mut in_key = FlowKey {
-        src_addr: out_key.dst_addr,
-        dst_addr: addr,
-        src_port: out_key.dst_port,
-        dst_port: out_key.src_port,
-        proto: out_key.proto,
-        family: out_key.family,
-        _pad: [0, 0],
-    };
+    let mut in_key = out_key.masqueraded_reply(addr, out_key.src_port);
     let back_to_client = SnatValue {
         addr: out_key.src_addr,
         last_seen_ns: now_ns(),

@@ -73,20 +73,6 @@ impl Expired {
     }
 }
 
-/// The IN entry an allocated OUT entry (client → endpoint, masqueraded as `out.addr:port`)
-/// made: endpoint → node address and port.
-fn inbound_key(out_key: &FlowKey, out: &SnatValue) -> FlowKey {
-    FlowKey {
-        src_addr: out_key.dst_addr,
-        dst_addr: out.addr,
-        src_port: out_key.dst_port,
-        dst_port: out.port,
-        proto: out_key.proto,
-        family: out_key.family,
-        _pad: [0, 0],
-    }
-}
-
 /// Which entries of SNAT have expired at `now_ns`: a flow's two entries expire together,
 /// when neither direction carried a packet for its protocol's (and TCP state's) timeout,
 /// as a conntrack entry would. An IN entry no OUT entry leads to (a port two CPUs took for
@@ -104,7 +90,7 @@ pub fn expired(entries: &[(FlowKey, SnatValue)], config: &Config, now_ns: u64) -
         }
         let (mut last_seen, mut seen) = (out.last_seen_ns, out.tcp_flags_seen);
         let partner = (out.port != 0)
-            .then(|| inbound_key(key, out))
+            .then(|| key.masqueraded_reply(out.addr, out.port))
             .and_then(|in_key| Some(in_key).zip(by_key.get(&in_key)))
             .filter(|(_, inbound)| inbound.addr == key.src_addr && inbound.port == key.src_port);
         if let Some((in_key, inbound)) = partner {
@@ -180,7 +166,10 @@ mod tests {
             tcp_flags_seen: tcp,
             _pad: [0; 4],
         };
-        vec![(out_key, out), (inbound_key(&out_key, &out), inbound)]
+        vec![
+            (out_key, out),
+            (out_key.masqueraded_reply(out.addr, out.port), inbound),
+        ]
     }
 
     #[test]
