@@ -11,23 +11,20 @@
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    path::PathBuf,
-    process::Command,
     time::Duration,
 };
 
 use slicelb_lab::lab::{
-    ChildGuard,
     cluster::{
-        Cluster, ClusterSpec, POD_UDP_PORT,
+        ClusterSpec, POD_UDP_PORT,
         manifests::{
             ClusterEndpoint, ClusterService, Conditions, EXTERNAL_LOCAL_SERVICE, MY_APP_SERVICE,
             write_services,
         },
+        serving::ServingCluster,
     },
-    lab_binary,
-    probe::{Probe, ProbeAnswer, ProbeProtocol, ProbeResult, RunningProbe},
-    require_root, slicelb_binary,
+    probe::{Probe, ProbeAnswer, ProbeProtocol, RunningProbe},
+    require_root,
 };
 
 /// A bound on a failure (a change that never shows), not a measured time.
@@ -57,13 +54,20 @@ const SERVICES: [ClusterService; 3] = [
 ];
 
 struct MasqueradeLab {
-    cluster: Cluster,
-    _servers: Vec<ChildGuard>,
-    lab: PathBuf,
-    slicelb: PathBuf,
-    manifests: tempfile::TempDir,
-    agents: Vec<(String, ChildGuard)>,
-    agent_args: Vec<String>,
+    serving: ServingCluster,
+}
+
+impl std::ops::Deref for MasqueradeLab {
+    type Target = ServingCluster;
+    fn deref(&self) -> &ServingCluster {
+        &self.serving
+    }
+}
+
+impl std::ops::DerefMut for MasqueradeLab {
+    fn deref_mut(&mut self) -> &mut ServingCluster {
+        &mut self.serving
+    }
 }
 
 impl MasqueradeLab {
@@ -72,19 +76,8 @@ impl MasqueradeLab {
     fn new(test: &str, endpoints: &[&str], agent_args: &[&str]) -> Self {
         require_root(test);
         let spec = ClusterSpec::new(&[("node-a", &["my-app-1"]), ("node-b", &["my-app-2"])]);
-        let cluster = Cluster::new(test, &spec).expect("build the cluster");
-        let lab = lab_binary().expect("the slicelb-lab binary");
-        let slicelb = slicelb_binary().expect("the slicelb binary");
-        let servers = cluster.start_pod_servers(&lab).expect("pod servers");
-        let manifests = tempfile::tempdir().expect("manifest dir");
         let mut this = Self {
-            cluster,
-            _servers: servers,
-            lab,
-            slicelb,
-            manifests,
-            agents: Vec::new(),
-            agent_args: agent_args.iter().map(ToString::to_string).collect(),
+            serving: ServingCluster::new(test, &spec, agent_args),
         };
         let endpoints: Vec<ClusterEndpoint> = endpoints
             .iter()
@@ -99,21 +92,10 @@ impl MasqueradeLab {
         for pod in ["my-app-1", "my-app-2"] {
             slicelb_lab::lab::wait_until(&format!("the first sync beside {pod}"), PATIENCE, || {
                 let probe = Probe::tcp(MY_APP_SERVICE.addr_v4()).timeout(Duration::from_secs(1));
-                this.run(this.cluster.pod(pod).command(&this.lab), &probe)[0]
-                    .answer()
-                    .is_some()
+                this.run(this.command(pod), &probe)[0].answer().is_some()
             });
         }
         this
-    }
-
-    fn start_agent(&mut self, node: &str) {
-        let mut command = self
-            .cluster
-            .agent_command(node, &self.slicelb, self.manifests.path());
-        command.args(&self.agent_args);
-        let agent = ChildGuard::spawn(command, &format!("agent on {node}")).expect("agent");
-        self.agents.push((node.to_string(), agent));
     }
 
     /// `service`'s NodePort on `node`'s uplink address of the family.
@@ -125,16 +107,6 @@ impl MasqueradeLab {
             node.addr_v4.into()
         };
         SocketAddr::new(addr, service.node_port.expect("a NodePort Service"))
-    }
-
-    fn run(&self, command: Command, probe: &Probe) -> Vec<ProbeResult> {
-        probe
-            .run(command)
-            .unwrap_or_else(|e| panic!("probe {probe:?}: {e}"))
-    }
-
-    fn outside(&self, probe: &Probe) -> Vec<ProbeResult> {
-        self.run(self.cluster.outside_command(&self.lab), probe)
     }
 
     /// Every answer of `count` attempts of `probe` from outside, all of which must succeed.
@@ -173,22 +145,6 @@ impl MasqueradeLab {
             .cloned()
             .expect("the held connection is answered");
         (probe, first)
-    }
-
-    /// A reason counter of `slicelb stats -o json` on `node`.
-    fn reason(&self, node: &str, name: &str) -> u64 {
-        let node = self.cluster.node(node);
-        let pin = node.pin_path.display().to_string();
-        let output = node
-            .system_command(&self.slicelb)
-            .args(["stats", "-o", "json", "--pin-path", &pin])
-            .output()
-            .expect("run slicelb stats");
-        assert!(output.status.success(), "slicelb stats: {output:?}");
-        let stats: serde_json::Value = serde_json::from_slice(&output.stdout).expect("stats JSON");
-        stats["reasons"][name]
-            .as_u64()
-            .unwrap_or_else(|| panic!("no reason {name} in {stats}"))
     }
 }
 
@@ -303,7 +259,7 @@ fn a_pod_calling_the_other_nodes_node_port_reaches_an_endpoint_on_its_own_node()
         };
         let target = lab.node_port("node-b", &MY_APP_SERVICE, ipv6);
         let probe = Probe::tcp(target).count(5);
-        for result in lab.run(lab.cluster.pod("my-app-1").command(&lab.lab), &probe) {
+        for result in lab.run(lab.command("my-app-1"), &probe) {
             let answer = result
                 .answer()
                 .unwrap_or_else(|| panic!("{probe:?} from my-app-1: {result:?}"));
@@ -383,16 +339,7 @@ fn a_masqueraded_connection_survives_an_agent_sigkill_and_restart() {
     let node_a: IpAddr = lab.cluster.node("node-a").addr_v4.into();
     let (held, first) = lab.hold_from_outside(target, Duration::from_secs(6));
     assert_answer(&first, target, "my-app-2", node_a, Some(&DEFAULT_PORTS));
-    let (_, mut agent) = lab
-        .agents
-        .iter()
-        .position(|(node, _)| node == "node-a")
-        .map(|at| lab.agents.remove(at))
-        .expect("node-a's agent");
-    agent
-        .signal_and_wait(libc::SIGKILL)
-        .expect("kill the agent");
-    drop(agent);
+    lab.kill_agent("node-a");
     lab.start_agent("node-a");
     // The new agent has adopted the pins and serves new masqueraded flows.
     slicelb_lab::lab::wait_until("node-a's new agent", PATIENCE, || {

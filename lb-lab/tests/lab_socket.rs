@@ -7,25 +7,22 @@
 use std::{
     collections::BTreeSet,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    path::PathBuf,
-    process::Command,
     time::Duration,
 };
 
 use aya::maps::{HashMap, Map, MapData};
 use lb_common::{SockConnection, SockReverseKey, SockReverseValue, capacity, map_names};
 use slicelb_lab::lab::{
-    ChildGuard,
     cluster::{
-        Cluster, ClusterSpec,
+        ClusterSpec,
         manifests::{
             ClusterEndpoint, ClusterService, Conditions, DNS_SERVICE, LOCAL_SERVICE,
             MY_APP_SERVICE, endpoint_slice, write_manifest, write_my_app, write_services,
         },
+        serving::ServingCluster,
     },
-    lab_binary,
     probe::{Probe, ProbeAnswer, ProbeResult, spray_args},
-    require_root, slicelb_binary,
+    require_root,
 };
 
 const REPLICAS: [&str; 3] = ["my-app-1", "my-app-2", "my-app-3"];
@@ -38,13 +35,20 @@ const ATTEMPTS: u32 = 30;
 const PATIENCE: Duration = Duration::from_secs(15);
 
 struct SocketLab {
-    cluster: Cluster,
-    _servers: Vec<ChildGuard>,
-    lab: PathBuf,
-    slicelb: PathBuf,
-    manifests: tempfile::TempDir,
-    /// By node name.
-    agents: Vec<(String, ChildGuard)>,
+    serving: ServingCluster,
+}
+
+impl std::ops::Deref for SocketLab {
+    type Target = ServingCluster;
+    fn deref(&self) -> &ServingCluster {
+        &self.serving
+    }
+}
+
+impl std::ops::DerefMut for SocketLab {
+    fn deref_mut(&mut self) -> &mut ServingCluster {
+        &mut self.serving
+    }
 }
 
 impl SocketLab {
@@ -56,18 +60,8 @@ impl SocketLab {
             ("node-a", &["my-app-1", "my-app-2", CLIENT]),
             ("node-b", &["my-app-3"]),
         ]);
-        let cluster = Cluster::new(test, &spec).expect("build the cluster");
-        let lab = lab_binary().expect("the slicelb-lab binary");
-        let slicelb = slicelb_binary().expect("the slicelb binary");
-        let servers = cluster.start_pod_servers(&lab).expect("pod servers");
-        let manifests = tempfile::tempdir().expect("manifest dir");
         let mut this = Self {
-            cluster,
-            _servers: servers,
-            lab,
-            slicelb,
-            manifests,
-            agents: Vec::new(),
+            serving: ServingCluster::new(test, &spec, &[]),
         };
         this.write(&REPLICAS.map(|pod| (pod, Conditions::READY)));
         for node in ["node-a", "node-b"] {
@@ -117,33 +111,6 @@ impl SocketLab {
         (connected.keys().count(), datagrams.keys().count())
     }
 
-    fn start_agent(&mut self, node: &str) {
-        let command = self
-            .cluster
-            .agent_command(node, &self.slicelb, self.manifests.path());
-        let agent = ChildGuard::spawn(command, &format!("agent on {node}")).expect("agent");
-        self.agents.push((node.to_string(), agent));
-    }
-
-    fn agent(&mut self, node: &str) -> &mut ChildGuard {
-        &mut self
-            .agents
-            .iter_mut()
-            .find(|(name, _)| name == node)
-            .expect("an agent on that node")
-            .1
-    }
-
-    /// A `slicelb-lab` command in pod `from`, or in the node's own cgroup when `from` is a
-    /// node's name.
-    fn command(&self, from: &str) -> Command {
-        if from.starts_with("node-") {
-            self.cluster.node(from).command(&self.lab)
-        } else {
-            self.cluster.pod(from).command(&self.lab)
-        }
-    }
-
     fn probe(&self, from: &str, probe: &Probe) -> Vec<ProbeResult> {
         probe
             .run(self.command(from))
@@ -176,29 +143,9 @@ impl SocketLab {
         slicelb_lab::lab::wait_until(what, PATIENCE, done);
     }
 
-    fn slicelb(&self, node: &str, args: &[&str]) -> std::process::Output {
-        let node = self.cluster.node(node);
-        let pin = node.pin_path.display().to_string();
-        let output = node
-            .system_command(&self.slicelb)
-            .args(args)
-            .args(["--pin-path", &pin])
-            .output()
-            .expect("run slicelb");
-        assert!(
-            output.status.success(),
-            "slicelb {args:?} failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        output
-    }
-
     /// `slicelb stats -o json`'s socket-level counters on `node`.
     fn socket_counters(&self, node: &str) -> serde_json::Value {
-        let output = self.slicelb(node, &["stats", "-o", "json"]);
-        let stats: serde_json::Value =
-            serde_json::from_slice(&output.stdout).expect("stats as JSON");
-        stats["sockets"].clone()
+        self.stats(node)["sockets"].clone()
     }
 }
 
@@ -575,13 +522,10 @@ fn established_connections_survive_an_agent_sigkill_and_restart_which_adopts_the
         .expect("the held connection is answered");
     let links_before = slicelb_cgroup_links();
 
-    lab.agent("node-a")
-        .signal_and_wait(libc::SIGKILL)
-        .expect("kill the agent");
+    lab.kill_agent("node-a");
     // No agent: the pinned programs keep balancing new connections.
     let answers = lab.must_answer(CLIENT, Probe::tcp(service));
     assert_eq!(served_by(&answers), names(&REPLICAS), "without an agent");
-    lab.agents.retain(|(node, _)| node != "node-a");
     lab.start_agent("node-a");
     lab.wait_until("the new agent's socket links replace the old", || {
         let now = slicelb_cgroup_links();

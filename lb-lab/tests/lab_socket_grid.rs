@@ -84,14 +84,13 @@ use k8s_openapi::{
     apimachinery::pkg::util::intstr::IntOrString,
 };
 use slicelb_lab::lab::{
-    ChildGuard,
     cluster::{
         Cluster, ClusterNode, ClusterSpec, POD_TCP_PORT,
         manifests::{ClusterEndpoint, Conditions, endpoint_slice, object_meta, write_manifest},
+        serving::ServingCluster,
     },
-    lab_binary,
     probe::{Probe, ProbeAnswer, ProbeProtocol, ProbeResult},
-    require_root, slicelb_binary,
+    require_root,
 };
 // The grid's vocabulary, unqualified so that each row reads as one line.
 use Destination::{ClusterIp, ExternalIp, LoadBalancer, NodePort};
@@ -646,12 +645,8 @@ fn every_source_reaches_kube_proxys_endpoints_and_is_masqueraded_as_slicelb_defi
     const TEST: &str = "socket_grid";
     require_root(TEST);
     let spec = ClusterSpec::new(&[(LOCAL_NODE, NODE_A_PODS), (REMOTE_NODE, NODE_B_PODS)]);
-    let cluster = Cluster::new(TEST, &spec).expect("build the cluster");
-    let lab = lab_binary().expect("the slicelb-lab binary");
-    let slicelb = slicelb_binary().expect("the slicelb binary (SLICELB_BIN or built)");
-    let _servers = cluster
-        .start_pod_servers(&lab)
-        .expect("start the pod servers");
+    let mut serving = ServingCluster::new(TEST, &spec, &[]);
+    let cluster = &serving.cluster;
     // As a router in front of the cluster would: every load-balancer and external IP
     // (one range per kind and family) reaches node-a.
     for family in Family::BOTH {
@@ -664,18 +659,17 @@ fn every_source_reaches_kube_proxys_endpoints_and_is_masqueraded_as_slicelb_defi
                 .unwrap_or_else(|e| panic!("route {range} from outside to {LOCAL_NODE}: {e}"));
         }
     }
-    let manifests = tempfile::tempdir().expect("a manifest directory");
-    write_manifest(manifests.path(), MANIFEST_FILE, &grid_manifests(&cluster))
-        .expect("write the grid's manifests");
-    let _agents: Vec<ChildGuard> = [LOCAL_NODE, REMOTE_NODE]
-        .iter()
-        .map(|node| {
-            let command = cluster.agent_command(node, &slicelb, manifests.path());
-            ChildGuard::spawn(command, &format!("{node}'s agent"))
-                .unwrap_or_else(|e| panic!("start {node}'s agent: {e}"))
-        })
-        .collect();
-    wait_for_first_sync(&cluster, &lab);
+    write_manifest(
+        serving.manifests.path(),
+        MANIFEST_FILE,
+        &grid_manifests(cluster),
+    )
+    .expect("write the grid's manifests");
+    for node in [LOCAL_NODE, REMOTE_NODE] {
+        serving.start_agent(node);
+    }
+    let (cluster, lab) = (&serving.cluster, &serving.lab);
+    wait_for_first_sync(cluster, lab);
 
     let node_a = cluster.node(LOCAL_NODE);
     let mut mismatches = Vec::new();
@@ -684,7 +678,7 @@ fn every_source_reaches_kube_proxys_endpoints_and_is_masqueraded_as_slicelb_defi
             let target = row.service.address(row.to, family, node_a);
             let results = row
                 .probe(target)
-                .run(source_command(&cluster, row.from, &lab))
+                .run(source_command(cluster, row.from, lab))
                 .unwrap_or_else(|e| panic!("{:?} probe for {:?}: {e}", row.from, row.name));
             assert_eq!(
                 results.len(),

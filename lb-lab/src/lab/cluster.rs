@@ -34,6 +34,7 @@
 //! unwinds.
 
 pub mod manifests;
+pub mod serving;
 
 use std::{
     ffi::OsStr,
