@@ -329,9 +329,10 @@ pub fn run(
                  so cases that rewrite the frame (hits, reverse NAT) run behind a restore \
                  program that puts the frame back and tail-calls the program measured \
                  (new flow: with a source never seen before, {} flows per run, in a \
-                 CONNTRACK with room for all of them; TCP: a SYN (64 bytes, 74 for IPv6) from a new \
-                 source, then the ACK completing each of those handshakes, the same \
-                 sources replayed, to the middle service, which listens on TCP too); the \
+                 CONNTRACK with room for all of them; TCP: a SYN (64 bytes, 74 for \
+                 IPv6) from a new source, then the ACK completing each of those \
+                 handshakes, the same sources replayed, to the middle service, which \
+                 listens on TCP too); the \
                  restore's own cost (restore then an empty program) is subtracted and the \
                  floor added. Misses leave the frame alone and run directly. \
                  Services are dual-stack with one UDP port; endpoints are addresses in \
@@ -688,7 +689,12 @@ fn measure_handshake(
         row(
             CASES[4],
             net(median(&ack_samples)),
-            note(ack_out, "handshakes completed", counted[1], Reason::LbConntrack),
+            note(
+                ack_out,
+                "handshakes completed",
+                counted[1],
+                Reason::LbConntrack,
+            ),
         ),
     ])
 }
