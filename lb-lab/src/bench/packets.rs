@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 
-use etherparse::PacketBuilder;
+use etherparse::{IpHeaders, PacketBuilder, PacketBuilderStep};
 
 /// Every benchmark frame is this long.
 pub const FRAME_LEN: usize = 64;
@@ -14,21 +14,32 @@ const IPV6_LEN: usize = 40;
 const UDP_LEN: usize = 8;
 const TCP_LEN: usize = 20;
 
-/// A 64-byte Ethernet/IP/UDP frame from `src` to `dst` (both IPv4 or both IPv6).
-pub fn udp_frame(src_mac: [u8; 6], dst_mac: [u8; 6], src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
+/// The Ethernet and IP layers of a frame from `src` to `dst` (both IPv4 or both IPv6), and
+/// their length.
+fn ip_layers(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: SocketAddr,
+    dst: SocketAddr,
+) -> (PacketBuilderStep<IpHeaders>, usize) {
     let builder = PacketBuilder::ethernet2(src_mac, dst_mac);
-    let (builder, headers) = match (src, dst) {
+    match (src, dst) {
         (SocketAddr::V4(s), SocketAddr::V4(d)) => (
             builder.ipv4(s.ip().octets(), d.ip().octets(), 64),
-            ETH_LEN + IPV4_LEN + UDP_LEN,
+            ETH_LEN + IPV4_LEN,
         ),
         (SocketAddr::V6(s), SocketAddr::V6(d)) => (
             builder.ipv6(s.ip().octets(), d.ip().octets(), 64),
-            ETH_LEN + IPV6_LEN + UDP_LEN,
+            ETH_LEN + IPV6_LEN,
         ),
-        _ => panic!("udp_frame: {src} and {dst} are of different families"),
-    };
-    let payload = vec![0x5a; FRAME_LEN - headers];
+        _ => panic!("{src} and {dst} are of different families"),
+    }
+}
+
+/// A 64-byte Ethernet/IP/UDP frame from `src` to `dst` (both IPv4 or both IPv6).
+pub fn udp_frame(src_mac: [u8; 6], dst_mac: [u8; 6], src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
+    let (builder, ip_len) = ip_layers(src_mac, dst_mac, src, dst);
+    let payload = vec![0x5a; FRAME_LEN - ip_len - UDP_LEN];
     let mut frame = Vec::with_capacity(FRAME_LEN);
     builder
         .udp(src.port(), dst.port())
@@ -55,18 +66,8 @@ pub fn tcp_frame(
     dst: SocketAddr,
     segment: TcpSegment,
 ) -> Vec<u8> {
-    let builder = PacketBuilder::ethernet2(src_mac, dst_mac);
-    let (builder, headers) = match (src, dst) {
-        (SocketAddr::V4(s), SocketAddr::V4(d)) => (
-            builder.ipv4(s.ip().octets(), d.ip().octets(), 64),
-            ETH_LEN + IPV4_LEN + TCP_LEN,
-        ),
-        (SocketAddr::V6(s), SocketAddr::V6(d)) => (
-            builder.ipv6(s.ip().octets(), d.ip().octets(), 64),
-            ETH_LEN + IPV6_LEN + TCP_LEN,
-        ),
-        _ => panic!("tcp_frame: {src} and {dst} are of different families"),
-    };
+    let (builder, ip_len) = ip_layers(src_mac, dst_mac, src, dst);
+    let headers = ip_len + TCP_LEN;
     let payload = vec![0x5a; FRAME_LEN.saturating_sub(headers)];
     let builder = builder.tcp(src.port(), dst.port(), 1_000, 64_240);
     let builder = match segment {

@@ -603,6 +603,17 @@ fn measure_family(
     Ok(rows)
 }
 
+/// Makes the rows of one scale and family, measured against `floor` and `parse_only`.
+fn rows_against(floor: f64, parse_only: f64) -> impl Fn(&'static str, f64, String) -> CaseRow {
+    move |case, ns, note| CaseRow {
+        case,
+        ns,
+        floor,
+        parse_only,
+        note,
+    }
+}
+
 /// A TCP connection's first two packets from a client: its SYN, a new flow (a source never
 /// seen before, as for UDP), then the ACK that completes the handshake, replaying the
 /// SYNs' sources (the restore's sequence set back): the flow found in its handshake and
@@ -632,30 +643,25 @@ fn measure_handshake(
         slicelb.reason_count(Reason::LbConntrack)?,
     );
     for _ in 0..config.runs {
+        // The SYNs' sources, then the same again for the ACKs.
         let first_source = restore.sequence()?;
-        let (ns, run) = restored(
-            slicelb,
-            restore,
-            program_names::XDP_INGRESS,
-            &syn,
-            Flows::New(family),
-            batch,
-            1,
-        )?;
-        syn_samples.push(ns);
-        syn_out = Some(run.out);
-        restore.set_sequence(first_source)?;
-        let (ns, run) = restored(
-            slicelb,
-            restore,
-            program_names::XDP_INGRESS,
-            &ack,
-            Flows::New(family),
-            batch,
-            1,
-        )?;
-        ack_samples.push(ns);
-        ack_out = Some(run.out);
+        for (frame, samples, out) in [
+            (&syn, &mut syn_samples, &mut syn_out),
+            (&ack, &mut ack_samples, &mut ack_out),
+        ] {
+            restore.set_sequence(first_source)?;
+            let (ns, run) = restored(
+                slicelb,
+                restore,
+                program_names::XDP_INGRESS,
+                frame,
+                Flows::New(family),
+                batch,
+                1,
+            )?;
+            samples.push(ns);
+            *out = Some(run.out);
+        }
     }
     let expected = u64::from(batch) * config.runs as u64;
     let counted = [
@@ -673,13 +679,7 @@ fn measure_handshake(
             format!("{batch} {what} per run")
         }
     };
-    let row = |case: &'static str, ns: f64, note: String| CaseRow {
-        case,
-        ns,
-        floor,
-        parse_only,
-        note,
-    };
+    let row = rows_against(floor, parse_only);
     Ok(vec![
         row(
             CASES[3],
