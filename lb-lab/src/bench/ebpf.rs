@@ -507,6 +507,24 @@ impl PerPacketPrograms {
         &self.ebpf
     }
 
+    /// Restore runs so far: the sequence number the next new flow's source is made of.
+    pub fn sequence(&mut self) -> Result<u64, BenchError> {
+        let seq: Array<_, u64> = Array::try_from(map_mut(&mut self.ebpf, map_names::RESTORE_SEQ)?)
+            .map_err(map_error(map_names::RESTORE_SEQ, "open"))?;
+        seq.get(&0, 0)
+            .map_err(map_error(map_names::RESTORE_SEQ, "read"))
+    }
+
+    /// Sets the sequence back (or on), so that the next runs replay the sources of runs
+    /// made from `seq` on (a handshake's second packet after its SYN).
+    pub fn set_sequence(&mut self, seq: u64) -> Result<(), BenchError> {
+        let mut map: Array<_, u64> =
+            Array::try_from(map_mut(&mut self.ebpf, map_names::RESTORE_SEQ)?)
+                .map_err(map_error(map_names::RESTORE_SEQ, "open"))?;
+        map.set(0, &seq, 0)
+            .map_err(map_error(map_names::RESTORE_SEQ, "write"))
+    }
+
     /// Runs `target` (a TC program when `tc`) behind the restore, `repeat` times: the
     /// restore writes `frame` (zero-padded to 64 bytes) back before every run, varied as
     /// `flows` says.

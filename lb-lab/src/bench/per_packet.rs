@@ -16,6 +16,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use indicatif::ProgressBar;
 use lb_common::{
+    Reason,
     bench::{RestoreConfig, program_names as bench_programs},
     program_names,
 };
@@ -25,7 +26,7 @@ use slicelb::dataplane::MapCapacity;
 use super::{
     ebpf::{PerPacketPrograms, program_fd},
     error::BenchError,
-    packets::{self, udp_frame},
+    packets::{self, TcpSegment, tcp_frame, udp_frame},
     plot::{LineChart, Series},
     report::{Section, Table, num, ratio},
     services::{Proto, ServiceSet},
@@ -233,13 +234,19 @@ pub fn run(
 
     for &(services, endpoints) in &config.scales {
         progress.set_message(format!("per-packet: {services} services x {endpoints}"));
-        let set = ServiceSet::synthetic(services, endpoints, &[Proto::Udp], true);
-        // Two entries per new flow, for both families' runs, with room to spare.
-        let conntrack = (4 * config.batch * config.runs + 1024)
-            .next_power_of_two()
-            .max(lb_common::capacity::CONNTRACK as usize) as u32;
+        let mut set = ServiceSet::synthetic(services, endpoints, &[Proto::Udp], true);
+        // The handshake cases' service: the middle one, on TCP too.
+        let middle = set.services.len() / 2;
+        set.services[middle].protocols.push(Proto::Tcp);
+        // Two entries per new flow (UDP, and TCP once its handshake completes) and per
+        // handshake, for both families' runs, with room to spare.
+        let flows_per_protocol = 2 * 2 * config.batch * config.runs;
+        let room = |entries: usize, default: u32| {
+            (entries + 1024).next_power_of_two().max(default as usize) as u32
+        };
         let capacity = MapCapacity {
-            conntrack,
+            conntrack: room(2 * flows_per_protocol, lb_common::capacity::CONNTRACK),
+            handshakes: room(flows_per_protocol, lb_common::capacity::HANDSHAKES),
             ..capacity_for(services, endpoints, 2)
         };
         let mut loaded = Slicelb::load(capacity).and_then(|mut lb| {
@@ -331,7 +338,10 @@ pub fn run(
                  so cases that rewrite the frame (hits, reverse NAT) run behind a restore \
                  program that puts the frame back and tail-calls the program measured \
                  (new flow: with a source never seen before, {} flows per run, in a \
-                 CONNTRACK with room for all of them); the \
+                 CONNTRACK with room for all of them; TCP: a SYN (64 bytes, 74 for \
+                 IPv6) from a new source, then the ACK completing each of those \
+                 handshakes, the same sources replayed, to the middle service, which \
+                 listens on TCP too); the \
                  restore's own cost (restore then an empty program) is subtracted and the \
                  floor added. Misses leave the frame alone and run directly. \
                  Services are dual-stack with one UDP port; endpoints are addresses in \
@@ -353,10 +363,12 @@ pub fn file_name(stem: &std::path::Path) -> String {
 }
 
 /// The rows of one scale and family, in this order.
-const CASES: [&str; 9] = [
+const CASES: [&str; 11] = [
     "floor",
     "parse-only",
     "hit, new flow",
+    "hit, new flow (TCP SYN)",
+    "hit, handshake's ACK (TCP)",
     "hit, existing flow",
     "miss",
     "miss, many destinations",
@@ -439,6 +451,16 @@ fn measure_family(
             )
         },
     ));
+
+    rows.extend(measure_handshake(
+        slicelb,
+        restore,
+        (family.client(40_000), service),
+        &is_endpoint,
+        config,
+        restore_new,
+        (floor, parse_only),
+    )?);
 
     // Existing flow: the first run creates the flow; then the same frame behind the restore.
     let first = slicelb.run(program_names::XDP_INGRESS, &hit, 1)?;
@@ -590,6 +612,102 @@ fn measure_family(
     Ok(rows)
 }
 
+/// Makes the rows of one scale and family, measured against `floor` and `parse_only`.
+fn rows_against(floor: f64, parse_only: f64) -> impl Fn(&'static str, f64, String) -> CaseRow {
+    move |case, ns, note| CaseRow {
+        case,
+        ns,
+        floor,
+        parse_only,
+        note,
+    }
+}
+
+/// A TCP connection's first two packets from a client: its SYN, a new flow (a source never
+/// seen before, as for UDP), then the ACK that completes the handshake, replaying the
+/// SYNs' sources (the restore's sequence set back): the flow found in its handshake and
+/// confirmed. `restore_new` is the restore's own cost with new flows.
+fn measure_handshake(
+    slicelb: &Slicelb,
+    restore: &mut PerPacketPrograms,
+    (client, service): (SocketAddr, SocketAddr),
+    is_endpoint: &dyn Fn(Option<SocketAddr>) -> bool,
+    config: &Config,
+    restore_new: f64,
+    (floor, parse_only): (f64, f64),
+) -> Result<Vec<CaseRow>, BenchError> {
+    let family = if client.is_ipv4() {
+        Family::V4
+    } else {
+        Family::V6
+    };
+    let syn = tcp_frame(CLIENT_MAC, NODE_MAC, client, service, TcpSegment::Syn);
+    let ack = tcp_frame(CLIENT_MAC, NODE_MAC, client, service, TcpSegment::Ack);
+    let batch = config.batch as u32;
+    let (mut syn_samples, mut ack_samples) = (Vec::new(), Vec::new());
+    let (mut syn_out, mut ack_out) = (None, None);
+    // Every packet of every run: the SYNs balanced afresh, the ACKs following their flows.
+    let (new_before, followed_before) = (
+        slicelb.reason_count(Reason::LbNewFlow)?,
+        slicelb.reason_count(Reason::LbConntrack)?,
+    );
+    for _ in 0..config.runs {
+        // The SYNs' sources, then the same again for the ACKs.
+        let first_source = restore.sequence()?;
+        for (frame, samples, out) in [
+            (&syn, &mut syn_samples, &mut syn_out),
+            (&ack, &mut ack_samples, &mut ack_out),
+        ] {
+            restore.set_sequence(first_source)?;
+            let (ns, run) = restored(
+                slicelb,
+                restore,
+                program_names::XDP_INGRESS,
+                frame,
+                Flows::New(family),
+                batch,
+                1,
+            )?;
+            samples.push(ns);
+            *out = Some(run.out);
+        }
+    }
+    let expected = u64::from(batch) * config.runs as u64;
+    let counted = [
+        slicelb.reason_count(Reason::LbNewFlow)? - new_before,
+        slicelb.reason_count(Reason::LbConntrack)? - followed_before,
+    ];
+    let net = |behind: f64| floor + (behind - restore_new);
+    let note = |out: Option<Vec<u8>>, what: &str, counted: u64, reason: Reason| {
+        let destination = out.as_deref().and_then(packets::destination);
+        if !is_endpoint(destination) {
+            format!("WARNING: the last {what} left for {destination:?}, not an endpoint")
+        } else if counted != expected {
+            format!("WARNING: {counted} of {expected} {what} counted {reason:?}")
+        } else {
+            format!("{batch} {what} per run")
+        }
+    };
+    let row = rows_against(floor, parse_only);
+    Ok(vec![
+        row(
+            CASES[3],
+            net(median(&syn_samples)),
+            note(syn_out, "connections' SYNs", counted[0], Reason::LbNewFlow),
+        ),
+        row(
+            CASES[4],
+            net(median(&ack_samples)),
+            note(
+                ack_out,
+                "handshakes completed",
+                counted[1],
+                Reason::LbConntrack,
+            ),
+        ),
+    ])
+}
+
 /// The masquerade path: a flow from outside to an external IP whose endpoint is on another
 /// node. Its DNATed packet through TC egress (source NAT, an existing mapping), and the
 /// endpoint's reply to the node's address and port through XDP ingress (given back to the
@@ -717,7 +835,7 @@ mod masquerade {
     use lb_common::SnatAddresses;
     use slicelb::{dataplane::masquerade::PortRange, model::Snapshot};
 
-    pub const CASES: [&str; 2] = [super::CASES[7], super::CASES[8]];
+    pub const CASES: [&str; 2] = [super::CASES[9], super::CASES[10]];
     pub const EXTERNAL_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 99, 1);
     pub const EXTERNAL_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 0x99, 0, 0, 0, 1);
     pub const PORT: u16 = 80;

@@ -167,6 +167,18 @@ impl Slicelb {
             .map_err(|e| BenchError::unexpected("reading SOCKET_STATS", e.to_string()))
     }
 
+    /// How many packets ended with `reason` so far (REASON_STATS, summed over CPUs).
+    pub fn reason_count(&self, reason: lb_common::Reason) -> Result<u64, BenchError> {
+        let counts = self
+            .maps
+            .reasons()
+            .map_err(|e| BenchError::unexpected("reading REASON_STATS", e.to_string()))?;
+        Ok(counts
+            .into_iter()
+            .find(|(counted, _)| *counted == reason)
+            .map_or(0, |(_, count)| count))
+    }
+
     /// Turns masquerade on with `ports`, masquerading with `addresses` per interface index.
     pub fn set_masquerade(
         &mut self,
