@@ -15,11 +15,11 @@
 //! Fragments take the slow path too (a first fragment's backend is recorded there).
 
 use aya_ebpf::helpers::generated::bpf_jiffies64;
-use lb_common::{FlowCacheSlot, PROTO_SCTP, PROTO_TCP, backend_state, hash::flow_cache_slot};
+use lb_common::{FlowCacheSlot, PROTO_TCP, hash::flow_cache_slot};
 
 use crate::{
-    lookup::{TCP_FIN, TCP_RST, TCP_SYN, Target},
-    maps::{BACKENDS, CONFIG, FLOW_CACHE},
+    lookup::{TCP_FIN, TCP_RST, TCP_SYN, Target, backend_holds},
+    maps::{CONFIG, FLOW_CACHE},
     parse::{Fragment, Parsed},
 };
 
@@ -85,15 +85,8 @@ pub fn lookup(p: &Parsed, config: CacheConfig) -> Option<&'static FlowCacheSlot>
     {
         return None;
     }
-    let backend = BACKENDS.get(slot.backend_id)?;
-    // The slot is empty or was reused for another endpoint: the flow's backend is gone.
-    if backend.state == backend_state::EMPTY
-        || backend.addr != slot.nat_addr
-        || (p.proto != PROTO_SCTP && backend.port != slot.nat_port)
-    {
-        return None;
-    }
-    Some(slot)
+    // A removed backend is never used.
+    backend_holds(slot.backend_id, &slot.nat_addr, slot.nat_port, p.proto).then_some(slot)
 }
 
 /// Writes an established flow (from its CONNTRACK entry) into this CPU's slot for it and

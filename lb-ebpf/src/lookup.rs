@@ -218,6 +218,18 @@ pub fn backend(id: u32) -> Option<Backend> {
     Some(backend)
 }
 
+/// Whether backend slot `id` still holds the endpoint a flow of `proto` was sent to (its
+/// address, and its port unless SCTP, whose port is the frontend's): false when the slot
+/// is empty or was reused for another endpoint, i.e. the flow's backend is gone.
+#[inline(always)]
+pub fn backend_holds(id: u32, addr: &[u8; 16], port: u16, proto: u8) -> bool {
+    BACKENDS.get(id).is_some_and(|backend| {
+        backend.state != backend_state::EMPTY
+            && backend.addr == *addr
+            && (proto == PROTO_SCTP || backend.port == port)
+    })
+}
+
 #[inline(always)]
 pub fn flow_key(p: &Parsed) -> FlowKey {
     FlowKey {
@@ -306,14 +318,7 @@ pub fn established(
         entry.nat_addr,
         entry.nat_port,
     );
-    let Some(backend) = BACKENDS.get(backend_id) else {
-        return Err(miss);
-    };
-    // The slot is empty or was reused for another endpoint: the flow's backend is gone.
-    if backend.state == backend_state::EMPTY
-        || backend.addr != nat_addr
-        || (p.proto != PROTO_SCTP && backend.port != nat_port)
-    {
+    if !backend_holds(backend_id, &nat_addr, nat_port, p.proto) {
         return Err(miss);
     }
     let updated_seen = if p.proto == PROTO_TCP {
