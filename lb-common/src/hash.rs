@@ -72,6 +72,42 @@ pub fn frontend_filter_slot(addr: &[u8; 16], port: u16, proto: u8, family: u8) -
     (word, mask)
 }
 
+/// The flow cache slot (`0..capacity::FLOW_CACHE_SLOTS`) of a flow's addresses, ports and
+/// protocol (network byte order, as in the packet). One multiply, as for the frontend
+/// filter: a collision only sends a packet on to CONNTRACK.
+#[inline(always)]
+pub fn flow_cache_slot(
+    src: &[u8; 16],
+    dst: &[u8; 16],
+    src_port: u16,
+    dst_port: u16,
+    proto: u8,
+) -> u32 {
+    let word = |addr: &[u8; 16], at: usize| {
+        u64::from_le_bytes([
+            addr[at],
+            addr[at + 1],
+            addr[at + 2],
+            addr[at + 3],
+            addr[at + 4],
+            addr[at + 5],
+            addr[at + 6],
+            addr[at + 7],
+        ])
+    };
+    // IPv4 addresses fill the low 4 bytes of their first word: the rotations move the two
+    // addresses and the ports into different bits before they are mixed.
+    let ports = ((src_port as u64) << 32) | ((dst_port as u64) << 48) | proto as u64;
+    let mut h = word(src, 0)
+        ^ word(src, 8).rotate_left(7)
+        ^ word(dst, 0).rotate_left(29)
+        ^ word(dst, 8).rotate_left(41)
+        ^ ports;
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    (h >> (64 - crate::capacity::FLOW_CACHE_SLOTS_LOG2)) as u32
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,5 +192,62 @@ mod tests {
             frontend_filter_slot(&[1; 16], 80u16.to_be(), 17, 6),
             "protocol"
         );
+    }
+
+    #[test]
+    fn flow_cache_slots_spread_over_source_ports_and_clients() {
+        extern crate std;
+        use crate::capacity::FLOW_CACHE_SLOTS;
+        let dst = [198, 18, 100, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        const V6_DST: [u8; 16] = [0x20, 0x01, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1];
+        let flows = FLOW_CACHE_SLOTS * 8;
+        /// The `i`th flow's source address and port.
+        type Flow = fn(u32) -> ([u8; 16], u16);
+        // (case, its flows, their destination)
+        let cases: [(&str, Flow, [u8; 16]); 3] = [
+            (
+                "one client's source ports",
+                |i| {
+                    let mut src = [0u8; 16];
+                    src[..4].copy_from_slice(&[198, 18, 0, 1]);
+                    (src, (1024 + i) as u16)
+                },
+                dst,
+            ),
+            (
+                "many IPv4 clients",
+                |i| {
+                    let mut src = [0u8; 16];
+                    src[..4].copy_from_slice(&[198, 18, (i >> 8) as u8, i as u8]);
+                    (src, 40000)
+                },
+                dst,
+            ),
+            (
+                "many IPv6 clients",
+                |i| {
+                    let mut src = V6_DST;
+                    src[12..].copy_from_slice(&i.to_be_bytes());
+                    (src, 40000)
+                },
+                V6_DST,
+            ),
+        ];
+        for (case, flow, dst) in cases {
+            let mut buckets = std::vec![0u32; FLOW_CACHE_SLOTS as usize];
+            for i in 0..flows {
+                let (src, sport) = flow(i);
+                let slot = flow_cache_slot(&src, &dst, sport.to_be(), 80u16.to_be(), 6);
+                buckets[slot as usize] += 1;
+            }
+            let empty = buckets.iter().filter(|&&n| n == 0).count();
+            let max = *buckets.iter().max().unwrap();
+            // 8 flows a slot on average: random placement leaves about one slot empty and
+            // none above 24.
+            assert!(
+                empty < 40 && max < 24,
+                "{case}: {empty} empty slots, {max} flows in the fullest"
+            );
+        }
     }
 }

@@ -78,6 +78,9 @@ pub mod map_names {
     pub const HANDSHAKES: &str = "HANDSHAKES";
     /// Interface index -> the addresses masqueraded flows leaving through it take.
     pub const SNAT_ADDRESSES: &str = "SNAT_ADDRESSES";
+    /// The per-CPU flow cache in front of CONNTRACK ([`crate::FlowCacheSlot`]). Not pinned:
+    /// a cache, which a new program starts empty.
+    pub const FLOW_CACHE: &str = "FLOW_CACHE";
 }
 
 /// Program names (the Rust function names in `lb-ebpf`).
@@ -100,6 +103,10 @@ pub mod program_names {
     pub const GETPEERNAME4: &str = "slicelb_getpeername4";
     pub const GETPEERNAME6: &str = "slicelb_getpeername6";
     pub const SOCK_RELEASE: &str = "slicelb_sock_release";
+    /// Test-run only, never attached: writes `bpf_jiffies64()` and `bpf_ktime_get_ns()`
+    /// (u64 each, host order) into the first 16 bytes of its packet, from which the agent
+    /// measures the kernel's tick length (CONFIG's `ns_per_jiffy`).
+    pub const CLOCK_PROBE: &str = "slicelb_clock_probe";
 }
 
 /// Default sizes; the agent may override them at load time (`EbpfLoader::map_max_entries`).
@@ -130,6 +137,10 @@ pub mod capacity {
     pub const SNAT: u32 = 131_072;
     /// Interfaces with masquerade addresses.
     pub const SNAT_ADDRESSES: u32 = 64;
+    /// Slots of the flow cache, per CPU (80 bytes each: 320 KiB, within a core's L2); a
+    /// power of two, indexed by the top bits of a one-multiply hash.
+    pub const FLOW_CACHE_SLOTS_LOG2: u32 = 12;
+    pub const FLOW_CACHE_SLOTS: u32 = 1 << FLOW_CACHE_SLOTS_LOG2;
 }
 
 /// FRONTEND_FILTER: a blocked Bloom filter of the frontends, u64 words; each frontend sets
@@ -351,6 +362,29 @@ pub struct FlowValue {
     pub _pad: [u8; 4],
 }
 
+/// One slot of the per-CPU flow cache (FLOW_CACHE, not pinned: a new program starts with
+/// an empty one), in front of CONNTRACK on the forward path: what an established flow's
+/// packet needs, copied from its forward entry. Used only while `generation` is CONFIG's
+/// `flow_generation`, `jiffies < valid_until_jiffies` (the flow's refresh interval, after
+/// which a packet refreshes the CONNTRACK entry) and the backend slot still holds
+/// `nat_addr`/`nat_port`. All zero: empty (never valid).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowCacheSlot {
+    pub key: FlowKey,
+    /// Network byte order: the backend's address.
+    pub nat_addr: [u8; 16],
+    pub backend_id: u32,
+    pub service_id: u32,
+    /// `bpf_jiffies64()` up to which the slot may be used.
+    pub valid_until_jiffies: u64,
+    /// CONFIG's `flow_generation` read before the CONNTRACK lookup that filled the slot.
+    pub generation: u32,
+    /// Network byte order: the backend's port (SCTP: the frontend's).
+    pub nat_port: u16,
+    pub _pad: [u8; 2],
+}
+
 /// Key of the AFFINITY LRU map (`sessionAffinity: ClientIP`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -536,6 +570,13 @@ pub struct Config {
     /// CONFIG pinned before them reads as "no masquerade".)
     pub masquerade_port_min: u16,
     pub masquerade_port_max: u16,
+    /// Nanoseconds per kernel tick (1e9 / HZ), measured by the agent: the flow cache times
+    /// its slots in jiffies (`bpf_jiffies64`, inlined by the JIT, where a clock read is a
+    /// helper call). 0: unknown, the flow cache stays off.
+    pub ns_per_jiffy: u32,
+    /// Bumped by the agent whenever it deletes CONNTRACK entries or rewrites CONFIG: a flow
+    /// cache slot filled under another generation is not used.
+    pub flow_generation: u32,
 }
 
 pub mod config_flags {
@@ -584,6 +625,8 @@ impl Default for Config {
             flags: 0,
             masquerade_port_min: 0,
             masquerade_port_max: 0,
+            ns_per_jiffy: 0,
+            flow_generation: 0,
         }
     }
 }
@@ -648,7 +691,7 @@ pub const fn masquerades(frontend_flags: u16, backend_flags: u8) -> bool {
 /// or meaning), and give the previous version a converter in
 /// `lb-userspace/src/dataplane/migrate.rs`: an agent that finds another version pinned
 /// rebuilds the maps and carries their entries over, so that flows survive the upgrade.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Key and value of a pinned map, as this build writes them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -726,7 +769,8 @@ const _: () = {
     assert!(core::mem::size_of::<FragmentKey>() == 40);
     assert!(core::mem::size_of::<FragmentValue>() == 8);
     assert!(core::mem::size_of::<SourceRangeKey>() == 24);
-    assert!(core::mem::size_of::<Config>() == 40);
+    assert!(core::mem::size_of::<Config>() == 48);
+    assert!(core::mem::size_of::<FlowCacheSlot>() == 80);
     assert!(core::mem::size_of::<ServiceName>() == 256);
     assert!(core::mem::size_of::<ServiceCounters>() == 32);
     assert!(core::mem::size_of::<SockReverseKey>() == 32);
@@ -751,6 +795,7 @@ mod pod {
     unsafe impl aya::Pod for FragmentValue {}
     unsafe impl aya::Pod for SourceRangeKey {}
     unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for FlowCacheSlot {}
     unsafe impl aya::Pod for ServiceName {}
     unsafe impl aya::Pod for ServiceCounters {}
     unsafe impl aya::Pod for SockReverseKey {}
@@ -793,7 +838,7 @@ mod tests {
             ("REASON_STATS", 4, 8),
             ("SERVICE_STATS", 4, 32),
             ("PROTO_STATS", 4, 8),
-            ("CONFIG", 4, 40),
+            ("CONFIG", 4, 48),
             ("SERVICE_NAMES", 4, 256),
             ("SOCK_REVERSE", 32, 24),
             ("SOCK_CONNECTED", 8, 48),
@@ -806,7 +851,7 @@ mod tests {
             MAP_LAYOUTS.map(|layout| (layout.name, layout.key_size, layout.value_size));
         assert_eq!(
             (LAYOUT_VERSION, pinned),
-            (1, sizes),
+            (2, sizes),
             "a pinned map's layout changed: bump LAYOUT_VERSION and add a converter"
         );
         assert_eq!(

@@ -2,14 +2,16 @@
 
 use core::mem::MaybeUninit;
 
-use lb_common::{FrontendKey, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, Reason, frontend_flags};
+use lb_common::{
+    FlowCacheSlot, FrontendKey, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, Reason, frontend_flags,
+};
 
 use crate::{
     counters::count_service,
     ctx::PacketCtx,
-    fragments,
+    flow_cache, fragments,
     icmp::{self, Direction},
-    lookup::{self, Choice, ConntrackMiss, Established, Frontend, FrontendRead},
+    lookup::{self, Choice, ConntrackMiss, Frontend, FrontendRead},
     nat::{Side, rewrite},
     parse::{Fragment, Parsed, parse},
     reject, snat,
@@ -89,19 +91,45 @@ fn frontend_of(p: &Parsed) -> FrontendRead {
     lookup::frontend(&key)
 }
 
-/// Sends a packet of an established flow to its conntrack backend; the miss otherwise.
-// A separate BPF function: its own stack frame keeps each call chain under 512 bytes.
+/// Sends a packet of an established flow to its backend: from this CPU's flow cache (what
+/// the flow's conntrack entry said a moment ago), else from the entry, which then fills the
+/// cache; the miss otherwise. A cached flow reads its entry once per refresh interval (per
+/// CPU), which refreshes it.
+// A separate BPF function: its own stack frame keeps each call chain under 512 bytes
+// (`process`'s frame and `balance`'s take all of it: inlined, the cache and the rewrite
+// would need `process`'s frame to grow by about 120 bytes).
 #[inline(never)]
 fn follow_conntrack<C: PacketCtx>(ctx: &C, p: &Parsed) -> Result<Verdict, ConntrackMiss> {
-    let Established { target, service_id } = lookup::established(p)?;
-    if rewrite(ctx, p, Side::Destination, &target.addr, target.port).is_err() {
+    // Read before CONNTRACK: a slot filled from an entry the agent deletes meanwhile
+    // carries the generation from before its bump.
+    let cache = flow_cache::config();
+    let slot = match flow_cache::lookup(p, cache) {
+        Some(slot) => slot,
+        None => {
+            let slot = lookup::established(p, cache)?;
+            if p.fragment == Fragment::First {
+                record_first_fragment(p, slot);
+            }
+            slot
+        }
+    };
+    if rewrite(ctx, p, Side::Destination, &slot.nat_addr, slot.nat_port).is_err() {
         return Ok(Verdict::drop(Reason::DropInternal));
     }
-    if p.fragment == Fragment::First {
-        fragments::record_first(p, &target, service_id);
-    }
-    count_service(service_id, ctx.packet_len(), false);
+    count_service(slot.service_id, p.frame_len(), false);
     Ok(Verdict::pass(Reason::LbConntrack))
+}
+
+/// Remembers where an established flow's first fragment went.
+// A separate BPF function: its key and value stay off `follow_conntrack`'s frame.
+#[inline(never)]
+fn record_first_fragment(p: &Parsed, slot: &FlowCacheSlot) {
+    let target = lookup::Target {
+        backend_id: slot.backend_id,
+        addr: slot.nat_addr,
+        port: slot.nat_port,
+    };
+    fragments::record_first(p, &target, slot.service_id);
 }
 
 /// Chooses the backend of a new flow and rewrites the packet; None when the frontend has no
@@ -122,7 +150,7 @@ fn balance<C: PacketCtx>(
             if p.fragment == Fragment::First {
                 fragments::record_first(p, &target, frontend.service_id);
             }
-            count_service(frontend.service_id, ctx.packet_len(), true);
+            count_service(frontend.service_id, p.frame_len(), true);
             Some(Verdict::pass(reason))
         }
         Choice::NoBackend => None,

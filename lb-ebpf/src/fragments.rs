@@ -57,6 +57,6 @@ pub fn forward_later<C: PacketCtx>(ctx: &C, p: &Parsed) -> Verdict {
     if rewrite(ctx, p, Side::Destination, &backend.addr, 0).is_err() {
         return Verdict::drop(Reason::DropInternal);
     }
-    count_service(service_id, ctx.packet_len(), false);
+    count_service(service_id, p.frame_len(), false);
     Verdict::pass(Reason::LbFragment)
 }

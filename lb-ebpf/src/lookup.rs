@@ -13,14 +13,15 @@ use aya_ebpf::{
     bindings::BPF_ANY, helpers::generated::bpf_ktime_get_coarse_ns, maps::lpm_trie::Key,
 };
 use lb_common::{
-    AffinityKey, AffinityValue, Backend, FlowKey, FlowValue, FrontendKey, FrontendValue,
-    PROTO_SCTP, PROTO_TCP, Reason, SourceRangeKey, TableMember, backend_state, flow_direction,
-    frontend_flags,
+    AffinityKey, AffinityValue, Backend, FlowCacheSlot, FlowKey, FlowValue, FrontendKey,
+    FrontendValue, PROTO_SCTP, PROTO_TCP, Reason, SourceRangeKey, TableMember, backend_state,
+    flow_direction, frontend_flags,
     hash::{flow_hash, frontend_filter_slot},
     tcp_seen,
 };
 
 use crate::{
+    flow_cache::{self, CacheConfig},
     maps::{
         AFFINITY, BACKENDS, CONFIG, CONNTRACK, FRONTEND_FILTER, FRONTENDS, HANDSHAKES, Lookup as _,
         SELECTION, SOURCE_RANGES, TABLE_MEMBERS,
@@ -217,6 +218,18 @@ pub fn backend(id: u32) -> Option<Backend> {
     Some(backend)
 }
 
+/// Whether backend slot `id` still holds the endpoint a flow of `proto` was sent to (its
+/// address, and its port unless SCTP, whose port is the frontend's): false when the slot
+/// is empty or was reused for another endpoint, i.e. the flow's backend is gone.
+#[inline(always)]
+pub fn backend_holds(id: u32, addr: &[u8; 16], port: u16, proto: u8) -> bool {
+    BACKENDS.get(id).is_some_and(|backend| {
+        backend.state != backend_state::EMPTY
+            && backend.addr == *addr
+            && (proto == PROTO_SCTP || backend.port == port)
+    })
+}
+
 #[inline(always)]
 pub fn flow_key(p: &Parsed) -> FlowKey {
     FlowKey {
@@ -245,12 +258,6 @@ pub fn source_allowed(p: &Parsed, service_id: u32) -> bool {
     SOURCE_RANGES.get(&key).is_some()
 }
 
-/// A live conntrack entry's flow: where it goes and the service it was balanced for.
-pub struct Established {
-    pub target: Target,
-    pub service_id: u32,
-}
-
 /// Proof that the packet's flow has no live conntrack entry: [`choose`] takes it, so that
 /// the forward path looks CONNTRACK up once, before FRONTENDS.
 pub struct ConntrackMiss(());
@@ -259,8 +266,15 @@ pub struct ConntrackMiss(());
 /// than the refresh interval, its TCP bits only when they change). Alive means: a forward
 /// entry, younger than its protocol's (and TCP state's) timeout, not a new SYN after
 /// FIN/RST, and its backend slot still holds the address and port the flow was sent to.
+/// Returns the flow's slot of this CPU's flow cache, filled from the entry (where it goes,
+/// the service it was balanced for): usable by later packets (under `cache`, read before
+/// the lookup) for the rest of the entry's refresh interval when its TCP bits are final,
+/// else by this packet only. (The slot, not a copy: the caller's frame has no room.)
 #[inline(always)]
-pub fn established(p: &Parsed) -> Result<Established, ConntrackMiss> {
+pub fn established(
+    p: &Parsed,
+    cache: CacheConfig,
+) -> Result<&'static FlowCacheSlot, ConntrackMiss> {
     let miss = ConntrackMiss(());
     let key = flow_key(p);
     // A TCP flow not in CONNTRACK may still be in its handshake.
@@ -304,14 +318,7 @@ pub fn established(p: &Parsed) -> Result<Established, ConntrackMiss> {
         entry.nat_addr,
         entry.nat_port,
     );
-    let Some(backend) = BACKENDS.get(backend_id) else {
-        return Err(miss);
-    };
-    // The slot is empty or was reused for another endpoint: the flow's backend is gone.
-    if backend.state == backend_state::EMPTY
-        || backend.addr != nat_addr
-        || (p.proto != PROTO_SCTP && backend.port != nat_port)
-    {
+    if !backend_holds(backend_id, &nat_addr, nat_port, p.proto) {
         return Err(miss);
     }
     let updated_seen = if p.proto == PROTO_TCP {
@@ -319,23 +326,34 @@ pub fn established(p: &Parsed) -> Result<Established, ConntrackMiss> {
     } else {
         seen
     };
-    if age >= refresh_interval(timeout) || updated_seen != seen {
+    let refresh = refresh_interval(timeout);
+    let refreshed = age >= refresh || updated_seen != seen;
+    if refreshed {
         entry.last_seen_ns = now;
         entry.tcp_flags_seen = updated_seen;
     }
+    // TCP bits are final once established and neither FIN nor RST is seen: later packets
+    // without SYN, FIN or RST (the only ones the cache serves) leave them as they are.
+    let final_bits = p.proto != PROTO_TCP
+        || updated_seen & (tcp_seen::ESTABLISHED | tcp_seen::FIN | tcp_seen::RST)
+            == tcp_seen::ESTABLISHED;
+    let cache_for_ns = match (in_handshake, final_bits, refreshed) {
+        (false, true, true) => refresh,
+        // Not refreshed: age < refresh.
+        (false, true, false) => refresh - age,
+        _ => 0,
+    };
     if in_handshake {
         // The client answered the handshake (a SYN went back to `choose` above): the flow
         // is established. If CONNTRACK cannot take it, it goes on from HANDSHAKES.
         let _ = confirm_handshake(p, entry);
     }
-    Ok(Established {
-        target: Target {
-            backend_id,
-            addr: nat_addr,
-            port: nat_port,
-        },
-        service_id,
-    })
+    let target = Target {
+        backend_id,
+        addr: nat_addr,
+        port: nat_port,
+    };
+    flow_cache::fill(p, &target, service_id, cache_for_ns, cache).ok_or(miss)
 }
 
 /// Moves a flow out of HANDSHAKES into CONNTRACK (its reply entry first, as `choose`

@@ -30,6 +30,12 @@
 //!   when the filter bits of its destination clear (`pass_no_frontend`): at once, unless
 //!   another frontend shares those bits; then it goes on until its entry expires or its
 //!   backend goes.
+//! - Flow cache (`flow_cache`): before CONNTRACK, a per-CPU array slot per flow (full key
+//!   compared) sends an established flow's packet on, timed in jiffies (`bpf_jiffies64` is
+//!   inlined), valid for the rest of the flow's refresh interval, while its backend slot
+//!   holds the same address and port, and while CONFIG's flow generation is the slot's.
+//!   TCP SYN/FIN/RST and fragments read CONNTRACK, which refreshes the entry and fills the
+//!   slot.
 //! - FRONTENDS is read by copy, checked (`lookup::frontend`): the kernel recycles a hash
 //!   element an update frees for the next update at once, so a value read in place while
 //!   the agent writes could be another frontend's (its flags, its source ranges). A copy
@@ -82,6 +88,7 @@
 use aya_ebpf::{
     EbpfContext,
     bindings::{TC_ACT_SHOT, tcx_action_base::TCX_NEXT, xdp_action},
+    helpers::generated::{bpf_jiffies64, bpf_ktime_get_ns},
     macros::{cgroup_sock, cgroup_sock_addr, classifier, xdp},
     programs::{SockAddrContext, SockContext, TcContext, XdpContext},
 };
@@ -91,6 +98,7 @@ use lb_ebpf::{
     ctx::{Tc, Xdp},
     forward,
     maps::CONFIG,
+    packet::Packet,
     reverse,
     sock::{self, Call, Side},
     verdict::{Action, Verdict},
@@ -152,6 +160,20 @@ pub fn slicelb_tc_ingress(ctx: TcContext) -> i32 {
     let verdict = forward::process(&tc);
     debug_log(&ctx, "tc_ingress", verdict);
     tc_action(&tc, verdict)
+}
+
+/// Never attached: the agent test-runs it to read the kernel's tick (`bpf_jiffies64`) and
+/// monotonic clock side by side, and from two such readings the tick length
+/// (`lb_common::program_names::CLOCK_PROBE`).
+#[xdp]
+pub fn slicelb_clock_probe(ctx: XdpContext) -> u32 {
+    // SAFETY: helpers without arguments.
+    let (jiffies, now) = unsafe { (bpf_jiffies64(), bpf_ktime_get_ns()) };
+    let packet = Packet::xdp(&ctx);
+    match packet.write(0, jiffies).and_then(|()| packet.write(8, now)) {
+        Some(()) => xdp_action::XDP_PASS,
+        None => xdp_action::XDP_ABORTED,
+    }
 }
 
 /// Reverse path on TC egress: replies leave with the frontend's address.

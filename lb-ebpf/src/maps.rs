@@ -7,10 +7,10 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    AffinityKey, AffinityValue, Backend, Config, FlowKey, FlowValue, FragmentKey, FragmentValue,
-    FrontendKey, FrontendValue, ProtoCounter, Reason, ServiceCounters, ServiceName, SnatAddresses,
-    SnatValue, SockConnection, SockReverseKey, SockReverseValue, SocketCounter, SourceRangeKey,
-    TableMember, capacity, frontend_filter,
+    AffinityKey, AffinityValue, Backend, Config, FlowCacheSlot, FlowKey, FlowValue, FragmentKey,
+    FragmentValue, FrontendKey, FrontendValue, ProtoCounter, Reason, ServiceCounters, ServiceName,
+    SnatAddresses, SnatValue, SockConnection, SockReverseKey, SockReverseValue, SocketCounter,
+    SourceRangeKey, TableMember, capacity, frontend_filter,
 };
 
 #[map(name = "FRONTENDS")]
@@ -90,6 +90,11 @@ pub static SNAT: HashMap<FlowKey, SnatValue> = HashMap::with_max_entries(capacit
 #[map(name = "SNAT_ADDRESSES")]
 pub static SNAT_ADDRESSES: HashMap<u32, SnatAddresses> =
     HashMap::with_max_entries(capacity::SNAT_ADDRESSES, 0);
+
+/// Per CPU: established flows' backends in front of CONNTRACK (`crate::flow_cache`).
+#[map(name = "FLOW_CACHE")]
+pub static FLOW_CACHE: PerCpuArray<FlowCacheSlot> =
+    PerCpuArray::with_max_entries(capacity::FLOW_CACHE_SLOTS, 0);
 
 #[map(name = "CONFIG")]
 pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);

@@ -70,6 +70,13 @@ impl Parsed {
     pub fn ipv6(&self) -> bool {
         self.family == FAMILY_IPV6
     }
+
+    /// The frame's length up to the end of its IP datagram, for the byte counters: from the
+    /// parsed lengths, instead of a helper call (`bpf_xdp_get_buff_len`).
+    #[inline(always)]
+    pub fn frame_len(&self) -> u32 {
+        (self.l3_off + self.ip_len) as u32
+    }
 }
 
 /// The `N` header bytes at `offset`, or `DropTruncated`.

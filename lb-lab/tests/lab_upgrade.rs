@@ -7,8 +7,10 @@
 
 use std::{collections::BTreeSet, fs::File, path::Path, time::Duration};
 
-use aya::maps::{HashMap, Map, MapData, PerCpuArray};
-use lb_common::{FAMILY_IPV4, FlowKey, FlowValue, LAYOUT_VERSION, PROTO_TCP, Reason, map_names};
+use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
+use lb_common::{
+    Config, FAMILY_IPV4, FlowKey, FlowValue, LAYOUT_VERSION, PROTO_TCP, Reason, map_names,
+};
 use slicelb::dataplane::{
     MapCapacity,
     loader::{Datapath, DatapathOptions, LoadError},
@@ -61,6 +63,56 @@ fn flow_ports(dir: &Path) -> BTreeSet<u16> {
         .collect()
 }
 
+/// CONFIG's value in layout version 1 (and 0): this build's without the fields version 2
+/// added at its end (`ns_per_jiffy`, `flow_generation`).
+const VERSION_1_CONFIG_SIZE: usize = 40;
+
+fn pinned_config(dir: &Path) -> Config {
+    let data = MapData::from_pin(dir.join(map_names::CONFIG)).expect("the pinned CONFIG");
+    let config: Array<MapData, Config> =
+        Array::try_from(Map::Array(data)).expect("CONFIG as an array");
+    config.get(&0, 0).expect("CONFIG's entry")
+}
+
+/// Turns the maps pinned in `dir` into those of a release before layout versions: no
+/// LAYOUT pin, and CONFIG with version 1's (shorter) value, holding the same settings.
+/// Returns the CONFIG it held.
+fn pin_as_version_0(dir: &Path) -> Config {
+    std::fs::remove_file(dir.join(LAYOUT_PIN)).expect("unpinning LAYOUT");
+    let config = pinned_config(dir);
+    // SAFETY: Config is #[repr(C)] with explicit padding and integer fields only.
+    let bytes: &[u8] =
+        unsafe { std::slice::from_raw_parts((&raw const config).cast(), size_of::<Config>()) };
+    let mut older = [0u8; VERSION_1_CONFIG_SIZE];
+    older.copy_from_slice(&bytes[..VERSION_1_CONFIG_SIZE]);
+    std::fs::remove_file(dir.join(map_names::CONFIG)).expect("unpinning CONFIG");
+    let mut array =
+        Array::<MapData, [u8; VERSION_1_CONFIG_SIZE]>::create(1, 0).expect("a version-1 CONFIG");
+    array
+        .set(0, &older, 0)
+        .expect("writing the version-1 CONFIG");
+    array
+        .pin(dir.join(map_names::CONFIG))
+        .expect("pinning the version-1 CONFIG");
+    config
+}
+
+/// CONFIG's settings carried over from version 1: the fields version 2 added are the
+/// loader's (this kernel's tick, a new generation).
+fn assert_config_carried(dir: &Path, before: &Config) {
+    let after = pinned_config(dir);
+    assert_eq!(
+        Config {
+            ns_per_jiffy: before.ns_per_jiffy,
+            flow_generation: before.flow_generation,
+            ..after
+        },
+        *before,
+        "CONFIG's settings carried over"
+    );
+    assert_ne!(after.ns_per_jiffy, 0, "the tick measured and written");
+}
+
 fn pinned_info(dir: &Path, map: &str) -> aya::maps::MapInfo {
     MapData::from_pin(dir.join(map))
         .and_then(|data| data.info())
@@ -94,9 +146,9 @@ fn maps_of_another_size_or_an_older_layout_are_rebuilt_with_their_entries() {
     }
     let affinity = pinned_info(&maps, map_names::AFFINITY).id();
 
-    // The fixture: the pins of a release before layout versions (no LAYOUT pin), opened
-    // with a larger table.
-    std::fs::remove_file(maps.join(LAYOUT_PIN)).expect("unpinning LAYOUT");
+    // The fixture: the pins of a release before layout versions (no LAYOUT pin, CONFIG
+    // of version 1), opened with a larger table.
+    let config = pin_as_version_0(&maps);
     let datapath = Datapath::open(&pin.0, &with_conntrack(2048)).expect("migrating");
     let migration = datapath.migration().expect("a migration").clone();
     assert_eq!(
@@ -105,17 +157,29 @@ fn maps_of_another_size_or_an_older_layout_are_rebuilt_with_their_entries() {
     );
     assert_eq!(
         migration.rebuilt,
-        vec![RebuiltMap {
-            map: map_names::CONNTRACK,
-            pinned_entries: 1024,
-            entries: 2048,
-            carried: Carried::Entries {
-                kept: 600,
-                dropped: 0
+        vec![
+            RebuiltMap {
+                map: map_names::CONNTRACK,
+                pinned_entries: 1024,
+                entries: 2048,
+                carried: Carried::Entries {
+                    kept: 600,
+                    dropped: 0
+                },
             },
-        }],
-        "only CONNTRACK changes: {migration}"
+            RebuiltMap {
+                map: map_names::CONFIG,
+                pinned_entries: 1,
+                entries: 1,
+                carried: Carried::Entries {
+                    kept: 1,
+                    dropped: 0
+                },
+            }
+        ],
+        "only CONNTRACK (its size) and CONFIG (its layout) change: {migration}"
     );
+    assert_config_carried(&maps, &config);
     assert_eq!(pinned_info(&maps, map_names::CONNTRACK).max_entries(), 2048);
     assert_eq!(
         flow_ports(&maps),
@@ -261,9 +325,10 @@ fn an_upgrade_across_a_layout_and_size_change_keeps_a_held_connection_on_its_bac
     agent
         .signal_and_wait(libc::SIGTERM)
         .expect("stop the agent");
-    // The pinned state as a release before layout versions left it: no LAYOUT pin.
+    // The pinned state as a release before layout versions left it: no LAYOUT pin, CONFIG
+    // of version 1.
     let maps = lab.pin_path.join("maps");
-    std::fs::remove_file(maps.join(LAYOUT_PIN)).expect("unpinning LAYOUT");
+    let config = pin_as_version_0(&maps);
 
     let logs = tempfile::tempdir().expect("a log directory");
     let log_path = logs.path().join("agent.log");
@@ -276,7 +341,7 @@ fn an_upgrade_across_a_layout_and_size_change_keeps_a_held_connection_on_its_bac
     let log = wait_for_log(
         &log_path,
         &[
-            "pinned maps migrated from layout version 0 to 1",
+            "pinned maps migrated from layout version 0 to 2",
             "replaced maps removed",
             "first full sync done",
         ],
@@ -286,12 +351,13 @@ fn an_upgrade_across_a_layout_and_size_change_keeps_a_held_connection_on_its_bac
         "CONNTRACK rebuilt (1024 -> 4096 entries",
         "HANDSHAKES rebuilt (256 -> 1024 entries",
         "AFFINITY rebuilt (256 -> 512 entries",
+        "CONFIG rebuilt (1 -> 1 entries",
     ] {
         assert!(log.contains(line), "{line:?} missing from the log:\n{log}");
     }
     assert_eq!(
         log.matches(", 0 dropped)").count(),
-        3,
+        4,
         "nothing dropped growing the tables:\n{log}"
     );
 
@@ -310,6 +376,7 @@ fn an_upgrade_across_a_layout_and_size_change_keeps_a_held_connection_on_its_bac
         lost_before,
         "the held flow found its entry in the new table"
     );
+    assert_config_carried(&maps, &config);
     assert_eq!(pinned_info(&maps, map_names::CONNTRACK).max_entries(), 4096);
     assert_eq!(pinned_info(&maps, map_names::AFFINITY).max_entries(), 512);
     assert_eq!(

@@ -13,7 +13,7 @@ use aya::maps::{
     Array, HashMap, IterableMap as _, LpmTrie, MapData, MapError, PerCpuArray, lpm_trie::Key,
 };
 use lb_common::{
-    AffinityKey, AffinityValue, Backend, FlowKey, FlowValue, FrontendKey, FrontendValue,
+    AffinityKey, AffinityValue, Backend, Config, FlowKey, FlowValue, FrontendKey, FrontendValue,
     ProtoCounter, Reason, ServiceCounters, ServiceName, SocketCounter, SourceRangeKey, TableMember,
     map_names,
 };
@@ -58,6 +58,8 @@ pub struct AyaMaps {
     proto_stats: PerCpuArray<MapData, u64>,
     socket_stats: PerCpuArray<MapData, u64>,
     service_stats: PerCpuArray<MapData, ServiceCounters>,
+    /// Its `flow_generation` is bumped after CONNTRACK entries are deleted.
+    config: Array<MapData, Config>,
     capacity: MapCapacity,
 }
 
@@ -259,8 +261,25 @@ impl AyaMaps {
                 open(map_names::SERVICE_STATS)?,
                 |d| PerCpuArray::try_from(Map::PerCpuArray(d)),
             )?,
+            config: typed(map_names::CONFIG, open(map_names::CONFIG)?, |d| {
+                Array::try_from(Map::Array(d))
+            })?,
             capacity,
         })
+    }
+
+    /// Bumps CONFIG's `flow_generation`, so that no flow cache slot filled before serves
+    /// another packet: after CONNTRACK entries are deleted, their flows must be balanced
+    /// afresh, not sent on by a cache that still holds them.
+    fn bump_flow_generation(&mut self) -> Result<(), DataplaneError> {
+        let mut config = self
+            .config
+            .get(&0, 0)
+            .map_err(read_err(map_names::CONFIG))?;
+        config.flow_generation = config.flow_generation.wrapping_add(1);
+        self.config
+            .set(0, &config, 0)
+            .map_err(write_err(map_names::CONFIG, 1))
     }
 
     /// REASON_STATS summed over CPUs, in `Reason::ALL` order.
@@ -640,6 +659,11 @@ impl MapWriter for AyaMaps {
             |key, value| stale.is_stale_flow(key, value),
         )
         .map_err(failed(map_names::CONNTRACK))?;
+        // After the deletes: a packet that read the old generation found the entries still
+        // there, and its slot carries the old generation.
+        if conntrack > 0 {
+            self.bump_flow_generation()?;
+        }
         let affinity = batch::delete_from_hash::<AffinityKey, AffinityValue>(
             self.affinity_fd.as_fd(),
             |key, value| stale.is_stale_affinity(key, value),

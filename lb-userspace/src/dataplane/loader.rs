@@ -196,6 +196,11 @@ pub enum LoadError {
     },
     #[error("interface name {iface:?} is not valid")]
     InterfaceName { iface: String },
+    #[error("measuring the kernel's tick length with a test run failed: {source}")]
+    ClockProbe {
+        #[source]
+        source: super::test_run::TestRunError,
+    },
     #[error("removing {path} failed: {source}")]
     Remove {
         path: PathBuf,
@@ -213,6 +218,8 @@ pub struct Datapath {
     migration: Option<Migration>,
     /// Attachments made without a pin path: they last as long as this value.
     links: Vec<FdLink>,
+    /// The kernel's tick length ([`super::clock`]), written into every CONFIG.
+    ns_per_jiffy: u32,
 }
 
 /// The socket-level programs, attached together at the cgroup root.
@@ -233,6 +240,9 @@ const PACKET_PROGRAMS: [&str; 3] = [
     program_names::TC_INGRESS,
     program_names::TC_EGRESS,
 ];
+
+/// Loaded beside the packet programs, test-run only ([`super::clock`]).
+const PROBE_PROGRAMS: [&str; 1] = [program_names::CLOCK_PROBE];
 
 /// Prefix of the link directories of socket-level attachments (one per attach).
 const CGROUP_LINKS_PREFIX: &str = "cgroup-";
@@ -293,11 +303,9 @@ impl Datapath {
             capacity: options.capacity,
             migration,
             links: Vec::new(),
+            ns_per_jiffy: 0,
         };
-        load_programs(
-            &mut datapath.ebpf,
-            PACKET_PROGRAMS.into_iter().chain(SOCKET_PROGRAMS),
-        )?;
+        datapath.load_programs()?;
         if frontends_without_filter {
             // FRONTENDS pinned by a datapath without the filter: set their bits before
             // anything is attached. An adopted filter is left alone: its writer keeps it in
@@ -306,9 +314,13 @@ impl Datapath {
             // would then be turned away for good.
             datapath.rebuild_frontend_filter()?;
         }
-        if !adopting || options.overwrite_config {
-            datapath.write_config(&options.config)?;
-        }
+        // Written even when adopted: this kernel's tick, and a new flow generation.
+        let config = if !adopting || options.overwrite_config {
+            options.config
+        } else {
+            datapath.config()?
+        };
+        datapath.write_config(&config)?;
         Ok(datapath)
     }
 
@@ -325,13 +337,25 @@ impl Datapath {
             capacity: options.capacity,
             migration: None,
             links: Vec::new(),
+            ns_per_jiffy: 0,
         };
-        load_programs(
-            &mut datapath.ebpf,
-            PACKET_PROGRAMS.into_iter().chain(SOCKET_PROGRAMS),
-        )?;
+        datapath.load_programs()?;
         datapath.write_config(&options.config)?;
         Ok(datapath)
+    }
+
+    /// Loads every program into the kernel and measures the tick with the probe.
+    fn load_programs(&mut self) -> Result<(), LoadError> {
+        load_programs(
+            &mut self.ebpf,
+            PACKET_PROGRAMS
+                .into_iter()
+                .chain(SOCKET_PROGRAMS)
+                .chain(PROBE_PROGRAMS),
+        )?;
+        self.ns_per_jiffy = super::clock::ns_per_jiffy(&self.ebpf)
+            .map_err(|source| LoadError::ClockProbe { source })?;
+        Ok(())
     }
 
     /// Rewrites FRONTEND_FILTER from the frontends in FRONTENDS.
@@ -356,8 +380,15 @@ impl Datapath {
             .map_err(|source| LoadError::FrontendFilter { source })
     }
 
-    /// Writes the CONFIG entry.
+    /// Writes the CONFIG entry, with this kernel's tick length and the next flow generation
+    /// (whatever `config` says of them): flow cache slots filled under the old entry are not
+    /// used again.
     pub fn write_config(&mut self, config: &Config) -> Result<(), LoadError> {
+        let config = &Config {
+            ns_per_jiffy: self.ns_per_jiffy,
+            flow_generation: self.config()?.flow_generation.wrapping_add(1),
+            ..*config
+        };
         let map = self
             .ebpf
             .map_mut(map_names::CONFIG)

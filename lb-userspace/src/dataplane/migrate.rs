@@ -96,7 +96,14 @@ pub enum MigrateError {
 enum Step {
     /// The pinned layout is this build's: entries pass byte for byte.
     Same,
+    /// The value grew at its end; the new bytes start as zeros.
+    ZeroExtend,
 }
+
+/// Values of version 1 (and 0) that version 2 made longer, with their version-1 size:
+/// CONFIG gained `ns_per_jiffy` and `flow_generation` (zero: the flow cache stays off until
+/// the agent writes CONFIG, which it does on every start).
+const GREW_IN_VERSION_2: [(&str, usize); 1] = [(lb_common::map_names::CONFIG, 40)];
 
 /// How the entries of one map pinned in an older layout become this build's.
 #[derive(Clone, Copy, Debug)]
@@ -115,17 +122,28 @@ impl Converter {
     /// is refused (nothing here knows its layout).
     pub fn new(from_version: u32, map: &'static str, dir: &Path) -> Result<Self, MigrateError> {
         let layout = map_layout(map).ok_or(MigrateError::UnknownMap { map })?;
+        let same = Self {
+            map,
+            from_version,
+            step: Step::Same,
+            pinned_key_size: layout.key_size,
+            pinned_value_size: layout.value_size,
+            layout,
+        };
         match from_version {
             // Version 0 is the layout of maps pinned before versions were, which is
             // version 1's.
-            0 | 1 => Ok(Self {
-                map,
-                from_version,
-                step: Step::Same,
-                pinned_key_size: layout.key_size,
-                pinned_value_size: layout.value_size,
-                layout,
-            }),
+            0 | 1 => Ok(
+                match GREW_IN_VERSION_2.iter().find(|(name, _)| *name == map) {
+                    Some(&(_, pinned_value_size)) => Self {
+                        step: Step::ZeroExtend,
+                        pinned_value_size,
+                        ..same
+                    },
+                    None => same,
+                },
+            ),
+            2 => Ok(same),
             pinned => Err(MigrateError::Newer {
                 path: dir.to_path_buf(),
                 pinned,
@@ -166,6 +184,11 @@ impl Converter {
             let (key, value) = (pinned.key(index), pinned.value(index));
             match self.step {
                 Step::Same => out.push(key, value),
+                Step::ZeroExtend => {
+                    let mut grown = vec![0; self.layout.value_size];
+                    grown[..value.len()].copy_from_slice(value);
+                    out.push(key, &grown);
+                }
             }
         }
         Ok(out)
@@ -640,9 +663,27 @@ mod tests {
     }
 
     #[test]
+    fn a_version_1_config_gains_a_zero_tick_and_generation() {
+        let pinned_config = [7u8; 40];
+        let mut pinned = RawEntries::new(4, pinned_config.len());
+        pinned.push(&0u32.to_ne_bytes(), &pinned_config);
+        for version in [0, 1] {
+            let converter = Converter::new(version, map_names::CONFIG, Path::new("/pins"))
+                .expect("a known version");
+            assert!(!converter.is_identity(), "version {version}: CONFIG grew");
+            let converted = converter.convert(&pinned).expect("converted");
+            let mut expected = RawEntries::new(4, size_of::<lb_common::Config>());
+            let mut value = [0u8; 48];
+            value[..40].copy_from_slice(&pinned_config);
+            expected.push(&0u32.to_ne_bytes(), &value);
+            assert_eq!(converted, expected, "version {version}");
+        }
+    }
+
+    #[test]
     fn entries_pinned_before_layout_versions_convert_byte_for_byte() {
         let pinned = conntrack(&[flow(40000, 5), flow(40001, 7)]);
-        for version in [0, LAYOUT_VERSION] {
+        for version in [0, 1, LAYOUT_VERSION] {
             let converter = Converter::new(version, map_names::CONNTRACK, Path::new("/pins"))
                 .expect("a known version");
             assert!(converter.is_identity(), "version {version}");

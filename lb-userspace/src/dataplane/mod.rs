@@ -8,6 +8,7 @@ pub mod attach_mode;
 pub mod aya_maps;
 pub mod batch;
 pub mod cgroup;
+pub mod clock;
 pub mod frontend_filter;
 pub mod loader;
 pub mod mapped_array;

@@ -1,0 +1,383 @@
+//! The per-CPU flow cache in front of CONNTRACK (issue 15): a flow's second packet fills
+//! its slot, later packets are sent from it; a backend the agent removes is never used
+//! from a slot, a conntrack flush (its generation bump) empties the cache, and a cached
+//! flow's CONNTRACK entry is still refreshed once per refresh interval. The test thread is
+//! pinned to one CPU, so that every test run sees the same per-CPU slots. Needs root.
+
+#[path = "support/kernel.rs"]
+mod kernel;
+#[path = "support/packets.rs"]
+mod packets;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+    time::Duration,
+};
+
+use aya::maps::{HashMap, MapData, PerCpuArray};
+use etherparse::{NetSlice, SlicedPacket};
+use kernel::*;
+use lb_common::{
+    Config, FlowCacheSlot, FlowKey, FlowValue, PROTO_UDP, Reason, backend_state::ACTIVE,
+    frontend_kind, hash::flow_cache_slot, map_names,
+};
+use packets::*;
+use slicelb::dataplane::{FlowEndpoint, MapOp, MapWriter as _, Serving, StaleFlows};
+
+#[derive(Clone, Copy, Debug)]
+enum Family {
+    V4,
+    V6,
+}
+
+const FAMILIES: [Family; 2] = [Family::V4, Family::V6];
+const CLIENT_PORT: u16 = 40000;
+const SERVICE_PORT: u16 = 53;
+
+impl Family {
+    fn client(self) -> &'static str {
+        match self {
+            Family::V4 => "198.18.0.1",
+            Family::V6 => "2001:2::1",
+        }
+    }
+
+    fn vip(self) -> &'static str {
+        match self {
+            Family::V4 => "198.18.100.10",
+            Family::V6 => "2001:2::100:10",
+        }
+    }
+
+    /// Two backends on port 5353: (id, address).
+    fn backends(self) -> [(u32, &'static str); 2] {
+        match self {
+            Family::V4 => [(10, "198.18.1.1"), (11, "198.18.1.2")],
+            Family::V6 => [(20, "2001:2:0:1::1"), (21, "2001:2:0:1::2")],
+        }
+    }
+
+    fn service_id(self) -> u32 {
+        match self {
+            Family::V4 => 1,
+            Family::V6 => 2,
+        }
+    }
+}
+
+/// The UDP ClusterIP of `family` with `backends` (ids of [`Family::backends`]), its table
+/// at `offset`.
+fn service(family: Family, backends: &[u32], offset: u32) -> Service {
+    let backends: Vec<(u32, &str, u16, u8)> = family
+        .backends()
+        .into_iter()
+        .filter(|(id, _)| backends.contains(id))
+        .map(|(id, addr)| (id, addr, 5353, ACTIVE))
+        .collect();
+    Service::new(
+        family.service_id(),
+        family.vip(),
+        SERVICE_PORT,
+        PROTO_UDP,
+        frontend_kind::CLUSTER_IP,
+        0,
+        &backends,
+    )
+    .at_offset(offset)
+}
+
+fn both_backends(family: Family) -> Service {
+    let ids = family.backends().map(|(id, _)| id);
+    service(family, &ids, family.service_id() * 512)
+}
+
+fn packet(family: Family) -> Vec<u8> {
+    Spec::new(
+        family.client(),
+        CLIENT_PORT,
+        family.vip(),
+        SERVICE_PORT,
+        L4::Udp,
+    )
+    .build()
+}
+
+fn flow_key(family: Family) -> FlowKey {
+    let (src_addr, family_tag) = addr16(family.client());
+    let (dst_addr, _) = addr16(family.vip());
+    FlowKey {
+        src_addr,
+        dst_addr,
+        src_port: CLIENT_PORT.to_be(),
+        dst_port: SERVICE_PORT.to_be(),
+        proto: PROTO_UDP,
+        family: family_tag,
+        _pad: [0; 2],
+    }
+}
+
+/// Pins the test thread to the CPU it runs on: test runs execute on the calling CPU, and
+/// the flow cache is per CPU. Returns that CPU.
+fn pin_to_this_cpu() -> usize {
+    // SAFETY: no preconditions.
+    let cpu = unsafe { libc::sched_getcpu() };
+    assert!(
+        cpu >= 0,
+        "sched_getcpu: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes within it.
+    let ok = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu as usize, &mut set);
+        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set)
+    };
+    assert_eq!(
+        ok,
+        0,
+        "sched_setaffinity: {}",
+        std::io::Error::last_os_error()
+    );
+    cpu as usize
+}
+
+/// The flow's slot of the flow cache as `cpu` holds it, when it holds this flow and may be
+/// used (filled under the current generation, with time left).
+fn cached(env: &Env, cpu: usize, key: &FlowKey) -> Option<FlowCacheSlot> {
+    let map = env.datapath.map(map_names::FLOW_CACHE).expect("FLOW_CACHE");
+    let cache: PerCpuArray<&MapData, FlowCacheSlot> =
+        PerCpuArray::try_from(map).expect("FLOW_CACHE is a per-CPU array");
+    let index = flow_cache_slot(
+        &key.src_addr,
+        &key.dst_addr,
+        key.src_port,
+        key.dst_port,
+        key.proto,
+    );
+    let slot = cache.get(&index, 0).expect("reading FLOW_CACHE")[cpu];
+    let generation = env
+        .datapath
+        .config()
+        .expect("reading CONFIG")
+        .flow_generation;
+    (slot.key == *key && slot.valid_until_jiffies != 0 && slot.generation == generation)
+        .then_some(slot)
+}
+
+fn conntrack_entry(env: &Env, key: &FlowKey) -> Option<FlowValue> {
+    env.maps.conntrack_entry(key).expect("reading CONNTRACK")
+}
+
+/// Deletes every CONNTRACK entry behind the agent's back (no generation bump): a packet
+/// still sent on as established can only have come from the flow cache.
+fn forget_conntrack(env: &mut Env) {
+    let map = env
+        .datapath
+        .map_mut(map_names::CONNTRACK)
+        .expect("CONNTRACK");
+    let mut conntrack: HashMap<&mut MapData, FlowKey, FlowValue> =
+        HashMap::try_from(map).expect("CONNTRACK is a hash map");
+    let keys: Vec<FlowKey> = conntrack.keys().map(|key| key.expect("key")).collect();
+    for key in keys {
+        conntrack.remove(&key).expect("deleting a CONNTRACK entry");
+    }
+}
+
+/// Runs `packet` and returns the reason it was counted under and the address it was sent
+/// to.
+fn send(env: &Env, program: Program, packet: &[u8]) -> (Reason, IpAddr) {
+    let before = env.reasons();
+    let out = env.run(program, packet);
+    let deltas = reason_deltas(&before, &env.reasons());
+    let [(reason, 1)] = deltas[..] else {
+        panic!("one reason per packet, got {deltas:?}");
+    };
+    let sliced = SlicedPacket::from_ethernet(&out.packet).expect("a parsable packet out");
+    let destination = match sliced.net {
+        Some(NetSlice::Ipv4(ipv4)) => IpAddr::V4(ipv4.header().destination_addr()),
+        Some(NetSlice::Ipv6(ipv6)) => IpAddr::V6(ipv6.header().destination_addr()),
+        other => panic!("not an IP packet out: {other:?}"),
+    };
+    (reason, destination)
+}
+
+/// The backend (id, address) a flow of `family` goes to with both backends in the table.
+fn first_choice(family: Family, service: &Service) -> (u32, IpAddr) {
+    let picked = service.pick(
+        family.client(),
+        CLIENT_PORT,
+        family.vip(),
+        SERVICE_PORT,
+        PROTO_UDP,
+    );
+    let (id, _) = service
+        .backends
+        .iter()
+        .find(|(_, backend)| *backend == picked)
+        .expect("the picked backend is the service's");
+    (*id, backend_addr(&picked).parse().expect("address"))
+}
+
+/// Sends the flow's first two packets: the first is balanced, the second is established and
+/// fills this CPU's slot. Returns the backend (id, address).
+fn establish_and_cache(
+    env: &mut Env,
+    cpu: usize,
+    program: Program,
+    family: Family,
+    service: &Service,
+) -> (u32, IpAddr) {
+    let case = format!("{family:?} {program:?}");
+    let (id, addr) = first_choice(family, service);
+    let packet = packet(family);
+    assert_eq!(
+        send(env, program, &packet),
+        (Reason::LbNewFlow, addr),
+        "{case}: first packet"
+    );
+    assert_eq!(
+        send(env, program, &packet),
+        (Reason::LbConntrack, addr),
+        "{case}: second packet"
+    );
+    let slot = cached(env, cpu, &flow_key(family))
+        .unwrap_or_else(|| panic!("{case}: the established packet did not fill the cache"));
+    assert_eq!(slot.backend_id, id, "{case}: cached backend");
+    (id, addr)
+}
+
+#[test]
+fn a_cached_flow_never_goes_to_a_removed_backend() {
+    let cpu = pin_to_this_cpu();
+    let mut env = Env::new();
+    for program in [Program::Xdp, Program::TcIngress] {
+        for family in FAMILIES {
+            let case = format!("{family:?} {program:?}");
+            let full = both_backends(family);
+            env.install(&full);
+            let (removed, removed_addr) =
+                establish_and_cache(&mut env, cpu, program, family, &full);
+            let packet = packet(family);
+            // The cache alone sends it on: CONNTRACK no longer has the flow.
+            forget_conntrack(&mut env);
+            assert_eq!(
+                send(&env, program, &packet),
+                (Reason::LbConntrack, removed_addr),
+                "{case}: served from the cache"
+            );
+            // The agent removes the backend: a table without it first, then its slot.
+            let kept: Vec<u32> = family
+                .backends()
+                .map(|(id, _)| id)
+                .into_iter()
+                .filter(|id| *id != removed)
+                .collect();
+            let without = service(family, &kept, full.value.table_offset + 256);
+            env.install(&without);
+            env.apply(&[
+                MapOp::DeleteTableMembers {
+                    offset: full.value.table_offset,
+                    slots: full.table.as_slice().into(),
+                },
+                MapOp::DeleteBackend { id: removed },
+            ]);
+            let (reason, sent_to) = send(&env, program, &packet);
+            assert_ne!(sent_to, removed_addr, "{case}: sent to the removed backend");
+            assert_eq!(reason, Reason::LbNewFlow, "{case}: balanced afresh");
+            env.reset();
+        }
+    }
+}
+
+#[test]
+fn a_conntrack_flush_empties_the_cache() {
+    let cpu = pin_to_this_cpu();
+    let mut env = Env::new();
+    for family in FAMILIES {
+        let full = both_backends(family);
+        env.install(&full);
+        let (flushed, flushed_addr) =
+            establish_and_cache(&mut env, cpu, Program::Xdp, family, &full);
+        // The agent's stale-UDP cleanup: the flow's endpoint no longer serves the service
+        // (its BACKENDS slot and the table are left as they are, so only the generation
+        // keeps the cache from sending the flow on).
+        let (serving_id, serving_addr) = family
+            .backends()
+            .into_iter()
+            .find(|(id, _)| *id != flushed)
+            .expect("another backend");
+        let (addr, family_tag) = addr16(serving_addr);
+        let stale = StaleFlows {
+            services: BTreeMap::from([(
+                family.service_id(),
+                Serving {
+                    endpoints: BTreeSet::from([FlowEndpoint {
+                        addr,
+                        port: 5353u16.to_be(),
+                        family: family_tag,
+                    }]),
+                    backend_ids: BTreeSet::from([serving_id]),
+                },
+            )]),
+        };
+        let deleted = env
+            .maps
+            .delete_stale_flows(&stale)
+            .expect("deleting stale flows");
+        assert_eq!(deleted.conntrack, 2, "{family:?}: both entries of the flow");
+        assert!(
+            cached(&env, cpu, &flow_key(family)).is_none(),
+            "{family:?}: the slot outlived the generation bump"
+        );
+        let (reason, _) = send(&env, Program::Xdp, &packet(family));
+        assert_eq!(
+            reason,
+            Reason::LbNewFlow,
+            "{family:?}: after the flush the flow (sent to {flushed_addr}) is balanced afresh"
+        );
+        env.reset();
+    }
+}
+
+#[test]
+fn a_cached_flows_conntrack_entry_is_still_refreshed() {
+    const TIMEOUT: Duration = Duration::from_millis(800);
+    const REFRESH: Duration = Duration::from_millis(100);
+    let cpu = pin_to_this_cpu();
+    let mut env = Env::new();
+    for family in FAMILIES {
+        env.set_config(Config {
+            udp_timeout_ns: TIMEOUT.as_nanos() as u64,
+            ..Config::default()
+        });
+        let full = both_backends(family);
+        env.install(&full);
+        let (_, addr) = establish_and_cache(&mut env, cpu, Program::Xdp, family, &full);
+        let key = flow_key(family);
+        let first_seen = conntrack_entry(&env, &key)
+            .expect("the flow's entry")
+            .last_seen_ns;
+        // Packets every 50 ms for 1.5 timeouts: the flow lives on as long as its packets come.
+        let packet = packet(family);
+        for round in 0..24 {
+            std::thread::sleep(Duration::from_millis(50));
+            assert_eq!(
+                send(&env, Program::Xdp, &packet),
+                (Reason::LbConntrack, addr),
+                "{family:?}: packet {round} 50 ms apart, timeout {TIMEOUT:?}"
+            );
+        }
+        let last_seen = conntrack_entry(&env, &key)
+            .expect("the flow's entry")
+            .last_seen_ns;
+        // 1.2 s of packets: the entry was refreshed at most a refresh interval (plus a tick
+        // and a packet gap) before the last of them.
+        let refreshed_after = Duration::from_nanos(last_seen.saturating_sub(first_seen));
+        assert!(
+            refreshed_after >= Duration::from_millis(1200) - REFRESH * 2,
+            "{family:?}: last_seen_ns moved by {refreshed_after:?} over 1.2 s of packets"
+        );
+        env.reset();
+    }
+}
