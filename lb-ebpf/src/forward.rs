@@ -13,7 +13,7 @@ use crate::{
     nat::{Side, rewrite},
     parse::{Fragment, Parsed, parse},
     reject, snat,
-    verdict::Verdict,
+    verdict::{Action, Verdict},
 };
 
 #[inline(always)]
@@ -42,8 +42,11 @@ pub fn process<C: PacketCtx>(ctx: &C) -> Verdict {
     }
     // An established flow goes on by its conntrack entry alone, without FRONTENDS or the
     // source ranges (as kube-proxy: its NAT rules see a connection's first packet only).
-    let missed = match follow_conntrack(ctx, p) {
-        Ok(verdict) => return verdict,
+    // The backend a packet was rewritten for, set by `follow_conntrack` or `balance` (a
+    // u32 in this frame: every call chain starts here, so it must stay small).
+    let mut rewritten_for = 0;
+    let missed = match follow_conntrack(ctx, p, &mut rewritten_for) {
+        Ok(verdict) => return send_on(ctx, p, verdict, rewritten_for),
         Err(missed) => missed,
     };
     // The exact lookup, for packets whose filter bit is set.
@@ -57,8 +60,8 @@ pub fn process<C: PacketCtx>(ctx: &C) -> Verdict {
     {
         return Verdict::drop(Reason::DropSourceRange);
     }
-    match balance(ctx, p, &frontend, missed) {
-        Some(verdict) => verdict,
+    match balance(ctx, p, &frontend, missed, &mut rewritten_for) {
+        Some(verdict) => send_on(ctx, p, verdict, rewritten_for),
         None => {
             if frontend.flags & frontend_flags::DROP_WHEN_EMPTY != 0 {
                 Verdict::drop(Reason::DropNoLocalEndpoint)
@@ -89,10 +92,15 @@ fn frontend_of(p: &Parsed) -> FrontendRead {
     lookup::frontend(&key)
 }
 
-/// Sends a packet of an established flow to its conntrack backend; the miss otherwise.
+/// Rewrites a packet of an established flow for its conntrack backend (its id into
+/// `rewritten_for`); the miss otherwise.
 // A separate BPF function: its own stack frame keeps each call chain under 512 bytes.
 #[inline(never)]
-fn follow_conntrack<C: PacketCtx>(ctx: &C, p: &Parsed) -> Result<Verdict, ConntrackMiss> {
+fn follow_conntrack<C: PacketCtx>(
+    ctx: &C,
+    p: &Parsed,
+    rewritten_for: &mut u32,
+) -> Result<Verdict, ConntrackMiss> {
     let Established { target, service_id } = lookup::established(p)?;
     if rewrite(ctx, p, Side::Destination, &target.addr, target.port).is_err() {
         return Ok(Verdict::drop(Reason::DropInternal));
@@ -101,10 +109,12 @@ fn follow_conntrack<C: PacketCtx>(ctx: &C, p: &Parsed) -> Result<Verdict, Conntr
         fragments::record_first(p, &target, service_id);
     }
     count_service(service_id, ctx.packet_len(), false);
+    *rewritten_for = target.backend_id;
     Ok(Verdict::pass(Reason::LbConntrack))
 }
 
-/// Chooses the backend of a new flow and rewrites the packet; None when the frontend has no
+/// Chooses the backend of a new flow and rewrites the packet (the backend's id into
+/// `rewritten_for`); None when the frontend has no
 /// usable backend (the caller rejects, from its own frame: each frame stays small).
 // A separate BPF function: its own stack frame keeps each call chain under 512 bytes.
 #[inline(never)]
@@ -113,6 +123,7 @@ fn balance<C: PacketCtx>(
     p: &Parsed,
     frontend: &Frontend,
     missed: ConntrackMiss,
+    rewritten_for: &mut u32,
 ) -> Option<Verdict> {
     match lookup::choose(p, frontend, missed) {
         Choice::Chosen { target, reason } => {
@@ -123,9 +134,25 @@ fn balance<C: PacketCtx>(
                 fragments::record_first(p, &target, frontend.service_id);
             }
             count_service(frontend.service_id, ctx.packet_len(), true);
+            *rewritten_for = target.backend_id;
             Some(Verdict::pass(reason))
         }
         Choice::NoBackend => None,
         Choice::Failed(reason) => Some(Verdict::drop(reason)),
+    }
+}
+
+/// A packet rewritten for backend `rewritten_for` (0: none, `verdict` stands) is sent on
+/// directly where the context can (`fast_path`), else passed to the stack.
+// Inlined into `process`: the fast path's frame then follows the entry point's, not those
+// of `follow_conntrack` or `balance`.
+#[inline(always)]
+fn send_on<C: PacketCtx>(ctx: &C, p: &Parsed, verdict: Verdict, rewritten_for: u32) -> Verdict {
+    if rewritten_for == 0 {
+        return verdict;
+    }
+    match ctx.send_on(p, rewritten_for) {
+        Action::Drop => Verdict::drop(Reason::DropInternal),
+        action => Verdict::balanced(action, verdict.reason),
     }
 }

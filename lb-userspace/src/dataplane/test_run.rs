@@ -109,6 +109,39 @@ pub fn run_program(
     }
 }
 
+/// Runs an XDP `program` once on `packet` as if it arrived on interface `ingress_ifindex`
+/// of the calling thread's network namespace (the context's `ingress_ifindex`: what the
+/// fast path's FIB lookup routes from and compares with the next hop's device).
+pub fn run_xdp_arriving_on(
+    program: &aya::programs::Xdp,
+    name: &'static str,
+    packet: &[u8],
+    ingress_ifindex: u32,
+) -> Result<RunOutput, TestRunError> {
+    // `struct xdp_md`: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
+    // egress_ifindex; the kernel wants data 0 and data_end the packet's length.
+    let context: [u32; 6] = [0, packet.len() as u32, 0, ingress_ifindex, 0, 0];
+    let context_bytes: Vec<u8> = context.iter().flat_map(|word| word.to_ne_bytes()).collect();
+    let mut out = vec![0u8; packet.len() + GROWTH];
+    let result = program
+        .test_run(TestRunOptions {
+            data_in: Some(packet),
+            data_out: Some(&mut out),
+            ctx_in: Some(&context_bytes),
+            ..TestRunOptions::default()
+        })
+        .map_err(|source| TestRunError::Run {
+            program: name,
+            source,
+        })?;
+    out.truncate(result.data_size_out as usize);
+    Ok(RunOutput {
+        verdict: result.return_value,
+        packet: out,
+        duration: result.duration,
+    })
+}
+
 /// The `test` member of `union bpf_attr` (uapi layout).
 #[repr(C)]
 #[derive(Default)]
