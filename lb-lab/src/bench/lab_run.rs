@@ -199,6 +199,9 @@ pub struct Throughput {
     pub runs_mpps: Vec<f64>,
     /// How the generator sent ([`Generator::method`]).
     pub generator: &'static str,
+    /// Datagrams the node's own stack forwarded during the timed runs (its `Ip:
+    /// ForwDatagrams`): the sent packets that did not leave from XDP.
+    pub stack_forwarded: u64,
 }
 
 impl Throughput {
@@ -799,6 +802,7 @@ fn throughput(
     )?;
     std::thread::sleep(Duration::from_millis(200));
     let mut total = Throughput::default();
+    let forwarded_before = stack_forwarded(&lab.node)?;
     for _ in 0..config.throughput_runs.max(1) {
         let before = sum_counts(&sinks)?;
         let elapsed = generator.send(
@@ -820,7 +824,34 @@ fn throughput(
             .push(delivered as f64 / elapsed.as_secs_f64() / 1e6);
     }
     total.generator = generator.method();
+    total.stack_forwarded = stack_forwarded(&lab.node)? - forwarded_before;
     Ok(total)
+}
+
+/// `Ip: ForwDatagrams` of `netns`: the datagrams its stack has forwarded.
+fn stack_forwarded(netns: &Netns) -> Result<u64, BenchError> {
+    // thread-self: /proc/net would show the namespace of the process, not of this thread.
+    let snmp = netns
+        .enter(|| std::fs::read_to_string("/proc/thread-self/net/snmp"))
+        .map_err(BenchError::lab("reading the node's IP counters"))?
+        .map_err(|source| BenchError::Io {
+            action: "reading",
+            path: "/proc/thread-self/net/snmp".into(),
+            source,
+        })?;
+    let mut ip_lines = snmp.lines().filter(|line| line.starts_with("Ip:"));
+    let (Some(names), Some(values)) = (ip_lines.next(), ip_lines.next()) else {
+        return Err(BenchError::unexpected(
+            "the node's IP counters",
+            "no Ip: lines",
+        ));
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(name, _)| *name == "ForwDatagrams")
+        .and_then(|(_, value)| value.parse().ok())
+        .ok_or_else(|| BenchError::unexpected("the node's IP counters", "no ForwDatagrams"))
 }
 
 /// Sets SO_LINGER to zero so that closing sends a reset and leaves no TIME_WAIT behind

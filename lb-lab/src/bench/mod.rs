@@ -282,7 +282,10 @@ fn throughput_row(services: usize, label: &str, result: &CaseResult) -> Option<V
             t.sent.to_string(),
             t.delivered.to_string(),
             format!("{:.1}%", t.correct_share() * 100.0),
-            format!("generator: {}", t.generator),
+            format!(
+                "generator: {}; the node's stack forwarded {}",
+                t.generator, t.stack_forwarded
+            ),
         ],
         Err(why) => not_measured_row(services, label, THROUGHPUT_HEADER.len(), why),
     })

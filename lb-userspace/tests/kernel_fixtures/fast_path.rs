@@ -38,6 +38,15 @@ enum Place {
 }
 
 impl Place {
+    /// How a packet to this place leaves when it goes directly: the verdict, and the MACs
+    /// (source, destination) of its next hop.
+    fn directly(self) -> (u32, [u8; 6], [u8; 6]) {
+        match self {
+            Place::Arrival => (XDP_TX, FA_MAC, FA_NEIGHBOUR_MAC),
+            _ => (XDP_REDIRECT, FB_MAC, FB_NEIGHBOUR_MAC),
+        }
+    }
+
     fn addr(self, family: Family) -> &'static str {
         match (self, family) {
             (Place::Arrival, Family::V4) => "198.18.50.3",
@@ -170,78 +179,58 @@ fn run_arriving(env: &Env, input: &[u8], arrival: u32) -> RunOutput {
         .unwrap_or_else(|e| panic!("test run: {e}"))
 }
 
-/// The row's packet after DNAT to `place` and, when forwarded directly, with the next
-/// hop's MACs and one hop less.
-fn expected(
-    family: Family,
-    spec: &Spec,
-    place: Place,
-    forwarded: Option<([u8; 6], [u8; 6])>,
-) -> Vec<u8> {
-    let mut out = spec.clone().to(place.addr(family), 8080);
-    if let Some((src_mac, dst_mac)) = forwarded {
-        out.ttl -= 1;
-        out.src_mac = src_mac;
-        out.dst_mac = dst_mac;
-    }
-    out.build()
+/// Whether a row's packet goes directly or to the stack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Leaves {
+    Directly,
+    ToTheStack,
 }
 
-/// One packet to a backend at `place`: `verdict`, and the packet as [`expected`] says.
+/// One packet to a backend at `place`: with `Leaves::Directly`, the place's verdict and the
+/// packet after DNAT with its next hop's MACs and one hop less; else XDP_PASS and the packet
+/// after DNAT alone.
 fn check_row(
     env: &mut Env,
     arrival: u32,
     family: Family,
     spec: &Spec,
     place: Place,
-    verdict: u32,
-    forwarded: Option<([u8; 6], [u8; 6])>,
+    leaves: Leaves,
 ) {
     env.reset();
     env.install(&service_at(family, place));
     let out = run_arriving(env, &spec.build(), arrival);
-    let case = format!("{family:?} to {place:?} (ttl {})", spec.ttl);
+    let case = format!("{family:?} to {place:?} (ttl {}, {leaves:?})", spec.ttl);
+    let mut expected = spec.clone().to(place.addr(family), 8080);
+    let verdict = match leaves {
+        Leaves::Directly => {
+            let (verdict, src_mac, dst_mac) = place.directly();
+            expected.ttl -= 1;
+            expected.src_mac = src_mac;
+            expected.dst_mac = dst_mac;
+            verdict
+        }
+        Leaves::ToTheStack => XDP_PASS,
+    };
     assert_eq!(out.verdict, verdict, "{case}: verdict");
-    assert_eq!(
-        out.packet,
-        expected(family, spec, place, forwarded),
-        "{case}: packet out"
-    );
+    assert_eq!(out.packet, expected.build(), "{case}: packet out");
     verify_checksums(&out.packet).unwrap_or_else(|e| panic!("{case}: {e}"));
 }
 
 #[test]
-fn to_a_neighbour_on_another_allowed_device_is_redirected_one_hop_less() {
+fn to_a_neighbour_on_another_allowed_device_or_the_arrival_device_leaves_one_hop_less() {
     in_lab(|env, arrival| {
         for family in Family::BOTH {
-            let spec = packet(family);
-            check_row(
-                env,
-                arrival,
-                family,
-                &spec,
-                Place::Allowed,
-                XDP_REDIRECT,
-                Some((FB_MAC, FB_NEIGHBOUR_MAC)),
-            );
-        }
-    });
-}
-
-#[test]
-fn to_a_neighbour_on_the_arrival_device_is_sent_back_out_one_hop_less() {
-    in_lab(|env, arrival| {
-        for family in Family::BOTH {
-            let spec = packet(family);
-            check_row(
-                env,
-                arrival,
-                family,
-                &spec,
-                Place::Arrival,
-                XDP_TX,
-                Some((FA_MAC, FA_NEIGHBOUR_MAC)),
-            );
+            for place in [Place::Allowed, Place::Arrival] {
+                check_row(
+                    env,
+                    arrival,
+                    family,
+                    &packet(family),
+                    place,
+                    Leaves::Directly,
+                );
+            }
         }
     });
 }
@@ -253,7 +242,14 @@ fn the_stack_forwards_what_needs_a_router_or_cannot_leave_from_xdp() {
             // No neighbour yet (the stack resolves it), a device not allowed, the node's own
             // address.
             for place in [Place::NoNeighbour, Place::NotAllowed, Place::Local] {
-                check_row(env, arrival, family, &packet(family), place, XDP_PASS, None);
+                check_row(
+                    env,
+                    arrival,
+                    family,
+                    &packet(family),
+                    place,
+                    Leaves::ToTheStack,
+                );
             }
             // TTL (hop limit) 1: the stack sends time exceeded.
             let mut last_hop = packet(family);
@@ -264,8 +260,7 @@ fn the_stack_forwards_what_needs_a_router_or_cannot_leave_from_xdp() {
                 family,
                 &last_hop,
                 Place::Allowed,
-                XDP_PASS,
-                None,
+                Leaves::ToTheStack,
             );
             // Longer than fb's MTU: the stack fragments or sends packet too big.
             let too_big = packet(family).payload(&[0xab; FB_MTU]);
@@ -275,8 +270,7 @@ fn the_stack_forwards_what_needs_a_router_or_cannot_leave_from_xdp() {
                 family,
                 &too_big,
                 Place::Allowed,
-                XDP_PASS,
-                None,
+                Leaves::ToTheStack,
             );
             // Exactly the MTU still goes directly.
             let header = family.ip_header_len() + 8;
@@ -287,8 +281,7 @@ fn the_stack_forwards_what_needs_a_router_or_cannot_leave_from_xdp() {
                 family,
                 &fits,
                 Place::Allowed,
-                XDP_REDIRECT,
-                Some((FB_MAC, FB_NEIGHBOUR_MAC)),
+                Leaves::Directly,
             );
         }
     });
@@ -304,9 +297,10 @@ fn turned_off_or_a_flow_that_may_be_masqueraded_goes_to_the_stack() {
                 .expect("turning the fast path off");
             env.install(&service_at(family, Place::Allowed));
             let spec = packet(family);
+            let to_backend = spec.clone().to(Place::Allowed.addr(family), 8080);
             let out = run_arriving(env, &spec.build(), arrival);
             assert_eq!(out.verdict, XDP_PASS, "{family:?}: fast path off");
-            assert_eq!(out.packet, expected(family, &spec, Place::Allowed, None));
+            assert_eq!(out.packet, to_backend.build());
 
             // Masquerade on and the backend on another node (no NODE_LOCAL): its source NAT
             // is done at TC egress, which a redirected frame would skip.
@@ -321,7 +315,7 @@ fn turned_off_or_a_flow_that_may_be_masqueraded_goes_to_the_stack() {
             env.install(&service_at(family, Place::Allowed));
             let out = run_arriving(env, &spec.build(), arrival);
             assert_eq!(out.verdict, XDP_PASS, "{family:?}: masquerade on");
-            assert_eq!(out.packet, expected(family, &spec, Place::Allowed, None));
+            assert_eq!(out.packet, to_backend.build());
         }
     });
 }
