@@ -128,9 +128,15 @@ fn ifindex(name: &str) -> u32 {
     nix::net::if_::if_nametoindex(name).unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
+/// A datapath that may send to `fa` and `fb`, and the arrival device's index.
+struct FastPathLab {
+    env: Env,
+    arrival: u32,
+}
+
 /// Runs `body` in a thread of its own, in a new network namespace holding the devices of
 /// the module comment, with a datapath that may send to `fa` and `fb`.
-fn in_lab(body: impl FnOnce(&mut Env, u32) + Send) {
+fn in_lab(body: impl FnOnce(&mut FastPathLab) + Send) {
     std::thread::scope(|scope| {
         scope
             .spawn(|| {
@@ -142,7 +148,10 @@ fn in_lab(body: impl FnOnce(&mut Env, u32) + Send) {
                 env.datapath
                     .set_fast_path(true, &[ifindex("fa"), ifindex("fb")])
                     .expect("letting the fast path use fa and fb");
-                body(&mut env, ifindex("fa"));
+                body(&mut FastPathLab {
+                    env,
+                    arrival: ifindex("fa"),
+                });
             })
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
@@ -189,6 +198,12 @@ enum Leaves {
 /// One packet to a backend at `place`: with `Leaves::Directly`, the place's verdict and the
 /// packet after DNAT with its next hop's MACs and one hop less; else XDP_PASS and the packet
 /// after DNAT alone.
+impl FastPathLab {
+    fn check(&mut self, family: Family, spec: &Spec, place: Place, leaves: Leaves) {
+        check_row(&mut self.env, self.arrival, family, spec, place, leaves);
+    }
+}
+
 fn check_row(
     env: &mut Env,
     arrival: u32,
@@ -219,17 +234,10 @@ fn check_row(
 
 #[test]
 fn to_a_neighbour_on_another_allowed_device_or_the_arrival_device_leaves_one_hop_less() {
-    in_lab(|env, arrival| {
+    in_lab(|lab| {
         for family in Family::BOTH {
             for place in [Place::Allowed, Place::Arrival] {
-                check_row(
-                    env,
-                    arrival,
-                    family,
-                    &packet(family),
-                    place,
-                    Leaves::Directly,
-                );
+                lab.check(family, &packet(family), place, Leaves::Directly);
             }
         }
     });
@@ -237,59 +245,32 @@ fn to_a_neighbour_on_another_allowed_device_or_the_arrival_device_leaves_one_hop
 
 #[test]
 fn the_stack_forwards_what_needs_a_router_or_cannot_leave_from_xdp() {
-    in_lab(|env, arrival| {
+    in_lab(|lab| {
         for family in Family::BOTH {
             // No neighbour yet (the stack resolves it), a device not allowed, the node's own
             // address.
             for place in [Place::NoNeighbour, Place::NotAllowed, Place::Local] {
-                check_row(
-                    env,
-                    arrival,
-                    family,
-                    &packet(family),
-                    place,
-                    Leaves::ToTheStack,
-                );
+                lab.check(family, &packet(family), place, Leaves::ToTheStack);
             }
             // TTL (hop limit) 1: the stack sends time exceeded.
             let mut last_hop = packet(family);
             last_hop.ttl = 1;
-            check_row(
-                env,
-                arrival,
-                family,
-                &last_hop,
-                Place::Allowed,
-                Leaves::ToTheStack,
-            );
+            lab.check(family, &last_hop, Place::Allowed, Leaves::ToTheStack);
             // Longer than fb's MTU: the stack fragments or sends packet too big.
             let too_big = packet(family).payload(&[0xab; FB_MTU]);
-            check_row(
-                env,
-                arrival,
-                family,
-                &too_big,
-                Place::Allowed,
-                Leaves::ToTheStack,
-            );
+            lab.check(family, &too_big, Place::Allowed, Leaves::ToTheStack);
             // Exactly the MTU still goes directly.
             let header = family.ip_header_len() + 8;
             let fits = packet(family).payload(&vec![0xcd; FB_MTU - header]);
-            check_row(
-                env,
-                arrival,
-                family,
-                &fits,
-                Place::Allowed,
-                Leaves::Directly,
-            );
+            lab.check(family, &fits, Place::Allowed, Leaves::Directly);
         }
     });
 }
 
 #[test]
 fn turned_off_or_a_flow_that_may_be_masqueraded_goes_to_the_stack() {
-    in_lab(|env, arrival| {
+    in_lab(|lab| {
+        let (env, arrival) = (&mut lab.env, lab.arrival);
         for family in Family::BOTH {
             env.reset();
             env.datapath
