@@ -661,6 +661,20 @@ mod tests {
     }
 
     #[test]
+    fn the_fast_path_is_on_by_default_sends_nowhere_unlisted_and_turns_off() {
+        let default = agent_with(&[]);
+        assert!(default.fast_path, "on by default");
+        assert!(
+            default.fast_path_ifaces.is_empty(),
+            "no device unless listed"
+        );
+        let set = agent_with(&["--fast-path", "false", "--fast-path-iface", "eth1,eth2"]);
+        assert!(!set.fast_path);
+        assert_eq!(set.fast_path_ifaces, ["eth1", "eth2"]);
+        assert!(refused(&["--fast-path", "maybe"]));
+    }
+
+    #[test]
     fn flow_map_sizes_reach_the_agents_capacity_and_absurd_ones_are_refused() {
         let capacity = agent_with(&[
             "--conntrack-max",
