@@ -21,6 +21,9 @@ pub mod program_names {
     pub const XDP_EMPTY: &str = "bench_xdp_empty";
     /// slicelb's parsing and protocol counting, no lookup: the per-packet baseline.
     pub const XDP_PARSE_ONLY: &str = "bench_xdp_parse_only";
+    /// The throughput section's forwarding floor: each frame to a backend's device with
+    /// fixed MACs, no lookup.
+    pub const FORWARD_FLOOR: &str = "bench_forward_floor";
 }
 
 /// Map names as the kernel sees them (at most 15 bytes).
@@ -47,6 +50,23 @@ pub mod map_names {
     pub const RESTORE_XDP_NEXT: &str = "BENCH_XDP_NEXT";
     /// Program array: the TC program measured behind the restore.
     pub const RESTORE_TC_NEXT: &str = "BENCH_TC_NEXT";
+    /// [`super::FloorHop`] per backend, up to [`super::FLOOR_MAX_HOPS`].
+    pub const FLOOR_HOPS: &str = "BENCH_FLOOR_HOP";
+    /// `u32`, one entry: how many of `FLOOR_HOPS` are used.
+    pub const FLOOR_COUNT: &str = "BENCH_FLOOR_N";
+    /// DEVMAP: the backends' devices, by the same index as `FLOOR_HOPS`.
+    pub const FLOOR_DEVICES: &str = "BENCH_FLOOR_DEV";
+}
+
+/// Most backends the forwarding floor sends to.
+pub const FLOOR_MAX_HOPS: u32 = 16;
+
+/// The MACs the forwarding floor writes for one backend (its device is in the DEVMAP).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FloorHop {
+    pub src_mac: [u8; 6],
+    pub dst_mac: [u8; 6],
 }
 
 /// Most targets the generator cycles through.
@@ -142,6 +162,7 @@ const _: () = {
     assert!(core::mem::size_of::<SinkConfig>() == 16);
     assert!(core::mem::size_of::<RestoreFrame>() == RESTORE_FRAME_LEN);
     assert!(core::mem::size_of::<RestoreConfig>() == 8);
+    assert!(core::mem::size_of::<FloorHop>() == 12);
 };
 
 #[cfg(feature = "user")]
@@ -155,4 +176,5 @@ mod pod {
     unsafe impl aya::Pod for SinkConfig {}
     unsafe impl aya::Pod for RestoreFrame {}
     unsafe impl aya::Pod for RestoreConfig {}
+    unsafe impl aya::Pod for FloorHop {}
 }

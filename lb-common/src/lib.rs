@@ -81,6 +81,11 @@ pub mod map_names {
     /// The per-CPU flow cache in front of CONNTRACK ([`crate::FlowCacheSlot`]). Not pinned:
     /// a cache, which a new program starts empty.
     pub const FLOW_CACHE: &str = "FLOW_CACHE";
+    /// Not pinned (a new program starts with them empty): the devices the XDP fast path may
+    /// send frames to (a DEVMAP_HASH by interface index, written by the agent), and the
+    /// per-CPU next hop of each backend slot the fast path fills (`lb-ebpf/src/fast_path.rs`).
+    pub const FAST_PATH_DEVICES: &str = "FAST_PATH_DEVICES";
+    pub const NEXT_HOPS: &str = "NEXT_HOPS";
 }
 
 /// Program names (the Rust function names in `lb-ebpf`).
@@ -135,6 +140,11 @@ pub mod capacity {
     pub const HANDSHAKES: u32 = CONNTRACK / 4;
     /// SNAT entries (two per masqueraded flow: 65 536 flows).
     pub const SNAT: u32 = 131_072;
+    /// Devices the XDP fast path may send to.
+    pub const FAST_PATH_DEVICES: u32 = 64;
+    /// Per-CPU next-hop slots, indexed by backend id modulo this power of two (a slot
+    /// remembers its backend's address: two backends on one slot take turns filling it).
+    pub const NEXT_HOPS: u32 = 8_192;
     /// Interfaces with masquerade addresses.
     pub const SNAT_ADDRESSES: u32 = 64;
     /// Slots of the flow cache, per CPU (80 bytes each: 320 KiB, within a core's L2); a
@@ -582,6 +592,10 @@ pub struct Config {
 pub mod config_flags {
     /// Emit aya-log lines per packet (debugging only).
     pub const DEBUG_LOG: u32 = 1 << 0;
+    /// Balanced packets go up the stack to be forwarded, never straight out of XDP (the
+    /// agent's `--fast-path=false`). Clear (the default, and in a CONFIG pinned before this
+    /// bit): the forward path sends them out itself where it can (`lb-ebpf/src/fast_path.rs`).
+    pub const FAST_PATH_OFF: u32 = 1 << 1;
 }
 
 const SECOND_NS: u64 = 1_000_000_000;

@@ -3,7 +3,7 @@
 //! XDP updates checksums in software (full checksums only); TC uses the kernel helpers so
 //! that partial (offloaded) checksums and `CHECKSUM_COMPLETE` stay right.
 
-use crate::packet::Packet;
+use crate::{fast_path, packet::Packet, parse::Parsed, verdict::Action};
 use aya_ebpf::{
     EbpfContext as _,
     bindings::{
@@ -61,6 +61,9 @@ pub trait PacketCtx {
     fn grow_front(&self, room: u32) -> Result<(), ()>;
     /// Cuts the packet to `len` bytes.
     fn truncate(&self, len: u32) -> Result<(), ()>;
+    /// How a packet rewritten for backend `backend_id` leaves: sent on by the program where
+    /// it can (`fast_path`), else `Pass` (the stack forwards it).
+    fn send_on(&self, p: &Parsed, backend_id: u32) -> Action;
 }
 
 /// Software checksum update of one field, keeping UDP's "no checksum" zero.
@@ -145,6 +148,10 @@ impl PacketCtx for Xdp<'_> {
         // SAFETY: helper call on our own context.
         let ret = unsafe { bpf_xdp_adjust_tail(self.0.ctx, len as i32 - current) };
         if ret == 0 { Ok(()) } else { Err(()) }
+    }
+    #[inline(always)]
+    fn send_on(&self, p: &Parsed, backend_id: u32) -> Action {
+        fast_path::xdp(self.0, p, backend_id)
     }
 }
 
@@ -322,5 +329,9 @@ impl PacketCtx for Tc<'_> {
         // SAFETY: helper call.
         let ret = unsafe { bpf_skb_change_tail(self.skb(), len, 0) };
         if ret == 0 { Ok(()) } else { Err(()) }
+    }
+    #[inline(always)]
+    fn send_on(&self, _p: &Parsed, _backend_id: u32) -> Action {
+        Action::Pass
     }
 }

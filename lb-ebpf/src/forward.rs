@@ -15,7 +15,7 @@ use crate::{
     nat::{Side, rewrite},
     parse::{Fragment, Parsed, parse},
     reject, snat,
-    verdict::Verdict,
+    verdict::{Action, Verdict},
 };
 
 #[inline(always)]
@@ -44,8 +44,11 @@ pub fn process<C: PacketCtx>(ctx: &C) -> Verdict {
     }
     // An established flow goes on by its conntrack entry alone, without FRONTENDS or the
     // source ranges (as kube-proxy: its NAT rules see a connection's first packet only).
-    let missed = match follow_conntrack(ctx, p) {
-        Ok(verdict) => return verdict,
+    // The backend a packet was rewritten for, set by `follow_conntrack` or `balance` (a
+    // u32 in this frame: every call chain starts here, so it must stay small).
+    let mut rewritten_for = 0;
+    let missed = match follow_conntrack(ctx, p, &mut rewritten_for) {
+        Ok(verdict) => return send_on(ctx, p, verdict, rewritten_for),
         Err(missed) => missed,
     };
     // The exact lookup, for packets whose filter bit is set.
@@ -59,8 +62,8 @@ pub fn process<C: PacketCtx>(ctx: &C) -> Verdict {
     {
         return Verdict::drop(Reason::DropSourceRange);
     }
-    match balance(ctx, p, &frontend, missed) {
-        Some(verdict) => verdict,
+    match balance(ctx, p, &frontend, missed, &mut rewritten_for) {
+        Some(verdict) => send_on(ctx, p, verdict, rewritten_for),
         None => {
             if frontend.flags & frontend_flags::DROP_WHEN_EMPTY != 0 {
                 Verdict::drop(Reason::DropNoLocalEndpoint)
@@ -91,7 +94,8 @@ fn frontend_of(p: &Parsed) -> FrontendRead {
     lookup::frontend(&key)
 }
 
-/// Sends a packet of an established flow to its backend: from this CPU's flow cache (what
+/// Rewrites a packet of an established flow for its backend (its id into `rewritten_for`):
+/// from this CPU's flow cache (what
 /// the flow's conntrack entry said a moment ago), else from the entry, which then fills the
 /// cache; the miss otherwise. A cached flow reads its entry once per refresh interval (per
 /// CPU), which refreshes it.
@@ -99,7 +103,11 @@ fn frontend_of(p: &Parsed) -> FrontendRead {
 // (`process`'s frame and `balance`'s take all of it: inlined, the cache and the rewrite
 // would need `process`'s frame to grow by about 120 bytes).
 #[inline(never)]
-fn follow_conntrack<C: PacketCtx>(ctx: &C, p: &Parsed) -> Result<Verdict, ConntrackMiss> {
+fn follow_conntrack<C: PacketCtx>(
+    ctx: &C,
+    p: &Parsed,
+    rewritten_for: &mut u32,
+) -> Result<Verdict, ConntrackMiss> {
     // Read before CONNTRACK: a slot filled from an entry the agent deletes meanwhile
     // carries the generation from before its bump.
     let cache = flow_cache::config();
@@ -117,6 +125,7 @@ fn follow_conntrack<C: PacketCtx>(ctx: &C, p: &Parsed) -> Result<Verdict, Conntr
         return Ok(Verdict::drop(Reason::DropInternal));
     }
     count_service(slot.service_id, p.frame_len(), false);
+    *rewritten_for = slot.backend_id;
     Ok(Verdict::pass(Reason::LbConntrack))
 }
 
@@ -132,7 +141,8 @@ fn record_first_fragment(p: &Parsed, slot: &FlowCacheSlot) {
     fragments::record_first(p, &target, slot.service_id);
 }
 
-/// Chooses the backend of a new flow and rewrites the packet; None when the frontend has no
+/// Chooses the backend of a new flow and rewrites the packet (the backend's id into
+/// `rewritten_for`); None when the frontend has no
 /// usable backend (the caller rejects, from its own frame: each frame stays small).
 // A separate BPF function: its own stack frame keeps each call chain under 512 bytes.
 #[inline(never)]
@@ -141,6 +151,7 @@ fn balance<C: PacketCtx>(
     p: &Parsed,
     frontend: &Frontend,
     missed: ConntrackMiss,
+    rewritten_for: &mut u32,
 ) -> Option<Verdict> {
     match lookup::choose(p, frontend, missed) {
         Choice::Chosen { target, reason } => {
@@ -151,9 +162,25 @@ fn balance<C: PacketCtx>(
                 fragments::record_first(p, &target, frontend.service_id);
             }
             count_service(frontend.service_id, p.frame_len(), true);
+            *rewritten_for = target.backend_id;
             Some(Verdict::pass(reason))
         }
         Choice::NoBackend => None,
         Choice::Failed(reason) => Some(Verdict::drop(reason)),
+    }
+}
+
+/// A packet rewritten for backend `rewritten_for` (0: none, `verdict` stands) is sent on
+/// directly where the context can (`fast_path`), else passed to the stack.
+// Inlined into `process`: the fast path's frame then follows the entry point's, not those
+// of `follow_conntrack` or `balance`.
+#[inline(always)]
+fn send_on<C: PacketCtx>(ctx: &C, p: &Parsed, verdict: Verdict, rewritten_for: u32) -> Verdict {
+    if rewritten_for == 0 {
+        return verdict;
+    }
+    match ctx.send_on(p, rewritten_for) {
+        Action::Drop => Verdict::drop(Reason::DropInternal),
+        action => Verdict::balanced(action, verdict.reason),
     }
 }

@@ -10,6 +10,7 @@
 pub mod counters;
 pub mod csum;
 pub mod ctx;
+pub mod fast_path;
 pub mod flow_cache;
 pub mod forward;
 pub mod fragments;

@@ -87,7 +87,7 @@
 
 use aya_ebpf::{
     EbpfContext,
-    bindings::{TC_ACT_SHOT, tcx_action_base::TCX_NEXT, xdp_action},
+    bindings::{TC_ACT_REDIRECT, TC_ACT_SHOT, tcx_action_base::TCX_NEXT, xdp_action},
     helpers::generated::{bpf_jiffies64, bpf_ktime_get_ns},
     macros::{cgroup_sock, cgroup_sock_addr, classifier, xdp},
     programs::{SockAddrContext, SockContext, TcContext, XdpContext},
@@ -131,6 +131,7 @@ fn xdp_action(verdict: Verdict) -> u32 {
         Action::Pass => xdp_action::XDP_PASS,
         Action::Drop => xdp_action::XDP_DROP,
         Action::Bounce => xdp_action::XDP_TX,
+        Action::Redirect => xdp_action::XDP_REDIRECT,
     }
 }
 
@@ -141,6 +142,7 @@ fn tc_action(tc: &Tc, verdict: Verdict) -> i32 {
         Action::Pass => TCX_NEXT,
         Action::Drop => TC_ACT_SHOT,
         Action::Bounce => tc.redirect_back(),
+        Action::Redirect => TC_ACT_REDIRECT,
     }
 }
 

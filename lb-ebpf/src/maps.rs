@@ -4,7 +4,7 @@
 use aya_ebpf::{
     bindings::{BPF_F_MMAPABLE, BPF_F_NO_PREALLOC},
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use lb_common::{
     AffinityKey, AffinityValue, Backend, Config, FlowCacheSlot, FlowKey, FlowValue, FragmentKey,
@@ -95,6 +95,42 @@ pub static SNAT_ADDRESSES: HashMap<u32, SnatAddresses> =
 #[map(name = "FLOW_CACHE")]
 pub static FLOW_CACHE: PerCpuArray<FlowCacheSlot> =
     PerCpuArray::with_max_entries(capacity::FLOW_CACHE_SLOTS, 0);
+
+/// Interface index -> itself: the devices the XDP fast path may send frames to (the agent
+/// puts in only devices that take them). Not pinned.
+#[map(name = "FAST_PATH_DEVICES")]
+pub static FAST_PATH_DEVICES: DevMapHash =
+    DevMapHash::with_max_entries(capacity::FAST_PATH_DEVICES, 0);
+
+/// Where the fast path last found a backend's next hop (`fast_path.rs`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct NextHop {
+    /// The backend address this slot was filled for (slots are shared by backend ids).
+    pub addr: [u8; 16],
+    /// `bpf_jiffies64` after which the next hop is looked up again.
+    pub expires_jiffies: u64,
+    /// Egress device.
+    pub ifindex: u32,
+    /// Largest IP datagram the egress device takes.
+    pub mtu: u16,
+    /// 1: the packet may leave through `ifindex` with these MACs; 0: to the stack.
+    pub usable: u8,
+    pub _pad: u8,
+    pub smac: [u8; 6],
+    pub dmac: [u8; 6],
+    pub _pad2: [u8; 4],
+}
+
+/// Per CPU, indexed by backend id modulo its size: a cache the fast path fills itself.
+/// Not pinned (a new program starts with it empty).
+#[map(name = "NEXT_HOPS")]
+pub static NEXT_HOPS: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(capacity::NEXT_HOPS, 0);
+
+/// Scratch space for `bpf_fib_lookup`'s parameters (off the stack). Not pinned.
+#[map(name = "FIB_PARAMS")]
+pub static FIB_PARAMS: PerCpuArray<aya_ebpf::bindings::bpf_fib_lookup> =
+    PerCpuArray::with_max_entries(1, 0);
 
 #[map(name = "CONFIG")]
 pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);

@@ -7,8 +7,12 @@ pub enum Action {
     /// Continue to the stack (possibly rewritten).
     Pass,
     Drop,
-    /// Send back out of the interface it arrived on (a reject we built).
+    /// Send back out of the interface it arrived on (a reject we built, or a balanced
+    /// packet whose next hop is on that interface).
     Bounce,
+    /// Sent to another device by a redirect helper that took it already (XDP: the fast
+    /// path's `bpf_redirect_map`; TC: `bpf_redirect_neigh`).
+    Redirect,
 }
 
 #[derive(Clone, Copy)]
@@ -38,6 +42,11 @@ impl Verdict {
             action: Action::Bounce,
             reason,
         }
+    }
+    /// A balanced packet's verdict: `action` says how it leaves, `reason` why.
+    #[inline(always)]
+    pub const fn balanced(action: Action, reason: Reason) -> Self {
+        Self { action, reason }
     }
     /// The verdict for a reason that ends processing early, by its class: a drop drops,
     /// anything else passes the packet untouched (an early end has rewritten nothing and

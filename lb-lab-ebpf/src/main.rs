@@ -15,15 +15,16 @@ use aya_ebpf::{
     bindings::{TC_ACT_SHOT, tcx_action_base::TCX_NEXT, xdp_action},
     helpers::generated::{bpf_skb_store_bytes, bpf_xdp_store_bytes},
     macros::{classifier, map, xdp},
-    maps::{Array, PerCpuArray, ProgramArray},
+    maps::{Array, DevMap, PerCpuArray, ProgramArray},
     programs::{TcContext, XdpContext},
 };
 
 use lb_common::{
     PROTO_UDP,
     bench::{
-        Endpoint4, GEN_HEADERS_LEN, GEN_MAX_TARGETS, GenConfig, GenHeaders, RESTORE_FRAME_LEN,
-        RestoreConfig, RestoreFrame, SINK_CORRECT, SINK_SEEN, SinkConfig,
+        Endpoint4, FLOOR_MAX_HOPS, FloorHop, GEN_HEADERS_LEN, GEN_MAX_TARGETS, GenConfig,
+        GenHeaders, RESTORE_FRAME_LEN, RestoreConfig, RestoreFrame, SINK_CORRECT, SINK_SEEN,
+        SinkConfig,
     },
 };
 
@@ -169,6 +170,59 @@ pub fn bench_sink(ctx: XdpContext) -> u32 {
         count(SINK_CORRECT);
     }
     xdp_action::XDP_DROP
+}
+
+#[map(name = "BENCH_FLOOR_HOP")]
+static BENCH_FLOOR_HOPS: Array<FloorHop> = Array::with_max_entries(FLOOR_MAX_HOPS, 0);
+
+#[map(name = "BENCH_FLOOR_N")]
+static BENCH_FLOOR_COUNT: Array<u32> = Array::with_max_entries(1, 0);
+
+#[map(name = "BENCH_FLOOR_DEV")]
+static BENCH_FLOOR_DEVICES: DevMap = DevMap::with_max_entries(FLOOR_MAX_HOPS, 0);
+
+/// The throughput section's forwarding floor: sends each IPv4 UDP frame to a backend's
+/// device (by its source port, so every backend gets its share) with that backend's fixed
+/// MACs: what forwarding from XDP costs with no lookup at all. Passes everything else
+/// (ARP must reach the node's stack).
+#[xdp]
+pub fn bench_forward_floor(ctx: XdpContext) -> u32 {
+    let start = ctx.data();
+    if start + ETH_LEN + IPV4_LEN + UDP_LEN > ctx.data_end() {
+        return xdp_action::XDP_PASS;
+    }
+    let eth = start as *mut u8;
+    let ip = (start + ETH_LEN) as *const u8;
+    let udp = (start + ETH_LEN + IPV4_LEN) as *const u8;
+    // SAFETY: 42 bytes from `start` were checked above.
+    let (ether_type, proto, source_port) = unsafe {
+        (
+            [*eth.add(12), *eth.add(13)],
+            *ip.add(9),
+            u16::from_be_bytes([*udp, *udp.add(1)]),
+        )
+    };
+    if ether_type != ETH_P_IPV4_BE || proto != PROTO_UDP {
+        return xdp_action::XDP_PASS;
+    }
+    let Some(&count) = BENCH_FLOOR_COUNT.get(0) else {
+        return xdp_action::XDP_PASS;
+    };
+    if count == 0 {
+        return xdp_action::XDP_PASS;
+    }
+    let index = u32::from(source_port) % count;
+    let Some(hop) = BENCH_FLOOR_HOPS.get(index) else {
+        return xdp_action::XDP_PASS;
+    };
+    // SAFETY: as above (12 bytes of MACs).
+    unsafe {
+        core::ptr::copy_nonoverlapping(hop.dst_mac.as_ptr(), eth, 6);
+        core::ptr::copy_nonoverlapping(hop.src_mac.as_ptr(), eth.add(6), 6);
+    }
+    BENCH_FLOOR_DEVICES
+        .redirect(index, 0)
+        .unwrap_or(xdp_action::XDP_ABORTED)
 }
 
 /// Passes every packet: attached where a veth needs an XDP program for its peer to

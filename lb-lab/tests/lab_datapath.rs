@@ -1,6 +1,7 @@
 //! Real traffic through the datapath: client namespace -> node namespace (programs on the
 //! node's client-facing veth) -> three backend namespaces. TCP and UDP, IPv4 and IPv6, to
-//! service addresses; checksum offload on and off; XDP (generic and native) and TC ingress.
+//! service addresses; checksum offload on and off; XDP (generic and native, forwarding from XDP
+//! to the backends' links: the fast path) and TC ingress.
 //! Needs root.
 
 #[path = "../../lb-userspace/tests/support/kernel.rs"]
@@ -23,7 +24,7 @@ use lb_common::{
 use slicelb::dataplane::{
     MapOp, MapWriter,
     aya_maps::AyaMaps,
-    loader::{Datapath, DatapathOptions, IngressMode},
+    loader::{Datapath, DatapathOptions, IngressMode, interface_index},
 };
 use slicelb_lab::{
     bench::ebpf::Pass,
@@ -74,6 +75,9 @@ fn services(backends: &[(u8, u8)], offset_shift: u32) -> Vec<Service> {
 struct Setup {
     maps: AyaMaps,
     _peer_link: Option<Pass>,
+    /// XDP on the backends' ends of their links, so that they take frames the fast path
+    /// redirects (XDP modes only).
+    _backend_links: Vec<Pass>,
     datapath: Datapath,
     _pin: PinDir,
     _servers: Vec<ChildGuard>,
@@ -112,6 +116,29 @@ fn setup(label: &str, mode: IngressMode, client_offload: bool, backend_tx: bool)
     // peer runs XDP too: give the client's veth the do-nothing program.
     let peer_link = (mode == IngressMode::XdpNative)
         .then(|| Pass::attach(&lab.client, Lab::CLIENT_IFACE).expect("XDP on the client's veth"));
+    // XDP modes forward from XDP (the fast path) to the backends' links, which then take
+    // redirected frames; TC ingress forwards through the stack.
+    let backend_links = if mode == IngressMode::Tc {
+        Vec::new()
+    } else {
+        let links: Vec<Pass> = lab
+            .backends
+            .iter()
+            .map(|b| Pass::attach(&b.netns, "eth0").expect("XDP on a backend's veth"))
+            .collect();
+        let ifaces: Vec<String> = lab.backends.iter().map(|b| b.node_iface.clone()).collect();
+        lab.node
+            .enter(|| {
+                let indexes: Vec<u32> = ifaces
+                    .iter()
+                    .map(|iface| interface_index(iface).expect("interface index"))
+                    .collect();
+                datapath.set_fast_path(true, &indexes)
+            })
+            .expect("entering the node")
+            .unwrap_or_else(|e| panic!("{label}: allowing the fast path: {e}"));
+        links
+    };
     let mut maps = AyaMaps::from_pin(&pin.0, test_capacity()).expect("opening pinned maps");
     let ops: Vec<MapOp> = services(&[(1, ACTIVE), (2, ACTIVE), (3, ACTIVE)], 0)
         .iter()
@@ -122,6 +149,7 @@ fn setup(label: &str, mode: IngressMode, client_offload: bool, backend_tx: bool)
     Setup {
         maps,
         _peer_link: peer_link,
+        _backend_links: backend_links,
         datapath,
         _pin: pin,
         _servers: servers,

@@ -21,6 +21,8 @@ mod packets;
 
 // The row groups, one file each under kernel_fixtures/: part of this test crate, not test
 // targets of their own (cargo and `cargo xtask test` take tests/*.rs).
+#[path = "kernel_fixtures/fast_path.rs"]
+mod fast_path;
 #[path = "kernel_fixtures/flows.rs"]
 mod flows;
 #[path = "kernel_fixtures/forward.rs"]

@@ -11,12 +11,13 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, PerCpuArray, ProgramArray},
+    maps::{Array, DevMap, PerCpuArray, ProgramArray},
     programs::{Program, ProgramFd, TestRun as _, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
 };
 use lb_common::bench::{
-    Endpoint4, GEN_HEADERS_LEN, GEN_MAX_TARGETS, GenConfig, GenHeaders, RESTORE_FRAME_LEN,
-    RestoreConfig, RestoreFrame, SINK_CORRECT, SINK_SEEN, SinkConfig, map_names, program_names,
+    Endpoint4, FloorHop, GEN_HEADERS_LEN, GEN_MAX_TARGETS, GenConfig, GenHeaders,
+    RESTORE_FRAME_LEN, RestoreConfig, RestoreFrame, SINK_CORRECT, SINK_SEEN, SinkConfig, map_names,
+    program_names,
 };
 
 use super::{
@@ -474,6 +475,61 @@ impl Pass {
     pub fn attach(netns: &Netns, iface: &str) -> Result<Self, BenchError> {
         let mut ebpf = load_object(program_names::PASS)?;
         attach_in(netns, &mut ebpf, program_names::PASS, iface)?;
+        Ok(Self { _ebpf: ebpf })
+    }
+}
+
+/// One backend of the forwarding floor: the node's device towards it (a name in the
+/// node's namespace) and the MACs its frames get.
+pub struct FloorBackend {
+    pub iface: String,
+    pub hop: FloorHop,
+}
+
+/// `bench_forward_floor` on the node's client-facing interface: every UDP frame straight to
+/// a backend's device with fixed MACs, no lookup (the throughput section's floor).
+pub struct ForwardFloor {
+    _ebpf: Ebpf,
+}
+
+impl ForwardFloor {
+    pub fn attach(
+        netns: &Netns,
+        iface: &str,
+        backends: &[FloorBackend],
+    ) -> Result<Self, BenchError> {
+        let what = program_names::FORWARD_FLOOR;
+        let mut ebpf = load_object(what)?;
+        let open = |ebpf: &mut Ebpf, name: &str| -> Result<aya::maps::Map, BenchError> {
+            take_map(ebpf, name)
+        };
+        let mut hops: Array<_, FloorHop> = Array::try_from(open(&mut ebpf, map_names::FLOOR_HOPS)?)
+            .map_err(map_error(map_names::FLOOR_HOPS, "open"))?;
+        let mut count: Array<_, u32> = Array::try_from(open(&mut ebpf, map_names::FLOOR_COUNT)?)
+            .map_err(map_error(map_names::FLOOR_COUNT, "open"))?;
+        let mut devices = DevMap::try_from(open(&mut ebpf, map_names::FLOOR_DEVICES)?)
+            .map_err(map_error(map_names::FLOOR_DEVICES, "open"))?;
+        for (index, backend) in backends.iter().enumerate() {
+            let index = index as u32;
+            hops.set(index, &backend.hop, 0)
+                .map_err(map_error(map_names::FLOOR_HOPS, "write"))?;
+            let name = CString::new(backend.iface.as_str())
+                .map_err(|_| BenchError::unexpected(&backend.iface, "NUL in name"))?;
+            // Interface indexes and the DEVMAP's devices are the node namespace's.
+            netns
+                .enter(|| -> Result<(), BenchError> {
+                    let ifindex = nix::net::if_::if_nametoindex(name.as_c_str())
+                        .map_err(|e| BenchError::unexpected(&backend.iface, e.to_string()))?;
+                    devices.set(index, ifindex, None, 0).map_err(|e| {
+                        BenchError::unexpected(map_names::FLOOR_DEVICES, e.to_string())
+                    })
+                })
+                .map_err(BenchError::lab(what))??;
+        }
+        count
+            .set(0, &(backends.len() as u32), 0)
+            .map_err(map_error(map_names::FLOOR_COUNT, "write"))?;
+        attach_in(netns, &mut ebpf, what, iface)?;
         Ok(Self { _ebpf: ebpf })
     }
 }

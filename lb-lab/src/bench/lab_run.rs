@@ -20,11 +20,11 @@ use std::{
 };
 
 use indicatif::ProgressBar;
-use lb_common::SocketCounter;
+use lb_common::{SocketCounter, bench::FloorHop};
 use slicelb::dataplane::{MapCapacity, masquerade::PortRange, masquerade::snat_addresses};
 
 use super::{
-    ebpf::{Generator, Pass, Sink, SinkCounts},
+    ebpf::{FloorBackend, ForwardFloor, Generator, Pass, Sink, SinkCounts},
     error::BenchError,
     kube_proxy,
     packets::udp_frame,
@@ -40,6 +40,10 @@ pub enum Balancer {
     /// the same node (which only routes, with the same XDP_PASS program on its veth as the
     /// kube-proxy cases). Not a balancer but the floor: what the network path itself costs.
     Direct,
+    /// Not a balancer but the throughput section's floor: an XDP program on the node's veth
+    /// that sends each frame to a backend's device with fixed MACs, no lookup
+    /// (`bench_forward_floor`): what forwarding from XDP costs.
+    ForwardFloor,
     /// slicelb's packet path: XDP on the node's veth towards the client.
     #[default]
     Slicelb,
@@ -53,8 +57,9 @@ pub enum Balancer {
 }
 
 impl Balancer {
-    pub const ALL: [Balancer; 5] = [
+    pub const ALL: [Balancer; 6] = [
         Balancer::Direct,
+        Balancer::ForwardFloor,
         Balancer::Slicelb,
         Balancer::SlicelbSocket,
         Balancer::Iptables,
@@ -64,6 +69,7 @@ impl Balancer {
     pub fn name(self) -> &'static str {
         match self {
             Balancer::Direct => "direct",
+            Balancer::ForwardFloor => "forward-floor",
             Balancer::Slicelb => "slicelb",
             Balancer::SlicelbSocket => "slicelb-socket",
             Balancer::Iptables => "iptables",
@@ -74,7 +80,10 @@ impl Balancer {
     /// Why the throughput section has no row for this case, or `None` when it has one.
     pub fn no_throughput_because(self) -> Option<&'static str> {
         match self {
-            Balancer::Slicelb | Balancer::Iptables | Balancer::Nftables => None,
+            Balancer::ForwardFloor
+            | Balancer::Slicelb
+            | Balancer::Iptables
+            | Balancer::Nftables => None,
             Balancer::Direct => Some("it is the connections section's floor only"),
             Balancer::SlicelbSocket => Some(
                 "socket-level balancing has no per-packet work (it decides once per \
@@ -94,10 +103,25 @@ impl Balancer {
     pub const MASQUERADING: [Balancer; 3] =
         [Balancer::Slicelb, Balancer::Iptables, Balancer::Nftables];
 
-    /// Whether there are services to program: every case but the floor.
+    /// Why the connections section has no row for this case, or `None` when it has one.
+    pub fn no_connections_because(self) -> Option<&'static str> {
+        match self {
+            Balancer::ForwardFloor => Some(
+                "the forwarding floor rewrites no address, so no connection to a service \
+                 reaches a backend's socket",
+            ),
+            Balancer::Direct
+            | Balancer::Slicelb
+            | Balancer::SlicelbSocket
+            | Balancer::Iptables
+            | Balancer::Nftables => None,
+        }
+    }
+
+    /// Whether there are services to program: every case but the floors.
     pub fn programs_services(self) -> bool {
         match self {
-            Balancer::Direct => false,
+            Balancer::Direct | Balancer::ForwardFloor => false,
             Balancer::Slicelb
             | Balancer::SlicelbSocket
             | Balancer::Iptables
@@ -175,6 +199,9 @@ pub struct Throughput {
     pub runs_mpps: Vec<f64>,
     /// How the generator sent ([`Generator::method`]).
     pub generator: &'static str,
+    /// Datagrams the node's own stack forwarded during the timed runs (its `Ip:
+    /// ForwDatagrams`): the sent packets that did not leave from XDP.
+    pub stack_forwarded: u64,
 }
 
 impl Throughput {
@@ -309,15 +336,18 @@ fn run_case(
         .then(|| throughput(config, &lab, traffic, &targets, ports).map_err(|e| e.to_string()));
     let backends: Vec<Ipv4Addr> = lab.backends.iter().map(|b| b.ipv4).collect();
     let destinations = destinations(balancer, &targets, &backends);
-    let connections = connections(
-        config,
-        &lab,
-        &targets,
-        &destinations,
-        attached.client_cgroup(),
-    )
-    .and_then(|measured| attached.confirm_socket_path(measured))
-    .and_then(|measured| confirm_sources(traffic, measured));
+    let connections = match balancer.no_connections_because() {
+        Some(why) => Err(BenchError::unexpected("connections", why)),
+        None => connections(
+            config,
+            &lab,
+            &targets,
+            &destinations,
+            attached.client_cgroup(),
+        )
+        .and_then(|measured| attached.confirm_socket_path(measured))
+        .and_then(|measured| confirm_sources(traffic, measured)),
+    };
     CaseResult {
         balancer,
         traffic,
@@ -367,9 +397,12 @@ fn destinations(balancer: Balancer, targets: &[Target], backends: &[Ipv4Addr]) -
                     .map(|&backend| SocketAddr::new(backend.into(), t.target_port))
             })
             .collect(),
-        Balancer::Slicelb | Balancer::SlicelbSocket | Balancer::Iptables | Balancer::Nftables => {
-            targets.iter().map(|t| t.service).collect()
-        }
+        // The forwarding floor carries no connections (`no_connections_because`).
+        Balancer::ForwardFloor
+        | Balancer::Slicelb
+        | Balancer::SlicelbSocket
+        | Balancer::Iptables
+        | Balancer::Nftables => targets.iter().map(|t| t.service).collect(),
     }
 }
 
@@ -389,6 +422,13 @@ enum Attached {
         )]
         Pass,
     ),
+    Floor(
+        #[expect(
+            dead_code,
+            reason = "held only so that dropping it detaches the program"
+        )]
+        ForwardFloor,
+    ),
     /// The hooks at `cgroup`, which the client's connect load joins. Fields drop in order:
     /// the links go before the cgroup is removed.
     SlicelbSocket {
@@ -407,7 +447,7 @@ impl Attached {
     fn client_cgroup(&self) -> Option<&Cgroup> {
         match self {
             Attached::SlicelbSocket { cgroup, .. } => Some(cgroup),
-            Attached::Slicelb(_) | Attached::Pass(_) => None,
+            Attached::Slicelb(_) | Attached::Pass(_) | Attached::Floor(_) => None,
         }
     }
 
@@ -456,6 +496,23 @@ fn program(
             let pass = Pass::attach(&lab.node, Lab::NODE_CLIENT_IFACE)?;
             Ok((None, Attached::Pass(pass)))
         }
+        Balancer::ForwardFloor => {
+            let backends = lab
+                .backends
+                .iter()
+                .map(|b| {
+                    Ok(FloorBackend {
+                        iface: b.node_iface.clone(),
+                        hop: FloorHop {
+                            src_mac: mac_of(&lab.node, &b.node_iface)?,
+                            dst_mac: mac_of(&b.netns, "eth0")?,
+                        },
+                    })
+                })
+                .collect::<Result<Vec<_>, BenchError>>()?;
+            let floor = ForwardFloor::attach(&lab.node, Lab::NODE_CLIENT_IFACE, &backends)?;
+            Ok((None, Attached::Floor(floor)))
+        }
         Balancer::Slicelb => {
             let mut slicelb = Slicelb::load(MapCapacity {
                 snat: snat_capacity(config),
@@ -464,6 +521,10 @@ fn program(
             // The clock covers the cold sync, as for the other two: loading and attaching
             // programs is a one-off at agent start.
             slicelb.attach(&lab.node, Lab::NODE_CLIENT_IFACE)?;
+            // The backends' links take redirected frames (their peers run the XDP sinks).
+            let backend_links: Vec<&str> =
+                lab.backends.iter().map(|b| b.node_iface.as_str()).collect();
+            slicelb.allow_fast_path(&lab.node, &backend_links)?;
             if set.external {
                 masquerade_on_backend_links(&mut slicelb, lab)?;
             }
@@ -741,6 +802,7 @@ fn throughput(
     )?;
     std::thread::sleep(Duration::from_millis(200));
     let mut total = Throughput::default();
+    let forwarded_before = stack_forwarded(&lab.node)?;
     for _ in 0..config.throughput_runs.max(1) {
         let before = sum_counts(&sinks)?;
         let elapsed = generator.send(
@@ -762,7 +824,34 @@ fn throughput(
             .push(delivered as f64 / elapsed.as_secs_f64() / 1e6);
     }
     total.generator = generator.method();
+    total.stack_forwarded = stack_forwarded(&lab.node)? - forwarded_before;
     Ok(total)
+}
+
+/// `Ip: ForwDatagrams` of `netns`: the datagrams its stack has forwarded.
+fn stack_forwarded(netns: &Netns) -> Result<u64, BenchError> {
+    // thread-self: /proc/net would show the namespace of the process, not of this thread.
+    let snmp = netns
+        .enter(|| std::fs::read_to_string("/proc/thread-self/net/snmp"))
+        .map_err(BenchError::lab("reading the node's IP counters"))?
+        .map_err(|source| BenchError::Io {
+            action: "reading",
+            path: "/proc/thread-self/net/snmp".into(),
+            source,
+        })?;
+    let mut ip_lines = snmp.lines().filter(|line| line.starts_with("Ip:"));
+    let (Some(names), Some(values)) = (ip_lines.next(), ip_lines.next()) else {
+        return Err(BenchError::unexpected(
+            "the node's IP counters",
+            "no Ip: lines",
+        ));
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(name, _)| *name == "ForwDatagrams")
+        .and_then(|(_, value)| value.parse().ok())
+        .ok_or_else(|| BenchError::unexpected("the node's IP counters", "no ForwDatagrams"))
 }
 
 /// Sets SO_LINGER to zero so that closing sends a reset and leaves no TIME_WAIT behind
@@ -794,6 +883,14 @@ fn connections(
     client_cgroup: Option<&Cgroup>,
 ) -> Result<Connections, BenchError> {
     let stop = AtomicBool::new(false);
+    // An XDP program on each backend's end of its link: a veth takes frames redirected from
+    // XDP into it (slicelb's fast path) only then. The same for every balancer, so that
+    // all connect through backends whose receive path is the same.
+    let _backend_xdp = lab
+        .backends
+        .iter()
+        .map(|b| Pass::attach(&b.netns, "eth0"))
+        .collect::<Result<Vec<_>, _>>()?;
     // Every backend host listens on the target port of every service the clients use.
     let listeners = lab
         .backends

@@ -146,6 +146,22 @@ impl Slicelb {
             })
     }
 
+    /// Lets the XDP fast path send frames out of `ifaces` (names in `netns`; they must take
+    /// redirected XDP frames).
+    pub fn allow_fast_path(&mut self, netns: &Netns, ifaces: &[&str]) -> Result<(), BenchError> {
+        let datapath = &mut self.datapath;
+        netns
+            .enter(|| -> Result<(), slicelb::dataplane::loader::LoadError> {
+                let indexes = ifaces
+                    .iter()
+                    .map(|iface| slicelb::dataplane::loader::interface_index(iface))
+                    .collect::<Result<Vec<_>, _>>()?;
+                datapath.set_fast_path(true, &indexes)
+            })
+            .map_err(BenchError::lab("allowing the fast path"))?
+            .map_err(|e| BenchError::unexpected("allowing the fast path", e.to_string()))
+    }
+
     /// Attaches the socket-level hooks (connect, sendmsg, recvmsg, getpeername, release) at
     /// `cgroup`: sockets of the processes below it are sent to a backend at `connect()`.
     pub fn attach_cgroup(&mut self, cgroup: &Path) -> Result<(), BenchError> {

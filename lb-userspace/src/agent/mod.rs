@@ -69,6 +69,10 @@ pub struct AgentConfig {
     pub capacity: MapCapacity,
     /// Source ports of masqueraded flows; no masquerade when `None`.
     pub masquerade_ports: Option<PortRange>,
+    /// The XDP fast path on (balanced packets leave from XDP where they can) or off.
+    pub fast_path: bool,
+    /// Devices the fast path may send frames out of (they must take redirected XDP frames).
+    pub fast_path_ifaces: Vec<String>,
 }
 
 /// How often the agent deletes expired masquerade entries (SNAT). Well below the shortest
@@ -122,6 +126,19 @@ async fn run_async(args: AgentConfig) -> anyhow::Result<()> {
     if adopted > 0 {
         tracing::info!(frontends = adopted, "adopted the maps of a previous agent");
     }
+    // Before attaching: the new programs start with the devices they may send to.
+    let fast_path_devices = args
+        .fast_path_ifaces
+        .iter()
+        .map(|iface| match interface_index(iface) {
+            Ok(0) => anyhow::bail!("--fast-path-iface {iface}: no such interface"),
+            index => Ok(index?),
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    datapath
+        .set_fast_path(args.fast_path, &fast_path_devices)
+        .context("writing the fast path settings")?;
+    tracing::info!(on = args.fast_path, devices = ?args.fast_path_ifaces, "XDP fast path");
     // Attached once the adopted maps are indexed (`Reconciler::new`): until then the
     // programs of the previous agent keep running.
     for iface in &args.ifaces {

@@ -249,6 +249,22 @@ pub struct AgentArgs {
     /// refuses new masqueraded flows; it never evicts a live one.
     #[arg(long, value_name = "N", default_value_t = lb_common::capacity::SNAT, value_parser = parse_map_size, env = "SLICELB_MASQUERADE_MAX")]
     pub masquerade_max: u32,
+    /// The XDP fast path: a balanced packet whose backend is reached through a device of
+    /// --fast-path-iface leaves from XDP (XDP_TX or redirect, TTL decremented) instead of
+    /// going up the stack to be forwarded; false sends every balanced packet to the stack.
+    #[arg(long, value_name = "true|false", default_value_t = true, action = clap::ArgAction::Set, env = "SLICELB_FAST_PATH")]
+    pub fast_path: bool,
+    /// Devices the XDP fast path may send frames out of (repeat, or a comma-separated
+    /// list; default none). Only devices that take redirected XDP frames: a NIC whose
+    /// driver transmits them (ndo_xdp_xmit), a veth whose peer runs an XDP program or has
+    /// GRO on. A frame sent to another device is lost.
+    #[arg(
+        long = "fast-path-iface",
+        value_name = "IFACE",
+        value_delimiter = ',',
+        env = "SLICELB_FAST_PATH_IFACE"
+    )]
+    pub fast_path_ifaces: Vec<String>,
 }
 
 /// `--masquerade-ports` default: above Linux's default ephemeral range, below 65536.
@@ -298,6 +314,8 @@ impl AgentArgs {
                 (None, false) => CgroupRoot::Mount,
             },
             masquerade_ports: self.masquerade_ports,
+            fast_path: self.fast_path,
+            fast_path_ifaces: self.fast_path_ifaces.clone(),
             capacity: MapCapacity {
                 conntrack: self.conntrack_max,
                 handshakes: handshakes_for(self.conntrack_max),
@@ -640,6 +658,20 @@ mod tests {
 
     fn refused(flags: &[&str]) -> bool {
         Cli::try_parse_from(agent_argv(flags)).is_err()
+    }
+
+    #[test]
+    fn the_fast_path_is_on_by_default_sends_nowhere_unlisted_and_turns_off() {
+        let default = agent_with(&[]);
+        assert!(default.fast_path, "on by default");
+        assert!(
+            default.fast_path_ifaces.is_empty(),
+            "no device unless listed"
+        );
+        let set = agent_with(&["--fast-path", "false", "--fast-path-iface", "eth1,eth2"]);
+        assert!(!set.fast_path);
+        assert_eq!(set.fast_path_ifaces, ["eth1", "eth2"]);
+        assert!(refused(&["--fast-path", "maybe"]));
     }
 
     #[test]

@@ -32,7 +32,9 @@ use aya::{
     },
     sys::SyscallError,
 };
-use lb_common::{Config, FrontendKey, FrontendValue, Reason, map_names, program_names};
+use lb_common::{
+    Config, FrontendKey, FrontendValue, Reason, config_flags, map_names, program_names,
+};
 
 use super::{
     MapCapacity,
@@ -193,6 +195,12 @@ pub enum LoadError {
     FrontendFilter {
         #[source]
         source: super::DataplaneError,
+    },
+    #[error("letting the fast path send to interface index {ifindex} failed: {source}")]
+    FastPathDevice {
+        ifindex: u32,
+        #[source]
+        source: aya::maps::xdp::XdpMapError,
     },
     #[error("interface name {iface:?} is not valid")]
     InterfaceName { iface: String },
@@ -438,6 +446,36 @@ impl Datapath {
         let mut config = self.config()?;
         (config.masquerade_port_min, config.masquerade_port_max) =
             super::masquerade::PortRange::config_fields(ports);
+        self.write_config(&config)
+    }
+
+    /// Turns the XDP fast path on or off (CONFIG's `FAST_PATH_OFF`, other fields kept), and
+    /// lets it send frames out of the devices `ifindexes` (FAST_PATH_DEVICES, not pinned:
+    /// each load starts empty). Only devices that take redirected XDP frames belong there:
+    /// a NIC whose driver transmits XDP frames, a veth whose peer runs an XDP program or
+    /// has GRO on; a frame sent to any other is lost.
+    pub fn set_fast_path(&mut self, on: bool, ifindexes: &[u32]) -> Result<(), LoadError> {
+        let failed = |source| LoadError::Map {
+            map: map_names::FAST_PATH_DEVICES,
+            source,
+        };
+        let mut devices: aya::maps::DevMapHash<&mut MapData> =
+            aya::maps::DevMapHash::try_from(self.map_mut(map_names::FAST_PATH_DEVICES)?)
+                .map_err(failed)?;
+        for ifindex in ifindexes {
+            devices
+                .insert(*ifindex, *ifindex, None, 0)
+                .map_err(|source| LoadError::FastPathDevice {
+                    ifindex: *ifindex,
+                    source,
+                })?;
+        }
+        let mut config = self.config()?;
+        if on {
+            config.flags &= !config_flags::FAST_PATH_OFF;
+        } else {
+            config.flags |= config_flags::FAST_PATH_OFF;
+        }
         self.write_config(&config)
     }
 

@@ -72,11 +72,26 @@ pub fn run_repeated<P>(
 where
     P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = TestRunResult>,
 {
+    run_with_context(program, name, packet, repeat, None)
+}
+
+/// [`run_repeated`] with the program's context (`struct xdp_md`, `struct __sk_buff`) given.
+fn run_with_context<P>(
+    program: &P,
+    name: &'static str,
+    packet: &[u8],
+    repeat: u32,
+    context: Option<&[u8]>,
+) -> Result<RunOutput, TestRunError>
+where
+    P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = TestRunResult>,
+{
     let mut out = vec![0u8; packet.len() + GROWTH];
     let result = program
         .test_run(TestRunOptions {
             data_in: Some(packet),
             data_out: Some(&mut out),
+            ctx_in: context,
             repeat,
             ..TestRunOptions::default()
         })
@@ -107,6 +122,22 @@ pub fn run_program(
         }
         _ => Err(TestRunError::NoSuchProgram { program: name }),
     }
+}
+
+/// Runs an XDP `program` once on `packet` as if it arrived on interface `ingress_ifindex`
+/// of the calling thread's network namespace (the context's `ingress_ifindex`: what the
+/// fast path's FIB lookup routes from and compares with the next hop's device).
+pub fn run_xdp_arriving_on(
+    program: &aya::programs::Xdp,
+    name: &'static str,
+    packet: &[u8],
+    ingress_ifindex: u32,
+) -> Result<RunOutput, TestRunError> {
+    // `struct xdp_md`: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
+    // egress_ifindex; the kernel wants data 0 and data_end the packet's length.
+    let context: [u32; 6] = [0, packet.len() as u32, 0, ingress_ifindex, 0, 0];
+    let context_bytes: Vec<u8> = context.iter().flat_map(|word| word.to_ne_bytes()).collect();
+    run_with_context(program, name, packet, 1, Some(&context_bytes))
 }
 
 /// The `test` member of `union bpf_attr` (uapi layout).

@@ -1,0 +1,198 @@
+//! Forwarding without the kernel stack: after the forward path's rewrite, an XDP program
+//! sends the packet straight to its backend's next hop (`XDP_TX` when that is the arrival
+//! device, `bpf_redirect_map` into FAST_PATH_DEVICES otherwise), as a router would: the
+//! TTL or hop limit goes down by one (with the IPv4 header checksum), the MACs are the
+//! next hop's. The stack forwards it instead (the packet passes, as without the fast path)
+//! whenever a router's work is needed or the frame could be lost:
+//! - no usable next hop: no route, a local destination, forwarding off on the arrival
+//!   device, no neighbour entry yet (the stack resolves it), or an egress device the agent
+//!   did not put in FAST_PATH_DEVICES (e.g. a veth whose peer has no XDP program, which
+//!   drops redirected frames);
+//! - the datagram is longer than the egress MTU (the stack fragments it or sends the ICMP
+//!   error), or its TTL / hop limit is 1 or less (the stack sends time exceeded);
+//! - a VLAN tag (the next hop's frame would need its own);
+//! - the flow may be masqueraded (masquerade on, backend on another node): its source NAT
+//!   happens at TC egress of the outgoing device, which a redirected frame skips;
+//! - CONFIG has `FAST_PATH_OFF`.
+//!
+//! The next hop is looked up with `bpf_fib_lookup` (about 150 ns) only off the per-packet
+//! path: each CPU keeps it per backend slot in NEXT_HOPS for [`LIFETIME_JIFFIES`] and
+//! looks again after that, so a route or neighbour change reaches the fast path within
+//! that time. Unusable answers are kept as long, so that a backend the fast path cannot
+//! reach costs one array read per packet, not a lookup.
+
+use aya_ebpf::{
+    bindings::{BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup, xdp_action, xdp_md},
+    helpers::generated::{bpf_fib_lookup as fib_lookup, bpf_jiffies64},
+    programs::XdpContext,
+};
+use lb_common::{Backend, backend_flags, capacity, config_flags};
+
+use crate::{
+    csum,
+    maps::{BACKENDS, CONFIG, FAST_PATH_DEVICES, FIB_PARAMS, NEXT_HOPS, NextHop},
+    packet::{ETH_LEN, Packet},
+    parse::Parsed,
+    verdict::Action,
+};
+
+/// How long a looked-up next hop is used before it is looked up again: 256 jiffies, 1 s
+/// at the usual HZ of 250 (0.26 s at 1000, 2.6 s at 100). `bpf_jiffies64` is inlined by
+/// the verifier: reading the clock costs nothing.
+pub const LIFETIME_JIFFIES: u64 = 256;
+
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
+
+/// Sends the rewritten packet of a balanced flow to its backend's next hop, or says to pass
+/// it to the stack. Returns `Bounce` for `XDP_TX`, `Redirect` once `bpf_redirect_map`
+/// took the frame, `Pass` otherwise (the packet is then as the rewrite left it).
+// A separate BPF function: the next-hop handling stays off the callers' frames.
+#[inline(never)]
+pub fn xdp(ctx: &XdpContext, p: &Parsed, backend_id: u32) -> Action {
+    // The backend's address from BACKENDS: the one the packet was just rewritten to (the
+    // forward path checked or chose this entry).
+    let Some(backend) = BACKENDS.get(backend_id) else {
+        return Action::Pass;
+    };
+    if p.l3_off != ETH_LEN || !allowed_for(backend) {
+        return Action::Pass;
+    }
+    let Some(hop) = NEXT_HOPS.get_ptr_mut(backend_id & (capacity::NEXT_HOPS - 1)) else {
+        return Action::Pass;
+    };
+    // SAFETY: this CPU's slot of a per-CPU array; nothing else writes it while we run.
+    let hop = unsafe { &mut *hop };
+    // SAFETY: an inlined helper without arguments.
+    let now = unsafe { bpf_jiffies64() };
+    if hop.addr != backend.addr || now >= hop.expires_jiffies {
+        look_up(ctx.ctx, p, &backend.addr, hop, now);
+    }
+    if hop.usable == 0 || p.ip_len > usize::from(hop.mtu) {
+        return Action::Pass;
+    }
+    let packet = Packet::xdp(ctx);
+    let ipv6 = p.ipv6();
+    // IPv4 TTL at byte 8, IPv6 hop limit at byte 7.
+    let ttl_offset = if ipv6 { p.l3_off + 7 } else { p.l3_off + 8 };
+    let Some(ttl) = packet.read::<u8>(ttl_offset) else {
+        return Action::Pass;
+    };
+    if ttl <= 1 {
+        return Action::Pass;
+    }
+    let action = if hop.ifindex == ctx.ingress_ifindex() as u32 {
+        Action::Bounce
+    } else {
+        // Before any change to the frame: if the device has left FAST_PATH_DEVICES since the
+        // lookup, the packet still goes to the stack untouched.
+        match FAST_PATH_DEVICES.redirect(hop.ifindex, u64::from(xdp_action::XDP_PASS)) {
+            Ok(_) => Action::Redirect,
+            Err(_) => return Action::Pass,
+        }
+    };
+    if decrement_ttl(packet, p, ttl).is_none() || set_macs(packet, hop).is_none() {
+        return Action::Drop;
+    }
+    action
+}
+
+/// Whether the flow may leave without the stack: the fast path is on, and the flow is not
+/// one that may be masqueraded (masquerade on and a backend on another node).
+#[inline(always)]
+fn allowed_for(backend: &Backend) -> bool {
+    let Some(config) = CONFIG.get(0) else {
+        return false;
+    };
+    if config.flags & config_flags::FAST_PATH_OFF != 0 {
+        return false;
+    }
+    !config.masquerades() || backend.flags & backend_flags::NODE_LOCAL != 0
+}
+
+/// TTL (IPv4, with the header checksum) or hop limit (IPv6) minus one.
+#[inline(always)]
+fn decrement_ttl(packet: Packet, p: &Parsed, ttl: u8) -> Option<()> {
+    if p.ipv6() {
+        return packet.write(p.l3_off + 7, ttl - 1);
+    }
+    // The TTL is the first byte of the 16-bit word at 8 (TTL, protocol).
+    let old: u16 = packet.read(p.l3_off + 8)?;
+    let new = u16::from_ne_bytes([ttl - 1, p.proto]);
+    packet.write(p.l3_off + 8, new)?;
+    let old_csum: u16 = packet.read(p.l3_off + 10)?;
+    packet.write(
+        p.l3_off + 10,
+        csum::apply(old_csum, csum::diff16(0, old, new)),
+    )
+}
+
+#[inline(always)]
+fn set_macs(packet: Packet, hop: &NextHop) -> Option<()> {
+    packet.write(0, hop.dmac)?;
+    packet.write(6, hop.smac)
+}
+
+/// Fills `hop` for the backend at `addr` from the kernel's FIB and neighbour table, as the stack would
+/// route the packet arriving on this device (`bpf_fib_lookup` checks that forwarding is on
+/// there). Usable only when the answer has a neighbour and its device may take frames.
+// A separate BPF function, its 64-byte parameter block in a per-CPU scratch map: the
+// forward path's call chains stay under 512 bytes of stack.
+#[inline(never)]
+fn look_up(ctx: *mut xdp_md, p: &Parsed, addr: &[u8; 16], hop: &mut NextHop, now: u64) {
+    let Some(params) = FIB_PARAMS.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's scratch slot; a plain C struct, all zeroes is its empty value.
+    let params = unsafe {
+        params.write_bytes(0, 1);
+        &mut *params
+    };
+    params.l4_protocol = p.proto;
+    // SAFETY: reading the context the kernel handed us.
+    params.ifindex = unsafe { (*ctx).ingress_ifindex };
+    let (src, dst) = (&p.src, addr);
+    if p.ipv6() {
+        params.family = AF_INET6;
+        params.__bindgen_anon_3.ipv6_src = words(src);
+        params.__bindgen_anon_4.ipv6_dst = words(dst);
+    } else {
+        params.family = AF_INET;
+        params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes([src[0], src[1], src[2], src[3]]);
+        params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes([dst[0], dst[1], dst[2], dst[3]]);
+    }
+    // SAFETY: helper call with our context and a parameter block of the size we pass.
+    let found = unsafe {
+        fib_lookup(
+            ctx.cast(),
+            params,
+            core::mem::size_of::<bpf_fib_lookup>() as i32,
+            0,
+        )
+    };
+    hop.addr = *addr;
+    hop.expires_jiffies = now + LIFETIME_JIFFIES;
+    hop.usable = 0;
+    if found != BPF_FIB_LKUP_RET_SUCCESS as i64 {
+        return;
+    }
+    let egress = params.ifindex;
+    if FAST_PATH_DEVICES.get_ifindex(egress).is_none() {
+        return;
+    }
+    // SAFETY: on success the kernel wrote the MACs and the egress MTU into these unions.
+    unsafe {
+        hop.mtu = params.__bindgen_anon_1.mtu_result;
+        hop.smac = params.__bindgen_anon_6.__bindgen_anon_2.smac;
+        hop.dmac = params.__bindgen_anon_6.__bindgen_anon_2.dmac;
+    }
+    hop.ifindex = egress;
+    hop.usable = 1;
+}
+
+/// An IPv6 address as the four words of `bpf_fib_lookup` (network order kept).
+#[inline(always)]
+fn words(addr: &[u8; 16]) -> [u32; 4] {
+    let word = |i: usize| u32::from_ne_bytes([addr[i], addr[i + 1], addr[i + 2], addr[i + 3]]);
+    [word(0), word(4), word(8), word(12)]
+}

@@ -1,0 +1,302 @@
+//! The XDP fast path (`lb-ebpf/src/fast_path.rs`): a balanced packet leaves from XDP with
+//! the next hop's MACs and its TTL (hop limit) one lower, by XDP_TX when the next hop is on
+//! the arrival device and by redirect otherwise; the stack forwards it in every case that
+//! needs it. Each row runs in a network namespace of its own thread (gone with the thread,
+//! also after a panic), whose routes and neighbours the FIB lookup sees: the test run's
+//! context names the arrival device.
+//!
+//! ```text
+//!  client ── fa (198.18.50.1, 2001:2:50::1)   neighbour .3 / ::3      allowed: XDP_TX
+//!            fb (198.18.51.1, 2001:2:51::1)   neighbour .2 / ::2      allowed, MTU 1280: redirect
+//!            fc (198.18.52.1, 2001:2:52::1)   neighbour .2 / ::2      not allowed
+//! ```
+
+use super::*;
+use slicelb::dataplane::test_run::{self, RunOutput};
+use std::process::Command;
+
+const XDP_REDIRECT: u32 = 4;
+const FA_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x50, 0x01];
+const FB_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x51, 0x01];
+const FA_NEIGHBOUR_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x50, 0x03];
+const FB_NEIGHBOUR_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x51, 0x02];
+const FB_MTU: usize = 1280;
+
+/// Where a backend of a row sits.
+#[derive(Clone, Copy, Debug)]
+enum Place {
+    /// A neighbour on the arrival device.
+    Arrival,
+    /// A neighbour on `fb`, a device the fast path may send to.
+    Allowed,
+    /// A neighbour on `fc`, which is not in FAST_PATH_DEVICES.
+    NotAllowed,
+    /// On `fb`'s subnet without a neighbour entry.
+    NoNeighbour,
+    /// The node's own address on `fb`.
+    Local,
+}
+
+impl Place {
+    /// How a packet to this place leaves when it goes directly: the verdict, and the MACs
+    /// (source, destination) of its next hop.
+    fn directly(self) -> (u32, [u8; 6], [u8; 6]) {
+        match self {
+            Place::Arrival => (XDP_TX, FA_MAC, FA_NEIGHBOUR_MAC),
+            _ => (XDP_REDIRECT, FB_MAC, FB_NEIGHBOUR_MAC),
+        }
+    }
+
+    fn addr(self, family: Family) -> &'static str {
+        match (self, family) {
+            (Place::Arrival, Family::V4) => "198.18.50.3",
+            (Place::Allowed, Family::V4) => "198.18.51.2",
+            (Place::NotAllowed, Family::V4) => "198.18.52.2",
+            (Place::NoNeighbour, Family::V4) => "198.18.51.9",
+            (Place::Local, Family::V4) => "198.18.51.1",
+            (Place::Arrival, Family::V6) => "2001:2:50::3",
+            (Place::Allowed, Family::V6) => "2001:2:51::2",
+            (Place::NotAllowed, Family::V6) => "2001:2:52::2",
+            (Place::NoNeighbour, Family::V6) => "2001:2:51::9",
+            (Place::Local, Family::V6) => "2001:2:51::1",
+        }
+    }
+}
+
+fn ip(args: &str) {
+    let status = Command::new("ip")
+        .args(args.split_whitespace())
+        .status()
+        .expect("running ip");
+    assert!(status.success(), "ip {args} failed");
+}
+
+/// Builds the devices of the module comment in the calling thread's (new) namespace.
+fn build_network() {
+    ip("link set lo up");
+    for (name, mac, v4, v6) in [
+        (
+            "fa",
+            "02:00:00:00:50:01",
+            "198.18.50.1/24",
+            "2001:2:50::1/64",
+        ),
+        (
+            "fb",
+            "02:00:00:00:51:01",
+            "198.18.51.1/24",
+            "2001:2:51::1/64",
+        ),
+        (
+            "fc",
+            "02:00:00:00:52:01",
+            "198.18.52.1/24",
+            "2001:2:52::1/64",
+        ),
+    ] {
+        ip(&format!(
+            "link add {name} address {mac} type veth peer name {name}-peer"
+        ));
+        ip(&format!("link set {name}-peer up"));
+        ip(&format!("link set {name} up"));
+        ip(&format!("addr add {v4} dev {name}"));
+        ip(&format!("-6 addr add {v6} dev {name} nodad"));
+    }
+    ip(&format!("link set fb mtu {FB_MTU}"));
+    for (addr, mac, dev) in [
+        ("198.18.50.3", "02:00:00:00:50:03", "fa"),
+        ("198.18.51.2", "02:00:00:00:51:02", "fb"),
+        ("198.18.52.2", "02:00:00:00:52:02", "fc"),
+        ("2001:2:50::3", "02:00:00:00:50:03", "fa"),
+        ("2001:2:51::2", "02:00:00:00:51:02", "fb"),
+        ("2001:2:52::2", "02:00:00:00:52:02", "fc"),
+    ] {
+        ip(&format!(
+            "neigh replace {addr} lladdr {mac} dev {dev} nud permanent"
+        ));
+    }
+    // Per namespace: /proc/sys/net follows the opening thread's namespace.
+    for path in [
+        "/proc/sys/net/ipv4/conf/all/forwarding",
+        "/proc/sys/net/ipv6/conf/all/forwarding",
+    ] {
+        std::fs::write(path, "1").unwrap_or_else(|e| panic!("writing {path}: {e}"));
+    }
+}
+
+fn ifindex(name: &str) -> u32 {
+    nix::net::if_::if_nametoindex(name).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+/// A datapath that may send to `fa` and `fb`, and the arrival device's index.
+struct FastPathLab {
+    env: Env,
+    arrival: u32,
+}
+
+/// Runs `body` in a thread of its own, in a new network namespace holding the devices of
+/// the module comment, with a datapath that may send to `fa` and `fb`.
+fn in_lab(body: impl FnOnce(&mut FastPathLab) + Send) {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                // SAFETY: unshare on the calling thread only (a new namespace, no memory).
+                let unshared = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+                assert_eq!(unshared, 0, "unshare(CLONE_NEWNET) failed: run as root");
+                build_network();
+                let mut env = Env::new();
+                env.datapath
+                    .set_fast_path(true, &[ifindex("fa"), ifindex("fb")])
+                    .expect("letting the fast path use fa and fb");
+                body(&mut FastPathLab {
+                    env,
+                    arrival: ifindex("fa"),
+                });
+            })
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    });
+}
+
+/// A UDP service on port 80 of the family's ClusterIP with one backend at `place`.
+fn service_at(family: Family, place: Place) -> Service {
+    Service::new(
+        1,
+        family.vip(),
+        80,
+        PROTO_UDP,
+        frontend_kind::CLUSTER_IP,
+        0,
+        &[(10, place.addr(family), 8080, ACTIVE)],
+    )
+}
+
+fn packet(family: Family) -> Spec {
+    let mut spec = udp(family, 40100);
+    spec.src = match family {
+        Family::V4 => "198.18.50.2",
+        Family::V6 => "2001:2:50::2",
+    }
+    .parse()
+    .expect("client address");
+    spec
+}
+
+fn run_arriving(env: &Env, input: &[u8], arrival: u32) -> RunOutput {
+    let name = Program::Xdp.name();
+    test_run::run_xdp_arriving_on(env.datapath.xdp(name).expect("xdp"), name, input, arrival)
+        .unwrap_or_else(|e| panic!("test run: {e}"))
+}
+
+/// Whether a row's packet goes directly or to the stack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Leaves {
+    Directly,
+    ToTheStack,
+}
+
+/// One packet to a backend at `place`: with `Leaves::Directly`, the place's verdict and the
+/// packet after DNAT with its next hop's MACs and one hop less; else XDP_PASS and the packet
+/// after DNAT alone.
+impl FastPathLab {
+    fn check(&mut self, family: Family, spec: &Spec, place: Place, leaves: Leaves) {
+        check_row(&mut self.env, self.arrival, family, spec, place, leaves);
+    }
+}
+
+fn check_row(
+    env: &mut Env,
+    arrival: u32,
+    family: Family,
+    spec: &Spec,
+    place: Place,
+    leaves: Leaves,
+) {
+    env.reset();
+    env.install(&service_at(family, place));
+    let out = run_arriving(env, &spec.build(), arrival);
+    let case = format!("{family:?} to {place:?} (ttl {}, {leaves:?})", spec.ttl);
+    let mut expected = spec.clone().to(place.addr(family), 8080);
+    let verdict = match leaves {
+        Leaves::Directly => {
+            let (verdict, src_mac, dst_mac) = place.directly();
+            expected.ttl -= 1;
+            expected.src_mac = src_mac;
+            expected.dst_mac = dst_mac;
+            verdict
+        }
+        Leaves::ToTheStack => XDP_PASS,
+    };
+    assert_eq!(out.verdict, verdict, "{case}: verdict");
+    assert_eq!(out.packet, expected.build(), "{case}: packet out");
+    verify_checksums(&out.packet).unwrap_or_else(|e| panic!("{case}: {e}"));
+}
+
+#[test]
+fn to_a_neighbour_on_another_allowed_device_or_the_arrival_device_leaves_one_hop_less() {
+    in_lab(|lab| {
+        for family in Family::BOTH {
+            for place in [Place::Allowed, Place::Arrival] {
+                lab.check(family, &packet(family), place, Leaves::Directly);
+            }
+        }
+    });
+}
+
+#[test]
+fn the_stack_forwards_what_needs_a_router_or_cannot_leave_from_xdp() {
+    in_lab(|lab| {
+        for family in Family::BOTH {
+            // No neighbour yet (the stack resolves it), a device not allowed, the node's own
+            // address.
+            for place in [Place::NoNeighbour, Place::NotAllowed, Place::Local] {
+                lab.check(family, &packet(family), place, Leaves::ToTheStack);
+            }
+            // TTL (hop limit) 1: the stack sends time exceeded.
+            let mut last_hop = packet(family);
+            last_hop.ttl = 1;
+            lab.check(family, &last_hop, Place::Allowed, Leaves::ToTheStack);
+            // Longer than fb's MTU: the stack fragments or sends packet too big.
+            let too_big = packet(family).payload(&[0xab; FB_MTU]);
+            lab.check(family, &too_big, Place::Allowed, Leaves::ToTheStack);
+            // Exactly the MTU still goes directly.
+            let header = family.ip_header_len() + 8;
+            let fits = packet(family).payload(&vec![0xcd; FB_MTU - header]);
+            lab.check(family, &fits, Place::Allowed, Leaves::Directly);
+        }
+    });
+}
+
+#[test]
+fn turned_off_or_a_flow_that_may_be_masqueraded_goes_to_the_stack() {
+    in_lab(|lab| {
+        let (env, arrival) = (&mut lab.env, lab.arrival);
+        for family in Family::BOTH {
+            env.reset();
+            env.datapath
+                .set_fast_path(false, &[])
+                .expect("turning the fast path off");
+            env.install(&service_at(family, Place::Allowed));
+            let spec = packet(family);
+            let to_backend = spec.clone().to(Place::Allowed.addr(family), 8080);
+            let out = run_arriving(env, &spec.build(), arrival);
+            assert_eq!(out.verdict, XDP_PASS, "{family:?}: fast path off");
+            assert_eq!(out.packet, to_backend.build());
+
+            // Masquerade on and the backend on another node (no NODE_LOCAL): its source NAT
+            // is done at TC egress, which a redirected frame would skip.
+            env.reset();
+            env.set_masquerade(&Masquerade {
+                ports: Some(slicelb::dataplane::masquerade::PortRange {
+                    min: 61000,
+                    max: 61100,
+                }),
+                addresses: lb_common::SnatAddresses::default(),
+            });
+            env.install(&service_at(family, Place::Allowed));
+            let out = run_arriving(env, &spec.build(), arrival);
+            assert_eq!(out.verdict, XDP_PASS, "{family:?}: masquerade on");
+            assert_eq!(out.packet, to_backend.build());
+        }
+    });
+}
