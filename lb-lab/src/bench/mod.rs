@@ -281,7 +281,12 @@ fn throughput_row(services: usize, label: &str, result: &CaseResult) -> Option<V
             num(t.mpps()),
             t.sent.to_string(),
             t.delivered.to_string(),
-            format!("{:.1}%", t.correct_share() * 100.0),
+            // The floor only forwards: its frames keep the service address, by design.
+            if result.balancer == Balancer::ForwardFloor {
+                "n/a (not balanced)".into()
+            } else {
+                format!("{:.1}%", t.correct_share() * 100.0)
+            },
             format!(
                 "generator: {}; the node's stack forwarded {}",
                 t.generator, t.stack_forwarded
