@@ -47,6 +47,14 @@ pub struct AyaMaps {
     /// The frontends behind each FRONTEND_FILTER bit; built from FRONTENDS (and the kernel
     /// bitmap rewritten to match) on the first `apply`, so readers never pay for it.
     frontend_filter: Option<FrontendFilter>,
+    /// The frontend keys the last [`MapWriter::read`] found while the filter was not built
+    /// yet: its first use takes them instead of walking FRONTENDS a second time (a walk
+    /// costs a syscall per frontend). Only this writer changes FRONTENDS, and every change
+    /// builds the filter first, so they are still what the map holds. Never kept for
+    /// read-only maps, which never build the filter.
+    frontends_read: std::sync::Mutex<Option<Vec<FrontendKey>>>,
+    /// False for [`ReadOnlyMaps`].
+    writable: bool,
     service_names: HashMap<MapData, u32, ServiceName>,
     source_ranges: LpmTrie<MapData, SourceRangeKey, u8>,
     conntrack: HashMap<MapData, FlowKey, FlowValue>,
@@ -137,6 +145,7 @@ impl ReadOnlyMaps {
         // The kernel maps a map's memory shared only through a writable descriptor: read
         // SELECTION with batched lookups instead.
         maps.selection_mapping = None;
+        maps.writable = false;
         Ok(Self(maps))
     }
 }
@@ -223,6 +232,8 @@ impl AyaMaps {
             frontend_filter_fd,
             table_members_fd,
             frontend_filter: None,
+            frontends_read: std::sync::Mutex::new(None),
+            writable: true,
             service_names: typed(
                 map_names::SERVICE_NAMES,
                 open(map_names::SERVICE_NAMES)?,
@@ -396,11 +407,19 @@ impl AyaMaps {
     /// The filter bookkeeping, built (and the kernel bitmap rewritten) on first use.
     fn filter(&mut self) -> Result<&mut FrontendFilter, DataplaneError> {
         if self.frontend_filter.is_none() {
-            let keys = self
-                .frontends
-                .keys()
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(read_err(map_names::FRONTENDS))?;
+            let read = self
+                .frontends_read
+                .get_mut()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take();
+            let keys = match read {
+                Some(keys) => keys,
+                None => self
+                    .frontends
+                    .keys()
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(read_err(map_names::FRONTENDS))?,
+            };
             let built = frontend_filter::rebuild(self.frontend_filter_fd.as_fd(), keys)?;
             self.frontend_filter = Some(built);
         }
@@ -562,6 +581,13 @@ impl MapWriter for AyaMaps {
         for entry in self.frontends.iter() {
             let (key, value) = entry.map_err(read_err(map_names::FRONTENDS))?;
             state.frontends.insert(key, value);
+        }
+        if self.writable && self.frontend_filter.is_none() {
+            *self
+                .frontends_read
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                Some(state.frontends.keys().copied().collect());
         }
         let backends: Vec<Backend> =
             batch::lookup(self.backends_fd.as_fd(), 0, self.capacity.backends).map_err(
