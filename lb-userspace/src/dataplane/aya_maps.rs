@@ -56,6 +56,8 @@ pub struct AyaMaps {
     /// False for [`ReadOnlyMaps`].
     writable: bool,
     service_names: HashMap<MapData, u32, ServiceName>,
+    /// SERVICE_NAMES for batched writes (a cold sync names every service at once).
+    service_names_fd: OwnedFd,
     source_ranges: LpmTrie<MapData, SourceRangeKey, u8>,
     conntrack: HashMap<MapData, FlowKey, FlowValue>,
     affinity: HashMap<MapData, AffinityKey, AffinityValue>,
@@ -219,6 +221,8 @@ impl AyaMaps {
         let affinity_fd = clone_fd(map_names::AFFINITY, &affinity)?;
         let table_members_fd =
             clone_fd(map_names::TABLE_MEMBERS, &open(map_names::TABLE_MEMBERS)?)?;
+        let service_names = open(map_names::SERVICE_NAMES)?;
+        let service_names_fd = clone_fd(map_names::SERVICE_NAMES, &service_names)?;
         Ok(Self {
             frontends: typed(map_names::FRONTENDS, open(map_names::FRONTENDS)?, |d| {
                 HashMap::try_from(Map::HashMap(d))
@@ -234,11 +238,10 @@ impl AyaMaps {
             frontend_filter: None,
             frontends_read: std::sync::Mutex::new(None),
             writable: true,
-            service_names: typed(
-                map_names::SERVICE_NAMES,
-                open(map_names::SERVICE_NAMES)?,
-                |d| HashMap::try_from(Map::HashMap(d)),
-            )?,
+            service_names: typed(map_names::SERVICE_NAMES, service_names, |d| {
+                HashMap::try_from(Map::HashMap(d))
+            })?,
+            service_names_fd,
             source_ranges: typed(
                 map_names::SOURCE_RANGES,
                 open(map_names::SOURCE_RANGES)?,
@@ -512,16 +515,7 @@ impl AyaMaps {
             MapOp::PutTableMembers { offset, slots } => {
                 let (keys, first_slots) = member_entries(*offset, slots);
                 batch::update_entries(self.table_members_fd.as_fd(), &keys, &first_slots).map_err(
-                    |source| match source.raw_os_error() {
-                        Some(libc::E2BIG) | Some(libc::ENOMEM) => DataplaneError::MapFull {
-                            map: map_names::TABLE_MEMBERS,
-                            capacity: capacity.table_members,
-                        },
-                        _ => DataplaneError::MapWrite {
-                            map: map_names::TABLE_MEMBERS,
-                            source,
-                        },
-                    },
+                    batch_write_err(map_names::TABLE_MEMBERS, capacity.table_members),
                 )
             }
             MapOp::DeleteTableMembers { offset, slots } => {
@@ -683,7 +677,19 @@ impl AyaMaps {
         let mut rest = ops;
         while let Some(op) = rest.first() {
             let run = consecutive_backends(rest, self.capacity.backends);
-            if run.len() > 1 {
+            let names = leading_service_names(rest);
+            let tables = leading_tables(rest);
+            if names.len() > 1 {
+                // A cold sync names every service in a row: one batch, not one syscall each.
+                let (ids, values): (Vec<u32>, Vec<ServiceName>) = names.into_iter().unzip();
+                batch::update_entries(self.service_names_fd.as_fd(), &ids, &values).map_err(
+                    batch_write_err(map_names::SERVICE_NAMES, self.capacity.services),
+                )?;
+                rest = &rest[ids.len()..];
+            } else if tables > 2 {
+                self.put_tables(&rest[..tables])?;
+                rest = &rest[tables..];
+            } else if run.len() > 1 {
                 // A cold sync writes backends with consecutive new ids: one batch, not one
                 // syscall each.
                 let first = match op {
@@ -704,6 +710,59 @@ impl AyaMaps {
         }
         Ok(())
     }
+}
+
+impl AyaMaps {
+    /// Writes a run of new tables (`PutSelection` and `PutTableMembers` ops): every table
+    /// into SELECTION, then all their TABLE_MEMBERS entries in one batch. Each table's
+    /// entries still follow its slots, and no frontend names any of them yet.
+    fn put_tables(&mut self, run: &[MapOp]) -> Result<(), DataplaneError> {
+        let mut keys = Vec::new();
+        let mut first_slots = Vec::new();
+        for op in run {
+            match op {
+                MapOp::PutTableMembers { offset, slots } => {
+                    let (table_keys, table_slots) = member_entries(*offset, slots);
+                    keys.extend(table_keys);
+                    first_slots.extend(table_slots);
+                }
+                _ => self.apply_one(op)?,
+            }
+        }
+        batch::update_entries(self.table_members_fd.as_fd(), &keys, &first_slots).map_err(
+            batch_write_err(map_names::TABLE_MEMBERS, self.capacity.table_members),
+        )
+    }
+}
+
+/// A failed batched write into a hash map: the kernel says E2BIG or ENOMEM when it is full.
+fn batch_write_err(map: &'static str, capacity: u32) -> impl Fn(io::Error) -> DataplaneError {
+    move |source| match source.raw_os_error() {
+        Some(libc::E2BIG) | Some(libc::ENOMEM) => DataplaneError::MapFull { map, capacity },
+        _ => DataplaneError::MapWrite { map, source },
+    }
+}
+
+/// The service names of the `PutServiceName` ops at the start of `ops`.
+fn leading_service_names(ops: &[MapOp]) -> Vec<(u32, ServiceName)> {
+    ops.iter()
+        .map_while(|op| match op {
+            MapOp::PutServiceName { id, name } => Some((*id, ServiceName::new(name))),
+            _ => None,
+        })
+        .collect()
+}
+
+/// How many ops at the start of `ops` write new tables (`PutSelection`, `PutTableMembers`).
+fn leading_tables(ops: &[MapOp]) -> usize {
+    ops.iter()
+        .take_while(|op| {
+            matches!(
+                op,
+                MapOp::PutSelection { .. } | MapOp::PutTableMembers { .. }
+            )
+        })
+        .count()
 }
 
 /// The TABLE_MEMBERS keys and values of the table at `offset` holding `slots`.
