@@ -301,14 +301,12 @@ fn a_writer_builds_its_filter_from_its_read_of_frontends_without_a_second_walk()
     zero_kernel_filter(&mut env.datapath);
     let written = udp_service(3, "198.18.100.3", 53);
     writer.apply(&written.ops()).expect("writing a service");
-    assert!(
-        kernel_covers(&env.datapath, &adopted.frontend),
-        "frontend of the read: bit set"
-    );
-    assert!(
-        kernel_covers(&env.datapath, &written.frontend),
-        "frontend written: bit set"
-    );
+    for (what, key) in [
+        ("frontend of the read", &adopted.frontend),
+        ("frontend written", &written.frontend),
+    ] {
+        assert!(kernel_covers(&env.datapath, key), "{what}: bit set");
+    }
     let (word, mask) = slot_of(&behind.frontend);
     assert!(
         [&adopted.frontend, &written.frontend]
