@@ -743,9 +743,15 @@ fn batch_write_err(map: &'static str, capacity: u32) -> impl Fn(io::Error) -> Da
     }
 }
 
-/// The service names of the `PutServiceName` ops at the start of `ops`.
+/// Most ops written in one batch: a few syscalls per thousand services, and buffers that
+/// stay small beside the plan (a whole cold sync at once would add megabytes to the peak).
+const BATCH_OPS: usize = 1024;
+
+/// The service names of the `PutServiceName` ops at the start of `ops` (at most
+/// [`BATCH_OPS`]).
 fn leading_service_names(ops: &[MapOp]) -> Vec<(u32, ServiceName)> {
     ops.iter()
+        .take(BATCH_OPS)
         .map_while(|op| match op {
             MapOp::PutServiceName { id, name } => Some((*id, ServiceName::new(name))),
             _ => None,
@@ -753,9 +759,12 @@ fn leading_service_names(ops: &[MapOp]) -> Vec<(u32, ServiceName)> {
         .collect()
 }
 
-/// How many ops at the start of `ops` write new tables (`PutSelection`, `PutTableMembers`).
+/// How many ops at the start of `ops` write new tables (`PutSelection`, `PutTableMembers`),
+/// at most [`BATCH_OPS`] (a table cut from its members by the limit still has them written
+/// after it, by the next run).
 fn leading_tables(ops: &[MapOp]) -> usize {
     ops.iter()
+        .take(BATCH_OPS)
         .take_while(|op| {
             matches!(
                 op,
