@@ -285,6 +285,41 @@ fn new_writer_rebuilds_the_filter_from_frontends() {
     }
 }
 
+/// A writer that read the maps (as the agent does at start) builds its filter from the
+/// frontends that read found, without walking FRONTENDS again: a frontend that another
+/// writer added after the read is not in it (only one writer is ever live).
+#[test]
+fn a_writer_builds_its_filter_from_its_read_of_frontends_without_a_second_walk() {
+    let mut env = Env::new();
+    let adopted = udp_service(1, "198.18.100.1", 53);
+    env.install(&adopted);
+    let mut writer = AyaMaps::from_datapath(&env.datapath).expect("opening the maps");
+    let read = writer.read().expect("reading the maps");
+    assert!(read.frontends.contains_key(&adopted.frontend), "the read");
+    let behind = udp_service(2, "198.18.100.2", 53);
+    env.install(&behind);
+    zero_kernel_filter(&mut env.datapath);
+    let written = udp_service(3, "198.18.100.3", 53);
+    writer.apply(&written.ops()).expect("writing a service");
+    for (what, key) in [
+        ("frontend of the read", &adopted.frontend),
+        ("frontend written", &written.frontend),
+    ] {
+        assert!(kernel_covers(&env.datapath, key), "{what}: bit set");
+    }
+    let (word, mask) = slot_of(&behind.frontend);
+    assert!(
+        [&adopted.frontend, &written.frontend]
+            .into_iter()
+            .all(|key| slot_of(key).0 != word || slot_of(key).1 & mask != mask),
+        "the other frontends' bits do not cover this one's"
+    );
+    assert!(
+        !kernel_covers(&env.datapath, &behind.frontend),
+        "a frontend added after the read is not in the filter: no second walk"
+    );
+}
+
 /// Pinned maps removed on drop, also after a panic.
 struct PinDir(PathBuf);
 

@@ -236,6 +236,36 @@ fn tables_written_through_the_mapping_are_seen_by_lookups_packets_and_adoption()
     check_packets(&adopted, &services, 42_000, "replaced table");
 }
 
+/// Ops in a plan's order (names, backends, tables, frontends) come in runs the writer
+/// writes in batches: what it wrote reads back as the applied state the ops describe, every
+/// table fully indexed, and packets follow the tables.
+#[test]
+fn a_plans_runs_of_names_and_tables_are_written_in_batches_and_read_back_as_applied() {
+    require_root();
+    let services = services();
+    let datapath = Datapath::load_unpinned(&options()).expect("loading the datapath (unpinned)");
+    let mut ops: Vec<MapOp> = services.iter().flat_map(Service::ops).collect();
+    // Stable: each table's members stay after its slots.
+    ops.sort_by_key(|op| match op {
+        MapOp::PutServiceName { .. } => 0,
+        MapOp::PutBackend { .. } => 1,
+        MapOp::PutSelection { .. } | MapOp::PutTableMembers { .. } => 2,
+        _ => 3,
+    });
+    let mut writer = AyaMaps::from_datapath(&datapath).expect("opening the maps");
+    writer.apply(&ops).expect("writing the services");
+    let mut expected = slicelb::dataplane::AppliedState::default();
+    expected.apply(&ops);
+    let read = writer.read().expect("reading back");
+    assert_eq!(read.service_names, expected.service_names, "names");
+    assert_eq!(read.selection, expected.selection, "tables");
+    assert_eq!(
+        read.table_members, expected.table_members,
+        "every table fully indexed"
+    );
+    check_packets(&datapath, &services, 43_000, "plan order");
+}
+
 /// Replaces the pinned SELECTION with one made the old way (same size, no mmap flag).
 fn pin_old_style_selection(pin: &Path) {
     let path = pin.join("maps").join(map_names::SELECTION);

@@ -127,6 +127,87 @@ fn measure(services: usize, config: &Config) -> Result<ScaleResult, BenchError> 
     })
 }
 
+/// What the agent's targets read of one measured scale.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Measured {
+    services: usize,
+    cold_sync_secs: f64,
+    change_p99_ms: f64,
+    peak_rss_bytes: Option<u64>,
+}
+
+/// One of the agent's targets (issue #15): a value measured at one scale of 10-endpoint
+/// services, against a limit.
+struct AgentTarget {
+    /// What is wanted, as the report states it.
+    wanted: &'static str,
+    services: usize,
+    value: fn(&Measured) -> Option<f64>,
+    met: fn(f64) -> bool,
+    unit: &'static str,
+}
+
+const TARGET_ENDPOINTS_EACH: usize = 10;
+
+const AGENT_TARGETS: [AgentTarget; 3] = [
+    AgentTarget {
+        wanted: "agent peak RSS < 150 MiB at 10 000 services x 10 endpoints (100 000 endpoints)",
+        services: 10_000,
+        value: |m| m.peak_rss_bytes.map(|bytes| bytes as f64 / 1_048_576.0),
+        met: |mib| mib < 150.0,
+        unit: "MiB",
+    },
+    AgentTarget {
+        wanted: "cold sync of 50 000 services x 10 endpoints < 1 s",
+        services: 50_000,
+        value: |m| Some(m.cold_sync_secs),
+        met: |secs| secs < 1.0,
+        unit: "s",
+    },
+    AgentTarget {
+        wanted: "one endpoint change p99 <= 1 ms at 50 000 services x 10 endpoints",
+        services: 50_000,
+        value: |m| Some(m.change_p99_ms).filter(|ms| ms.is_finite()),
+        met: |ms| ms <= 1.0,
+        unit: "ms",
+    },
+];
+
+/// The report's line for each of the agent's targets: met or NOT met with the measured
+/// number, or why there is none.
+fn agent_targets(measured: &[Measured], config: &Config) -> Vec<String> {
+    AGENT_TARGETS
+        .iter()
+        .map(|target| {
+            let head = format!("Target: {}", target.wanted);
+            if config.endpoints_each != TARGET_ENDPOINTS_EACH
+                || !config.scales.contains(&target.services)
+            {
+                return format!("{head} — not in this run (the full run measures it).");
+            }
+            let value = measured
+                .iter()
+                .find(|m| m.services == target.services)
+                .and_then(target.value);
+            match value {
+                Some(value) => {
+                    let verdict = if (target.met)(value) {
+                        "met"
+                    } else {
+                        "NOT met"
+                    };
+                    format!(
+                        "{head} — {verdict}: measured {} {}.",
+                        num(value),
+                        target.unit
+                    )
+                }
+                None => format!("{head} — not measured: see the table."),
+            }
+        })
+        .collect()
+}
+
 pub fn run(
     config: &Config,
     progress: &ProgressBar,
@@ -158,11 +239,18 @@ pub fn run(
     let mut sync_points = Vec::new();
     let mut largest: Option<Vec<MapMemory>> = None;
     let mut at_1000_kib = None;
+    let mut measured = Vec::new();
     for &services in &config.scales {
         progress.set_message(format!("control plane: {services} services"));
         match measure(services, config) {
             Ok(result) => {
                 sync_points.push((services as f64, result.cold_sync_secs));
+                measured.push(Measured {
+                    services,
+                    cold_sync_secs: result.cold_sync_secs,
+                    change_p99_ms: result.change_p99_ms,
+                    peak_rss_bytes: result.peak_rss_bytes,
+                });
                 table.row(vec![
                     result.services.to_string(),
                     num(result.cold_sync_secs),
@@ -232,6 +320,7 @@ pub fn run(
             "Target: kernel map memory under 10 KiB per 10-endpoint service — not measured.".into()
         }
     });
+    notes.extend(agent_targets(&measured, config));
     let mut plots = Vec::new();
     if !sync_points.is_empty() {
         LineChart {
@@ -268,4 +357,79 @@ pub fn run(
         plots,
         notes,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn full_scales() -> Config {
+        Config {
+            scales: vec![1000, 10_000, 50_000],
+            endpoints_each: 10,
+            changes: 200,
+            changes_within: std::time::Duration::from_secs(30),
+        }
+    }
+
+    fn measured(services: usize, cold_sync_secs: f64, change_p99_ms: f64, mib: u64) -> Measured {
+        Measured {
+            services,
+            cold_sync_secs,
+            change_p99_ms,
+            peak_rss_bytes: Some(mib * 1_048_576),
+        }
+    }
+
+    #[test]
+    fn each_agent_target_says_met_or_not_with_the_number_measured_at_its_scale() {
+        let lines = agent_targets(
+            &[
+                measured(1000, 0.05, 0.2, 20),
+                measured(10_000, 0.4, 0.5, 142),
+                measured(50_000, 3.26, 1.0, 900),
+            ],
+            &full_scales(),
+        );
+        assert_eq!(
+            lines,
+            [
+                "Target: agent peak RSS < 150 MiB at 10 000 services x 10 endpoints (100 000 \
+                 endpoints) — met: measured 142 MiB.",
+                "Target: cold sync of 50 000 services x 10 endpoints < 1 s — NOT met: measured \
+                 3.26 s.",
+                "Target: one endpoint change p99 <= 1 ms at 50 000 services x 10 endpoints — \
+                 met: measured 1.00 ms.",
+            ]
+        );
+    }
+
+    #[test]
+    fn an_agent_target_outside_the_run_or_unmeasured_says_so() {
+        let quick = Config {
+            scales: vec![1000],
+            ..full_scales()
+        };
+        let lines = agent_targets(&[measured(1000, 0.05, 0.2, 20)], &quick);
+        assert!(
+            lines[0].ends_with("— not in this run (the full run measures it)."),
+            "{lines:?}"
+        );
+        assert!(
+            lines.iter().all(|l| l.contains("not in this run")),
+            "{lines:?}"
+        );
+
+        // 10 000 failed to load, and 50 000 timed no change.
+        let lines = agent_targets(&[measured(50_000, 0.9, f64::NAN, 140)], &full_scales());
+        assert!(
+            lines[0].ends_with("— not measured: see the table."),
+            "{lines:?}"
+        );
+        assert!(lines[1].ends_with("— met: measured 0.90 s."), "{lines:?}");
+        assert!(
+            lines[2].ends_with("— not measured: see the table."),
+            "{lines:?}"
+        );
+    }
 }

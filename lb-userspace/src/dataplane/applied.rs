@@ -156,17 +156,22 @@ impl AppliedState {
         if maybe_unused.is_empty() {
             return;
         }
-        let mut unused = maybe_unused;
+        // Marked rather than removed from the list: a cold sync writes every table at once,
+        // and removing each from a long list would cost its length every time.
+        let mut in_use = vec![false; maybe_unused.len()];
+        let mut left = maybe_unused.len();
         for value in self.frontends.values().filter(|v| v.table_size > 0) {
-            if let Ok(at) = unused.binary_search(&value.table_offset) {
-                unused.remove(at);
-                if unused.is_empty() {
+            if let Ok(at) = maybe_unused.binary_search(&value.table_offset)
+                && !std::mem::replace(&mut in_use[at], true)
+            {
+                left -= 1;
+                if left == 0 {
                     return;
                 }
             }
         }
-        for offset in unused {
-            self.selection.remove(&offset);
+        for (offset, _) in maybe_unused.iter().zip(in_use).filter(|(_, used)| !used) {
+            self.selection.remove(offset);
         }
     }
 

@@ -47,7 +47,17 @@ pub struct AyaMaps {
     /// The frontends behind each FRONTEND_FILTER bit; built from FRONTENDS (and the kernel
     /// bitmap rewritten to match) on the first `apply`, so readers never pay for it.
     frontend_filter: Option<FrontendFilter>,
+    /// The frontend keys the last [`MapWriter::read`] found while the filter was not built
+    /// yet: its first use takes them instead of walking FRONTENDS a second time (a walk
+    /// costs a syscall per frontend). Only this writer changes FRONTENDS, and every change
+    /// builds the filter first, so they are still what the map holds. Never kept for
+    /// read-only maps, which never build the filter.
+    frontends_read: std::sync::Mutex<Option<Vec<FrontendKey>>>,
+    /// False for [`ReadOnlyMaps`].
+    writable: bool,
     service_names: HashMap<MapData, u32, ServiceName>,
+    /// SERVICE_NAMES for batched writes (a cold sync names every service at once).
+    service_names_fd: OwnedFd,
     source_ranges: LpmTrie<MapData, SourceRangeKey, u8>,
     conntrack: HashMap<MapData, FlowKey, FlowValue>,
     affinity: HashMap<MapData, AffinityKey, AffinityValue>,
@@ -139,6 +149,7 @@ impl ReadOnlyMaps {
         // The kernel maps a map's memory shared only through a writable descriptor: read
         // SELECTION with batched lookups instead.
         maps.selection_mapping = None;
+        maps.writable = false;
         Ok(Self(maps))
     }
 }
@@ -212,6 +223,8 @@ impl AyaMaps {
         let affinity_fd = clone_fd(map_names::AFFINITY, &affinity)?;
         let table_members_fd =
             clone_fd(map_names::TABLE_MEMBERS, &open(map_names::TABLE_MEMBERS)?)?;
+        let service_names = open(map_names::SERVICE_NAMES)?;
+        let service_names_fd = clone_fd(map_names::SERVICE_NAMES, &service_names)?;
         Ok(Self {
             frontends: typed(map_names::FRONTENDS, open(map_names::FRONTENDS)?, |d| {
                 HashMap::try_from(Map::HashMap(d))
@@ -225,11 +238,12 @@ impl AyaMaps {
             frontend_filter_fd,
             table_members_fd,
             frontend_filter: None,
-            service_names: typed(
-                map_names::SERVICE_NAMES,
-                open(map_names::SERVICE_NAMES)?,
-                |d| HashMap::try_from(Map::HashMap(d)),
-            )?,
+            frontends_read: std::sync::Mutex::new(None),
+            writable: true,
+            service_names: typed(map_names::SERVICE_NAMES, service_names, |d| {
+                HashMap::try_from(Map::HashMap(d))
+            })?,
+            service_names_fd,
             source_ranges: typed(
                 map_names::SOURCE_RANGES,
                 open(map_names::SOURCE_RANGES)?,
@@ -415,11 +429,19 @@ impl AyaMaps {
     /// The filter bookkeeping, built (and the kernel bitmap rewritten) on first use.
     fn filter(&mut self) -> Result<&mut FrontendFilter, DataplaneError> {
         if self.frontend_filter.is_none() {
-            let keys = self
-                .frontends
-                .keys()
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(read_err(map_names::FRONTENDS))?;
+            let read = self
+                .frontends_read
+                .get_mut()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take();
+            let keys = match read {
+                Some(keys) => keys,
+                None => self
+                    .frontends
+                    .keys()
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(read_err(map_names::FRONTENDS))?,
+            };
             let built = frontend_filter::rebuild(self.frontend_filter_fd.as_fd(), keys)?;
             self.frontend_filter = Some(built);
         }
@@ -512,16 +534,7 @@ impl AyaMaps {
             MapOp::PutTableMembers { offset, slots } => {
                 let (keys, first_slots) = member_entries(*offset, slots);
                 batch::update_entries(self.table_members_fd.as_fd(), &keys, &first_slots).map_err(
-                    |source| match source.raw_os_error() {
-                        Some(libc::E2BIG) | Some(libc::ENOMEM) => DataplaneError::MapFull {
-                            map: map_names::TABLE_MEMBERS,
-                            capacity: capacity.table_members,
-                        },
-                        _ => DataplaneError::MapWrite {
-                            map: map_names::TABLE_MEMBERS,
-                            source,
-                        },
-                    },
+                    batch_write_err(map_names::TABLE_MEMBERS, capacity.table_members),
                 )
             }
             MapOp::DeleteTableMembers { offset, slots } => {
@@ -581,6 +594,13 @@ impl MapWriter for AyaMaps {
         for entry in self.frontends.iter() {
             let (key, value) = entry.map_err(read_err(map_names::FRONTENDS))?;
             state.frontends.insert(key, value);
+        }
+        if self.writable && self.frontend_filter.is_none() {
+            *self
+                .frontends_read
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                Some(state.frontends.keys().copied().collect());
         }
         let backends: Vec<Backend> =
             batch::lookup(self.backends_fd.as_fd(), 0, self.capacity.backends).map_err(
@@ -681,7 +701,19 @@ impl AyaMaps {
         let mut rest = ops;
         while let Some(op) = rest.first() {
             let run = consecutive_backends(rest, self.capacity.backends);
-            if run.len() > 1 {
+            let names = leading_service_names(rest);
+            let tables = leading_tables(rest);
+            if names.len() > 1 {
+                // A cold sync names every service in a row: one batch, not one syscall each.
+                let (ids, values): (Vec<u32>, Vec<ServiceName>) = names.into_iter().unzip();
+                batch::update_entries(self.service_names_fd.as_fd(), &ids, &values).map_err(
+                    batch_write_err(map_names::SERVICE_NAMES, self.capacity.services),
+                )?;
+                rest = &rest[ids.len()..];
+            } else if tables > 2 {
+                self.put_tables(&rest[..tables])?;
+                rest = &rest[tables..];
+            } else if run.len() > 1 {
                 // A cold sync writes backends with consecutive new ids: one batch, not one
                 // syscall each.
                 let first = match op {
@@ -702,6 +734,68 @@ impl AyaMaps {
         }
         Ok(())
     }
+}
+
+impl AyaMaps {
+    /// Writes a run of new tables (`PutSelection` and `PutTableMembers` ops): every table
+    /// into SELECTION, then all their TABLE_MEMBERS entries in one batch. Each table's
+    /// entries still follow its slots, and no frontend names any of them yet.
+    fn put_tables(&mut self, run: &[MapOp]) -> Result<(), DataplaneError> {
+        let mut keys = Vec::new();
+        let mut first_slots = Vec::new();
+        for op in run {
+            match op {
+                MapOp::PutTableMembers { offset, slots } => {
+                    let (table_keys, table_slots) = member_entries(*offset, slots);
+                    keys.extend(table_keys);
+                    first_slots.extend(table_slots);
+                }
+                _ => self.apply_one(op)?,
+            }
+        }
+        batch::update_entries(self.table_members_fd.as_fd(), &keys, &first_slots).map_err(
+            batch_write_err(map_names::TABLE_MEMBERS, self.capacity.table_members),
+        )
+    }
+}
+
+/// A failed batched write into a hash map: the kernel says E2BIG or ENOMEM when it is full.
+fn batch_write_err(map: &'static str, capacity: u32) -> impl Fn(io::Error) -> DataplaneError {
+    move |source| match source.raw_os_error() {
+        Some(libc::E2BIG) | Some(libc::ENOMEM) => DataplaneError::MapFull { map, capacity },
+        _ => DataplaneError::MapWrite { map, source },
+    }
+}
+
+/// Most ops written in one batch: a few syscalls per thousand services, and buffers that
+/// stay small beside the plan (a whole cold sync at once would add megabytes to the peak).
+const BATCH_OPS: usize = 1024;
+
+/// The service names of the `PutServiceName` ops at the start of `ops` (at most
+/// [`BATCH_OPS`]).
+fn leading_service_names(ops: &[MapOp]) -> Vec<(u32, ServiceName)> {
+    ops.iter()
+        .take(BATCH_OPS)
+        .map_while(|op| match op {
+            MapOp::PutServiceName { id, name } => Some((*id, ServiceName::new(name))),
+            _ => None,
+        })
+        .collect()
+}
+
+/// How many ops at the start of `ops` write new tables (`PutSelection`, `PutTableMembers`),
+/// at most [`BATCH_OPS`] (a table cut from its members by the limit still has them written
+/// after it, by the next run).
+fn leading_tables(ops: &[MapOp]) -> usize {
+    ops.iter()
+        .take(BATCH_OPS)
+        .take_while(|op| {
+            matches!(
+                op,
+                MapOp::PutSelection { .. } | MapOp::PutTableMembers { .. }
+            )
+        })
+        .count()
 }
 
 /// The TABLE_MEMBERS keys and values of the table at `offset` holding `slots`.

@@ -104,11 +104,15 @@ pub struct AppliedState {
 /// Each backend a table names, with the first slot naming it, in id order: the table's
 /// TABLE_MEMBERS entries.
 pub fn members_of(slots: &[u32]) -> Vec<(u32, u32)> {
-    let mut first: BTreeMap<u32, u32> = BTreeMap::new();
-    for (slot, id) in slots.iter().enumerate() {
-        first.entry(*id).or_insert(slot as u32);
+    // A hash entry per slot and a sort of the few members: a table has far more slots than
+    // members, and a cold sync looks at every table twice.
+    let mut first: rustc_hash::FxHashMap<u32, u32> = rustc_hash::FxHashMap::default();
+    for (slot, id) in (0u32..).zip(slots) {
+        first.entry(*id).or_insert(slot);
     }
-    first.into_iter().collect()
+    let mut members: Vec<(u32, u32)> = first.into_iter().collect();
+    members.sort_unstable();
+    members
 }
 
 /// Whether `slots` (the table at `offset`) is completely indexed, asking `member` for the
@@ -238,5 +242,14 @@ mod tests {
         ];
         let kinds: Vec<&str> = errors.iter().map(DataplaneError::kind).collect();
         assert_eq!(kinds, DataplaneError::KINDS);
+    }
+
+    #[test]
+    fn a_tables_members_are_its_distinct_backends_with_their_first_slot_in_id_order() {
+        assert_eq!(
+            members_of(&[9, 4, 9, 4, 7, 4, 9]),
+            vec![(4, 1), (7, 4), (9, 0)]
+        );
+        assert_eq!(members_of(&[]), Vec::new());
     }
 }

@@ -450,7 +450,16 @@ impl Work<'_> {
             });
         }
 
+        // Sized once: a cold sync's ops are the largest allocation of a plan, and doubling
+        // would leave up to half of it unused.
         let mut ops = self.name_ops;
+        ops.reserve_exact(
+            backend_ops.len()
+                + self.selection_ops.len()
+                + self.range_ops.len()
+                + self.frontend_ops.len()
+                + backend_deletes.len(),
+        );
         ops.extend(backend_ops);
         ops.extend(self.selection_ops);
         // A table kept without its index (left by an agent before TABLE_MEMBERS) gets one.
