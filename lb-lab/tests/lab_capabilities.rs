@@ -55,6 +55,7 @@ const RUNTIME_DEFAULT_ALLOWS: &[&str] = &[
     "bpf",
     "brk",
     "clock_gettime",
+    "clock_nanosleep",
     "clone",
     "close",
     "connect",
