@@ -322,13 +322,17 @@ impl Datapath {
             // would then be turned away for good.
             datapath.rebuild_frontend_filter()?;
         }
-        // Written even when adopted: this kernel's tick, and a new flow generation.
-        let config = if !adopting || options.overwrite_config {
-            options.config
+        if !adopting || options.overwrite_config {
+            datapath.write_config(&options.config)?;
         } else {
-            datapath.config()?
-        };
-        datapath.write_config(&config)?;
+            // An adopted CONFIG is left as its agent wrote it (a running agent may own it; a
+            // new program starts with an empty flow cache, so no new generation is needed),
+            // unless it lacks this kernel's tick (pinned by layout version 0 or 1).
+            let adopted = datapath.config()?;
+            if adopted.ns_per_jiffy != datapath.ns_per_jiffy {
+                datapath.write_config(&adopted)?;
+            }
+        }
         Ok(datapath)
     }
 
