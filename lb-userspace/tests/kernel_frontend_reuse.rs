@@ -169,10 +169,17 @@ fn a_source_ranged_frontend_drops_every_outside_packet_while_frontends_are_rewri
         });
         let deltas = reason_deltas(&before, &env.reasons());
         eprintln!("{program:?}: {PACKETS} packets while the writer made {rounds} rewrites");
+        // A frontend that changes under three reads drops the packet as `drop_internal`
+        // (rare, by design): still a drop, never a balanced packet.
+        let dropped: u64 = deltas
+            .iter()
+            .filter(|(reason, _)| matches!(reason, Reason::DropSourceRange | Reason::DropInternal))
+            .map(|(_, count)| count)
+            .sum();
         assert_eq!(
-            deltas,
-            vec![(Reason::DropSourceRange, u64::from(PACKETS))],
-            "{program:?}: outside packets not dropped by the source range"
+            (dropped, deltas.len() <= 2),
+            (u64::from(PACKETS), true),
+            "{program:?}: outside packets not dropped by the source range: {deltas:?}"
         );
     }
 }
