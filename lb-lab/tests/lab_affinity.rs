@@ -93,7 +93,7 @@ fn table_of(state: &AppliedState, vip: Ipv4Addr) -> Vec<u32> {
         .iter()
         .find(|(key, _)| key.addr[..4] == vip.octets() && u16::from_be(key.port) == 80)
         .and_then(|(_, value)| state.selection.get(&value.table_offset))
-        .map(|slots| slots.to_vec())
+        .map(|slots| slots.ids())
         .unwrap_or_default()
 }
 

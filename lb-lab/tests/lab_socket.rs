@@ -406,7 +406,7 @@ fn pod_affinity_leaves_a_replica_that_turns_terminating_while_others_are_ready()
                 && state
                     .selection
                     .get(&value.table_offset)
-                    .is_some_and(|slots| !slots.contains(id))
+                    .is_some_and(|slots| !slots.members().contains(id))
         })
     });
 

@@ -550,7 +550,7 @@ pub(super) mod tests {
                 .get(&value.table_offset)
                 .filter(|_| value.table_size > 0)
                 .into_iter()
-                .flat_map(|slots| slots.iter())
+                .flat_map(|slots| slots.members().iter())
                 .map(|id| format!("{:?}", applied.backends.get(id)))
                 .collect();
             in_table.sort();

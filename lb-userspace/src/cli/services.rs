@@ -182,8 +182,8 @@ pub fn backend_shares(applied: &AppliedState, value: &FrontendValue) -> Vec<Back
     if let Some(slots) = applied.selection.get(&value.table_offset)
         && value.table_size > 0
     {
-        for id in slots.iter().take(value.table_size as usize) {
-            *slots_per_backend.entry(*id).or_default() += 1;
+        for id in slots.ids().into_iter().take(value.table_size as usize) {
+            *slots_per_backend.entry(id).or_default() += 1;
         }
     }
     let mut backends: Vec<BackendRow> = slots_per_backend

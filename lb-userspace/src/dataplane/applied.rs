@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use lb_common::map_names;
 
-use super::{AppliedState, MapOp, members_of};
+use super::{AppliedState, MapOp};
 
 /// What one op did to its map's entry: the `change` label of `slicelb_map_changes_total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -120,7 +120,7 @@ impl AppliedState {
                     self.selection.insert(*offset, slots.clone());
                 }
                 MapOp::PutTableMembers { offset, slots } => {
-                    let count = u32::try_from(members_of(slots).len()).unwrap_or(u32::MAX);
+                    let count = u32::try_from(slots.members().len()).unwrap_or(u32::MAX);
                     self.table_members.insert(*offset, count);
                 }
                 MapOp::DeleteTableMembers { offset, .. } => {

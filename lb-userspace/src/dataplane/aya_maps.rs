@@ -19,13 +19,14 @@ use lb_common::{
 };
 
 use super::{
-    AppliedState, DataplaneError, DeletedFlows, MapCapacity, MapOp, MapWriter, StaleFlows,
+    AppliedState, DataplaneError, DeletedFlows, MapCapacity, MapOp, MapWriter, SelectionTable,
+    StaleFlows,
     batch::{self, Counted},
     frontend_filter::{self, FrontendFilter},
     fully_indexed,
     loader::{Datapath, LoadError},
     mapped_array::MappedArray,
-    members_of, pins,
+    pins,
 };
 
 /// The value stored for every source range (only the prefix matters).
@@ -505,8 +506,10 @@ impl AyaMaps {
                         capacity: capacity.selection_slots,
                     });
                 }
+                // The kernel's table holds a u32 backend id per slot.
+                let ids = slots.ids();
                 let Some(mapping) = &mut self.selection_mapping else {
-                    return batch::update(self.selection_fd.as_fd(), *offset, slots).map_err(
+                    return batch::update(self.selection_fd.as_fd(), *offset, &ids).map_err(
                         |source| DataplaneError::MapWrite {
                             map: map_names::SELECTION,
                             source,
@@ -520,7 +523,7 @@ impl AyaMaps {
                     });
                 }
                 mapping
-                    .write(*offset, slots)
+                    .write(*offset, &ids)
                     .map_err(|source| DataplaneError::MapWrite {
                         map: map_names::SELECTION,
                         source,
@@ -639,7 +642,7 @@ impl MapWriter for AyaMaps {
                 .collect();
         for (offset, slots) in &state.selection {
             if fully_indexed(*offset, slots, |member| members.get(&member).copied()) {
-                let count = u32::try_from(members_of(slots).len()).unwrap_or(u32::MAX);
+                let count = u32::try_from(slots.members().len()).unwrap_or(u32::MAX);
                 state.table_members.insert(*offset, count);
             }
         }
@@ -799,8 +802,9 @@ fn leading_tables(ops: &[MapOp]) -> usize {
 }
 
 /// The TABLE_MEMBERS keys and values of the table at `offset` holding `slots`.
-fn member_entries(offset: u32, slots: &[u32]) -> (Vec<TableMember>, Vec<u32>) {
-    members_of(slots)
+fn member_entries(offset: u32, slots: &SelectionTable) -> (Vec<TableMember>, Vec<u32>) {
+    slots
+        .first_slots()
         .into_iter()
         .map(|(backend_id, slot)| {
             (

@@ -16,7 +16,8 @@ use lb_common::{
 };
 
 use super::{
-    AppliedState, DataplaneError, DeletedFlows, MapCapacity, MapOp, MapWriter, StaleFlows,
+    AppliedState, DataplaneError, DeletedFlows, MapCapacity, MapOp, MapWriter, SelectionTable,
+    StaleFlows,
     frontend_filter::{self, FrontendFilter},
     fully_indexed, members_of,
 };
@@ -205,10 +206,10 @@ impl MemoryMaps {
                         capacity: cap.selection_slots,
                     },
                 )?;
-                target.copy_from_slice(slots);
+                target.copy_from_slice(&slots.ids());
             }
             MapOp::PutTableMembers { offset, slots } => {
-                let members = members_of(slots);
+                let members = slots.first_slots();
                 let new = members
                     .iter()
                     .filter(|(backend_id, _)| {
@@ -234,7 +235,7 @@ impl MemoryMaps {
             }
             MapOp::DeleteTableMembers { offset, slots } => {
                 // Like the kernel writer: entries already gone are skipped.
-                for (backend_id, _) in members_of(slots) {
+                for &backend_id in slots.members() {
                     self.table_members.remove(&TableMember {
                         table_offset: *offset,
                         backend_id,
@@ -395,7 +396,7 @@ impl MemoryMaps {
     }
 
     fn snapshot(&self) -> AppliedState {
-        let mut selection: BTreeMap<u32, std::sync::Arc<[u32]>> = BTreeMap::new();
+        let mut selection: BTreeMap<u32, SelectionTable> = BTreeMap::new();
         for value in self.frontends.values().filter(|v| v.table_size > 0) {
             let start = value.table_offset as usize;
             if let Some(slots) = self.selection.get(start..start + value.table_size as usize) {
@@ -412,7 +413,7 @@ impl MemoryMaps {
             .map(|(offset, slots)| {
                 (
                     *offset,
-                    u32::try_from(members_of(slots).len()).unwrap_or(u32::MAX),
+                    u32::try_from(slots.members().len()).unwrap_or(u32::MAX),
                 )
             })
             .collect();

@@ -16,20 +16,19 @@ pub mod masquerade;
 pub mod memory;
 pub mod migrate;
 pub mod pins;
+mod selection_table;
 mod stale_flows;
 mod sys;
 pub mod test_run;
 
 pub use batch::{Counted, HASH_CHUNK, update_entries};
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    sync::Arc,
-};
+use std::collections::{BTreeMap, BTreeSet};
 
 use lb_common::{
     AffinityKey, AffinityValue, Backend, FrontendKey, FrontendValue, SourceRangeKey, TableMember,
 };
+pub use selection_table::SelectionTable;
 pub use stale_flows::{DeletedFlows, FlowEndpoint, Serving, StaleFlows};
 
 /// One change to the kernel's configuration maps. The diff emits these in an order that
@@ -48,18 +47,18 @@ pub enum MapOp {
     /// the planner's cache and the applied mirror, so a table is held in memory once.
     PutSelection {
         offset: u32,
-        slots: Arc<[u32]>,
+        slots: SelectionTable,
     },
     /// Index the table at `offset` (which holds `slots`) in TABLE_MEMBERS: each backend it
     /// names, with its first slot. Written after the table, before a frontend points at it.
     PutTableMembers {
         offset: u32,
-        slots: Arc<[u32]>,
+        slots: SelectionTable,
     },
     /// Remove the index of a table no frontend points at any more.
     DeleteTableMembers {
         offset: u32,
-        slots: Arc<[u32]>,
+        slots: SelectionTable,
     },
     PutFrontend {
         key: FrontendKey,
@@ -92,7 +91,7 @@ pub struct AppliedState {
     /// Backend id -> backend (only non-empty slots).
     pub backends: BTreeMap<u32, Backend>,
     /// Table offset -> slots, for every table a frontend points at.
-    pub selection: BTreeMap<u32, Arc<[u32]>>,
+    pub selection: BTreeMap<u32, SelectionTable>,
     pub service_names: BTreeMap<u32, String>,
     pub source_ranges: BTreeSet<(SourceRangeKey, u32)>,
     /// Table offset -> backends indexed, for every table in `selection` whose
@@ -101,33 +100,25 @@ pub struct AppliedState {
     pub table_members: BTreeMap<u32, u32>,
 }
 
-/// Each backend a table names, with the first slot naming it, in id order: the table's
-/// TABLE_MEMBERS entries.
+/// Each backend the backend ids `slots` name, with the first slot naming it, in id order:
+/// the TABLE_MEMBERS entries of a table read as ids.
 pub fn members_of(slots: &[u32]) -> Vec<(u32, u32)> {
-    // A hash entry per slot and a sort of the few members: a table has far more slots than
-    // members, and a cold sync looks at every table twice.
-    let mut first: rustc_hash::FxHashMap<u32, u32> = rustc_hash::FxHashMap::default();
-    for (slot, id) in (0u32..).zip(slots) {
-        first.entry(*id).or_insert(slot);
-    }
-    let mut members: Vec<(u32, u32)> = first.into_iter().collect();
-    members.sort_unstable();
-    members
+    SelectionTable::from_ids(slots).first_slots()
 }
 
-/// Whether `slots` (the table at `offset`) is completely indexed, asking `member` for the
+/// Whether `table` (the table at `offset`) is completely indexed, asking `member` for the
 /// slot an entry gives; an entry counts only when its slot names its backend.
 pub fn fully_indexed(
     offset: u32,
-    slots: &[u32],
+    table: &SelectionTable,
     member: impl Fn(TableMember) -> Option<u32>,
 ) -> bool {
-    members_of(slots).into_iter().all(|(backend_id, _)| {
+    table.members().iter().all(|&backend_id| {
         member(TableMember {
             table_offset: offset,
             backend_id,
         })
-        .is_some_and(|slot| slots.get(slot as usize) == Some(&backend_id))
+        .is_some_and(|slot| table.get(slot as usize) == Some(backend_id))
     })
 }
 

@@ -431,7 +431,8 @@ impl Work<'_> {
                 .get(&value.table_offset)
                 .filter(|_| value.table_size > 0)
             {
-                self.keep_backend_ids.extend(slots.iter().copied());
+                self.keep_backend_ids
+                    .extend(slots.members().iter().copied());
             }
         }
         for addr in service.backends.keys() {

@@ -18,7 +18,7 @@ use super::{
     plan,
 };
 use crate::{
-    dataplane::{AppliedState, MapCapacity, MapOp},
+    dataplane::{AppliedState, MapCapacity, MapOp, SelectionTable},
     model::{DesiredState, FrontendKind, Protocol},
 };
 
@@ -75,7 +75,7 @@ struct Words<'a> {
     /// Backend addresses by id once the plan is applied.
     planned_backends: BTreeMap<u32, SocketAddr>,
     /// Tables the plan writes, by offset.
-    new_tables: BTreeMap<u32, &'a [u32]>,
+    new_tables: BTreeMap<u32, &'a SelectionTable>,
     /// The desired service ports using each backend address.
     users: BTreeMap<SocketAddr, Vec<String>>,
 }
@@ -104,7 +104,7 @@ impl<'a> Words<'a> {
                     }
                 }
                 MapOp::PutSelection { offset, slots } => {
-                    new_tables.insert(*offset, &**slots);
+                    new_tables.insert(*offset, slots);
                 }
                 _ => {}
             }
@@ -265,6 +265,7 @@ impl<'a> Words<'a> {
         } else {
             match self.applied.selection.get(&found.table_offset) {
                 Some(slots) if slots.len() == found.table_size as usize => slots
+                    .ids()
                     .iter()
                     .map(|id| self.applied.backends.get(id).and_then(backend_identity))
                     .collect(),
@@ -299,11 +300,9 @@ impl<'a> Words<'a> {
                 .new_tables
                 .get(&value.table_offset)
                 .copied()
-                .or_else(|| {
-                    let shared = self.applied.selection.get(&value.table_offset)?;
-                    Some(&**shared)
-                });
+                .or_else(|| self.applied.selection.get(&value.table_offset));
             slots
+                .map(SelectionTable::ids)
                 .unwrap_or_default()
                 .iter()
                 .map(|id| self.planned_backends.get(id).copied())

@@ -15,7 +15,7 @@ use super::{
     tables::{TableKey, free_selection},
 };
 use crate::{
-    dataplane::{AppliedState, MapCapacity, MapOp},
+    dataplane::{AppliedState, MapCapacity, MapOp, SelectionTable},
     model::{DesiredService, DesiredState, Protocol, ServicePortName},
 };
 
@@ -24,13 +24,13 @@ use crate::{
 #[derive(Debug, Default)]
 pub struct Planner {
     /// Table slots (backend ids) by table key, with the plan number that last used them.
-    pub(super) tables: FxHashMap<TableKey, (Arc<[u32]>, u64)>,
+    pub(super) tables: FxHashMap<TableKey, (SelectionTable, u64)>,
     /// What each SELECTION block in use holds, as this planner wrote or last verified it.
     /// Blocks in use are never written (new tables go to free space), so while a frontend
     /// keeps pointing at a block its contents stay as recorded; this spares re-reading
     /// every table on every plan. It assumes this planner is the maps' only writer: after
     /// anything else wrote SELECTION, call [`Planner::forget_tables`].
-    pub(super) written: FxHashMap<u32, Arc<[u32]>>,
+    pub(super) written: FxHashMap<u32, SelectionTable>,
     pub(super) plans: u64,
     /// Who uses which backend after the last plan, when that plan admitted everything;
     /// lets [`Planner::plan_changes`] look at the changed service ports only.

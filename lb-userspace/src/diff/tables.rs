@@ -1,16 +1,17 @@
 //! Selection tables: their size, where they go in SELECTION, and the planner's cache of
 //! Maglev tables (a service whose backends did not change costs a lookup, not a rebuild).
 
-use std::{net::SocketAddr, sync::Arc};
+use std::net::SocketAddr;
 
 use lb_common::{MAGLEV_SIZES, maglev_size_for};
+use rustc_hash::FxHashMap;
 
 use super::{
     BuddyAllocator, Planner,
     encode::backend_identity,
     maglev::{maglev_table, rebalance},
 };
-use crate::dataplane::{AppliedState, MapCapacity};
+use crate::dataplane::{AppliedState, MapCapacity, SelectionTable};
 
 /// A selection table's identity: its backends (address and id, in address order) and size.
 pub(super) type TableKey = (Vec<(SocketAddr, u32)>, u32);
@@ -54,19 +55,19 @@ impl Planner {
         &mut self,
         applied: &AppliedState,
         offset: u32,
-        slots: &Arc<[u32]>,
+        slots: &SelectionTable,
     ) -> bool {
         if self
             .written
             .get(&offset)
-            .is_some_and(|known| Arc::ptr_eq(known, slots))
+            .is_some_and(|known| known.shares(slots))
         {
             return true;
         }
         let same = applied
             .selection
             .get(&offset)
-            .is_some_and(|found| Arc::ptr_eq(found, slots) || **found == **slots);
+            .is_some_and(|found| found == slots);
         if same {
             self.written.insert(offset, slots.clone());
         }
@@ -76,20 +77,23 @@ impl Planner {
     /// Drops the cached table `slots` (a changed port's old table, about to leave the maps)
     /// unless this plan used it. Its key is rebuilt from the slots: the distinct backends
     /// in address order, and the size.
-    pub(super) fn forget_table(&mut self, applied: &AppliedState, slots: &Arc<[u32]>, plans: u64) {
-        let mut ids: Vec<u32> = slots.to_vec();
-        ids.sort_unstable();
-        ids.dedup();
-        let mut backends: Vec<(SocketAddr, u32)> = ids
-            .into_iter()
-            .filter_map(|id| Some((backend_identity(applied.backends.get(&id)?)?, id)))
+    pub(super) fn forget_table(
+        &mut self,
+        applied: &AppliedState,
+        slots: &SelectionTable,
+        plans: u64,
+    ) {
+        let mut backends: Vec<(SocketAddr, u32)> = slots
+            .members()
+            .iter()
+            .filter_map(|&id| Some((backend_identity(applied.backends.get(&id)?)?, id)))
             .collect();
         backends.sort_unstable();
         let key = (backends, slots.len() as u32);
         if self
             .tables
             .get(&key)
-            .is_some_and(|(cached, used)| *used != plans && Arc::ptr_eq(cached, slots))
+            .is_some_and(|(cached, used)| *used != plans && cached.shares(slots))
         {
             self.tables.remove(&key);
         }
@@ -104,12 +108,12 @@ impl Planner {
     pub(super) fn table(
         &mut self,
         key: &TableKey,
-        previous: Option<&Arc<[u32]>>,
+        previous: Option<&SelectionTable>,
         applied: &AppliedState,
-    ) -> Arc<[u32]> {
+    ) -> SelectionTable {
         let plans = self.plans;
         if let Some((slots, used)) = self.tables.get_mut(key)
-            && previous.is_none_or(|previous| Arc::ptr_eq(slots, previous) || **slots == **previous)
+            && previous.is_none_or(|previous| slots == previous)
         {
             *used = plans;
             return slots.clone();
@@ -120,24 +124,23 @@ impl Planner {
             Some(previous) => {
                 // A slot whose backend is gone names no address of the new set: refilled.
                 let departed = SocketAddr::from(([0, 0, 0, 0], 0));
-                let owners: Vec<SocketAddr> = previous
+                // One backend lookup per member, not per slot.
+                let member_addrs: FxHashMap<u32, SocketAddr> = previous
+                    .members()
                     .iter()
-                    .map(|id| {
-                        applied
-                            .backends
-                            .get(id)
-                            .and_then(backend_identity)
-                            .unwrap_or(departed)
+                    .map(|&id| {
+                        let addr = applied.backends.get(&id).and_then(backend_identity);
+                        (id, addr.unwrap_or(departed))
                     })
                     .collect();
+                let owners: Vec<SocketAddr> =
+                    previous.ids().iter().map(|id| member_addrs[id]).collect();
                 rebalance(&owners, &addrs, *size)
             }
             None => maglev_table(&addrs, *size),
         };
-        let slots: Arc<[u32]> = indices
-            .into_iter()
-            .map(|i| backends[i as usize].1)
-            .collect();
+        let ids: Vec<u32> = backends.iter().map(|(_, id)| *id).collect();
+        let slots = SelectionTable::from_indices(&ids, &indices);
         self.tables.insert(key.clone(), (slots.clone(), plans));
         slots
     }

@@ -62,8 +62,8 @@ fn differences_name_the_service_the_frontend_and_what_differs() {
         (
             "backend not in table",
             tamper(&|a| {
-                let table = Arc::make_mut(a.selection.values_mut().next().unwrap());
-                table.iter_mut().for_each(|slot| *slot = 1);
+                let table = a.selection.values_mut().next().unwrap();
+                *table = vec![1; table.len()].into();
             }),
             "default/a:http 198.18.100.1:80/TCP: backend 198.18.1.2:8080 is not in the selection table",
         ),
@@ -118,7 +118,7 @@ fn a_table_off_its_shares_is_reported_and_one_in_another_order_is_not() {
     let plan = Planner::default().plan(&maps.read().unwrap(), &desired, small_capacity());
     let applied = apply_checked(&mut maps, &plan, "three");
     let offset = applied.frontends.values().next().unwrap().table_offset;
-    let table = applied.selection[&offset].clone();
+    let table = applied.selection[&offset].ids();
     let first = table[0];
     let other = *table.iter().find(|id| **id != first).unwrap();
     let other_at = table.iter().position(|id| *id == other).unwrap();

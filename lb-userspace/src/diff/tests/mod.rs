@@ -547,8 +547,10 @@ fn forget_tables_makes_the_planner_reread_selection() {
         "first",
     );
     // Someone else scribbles over the table.
-    let table = Arc::make_mut(applied.selection.values_mut().next().unwrap());
-    table[0] = if table[0] == 1 { 2 } else { 1 };
+    let table = applied.selection.values_mut().next().unwrap();
+    let mut ids = table.ids();
+    ids[0] = if ids[0] == 1 { 2 } else { 1 };
+    *table = ids.into();
     assert!(
         !differences(&applied, &desired, small_capacity()).is_empty(),
         "the comparison sees the damage"

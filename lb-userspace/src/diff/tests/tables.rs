@@ -52,6 +52,7 @@ fn table_size_keeps_its_size_across_small_changes() {
 fn table_owners(applied: &AppliedState) -> Vec<SocketAddr> {
     let value = applied.frontends.values().next().expect("one frontend");
     applied.selection[&value.table_offset]
+        .ids()
         .iter()
         .map(|id| backend_identity(&applied.backends[id]).expect("a backend address"))
         .collect()
