@@ -74,6 +74,9 @@ fn measure(services: usize, config: &Config) -> Result<ScaleResult, BenchError> 
     let baseline_rss = current_rss();
     let set = ServiceSet::synthetic(services, config.endpoints_each, &[Proto::Tcp], false);
     let mut snapshot = set.snapshot();
+    // The snapshot stands for the agent's reflector stores; the list it was rendered from is
+    // the bench's own, which an agent does not hold.
+    drop(set);
     let mut slicelb = Slicelb::load(capacity_for(services, config.endpoints_each, 1))?;
     let started = Instant::now();
     let stats = slicelb.sync(&snapshot)?;

@@ -12,7 +12,7 @@ use super::{
     ids::IdAllocator,
     planner::LedgerPort,
     stale::AdmittedUdpPort,
-    tables::{TableKey, table_size},
+    tables::{BackendList, TableKey, table_size},
 };
 use crate::{
     dataplane::{AppliedState, MapCapacity, MapOp},
@@ -112,6 +112,8 @@ pub(super) struct Admission {
     pub(super) tables_used: Vec<u32>,
     /// (address, id) of every backend of the service, in address order.
     pub(super) backend_ids: Vec<(SocketAddr, u32)>,
+    /// `backend_ids` as a table key holds them, when a frontend's table names them all.
+    pub(super) shared_backend_ids: Option<BackendList>,
 }
 
 /// Everything the plan has decided so far.
@@ -235,13 +237,16 @@ impl Planner {
                     .collect();
                 let size = table_size(ids.len(), current.map(|v| v.table_size));
                 let count = ids.len();
-                let table_key = (ids, size);
+                let table_key: TableKey = (ids.into(), size);
                 // A frontend keeping its table size gets the table that moves the fewest
                 // slots away from its current one; a new frontend or a new size, a fresh one.
                 let previous = current
                     .filter(|v| v.table_size == size)
                     .and_then(|v| applied.selection.get(&v.table_offset));
-                let slots = self.table(&table_key, previous, applied);
+                let (slots, key_backends) = self.table(&table_key, previous, applied);
+                if *key_backends == *admission.backend_ids {
+                    admission.shared_backend_ids = Some(key_backends);
+                }
                 let in_place = current.filter(|v| {
                     v.table_size == size && self.holds(applied, v.table_offset, &slots)
                 });
@@ -346,7 +351,9 @@ impl Work<'_> {
             name.clone(),
             LedgerPort {
                 service_id,
-                backends: admission.backend_ids.clone(),
+                backends: admission
+                    .shared_backend_ids
+                    .unwrap_or_else(|| admission.backend_ids.as_slice().into()),
                 frontends: service
                     .frontends
                     .iter()

@@ -1,7 +1,12 @@
 //! The planner: applied and desired state in, map operations out in make-before-break order;
 //! a whole plan, or one scoped to the service ports that changed.
 
-use std::{collections::BTreeSet, net::SocketAddr, sync::Arc};
+use std::{
+    collections::{BTreeSet, hash_map::Entry},
+    hash::BuildHasher,
+    net::SocketAddr,
+    sync::Arc,
+};
 
 use lb_common::{FrontendKey, SourceRangeKey};
 use rustc_hash::{FxBuildHasher, FxHashMap, FxHashSet};
@@ -12,7 +17,7 @@ use super::{
     encode::backend_entry,
     ids::IdAllocator,
     stale::ServingMemory,
-    tables::{TableKey, free_selection},
+    tables::{BackendList, TableKey, free_selection},
 };
 use crate::{
     dataplane::{AppliedState, MapCapacity, MapOp, SelectionTable},
@@ -44,8 +49,9 @@ pub struct Planner {
 #[derive(Debug, Default)]
 struct Ledger {
     ports: FxHashMap<Arc<ServicePortName>, LedgerPort>,
-    /// The service ports using each backend address.
-    users: FxHashMap<SocketAddr, Vec<Arc<ServicePortName>>>,
+    /// The service ports using each backend address, by [`address_key`]: one entry per
+    /// backend, so it is kept small (a hash instead of the 32-byte address; one user inline).
+    users: FxHashMap<u64, Users>,
     /// Free SELECTION space once the last plan is applied: built from the applied state by
     /// the first scoped plan after a whole one, then kept in step with the scoped plans'
     /// own allocations and releases (a rebuild reads every frontend and table).
@@ -57,15 +63,60 @@ struct Ledger {
 pub(super) struct LedgerPort {
     pub(super) service_id: u32,
     /// (address, id) of the port's backends, in address order.
-    pub(super) backends: Vec<(SocketAddr, u32)>,
+    pub(super) backends: BackendList,
     pub(super) frontends: Vec<FrontendKey>,
+}
+
+/// The key of a backend address in [`Ledger::users`]: a 64-bit hash. Two addresses sharing
+/// one only make a scoped plan look at a port more, which plans it to what it has.
+fn address_key(addr: &SocketAddr) -> u64 {
+    FxBuildHasher.hash_one(addr)
+}
+
+/// The service ports using one backend: nearly always one, held without an allocation.
+#[derive(Debug)]
+enum Users {
+    One(Arc<ServicePortName>),
+    Many(Vec<Arc<ServicePortName>>),
+}
+
+impl Users {
+    fn iter(&self) -> std::slice::Iter<'_, Arc<ServicePortName>> {
+        match self {
+            Users::One(name) => std::slice::from_ref(name).iter(),
+            Users::Many(names) => names.iter(),
+        }
+    }
+
+    fn add(&mut self, name: Arc<ServicePortName>) {
+        match self {
+            Users::One(first) => *self = Users::Many(vec![first.clone(), name]),
+            Users::Many(names) => names.push(name),
+        }
+    }
+
+    /// Removes `name`; whether no user is left.
+    fn remove(&mut self, name: &ServicePortName) -> bool {
+        match self {
+            Users::One(user) => **user == *name,
+            Users::Many(names) => {
+                names.retain(|user| **user != *name);
+                names.is_empty()
+            }
+        }
+    }
 }
 
 impl Ledger {
     fn add(&mut self, name: ServicePortName, port: LedgerPort) {
         let name = Arc::new(name);
-        for (addr, _) in &port.backends {
-            self.users.entry(*addr).or_default().push(name.clone());
+        for (addr, _) in port.backends.iter() {
+            match self.users.entry(address_key(addr)) {
+                Entry::Vacant(entry) => {
+                    entry.insert(Users::One(name.clone()));
+                }
+                Entry::Occupied(mut entry) => entry.get_mut().add(name.clone()),
+            }
         }
         self.ports.insert(name, port);
     }
@@ -74,12 +125,14 @@ impl Ledger {
         let Some(port) = self.ports.remove(name) else {
             return;
         };
-        for (addr, _) in port.backends {
-            if let Some(users) = self.users.get_mut(&addr) {
-                users.retain(|user| **user != *name);
-                if users.is_empty() {
-                    self.users.remove(&addr);
-                }
+        for (addr, _) in port.backends.iter() {
+            let key = address_key(addr);
+            if self
+                .users
+                .get_mut(&key)
+                .is_some_and(|users| users.remove(name))
+            {
+                self.users.remove(&key);
             }
         }
     }
@@ -167,8 +220,8 @@ impl Planner {
                 .collect();
             for user in addrs
                 .iter()
-                .filter_map(|addr| ledger.users.get(addr))
-                .flatten()
+                .filter_map(|addr| ledger.users.get(&address_key(addr)))
+                .flat_map(Users::iter)
             {
                 if !planned.contains(&**user) {
                     planned.insert((**user).clone());
@@ -203,7 +256,7 @@ impl Planner {
                     }
                 }
             }
-            for (_, id) in &port.backends {
+            for (_, id) in port.backends.iter() {
                 if let Some(backend) = applied.backends.get(id) {
                     scope.backends.insert(*id, *backend);
                 }

@@ -1,7 +1,7 @@
 //! Selection tables: their size, where they go in SELECTION, and the planner's cache of
 //! Maglev tables (a service whose backends did not change costs a lookup, not a rebuild).
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, sync::Arc};
 
 use lb_common::{MAGLEV_SIZES, maglev_size_for};
 use rustc_hash::FxHashMap;
@@ -14,7 +14,12 @@ use super::{
 use crate::dataplane::{AppliedState, MapCapacity, SelectionTable};
 
 /// A selection table's identity: its backends (address and id, in address order) and size.
-pub(super) type TableKey = (Vec<(SocketAddr, u32)>, u32);
+/// The backend list is shared with the ledger's entry of a port whose table names all its
+/// backends (the usual case), so the planner keeps one copy between plans.
+pub(super) type TableKey = (BackendList, u32);
+
+/// (address, id) of backends, in address order.
+pub(super) type BackendList = Arc<[(SocketAddr, u32)]>;
 
 /// SELECTION's free space: everything but the blocks of the applied tables.
 pub(crate) fn free_selection(applied: &AppliedState, capacity: MapCapacity) -> BuddyAllocator {
@@ -89,7 +94,7 @@ impl Planner {
             .filter_map(|&id| Some((backend_identity(applied.backends.get(&id)?)?, id)))
             .collect();
         backends.sort_unstable();
-        let key = (backends, slots.len() as u32);
+        let key = (backends.into(), slots.len() as u32);
         if self
             .tables
             .get(&key)
@@ -99,7 +104,8 @@ impl Planner {
         }
     }
 
-    /// The backend ids, slot by slot, of the table for `key` (cached). With `previous`, the
+    /// The backend ids, slot by slot, of the table for `key` (cached), and the backend list
+    /// of the cache's key (to share it instead of `key`'s). With `previous`, the
     /// frontend's current table of the same size, it is the table that differs least from
     /// it (`maglev::rebalance`: only the slots of departed backends and of backends above
     /// their new share move), so tables depend on history, not only on the backend set: a
@@ -110,13 +116,16 @@ impl Planner {
         key: &TableKey,
         previous: Option<&SelectionTable>,
         applied: &AppliedState,
-    ) -> SelectionTable {
+    ) -> (SelectionTable, BackendList) {
         let plans = self.plans;
-        if let Some((slots, used)) = self.tables.get_mut(key)
+        if let Some((cached_key, (slots, _))) = self.tables.get_key_value(key)
             && previous.is_none_or(|previous| slots == previous)
         {
-            *used = plans;
-            return slots.clone();
+            let found = (slots.clone(), cached_key.0.clone());
+            if let Some((_, used)) = self.tables.get_mut(key) {
+                *used = plans;
+            }
+            return found;
         }
         let (backends, size) = key;
         let addrs: Vec<SocketAddr> = backends.iter().map(|(addr, _)| *addr).collect();
@@ -142,6 +151,6 @@ impl Planner {
         let ids: Vec<u32> = backends.iter().map(|(_, id)| *id).collect();
         let slots = SelectionTable::from_indices(&ids, &indices);
         self.tables.insert(key.clone(), (slots.clone(), plans));
-        slots
+        (slots, key.0.clone())
     }
 }
