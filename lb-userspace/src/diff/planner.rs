@@ -467,16 +467,25 @@ pub fn unindexed_tables<'a>(
 impl Work<'_> {
     pub(super) fn finish(self) -> Plan {
         let applied = self.index.applied;
+        // Sized once: a cold sync's ops are the largest allocation of a plan, and doubling
+        // would leave up to half of it unused. Backend puts (at most one per backend the
+        // plan uses) go straight in, so no second list of them sits beside it.
+        let mut ops = self.name_ops;
+        ops.reserve_exact(
+            self.backends.len()
+                + self.selection_ops.len()
+                + self.range_ops.len()
+                + self.frontend_ops.len(),
+        );
         // One pass over the applied backends (in id order) finds changed and unused ones;
         // ids not in the applied state are new.
-        let mut backend_ops = Vec::new();
         let mut backend_deletes = Vec::new();
         for (id, found) in &applied.backends {
             match self.backends.get(id) {
                 Some((addr, backend)) => {
                     let entry = backend_entry(*addr, *backend);
                     if entry != *found {
-                        backend_ops.push(MapOp::PutBackend {
+                        ops.push(MapOp::PutBackend {
                             id: *id,
                             backend: entry,
                         });
@@ -497,23 +506,11 @@ impl Work<'_> {
         new_ids.sort_unstable();
         for id in new_ids {
             let (addr, backend) = self.backends[&id];
-            backend_ops.push(MapOp::PutBackend {
+            ops.push(MapOp::PutBackend {
                 id,
                 backend: backend_entry(addr, backend),
             });
         }
-
-        // Sized once: a cold sync's ops are the largest allocation of a plan, and doubling
-        // would leave up to half of it unused.
-        let mut ops = self.name_ops;
-        ops.reserve_exact(
-            backend_ops.len()
-                + self.selection_ops.len()
-                + self.range_ops.len()
-                + self.frontend_ops.len()
-                + backend_deletes.len(),
-        );
-        ops.extend(backend_ops);
         ops.extend(self.selection_ops);
         // A table kept without its index (left by an agent before TABLE_MEMBERS) gets one.
         ops.extend(unindexed_tables(applied, |offset| {
