@@ -116,3 +116,55 @@ fn a_backend_leaving_or_joining_moves_only_its_share_of_the_table() {
         "every slot that moved went to the newcomer"
     );
 }
+
+/// A service of `count` backends 198.18.2.0/23 port 8080 onwards, behind one ClusterIP.
+fn wide_service(count: u16) -> DesiredService {
+    let list: Vec<SocketAddr> = (0..count)
+        .map(|i| SocketAddr::from(([198, 18, 2 + (i / 250) as u8, (i % 250 + 1) as u8], 8080)))
+        .collect();
+    let mut svc = service("198.18.100.1", &[1]);
+    let template = svc.backends.values().next().copied().expect("one backend");
+    svc.frontends[0].selection = Arc::from(list.clone());
+    svc.backends = list.iter().map(|a| (*a, template)).collect();
+    svc
+}
+
+/// Past 256 backends a table's slots take two bytes each; removing one backend still moves
+/// only its slots, read back through the compact table as through SELECTION.
+#[test]
+fn a_table_of_more_than_256_backends_is_kept_wide_and_rebalances_in_place() {
+    let capacity = MapCapacity {
+        backends: 512,
+        selection_slots: 64 * 1024,
+        table_members: 1024,
+        ..small_capacity()
+    };
+    let mut maps = MemoryMaps::new(capacity);
+    let mut planner = Planner::default();
+    let empty = maps.read().unwrap();
+    let plan = planner.plan(&empty, &state(&[("web", wide_service(300))]), capacity);
+    let applied = apply_checked(&mut maps, &plan, "300 backends");
+    let table = applied.selection.values().next().expect("one table");
+    assert_eq!(table.slot_width(), 2, "300 members need two bytes per slot");
+    assert_eq!(table.members().len(), 300, "every backend owns slots");
+    let before = table_owners(&applied);
+
+    let mut fewer = wide_service(300);
+    let removed = *fewer.backends.keys().nth(150).expect("300 backends");
+    fewer.backends.remove(&removed);
+    let selection: Vec<SocketAddr> = fewer.backends.keys().copied().collect();
+    fewer.frontends[0].selection = Arc::from(selection);
+    let plan = planner.plan(&applied, &state(&[("web", fewer)]), capacity);
+    let applied = apply_checked(&mut maps, &plan, "299 backends");
+    let after = table_owners(&applied);
+    for (slot, (old, new)) in before.iter().zip(&after).enumerate() {
+        assert!(
+            old == new || *old == removed,
+            "slot {slot} moved from {old} to {new}, though {old} stayed"
+        );
+    }
+    assert!(
+        !after.contains(&removed),
+        "the removed backend owns no slot"
+    );
+}
