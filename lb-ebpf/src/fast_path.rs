@@ -10,16 +10,28 @@
 //!   drops redirected frames);
 //! - the datagram is longer than the egress MTU (the stack fragments it or sends the ICMP
 //!   error), or its TTL / hop limit is 1 or less (the stack sends time exceeded);
-//! - a VLAN tag (the next hop's frame would need its own);
+//! - a VLAN tag (the next hop's frame would need its own), IPv4 options or IPv6 extension
+//!   headers (a router processes them: record route, router alert), a fragment (the later
+//!   fragments carry no ports and always go through the stack, which may hold them for
+//!   reassembly waiting for the first);
+//! - a frame not addressed to this node alone: a broadcast or multicast destination MAC,
+//!   or, when the next hop is on the arrival device, a MAC other than that device's (the
+//!   stack drops such frames as another host's; forwarded, every node on a flooding
+//!   segment would send the backend a copy). A unicast frame for another host's MAC that
+//!   arrives on a promiscuous device and leaves by redirect is not caught: the program
+//!   does not know the arrival device's MAC;
 //! - the flow may be masqueraded (masquerade on, backend on another node): its source NAT
 //!   happens at TC egress of the outgoing device, which a redirected frame skips;
 //! - CONFIG has `FAST_PATH_OFF`.
 //!
 //! The next hop is looked up with `bpf_fib_lookup` (about 150 ns) only off the per-packet
-//! path: each CPU keeps it per backend slot in NEXT_HOPS for [`LIFETIME_JIFFIES`] and
-//! looks again after that, so a route or neighbour change reaches the fast path within
-//! that time. Unusable answers are kept as long, so that a backend the fast path cannot
-//! reach costs one array read per packet, not a lookup.
+//! path: each CPU keeps it per backend slot and arrival device in NEXT_HOPS for
+//! [`LIFETIME_JIFFIES`] and looks again after that, so a route or neighbour change reaches
+//! the fast path within that time. The packet that triggers a look-up after expiry goes
+//! through the stack: `bpf_fib_lookup` takes a stale neighbour entry as it is and never
+//! probes it, while a packet the stack sends through it does (a next hop whose MAC moved
+//! without a gratuitous ARP is found again). Unusable answers are kept as long, so that a
+//! backend the fast path cannot reach costs one array read per packet, not a look-up.
 
 use aya_ebpf::{
     bindings::{BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup, xdp_action, xdp_md},
@@ -32,7 +44,7 @@ use crate::{
     csum,
     maps::{BACKENDS, CONFIG, FAST_PATH_DEVICES, FIB_PARAMS, NEXT_HOPS, NextHop},
     packet::{ETH_LEN, Packet},
-    parse::Parsed,
+    parse::{Fragment, Parsed},
     verdict::Action,
 };
 
@@ -55,9 +67,18 @@ pub fn xdp(ctx: &XdpContext, p: &Parsed, backend_id: u32) -> Action {
     let Some(backend) = BACKENDS.get(backend_id) else {
         return Action::Pass;
     };
-    if p.l3_off != ETH_LEN || !allowed_for(backend) {
+    if !plain_datagram(p) || !allowed_for(backend) {
         return Action::Pass;
     }
+    let packet = Packet::xdp(ctx);
+    // Byte 0 of the destination MAC: its lowest bit marks broadcast and multicast.
+    let Some(dst_mac) = packet.read::<[u8; 6]>(0) else {
+        return Action::Pass;
+    };
+    if dst_mac[0] & 1 != 0 {
+        return Action::Pass;
+    }
+    let arrival = ctx.ingress_ifindex() as u32;
     let Some(hop) = NEXT_HOPS.get_ptr_mut(backend_id & (capacity::NEXT_HOPS - 1)) else {
         return Action::Pass;
     };
@@ -65,13 +86,16 @@ pub fn xdp(ctx: &XdpContext, p: &Parsed, backend_id: u32) -> Action {
     let hop = unsafe { &mut *hop };
     // SAFETY: an inlined helper without arguments.
     let now = unsafe { bpf_jiffies64() };
-    if hop.addr != backend.addr || now >= hop.expires_jiffies {
+    if hop.addr != backend.addr || hop.arrival_ifindex != arrival {
         look_up(ctx.ctx, p, &backend.addr, hop, now);
+    } else if now >= hop.expires_jiffies {
+        look_up(ctx.ctx, p, &backend.addr, hop, now);
+        // This one goes through the stack, which refreshes the neighbour (module comment).
+        return Action::Pass;
     }
     if hop.usable == 0 || p.ip_len > usize::from(hop.mtu) {
         return Action::Pass;
     }
-    let packet = Packet::xdp(ctx);
     let ipv6 = p.ipv6();
     // IPv4 TTL at byte 8, IPv6 hop limit at byte 7.
     let ttl_offset = if ipv6 { p.l3_off + 7 } else { p.l3_off + 8 };
@@ -81,7 +105,15 @@ pub fn xdp(ctx: &XdpContext, p: &Parsed, backend_id: u32) -> Action {
     if ttl <= 1 {
         return Action::Pass;
     }
-    let action = if hop.ifindex == ctx.ingress_ifindex() as u32 {
+    let action = if hop.ifindex == arrival {
+        // The arrival device's own MAC is the next hop's source MAC: a frame for another
+        // host's MAC is that host's to forward.
+        if dst_mac != hop.smac {
+            return Action::Pass;
+        }
+        // The device was in FAST_PATH_DEVICES at the look-up; one taken out since is still
+        // used until the slot expires (at most LIFETIME_JIFFIES), as a redirect checks the
+        // map on every packet but XDP_TX needs no map.
         Action::Bounce
     } else {
         // Before any change to the frame: if the device has left FAST_PATH_DEVICES since the
@@ -95,6 +127,14 @@ pub fn xdp(ctx: &XdpContext, p: &Parsed, backend_id: u32) -> Action {
         return Action::Drop;
     }
     action
+}
+
+/// A whole datagram with a plain IP header (no VLAN tag, no IPv4 options, no IPv6
+/// extension header): nothing in it needs a router's attention beyond the TTL.
+#[inline(always)]
+fn plain_datagram(p: &Parsed) -> bool {
+    let plain_header = if p.ipv6() { 40 } else { 20 };
+    p.l3_off == ETH_LEN && p.l4_off == ETH_LEN + plain_header && p.fragment == Fragment::Whole
 }
 
 /// Whether the flow may leave without the stack: the fast path is on, and the flow is not
@@ -140,6 +180,10 @@ fn set_macs(packet: Packet, hop: &NextHop) -> Option<()> {
 // forward path's call chains stay under 512 bytes of stack.
 #[inline(never)]
 fn look_up(ctx: *mut xdp_md, p: &Parsed, addr: &[u8; 16], hop: &mut NextHop, now: u64) {
+    hop.addr = *addr;
+    hop.arrival_ifindex = arrival_ifindex(ctx);
+    hop.expires_jiffies = now + LIFETIME_JIFFIES;
+    hop.usable = 0;
     let Some(params) = FIB_PARAMS.get_ptr_mut(0) else {
         return;
     };
@@ -149,8 +193,7 @@ fn look_up(ctx: *mut xdp_md, p: &Parsed, addr: &[u8; 16], hop: &mut NextHop, now
         &mut *params
     };
     params.l4_protocol = p.proto;
-    // SAFETY: reading the context the kernel handed us.
-    params.ifindex = unsafe { (*ctx).ingress_ifindex };
+    params.ifindex = hop.arrival_ifindex;
     let (src, dst) = (&p.src, addr);
     if p.ipv6() {
         params.family = AF_INET6;
@@ -170,9 +213,6 @@ fn look_up(ctx: *mut xdp_md, p: &Parsed, addr: &[u8; 16], hop: &mut NextHop, now
             0,
         )
     };
-    hop.addr = *addr;
-    hop.expires_jiffies = now + LIFETIME_JIFFIES;
-    hop.usable = 0;
     if found != BPF_FIB_LKUP_RET_SUCCESS as i64 {
         return;
     }
@@ -188,6 +228,12 @@ fn look_up(ctx: *mut xdp_md, p: &Parsed, addr: &[u8; 16], hop: &mut NextHop, now
     }
     hop.ifindex = egress;
     hop.usable = 1;
+}
+
+#[inline(always)]
+fn arrival_ifindex(ctx: *mut xdp_md) -> u32 {
+    // SAFETY: reading the context the kernel handed us.
+    unsafe { (*ctx).ingress_ifindex }
 }
 
 /// An IPv6 address as the four words of `bpf_fib_lookup` (network order kept).

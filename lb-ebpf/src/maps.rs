@@ -119,7 +119,9 @@ pub struct NextHop {
     pub _pad: u8,
     pub smac: [u8; 6],
     pub dmac: [u8; 6],
-    pub _pad2: [u8; 4],
+    /// The device the packet that filled the slot arrived on: the FIB's answer (forwarding
+    /// on, `iif` policy rules) holds for packets arriving there only.
+    pub arrival_ifindex: u32,
 }
 
 /// Per CPU, indexed by backend id modulo its size: a cache the fast path fills itself.

@@ -457,7 +457,8 @@ impl Datapath {
     /// lets it send frames out of the devices `ifindexes` (FAST_PATH_DEVICES, not pinned:
     /// each load starts empty). Only devices that take redirected XDP frames belong there:
     /// a NIC whose driver transmits XDP frames, a veth whose peer runs an XDP program or
-    /// has GRO on; a frame sent to any other is lost.
+    /// has GRO on; a frame sent to any other is lost. With no device it is off: a balanced
+    /// packet then skips the next-hop reads instead of finding no device to use.
     pub fn set_fast_path(&mut self, on: bool, ifindexes: &[u32]) -> Result<(), LoadError> {
         let failed = |source| LoadError::Map {
             map: map_names::FAST_PATH_DEVICES,
@@ -475,7 +476,7 @@ impl Datapath {
                 })?;
         }
         let mut config = self.config()?;
-        if on {
+        if on && !ifindexes.is_empty() {
             config.flags &= !config_flags::FAST_PATH_OFF;
         } else {
             config.flags |= config_flags::FAST_PATH_OFF;
