@@ -11,7 +11,9 @@ pub mod bench;
 pub mod counters;
 pub mod hash;
 
-pub use counters::{ProtoCounter, Reason, ReasonClass, ServiceCounters, SocketCounter};
+pub use counters::{
+    FastPathCounter, ProtoCounter, Reason, ReasonClass, ServiceCounters, SocketCounter,
+};
 
 /// Address family tags used in keys (not the kernel's AF_* numbers, which differ by size).
 pub const FAMILY_IPV4: u8 = 4;
@@ -64,6 +66,7 @@ pub mod map_names {
     /// the socket is released.
     pub const SOCK_CONNECTED: &str = "SOCK_CONNECTED";
     pub const SOCKET_STATS: &str = "SOCKET_STATS";
+    pub const FAST_PATH_STATS: &str = "FAST_PATH_STATS";
     /// Userspace only: service id -> name, so the CLI and a restarted agent can name what
     /// the kernel holds. The datapath never reads it.
     pub const SERVICE_NAMES: &str = "SERVICE_NAMES";
@@ -728,7 +731,7 @@ const fn layout<K, V>(name: &'static str, last_seen_offset: Option<usize>) -> Ma
 }
 
 /// The layout of every pinned map (per-CPU maps: one CPU's value).
-pub const MAP_LAYOUTS: [MapLayout; 20] = [
+pub const MAP_LAYOUTS: [MapLayout; 21] = [
     layout::<FrontendKey, FrontendValue>(map_names::FRONTENDS, None),
     layout::<u32, u64>(map_names::FRONTEND_FILTER, None),
     layout::<u32, Backend>(map_names::BACKENDS, None),
@@ -762,6 +765,7 @@ pub const MAP_LAYOUTS: [MapLayout; 20] = [
         map_names::HANDSHAKES,
         Some(core::mem::offset_of!(FlowValue, last_seen_ns)),
     ),
+    layout::<u32, u64>(map_names::FAST_PATH_STATS, None),
 ];
 
 /// The layout of the pinned map `name`, if it is one.
@@ -839,7 +843,7 @@ mod tests {
     /// `dataplane/migrate.rs`), then write the new sizes here.
     #[test]
     fn layout_version_names_the_pinned_sizes() {
-        let sizes: [(&str, usize, usize); 20] = [
+        let sizes: [(&str, usize, usize); 21] = [
             ("FRONTENDS", 20, 24),
             ("FRONTEND_FILTER", 4, 8),
             ("BACKENDS", 4, 24),
@@ -860,8 +864,9 @@ mod tests {
             ("SNAT", 40, 32),
             ("SNAT_ADDRESSES", 4, 40),
             ("HANDSHAKES", 40, 40),
+            ("FAST_PATH_STATS", 4, 8),
         ];
-        let pinned: [(&str, usize, usize); 20] =
+        let pinned: [(&str, usize, usize); 21] =
             MAP_LAYOUTS.map(|layout| (layout.name, layout.key_size, layout.value_size));
         assert_eq!(
             (LAYOUT_VERSION, pinned),

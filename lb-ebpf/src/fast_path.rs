@@ -38,9 +38,10 @@ use aya_ebpf::{
     helpers::generated::{bpf_fib_lookup as fib_lookup, bpf_jiffies64},
     programs::XdpContext,
 };
-use lb_common::{Backend, backend_flags, capacity, config_flags};
+use lb_common::{Backend, FastPathCounter, backend_flags, capacity, config_flags};
 
 use crate::{
+    counters::count_fast_path,
     csum,
     maps::{BACKENDS, CONFIG, FAST_PATH_DEVICES, FIB_PARAMS, NEXT_HOPS, NextHop},
     packet::{ETH_LEN, Packet},
@@ -58,29 +59,33 @@ const AF_INET6: u8 = 10;
 
 /// Sends the rewritten packet of a balanced flow to its backend's next hop, or says to pass
 /// it to the stack. Returns `Bounce` for `XDP_TX`, `Redirect` once `bpf_redirect_map`
-/// took the frame, `Pass` otherwise (the packet is then as the rewrite left it).
+/// took the frame, `Pass` otherwise (the packet is then as the rewrite left it). Each
+/// outcome is counted in FAST_PATH_STATS.
 // A separate BPF function: the next-hop handling stays off the callers' frames.
 #[inline(never)]
 pub fn xdp(ctx: &XdpContext, p: &Parsed, backend_id: u32) -> Action {
     // The backend's address from BACKENDS: the one the packet was just rewritten to (the
     // forward path checked or chose this entry).
     let Some(backend) = BACKENDS.get(backend_id) else {
-        return Action::Pass;
+        return to_stack(FastPathCounter::StackNoNextHop);
     };
-    if !plain_datagram(p) || !allowed_for(backend) {
-        return Action::Pass;
+    if let Err(why) = allowed_for(backend) {
+        return to_stack(why);
+    }
+    if !plain_datagram(p) {
+        return to_stack(FastPathCounter::StackNotPlain);
     }
     let packet = Packet::xdp(ctx);
-    // Byte 0 of the destination MAC: its lowest bit marks broadcast and multicast.
     let Some(dst_mac) = packet.read::<[u8; 6]>(0) else {
-        return Action::Pass;
+        return to_stack(FastPathCounter::StackNotPlain);
     };
+    // The lowest bit of the destination MAC's first byte marks broadcast and multicast.
     if dst_mac[0] & 1 != 0 {
-        return Action::Pass;
+        return to_stack(FastPathCounter::StackNotForThisNode);
     }
     let arrival = ctx.ingress_ifindex() as u32;
     let Some(hop) = NEXT_HOPS.get_ptr_mut(backend_id & (capacity::NEXT_HOPS - 1)) else {
-        return Action::Pass;
+        return to_stack(FastPathCounter::StackNoNextHop);
     };
     // SAFETY: this CPU's slot of a per-CPU array; nothing else writes it while we run.
     let hop = unsafe { &mut *hop };
@@ -91,42 +96,54 @@ pub fn xdp(ctx: &XdpContext, p: &Parsed, backend_id: u32) -> Action {
     } else if now >= hop.expires_jiffies {
         look_up(ctx.ctx, p, &backend.addr, hop, now);
         // This one goes through the stack, which refreshes the neighbour (module comment).
-        return Action::Pass;
+        return to_stack(FastPathCounter::StackRefresh);
     }
-    if hop.usable == 0 || p.ip_len > usize::from(hop.mtu) {
-        return Action::Pass;
+    if hop.usable == 0 {
+        return to_stack(FastPathCounter::StackNoNextHop);
+    }
+    if p.ip_len > usize::from(hop.mtu) {
+        return to_stack(FastPathCounter::StackTooBig);
     }
     let ipv6 = p.ipv6();
     // IPv4 TTL at byte 8, IPv6 hop limit at byte 7.
     let ttl_offset = if ipv6 { p.l3_off + 7 } else { p.l3_off + 8 };
     let Some(ttl) = packet.read::<u8>(ttl_offset) else {
-        return Action::Pass;
+        return to_stack(FastPathCounter::StackNotPlain);
     };
     if ttl <= 1 {
-        return Action::Pass;
+        return to_stack(FastPathCounter::StackTtlExpiring);
     }
-    let action = if hop.ifindex == arrival {
+    let (action, sent) = if hop.ifindex == arrival {
         // The arrival device's own MAC is the next hop's source MAC: a frame for another
         // host's MAC is that host's to forward.
         if dst_mac != hop.smac {
-            return Action::Pass;
+            return to_stack(FastPathCounter::StackNotForThisNode);
         }
         // The device was in FAST_PATH_DEVICES at the look-up; one taken out since is still
         // used until the slot expires (at most LIFETIME_JIFFIES), as a redirect checks the
         // map on every packet but XDP_TX needs no map.
-        Action::Bounce
+        (Action::Bounce, FastPathCounter::Transmitted)
     } else {
         // Before any change to the frame: if the device has left FAST_PATH_DEVICES since the
         // lookup, the packet still goes to the stack untouched.
         match FAST_PATH_DEVICES.redirect(hop.ifindex, u64::from(xdp_action::XDP_PASS)) {
-            Ok(_) => Action::Redirect,
-            Err(_) => return Action::Pass,
+            Ok(_) => (Action::Redirect, FastPathCounter::Redirected),
+            Err(_) => return to_stack(FastPathCounter::StackNoNextHop),
         }
     };
     if decrement_ttl(packet, p, ttl).is_none() || set_macs(packet, hop).is_none() {
+        count_fast_path(FastPathCounter::Failed);
         return Action::Drop;
     }
+    count_fast_path(sent);
     action
+}
+
+/// The packet goes through the stack, for the reason `why` (counted).
+#[inline(always)]
+fn to_stack(why: FastPathCounter) -> Action {
+    count_fast_path(why);
+    Action::Pass
 }
 
 /// A whole datagram with a plain IP header (no VLAN tag, no IPv4 options, no IPv6
@@ -138,16 +155,19 @@ fn plain_datagram(p: &Parsed) -> bool {
 }
 
 /// Whether the flow may leave without the stack: the fast path is on, and the flow is not
-/// one that may be masqueraded (masquerade on and a backend on another node).
+/// one that may be masqueraded (masquerade on and a backend on another node); else why not.
 #[inline(always)]
-fn allowed_for(backend: &Backend) -> bool {
+fn allowed_for(backend: &Backend) -> Result<(), FastPathCounter> {
     let Some(config) = CONFIG.get(0) else {
-        return false;
+        return Err(FastPathCounter::StackTurnedOff);
     };
     if config.flags & config_flags::FAST_PATH_OFF != 0 {
-        return false;
+        return Err(FastPathCounter::StackTurnedOff);
     }
-    !config.masquerades() || backend.flags & backend_flags::NODE_LOCAL != 0
+    if config.masquerades() && backend.flags & backend_flags::NODE_LOCAL == 0 {
+        return Err(FastPathCounter::StackMasquerade);
+    }
+    Ok(())
 }
 
 /// TTL (IPv4, with the header checksum) or hop limit (IPv6) minus one.

@@ -7,10 +7,10 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    AffinityKey, AffinityValue, Backend, Config, FlowCacheSlot, FlowKey, FlowValue, FragmentKey,
-    FragmentValue, FrontendKey, FrontendValue, ProtoCounter, Reason, ServiceCounters, ServiceName,
-    SnatAddresses, SnatValue, SockConnection, SockReverseKey, SockReverseValue, SocketCounter,
-    SourceRangeKey, TableMember, capacity, frontend_filter,
+    AffinityKey, AffinityValue, Backend, Config, FastPathCounter, FlowCacheSlot, FlowKey,
+    FlowValue, FragmentKey, FragmentValue, FrontendKey, FrontendValue, ProtoCounter, Reason,
+    ServiceCounters, ServiceName, SnatAddresses, SnatValue, SockConnection, SockReverseKey,
+    SockReverseValue, SocketCounter, SourceRangeKey, TableMember, capacity, frontend_filter,
 };
 
 #[map(name = "FRONTENDS")]
@@ -80,6 +80,10 @@ pub static SOCK_CONNECTED: LruHashMap<u64, SockConnection> =
 
 #[map(name = "SOCKET_STATS")]
 pub static SOCKET_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(SocketCounter::COUNT, 0);
+
+#[map(name = "FAST_PATH_STATS")]
+pub static FAST_PATH_STATS: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(FastPathCounter::COUNT, 0);
 
 /// Masquerade: both directions of each masqueraded flow (`lb_common::snat_direction`). A
 /// plain hash: a full table refuses new flows instead of evicting live ones.

@@ -13,9 +13,9 @@ use aya::maps::{
     Array, HashMap, IterableMap as _, LpmTrie, MapData, MapError, PerCpuArray, lpm_trie::Key,
 };
 use lb_common::{
-    AffinityKey, AffinityValue, Backend, Config, FlowKey, FlowValue, FrontendKey, FrontendValue,
-    ProtoCounter, Reason, ServiceCounters, ServiceName, SocketCounter, SourceRangeKey, TableMember,
-    map_names,
+    AffinityKey, AffinityValue, Backend, Config, FastPathCounter, FlowKey, FlowValue, FrontendKey,
+    FrontendValue, ProtoCounter, Reason, ServiceCounters, ServiceName, SocketCounter,
+    SourceRangeKey, TableMember, map_names,
 };
 
 use super::{
@@ -67,6 +67,7 @@ pub struct AyaMaps {
     reason_stats: PerCpuArray<MapData, u64>,
     proto_stats: PerCpuArray<MapData, u64>,
     socket_stats: PerCpuArray<MapData, u64>,
+    fast_path_stats: PerCpuArray<MapData, u64>,
     service_stats: PerCpuArray<MapData, ServiceCounters>,
     /// Its `flow_generation` is bumped after CONNTRACK entries are deleted.
     config: Array<MapData, Config>,
@@ -270,6 +271,11 @@ impl AyaMaps {
                 open(map_names::SOCKET_STATS)?,
                 |d| PerCpuArray::try_from(Map::PerCpuArray(d)),
             )?,
+            fast_path_stats: typed(
+                map_names::FAST_PATH_STATS,
+                open(map_names::FAST_PATH_STATS)?,
+                |d| PerCpuArray::try_from(Map::PerCpuArray(d)),
+            )?,
             service_stats: typed(
                 map_names::SERVICE_STATS,
                 open(map_names::SERVICE_STATS)?,
@@ -322,6 +328,16 @@ impl AyaMaps {
             &self.socket_stats,
             map_names::SOCKET_STATS,
             SocketCounter::ALL,
+            |c| c as u32,
+        )
+    }
+
+    /// FAST_PATH_STATS summed over CPUs, in `FastPathCounter::ALL` order.
+    pub fn fast_path_counters(&self) -> Result<Vec<(FastPathCounter, u64)>, DataplaneError> {
+        summed_over_cpus(
+            &self.fast_path_stats,
+            map_names::FAST_PATH_STATS,
+            FastPathCounter::ALL,
             |c| c as u32,
         )
     }

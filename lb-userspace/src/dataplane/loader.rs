@@ -55,7 +55,7 @@ pub enum MapRole {
 }
 
 /// Every map of the object with who writes it, in the order they are pinned.
-pub const ALL_MAPS: [(&str, MapRole); 20] = [
+pub const ALL_MAPS: [(&str, MapRole); 21] = [
     (map_names::FRONTENDS, MapRole::Configuration),
     (map_names::FRONTEND_FILTER, MapRole::Configuration),
     (map_names::BACKENDS, MapRole::Configuration),
@@ -74,6 +74,7 @@ pub const ALL_MAPS: [(&str, MapRole); 20] = [
     (map_names::SOCK_REVERSE, MapRole::Datapath),
     (map_names::SOCK_CONNECTED, MapRole::Datapath),
     (map_names::SOCKET_STATS, MapRole::Datapath),
+    (map_names::FAST_PATH_STATS, MapRole::Datapath),
     (map_names::SNAT, MapRole::Datapath),
     (map_names::SNAT_ADDRESSES, MapRole::Configuration),
 ];
