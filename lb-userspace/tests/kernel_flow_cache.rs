@@ -19,6 +19,7 @@ use std::{
 
 use aya::maps::{HashMap, MapData, PerCpuArray};
 use etherparse::{NetSlice, SlicedPacket, TransportSlice};
+use kernel::masquerade_rows::{ENDPOINT_PORT, NODE_PORT, PORTS};
 use kernel::*;
 use lb_common::{
     Config, FlowCacheSlot, FlowKey, FlowValue, PROTO_UDP, Reason, backend_state::ACTIVE,
@@ -27,7 +28,7 @@ use lb_common::{
 use packets::*;
 use slicelb::dataplane::{
     DeletedFlows, FlowEndpoint, MapOp, MapWriter as _, Serving, StaleFlows,
-    masquerade::{PortRange, snat_addresses},
+    masquerade::snat_addresses,
 };
 
 #[derive(Clone, Copy, Debug)]
@@ -422,32 +423,47 @@ fn a_cached_flows_conntrack_entry_is_still_refreshed() {
         let full = both_backends(family);
         env.install(&full);
         let (_, addr) = establish_and_cache(&mut env, cpu, Program::Xdp, family, &full);
-        let key = flow_key(family);
-        let first_seen = conntrack_entry(&env, &key)
-            .expect("the flow's entry")
-            .last_seen_ns;
-        // Packets every 50 ms for 1.5 timeouts: the flow lives on as long as its packets come.
+        // Packets for 1.5 timeouts: the flow lives on as long as its packets come.
         let packet = packet(family);
-        for round in 0..24 {
-            std::thread::sleep(Duration::from_millis(50));
-            assert_eq!(
-                send(&env, Program::Xdp, &packet),
-                (Reason::LbConntrack, addr),
-                "{family:?}: packet {round} 50 ms apart, timeout {TIMEOUT:?}"
-            );
-        }
-        let last_seen = conntrack_entry(&env, &key)
-            .expect("the flow's entry")
-            .last_seen_ns;
-        // 1.2 s of packets: the entry was refreshed at most a refresh interval (plus a tick
-        // and a packet gap) before the last of them.
-        let refreshed_after = Duration::from_nanos(last_seen.saturating_sub(first_seen));
-        assert!(
-            refreshed_after >= Duration::from_millis(1200) - REFRESH * 2,
-            "{family:?}: last_seen_ns moved by {refreshed_after:?} over 1.2 s of packets"
+        check_refreshed_over(
+            &env,
+            &format!("{family:?}, timeout {TIMEOUT:?}"),
+            &flow_key(family),
+            (Duration::from_millis(1200), REFRESH),
+            (Reason::LbConntrack, addr),
+            |env| send(env, Program::Xdp, &packet),
         );
         env.reset();
     }
+}
+
+/// Runs a packet of a cached flow every 50 ms for `span` (`send` runs one and returns its
+/// reason and address, which must be `expected`), then checks that CONNTRACK's entry under
+/// `key` was refreshed at most `refresh` (plus a tick and a gap) before the last of them.
+fn check_refreshed_over(
+    env: &Env,
+    case: &str,
+    key: &FlowKey,
+    (span, refresh): (Duration, Duration),
+    expected: (Reason, IpAddr),
+    send: impl Fn(&Env) -> (Reason, IpAddr),
+) {
+    const GAP: Duration = Duration::from_millis(50);
+    let first_seen = conntrack_entry(env, key)
+        .expect("the flow's entry")
+        .last_seen_ns;
+    for round in 0..span.as_millis() / GAP.as_millis() {
+        std::thread::sleep(GAP);
+        assert_eq!(send(env), expected, "{case}: packet {round}, {GAP:?} apart");
+    }
+    let last_seen = conntrack_entry(env, key)
+        .expect("the flow's entry")
+        .last_seen_ns;
+    let refreshed_after = Duration::from_nanos(last_seen.saturating_sub(first_seen));
+    assert!(
+        refreshed_after >= span - refresh - GAP * 2,
+        "{case}: last_seen_ns moved by {refreshed_after:?} over {span:?} of packets"
+    );
 }
 
 /// Balances the flow of [`packet`] through XDP and sends the backend's reply through TC
@@ -483,86 +499,68 @@ fn establish_and_cache_reply(
     (id, addr)
 }
 
-#[test]
-fn a_cached_reply_is_translated_without_its_conntrack_entry() {
+/// Runs `check` for each family on a flow whose reply this CPU's cache holds (the test
+/// thread pinned), with the backend (id, address); the maps are emptied after each.
+fn with_cached_reply(check: impl Fn(&mut Env, Family, (u32, IpAddr))) {
     let cpu = pin_to_this_cpu();
     let mut env = Env::new();
     for family in FAMILIES {
         let full = both_backends(family);
         env.install(&full);
-        let (_, addr) = establish_and_cache_reply(&mut env, cpu, family, &full);
+        let backend = establish_and_cache_reply(&mut env, cpu, family, &full);
+        check(&mut env, family, backend);
+        env.reset();
+    }
+}
+
+#[test]
+fn a_cached_reply_is_translated_without_its_conntrack_entry() {
+    with_cached_reply(|env, family, (_, addr)| {
         // Behind the agent's back (no generation bump): only the cache can translate it.
-        forget_conntrack(&mut env);
+        forget_conntrack(env);
         assert_eq!(
-            send_reply(&env, &reply(family, addr)),
+            send_reply(env, &reply(family, addr)),
             (
                 Reason::ReplyTranslated,
                 family.vip().parse().expect("address")
             ),
             "{family:?}: served from the cache"
         );
-        env.reset();
-    }
+    });
 }
 
 #[test]
 fn a_cached_reply_is_not_translated_after_the_agent_deletes_its_flow() {
-    let cpu = pin_to_this_cpu();
-    let mut env = Env::new();
-    for family in FAMILIES {
-        let full = both_backends(family);
-        env.install(&full);
-        let (id, addr) = establish_and_cache_reply(&mut env, cpu, family, &full);
-        let deleted = delete_flows_to(&mut env, family, id);
+    with_cached_reply(|env, family, (id, addr)| {
+        let deleted = delete_flows_to(env, family, id);
         assert_eq!(deleted.conntrack, 2, "{family:?}: both entries of the flow");
         // As without the cache: no reply entry, so the reply leaves as the backend sent it.
         assert_eq!(
-            send_reply(&env, &reply(family, addr)),
+            send_reply(env, &reply(family, addr)),
             (Reason::PassNoFrontend, addr),
             "{family:?}: a reply of the deleted flow"
         );
-        env.reset();
-    }
+    });
 }
 
 #[test]
 fn a_cached_replys_conntrack_entry_is_still_refreshed() {
     /// Replies refresh their entry at most this often (`lookup::REFRESH_NS`).
     const REFRESH: Duration = Duration::from_secs(1);
-    const GAP: Duration = Duration::from_millis(50);
-    const ROUNDS: u32 = 30;
-    let cpu = pin_to_this_cpu();
-    let mut env = Env::new();
-    for family in FAMILIES {
-        let full = both_backends(family);
-        env.install(&full);
-        let (_, addr) = establish_and_cache_reply(&mut env, cpu, family, &full);
-        let key = reply_key(family, addr);
-        let first_seen = conntrack_entry(&env, &key)
-            .expect("the flow's reply entry")
-            .last_seen_ns;
-        let vip: IpAddr = family.vip().parse().expect("address");
-        for round in 0..ROUNDS {
-            std::thread::sleep(GAP);
-            assert_eq!(
-                send_reply(&env, &reply(family, addr)),
-                (Reason::ReplyTranslated, vip),
-                "{family:?}: reply {round}, {GAP:?} apart"
-            );
-        }
-        let last_seen = conntrack_entry(&env, &key)
-            .expect("the flow's reply entry")
-            .last_seen_ns;
-        // 1.5 s of replies: the entry was refreshed at most a refresh interval (plus a tick
-        // and a gap) before the last of them.
-        let refreshed_after = Duration::from_nanos(last_seen.saturating_sub(first_seen));
-        assert!(
-            refreshed_after >= GAP * ROUNDS - REFRESH - GAP * 2,
-            "{family:?}: last_seen_ns moved by {refreshed_after:?} over {:?} of replies",
-            GAP * ROUNDS
+    with_cached_reply(|env, family, (_, addr)| {
+        let reply = reply(family, addr);
+        check_refreshed_over(
+            env,
+            &format!("{family:?} replies"),
+            &reply_key(family, addr),
+            (Duration::from_millis(1500), REFRESH),
+            (
+                Reason::ReplyTranslated,
+                family.vip().parse().expect("address"),
+            ),
+            |env| send_reply(env, &reply),
         );
-        env.reset();
-    }
+    });
 }
 
 /// A NodePort with external traffic policy Cluster and one endpoint on another node, whose
@@ -571,13 +569,6 @@ struct MasqueradedService {
     node: &'static str,
     endpoint: &'static str,
 }
-
-const NODE_PORT: u16 = 30080;
-const ENDPOINT_PORT: u16 = 8080;
-const MASQUERADE_PORTS: PortRange = PortRange {
-    min: 61000,
-    max: 61099,
-};
 
 impl MasqueradedService {
     fn of(family: Family) -> Self {
@@ -625,7 +616,7 @@ fn masquerade_still_works_beside_cached_flows_and_replies() {
         .collect();
     for family in FAMILIES {
         env.set_masquerade(&Masquerade {
-            ports: Some(MASQUERADE_PORTS),
+            ports: Some(PORTS),
             addresses: snat_addresses(&nodes),
         });
         let masqueraded = MasqueradedService::of(family);
