@@ -376,16 +376,18 @@ pub struct FlowValue {
 }
 
 /// One slot of the per-CPU flow cache (FLOW_CACHE, not pinned: a new program starts with
-/// an empty one), in front of CONNTRACK on the forward path: what an established flow's
-/// packet needs, copied from its forward entry. Used only while `generation` is CONFIG's
-/// `flow_generation`, `jiffies < valid_until_jiffies` (the flow's refresh interval, after
-/// which a packet refreshes the CONNTRACK entry) and the backend slot still holds
-/// `nat_addr`/`nat_port`. All zero: empty (never valid).
+/// an empty one), in front of CONNTRACK on both paths: what a packet of an established flow
+/// needs, copied from the CONNTRACK entry under `key` (a forward entry on the forward path,
+/// a reply entry on TC egress; `direction` says which). Used only while `generation` is
+/// CONFIG's `flow_generation`, `jiffies < valid_until_jiffies` (the entry's refresh
+/// interval, after which a packet refreshes the CONNTRACK entry) and, for a forward entry,
+/// the backend slot still holds `nat_addr`/`nat_port`. All zero: empty (never valid).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowCacheSlot {
     pub key: FlowKey,
-    /// Network byte order: the backend's address.
+    /// Network byte order: the entry's `nat_addr` (forward: the backend's address; reply:
+    /// the frontend's).
     pub nat_addr: [u8; 16],
     pub backend_id: u32,
     pub service_id: u32,
@@ -393,9 +395,12 @@ pub struct FlowCacheSlot {
     pub valid_until_jiffies: u64,
     /// CONFIG's `flow_generation` read before the CONNTRACK lookup that filled the slot.
     pub generation: u32,
-    /// Network byte order: the backend's port (SCTP: the frontend's).
+    /// Network byte order: the entry's `nat_port` (forward: the backend's port, for SCTP
+    /// the frontend's; reply: the frontend's).
     pub nat_port: u16,
-    pub _pad: [u8; 2],
+    /// The entry's `flow_direction`: a slot serves only its own path.
+    pub direction: u8,
+    pub _pad: u8,
 }
 
 /// Key of the AFFINITY LRU map (`sessionAffinity: ClientIP`).
