@@ -604,6 +604,45 @@ mod tests {
         assert_eq!(first, PINNED_FIRST_SLOTS, "table fill changed");
     }
 
+    /// FNV-1a over the slots of fresh tables for every family and count, and of a churn of
+    /// rebalanced tables: any change to what the fill gives shows here.
+    fn fill_fingerprint() -> u64 {
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut mix = |table: &[u32]| {
+            for slot in table {
+                hash ^= u64::from(*slot);
+                hash = hash.wrapping_mul(0x0100_0000_01b3);
+            }
+        };
+        for (_, family) in FAMILIES {
+            for n in COUNTS {
+                let list = family(n);
+                mix(&maglev_table(&list, maglev_size_for(n as u32)));
+                mix(&maglev_table(&list, 1024));
+            }
+            // Churn: one backend leaves, another comes, each table rebalanced from the last.
+            let all = family(40);
+            let mut current: Vec<SocketAddr> = all[..20].to_vec();
+            let mut owners_now = owners(&current, 1021);
+            for step in 0..20 {
+                current.remove(step % current.len());
+                current.push(all[20 + step]);
+                let table = rebalance(&owners_now, &current, 1021);
+                mix(&table);
+                owners_now = resolve(&current, table);
+            }
+        }
+        hash
+    }
+
+    #[test]
+    fn fresh_and_rebalanced_tables_are_pinned() {
+        // The fill may get faster, never different: agents must agree across releases.
+        assert_eq!(fill_fingerprint(), PINNED_FILL_FINGERPRINT);
+    }
+
+    const PINNED_FILL_FINGERPRINT: u64 = 13_732_326_147_411_575_545;
+
     const PINNED_OFFSETS: (u64, u64) = (72, 58);
     const PINNED_FIRST_SLOTS: &str = "446644664466644644464646";
 
