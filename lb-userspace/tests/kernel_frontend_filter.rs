@@ -65,6 +65,18 @@ fn udp_key(c: u8, d: u8, port: u16) -> FrontendKey {
     }
 }
 
+/// Two UDP frontends whose filter masks share a bit.
+fn udp_keys_sharing_a_bit() -> (FrontendKey, FrontendKey) {
+    sharing_pair(|i| {
+        udp_key(
+            100 + (i >> 16) as u8,
+            (i >> 8) as u8,
+            1000 + (i & 0xff) as u16,
+        )
+    })
+    .expect("two frontends sharing a filter bit")
+}
+
 /// Word `word` of the kernel's FRONTEND_FILTER.
 fn kernel_word(datapath: &Datapath, word: u32) -> u64 {
     let filter: Array<&MapData, u64> = Array::try_from(
@@ -179,14 +191,7 @@ fn filter_gates_the_frontend_lookup() {
 #[test]
 fn writer_keeps_the_filter_in_step() {
     let mut env = Env::new();
-    let (a, b) = sharing_pair(|i| {
-        udp_key(
-            100 + (i >> 16) as u8,
-            (i >> 8) as u8,
-            1000 + (i & 0xff) as u16,
-        )
-    })
-    .expect("two frontends sharing a filter bit");
+    let (a, b) = udp_keys_sharing_a_bit();
     let first = udp_service(1, &ipv4_of(&a), u16::from_be(a.port));
     let second = udp_service(2, &ipv4_of(&b), u16::from_be(b.port));
     env.install(&first);
@@ -260,14 +265,7 @@ fn writer_keeps_the_filter_in_step() {
 #[test]
 fn a_run_of_frontends_is_written_with_their_filter_words() {
     let mut env = Env::new();
-    let (a, b) = sharing_pair(|i| {
-        udp_key(
-            100 + (i >> 16) as u8,
-            (i >> 8) as u8,
-            1000 + (i & 0xff) as u16,
-        )
-    })
-    .expect("two frontends sharing a filter bit");
+    let (a, b) = udp_keys_sharing_a_bit();
     let mut services = vec![
         udp_service(1, &ipv4_of(&a), u16::from_be(a.port)),
         udp_service(2, &ipv4_of(&b), u16::from_be(b.port)),
