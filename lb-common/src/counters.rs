@@ -248,6 +248,71 @@ impl ProtoCounter {
     }
 }
 
+/// Index into FAST_PATH_STATS: how the XDP fast path sent each balanced packet, or why it
+/// left it to the stack (`lb-ebpf/src/fast_path.rs`). TC programs never count here.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FastPathCounter {
+    /// Sent back out of the arrival device (`XDP_TX`).
+    Transmitted = 0,
+    /// Redirected to another device (`bpf_redirect_map`).
+    Redirected,
+    /// To the stack: `--fast-path false`, or no `--fast-path-iface`.
+    StackTurnedOff,
+    /// To the stack: a flow that may be masqueraded (its source NAT is at TC egress).
+    StackMasquerade,
+    /// To the stack: a VLAN tag, IPv4 options, IPv6 extension headers or a fragment.
+    StackNotPlain,
+    /// To the stack: a broadcast or multicast frame, or one for another host's MAC.
+    StackNotForThisNode,
+    /// To the stack: no route, a local destination, no neighbour entry yet, forwarding off
+    /// on the arrival device, or an egress device not listed (or left since).
+    StackNoNextHop,
+    /// To the stack: longer than the egress MTU.
+    StackTooBig,
+    /// To the stack: TTL or hop limit 1 or less.
+    StackTtlExpiring,
+    /// To the stack: the packet that looked an expired next hop up again (the stack then
+    /// probes a stale neighbour).
+    StackRefresh,
+    /// Dropped: the frame could not be rewritten (should never happen).
+    Failed,
+}
+
+impl FastPathCounter {
+    pub const COUNT: u32 = FastPathCounter::Failed as u32 + 1;
+
+    pub const ALL: [FastPathCounter; FastPathCounter::COUNT as usize] = [
+        FastPathCounter::Transmitted,
+        FastPathCounter::Redirected,
+        FastPathCounter::StackTurnedOff,
+        FastPathCounter::StackMasquerade,
+        FastPathCounter::StackNotPlain,
+        FastPathCounter::StackNotForThisNode,
+        FastPathCounter::StackNoNextHop,
+        FastPathCounter::StackTooBig,
+        FastPathCounter::StackTtlExpiring,
+        FastPathCounter::StackRefresh,
+        FastPathCounter::Failed,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            FastPathCounter::Transmitted => "sent_tx",
+            FastPathCounter::Redirected => "sent_redirect",
+            FastPathCounter::StackTurnedOff => "stack_turned_off",
+            FastPathCounter::StackMasquerade => "stack_masquerade",
+            FastPathCounter::StackNotPlain => "stack_not_plain",
+            FastPathCounter::StackNotForThisNode => "stack_not_for_this_node",
+            FastPathCounter::StackNoNextHop => "stack_no_next_hop",
+            FastPathCounter::StackTooBig => "stack_too_big",
+            FastPathCounter::StackTtlExpiring => "stack_ttl_expiring",
+            FastPathCounter::StackRefresh => "stack_refresh",
+            FastPathCounter::Failed => "failed",
+        }
+    }
+}
+
 /// Index into SOCKET_STATS: what socket-level balancing (the cgroup hooks) did.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -11,7 +11,9 @@ pub mod bench;
 pub mod counters;
 pub mod hash;
 
-pub use counters::{ProtoCounter, Reason, ReasonClass, ServiceCounters, SocketCounter};
+pub use counters::{
+    FastPathCounter, ProtoCounter, Reason, ReasonClass, ServiceCounters, SocketCounter,
+};
 
 /// Address family tags used in keys (not the kernel's AF_* numbers, which differ by size).
 pub const FAMILY_IPV4: u8 = 4;
@@ -64,6 +66,7 @@ pub mod map_names {
     /// the socket is released.
     pub const SOCK_CONNECTED: &str = "SOCK_CONNECTED";
     pub const SOCKET_STATS: &str = "SOCKET_STATS";
+    pub const FAST_PATH_STATS: &str = "FAST_PATH_STATS";
     /// Userspace only: service id -> name, so the CLI and a restarted agent can name what
     /// the kernel holds. The datapath never reads it.
     pub const SERVICE_NAMES: &str = "SERVICE_NAMES";
@@ -373,16 +376,18 @@ pub struct FlowValue {
 }
 
 /// One slot of the per-CPU flow cache (FLOW_CACHE, not pinned: a new program starts with
-/// an empty one), in front of CONNTRACK on the forward path: what an established flow's
-/// packet needs, copied from its forward entry. Used only while `generation` is CONFIG's
-/// `flow_generation`, `jiffies < valid_until_jiffies` (the flow's refresh interval, after
-/// which a packet refreshes the CONNTRACK entry) and the backend slot still holds
-/// `nat_addr`/`nat_port`. All zero: empty (never valid).
+/// an empty one), in front of CONNTRACK on both paths: what a packet of an established flow
+/// needs, copied from the CONNTRACK entry under `key` (a forward entry on the forward path,
+/// a reply entry on TC egress; `direction` says which). Used only while `generation` is
+/// CONFIG's `flow_generation`, `jiffies < valid_until_jiffies` (the entry's refresh
+/// interval, after which a packet refreshes the CONNTRACK entry) and, for a forward entry,
+/// the backend slot still holds `nat_addr`/`nat_port`. All zero: empty (never valid).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowCacheSlot {
     pub key: FlowKey,
-    /// Network byte order: the backend's address.
+    /// Network byte order: the entry's `nat_addr` (forward: the backend's address; reply:
+    /// the frontend's).
     pub nat_addr: [u8; 16],
     pub backend_id: u32,
     pub service_id: u32,
@@ -390,9 +395,12 @@ pub struct FlowCacheSlot {
     pub valid_until_jiffies: u64,
     /// CONFIG's `flow_generation` read before the CONNTRACK lookup that filled the slot.
     pub generation: u32,
-    /// Network byte order: the backend's port (SCTP: the frontend's).
+    /// Network byte order: the entry's `nat_port` (forward: the backend's port, for SCTP
+    /// the frontend's; reply: the frontend's).
     pub nat_port: u16,
-    pub _pad: [u8; 2],
+    /// The entry's `flow_direction`: a slot serves only its own path.
+    pub direction: u8,
+    pub _pad: u8,
 }
 
 /// Key of the AFFINITY LRU map (`sessionAffinity: ClientIP`).
@@ -728,7 +736,7 @@ const fn layout<K, V>(name: &'static str, last_seen_offset: Option<usize>) -> Ma
 }
 
 /// The layout of every pinned map (per-CPU maps: one CPU's value).
-pub const MAP_LAYOUTS: [MapLayout; 20] = [
+pub const MAP_LAYOUTS: [MapLayout; 21] = [
     layout::<FrontendKey, FrontendValue>(map_names::FRONTENDS, None),
     layout::<u32, u64>(map_names::FRONTEND_FILTER, None),
     layout::<u32, Backend>(map_names::BACKENDS, None),
@@ -762,6 +770,7 @@ pub const MAP_LAYOUTS: [MapLayout; 20] = [
         map_names::HANDSHAKES,
         Some(core::mem::offset_of!(FlowValue, last_seen_ns)),
     ),
+    layout::<u32, u64>(map_names::FAST_PATH_STATS, None),
 ];
 
 /// The layout of the pinned map `name`, if it is one.
@@ -839,7 +848,7 @@ mod tests {
     /// `dataplane/migrate.rs`), then write the new sizes here.
     #[test]
     fn layout_version_names_the_pinned_sizes() {
-        let sizes: [(&str, usize, usize); 20] = [
+        let sizes: [(&str, usize, usize); 21] = [
             ("FRONTENDS", 20, 24),
             ("FRONTEND_FILTER", 4, 8),
             ("BACKENDS", 4, 24),
@@ -860,8 +869,9 @@ mod tests {
             ("SNAT", 40, 32),
             ("SNAT_ADDRESSES", 4, 40),
             ("HANDSHAKES", 40, 40),
+            ("FAST_PATH_STATS", 4, 8),
         ];
-        let pinned: [(&str, usize, usize); 20] =
+        let pinned: [(&str, usize, usize); 21] =
             MAP_LAYOUTS.map(|layout| (layout.name, layout.key_size, layout.value_size));
         assert_eq!(
             (LAYOUT_VERSION, pinned),

@@ -2,9 +2,9 @@
 //! service carried, and what socket-level balancing did.
 
 use aya_ebpf::maps::PerCpuArray;
-use lb_common::{ProtoCounter, Reason, SocketCounter};
+use lb_common::{FastPathCounter, ProtoCounter, Reason, SocketCounter};
 
-use crate::maps::{PROTO_STATS, REASON_STATS, SERVICE_STATS, SOCKET_STATS};
+use crate::maps::{FAST_PATH_STATS, PROTO_STATS, REASON_STATS, SERVICE_STATS, SOCKET_STATS};
 
 /// Runs `f` on this CPU's slot `index` of `map`, when the index is in range.
 #[inline(always)]
@@ -35,6 +35,11 @@ pub fn count_service(service_id: u32, bytes: u32, new_flow: bool) {
             slot.new_flows += 1;
         }
     });
+}
+
+#[inline(always)]
+pub fn count_fast_path(counter: FastPathCounter) {
+    update_slot(&FAST_PATH_STATS, counter as u32, |count| *count += 1);
 }
 
 #[inline(always)]

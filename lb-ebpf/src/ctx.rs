@@ -11,9 +11,9 @@ use aya_ebpf::{
         bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
     },
     helpers::generated::{
-        bpf_csum_diff, bpf_csum_update, bpf_l3_csum_replace, bpf_l4_csum_replace, bpf_redirect,
-        bpf_skb_adjust_room, bpf_skb_change_tail, bpf_skb_pull_data, bpf_skb_store_bytes,
-        bpf_xdp_adjust_head, bpf_xdp_adjust_tail, bpf_xdp_get_buff_len,
+        bpf_csum_diff, bpf_csum_update, bpf_l4_csum_replace, bpf_redirect, bpf_skb_adjust_room,
+        bpf_skb_change_tail, bpf_skb_pull_data, bpf_skb_store_bytes, bpf_xdp_adjust_head,
+        bpf_xdp_adjust_tail, bpf_xdp_get_buff_len,
     },
     programs::{TcContext, XdpContext},
 };
@@ -264,11 +264,15 @@ impl PacketCtx for Tc<'_> {
             let from = u32::from_ne_bytes([old[0], old[1], old[2], old[3]]) as u64;
             let to = u32::from_ne_bytes([new[0], new[1], new[2], new[3]]) as u64;
             if let Some(offset) = ip_csum_offset {
-                // SAFETY: helper call.
-                let ret = unsafe { bpf_l3_csum_replace(self.skb(), offset as u32, from, to, 4) };
-                if ret != 0 {
-                    return Err(());
-                }
+                // In software, as `bpf_l3_csum_replace` would (a helper call less): the IPv4
+                // header checksum is never offloaded, and with the address change it leaves
+                // a CHECKSUM_COMPLETE `skb->csum` as it was.
+                let packet = self.packet();
+                let old_csum: u16 = packet.read(offset).ok_or(())?;
+                let diff = csum::diff_addr(0, old, new, false);
+                packet
+                    .write(offset, csum::apply(old_csum, diff))
+                    .ok_or(())?;
             }
             if let Some(l4) = l4 {
                 let flags = BPF_F_PSEUDO_HDR as u64

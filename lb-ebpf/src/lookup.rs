@@ -353,7 +353,15 @@ pub fn established(
         addr: nat_addr,
         port: nat_port,
     };
-    flow_cache::fill(p, &target, service_id, cache_for_ns, cache).ok_or(miss)
+    flow_cache::fill(
+        p,
+        flow_direction::FORWARD,
+        &target,
+        service_id,
+        cache_for_ns,
+        cache,
+    )
+    .ok_or(miss)
 }
 
 /// Moves a flow out of HANDSHAKES into CONNTRACK (its reply entry first, as `choose`

@@ -30,9 +30,10 @@
 //!   when the filter bits of its destination clear (`pass_no_frontend`): at once, unless
 //!   another frontend shares those bits; then it goes on until its entry expires or its
 //!   backend goes.
-//! - Flow cache (`flow_cache`): before CONNTRACK, a per-CPU array slot per flow (full key
-//!   compared) sends an established flow's packet on, timed in jiffies (`bpf_jiffies64` is
-//!   inlined), valid for the rest of the flow's refresh interval, while its backend slot
+//! - Flow cache (`flow_cache`): before CONNTRACK, a per-CPU array slot per flow and
+//!   direction (full key and direction compared) sends an established flow's packet on, or
+//!   (TC egress) gives a reply its frontend, timed in jiffies (`bpf_jiffies64` is inlined),
+//!   valid for the rest of the entry's refresh interval, while (forward) its backend slot
 //!   holds the same address and port, and while CONFIG's flow generation is the slot's.
 //!   TCP SYN/FIN/RST and fragments read CONNTRACK, which refreshes the entry and fills the
 //!   slot.

@@ -7,10 +7,10 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    AffinityKey, AffinityValue, Backend, Config, FlowCacheSlot, FlowKey, FlowValue, FragmentKey,
-    FragmentValue, FrontendKey, FrontendValue, ProtoCounter, Reason, ServiceCounters, ServiceName,
-    SnatAddresses, SnatValue, SockConnection, SockReverseKey, SockReverseValue, SocketCounter,
-    SourceRangeKey, TableMember, capacity, frontend_filter,
+    AffinityKey, AffinityValue, Backend, Config, FastPathCounter, FlowCacheSlot, FlowKey,
+    FlowValue, FragmentKey, FragmentValue, FrontendKey, FrontendValue, ProtoCounter, Reason,
+    ServiceCounters, ServiceName, SnatAddresses, SnatValue, SockConnection, SockReverseKey,
+    SockReverseValue, SocketCounter, SourceRangeKey, TableMember, capacity, frontend_filter,
 };
 
 #[map(name = "FRONTENDS")]
@@ -81,6 +81,10 @@ pub static SOCK_CONNECTED: LruHashMap<u64, SockConnection> =
 #[map(name = "SOCKET_STATS")]
 pub static SOCKET_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(SocketCounter::COUNT, 0);
 
+#[map(name = "FAST_PATH_STATS")]
+pub static FAST_PATH_STATS: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(FastPathCounter::COUNT, 0);
+
 /// Masquerade: both directions of each masqueraded flow (`lb_common::snat_direction`). A
 /// plain hash: a full table refuses new flows instead of evicting live ones.
 #[map(name = "SNAT")]
@@ -119,7 +123,9 @@ pub struct NextHop {
     pub _pad: u8,
     pub smac: [u8; 6],
     pub dmac: [u8; 6],
-    pub _pad2: [u8; 4],
+    /// The device the packet that filled the slot arrived on: the FIB's answer (forwarding
+    /// on, `iif` policy rules) holds for packets arriving there only.
+    pub arrival_ifindex: u32,
 }
 
 /// Per CPU, indexed by backend id modulo its size: a cache the fast path fills itself.

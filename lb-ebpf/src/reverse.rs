@@ -1,13 +1,15 @@
-//! The reverse path (TC egress): replies from a backend leave with the frontend's address.
+//! The reverse path (TC egress): replies from a backend leave with the frontend's address,
+//! from this CPU's flow cache (`flow_cache`) or the flow's CONNTRACK reply entry.
 
 use core::mem::MaybeUninit;
 
-use lb_common::{PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, Reason, flow_direction};
+use lb_common::{FlowCacheSlot, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, Reason, flow_direction};
 
 use crate::{
     ctx::PacketCtx,
+    flow_cache::{self, CacheConfig},
     icmp::{self, Direction},
-    lookup::{REFRESH_NS, TCP_RST, TCP_SYN, flow_key, now_ns},
+    lookup::{REFRESH_NS, TCP_RST, TCP_SYN, Target, flow_key, now_ns},
     maps::{CONNTRACK, HANDSHAKES},
     nat::{Side, rewrite},
     parse::{Fragment, Parsed, parse},
@@ -38,15 +40,36 @@ pub fn process<C: PacketCtx>(ctx: &C, ifindex: u32) -> Verdict {
     }
 }
 
-/// Reverse NAT for a packet of a REPLY flow; None when the packet is no such reply.
-// A separate BPF function: its own stack frame keeps each call chain under 512 bytes.
-#[inline(never)]
+/// Reverse NAT for a packet of a REPLY flow; None when the packet is no such reply. A
+/// reply whose entry this CPU's flow cache holds is rewritten from the slot: no CONNTRACK
+/// lookup, no clock read, no BPF call (the cache lookup and the rewrite are inlined into
+/// the entry point).
+#[inline(always)]
 fn reply_nat<C: PacketCtx>(ctx: &C, p: &Parsed) -> Option<Verdict> {
+    // Read before CONNTRACK: a slot filled from an entry the agent deletes meanwhile
+    // carries the generation from before its bump.
+    let cache = flow_cache::config();
+    match flow_cache::reply(p, cache) {
+        Some(slot) => Some(translate(ctx, p, slot)),
+        None => reply_nat_from_conntrack(ctx, p, cache),
+    }
+}
+
+/// [`reply_nat`] from the flow's reply entry, which it refreshes and copies into this
+/// CPU's flow cache slot for the rest of the entry's refresh interval.
+// A separate BPF function: the 40-byte key stays off the entry point's frame, which keeps
+// each call chain under 512 bytes.
+#[inline(never)]
+fn reply_nat_from_conntrack<C: PacketCtx>(
+    ctx: &C,
+    p: &Parsed,
+    cache: CacheConfig,
+) -> Option<Verdict> {
     let key = flow_key(p);
     let entry = match CONNTRACK.get_ptr_mut(&key) {
         Some(entry) => entry,
         // A backend answers a flow in its handshake only with SYN-ACK or RST: only those
-        // pay for the second lookup.
+        // pay for the second lookup (and never fill a usable slot: the cache skips them).
         None if p.proto == PROTO_TCP && p.tcp_flags & (TCP_SYN | TCP_RST) != 0 => {
             HANDSHAKES.get_ptr_mut(&key)?
         }
@@ -59,15 +82,39 @@ fn reply_nat<C: PacketCtx>(ctx: &C, p: &Parsed) -> Option<Verdict> {
         return None;
     }
     // Refreshed at most once a second, as on the forward path (the datapath never reads a
-    // reply entry's time; it records when the flow last carried a reply).
+    // reply entry's time; it records when the flow last carried a reply): the slot serves
+    // until the next refresh is due.
     let now = now_ns();
-    if now.saturating_sub(flow.last_seen_ns) >= REFRESH_NS {
+    let age = now.saturating_sub(flow.last_seen_ns);
+    let cache_for_ns = if age >= REFRESH_NS {
         flow.last_seen_ns = now;
+        REFRESH_NS
+    } else {
+        REFRESH_NS - age
+    };
+    let target = Target {
+        backend_id: flow.backend_id,
+        addr: flow.nat_addr,
+        port: flow.nat_port,
+    };
+    let slot = flow_cache::fill(
+        p,
+        flow_direction::REPLY,
+        &target,
+        flow.service_id,
+        cache_for_ns,
+        cache,
+    )?;
+    Some(translate(ctx, p, slot))
+}
+
+/// The reply leaves from the frontend its flow was sent to (the slot's `nat_addr:nat_port`).
+#[inline(always)]
+fn translate<C: PacketCtx>(ctx: &C, p: &Parsed, slot: &FlowCacheSlot) -> Verdict {
+    if rewrite(ctx, p, Side::Source, &slot.nat_addr, slot.nat_port).is_err() {
+        return Verdict::drop(Reason::DropInternal);
     }
-    if rewrite(ctx, p, Side::Source, &flow.nat_addr, flow.nat_port).is_err() {
-        return Some(Verdict::drop(Reason::DropInternal));
-    }
-    Some(Verdict::pass(Reason::ReplyTranslated))
+    Verdict::pass(Reason::ReplyTranslated)
 }
 
 /// Egress passes what it cannot parse (the stack built it); counted as unparsed.

@@ -17,7 +17,7 @@ use std::{
 
 use kernel::{Service, test_capacity};
 use lb_common::{
-    Config, PROTO_TCP, PROTO_UDP,
+    Config, FastPathCounter, PROTO_TCP, PROTO_UDP, Reason,
     backend_state::{ACTIVE, TERMINATING},
     frontend_kind,
 };
@@ -359,13 +359,7 @@ fn run_mode(label: &str, mode: IngressMode, client_offload: bool, backend_tx: bo
     check_traffic(&setup, label);
     check_refused(&setup, label);
     let reasons = setup.maps.reasons().expect("reasons");
-    let count = |name: &str| {
-        reasons
-            .iter()
-            .find(|(r, _)| r.name() == name)
-            .map(|(_, n)| *n)
-            .unwrap_or(0)
-    };
+    let count = |name: &str| count_named(&reasons, Reason::name, name);
     // 60 TCP connections are 60 new flows; UDP requests may reuse a source port (a flow).
     assert!(
         count("lb_new_flow") >= 60,
@@ -375,8 +369,38 @@ fn run_mode(label: &str, mode: IngressMode, client_offload: bool, backend_tx: bo
         count("reply_translated") >= 120,
         "{label}: replies translated: {reasons:?}"
     );
+    check_fast_path_counted(&setup, label, mode);
     check_path_mtu(&setup, label);
     drop(setup.datapath);
+}
+
+/// The count of the counter called `name` in a map's `(counter, count)` list.
+fn count_named<T: Copy>(counts: &[(T, u64)], name_of: fn(T) -> &'static str, name: &str) -> u64 {
+    counts
+        .iter()
+        .find(|(counter, _)| name_of(*counter) == name)
+        .map_or(0, |(_, n)| *n)
+}
+
+/// XDP modes sent the balanced packets themselves (redirected to the backends' links, which
+/// are listed), and counted it; TC ingress never counts there.
+fn check_fast_path_counted(setup: &Setup, label: &str, mode: IngressMode) {
+    let counts = setup.maps.fast_path_counters().expect("fast path counters");
+    let count = |name: &str| count_named(&counts, FastPathCounter::name, name);
+    let total: u64 = counts.iter().map(|(_, n)| n).sum();
+    if mode == IngressMode::Tc {
+        assert_eq!(
+            total, 0,
+            "{label}: TC counted fast path outcomes: {counts:?}"
+        );
+    } else {
+        // 60 TCP connections, each with at least its handshake's ACK and a request.
+        assert!(
+            count("sent_redirect") >= 120,
+            "{label}: redirected from XDP: {counts:?}"
+        );
+        assert_eq!(count("failed"), 0, "{label}: {counts:?}");
+    }
 }
 
 #[test]

@@ -1038,6 +1038,12 @@ impl slicelb::metrics::KernelStats for NoKernel {
     {
         Ok([0; lb_common::SocketCounter::COUNT as usize])
     }
+    fn fast_path_counters(
+        &self,
+    ) -> Result<[u64; lb_common::FastPathCounter::COUNT as usize], slicelb::dataplane::DataplaneError>
+    {
+        Ok([0; lb_common::FastPathCounter::COUNT as usize])
+    }
     fn conntrack_entries(&self) -> Result<u64, slicelb::dataplane::DataplaneError> {
         Ok(0)
     }

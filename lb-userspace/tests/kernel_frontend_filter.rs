@@ -19,7 +19,7 @@ use packets::*;
 use slicelb::dataplane::{
     MapOp, MapWriter as _,
     aya_maps::AyaMaps,
-    frontend_filter::{sharing_pair, slot_of},
+    frontend_filter::{FrontendFilter, sharing_pair, slot_of},
     loader::{Datapath, DatapathOptions},
 };
 
@@ -63,6 +63,18 @@ fn udp_key(c: u8, d: u8, port: u16) -> FrontendKey {
         proto: PROTO_UDP,
         family,
     }
+}
+
+/// Two UDP frontends whose filter masks share a bit.
+fn udp_keys_sharing_a_bit() -> (FrontendKey, FrontendKey) {
+    sharing_pair(|i| {
+        udp_key(
+            100 + (i >> 16) as u8,
+            (i >> 8) as u8,
+            1000 + (i & 0xff) as u16,
+        )
+    })
+    .expect("two frontends sharing a filter bit")
 }
 
 /// Word `word` of the kernel's FRONTEND_FILTER.
@@ -179,14 +191,7 @@ fn filter_gates_the_frontend_lookup() {
 #[test]
 fn writer_keeps_the_filter_in_step() {
     let mut env = Env::new();
-    let (a, b) = sharing_pair(|i| {
-        udp_key(
-            100 + (i >> 16) as u8,
-            (i >> 8) as u8,
-            1000 + (i & 0xff) as u16,
-        )
-    })
-    .expect("two frontends sharing a filter bit");
+    let (a, b) = udp_keys_sharing_a_bit();
     let first = udp_service(1, &ipv4_of(&a), u16::from_be(a.port));
     let second = udp_service(2, &ipv4_of(&b), u16::from_be(b.port));
     env.install(&first);
@@ -252,6 +257,47 @@ fn writer_keeps_the_filter_in_step() {
         Reason::LbNewFlow,
         true,
     );
+}
+
+/// A run of frontends is written in batches (filter words, then entries): afterwards each
+/// is in FRONTENDS and balanced, and each word holds exactly the bits of the frontends on it,
+/// also for two sharing a bit and for one put again.
+#[test]
+fn a_run_of_frontends_is_written_with_their_filter_words() {
+    let mut env = Env::new();
+    let (a, b) = udp_keys_sharing_a_bit();
+    let mut services = vec![
+        udp_service(1, &ipv4_of(&a), u16::from_be(a.port)),
+        udp_service(2, &ipv4_of(&b), u16::from_be(b.port)),
+    ];
+    services.extend((3..8).map(|id| udp_service(id, &format!("198.18.50.{id}"), 53)));
+    // The first is there already: the run puts it again.
+    env.install(&services[0]);
+    let (frontends, others): (Vec<MapOp>, Vec<MapOp>) = services
+        .iter()
+        .flat_map(Service::ops)
+        .partition(|op| matches!(op, MapOp::PutFrontend { .. }));
+    env.apply(&others);
+    assert!(frontends.len() > 2, "a run the writer batches");
+    env.apply(&frontends);
+
+    let keys: Vec<FrontendKey> = services.iter().map(|s| s.frontend).collect();
+    let wanted = FrontendFilter::from_keys(keys.iter().copied());
+    for (i, key) in keys.iter().enumerate() {
+        let word = slot_of(key).0;
+        assert_eq!(
+            kernel_word(&env.datapath, word),
+            wanted.word_value(word),
+            "word {word} of frontend {i}"
+        );
+        expect(
+            &env,
+            &format!("frontend {i} of the run"),
+            &packet_to(key, 40_100 + i as u16),
+            Reason::LbNewFlow,
+            true,
+        );
+    }
 }
 
 /// A fresh writer over maps whose filter is empty (maps pinned by a datapath without the

@@ -9,7 +9,7 @@ use std::time::Duration;
 mod http;
 
 use http::HttpResponse;
-use lb_common::{ProtoCounter, Reason, ServiceCounters, SocketCounter, map_names};
+use lb_common::{FastPathCounter, ProtoCounter, Reason, ServiceCounters, SocketCounter, map_names};
 use slicelb::dataplane::DataplaneError;
 use slicelb::health::SyncHealth;
 use slicelb::metrics::{KernelStats, MapFill, Metrics, MetricsOptions, MetricsServer};
@@ -24,6 +24,7 @@ struct KernelState {
     reasons: [u64; Reason::COUNT as usize],
     protos: [u64; ProtoCounter::COUNT as usize],
     sockets: [u64; SocketCounter::COUNT as usize],
+    fast_path: [u64; FastPathCounter::COUNT as usize],
     conntrack: u64,
     fill: Vec<MapFill>,
     /// When set, reading the service counters fails as an unreadable map would.
@@ -60,6 +61,9 @@ impl KernelStats for FakeKernel {
     }
     fn socket_counters(&self) -> Result<[u64; SocketCounter::COUNT as usize], DataplaneError> {
         Ok(self.state().sockets)
+    }
+    fn fast_path_counters(&self) -> Result<[u64; FastPathCounter::COUNT as usize], DataplaneError> {
+        Ok(self.state().fast_path)
     }
     fn conntrack_entries(&self) -> Result<u64, DataplaneError> {
         Ok(self.state().conntrack)
@@ -119,6 +123,9 @@ fn sample_kernel() -> KernelState {
     }
     for (i, value) in state.sockets.iter_mut().enumerate() {
         *value = 2000 + i as u64;
+    }
+    for (i, value) in state.fast_path.iter_mut().enumerate() {
+        *value = 3000 + i as u64;
     }
     state
 }
@@ -330,6 +337,15 @@ async fn scrape_reports_what_the_kernel_reported() {
         expect_value(
             &samples,
             "slicelb_socket_operations_total",
+            &[("outcome", counter.name())],
+            expected,
+        );
+    }
+    for counter in FastPathCounter::ALL {
+        let expected = kernel.fast_path[counter as usize] as f64;
+        expect_value(
+            &samples,
+            "slicelb_fast_path_packets_total",
             &[("outcome", counter.name())],
             expected,
         );

@@ -138,7 +138,11 @@ async fn run_async(args: AgentConfig) -> anyhow::Result<()> {
     datapath
         .set_fast_path(args.fast_path, &fast_path_devices)
         .context("writing the fast path settings")?;
-    tracing::info!(on = args.fast_path, devices = ?args.fast_path_ifaces, "XDP fast path");
+    tracing::info!(
+        on = args.fast_path && !fast_path_devices.is_empty(),
+        devices = ?args.fast_path_ifaces,
+        "XDP fast path (off without --fast-path-iface)"
+    );
     // Attached once the adopted maps are indexed (`Reconciler::new`): until then the
     // programs of the previous agent keep running.
     for iface in &args.ifaces {

@@ -606,6 +606,12 @@ pub(super) mod tests {
 
                 let maps = reconciler.writer().read().expect("read");
                 assert_eq!(reconciler.applied(), &maps, "{case}: mirror and maps");
+                // The mirror's count is kept op by op; the maps' is summed afresh.
+                assert_eq!(
+                    reconciler.applied().table_member_count(),
+                    maps.table_member_count(),
+                    "{case}: TABLE_MEMBERS entries counted by the mirror"
+                );
                 assert!(
                     reconciler.writer().check().is_empty(),
                     "{case}: {:?}",

@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, Mutex, RwLock};
 
-use lb_common::{ProtoCounter, Reason, ServiceCounters, SocketCounter, map_names};
+use lb_common::{FastPathCounter, ProtoCounter, Reason, ServiceCounters, SocketCounter, map_names};
 
 use crate::{
     dataplane::{AppliedState, DataplaneError, MapCapacity, aya_maps::ReadOnlyMaps},
@@ -66,6 +66,14 @@ impl KernelStats for PinnedStats {
     fn socket_counters(&self) -> Result<[u64; SocketCounter::COUNT as usize], DataplaneError> {
         let mut out = [0; SocketCounter::COUNT as usize];
         for (counter, count) in self.maps().socket_counters()? {
+            out[counter as usize] = count;
+        }
+        Ok(out)
+    }
+
+    fn fast_path_counters(&self) -> Result<[u64; FastPathCounter::COUNT as usize], DataplaneError> {
+        let mut out = [0; FastPathCounter::COUNT as usize];
+        for (counter, count) in self.maps().fast_path_counters()? {
             out[counter as usize] = count;
         }
         Ok(out)

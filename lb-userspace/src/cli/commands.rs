@@ -60,7 +60,13 @@ fn read_stats(maps: &ReadOnlyMaps) -> anyhow::Result<Stats> {
         .into_iter()
         .map(|(_, n)| n)
         .collect();
-    Ok(Stats::new(&reasons, &protocols, &sockets))
+    let fast_path: Vec<u64> = maps
+        .fast_path_counters()
+        .context("reading FAST_PATH_STATS")?
+        .into_iter()
+        .map(|(_, n)| n)
+        .collect();
+    Ok(Stats::new(&reasons, &protocols, &sockets, &fast_path))
 }
 
 pub fn stats(args: &StatsArgs) -> anyhow::Result<()> {

@@ -1,7 +1,8 @@
-//! `slicelb stats`: what the datapath did with every packet, by reason and by protocol, and
-//! what socket-level balancing did with socket calls, summed over CPUs.
+//! `slicelb stats`: what the datapath did with every packet, by reason and by protocol, how
+//! the XDP fast path sent balanced packets, and what socket-level balancing did with socket
+//! calls, summed over CPUs.
 
-use lb_common::{ProtoCounter, Reason, ReasonClass, SocketCounter};
+use lb_common::{FastPathCounter, ProtoCounter, Reason, ReasonClass, SocketCounter};
 use serde::Serialize;
 
 use super::output::{Column, table};
@@ -14,39 +15,26 @@ pub struct Stats {
     pub protocols: Vec<(String, u64)>,
     /// Socket-level balancing, indexed like [`SocketCounter::ALL`].
     pub sockets: Vec<(String, u64)>,
+    /// The XDP fast path, indexed like [`FastPathCounter::ALL`].
+    pub fast_path: Vec<(String, u64)>,
+}
+
+/// `(name, count)` for each counter of `all`, from `counts` indexed like it (0 when short).
+fn named<T: Copy>(all: &[T], name: fn(T) -> &'static str, counts: &[u64]) -> Vec<(String, u64)> {
+    all.iter()
+        .enumerate()
+        .map(|(i, c)| (name(*c).to_string(), counts.get(i).copied().unwrap_or(0)))
+        .collect()
 }
 
 impl Stats {
     /// From the kernel's counter arrays (already summed over CPUs).
-    pub fn new(reasons: &[u64], protocols: &[u64], sockets: &[u64]) -> Self {
+    pub fn new(reasons: &[u64], protocols: &[u64], sockets: &[u64], fast_path: &[u64]) -> Self {
         Self {
-            reasons: Reason::ALL
-                .iter()
-                .map(|r| {
-                    (
-                        r.name().to_string(),
-                        reasons.get(*r as usize).copied().unwrap_or(0),
-                    )
-                })
-                .collect(),
-            protocols: ProtoCounter::ALL
-                .iter()
-                .map(|p| {
-                    (
-                        p.name().to_string(),
-                        protocols.get(*p as usize).copied().unwrap_or(0),
-                    )
-                })
-                .collect(),
-            sockets: SocketCounter::ALL
-                .iter()
-                .map(|c| {
-                    (
-                        c.name().to_string(),
-                        sockets.get(*c as usize).copied().unwrap_or(0),
-                    )
-                })
-                .collect(),
+            reasons: named(&Reason::ALL, Reason::name, reasons),
+            protocols: named(&ProtoCounter::ALL, ProtoCounter::name, protocols),
+            sockets: named(&SocketCounter::ALL, SocketCounter::name, sockets),
+            fast_path: named(&FastPathCounter::ALL, FastPathCounter::name, fast_path),
         }
     }
 
@@ -67,7 +55,8 @@ impl Stats {
             .collect()
     }
 
-    /// Four tables (verdicts, reasons, protocols, socket-level calls), a blank line apart.
+    /// Five tables (verdicts, reasons, protocols, fast path, socket-level calls), a blank
+    /// line apart.
     pub fn render_table(&self, headers: bool) -> String {
         let class_counts: Vec<(String, u64)> = self
             .by_class()
@@ -78,6 +67,7 @@ impl Stats {
             ("VERDICT", "PACKETS", class_counts.as_slice()),
             ("REASON", "PACKETS", self.reasons.as_slice()),
             ("PROTOCOL", "PACKETS", self.protocols.as_slice()),
+            ("FAST PATH", "PACKETS", self.fast_path.as_slice()),
             ("SOCKET LEVEL", "CALLS", self.sockets.as_slice()),
         ]
         .into_iter()
@@ -102,6 +92,7 @@ impl Stats {
             verdicts: Counts,
             reasons: Counts,
             protocols: Counts,
+            fast_path: Counts,
             sockets: Counts,
         }
         ByName {
@@ -114,6 +105,12 @@ impl Stats {
             reasons: Counts(self.reasons.iter().map(|(n, c)| (n.clone(), *c)).collect()),
             protocols: Counts(
                 self.protocols
+                    .iter()
+                    .map(|(n, c)| (n.clone(), *c))
+                    .collect(),
+            ),
+            fast_path: Counts(
+                self.fast_path
                     .iter()
                     .map(|(n, c)| (n.clone(), *c))
                     .collect(),
@@ -159,7 +156,10 @@ mod tests {
         reasons[Reason::DropTruncated as usize] = 3;
         let mut sockets = vec![0u64; SocketCounter::COUNT as usize];
         sockets[SocketCounter::ConnectTranslated as usize] = 9;
-        let stats = Stats::new(&reasons, &[7, 6, 1], &sockets);
+        let mut fast_path = vec![0u64; FastPathCounter::COUNT as usize];
+        fast_path[FastPathCounter::Redirected as usize] = 4;
+        fast_path[FastPathCounter::StackTooBig as usize] = 2;
+        let stats = Stats::new(&reasons, &[7, 6, 1], &sockets, &fast_path);
         let classes = stats.by_class();
         let get = |name| classes.iter().find(|(c, _)| *c == name).map(|(_, n)| *n);
         assert_eq!(get("passed"), Some(12));
@@ -171,6 +171,8 @@ mod tests {
         assert_eq!(json["protocols"]["ipv4"], 6);
         assert_eq!(json["verdicts"]["load-balanced"], 55);
         assert_eq!(json["sockets"]["connect_translated"], 9);
+        assert_eq!(json["fast_path"]["sent_redirect"], 4);
+        assert_eq!(json["fast_path"]["stack_too_big"], 2);
         let yaml: serde_json::Value =
             serde_norway::from_str(&serde_norway::to_string(&stats.by_name()).expect("YAML"))
                 .expect("valid YAML");
@@ -181,12 +183,17 @@ mod tests {
             .find(|l| l.starts_with("lb_new_flow "))
             .expect("a row per reason");
         assert!(row.ends_with(" 5"), "{row}");
-        assert_eq!(table.matches("PACKETS").count(), 3, "{table}");
+        assert_eq!(table.matches("PACKETS").count(), 4, "{table}");
         assert_eq!(
             table.split("\n\n").count(),
-            4,
-            "four tables, a blank line apart:\n{table}"
+            5,
+            "five tables, a blank line apart:\n{table}"
         );
+        let redirected = table
+            .lines()
+            .find(|l| l.starts_with("sent_redirect "))
+            .expect("a row per fast path outcome");
+        assert!(redirected.ends_with(" 4"), "{redirected}");
         let bare = stats.render_table(false);
         assert!(
             !bare.contains("PACKETS") && !bare.contains("CALLS"),
@@ -194,7 +201,8 @@ mod tests {
         );
         assert_eq!(
             bare.lines().filter(|l| !l.is_empty()).count(),
-            table.lines().filter(|l| !l.is_empty()).count() - 4
+            table.lines().filter(|l| !l.is_empty()).count() - 5,
+            "one header line less per table"
         );
     }
 }

@@ -4,7 +4,8 @@
 
 use std::collections::BTreeMap;
 
-use lb_common::map_names;
+use lb_common::{FrontendValue, map_names};
+use rustc_hash::FxHashMap;
 
 use super::{AppliedState, MapOp};
 
@@ -96,19 +97,62 @@ pub fn count_changes(before: &AppliedState, ops: &[MapOp]) -> MapChanges {
     changes
 }
 
+/// What [`AppliedState::apply`] counts beside the maps' contents: how many frontends point
+/// at each table, and the TABLE_MEMBERS entries of all tables. A small change then finds the
+/// tables it left unused, and the planner the entries in use, without a pass over every
+/// frontend or table. Derived data, so never compared; counted afresh when the sizes of
+/// `frontends` and `table_members` are not the ones last counted (a state read back from
+/// the maps, or built by hand).
+#[derive(Clone, Debug, Default)]
+pub struct Tallies {
+    /// Frontends pointing at each table (only tables some frontend points at).
+    table_users: FxHashMap<u32, u32>,
+    table_members: u64,
+    /// The sizes of `frontends` and `table_members` these counts are for.
+    counted: Option<(usize, usize)>,
+}
+
+impl PartialEq for Tallies {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Tallies {}
+
+impl Tallies {
+    fn join(&mut self, value: &FrontendValue) {
+        if value.table_size > 0 {
+            *self.table_users.entry(value.table_offset).or_default() += 1;
+        }
+    }
+
+    /// Counts `value` out; returns the table it pointed at.
+    fn leave(&mut self, value: &FrontendValue) -> Option<u32> {
+        if value.table_size == 0 {
+            return None;
+        }
+        let offset = value.table_offset;
+        if let Some(users) = self.table_users.get_mut(&offset) {
+            *users -= 1;
+            if *users == 0 {
+                self.table_users.remove(&offset);
+            }
+        }
+        Some(offset)
+    }
+}
+
 impl AppliedState {
     /// Applies `ops` as the kernel maps would, then forgets selection tables that no frontend
     /// points at any more (their space is free again).
     pub fn apply(&mut self, ops: &[MapOp]) {
+        self.count_if_stale();
         // Tables a frontend pointed at before an op replaced or removed it: the only ones
         // that may have lost their last frontend.
         let mut maybe_unused: Vec<u32> = Vec::new();
+        let tallies = &mut self.tallies;
         for op in ops {
-            if let MapOp::PutFrontend { key, .. } | MapOp::DeleteFrontend { key } = op
-                && let Some(old) = self.frontends.get(key).filter(|v| v.table_size > 0)
-            {
-                maybe_unused.push(old.table_offset);
-            }
             match op {
                 MapOp::PutBackend { id, backend } => {
                     self.backends.insert(*id, *backend);
@@ -121,16 +165,25 @@ impl AppliedState {
                 }
                 MapOp::PutTableMembers { offset, slots } => {
                     let count = u32::try_from(slots.members().len()).unwrap_or(u32::MAX);
-                    self.table_members.insert(*offset, count);
+                    let old = self.table_members.insert(*offset, count).unwrap_or(0);
+                    tallies.table_members =
+                        tallies.table_members + u64::from(count) - u64::from(old);
                 }
                 MapOp::DeleteTableMembers { offset, .. } => {
-                    self.table_members.remove(offset);
+                    if let Some(old) = self.table_members.remove(offset) {
+                        tallies.table_members -= u64::from(old);
+                    }
                 }
                 MapOp::PutFrontend { key, value } => {
-                    self.frontends.insert(*key, *value);
+                    if let Some(old) = self.frontends.insert(*key, *value) {
+                        maybe_unused.extend(tallies.leave(&old));
+                    }
+                    tallies.join(value);
                 }
                 MapOp::DeleteFrontend { key } => {
-                    self.frontends.remove(key);
+                    if let Some(old) = self.frontends.remove(key) {
+                        maybe_unused.extend(tallies.leave(&old));
+                    }
                 }
                 MapOp::PutServiceName { id, name } => {
                     self.service_names.insert(*id, name.clone());
@@ -146,33 +199,34 @@ impl AppliedState {
                 }
             }
         }
+        tallies.counted = Some((self.frontends.len(), self.table_members.len()));
         // A table written by these ops that no frontend points at is also unused.
         maybe_unused.extend(ops.iter().filter_map(|op| match op {
             MapOp::PutSelection { offset, .. } => Some(*offset),
             _ => None,
         }));
-        maybe_unused.sort_unstable();
-        maybe_unused.dedup();
-        if maybe_unused.is_empty() {
-            return;
-        }
-        // Marked rather than removed from the list: a cold sync writes every table at once,
-        // and removing each from a long list would cost its length every time.
-        let mut in_use = vec![false; maybe_unused.len()];
-        let mut left = maybe_unused.len();
-        for value in self.frontends.values().filter(|v| v.table_size > 0) {
-            if let Ok(at) = maybe_unused.binary_search(&value.table_offset)
-                && !std::mem::replace(&mut in_use[at], true)
-            {
-                left -= 1;
-                if left == 0 {
-                    return;
-                }
+        for offset in maybe_unused {
+            if !tallies.table_users.contains_key(&offset) {
+                self.selection.remove(&offset);
             }
         }
-        for (offset, _) in maybe_unused.iter().zip(in_use).filter(|(_, used)| !used) {
-            self.selection.remove(offset);
+    }
+
+    /// Counts frontends per table and table members afresh unless the counts are for the
+    /// maps as they are.
+    fn count_if_stale(&mut self) {
+        if self.tallies.counted == Some((self.frontends.len(), self.table_members.len())) {
+            return;
         }
+        let mut tallies = Tallies {
+            table_members: self.table_members.values().map(|&n| u64::from(n)).sum(),
+            counted: Some((self.frontends.len(), self.table_members.len())),
+            ..Tallies::default()
+        };
+        for value in self.frontends.values() {
+            tallies.join(value);
+        }
+        self.tallies = tallies;
     }
 
     /// Selection slots in use (whole tables).
@@ -182,6 +236,9 @@ impl AppliedState {
 
     /// Entries of TABLE_MEMBERS the indexed tables hold.
     pub fn table_member_count(&self) -> u64 {
+        if self.tallies.counted == Some((self.frontends.len(), self.table_members.len())) {
+            return self.tallies.table_members;
+        }
         self.table_members.values().map(|&n| u64::from(n)).sum()
     }
 }

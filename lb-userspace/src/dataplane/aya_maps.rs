@@ -13,9 +13,9 @@ use aya::maps::{
     Array, HashMap, IterableMap as _, LpmTrie, MapData, MapError, PerCpuArray, lpm_trie::Key,
 };
 use lb_common::{
-    AffinityKey, AffinityValue, Backend, Config, FlowKey, FlowValue, FrontendKey, FrontendValue,
-    ProtoCounter, Reason, ServiceCounters, ServiceName, SocketCounter, SourceRangeKey, TableMember,
-    map_names,
+    AffinityKey, AffinityValue, Backend, Config, FastPathCounter, FlowKey, FlowValue, FrontendKey,
+    FrontendValue, ProtoCounter, Reason, ServiceCounters, ServiceName, SocketCounter,
+    SourceRangeKey, TableMember, map_names,
 };
 
 use super::{
@@ -34,6 +34,8 @@ const SOURCE_RANGE_ALLOWED: u8 = 1;
 
 pub struct AyaMaps {
     frontends: HashMap<MapData, FrontendKey, FrontendValue>,
+    /// FRONTENDS for batched writes (a cold sync puts every frontend in a row).
+    frontends_fd: OwnedFd,
     backends: Array<MapData, Backend>,
     /// Descriptors for batched access (one syscall per chunk instead of per slot).
     backends_fd: OwnedFd,
@@ -68,6 +70,7 @@ pub struct AyaMaps {
     reason_stats: PerCpuArray<MapData, u64>,
     proto_stats: PerCpuArray<MapData, u64>,
     socket_stats: PerCpuArray<MapData, u64>,
+    fast_path_stats: PerCpuArray<MapData, u64>,
     service_stats: PerCpuArray<MapData, ServiceCounters>,
     /// Its `flow_generation` is bumped after CONNTRACK entries are deleted.
     config: Array<MapData, Config>,
@@ -226,10 +229,13 @@ impl AyaMaps {
             clone_fd(map_names::TABLE_MEMBERS, &open(map_names::TABLE_MEMBERS)?)?;
         let service_names = open(map_names::SERVICE_NAMES)?;
         let service_names_fd = clone_fd(map_names::SERVICE_NAMES, &service_names)?;
+        let frontends = open(map_names::FRONTENDS)?;
+        let frontends_fd = clone_fd(map_names::FRONTENDS, &frontends)?;
         Ok(Self {
-            frontends: typed(map_names::FRONTENDS, open(map_names::FRONTENDS)?, |d| {
+            frontends: typed(map_names::FRONTENDS, frontends, |d| {
                 HashMap::try_from(Map::HashMap(d))
             })?,
+            frontends_fd,
             backends: typed(map_names::BACKENDS, backends, |d| {
                 Array::try_from(Map::Array(d))
             })?,
@@ -269,6 +275,11 @@ impl AyaMaps {
             socket_stats: typed(
                 map_names::SOCKET_STATS,
                 open(map_names::SOCKET_STATS)?,
+                |d| PerCpuArray::try_from(Map::PerCpuArray(d)),
+            )?,
+            fast_path_stats: typed(
+                map_names::FAST_PATH_STATS,
+                open(map_names::FAST_PATH_STATS)?,
                 |d| PerCpuArray::try_from(Map::PerCpuArray(d)),
             )?,
             service_stats: typed(
@@ -323,6 +334,16 @@ impl AyaMaps {
             &self.socket_stats,
             map_names::SOCKET_STATS,
             SocketCounter::ALL,
+            |c| c as u32,
+        )
+    }
+
+    /// FAST_PATH_STATS summed over CPUs, in `FastPathCounter::ALL` order.
+    pub fn fast_path_counters(&self) -> Result<Vec<(FastPathCounter, u64)>, DataplaneError> {
+        summed_over_cpus(
+            &self.fast_path_stats,
+            map_names::FAST_PATH_STATS,
+            FastPathCounter::ALL,
             |c| c as u32,
         )
     }
@@ -716,6 +737,9 @@ impl AyaMaps {
             } else if tables > 2 {
                 self.put_tables(&rest[..tables])?;
                 rest = &rest[tables..];
+            } else if let frontends @ 3.. = leading_frontends(rest) {
+                self.put_frontends(&rest[..frontends])?;
+                rest = &rest[frontends..];
             } else if run.len() > 1 {
                 // A cold sync writes backends with consecutive new ids: one batch, not one
                 // syscall each.
@@ -760,6 +784,69 @@ impl AyaMaps {
             batch_write_err(map_names::TABLE_MEMBERS, self.capacity.table_members),
         )
     }
+}
+
+impl AyaMaps {
+    /// Writes a run of `PutFrontend` ops as [`AyaMaps::put_frontend`] does one at a time, in
+    /// two syscalls instead of two per frontend: every filter word the run changes, then
+    /// every entry (make before break: the bits are set before any entry needing them).
+    fn put_frontends(&mut self, run: &[MapOp]) -> Result<(), DataplaneError> {
+        self.filter()?;
+        let filter = self
+            .frontend_filter
+            .get_or_insert_with(FrontendFilter::default);
+        let mut keys = Vec::with_capacity(run.len());
+        let mut values = Vec::with_capacity(run.len());
+        let mut unknown = Vec::new();
+        let mut words = Vec::new();
+        for op in run {
+            let MapOp::PutFrontend { key, value } = op else {
+                unreachable!("a run holds PutFrontend ops only")
+            };
+            if !filter.contains(key) {
+                unknown.push(*key);
+            }
+            words.extend(filter.add(key).map(|(word, _)| word));
+            keys.push(*key);
+            values.push(*value);
+        }
+        words.sort_unstable();
+        words.dedup();
+        let word_values: Vec<u64> = words.iter().map(|&word| filter.word_value(word)).collect();
+        if let Err(source) =
+            batch::update_entries(self.frontend_filter_fd.as_fd(), &words, &word_values)
+        {
+            for key in &unknown {
+                filter.remove(key);
+            }
+            return Err(DataplaneError::MapWrite {
+                map: map_names::FRONTEND_FILTER,
+                source,
+            });
+        }
+        let written = batch::update_entries(self.frontends_fd.as_fd(), &keys, &values);
+        if written.is_err() {
+            // Forget the new keys the batch did not insert (their bits left set only cost a
+            // lookup).
+            for key in &unknown {
+                if self.frontends.get(key, 0).is_err() {
+                    filter.remove(key);
+                }
+            }
+        }
+        written.map_err(batch_write_err(
+            map_names::FRONTENDS,
+            self.capacity.frontends,
+        ))
+    }
+}
+
+/// How many ops at the start of `ops` are `PutFrontend` (at most [`BATCH_OPS`]).
+fn leading_frontends(ops: &[MapOp]) -> usize {
+    ops.iter()
+        .take(BATCH_OPS)
+        .take_while(|op| matches!(op, MapOp::PutFrontend { .. }))
+        .count()
 }
 
 /// A failed batched write into a hash map: the kernel says E2BIG or ENOMEM when it is full.

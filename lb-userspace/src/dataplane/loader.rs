@@ -55,7 +55,7 @@ pub enum MapRole {
 }
 
 /// Every map of the object with who writes it, in the order they are pinned.
-pub const ALL_MAPS: [(&str, MapRole); 20] = [
+pub const ALL_MAPS: [(&str, MapRole); 21] = [
     (map_names::FRONTENDS, MapRole::Configuration),
     (map_names::FRONTEND_FILTER, MapRole::Configuration),
     (map_names::BACKENDS, MapRole::Configuration),
@@ -74,6 +74,7 @@ pub const ALL_MAPS: [(&str, MapRole); 20] = [
     (map_names::SOCK_REVERSE, MapRole::Datapath),
     (map_names::SOCK_CONNECTED, MapRole::Datapath),
     (map_names::SOCKET_STATS, MapRole::Datapath),
+    (map_names::FAST_PATH_STATS, MapRole::Datapath),
     (map_names::SNAT, MapRole::Datapath),
     (map_names::SNAT_ADDRESSES, MapRole::Configuration),
 ];
@@ -457,7 +458,8 @@ impl Datapath {
     /// lets it send frames out of the devices `ifindexes` (FAST_PATH_DEVICES, not pinned:
     /// each load starts empty). Only devices that take redirected XDP frames belong there:
     /// a NIC whose driver transmits XDP frames, a veth whose peer runs an XDP program or
-    /// has GRO on; a frame sent to any other is lost.
+    /// has GRO on; a frame sent to any other is lost. With no device it is off: a balanced
+    /// packet then skips the next-hop reads instead of finding no device to use.
     pub fn set_fast_path(&mut self, on: bool, ifindexes: &[u32]) -> Result<(), LoadError> {
         let failed = |source| LoadError::Map {
             map: map_names::FAST_PATH_DEVICES,
@@ -475,7 +477,7 @@ impl Datapath {
                 })?;
         }
         let mut config = self.config()?;
-        if on {
+        if on && !ifindexes.is_empty() {
             config.flags &= !config_flags::FAST_PATH_OFF;
         } else {
             config.flags |= config_flags::FAST_PATH_OFF;

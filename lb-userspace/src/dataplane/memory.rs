@@ -430,6 +430,7 @@ impl MemoryMaps {
             selection,
             service_names: self.service_names.clone(),
             source_ranges: self.source_ranges.clone(),
+            tallies: Default::default(),
         }
     }
 }

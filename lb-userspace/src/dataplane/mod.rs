@@ -98,6 +98,8 @@ pub struct AppliedState {
     /// TABLE_MEMBERS index is complete (a table left without one, e.g. by an older agent,
     /// is missing here).
     pub table_members: BTreeMap<u32, u32>,
+    /// Counts [`AppliedState::apply`] keeps in step with `frontends` and `table_members`.
+    pub(crate) tallies: applied::Tallies,
 }
 
 /// Each backend the backend ids `slots` name, with the first slot naming it, in id order:

@@ -137,24 +137,30 @@ struct QuotaPlan {
 
 impl QuotaPlan {
     fn new(backends: &[SocketAddr], size: u32) -> Self {
-        let mut order: Vec<usize> = (0..backends.len()).collect();
-        order.sort_by_key(|&i| {
-            (
-                std::cmp::Reverse(identity_hash(&backends[i], PRIORITY_SEED)),
-                backends[i],
-            )
-        });
+        // Each priority hashed once, not once per comparison.
+        let mut order: Vec<(std::cmp::Reverse<u64>, SocketAddr, u32)> = (0u32..)
+            .zip(backends)
+            .map(|(i, backend)| {
+                (
+                    std::cmp::Reverse(identity_hash(backend, PRIORITY_SEED)),
+                    *backend,
+                    i,
+                )
+            })
+            .collect();
+        order.sort_unstable();
         let count = backends.len() as u32;
         let size_u64 = u64::from(size);
+        let mut walker_of = vec![0; backends.len()];
         let walkers: Vec<Walker> = order
             .iter()
             .enumerate()
-            .map(|(rank, &i)| {
-                let step =
-                    (identity_hash(&backends[i], SKIP_SEED) % (size_u64 - 1).max(1) + 1) as u32;
+            .map(|(rank, &(_, backend, i))| {
+                walker_of[i as usize] = rank;
+                let step = (identity_hash(&backend, SKIP_SEED) % (size_u64 - 1).max(1) + 1) as u32;
                 Walker {
-                    backend: i as u32,
-                    offset: (identity_hash(&backends[i], OFFSET_SEED) % size_u64) as u32,
+                    backend: i,
+                    offset: (identity_hash(&backend, OFFSET_SEED) % size_u64) as u32,
                     step,
                     inverse_step: modular_inverse(step, size),
                     // The first `size % count` walkers in priority order get the spare slots.
@@ -162,10 +168,6 @@ impl QuotaPlan {
                 }
             })
             .collect();
-        let mut walker_of = vec![0; backends.len()];
-        for (position, walker) in walkers.iter().enumerate() {
-            walker_of[walker.backend as usize] = position;
-        }
         QuotaPlan {
             walkers,
             walker_of,
@@ -178,9 +180,18 @@ impl QuotaPlan {
     /// and it is below its quota. `owned` counts each backend's slots already in `table`.
     fn fill(&self, table: &mut [u32], owned: &mut [u32]) {
         let size = self.size;
-        let mut position: Vec<u32> = self.walkers.iter().map(|walker| walker.offset).collect();
-        let mut hungry: Vec<usize> = (0..self.walkers.len())
-            .filter(|&w| owned[self.walkers[w].backend as usize] < self.walkers[w].quota)
+        // The walkers below quota with where each walk is, side by side: the rounds below
+        // are most of a cold sync's planning, and read nothing else.
+        let mut hungry: Vec<Walk> = self
+            .walkers
+            .iter()
+            .filter(|walker| owned[walker.backend as usize] < walker.quota)
+            .map(|walker| Walk {
+                position: walker.offset,
+                step: walker.step,
+                backend: walker.backend,
+                quota: walker.quota,
+            })
             .collect();
         // With a prime size a walk that still needs a slot finds one within `size` rounds;
         // the bound only matters for a size that is not prime, whose walks can miss slots.
@@ -189,29 +200,38 @@ impl QuotaPlan {
             if hungry.len() <= 1 {
                 break;
             }
-            hungry.retain(|&w| {
-                let walker = &self.walkers[w];
-                let slot = position[w];
-                let next = slot + walker.step;
-                position[w] = if next >= size { next - size } else { next };
-                let owner = &mut owned[walker.backend as usize];
+            hungry.retain_mut(|walk| {
+                let slot = walk.position;
+                let next = slot + walk.step;
+                walk.position = if next >= size { next - size } else { next };
+                let owner = &mut owned[walk.backend as usize];
                 if table[slot as usize] == UNSET {
-                    table[slot as usize] = walker.backend;
+                    table[slot as usize] = walk.backend;
                     *owner += 1;
                 }
-                *owner < walker.quota
+                *owner < walk.quota
             });
         }
+        let mut hungry = hungry.iter();
+        let mut next = hungry.next();
         for slot in table.iter_mut().filter(|slot| **slot == UNSET) {
-            let Some(&w) = hungry.first() else { break };
-            let walker = &self.walkers[w];
-            *slot = walker.backend;
-            owned[walker.backend as usize] += 1;
-            if owned[walker.backend as usize] == walker.quota {
-                hungry.remove(0);
+            let Some(walk) = next else { break };
+            *slot = walk.backend;
+            owned[walk.backend as usize] += 1;
+            if owned[walk.backend as usize] == walk.quota {
+                next = hungry.next();
             }
         }
     }
+}
+
+/// A walk under way in [`QuotaPlan::fill`]: where it is, and its walker's step, backend and
+/// quota.
+struct Walk {
+    position: u32,
+    step: u32,
+    backend: u32,
+    quota: u32,
 }
 
 /// `value`⁻¹ modulo `modulus`, if they are coprime.
@@ -603,6 +623,45 @@ mod tests {
             .collect();
         assert_eq!(first, PINNED_FIRST_SLOTS, "table fill changed");
     }
+
+    /// FNV-1a over the slots of fresh tables for every family and count, and of a churn of
+    /// rebalanced tables: any change to what the fill gives shows here.
+    fn fill_fingerprint() -> u64 {
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut mix = |table: &[u32]| {
+            for slot in table {
+                hash ^= u64::from(*slot);
+                hash = hash.wrapping_mul(0x0100_0000_01b3);
+            }
+        };
+        for (_, family) in FAMILIES {
+            for n in COUNTS {
+                let list = family(n);
+                mix(&maglev_table(&list, maglev_size_for(n as u32)));
+                mix(&maglev_table(&list, 1024));
+            }
+            // Churn: one backend leaves, another comes, each table rebalanced from the last.
+            let all = family(40);
+            let mut current: Vec<SocketAddr> = all[..20].to_vec();
+            let mut owners_now = owners(&current, 1021);
+            for step in 0..20 {
+                current.remove(step % current.len());
+                current.push(all[20 + step]);
+                let table = rebalance(&owners_now, &current, 1021);
+                mix(&table);
+                owners_now = resolve(&current, table);
+            }
+        }
+        hash
+    }
+
+    #[test]
+    fn fresh_and_rebalanced_tables_are_pinned() {
+        // The fill may get faster, never different: agents must agree across releases.
+        assert_eq!(fill_fingerprint(), PINNED_FILL_FINGERPRINT);
+    }
+
+    const PINNED_FILL_FINGERPRINT: u64 = 13_732_326_147_411_575_545;
 
     const PINNED_OFFSETS: (u64, u64) = (72, 58);
     const PINNED_FIRST_SLOTS: &str = "446644664466644644464646";

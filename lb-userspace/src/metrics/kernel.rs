@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use lb_common::{ProtoCounter, Reason, ServiceCounters, SocketCounter};
+use lb_common::{FastPathCounter, ProtoCounter, Reason, ServiceCounters, SocketCounter};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
@@ -39,6 +39,8 @@ pub trait KernelStats: Send + Sync {
     fn proto_counters(&self) -> Result<[u64; ProtoCounter::COUNT as usize], DataplaneError>;
     /// SOCKET_STATS summed over all CPUs, indexed by `SocketCounter as usize`.
     fn socket_counters(&self) -> Result<[u64; SocketCounter::COUNT as usize], DataplaneError>;
+    /// FAST_PATH_STATS summed over all CPUs, indexed by `FastPathCounter as usize`.
+    fn fast_path_counters(&self) -> Result<[u64; FastPathCounter::COUNT as usize], DataplaneError>;
     /// Entries in CONNTRACK now (both directions of a flow count), at most its capacity:
     /// one batched pass over its buckets, whose work the map's size bounds however fast
     /// flows come and go.
@@ -224,6 +226,18 @@ impl Collector for KernelCollector {
                 &mut encoder,
                 "socket_operations",
                 "What socket-level balancing did with connect(), sendmsg(), recvmsg() and getpeername() calls.",
+                MetricType::Counter,
+                "outcome",
+                values,
+            )?;
+        }
+
+        if let Some(counts) = self.read("fast path counters", self.stats.fast_path_counters()) {
+            let values = FastPathCounter::ALL.map(|c| (c.name(), counts[c as usize]));
+            encode_labelled(
+                &mut encoder,
+                "fast_path_packets",
+                "Balanced packets the XDP fast path sent itself (sent_*), or left to the stack and why (stack_*).",
                 MetricType::Counter,
                 "outcome",
                 values,

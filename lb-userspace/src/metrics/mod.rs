@@ -325,7 +325,9 @@ mod tests {
     use std::sync::Mutex;
 
     use k8s_openapi::api::discovery::v1::EndpointSlice;
-    use lb_common::{ProtoCounter, Reason, ServiceCounters, SocketCounter, map_names};
+    use lb_common::{
+        FastPathCounter, ProtoCounter, Reason, ServiceCounters, SocketCounter, map_names,
+    };
     use serde_json::json;
 
     use super::*;
@@ -357,6 +359,11 @@ mod tests {
         }
         fn socket_counters(&self) -> Result<[u64; SocketCounter::COUNT as usize], DataplaneError> {
             Ok([0; SocketCounter::COUNT as usize])
+        }
+        fn fast_path_counters(
+            &self,
+        ) -> Result<[u64; FastPathCounter::COUNT as usize], DataplaneError> {
+            Ok([0; FastPathCounter::COUNT as usize])
         }
         fn conntrack_entries(&self) -> Result<u64, DataplaneError> {
             Ok(0)

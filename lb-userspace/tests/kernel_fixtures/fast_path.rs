@@ -12,6 +12,7 @@
 //! ```
 
 use super::*;
+use lb_common::FastPathCounter;
 use slicelb::dataplane::test_run::{self, RunOutput};
 use std::process::Command;
 
@@ -171,8 +172,10 @@ fn service_at(family: Family, place: Place) -> Service {
     )
 }
 
+/// A UDP packet from a client on `fa`, addressed to `fa`'s MAC.
 fn packet(family: Family) -> Spec {
     let mut spec = udp(family, 40100);
+    spec.dst_mac = FA_MAC;
     spec.src = match family {
         Family::V4 => "198.18.50.2",
         Family::V6 => "2001:2:50::2",
@@ -188,11 +191,31 @@ fn run_arriving(env: &Env, input: &[u8], arrival: u32) -> RunOutput {
         .unwrap_or_else(|e| panic!("test run: {e}"))
 }
 
-/// Whether a row's packet goes directly or to the stack.
+/// Whether a row's packet goes directly or to the stack, and why (FAST_PATH_STATS).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Leaves {
     Directly,
-    ToTheStack,
+    ToTheStack(FastPathCounter),
+}
+
+const NO_NEXT_HOP: Leaves = Leaves::ToTheStack(FastPathCounter::StackNoNextHop);
+const NOT_FOR_THIS_NODE: Leaves = Leaves::ToTheStack(FastPathCounter::StackNotForThisNode);
+
+/// FAST_PATH_STATS summed over CPUs.
+fn fast_path_counts(env: &Env) -> Vec<u64> {
+    let map = env
+        .datapath
+        .map("FAST_PATH_STATS")
+        .expect("FAST_PATH_STATS");
+    let stats: aya::maps::PerCpuArray<_, u64> =
+        aya::maps::PerCpuArray::try_from(map).expect("FAST_PATH_STATS is a per-CPU array");
+    FastPathCounter::ALL
+        .iter()
+        .map(|c| {
+            let per_cpu = stats.get(&(*c as u32), 0).expect("reading FAST_PATH_STATS");
+            per_cpu.iter().sum()
+        })
+        .collect()
 }
 
 /// One packet to a backend at `place`: with `Leaves::Directly`, the place's verdict and the
@@ -200,35 +223,80 @@ enum Leaves {
 /// after DNAT alone.
 impl FastPathLab {
     fn check(&mut self, family: Family, spec: &Spec, place: Place, leaves: Leaves) {
-        check_row(&mut self.env, self.arrival, family, spec, place, leaves);
+        self.check_framed(family, spec, place, leaves, "", |frame| frame);
+    }
+
+    /// As `check`, with `frame` applied to the packet sent and to the one expected (IP
+    /// options, a fragment); `what` names the row.
+    fn check_framed(
+        &mut self,
+        family: Family,
+        spec: &Spec,
+        place: Place,
+        leaves: Leaves,
+        what: &str,
+        frame: impl Fn(Vec<u8>) -> Vec<u8>,
+    ) {
+        self.env.reset();
+        self.env.install(&service_at(family, place));
+        check_row(
+            &self.env,
+            self.arrival,
+            (family, spec, place, leaves),
+            what,
+            &frame,
+        );
     }
 }
 
+/// One run of `spec` (through `frame`) against the installed service: the verdict, the
+/// packet and the one FAST_PATH_STATS count `leaves` says.
 fn check_row(
-    env: &mut Env,
+    env: &Env,
     arrival: u32,
-    family: Family,
-    spec: &Spec,
-    place: Place,
-    leaves: Leaves,
+    (family, spec, place, leaves): (Family, &Spec, Place, Leaves),
+    what: &str,
+    frame: &dyn Fn(Vec<u8>) -> Vec<u8>,
 ) {
-    env.reset();
-    env.install(&service_at(family, place));
-    let out = run_arriving(env, &spec.build(), arrival);
-    let case = format!("{family:?} to {place:?} (ttl {}, {leaves:?})", spec.ttl);
+    let counts_before = fast_path_counts(env);
+    let out = run_arriving(env, &frame(spec.build()), arrival);
+    let case = format!(
+        "{family:?} to {place:?} {what}(ttl {}, {leaves:?})",
+        spec.ttl
+    );
     let mut expected = spec.clone().to(place.addr(family), 8080);
-    let verdict = match leaves {
+    let (verdict, counted) = match leaves {
         Leaves::Directly => {
             let (verdict, src_mac, dst_mac) = place.directly();
             expected.ttl -= 1;
             expected.src_mac = src_mac;
             expected.dst_mac = dst_mac;
-            verdict
+            let sent = if verdict == XDP_TX {
+                FastPathCounter::Transmitted
+            } else {
+                FastPathCounter::Redirected
+            };
+            (verdict, sent)
         }
-        Leaves::ToTheStack => XDP_PASS,
+        Leaves::ToTheStack(why) => (XDP_PASS, why),
     };
     assert_eq!(out.verdict, verdict, "{case}: verdict");
-    assert_eq!(out.packet, expected.build(), "{case}: packet out");
+    assert_eq!(out.packet, frame(expected.build()), "{case}: packet out");
+    let mut counts_expected = counts_before;
+    counts_expected[counted as usize] += 1;
+    let named = |counts: Vec<u64>| -> Vec<(&str, u64)> {
+        FastPathCounter::ALL
+            .iter()
+            .map(|c| c.name())
+            .zip(counts)
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    };
+    assert_eq!(
+        named(fast_path_counts(env)),
+        named(counts_expected),
+        "{case}: FAST_PATH_STATS"
+    );
     verify_checksums(&out.packet).unwrap_or_else(|e| panic!("{case}: {e}"));
 }
 
@@ -250,21 +318,105 @@ fn the_stack_forwards_what_needs_a_router_or_cannot_leave_from_xdp() {
             // No neighbour yet (the stack resolves it), a device not allowed, the node's own
             // address.
             for place in [Place::NoNeighbour, Place::NotAllowed, Place::Local] {
-                lab.check(family, &packet(family), place, Leaves::ToTheStack);
+                lab.check(family, &packet(family), place, NO_NEXT_HOP);
             }
             // TTL (hop limit) 1: the stack sends time exceeded.
             let mut last_hop = packet(family);
             last_hop.ttl = 1;
-            lab.check(family, &last_hop, Place::Allowed, Leaves::ToTheStack);
-            // Longer than fb's MTU: the stack fragments or sends packet too big.
-            let too_big = packet(family).payload(&[0xab; FB_MTU]);
-            lab.check(family, &too_big, Place::Allowed, Leaves::ToTheStack);
-            // Exactly the MTU still goes directly.
+            let ttl = Leaves::ToTheStack(FastPathCounter::StackTtlExpiring);
+            lab.check(family, &last_hop, Place::Allowed, ttl);
+            // One byte longer than fb's MTU: the stack fragments or sends packet too big.
             let header = family.ip_header_len() + 8;
+            let too_big = packet(family).payload(&vec![0xab; FB_MTU - header + 1]);
+            let too_big_why = Leaves::ToTheStack(FastPathCounter::StackTooBig);
+            lab.check(family, &too_big, Place::Allowed, too_big_why);
+            // Exactly the MTU still goes directly.
             let fits = packet(family).payload(&vec![0xcd; FB_MTU - header]);
             lab.check(family, &fits, Place::Allowed, Leaves::Directly);
+            // A broadcast frame: the stack would not forward it, nor may the fast path.
+            let mut broadcast = packet(family);
+            broadcast.dst_mac = [0xff; 6];
+            lab.check(family, &broadcast, Place::Allowed, NOT_FOR_THIS_NODE);
+            // For another host's MAC, with the next hop on the arrival device: that host's
+            // to forward.
+            let mut other_host = packet(family);
+            other_host.dst_mac = NODE_MAC;
+            lab.check(family, &other_host, Place::Arrival, NOT_FOR_THIS_NODE);
+            // IP options or extension headers, and a fragment: a router's work.
+            let options: fn(Vec<u8>) -> Vec<u8> = match family {
+                Family::V4 => |frame| with_ipv4_options(frame, 14),
+                Family::V6 => |frame| with_ipv6_extensions(frame, 14),
+            };
+            let first_fragment: fn(Vec<u8>) -> Vec<u8> = match family {
+                Family::V4 => |frame| ipv4_fragment(&frame, 14, 0x4242, 8, true),
+                Family::V6 => |frame| ipv6_fragment(&frame, 14, 0xabcdef, 8, true),
+            };
+            let long = packet(family).payload(&[0x55; 64]);
+            for (what, frame) in [
+                ("with options ", options),
+                ("first fragment ", first_fragment),
+            ] {
+                lab.check_framed(
+                    family,
+                    &long,
+                    Place::Allowed,
+                    Leaves::ToTheStack(FastPathCounter::StackNotPlain),
+                    what,
+                    frame,
+                );
+            }
         }
     });
+}
+
+/// The packet that finds its next hop expired goes through the stack (which probes a stale
+/// neighbour; `bpf_fib_lookup` does not); the next one goes directly again.
+#[test]
+fn a_next_hop_looked_up_again_after_expiry_sends_that_packet_through_the_stack() {
+    in_lab(|lab| {
+        // Per-CPU slots: every run on one CPU.
+        let mut cpus = nix::sched::CpuSet::new();
+        cpus.set(0).expect("cpu 0");
+        nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &cpus)
+            .expect("pinning the test thread to cpu 0");
+        for family in Family::BOTH {
+            let spec = packet(family);
+            lab.check(family, &spec, Place::Allowed, Leaves::Directly);
+            expire_next_hops(&mut lab.env);
+            let refresh = Leaves::ToTheStack(FastPathCounter::StackRefresh);
+            let row = (family, &spec, Place::Allowed, refresh);
+            check_row(&lab.env, lab.arrival, row, "expired ", &|frame| frame);
+            let row = (family, &spec, Place::Allowed, Leaves::Directly);
+            check_row(&lab.env, lab.arrival, row, "looked up again ", &|frame| {
+                frame
+            });
+        }
+    });
+}
+
+/// Makes every filled NEXT_HOPS slot of every CPU expired (`expires_jiffies` 0).
+fn expire_next_hops(env: &mut Env) {
+    // NextHop (lb-ebpf/src/maps.rs) as bytes: the 16-byte address, then `expires_jiffies`.
+    type NextHop = [u8; 48];
+    let map = env.datapath.map_mut("NEXT_HOPS").expect("NEXT_HOPS");
+    let mut hops: aya::maps::PerCpuArray<_, NextHop> =
+        aya::maps::PerCpuArray::try_from(map).expect("NEXT_HOPS is a per-CPU array");
+    for index in 0..hops.len() {
+        let values = hops.get(&index, 0).expect("reading NEXT_HOPS");
+        if values.iter().all(|hop| hop[..16] == [0; 16]) {
+            continue;
+        }
+        let expired: Vec<NextHop> = values
+            .iter()
+            .map(|hop| {
+                let mut hop = *hop;
+                hop[16..24].fill(0);
+                hop
+            })
+            .collect();
+        let expired = aya::maps::PerCpuValues::try_from(expired).expect("one value per CPU");
+        hops.set(index, expired, 0).expect("writing NEXT_HOPS");
+    }
 }
 
 #[test]

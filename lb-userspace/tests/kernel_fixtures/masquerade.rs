@@ -14,16 +14,7 @@ use slicelb::dataplane::{
     masquerade::{self, PortRange, snat_addresses},
 };
 
-/// The NodePort every masquerade row's frontend listens on.
-const NODE_PORT: u16 = 30080;
-/// The endpoint's port (on another node).
-const ENDPOINT_PORT: u16 = 8080;
-/// `--masquerade-ports` of most rows: a hundred ports, so that a port outside the range or
-/// not the flow's shows.
-const PORTS: PortRange = PortRange {
-    min: 61000,
-    max: 61099,
-};
+use crate::kernel::masquerade_rows::{ENDPOINT_PORT, NODE_PORT, PORTS};
 
 impl Family {
     /// This node's address on the interface masqueraded packets leave through (and of its

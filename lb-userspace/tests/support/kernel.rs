@@ -217,6 +217,20 @@ pub fn backend_addr(b: &Backend) -> String {
 
 /// Masquerade as the agent turns it on (`Datapath::set_masquerade`), for the interface test
 /// runs see.
+/// The masquerade rows' NodePort frontend: its port, its endpoint's port (on another node),
+/// and the `--masquerade-ports` of most rows: a hundred ports, so that a port outside the
+/// range or not the flow's shows.
+pub mod masquerade_rows {
+    use super::PortRange;
+
+    pub const NODE_PORT: u16 = 30080;
+    pub const ENDPOINT_PORT: u16 = 8080;
+    pub const PORTS: PortRange = PortRange {
+        min: 61000,
+        max: 61099,
+    };
+}
+
 #[derive(Clone, Copy, Debug)]
 pub struct Masquerade {
     /// `--masquerade-ports`; None: off.
