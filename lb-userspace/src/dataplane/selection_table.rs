@@ -151,11 +151,17 @@ impl SelectionTable {
 
     /// The backend id of every slot, in slot order: what SELECTION holds.
     pub fn ids(&self) -> Vec<u32> {
-        let mut ids = Vec::with_capacity(self.len());
+        self.map_members(|id| id)
+    }
+
+    /// `each` of every slot's backend id, in slot order, calling `each` once per member.
+    pub fn map_members<T: Clone>(&self, each: impl FnMut(u32) -> T) -> Vec<T> {
+        let mapped: Vec<T> = self.0.members.iter().copied().map(each).collect();
+        let mut slots = Vec::with_capacity(self.len());
         self.0
             .slots
-            .for_each(|_, index| ids.push(self.0.members[index as usize]));
-        ids
+            .for_each(|_, index| slots.push(mapped[index as usize].clone()));
+        slots
     }
 
     /// The distinct backend ids the slots name (each at least once), in no particular order.
@@ -200,14 +206,16 @@ impl PartialEq for SelectionTable {
             return false;
         }
         // Same members in the same order: compare the indices alone.
-        if self.0.members == other.0.members {
-            let mut same = true;
-            self.0
-                .slots
-                .for_each(|slot, index| same &= other.0.slots.get(slot) == Some(index));
-            return same;
-        }
-        self.ids() == other.ids()
+        let same_members = self.0.members == other.0.members;
+        let mut same = true;
+        self.0.slots.for_each(|slot, index| {
+            same &= if same_members {
+                other.0.slots.get(slot) == Some(index)
+            } else {
+                other.get(slot) == Some(self.0.members[index as usize])
+            }
+        });
+        same
     }
 }
 
@@ -298,5 +306,17 @@ mod tests {
         assert!(a.shares(&a.clone()));
         assert!(!a.shares(&SelectionTable::from_ids(&[1, 2, 1, 2])));
         assert!(SelectionTable::from_ids(&[]).is_empty());
+    }
+
+    #[test]
+    fn map_members_maps_each_slot_through_its_member() {
+        let table = SelectionTable::from_ids(&[7, 3, 7, 7, 3]);
+        let mut calls = 0;
+        let names = table.map_members(|id| {
+            calls += 1;
+            format!("b{id}")
+        });
+        assert_eq!(names, ["b7", "b3", "b7", "b7", "b3"]);
+        assert_eq!(calls, 2, "once per member, not per slot");
     }
 }

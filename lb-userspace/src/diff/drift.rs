@@ -265,10 +265,7 @@ impl<'a> Words<'a> {
         } else {
             match self.applied.selection.get(&found.table_offset) {
                 Some(slots) if slots.len() == found.table_size as usize => slots
-                    .ids()
-                    .iter()
-                    .map(|id| self.applied.backends.get(id).and_then(backend_identity))
-                    .collect(),
+                    .map_members(|id| self.applied.backends.get(&id).and_then(backend_identity)),
                 _ => {
                     return vec![format!(
                         "selection table at {} ({} slots) is missing",

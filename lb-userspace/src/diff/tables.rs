@@ -4,7 +4,6 @@
 use std::{net::SocketAddr, sync::Arc};
 
 use lb_common::{MAGLEV_SIZES, maglev_size_for};
-use rustc_hash::FxHashMap;
 
 use super::{
     BuddyAllocator, Planner,
@@ -134,16 +133,10 @@ impl Planner {
                 // A slot whose backend is gone names no address of the new set: refilled.
                 let departed = SocketAddr::from(([0, 0, 0, 0], 0));
                 // One backend lookup per member, not per slot.
-                let member_addrs: FxHashMap<u32, SocketAddr> = previous
-                    .members()
-                    .iter()
-                    .map(|&id| {
-                        let addr = applied.backends.get(&id).and_then(backend_identity);
-                        (id, addr.unwrap_or(departed))
-                    })
-                    .collect();
-                let owners: Vec<SocketAddr> =
-                    previous.ids().iter().map(|id| member_addrs[id]).collect();
+                let owners = previous.map_members(|id| {
+                    let addr = applied.backends.get(&id).and_then(backend_identity);
+                    addr.unwrap_or(departed)
+                });
                 rebalance(&owners, &addrs, *size)
             }
             None => maglev_table(&addrs, *size),
