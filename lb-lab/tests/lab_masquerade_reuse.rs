@@ -1,18 +1,21 @@
-//! A masquerade port is not handed to a new flow while the endpoint may still hold the
-//! closed flow's tuple (node address:port → endpoint).
+//! New flows that share a tuple with a closed one, as a busy client and a small masquerade
+//! range make them, are answered at their first SYN.
 //!
-//! The endpoint here closes first, as an HTTP server closing an idle keep-alive connection
-//! does, so it keeps the old tuple for up to 60 s (FIN_WAIT_2 while the client has not
-//! closed, TIME_WAIT after). A new flow given that tuple reaches that socket: its SYN is
-//! answered with an ACK of the old connection instead of a SYN-ACK, and the client waits
-//! for SYN retransmissions (seen in lab_socket_grid as outside connects to a masqueraded
-//! endpoint left unanswered for seconds). netfilter keeps a closed tuple in its conntrack
-//! table for 120 s (`nf_conntrack_tcp_timeout_time_wait`) and never picks a used one; so
-//! must slicelb.
+//! - A masquerade port is not handed to a new flow while the endpoint may still hold the
+//!   closed flow's tuple (node address:port → endpoint). The endpoint here closes first, as
+//!   an HTTP server closing an idle keep-alive connection does, so it keeps the old tuple
+//!   for up to 60 s (FIN_WAIT_2 while the client has not closed, TIME_WAIT after). A new
+//!   flow given that tuple reaches that socket: its SYN is answered with an ACK of the old
+//!   connection instead of a SYN-ACK, which (no SYN-ACK, no RST) leaves this node
+//!   untranslated, so the client waits for SYN retransmissions that fare no better.
+//!   netfilter keeps a closed tuple in its conntrack table for 120 s
+//!   (`nf_conntrack_tcp_timeout_time_wait`) and never picks a used one; so does slicelb
+//!   (`--masquerade-tcp-time-wait`).
+//! - A client port reused for another frontend of the same endpoint: the SYN-ACK leaves
+//!   from the frontend the client asked.
 //!
-//! The cluster: node-a runs my-app-1, node-b runs my-app-2, the Service's only endpoint,
-//! which a server of this test serves (closing first); node-a masquerades with a port range
-//! of twice [`STALE_FLOWS`] ports.
+//! The cluster: node-a runs my-app-1, node-b runs my-app-2, the Services' only endpoint;
+//! node-a masquerades.
 
 use std::{
     collections::BTreeSet,
@@ -25,7 +28,7 @@ use std::{
 use slicelb_lab::lab::{
     cluster::{
         ClusterSpec,
-        manifests::{ClusterEndpoint, ClusterService, Conditions, write_services},
+        manifests::{ClusterEndpoint, ClusterService, Conditions, MY_APP_SERVICE, write_services},
         serving::ServingCluster,
     },
     probe::{Probe, ProbeProtocol},
@@ -47,6 +50,18 @@ const CLOSING_SERVICE: ClusterService = ClusterService {
     health_check_node_port: None,
 };
 const CLOSING_PORT: u16 = 8081;
+/// my-app's twin: another Service, so other frontends, with the same endpoint (the lab's
+/// pod server, which closes after the client).
+const MY_APP_TWIN: ClusterService = ClusterService {
+    name: "my-app-twin",
+    cluster_ipv4: Ipv4Addr::new(198, 18, 100, 82),
+    cluster_ipv6: Ipv6Addr::new(0x2001, 2, 0, 0x100, 0, 0, 0, 0x82),
+    node_port: Some(30082),
+    ..MY_APP_SERVICE
+};
+/// The client's source port for both flows of the twin test (in the ephemeral range, as
+/// the kernel would pick it).
+const REUSED_CLIENT_PORT: u16 = 45000;
 const ENDPOINT_POD: &str = "my-app-2";
 /// Closed flows whose tuples the endpoint still holds; the range has as many free ports.
 const STALE_FLOWS: usize = 5;
@@ -86,14 +101,40 @@ fn start_closing_server(lab: &ServingCluster) {
     });
 }
 
-/// A connection from outside to `target`, asked once: the stream and the client address
-/// the endpoint saw. Panics when it is not answered within [`ANSWER_TIMEOUT`].
-fn ask_from_outside(lab: &ServingCluster, target: SocketAddr) -> (TcpStream, SocketAddr) {
-    let outside = &lab.cluster.outside().netns;
-    let stream = outside
-        .enter(|| TcpStream::connect_timeout(&target, ANSWER_TIMEOUT))
+/// A connection from outside to `target` from `source_port` (0: the kernel picks one),
+/// asked once: the stream and the client address the endpoint saw. Panics when it is not
+/// answered within [`ANSWER_TIMEOUT`].
+fn ask_from_outside(
+    lab: &ServingCluster,
+    target: SocketAddr,
+    source_port: u16,
+) -> (TcpStream, SocketAddr) {
+    use nix::sys::{socket, time::TimeVal};
+    let SocketAddr::V4(target_v4) = target else {
+        panic!("an IPv4 target: {target}")
+    };
+    let outside = lab.cluster.outside();
+    let connected = outside.netns.enter(|| -> nix::Result<TcpStream> {
+        let fd = socket::socket(
+            socket::AddressFamily::Inet,
+            socket::SockType::Stream,
+            socket::SockFlag::SOCK_CLOEXEC,
+            None,
+        )?;
+        // A port whose earlier connection is in TIME_WAIT may be bound again (for another
+        // destination), as the kernel's own choice of a port may do.
+        socket::setsockopt(&fd, socket::sockopt::ReuseAddr, &true)?;
+        // connect() gives up after the send timeout.
+        let timeout = TimeVal::new(ANSWER_TIMEOUT.as_secs() as _, 0);
+        socket::setsockopt(&fd, socket::sockopt::SendTimeout, &timeout)?;
+        let source = std::net::SocketAddrV4::new(outside.addr_v4, source_port);
+        socket::bind(fd.as_raw_fd(), &socket::SockaddrIn::from(source))?;
+        socket::connect(fd.as_raw_fd(), &socket::SockaddrIn::from(target_v4))?;
+        Ok(TcpStream::from(fd))
+    });
+    let stream = connected
         .expect("enter the outside namespace")
-        .unwrap_or_else(|e| panic!("connect from outside to {target}: {e}"));
+        .unwrap_or_else(|e| panic!("connect from outside to {target} (port {source_port}): {e}"));
     stream
         .set_read_timeout(Some(ANSWER_TIMEOUT))
         .expect("read timeout");
@@ -106,7 +147,7 @@ fn ask_from_outside(lab: &ServingCluster, target: SocketAddr) -> (TcpStream, Soc
         .trim_end()
         .split_once(' ')
         .unwrap_or_else(|| panic!("an answer `<pod> <client>`: {line:?}"));
-    assert_eq!(served_by, ENDPOINT_POD);
+    assert_eq!(served_by, ENDPOINT_POD, "the only endpoint answers");
     let seen = seen.parse().expect("the client address the endpoint saw");
     (stream, seen)
 }
@@ -180,7 +221,7 @@ fn a_closed_flows_masquerade_port_is_not_reused_while_the_endpoint_holds_its_tup
     let mut stale = Vec::new();
     let mut stale_ports = BTreeSet::new();
     for _ in 0..STALE_FLOWS {
-        let (stream, seen) = ask_from_outside(&lab, target);
+        let (stream, seen) = ask_from_outside(&lab, target, 0);
         assert_eq!(seen.ip(), node_a, "masqueraded as node-a");
         let mut rest = Vec::new();
         (&stream)
@@ -202,7 +243,7 @@ fn a_closed_flows_masquerade_port_is_not_reused_while_the_endpoint_holds_its_tup
     // answered by its first SYN.
     let mut fresh = Vec::new();
     for attempt in 0..STALE_FLOWS {
-        let (stream, seen) = ask_from_outside(&lab, target);
+        let (stream, seen) = ask_from_outside(&lab, target, 0);
         assert!(
             !stale_ports.contains(&seen.port()),
             "new flow {attempt} got {seen}, a tuple the endpoint still holds (stale ports \
@@ -216,4 +257,51 @@ fn a_closed_flows_masquerade_port_is_not_reused_while_the_endpoint_holds_its_tup
         fresh.push(stream);
     }
     assert_eq!(lab.reason("node-a", "drop_masquerade_ports_exhausted"), 0);
+}
+
+/// An outside client's port, used for one frontend and then (its TIME_WAIT being for that
+/// frontend only) for another frontend with the same endpoint: the second connection's
+/// reply tuple (endpoint → client) is the first one's, whose conntrack entry is still there
+/// (reply entries are only evicted); its SYN-ACK must leave from the frontend the client
+/// now asked, not the first one. Linux picks a connect()'s port per destination, so
+/// a client calling several frontends of a Service reuses ports across them now and then
+/// (lab_socket_grid: the client outside calls load-balancer, external and node addresses).
+#[test]
+fn a_client_port_reused_for_another_frontend_of_the_same_endpoint_is_answered() {
+    require_root("lab_masquerade_reuse");
+    let spec = ClusterSpec::new(&[("node-a", &["my-app-1"]), ("node-b", &[ENDPOINT_POD])]);
+    let mut lab = ServingCluster::new("masq_twin", &spec, &[]);
+    let endpoint = ClusterEndpoint::new(lab.cluster.pod(ENDPOINT_POD), Conditions::READY);
+    write_services(
+        lab.manifests.path(),
+        &[MY_APP_SERVICE, MY_APP_TWIN],
+        &[endpoint],
+    )
+    .expect("write manifests");
+    for node in ["node-a", "node-b"] {
+        lab.start_agent(node);
+    }
+    wait_until("node-a's first sync", PATIENCE, || {
+        let probe = Probe::tcp(MY_APP_TWIN.addr_v4()).timeout(Duration::from_secs(1));
+        lab.run(lab.command("my-app-1"), &probe)[0]
+            .answer()
+            .is_some()
+    });
+    let node_a: IpAddr = lab.cluster.node("node-a").addr_v4.into();
+    let mut ports = BTreeSet::new();
+    for service in [MY_APP_SERVICE, MY_APP_TWIN] {
+        let target = SocketAddr::new(node_a, service.node_port.expect("a NodePort"));
+        let (stream, seen) = ask_from_outside(&lab, target, REUSED_CLIENT_PORT);
+        assert_eq!(seen.ip(), node_a, "{target}: masqueraded as node-a");
+        // A new connection on a closed flow's client tuple gets a port of its own: the
+        // endpoint may still hold the old tuple.
+        assert!(ports.insert(seen.port()), "{target}: {seen} again");
+        assert_eq!(
+            total_retransmissions(&stream),
+            0,
+            "{target} ({seen}) needed a retransmission"
+        );
+        // Closed by the client first, as the lab's probe does.
+        drop(stream);
+    }
 }
