@@ -191,29 +191,42 @@ fn endpoint_closing_peers(lab: &ServingCluster) -> BTreeSet<SocketAddr> {
         .collect()
 }
 
-#[test]
-fn a_closed_flows_masquerade_port_is_not_reused_while_the_endpoint_holds_its_tuple() {
-    require_root("lab_masquerade_reuse");
+/// The two-node cluster with `services` (my-app-2 their only endpoint), `prepare` run
+/// before the agents start (with `agent_args`), and node-a synced; node-a's IPv4 address.
+fn two_node_lab(
+    test: &str,
+    agent_args: &[&str],
+    services: &[ClusterService],
+    prepare: impl FnOnce(&ServingCluster),
+) -> (ServingCluster, IpAddr) {
+    require_root(test);
     let spec = ClusterSpec::new(&[("node-a", &["my-app-1"]), ("node-b", &[ENDPOINT_POD])]);
-    let mut lab = ServingCluster::new(
-        "masq_reuse",
-        &spec,
-        &["--masquerade-ports", MASQUERADE_PORTS],
-    );
-    start_closing_server(&lab);
+    let mut lab = ServingCluster::new(test, &spec, agent_args);
+    prepare(&lab);
     let endpoint = ClusterEndpoint::new(lab.cluster.pod(ENDPOINT_POD), Conditions::READY);
-    write_services(lab.manifests.path(), &[CLOSING_SERVICE], &[endpoint]).expect("write manifests");
+    write_services(lab.manifests.path(), services, &[endpoint]).expect("write manifests");
     for node in ["node-a", "node-b"] {
         lab.start_agent(node);
     }
-    // my-app-1 reaches the ClusterIP (socket level, nothing masqueraded): node-a synced.
+    // my-app-1 reaches a ClusterIP (socket level, nothing masqueraded): node-a synced.
     wait_until("node-a's first sync", PATIENCE, || {
-        let probe = Probe::tcp(CLOSING_SERVICE.addr_v4()).timeout(Duration::from_secs(1));
+        let probe = Probe::tcp(services[0].addr_v4()).timeout(Duration::from_secs(1));
         lab.run(lab.command("my-app-1"), &probe)[0]
             .answer()
             .is_some()
     });
-    let node_a: IpAddr = lab.cluster.node("node-a").addr_v4.into();
+    let node_a = lab.cluster.node("node-a").addr_v4.into();
+    (lab, node_a)
+}
+
+#[test]
+fn a_closed_flows_masquerade_port_is_not_reused_while_the_endpoint_holds_its_tuple() {
+    let (lab, node_a) = two_node_lab(
+        "masq_reuse",
+        &["--masquerade-ports", MASQUERADE_PORTS],
+        &[CLOSING_SERVICE],
+        start_closing_server,
+    );
     let target = SocketAddr::new(node_a, CLOSING_SERVICE.node_port.expect("a NodePort"));
 
     // Closed by the endpoint; the client keeps its end open (CLOSE_WAIT), so the endpoint
@@ -268,26 +281,7 @@ fn a_closed_flows_masquerade_port_is_not_reused_while_the_endpoint_holds_its_tup
 /// (lab_socket_grid: the client outside calls load-balancer, external and node addresses).
 #[test]
 fn a_client_port_reused_for_another_frontend_of_the_same_endpoint_is_answered() {
-    require_root("lab_masquerade_reuse");
-    let spec = ClusterSpec::new(&[("node-a", &["my-app-1"]), ("node-b", &[ENDPOINT_POD])]);
-    let mut lab = ServingCluster::new("masq_twin", &spec, &[]);
-    let endpoint = ClusterEndpoint::new(lab.cluster.pod(ENDPOINT_POD), Conditions::READY);
-    write_services(
-        lab.manifests.path(),
-        &[MY_APP_SERVICE, MY_APP_TWIN],
-        &[endpoint],
-    )
-    .expect("write manifests");
-    for node in ["node-a", "node-b"] {
-        lab.start_agent(node);
-    }
-    wait_until("node-a's first sync", PATIENCE, || {
-        let probe = Probe::tcp(MY_APP_TWIN.addr_v4()).timeout(Duration::from_secs(1));
-        lab.run(lab.command("my-app-1"), &probe)[0]
-            .answer()
-            .is_some()
-    });
-    let node_a: IpAddr = lab.cluster.node("node-a").addr_v4.into();
+    let (lab, node_a) = two_node_lab("masq_twin", &[], &[MY_APP_SERVICE, MY_APP_TWIN], |_| {});
     let mut ports = BTreeSet::new();
     for service in [MY_APP_SERVICE, MY_APP_TWIN] {
         let target = SocketAddr::new(node_a, service.node_port.expect("a NodePort"));
