@@ -27,13 +27,16 @@
 //! - SNAT is a plain hash: a full table refuses new flows (`drop_masquerade_table_full`).
 //!   The agent deletes expired entries (both directions of a flow together).
 
-use aya_ebpf::{bindings::BPF_NOEXIST, helpers::generated::bpf_get_prandom_u32};
-use lb_common::{FlowKey, PROTO_SCTP, PROTO_TCP, Reason, SnatValue, snat_direction};
+use aya_ebpf::{
+    bindings::{BPF_EXIST, BPF_NOEXIST},
+    helpers::generated::bpf_get_prandom_u32,
+};
+use lb_common::{FlowKey, PROTO_SCTP, PROTO_TCP, Reason, SnatValue, snat_direction, tcp_seen};
 
 use crate::{
     ctx::PacketCtx,
-    lookup::{REFRESH_NS, flow_key, now_ns, tcp_seen_bits},
-    maps::{CONFIG, SNAT, SNAT_ADDRESSES},
+    lookup::{REFRESH_NS, flow_key, is_syn, now_ns, tcp_seen_bits},
+    maps::{CONFIG, Lookup as _, SNAT, SNAT_ADDRESSES},
     nat::{Side, rewrite},
     parse::Parsed,
     verdict::Verdict,
@@ -100,8 +103,10 @@ pub fn unmasquerade_reply<C: PacketCtx>(ctx: &C, p: &Parsed) -> Option<Verdict> 
 
 /// Forward path, new flow to `backend_addr:backend_port` that [`lb_common::masquerades`]:
 /// records it as to be masqueraded (a pending OUT entry) unless its translated tuple
-/// already is (a retransmitted SYN, a flow whose conntrack entry was lost). Fails only
-/// when the SNAT table is full.
+/// already is (a retransmitted SYN, a flow whose conntrack entry was lost). A SYN on the
+/// client tuple of a flow that closed (FIN or RST) opens a new connection: it gets a new
+/// port, as the endpoint may still hold the old one's tuple (TIME_WAIT); the old IN entry
+/// expires on its own. Fails only when the SNAT table is full.
 #[inline(always)]
 pub fn mark_new_flow(p: &Parsed, backend_addr: &[u8; 16], backend_port: u16) -> Result<(), Reason> {
     let mut key = flow_key(p);
@@ -117,9 +122,23 @@ pub fn mark_new_flow(p: &Parsed, backend_addr: &[u8; 16], backend_port: u16) -> 
     };
     match SNAT.insert(&key, &pending, BPF_NOEXIST as u64) {
         Ok(()) => Ok(()),
+        Err(EEXIST) if is_syn(p) && closed(&key) => {
+            // Replaced in place (BPF_EXIST): the table's size does not change.
+            let _ = SNAT.insert(&key, &pending, BPF_EXIST as u64);
+            Ok(())
+        }
         Err(EEXIST) => Ok(()),
         Err(_) => Err(Reason::DropMasqueradeTableFull),
     }
+}
+
+/// Whether the OUT entry `key` belongs to a flow whose client sent FIN or RST.
+#[inline(always)]
+fn closed(key: &FlowKey) -> bool {
+    SNAT.value(key).is_some_and(|entry| {
+        entry.direction == snat_direction::OUT
+            && entry.tcp_flags_seen & (tcp_seen::FIN | tcp_seen::RST) != 0
+    })
 }
 
 /// TC egress, a packet that is no reply of a balanced flow: when it belongs to a

@@ -4,9 +4,16 @@
 //! that a full table refuses new flows instead of evicting live ones, and the agent deletes
 //! what has expired.
 
-use std::{collections::HashMap, net::IpAddr, os::fd::BorrowedFd};
+use std::{collections::HashMap, net::IpAddr, os::fd::BorrowedFd, time::Duration};
 
-use lb_common::{Config, FlowKey, SnatAddresses, SnatValue, snat_direction};
+use lb_common::{Config, FlowKey, PROTO_TCP, SnatAddresses, SnatValue, snat_direction, tcp_seen};
+
+/// `--masquerade-tcp-time-wait` default: how long a masqueraded TCP flow closed by FIN keeps
+/// its port, as netfilter keeps a closed tuple (`nf_conntrack_tcp_timeout_time_wait`). The
+/// endpoint may hold the tuple (node address and port → endpoint) for 60 s after it closed
+/// (TIME_WAIT, or FIN_WAIT_2 while the client has not closed); a new flow given that tuple
+/// sooner has its SYN answered with an ACK of the old connection, not a SYN-ACK.
+pub const DEFAULT_TCP_TIME_WAIT: Duration = Duration::from_secs(120);
 
 use super::batch;
 
@@ -73,14 +80,32 @@ impl Expired {
     }
 }
 
+/// How long a masqueraded flow of `proto` keeps its entries without packets: the
+/// datapath's timeout for its protocol and TCP state, and for a TCP flow that saw a FIN
+/// (and no RST, which leaves the endpoint nothing to hold) at least `tcp_time_wait_ns`.
+pub fn flow_timeout_ns(config: &Config, tcp_time_wait_ns: u64, proto: u8, seen: u8) -> u64 {
+    let timeout = config.flow_timeout_ns(proto, seen);
+    if proto == PROTO_TCP && seen & (tcp_seen::FIN | tcp_seen::RST) == tcp_seen::FIN {
+        timeout.max(tcp_time_wait_ns)
+    } else {
+        timeout
+    }
+}
+
 /// Which entries of SNAT have expired at `now_ns`: a flow's two entries expire together,
-/// when neither direction carried a packet for its protocol's (and TCP state's) timeout,
-/// as a conntrack entry would. An IN entry no OUT entry leads to (a port two CPUs took for
-/// one flow at once, or the rest of a flow half deleted by a crash) expires on its own.
-pub fn expired(entries: &[(FlowKey, SnatValue)], config: &Config, now_ns: u64) -> Expired {
+/// when neither direction carried a packet for its [`flow_timeout_ns`], as a conntrack
+/// entry would. An IN entry no OUT entry leads to (a port two CPUs took for one flow at
+/// once, or the rest of a flow half deleted by a crash) expires on its own.
+pub fn expired(
+    entries: &[(FlowKey, SnatValue)],
+    config: &Config,
+    tcp_time_wait_ns: u64,
+    now_ns: u64,
+) -> Expired {
     let by_key: HashMap<FlowKey, SnatValue> = entries.iter().copied().collect();
     let idle_for = |last_seen_ns: u64, proto: u8, seen: u8| {
-        now_ns.saturating_sub(last_seen_ns) >= config.flow_timeout_ns(proto, seen)
+        now_ns.saturating_sub(last_seen_ns)
+            >= flow_timeout_ns(config, tcp_time_wait_ns, proto, seen)
     };
     let mut expired = Expired::default();
     let mut partnered = std::collections::HashSet::new();
@@ -118,9 +143,14 @@ pub fn expired(entries: &[(FlowKey, SnatValue)], config: &Config, now_ns: u64) -
 
 /// Deletes the expired entries of the SNAT map `fd` (one walk, then one batch delete per
 /// direction, outbound first). Returns what it deleted.
-pub fn expire(fd: BorrowedFd<'_>, config: &Config, now_ns: u64) -> std::io::Result<Expired> {
+pub fn expire(
+    fd: BorrowedFd<'_>,
+    config: &Config,
+    tcp_time_wait_ns: u64,
+    now_ns: u64,
+) -> std::io::Result<Expired> {
     let entries = batch::entries::<FlowKey, SnatValue>(fd)?;
-    let doomed = expired(&entries, config, now_ns);
+    let doomed = expired(&entries, config, tcp_time_wait_ns, now_ns);
     batch::delete_entries(fd, &doomed.outbound)?;
     batch::delete_entries(fd, &doomed.inbound)?;
     Ok(doomed)
@@ -129,9 +159,10 @@ pub fn expire(fd: BorrowedFd<'_>, config: &Config, now_ns: u64) -> std::io::Resu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lb_common::{FAMILY_IPV4, PROTO_TCP, PROTO_UDP, tcp_seen};
+    use lb_common::{FAMILY_IPV4, PROTO_UDP};
 
     const SECOND: u64 = 1_000_000_000;
+    const TIME_WAIT: u64 = 120 * SECOND;
 
     fn v4(last: u8) -> [u8; 16] {
         let mut addr = [0; 16];
@@ -179,9 +210,12 @@ mod tests {
         let now = 1000 * SECOND;
         // Replies kept coming: the flow lives although nothing left for a while.
         let entries = flow(PROTO_UDP, now - udp - SECOND, now - SECOND, 0);
-        assert_eq!(expired(&entries, &config, now), Expired::default());
+        assert_eq!(
+            expired(&entries, &config, TIME_WAIT, now),
+            Expired::default()
+        );
         let entries = flow(PROTO_UDP, now - udp, now - udp - 5 * SECOND, 0);
-        let doomed = expired(&entries, &config, now);
+        let doomed = expired(&entries, &config, TIME_WAIT, now);
         assert_eq!(doomed.outbound, vec![entries[0].0]);
         assert_eq!(doomed.inbound, vec![entries[1].0]);
         assert_eq!(doomed.flows(), 1);
@@ -193,11 +227,40 @@ mod tests {
         let now = 100_000 * SECOND;
         let idle = 20 * SECOND;
         let established = flow(PROTO_TCP, now - idle, now - idle, tcp_seen::ESTABLISHED);
-        assert!(expired(&established, &config, now).outbound.is_empty());
-        // The endpoint closed: FIN seen on the IN entry only still makes the flow transient.
-        let mut closing = established.clone();
+        assert!(
+            expired(&established, &config, TIME_WAIT, now)
+                .outbound
+                .is_empty()
+        );
+        // A reset flow: transient, whichever direction saw the RST.
+        let mut reset = established.clone();
+        reset[1].1.tcp_flags_seen |= tcp_seen::RST | tcp_seen::FIN;
+        assert_eq!(expired(&reset, &config, TIME_WAIT, now).flows(), 1);
+    }
+
+    #[test]
+    fn a_flow_closed_by_fin_keeps_its_port_for_the_time_wait() {
+        let config = Config::default();
+        let now = 100_000 * SECOND;
+        // The endpoint closed (FIN on the IN entry only): it may hold the tuple for 60 s, so
+        // the port stays taken well past the transient timeout.
+        let mut closing = flow(PROTO_TCP, 0, 0, tcp_seen::ESTABLISHED);
         closing[1].1.tcp_flags_seen |= tcp_seen::FIN;
-        assert_eq!(expired(&closing, &config, now).flows(), 1);
+        let idle = |entries: &mut Vec<(FlowKey, SnatValue)>, for_ns: u64| {
+            for (_, value) in entries.iter_mut() {
+                value.last_seen_ns = now - for_ns;
+            }
+        };
+        idle(&mut closing, config.tcp_transient_timeout_ns + 50 * SECOND);
+        assert_eq!(
+            expired(&closing, &config, TIME_WAIT, now),
+            Expired::default()
+        );
+        idle(&mut closing, TIME_WAIT);
+        assert_eq!(expired(&closing, &config, TIME_WAIT, now).flows(), 1);
+        // A time-wait shorter than the transient timeout shortens nothing.
+        idle(&mut closing, config.tcp_transient_timeout_ns - SECOND);
+        assert_eq!(expired(&closing, &config, SECOND, now), Expired::default());
     }
 
     #[test]
@@ -208,14 +271,17 @@ mod tests {
         // Pending: no port yet, so no IN entry of its own; the IN entry is an orphan.
         entries[0].1.port = 0;
         entries[1].1.last_seen_ns = now - SECOND;
-        let doomed = expired(&entries, &config, now);
+        let doomed = expired(&entries, &config, TIME_WAIT, now);
         assert_eq!(doomed.outbound, vec![entries[0].0]);
         assert!(
             doomed.inbound.is_empty(),
             "the orphan was used a second ago"
         );
         entries[1].1.last_seen_ns = now - config.udp_timeout_ns;
-        assert_eq!(expired(&entries, &config, now).inbound, vec![entries[1].0]);
+        assert_eq!(
+            expired(&entries, &config, TIME_WAIT, now).inbound,
+            vec![entries[1].0]
+        );
     }
 
     #[test]
