@@ -712,7 +712,10 @@ pub struct SnatValue {
     pub direction: u8,
     /// `tcp_seen` bits of the packets in this entry's direction.
     pub tcp_flags_seen: u8,
-    pub _pad: [u8; 4],
+    /// When this direction first sent a FIN: `bpf_ktime_get_ns() >> 10` (about µs),
+    /// truncated to 32 bits; 0: no FIN yet. Only compared with the other direction's, to
+    /// tell which side closed first (it keeps the tuple in TIME_WAIT).
+    pub fin_at_us: u32,
 }
 
 /// Value of SNAT_ADDRESSES (key: interface index): the source addresses of masqueraded

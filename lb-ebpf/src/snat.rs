@@ -28,15 +28,15 @@
 //!   The agent deletes expired entries (both directions of a flow together).
 
 use aya_ebpf::{
-    bindings::{BPF_EXIST, BPF_NOEXIST},
-    helpers::generated::bpf_get_prandom_u32,
+    bindings::BPF_NOEXIST,
+    helpers::generated::{bpf_get_prandom_u32, bpf_ktime_get_ns},
 };
 use lb_common::{FlowKey, PROTO_SCTP, PROTO_TCP, Reason, SnatValue, snat_direction, tcp_seen};
 
 use crate::{
     ctx::PacketCtx,
     lookup::{REFRESH_NS, flow_key, is_syn, now_ns, tcp_seen_bits},
-    maps::{CONFIG, Lookup as _, SNAT, SNAT_ADDRESSES},
+    maps::{CONFIG, SNAT, SNAT_ADDRESSES},
     nat::{Side, rewrite},
     parse::Parsed,
     verdict::Verdict,
@@ -67,7 +67,8 @@ pub fn may_be_reply(p: &Parsed) -> bool {
     port >= config.masquerade_port_min && port <= config.masquerade_port_max
 }
 
-/// Refreshes an entry's time (at most once a second) and TCP bits (when they change).
+/// Refreshes an entry's time (at most once a second) and TCP bits (when they change), and
+/// stamps its direction's first FIN.
 #[inline(always)]
 fn refresh(entry: &mut SnatValue, p: &Parsed) {
     let now = now_ns();
@@ -76,10 +77,23 @@ fn refresh(entry: &mut SnatValue, p: &Parsed) {
     } else {
         entry.tcp_flags_seen
     };
+    if seen & !entry.tcp_flags_seen & tcp_seen::FIN != 0 {
+        entry.fin_at_us = fin_stamp();
+    }
     if now.saturating_sub(entry.last_seen_ns) >= REFRESH_NS || seen != entry.tcp_flags_seen {
         entry.last_seen_ns = now;
         entry.tcp_flags_seen = seen;
     }
+}
+
+/// `SnatValue::fin_at_us` now: the fine clock (the coarse one ticks every few ms, and the two
+/// FINs of a close are often closer), read on a flow's first FIN per direction only.
+#[inline(always)]
+fn fin_stamp() -> u32 {
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // Never 0, which means "no FIN yet".
+    ((now >> 10) as u32).max(1)
 }
 
 /// Forward path, before anything else: a reply to a masqueraded flow gets the client back
@@ -112,19 +126,10 @@ pub fn mark_new_flow(p: &Parsed, backend_addr: &[u8; 16], backend_port: u16) -> 
     let mut key = flow_key(p);
     key.dst_addr = *backend_addr;
     key.dst_port = backend_port;
-    let pending = SnatValue {
-        addr: [0; 16],
-        last_seen_ns: now_ns(),
-        port: 0,
-        direction: snat_direction::OUT,
-        tcp_flags_seen: 0,
-        _pad: [0; 4],
-    };
-    match SNAT.insert(&key, &pending, BPF_NOEXIST as u64) {
+    match SNAT.insert(&key, &pending(), BPF_NOEXIST as u64) {
         Ok(()) => Ok(()),
-        Err(EEXIST) if is_syn(p) && closed(&key) => {
-            // Replaced in place (BPF_EXIST): the table's size does not change.
-            let _ = SNAT.insert(&key, &pending, BPF_EXIST as u64);
+        Err(EEXIST) if is_syn(p) => {
+            reopen_if_closed(&key);
             Ok(())
         }
         Err(EEXIST) => Ok(()),
@@ -132,13 +137,40 @@ pub fn mark_new_flow(p: &Parsed, backend_addr: &[u8; 16], backend_port: u16) -> 
     }
 }
 
-/// Whether the OUT entry `key` belongs to a flow whose client sent FIN or RST.
+/// An OUT entry whose port the first packet leaving allocates.
 #[inline(always)]
-fn closed(key: &FlowKey) -> bool {
-    SNAT.value(key).is_some_and(|entry| {
-        entry.direction == snat_direction::OUT
-            && entry.tcp_flags_seen & (tcp_seen::FIN | tcp_seen::RST) != 0
-    })
+fn pending() -> SnatValue {
+    SnatValue {
+        addr: [0; 16],
+        last_seen_ns: now_ns(),
+        port: 0,
+        direction: snat_direction::OUT,
+        tcp_flags_seen: 0,
+        fin_at_us: 0,
+    }
+}
+
+/// A SYN on the client tuple `key` of an OUT entry whose client sent FIN or RST: the entry
+/// becomes pending again, written in place.
+// A separate BPF function, with no copy on its stack: `balance`'s frame is at the edge of
+// the 512-byte limit. Only a SYN on a known tuple calls it.
+#[inline(never)]
+fn reopen_if_closed(key: &FlowKey) {
+    let Some(entry) = SNAT.get_ptr_mut(key) else {
+        return;
+    };
+    // SAFETY: a map value pointer, valid until the program returns (see `maps::Lookup`);
+    // a packet of the same flow on another CPU may refresh it meanwhile, as before.
+    let entry = unsafe { &mut *entry };
+    if entry.direction == snat_direction::OUT
+        && entry.tcp_flags_seen & (tcp_seen::FIN | tcp_seen::RST) != 0
+    {
+        entry.addr = [0; 16];
+        entry.port = 0;
+        entry.tcp_flags_seen = 0;
+        entry.fin_at_us = 0;
+        entry.last_seen_ns = now_ns();
+    }
 }
 
 /// TC egress, a packet that is no reply of a balanced flow: when it belongs to a
@@ -218,7 +250,7 @@ fn allocate(
         port: out_key.src_port,
         direction: snat_direction::IN,
         tcp_flags_seen: 0,
-        _pad: [0; 4],
+        fin_at_us: 0,
     };
     if p.proto == PROTO_SCTP {
         return match SNAT.insert(&in_key, &back_to_client, BPF_NOEXIST as u64) {

@@ -245,11 +245,12 @@ pub struct AgentArgs {
     /// (`net.ipv4.ip_local_port_range`, 32768-60999 by default) and its NodePorts.
     #[arg(long, value_name = "MIN-MAX|off", default_value = DEFAULT_MASQUERADE_PORTS, value_parser = parse_port_range, env = "SLICELB_MASQUERADE_PORTS")]
     pub masquerade_ports: ::std::option::Option<PortRange>,
-    /// Seconds a masqueraded TCP connection closed by FIN keeps its port (netfilter's
-    /// `nf_conntrack_tcp_timeout_time_wait`): the endpoint may hold the old connection for
-    /// 60 s after it closed, and a new connection given the same port meanwhile is answered
-    /// with the old connection's ACK instead of a SYN-ACK. Ports of the range per endpoint
-    /// divided by this is the sustained rate of new masqueraded connections to one endpoint.
+    /// Seconds a masqueraded TCP connection the endpoint closed first keeps its port
+    /// (netfilter's `nf_conntrack_tcp_timeout_time_wait`): the endpoint holds the old
+    /// connection for 60 s after it closed, and a new connection given the same port
+    /// meanwhile is answered with the old connection's ACK instead of a SYN-ACK. Ports of
+    /// the range per endpoint divided by this is the sustained rate of new masqueraded
+    /// connections to one endpoint that the endpoint closes.
     #[arg(
         long,
         value_name = "SECONDS",

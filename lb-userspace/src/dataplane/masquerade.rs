@@ -80,12 +80,55 @@ impl Expired {
     }
 }
 
+/// How a masqueraded flow ended, as far as the endpoint's hold on its tuple goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Close {
+    /// Open, reset, or closed by the client first: the endpoint keeps nothing once closed
+    /// (the side that closes first keeps TIME_WAIT).
+    EndpointHoldsNothing,
+    /// The endpoint sent its FIN first (or with the client's), and no RST came: it may keep
+    /// the tuple for its TIME_WAIT (60 s on Linux).
+    EndpointClosedFirst,
+}
+
+impl Close {
+    /// From the two directions' entries (the IN entry: the endpoint's packets).
+    pub fn of(out: &SnatValue, inbound: &SnatValue) -> Self {
+        let seen = out.tcp_flags_seen | inbound.tcp_flags_seen;
+        let endpoint_fin = inbound.tcp_flags_seen & tcp_seen::FIN != 0;
+        // Wrapping: the stamps are 32-bit microseconds, two FINs of one close are near.
+        let endpoint_first = out.tcp_flags_seen & tcp_seen::FIN == 0
+            || inbound.fin_at_us.wrapping_sub(out.fin_at_us) as i32 <= 0;
+        if seen & tcp_seen::RST == 0 && endpoint_fin && endpoint_first {
+            Close::EndpointClosedFirst
+        } else {
+            Close::EndpointHoldsNothing
+        }
+    }
+
+    /// An IN entry without its OUT entry: the endpoint's FIN alone decides.
+    fn of_inbound(inbound: &SnatValue) -> Self {
+        if inbound.tcp_flags_seen & (tcp_seen::FIN | tcp_seen::RST) == tcp_seen::FIN {
+            Close::EndpointClosedFirst
+        } else {
+            Close::EndpointHoldsNothing
+        }
+    }
+}
+
 /// How long a masqueraded flow of `proto` keeps its entries without packets: the
-/// datapath's timeout for its protocol and TCP state, and for a TCP flow that saw a FIN
-/// (and no RST, which leaves the endpoint nothing to hold) at least `tcp_time_wait_ns`.
-pub fn flow_timeout_ns(config: &Config, tcp_time_wait_ns: u64, proto: u8, seen: u8) -> u64 {
+/// datapath's timeout for its protocol and TCP state, and for a TCP flow the endpoint closed
+/// first at least `tcp_time_wait_ns` (its port stays taken while the endpoint may hold the
+/// tuple).
+pub fn flow_timeout_ns(
+    config: &Config,
+    tcp_time_wait_ns: u64,
+    proto: u8,
+    seen: u8,
+    close: Close,
+) -> u64 {
     let timeout = config.flow_timeout_ns(proto, seen);
-    if proto == PROTO_TCP && seen & (tcp_seen::FIN | tcp_seen::RST) == tcp_seen::FIN {
+    if proto == PROTO_TCP && close == Close::EndpointClosedFirst {
         timeout.max(tcp_time_wait_ns)
     } else {
         timeout
@@ -103,9 +146,9 @@ pub fn expired(
     now_ns: u64,
 ) -> Expired {
     let by_key: HashMap<FlowKey, SnatValue> = entries.iter().copied().collect();
-    let idle_for = |last_seen_ns: u64, proto: u8, seen: u8| {
+    let idle_for = |last_seen_ns: u64, proto: u8, seen: u8, close: Close| {
         now_ns.saturating_sub(last_seen_ns)
-            >= flow_timeout_ns(config, tcp_time_wait_ns, proto, seen)
+            >= flow_timeout_ns(config, tcp_time_wait_ns, proto, seen, close)
     };
     let mut expired = Expired::default();
     let mut partnered = std::collections::HashSet::new();
@@ -114,6 +157,7 @@ pub fn expired(
             continue;
         }
         let (mut last_seen, mut seen) = (out.last_seen_ns, out.tcp_flags_seen);
+        let mut close = Close::EndpointHoldsNothing;
         let partner = (out.port != 0)
             .then(|| key.masqueraded_reply(out.addr, out.port))
             .and_then(|in_key| Some(in_key).zip(by_key.get(&in_key)))
@@ -122,8 +166,9 @@ pub fn expired(
             partnered.insert(in_key);
             last_seen = last_seen.max(inbound.last_seen_ns);
             seen |= inbound.tcp_flags_seen;
+            close = Close::of(out, inbound);
         }
-        if idle_for(last_seen, key.proto, seen) {
+        if idle_for(last_seen, key.proto, seen, close) {
             expired.outbound.push(*key);
             if let Some((in_key, _)) = partner {
                 expired.inbound.push(in_key);
@@ -133,7 +178,12 @@ pub fn expired(
     for (key, inbound) in entries {
         if inbound.direction == snat_direction::IN
             && !partnered.contains(key)
-            && idle_for(inbound.last_seen_ns, key.proto, inbound.tcp_flags_seen)
+            && idle_for(
+                inbound.last_seen_ns,
+                key.proto,
+                inbound.tcp_flags_seen,
+                Close::of_inbound(inbound),
+            )
         {
             expired.inbound.push(*key);
         }
@@ -187,7 +237,7 @@ mod tests {
             port: 61000u16.to_be(),
             direction: snat_direction::OUT,
             tcp_flags_seen: tcp,
-            _pad: [0; 4],
+            fin_at_us: 0,
         };
         let inbound = SnatValue {
             addr: v4(2),
@@ -195,7 +245,7 @@ mod tests {
             port: 40000u16.to_be(),
             direction: snat_direction::IN,
             tcp_flags_seen: tcp,
-            _pad: [0; 4],
+            fin_at_us: 0,
         };
         vec![
             (out_key, out),
@@ -246,6 +296,7 @@ mod tests {
         // the port stays taken well past the transient timeout.
         let mut closing = flow(PROTO_TCP, 0, 0, tcp_seen::ESTABLISHED);
         closing[1].1.tcp_flags_seen |= tcp_seen::FIN;
+        closing[1].1.fin_at_us = 5_000;
         let idle = |entries: &mut Vec<(FlowKey, SnatValue)>, for_ns: u64| {
             for (_, value) in entries.iter_mut() {
                 value.last_seen_ns = now - for_ns;
@@ -261,6 +312,41 @@ mod tests {
         // A time-wait shorter than the transient timeout shortens nothing.
         idle(&mut closing, config.tcp_transient_timeout_ns - SECOND);
         assert_eq!(expired(&closing, &config, SECOND, now), Expired::default());
+    }
+
+    #[test]
+    fn only_the_side_that_closed_first_keeps_the_port_past_the_transient_timeout() {
+        let config = Config::default();
+        let now = 100_000 * SECOND;
+        let past_transient = config.tcp_transient_timeout_ns + SECOND;
+        // Both sides sent FIN; `out_fin` and `in_fin` are when (0: that side did not).
+        let closed = |out_fin: u32, in_fin: u32| {
+            let mut entries = flow(
+                PROTO_TCP,
+                now - past_transient,
+                now - past_transient,
+                tcp_seen::ESTABLISHED,
+            );
+            for ((_, value), at) in entries.iter_mut().zip([out_fin, in_fin]) {
+                if at != 0 {
+                    value.tcp_flags_seen |= tcp_seen::FIN;
+                    value.fin_at_us = at;
+                }
+            }
+            expired(&entries, &config, TIME_WAIT, now).flows()
+        };
+        assert_eq!(closed(1_000, 1_200), 1, "the client closed first: freed");
+        assert_eq!(closed(1_200, 1_000), 0, "the endpoint closed first: held");
+        assert_eq!(closed(1_000, 1_000), 0, "at once: both may hold it");
+        assert_eq!(closed(0, 1_000), 0, "only the endpoint closed: held");
+        assert_eq!(closed(1_000, 0), 1, "only the client closed: freed");
+        // Across the 32-bit wrap: the endpoint's FIN came 100 µs after the client's.
+        assert_eq!(closed(u32::MAX - 50, 50), 1, "client first across the wrap");
+        assert_eq!(
+            closed(50, u32::MAX - 50),
+            0,
+            "endpoint first across the wrap"
+        );
     }
 
     #[test]
