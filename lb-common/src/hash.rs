@@ -47,12 +47,20 @@ pub fn addr_hash(addr: &[u8; 16]) -> u32 {
     flow_hash(addr, &[0; 16], 0, 0, 0)
 }
 
-/// The FRONTEND_FILTER word and the two bits in it (a mask; the bits may coincide) of a
-/// frontend key's fields (network byte order, as in the packet and in [`crate::FrontendKey`]).
-/// One multiply: the datapath pays it on every packet, and a collision only sends a packet on
-/// to the exact FRONTENDS lookup.
+/// The FRONTEND_FILTER word (`0..1 << words_log2`, the filter's size in use, see
+/// [`crate::frontend_filter`]) and the [`crate::frontend_filter::BITS`] bits in it (a mask;
+/// bits may coincide) of a frontend key's fields (network byte order, as in the packet and
+/// in [`crate::FrontendKey`]). murmur3's 64-bit finaliser (two multiplies): the datapath
+/// pays it on every packet, and a collision only sends a packet on to the exact FRONTENDS
+/// lookup. `words_log2` must be at most [`crate::frontend_filter::WORDS_LOG2_MAX`].
 #[inline(always)]
-pub fn frontend_filter_slot(addr: &[u8; 16], port: u16, proto: u8, family: u8) -> (u32, u64) {
+pub fn frontend_filter_slot(
+    addr: &[u8; 16],
+    port: u16,
+    proto: u8,
+    family: u8,
+    words_log2: u32,
+) -> (u32, u64) {
     let low = u64::from_le_bytes([
         addr[0], addr[1], addr[2], addr[3], addr[4], addr[5], addr[6], addr[7],
     ]);
@@ -62,13 +70,17 @@ pub fn frontend_filter_slot(addr: &[u8; 16], port: u16, proto: u8, family: u8) -
     // Port, protocol and family land in the upper half, which is zero for IPv4 addresses.
     let tail = ((port as u64) << 32) | ((proto as u64) << 48) | ((family as u64) << 56);
     let mut h = low ^ high.rotate_left(17) ^ tail;
-    // The first round of murmur3's 64-bit finaliser: the shift brings the upper half (port,
-    // protocol) down to meet the address, the multiply spreads both into the top bits,
-    // which are the ones used: 15 for the word, then 6 for each bit.
+    // The full finaliser: with one round only, the bit positions correlate with the word,
+    // and the filter lets about twice as much through.
     h ^= h >> 33;
     h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    let word = (h >> (64 - crate::frontend_filter::WORDS_LOG2)) as u32;
-    let mask = (1u64 << ((h >> 43) & 63)) | (1u64 << ((h >> 37) & 63));
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^= h >> 33;
+    // The word from the top bits (at most 17: bits 47..63), three 6-bit positions from the
+    // low 18 bits: independent of each other at every size.
+    let word = (h >> (64 - words_log2)) as u32;
+    let mask = (1u64 << (h & 63)) | (1u64 << ((h >> 6) & 63)) | (1u64 << ((h >> 12) & 63));
     (word, mask)
 }
 
@@ -160,36 +172,33 @@ mod tests {
     #[test]
     fn frontend_filter_slots_spread_over_sequential_service_addresses() {
         extern crate std;
-        use crate::frontend_filter::WORDS;
+        use crate::frontend_filter::{BITS, WORDS, WORDS_LOG2_MAX};
         let mut seen = std::collections::BTreeSet::new();
         let count = 20_000u32;
         for i in 0..count {
             let addr = (u32::from_be_bytes([10, 96, 0, 0]) + i).to_be_bytes();
             let mut addr16 = [0u8; 16];
             addr16[..4].copy_from_slice(&addr);
-            let (word, mask) = frontend_filter_slot(&addr16, 80u16.to_be(), 6, 4);
+            let (word, mask) = frontend_filter_slot(&addr16, 80u16.to_be(), 6, 4, WORDS_LOG2_MAX);
             assert!(word < WORDS, "word {word} out of range");
-            assert!(
-                mask.count_ones() >= 1 && mask.count_ones() <= 2,
-                "mask {mask:#x}"
-            );
+            assert!((1..=BITS).contains(&mask.count_ones()), "mask {mask:#x}");
             seen.insert((word, mask));
         }
-        // Random placement: about count^2 / (2 * 2^15 * 64 * 64 / 2) equal slots, a handful.
+        // Random placement: a handful of equal slots at most.
         assert!(
             seen.len() as u32 > count - count / 100,
             "only {} distinct slots for {count} sequential addresses",
             seen.len()
         );
-        let a = frontend_filter_slot(&[1; 16], 80u16.to_be(), 6, 6);
+        let a = frontend_filter_slot(&[1; 16], 80u16.to_be(), 6, 6, WORDS_LOG2_MAX);
         assert_ne!(
             a,
-            frontend_filter_slot(&[1; 16], 81u16.to_be(), 6, 6),
+            frontend_filter_slot(&[1; 16], 81u16.to_be(), 6, 6, WORDS_LOG2_MAX),
             "port"
         );
         assert_ne!(
             a,
-            frontend_filter_slot(&[1; 16], 80u16.to_be(), 17, 6),
+            frontend_filter_slot(&[1; 16], 80u16.to_be(), 17, 6, WORDS_LOG2_MAX),
             "protocol"
         );
     }

@@ -157,18 +157,46 @@ pub mod capacity {
 }
 
 /// FRONTEND_FILTER: a blocked Bloom filter of the frontends, u64 words; each frontend sets
-/// two bits of one word (see [`crate::hash::frontend_filter_slot`]).
+/// [`frontend_filter::BITS`] bits of one word (see [`crate::hash::frontend_filter_slot`]).
 ///
 /// Invariant the writer keeps (make-before-break): the bits of every frontend in FRONTENDS
 /// are set before the frontend is inserted, and a bit is cleared only after the last
-/// frontend using it is deleted. A packet whose two bits are not both set has no frontend:
-/// one inlined array read instead of a hash lookup. 2^15 words (256 KiB, a size that stays in
-/// a core's L2); at 200 000 frontends about 3.5% of misses still go on to the exact lookup
-/// (one bit per frontend would let 9% through).
+/// frontend using it is deleted. A packet whose bits are not all set has no frontend: one
+/// inlined array read instead of a hash lookup.
+///
+/// Sized by the agent: the map has [`frontend_filter::WORDS`] entries, of which the first
+/// `1 << log2` are in use, `log2` being CONFIG's `frontend_filter_words_log2` (see
+/// [`frontend_filter::words_log2_in_use`]). The agent picks the smallest power of two with
+/// at least [`frontend_filter::BITS_PER_FRONTEND`] bits per frontend it programs: a few
+/// KiB that stay in L1 at small scales, 1 MiB (0.1% of misses passing) at 200 000
+/// frontends, where a fixed 2^15 words with two bits let 3.4% through to two cold hash
+/// lookups.
 pub mod frontend_filter {
-    pub const WORDS_LOG2: u32 = 15;
+    /// The largest size in use, and the map's entries.
+    pub const WORDS_LOG2_MAX: u32 = 17;
     /// Entries of the u64 array.
-    pub const WORDS: u32 = 1 << WORDS_LOG2;
+    pub const WORDS: u32 = 1 << WORDS_LOG2_MAX;
+    /// The smallest size the agent picks (512 bytes).
+    pub const WORDS_LOG2_MIN: u32 = 6;
+    /// The size CONFIG's zero stands for (a CONFIG written before the field existed, or
+    /// by a loader before the agent sized the filter): the fixed size of layout version 2.
+    pub const WORDS_LOG2_UNSET: u32 = 15;
+    /// Bits each frontend sets.
+    pub const BITS: u32 = 3;
+    /// Filter bits the agent provides per frontend, at least: with three bits per frontend
+    /// fewer than 0.2% of misses pass (32 to 64 bits, by the power of two).
+    pub const BITS_PER_FRONTEND: u32 = 32;
+
+    /// The size in use (log2 of the words) for CONFIG's `frontend_filter_words_log2`: zero
+    /// is [`WORDS_LOG2_UNSET`], anything larger than the map is the map.
+    #[inline(always)]
+    pub const fn words_log2_in_use(config_value: u32) -> u32 {
+        match config_value {
+            0 => WORDS_LOG2_UNSET,
+            log2 if log2 > WORDS_LOG2_MAX => WORDS_LOG2_MAX,
+            log2 => log2,
+        }
+    }
 }
 
 /// Maglev table sizes: primes just under a power of two, so the selection array can be
@@ -595,6 +623,10 @@ pub struct Config {
     /// Bumped by the agent whenever it deletes CONNTRACK entries or rewrites CONFIG: a flow
     /// cache slot filled under another generation is not used.
     pub flow_generation: u32,
+    /// FRONTEND_FILTER's words in use, log2 ([`frontend_filter::words_log2_in_use`]: 0 is
+    /// 2^15). Owned by the filter's writer: every other CONFIG writer keeps the pinned value.
+    pub frontend_filter_words_log2: u32,
+    pub _pad: u32,
 }
 
 pub mod config_flags {
@@ -649,6 +681,8 @@ impl Default for Config {
             masquerade_port_max: 0,
             ns_per_jiffy: 0,
             flow_generation: 0,
+            frontend_filter_words_log2: 0,
+            _pad: 0,
         }
     }
 }
@@ -678,7 +712,10 @@ pub struct SnatValue {
     pub direction: u8,
     /// `tcp_seen` bits of the packets in this entry's direction.
     pub tcp_flags_seen: u8,
-    pub _pad: [u8; 4],
+    /// When this direction first sent a FIN: `bpf_ktime_get_ns() >> 10` (about µs),
+    /// truncated to 32 bits; 0: no FIN yet. Only compared with the other direction's, to
+    /// tell which side closed first (it keeps the tuple in TIME_WAIT).
+    pub fin_at_us: u32,
 }
 
 /// Value of SNAT_ADDRESSES (key: interface index): the source addresses of masqueraded
@@ -713,7 +750,12 @@ pub const fn masquerades(frontend_flags: u16, backend_flags: u8) -> bool {
 /// or meaning), and give the previous version a converter in
 /// `lb-userspace/src/dataplane/migrate.rs`: an agent that finds another version pinned
 /// rebuilds the maps and carries their entries over, so that flows survive the upgrade.
-pub const LAYOUT_VERSION: u32 = 2;
+///
+/// - 2: CONFIG grew (`ns_per_jiffy`, `flow_generation`).
+/// - 3: CONFIG grew (`frontend_filter_words_log2`); FRONTEND_FILTER has 2^17 words (its
+///   size in use in CONFIG) and three bits per frontend by a new hash: recomputed from
+///   FRONTENDS, not carried.
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// Key and value of a pinned map, as this build writes them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -792,7 +834,7 @@ const _: () = {
     assert!(core::mem::size_of::<FragmentKey>() == 40);
     assert!(core::mem::size_of::<FragmentValue>() == 8);
     assert!(core::mem::size_of::<SourceRangeKey>() == 24);
-    assert!(core::mem::size_of::<Config>() == 48);
+    assert!(core::mem::size_of::<Config>() == 56);
     assert!(core::mem::size_of::<FlowCacheSlot>() == 80);
     assert!(core::mem::size_of::<ServiceName>() == 256);
     assert!(core::mem::size_of::<ServiceCounters>() == 32);
@@ -861,7 +903,7 @@ mod tests {
             ("REASON_STATS", 4, 8),
             ("SERVICE_STATS", 4, 32),
             ("PROTO_STATS", 4, 8),
-            ("CONFIG", 4, 48),
+            ("CONFIG", 4, 56),
             ("SERVICE_NAMES", 4, 256),
             ("SOCK_REVERSE", 32, 24),
             ("SOCK_CONNECTED", 8, 48),
@@ -875,7 +917,7 @@ mod tests {
             MAP_LAYOUTS.map(|layout| (layout.name, layout.key_size, layout.value_size));
         assert_eq!(
             (LAYOUT_VERSION, pinned),
-            (2, sizes),
+            (3, sizes),
             "a pinned map's layout changed: bump LAYOUT_VERSION and add a converter"
         );
         assert_eq!(

@@ -30,6 +30,10 @@ pub struct L4Csum {
 }
 
 pub trait PacketCtx {
+    /// Whether the forward path rewrites a new flow's packet in a BPF function of its own
+    /// (`forward::balance`): on TC the checksum helpers' temporaries would take `balance`'s
+    /// frame past the 512-byte limit; on XDP the software checksums' own frame would.
+    const REWRITE_NEW_FLOW_APART: bool;
     /// The bytes the program can access directly (stale after `grow_front` / `truncate`).
     fn packet(&self) -> Packet;
     /// Packet length in bytes (for the byte counters).
@@ -83,6 +87,8 @@ fn update_l4_software(packet: Packet, l4: L4Csum, diff: u32) -> Result<(), ()> {
 pub struct Xdp<'a>(pub &'a XdpContext);
 
 impl PacketCtx for Xdp<'_> {
+    const REWRITE_NEW_FLOW_APART: bool = false;
+
     #[inline(always)]
     fn packet(&self) -> Packet {
         Packet::xdp(self.0)
@@ -197,6 +203,8 @@ impl Tc<'_> {
 }
 
 impl PacketCtx for Tc<'_> {
+    const REWRITE_NEW_FLOW_APART: bool = true;
+
     #[inline(always)]
     fn packet(&self) -> Packet {
         Packet::tc(self.0)
@@ -243,11 +251,17 @@ impl PacketCtx for Tc<'_> {
         }
         if ipv6 {
             if let Some(l4) = l4 {
-                let mut from = *old;
-                let mut to = *new;
-                // SAFETY: both buffers are 16 bytes on our stack.
+                // SAFETY: both buffers are 16 bytes the helper only reads (its `*mut` is
+                // C's missing const); passed in place, not copied: `balance`'s frame is at
+                // the edge of the 512-byte limit.
                 let diff = unsafe {
-                    bpf_csum_diff(from.as_mut_ptr().cast(), 16, to.as_mut_ptr().cast(), 16, 0)
+                    bpf_csum_diff(
+                        old.as_ptr().cast_mut().cast(),
+                        16,
+                        new.as_ptr().cast_mut().cast(),
+                        16,
+                        0,
+                    )
                 };
                 if diff < 0 {
                     return Err(());

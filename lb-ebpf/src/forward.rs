@@ -155,7 +155,12 @@ fn balance<C: PacketCtx>(
 ) -> Option<Verdict> {
     match lookup::choose(p, frontend, missed) {
         Choice::Chosen { target, reason } => {
-            if rewrite(ctx, p, Side::Destination, &target.addr, target.port).is_err() {
+            let rewritten = if C::REWRITE_NEW_FLOW_APART {
+                rewrite_new_flow(ctx, p, &target)
+            } else {
+                rewrite(ctx, p, Side::Destination, &target.addr, target.port)
+            };
+            if rewritten.is_err() {
                 return Some(Verdict::drop(Reason::DropInternal));
             }
             if p.fragment == Fragment::First {
@@ -168,6 +173,15 @@ fn balance<C: PacketCtx>(
         Choice::NoBackend => None,
         Choice::Failed(reason) => Some(Verdict::drop(reason)),
     }
+}
+
+/// A new flow's packet rewritten for its backend, where `PacketCtx::REWRITE_NEW_FLOW_APART`.
+// A separate BPF function: the rewrite's temporaries stay off `balance`'s frame, whose
+// choice (keys and values of the new flow's entries) is at the edge of the 512-byte limit;
+// a call more on a new flow's first packet only.
+#[inline(never)]
+fn rewrite_new_flow<C: PacketCtx>(ctx: &C, p: &Parsed, target: &lookup::Target) -> Result<(), ()> {
+    rewrite(ctx, p, Side::Destination, &target.addr, target.port)
 }
 
 /// A packet rewritten for backend `rewritten_for` (0: none, `verdict` stands) is sent on

@@ -15,7 +15,7 @@ use aya_ebpf::{
 use lb_common::{
     AffinityKey, AffinityValue, Backend, FlowCacheSlot, FlowKey, FlowValue, FrontendKey,
     FrontendValue, PROTO_SCTP, PROTO_TCP, Reason, SourceRangeKey, TableMember, backend_state,
-    flow_direction, frontend_flags,
+    flow_direction, frontend_filter, frontend_flags,
     hash::{flow_hash, frontend_filter_slot},
     tcp_seen,
 };
@@ -121,10 +121,16 @@ pub fn is_syn(p: &Parsed) -> bool {
 
 /// False when FRONTEND_FILTER says no frontend has this destination (the agent sets a
 /// frontend's bits before inserting it and clears a bit after deleting the last frontend
-/// using it).
+/// using it). The filter's size in use is CONFIG's, read before the word: while the agent
+/// resizes, the words hold the bits of both sizes until no program can still be using the
+/// old one (`lb-userspace/src/dataplane/frontend_filter.rs`, `resize`).
 #[inline(always)]
 pub fn may_be_frontend(addr: &[u8; 16], port: u16, proto: u8, family: u8) -> bool {
-    let (word, mask) = frontend_filter_slot(addr, port, proto, family);
+    let configured = CONFIG
+        .get(0)
+        .map_or(0, |config| config.frontend_filter_words_log2);
+    let words_log2 = frontend_filter::words_log2_in_use(configured);
+    let (word, mask) = frontend_filter_slot(addr, port, proto, family, words_log2);
     // A filter smaller than the contract's (it never is) must not hide frontends.
     FRONTEND_FILTER
         .get(word)

@@ -9,8 +9,9 @@
 //! (the two paths), `verdict`, `packet` (bounds-checked packet access and header lengths).
 //!
 //! Decisions worth knowing:
-//! - Misses: FRONTEND_FILTER, a blocked Bloom filter (2^15 u64 words, two bits of one word
-//!   per frontend, from a one-multiply hash of address, port, protocol and family), sits in
+//! - Misses: FRONTEND_FILTER, a blocked Bloom filter (up to 2^17 u64 words, as many as the
+//!   agent put in CONFIG for the frontends it programs; three bits of one word per frontend,
+//!   from a two-multiply hash of address, port, protocol and family), sits in
 //!   front of the FRONTENDS hash lookup. A bit clear means no frontend: the packet passes
 //!   (`pass_no_frontend`) after one inlined array read, instead of a hash lookup whose bucket
 //!   is cold for most destinations. The agent's writer sets a frontend's bits before

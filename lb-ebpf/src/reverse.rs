@@ -66,11 +66,21 @@ fn reply_nat_from_conntrack<C: PacketCtx>(
     cache: CacheConfig,
 ) -> Option<Verdict> {
     let key = flow_key(p);
-    let entry = match CONNTRACK.get_ptr_mut(&key) {
+    let syn_ack = p.proto == PROTO_TCP && p.tcp_flags & TCP_SYN != 0;
+    // A SYN-ACK answers the newest SYN of its reply tuple, whose entry HANDSHAKES holds:
+    // CONNTRACK may still hold a closed flow with the same reply tuple (the client reused
+    // its port for another frontend of the same backend), whose frontend is not the one
+    // the client now waits for. Reply entries never expire, so that one would answer.
+    let handshake = if syn_ack {
+        HANDSHAKES.get_ptr_mut(&key)
+    } else {
+        None
+    };
+    let entry = match handshake.or_else(|| CONNTRACK.get_ptr_mut(&key)) {
         Some(entry) => entry,
-        // A backend answers a flow in its handshake only with SYN-ACK or RST: only those
-        // pay for the second lookup (and never fill a usable slot: the cache skips them).
-        None if p.proto == PROTO_TCP && p.tcp_flags & (TCP_SYN | TCP_RST) != 0 => {
+        // A backend answers a flow in its handshake only with SYN-ACK (looked up above) or
+        // RST: only those pay for the second lookup (and never fill a usable slot: the cache skips them).
+        None if p.proto == PROTO_TCP && p.tcp_flags & TCP_RST != 0 => {
             HANDSHAKES.get_ptr_mut(&key)?
         }
         None => return None,

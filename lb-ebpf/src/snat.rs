@@ -27,12 +27,15 @@
 //! - SNAT is a plain hash: a full table refuses new flows (`drop_masquerade_table_full`).
 //!   The agent deletes expired entries (both directions of a flow together).
 
-use aya_ebpf::{bindings::BPF_NOEXIST, helpers::generated::bpf_get_prandom_u32};
-use lb_common::{FlowKey, PROTO_SCTP, PROTO_TCP, Reason, SnatValue, snat_direction};
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::generated::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+};
+use lb_common::{FlowKey, PROTO_SCTP, PROTO_TCP, Reason, SnatValue, snat_direction, tcp_seen};
 
 use crate::{
     ctx::PacketCtx,
-    lookup::{REFRESH_NS, flow_key, now_ns, tcp_seen_bits},
+    lookup::{REFRESH_NS, flow_key, is_syn, now_ns, tcp_seen_bits},
     maps::{CONFIG, SNAT, SNAT_ADDRESSES},
     nat::{Side, rewrite},
     parse::Parsed,
@@ -64,7 +67,8 @@ pub fn may_be_reply(p: &Parsed) -> bool {
     port >= config.masquerade_port_min && port <= config.masquerade_port_max
 }
 
-/// Refreshes an entry's time (at most once a second) and TCP bits (when they change).
+/// Refreshes an entry's time (at most once a second) and TCP bits (when they change), and
+/// stamps its direction's first FIN.
 #[inline(always)]
 fn refresh(entry: &mut SnatValue, p: &Parsed) {
     let now = now_ns();
@@ -73,10 +77,23 @@ fn refresh(entry: &mut SnatValue, p: &Parsed) {
     } else {
         entry.tcp_flags_seen
     };
+    if seen & !entry.tcp_flags_seen & tcp_seen::FIN != 0 {
+        entry.fin_at_us = fin_stamp();
+    }
     if now.saturating_sub(entry.last_seen_ns) >= REFRESH_NS || seen != entry.tcp_flags_seen {
         entry.last_seen_ns = now;
         entry.tcp_flags_seen = seen;
     }
+}
+
+/// `SnatValue::fin_at_us` now: the fine clock (the coarse one ticks every few ms, and the two
+/// FINs of a close are often closer), read on a flow's first FIN per direction only.
+#[inline(always)]
+fn fin_stamp() -> u32 {
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // Never 0, which means "no FIN yet".
+    ((now >> 10) as u32).max(1)
 }
 
 /// Forward path, before anything else: a reply to a masqueraded flow gets the client back
@@ -100,25 +117,59 @@ pub fn unmasquerade_reply<C: PacketCtx>(ctx: &C, p: &Parsed) -> Option<Verdict> 
 
 /// Forward path, new flow to `backend_addr:backend_port` that [`lb_common::masquerades`]:
 /// records it as to be masqueraded (a pending OUT entry) unless its translated tuple
-/// already is (a retransmitted SYN, a flow whose conntrack entry was lost). Fails only
-/// when the SNAT table is full.
+/// already is (a retransmitted SYN, a flow whose conntrack entry was lost). A SYN on the
+/// client tuple of a flow that closed (FIN or RST) opens a new connection: it gets a new
+/// port, as the endpoint may still hold the old one's tuple (TIME_WAIT); the old IN entry
+/// expires on its own. Fails only when the SNAT table is full.
 #[inline(always)]
 pub fn mark_new_flow(p: &Parsed, backend_addr: &[u8; 16], backend_port: u16) -> Result<(), Reason> {
     let mut key = flow_key(p);
     key.dst_addr = *backend_addr;
     key.dst_port = backend_port;
-    let pending = SnatValue {
+    match SNAT.insert(&key, &pending(), BPF_NOEXIST as u64) {
+        Ok(()) => Ok(()),
+        Err(EEXIST) if is_syn(p) => {
+            reopen_if_closed(&key);
+            Ok(())
+        }
+        Err(EEXIST) => Ok(()),
+        Err(_) => Err(Reason::DropMasqueradeTableFull),
+    }
+}
+
+/// An OUT entry whose port the first packet leaving allocates.
+#[inline(always)]
+fn pending() -> SnatValue {
+    SnatValue {
         addr: [0; 16],
         last_seen_ns: now_ns(),
         port: 0,
         direction: snat_direction::OUT,
         tcp_flags_seen: 0,
-        _pad: [0; 4],
+        fin_at_us: 0,
+    }
+}
+
+/// A SYN on the client tuple `key` of an OUT entry whose client sent FIN or RST: the entry
+/// becomes pending again, written in place.
+// A separate BPF function, with no copy on its stack: `balance`'s frame is at the edge of
+// the 512-byte limit. Only a SYN on a known tuple calls it.
+#[inline(never)]
+fn reopen_if_closed(key: &FlowKey) {
+    let Some(entry) = SNAT.get_ptr_mut(key) else {
+        return;
     };
-    match SNAT.insert(&key, &pending, BPF_NOEXIST as u64) {
-        Ok(()) => Ok(()),
-        Err(EEXIST) => Ok(()),
-        Err(_) => Err(Reason::DropMasqueradeTableFull),
+    // SAFETY: a map value pointer, valid until the program returns (see `maps::Lookup`);
+    // a packet of the same flow on another CPU may refresh it meanwhile, as before.
+    let entry = unsafe { &mut *entry };
+    if entry.direction == snat_direction::OUT
+        && entry.tcp_flags_seen & (tcp_seen::FIN | tcp_seen::RST) != 0
+    {
+        entry.addr = [0; 16];
+        entry.port = 0;
+        entry.tcp_flags_seen = 0;
+        entry.fin_at_us = 0;
+        entry.last_seen_ns = now_ns();
     }
 }
 
@@ -199,7 +250,7 @@ fn allocate(
         port: out_key.src_port,
         direction: snat_direction::IN,
         tcp_flags_seen: 0,
-        _pad: [0; 4],
+        fin_at_us: 0,
     };
     if p.proto == PROTO_SCTP {
         return match SNAT.insert(&in_key, &back_to_client, BPF_NOEXIST as u64) {

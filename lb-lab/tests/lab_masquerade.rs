@@ -282,7 +282,14 @@ fn a_full_port_range_refuses_the_new_flow_by_name_keeps_the_others_and_frees_clo
     let lab = MasqueradeLab::new(
         "masq_exhausted",
         &["my-app-2"],
-        &["--masquerade-ports", "61000-61001"],
+        // Closed flows keep their port for the TCP transient timeout only (10 s), not the
+        // default time-wait (120 s; lab_masquerade_reuse), so that the test sees one freed.
+        &[
+            "--masquerade-ports",
+            "61000-61001",
+            "--masquerade-tcp-time-wait",
+            "1",
+        ],
     );
     let target = lab.node_port("node-a", &MY_APP_SERVICE, false);
     let node_a: IpAddr = lab.cluster.node("node-a").addr_v4.into();

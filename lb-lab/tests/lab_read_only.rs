@@ -86,6 +86,16 @@ fn pinned(pin: &Path, name: &str) -> MapData {
     MapData::from_pin(pin.join("maps").join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
+/// The pending frontend's filter word and mask at the size in use (pinned CONFIG's).
+fn pending_slot(pin: &Path) -> (u32, u64) {
+    let config: Array<MapData, lb_common::Config> =
+        Array::try_from(Map::Array(pinned(pin, map_names::CONFIG))).expect("CONFIG");
+    let config = config.get(&0, 0).expect("reading CONFIG");
+    let words_log2 =
+        lb_common::frontend_filter::words_log2_in_use(config.frontend_filter_words_log2);
+    slot_of(&pending_frontend(), words_log2)
+}
+
 /// The pending frontend, whose filter bits the agent has set.
 fn pending_frontend() -> FrontendKey {
     let (addr, family) = addr16(PENDING_VIP);
@@ -158,7 +168,7 @@ fn pin_agent_state(pin: &Path) {
         .insert(&key, &on_backend_1, 0)
         .expect("an affinity entry");
 
-    let (word, mask) = slot_of(&pending_frontend());
+    let (word, mask) = pending_slot(pin);
     let mut filter: Array<MapData, u64> =
         Array::try_from(Map::Array(pinned(pin, map_names::FRONTEND_FILTER))).expect("filter");
     let value = filter.get(&word, 0).expect("reading FRONTEND_FILTER");
@@ -308,7 +318,7 @@ fn assert_unchanged(
     ),
     what: &str,
 ) {
-    let (word, mask) = slot_of(&pending_frontend());
+    let (word, mask) = pending_slot(pin);
     assert_eq!(
         filter_word(pin, word) & mask,
         mask,

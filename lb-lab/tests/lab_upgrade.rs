@@ -9,7 +9,8 @@ use std::{collections::BTreeSet, fs::File, path::Path, time::Duration};
 
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
 use lb_common::{
-    Config, FAMILY_IPV4, FlowKey, FlowValue, LAYOUT_VERSION, PROTO_TCP, Reason, map_names,
+    Config, FAMILY_IPV4, FlowKey, FlowValue, FrontendKey, FrontendValue, LAYOUT_VERSION, PROTO_TCP,
+    Reason, frontend_filter, hash::frontend_filter_slot, map_names,
 };
 use slicelb::dataplane::{
     MapCapacity,
@@ -97,14 +98,15 @@ fn pin_as_version_0(dir: &Path) -> Config {
     config
 }
 
-/// CONFIG's settings carried over from version 1: the fields version 2 added are the
-/// loader's (this kernel's tick, a new generation).
+/// CONFIG's settings carried over from version 1: the fields versions 2 and 3 added are
+/// the loader's (this kernel's tick, a new generation) and the filter writer's (its size).
 fn assert_config_carried(dir: &Path, before: &Config) {
     let after = pinned_config(dir);
     assert_eq!(
         Config {
             ns_per_jiffy: before.ns_per_jiffy,
             flow_generation: before.flow_generation,
+            frontend_filter_words_log2: before.frontend_filter_words_log2,
             ..after
         },
         *before,
@@ -145,6 +147,38 @@ fn maps_of_another_size_or_an_older_layout_are_rebuilt_with_their_entries() {
         write_flow(&maps, port, u64::from(port) + 1);
     }
     let affinity = pinned_info(&maps, map_names::AFFINITY).id();
+    // A frontend whose filter bits are not where this build's hash puts them (an older
+    // filter layout).
+    let frontend = FrontendKey {
+        addr: [198, 18, 100, 10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        port: 80u16.to_be(),
+        proto: PROTO_TCP,
+        family: FAMILY_IPV4,
+    };
+    let mut frontends: HashMap<MapData, FrontendKey, FrontendValue> = HashMap::try_from(
+        Map::HashMap(MapData::from_pin(maps.join(map_names::FRONTENDS)).expect("FRONTENDS")),
+    )
+    .expect("FRONTENDS as a hash map");
+    frontends
+        .insert(&frontend, &FrontendValue::default(), 0)
+        .expect("writing a frontend");
+    // Where a CONFIG without the size (zero) has it: 2^15 words.
+    let (word, mask) = frontend_filter_slot(
+        &frontend.addr,
+        frontend.port,
+        frontend.proto,
+        frontend.family,
+        frontend_filter::WORDS_LOG2_UNSET,
+    );
+    let filter_at = |dir: &Path| -> Array<MapData, u64> {
+        Array::try_from(Map::Array(
+            MapData::from_pin(dir.join(map_names::FRONTEND_FILTER)).expect("FRONTEND_FILTER"),
+        ))
+        .expect("FRONTEND_FILTER as an array")
+    };
+    filter_at(&maps)
+        .set(word, &0, 0)
+        .expect("clearing the frontend's filter word");
 
     // The fixture: the pins of a release before layout versions (no LAYOUT pin, CONFIG
     // of version 1), opened with a larger table.
@@ -158,6 +192,12 @@ fn maps_of_another_size_or_an_older_layout_are_rebuilt_with_their_entries() {
     assert_eq!(
         migration.rebuilt,
         vec![
+            RebuiltMap {
+                map: map_names::FRONTEND_FILTER,
+                pinned_entries: frontend_filter::WORDS,
+                entries: frontend_filter::WORDS,
+                carried: Carried::Recomputed,
+            },
             RebuiltMap {
                 map: map_names::CONNTRACK,
                 pinned_entries: 1024,
@@ -177,7 +217,15 @@ fn maps_of_another_size_or_an_older_layout_are_rebuilt_with_their_entries() {
                 },
             }
         ],
-        "only CONNTRACK (its size) and CONFIG (its layout) change: {migration}"
+        "CONNTRACK (its size), CONFIG and FRONTEND_FILTER (their layouts) change: {migration}"
+    );
+    assert_eq!(
+        filter_at(&maps)
+            .get(&word, 0)
+            .expect("the frontend's filter word")
+            & mask,
+        mask,
+        "the filter is recomputed from FRONTENDS (at the size of a CONFIG without one)"
     );
     assert_config_carried(&maps, &config);
     assert_eq!(pinned_info(&maps, map_names::CONNTRACK).max_entries(), 2048);
@@ -341,7 +389,7 @@ fn an_upgrade_across_a_layout_and_size_change_keeps_a_held_connection_on_its_bac
     let log = wait_for_log(
         &log_path,
         &[
-            "pinned maps migrated from layout version 0 to 2",
+            &format!("pinned maps migrated from layout version 0 to {LAYOUT_VERSION}"),
             "replaced maps removed",
             "first full sync done",
         ],
@@ -352,6 +400,7 @@ fn an_upgrade_across_a_layout_and_size_change_keeps_a_held_connection_on_its_bac
         "HANDSHAKES rebuilt (256 -> 1024 entries",
         "AFFINITY rebuilt (256 -> 512 entries",
         "CONFIG rebuilt (1 -> 1 entries",
+        "FRONTEND_FILTER rebuilt (131072 -> 131072 entries, recomputed)",
     ] {
         assert!(log.contains(line), "{line:?} missing from the log:\n{log}");
     }

@@ -1,13 +1,19 @@
 //! FRONTEND_FILTER through BPF_PROG_TEST_RUN: the forward path consults the bitmap before
 //! the FRONTENDS lookup, and the map writer keeps the bitmap in step with FRONTENDS
-//! (insert, delete, two frontends sharing a bit, maps adopted without a filter). Needs root.
+//! (insert, delete, two frontends sharing a bit, maps adopted without a filter) and sizes
+//! it for the frontends it programs (every frontend passes at each size, also while packets
+//! run across a resize). Needs root.
 
 #[path = "support/kernel.rs"]
 mod kernel;
 #[path = "support/packets.rs"]
 mod packets;
 
-use std::path::PathBuf;
+use std::{
+    collections::BTreeSet,
+    path::PathBuf,
+    sync::atomic::{AtomicBool, Ordering},
+};
 
 use aya::maps::{Array, HashMap, MapData};
 use kernel::*;
@@ -66,14 +72,18 @@ fn udp_key(c: u8, d: u8, port: u16) -> FrontendKey {
 }
 
 /// Two UDP frontends whose filter masks share a bit.
-fn udp_keys_sharing_a_bit() -> (FrontendKey, FrontendKey) {
-    sharing_pair(|i| {
-        udp_key(
-            100 + (i >> 16) as u8,
-            (i >> 8) as u8,
-            1000 + (i & 0xff) as u16,
-        )
-    })
+/// Two UDP frontends sharing a filter bit at the size `words_log2`.
+fn udp_keys_sharing_a_bit(words_log2: u32) -> (FrontendKey, FrontendKey) {
+    sharing_pair(
+        |i| {
+            udp_key(
+                100 + (i >> 16) as u8,
+                (i >> 8) as u8,
+                1000 + (i & 0xff) as u16,
+            )
+        },
+        words_log2,
+    )
     .expect("two frontends sharing a filter bit")
 }
 
@@ -88,9 +98,20 @@ fn kernel_word(datapath: &Datapath, word: u32) -> u64 {
     filter.get(&word, 0).expect("reading FRONTEND_FILTER")
 }
 
+/// The filter's size in use (log2 of its words), as CONFIG says.
+fn kernel_size(datapath: &Datapath) -> u32 {
+    let config = datapath.config().expect("reading CONFIG");
+    frontend_filter::words_log2_in_use(config.frontend_filter_words_log2)
+}
+
+/// `key`'s filter word and mask at the size in use.
+fn kernel_slot(datapath: &Datapath, key: &FrontendKey) -> (u32, u64) {
+    slot_of(key, kernel_size(datapath))
+}
+
 /// Are all of `key`'s filter bits set in the kernel?
 fn kernel_covers(datapath: &Datapath, key: &FrontendKey) -> bool {
-    let (word, mask) = slot_of(key);
+    let (word, mask) = kernel_slot(datapath, key);
     kernel_word(datapath, word) & mask == mask
 }
 
@@ -178,7 +199,8 @@ fn filter_gates_the_frontend_lookup() {
     // A destination whose bits are all set (as if by other frontends) passes the filter;
     // the exact lookup then finds nothing.
     let absent = udp_key(100, 3, 53);
-    set_kernel_word(&mut env.datapath, slot_of(&absent).0, u64::MAX);
+    let word = kernel_slot(&env.datapath, &absent).0;
+    set_kernel_word(&mut env.datapath, word, u64::MAX);
     expect(
         &env,
         "no frontend, but its filter bits set by others",
@@ -191,11 +213,13 @@ fn filter_gates_the_frontend_lookup() {
 #[test]
 fn writer_keeps_the_filter_in_step() {
     let mut env = Env::new();
-    let (a, b) = udp_keys_sharing_a_bit();
+    // Two frontends keep the smallest size.
+    let (a, b) = udp_keys_sharing_a_bit(frontend_filter::WORDS_LOG2_MIN);
     let first = udp_service(1, &ipv4_of(&a), u16::from_be(a.port));
     let second = udp_service(2, &ipv4_of(&b), u16::from_be(b.port));
     env.install(&first);
     env.install(&second);
+    assert_eq!(kernel_size(&env.datapath), frontend_filter::WORDS_LOG2_MIN);
     assert!(
         kernel_covers(&env.datapath, &first.frontend),
         "first's bits set"
@@ -232,7 +256,10 @@ fn writer_keeps_the_filter_in_step() {
         key: second.frontend,
     }]);
     assert_eq!(
-        kernel_word(&env.datapath, slot_of(&second.frontend).0),
+        kernel_word(
+            &env.datapath,
+            kernel_slot(&env.datapath, &second.frontend).0
+        ),
         0,
         "the word is cleared after its last frontend"
     );
@@ -265,7 +292,7 @@ fn writer_keeps_the_filter_in_step() {
 #[test]
 fn a_run_of_frontends_is_written_with_their_filter_words() {
     let mut env = Env::new();
-    let (a, b) = udp_keys_sharing_a_bit();
+    let (a, b) = udp_keys_sharing_a_bit(frontend_filter::WORDS_LOG2_MIN);
     let mut services = vec![
         udp_service(1, &ipv4_of(&a), u16::from_be(a.port)),
         udp_service(2, &ipv4_of(&b), u16::from_be(b.port)),
@@ -282,9 +309,11 @@ fn a_run_of_frontends_is_written_with_their_filter_words() {
     env.apply(&frontends);
 
     let keys: Vec<FrontendKey> = services.iter().map(|s| s.frontend).collect();
-    let wanted = FrontendFilter::from_keys(keys.iter().copied());
+    let size = kernel_size(&env.datapath);
+    assert_eq!(size, frontend_filter::WORDS_LOG2_MIN, "seven frontends");
+    let wanted = FrontendFilter::from_keys(keys.iter().copied(), size);
     for (i, key) in keys.iter().enumerate() {
-        let word = slot_of(key).0;
+        let word = slot_of(key, size).0;
         assert_eq!(
             kernel_word(&env.datapath, word),
             wanted.word_value(word),
@@ -353,16 +382,153 @@ fn a_writer_builds_its_filter_from_its_read_of_frontends_without_a_second_walk()
     ] {
         assert!(kernel_covers(&env.datapath, key), "{what}: bit set");
     }
-    let (word, mask) = slot_of(&behind.frontend);
+    let slot = |key| kernel_slot(&env.datapath, key);
+    let (word, mask) = slot(&behind.frontend);
     assert!(
         [&adopted.frontend, &written.frontend]
             .into_iter()
-            .all(|key| slot_of(key).0 != word || slot_of(key).1 & mask != mask),
+            .all(|key| slot(key).0 != word || slot(key).1 & mask != mask),
         "the other frontends' bits do not cover this one's"
     );
     assert!(
         !kernel_covers(&env.datapath, &behind.frontend),
         "a frontend added after the read is not in the filter: no second walk"
+    );
+}
+
+/// `count` more frontends of `service` (its backends and table), UDP ports `first_port..`
+/// on `c.d` of 198.18.0.0/15.
+fn more_frontends(service: &Service, c: u8, first_port: u16, count: u16) -> Vec<MapOp> {
+    (0..count)
+        .map(|i| MapOp::PutFrontend {
+            key: udp_key(c, (i / 1000) as u8, first_port + i % 1000),
+            value: service.value,
+        })
+        .collect()
+}
+
+fn deletes_of(puts: &[MapOp]) -> Vec<MapOp> {
+    puts.iter()
+        .filter_map(|op| match op {
+            MapOp::PutFrontend { key, .. } => Some(MapOp::DeleteFrontend { key: *key }),
+            _ => None,
+        })
+        .collect()
+}
+
+fn keys_of(puts: &[MapOp]) -> Vec<FrontendKey> {
+    puts.iter()
+        .filter_map(|op| match op {
+            MapOp::PutFrontend { key, .. } => Some(*key),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Runs one packet to each of `keys` (source port by position: a flow each) and checks
+/// it was balanced (rewritten), then a packet to no frontend, which passes untouched.
+fn every_frontend_is_balanced(env: &Env, keys: &[FrontendKey], case: &str) {
+    for (i, key) in keys.iter().enumerate() {
+        let packet = packet_to(key, 20_000 + i as u16);
+        let out = env.run(Program::Xdp, &packet);
+        assert!(
+            out.verdict == XDP_PASS && out.packet != packet,
+            "{case}: {key:?} not balanced (filter of 2^{} words)",
+            kernel_size(&env.datapath)
+        );
+    }
+    expect(
+        env,
+        &format!("{case}: a miss"),
+        &packet_to(&udp_key(100, 250, 9), 40_100),
+        Reason::PassNoFrontend,
+        false,
+    );
+}
+
+/// The writer sizes the filter from the frontends it programs, up as they are added and
+/// down as they go; at every size it picks, every frontend is balanced and a miss passes.
+#[test]
+fn every_frontend_passes_at_each_size_the_writer_picks() {
+    let mut env = Env::new();
+    let service = udp_service(1, "198.18.100.1", 53);
+    env.install(&service);
+    assert_eq!(
+        kernel_size(&env.datapath),
+        frontend_filter::WORDS_LOG2_MIN,
+        "one frontend: the smallest size"
+    );
+    let mut batches = Vec::new();
+    let mut keys = vec![service.frontend];
+    let mut sizes = vec![kernel_size(&env.datapath)];
+    // 2^6 words hold 128 frontends at 32 bits each; 700 more reach 2^9.
+    for batch in 0..7u16 {
+        let puts = more_frontends(&service, 101, 1000 + batch * 100, 100);
+        env.apply(&puts);
+        keys.extend(keys_of(&puts));
+        batches.push(puts);
+        sizes.push(kernel_size(&env.datapath));
+        every_frontend_is_balanced(&env, &keys, &format!("{} frontends", keys.len()));
+    }
+    while let Some(puts) = batches.pop() {
+        env.apply(&deletes_of(&puts));
+        keys.truncate(keys.len() - puts.len());
+        sizes.push(kernel_size(&env.datapath));
+        every_frontend_is_balanced(&env, &keys, &format!("down to {} frontends", keys.len()));
+    }
+    assert_eq!(
+        sizes,
+        [6, 6, 7, 8, 8, 8, 9, 9, 9, 9, 9, 9, 7, 7, 7],
+        "sizes after each batch: up at once, down once four times too large"
+    );
+}
+
+/// Packets run without a pause while another writer grows and shrinks the filter: not one
+/// packet to a frontend that exists throughout is turned away, whichever size it read.
+#[test]
+fn frontends_pass_while_the_writer_resizes_under_packets() {
+    let mut env = Env::new();
+    let service = udp_service(1, "198.18.100.1", 53);
+    env.install(&service);
+    let steady = more_frontends(&service, 101, 1000, 50);
+    env.apply(&steady);
+    let mut keys = keys_of(&steady);
+    keys.push(service.frontend);
+    let mut writer = AyaMaps::from_datapath(&env.datapath).expect("a second writer");
+    let resizing = AtomicBool::new(true);
+    let mut sizes_seen = BTreeSet::new();
+    let mut rounds = 0u32;
+    std::thread::scope(|scope| {
+        let resizer = scope.spawn(|| {
+            for round in 0..6 {
+                // 1 000 more frontends: 2^6 -> 2^10 words and back.
+                let extra = more_frontends(&service, 102, 2000, 1000);
+                let grown = writer.apply(&extra);
+                let shrunk = writer.apply(&deletes_of(&extra));
+                if let Err(error) = grown.and(shrunk) {
+                    resizing.store(false, Ordering::SeqCst);
+                    panic!("round {round}: {error}");
+                }
+            }
+            resizing.store(false, Ordering::SeqCst);
+        });
+        while resizing.load(Ordering::SeqCst) {
+            sizes_seen.insert(kernel_size(&env.datapath));
+            for (i, key) in keys.iter().enumerate() {
+                let packet = packet_to(key, 30_000 + i as u16);
+                let out = env.run(Program::Xdp, &packet);
+                assert!(
+                    out.verdict == XDP_PASS && out.packet != packet,
+                    "pass {rounds}: {key:?} turned away during a resize"
+                );
+            }
+            rounds += 1;
+        }
+        resizer.join().expect("the resizing writer");
+    });
+    assert!(
+        sizes_seen.contains(&frontend_filter::WORDS_LOG2_MIN) && sizes_seen.contains(&10),
+        "packets ran under both sizes: {sizes_seen:?} in {rounds} passes"
     );
 }
 
@@ -421,7 +587,7 @@ fn adopting_pinned_maps_builds_a_missing_filter_and_keeps_a_pinned_one() {
     );
 
     // A writer is adding `pending`: its bits are set, the frontend not inserted yet.
-    let (word, mask) = slot_of(&pending);
+    let (word, mask) = kernel_slot(&adopted, &pending);
     let value = kernel_word(&adopted, word);
     set_kernel_word(&mut adopted, word, value | mask);
     drop(adopted);

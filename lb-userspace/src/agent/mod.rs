@@ -69,6 +69,8 @@ pub struct AgentConfig {
     pub capacity: MapCapacity,
     /// Source ports of masqueraded flows; no masquerade when `None`.
     pub masquerade_ports: Option<PortRange>,
+    /// How long a masqueraded TCP flow closed by FIN keeps its port.
+    pub masquerade_tcp_time_wait: Duration,
     /// The XDP fast path on (balanced packets leave from XDP where they can) or off.
     pub fast_path: bool,
     /// Devices the fast path may send frames out of (they must take redirected XDP frames).
@@ -184,7 +186,11 @@ async fn run_async(args: AgentConfig) -> anyhow::Result<()> {
         let config = datapath
             .config()
             .context("reading the datapath's timeouts")?;
-        tokio::spawn(expire_masquerade(snat, config));
+        tokio::spawn(expire_masquerade(
+            snat,
+            config,
+            args.masquerade_tcp_time_wait,
+        ));
     }
     if let Some(cgroup) = args.cgroup_root.resolve()? {
         datapath
@@ -357,7 +363,11 @@ async fn run_async(args: AgentConfig) -> anyhow::Result<()> {
 
 /// Deletes expired masquerade entries every [`MASQUERADE_EXPIRY_INTERVAL`], for as long as
 /// the agent runs (a stopped agent leaves them: they are freed by its successor).
-async fn expire_masquerade(snat: aya::maps::MapData, config: lb_common::Config) {
+async fn expire_masquerade(
+    snat: aya::maps::MapData,
+    config: lb_common::Config,
+    tcp_time_wait: Duration,
+) {
     use std::os::fd::AsFd as _;
     let mut tick = tokio::time::interval(MASQUERADE_EXPIRY_INTERVAL);
     loop {
@@ -366,6 +376,7 @@ async fn expire_masquerade(snat: aya::maps::MapData, config: lb_common::Config) 
             masquerade::expire(
                 snat.fd().as_fd(),
                 &config,
+                u64::try_from(tcp_time_wait.as_nanos()).unwrap_or(u64::MAX),
                 masquerade::monotonic_coarse_ns(),
             )
         });

@@ -245,6 +245,20 @@ pub struct AgentArgs {
     /// (`net.ipv4.ip_local_port_range`, 32768-60999 by default) and its NodePorts.
     #[arg(long, value_name = "MIN-MAX|off", default_value = DEFAULT_MASQUERADE_PORTS, value_parser = parse_port_range, env = "SLICELB_MASQUERADE_PORTS")]
     pub masquerade_ports: ::std::option::Option<PortRange>,
+    /// Seconds a masqueraded TCP connection the endpoint closed first keeps its port
+    /// (netfilter's `nf_conntrack_tcp_timeout_time_wait`): the endpoint holds the old
+    /// connection for 60 s after it closed, and a new connection given the same port
+    /// meanwhile is answered with the old connection's ACK instead of a SYN-ACK. Ports of
+    /// the range per endpoint divided by this is the sustained rate of new masqueraded
+    /// connections to one endpoint that the endpoint closes.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value = "120",
+        value_parser = parse_seconds,
+        env = "SLICELB_MASQUERADE_TCP_TIME_WAIT"
+    )]
+    pub masquerade_tcp_time_wait: Duration,
     /// Entries of the masquerade table (SNAT, two per masqueraded flow). A full table
     /// refuses new masqueraded flows; it never evicts a live one.
     #[arg(long, value_name = "N", default_value_t = lb_common::capacity::SNAT, value_parser = parse_map_size, env = "SLICELB_MASQUERADE_MAX")]
@@ -314,6 +328,7 @@ impl AgentArgs {
                 (None, false) => CgroupRoot::Mount,
             },
             masquerade_ports: self.masquerade_ports,
+            masquerade_tcp_time_wait: self.masquerade_tcp_time_wait,
             fast_path: self.fast_path,
             fast_path_ifaces: self.fast_path_ifaces.clone(),
             capacity: MapCapacity {
@@ -697,6 +712,16 @@ mod tests {
                 "--conntrack-max {absurd} was accepted"
             );
         }
+    }
+
+    #[test]
+    fn a_closed_masqueraded_flow_keeps_its_port_for_netfilters_time_wait_unless_told() {
+        assert_eq!(
+            agent_with(&[]).masquerade_tcp_time_wait,
+            crate::dataplane::masquerade::DEFAULT_TCP_TIME_WAIT
+        );
+        let short = agent_with(&["--masquerade-tcp-time-wait", "1"]);
+        assert_eq!(short.masquerade_tcp_time_wait, Duration::from_secs(1));
     }
 
     #[test]

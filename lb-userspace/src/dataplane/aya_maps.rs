@@ -464,12 +464,66 @@ impl AyaMaps {
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(read_err(map_names::FRONTENDS))?,
             };
-            let built = frontend_filter::rebuild(self.frontend_filter_fd.as_fd(), keys)?;
+            // At the size the datapath reads now; `size_filter` changes it afterwards.
+            let words_log2 = self.filter_size_in_use()?;
+            let built =
+                frontend_filter::rebuild(self.frontend_filter_fd.as_fd(), keys, words_log2)?;
             self.frontend_filter = Some(built);
         }
         Ok(self
             .frontend_filter
             .get_or_insert_with(FrontendFilter::default))
+    }
+
+    /// FRONTEND_FILTER's size in use (log2 of its words), as CONFIG says.
+    fn filter_size_in_use(&self) -> Result<u32, DataplaneError> {
+        let config = self
+            .config
+            .get(&0, 0)
+            .map_err(read_err(map_names::CONFIG))?;
+        Ok(lb_common::frontend_filter::words_log2_in_use(
+            config.frontend_filter_words_log2,
+        ))
+    }
+
+    /// Resizes FRONTEND_FILTER when `frontends` frontends want another size
+    /// ([`frontend_filter::size_change`]); with `grow_only`, only to a larger one.
+    fn size_filter(&mut self, frontends: usize, grow_only: bool) -> Result<(), DataplaneError> {
+        let current = self.filter()?.words_log2();
+        let Some(words_log2) = frontend_filter::size_change(current, frontends) else {
+            return Ok(());
+        };
+        if grow_only && words_log2 < current {
+            return Ok(());
+        }
+        let Self {
+            frontend_filter: Some(filter),
+            frontend_filter_fd,
+            config,
+            ..
+        } = self
+        else {
+            return Ok(());
+        };
+        let switch_size = |words_log2| {
+            let mut value = config.get(&0, 0).map_err(read_err(map_names::CONFIG))?;
+            value.frontend_filter_words_log2 = words_log2;
+            config
+                .set(0, &value, 0)
+                .map_err(write_err(map_names::CONFIG, 1))
+        };
+        frontend_filter::resize(
+            frontend_filter_fd.as_fd(),
+            filter,
+            words_log2,
+            switch_size,
+            frontend_filter::RESIZE_GRACE,
+        )?;
+        tracing::info!(
+            "FRONTEND_FILTER resized to 2^{words_log2} words for {} frontends",
+            filter.len()
+        );
+        Ok(())
     }
 
     /// Sets the frontend's filter bit, then inserts it (make before break).
@@ -722,6 +776,34 @@ impl MapWriter for AyaMaps {
 
 impl AyaMaps {
     fn apply_all(&mut self, ops: &[MapOp]) -> Result<(), DataplaneError> {
+        // Grown before the new frontends' bits are set (a cold sync resizes once, not at
+        // each power of two), shrunk after the deletes (or after the first sync, from the
+        // size a zero in CONFIG stands for).
+        if ops.iter().any(|op| matches!(op, MapOp::PutFrontend { .. })) {
+            let filter = self.filter()?;
+            let new = ops
+                .iter()
+                .filter_map(|op| match op {
+                    MapOp::PutFrontend { key, .. } if !filter.contains(key) => Some(key),
+                    _ => None,
+                })
+                .collect::<std::collections::HashSet<_>>()
+                .len();
+            let after_puts = filter.len() + new;
+            self.size_filter(after_puts, true)?;
+        }
+        self.apply_ops(ops)?;
+        if ops
+            .iter()
+            .any(|op| matches!(op, MapOp::PutFrontend { .. } | MapOp::DeleteFrontend { .. }))
+        {
+            let frontends = self.filter()?.len();
+            self.size_filter(frontends, false)?;
+        }
+        Ok(())
+    }
+
+    fn apply_ops(&mut self, ops: &[MapOp]) -> Result<(), DataplaneError> {
         let mut rest = ops;
         while let Some(op) = rest.first() {
             let run = consecutive_backends(rest, self.capacity.backends);

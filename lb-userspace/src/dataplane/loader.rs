@@ -315,9 +315,16 @@ impl Datapath {
             ns_per_jiffy: 0,
         };
         datapath.load_programs()?;
-        if frontends_without_filter {
-            // FRONTENDS pinned by a datapath without the filter: set their bits before
-            // anything is attached. An adopted filter is left alone: its writer keeps it in
+        let filter_recomputed = datapath.migration.as_ref().is_some_and(|migration| {
+            migration
+                .rebuilt
+                .iter()
+                .any(|map| map.map == map_names::FRONTEND_FILTER)
+        });
+        if frontends_without_filter || filter_recomputed {
+            // FRONTENDS pinned by a datapath without the filter, or with another filter
+            // layout (a migration made it anew, empty): set their bits before anything is
+            // attached. An adopted filter is left alone: its writer keeps it in
             // step with FRONTENDS, and a rewrite from a look at FRONTENDS would clear the bits
             // of a frontend a running agent is adding (bits first, then the frontend), which
             // would then be turned away for good.
@@ -387,8 +394,11 @@ impl Datapath {
                 map: map_names::FRONTENDS,
                 source,
             })?;
+        let words_log2 = lb_common::frontend_filter::words_log2_in_use(
+            self.config()?.frontend_filter_words_log2,
+        );
         let filter = self.map_data(map_names::FRONTEND_FILTER)?;
-        super::frontend_filter::rebuild(filter.fd().as_fd(), keys)
+        super::frontend_filter::rebuild(filter.fd().as_fd(), keys, words_log2)
             .map(|_| ())
             .map_err(|source| LoadError::FrontendFilter { source })
     }
@@ -397,9 +407,13 @@ impl Datapath {
     /// (whatever `config` says of them): flow cache slots filled under the old entry are not
     /// used again.
     pub fn write_config(&mut self, config: &Config) -> Result<(), LoadError> {
+        let pinned = self.config()?;
         let config = &Config {
             ns_per_jiffy: self.ns_per_jiffy,
-            flow_generation: self.config()?.flow_generation.wrapping_add(1),
+            flow_generation: pinned.flow_generation.wrapping_add(1),
+            // The filter's writer owns its size: the filter's words are laid out for the
+            // pinned one.
+            frontend_filter_words_log2: pinned.frontend_filter_words_log2,
             ..*config
         };
         let map = self
@@ -1040,6 +1054,8 @@ pub fn interface_index(iface: &str) -> Result<u32, LoadError> {
 pub(crate) fn max_entries(capacity: &MapCapacity, map: &str) -> Option<u32> {
     match map {
         map_names::FRONTENDS => Some(capacity.frontends),
+        // Fixed, and a size pinned by layout version 2 (2^15) makes it anew.
+        map_names::FRONTEND_FILTER => Some(lb_common::frontend_filter::WORDS),
         map_names::BACKENDS => Some(capacity.backends),
         map_names::SELECTION => Some(capacity.selection_slots),
         map_names::TABLE_MEMBERS => Some(capacity.table_members),

@@ -17,9 +17,7 @@ use lb_common::{
 
 use super::{
     AppliedState, DataplaneError, DeletedFlows, MapCapacity, MapOp, MapWriter, SelectionTable,
-    StaleFlows,
-    frontend_filter::{self, FrontendFilter},
-    fully_indexed, members_of,
+    StaleFlows, frontend_filter::FrontendFilter, fully_indexed, members_of,
 };
 
 /// The configuration maps, in memory.
@@ -320,7 +318,7 @@ impl MemoryMaps {
 
     /// Are all of `key`'s bits set in FRONTEND_FILTER as the kernel would hold it?
     pub fn filter_covers(&self, key: &FrontendKey) -> bool {
-        let (word, mask) = frontend_filter::slot_of(key);
+        let (word, mask) = self.filter.slot(key);
         self.filter_words
             .get(&word)
             .is_some_and(|w| w & mask == mask)
@@ -474,7 +472,7 @@ impl MapWriter for MemoryMaps {
 mod tests {
     use lb_common::{FAMILY_IPV4, PROTO_UDP};
 
-    use super::*;
+    use super::{super::frontend_filter, *};
 
     fn frontend(last: u8, port: u16) -> FrontendKey {
         FrontendKey {
@@ -531,9 +529,11 @@ mod tests {
 
     #[test]
     fn shared_filter_bit_survives_the_first_delete() {
-        let (a, b) =
-            frontend_filter::sharing_pair(|i| frontend((i >> 8) as u8, 1000 + (i & 0xff) as u16))
-                .expect("two keys sharing a filter bit");
+        let (a, b) = frontend_filter::sharing_pair(
+            |i| frontend((i >> 8) as u8, 1000 + (i & 0xff) as u16),
+            lb_common::frontend_filter::WORDS_LOG2_UNSET,
+        )
+        .expect("two keys sharing a filter bit");
         let mut maps = MemoryMaps::new(MapCapacity::default());
         for key in [a, b] {
             maps.apply(&[MapOp::PutFrontend {

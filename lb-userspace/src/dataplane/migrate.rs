@@ -29,7 +29,7 @@ use std::{
 };
 
 use aya::maps::{Array, Map, MapData, MapError, MapType};
-use lb_common::{LAYOUT_VERSION, MapLayout, map_layout};
+use lb_common::{LAYOUT_VERSION, MapLayout, map_layout, map_names};
 
 use super::{
     MapCapacity,
@@ -98,12 +98,17 @@ enum Step {
     Same,
     /// The value grew at its end; the new bytes start as zeros.
     ZeroExtend,
+    /// Nothing is carried: the loader computes the new map's entries from other maps
+    /// (FRONTEND_FILTER from FRONTENDS).
+    Recompute,
 }
 
-/// Values of version 1 (and 0) that version 2 made longer, with their version-1 size:
-/// CONFIG gained `ns_per_jiffy` and `flow_generation` (zero: the flow cache stays off until
-/// the agent writes CONFIG, which it does on every start).
-const GREW_IN_VERSION_2: [(&str, usize); 1] = [(lb_common::map_names::CONFIG, 40)];
+/// CONFIG's size in versions 0 and 1, and in version 2. Version 2 added `ns_per_jiffy` and
+/// `flow_generation` (zero: the flow cache stays off until the agent writes CONFIG, which
+/// it does on every start), version 3 `frontend_filter_words_log2` (zero: the size of
+/// version 2's filter, at which the loader recomputes it).
+const CONFIG_SIZE_BEFORE_VERSION_2: usize = 40;
+const CONFIG_SIZE_IN_VERSION_2: usize = 48;
 
 /// How the entries of one map pinned in an older layout become this build's.
 #[derive(Clone, Copy, Debug)]
@@ -130,26 +135,34 @@ impl Converter {
             pinned_value_size: layout.value_size,
             layout,
         };
-        match from_version {
+        let config_size = match from_version {
             // Version 0 is the layout of maps pinned before versions were, which is
             // version 1's.
-            0 | 1 => Ok(
-                match GREW_IN_VERSION_2.iter().find(|(name, _)| *name == map) {
-                    Some(&(_, pinned_value_size)) => Self {
-                        step: Step::ZeroExtend,
-                        pinned_value_size,
-                        ..same
-                    },
-                    None => same,
-                },
-            ),
-            2 => Ok(same),
-            pinned => Err(MigrateError::Newer {
-                path: dir.to_path_buf(),
-                pinned,
-                current: LAYOUT_VERSION,
-            }),
-        }
+            0 | 1 => CONFIG_SIZE_BEFORE_VERSION_2,
+            2 => CONFIG_SIZE_IN_VERSION_2,
+            3 => return Ok(same),
+            pinned => {
+                return Err(MigrateError::Newer {
+                    path: dir.to_path_buf(),
+                    pinned,
+                    current: LAYOUT_VERSION,
+                });
+            }
+        };
+        // Before version 3: CONFIG was shorter, and FRONTEND_FILTER had a fixed size and
+        // another hash.
+        Ok(match map {
+            map_names::CONFIG => Self {
+                step: Step::ZeroExtend,
+                pinned_value_size: config_size,
+                ..same
+            },
+            map_names::FRONTEND_FILTER => Self {
+                step: Step::Recompute,
+                ..same
+            },
+            _ => same,
+        })
     }
 
     /// Entries pass unchanged: a pinned map of the right size can be kept as it is.
@@ -189,6 +202,7 @@ impl Converter {
                     grown[..value.len()].copy_from_slice(value);
                     out.push(key, &grown);
                 }
+                Step::Recompute => {}
             }
         }
         Ok(out)
@@ -202,6 +216,8 @@ pub enum Carried {
     Entries { kept: usize, dropped: usize },
     /// Per-CPU counters start again from zero.
     CountersRestarted,
+    /// Computed afresh from other maps by the loader.
+    Recomputed,
 }
 
 /// One map a migration made anew.
@@ -229,7 +245,7 @@ impl Migration {
             .iter()
             .map(|map| match map.carried {
                 Carried::Entries { dropped, .. } => dropped,
-                Carried::CountersRestarted => 0,
+                Carried::CountersRestarted | Carried::Recomputed => 0,
             })
             .sum()
     }
@@ -256,6 +272,7 @@ impl fmt::Display for Migration {
                     write!(f, ", {kept} carried over, {dropped} dropped)")?
                 }
                 Carried::CountersRestarted => write!(f, ", counters restarted)")?,
+                Carried::Recomputed => write!(f, ", recomputed)")?,
             }
         }
         Ok(())
@@ -516,6 +533,9 @@ fn copy_entries(
     only_new: bool,
 ) -> Result<Carried, MigrateError> {
     let map = converter.map;
+    if converter.step == Step::Recompute {
+        return Ok(Carried::Recomputed);
+    }
     let (old_data, old_info) = open_pinned(map, old)?;
     let (new_data, new_info) = open_pinned(map, new)?;
     let kind = old_info.map_type().map_err(|source| MigrateError::Map {
@@ -662,28 +682,57 @@ mod tests {
         entries
     }
 
+    /// Versions 0 and 1 gain a zero tick, generation and filter size, version 2 a zero
+    /// filter size (the 2^15 words the loader recomputes the filter at).
     #[test]
-    fn a_version_1_config_gains_a_zero_tick_and_generation() {
-        let pinned_config = [7u8; 40];
-        let mut pinned = RawEntries::new(4, pinned_config.len());
-        pinned.push(&0u32.to_ne_bytes(), &pinned_config);
-        for version in [0, 1] {
+    fn an_older_config_is_zero_extended() {
+        for (version, pinned_size) in [(0, 40), (1, 40), (2, 48)] {
+            let pinned_config = vec![7u8; pinned_size];
+            let mut pinned = RawEntries::new(4, pinned_size);
+            pinned.push(&0u32.to_ne_bytes(), &pinned_config);
             let converter = Converter::new(version, map_names::CONFIG, Path::new("/pins"))
                 .expect("a known version");
             assert!(!converter.is_identity(), "version {version}: CONFIG grew");
             let converted = converter.convert(&pinned).expect("converted");
             let mut expected = RawEntries::new(4, size_of::<lb_common::Config>());
-            let mut value = [0u8; 48];
-            value[..40].copy_from_slice(&pinned_config);
+            let mut value = [0u8; 56];
+            value[..pinned_size].copy_from_slice(&pinned_config);
             expected.push(&0u32.to_ne_bytes(), &value);
             assert_eq!(converted, expected, "version {version}");
         }
     }
 
+    /// A filter pinned before version 3 (another hash, a fixed size) is not carried: the
+    /// loader sets every pinned frontend's bits anew.
+    #[test]
+    fn an_older_frontend_filter_is_recomputed_not_carried() {
+        let mut pinned = RawEntries::new(4, 8);
+        pinned.push(&3u32.to_ne_bytes(), &u64::MAX.to_ne_bytes());
+        for version in [0, 1, 2] {
+            let converter = Converter::new(version, map_names::FRONTEND_FILTER, Path::new("/pins"))
+                .expect("a known version");
+            assert!(!converter.is_identity(), "version {version}");
+            assert_eq!(
+                converter.convert(&pinned).expect("converted").len(),
+                0,
+                "version {version}"
+            );
+        }
+        assert!(
+            Converter::new(
+                LAYOUT_VERSION,
+                map_names::FRONTEND_FILTER,
+                Path::new("/pins")
+            )
+            .expect("this version")
+            .is_identity()
+        );
+    }
+
     #[test]
     fn entries_pinned_before_layout_versions_convert_byte_for_byte() {
         let pinned = conntrack(&[flow(40000, 5), flow(40001, 7)]);
-        for version in [0, 1, LAYOUT_VERSION] {
+        for version in [0, 1, 2, LAYOUT_VERSION] {
             let converter = Converter::new(version, map_names::CONNTRACK, Path::new("/pins"))
                 .expect("a known version");
             assert!(converter.is_identity(), "version {version}");

@@ -621,6 +621,9 @@ fn too_big_about_a_masqueraded_packet_reaches_the_client_quoting_the_frontend() 
     });
 }
 
+/// The agent's default hold of a closed TCP flow's port, in ns.
+const TIME_WAIT_NS: u64 = masquerade::DEFAULT_TCP_TIME_WAIT.as_nanos() as u64;
+
 /// Row 10: the agent's expiry keeps a live flow, deletes both entries of an idle one, and
 /// its port is free again: with a single port, a new flow to the same endpoint gets it.
 #[test]
@@ -636,7 +639,7 @@ fn the_agents_expiry_frees_an_idle_flows_port() {
         let fd = std::os::fd::AsFd::as_fd(snat.fd());
         let now = masquerade::monotonic_coarse_ns();
         let config = env.datapath.config().expect("CONFIG");
-        let kept = masquerade::expire(fd, &config, now).map_err(|e| e.to_string())?;
+        let kept = masquerade::expire(fd, &config, TIME_WAIT_NS, now).map_err(|e| e.to_string())?;
         if kept.flows() != 0 || env.snat_entries().len() != 2 {
             return Err(format!("a live flow expired: {kept:?}"));
         }
@@ -651,7 +654,7 @@ fn the_agents_expiry_frees_an_idle_flows_port() {
         let config = env.datapath.config().expect("CONFIG");
         let snat = env.datapath.map_data(map_names::SNAT).expect("SNAT");
         let fd = std::os::fd::AsFd::as_fd(snat.fd());
-        let expired = masquerade::expire(fd, &config, now + 600 * 1_000_000_000)
+        let expired = masquerade::expire(fd, &config, TIME_WAIT_NS, now + 600 * 1_000_000_000)
             .map_err(|e| e.to_string())?;
         let (out_key, in_key) = snat_keys(family, &flow);
         if expired.outbound != vec![out_key] || expired.inbound != vec![in_key] {
