@@ -79,7 +79,8 @@ fn reply_nat_from_conntrack<C: PacketCtx>(
     let entry = match handshake.or_else(|| CONNTRACK.get_ptr_mut(&key)) {
         Some(entry) => entry,
         // A backend answers a flow in its handshake only with SYN-ACK (looked up above) or
-        // RST: only those pay for the second lookup (and never fill a usable slot: the cache skips them).
+        // RST: only those pay for the second lookup (and never fill a usable slot: the
+        // cache skips them).
         None if p.proto == PROTO_TCP && p.tcp_flags & TCP_RST != 0 => {
             HANDSHAKES.get_ptr_mut(&key)?
         }

@@ -201,20 +201,13 @@ enum Leaves {
 const NO_NEXT_HOP: Leaves = Leaves::ToTheStack(FastPathCounter::StackNoNextHop);
 const NOT_FOR_THIS_NODE: Leaves = Leaves::ToTheStack(FastPathCounter::StackNotForThisNode);
 
-/// FAST_PATH_STATS summed over CPUs.
+/// FAST_PATH_STATS summed over CPUs, in `FastPathCounter::ALL` order (the agent's reader).
 fn fast_path_counts(env: &Env) -> Vec<u64> {
-    let map = env
-        .datapath
-        .map("FAST_PATH_STATS")
-        .expect("FAST_PATH_STATS");
-    let stats: aya::maps::PerCpuArray<_, u64> =
-        aya::maps::PerCpuArray::try_from(map).expect("FAST_PATH_STATS is a per-CPU array");
-    FastPathCounter::ALL
-        .iter()
-        .map(|c| {
-            let per_cpu = stats.get(&(*c as u32), 0).expect("reading FAST_PATH_STATS");
-            per_cpu.iter().sum()
-        })
+    env.maps
+        .fast_path_counters()
+        .expect("reading FAST_PATH_STATS")
+        .into_iter()
+        .map(|(_, count)| count)
         .collect()
 }
 
