@@ -254,6 +254,11 @@ pub fn run(
             lb.set_masquerade(masquerade::PORTS, &masquerade::addresses())?;
             Ok((lb, PerPacketPrograms::load()?))
         });
+        if let Err(error) = &loaded {
+            progress.println(format!(
+                "per-packet: {services} services x {endpoints} not measured: {error:#}"
+            ));
+        }
         for family in [Family::V4, Family::V6] {
             let rows = match &mut loaded {
                 Ok((slicelb, restore)) => measure_family(slicelb, restore, &set, family, config)?,
@@ -264,7 +269,11 @@ pub fn run(
                         ns: f64::NAN,
                         floor: f64::NAN,
                         parse_only: f64::NAN,
-                        note: format!("not measured: {error}"),
+                        // One line: a table cell (the full error went to the terminal).
+                        note: format!(
+                            "not measured: {}",
+                            error.to_string().lines().next().unwrap_or_default()
+                        ),
                     })
                     .collect(),
             };
@@ -325,8 +334,14 @@ pub fn run(
         .collect(),
     };
     let mut plots = Vec::new();
-    chart.write(plot_stem)?;
-    plots.push(file_name(plot_stem));
+    // Nothing measured (the programs did not load, say): the report still comes out, with
+    // the reason in every row, instead of failing on an empty plot.
+    if chart.series.is_empty() {
+        notes.push("No plot: no case was measured (each row says why).".into());
+    } else {
+        chart.write(plot_stem)?;
+        plots.push(file_name(plot_stem));
+    }
     Ok(Outcome {
         section: Section {
             slug: "per-packet".into(),
