@@ -1,8 +1,9 @@
-//! A TABLE_MEMBERS batch that the kernel stops part way (the map is full) leaves the map
-//! holding what the agent's applied state accounts for: the entries the batch wrote for new
-//! tables are taken out again, and a table already in use keeps its live entries. The error
-//! names the map, the first entry not written and the kernel's reason; once a service is
-//! deleted, the same tables fit. Needs root.
+//! A TABLE_MEMBERS batch that the kernel stops part way (the map is full), or a plan stopped
+//! later at its frontends, leaves the map holding what the agent's applied state (read back,
+//! as after any failed write) accounts for: the entries written for new tables no frontend
+//! points at are taken out again, and a table already in use keeps its live entries. The
+//! error names the map, the first entry not written and the kernel's reason; once a service
+//! is deleted, the same tables fit. Needs root.
 
 #[path = "support/kernel.rs"]
 mod kernel;
@@ -193,5 +194,35 @@ fn a_table_members_batch_stopped_by_a_full_map_leaves_only_what_the_agent_accoun
         &env,
         &[&first, &second, &unindexed],
         "after deleting a service",
+    );
+}
+
+/// A plan that fails later, at its frontends: the tables whose frontends went in are the
+/// applied state's, indexed; the entries of the one whose frontend the kernel refused go.
+#[test]
+fn a_plan_stopped_at_its_frontends_keeps_only_the_indexes_of_tables_in_use() {
+    let mut capacity = test_capacity();
+    capacity.frontends = 2;
+    let mut env = Env::with_capacity(capacity);
+    let services = [service(1, 4, 0), service(2, 5, 512), service(3, 6, 1024)];
+    let error = env
+        .maps
+        .apply(&plan(&services.iter().collect::<Vec<_>>(), &[]))
+        .expect_err("FRONTENDS overflows");
+    let message = error.to_string();
+    for part in [
+        "FRONTENDS is full (2 entries)",
+        "frontend 198.18.100.3:80/TCP of service id 3 was not written",
+        "Argument list too long",
+    ] {
+        assert!(
+            message.contains(part),
+            "the error names {part:?}: {message}"
+        );
+    }
+    check_accounted(
+        &env,
+        &[&services[0], &services[1]],
+        "after the refused frontend",
     );
 }
