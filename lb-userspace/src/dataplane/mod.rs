@@ -201,10 +201,11 @@ pub enum DataplaneError {
     },
 }
 
-/// Whether the kernel refused a batched entry because the map is full (a hash map says
-/// E2BIG, or ENOMEM when it cannot allocate the entry).
+/// Whether the kernel refused a batched entry because the map is full: a hash map says
+/// E2BIG (an array, for an index past its end). ENOMEM is not that: the kernel could not
+/// allocate the entry (memory pressure), however much room the map has.
 fn means_full(error: &std::io::Error) -> bool {
-    matches!(error.raw_os_error(), Some(libc::E2BIG) | Some(libc::ENOMEM))
+    error.raw_os_error() == Some(libc::E2BIG)
 }
 
 fn refusal(map: &str, entry: &str, capacity: u32, source: &std::io::Error) -> String {
@@ -331,6 +332,13 @@ mod tests {
         ] {
             assert!(message.contains(part), "{part:?} missing from {message:?}");
         }
+        let no_memory = refused(libc::ENOMEM);
+        assert_eq!(
+            no_memory.kind(),
+            "map_write",
+            "ENOMEM: no memory for the entry, not a full map"
+        );
+        assert!(!no_memory.to_string().contains("is full"), "{no_memory}");
         let invalid = refused(libc::EINVAL);
         assert_eq!(invalid.kind(), "map_write", "EINVAL: a failed write");
         assert!(
