@@ -992,14 +992,18 @@ impl AyaMaps {
         }
     }
 
-    /// The offsets of the tables FRONTENDS points at, in one batched pass.
+    /// Every entry of FRONTENDS, in one batched pass.
+    fn frontend_entries(&self) -> Result<Vec<(FrontendKey, FrontendValue)>, DataplaneError> {
+        batch::entries(self.frontends_fd.as_fd()).map_err(|source| DataplaneError::MapRead {
+            map: map_names::FRONTENDS,
+            source,
+        })
+    }
+
+    /// The offsets of the tables FRONTENDS points at.
     fn referenced_tables(&self) -> Result<FxHashSet<u32>, DataplaneError> {
-        let frontends = batch::entries::<FrontendKey, FrontendValue>(self.frontends_fd.as_fd())
-            .map_err(|source| DataplaneError::MapRead {
-                map: map_names::FRONTENDS,
-                source,
-            })?;
-        Ok(frontends
+        Ok(self
+            .frontend_entries()?
             .into_iter()
             .filter(|(_, value)| value.table_size > 0)
             .map(|(_, value)| value.table_offset)
@@ -1017,7 +1021,7 @@ impl AyaMaps {
             _ => None,
         });
         let id = planned.or_else(|| {
-            batch::entries::<FrontendKey, FrontendValue>(self.frontends_fd.as_fd())
+            self.frontend_entries()
                 .ok()?
                 .into_iter()
                 .find_map(|(_, value)| points_here(&value).then_some(value.service_id))
