@@ -1,9 +1,10 @@
 //! A TABLE_MEMBERS batch that the kernel stops part way (the map is full), or a plan stopped
 //! later at its frontends, leaves the map holding what the agent's applied state (read back,
 //! as after any failed write) accounts for: the entries written for new tables no frontend
-//! points at are taken out again, and a table already in use keeps its live entries. The
-//! error names the map, the first entry not written and the kernel's reason; once a service
-//! is deleted, the same tables fit. Needs root.
+//! points at are taken out again, and so is the index of a table a moved frontend left; a
+//! table already in use keeps its live entries. The error names the map, the first entry
+//! not written and the kernel's reason; once a service is deleted, the same tables fit.
+//! Needs root.
 
 #[path = "support/kernel.rs"]
 mod kernel;
@@ -13,7 +14,7 @@ use std::collections::BTreeMap;
 use aya::maps::{HashMap, MapData};
 use kernel::*;
 use lb_common::{PROTO_TCP, TableMember, backend_state::ACTIVE, frontend_kind, map_names};
-use slicelb::dataplane::{AppliedState, DataplaneError, MapOp, MapWriter as _};
+use slicelb::dataplane::{AppliedState, DataplaneError, MapCapacity, MapOp, MapWriter as _};
 
 /// Entries of TABLE_MEMBERS: the tables below need 70 with the first one, 62 without it.
 const CAPACITY: u32 = 64;
@@ -127,11 +128,27 @@ fn check_accounted(env: &Env, indexed: &[&Service], case: &str) {
     }
 }
 
+/// A datapath whose maps are the tests' sizes, but for `adjust`.
+fn env_with(adjust: impl FnOnce(&mut MapCapacity)) -> Env {
+    let mut capacity = test_capacity();
+    adjust(&mut capacity);
+    Env::with_capacity(capacity)
+}
+
+/// The error's message holds every one of `parts`.
+fn assert_names(error: &DataplaneError, parts: &[&str]) {
+    let message = error.to_string();
+    for part in parts {
+        assert!(
+            message.contains(part),
+            "the error names {part:?}: {message}"
+        );
+    }
+}
+
 #[test]
 fn a_table_members_batch_stopped_by_a_full_map_leaves_only_what_the_agent_accounts_for() {
-    let mut capacity = test_capacity();
-    capacity.table_members = CAPACITY;
-    let mut env = Env::with_capacity(capacity);
+    let mut env = env_with(|capacity| capacity.table_members = CAPACITY);
     // In use: `live`, indexed, and `unindexed`, whose frontend points at a table that an
     // older agent left without its index.
     let live = service(1, 8, 0);
@@ -156,18 +173,15 @@ fn a_table_members_batch_stopped_by_a_full_map_leaves_only_what_the_agent_accoun
         matches!(error, DataplaneError::EntryRefused { .. }) && error.kind() == "map_full",
         "a refused entry of a full map: {error:?}"
     );
-    let message = error.to_string();
-    for part in [
-        "TABLE_MEMBERS is full (64 entries)",
-        // Backends 400.. in id order, each first at the slot of its rank.
-        "backend 406 (first slot 6) of the selection table at 2048 (service test/svc-4:p) was not written",
-        "Argument list too long",
-    ] {
-        assert!(
-            message.contains(part),
-            "the error names {part:?}: {message}"
-        );
-    }
+    assert_names(
+        &error,
+        &[
+            "TABLE_MEMBERS is full (64 entries)",
+            // Backends 400.. in id order, each first at the slot of its rank.
+            "backend 406 (first slot 6) of the selection table at 2048 (service test/svc-4:p) was not written",
+            "Argument list too long",
+        ],
+    );
     check_accounted(&env, &[&live], "after the failed batch");
 
     // Room for the rest once `live` goes. The planner places the new tables anew, maybe
@@ -201,28 +215,51 @@ fn a_table_members_batch_stopped_by_a_full_map_leaves_only_what_the_agent_accoun
 /// applied state's, indexed; the entries of the one whose frontend the kernel refused go.
 #[test]
 fn a_plan_stopped_at_its_frontends_keeps_only_the_indexes_of_tables_in_use() {
-    let mut capacity = test_capacity();
-    capacity.frontends = 2;
-    let mut env = Env::with_capacity(capacity);
+    let mut env = env_with(|capacity| capacity.frontends = 2);
     let services = [service(1, 4, 0), service(2, 5, 512), service(3, 6, 1024)];
     let error = env
         .maps
         .apply(&plan(&services.iter().collect::<Vec<_>>(), &[]))
         .expect_err("FRONTENDS overflows");
-    let message = error.to_string();
-    for part in [
-        "FRONTENDS is full (2 entries)",
-        "frontend 198.18.100.3:80/TCP of service id 3 was not written",
-        "Argument list too long",
-    ] {
-        assert!(
-            message.contains(part),
-            "the error names {part:?}: {message}"
-        );
-    }
+    assert_names(
+        &error,
+        &[
+            "FRONTENDS is full (2 entries)",
+            "frontend 198.18.100.3:80/TCP of service id 3 was not written",
+            "Argument list too long",
+        ],
+    );
     check_accounted(
         &env,
         &[&services[0], &services[1]],
         "after the refused frontend",
+    );
+}
+
+/// A plan that moved a frontend to a new table and then failed, before it deleted the old
+/// table's index: that index is taken out too (the applied state read back no longer holds
+/// the table, so it would never be deleted).
+#[test]
+fn a_plan_stopped_after_moving_a_frontend_drops_the_index_of_the_table_it_left() {
+    let mut env = env_with(|capacity| capacity.frontends = 2);
+    let before = service(1, 4, 0);
+    env.install(&before);
+    // One more backend: a new table, and the frontend moves to it.
+    let moved = service(1, 5, 512);
+    let (second, third) = (service(2, 5, 1024), service(3, 6, 1536));
+    let mut ops = plan(&[&moved, &second, &third], &[]);
+    ops.push(MapOp::DeleteTableMembers {
+        offset: before.value.table_offset,
+        slots: before.table.as_slice().into(),
+    });
+    let error = env
+        .maps
+        .apply(&ops)
+        .expect_err("FRONTENDS overflows at the third frontend");
+    assert_names(&error, &["frontend 198.18.100.3:80/TCP"]);
+    check_accounted(
+        &env,
+        &[&moved, &second],
+        "after the move and the refused frontend",
     );
 }

@@ -757,7 +757,7 @@ impl MapWriter for AyaMaps {
         let result = self.apply_all(ops);
         let new_tables = std::mem::take(&mut self.new_tables);
         if result.is_err() {
-            self.forget_unreferenced(&new_tables);
+            self.forget_orphans(&new_tables, ops);
         }
         // The mapped window counts in the agent's RSS: keep it only while writing.
         if let Some(mapping) = &mut self.selection_mapping {
@@ -969,15 +969,16 @@ impl AyaMaps {
         })
     }
 
-    /// After a failed `apply`: deletes the TABLE_MEMBERS entries it wrote for new tables
-    /// that no frontend points at (one that a frontend written before the failure points at
-    /// is in the applied state, indexed). Best effort: the caller reports the write's error.
-    fn forget_unreferenced(&self, new_tables: &NewTables) {
-        if new_tables.is_empty() {
+    /// After `ops` failed: deletes the TABLE_MEMBERS entries of tables no frontend points at
+    /// that they wrote or meant to delete ([`NewTables::orphans`]; a table that a frontend
+    /// written before the failure points at is in the applied state, indexed). Best effort:
+    /// the caller reports the write's error.
+    fn forget_orphans(&self, new_tables: &NewTables, ops: &[MapOp]) {
+        if !new_tables.may_leave_orphans(ops) {
             return;
         }
         let forgotten = self.referenced_tables().and_then(|referenced| {
-            let doomed = new_tables.unreferenced(&referenced);
+            let doomed = new_tables.orphans(ops, &referenced);
             batch::delete_entries(self.table_members_fd.as_fd(), &doomed).map_err(|source| {
                 DataplaneError::MapWrite {
                     map: map_names::TABLE_MEMBERS,
@@ -987,7 +988,7 @@ impl AyaMaps {
         });
         if let Err(error) = forgotten {
             tracing::warn!(
-                "after a failed write, deleting the TABLE_MEMBERS entries of the new tables no frontend uses failed: {error}"
+                "after a failed write, deleting the TABLE_MEMBERS entries of tables no frontend uses failed: {error}"
             );
         }
     }

@@ -443,8 +443,8 @@ impl MapWriter for MemoryMaps {
     }
 
     /// Applies `ops` in order; on a failure, as `AyaMaps` does, takes out the TABLE_MEMBERS
-    /// entries of the tables these ops placed that no frontend points at (a table's own
-    /// entries go in whole or not at all here).
+    /// entries of the tables no frontend points at that these ops wrote or meant to delete
+    /// (a table's own entries go in whole or not at all here).
     fn apply(&mut self, ops: &[MapOp]) -> Result<(), DataplaneError> {
         let mut new_tables = NewTables::default();
         for op in ops {
@@ -458,7 +458,7 @@ impl MapWriter for MemoryMaps {
                     .filter(|value| value.table_size > 0)
                     .map(|value| value.table_offset)
                     .collect();
-                for key in new_tables.unreferenced(&referenced) {
+                for key in new_tables.orphans(ops, &referenced) {
                     self.table_members.remove(&key);
                 }
                 return Err(error);

@@ -282,8 +282,9 @@ pub trait MapWriter {
     fn capacity(&self) -> MapCapacity;
     fn read(&self) -> Result<AppliedState, DataplaneError>;
     /// Applies `ops` in order; on error, the ops before the failing one stay applied, except
-    /// the TABLE_MEMBERS entries of tables these ops placed that no frontend points at: those
-    /// are taken out, since [`Self::read`] would not see them (nor part of a failing op's).
+    /// TABLE_MEMBERS entries of tables no frontend points at that these ops wrote (part of
+    /// the failing op's too) or meant to delete: those are taken out, since [`Self::read`]
+    /// would not see them.
     fn apply(&mut self, ops: &[MapOp]) -> Result<(), DataplaneError>;
     /// Deletes the flow state `stale` names (CONNTRACK entries both ways, AFFINITY entries),
     /// looking at each entry of those maps at most once.

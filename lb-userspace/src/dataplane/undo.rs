@@ -1,11 +1,12 @@
 //! What a failed write leaves in TABLE_MEMBERS, and how the writers take it out again, so
 //! that after a failure the map holds what the applied state read back says: the entries of
-//! the tables frontends point at, and nothing a table of the failed plan wrote.
+//! the tables frontends point at, and none of the tables no frontend points at that the
+//! failed plan wrote or meant to delete.
 
 use lb_common::TableMember;
 use rustc_hash::FxHashSet;
 
-use super::SelectionTable;
+use super::{MapOp, SelectionTable};
 
 /// The TABLE_MEMBERS keys and values of the table at `offset` holding `slots`.
 pub fn member_entries(offset: u32, slots: &SelectionTable) -> (Vec<TableMember>, Vec<u32>) {
@@ -55,21 +56,35 @@ impl NewTables {
         }
     }
 
-    /// Whether no entry of a placed table was written.
-    pub fn is_empty(&self) -> bool {
-        self.indexed.is_empty()
+    /// Whether a failure of the apply that wrote `ops` can leave entries no table owns:
+    /// some were written for a placed table, or `ops` delete an index.
+    pub fn may_leave_orphans(&self, ops: &[MapOp]) -> bool {
+        !self.indexed.is_empty()
+            || ops
+                .iter()
+                .any(|op| matches!(op, MapOp::DeleteTableMembers { .. }))
     }
 
-    /// The entries written for placed tables whose offset `referenced` does not hold.
-    pub fn unreferenced(&self, referenced: &FxHashSet<u32>) -> Vec<TableMember> {
-        self.indexed
-            .iter()
-            .filter(|(offset, ..)| !referenced.contains(offset))
-            .flat_map(|(offset, slots, written)| {
-                let (mut keys, _) = member_entries(*offset, slots);
-                keys.truncate(*written);
-                keys
-            })
+    /// After `ops` failed, the entries that the applied state read back will not own, given
+    /// the tables frontends point at now (`referenced`): those written for placed tables,
+    /// and those of the tables whose index `ops` delete (a plan deletes an index once the
+    /// frontends have left its table, so a failure in between leaves it; some may be gone).
+    pub fn orphans(&self, ops: &[MapOp], referenced: &FxHashSet<u32>) -> Vec<TableMember> {
+        let written = self.indexed.iter().map(|(offset, slots, written)| {
+            let (mut keys, _) = member_entries(*offset, slots);
+            keys.truncate(*written);
+            (*offset, keys)
+        });
+        let deleted = ops.iter().filter_map(|op| match op {
+            MapOp::DeleteTableMembers { offset, slots } => {
+                Some((*offset, member_entries(*offset, slots).0))
+            }
+            _ => None,
+        });
+        written
+            .chain(deleted)
+            .filter(|(offset, _)| !referenced.contains(offset))
+            .flat_map(|(_, keys)| keys)
             .collect()
     }
 }
@@ -110,7 +125,7 @@ mod tests {
     }
 
     #[test]
-    fn only_the_written_entries_of_placed_tables_no_frontend_uses_are_unreferenced() {
+    fn orphans_are_the_written_entries_of_placed_tables_and_deleted_indexes_no_frontend_uses() {
         let mut tables = NewTables::default();
         let table = SelectionTable::from_ids(&[7, 5, 9, 5]);
         tables.place(0);
@@ -120,12 +135,27 @@ mod tests {
         tables.wrote(100, &table, 2);
         // Not placed by this apply: a table in use, indexed again.
         tables.wrote(200, &table, 3);
+        let old = SelectionTable::from_ids(&[3]);
+        let ops = [
+            MapOp::DeleteTableMembers {
+                offset: 300,
+                slots: old.clone(),
+            },
+            MapOp::DeleteTableMembers {
+                offset: 400,
+                slots: old,
+            },
+        ];
+        assert!(tables.may_leave_orphans(&[]));
         assert_eq!(
-            tables.unreferenced(&FxHashSet::from_iter([0])),
-            vec![member(100, 5), member(100, 7)],
-            "the table a frontend points at keeps its entries; of the other, the two written go"
+            tables.orphans(&ops, &FxHashSet::from_iter([0, 400])),
+            vec![member(100, 5), member(100, 7), member(300, 3)],
+            "tables a frontend points at keep their entries; of the others, those written go, \
+             and the index of a table the plan left"
         );
-        assert_eq!(tables.unreferenced(&FxHashSet::from_iter([0, 100])), vec![]);
+        assert_eq!(tables.orphans(&[], &FxHashSet::from_iter([0, 100])), vec![]);
+        assert!(!NewTables::default().may_leave_orphans(&[]));
+        assert!(NewTables::default().may_leave_orphans(&ops));
     }
 
     #[test]
