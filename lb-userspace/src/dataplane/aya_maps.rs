@@ -904,17 +904,18 @@ impl AyaMaps {
                 _ => self.apply_one(op)?,
             }
         }
-        let in_use = keys
-            .iter()
-            .enumerate()
-            .filter(|(_, key)| !self.new_tables.placed(key.table_offset))
-            .map(|(index, key)| {
-                Ok((
-                    index,
-                    entry(&self.table_members, map_names::TABLE_MEMBERS, key)?,
-                ))
-            })
-            .collect::<Result<Vec<_>, DataplaneError>>()?;
+        // Per table, not per key: a cold sync's tables are all placed, and cost no lookup.
+        let mut in_use = Vec::new();
+        let mut start = 0;
+        for &(offset, _, count) in &tables {
+            if !self.new_tables.placed(offset) {
+                for (index, key) in keys.iter().enumerate().skip(start).take(count) {
+                    let before = entry(&self.table_members, map_names::TABLE_MEMBERS, key)?;
+                    in_use.push((index, before));
+                }
+            }
+            start += count;
+        }
         let result = batch::update_entries(self.table_members_fd.as_fd(), &keys, &first_slots);
         let written = result
             .as_ref()
