@@ -506,12 +506,20 @@ fn map_writer_reads_back_and_reports_full_maps() {
         })
         .collect();
     match env.maps.apply(&extra) {
-        Err(DataplaneError::MapFull { map, capacity }) => {
-            assert_eq!(
-                (map, capacity),
-                ("FRONTENDS", 4),
-                "the error names the full map"
-            )
+        Err(
+            error @ DataplaneError::EntryRefused {
+                map: "FRONTENDS",
+                capacity: 4,
+                ..
+            },
+        ) => {
+            assert_eq!(error.kind(), "map_full", "{error}");
+            assert!(
+                error
+                    .to_string()
+                    .contains("frontend 198.18.100.5:80/TCP of service id 5 was not written"),
+                "the error names the full map and the frontend refused: {error}"
+            );
         }
         other => panic!("a fifth frontend in a 4-entry map: {other:?}"),
     }

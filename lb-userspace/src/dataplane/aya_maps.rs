@@ -18,15 +18,18 @@ use lb_common::{
     SourceRangeKey, TableMember, map_names,
 };
 
+use rustc_hash::FxHashSet;
+
 use super::{
-    AppliedState, DataplaneError, DeletedFlows, MapCapacity, MapOp, MapWriter, SelectionTable,
-    StaleFlows,
+    AppliedState, DataplaneError, DeletedFlows, MapCapacity, MapOp, MapWriter, StaleFlows,
     batch::{self, Counted},
+    describe_frontend,
     frontend_filter::{self, FrontendFilter},
     fully_indexed,
     loader::{Datapath, LoadError},
     mapped_array::MappedArray,
     pins,
+    undo::{NewTables, member_entries, undo_in_use},
 };
 
 /// The value stored for every source range (only the prefix matters).
@@ -47,6 +50,11 @@ pub struct AyaMaps {
     frontend_filter_fd: OwnedFd,
     /// TABLE_MEMBERS, written and walked in batches.
     table_members_fd: OwnedFd,
+    /// TABLE_MEMBERS for single lookups (entries of a table in use, before a batch that
+    /// rewrites them).
+    table_members: HashMap<MapData, TableMember, u32>,
+    /// What the current `apply` wrote that a failure would leave without an owner.
+    new_tables: NewTables,
     /// The frontends behind each FRONTEND_FILTER bit; built from FRONTENDS (and the kernel
     /// bitmap rewritten to match) on the first `apply`, so readers never pay for it.
     frontend_filter: Option<FrontendFilter>,
@@ -225,8 +233,8 @@ impl AyaMaps {
         let conntrack_fd = clone_fd(map_names::CONNTRACK, &conntrack)?;
         let affinity = open(map_names::AFFINITY)?;
         let affinity_fd = clone_fd(map_names::AFFINITY, &affinity)?;
-        let table_members_fd =
-            clone_fd(map_names::TABLE_MEMBERS, &open(map_names::TABLE_MEMBERS)?)?;
+        let table_members = open(map_names::TABLE_MEMBERS)?;
+        let table_members_fd = clone_fd(map_names::TABLE_MEMBERS, &table_members)?;
         let service_names = open(map_names::SERVICE_NAMES)?;
         let service_names_fd = clone_fd(map_names::SERVICE_NAMES, &service_names)?;
         let frontends = open(map_names::FRONTENDS)?;
@@ -244,6 +252,10 @@ impl AyaMaps {
             selection_mapping,
             frontend_filter_fd,
             table_members_fd,
+            table_members: typed(map_names::TABLE_MEMBERS, table_members, |d| {
+                HashMap::try_from(Map::HashMap(d))
+            })?,
+            new_tables: NewTables::default(),
             frontend_filter: None,
             frontends_read: std::sync::Mutex::new(None),
             writable: true,
@@ -553,6 +565,10 @@ impl AyaMaps {
 
     fn apply_one(&mut self, op: &MapOp) -> Result<(), DataplaneError> {
         let capacity = self.capacity;
+        if let MapOp::PutSelection { offset, .. } = op {
+            // Free space: no entry of TABLE_MEMBERS at this offset is in use.
+            self.new_tables.place(*offset);
+        }
         match op {
             MapOp::PutBackend { id, backend } => {
                 if *id >= capacity.backends {
@@ -585,9 +601,13 @@ impl AyaMaps {
                 let ids = slots.ids();
                 let Some(mapping) = &mut self.selection_mapping else {
                     return batch::update(self.selection_fd.as_fd(), *offset, &ids).map_err(
-                        |source| DataplaneError::MapWrite {
-                            map: map_names::SELECTION,
-                            source,
+                        |failed| {
+                            DataplaneError::refused(
+                                map_names::SELECTION,
+                                capacity.selection_slots,
+                                failed,
+                                |index| Some(format!("slot {index} of the table at {offset}")),
+                            )
                         },
                     );
                 };
@@ -609,12 +629,7 @@ impl AyaMaps {
                 fence(Ordering::SeqCst);
                 Ok(())
             }
-            MapOp::PutTableMembers { offset, slots } => {
-                let (keys, first_slots) = member_entries(*offset, slots);
-                batch::update_entries(self.table_members_fd.as_fd(), &keys, &first_slots).map_err(
-                    batch_write_err(map_names::TABLE_MEMBERS, capacity.table_members),
-                )
-            }
+            MapOp::PutTableMembers { .. } => self.put_tables(std::slice::from_ref(op), &[]),
             MapOp::DeleteTableMembers { offset, slots } => {
                 let (keys, _) = member_entries(*offset, slots);
                 batch::delete_entries(self.table_members_fd.as_fd(), &keys)
@@ -740,6 +755,10 @@ impl MapWriter for AyaMaps {
 
     fn apply(&mut self, ops: &[MapOp]) -> Result<(), DataplaneError> {
         let result = self.apply_all(ops);
+        let new_tables = std::mem::take(&mut self.new_tables);
+        if result.is_err() {
+            self.forget_orphans(&new_tables, ops);
+        }
         // The mapped window counts in the agent's RSS: keep it only while writing.
         if let Some(mapping) = &mut self.selection_mapping {
             mapping.release();
@@ -813,11 +832,22 @@ impl AyaMaps {
                 // A cold sync names every service in a row: one batch, not one syscall each.
                 let (ids, values): (Vec<u32>, Vec<ServiceName>) = names.into_iter().unzip();
                 batch::update_entries(self.service_names_fd.as_fd(), &ids, &values).map_err(
-                    batch_write_err(map_names::SERVICE_NAMES, self.capacity.services),
+                    |failed| {
+                        DataplaneError::refused(
+                            map_names::SERVICE_NAMES,
+                            self.capacity.services,
+                            failed,
+                            |index| {
+                                let (id, name) = (ids.get(index)?, values.get(index)?);
+                                Some(format!("the name {} of service id {id}", name.as_str()))
+                            },
+                        )
+                    },
                 )?;
                 rest = &rest[ids.len()..];
-            } else if tables > 2 {
-                self.put_tables(&rest[..tables])?;
+            } else if tables > 2 || matches!(op, MapOp::PutTableMembers { .. }) {
+                // An index is always written here, so a batch that stops part way is undone.
+                self.put_tables(&rest[..tables], rest)?;
                 rest = &rest[tables..];
             } else if let frontends @ 3.. = leading_frontends(rest) {
                 self.put_frontends(&rest[..frontends])?;
@@ -829,11 +859,13 @@ impl AyaMaps {
                     MapOp::PutBackend { id, .. } => *id,
                     _ => unreachable!("a run holds PutBackend ops only"),
                 };
-                batch::update(self.backends_fd.as_fd(), first, &run).map_err(|source| {
-                    DataplaneError::MapWrite {
-                        map: map_names::BACKENDS,
-                        source,
-                    }
+                batch::update(self.backends_fd.as_fd(), first, &run).map_err(|failed| {
+                    DataplaneError::refused(
+                        map_names::BACKENDS,
+                        self.capacity.backends,
+                        failed,
+                        |index| Some(format!("backend id {}", u64::from(first) + index as u64)),
+                    )
                 })?;
                 rest = &rest[run.len()..];
             } else {
@@ -846,25 +878,167 @@ impl AyaMaps {
 }
 
 impl AyaMaps {
-    /// Writes a run of new tables (`PutSelection` and `PutTableMembers` ops): every table
-    /// into SELECTION, then all their TABLE_MEMBERS entries in one batch. Each table's
-    /// entries still follow its slots, and no frontend names any of them yet.
-    fn put_tables(&mut self, run: &[MapOp]) -> Result<(), DataplaneError> {
+    /// Writes a run of tables (`PutSelection` and `PutTableMembers` ops): every table into
+    /// SELECTION, then all their TABLE_MEMBERS entries in one batch. Each table's entries
+    /// still follow its slots, and no frontend names a new one yet. `context`, the ops from
+    /// the run on, may name the service of a table whose entry the kernel refuses.
+    ///
+    /// A batch the kernel stops part way is undone rather than adopted: the applied state
+    /// knows a table as indexed or not, never half, so it could not account for part of an
+    /// index. A new table's entries are deleted with the apply's other new tables
+    /// ([`NewTables`]). A table in use (indexed again because an older agent left it
+    /// without an index) gets back what each entry held: those are looked up first, so its
+    /// live entries stay, and deleting every key of the batch would not be safe.
+    fn put_tables(&mut self, run: &[MapOp], context: &[MapOp]) -> Result<(), DataplaneError> {
         let mut keys = Vec::new();
         let mut first_slots = Vec::new();
+        let mut tables = Vec::new();
         for op in run {
             match op {
                 MapOp::PutTableMembers { offset, slots } => {
                     let (table_keys, table_slots) = member_entries(*offset, slots);
+                    tables.push((*offset, slots, table_keys.len()));
                     keys.extend(table_keys);
                     first_slots.extend(table_slots);
                 }
                 _ => self.apply_one(op)?,
             }
         }
-        batch::update_entries(self.table_members_fd.as_fd(), &keys, &first_slots).map_err(
-            batch_write_err(map_names::TABLE_MEMBERS, self.capacity.table_members),
-        )
+        // Per table, not per key: a cold sync's tables are all placed, and cost no lookup.
+        let mut in_use = Vec::new();
+        let mut start = 0;
+        for &(offset, _, count) in &tables {
+            if !self.new_tables.placed(offset) {
+                for (index, key) in keys.iter().enumerate().skip(start).take(count) {
+                    let before = entry(&self.table_members, map_names::TABLE_MEMBERS, key)?;
+                    in_use.push((index, before));
+                }
+            }
+            start += count;
+        }
+        let result = batch::update_entries(self.table_members_fd.as_fd(), &keys, &first_slots);
+        let written = result
+            .as_ref()
+            .map_or_else(|failed| failed.written, |()| keys.len());
+        let mut start = 0;
+        for (offset, slots, count) in tables {
+            let done = written.saturating_sub(start).min(count);
+            self.new_tables.wrote(offset, slots, done);
+            start += count;
+        }
+        let Err(failed) = result else {
+            return Ok(());
+        };
+        let (doomed, restored) = undo_in_use(&keys[..written], &first_slots, &in_use);
+        if let Err(error) = self.undo_members(&doomed, &restored) {
+            tracing::warn!(
+                "a TABLE_MEMBERS batch stopped part way, and undoing its entries of tables in use failed: {error}"
+            );
+        }
+        let refused = keys.get(written).zip(first_slots.get(written));
+        let owner = refused.and_then(|(key, _)| self.service_of_table(key.table_offset, context));
+        Err(DataplaneError::refused(
+            map_names::TABLE_MEMBERS,
+            self.capacity.table_members,
+            failed,
+            |_| {
+                let (key, slot) = refused?;
+                let owner = owner.map_or_else(String::new, |name| format!(" (service {name})"));
+                Some(format!(
+                    "backend {} (first slot {slot}) of the selection table at {}{owner}",
+                    key.backend_id, key.table_offset
+                ))
+            },
+        ))
+    }
+
+    /// Deletes `doomed` from TABLE_MEMBERS, then writes `restored` back.
+    fn undo_members(
+        &self,
+        doomed: &[TableMember],
+        restored: &[(TableMember, u32)],
+    ) -> Result<(), DataplaneError> {
+        let fd = self.table_members_fd.as_fd();
+        batch::delete_entries(fd, doomed).map_err(|source| DataplaneError::MapWrite {
+            map: map_names::TABLE_MEMBERS,
+            source,
+        })?;
+        let (keys, slots): (Vec<TableMember>, Vec<u32>) = restored.iter().copied().unzip();
+        batch::update_entries(fd, &keys, &slots).map_err(|failed| DataplaneError::MapWrite {
+            map: map_names::TABLE_MEMBERS,
+            source: failed.source,
+        })
+    }
+
+    /// After `ops` failed: deletes the TABLE_MEMBERS entries of tables no frontend points at
+    /// that they wrote or meant to delete ([`NewTables::orphans`]; a table that a frontend
+    /// written before the failure points at is in the applied state, indexed). Best effort:
+    /// the caller reports the write's error.
+    fn forget_orphans(&self, new_tables: &NewTables, ops: &[MapOp]) {
+        if !new_tables.may_leave_orphans(ops) {
+            return;
+        }
+        let forgotten = self.referenced_tables().and_then(|referenced| {
+            let doomed = new_tables.orphans(ops, &referenced);
+            batch::delete_entries(self.table_members_fd.as_fd(), &doomed).map_err(|source| {
+                DataplaneError::MapWrite {
+                    map: map_names::TABLE_MEMBERS,
+                    source,
+                }
+            })
+        });
+        if let Err(error) = forgotten {
+            tracing::warn!(
+                "after a failed write, deleting the TABLE_MEMBERS entries of tables no frontend uses failed: {error}"
+            );
+        }
+    }
+
+    /// Every entry of FRONTENDS, in one batched pass.
+    fn frontend_entries(&self) -> Result<Vec<(FrontendKey, FrontendValue)>, DataplaneError> {
+        batch::entries(self.frontends_fd.as_fd()).map_err(|source| DataplaneError::MapRead {
+            map: map_names::FRONTENDS,
+            source,
+        })
+    }
+
+    /// The offsets of the tables FRONTENDS points at.
+    fn referenced_tables(&self) -> Result<FxHashSet<u32>, DataplaneError> {
+        Ok(self
+            .frontend_entries()?
+            .into_iter()
+            .filter(|(_, value)| value.table_size > 0)
+            .map(|(_, value)| value.table_offset)
+            .collect())
+    }
+
+    /// The service a frontend pointing at the table at `offset` belongs to, by name when
+    /// SERVICE_NAMES has one: from `context` (a plan's frontends come after its tables),
+    /// else from FRONTENDS. For an error message only.
+    fn service_of_table(&self, offset: u32, context: &[MapOp]) -> Option<String> {
+        let points_here =
+            |value: &FrontendValue| value.table_size > 0 && value.table_offset == offset;
+        let planned = context.iter().find_map(|op| match op {
+            MapOp::PutFrontend { value, .. } if points_here(value) => Some(value.service_id),
+            _ => None,
+        });
+        let id = planned.or_else(|| {
+            self.frontend_entries()
+                .ok()?
+                .into_iter()
+                .find_map(|(_, value)| points_here(&value).then_some(value.service_id))
+        })?;
+        let name = context
+            .iter()
+            .find_map(|op| match op {
+                MapOp::PutServiceName { id: named, name } if *named == id => Some(name.clone()),
+                _ => None,
+            })
+            .or_else(|| {
+                let name = entry(&self.service_names, map_names::SERVICE_NAMES, &id).ok()??;
+                Some(name.as_str().to_owned())
+            });
+        Some(name.unwrap_or_else(|| format!("id {id}")))
     }
 }
 
@@ -895,16 +1069,18 @@ impl AyaMaps {
         words.sort_unstable();
         words.dedup();
         let word_values: Vec<u64> = words.iter().map(|&word| filter.word_value(word)).collect();
-        if let Err(source) =
+        if let Err(failed) =
             batch::update_entries(self.frontend_filter_fd.as_fd(), &words, &word_values)
         {
             for key in &unknown {
                 filter.remove(key);
             }
-            return Err(DataplaneError::MapWrite {
-                map: map_names::FRONTEND_FILTER,
-                source,
-            });
+            return Err(DataplaneError::refused(
+                map_names::FRONTEND_FILTER,
+                lb_common::frontend_filter::WORDS,
+                failed,
+                |index| Some(format!("word {}", words.get(index)?)),
+            ));
         }
         let written = batch::update_entries(self.frontends_fd.as_fd(), &keys, &values);
         if written.is_err() {
@@ -916,10 +1092,21 @@ impl AyaMaps {
                 }
             }
         }
-        written.map_err(batch_write_err(
-            map_names::FRONTENDS,
-            self.capacity.frontends,
-        ))
+        written.map_err(|failed| {
+            DataplaneError::refused(
+                map_names::FRONTENDS,
+                self.capacity.frontends,
+                failed,
+                |index| {
+                    let (key, value) = (keys.get(index)?, values.get(index)?);
+                    Some(format!(
+                        "frontend {} of service id {}",
+                        describe_frontend(key),
+                        value.service_id
+                    ))
+                },
+            )
+        })
     }
 }
 
@@ -929,14 +1116,6 @@ fn leading_frontends(ops: &[MapOp]) -> usize {
         .take(BATCH_OPS)
         .take_while(|op| matches!(op, MapOp::PutFrontend { .. }))
         .count()
-}
-
-/// A failed batched write into a hash map: the kernel says E2BIG or ENOMEM when it is full.
-fn batch_write_err(map: &'static str, capacity: u32) -> impl Fn(io::Error) -> DataplaneError {
-    move |source| match source.raw_os_error() {
-        Some(libc::E2BIG) | Some(libc::ENOMEM) => DataplaneError::MapFull { map, capacity },
-        _ => DataplaneError::MapWrite { map, source },
-    }
 }
 
 /// Most ops written in one batch: a few syscalls per thousand services, and buffers that
@@ -968,23 +1147,6 @@ fn leading_tables(ops: &[MapOp]) -> usize {
             )
         })
         .count()
-}
-
-/// The TABLE_MEMBERS keys and values of the table at `offset` holding `slots`.
-fn member_entries(offset: u32, slots: &SelectionTable) -> (Vec<TableMember>, Vec<u32>) {
-    slots
-        .first_slots()
-        .into_iter()
-        .map(|(backend_id, slot)| {
-            (
-                TableMember {
-                    table_offset: offset,
-                    backend_id,
-                },
-                slot,
-            )
-        })
-        .unzip()
 }
 
 /// The backends of the `PutBackend` ops at the start of `ops` whose ids follow one another

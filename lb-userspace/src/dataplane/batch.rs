@@ -40,22 +40,38 @@ fn bpf(cmd: libc::c_long, attr: &mut BatchAttr) -> io::Result<()> {
     unsafe { sys::bpf(cmd, attr) }.map(|_| ())
 }
 
+/// A batched write the kernel stopped part way: it wrote the first `written` entries (in
+/// the order given) and refused the next one for `source`.
+#[derive(Debug, thiserror::Error)]
+#[error("the entry after the first {written} was refused: {source}")]
+pub struct PartialWrite {
+    pub written: usize,
+    #[source]
+    pub source: io::Error,
+}
+
 /// Writes `values` to indexes `offset..` of an array map.
-pub fn update<T: aya::Pod>(fd: BorrowedFd<'_>, offset: u32, values: &[T]) -> io::Result<()> {
+pub fn update<T: aya::Pod>(
+    fd: BorrowedFd<'_>,
+    offset: u32,
+    values: &[T],
+) -> Result<(), PartialWrite> {
     let keys: Vec<u32> = (offset..offset + values.len() as u32).collect();
     update_entries(fd, &keys, values)
 }
 
-/// Writes `keys[i] -> values[i]` into a map (an array's keys are its indexes).
+/// Writes `keys[i] -> values[i]` into a map (an array's keys are its indexes); on failure,
+/// says how many went in (the kernel writes them in order and stops at the first it cannot).
 pub fn update_entries<K: aya::Pod, V: aya::Pod>(
     fd: BorrowedFd<'_>,
     keys: &[K],
     values: &[V],
-) -> io::Result<()> {
+) -> Result<(), PartialWrite> {
     assert_eq!(keys.len(), values.len(), "one value per key");
+    let mut written = 0;
     for (keys, values) in keys.chunks(CHUNK).zip(values.chunks(CHUNK)) {
         // SAFETY: `keys` and `values` hold `keys.len()` elements each.
-        let (_, result) = unsafe {
+        let (done, result) = unsafe {
             update_from(
                 fd,
                 keys.as_ptr().cast(),
@@ -64,7 +80,8 @@ pub fn update_entries<K: aya::Pod, V: aya::Pod>(
                 0,
             )
         };
-        result?;
+        written += done;
+        result.map_err(|source| PartialWrite { written, source })?;
     }
     Ok(())
 }

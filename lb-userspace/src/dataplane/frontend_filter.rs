@@ -178,9 +178,13 @@ pub fn write_word(filter: BorrowedFd<'_>, (word, value): (u32, u64)) -> Result<(
 
 /// Writes `words` into the kernel's FRONTEND_FILTER from word `first` on.
 fn write_words(filter: BorrowedFd<'_>, words: &[u64], first: u32) -> Result<(), DataplaneError> {
-    batch::update(filter, first, words).map_err(|source| DataplaneError::MapWrite {
-        map: map_names::FRONTEND_FILTER,
-        source,
+    batch::update(filter, first, words).map_err(|failed| {
+        DataplaneError::refused(
+            map_names::FRONTEND_FILTER,
+            lb_common::frontend_filter::WORDS,
+            failed,
+            |index| Some(format!("word {}", u64::from(first) + index as u64)),
+        )
     })
 }
 

@@ -17,7 +17,7 @@ use lb_common::{
 
 use super::{
     AppliedState, DataplaneError, DeletedFlows, MapCapacity, MapOp, MapWriter, SelectionTable,
-    StaleFlows, frontend_filter::FrontendFilter, fully_indexed, members_of,
+    StaleFlows, frontend_filter::FrontendFilter, fully_indexed, members_of, undo::NewTables,
 };
 
 /// The configuration maps, in memory.
@@ -442,8 +442,32 @@ impl MapWriter for MemoryMaps {
         Ok(self.snapshot())
     }
 
+    /// Applies `ops` in order; on a failure, as `AyaMaps` does, takes out the TABLE_MEMBERS
+    /// entries of the tables no frontend points at that these ops wrote or meant to delete
+    /// (a table's own entries go in whole or not at all here).
     fn apply(&mut self, ops: &[MapOp]) -> Result<(), DataplaneError> {
-        ops.iter().try_for_each(|op| self.apply_op(op))
+        let mut new_tables = NewTables::default();
+        for op in ops {
+            if let MapOp::PutSelection { offset, .. } = op {
+                new_tables.place(*offset);
+            }
+            if let Err(error) = self.apply_op(op) {
+                let referenced = self
+                    .frontends
+                    .values()
+                    .filter(|value| value.table_size > 0)
+                    .map(|value| value.table_offset)
+                    .collect();
+                for key in new_tables.orphans(ops, &referenced) {
+                    self.table_members.remove(&key);
+                }
+                return Err(error);
+            }
+            if let MapOp::PutTableMembers { offset, slots } = op {
+                new_tables.wrote(*offset, slots, slots.members().len());
+            }
+        }
+        Ok(())
     }
 
     fn delete_stale_flows(&mut self, stale: &StaleFlows) -> Result<DeletedFlows, DataplaneError> {
@@ -488,6 +512,52 @@ mod tests {
             service_id: 1,
             ..FrontendValue::default()
         }
+    }
+
+    /// The ops writing a table at `offset` that names backends `1..=members`.
+    fn table_ops(offset: u32, members: u32) -> Vec<MapOp> {
+        let ids: Vec<u32> = (1..=members).collect();
+        let slots = SelectionTable::from_ids(&ids);
+        vec![
+            MapOp::PutSelection {
+                offset,
+                slots: slots.clone(),
+            },
+            MapOp::PutTableMembers { offset, slots },
+        ]
+    }
+
+    #[test]
+    fn a_failed_apply_takes_out_the_entries_of_its_new_tables_no_frontend_uses() {
+        let capacity = MapCapacity {
+            table_members: 10,
+            ..MapCapacity::default()
+        };
+        let mut maps = MemoryMaps::new(capacity);
+        let mut live = table_ops(0, 4);
+        live.push(MapOp::PutFrontend {
+            key: frontend(1, 53),
+            value: FrontendValue {
+                table_offset: 0,
+                table_size: 4,
+                ..value()
+            },
+        });
+        maps.apply(&live).expect("the first table fits");
+        // The second table fits, the third does not: the second is left without a frontend.
+        let failing: Vec<MapOp> = [table_ops(100, 4), table_ops(200, 4)].concat();
+        let error = maps.apply(&failing).expect_err("TABLE_MEMBERS overflows");
+        assert_eq!(error.kind(), "map_full", "{error}");
+        assert_eq!(
+            maps.table_member_entries() as u64,
+            maps.read().expect("read").table_member_count(),
+            "TABLE_MEMBERS holds what the applied state read back accounts for"
+        );
+        assert_eq!(
+            maps.table_member_entries(),
+            4,
+            "the table in use keeps its entries"
+        );
     }
 
     #[test]

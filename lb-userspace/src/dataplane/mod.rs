@@ -20,10 +20,14 @@ mod selection_table;
 mod stale_flows;
 mod sys;
 pub mod test_run;
+mod undo;
 
 pub use batch::{Counted, HASH_CHUNK, update_entries};
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+};
 
 use lb_common::{
     AffinityKey, AffinityValue, Backend, FrontendKey, FrontendValue, SourceRangeKey, TableMember,
@@ -185,19 +189,90 @@ pub enum DataplaneError {
     },
     #[error("{map} is full ({capacity} entries)")]
     MapFull { map: &'static str, capacity: u32 },
+    /// A batched write the kernel stopped at `entry` (the entries before it went in).
+    #[error("{}", refusal(map, entry, *capacity, source))]
+    EntryRefused {
+        map: &'static str,
+        /// The first entry not written, described as the agent shows it.
+        entry: String,
+        capacity: u32,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Whether the kernel refused a batched entry because the map is full: a hash map says
+/// E2BIG (an array, for an index past its end). ENOMEM is not that: the kernel could not
+/// allocate the entry (memory pressure), however much room the map has.
+fn means_full(error: &std::io::Error) -> bool {
+    error.raw_os_error() == Some(libc::E2BIG)
+}
+
+fn refusal(map: &str, entry: &str, capacity: u32, source: &std::io::Error) -> String {
+    if means_full(source) {
+        format!("{map} is full ({capacity} entries): {entry} was not written ({source})")
+    } else {
+        format!("writing {map} failed at {entry}: {source}")
+    }
 }
 
 impl DataplaneError {
+    /// The error for a batched write of `map` that the kernel stopped at entry
+    /// `failed.written`, which `describe` names from its index in the batch.
+    pub fn refused(
+        map: &'static str,
+        capacity: u32,
+        failed: batch::PartialWrite,
+        describe: impl FnOnce(usize) -> Option<String>,
+    ) -> Self {
+        let written = failed.written;
+        Self::EntryRefused {
+            map,
+            entry: describe(written)
+                .unwrap_or_else(|| format!("the entry after the first {written}")),
+            capacity,
+            source: failed.source,
+        }
+    }
+
     /// Every value of [`Self::kind`]: the metrics count each from zero.
     pub const KINDS: [&'static str; 3] = ["map_write", "map_read", "map_full"];
 
-    /// The variant's name in snake_case, for the `kind` label of `slicelb_errors_total`.
+    /// The variant's name in snake_case, for the `kind` label of `slicelb_errors_total`; a
+    /// refused batch entry counts as the map being full or as a failed write, by its errno.
     pub fn kind(&self) -> &'static str {
         match self {
             Self::MapWrite { .. } => "map_write",
             Self::MapRead { .. } => "map_read",
             Self::MapFull { .. } => "map_full",
+            Self::EntryRefused { source, .. } if means_full(source) => "map_full",
+            Self::EntryRefused { .. } => "map_write",
         }
+    }
+}
+
+/// A frontend key as the agent shows it (`slicelb check`, errors): `198.18.100.1:80/TCP`.
+pub fn describe_frontend(key: &FrontendKey) -> String {
+    let proto = match key.proto {
+        lb_common::PROTO_TCP => "TCP".to_owned(),
+        lb_common::PROTO_UDP => "UDP".to_owned(),
+        lb_common::PROTO_SCTP => "SCTP".to_owned(),
+        other => format!("proto {other}"),
+    };
+    match decode_addr(&key.addr, key.family) {
+        Some(ip) => format!("{}/{proto}", SocketAddr::new(ip, u16::from_be(key.port))),
+        None => format!("<family {}>/{proto}", key.family),
+    }
+}
+
+/// An address as the maps store it (16 bytes and a family); `None` for an unknown family.
+pub fn decode_addr(bytes: &[u8; 16], family: u8) -> Option<IpAddr> {
+    match family {
+        lb_common::FAMILY_IPV4 => Some(IpAddr::V4(Ipv4Addr::new(
+            bytes[0], bytes[1], bytes[2], bytes[3],
+        ))),
+        lb_common::FAMILY_IPV6 => Some(IpAddr::V6(Ipv6Addr::from(*bytes))),
+        _ => None,
     }
 }
 
@@ -206,7 +281,10 @@ impl DataplaneError {
 pub trait MapWriter {
     fn capacity(&self) -> MapCapacity;
     fn read(&self) -> Result<AppliedState, DataplaneError>;
-    /// Applies `ops` in order; on error, the ops before the failing one stay applied.
+    /// Applies `ops` in order; on error, the ops before the failing one stay applied, except
+    /// TABLE_MEMBERS entries of tables no frontend points at that these ops wrote (part of
+    /// the failing op's too) or meant to delete: those are taken out, since [`Self::read`]
+    /// would not see them.
     fn apply(&mut self, ops: &[MapOp]) -> Result<(), DataplaneError>;
     /// Deletes the flow state `stale` names (CONNTRACK entries both ways, AFFINITY entries),
     /// looking at each entry of those maps at most once.
@@ -235,6 +313,41 @@ mod tests {
         ];
         let kinds: Vec<&str> = errors.iter().map(DataplaneError::kind).collect();
         assert_eq!(kinds, DataplaneError::KINDS);
+    }
+
+    #[test]
+    fn a_refused_batch_entry_names_the_map_the_entry_and_the_reason() {
+        let refused = |errno| DataplaneError::EntryRefused {
+            map: lb_common::map_names::TABLE_MEMBERS,
+            entry: "backend 7 (first slot 3) of the selection table at 512".to_owned(),
+            capacity: 64,
+            source: std::io::Error::from_raw_os_error(errno),
+        };
+        let full = refused(libc::E2BIG);
+        assert_eq!(full.kind(), "map_full", "E2BIG: the map is full");
+        let message = full.to_string();
+        for part in [
+            "TABLE_MEMBERS is full (64 entries)",
+            "backend 7 (first slot 3) of the selection table at 512 was not written",
+            "Argument list too long",
+        ] {
+            assert!(message.contains(part), "{part:?} missing from {message:?}");
+        }
+        let no_memory = refused(libc::ENOMEM);
+        assert_eq!(
+            no_memory.kind(),
+            "map_write",
+            "ENOMEM: no memory for the entry, not a full map"
+        );
+        assert!(!no_memory.to_string().contains("is full"), "{no_memory}");
+        let invalid = refused(libc::EINVAL);
+        assert_eq!(invalid.kind(), "map_write", "EINVAL: a failed write");
+        assert!(
+            invalid.to_string().starts_with(
+                "writing TABLE_MEMBERS failed at backend 7 (first slot 3) of the selection table at 512: Invalid argument"
+            ),
+            "{invalid}"
+        );
     }
 
     #[test]

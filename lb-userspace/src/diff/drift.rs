@@ -13,13 +13,10 @@ use std::{
 
 use lb_common::{FrontendKey, FrontendValue};
 
-use super::{
-    encode::{backend_identity, decode_addr},
-    plan,
-};
+use super::{encode::backend_identity, plan};
 use crate::{
-    dataplane::{AppliedState, MapCapacity, MapOp, SelectionTable},
-    model::{DesiredState, FrontendKind, Protocol},
+    dataplane::{AppliedState, MapCapacity, MapOp, SelectionTable, describe_frontend},
+    model::{DesiredState, FrontendKind},
 };
 
 /// One way the maps differ from what the snapshot asks for.
@@ -135,7 +132,7 @@ impl<'a> Words<'a> {
         let mut push = |service: String, frontend: Option<&FrontendKey>, what: String| {
             out.push(Difference {
                 service,
-                frontend: frontend.map(describe_key),
+                frontend: frontend.map(describe_frontend),
                 what,
             });
         };
@@ -338,13 +335,4 @@ impl<'a> Words<'a> {
 
 fn kind_name(code: u8) -> String {
     FrontendKind::from_code(code).map_or_else(|| format!("kind {code}"), |k| k.to_string())
-}
-
-fn describe_key(key: &FrontendKey) -> String {
-    let proto = Protocol::from_number(key.proto)
-        .map_or_else(|| format!("proto {}", key.proto), |p| p.to_string());
-    match decode_addr(&key.addr, key.family) {
-        Some(ip) => format!("{}/{proto}", SocketAddr::new(ip, u16::from_be(key.port))),
-        None => format!("<family {}>/{proto}", key.family),
-    }
 }

@@ -2,7 +2,7 @@
 
 use std::{
     collections::BTreeSet,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    net::{IpAddr, SocketAddr},
 };
 
 use ipnet::IpNet;
@@ -92,13 +92,5 @@ pub fn encode_addr(addr: IpAddr) -> ([u8; 16], u8) {
     }
 }
 
-/// The inverse of [`encode_addr`]; `None` for an unknown family.
-pub fn decode_addr(bytes: &[u8; 16], family: u8) -> Option<IpAddr> {
-    match family {
-        FAMILY_IPV4 => Some(IpAddr::V4(Ipv4Addr::new(
-            bytes[0], bytes[1], bytes[2], bytes[3],
-        ))),
-        FAMILY_IPV6 => Some(IpAddr::V6(Ipv6Addr::from(*bytes))),
-        _ => None,
-    }
-}
+/// The inverse of [`encode_addr`] (kept with the maps' writer, which names entries by it).
+pub use crate::dataplane::decode_addr;
