@@ -61,9 +61,19 @@ const AF_INET6: u8 = 10;
 /// it to the stack. Returns `Bounce` for `XDP_TX`, `Redirect` once `bpf_redirect_map`
 /// took the frame, `Pass` otherwise (the packet is then as the rewrite left it). Each
 /// outcome is counted in FAST_PATH_STATS.
+#[inline(always)]
+pub fn xdp(ctx: &XdpContext, p: &Parsed, backend_id: u32) -> Action {
+    // Inlined: a node without the fast path pays no BPF call per balanced packet.
+    if turned_off() {
+        return to_stack(FastPathCounter::StackTurnedOff);
+    }
+    send(ctx, p, backend_id)
+}
+
+/// [`xdp`] with the fast path on.
 // A separate BPF function: the next-hop handling stays off the callers' frames.
 #[inline(never)]
-pub fn xdp(ctx: &XdpContext, p: &Parsed, backend_id: u32) -> Action {
+fn send(ctx: &XdpContext, p: &Parsed, backend_id: u32) -> Action {
     // The backend's address from BACKENDS: the one the packet was just rewritten to (the
     // forward path checked or chose this entry).
     let Some(backend) = BACKENDS.get(backend_id) else {
@@ -154,16 +164,21 @@ fn plain_datagram(p: &Parsed) -> bool {
     p.l3_off == ETH_LEN && p.l4_off == ETH_LEN + plain_header && p.fragment == Fragment::Whole
 }
 
-/// Whether the flow may leave without the stack: the fast path is on, and the flow is not
-/// one that may be masqueraded (masquerade on and a backend on another node); else why not.
+/// Whether the fast path is off (CONFIG's `FAST_PATH_OFF`, or no CONFIG).
+#[inline(always)]
+fn turned_off() -> bool {
+    CONFIG
+        .get(0)
+        .is_none_or(|config| config.flags & config_flags::FAST_PATH_OFF != 0)
+}
+
+/// Whether the flow may leave without the stack (the fast path being on): it is not one
+/// that may be masqueraded (masquerade on and a backend on another node); else why not.
 #[inline(always)]
 fn allowed_for(backend: &Backend) -> Result<(), FastPathCounter> {
     let Some(config) = CONFIG.get(0) else {
         return Err(FastPathCounter::StackTurnedOff);
     };
-    if config.flags & config_flags::FAST_PATH_OFF != 0 {
-        return Err(FastPathCounter::StackTurnedOff);
-    }
     if config.masquerades() && backend.flags & backend_flags::NODE_LOCAL == 0 {
         return Err(FastPathCounter::StackMasquerade);
     }

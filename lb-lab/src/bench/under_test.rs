@@ -162,6 +162,13 @@ impl Slicelb {
             .map_err(|e| BenchError::unexpected("allowing the fast path", e.to_string()))
     }
 
+    /// Turns the XDP fast path off, as the agent does without `--fast-path-iface`.
+    pub fn fast_path_off(&mut self) -> Result<(), BenchError> {
+        self.datapath
+            .set_fast_path(false, &[])
+            .map_err(|e| BenchError::unexpected("turning the fast path off", e.to_string()))
+    }
+
     /// Attaches the socket-level hooks (connect, sendmsg, recvmsg, getpeername, release) at
     /// `cgroup`: sockets of the processes below it are sent to a backend at `connect()`.
     pub fn attach_cgroup(&mut self, cgroup: &Path) -> Result<(), BenchError> {
