@@ -88,7 +88,8 @@ pub fn rebalance(previous_owners: &[SocketAddr], backends: &[SocketAddr], size: 
         if slots.len() > quota {
             // It gives up the slots it reaches last on its walk, so what it keeps is what a
             // fresh table would most likely have given it.
-            slots.sort_by_cached_key(|&slot| walker.step_reaching(slot, size));
+            let inverse_step = modular_inverse(walker.step, size);
+            slots.sort_by_cached_key(|&slot| walker.step_reaching(slot, size, inverse_step));
             for &slot in &slots[quota..] {
                 table[slot as usize] = UNSET;
             }
@@ -107,19 +108,19 @@ struct Walker {
     offset: u32,
     /// In 1..size; size is prime, so the walk visits every slot once per `size` steps.
     step: u32,
-    /// `step`⁻¹ modulo the size; None only for a size that is not prime.
-    inverse_step: Option<u32>,
     quota: u32,
 }
 
 impl Walker {
-    /// How many steps this walk takes from its offset to reach `slot`.
-    fn step_reaching(&self, slot: u32, size: u32) -> u32 {
+    /// How many steps this walk takes from its offset to reach `slot`, given
+    /// `inverse_step`, the step's inverse modulo `size` (None only for a size that is not
+    /// prime); only rebalancing asks, so the inverse is not part of every walker.
+    fn step_reaching(&self, slot: u32, size: u32, inverse_step: Option<u32>) -> u32 {
         // Solves offset + k * step = slot (mod size) with the modular inverse of step; for a
         // size that is not prime any stable order is as good.
         let distance =
             (u64::from(slot) + u64::from(size) - u64::from(self.offset)) % u64::from(size);
-        match self.inverse_step {
+        match inverse_step {
             Some(inverse) => ((distance * u64::from(inverse)) % u64::from(size)) as u32,
             None => distance as u32,
         }
@@ -162,7 +163,6 @@ impl QuotaPlan {
                     backend: i,
                     offset: (identity_hash(&backend, OFFSET_SEED) % size_u64) as u32,
                     step,
-                    inverse_step: modular_inverse(step, size),
                     // The first `size % count` walkers in priority order get the spare slots.
                     quota: size / count + u32::from((rank as u32) < size % count),
                 }
@@ -180,8 +180,8 @@ impl QuotaPlan {
     /// and it is below its quota. `owned` counts each backend's slots already in `table`.
     fn fill(&self, table: &mut [u32], owned: &mut [u32]) {
         let size = self.size;
-        // The walkers below quota with where each walk is, side by side: the rounds below
-        // are most of a cold sync's planning, and read nothing else.
+        // The walkers below quota with where each walk is and what it owns, side by side:
+        // the rounds below are most of a cold sync's planning, and read nothing else.
         let mut hungry: Vec<Walk> = self
             .walkers
             .iter()
@@ -190,6 +190,7 @@ impl QuotaPlan {
                 position: walker.offset,
                 step: walker.step,
                 backend: walker.backend,
+                owned: owned[walker.backend as usize],
                 quota: walker.quota,
             })
             .collect();
@@ -201,16 +202,25 @@ impl QuotaPlan {
                 break;
             }
             hungry.retain_mut(|walk| {
-                let slot = walk.position;
-                let next = slot + walk.step;
+                let slot = walk.position as usize;
+                let next = walk.position + walk.step;
                 walk.position = if next >= size { next - size } else { next };
-                let owner = &mut owned[walk.backend as usize];
-                if table[slot as usize] == UNSET {
-                    table[slot as usize] = walk.backend;
-                    *owner += 1;
+                // Without a branch: whether the slot is free is a coin toss early on, and a
+                // mispredicted branch per probe cost half of the fill.
+                let held = table[slot];
+                let take = u32::from(held == UNSET);
+                let mask = take.wrapping_neg();
+                table[slot] = (held & !mask) | (walk.backend & mask);
+                walk.owned += take;
+                if walk.owned < walk.quota {
+                    return true;
                 }
-                *owner < walk.quota
+                owned[walk.backend as usize] = walk.owned;
+                false
             });
+        }
+        for walk in &hungry {
+            owned[walk.backend as usize] = walk.owned;
         }
         let mut hungry = hungry.iter();
         let mut next = hungry.next();
@@ -225,12 +235,13 @@ impl QuotaPlan {
     }
 }
 
-/// A walk under way in [`QuotaPlan::fill`]: where it is, and its walker's step, backend and
-/// quota.
+/// A walk under way in [`QuotaPlan::fill`]: where it is, its walker's step, backend and
+/// quota, and the backend's slots so far.
 struct Walk {
     position: u32,
     step: u32,
     backend: u32,
+    owned: u32,
     quota: u32,
 }
 

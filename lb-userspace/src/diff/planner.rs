@@ -108,6 +108,15 @@ impl Users {
 }
 
 impl Ledger {
+    /// An empty ledger with room for `ports` service ports using `backends` backends.
+    fn with_capacity(ports: usize, backends: usize) -> Self {
+        Self {
+            ports: FxHashMap::with_capacity_and_hasher(ports, FxBuildHasher),
+            users: FxHashMap::with_capacity_and_hasher(backends, FxBuildHasher),
+            selection: None,
+        }
+    }
+
     fn add(&mut self, name: ServicePortName, port: LedgerPort) {
         let name = Arc::new(name);
         for (addr, _) in port.backends.iter() {
@@ -288,7 +297,24 @@ impl Planner {
     ) -> Plan {
         let whole = scope_names.is_none();
         self.plans += 1;
-        let index = AppliedIndex::new(scope);
+        let mut index = AppliedIndex::new(scope);
+        // The maps that grow with the planned backends are sized once for all of them (at
+        // most: backends can be shared): a cold sync otherwise rehashes each a dozen times,
+        // touching fresh memory every time.
+        let planned_backends = services
+            .iter()
+            .map(|(_, service)| service.backends.len())
+            .sum::<usize>()
+            .min(capacity.backends as usize);
+        index
+            .backend_id
+            .reserve(planned_backends.saturating_sub(index.backend_id.len()));
+        if whole {
+            self.tables
+                .reserve(services.len().saturating_sub(self.tables.len()));
+            self.written
+                .reserve(services.len().saturating_sub(self.written.len()));
+        }
         // Service ids frontends use without a name (left by a foreign writer) are taken too.
         // A scoped plan follows a whole plan that admitted everything, which deleted every
         // frontend without a name: no need to look at them all.
@@ -350,7 +376,10 @@ impl Planner {
             keep_service_ids: FxHashSet::with_capacity_and_hasher(services.len(), FxBuildHasher),
             keep_backend_ids: FxHashSet::default(),
             keep_ranges: BTreeSet::new(),
-            backends: FxHashMap::with_capacity_and_hasher(scope.backends.len(), FxBuildHasher),
+            backends: FxHashMap::with_capacity_and_hasher(
+                scope.backends.len().max(planned_backends),
+                FxBuildHasher,
+            ),
             name_ops: Vec::new(),
             selection_ops: Vec::new(),
             range_ops: Vec::new(),
@@ -424,7 +453,7 @@ impl Planner {
         self.ledger = if !plan.rejected.is_empty() {
             None
         } else if whole {
-            let mut ledger = Ledger::default();
+            let mut ledger = Ledger::with_capacity(admitted.len(), planned_backends);
             for (name, port) in admitted {
                 ledger.add(name, port);
             }

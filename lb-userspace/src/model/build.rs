@@ -11,6 +11,7 @@ use k8s_openapi::api::{
     core::v1::{Service, ServicePort},
     discovery::v1::EndpointSlice,
 };
+use rustc_hash::{FxBuildHasher, FxHashMap};
 
 use super::{
     BackendState, Built, DEFAULT_AFFINITY_TIMEOUT_SECS, DesiredBackend, DesiredFrontend,
@@ -138,11 +139,13 @@ pub(super) fn slice_owner(slice: &EndpointSlice) -> Option<(&str, &str)> {
 }
 
 /// Slices grouped by (namespace, service name), each group sorted by slice name so that
-/// duplicate endpoints resolve the same way every time.
+/// duplicate endpoints resolve the same way every time. Hashed with FxHash: every service
+/// of a full pass looks its group up.
 pub(super) fn slices_by_service(
     slices: &[Arc<EndpointSlice>],
-) -> HashMap<(&str, &str), Vec<&Arc<EndpointSlice>>> {
-    let mut grouped: HashMap<(&str, &str), Vec<&Arc<EndpointSlice>>> = HashMap::new();
+) -> FxHashMap<(&str, &str), Vec<&Arc<EndpointSlice>>> {
+    let mut grouped: FxHashMap<(&str, &str), Vec<&Arc<EndpointSlice>>> =
+        FxHashMap::with_capacity_and_hasher(slices.len(), FxBuildHasher);
     for slice in slices {
         if let Some(owner) = slice_owner(slice) {
             grouped.entry(owner).or_default().push(slice);

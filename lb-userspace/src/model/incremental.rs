@@ -13,11 +13,12 @@
 //! [`build`]: super::build
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    collections::{BTreeMap, BTreeSet},
     sync::Arc,
 };
 
 use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use super::{
     DesiredFrontend, DesiredService, DesiredState, HealthChecks, ModelConfig, NodeInfo,
@@ -31,17 +32,17 @@ pub struct IncrementalModel {
     /// The node and config the cached services were built with.
     inputs: Option<(NodeInfo, ModelConfig)>,
     /// By [`service_key`].
-    services: HashMap<String, CachedService>,
+    services: FxHashMap<String, CachedService>,
     /// The warnings of services that have some, by [`service_key`]: in the order
     /// [`build`](super::build) visits services.
     warnings: BTreeMap<String, Vec<Warning>>,
     /// Numbers updates, to find the services an update no longer has.
     generation: u64,
     /// Each port's frontends before conflicts between services are settled.
-    wanted_frontends: HashMap<ServicePortName, Vec<DesiredFrontend>>,
+    wanted_frontends: FxHashMap<ServicePortName, Vec<DesiredFrontend>>,
     /// Who wants each frontend, sorted by name; the first gets it. Nearly always one, so a
     /// sorted `Vec` (a `BTreeSet` would allocate a whole node for it).
-    claims: HashMap<FrontendClaim, Vec<ServicePortName>>,
+    claims: FxHashMap<FrontendClaim, Vec<ServicePortName>>,
     /// Warnings about frontends a port lost to another, by port.
     conflicts: BTreeMap<ServicePortName, Vec<Warning>>,
     state: DesiredState,
@@ -129,7 +130,7 @@ impl IncrementalModel {
             };
         }
 
-        let mut touched_claims: HashSet<FrontendClaim> = HashSet::new();
+        let mut touched_claims: FxHashSet<FrontendClaim> = FxHashSet::default();
         if same_inputs
             && self.update_changed_slices(snapshot, config, &mut changed, &mut touched_claims)
         {
@@ -200,7 +201,7 @@ impl IncrementalModel {
     /// Settles conflicts over the `touched` frontends and answers.
     fn finish_update(
         &mut self,
-        touched: &HashSet<FrontendClaim>,
+        touched: &FxHashSet<FrontendClaim>,
         mut changed: BTreeSet<ServicePortName>,
     ) -> ModelUpdate<'_> {
         self.settle_conflicts(touched, &mut changed);
@@ -228,7 +229,7 @@ impl IncrementalModel {
         snapshot: &Snapshot,
         config: &ModelConfig,
         changed: &mut BTreeSet<ServicePortName>,
-        touched: &mut HashSet<FrontendClaim>,
+        touched: &mut FxHashSet<FrontendClaim>,
     ) -> bool {
         let slices = &snapshot.endpoint_slices;
         if snapshot.services.len() != self.previous_services.len()
@@ -322,7 +323,7 @@ impl IncrementalModel {
         snapshot: &Snapshot,
         config: &ModelConfig,
         changed: &mut BTreeSet<ServicePortName>,
-        touched: &mut HashSet<FrontendClaim>,
+        touched: &mut FxHashSet<FrontendClaim>,
     ) {
         let plain_slices: Vec<&EndpointSlice> = slices.iter().map(|s| &**s).collect();
         let built = build_service(service, &plain_slices, &snapshot.node, config);
@@ -362,7 +363,7 @@ impl IncrementalModel {
         );
     }
 
-    fn remove_port(&mut self, name: &ServicePortName, touched: &mut HashSet<FrontendClaim>) {
+    fn remove_port(&mut self, name: &ServicePortName, touched: &mut FxHashSet<FrontendClaim>) {
         if let Some(service) = self.state.services.remove(name) {
             for frontend in self.wanted_frontends.remove(name).unwrap_or_default() {
                 let claim = claim_of(&frontend, &service);
@@ -385,7 +386,7 @@ impl IncrementalModel {
         name: ServicePortName,
         desired: DesiredService,
         changed: &mut BTreeSet<ServicePortName>,
-        touched: &mut HashSet<FrontendClaim>,
+        touched: &mut FxHashSet<FrontendClaim>,
     ) {
         let unchanged = self.state.services.get(&name).is_some_and(|old| {
             same_apart_from_frontends(old, &desired)
@@ -413,46 +414,63 @@ impl IncrementalModel {
     /// frontend or changed itself.
     fn settle_conflicts(
         &mut self,
-        touched: &HashSet<FrontendClaim>,
+        touched: &FxHashSet<FrontendClaim>,
         changed: &mut BTreeSet<ServicePortName>,
     ) {
-        let mut affected: BTreeSet<ServicePortName> = touched
+        // The changed ports are settled in place; only the others that want a touched
+        // frontend are copied out (in a cold sync every port changed: no copy at all). A
+        // hash set finds them: in a cold sync a search of the ordered set per claim was a
+        // tenth of the model's time.
+        let changed_names: FxHashSet<&ServicePortName> = changed.iter().collect();
+        let others: BTreeSet<ServicePortName> = touched
             .iter()
             .filter_map(|claim| self.claims.get(claim))
             .flatten()
+            .filter(|name| !changed_names.contains(name))
             .cloned()
             .collect();
-        affected.extend(changed.iter().cloned());
-        for name in affected {
-            let Some(service) = self.state.services.get_mut(&name) else {
-                continue;
-            };
-            let wanted = self.wanted_frontends.get(&name).map(Vec::as_slice);
-            let mut won = Vec::new();
-            let mut lost = Vec::new();
-            for frontend in wanted.unwrap_or_default() {
-                let owner = self
-                    .claims
-                    .get(&claim_of(frontend, service))
-                    .and_then(|claimants| claimants.first())
-                    .unwrap_or(&name);
-                if *owner == name {
-                    won.push(frontend.clone());
-                } else if !frontend.short_circuit {
-                    // A short-circuit twin goes with its frontend, without a second warning.
-                    lost.push(conflict_warning(&name, frontend, service.protocol, owner));
-                }
-            }
-            if service.frontends != won {
-                service.frontends = won;
-                changed.insert(name.clone());
-            }
-            if lost.is_empty() {
-                self.conflicts.remove(&name);
-            } else {
-                self.conflicts.insert(name, lost);
+        drop(changed_names);
+        for name in changed.iter() {
+            self.settle_port(name);
+        }
+        for name in others {
+            if self.settle_port(&name) {
+                changed.insert(name);
             }
         }
+    }
+
+    /// Gives port `name` the frontends it wins; whether they changed.
+    fn settle_port(&mut self, name: &ServicePortName) -> bool {
+        let Some(service) = self.state.services.get_mut(name) else {
+            return false;
+        };
+        let wanted = self.wanted_frontends.get(name).map(Vec::as_slice);
+        let mut won = Vec::new();
+        let mut lost = Vec::new();
+        for frontend in wanted.unwrap_or_default() {
+            let owner = self
+                .claims
+                .get(&claim_of(frontend, service))
+                .and_then(|claimants| claimants.first())
+                .unwrap_or(name);
+            if owner == name {
+                won.push(frontend.clone());
+            } else if !frontend.short_circuit {
+                // A short-circuit twin goes with its frontend, without a second warning.
+                lost.push(conflict_warning(name, frontend, service.protocol, owner));
+            }
+        }
+        let moved = service.frontends != won;
+        if moved {
+            service.frontends = won;
+        }
+        if lost.is_empty() {
+            self.conflicts.remove(name);
+        } else {
+            self.conflicts.insert(name.clone(), lost);
+        }
+        moved
     }
 }
 

@@ -1173,6 +1173,49 @@ fn conflicting_external_ips_go_to_the_first_service_by_name() {
 }
 
 #[test]
+fn a_port_that_lost_a_frontend_gets_it_back_and_is_reported_when_the_winner_goes() {
+    // The loser's own objects never change: only settling the conflict over the frontend
+    // both want moves it, so the update must find it through the claim, not through what
+    // it rebuilt.
+    let a = Arc::new(service(
+        json!({"metadata": {"name": "a", "namespace": "default"}, "spec": {"clusterIP": "198.18.100.1", "externalIPs": ["198.18.200.1"], "ports": [{"name": "http", "port": 80}]}}),
+    ));
+    let b = Arc::new(service(
+        json!({"metadata": {"name": "b", "namespace": "default"}, "spec": {"clusterIP": "198.18.100.2", "externalIPs": ["198.18.200.1"], "ports": [{"name": "http", "port": 80}]}}),
+    ));
+    let snapshot = |services: Vec<Arc<Service>>| Snapshot {
+        services,
+        node: node(),
+        ..Snapshot::default()
+    };
+    let b_http = ServicePortName::new("default", "b", "http");
+    let config = ModelConfig::default();
+    let mut model = IncrementalModel::default();
+
+    let both = snapshot(vec![a.clone(), b.clone()]);
+    let update = model.update(&both, &config);
+    assert_eq!(update.state.services[&b_http].frontends.len(), 1, "b loses");
+
+    let update = model.update(&snapshot(vec![b.clone()]), &config);
+    assert_eq!(
+        update.state.services[&b_http].frontends.len(),
+        2,
+        "b gets the external IP once a is gone"
+    );
+    assert!(update.changed.contains(&b_http), "{:?}", update.changed);
+    assert!(update.warnings.is_empty(), "{:?}", update.warnings);
+
+    let update = model.update(&both, &config);
+    assert_eq!(
+        update.state.services[&b_http].frontends.len(),
+        1,
+        "b loses again"
+    );
+    assert!(update.changed.contains(&b_http), "{:?}", update.changed);
+    assert_eq!(update.warnings.len(), 1, "{:?}", update.warnings);
+}
+
+#[test]
 fn build_is_deterministic_whatever_the_input_order() {
     let services = vec![
         web(json!({})),
