@@ -6,10 +6,13 @@ use std::{
     time::Duration,
 };
 
-use slicelb_lab::lab::{
-    Lab,
-    agent_lab::{AgentLab, Frontend},
-    stdout_of,
+use slicelb_lab::{
+    bench::{ebpf::Pass, lab_run::mac_of},
+    lab::{
+        Lab,
+        agent_lab::{AgentLab, Frontend, LabEndpoint, all_three},
+        stdout_of,
+    },
 };
 
 fn ready_lab(test: &str) -> (AgentLab, slicelb_lab::lab::ChildGuard) {
@@ -404,6 +407,170 @@ fn trace_agrees_with_where_real_flows_went() {
     );
     assert!(reject.contains("decision  reject"), "{reject}");
     assert!(reject.contains("XDP_TX"), "{reject}");
+}
+
+/// `slicelb trace -o json` of a UDP flow from the client's `port` to the UDP ClusterIP.
+fn trace_udp(lab: &AgentLab, port: u16) -> serde_json::Value {
+    let pin = lab.pin_path.display().to_string();
+    let from = format!("{}:{port}", Lab::CLIENT_IPV4);
+    let to = Frontend::UdpClusterIp.addr().to_string();
+    let json = stdout_of(
+        &lab.slicelb_on_node(&[
+            "trace",
+            "--pin-path",
+            &pin,
+            "--from",
+            &from,
+            "--to",
+            &to,
+            "--proto",
+            "udp",
+            "-o",
+            "json",
+        ]),
+        "trace",
+    );
+    serde_json::from_str(&json).expect("trace JSON")
+}
+
+/// The MAC of a lab backend's own interface, as trace prints MACs.
+fn backend_mac(lab: &AgentLab, index: usize) -> String {
+    let mac = mac_of(&lab.lab.backends[index].netns, "eth0").expect("backend MAC");
+    mac.map(|b| format!("{b:02x}")).join(":")
+}
+
+/// With the fast path on (generic XDP on the node's client link, every backend link listed
+/// in `--fast-path-iface`), trace runs the packet as arriving on the attached interface: a
+/// backend whose neighbour the node knows is reached by redirect out of its link with its
+/// MAC, as live; a backend without a neighbour entry yet goes through the stack, and trace
+/// says why, until a real packet has made the stack resolve it.
+#[test]
+fn trace_follows_the_fast_path() {
+    let lab = AgentLab::new("lab_op_trace_fast");
+    // XDP on the backends' ends of their links: a veth takes redirected frames only then.
+    let _backend_links: Vec<Pass> = lab
+        .lab
+        .backends
+        .iter()
+        .map(|b| Pass::attach(&b.netns, "eth0").expect("XDP on a backend's veth"))
+        .collect();
+    // Generic XDP cannot see partial checksums: the client sends full ones.
+    lab.lab
+        .set_client_tx_offload(false)
+        .expect("client offload off");
+    let backend_links: Vec<String> = lab
+        .lab
+        .backends
+        .iter()
+        .map(|b| b.node_iface.clone())
+        .collect();
+    lab.write(&(1..=3).map(LabEndpoint::ready).collect::<Vec<_>>());
+    let _agent = lab.start_agent_with(&[
+        "--xdp-mode",
+        "generic",
+        "--fast-path-iface",
+        &backend_links.join(","),
+    ]);
+    lab.wait_until(
+        "the first sync",
+        Frontend::UdpClusterIp,
+        Duration::from_secs(30),
+        all_three,
+    );
+
+    // Backends 1-3 answered through the node: it knows their MACs, the fast path sends.
+    for port in (101..=103).map(|n| FIXED_PORTS + n) {
+        let trace = trace_udp(&lab, port);
+        let backend = trace["backend"].as_str().expect("a backend").to_string();
+        let index = lab
+            .lab
+            .backends
+            .iter()
+            .position(|b| backend == format!("{}:9000", b.ipv4))
+            .unwrap_or_else(|| panic!("{backend} is no lab backend: {trace}"));
+        let fast_path = &trace["fast_path"];
+        assert_eq!(
+            (
+                &trace["verdict"],
+                &fast_path["outcome"],
+                &fast_path["arrival"],
+                &fast_path["egress"],
+                &fast_path["destination_mac"],
+            ),
+            (
+                &format!("XDP_REDIRECT, destination rewritten to {backend}").into(),
+                &"sent_redirect".into(),
+                &Lab::NODE_CLIENT_IFACE.into(),
+                &lab.lab.backends[index].node_iface.as_str().into(),
+                &backend_mac(&lab, index).into(),
+            ),
+            "{trace}"
+        );
+    }
+
+    // Backend 4 joins without a packet sent to it: no neighbour entry yet.
+    lab.write(&(1..=4).map(LabEndpoint::ready).collect::<Vec<_>>());
+    let fourth = format!("{}:9000", lab.lab.backends[3].ipv4);
+    let (port, trace) = (0..60)
+        .find_map(|n| {
+            let port = FIXED_PORTS + 200 + n;
+            let trace = trace_udp(&lab, port);
+            if trace["backend"] == fourth.as_str() {
+                return Some((port, trace));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+            None
+        })
+        .unwrap_or_else(|| panic!("no client port traced to {fourth}"));
+    assert_eq!(
+        (&trace["verdict"], &trace["fast_path"]["outcome"]),
+        (
+            &format!("XDP_PASS, destination rewritten to {fourth}").into(),
+            &"stack_no_next_hop".into()
+        ),
+        "{trace}"
+    );
+    let table = stdout_of(
+        &lab.slicelb_on_node(&[
+            "trace",
+            "--pin-path",
+            &lab.pin_path.display().to_string(),
+            "--from",
+            &format!("{}:{port}", Lab::CLIENT_IPV4),
+            "--to",
+            &Frontend::UdpClusterIp.addr().to_string(),
+            "--proto",
+            "udp",
+            "--iface",
+            Lab::NODE_CLIENT_IFACE,
+        ]),
+        "trace table",
+    );
+    assert!(
+        table.contains(
+            "fast path stack_no_next_hop (arriving on n-client): to the stack: no usable next hop"
+        ),
+        "{table}"
+    );
+    // The stack forwards a real datagram of the flow and resolves the neighbour: now the
+    // flow's packets are sent directly, out of backend 4's link.
+    udp_from_port(&lab, port);
+    let again = trace_udp(&lab, port);
+    assert_eq!(
+        (
+            &again["verdict"],
+            &again["fast_path"]["outcome"],
+            &again["fast_path"]["egress"],
+            &again["fast_path"]["destination_mac"],
+        ),
+        (
+            &format!("XDP_REDIRECT, destination rewritten to {fourth}").into(),
+            &"sent_redirect".into(),
+            &lab.lab.backends[3].node_iface.as_str().into(),
+            &backend_mac(&lab, 3).into(),
+        ),
+        "{again}"
+    );
 }
 
 #[test]
