@@ -354,6 +354,11 @@ fn trace_agrees_with_where_real_flows_went() {
             predicted["decision"], "maglev",
             "fresh flow from port {port}: {predicted}"
         );
+        // The agent balances on the veth at TC ingress: no fast path there.
+        assert_eq!(
+            predicted["fast_path"]["outcome"], "tc_ingress",
+            "{predicted}"
+        );
         let answered = udp_from_port(&lab, port);
         assert_eq!(
             predicted["backend"].as_str().expect("backend"),

@@ -805,6 +805,83 @@ mod tests {
         assert!(parse_from("nonsense").is_err());
     }
 
+    fn counted(counter: Option<FastPathCounter>) -> Vec<u64> {
+        let mut counts = vec![0; FastPathCounter::COUNT as usize];
+        if let Some(counter) = counter {
+            counts[counter as usize] = 1;
+        }
+        counts
+    }
+
+    fn arriving_on_eth0(fast_path_devices: Option<Vec<u32>>) -> Arrival {
+        Arrival {
+            iface: "eth0".into(),
+            ifindex: 2,
+            mac: None,
+            fast_path_devices,
+        }
+    }
+
+    #[test]
+    fn the_fast_path_outcome_is_the_counter_the_run_counted() {
+        let output = test_run::RunOutput {
+            verdict: 2,
+            packet: Vec::new(),
+            duration: std::time::Duration::ZERO,
+        };
+        let arrival = arriving_on_eth0(Some(vec![3]));
+        let before = counted(None);
+        let to_stack = fast_path_trace(
+            Some(&arrival),
+            &before,
+            &counted(Some(FastPathCounter::StackNoNextHop)),
+            &output,
+        )
+        .expect("trace")
+        .expect("the fast path counted");
+        assert_eq!(to_stack.outcome, "stack_no_next_hop");
+        assert_eq!(to_stack.arrival.as_deref(), Some("eth0"));
+        assert!(to_stack.explanation.contains("no neighbour entry yet"));
+        assert_eq!((to_stack.egress, to_stack.source_mac), (None, None));
+        // A run that never reached the fast path (no backend) counted nothing.
+        assert_eq!(
+            fast_path_trace(Some(&arrival), &before, &before, &output).expect("trace"),
+            None
+        );
+    }
+
+    #[test]
+    fn an_interface_balanced_at_tc_ingress_has_no_fast_path() {
+        let output = test_run::RunOutput {
+            verdict: 2,
+            packet: Vec::new(),
+            duration: std::time::Duration::ZERO,
+        };
+        let tc = fast_path_trace(
+            Some(&arriving_on_eth0(None)),
+            &counted(None),
+            &counted(Some(FastPathCounter::StackTurnedOff)),
+            &output,
+        )
+        .expect("trace")
+        .expect("a TC interface is reported");
+        assert_eq!(tc.outcome, "tc_ingress");
+        assert!(tc.explanation.starts_with("eth0 is balanced at TC ingress"));
+    }
+
+    #[test]
+    fn crafted_packets_are_addressed_to_the_arrival_interface() {
+        let mac = [0x02, 0xaa, 0xbb, 0xcc, 0xdd, 0xee];
+        let packet = first_packet(
+            "198.18.0.2:40001".parse().expect("lit"),
+            "198.18.100.10:80".parse().expect("lit"),
+            Protocol::Udp,
+            mac,
+        )
+        .expect("build");
+        assert_eq!(packet[..6], mac);
+    }
+
     #[test]
     fn crafted_packets_parse_back_with_their_ports() {
         let from: SocketAddr = "198.18.0.2:40001".parse().expect("lit");
