@@ -325,27 +325,7 @@ fn conntrack_and_status_show_the_live_flows() {
 #[test]
 fn trace_agrees_with_where_real_flows_went() {
     let (lab, _agent) = ready_lab("lab_op_trace");
-    let pin = lab.pin_path.display().to_string();
-    let trace = |port: u16| -> serde_json::Value {
-        let from = format!("{}:{port}", Lab::CLIENT_IPV4);
-        let json = stdout_of(
-            &lab.slicelb_on_node(&[
-                "trace",
-                "--pin-path",
-                &pin,
-                "--from",
-                &from,
-                "--to",
-                "198.18.100.11:53",
-                "--proto",
-                "udp",
-                "-o",
-                "json",
-            ]),
-            "trace",
-        );
-        serde_json::from_str(&json).expect("trace JSON")
-    };
+    let trace = |port: u16| trace_udp(&lab, port);
 
     // A new flow: trace names the Maglev slot's backend, and the real flow goes there.
     for port in (1..=5).map(|n| FIXED_PORTS + n) {
@@ -375,19 +355,8 @@ fn trace_agrees_with_where_real_flows_went() {
     }
 
     // No frontend: passed untouched.
-    let from = format!("{}:41010", Lab::CLIENT_IPV4);
-    let miss = stdout_of(
-        &lab.slicelb_on_node(&[
-            "trace",
-            "--pin-path",
-            &pin,
-            "--from",
-            &from,
-            "--to",
-            "198.18.100.99:80",
-        ]),
-        "trace miss",
-    );
+    let from = client_port(41010);
+    let miss = trace_output(&lab, &from, "198.18.100.99:80", &[]);
     assert!(miss.contains("decision  no-frontend"), "{miss}");
 
     // No backend: rejected.
@@ -398,42 +367,32 @@ fn trace_agrees_with_where_real_flows_went() {
         Duration::from_secs(10),
         |a| a.is_empty(),
     );
-    let reject = stdout_of(
-        &lab.slicelb_on_node(&[
-            "trace",
-            "--pin-path",
-            &pin,
-            "--from",
-            &from,
-            "--to",
-            "198.18.100.10:80",
-        ]),
-        "trace reject",
-    );
+    let reject = trace_output(&lab, &from, "198.18.100.10:80", &[]);
     assert!(reject.contains("decision  reject"), "{reject}");
     assert!(reject.contains("XDP_TX"), "{reject}");
 }
 
+/// The output of `slicelb trace --from FROM --to TO` with `extra` arguments.
+fn trace_output(lab: &AgentLab, from: &str, to: &str, extra: &[&str]) -> String {
+    let pin = lab.pin_path.display().to_string();
+    let mut args = vec!["trace", "--pin-path", &pin, "--from", from, "--to", to];
+    args.extend_from_slice(extra);
+    stdout_of(&lab.slicelb_on_node(&args), "trace")
+}
+
+/// The client's address with source port `port`, as `--from` takes it.
+fn client_port(port: u16) -> String {
+    format!("{}:{port}", Lab::CLIENT_IPV4)
+}
+
 /// `slicelb trace -o json` of a UDP flow from the client's `port` to the UDP ClusterIP.
 fn trace_udp(lab: &AgentLab, port: u16) -> serde_json::Value {
-    let pin = lab.pin_path.display().to_string();
-    let from = format!("{}:{port}", Lab::CLIENT_IPV4);
     let to = Frontend::UdpClusterIp.addr().to_string();
-    let json = stdout_of(
-        &lab.slicelb_on_node(&[
-            "trace",
-            "--pin-path",
-            &pin,
-            "--from",
-            &from,
-            "--to",
-            &to,
-            "--proto",
-            "udp",
-            "-o",
-            "json",
-        ]),
-        "trace",
+    let json = trace_output(
+        lab,
+        &client_port(port),
+        &to,
+        &["--proto", "udp", "-o", "json"],
     );
     serde_json::from_str(&json).expect("trace JSON")
 }
@@ -535,21 +494,11 @@ fn trace_follows_the_fast_path() {
         ),
         "{trace}"
     );
-    let table = stdout_of(
-        &lab.slicelb_on_node(&[
-            "trace",
-            "--pin-path",
-            &lab.pin_path.display().to_string(),
-            "--from",
-            &format!("{}:{port}", Lab::CLIENT_IPV4),
-            "--to",
-            &Frontend::UdpClusterIp.addr().to_string(),
-            "--proto",
-            "udp",
-            "--iface",
-            Lab::NODE_CLIENT_IFACE,
-        ]),
-        "trace table",
+    let table = trace_output(
+        &lab,
+        &client_port(port),
+        &Frontend::UdpClusterIp.addr().to_string(),
+        &["--proto", "udp", "--iface", Lab::NODE_CLIENT_IFACE],
     );
     assert!(
         table.contains(

@@ -895,13 +895,12 @@ impl ReadOnlyDatapath {
     /// the map is never pinned, each load has one), e.g. the devices the attached program
     /// may send to, so that a test run decides as it does. A test run never sends a frame.
     pub fn allow_fast_path_devices(&mut self, ifindexes: &[u32]) -> Result<(), LoadError> {
-        let map = self
+        let map = map_names::FAST_PATH_DEVICES;
+        let devices = self
             .ebpf
-            .map_mut(map_names::FAST_PATH_DEVICES)
-            .ok_or(LoadError::MissingMap {
-                map: map_names::FAST_PATH_DEVICES,
-            })?;
-        add_fast_path_devices(map, ifindexes)
+            .map_mut(map)
+            .ok_or(LoadError::MissingMap { map })?;
+        add_fast_path_devices(devices, ifindexes)
     }
 
     /// A map this load owns (flow state, counters), e.g. to give a test run the flow state
