@@ -220,7 +220,7 @@ fn arrival(args: &TraceArgs) -> anyhow::Result<Option<Arrival>> {
     };
     let (iface, status) = match &args.iface {
         Some(iface) => {
-            // Pin directories name `eth0.100` `eth0_100` (bpffs refuses dots).
+            // A pin directory names `eth0.100` as `eth0_100` (bpffs refuses dots).
             let pinned_as = iface.replace('.', "_");
             let Some(status) = attached.iter().find(|i| i.interface == pinned_as) else {
                 bail!(
