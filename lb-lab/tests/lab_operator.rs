@@ -6,10 +6,13 @@ use std::{
     time::Duration,
 };
 
-use slicelb_lab::lab::{
-    Lab,
-    agent_lab::{AgentLab, Frontend},
-    stdout_of,
+use slicelb_lab::{
+    bench::{ebpf::Pass, lab_run::mac_of},
+    lab::{
+        Lab,
+        agent_lab::{AgentLab, Frontend, LabEndpoint, all_three},
+        stdout_of,
+    },
 };
 
 fn ready_lab(test: &str) -> (AgentLab, slicelb_lab::lab::ChildGuard) {
@@ -322,27 +325,7 @@ fn conntrack_and_status_show_the_live_flows() {
 #[test]
 fn trace_agrees_with_where_real_flows_went() {
     let (lab, _agent) = ready_lab("lab_op_trace");
-    let pin = lab.pin_path.display().to_string();
-    let trace = |port: u16| -> serde_json::Value {
-        let from = format!("{}:{port}", Lab::CLIENT_IPV4);
-        let json = stdout_of(
-            &lab.slicelb_on_node(&[
-                "trace",
-                "--pin-path",
-                &pin,
-                "--from",
-                &from,
-                "--to",
-                "198.18.100.11:53",
-                "--proto",
-                "udp",
-                "-o",
-                "json",
-            ]),
-            "trace",
-        );
-        serde_json::from_str(&json).expect("trace JSON")
-    };
+    let trace = |port: u16| trace_udp(&lab, port);
 
     // A new flow: trace names the Maglev slot's backend, and the real flow goes there.
     for port in (1..=5).map(|n| FIXED_PORTS + n) {
@@ -350,6 +333,11 @@ fn trace_agrees_with_where_real_flows_went() {
         assert_eq!(
             predicted["decision"], "maglev",
             "fresh flow from port {port}: {predicted}"
+        );
+        // The agent balances on the veth at TC ingress: no fast path there.
+        assert_eq!(
+            predicted["fast_path"]["outcome"], "tc_ingress",
+            "{predicted}"
         );
         let answered = udp_from_port(&lab, port);
         assert_eq!(
@@ -367,19 +355,8 @@ fn trace_agrees_with_where_real_flows_went() {
     }
 
     // No frontend: passed untouched.
-    let from = format!("{}:41010", Lab::CLIENT_IPV4);
-    let miss = stdout_of(
-        &lab.slicelb_on_node(&[
-            "trace",
-            "--pin-path",
-            &pin,
-            "--from",
-            &from,
-            "--to",
-            "198.18.100.99:80",
-        ]),
-        "trace miss",
-    );
+    let from = client_port(41010);
+    let miss = trace_output(&lab, &from, "198.18.100.99:80", &[]);
     assert!(miss.contains("decision  no-frontend"), "{miss}");
 
     // No backend: rejected.
@@ -390,20 +367,164 @@ fn trace_agrees_with_where_real_flows_went() {
         Duration::from_secs(10),
         |a| a.is_empty(),
     );
-    let reject = stdout_of(
-        &lab.slicelb_on_node(&[
-            "trace",
-            "--pin-path",
-            &pin,
-            "--from",
-            &from,
-            "--to",
-            "198.18.100.10:80",
-        ]),
-        "trace reject",
-    );
+    let reject = trace_output(&lab, &from, "198.18.100.10:80", &[]);
     assert!(reject.contains("decision  reject"), "{reject}");
     assert!(reject.contains("XDP_TX"), "{reject}");
+}
+
+/// The output of `slicelb trace --from FROM --to TO` with `extra` arguments.
+fn trace_output(lab: &AgentLab, from: &str, to: &str, extra: &[&str]) -> String {
+    let pin = lab.pin_path.display().to_string();
+    let mut args = vec!["trace", "--pin-path", &pin, "--from", from, "--to", to];
+    args.extend_from_slice(extra);
+    stdout_of(&lab.slicelb_on_node(&args), "trace")
+}
+
+/// The client's address with source port `port`, as `--from` takes it.
+fn client_port(port: u16) -> String {
+    format!("{}:{port}", Lab::CLIENT_IPV4)
+}
+
+/// `slicelb trace -o json` of a UDP flow from the client's `port` to the UDP ClusterIP.
+fn trace_udp(lab: &AgentLab, port: u16) -> serde_json::Value {
+    let to = Frontend::UdpClusterIp.addr().to_string();
+    let json = trace_output(
+        lab,
+        &client_port(port),
+        &to,
+        &["--proto", "udp", "-o", "json"],
+    );
+    serde_json::from_str(&json).expect("trace JSON")
+}
+
+/// The MAC of a lab backend's own interface, as trace prints MACs.
+fn backend_mac(lab: &AgentLab, index: usize) -> String {
+    let mac = mac_of(&lab.lab.backends[index].netns, "eth0").expect("backend MAC");
+    mac.map(|b| format!("{b:02x}")).join(":")
+}
+
+/// With the fast path on (generic XDP on the node's client link, every backend link listed
+/// in `--fast-path-iface`), trace runs the packet as arriving on the attached interface: a
+/// backend whose neighbour the node knows is reached by redirect out of its link with its
+/// MAC, as live; a backend without a neighbour entry yet goes through the stack, and trace
+/// says why, until a real packet has made the stack resolve it.
+#[test]
+fn trace_follows_the_fast_path() {
+    let lab = AgentLab::new("lab_op_trace_fast");
+    // XDP on the backends' ends of their links: a veth takes redirected frames only then.
+    let _backend_links: Vec<Pass> = lab
+        .lab
+        .backends
+        .iter()
+        .map(|b| Pass::attach(&b.netns, "eth0").expect("XDP on a backend's veth"))
+        .collect();
+    // Generic XDP cannot see partial checksums: the client sends full ones.
+    lab.lab
+        .set_client_tx_offload(false)
+        .expect("client offload off");
+    let backend_links: Vec<String> = lab
+        .lab
+        .backends
+        .iter()
+        .map(|b| b.node_iface.clone())
+        .collect();
+    lab.write(&(1..=3).map(LabEndpoint::ready).collect::<Vec<_>>());
+    let _agent = lab.start_agent_with(&[
+        "--xdp-mode",
+        "generic",
+        "--fast-path-iface",
+        &backend_links.join(","),
+    ]);
+    lab.wait_until(
+        "the first sync",
+        Frontend::UdpClusterIp,
+        Duration::from_secs(30),
+        all_three,
+    );
+
+    // Backends 1-3 answered through the node: it knows their MACs, the fast path sends.
+    for port in (101..=103).map(|n| FIXED_PORTS + n) {
+        let trace = trace_udp(&lab, port);
+        let backend = trace["backend"].as_str().expect("a backend").to_string();
+        let index = lab
+            .lab
+            .backends
+            .iter()
+            .position(|b| backend == format!("{}:9000", b.ipv4))
+            .unwrap_or_else(|| panic!("{backend} is no lab backend: {trace}"));
+        let fast_path = &trace["fast_path"];
+        assert_eq!(
+            (
+                &trace["verdict"],
+                &fast_path["outcome"],
+                &fast_path["arrival"],
+                &fast_path["egress"],
+                &fast_path["destination_mac"],
+            ),
+            (
+                &format!("XDP_REDIRECT, destination rewritten to {backend}").into(),
+                &"sent_redirect".into(),
+                &Lab::NODE_CLIENT_IFACE.into(),
+                &lab.lab.backends[index].node_iface.as_str().into(),
+                &backend_mac(&lab, index).into(),
+            ),
+            "{trace}"
+        );
+    }
+
+    // Backend 4 joins without a packet sent to it: no neighbour entry yet.
+    lab.write(&(1..=4).map(LabEndpoint::ready).collect::<Vec<_>>());
+    let fourth = format!("{}:9000", lab.lab.backends[3].ipv4);
+    let (port, trace) = (0..60)
+        .find_map(|n| {
+            let port = FIXED_PORTS + 200 + n;
+            let trace = trace_udp(&lab, port);
+            if trace["backend"] == fourth.as_str() {
+                return Some((port, trace));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+            None
+        })
+        .unwrap_or_else(|| panic!("no client port traced to {fourth}"));
+    assert_eq!(
+        (&trace["verdict"], &trace["fast_path"]["outcome"]),
+        (
+            &format!("XDP_PASS, destination rewritten to {fourth}").into(),
+            &"stack_no_next_hop".into()
+        ),
+        "{trace}"
+    );
+    let table = trace_output(
+        &lab,
+        &client_port(port),
+        &Frontend::UdpClusterIp.addr().to_string(),
+        &["--proto", "udp", "--iface", Lab::NODE_CLIENT_IFACE],
+    );
+    assert!(
+        table.contains(
+            "fast path stack_no_next_hop (arriving on n-client): to the stack: no usable next hop"
+        ),
+        "{table}"
+    );
+    // The stack forwards a real datagram of the flow and resolves the neighbour: now the
+    // flow's packets are sent directly, out of backend 4's link.
+    udp_from_port(&lab, port);
+    let again = trace_udp(&lab, port);
+    assert_eq!(
+        (
+            &again["verdict"],
+            &again["fast_path"]["outcome"],
+            &again["fast_path"]["egress"],
+            &again["fast_path"]["destination_mac"],
+        ),
+        (
+            &format!("XDP_REDIRECT, destination rewritten to {fourth}").into(),
+            &"sent_redirect".into(),
+            &lab.lab.backends[3].node_iface.as_str().into(),
+            &backend_mac(&lab, 3).into(),
+        ),
+        "{again}"
+    );
 }
 
 #[test]

@@ -704,7 +704,7 @@ fn write_file(path: &Path, text: &str) -> Result<(), BenchError> {
 }
 
 /// The MAC address of `iface` in `netns`.
-fn mac_of(netns: &Netns, iface: &str) -> Result<[u8; 6], BenchError> {
+pub fn mac_of(netns: &Netns, iface: &str) -> Result<[u8; 6], BenchError> {
     let output = netns
         .ip(&["-br", "link", "show", "dev", iface])
         .map_err(BenchError::lab("reading a MAC address"))?;

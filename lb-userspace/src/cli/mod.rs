@@ -496,6 +496,11 @@ pub struct TraceArgs {
     /// The transport protocol of the flow.
     #[arg(long, value_enum, default_value_t = Protocol::Tcp)]
     pub proto: Protocol,
+    /// The interface the packet arrives on (one slicelb is attached to): the XDP fast path
+    /// then sends it as it would live (XDP_TX, redirect, or the stack and why). Default: the
+    /// only attached interface; needed when several are and the fast path is on.
+    #[arg(long, value_name = "IFACE", conflicts_with = "socket")]
+    pub iface: Option<String>,
     /// Directory under a bpffs mount where programs, links and maps are pinned.
     #[arg(long, value_name = "DIR", env = PIN_PATH_ENV, default_value = DEFAULT_PIN_PATH)]
     pub pin_path: PathBuf,

@@ -143,7 +143,8 @@ fn file_name(path: &Path) -> String {
         .unwrap_or_default()
 }
 
-fn interfaces(pin_path: &Path) -> anyhow::Result<Vec<InterfaceStatus>> {
+/// The interfaces with links pinned under `pin_path` (by name) and how each is balanced.
+pub(super) fn interfaces(pin_path: &Path) -> anyhow::Result<Vec<InterfaceStatus>> {
     let cgroup_dirs = cgroup_link_dirs(pin_path)?;
     let mut out = Vec::new();
     for dir in sorted_entries(&pin_path.join("links"))? {

@@ -3,8 +3,11 @@
 //! live pinned configuration; the reason comes from what the program read (conntrack,
 //! affinity, the Maglev slot). The run's flow state and counters are maps of its own load,
 //! given the live conntrack and affinity entries of this flow first: tracing writes nothing
-//! the node uses, not even a counter. `--socket` explains socket-level balancing (pods and
-//! the node) from the maps alone.
+//! the node uses, not even a counter. The packet arrives on the interface the agent is
+//! attached to (`--iface`), with the devices the attached program's fast path may send to:
+//! the XDP fast path then decides as it would live (XDP_TX, redirect, or the stack and why),
+//! its next-hop lookup made in the caller's network namespace. `--socket` explains
+//! socket-level balancing (pods and the node) from the maps alone.
 
 use std::{
     fmt::Write as _,
@@ -12,11 +15,12 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use aya::maps::{HashMap, MapData};
+use aya::maps::{Array, HashMap, MapData, PerCpuArray};
 use etherparse::PacketBuilder;
 use lb_common::{
-    AffinityKey, AffinityValue, FAMILY_SHORT_CIRCUIT, FlowKey, FlowValue, FrontendKey, PROTO_SCTP,
-    PROTO_TCP, PROTO_UDP, backend_state, frontend_flags, hash::flow_hash, map_names, program_names,
+    AffinityKey, AffinityValue, Config, FAMILY_SHORT_CIRCUIT, FastPathCounter, FlowKey, FlowValue,
+    FrontendKey, PROTO_SCTP, PROTO_TCP, PROTO_UDP, backend_state, config_flags, frontend_flags,
+    hash::flow_hash, map_names, program_names,
 };
 use serde::Serialize;
 
@@ -24,8 +28,13 @@ use super::{
     Protocol, TraceArgs,
     commands::open_pinned,
     services::{backend_shares, ip_from_map, kind_name, state_name},
+    status::{InterfaceStatus, interfaces},
 };
-use crate::dataplane::{MapWriter as _, loader::ReadOnlyDatapath, test_run};
+use crate::dataplane::{
+    MapWriter as _,
+    loader::{ReadOnlyDatapath, interface_index},
+    pins, test_run,
+};
 use crate::diff::encode::{backend_identity, encode_addr};
 
 /// Source port used when `--from` gives none.
@@ -52,11 +61,19 @@ fn proto_number(proto: Protocol) -> u8 {
     }
 }
 
-/// The first packet of the flow: a TCP SYN, a UDP datagram or an SCTP INIT.
-pub fn first_packet(from: SocketAddr, to: SocketAddr, proto: Protocol) -> anyhow::Result<Vec<u8>> {
+/// The node's MAC in a crafted packet when the arrival interface's is not known.
+pub const NODE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 2];
+
+/// The first packet of the flow, sent to `node_mac`: a TCP SYN, a UDP datagram or an SCTP
+/// INIT.
+pub fn first_packet(
+    from: SocketAddr,
+    to: SocketAddr,
+    proto: Protocol,
+    node_mac: [u8; 6],
+) -> anyhow::Result<Vec<u8>> {
     const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 1];
-    const NODE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 2];
-    let ethernet = PacketBuilder::ethernet2(CLIENT_MAC, NODE_MAC);
+    let ethernet = PacketBuilder::ethernet2(CLIENT_MAC, node_mac);
     let ip = match (from.ip(), to.ip()) {
         (IpAddr::V4(s), IpAddr::V4(d)) => ethernet.ipv4(s.octets(), d.octets(), 64),
         (IpAddr::V6(s), IpAddr::V6(d)) => ethernet.ipv6(s.octets(), d.octets(), 64),
@@ -97,6 +114,30 @@ pub struct Trace {
     pub explanation: String,
     pub backend: Option<SocketAddr>,
     pub verdict: String,
+    /// What the XDP fast path did with the rewritten packet; absent when the run did not
+    /// reach it (no backend chosen) and for `--socket`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fast_path: Option<FastPathTrace>,
+}
+
+/// How the rewritten packet leaves the node: directly from XDP or through the stack.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct FastPathTrace {
+    /// The interface the packet was run as arriving on; `None`: none known (the fast path
+    /// then finds no next hop).
+    pub arrival: Option<String>,
+    /// The FAST_PATH_STATS counter the run counted, as `slicelb stats` names it (`sent_tx`,
+    /// `sent_redirect`, `stack_…`), or `tc_ingress` when the arrival interface is balanced at
+    /// TC ingress (no fast path there).
+    pub outcome: &'static str,
+    pub explanation: String,
+    /// Sent directly: the interface the frame leaves by and the MACs written.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub egress: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_mac: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub destination_mac: Option<String>,
 }
 
 impl Trace {
@@ -108,8 +149,264 @@ impl Trace {
         }
         let _ = writeln!(out, "decision  {}: {}", self.decision, self.explanation);
         let _ = writeln!(out, "verdict   {}", self.verdict);
+        if let Some(fast_path) = &self.fast_path {
+            let arrival = fast_path.arrival.as_deref().unwrap_or("no interface");
+            let _ = writeln!(
+                out,
+                "fast path {} (arriving on {arrival}): {}",
+                fast_path.outcome, fast_path.explanation
+            );
+        }
         out
     }
+}
+
+/// What each fast path outcome means, for a trace (the counters' documentation, shortened).
+fn fast_path_explanation(counter: FastPathCounter) -> &'static str {
+    match counter {
+        FastPathCounter::Transmitted => "sent back out of the arrival interface (XDP_TX)",
+        FastPathCounter::Redirected => "redirected to another interface (bpf_redirect_map)",
+        FastPathCounter::StackTurnedOff => {
+            "to the stack: the fast path is off (--fast-path false, or no --fast-path-iface)"
+        }
+        FastPathCounter::StackMasquerade => {
+            "to the stack: the flow may be masqueraded (its source NAT is at TC egress)"
+        }
+        FastPathCounter::StackNotPlain => {
+            "to the stack: a VLAN tag, IPv4 options, IPv6 extension headers or a fragment"
+        }
+        FastPathCounter::StackNotForThisNode => {
+            "to the stack: a broadcast or multicast frame, or one for another host's MAC"
+        }
+        FastPathCounter::StackNoNextHop => {
+            "to the stack: no usable next hop (no route, a local destination, no neighbour entry yet, forwarding off on the arrival interface, or an egress interface not in --fast-path-iface)"
+        }
+        FastPathCounter::StackTooBig => "to the stack: longer than the egress MTU",
+        FastPathCounter::StackTtlExpiring => "to the stack: TTL or hop limit 1 or less",
+        FastPathCounter::StackRefresh => {
+            "to the stack: the packet that looks an expired next hop up again"
+        }
+        FastPathCounter::Failed => "dropped: the frame could not be rewritten",
+    }
+}
+
+/// The interface a traced packet arrives on, as the attached program sees it.
+struct Arrival {
+    iface: String,
+    ifindex: u32,
+    /// Its MAC: the crafted packet is addressed to it (the fast path leaves frames for
+    /// another host's MAC to the stack).
+    mac: Option<[u8; 6]>,
+    /// The devices the attached XDP program's fast path may send to; `None` when the
+    /// interface is balanced at TC ingress (no fast path there).
+    fast_path_devices: Option<Vec<u32>>,
+}
+
+/// The arrival interface: `--iface`, else the only interface the agent is attached to.
+/// With several attached, `--iface` is needed when the fast path is on (where the packet
+/// arrives decides where it leaves); with it off, none is needed (`None`: the run's context
+/// names no interface, as before the fast path).
+fn arrival(args: &TraceArgs) -> anyhow::Result<Option<Arrival>> {
+    let attached: Vec<InterfaceStatus> = interfaces(&args.pin_path)?
+        .into_iter()
+        .filter(|i| i.ingress_mode != "none")
+        .collect();
+    let names = || {
+        attached
+            .iter()
+            .map(|i| i.interface.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let (iface, status) = match &args.iface {
+        Some(iface) => {
+            // A pin directory names `eth0.100` as `eth0_100` (bpffs refuses dots).
+            let pinned_as = iface.replace('.', "_");
+            let Some(status) = attached.iter().find(|i| i.interface == pinned_as) else {
+                bail!(
+                    "--iface {iface}: slicelb is not attached there (attached: {})",
+                    names()
+                );
+            };
+            (iface.clone(), status)
+        }
+        None => match attached.as_slice() {
+            [] => return Ok(None),
+            [only] => (only.interface.clone(), only),
+            _ if fast_path_on(&args.pin_path)? => bail!(
+                "the fast path is on and slicelb is attached to {}: say which one the packet arrives on with --iface",
+                names()
+            ),
+            _ => return Ok(None),
+        },
+    };
+    let ifindex = interface_index(&iface)?;
+    if ifindex == 0 {
+        bail!(
+            "no interface {iface} in this network namespace (run trace where the agent runs, or give --iface)"
+        );
+    }
+    let fast_path_devices = match status.links.iter().find(|l| l.hook == "xdp") {
+        Some(xdp) => Some(live_fast_path_devices(xdp.program_id).with_context(|| {
+            format!("reading the fast path devices of the program attached to {iface}")
+        })?),
+        None => None,
+    };
+    Ok(Some(Arrival {
+        mac: interface_macs()?
+            .into_iter()
+            .find(|(index, _, _)| *index == ifindex)
+            .map(|(_, _, mac)| mac),
+        iface,
+        ifindex,
+        fast_path_devices,
+    }))
+}
+
+/// Whether the pinned CONFIG lets the fast path run.
+fn fast_path_on(pin_path: &std::path::Path) -> anyhow::Result<bool> {
+    let map = pins::open_read_only(pin_path, map_names::CONFIG)?;
+    let config: Array<_, Config> = Array::try_from(aya::maps::Map::Array(map))?;
+    Ok(config.get(&0, 0)?.flags & config_flags::FAST_PATH_OFF == 0)
+}
+
+/// FAST_PATH_DEVICES of the program `program_id`: it is never pinned, so it is found among
+/// the program's maps (the kernel keeps 15 characters of a map's name).
+fn live_fast_path_devices(program_id: u32) -> anyhow::Result<Vec<u32>> {
+    let program = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .find(|p| p.id() == program_id)
+        .with_context(|| format!("no loaded program {program_id}"))?;
+    let kernel_name = &map_names::FAST_PATH_DEVICES[..15];
+    for id in program.map_ids()?.unwrap_or_default() {
+        let map = MapData::from_id(id)?;
+        if map.info()?.name_as_str() != Some(kernel_name) {
+            continue;
+        }
+        let devices: aya::maps::DevMapHash<MapData> =
+            aya::maps::DevMapHash::try_from(aya::maps::Map::from_map_data(map)?)?;
+        return Ok(devices.keys().collect::<Result<Vec<u32>, _>>()?);
+    }
+    bail!("program {program_id} has no {kernel_name} map")
+}
+
+/// (index, name, MAC) of every interface of this network namespace with a MAC.
+fn interface_macs() -> anyhow::Result<Vec<(u32, String, [u8; 6])>> {
+    Ok(nix::ifaddrs::getifaddrs()
+        .context("listing the interfaces")?
+        .filter_map(|entry| {
+            let link = *entry.address?.as_link_addr()?;
+            Some((link.ifindex() as u32, entry.interface_name, link.addr()?))
+        })
+        .collect())
+}
+
+fn mac_text(mac: &[u8]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// The run's own FAST_PATH_STATS, summed over CPUs.
+fn fast_path_counts(datapath: &mut ReadOnlyDatapath) -> anyhow::Result<Vec<u64>> {
+    let map = datapath
+        .own_map_mut(map_names::FAST_PATH_STATS)
+        .context("the FAST_PATH_STATS map")?;
+    let counters: PerCpuArray<&MapData, u64> =
+        PerCpuArray::try_from(&*map).context("FAST_PATH_STATS as a per-CPU array")?;
+    FastPathCounter::ALL
+        .iter()
+        .map(|c| {
+            Ok(counters
+                .get(&(*c as u32), 0)
+                .context("reading FAST_PATH_STATS")?
+                .iter()
+                .sum())
+        })
+        .collect()
+}
+
+/// What the fast path did in the run: the counter it counted (`before` and `after` are
+/// the run's FAST_PATH_STATS) and, for a frame sent directly, where and with which MACs.
+fn fast_path_trace(
+    arrival: Option<&Arrival>,
+    before: &[u64],
+    after: &[u64],
+    output: &test_run::RunOutput,
+) -> anyhow::Result<Option<FastPathTrace>> {
+    let arrival_name = arrival.map(|a| a.iface.clone());
+    if let Some(a) = arrival
+        && a.fast_path_devices.is_none()
+    {
+        return Ok(Some(FastPathTrace {
+            arrival: arrival_name,
+            outcome: "tc_ingress",
+            explanation: format!(
+                "{} is balanced at TC ingress, where there is no fast path: the stack forwards the packet",
+                a.iface
+            ),
+            egress: None,
+            source_mac: None,
+            destination_mac: None,
+        }));
+    }
+    let Some(counter) = FastPathCounter::ALL
+        .into_iter()
+        .find(|c| after[*c as usize] > before[*c as usize])
+    else {
+        return Ok(None);
+    };
+    let mut trace = FastPathTrace {
+        arrival: arrival_name,
+        outcome: counter.name(),
+        explanation: fast_path_explanation(counter).into(),
+        egress: None,
+        source_mac: None,
+        destination_mac: None,
+    };
+    if matches!(
+        counter,
+        FastPathCounter::Transmitted | FastPathCounter::Redirected
+    ) && output.packet.len() >= 12
+    {
+        let (dmac, smac) = (&output.packet[0..6], &output.packet[6..12]);
+        // The frame leaves by the device whose MAC the fast path wrote as the source (the
+        // FIB's egress device), one of those it may send to, or the arrival device for
+        // XDP_TX.
+        let allowed = |index: u32| match (counter, arrival) {
+            (FastPathCounter::Transmitted, Some(a)) => index == a.ifindex,
+            (_, Some(a)) => a
+                .fast_path_devices
+                .as_ref()
+                .is_some_and(|d| d.contains(&index)),
+            (_, None) => false,
+        };
+        let egress: Vec<String> = interface_macs()?
+            .into_iter()
+            .filter(|(index, _, mac)| mac[..] == *smac && allowed(*index))
+            .map(|(_, name, _)| name)
+            .collect();
+        if !egress.is_empty() {
+            let egress = egress.join(" or ");
+            trace.explanation = match counter {
+                FastPathCounter::Redirected => {
+                    format!("redirected out of {egress} (bpf_redirect_map)")
+                }
+                _ => format!("sent back out of {egress}, the arrival interface (XDP_TX)"),
+            };
+            trace.egress = Some(egress);
+        }
+        let _ = write!(
+            trace.explanation,
+            ", source MAC {}, destination MAC {}",
+            mac_text(smac),
+            mac_text(dmac)
+        );
+        trace.source_mac = Some(mac_text(smac));
+        trace.destination_mac = Some(mac_text(dmac));
+    }
+    Ok(Some(trace))
 }
 
 fn xdp_verdict_name(verdict: u32) -> &'static str {
@@ -151,7 +448,9 @@ pub fn trace(args: &TraceArgs) -> anyhow::Result<Trace> {
         "{from} -> {to}/{}",
         format!("{:?}", args.proto).to_uppercase()
     );
-    let packet = first_packet(from, to, args.proto)?;
+    let arrival = arrival(args)?;
+    let node_mac = arrival.as_ref().and_then(|a| a.mac).unwrap_or(NODE_MAC);
+    let packet = first_packet(from, to, args.proto, node_mac)?;
 
     let maps = open_pinned(&args.pin_path)?;
     let applied = maps.read().context("reading the maps")?;
@@ -209,10 +508,27 @@ pub fn trace(args: &TraceArgs) -> anyhow::Result<Trace> {
             .insert(&key, &value, 0)
             .context("giving the run this client's affinity entry")?;
     }
+    if let Some(devices) = arrival.as_ref().and_then(|a| a.fast_path_devices.as_ref()) {
+        datapath
+            .allow_fast_path_devices(devices)
+            .context("giving the run the attached program's fast path devices")?;
+    }
+    let fast_path_before = fast_path_counts(&mut datapath)?;
     let program = datapath.forward().context("the forward program")?;
-    let output = test_run::run(program, program_names::XDP_INGRESS, &packet)
-        .context("running the forward program on the crafted packet")?;
+    let output = test_run::run_xdp_arriving_on(
+        program,
+        program_names::XDP_INGRESS,
+        &packet,
+        arrival.as_ref().map_or(0, |a| a.ifindex),
+    )
+    .context("running the forward program on the crafted packet")?;
     let verdict_name = xdp_verdict_name(output.verdict);
+    let fast_path = fast_path_trace(
+        arrival.as_ref(),
+        &fast_path_before,
+        &fast_path_counts(&mut datapath)?,
+        &output,
+    )?;
 
     // Whom the client's affinity entry names: the run followed it only if that is where
     // the packet went (a backend the frontend may no longer use is not followed).
@@ -220,10 +536,18 @@ pub fn trace(args: &TraceArgs) -> anyhow::Result<Trace> {
         .and_then(|value| applied.backends.get(&value.backend_id))
         .and_then(backend_identity);
 
-    let backend = (output.verdict == 2)
+    // The rewritten packet is the run's output when it passes to the stack and when the
+    // fast path sends it (XDP_TX or XDP_REDIRECT); another XDP_TX is a reject.
+    let sent_directly = fast_path.as_ref().is_some_and(|f| {
+        f.outcome == FastPathCounter::Transmitted.name()
+            || f.outcome == FastPathCounter::Redirected.name()
+    });
+    let backend = (output.verdict == 2 || sent_directly)
         .then(|| destination_of(&output.packet))
         .flatten()
         .filter(|b| *b != to);
+    // The fast path's verdict follows a rewrite only: without a backend there is none.
+    let fast_path = fast_path.filter(|_| backend.is_some());
     let describe_backend = |addr: SocketAddr| -> String {
         let state = applied
             .backends
@@ -248,6 +572,7 @@ pub fn trace(args: &TraceArgs) -> anyhow::Result<Trace> {
                 ),
                 backend: Some(b),
                 verdict: verdict_name.into(),
+                fast_path,
             });
         }
         return Ok(Trace {
@@ -258,6 +583,7 @@ pub fn trace(args: &TraceArgs) -> anyhow::Result<Trace> {
             explanation: "no frontend for this address, port and protocol: passed untouched".into(),
             backend: None,
             verdict: verdict_name.into(),
+            fast_path: None,
         });
     };
     let frontend_text = format!(
@@ -315,6 +641,7 @@ pub fn trace(args: &TraceArgs) -> anyhow::Result<Trace> {
             Some(b) => format!("{verdict_name}, destination rewritten to {b}"),
             None => verdict_name.into(),
         },
+        fast_path,
     })
 }
 
@@ -346,6 +673,7 @@ fn trace_socket(args: &TraceArgs) -> anyhow::Result<Trace> {
                 "no frontend for this address, port and protocol: the call goes on untouched".into(),
             backend: None,
             verdict: "untranslated".into(),
+            fast_path: None,
         });
     };
     let external_local = frontend_flags::EXTERNAL | frontend_flags::TRAFFIC_POLICY_LOCAL;
@@ -371,6 +699,7 @@ fn trace_socket(args: &TraceArgs) -> anyhow::Result<Trace> {
         explanation,
         backend: None,
         verdict: verdict.into(),
+        fast_path: None,
     };
     if frontend.flags & frontend_flags::SOURCE_RANGES != 0 {
         return Ok(trace(
@@ -476,16 +805,101 @@ mod tests {
         assert!(parse_from("nonsense").is_err());
     }
 
+    fn counted(counter: Option<FastPathCounter>) -> Vec<u64> {
+        let mut counts = vec![0; FastPathCounter::COUNT as usize];
+        if let Some(counter) = counter {
+            counts[counter as usize] = 1;
+        }
+        counts
+    }
+
+    fn arriving_on_eth0(fast_path_devices: Option<Vec<u32>>) -> Arrival {
+        Arrival {
+            iface: "eth0".into(),
+            ifindex: 2,
+            mac: None,
+            fast_path_devices,
+        }
+    }
+
+    #[test]
+    fn the_fast_path_outcome_is_the_counter_the_run_counted() {
+        let output = test_run::RunOutput {
+            verdict: 2,
+            packet: Vec::new(),
+            duration: std::time::Duration::ZERO,
+        };
+        let arrival = arriving_on_eth0(Some(vec![3]));
+        let before = counted(None);
+        let to_stack = fast_path_trace(
+            Some(&arrival),
+            &before,
+            &counted(Some(FastPathCounter::StackNoNextHop)),
+            &output,
+        )
+        .expect("trace")
+        .expect("the fast path counted");
+        assert_eq!(to_stack.outcome, "stack_no_next_hop");
+        assert_eq!(to_stack.arrival.as_deref(), Some("eth0"));
+        assert!(to_stack.explanation.contains("no neighbour entry yet"));
+        assert_eq!((to_stack.egress, to_stack.source_mac), (None, None));
+        // A run that never reached the fast path (no backend) counted nothing.
+        assert_eq!(
+            fast_path_trace(Some(&arrival), &before, &before, &output).expect("trace"),
+            None
+        );
+    }
+
+    #[test]
+    fn an_interface_balanced_at_tc_ingress_has_no_fast_path() {
+        let output = test_run::RunOutput {
+            verdict: 2,
+            packet: Vec::new(),
+            duration: std::time::Duration::ZERO,
+        };
+        let tc = fast_path_trace(
+            Some(&arriving_on_eth0(None)),
+            &counted(None),
+            &counted(Some(FastPathCounter::StackTurnedOff)),
+            &output,
+        )
+        .expect("trace")
+        .expect("a TC interface is reported");
+        assert_eq!(tc.outcome, "tc_ingress");
+        assert!(tc.explanation.starts_with("eth0 is balanced at TC ingress"));
+    }
+
+    #[test]
+    fn crafted_packets_are_addressed_to_the_arrival_interface() {
+        let mac = [0x02, 0xaa, 0xbb, 0xcc, 0xdd, 0xee];
+        let packet = first_packet(
+            "198.18.0.2:40001".parse().expect("lit"),
+            "198.18.100.10:80".parse().expect("lit"),
+            Protocol::Udp,
+            mac,
+        )
+        .expect("build");
+        assert_eq!(packet[..6], mac);
+    }
+
     #[test]
     fn crafted_packets_parse_back_with_their_ports() {
         let from: SocketAddr = "198.18.0.2:40001".parse().expect("lit");
         let to: SocketAddr = "198.18.100.10:80".parse().expect("lit");
         for proto in [Protocol::Tcp, Protocol::Udp] {
-            let packet = first_packet(from, to, proto).expect("build");
+            let packet = first_packet(from, to, proto, NODE_MAC).expect("build");
             assert_eq!(destination_of(&packet), Some(to), "{proto:?}");
         }
-        let sctp = first_packet(from, to, Protocol::Sctp).expect("build sctp");
+        let sctp = first_packet(from, to, Protocol::Sctp, NODE_MAC).expect("build sctp");
         assert_eq!(sctp[14 + 9], PROTO_SCTP, "IPv4 protocol field");
-        assert!(first_packet(from, "[2001:2::1]:80".parse().expect("lit"), Protocol::Tcp).is_err());
+        assert!(
+            first_packet(
+                from,
+                "[2001:2::1]:80".parse().expect("lit"),
+                Protocol::Tcp,
+                NODE_MAC
+            )
+            .is_err()
+        );
     }
 }

@@ -475,21 +475,7 @@ impl Datapath {
     /// has GRO on; a frame sent to any other is lost. With no device it is off: a balanced
     /// packet then skips the next-hop reads instead of finding no device to use.
     pub fn set_fast_path(&mut self, on: bool, ifindexes: &[u32]) -> Result<(), LoadError> {
-        let failed = |source| LoadError::Map {
-            map: map_names::FAST_PATH_DEVICES,
-            source,
-        };
-        let mut devices: aya::maps::DevMapHash<&mut MapData> =
-            aya::maps::DevMapHash::try_from(self.map_mut(map_names::FAST_PATH_DEVICES)?)
-                .map_err(failed)?;
-        for ifindex in ifindexes {
-            devices
-                .insert(*ifindex, *ifindex, None, 0)
-                .map_err(|source| LoadError::FastPathDevice {
-                    ifindex: *ifindex,
-                    source,
-                })?;
-        }
+        add_fast_path_devices(self.map_mut(map_names::FAST_PATH_DEVICES)?, ifindexes)?;
         let mut config = self.config()?;
         if on && !ifindexes.is_empty() {
             config.flags &= !config_flags::FAST_PATH_OFF;
@@ -905,6 +891,18 @@ impl ReadOnlyDatapath {
         xdp_program(&self.ebpf, program_names::XDP_INGRESS)
     }
 
+    /// Lets this load's fast path send to the devices `ifindexes` (its own FAST_PATH_DEVICES:
+    /// the map is never pinned, each load has one), e.g. the devices the attached program
+    /// may send to, so that a test run decides as it does. A test run never sends a frame.
+    pub fn allow_fast_path_devices(&mut self, ifindexes: &[u32]) -> Result<(), LoadError> {
+        let map = map_names::FAST_PATH_DEVICES;
+        let devices = self
+            .ebpf
+            .map_mut(map)
+            .ok_or(LoadError::MissingMap { map })?;
+        add_fast_path_devices(devices, ifindexes)
+    }
+
     /// A map this load owns (flow state, counters), e.g. to give a test run the flow state
     /// the live maps hold for its packet. The configuration maps are refused: they are the
     /// running datapath's.
@@ -917,6 +915,24 @@ impl ReadOnlyDatapath {
         }
         self.ebpf.map_mut(map).ok_or(LoadError::MissingMap { map })
     }
+}
+
+/// Puts the devices `ifindexes` into a FAST_PATH_DEVICES map (interface index -> itself).
+fn add_fast_path_devices(map: &mut Map, ifindexes: &[u32]) -> Result<(), LoadError> {
+    let mut devices: aya::maps::DevMapHash<&mut MapData> = aya::maps::DevMapHash::try_from(map)
+        .map_err(|source| LoadError::Map {
+            map: map_names::FAST_PATH_DEVICES,
+            source,
+        })?;
+    for ifindex in ifindexes {
+        devices
+            .insert(*ifindex, *ifindex, None, 0)
+            .map_err(|source| LoadError::FastPathDevice {
+                ifindex: *ifindex,
+                source,
+            })?;
+    }
+    Ok(())
 }
 
 /// What a failed load means: a pinned map of another layout is named with its path.
