@@ -29,6 +29,14 @@ pub struct L4Csum {
     pub udp: bool,
 }
 
+/// A port to replace: at `offset` (network order), `old` by `new`.
+#[derive(Clone, Copy)]
+pub struct PortChange {
+    pub offset: usize,
+    pub old: u16,
+    pub new: u16,
+}
+
 pub trait PacketCtx {
     /// Whether the forward path rewrites a new flow's packet in a BPF function of its own
     /// (`forward::balance`): on TC the checksum helpers' temporaries would take `balance`'s
@@ -60,6 +68,32 @@ pub trait PacketCtx {
         new: u16,
         l4: Option<L4Csum>,
     ) -> Result<(), ()>;
+    /// One side's address (when `new_addr` differs) and port (`port`, when it changes)
+    /// together: [`Self::rewrite_addr`] then [`Self::rewrite_port`], unless the context can
+    /// do both with one update of the L4 checksum.
+    #[inline(always)]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the two rewrites' arguments, inlined"
+    )]
+    fn rewrite_addr_and_port(
+        &self,
+        addr_offset: usize,
+        old_addr: &[u8; 16],
+        new_addr: &[u8; 16],
+        ipv6: bool,
+        ip_csum_offset: Option<usize>,
+        l4: Option<L4Csum>,
+        port: Option<PortChange>,
+    ) -> Result<(), ()> {
+        if *old_addr != *new_addr {
+            self.rewrite_addr(addr_offset, old_addr, new_addr, ipv6, ip_csum_offset, l4)?;
+        }
+        if let Some(port) = port {
+            self.rewrite_port(port.offset, port.old, port.new, l4)?;
+        }
+        Ok(())
+    }
     /// Inserts `room` bytes in front of the network header (the caller rewrites everything
     /// before `l3_offset + room`).
     fn grow_front(&self, room: u32) -> Result<(), ()>;
@@ -141,6 +175,40 @@ impl PacketCtx for Xdp<'_> {
             update_l4_software(packet, l4, csum::diff16(0, old, new))?;
         }
         Ok(())
+    }
+    /// Both in software with one update of the L4 checksum (full checksums only on XDP).
+    #[inline(always)]
+    fn rewrite_addr_and_port(
+        &self,
+        addr_offset: usize,
+        old_addr: &[u8; 16],
+        new_addr: &[u8; 16],
+        ipv6: bool,
+        ip_csum_offset: Option<usize>,
+        l4: Option<L4Csum>,
+        port: Option<PortChange>,
+    ) -> Result<(), ()> {
+        let packet = self.packet();
+        let mut l4_diff = 0;
+        if *old_addr != *new_addr {
+            packet.write_addr(addr_offset, new_addr, ipv6).ok_or(())?;
+            let diff = csum::diff_addr(0, old_addr, new_addr, ipv6);
+            if let Some(offset) = ip_csum_offset {
+                let old_csum: u16 = packet.read(offset).ok_or(())?;
+                packet
+                    .write(offset, csum::apply(old_csum, diff))
+                    .ok_or(())?;
+            }
+            l4_diff = diff;
+        }
+        if let Some(port) = port {
+            packet.write(port.offset, port.new).ok_or(())?;
+            l4_diff = csum::diff16(l4_diff, port.old, port.new);
+        }
+        match l4 {
+            Some(l4) => update_l4_software(packet, l4, l4_diff),
+            None => Ok(()),
+        }
     }
     #[inline(always)]
     fn grow_front(&self, room: u32) -> Result<(), ()> {

@@ -4,7 +4,7 @@
 use lb_common::{PROTO_SCTP, PROTO_TCP, PROTO_UDP};
 
 use crate::{
-    ctx::{L4Csum, PacketCtx},
+    ctx::{L4Csum, PacketCtx, PortChange},
     parse::{Fragment, Parsed},
 };
 
@@ -54,17 +54,18 @@ pub fn rewrite<C: PacketCtx>(
     };
     let ip_csum = if ipv6 { None } else { Some(p.l3_off + 10) };
     let l4 = l4_csum(p);
-    if *old_addr != *addr {
-        ctx.rewrite_addr(addr_off, old_addr, addr, ipv6, ip_csum, l4)?;
-    }
-    if p.fragment != Fragment::Later && p.proto != PROTO_SCTP {
-        let (port_off, old_port) = match side {
+    let port_change = if p.fragment != Fragment::Later && p.proto != PROTO_SCTP {
+        let (offset, old) = match side {
             Side::Source => (p.l4_off, p.sport),
             Side::Destination => (p.l4_off + 2, p.dport),
         };
-        if old_port != port {
-            ctx.rewrite_port(port_off, old_port, port, l4)?;
-        }
-    }
-    Ok(())
+        (old != port).then_some(PortChange {
+            offset,
+            old,
+            new: port,
+        })
+    } else {
+        None
+    };
+    ctx.rewrite_addr_and_port(addr_off, old_addr, addr, ipv6, ip_csum, l4, port_change)
 }

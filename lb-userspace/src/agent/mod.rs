@@ -77,6 +77,35 @@ pub struct AgentConfig {
     pub fast_path_ifaces: Vec<String>,
 }
 
+/// When a failed sync is tried again with the latest snapshot, if no update comes first: a
+/// write that failed for a passing reason (the kernel out of memory for a moment, a map full
+/// until flows expire) must not leave the node part-programmed until the cluster changes.
+/// kube-proxy retries after its sync period (`RetryAfter`); this starts sooner and backs off.
+#[derive(Debug, Default)]
+struct SyncRetry {
+    /// Failed syncs in a row.
+    failures: u32,
+}
+
+impl SyncRetry {
+    const FIRST: Duration = Duration::from_secs(1);
+    const LONGEST: Duration = Duration::from_secs(30);
+
+    /// After a failed sync: how long until the next try (1 s, doubling, at most 30 s).
+    fn failed(&mut self) -> Duration {
+        let wait = Self::FIRST
+            .saturating_mul(1 << self.failures.min(5))
+            .min(Self::LONGEST);
+        self.failures += 1;
+        wait
+    }
+
+    /// After a successful sync: nothing to try again, and the next failure starts at 1 s.
+    fn succeeded(&mut self) {
+        self.failures = 0;
+    }
+}
+
 /// How often the agent deletes expired masquerade entries (SNAT). Well below the shortest
 /// timeout (TCP transient, 10 s), so a closed flow's port is free again soon after.
 const MASQUERADE_EXPIRY_INTERVAL: Duration = Duration::from_secs(5);
@@ -245,20 +274,30 @@ async fn run_async(args: AgentConfig) -> anyhow::Result<()> {
     let mut reported: BTreeSet<String> = BTreeSet::new();
     let mut synced_once = false;
     let mut trigger_times = TriggerTimes::new(SystemTime::now());
+    let mut retry = SyncRetry::default();
+    // Set while the last sync failed: then the latest snapshot is synced again at this time.
+    let mut retry_at: Option<tokio::time::Instant> = None;
     loop {
-        tokio::select! {
+        let retrying = tokio::select! {
             changed = updates.changed() => {
                 if changed.is_err() {
                     anyhow::bail!("the source stopped; see the errors above");
                 }
+                false
             }
+            _ = tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)),
+                if retry_at.is_some() => true,
             _ = sigterm.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
-        }
+        };
         let Some(update) = updates.borrow_and_update().clone() else {
             continue;
         };
-        for problem in &update.problems {
+        if retrying {
+            tracing::info!("syncing again after the failed write");
+        }
+        // A retry syncs the same update: its problems were said and counted already.
+        for problem in update.problems.iter().filter(|_| !retrying) {
             match problem {
                 SourceProblem::ManifestWarning(warning) => warning.log(),
                 other => tracing::warn!(kind = other.kind(), "{other}"),
@@ -276,6 +315,8 @@ async fn run_async(args: AgentConfig) -> anyhow::Result<()> {
         let result = tokio::task::block_in_place(|| reconciler.sync(&update.snapshot));
         match result {
             Ok(report) => {
+                retry.succeeded();
+                retry_at = None;
                 let synced_at = SystemTime::now();
                 metrics.observe_sync(report.duration);
                 metrics.observe_programming_latency(update.triggered_at.elapsed());
@@ -349,8 +390,14 @@ async fn run_async(args: AgentConfig) -> anyhow::Result<()> {
                 }
             }
             Err(error) => {
-                tracing::error!(%error, "writing the maps failed; the next update retries");
+                let wait = retry.failed();
+                tracing::error!(
+                    %error,
+                    retry_in_secs = wait.as_secs(),
+                    "writing the maps failed; tried again then, or at the next update"
+                );
                 metrics.count_error(error.kind());
+                retry_at = Some(tokio::time::Instant::now() + wait);
             }
         }
     }
@@ -405,5 +452,20 @@ async fn mark_queued(mut updates: SourceReceiver, health: SyncHealth) {
 fn model_config(args: &AgentConfig) -> ModelConfig {
     ModelConfig {
         proxy_name: args.service_proxy_name.clone(),
+    }
+}
+
+#[cfg(test)]
+mod sync_retry_tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_sync_is_tried_again_after_1_s_doubling_to_30_s_and_from_1_s_again_after_a_success()
+    {
+        let mut retry = SyncRetry::default();
+        let waits: Vec<u64> = (0..8).map(|_| retry.failed().as_secs()).collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 30, 30, 30]);
+        retry.succeeded();
+        assert_eq!(retry.failed(), Duration::from_secs(1));
     }
 }
