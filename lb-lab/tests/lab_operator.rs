@@ -525,6 +525,33 @@ fn trace_follows_the_fast_path() {
         ),
         "{again}"
     );
+
+    // An interface of the node that slicelb is not attached to is refused, by name.
+    let pin = lab.pin_path.display().to_string();
+    let unattached = lab.lab.backends[0].node_iface.as_str();
+    let to = Frontend::UdpClusterIp.addr().to_string();
+    let from = client_port(port);
+    let refused = lab.slicelb_on_node(&[
+        "trace",
+        "--pin-path",
+        &pin,
+        "--from",
+        &from,
+        "--to",
+        &to,
+        "--proto",
+        "udp",
+        "--iface",
+        unattached,
+    ]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success()
+            && stderr.contains(&format!(
+                "--iface {unattached}: slicelb is not attached there"
+            )),
+        "{stderr}"
+    );
 }
 
 #[test]
