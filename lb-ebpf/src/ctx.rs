@@ -118,6 +118,28 @@ fn update_l4_software(packet: Packet, l4: L4Csum, diff: u32) -> Result<(), ()> {
     packet.write(l4.offset, new).ok_or(())
 }
 
+/// Writes an address and balances the IPv4 header checksum (when `ip_csum_offset` is given)
+/// in software; returns the difference the L4 checksum still has to take.
+#[inline(always)]
+fn write_addr_software(
+    packet: Packet,
+    addr_offset: usize,
+    old: &[u8; 16],
+    new: &[u8; 16],
+    ipv6: bool,
+    ip_csum_offset: Option<usize>,
+) -> Result<u32, ()> {
+    packet.write_addr(addr_offset, new, ipv6).ok_or(())?;
+    let diff = csum::diff_addr(0, old, new, ipv6);
+    if let Some(offset) = ip_csum_offset {
+        let old_csum: u16 = packet.read(offset).ok_or(())?;
+        packet
+            .write(offset, csum::apply(old_csum, diff))
+            .ok_or(())?;
+    }
+    Ok(diff)
+}
+
 pub struct Xdp<'a>(pub &'a XdpContext);
 
 impl PacketCtx for Xdp<'_> {
@@ -148,14 +170,7 @@ impl PacketCtx for Xdp<'_> {
         l4: Option<L4Csum>,
     ) -> Result<(), ()> {
         let packet = self.packet();
-        packet.write_addr(addr_offset, new, ipv6).ok_or(())?;
-        let diff = csum::diff_addr(0, old, new, ipv6);
-        if let Some(offset) = ip_csum_offset {
-            let old_csum: u16 = packet.read(offset).ok_or(())?;
-            packet
-                .write(offset, csum::apply(old_csum, diff))
-                .ok_or(())?;
-        }
+        let diff = write_addr_software(packet, addr_offset, old, new, ipv6, ip_csum_offset)?;
         if let Some(l4) = l4 {
             update_l4_software(packet, l4, diff)?;
         }
@@ -191,15 +206,14 @@ impl PacketCtx for Xdp<'_> {
         let packet = self.packet();
         let mut l4_diff = 0;
         if *old_addr != *new_addr {
-            packet.write_addr(addr_offset, new_addr, ipv6).ok_or(())?;
-            let diff = csum::diff_addr(0, old_addr, new_addr, ipv6);
-            if let Some(offset) = ip_csum_offset {
-                let old_csum: u16 = packet.read(offset).ok_or(())?;
-                packet
-                    .write(offset, csum::apply(old_csum, diff))
-                    .ok_or(())?;
-            }
-            l4_diff = diff;
+            l4_diff = write_addr_software(
+                packet,
+                addr_offset,
+                old_addr,
+                new_addr,
+                ipv6,
+                ip_csum_offset,
+            )?;
         }
         if let Some(port) = port {
             packet.write(port.offset, port.new).ok_or(())?;
